@@ -1,0 +1,44 @@
+# Thin wrapper: the build is CMake's, the tests are ctest's.
+#   make        build everything into build/ (executables in build/bin)
+#   make test   install missing Debian packages, build, run the whole suite
+#   make demo   install, build, and run the demo
+#   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
+BUILD      ?= build
+FUZZ_BUILD ?= $(BUILD)/fuzz
+JOBS       ?= $(shell nproc)
+CTEST_ARGS ?=
+
+.PHONY: all build setup fuzz test demo bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DLAZYCRYPT_FUZZ_BIN_DIR=$(abspath $(FUZZ_BUILD))/bin
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(FUZZ_BUILD)/CMakeCache.txt:
+	cmake -S . -B $(FUZZ_BUILD) -DLAZYCRYPT_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+
+fuzz: $(FUZZ_BUILD)/CMakeCache.txt
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+test: setup
+	$(MAKE) build fuzz
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+demo: setup
+	$(MAKE) build
+	bash scripts/demo.sh $(BUILD)
+
+bench: setup
+	$(MAKE) build
+	bash bench/run.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD)
