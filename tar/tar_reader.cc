@@ -603,26 +603,13 @@ class TarReader::Impl {
     return std::string(name);
   }
 
-  // 'g': records apply to every following entry; an empty value removes the keyword.
+  // 'g': parsed (malformed records are Corruption) and then ignored, as Go's archive/tar users
+  // (containerd, Docker, Moby) ignore them when unpacking: the lazy view must equal what they
+  // unpack. Applying them as POSIX says would let a global uid or mtime make the two differ.
   Status ApplyGlobal(std::string_view body, const std::string& context) {
     PaxRecords records;
     std::string err = ParsePaxRecords(body, &records);
     if (!err.empty()) return Status::Corruption(context + ": PAX global header: " + err);
-    for (auto& [key, value] : records) {
-      if (key == "path" || key == "linkpath" || key == "size") {
-        return Status::Unsupported(context + ": PAX global header sets '" + key +
-                                   "', which only makes sense per entry");
-      }
-      if (key.starts_with(kGnuSparse)) {
-        return Status::Unsupported(context + ": PAX global header: GNU sparse keyword '" +
-                                   Printable(key) + "'");
-      }
-      if (value.empty()) {
-        global_.erase(key);
-      } else {
-        global_[key] = std::move(value);
-      }
-    }
     return Status::Ok();
   }
 
@@ -691,7 +678,7 @@ class TarReader::Impl {
     }
 
     // PAX: global records, overridden by this entry's 'x' records.
-    PaxRecords merged = global_;
+    PaxRecords merged;
     for (const auto& [k, v] : pending.pax) merged[k] = v;
     LC_RETURN_IF_ERROR(ApplyPax(merged, is_device, &e, context));
 
@@ -844,7 +831,6 @@ class TarReader::Impl {
   uint64_t data_remaining_ = 0;
   uint64_t padding_remaining_ = 0;
   std::string current_context_ = "tar";
-  PaxRecords global_;
   uint64_t global_bytes_ = 0;
   Status error_;
 };
