@@ -77,8 +77,11 @@ class [[nodiscard]] Result {
   Result(Status status) : v_(std::move(status)) {}          // NOLINT(google-explicit-constructor)
 
   bool ok() const { return v_.index() == 0; }
-  // REQUIRES: !ok()
-  const Status& status() const& { return std::get<1>(v_); }
+  // OK when ok().
+  const Status& status() const& {
+    static const Status kOkStatus;
+    return ok() ? kOkStatus : std::get<1>(v_);
+  }
   Status status() && { return ok() ? Status() : std::get<1>(std::move(v_)); }
 
   // REQUIRES: ok()

@@ -1,0 +1,1496 @@
+// End to end: WriteLayer → LayerIndex / LayerReader / DecryptLayer / DecryptLayerStream, on tar
+// streams from tar/TarWriter and from GNU tar, plain, gzip and zstd; laziness (exact byte ranges
+// fetched); every tamper the format must catch; writer determinism; bounded writer memory.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <set>
+
+#include "common/file_io.h"
+#include "compress/compress.h"
+#include "crypto/aes_gcm.h"
+#include "crypto/digest.h"
+#include "format/chunk.h"
+#include "format/decrypt.h"
+#include "format/layer_index.h"
+#include "format/layer_reader.h"
+#include "format/toc.pb.h"
+#include "format/writer.h"
+#include "tar/tar_reader.h"
+#include "tar/tar_writer.h"
+#include "tests/test_util.h"
+
+namespace lazycrypt::format {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::Each;
+using ::testing::HasSubstr;
+
+constexpr size_t kChunk = kMinChunkSizeBytes;  // 64 KiB: many chunks from small layers
+
+// ---- Helpers -----------------------------------------------------------------------------------
+
+std::vector<uint8_t> Pattern(size_t n, uint32_t seed, bool compressible) {
+  std::vector<uint8_t> v(n);
+  std::mt19937 rng(seed);
+  if (compressible) {
+    static const char* words[] = {"lazy ", "crypt ", "chunk ", "layer ", "tar\n", "zstd "};
+    size_t i = 0;
+    while (i < n) {
+      const char* w = words[rng() % 6];
+      for (const char* p = w; *p && i < n; ++p) v[i++] = static_cast<uint8_t>(*p);
+    }
+  } else {
+    for (auto& b : v) b = static_cast<uint8_t>(rng());
+  }
+  return v;
+}
+
+tar::Entry TarEntry(std::string name, tar::EntryType type, uint32_t mode = 0644) {
+  tar::Entry e;
+  e.name = std::move(name);
+  e.type = type;
+  e.mode = mode;
+  e.uid = 1000;
+  e.gid = 1000;
+  e.uname = "user";
+  e.gname = "group";
+  e.mtime_sec = 1700000000;
+  e.mtime_nsec = 123456789;
+  return e;
+}
+
+// A layer with every entry type and tar feature a container layer carries.
+std::vector<uint8_t> BuildFeatureTar(tar::Flavor flavor) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out, flavor);
+  auto add = [&](tar::Entry e, const std::vector<uint8_t>& data = {},
+                 const tar::WriteOptions& o = {}) {
+    e.size = data.size();
+    Status s = w.AppendEntry(e, data, o);
+    if (!s.ok()) ADD_FAILURE() << e.name << ": " << s.ToString();
+  };
+  add(TarEntry("./", tar::EntryType::kDirectory, 0755));
+  add(TarEntry("./bin/", tar::EntryType::kDirectory, 0755));
+  {
+    tar::Entry e = TarEntry("./bin/tool", tar::EntryType::kRegular, 04755);
+    if (flavor == tar::Flavor::kPax) {  // GNU headers cannot carry xattrs
+      e.xattrs["user.comment"] = "a tool";
+      e.xattrs["security.capability"] = std::string("\x01\x00\x00\x02\x00\x04\x00\x00", 8);
+    }
+    add(e, Pattern(200 * 1024 + 17, 1, true));  // > chunk size, compressible
+  }
+  add(TarEntry("./bin/noise", tar::EntryType::kRegular), Pattern(150 * 1024 + 3, 2, false));
+  add(TarEntry("./empty", tar::EntryType::kRegular));
+  add(TarEntry("./tiny/", tar::EntryType::kDirectory, 01777));
+  for (int i = 0; i < 300; ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "./tiny/f%03d", i);
+    std::string body = "tiny file " + std::to_string(i) + "\n";
+    add(TarEntry(name, tar::EntryType::kRegular), std::vector<uint8_t>(body.begin(), body.end()));
+  }
+  // Exactly one chunk each, incompressible: equal-size stored records (the swap test uses them).
+  add(TarEntry("./exact/a", tar::EntryType::kRegular), Pattern(kChunk, 3, false));
+  add(TarEntry("./exact/b", tar::EntryType::kRegular), Pattern(kChunk, 4, false));
+  add(TarEntry("./" + std::string(150, 'L'), tar::EntryType::kRegular), Pattern(1000, 5, true));
+  std::string deep;
+  for (int i = 0; i < 6; ++i) deep += "directory-with-a-long-name-number-" + std::to_string(i) + "/";
+  add(TarEntry(deep + "file", tar::EntryType::kRegular), Pattern(3000, 6, true));  // > 255 bytes
+  {
+    tar::Entry e = TarEntry("./link", tar::EntryType::kSymlink, 0777);
+    e.link_name = "bin/tool";
+    add(e);
+    e = TarEntry("./long-target-link", tar::EntryType::kSymlink, 0777);
+    e.link_name = std::string(300, 't') + "/../x";
+    add(e);
+    e = TarEntry("./hard", tar::EntryType::kHardlink);
+    e.link_name = "./bin/tool";
+    add(e);
+  }
+  {
+    tar::Entry e = TarEntry("./dev/null", tar::EntryType::kCharDevice, 0666);
+    e.dev_major = 1;
+    e.dev_minor = 3;
+    add(e);
+    e = TarEntry("./dev/sda", tar::EntryType::kBlockDevice, 0660);
+    e.dev_major = 8;
+    e.dev_minor = 0;
+    add(e);
+    add(TarEntry("./fifo", tar::EntryType::kFifo));
+  }
+  add(TarEntry("./etc/.wh.passwd", tar::EntryType::kRegular));
+  add(TarEntry("./etc/.wh..wh..opq", tar::EntryType::kRegular));
+  {
+    tar::Entry e = TarEntry("./owned", tar::EntryType::kRegular, 0600);
+    e.uid = 3000000;  // needs PAX or base-256
+    e.gid = 4000000;
+    add(e, Pattern(10, 7, true));
+  }
+  Status s = w.Finish();
+  if (!s.ok()) ADD_FAILURE() << s.ToString();
+  return out.Take();
+}
+
+// GNU tar's output for the shared feature tree (tests/data/make-feature-tree.sh).
+std::vector<uint8_t> BuildGnuTar(bool pax) {
+  testing::TempDir dir("lazycrypt-format-gnutar");
+  std::filesystem::path tree = dir / "tree";
+  std::string script = (testing::SourceDir() / "tests/data/make-feature-tree.sh").string();
+  auto made = testing::RunCommand("bash " + testing::ShellQuote(script) + " " +
+                                  testing::ShellQuote(tree.string()));
+  if (made.exit_code != 0) {
+    ADD_FAILURE() << "make-feature-tree.sh failed: " << made.output;
+    return {};
+  }
+  std::filesystem::path out = dir / "layer.tar";
+  std::string flags = pax ? "--format=pax --xattrs --xattrs-include='*'" : "--format=gnu";
+  auto tarred = testing::RunCommand("tar " + flags + " -C " + testing::ShellQuote(tree.string()) +
+                                    " -cf " + testing::ShellQuote(out.string()) + " .");
+  if (tarred.exit_code != 0) {
+    ADD_FAILURE() << "tar failed: " << tarred.output;
+    return {};
+  }
+  std::string bytes = testing::ReadFileString(out);
+  return {bytes.begin(), bytes.end()};
+}
+
+std::vector<uint8_t> CompressLayer(ByteSpan tar, compress::Compression c) {
+  if (c == compress::Compression::kNone) return {tar.begin(), tar.end()};
+  MemoryOutputStream mem;
+  std::unique_ptr<OutputStream> s = c == compress::Compression::kGzip
+                                        ? compress::NewGzipOutputStream(mem)
+                                        : compress::NewZstdOutputStream(mem);
+  EXPECT_TRUE(s->Write(tar).ok());
+  EXPECT_TRUE(s->Close().ok());
+  return mem.Take();
+}
+
+std::vector<uint8_t> DecompressZstd(ByteSpan data) {
+  MemoryInputStream in(data);
+  auto z = compress::NewZstdInputStream(in);
+  MemoryOutputStream out;
+  auto n = CopyStream(*z, out);
+  EXPECT_TRUE(n.ok()) << n.status().ToString();
+  return out.Take();
+}
+
+struct SourceEntry {
+  tar::Entry entry;
+  std::vector<uint8_t> data;
+};
+
+std::vector<SourceEntry> ParseSource(ByteSpan tar_bytes) {
+  MemoryInputStream in(tar_bytes);
+  tar::TarReader reader(in);
+  std::vector<SourceEntry> out;
+  for (;;) {
+    auto next = reader.Next();
+    EXPECT_TRUE(next.ok()) << next.status().ToString();
+    if (!next.ok() || !next->has_value()) break;
+    SourceEntry se{**next, {}};
+    se.data.resize(se.entry.size);
+    size_t done = 0;
+    while (done < se.data.size()) {
+      auto n = reader.ReadData(MutableByteSpan(se.data).subspan(done));
+      EXPECT_TRUE(n.ok() && *n > 0);
+      if (!n.ok() || *n == 0) break;
+      done += *n;
+    }
+    out.push_back(std::move(se));
+  }
+  return out;
+}
+
+LayerKey TestKey(uint8_t seed = 7) {
+  std::vector<uint8_t> k(32);
+  for (int i = 0; i < 32; ++i) k[i] = static_cast<uint8_t>(seed * 31 + i);
+  return LayerKey(k);
+}
+
+WriterOptions SmallChunks(int threads = 2) {
+  WriterOptions o;
+  o.chunk_size_bytes = kChunk;
+  o.threads = threads;
+  return o;
+}
+
+struct Written {
+  std::vector<uint8_t> blob;
+  WriteResult result;
+};
+
+Written WriteBlob(ByteSpan layer, const LayerKey& key, const WriterOptions& options = SmallChunks()) {
+  MemoryInputStream in(layer);
+  MemoryOutputStream out;
+  auto r = WriteLayer(in, key, out, options);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return {};
+  EXPECT_FALSE(out.closed());
+  return {out.Take(), *r};
+}
+
+Result<std::vector<uint8_t>> Eager(const std::vector<uint8_t>& blob, const LayerKey& key,
+                                   const crypto::Sha256Digest& pinned,
+                                   DecryptOutput mode = DecryptOutput::kTar, int threads = 2,
+                                   std::vector<uint8_t>* partial = nullptr) {
+  MemoryBlobSource source(blob);
+  MemoryOutputStream out;
+  DecryptOptions o;
+  o.output = mode;
+  o.threads = threads;
+  auto r = DecryptLayer(source, key, pinned, out, o);
+  if (partial) *partial = out.bytes();
+  if (!r.ok()) return r.status();
+  return out.Take();
+}
+
+Result<std::vector<uint8_t>> Stream(const std::vector<uint8_t>& blob, const LayerKey& key,
+                                    std::optional<crypto::Sha256Digest> pinned,
+                                    DecryptOutput mode = DecryptOutput::kTar, int threads = 2,
+                                    std::vector<uint8_t>* partial = nullptr) {
+  MemoryInputStream in(blob);
+  MemoryOutputStream out;
+  DecryptOptions o;
+  o.output = mode;
+  o.threads = threads;
+  auto r = DecryptLayerStream(in, key, pinned, out, o);
+  if (partial) *partial = out.bytes();
+  if (!r.ok()) return r.status();
+  return out.Take();
+}
+
+// Records every ReadAt (the test's view of the network).
+class CountingBlobSource final : public BlobSource {
+ public:
+  explicit CountingBlobSource(BlobSource& inner) : inner_(inner) {}
+  uint64_t size() const override { return inner_.size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_.emplace_back(offset, out.size());
+    }
+    return inner_.ReadAt(offset, out);
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> reads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reads_;
+  }
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    reads_.clear();
+  }
+
+ private:
+  BlobSource& inner_;
+  std::mutex mu_;
+  std::vector<std::pair<uint64_t, uint64_t>> reads_;
+};
+
+EntryType FormatType(tar::EntryType t) {
+  switch (t) {
+    case tar::EntryType::kRegular: return EntryType::kRegular;
+    case tar::EntryType::kHardlink: return EntryType::kHardlink;
+    case tar::EntryType::kSymlink: return EntryType::kSymlink;
+    case tar::EntryType::kCharDevice: return EntryType::kCharDevice;
+    case tar::EntryType::kBlockDevice: return EntryType::kBlockDevice;
+    case tar::EntryType::kDirectory: return EntryType::kDirectory;
+    case tar::EntryType::kFifo: return EntryType::kFifo;
+  }
+  return EntryType::kRegular;
+}
+
+std::string Norm(const std::string& name) {
+  auto n = NormalizeEntryName(name);
+  EXPECT_TRUE(n.ok()) << name;
+  return n.ok() ? *n : "";
+}
+
+// Every entry's metadata equals its tar header; every file's bytes equal its data, read whole
+// and at random offsets/lengths through LayerReader.
+void CheckIndexAgainstSource(const LayerReader& reader, const std::vector<SourceEntry>& source,
+                             uint32_t seed) {
+  const LayerIndex& index = reader.index();
+  ASSERT_EQ(index.entries().size(), source.size());
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i < source.size(); ++i) {
+    const tar::Entry& t = source[i].entry;
+    const Entry& e = index.entries()[i];
+    SCOPED_TRACE("entry " + std::to_string(i) + " '" + t.name + "'");
+    EXPECT_EQ(e.name, Norm(t.name));
+    EXPECT_EQ(e.type, FormatType(t.type));
+    EXPECT_EQ(e.mode, t.mode);
+    EXPECT_EQ(e.uid, t.uid);
+    EXPECT_EQ(e.gid, t.gid);
+    EXPECT_EQ(e.uname, t.uname);
+    EXPECT_EQ(e.gname, t.gname);
+    EXPECT_EQ(e.mtime_sec, t.mtime_sec);
+    EXPECT_EQ(e.mtime_nsec, t.mtime_nsec);
+    EXPECT_EQ(e.xattrs, t.xattrs);
+    if (t.type == tar::EntryType::kRegular) {
+      EXPECT_EQ(e.size, t.size);
+      EXPECT_EQ(e.data_offset, t.data_offset);
+    } else {
+      EXPECT_EQ(e.size, 0u);
+    }
+    if (t.type == tar::EntryType::kSymlink) {
+      EXPECT_EQ(e.link_target, t.link_name);
+    }
+    if (t.type == tar::EntryType::kHardlink) {
+      EXPECT_EQ(e.link_target, Norm(t.link_name));
+    }
+    if (t.type == tar::EntryType::kCharDevice || t.type == tar::EntryType::kBlockDevice) {
+      EXPECT_EQ(e.dev_major, t.dev_major);
+      EXPECT_EQ(e.dev_minor, t.dev_minor);
+    }
+    if (e.type != EntryType::kRegular) continue;
+
+    const std::vector<uint8_t>& data = source[i].data;
+    std::vector<uint8_t> whole(data.size() + 10, 0xEE);
+    auto n = reader.ReadFile(e, 0, whole);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    ASSERT_EQ(*n, data.size());
+    ASSERT_TRUE(std::equal(data.begin(), data.end(), whole.begin()));
+    for (int k = 0; k < 4 && !data.empty(); ++k) {
+      uint64_t off = rng() % data.size();
+      size_t len = 1 + rng() % std::min<size_t>(data.size() + 100, 3 * kChunk);
+      std::vector<uint8_t> part(len);
+      auto got = reader.ReadFile(e, off, part);
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      size_t want = std::min<uint64_t>(len, data.size() - off);
+      ASSERT_EQ(*got, want) << "offset " << off << " length " << len;
+      ASSERT_TRUE(std::equal(data.begin() + off, data.begin() + off + want, part.begin()))
+          << "offset " << off << " length " << len;
+    }
+    std::vector<uint8_t> past(10);
+    EXPECT_EQ(*reader.ReadFile(e, data.size(), past), 0u);
+  }
+}
+
+// The chunking policy: chunks never exceed T; a file of at most T bytes lies in one chunk; a
+// larger file starts on a chunk boundary.
+void CheckChunkingPolicy(const LayerIndex& index) {
+  for (const ChunkInfo& c : index.chunks()) EXPECT_LE(c.raw_size, index.target_chunk_size());
+  for (const Entry& e : index.entries()) {
+    if (e.type != EntryType::kRegular || e.size == 0) continue;
+    ChunkRange r = index.ChunksForRange(e, 0, e.size);
+    if (e.size <= index.target_chunk_size()) {
+      EXPECT_EQ(r.count, 1u) << e.name;
+    } else {
+      EXPECT_EQ(index.chunks()[r.first].tar_offset, e.data_offset) << e.name;
+    }
+  }
+}
+
+// ---- Round trips -------------------------------------------------------------------------------
+
+enum class Source { kTarWriterPax, kTarWriterGnu, kGnuTarPax, kGnuTarGnu };
+
+const std::vector<uint8_t>& SourceTar(Source s) {
+  static std::map<Source, std::vector<uint8_t>> cache;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(s);
+  if (it != cache.end()) return it->second;
+  std::vector<uint8_t> tar;
+  switch (s) {
+    case Source::kTarWriterPax: tar = BuildFeatureTar(tar::Flavor::kPax); break;
+    case Source::kTarWriterGnu: tar = BuildFeatureTar(tar::Flavor::kGnu); break;
+    case Source::kGnuTarPax: tar = BuildGnuTar(true); break;
+    case Source::kGnuTarGnu: tar = BuildGnuTar(false); break;
+  }
+  return cache.emplace(s, std::move(tar)).first->second;
+}
+
+class LayerRoundTrip
+    : public ::testing::TestWithParam<std::tuple<Source, compress::Compression>> {};
+
+TEST_P(LayerRoundTrip, EveryDecodingPathGivesBackTheTarAndEveryFile) {
+  const auto [source, compression] = GetParam();
+  const std::vector<uint8_t>& tar = SourceTar(source);
+  ASSERT_GT(tar.size(), 100000u);
+  const std::vector<uint8_t> layer = CompressLayer(tar, compression);
+  const LayerKey key = TestKey();
+  Written w = WriteBlob(layer, key);
+  ASSERT_FALSE(w.blob.empty());
+
+  // WriteResult describes what was written.
+  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(tar));
+  EXPECT_EQ(w.result.tar_size, tar.size());
+  EXPECT_EQ(w.result.blob_size, w.blob.size());
+  EXPECT_EQ(w.result.blob_digest, crypto::Sha256::Of(w.blob));
+  EXPECT_GT(w.result.chunk_count, 10u);
+  auto source_entries = ParseSource(tar);
+  EXPECT_EQ(w.result.entry_count, source_entries.size());
+  auto header = ParseBlobHeader(ByteSpan(w.blob).first(kBlobHeaderSize));
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(w.result.key_commitment, header->commitment);
+  EXPECT_EQ(w.result.key_commitment, DeriveKeys(key, header->salt)->commitment);
+
+  // Eager, kTar: byte for byte.
+  auto eager = Eager(w.blob, key, w.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+  EXPECT_TRUE(*eager == tar);
+  // Eager, kTarZstd: decompresses to the same.
+  auto eager_zstd = Eager(w.blob, key, w.result.toc_digest, DecryptOutput::kTarZstd);
+  ASSERT_TRUE(eager_zstd.ok()) << eager_zstd.status().ToString();
+  EXPECT_EQ(compress::DetectCompression(*eager_zstd), compress::Compression::kZstd);
+  EXPECT_TRUE(DecompressZstd(*eager_zstd) == tar);
+  // Stream, with and without a pinned digest, both outputs.
+  for (bool pin : {true, false}) {
+    std::optional<crypto::Sha256Digest> pinned;
+    if (pin) pinned = w.result.toc_digest;
+    auto streamed = Stream(w.blob, key, pinned);
+    ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+    EXPECT_TRUE(*streamed == tar);
+    auto streamed_zstd = Stream(w.blob, key, pinned, DecryptOutput::kTarZstd);
+    ASSERT_TRUE(streamed_zstd.ok()) << streamed_zstd.status().ToString();
+    EXPECT_TRUE(DecompressZstd(*streamed_zstd) == tar);
+  }
+
+  // Lazy: the index and every file.
+  MemoryBlobSource blob(w.blob);
+  auto reader = LayerReader::Open(blob, key, w.result.toc_digest);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  const LayerIndex& index = (*reader)->index();
+  EXPECT_EQ(index.diff_id(), w.result.diff_id);
+  EXPECT_EQ(index.tar_size(), tar.size());
+  EXPECT_EQ(index.chunks().size(), w.result.chunk_count);
+  EXPECT_EQ(index.toc_digest(), w.result.toc_digest);
+  EXPECT_EQ(crypto::Sha256::Of(ByteSpan(w.blob).subspan(index.toc_offset(), index.toc_size())),
+            w.result.toc_digest);
+  CheckIndexAgainstSource(**reader, source_entries, static_cast<uint32_t>(source) * 10 +
+                                                        static_cast<uint32_t>(compression));
+  CheckChunkingPolicy(index);
+  // Chunks concatenate to the tar stream.
+  std::vector<uint8_t> joined;
+  for (uint64_t i = 0; i < index.chunks().size(); ++i) {
+    auto chunk = (*reader)->ReadChunk(i);
+    ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+    joined.insert(joined.end(), (*chunk)->begin(), (*chunk)->end());
+  }
+  EXPECT_TRUE(joined == tar);
+}
+
+std::string RoundTripName(
+    const ::testing::TestParamInfo<std::tuple<Source, compress::Compression>>& info) {
+  static const char* const kSources[] = {"TarWriterPax", "TarWriterGnu", "GnuTarPax", "GnuTarGnu"};
+  return std::string(kSources[static_cast<int>(std::get<0>(info.param))]) +
+         std::string(compress::CompressionName(std::get<1>(info.param)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllSources, LayerRoundTrip,
+    ::testing::Combine(::testing::Values(Source::kTarWriterPax, Source::kTarWriterGnu,
+                                         Source::kGnuTarPax, Source::kGnuTarGnu),
+                       ::testing::Values(compress::Compression::kNone,
+                                         compress::Compression::kGzip,
+                                         compress::Compression::kZstd)),
+    RoundTripName);
+
+TEST(FormatRoundTrip, FeatureTreeHasWhatItShould) {
+  // Guards the sources themselves: if GNU tar or the script stopped producing a feature, the
+  // round trips above would silently test less.
+  auto entries = ParseSource(SourceTar(Source::kGnuTarPax));
+  std::set<tar::EntryType> types;
+  bool xattr = false, capability = false, long_name = false, whiteout = false, big = false;
+  for (const auto& se : entries) {
+    types.insert(se.entry.type);
+    xattr |= se.entry.xattrs.count("user.comment") > 0;
+    capability |= se.entry.xattrs.count("security.capability") > 0;
+    long_name |= se.entry.name.size() > 255;
+    whiteout |= se.entry.name.find(".wh..wh..opq") != std::string::npos;
+    big |= se.entry.size > kChunk;
+  }
+  EXPECT_EQ(types.size(), 7u);
+  EXPECT_TRUE(xattr && capability && long_name && whiteout && big);
+}
+
+TEST(FormatRoundTrip, TrailingBytesAfterTheArchiveAreKept) {
+  // Everything after the end-of-archive marker is part of the diff_id and comes back.
+  std::vector<uint8_t> tar = SourceTar(Source::kTarWriterPax);
+  std::vector<uint8_t> junk = Pattern(777, 9, false);
+  tar.insert(tar.end(), junk.begin(), junk.end());
+  Written w = WriteBlob(tar, TestKey());
+  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(tar));
+  auto eager = Eager(w.blob, TestKey(), w.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+  EXPECT_TRUE(*eager == tar);
+}
+
+TEST(FormatRoundTrip, SingleChunkLayer) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  tar::Entry e = TarEntry("only", tar::EntryType::kRegular);
+  std::string body = "just one file";
+  e.size = body.size();
+  ASSERT_TRUE(w.AppendEntry(e, AsBytes(body)).ok());
+  ASSERT_TRUE(w.Finish(0).ok());
+  std::vector<uint8_t> tar = out.Take();
+  Written written = WriteBlob(tar, TestKey());
+  EXPECT_EQ(written.result.chunk_count, 1u);
+  auto streamed = Stream(written.blob, TestKey(), written.result.toc_digest);
+  ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+  EXPECT_TRUE(*streamed == tar);
+  MemoryBlobSource blob(written.blob);
+  auto reader = LayerReader::Open(blob, TestKey(), written.result.toc_digest);
+  ASSERT_TRUE(reader.ok());
+  const Entry* only = (*reader)->index().Find("only");
+  ASSERT_NE(only, nullptr);
+  std::string got(body.size(), '\0');
+  EXPECT_EQ(*(*reader)->ReadFile(*only, 0, MutableByteSpan(reinterpret_cast<uint8_t*>(got.data()),
+                                                            got.size())),
+            body.size());
+  EXPECT_EQ(got, body);
+}
+
+// ---- Index queries -----------------------------------------------------------------------------
+
+class Fixture : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tar_ = new std::vector<uint8_t>(SourceTar(Source::kTarWriterPax));
+    written_ = new Written(WriteBlob(*tar_, TestKey()));
+    // Same key, same tar, another salt: for the cross-layer splice.
+    other_ = new Written(WriteBlob(*tar_, TestKey()));
+  }
+  static void TearDownTestSuite() {
+    delete tar_;
+    delete written_;
+    delete other_;
+  }
+  static const std::vector<uint8_t>& tar() { return *tar_; }
+  static const Written& written() { return *written_; }
+  static const Written& other() { return *other_; }
+  static const crypto::Sha256Digest& pinned() { return written_->result.toc_digest; }
+
+  static std::shared_ptr<const LayerIndex> OpenIndex(const std::vector<uint8_t>& blob) {
+    MemoryBlobSource source(blob);
+    auto index = LayerIndex::Open(source, TestKey(), pinned());
+    EXPECT_TRUE(index.ok()) << index.status().ToString();
+    return index.ok() ? *index : nullptr;
+  }
+
+  static std::vector<uint8_t>* tar_;
+  static Written* written_;
+  static Written* other_;
+};
+std::vector<uint8_t>* Fixture::tar_ = nullptr;
+Written* Fixture::written_ = nullptr;
+Written* Fixture::other_ = nullptr;
+
+using LayerIndexTest = Fixture;
+
+TEST_F(LayerIndexTest, FindNormalizedNamesAndTheRoot) {
+  auto index = OpenIndex(written().blob);
+  ASSERT_NE(index, nullptr);
+  const Entry* root = index->Find(".");
+  ASSERT_NE(root, nullptr);
+  EXPECT_EQ(root->type, EntryType::kDirectory);
+  const Entry* tool = index->Find("bin/tool");
+  ASSERT_NE(tool, nullptr);
+  EXPECT_EQ(tool->mode, 04755u);
+  EXPECT_EQ(tool->size, 200u * 1024 + 17);
+  EXPECT_EQ(index->Find("./bin/tool"), nullptr);  // lookups take normalized names
+  EXPECT_EQ(index->Find("bin/too"), nullptr);
+  EXPECT_EQ(index->Find("zzz"), nullptr);
+  const Entry* hard = index->Find("hard");
+  ASSERT_NE(hard, nullptr);
+  EXPECT_EQ(hard->type, EntryType::kHardlink);
+  EXPECT_EQ(hard->link_target, "bin/tool");
+  EXPECT_NE(index->Find("etc/.wh..wh..opq"), nullptr);
+}
+
+TEST_F(LayerIndexTest, FindReturnsTheLastOfDuplicateNames) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  for (std::string body : {"first", "second!"}) {
+    tar::Entry e = TarEntry("dup", tar::EntryType::kRegular);
+    e.size = body.size();
+    ASSERT_TRUE(w.AppendEntry(e, AsBytes(body)).ok());
+  }
+  ASSERT_TRUE(w.Finish().ok());
+  Written d = WriteBlob(out.bytes(), TestKey());
+  MemoryBlobSource source(d.blob);
+  auto index = LayerIndex::Open(source, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ((*index)->entries().size(), 2u);
+  EXPECT_EQ((*index)->Find("dup")->size, 7u);
+}
+
+TEST_F(LayerIndexTest, ChunksForRangeCoversExactlyTheRange) {
+  auto index = OpenIndex(written().blob);
+  const Entry* tool = index->Find("bin/tool");
+  ASSERT_NE(tool, nullptr);
+  // The file starts on a chunk boundary (it is larger than T).
+  ChunkRange all = index->ChunksForRange(*tool, 0, tool->size);
+  EXPECT_EQ(index->chunks()[all.first].tar_offset, tool->data_offset);
+  EXPECT_EQ(all.count, 4u);  // 200 KiB + 17 bytes over 64 KiB chunks
+  EXPECT_EQ(index->ChunksForRange(*tool, 0, 1), (ChunkRange{all.first, 1}));
+  EXPECT_EQ(index->ChunksForRange(*tool, kChunk - 1, 2), (ChunkRange{all.first, 2}));
+  EXPECT_EQ(index->ChunksForRange(*tool, kChunk, kChunk), (ChunkRange{all.first + 1, 1}));
+  EXPECT_EQ(index->ChunksForRange(*tool, tool->size - 1, 100), (ChunkRange{all.first + 3, 1}));
+  EXPECT_TRUE(index->ChunksForRange(*tool, tool->size, 1).empty());
+  EXPECT_TRUE(index->ChunksForRange(*tool, 0, 0).empty());
+  EXPECT_TRUE(index->ChunksForRange(*index->Find("bin"), 0, 10).empty());
+}
+
+TEST_F(LayerIndexTest, ReadFileRejectsNonRegularEntries) {
+  MemoryBlobSource source(written().blob);
+  auto reader = LayerReader::Open(source, TestKey(), pinned());
+  ASSERT_TRUE(reader.ok());
+  std::vector<uint8_t> out(10);
+  for (const char* name : {"bin", "link", "hard", "dev/null", "fifo"}) {
+    const Entry* e = (*reader)->index().Find(name);
+    ASSERT_NE(e, nullptr) << name;
+    EXPECT_EQ((*reader)->ReadFile(*e, 0, out).status().code(), StatusCode::kInvalidArgument)
+        << name;
+  }
+  Entry fake = *(*reader)->index().Find("bin/tool");
+  fake.data_offset = (*reader)->index().tar_size();
+  EXPECT_EQ((*reader)->ReadFile(fake, 0, out).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(LayerIndexTest, ReaderRefusesAnOpenerOfAnotherBlob) {
+  MemoryBlobSource source(written().blob);
+  auto index = OpenIndex(written().blob);
+  auto other_header = ParseBlobHeader(ByteSpan(other().blob).first(kBlobHeaderSize));
+  auto opener = ChunkOpener::Create(TestKey(), *other_header);
+  ASSERT_TRUE(opener.ok());
+  EXPECT_EQ(LayerReader::Create(source, index, *opener).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+// ---- Laziness ----------------------------------------------------------------------------------
+
+using LayerLaziness = Fixture;
+
+TEST_F(LayerLaziness, OpenReadsOnlyTheFooterAndTheToc) {
+  MemoryBlobSource inner(written().blob);
+  CountingBlobSource blob(inner);
+  auto index = LayerIndex::Open(blob, TestKey(), pinned());
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  const uint64_t size = written().blob.size();
+  EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                              {size - kFooterSize, kFooterSize},
+                              {(*index)->toc_offset(), (*index)->toc_size()}}));
+  EXPECT_EQ((*index)->toc_offset() + (*index)->toc_size() + kFooterSize, size);
+}
+
+TEST_F(LayerLaziness, Reading4KiBFetchesOnlyTheCoveringRecord) {
+  MemoryBlobSource inner(written().blob);
+  CountingBlobSource blob(inner);
+  auto reader = LayerReader::Open(blob, TestKey(), pinned());
+  ASSERT_TRUE(reader.ok());
+  const LayerIndex& index = (*reader)->index();
+  const Entry* tool = index.Find("bin/tool");
+  ASSERT_NE(tool, nullptr);
+
+  // 4 KiB inside the second chunk of the file: exactly that record.
+  blob.Clear();
+  std::vector<uint8_t> out(4096);
+  ASSERT_EQ(*(*reader)->ReadFile(*tool, kChunk + 1000, out), 4096u);
+  const ChunkInfo& second = index.chunks()[index.ChunkForTarOffset(tool->data_offset) + 1];
+  EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                              {second.blob_offset, second.record_size()}}));
+  std::vector<uint8_t> expect = Pattern(200 * 1024 + 17, 1, true);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), expect.begin() + kChunk + 1000));
+
+  // 4 KiB straddling a boundary: both records, in one read.
+  blob.Clear();
+  ASSERT_EQ(*(*reader)->ReadFile(*tool, 2 * kChunk - 2048, out), 4096u);
+  const ChunkInfo& third = index.chunks()[second.index + 1];
+  EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                              {second.blob_offset, second.record_size() + third.record_size()}}));
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), expect.begin() + 2 * kChunk - 2048));
+
+  // A tiny file shares a chunk with its neighbours: one record.
+  blob.Clear();
+  const Entry* tiny = index.Find("tiny/f123");
+  ASSERT_NE(tiny, nullptr);
+  std::vector<uint8_t> small(64);
+  ASSERT_EQ(*(*reader)->ReadFile(*tiny, 0, small), tiny->size);
+  const ChunkInfo& holder = index.chunks()[index.ChunkForTarOffset(tiny->data_offset)];
+  EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                              {holder.blob_offset, holder.record_size()}}));
+  EXPECT_EQ(std::string(small.begin(), small.begin() + tiny->size), "tiny file 123\n");
+}
+
+// ---- Tampering ---------------------------------------------------------------------------------
+
+// Each tamper is checked on every path that reads the damaged bytes, and each path must fail with
+// a named error and give back no byte that was not authenticated.
+class LayerTamper : public Fixture {
+ protected:
+  // Index of the chunk holding `name`'s first data byte.
+  static const ChunkInfo& ChunkOf(const LayerIndex& index, const char* name) {
+    return index.chunks()[index.ChunkForTarOffset(index.Find(name)->data_offset)];
+  }
+
+  // The eager and stream decoders must fail, writing at most a strict prefix of the true tar.
+  // damage_in_chunks: the failing check is a chunk's, so the output must stop before it. Damage
+  // to the TOC or footer is found by the stream decoder only after every chunk was emitted (the
+  // caller discards the output on error): the output is then still the authentic layer.
+  static void ExpectDecodersFail(const std::vector<uint8_t>& blob, StatusCode eager_code,
+                                 const std::string& eager_text, StatusCode stream_code,
+                                 const std::string& stream_text,
+                                 const LayerKey& key = TestKey(), bool damage_in_chunks = true) {
+    for (DecryptOutput mode : {DecryptOutput::kTar, DecryptOutput::kTarZstd}) {
+      std::vector<uint8_t> partial;
+      auto e = Eager(blob, key, pinned(), mode, 2, &partial);
+      ASSERT_FALSE(e.ok()) << "eager accepted a tampered blob";
+      EXPECT_EQ(e.status().code(), eager_code) << e.status().ToString();
+      EXPECT_THAT(e.status().message(), HasSubstr(eager_text));
+      if (mode == DecryptOutput::kTar) ExpectPrefix(partial, damage_in_chunks);
+
+      auto s = Stream(blob, key, pinned(), mode, 2, &partial);
+      ASSERT_FALSE(s.ok()) << "stream accepted a tampered blob";
+      EXPECT_EQ(s.status().code(), stream_code) << s.status().ToString();
+      EXPECT_THAT(s.status().message(), HasSubstr(stream_text));
+      if (mode == DecryptOutput::kTar) ExpectPrefix(partial, damage_in_chunks);
+    }
+  }
+
+  static void ExpectStrictPrefix(const std::vector<uint8_t>& partial) { ExpectPrefix(partial, true); }
+  static void ExpectPrefix(const std::vector<uint8_t>& partial, bool strict) {
+    if (strict) {
+      ASSERT_LT(partial.size(), tar().size());
+    } else {
+      ASSERT_LE(partial.size(), tar().size());
+    }
+    EXPECT_TRUE(std::equal(partial.begin(), partial.end(), tar().begin()))
+        << "decoder emitted bytes that are not the layer's";
+  }
+
+  // The lazy path: the index opens (the damage is in a chunk), reading the file fails and leaves
+  // the buffer zeroed; reading a file elsewhere still works.
+  static void ExpectLazyReadFails(const std::vector<uint8_t>& blob, const char* damaged_file,
+                                  StatusCode code, const std::string& text) {
+    MemoryBlobSource source(blob);
+    auto reader = LayerReader::Open(source, TestKey(), pinned());
+    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+    const Entry* e = (*reader)->index().Find(damaged_file);
+    ASSERT_NE(e, nullptr);
+    std::vector<uint8_t> out(e->size, 0xAA);
+    auto n = (*reader)->ReadFile(*e, 0, out);
+    ASSERT_FALSE(n.ok());
+    EXPECT_EQ(n.status().code(), code) << n.status().ToString();
+    EXPECT_THAT(n.status().message(), HasSubstr(text));
+    EXPECT_THAT(out, Each(0));
+    std::vector<uint8_t> ok(8);
+    EXPECT_TRUE((*reader)->ReadFile(*(*reader)->index().Find("owned"), 0, ok).ok());
+  }
+
+  static std::vector<uint8_t> Flipped(uint64_t offset, uint8_t mask = 0x01) {
+    std::vector<uint8_t> blob = written().blob;
+    blob.at(offset) ^= mask;
+    return blob;
+  }
+};
+
+TEST_F(LayerTamper, FlippedChunkCiphertextByte) {
+  auto index = OpenIndex(written().blob);
+  for (const char* file : {"bin/tool", "bin/noise"}) {  // a compressed and a stored chunk
+    const ChunkInfo& c = ChunkOf(*index, file);
+    auto blob = Flipped(c.blob_offset + kRecordHeaderSize + c.payload_size / 2);
+    ExpectLazyReadFails(blob, file, StatusCode::kAuthFailed, "authentication failed");
+    ExpectDecodersFail(blob, StatusCode::kAuthFailed, "chunk " + std::to_string(c.index),
+                       StatusCode::kAuthFailed, "chunk " + std::to_string(c.index));
+  }
+}
+
+TEST_F(LayerTamper, FlippedChunkTagByte) {
+  auto index = OpenIndex(written().blob);
+  const ChunkInfo& c = ChunkOf(*index, "bin/tool");
+  auto blob = Flipped(c.blob_end() - 1, 0x80);
+  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kAuthFailed, "authentication failed");
+  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "authentication failed",
+                     StatusCode::kAuthFailed, "authentication failed");
+}
+
+TEST_F(LayerTamper, FlippedRecordHeaderByte) {
+  auto index = OpenIndex(written().blob);
+  const ChunkInfo& c = ChunkOf(*index, "bin/tool");
+  // The payload size's low byte: the reader compares with the chunk table before anything else.
+  auto blob = Flipped(c.blob_offset);
+  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kCorruption, "does not match the chunk table");
+  // The stream decoder trusts the header for framing, then the record (or the next one, now
+  // misframed) fails authentication or parsing.
+  std::vector<uint8_t> partial;
+  auto s = Stream(blob, TestKey(), pinned(), DecryptOutput::kTar, 2, &partial);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.status().message(), HasSubstr("chunk " + std::to_string(c.index)));
+  ExpectStrictPrefix(partial);
+  auto e = Eager(blob, TestKey(), pinned());
+  EXPECT_THAT(e.status().message(), HasSubstr("does not match the chunk table"));
+  // A reserved byte.
+  blob = Flipped(c.blob_offset + 10);
+  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kCorruption, "does not match the chunk table");
+  ExpectDecodersFail(blob, StatusCode::kCorruption, "does not match the chunk table",
+                     StatusCode::kCorruption, "reserved");
+}
+
+TEST_F(LayerTamper, FlippedLastFlag) {
+  auto index = OpenIndex(written().blob);
+  // Clearing it on the final record, and setting it on a middle one.
+  const ChunkInfo& final_chunk = index->chunks().back();
+  auto blob = Flipped(final_chunk.blob_offset + 8, kRecordFlagLast);
+  ExpectDecodersFail(blob, StatusCode::kCorruption, "does not match the chunk table",
+                     StatusCode::kAuthFailed, "chunk " + std::to_string(final_chunk.index));
+  const ChunkInfo& middle = ChunkOf(*index, "bin/noise");
+  blob = Flipped(middle.blob_offset + 8, kRecordFlagLast);
+  ExpectLazyReadFails(blob, "bin/noise", StatusCode::kCorruption, "does not match the chunk table");
+  ExpectDecodersFail(blob, StatusCode::kCorruption, "does not match the chunk table",
+                     StatusCode::kAuthFailed, "chunk " + std::to_string(middle.index));
+}
+
+TEST_F(LayerTamper, FlippedTocByte) {
+  auto index = OpenIndex(written().blob);
+  auto blob = Flipped(index->toc_offset() + index->toc_size() / 2);
+  MemoryBlobSource source(blob);
+  // Against the pinned digest: refused before decryption.
+  auto opened = LayerIndex::Open(source, TestKey(), pinned());
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kAuthFailed);
+  EXPECT_THAT(opened.status().message(),
+              AllOf(HasSubstr("TOC digest mismatch: pinned " + crypto::OciDigest(pinned())),
+                    HasSubstr("blob has sha256:")));
+  // Even if the manifest were changed to pin the damaged TOC, GCM refuses it.
+  auto repinned = crypto::Sha256::Of(
+      ByteSpan(blob).subspan(index->toc_offset(), index->toc_size()));
+  opened = LayerIndex::Open(source, TestKey(), repinned);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kAuthFailed);
+  EXPECT_THAT(opened.status().message(), HasSubstr("TOC: authentication failed"));
+  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "TOC digest mismatch",
+                     StatusCode::kAuthFailed, "TOC digest mismatch", TestKey(),
+                     /*damage_in_chunks=*/false);
+  // The stream decoder without a pinned digest still authenticates the TOC.
+  auto s = Stream(blob, TestKey(), std::nullopt);
+  EXPECT_THAT(s.status().message(), HasSubstr("TOC: authentication failed"));
+}
+
+TEST_F(LayerTamper, FlippedFooterBytes) {
+  const uint64_t footer = written().blob.size() - kFooterSize;
+  struct Case {
+    uint64_t offset;
+    StatusCode code;
+    std::string text;
+  };
+  const std::vector<Case> cases = {
+      {footer + 0, StatusCode::kCorruption, "magic"},               // header copy: magic
+      {footer + 8, StatusCode::kCorruption, "version"},             // header copy: version
+      {footer + 20, StatusCode::kAuthFailed, "wrong layer key"},    // header copy: salt
+      {footer + 60, StatusCode::kAuthFailed, "wrong layer key"},    // header copy: commitment
+      {footer + 80, StatusCode::kCorruption, "!= blob size"},       // toc_offset
+      {footer + 88, StatusCode::kCorruption, "!= blob size"},       // toc_size
+      {footer + 100, StatusCode::kCorruption, "end magic"},         // end magic
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE("footer byte " + std::to_string(c.offset - footer));
+    auto blob = Flipped(c.offset);
+    MemoryBlobSource source(blob);
+    auto opened = LayerIndex::Open(source, TestKey(), pinned());
+    ASSERT_FALSE(opened.ok());
+    EXPECT_EQ(opened.status().code(), c.code) << opened.status().ToString();
+    EXPECT_THAT(opened.status().message(), HasSubstr(c.text));
+    auto e = Eager(blob, TestKey(), pinned());
+    EXPECT_EQ(e.status().code(), c.code);
+    std::vector<uint8_t> partial;
+    auto s = Stream(blob, TestKey(), pinned(), DecryptOutput::kTar, 2, &partial);
+    ASSERT_FALSE(s.ok());
+    ExpectPrefix(partial, /*strict=*/false);
+  }
+}
+
+TEST_F(LayerTamper, FlippedBlobHeaderByte) {
+  for (uint64_t offset : {0, 8, 20, 60}) {
+    SCOPED_TRACE("header byte " + std::to_string(offset));
+    auto blob = Flipped(offset);
+    // The lazy path never reads the header (the footer holds its copy): the index still opens.
+    MemoryBlobSource source(blob);
+    EXPECT_TRUE(LayerIndex::Open(source, TestKey(), pinned()).ok());
+    // The eager path compares it with the footer's copy.
+    auto e = Eager(blob, TestKey(), pinned());
+    ASSERT_FALSE(e.ok());
+    EXPECT_THAT(e.status().message(), HasSubstr("blob header does not match its copy"));
+    // The stream path reads it first: bad magic/version, or a salt/commitment that does not fit
+    // the key.
+    std::vector<uint8_t> partial;
+    auto s = Stream(blob, TestKey(), pinned(), DecryptOutput::kTar, 2, &partial);
+    ASSERT_FALSE(s.ok());
+    EXPECT_THAT(s.status().message(), offset < 16 ? HasSubstr("blob header")
+                                                  : HasSubstr("wrong layer key"));
+    EXPECT_TRUE(partial.empty());
+  }
+}
+
+TEST_F(LayerTamper, SwappedChunks) {
+  auto index = OpenIndex(written().blob);
+  const ChunkInfo& a = ChunkOf(*index, "exact/a");
+  const ChunkInfo& b = ChunkOf(*index, "exact/b");
+  ASSERT_NE(a.index, b.index);
+  ASSERT_EQ(a.record_size(), b.record_size());  // same sizes: only the crypto can tell
+  ASSERT_TRUE(a.stored && b.stored);
+  std::vector<uint8_t> blob = written().blob;
+  std::swap_ranges(blob.begin() + a.blob_offset, blob.begin() + a.blob_end(),
+                   blob.begin() + b.blob_offset);
+  ExpectLazyReadFails(blob, "exact/a", StatusCode::kAuthFailed, "chunk " + std::to_string(a.index));
+  ExpectLazyReadFails(blob, "exact/b", StatusCode::kAuthFailed, "chunk " + std::to_string(b.index));
+  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "chunk " + std::to_string(a.index),
+                     StatusCode::kAuthFailed, "chunk " + std::to_string(a.index));
+}
+
+TEST_F(LayerTamper, ChunkFromAnotherLayerWithTheSameKey) {
+  auto index = OpenIndex(written().blob);
+  const ChunkInfo& c = ChunkOf(*index, "bin/tool");
+  // The other blob holds the same tar under the same key: byte-identical plaintext, same sizes,
+  // only the salt differs.
+  ASSERT_EQ(other().blob.size(), written().blob.size());
+  std::vector<uint8_t> blob = written().blob;
+  std::copy(other().blob.begin() + c.blob_offset, other().blob.begin() + c.blob_end(),
+            blob.begin() + c.blob_offset);
+  ASSERT_NE(blob, written().blob);
+  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kAuthFailed, "chunk " + std::to_string(c.index));
+  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "chunk " + std::to_string(c.index),
+                     StatusCode::kAuthFailed, "chunk " + std::to_string(c.index));
+  // And the other blob's TOC does not open under this blob's pin.
+  MemoryBlobSource source(other().blob);
+  EXPECT_THAT(LayerIndex::Open(source, TestKey(), pinned()).status().message(),
+              HasSubstr("TOC digest mismatch"));
+}
+
+TEST_F(LayerTamper, RecordsTruncatedOrExtended) {
+  auto index = OpenIndex(written().blob);
+  const auto chunks = index->chunks();
+  const ChunkInfo& last = chunks.back();
+  const ChunkInfo& before_last = chunks[chunks.size() - 2];
+  const std::vector<uint8_t>& good = written().blob;
+  // 1. The final record removed (TOC and footer kept): a truncated sequence.
+  std::vector<uint8_t> dropped(good.begin(), good.begin() + last.blob_offset);
+  dropped.insert(dropped.end(), good.begin() + last.blob_end(), good.end());
+  // 2. A record cut short in the middle.
+  std::vector<uint8_t> cut(good.begin(), good.begin() + before_last.blob_offset + 100);
+  // 3. A record repeated (an extended sequence).
+  std::vector<uint8_t> repeated(good.begin(), good.begin() + last.blob_offset);
+  repeated.insert(repeated.end(), good.begin() + before_last.blob_offset,
+                  good.begin() + before_last.blob_end());
+  repeated.insert(repeated.end(), good.begin() + last.blob_offset, good.end());
+  for (const auto* blob : {&dropped, &cut, &repeated}) {
+    SCOPED_TRACE(blob == &dropped ? "dropped" : blob == &cut ? "cut" : "repeated");
+    MemoryBlobSource source(*blob);
+    auto opened = LayerIndex::Open(source, TestKey(), pinned());
+    ASSERT_FALSE(opened.ok());  // the footer no longer sits where the TOC says
+    EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+    std::vector<uint8_t> partial;
+    auto s = Stream(*blob, TestKey(), pinned(), DecryptOutput::kTar, 2, &partial);
+    ASSERT_FALSE(s.ok());
+    EXPECT_THAT(s.status().code(), ::testing::AnyOf(StatusCode::kAuthFailed,
+                                                    StatusCode::kCorruption));
+    ExpectStrictPrefix(partial);
+  }
+  // The repeated record is authenticated at a different index: named as such.
+  auto s = Stream(repeated, TestKey(), pinned());
+  EXPECT_EQ(s.status().code(), StatusCode::kAuthFailed);
+  EXPECT_THAT(s.status().message(), HasSubstr("chunk " + std::to_string(last.index)));
+}
+
+TEST_F(LayerTamper, BlobTruncatedOrExtendedByOneByte) {
+  const std::vector<uint8_t>& good = written().blob;
+  std::vector<uint8_t> shorter(good.begin(), good.end() - 1);
+  std::vector<uint8_t> longer = good;
+  longer.push_back(0);
+  std::vector<uint8_t> longer_front = good;  // a byte before the footer
+  longer_front.insert(longer_front.end() - kFooterSize, 0);
+  for (const auto* blob : {&shorter, &longer, &longer_front}) {
+    MemoryBlobSource source(*blob);
+    auto opened = LayerIndex::Open(source, TestKey(), pinned());
+    ASSERT_FALSE(opened.ok());
+    EXPECT_EQ(opened.status().code(), StatusCode::kCorruption) << opened.status().ToString();
+    EXPECT_THAT(opened.status().message(), HasSubstr("footer"));
+    EXPECT_FALSE(Eager(*blob, TestKey(), pinned()).ok());
+    std::vector<uint8_t> partial;
+    auto s = Stream(*blob, TestKey(), pinned(), DecryptOutput::kTar, 2, &partial);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), StatusCode::kCorruption) << s.status().ToString();
+  }
+  // Only the footer and nothing else; only the header; nothing.
+  for (size_t n : {size_t{0}, kBlobHeaderSize, kBlobHeaderSize + 5}) {
+    std::vector<uint8_t> stub(good.begin(), good.begin() + n);
+    EXPECT_FALSE(Stream(stub, TestKey(), pinned()).ok());
+    EXPECT_EQ(Eager(stub, TestKey(), pinned()).status().code(), StatusCode::kCorruption);
+  }
+}
+
+TEST_F(LayerTamper, WrongKey) {
+  LayerKey wrong = TestKey(8);
+  MemoryBlobSource source(written().blob);
+  auto opened = LayerIndex::Open(source, wrong, pinned());
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kAuthFailed);
+  EXPECT_THAT(opened.status().message(), HasSubstr("wrong layer key"));
+  auto index = OpenIndex(written().blob);
+  EXPECT_THAT(ChunkOpener::Create(wrong, index->header()).status().message(),
+              HasSubstr("wrong layer key"));
+  ExpectDecodersFail(written().blob, StatusCode::kAuthFailed, "wrong layer key",
+                     StatusCode::kAuthFailed, "wrong layer key", wrong);
+  LayerKey short_key(std::vector<uint8_t>(16, 1));
+  EXPECT_EQ(LayerIndex::Open(source, short_key, pinned()).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST_F(LayerTamper, WrongPinnedTocDigest) {
+  crypto::Sha256Digest wrong = pinned();
+  wrong[31] ^= 1;
+  MemoryBlobSource source(written().blob);
+  auto opened = LayerIndex::Open(source, TestKey(), wrong);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kAuthFailed);
+  EXPECT_EQ(opened.status().message(), "TOC digest mismatch: pinned " + crypto::OciDigest(wrong) +
+                                           ", blob has " + crypto::OciDigest(pinned()));
+  EXPECT_FALSE(Eager(written().blob, TestKey(), wrong).ok());
+  auto s = Stream(written().blob, TestKey(), wrong);
+  EXPECT_THAT(s.status().message(), HasSubstr("TOC digest mismatch"));
+}
+
+// ---- Writer ------------------------------------------------------------------------------------
+
+TEST(LayerWriter, ParallelWritersProduceTheSameLayer) {
+  const std::vector<uint8_t>& tar = SourceTar(Source::kGnuTarPax);
+  Written one = WriteBlob(tar, TestKey(), SmallChunks(1));
+  Written three = WriteBlob(tar, TestKey(), SmallChunks(3));
+  EXPECT_NE(one.blob, three.blob);  // different salts
+  EXPECT_EQ(one.blob.size(), three.blob.size());
+  EXPECT_EQ(one.result.diff_id, three.result.diff_id);
+  MemoryBlobSource a(one.blob), b(three.blob);
+  auto ia = LayerIndex::Open(a, TestKey(), one.result.toc_digest);
+  auto ib = LayerIndex::Open(b, TestKey(), three.result.toc_digest);
+  ASSERT_TRUE(ia.ok() && ib.ok());
+  EXPECT_TRUE(std::equal((*ia)->chunks().begin(), (*ia)->chunks().end(), (*ib)->chunks().begin(),
+                         (*ib)->chunks().end()));
+  EXPECT_TRUE(std::equal((*ia)->entries().begin(), (*ia)->entries().end(),
+                         (*ib)->entries().begin(), (*ib)->entries().end()));
+  EXPECT_EQ((*ia)->toc_size(), (*ib)->toc_size());
+  auto da = Eager(one.blob, TestKey(), one.result.toc_digest, DecryptOutput::kTar, 1);
+  auto db = Eager(three.blob, TestKey(), three.result.toc_digest, DecryptOutput::kTar, 3);
+  ASSERT_TRUE(da.ok() && db.ok());
+  EXPECT_TRUE(*da == *db);
+  EXPECT_TRUE(*da == tar);
+}
+
+std::vector<uint8_t> TarOf(const std::vector<std::pair<tar::Entry, std::string>>& entries,
+                           const tar::WriteOptions& options = {}) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  for (auto [e, data] : entries) {
+    e.size = data.size();
+    EXPECT_TRUE(w.AppendEntry(e, AsBytes(data), options).ok());
+  }
+  EXPECT_TRUE(w.Finish().ok());
+  return out.Take();
+}
+
+Status WriteStatus(const std::vector<uint8_t>& layer, const WriterOptions& o = SmallChunks()) {
+  MemoryInputStream in(layer);
+  MemoryOutputStream out;
+  return WriteLayer(in, TestKey(), out, o).status();
+}
+
+// ---- Blobs forged by a key holder --------------------------------------------------------------
+// A holder of the layer key can seal anything. These checks are what keeps such a blob from being
+// read inconsistently (different bytes on the lazy and the eager path, or a truncated layer).
+
+class Forge {
+ public:
+  Forge() {
+    for (size_t i = 0; i < kSaltSize; ++i) header_.salt[i] = static_cast<uint8_t>(0x90 + i);
+    keys_ = std::move(DeriveKeys(key_, header_.salt)).value();
+    header_.commitment = keys_.commitment;
+    sealer_ = std::move(ChunkSealer::FromKeys(keys_, header_.salt)).value();
+    BlobHeaderBytes hb = EncodeBlobHeader(header_);
+    blob_.assign(hb.begin(), hb.end());
+    toc_.set_version(1);
+    toc_.set_target_chunk_size(kChunk);
+  }
+
+  const LayerKey& key() const { return key_; }
+
+  // Seals raw as the next record with the given last flag; the TOC lists `listed_raw_size`
+  // (default: the true size).
+  void AddChunk(ByteSpan raw, bool last, std::optional<uint32_t> listed_raw_size = std::nullopt) {
+    std::vector<uint8_t> record;
+    compress::ZstdCompressor compressor(3);
+    ASSERT_TRUE(sealer_->Seal(next_index_++, last, raw, compressor, record).ok());
+    auto h = ParseRecordHeader(ByteSpan(record).first(kRecordHeaderSize));
+    v1::Chunk* c = toc_.add_chunks();
+    c->set_payload_size(h->payload_size);
+    c->set_raw_size(listed_raw_size.value_or(h->raw_size));
+    c->set_stored(h->stored);
+    blob_.insert(blob_.end(), record.begin(), record.end());
+  }
+  void AddEntry(const tar::Entry& e) {
+    v1::Entry* p = toc_.add_entries();
+    auto name = NormalizeEntryName(e.name);
+    p->set_name(*name);
+    p->set_type(v1::ENTRY_TYPE_REGULAR);
+    p->set_mode(e.mode);
+    p->set_size(e.size);
+    p->set_data_offset(e.data_offset);
+  }
+  void AddJunk(size_t n) { blob_.insert(blob_.end(), n, 0x5a); }
+
+  // Seals the TOC (tar_sha256 = SHA-256 of `tar`, or `listed_diff_id`) and appends the footer.
+  std::vector<uint8_t> Finish(ByteSpan tar, std::optional<crypto::Sha256Digest> listed_diff_id =
+                                                std::nullopt) {
+    uint64_t tar_size = 0;
+    for (const auto& c : toc_.chunks()) tar_size += c.raw_size();
+    toc_.set_tar_size(tar_size);
+    crypto::Sha256Digest diff_id = listed_diff_id.value_or(crypto::Sha256::Of(tar));
+    toc_.set_tar_sha256(diff_id.data(), diff_id.size());
+    std::string serialized = toc_.SerializeAsString();
+    auto plaintext = EncodeTocPlaintext(AsBytes(serialized), 3);
+    std::vector<uint8_t> sealed(plaintext->size() + kTagSize);
+    auto gcm = crypto::AesGcm::Create(keys_.toc_key.span());
+    EXPECT_TRUE(gcm->Seal(TocNonce(), MakeTocAad(EncodeBlobHeader(header_), sealed.size()),
+                          *plaintext, MutableByteSpan(sealed).first(plaintext->size()),
+                          MutableByteSpan(sealed).subspan(plaintext->size()))
+                    .ok());
+    toc_digest_ = crypto::Sha256::Of(sealed);
+    uint64_t toc_offset = blob_.size();
+    blob_.insert(blob_.end(), sealed.begin(), sealed.end());
+    FooterBytes footer = EncodeFooter(header_, toc_offset, sealed.size());
+    blob_.insert(blob_.end(), footer.begin(), footer.end());
+    return blob_;
+  }
+  const crypto::Sha256Digest& toc_digest() const { return toc_digest_; }
+
+ private:
+  LayerKey key_ = TestKey(3);
+  DerivedKeys keys_;
+  BlobHeader header_;
+  std::unique_ptr<ChunkSealer> sealer_;
+  std::vector<uint8_t> blob_;
+  v1::Toc toc_;
+  uint64_t next_index_ = 0;
+  crypto::Sha256Digest toc_digest_{};
+};
+
+class KeyHolderForgery : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tar_ = TarOf({{TarEntry("file", tar::EntryType::kRegular),
+                   std::string(AsStringView(Pattern(100000, 11, true)))}});
+    auto entries = ParseSource(tar_);
+    ASSERT_EQ(entries.size(), 1u);
+    file_ = entries[0].entry;
+    ASSERT_GT(tar_.size(), kChunk);
+  }
+  ByteSpan First() const { return ByteSpan(tar_).first(kChunk); }
+  ByteSpan Rest() const { return ByteSpan(tar_).subspan(kChunk); }
+
+  // Reads the file through the lazy path.
+  static Status LazyRead(const std::vector<uint8_t>& blob, const Forge& forge) {
+    MemoryBlobSource source(blob);
+    auto reader = LayerReader::Open(source, forge.key(), forge.toc_digest());
+    if (!reader.ok()) return reader.status();
+    std::vector<uint8_t> out((*reader)->index().Find("file")->size, 0xAA);
+    auto n = (*reader)->ReadFile(*(*reader)->index().Find("file"), 0, out);
+    if (n.ok()) return Status::Ok();
+    EXPECT_THAT(out, Each(0));
+    return n.status();
+  }
+
+  std::vector<uint8_t> tar_;
+  tar::Entry file_;
+};
+
+TEST_F(KeyHolderForgery, HonestBlobFromTheBuilderDecodes) {
+  Forge f;
+  f.AddChunk(First(), false);
+  f.AddChunk(Rest(), true);
+  f.AddEntry(file_);
+  auto blob = f.Finish(tar_);
+  EXPECT_TRUE(LazyRead(blob, f).ok());
+  auto e = Eager(blob, f.key(), f.toc_digest());
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_TRUE(*e == tar_);
+  auto s = Stream(blob, f.key(), f.toc_digest());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_TRUE(*s == tar_);
+}
+
+TEST_F(KeyHolderForgery, TocChunkTableDisagreesWithTheRecords) {
+  // Same offsets (payload sizes kept), but the TOC moves 536 bytes from chunk 0 to chunk 1.
+  Forge f;
+  f.AddChunk(First(), false, kChunk - 536);
+  f.AddChunk(Rest(), true, static_cast<uint32_t>(Rest().size() + 536));
+  f.AddEntry(file_);
+  auto blob = f.Finish(tar_);
+  EXPECT_THAT(LazyRead(blob, f).message(), HasSubstr("does not match the chunk table"));
+  EXPECT_THAT(Eager(blob, f.key(), f.toc_digest()).status().message(),
+              HasSubstr("does not match the chunk table"));
+  EXPECT_THAT(Stream(blob, f.key(), f.toc_digest()).status().message(),
+              HasSubstr("chunk 0: record header does not match the TOC's chunk table"));
+}
+
+TEST_F(KeyHolderForgery, TocDiffIdIsNotTheTarsSha256) {
+  Forge f;
+  f.AddChunk(First(), false);
+  f.AddChunk(Rest(), true);
+  f.AddEntry(file_);
+  crypto::Sha256Digest wrong{};
+  wrong[0] = 1;
+  auto blob = f.Finish(tar_, wrong);
+  for (auto r : {Eager(blob, f.key(), f.toc_digest()), Stream(blob, f.key(), f.toc_digest())}) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kAuthFailed);
+    EXPECT_THAT(r.status().message(), HasSubstr("diff_id mismatch: the TOC says sha256:0100"));
+  }
+}
+
+TEST_F(KeyHolderForgery, FinalRecordWithoutTheLastFlag) {
+  Forge f;
+  f.AddChunk(First(), false);
+  f.AddChunk(Rest(), false);
+  f.AddEntry(file_);
+  auto blob = f.Finish(tar_);
+  EXPECT_THAT(LazyRead(blob, f).message(), HasSubstr("does not match the chunk table"));
+  EXPECT_FALSE(Eager(blob, f.key(), f.toc_digest()).ok());
+  // The stream decoder runs on into the TOC, which does not parse as a record.
+  EXPECT_FALSE(Stream(blob, f.key(), f.toc_digest()).ok());
+}
+
+TEST_F(KeyHolderForgery, LastFlagOnAnEarlierRecord) {
+  Forge f;
+  f.AddChunk(First(), true);
+  f.AddChunk(Rest(), true);
+  f.AddEntry(file_);
+  auto blob = f.Finish(tar_);
+  EXPECT_THAT(LazyRead(blob, f).message(), HasSubstr("does not match the chunk table"));
+  EXPECT_FALSE(Eager(blob, f.key(), f.toc_digest()).ok());
+  // The stream decoder stops after record 0: what follows is not where the footer puts the TOC.
+  EXPECT_THAT(Stream(blob, f.key(), f.toc_digest()).status().message(),
+              HasSubstr("footer puts the TOC at blob offset"));
+}
+
+TEST_F(KeyHolderForgery, BytesBetweenTheRecordsAndTheToc) {
+  Forge f;
+  f.AddChunk(First(), false);
+  f.AddChunk(Rest(), true);
+  f.AddEntry(file_);
+  f.AddJunk(100);
+  auto blob = f.Finish(tar_);
+  MemoryBlobSource source(blob);
+  auto index = LayerIndex::Open(source, f.key(), f.toc_digest());
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(index.status().message(), HasSubstr("chunk table ends at blob offset"));
+  EXPECT_THAT(Stream(blob, f.key(), f.toc_digest()).status().message(),
+              HasSubstr("footer puts the TOC at blob offset"));
+}
+
+TEST(LayerWriter, RejectsUnsafeNamesByName) {
+  for (const char* name : {"../evil", "a/../../evil", "./x/.."}) {
+    Status s = WriteStatus(TarOf({{TarEntry(name, tar::EntryType::kRegular), "x"}}));
+    EXPECT_EQ(s.code(), StatusCode::kCorruption) << name;
+    EXPECT_THAT(s.message(), AllOf(HasSubstr(std::string("tar entry '") + name + "'"),
+                                   HasSubstr("'..'")));
+  }
+  tar::Entry link = TarEntry("l", tar::EntryType::kHardlink);
+  link.link_name = "../../etc/shadow";
+  EXPECT_THAT(WriteStatus(TarOf({{link, ""}})).message(),
+              AllOf(HasSubstr("tar entry 'l'"), HasSubstr("hardlink target")));
+  link.link_name = "nowhere";
+  EXPECT_THAT(WriteStatus(TarOf({{link, ""}})).message(), HasSubstr("not an earlier entry"));
+  tar::Entry root_file = TarEntry("./", tar::EntryType::kRegular);
+  EXPECT_THAT(WriteStatus(TarOf({{root_file, "x"}})).message(), HasSubstr("root '.'"));
+}
+
+TEST(LayerWriter, PassesTarParserErrorsThrough) {
+  tar::WriteOptions sparse;
+  sparse.typeflag = 'S';
+  Status s = WriteStatus(TarOf({{TarEntry("sparse", tar::EntryType::kRegular), "data"}}, sparse));
+  EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.ToString();
+  EXPECT_THAT(s.message(), HasSubstr("sparse"));
+  std::vector<uint8_t> garbage = Pattern(5000, 3, false);
+  EXPECT_FALSE(WriteStatus(garbage).ok());
+  EXPECT_FALSE(WriteStatus({}).ok());
+  std::vector<uint8_t> truncated = TarOf({{TarEntry("f", tar::EntryType::kRegular),
+                                           std::string(3000, 'x')}});
+  truncated.resize(1500);
+  EXPECT_EQ(WriteStatus(truncated).code(), StatusCode::kCorruption);
+}
+
+TEST(LayerWriter, RejectsBadOptionsAndKeys) {
+  auto tar = TarOf({{TarEntry("f", tar::EntryType::kRegular), "x"}});
+  WriterOptions o = SmallChunks();
+  o.chunk_size_bytes = kMinChunkSizeBytes - 1;
+  EXPECT_EQ(WriteStatus(tar, o).code(), StatusCode::kInvalidArgument);
+  o.chunk_size_bytes = kMaxChunkSizeBytes + 1;
+  EXPECT_EQ(WriteStatus(tar, o).code(), StatusCode::kInvalidArgument);
+  o = SmallChunks();
+  o.threads = -1;
+  EXPECT_EQ(WriteStatus(tar, o).code(), StatusCode::kInvalidArgument);
+  MemoryInputStream in(tar);
+  MemoryOutputStream out;
+  EXPECT_EQ(WriteLayer(in, LayerKey(std::vector<uint8_t>(31)), out, SmallChunks()).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+// Fails every Write after `budget` bytes.
+class FailingOutputStream final : public OutputStream {
+ public:
+  explicit FailingOutputStream(uint64_t budget) : budget_(budget) {}
+  Status Write(ByteSpan data) override {
+    if (data.size() > budget_) return Status::IoError("disk full (test)");
+    budget_ -= data.size();
+    return Status::Ok();
+  }
+  Status Close() override { return Status::Ok(); }
+
+ private:
+  uint64_t budget_;
+};
+
+TEST(LayerWriter, OutputErrorsStopThePipeline) {
+  const std::vector<uint8_t>& tar = SourceTar(Source::kTarWriterPax);
+  const uint64_t size = WriteBlob(tar, TestKey()).blob.size();
+  ASSERT_GT(size, 200000u);
+  // In the header, in the records (the emitter's write), in the TOC, in the footer.
+  for (uint64_t budget : {uint64_t{0}, uint64_t{100}, size / 3, size - 300, size - 50}) {
+    for (int threads : {1, 3}) {
+      MemoryInputStream in(tar);
+      FailingOutputStream out(budget);
+      auto r = WriteLayer(in, TestKey(), out, SmallChunks(threads));
+      ASSERT_FALSE(r.ok()) << budget;
+      EXPECT_EQ(r.status().code(), StatusCode::kIoError) << r.status().ToString();
+      EXPECT_THAT(r.status().message(), HasSubstr("disk full"));
+    }
+  }
+}
+
+TEST(LayerWriter, DefaultChunkSizeIsOneMiB) {
+  EXPECT_EQ(WriterOptions{}.chunk_size_bytes, size_t{1} << 20);
+  const std::vector<uint8_t>& tar = SourceTar(Source::kGnuTarGnu);
+  WriterOptions o;
+  o.threads = 2;
+  Written w = WriteBlob(tar, TestKey(), o);
+  MemoryBlobSource source(w.blob);
+  auto index = LayerIndex::Open(source, TestKey(), w.result.toc_digest);
+  ASSERT_TRUE(index.ok());
+  EXPECT_EQ((*index)->target_chunk_size(), 1u << 20);
+  CheckChunkingPolicy(**index);
+  EXPECT_GE((*index)->chunks().size(), 5u);  // ~4.5 MiB with a 3 MiB file on its own chunks
+}
+
+// A tar stream generated on the fly: one regular file of `size` bytes (half random, half
+// repetitive per 64 KiB block), never held in memory.
+class GeneratedTarStream final : public InputStream {
+ public:
+  explicit GeneratedTarStream(uint64_t size) : size_(size) {
+    MemoryOutputStream header;
+    tar::TarWriter w(header);
+    tar::Entry e = TarEntry("big.bin", tar::EntryType::kRegular);
+    e.size = size;
+    auto off = w.AppendHeader(e);
+    EXPECT_TRUE(off.ok());
+    prefix_ = header.Take();
+    MemoryOutputStream end;
+    tar::TarWriter w2(end);
+    EXPECT_TRUE(w2.Finish(0).ok());
+    suffix_.assign((512 - size % 512) % 512, 0);
+    suffix_.insert(suffix_.end(), end.bytes().begin(), end.bytes().end());
+  }
+
+  uint64_t total_size() const { return prefix_.size() + size_ + suffix_.size(); }
+
+  Result<size_t> Read(MutableByteSpan out) override {
+    size_t done = 0;
+    while (done < out.size()) {
+      if (pos_ < prefix_.size()) {
+        size_t n = std::min(out.size() - done, prefix_.size() - pos_);
+        std::memcpy(out.data() + done, prefix_.data() + pos_, n);
+        pos_ += n;
+        done += n;
+      } else if (pos_ < prefix_.size() + size_) {
+        uint64_t data_pos = pos_ - prefix_.size();
+        size_t n = static_cast<size_t>(std::min<uint64_t>(out.size() - done, size_ - data_pos));
+        for (size_t i = 0; i < n; ++i) {
+          uint64_t p = data_pos + i;
+          if ((p >> 15) & 1) {
+            out[done + i] = static_cast<uint8_t>(p);
+          } else {
+            state_ ^= state_ << 13;
+            state_ ^= state_ >> 7;
+            state_ ^= state_ << 17;
+            out[done + i] = static_cast<uint8_t>(state_);
+          }
+        }
+        pos_ += n;
+        done += n;
+      } else {
+        uint64_t s = pos_ - prefix_.size() - size_;
+        if (s >= suffix_.size()) break;
+        size_t n = std::min(out.size() - done, static_cast<size_t>(suffix_.size() - s));
+        std::memcpy(out.data() + done, suffix_.data() + s, n);
+        pos_ += n;
+        done += n;
+      }
+    }
+    return done;
+  }
+
+ private:
+  uint64_t size_;
+  uint64_t pos_ = 0;
+  uint64_t state_ = 88172645463325252ull;
+  std::vector<uint8_t> prefix_, suffix_;
+};
+
+// Counts and hashes without keeping anything.
+class DiscardingOutputStream final : public OutputStream {
+ public:
+  Status Write(ByteSpan data) override {
+    size_ += data.size();
+    return Status::Ok();
+  }
+  Status Close() override { return Status::Ok(); }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint64_t size_ = 0;
+};
+
+uint64_t PeakRssKiB() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+TEST(LayerWriter, MemoryStaysBoundedForALargeLayer) {
+  const uint64_t kSize = uint64_t{512} << 20;
+  GeneratedTarStream in(kSize);
+  DiscardingOutputStream out;
+  WriterOptions o;  // default 1 MiB chunks
+  o.threads = 2;
+  uint64_t before = PeakRssKiB();
+  auto r = WriteLayer(in, TestKey(), out, o);
+  uint64_t after = PeakRssKiB();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->tar_size, in.total_size());
+  EXPECT_EQ(r->chunk_count, 514u);  // the header chunk, 512 data chunks, the end marker
+  EXPECT_EQ(out.size(), r->blob_size);
+  EXPECT_LT(r->blob_size, kSize * 3 / 4);  // the repetitive halves compressed
+  EXPECT_LT(after - before, 200u * 1024) << "peak RSS grew by " << (after - before) / 1024
+                                         << " MiB";
+}
+
+}  // namespace
+}  // namespace lazycrypt::format

@@ -1,0 +1,110 @@
+#include "format/layer_index.h"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+
+#include "crypto/aes_gcm.h"
+
+namespace lazycrypt::format {
+
+namespace internal {
+
+Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
+                          const BlobHeaderBytes& header_bytes,
+                          const crypto::Sha256Digest* pinned_toc_digest) {
+  if (sealed.size() <= kTagSize) {
+    return Status::Corruption("TOC: " + std::to_string(sealed.size()) +
+                              " sealed bytes, not more than a tag");
+  }
+  // The digest is compared before a byte is decrypted: the manifest pins exactly these bytes.
+  if (pinned_toc_digest != nullptr) {
+    crypto::Sha256Digest actual = crypto::Sha256::Of(sealed);
+    if (actual != *pinned_toc_digest) {
+      return Status::AuthFailed("TOC digest mismatch: pinned " +
+                                crypto::OciDigest(*pinned_toc_digest) + ", blob has " +
+                                crypto::OciDigest(actual));
+    }
+  }
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, crypto::AesGcm::Create(keys.toc_key.span()));
+  const size_t plaintext_size = sealed.size() - kTagSize;
+  std::vector<uint8_t> plaintext(plaintext_size);
+  TocAad aad = MakeTocAad(header_bytes, sealed.size());
+  Status s = gcm.Open(TocNonce(), aad, sealed.first(plaintext_size),
+                      sealed.subspan(plaintext_size, kTagSize), plaintext);
+  if (s.code() == StatusCode::kAuthFailed) {
+    return Status::AuthFailed(
+        "TOC: authentication failed (the TOC, the blob header or the footer was altered)");
+  }
+  LC_RETURN_IF_ERROR(s.WithContext("TOC"));
+  return DecodeTocPlaintext(plaintext);
+}
+
+}  // namespace internal
+
+Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
+    BlobSource& blob, const LayerKey& key, const crypto::Sha256Digest& pinned_toc_digest) {
+  const uint64_t blob_size = blob.size();
+  constexpr uint64_t kMinBlobSize = kBlobHeaderSize + kMinRecordSize + kTagSize + 1 + kFooterSize;
+  if (blob_size < kMinBlobSize) {
+    return Status::Corruption("blob is " + std::to_string(blob_size) +
+                              " bytes, smaller than the smallest lazycrypt blob (" +
+                              std::to_string(kMinBlobSize) + ")");
+  }
+  FooterBytes footer_bytes;
+  LC_RETURN_IF_ERROR(blob.ReadAt(blob_size - kFooterSize, footer_bytes).WithContext("footer"));
+  LC_ASSIGN_OR_RETURN(Footer footer, ParseFooter(footer_bytes, blob_size));
+  LC_ASSIGN_OR_RETURN(DerivedKeys keys, DeriveAndCheckKeys(key, footer.header));
+
+  std::vector<uint8_t> sealed(footer.toc_size);
+  LC_RETURN_IF_ERROR(blob.ReadAt(footer.toc_offset, sealed).WithContext("TOC"));
+  LC_ASSIGN_OR_RETURN(Toc toc, internal::OpenSealedToc(sealed, keys, footer.header_bytes,
+                                                       &pinned_toc_digest));
+  if (toc.records_end() != footer.toc_offset) {
+    return Status::Corruption("TOC: its chunk table ends at blob offset " +
+                              std::to_string(toc.records_end()) + " but the footer puts the TOC at " +
+                              std::to_string(footer.toc_offset));
+  }
+
+  std::shared_ptr<LayerIndex> index(new LayerIndex());
+  index->header_ = footer.header;
+  index->header_bytes_ = footer.header_bytes;
+  index->blob_size_ = blob_size;
+  index->toc_offset_ = footer.toc_offset;
+  index->toc_size_ = footer.toc_size;
+  index->toc_digest_ = pinned_toc_digest;  // equal to the actual digest, checked above
+  index->toc_ = std::move(toc);
+  const auto& entries = index->toc_.entries;
+  index->by_name_.resize(entries.size());
+  std::iota(index->by_name_.begin(), index->by_name_.end(), 0u);
+  std::stable_sort(index->by_name_.begin(), index->by_name_.end(),
+                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
+  return std::shared_ptr<const LayerIndex>(std::move(index));
+}
+
+const Entry* LayerIndex::Find(std::string_view name) const {
+  const auto& entries = toc_.entries;
+  auto upper = std::upper_bound(by_name_.begin(), by_name_.end(), name,
+                                [&](std::string_view n, uint32_t i) { return n < entries[i].name; });
+  if (upper == by_name_.begin()) return nullptr;
+  const Entry& candidate = entries[*(upper - 1)];
+  return candidate.name == name ? &candidate : nullptr;
+}
+
+uint64_t LayerIndex::ChunkForTarOffset(uint64_t tar_offset) const {
+  const auto& chunks = toc_.chunks;
+  auto it = std::upper_bound(chunks.begin(), chunks.end(), tar_offset,
+                             [](uint64_t off, const ChunkInfo& c) { return off < c.tar_offset; });
+  // chunks[0].tar_offset == 0, so `it` is past the first chunk.
+  return static_cast<uint64_t>((it - chunks.begin()) - 1);
+}
+
+ChunkRange LayerIndex::ChunksForRange(const Entry& entry, uint64_t offset, uint64_t length) const {
+  if (entry.type != EntryType::kRegular || offset >= entry.size || length == 0) return {};
+  uint64_t end = offset + std::min(length, entry.size - offset);
+  uint64_t first = ChunkForTarOffset(entry.data_offset + offset);
+  uint64_t last = ChunkForTarOffset(entry.data_offset + end - 1);
+  return {first, last - first + 1};
+}
+
+}  // namespace lazycrypt::format

@@ -1,0 +1,90 @@
+// The verified table of contents of one blob: the only way a reader learns what a blob holds.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "common/io.h"
+#include "common/status.h"
+#include "crypto/digest.h"
+#include "format/keys.h"
+#include "format/layout.h"
+#include "format/toc.h"
+
+namespace lazycrypt::format {
+
+// Chunks [first, first + count) of a blob.
+struct ChunkRange {
+  uint64_t first = 0;
+  uint64_t count = 0;
+  bool empty() const { return count == 0; }
+  bool operator==(const ChunkRange&) const = default;
+};
+
+// Immutable, hence thread-safe. Obtainable only through Open, which verifies the TOC's digest
+// against the pinned one and its GCM tag before parsing a byte of it, then validates it.
+class LayerIndex {
+ public:
+  // Reads the footer (one ReadAt of kFooterSize bytes at the end) and checks it; derives the keys
+  // and checks the key commitment (AuthFailed "wrong layer key"); reads the sealed TOC (one
+  // ReadAt); compares its SHA-256 with pinned_toc_digest (AuthFailed "TOC digest mismatch: pinned
+  // sha256:..., blob has sha256:..."); decrypts, decompresses, parses and validates it
+  // (Corruption naming the problem); checks the chunk table ends exactly where the TOC starts.
+  // Never reads the blob header at offset 0 (the footer holds its copy); DecryptLayer does.
+  static Result<std::shared_ptr<const LayerIndex>> Open(BlobSource& blob, const LayerKey& key,
+                                                        const crypto::Sha256Digest& pinned_toc_digest);
+
+  const BlobHeader& header() const { return header_; }
+  const BlobHeaderBytes& header_bytes() const { return header_bytes_; }
+  uint64_t blob_size() const { return blob_size_; }
+  uint64_t toc_offset() const { return toc_offset_; }
+  uint64_t toc_size() const { return toc_size_; }
+  const crypto::Sha256Digest& toc_digest() const { return toc_digest_; }
+  // SHA-256 of the uncompressed tar stream: the layer's diff_id.
+  const crypto::Sha256Digest& diff_id() const { return toc_.diff_id; }
+  uint64_t tar_size() const { return toc_.tar_size; }
+  uint32_t target_chunk_size() const { return toc_.target_chunk_size; }
+
+  // In tar stream order. Names may repeat (a later entry replaces an earlier one on extraction).
+  std::span<const Entry> entries() const { return toc_.entries; }
+  // The last entry named `name` (normalized form, "." for the root), or nullptr.
+  const Entry* Find(std::string_view name) const;
+
+  std::span<const ChunkInfo> chunks() const { return toc_.chunks; }
+  // The chunk holding tar stream byte `tar_offset`. REQUIRES tar_offset < tar_size().
+  uint64_t ChunkForTarOffset(uint64_t tar_offset) const;
+  // The chunks holding bytes [offset, offset + length) of a regular file's data, clipped to its
+  // size (empty when nothing is left). REQUIRES entry is a regular entry of this index.
+  ChunkRange ChunksForRange(const Entry& entry, uint64_t offset, uint64_t length) const;
+  // Blob bytes [begin, end) holding the records of `range`. REQUIRES !range.empty(), in bounds.
+  uint64_t RecordsBegin(const ChunkRange& range) const { return toc_.chunks[range.first].blob_offset; }
+  uint64_t RecordsEnd(const ChunkRange& range) const {
+    return toc_.chunks[range.first + range.count - 1].blob_end();
+  }
+
+ private:
+  LayerIndex() = default;
+  BlobHeader header_;
+  BlobHeaderBytes header_bytes_{};
+  uint64_t blob_size_ = 0;
+  uint64_t toc_offset_ = 0;
+  uint64_t toc_size_ = 0;
+  crypto::Sha256Digest toc_digest_{};
+  Toc toc_;
+  std::vector<uint32_t> by_name_;  // entry indexes sorted by name (stable: equal names in order)
+};
+
+// What DecryptLayer and DecryptLayerStream need beyond the index: the verified pieces of a sealed
+// TOC. Internal building block shared by the decoders; not for other folders.
+namespace internal {
+// Checks `sealed` (ciphertext || tag of the TOC, as read from the blob) against the pinned digest
+// (if any), opens it with keys.toc_key and the footer's header bytes, and parses it.
+Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
+                          const BlobHeaderBytes& header_bytes,
+                          const crypto::Sha256Digest* pinned_toc_digest);
+}  // namespace internal
+
+}  // namespace lazycrypt::format

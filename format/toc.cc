@@ -1,0 +1,315 @@
+#include "format/toc.h"
+
+#include <cstring>
+#include <limits>
+#include <unordered_map>
+
+#include "compress/compress.h"
+#include "format/toc.pb.h"
+
+namespace lazycrypt::format {
+namespace {
+
+// Linux limits: a path component (NAME_MAX) and a whole path or symlink target (PATH_MAX - 1). A
+// layer beyond them could not be extracted by anyone either.
+constexpr size_t kMaxComponentSize = 255;
+constexpr size_t kMaxPathSize = 4095;
+constexpr size_t kMaxOwnerNameSize = 4096;
+constexpr size_t kMaxXattrNameSize = 255;     // XATTR_NAME_MAX
+constexpr size_t kMaxXattrValueSize = 65536;  // XATTR_SIZE_MAX
+
+std::string Num(uint64_t v) { return std::to_string(v); }
+
+bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
+
+// Names stay out of reader-side messages (the TOC is confidential, errors reach logs); the
+// writer, whose user owns the names, asks for them.
+Status EntryError(size_t index, const std::string* name, const std::string& what) {
+  return Status::Corruption("TOC entry " + Num(index) + (name ? " '" + *name + "'" : "") + ": " +
+                            what);
+}
+
+}  // namespace
+
+std::string_view EntryTypeName(EntryType type) {
+  switch (type) {
+    case EntryType::kRegular: return "regular file";
+    case EntryType::kDirectory: return "directory";
+    case EntryType::kSymlink: return "symlink";
+    case EntryType::kHardlink: return "hardlink";
+    case EntryType::kCharDevice: return "character device";
+    case EntryType::kBlockDevice: return "block device";
+    case EntryType::kFifo: return "fifo";
+  }
+  return "unknown type";
+}
+
+Result<std::string> NormalizeEntryName(std::string_view raw) {
+  if (raw.empty()) return Status::Corruption("name is empty");
+  if (HasNul(raw)) return Status::Corruption("name contains a NUL byte");
+  std::string out;
+  out.reserve(raw.size());
+  size_t pos = 0;
+  while (pos <= raw.size()) {
+    size_t slash = raw.find('/', pos);
+    if (slash == std::string_view::npos) slash = raw.size();
+    std::string_view part = raw.substr(pos, slash - pos);
+    pos = slash + 1;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return Status::Corruption("name has a '..' component");
+    if (part.size() > kMaxComponentSize) {
+      return Status::Corruption("name has a " + Num(part.size()) + "-byte component (limit " +
+                                Num(kMaxComponentSize) + ")");
+    }
+    if (!out.empty()) out.push_back('/');
+    out.append(part);
+  }
+  if (out.empty()) return std::string(".");
+  if (out.size() > kMaxPathSize) {
+    return Status::Corruption("name is " + Num(out.size()) + " bytes long (limit " +
+                              Num(kMaxPathSize) + ")");
+  }
+  return out;
+}
+
+bool IsNormalizedName(std::string_view name) {
+  auto normalized = NormalizeEntryName(name);
+  return normalized.ok() && *normalized == name;
+}
+
+Status ValidateEntry(const Entry& e, uint64_t tar_size) {
+  if (!IsNormalizedName(e.name)) {
+    auto n = NormalizeEntryName(e.name);
+    return Status::Corruption(n.ok() ? std::string("name is not in normalized form")
+                                     : n.status().message());
+  }
+  switch (e.type) {
+    case EntryType::kRegular:
+    case EntryType::kDirectory:
+    case EntryType::kSymlink:
+    case EntryType::kHardlink:
+    case EntryType::kCharDevice:
+    case EntryType::kBlockDevice:
+    case EntryType::kFifo:
+      break;
+    default:
+      return Status::Corruption("type " + Num(static_cast<unsigned>(e.type)) + " is unknown");
+  }
+  if (e.name == "." && e.type != EntryType::kDirectory) {
+    return Status::Corruption("the root '.' is a " + std::string(EntryTypeName(e.type)) +
+                              ", not a directory");
+  }
+  if (e.mode > 07777) return Status::Corruption("mode " + Num(e.mode) + " has bits above 07777");
+  if (e.mtime_nsec >= 1000000000u) {
+    return Status::Corruption("mtime nanoseconds " + Num(e.mtime_nsec) + " >= 1e9");
+  }
+  if (e.uname.size() > kMaxOwnerNameSize || e.gname.size() > kMaxOwnerNameSize) {
+    return Status::Corruption("user or group name is longer than " + Num(kMaxOwnerNameSize) +
+                              " bytes");
+  }
+  if (e.type == EntryType::kRegular) {
+    if (e.data_offset > tar_size || e.size > tar_size - e.data_offset) {
+      return Status::Corruption("data range [" + Num(e.data_offset) + ", +" + Num(e.size) +
+                                ") is outside the " + Num(tar_size) + "-byte tar stream");
+    }
+  } else if (e.size != 0 || e.data_offset != 0) {
+    return Status::Corruption(std::string(EntryTypeName(e.type)) +
+                              " has a data size or offset (only regular files have data)");
+  }
+  switch (e.type) {
+    case EntryType::kSymlink:
+      if (e.link_target.empty()) return Status::Corruption("symlink target is empty");
+      if (HasNul(e.link_target)) return Status::Corruption("symlink target contains a NUL byte");
+      if (e.link_target.size() > kMaxPathSize) {
+        return Status::Corruption("symlink target is " + Num(e.link_target.size()) +
+                                  " bytes long (limit " + Num(kMaxPathSize) + ")");
+      }
+      break;
+    case EntryType::kHardlink:
+      if (!IsNormalizedName(e.link_target) || e.link_target == ".") {
+        return Status::Corruption("hardlink target is not a normalized entry name");
+      }
+      break;
+    default:
+      if (!e.link_target.empty()) {
+        return Status::Corruption(std::string(EntryTypeName(e.type)) + " has a link target");
+      }
+  }
+  if (e.type != EntryType::kCharDevice && e.type != EntryType::kBlockDevice &&
+      (e.dev_major != 0 || e.dev_minor != 0)) {
+    return Status::Corruption(std::string(EntryTypeName(e.type)) + " has device numbers");
+  }
+  for (const auto& [name, value] : e.xattrs) {
+    if (name.empty() || name.size() > kMaxXattrNameSize || HasNul(name)) {
+      return Status::Corruption("an xattr name is empty, longer than " + Num(kMaxXattrNameSize) +
+                                " bytes or contains NUL");
+    }
+    if (value.size() > kMaxXattrValueSize) {
+      return Status::Corruption("an xattr value is " + Num(value.size()) + " bytes (limit " +
+                                Num(kMaxXattrValueSize) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
+  Toc toc;
+  toc.version = proto.version();
+  if (toc.version != 1) {
+    return Status::Corruption("TOC: version " + Num(toc.version) + " is not supported (need 1)");
+  }
+  toc.target_chunk_size = proto.target_chunk_size();
+  if (toc.target_chunk_size < kMinChunkSizeBytes || toc.target_chunk_size > kMaxChunkSizeBytes) {
+    return Status::Corruption("TOC: target chunk size " + Num(toc.target_chunk_size) +
+                              " is outside " + Num(kMinChunkSizeBytes) + ".." +
+                              Num(kMaxChunkSizeBytes));
+  }
+
+  // Chunk table.
+  const int chunk_count = proto.chunks_size();
+  if (chunk_count < 1 || static_cast<uint64_t>(chunk_count) > kMaxChunks) {
+    return Status::Corruption("TOC: chunk count " + Num(chunk_count) + " is outside 1.." +
+                              Num(kMaxChunks));
+  }
+  toc.chunks.resize(chunk_count);
+  uint64_t blob_offset = kBlobHeaderSize;
+  uint64_t tar_offset = 0;
+  for (int i = 0; i < chunk_count; ++i) {
+    const v1::Chunk& c = proto.chunks(i);
+    ChunkInfo& info = toc.chunks[i];
+    info.index = static_cast<uint64_t>(i);
+    info.payload_size = c.payload_size();
+    info.raw_size = c.raw_size();
+    info.stored = c.stored();
+    info.last = (i == chunk_count - 1);
+    if (info.raw_size == 0 || info.raw_size > toc.target_chunk_size) {
+      return Status::Corruption("TOC chunk " + Num(i) + ": raw size " + Num(info.raw_size) +
+                                " is outside 1.." + Num(toc.target_chunk_size));
+    }
+    if (info.stored ? info.payload_size != info.raw_size
+                    : (info.payload_size == 0 ||
+                       info.payload_size > MaxCompressedPayloadSize(info.raw_size))) {
+      return Status::Corruption("TOC chunk " + Num(i) + ": payload size " +
+                                Num(info.payload_size) + " is impossible for a " +
+                                (info.stored ? "stored" : "compressed") + " chunk of " +
+                                Num(info.raw_size) + " raw bytes");
+    }
+    info.blob_offset = blob_offset;
+    info.tar_offset = tar_offset;
+    // No overflow: at most kMaxChunks records of at most ~17 MiB each.
+    blob_offset += info.record_size();
+    tar_offset += info.raw_size;
+  }
+  toc.tar_size = proto.tar_size();
+  if (tar_offset != toc.tar_size) {
+    return Status::Corruption("TOC: chunks hold " + Num(tar_offset) +
+                              " raw bytes but the tar stream size is " + Num(toc.tar_size));
+  }
+  if (proto.tar_sha256().size() != toc.diff_id.size()) {
+    return Status::Corruption("TOC: tar SHA-256 is " + Num(proto.tar_sha256().size()) +
+                              " bytes, need 32");
+  }
+  std::memcpy(toc.diff_id.data(), proto.tar_sha256().data(), toc.diff_id.size());
+
+  // Entries.
+  const int entry_count = proto.entries_size();
+  if (static_cast<uint64_t>(entry_count) > kMaxTocEntries) {
+    return Status::Corruption("TOC: " + Num(entry_count) + " entries (limit " +
+                              Num(kMaxTocEntries) + ")");
+  }
+  toc.entries.reserve(entry_count);  // no reallocation below: `seen` keeps views into names
+  // Type of the latest entry of each name, for hardlink targets.
+  std::unordered_map<std::string_view, EntryType> seen;
+  seen.reserve(entry_count);
+  for (int i = 0; i < entry_count; ++i) {
+    const v1::Entry& p = proto.entries(i);
+    const std::string* err_name = name_entries_in_errors ? &p.name() : nullptr;
+    Entry& e = toc.entries.emplace_back();
+    e.name = p.name();
+    int type = p.type();
+    if (type < static_cast<int>(EntryType::kRegular) || type > static_cast<int>(EntryType::kFifo)) {
+      return EntryError(i, err_name, "type " + std::to_string(type) + " is unknown");
+    }
+    e.type = static_cast<EntryType>(type);
+    e.mode = p.mode();
+    e.uid = p.uid();
+    e.gid = p.gid();
+    e.uname = p.uname();
+    e.gname = p.gname();
+    e.mtime_sec = p.mtime_sec();
+    e.mtime_nsec = p.mtime_nsec();
+    e.size = p.size();
+    e.link_target = p.link_target();
+    e.dev_major = p.dev_major();
+    e.dev_minor = p.dev_minor();
+    e.data_offset = p.data_offset();
+    const std::string* previous_name = nullptr;
+    for (const v1::Xattr& x : p.xattrs()) {
+      if (previous_name != nullptr && !(*previous_name < x.name())) {
+        return EntryError(i, err_name, "xattr names are not sorted and unique");
+      }
+      previous_name = &x.name();
+      e.xattrs.emplace_hint(e.xattrs.end(), x.name(), x.value());
+    }
+    if (Status s = ValidateEntry(e, toc.tar_size); !s.ok()) {
+      return EntryError(i, err_name, s.message());
+    }
+    if (e.type == EntryType::kHardlink) {
+      auto target = seen.find(e.link_target);
+      if (target == seen.end()) {
+        return EntryError(i, err_name, "hardlink target is not an earlier entry");
+      }
+      if (target->second == EntryType::kDirectory) {
+        return EntryError(i, err_name, "hardlink target is a directory");
+      }
+    }
+    seen[e.name] = e.type;
+  }
+  return toc;
+}
+
+Result<Toc> ParseToc(ByteSpan serialized) {
+  if (serialized.size() > kMaxTocSerializedSize) {
+    return Status::Corruption("TOC: " + Num(serialized.size()) + " bytes (limit " +
+                              Num(kMaxTocSerializedSize) + ")");
+  }
+  v1::Toc proto;
+  if (!proto.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
+    return Status::Corruption("TOC: protobuf does not parse");
+  }
+  return TocFromProto(proto);
+}
+
+Result<Toc> DecodeTocPlaintext(ByteSpan plaintext) {
+  if (plaintext.size() < kTocSizePrefixSize) {
+    return Status::Corruption("TOC: plaintext is " + Num(plaintext.size()) +
+                              " bytes, shorter than its size prefix");
+  }
+  uint64_t serialized_size = LoadLe64(plaintext.data());
+  if (serialized_size > kMaxTocSerializedSize) {
+    return Status::Corruption("TOC: claims " + Num(serialized_size) + " bytes (limit " +
+                              Num(kMaxTocSerializedSize) + ")");
+  }
+  std::vector<uint8_t> serialized(serialized_size);
+  compress::ZstdDecompressor decompressor;
+  Status s = decompressor.DecompressExact(plaintext.subspan(kTocSizePrefixSize), serialized);
+  if (!s.ok()) return s.WithContext("TOC");
+  return ParseToc(serialized);
+}
+
+Result<std::vector<uint8_t>> EncodeTocPlaintext(ByteSpan serialized, int zstd_level) {
+  if (serialized.size() > kMaxTocSerializedSize) {
+    return Status::InvalidArgument("TOC: " + Num(serialized.size()) +
+                                   " bytes serialized, over the format's limit of " +
+                                   Num(kMaxTocSerializedSize) + " (too many entries)");
+  }
+  std::vector<uint8_t> out(kTocSizePrefixSize + compress::ZstdCompressor::Bound(serialized.size()));
+  StoreLe64(out.data(), serialized.size());
+  compress::ZstdCompressor compressor(zstd_level);
+  LC_ASSIGN_OR_RETURN(size_t n, compressor.Compress(
+                                    serialized, MutableByteSpan(out).subspan(kTocSizePrefixSize)));
+  out.resize(kTocSizePrefixSize + n);
+  return out;
+}
+
+}  // namespace lazycrypt::format

@@ -1,0 +1,113 @@
+// The TOC as C++ values, and the functions that turn untrusted TOC bytes into them. Parsing and
+// validation need no key (format/toc_fuzz.cc calls them directly); LayerIndex (layer_index.h) is
+// the only way a reader gets a TOC from a blob, after its digest and tag are verified.
+// All functions are thread-safe (no shared state).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/io.h"
+#include "common/status.h"
+#include "crypto/digest.h"
+#include "format/layout.h"
+
+namespace lazycrypt::format {
+
+namespace v1 {
+class Toc;  // format/toc.pb.h; kept out of this header
+}
+
+enum class EntryType : uint8_t {
+  kRegular = 1,
+  kDirectory = 2,
+  kSymlink = 3,
+  kHardlink = 4,
+  kCharDevice = 5,
+  kBlockDevice = 6,
+  kFifo = 7,
+};
+std::string_view EntryTypeName(EntryType type);
+
+// One file system object of the layer, as the tar stream describes it.
+struct Entry {
+  std::string name;         // normalized (see NormalizeEntryName); the root directory is "."
+  EntryType type = EntryType::kRegular;
+  uint32_t mode = 0;        // permission bits incl. setuid/setgid/sticky (<= 07777)
+  uint64_t uid = 0, gid = 0;
+  std::string uname, gname;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;  // < 1e9
+  uint64_t size = 0;        // regular files: data bytes; 0 otherwise
+  std::string link_target;  // symlink: target as given; hardlink: normalized name of an earlier entry
+  uint32_t dev_major = 0, dev_minor = 0;  // devices only
+  std::map<std::string, std::string> xattrs;
+  uint64_t data_offset = 0;  // regular files: offset of the first data byte in the tar stream
+
+  bool operator==(const Entry&) const = default;
+};
+
+// One chunk record, with the offsets a reader derives from the cumulative sizes.
+struct ChunkInfo {
+  uint64_t index = 0;
+  uint32_t payload_size = 0;
+  uint32_t raw_size = 0;
+  bool stored = false;
+  bool last = false;         // index == chunk count - 1
+  uint64_t blob_offset = 0;  // offset of the record (its header) in the blob
+  uint64_t tar_offset = 0;   // offset of its first raw byte in the tar stream
+
+  uint64_t record_size() const { return kRecordHeaderSize + uint64_t{payload_size} + kTagSize; }
+  uint64_t blob_end() const { return blob_offset + record_size(); }
+  uint64_t tar_end() const { return tar_offset + raw_size; }
+  RecordHeader record_header() const { return {payload_size, raw_size, last, stored}; }
+  bool operator==(const ChunkInfo&) const = default;
+};
+
+// A validated TOC. Invariants (established by ParseToc/TocFromProto):
+// - version 1; kMinChunkSizeBytes <= target_chunk_size <= kMaxChunkSizeBytes;
+// - 1 <= chunks.size() <= kMaxChunks; every chunk 1 <= raw_size <= target_chunk_size, payload
+//   sizes as ParseRecordHeader requires; offsets cumulative from kBlobHeaderSize / 0; exactly the
+//   final chunk has last = true; sum of raw sizes == tar_size;
+// - entries.size() <= kMaxTocEntries; every entry valid (see ValidateEntry), and every hardlink
+//   names an earlier non-directory entry.
+struct Toc {
+  uint32_t version = 0;
+  uint32_t target_chunk_size = 0;
+  std::vector<ChunkInfo> chunks;
+  uint64_t tar_size = 0;
+  crypto::Sha256Digest diff_id{};
+  std::vector<Entry> entries;
+
+  // Blob offset where the sealed TOC must start: the end of the last record.
+  uint64_t records_end() const { return chunks.empty() ? kBlobHeaderSize : chunks.back().blob_end(); }
+};
+
+// Turns a raw tar path into the TOC's normalized form: leading "/" and "./" dropped, empty and "."
+// components dropped, trailing "/" dropped; "" (after dropping) becomes ".". Corruption for a ".."
+// component, a NUL byte, an empty raw name, a component over 255 bytes or a path over 4095 bytes.
+Result<std::string> NormalizeEntryName(std::string_view raw);
+// True iff name is already in normalized form (NormalizeEntryName(name) == name).
+bool IsNormalizedName(std::string_view name);
+
+// Checks one entry on its own (not hardlink targets, which need the entries before it).
+// tar_size bounds regular files' data ranges. Messages start with "entry 'name': ".
+Status ValidateEntry(const Entry& entry, uint64_t tar_size);
+
+// Serialized protobuf → validated Toc. Corruption naming the problem ("TOC entry 3 'a/b': ...").
+Result<Toc> ParseToc(ByteSpan serialized);
+// Protobuf message → validated Toc (what ParseToc does after parsing). Error messages name entries
+// by index only, unless name_entries_in_errors (the writer's self-check: its user owns the names).
+Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors = false);
+
+// The sealed TOC's plaintext: u64 LE serialized size || one zstd frame of the serialized Toc.
+// DecodeTocPlaintext checks the size against kMaxTocSerializedSize before allocating, decompresses
+// exactly that many bytes and calls ParseToc.
+Result<Toc> DecodeTocPlaintext(ByteSpan plaintext);
+// serialized → plaintext (zstd at `zstd_level`). InvalidArgument if serialized is too large.
+Result<std::vector<uint8_t>> EncodeTocPlaintext(ByteSpan serialized, int zstd_level);
+
+}  // namespace lazycrypt::format

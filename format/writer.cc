@@ -1,0 +1,322 @@
+#include "format/writer.h"
+
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "compress/compress.h"
+#include "crypto/aes_gcm.h"
+#include "crypto/random.h"
+#include "format/chunk.h"
+#include "format/ordered_pipeline.h"
+#include "format/toc.h"
+#include "format/toc.pb.h"
+#include "tar/tar_reader.h"
+
+namespace lazycrypt::format {
+namespace {
+
+struct ChunkJob {
+  uint64_t index = 0;
+  bool last = false;
+  std::vector<uint8_t> raw;
+};
+
+struct SealedChunk {
+  RecordHeader header;
+  std::vector<uint8_t> record;
+};
+
+// Everything written to the blob goes through here: hashed and counted once.
+class BlobSink {
+ public:
+  explicit BlobSink(OutputStream& out) : out_(out) {}
+  Status Write(ByteSpan data) {
+    LC_RETURN_IF_ERROR(out_.Write(data));
+    hash_.Update(data);
+    size_ += data.size();
+    return Status::Ok();
+  }
+  uint64_t size() const { return size_; }
+  crypto::Sha256Digest Finish() { return hash_.Finish(); }
+
+ private:
+  OutputStream& out_;
+  crypto::Sha256 hash_;
+  uint64_t size_ = 0;
+};
+
+// Cuts the raw tar stream into chunks (docs/FORMAT.md, "Chunking policy") and hashes it. Runs on
+// the parse thread: Append is the TarReader's tee.
+class Chunker {
+ public:
+  using Submit = std::function<Status(ChunkJob)>;
+  Chunker(size_t target, internal::BufferPool& pool, Submit submit)
+      : target_(target), pool_(pool), submit_(std::move(submit)) {
+    current_ = pool_.Get();
+    current_.reserve(target_);
+  }
+
+  Status Append(ByteSpan data) {
+    hash_.Update(data);
+    total_ += data.size();
+    while (!data.empty()) {
+      // A chunk is sent off only when the next byte arrives, so the final one can carry the
+      // last flag however the stream ends.
+      if (current_.size() == target_ || (cut_before_next_byte_ && !current_.empty())) {
+        LC_RETURN_IF_ERROR(Cut(/*last=*/false));
+      }
+      cut_before_next_byte_ = false;
+      size_t n = std::min(target_ - current_.size(), data.size());
+      current_.insert(current_.end(), data.begin(), data.begin() + n);
+      data = data.subspan(n);
+    }
+    return Status::Ok();
+  }
+
+  // Called before the data of a regular file of `size` bytes: a file that fits in a chunk must
+  // not straddle two, and a larger one starts on a chunk boundary.
+  void BeforeFileData(uint64_t size) {
+    if (size > 0 && !current_.empty() && current_.size() + size > target_) {
+      cut_before_next_byte_ = true;
+    }
+  }
+
+  // Sends the final chunk with the last flag.
+  Status Finish() {
+    if (current_.empty()) {
+      return Status::Corruption("the layer's tar stream is empty");
+    }
+    return Cut(/*last=*/true);
+  }
+
+  uint64_t total() const { return total_; }
+  crypto::Sha256Digest Digest() { return hash_.Finish(); }
+
+ private:
+  Status Cut(bool last) {
+    ChunkJob job{next_index_++, last, std::move(current_)};
+    current_ = pool_.Get();
+    current_.reserve(target_);
+    return submit_(std::move(job));
+  }
+
+  const size_t target_;
+  internal::BufferPool& pool_;
+  Submit submit_;
+  std::vector<uint8_t> current_;
+  bool cut_before_next_byte_ = false;
+  uint64_t next_index_ = 0;
+  uint64_t total_ = 0;
+  crypto::Sha256 hash_;
+};
+
+v1::EntryType ProtoType(tar::EntryType t) {
+  switch (t) {
+    case tar::EntryType::kRegular: return v1::ENTRY_TYPE_REGULAR;
+    case tar::EntryType::kHardlink: return v1::ENTRY_TYPE_HARDLINK;
+    case tar::EntryType::kSymlink: return v1::ENTRY_TYPE_SYMLINK;
+    case tar::EntryType::kCharDevice: return v1::ENTRY_TYPE_CHAR_DEVICE;
+    case tar::EntryType::kBlockDevice: return v1::ENTRY_TYPE_BLOCK_DEVICE;
+    case tar::EntryType::kDirectory: return v1::ENTRY_TYPE_DIRECTORY;
+    case tar::EntryType::kFifo: return v1::ENTRY_TYPE_FIFO;
+  }
+  return v1::ENTRY_TYPE_UNSPECIFIED;
+}
+
+std::string TarEntryName(const tar::Entry& e) {
+  return "tar entry '" + e.name + "' at offset " + std::to_string(e.header_offset);
+}
+
+// tar entry → TOC entry, with the TOC's rules applied (and named) now rather than at the end.
+Status AddEntry(const tar::Entry& e, v1::Toc& toc) {
+  auto name = NormalizeEntryName(e.name);
+  if (!name.ok()) return name.status().WithContext(TarEntryName(e));
+  Entry entry;
+  entry.name = std::move(name).value();
+  entry.type = static_cast<EntryType>(ProtoType(e.type));
+  entry.mode = e.mode;
+  entry.uid = e.uid;
+  entry.gid = e.gid;
+  entry.uname = e.uname;
+  entry.gname = e.gname;
+  entry.mtime_sec = e.mtime_sec;
+  entry.mtime_nsec = e.mtime_nsec;
+  if (e.type == tar::EntryType::kRegular) {
+    entry.size = e.size;
+    entry.data_offset = e.data_offset;
+  }
+  if (e.type == tar::EntryType::kSymlink) {
+    entry.link_target = e.link_name;
+  } else if (e.type == tar::EntryType::kHardlink) {
+    auto target = NormalizeEntryName(e.link_name);
+    if (!target.ok()) return target.status().WithContext(TarEntryName(e) + ": hardlink target");
+    entry.link_target = std::move(target).value();
+  }
+  if (e.type == tar::EntryType::kCharDevice || e.type == tar::EntryType::kBlockDevice) {
+    entry.dev_major = e.dev_major;
+    entry.dev_minor = e.dev_minor;
+  }
+  for (const auto& [k, v] : e.xattrs) entry.xattrs.emplace(k, v);
+  // The data range is checked against the final tar size by the self-check at the end.
+  LC_RETURN_IF_ERROR(ValidateEntry(entry, UINT64_MAX).WithContext(TarEntryName(e)));
+
+  v1::Entry* p = toc.add_entries();
+  p->set_name(std::move(entry.name));
+  p->set_type(ProtoType(e.type));
+  p->set_mode(entry.mode);
+  p->set_uid(entry.uid);
+  p->set_gid(entry.gid);
+  p->set_uname(std::move(entry.uname));
+  p->set_gname(std::move(entry.gname));
+  p->set_mtime_sec(entry.mtime_sec);
+  p->set_mtime_nsec(entry.mtime_nsec);
+  p->set_size(entry.size);
+  p->set_link_target(std::move(entry.link_target));
+  p->set_dev_major(entry.dev_major);
+  p->set_dev_minor(entry.dev_minor);
+  for (const auto& [k, v] : entry.xattrs) {  // std::map: sorted, unique
+    v1::Xattr* x = p->add_xattrs();
+    x->set_name(k);
+    x->set_value(v);
+  }
+  p->set_data_offset(entry.data_offset);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputStream& blob,
+                               const WriterOptions& options) {
+  if (options.chunk_size_bytes < kMinChunkSizeBytes ||
+      options.chunk_size_bytes > kMaxChunkSizeBytes) {
+    return Status::InvalidArgument("chunk size " + std::to_string(options.chunk_size_bytes) +
+                                   " is outside " + std::to_string(kMinChunkSizeBytes) + ".." +
+                                   std::to_string(kMaxChunkSizeBytes));
+  }
+  if (options.threads < 0) return Status::InvalidArgument("threads must be >= 0");
+  const int threads = internal::ResolveThreads(options.threads);
+
+  // Keys and header.
+  BlobHeader header;
+  LC_RETURN_IF_ERROR(crypto::RandomBytes(header.salt));
+  LC_ASSIGN_OR_RETURN(DerivedKeys keys, DeriveKeys(key, header.salt));
+  header.commitment = keys.commitment;
+  const BlobHeaderBytes header_bytes = EncodeBlobHeader(header);
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<ChunkSealer> sealer, ChunkSealer::FromKeys(keys, header.salt));
+
+  BlobSink sink(blob);
+  LC_RETURN_IF_ERROR(sink.Write(header_bytes));
+
+  // Chunks: parse thread → sealing workers → in-order emitter.
+  std::vector<compress::ZstdCompressor> compressors;
+  compressors.reserve(threads);
+  for (int i = 0; i < threads; ++i) compressors.emplace_back(options.zstd_level);
+  internal::BufferPool raw_pool, record_pool;
+  std::vector<RecordHeader> chunk_table;  // the emitter's; read after pipeline.Finish()
+  v1::Toc toc;
+  toc.set_version(kFormatVersion);
+  toc.set_target_chunk_size(static_cast<uint32_t>(options.chunk_size_bytes));
+
+  internal::OrderedPipeline<ChunkJob, SealedChunk> pipeline(
+      threads, 2 * static_cast<size_t>(threads),
+      [&](int worker, ChunkJob& job) -> Result<SealedChunk> {
+        SealedChunk sealed;
+        sealed.record = record_pool.Get();
+        LC_RETURN_IF_ERROR(
+            sealer->Seal(job.index, job.last, job.raw, compressors[worker], sealed.record));
+        raw_pool.Put(std::move(job.raw));
+        auto parsed = ParseRecordHeader(ByteSpan(sealed.record).first(kRecordHeaderSize));
+        if (!parsed.ok()) return parsed.status().WithContext("writer produced a bad record");
+        sealed.header = *parsed;
+        return sealed;
+      },
+      [&](SealedChunk& sealed) -> Status {
+        LC_RETURN_IF_ERROR(sink.Write(sealed.record));
+        chunk_table.push_back(sealed.header);
+        record_pool.Put(std::move(sealed.record));
+        return Status::Ok();
+      });
+
+  Chunker chunker(options.chunk_size_bytes, raw_pool,
+                  [&](ChunkJob job) { return pipeline.Submit(std::move(job)); });
+
+  // Parse the tar stream; the tee feeds the chunker every byte in order.
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<InputStream> tar_stream,
+                      compress::NewDecompressingStream(layer));
+  tar::TarReader reader(*tar_stream, [&](ByteSpan raw) { return chunker.Append(raw); });
+  for (;;) {
+    LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> entry, reader.Next());
+    if (!entry.has_value()) break;
+    if (static_cast<uint64_t>(toc.entries_size()) >= kMaxTocEntries) {
+      return Status::InvalidArgument("layer has more than " + std::to_string(kMaxTocEntries) +
+                                     " entries (the format's limit)");
+    }
+    LC_RETURN_IF_ERROR(AddEntry(*entry, toc));
+    if (entry->type == tar::EntryType::kRegular) chunker.BeforeFileData(entry->size);
+  }
+  LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
+  LC_RETURN_IF_ERROR(chunker.Finish());
+  LC_RETURN_IF_ERROR(pipeline.Finish());
+
+  for (const RecordHeader& h : chunk_table) {
+    v1::Chunk* c = toc.add_chunks();
+    c->set_payload_size(h.payload_size);
+    c->set_raw_size(h.raw_size);
+    c->set_stored(h.stored);
+  }
+  WriteResult result;
+  result.tar_size = chunker.total();
+  result.diff_id = chunker.Digest();
+  result.chunk_count = static_cast<uint64_t>(toc.chunks_size());
+  result.entry_count = static_cast<uint64_t>(toc.entries_size());
+  result.key_commitment = keys.commitment;
+  toc.set_tar_size(result.tar_size);
+  toc.set_tar_sha256(result.diff_id.data(), result.diff_id.size());
+
+  // Self-check: the TOC must pass the very validation every reader applies (data ranges against
+  // the final size, hardlink targets).
+  {
+    auto checked = TocFromProto(toc, /*name_entries_in_errors=*/true);
+    if (!checked.ok()) return checked.status().WithContext("layer cannot be represented");
+    if (checked->records_end() != sink.size()) {
+      return Status::Internal("writer: chunk table ends at " +
+                              std::to_string(checked->records_end()) + " but " +
+                              std::to_string(sink.size()) + " bytes were written");
+    }
+  }
+
+  // Seal and write the TOC, then the footer.
+  size_t serialized_size = toc.ByteSizeLong();
+  if (serialized_size > kMaxTocSerializedSize) {
+    return Status::InvalidArgument("TOC would be " + std::to_string(serialized_size) +
+                                   " bytes, over the format's limit of " +
+                                   std::to_string(kMaxTocSerializedSize));
+  }
+  std::vector<uint8_t> serialized(serialized_size);
+  if (!toc.SerializeToArray(serialized.data(), static_cast<int>(serialized.size()))) {
+    return Status::Internal("writer: TOC serialization failed");
+  }
+  toc.Clear();
+  LC_ASSIGN_OR_RETURN(std::vector<uint8_t> plaintext,
+                      EncodeTocPlaintext(serialized, options.zstd_level));
+  std::vector<uint8_t>().swap(serialized);
+  const uint64_t sealed_size = plaintext.size() + kTagSize;
+  std::vector<uint8_t> sealed(sealed_size);
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm toc_gcm, crypto::AesGcm::Create(keys.toc_key.span()));
+  TocAad aad = MakeTocAad(header_bytes, sealed_size);
+  LC_RETURN_IF_ERROR(toc_gcm.Seal(TocNonce(), aad, plaintext,
+                                  MutableByteSpan(sealed).first(plaintext.size()),
+                                  MutableByteSpan(sealed).subspan(plaintext.size(), kTagSize)));
+  const uint64_t toc_offset = sink.size();
+  result.toc_digest = crypto::Sha256::Of(sealed);
+  LC_RETURN_IF_ERROR(sink.Write(sealed));
+  LC_RETURN_IF_ERROR(sink.Write(EncodeFooter(header, toc_offset, sealed_size)));
+  result.blob_size = sink.size();
+  result.blob_digest = sink.Finish();
+  return result;
+}
+
+}  // namespace lazycrypt::format

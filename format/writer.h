@@ -1,0 +1,48 @@
+// Encrypting a layer into a lazycrypt blob (docs/FORMAT.md, "Writing").
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/io.h"
+#include "common/status.h"
+#include "crypto/digest.h"
+#include "format/keys.h"
+#include "format/layout.h"
+
+namespace lazycrypt::format {
+
+struct WriterOptions {
+  // Target chunk size T, kMinChunkSizeBytes..kMaxChunkSizeBytes.
+  size_t chunk_size_bytes = kDefaultChunkSizeBytes;
+  // zstd level for chunks and the TOC.
+  int zstd_level = 3;
+  // Compression/sealing threads; 0 = one per core.
+  int threads = 0;
+};
+
+struct WriteResult {
+  crypto::Sha256Digest blob_digest{};  // SHA-256 of every byte written (the layer descriptor's)
+  uint64_t blob_size = 0;
+  crypto::Sha256Digest toc_digest{};   // SHA-256 of the sealed TOC: pin it in the manifest
+  crypto::Sha256Digest diff_id{};      // SHA-256 of the uncompressed tar stream
+  uint64_t tar_size = 0;
+  uint64_t chunk_count = 0;
+  uint64_t entry_count = 0;
+  KeyCommitment key_commitment{};      // publish in pubopts
+};
+
+// Reads a layer (tar, tar+gzip or tar+zstd, detected from its first bytes), and writes it as a
+// lazycrypt blob sealed under `key` to `blob`. Streams: memory stays around
+// (3 × threads + 2) × chunk_size_bytes plus the TOC, whatever the layer size.
+// Does not Close() `blob`; on error the bytes written so far are garbage (write to an
+// AtomicFileOutputStream and Close() it only on success).
+// Errors: InvalidArgument for bad options or key; the tar parser's Corruption/Unsupported
+// ("tar entry 'a/b': unsupported type 'S' (GNU sparse file)"); Corruption naming an unsafe entry
+// ("tar entry '../x': name has a '..' component"); `blob`'s own errors.
+// Thread-safety: uses its own threads; `layer` and `blob` are touched by one thread at a time.
+Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputStream& blob,
+                               const WriterOptions& options = {});
+
+}  // namespace lazycrypt::format
