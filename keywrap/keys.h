@@ -1,0 +1,101 @@
+// The asymmetric keys of the ocicrypt JWE scheme: the public keys layers are wrapped for and the
+// private keys that unwrap them. RSA (at least 1024 bits) and EC on P-256, P-384 and P-521, the
+// key types ocicrypt's JWE key wrapper handles. Both are move-only owners of an OpenSSL EVP_PKEY;
+// both are immutable after loading, so const methods may be called from several threads.
+#pragma once
+
+#include <openssl/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/io.h"
+#include "common/status.h"
+
+namespace lazycrypt::keywrap {
+
+enum class KeyKind { kRsa, kEc };
+
+namespace detail {
+struct EvpPkeyFree {
+  void operator()(EVP_PKEY* key) const;
+};
+using OwnedEvpPkey = std::unique_ptr<EVP_PKEY, EvpPkeyFree>;
+
+// What a loaded key is; shared by PublicKey and PrivateKey.
+struct KeyInfo {
+  KeyKind kind = KeyKind::kRsa;
+  std::string curve;  // JOSE curve name ("P-256") for EC keys; empty for RSA
+  int bits = 0;       // modulus size for RSA, field size for EC
+  std::string name;   // a label for messages: the file path, or what the caller named the bytes
+};
+}  // namespace detail
+
+class PublicKey {
+ public:
+  // Reads a public key file: PEM SubjectPublicKeyInfo ("PUBLIC KEY"), PEM PKCS#1 ("RSA PUBLIC
+  // KEY"), or DER SubjectPublicKeyInfo. Messages name the file.
+  static Result<PublicKey> Load(const std::filesystem::path& path);
+  // Same formats from memory; `name` labels the key in messages.
+  static Result<PublicKey> Parse(ByteSpan bytes, std::string_view name = "public key");
+
+  KeyKind kind() const { return info_.kind; }
+  const std::string& curve() const { return info_.curve; }
+  int bits() const { return info_.bits; }
+  const std::string& name() const { return info_.name; }
+  // Borrowed; valid while this PublicKey lives. For OpenSSL calls inside lazycrypt.
+  EVP_PKEY* evp_pkey() const { return key_.get(); }
+
+ private:
+  friend class PrivateKey;
+  PublicKey(detail::OwnedEvpPkey key, detail::KeyInfo info)
+      : key_(std::move(key)), info_(std::move(info)) {}
+  detail::OwnedEvpPkey key_;
+  detail::KeyInfo info_;
+};
+
+class PrivateKey {
+ public:
+  // Loads a key named the way ocicrypt (and so skopeo's --decryption-key and containerd's
+  // imgcrypt) names one, from helpers/parse_helpers.go: the spec is split at every ':'; with
+  // exactly two parts the second is the password, otherwise the first part is the file and there
+  // is no password. The password part is read as ocicrypt does:
+  //   file=<path>  the whole file (a trailing newline is part of the password, as in ocicrypt)
+  //   pass=<text>  the text
+  //   fd=<n>       up to 64 bytes from one read(2) of descriptor n, which is then closed
+  //   <text>       the text itself
+  // Password copies lazycrypt makes are wiped after use; `path_spec` itself belongs to the caller.
+  static Result<PrivateKey> Load(std::string_view path_spec);
+  // Reads one file, with an optional password (an empty password is a password).
+  static Result<PrivateKey> LoadFile(const std::filesystem::path& path,
+                                     std::optional<ByteSpan> password);
+  // PEM or DER: PKCS#1 RSA, PKCS#8 (plain or encrypted), SEC1 EC, and legacy PEM encryption
+  // ("Proc-Type: 4,ENCRYPTED"). `name` labels the key in messages. Errors:
+  //   InvalidArgument "<name>: encrypted private key needs a password (use <name>:password)"
+  //   PermissionDenied "<name>: wrong password for encrypted private key"
+  //   InvalidArgument "<name>: not a private key (PEM or DER; PKCS#1, PKCS#8, SEC1)"
+  //   Unsupported "<name>: ED25519 keys are not supported (RSA or EC P-256/P-384/P-521)"
+  static Result<PrivateKey> Parse(ByteSpan bytes, std::optional<ByteSpan> password,
+                                  std::string_view name = "private key");
+
+  // The matching public key (a separate EVP_PKEY without the private part).
+  Result<PublicKey> Public() const;
+
+  KeyKind kind() const { return info_.kind; }
+  const std::string& curve() const { return info_.curve; }
+  int bits() const { return info_.bits; }
+  const std::string& name() const { return info_.name; }
+  // Borrowed; valid while this PrivateKey lives. For OpenSSL calls inside lazycrypt.
+  EVP_PKEY* evp_pkey() const { return key_.get(); }
+
+ private:
+  PrivateKey(detail::OwnedEvpPkey key, detail::KeyInfo info)
+      : key_(std::move(key)), info_(std::move(info)) {}
+  detail::OwnedEvpPkey key_;
+  detail::KeyInfo info_;
+};
+
+}  // namespace lazycrypt::keywrap
