@@ -481,10 +481,14 @@ class TarReader::Impl {
       const std::string context = "tar header at offset " + std::to_string(block_offset);
       LC_ASSIGN_OR_RETURN(bool got, ReadBlock(&block, context));
       if (!got) {
-        return Status::Corruption("tar: unexpected end of archive at offset " +
-                                  std::to_string(block_offset) +
-                                  (pending.any() ? " after an extended header"
-                                                 : " (no end-of-archive marker)"));
+        if (pending.any()) {
+          return Status::Corruption("tar: unexpected end of archive at offset " +
+                                    std::to_string(block_offset) + " after an extended header");
+        }
+        // EOF exactly at a header boundary ends the archive, as Go's archive/tar (containerd) and
+        // GNU tar accept: umoci writes layers without an end-of-archive marker.
+        state_ = State::kEnd;
+        return std::optional<Entry>();
       }
       if (IsZeroBlock(block)) {
         if (pending.any()) {

@@ -72,8 +72,9 @@ class TarReader {
   // Skips (and tees) the rest of the current entry's data and padding, then parses the next
   // entry's header blocks. When it returns an entry, the tee has been given exactly
   // entry.data_offset bytes. Returns std::nullopt at the end-of-archive marker (two zero blocks;
-  // one zero block followed by EOF is accepted as GNU tar does), and again on every later call.
-  // EOF without a marker is Corruption.
+  // one zero block followed by EOF is accepted as GNU tar does; so is EOF exactly at a header
+  // boundary with no marker at all, as Go's archive/tar and GNU tar accept and umoci writes), and
+  // again on every later call. EOF inside a header, its data or an extended header is Corruption.
   Result<std::optional<Entry>> Next();
 
   // Reads the current entry's data (and tees it) into out; returns the byte count, 0 at the end
