@@ -1,0 +1,294 @@
+#include "image/convert.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/file_io.h"
+#include "compress/compress.h"
+#include "crypto/digest.h"
+#include "image/layout.h"
+#include "tests/test_util.h"
+
+namespace lazycrypt::image {
+namespace {
+
+namespace fs = std::filesystem;
+using ::lazycrypt::testing::ListFiles;
+using ::lazycrypt::testing::ReadFileString;
+using ::lazycrypt::testing::RunCommand;
+using ::lazycrypt::testing::ShellQuote;
+using ::lazycrypt::testing::TempDir;
+using ::lazycrypt::testing::WriteFileString;
+using ::testing::HasSubstr;
+
+std::string Sha(std::string_view data) { return crypto::OciDigest(crypto::Sha256::Of(AsBytes(data))); }
+
+// SHA-256 of the decompressed content of a layer blob (tar, gzip or zstd).
+std::string UncompressedSha(const std::string& blob) {
+  MemoryInputStream in(AsBytes(blob));
+  auto decompressed = compress::NewDecompressingStream(in);
+  EXPECT_TRUE(decompressed.ok());
+  MemoryOutputStream out;
+  EXPECT_TRUE(CopyStream(**decompressed, out).ok());
+  return crypto::OciDigest(crypto::Sha256::Of(out.bytes()));
+}
+
+struct TestImage {
+  std::vector<std::string> layer_tars;  // uncompressed
+  Descriptor manifest;
+};
+
+// A two-layer image made with GNU tar: layer 0 gzip-compressed, layer 1 uncompressed, in an OCI
+// (or Docker schema 2) manifest, tagged "latest".
+TestImage MakeImage(const TempDir& tmp, const fs::path& dir, bool docker = false,
+                    bool wrong_diff_id = false) {
+  TestImage image;
+  for (int i = 0; i < 2; ++i) {
+    fs::path tree = tmp / ("tree" + std::to_string(i));
+    fs::create_directories(tree / "etc");
+    WriteFileString(tree / "etc" / ("file" + std::to_string(i)), std::string(70000 + i, 'a' + i));
+    WriteFileString(tree / "small", "layer " + std::to_string(i) + "\n");
+    fs::path tar = tmp / ("layer" + std::to_string(i) + ".tar");
+    auto r = RunCommand("tar --format=pax --numeric-owner -C " + ShellQuote(tree.string()) + " -cf " +
+                        ShellQuote(tar.string()) + " .");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    image.layer_tars.push_back(ReadFileString(tar));
+  }
+  auto writer = ImageWriter::Begin(dir);
+  EXPECT_TRUE(writer.ok()) << writer.status().ToString();
+  std::string gz;
+  {
+    MemoryOutputStream out;
+    auto gzip = compress::NewGzipOutputStream(out);
+    EXPECT_TRUE(gzip->Write(AsBytes(image.layer_tars[0])).ok());
+    EXPECT_TRUE(gzip->Close().ok());
+    gz.assign(out.bytes().begin(), out.bytes().end());
+  }
+  Manifest m;
+  m.media_type = std::string(docker ? kMediaTypeDockerManifest : kMediaTypeOciManifest);
+  auto l0 = (*writer)->PutBlob(std::string(docker ? kMediaTypeDockerLayerTarGzip : kMediaTypeOciLayerTarGzip),
+                               AsBytes(gz));
+  auto l1 = (*writer)->PutBlob(std::string(kMediaTypeOciLayerTar), AsBytes(image.layer_tars[1]));
+  l0->annotations["org.example.kept"] = "yes";
+  m.layers = {*l0, *l1};
+  std::string diff1 = wrong_diff_id ? Sha("something else") : Sha(image.layer_tars[1]);
+  std::string config = R"({"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},)"
+                       R"("rootfs":{"type":"layers","diff_ids":[")" + Sha(image.layer_tars[0]) + R"(",")" +
+                       diff1 + R"("]}})";
+  m.config = *(*writer)->PutBlob(std::string(docker ? kMediaTypeDockerConfig : kMediaTypeOciConfig),
+                                 AsBytes(config));
+  image.manifest = *(*writer)->PutBlob(m.media_type, AsBytes(SerializeManifest(m)));
+  EXPECT_TRUE((*writer)->Commit("latest", image.manifest).ok());
+  return image;
+}
+
+struct Keys {
+  std::vector<keywrap::PublicKey> pub;
+  std::vector<keywrap::PrivateKey> priv;
+};
+
+Keys MakeKeys(const TempDir& tmp) {
+  std::string priv = (tmp / "k.pem").string(), pub = (tmp / "k.pub").string();
+  auto r = RunCommand("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + ShellQuote(priv) +
+                      " && openssl pkey -in " + ShellQuote(priv) + " -pubout -out " + ShellQuote(pub));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  Keys keys;
+  keys.pub.push_back(std::move(keywrap::PublicKey::Load(pub)).value());
+  keys.priv.push_back(std::move(keywrap::PrivateKey::Load(priv)).value());
+  return keys;
+}
+
+ImageReference Ref(const fs::path& dir, std::string tag = "") { return ImageReference{dir, std::move(tag)}; }
+
+TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
+  TempDir tmp;
+  TestImage src = MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKeys(tmp);
+  std::vector<size_t> seen;
+  EncryptOptions options;
+  options.writer.chunk_size_bytes = 64 << 10;
+  options.on_layer = [&](const LayerReport& l) { seen.push_back(l.index); };
+  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc", "v1"), keys.pub, options);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(seen, (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(report->tag, "v1");
+  ASSERT_EQ(report->layers.size(), 2u);
+  EXPECT_EQ(report->layers[0].action, "encrypted (lazycrypt)");
+  EXPECT_GE(report->layers[0].chunk_count, 2u);
+
+  auto layout = OciLayout::Open(tmp / "enc");
+  ASSERT_TRUE(layout.ok());
+  auto enc = LoadImage(**layout, "v1");
+  ASSERT_TRUE(enc.ok()) << enc.status().ToString();
+  auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
+  EXPECT_EQ(enc->manifest.config, source->manifest.config);  // same config blob, not rewritten
+  EXPECT_EQ(enc->manifest.layers[0].Annotation("org.example.kept"), "yes");
+  for (const Descriptor& l : enc->manifest.layers) {
+    EXPECT_EQ(l.media_type, std::string(kMediaTypeLazycryptLayer));
+    EXPECT_EQ(l.Annotation(kAnnotationLazycryptTocDigest).size(), 71u);
+  }
+
+  auto dec = DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "dec"), keys.priv);
+  ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+  EXPECT_EQ(dec->tag, "latest");
+  auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
+  ASSERT_TRUE(plain.ok());
+  for (size_t i = 0; i < 2; ++i) {
+    const Descriptor& l = plain->manifest.layers[i];
+    EXPECT_EQ(l.media_type, std::string(kMediaTypeOciLayerTarZstd));
+    std::string blob = ReadFileString(tmp / "dec" / "blobs" / "sha256" / l.digest.substr(7));
+    EXPECT_EQ(compress::DetectCompression(AsBytes(blob)), compress::Compression::kZstd);
+    EXPECT_EQ(UncompressedSha(blob), source->config.diff_ids[i]);
+    EXPECT_EQ(l.Annotation(kAnnotationLazycryptTocDigest), "");
+  }
+  EXPECT_EQ(plain->manifest.layers[0].Annotation("org.example.kept"), "yes");
+  EXPECT_EQ(dec->layers[0].key_name, (tmp / "k.pem").string());
+
+  // Other compressions of the decrypted layers.
+  DecryptOptions gzip;
+  gzip.compression = LayerCompression::kGzip;
+  ASSERT_TRUE(DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "decgz"), keys.priv, gzip).ok());
+  auto gz = LoadImage(*OciLayout::Open(tmp / "decgz").value(), "");
+  EXPECT_EQ(gz->manifest.layers[1].media_type, std::string(kMediaTypeOciLayerTarGzip));
+  EXPECT_EQ(UncompressedSha(ReadFileString(tmp / "decgz" / "blobs" / "sha256" /
+                                           gz->manifest.layers[1].digest.substr(7))),
+            source->config.diff_ids[1]);
+  DecryptOptions none;
+  none.compression = LayerCompression::kNone;
+  ASSERT_TRUE(DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "dectar"), keys.priv, none).ok());
+  auto tar = LoadImage(*OciLayout::Open(tmp / "dectar").value(), "");
+  EXPECT_EQ(tar->manifest.layers[0].media_type, std::string(kMediaTypeOciLayerTar));
+  EXPECT_EQ(tar->manifest.layers[0].digest, source->config.diff_ids[0]);
+}
+
+TEST(Convert, OcicryptEncryptThenDecryptGivesBackTheOriginalBlobs) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKeys(tmp);
+  EncryptOptions options;
+  options.format = EncryptionFormat::kOcicrypt;
+  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, options);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
+  auto enc = LoadImage(*OciLayout::Open(tmp / "enc").value(), "");
+  EXPECT_EQ(enc->manifest.layers[0].media_type, std::string(kMediaTypeOcicryptLayerTarGzip));
+  EXPECT_EQ(enc->manifest.layers[1].media_type, std::string(kMediaTypeOcicryptLayerTar));
+  EXPECT_EQ(enc->manifest.layers[0].size, source->manifest.layers[0].size);  // CTR: same length
+  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+  auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
+  EXPECT_EQ(plain->manifest.layers, source->manifest.layers);
+}
+
+TEST(Convert, MixedFormatsInOneImage) {
+  TempDir tmp;
+  TestImage src = MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKeys(tmp);
+  EncryptOptions lazy;
+  lazy.layers = std::vector<size_t>{0};
+  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "mid"), keys.pub, lazy).ok());
+  EncryptOptions ctr;
+  ctr.format = EncryptionFormat::kOcicrypt;  // only layer 1 is still plain
+  auto report = EncryptImage(Ref(tmp / "mid"), Ref(tmp / "enc"), keys.pub, ctr);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->layers[0].action, "copied");
+  auto info = InspectImage(Ref(tmp / "enc"), keys.priv, {.list_files = true});
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->layers[0].kind, LayerKind::kLazycrypt);
+  EXPECT_EQ(info->layers[1].kind, LayerKind::kOcicrypt);
+  EXPECT_TRUE(info->layers[0].opened);
+  EXPECT_FALSE(info->layers[1].opened);
+  EXPECT_EQ(info->layers[1].cipher, "AES_256_CTR_HMAC_SHA256");
+  EXPECT_EQ(info->layers[0].cipher, "LAZYCRYPT_GCM_V1");
+  EXPECT_EQ(info->layers[0].recipients, std::vector<std::string>{"ECDH-ES+A256KW (P-256)"});
+  bool has_file = false;
+  for (const FileInfo& f : info->layers[0].files) has_file = has_file || f.name == "etc/file0";
+  EXPECT_TRUE(has_file);
+
+  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+  EXPECT_EQ(dec->layers[0].action, "decrypted (lazycrypt)");
+  EXPECT_EQ(dec->layers[1].action, "decrypted (ocicrypt)");
+  auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
+  EXPECT_EQ(plain->manifest.layers[1].digest, Sha(src.layer_tars[1]));
+}
+
+TEST(Convert, DockerManifestIsWrittenBackAsOci) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "src", /*docker=*/true);
+  Keys keys = MakeKeys(tmp);
+  EncryptOptions options;
+  options.format = EncryptionFormat::kOcicrypt;
+  options.layers = std::vector<size_t>{0};
+  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, options).ok());
+  auto enc = LoadImage(*OciLayout::Open(tmp / "enc").value(), "");
+  ASSERT_TRUE(enc.ok());
+  EXPECT_EQ(enc->manifest.media_type, std::string(kMediaTypeOciManifest));
+  EXPECT_EQ(enc->manifest.config.media_type, std::string(kMediaTypeOciConfig));
+  EXPECT_EQ(enc->manifest.layers[0].media_type, std::string(kMediaTypeOcicryptLayerTarGzip));
+  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+  auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
+  EXPECT_EQ(plain->manifest.layers[0].media_type, std::string(kMediaTypeOciLayerTarGzip));
+}
+
+TEST(Convert, DiffIdMismatchIsNamedAndWritesNothing) {
+  TempDir tmp;
+  TestImage src = MakeImage(tmp, tmp / "src", false, /*wrong_diff_id=*/true);
+  Keys keys = MakeKeys(tmp);
+  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {});
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), StatusCode::kCorruption);
+  EXPECT_THAT(report.status().message(), HasSubstr("layer 1 (sha256:"));
+  EXPECT_THAT(report.status().message(), HasSubstr("has diff_id " + Sha(src.layer_tars[1])));
+  EXPECT_THAT(report.status().message(), HasSubstr("the config says " + Sha("something else")));
+  EXPECT_FALSE(fs::exists(tmp / "enc"));
+}
+
+TEST(Convert, MissingLayerBlobIsNamed) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKeys(tmp);
+  auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
+  fs::remove(tmp / "src" / "blobs" / "sha256" / source->manifest.layers[1].digest.substr(7));
+  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {});
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(report.status().message(), HasSubstr("layer 1 (sha256:"));
+  EXPECT_THAT(report.status().message(), HasSubstr("is missing"));
+  EXPECT_FALSE(fs::exists(tmp / "enc"));
+}
+
+TEST(Convert, RequiresRecipientsAndKeys) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKeys(tmp);
+  EXPECT_EQ(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), {}, {}).status().code(),
+            StatusCode::kInvalidArgument);
+  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {}).ok());
+  auto no_keys = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), {});
+  ASSERT_FALSE(no_keys.ok());
+  EXPECT_THAT(no_keys.status().message(), HasSubstr("layer 0 (sha256:"));
+  EXPECT_FALSE(fs::exists(tmp / "dec"));
+  // A plain image decrypts (copies) without keys.
+  auto plain = DecryptImage(Ref(tmp / "src"), Ref(tmp / "copy"), {});
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_EQ(plain->layers[1].action, "copied");
+}
+
+TEST(Convert, SourceAndDestinationMayBeOneLayout) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "img");
+  Keys keys = MakeKeys(tmp);
+  ASSERT_TRUE(EncryptImage(Ref(tmp / "img"), Ref(tmp / "img", "encrypted"), keys.pub, {}).ok());
+  ASSERT_TRUE(DecryptImage(Ref(tmp / "img", "encrypted"), Ref(tmp / "img", "decrypted"), keys.priv).ok());
+  auto layout = OciLayout::Open(tmp / "img");
+  ASSERT_TRUE(layout.ok());
+  EXPECT_EQ((*layout)->ReadIndex()->manifests.size(), 3u);
+  EXPECT_TRUE(LoadImage(**layout, "latest").ok());
+  EXPECT_TRUE(LoadImage(**layout, "encrypted").ok());
+  EXPECT_TRUE(LoadImage(**layout, "decrypted").ok());
+}
+
+}  // namespace
+}  // namespace lazycrypt::image

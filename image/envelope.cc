@@ -1,0 +1,256 @@
+#include "image/envelope.h"
+
+#include <openssl/crypto.h>
+
+#include <nlohmann/json.hpp>
+
+#include "keywrap/base64.h"
+#include "keywrap/envelope.h"
+#include "keywrap/jwe.h"
+
+namespace lazycrypt::image {
+
+namespace {
+
+std::vector<std::string_view> SplitCommas(std::string_view text) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  for (;;) {
+    size_t comma = text.find(',', start);
+    out.push_back(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
+    if (comma == std::string_view::npos) return out;
+    start = comma + 1;
+  }
+}
+
+// Higher is more informative: a key that decrypted but did not verify beats a malformed entry,
+// which beats "not a recipient".
+int Severity(StatusCode code) {
+  switch (code) {
+    case StatusCode::kAuthFailed: return 3;
+    case StatusCode::kCorruption:
+    case StatusCode::kUnsupported: return 2;
+    case StatusCode::kNotFound: return 1;
+    default: return 2;
+  }
+}
+
+// The "cipher" member of privopts (keywrap's parser ignores members ocicrypt does not define).
+Result<std::string> PrivoptsCipher(ByteSpan privopts) {
+  try {
+    auto j = nlohmann::json::parse(AsStringView(privopts));
+    auto it = j.find("cipher");
+    if (it == j.end() || it->is_null()) return std::string();
+    if (!it->is_string()) return Status::Corruption("privopts: \"cipher\" is not a string");
+    return it->get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    return Status::Corruption("privopts: invalid JSON");
+  }
+}
+
+void MergeHeader(const nlohmann::json& header, JweRecipientInfo& info) {
+  if (!header.is_object()) return;
+  if (info.alg.empty() && header.contains("alg") && header["alg"].is_string()) {
+    info.alg = header["alg"].get<std::string>();
+  }
+  if (info.kid.empty() && header.contains("kid") && header["kid"].is_string()) {
+    info.kid = header["kid"].get<std::string>();
+  }
+  if (info.crv.empty() && header.contains("epk") && header["epk"].is_object() &&
+      header["epk"].contains("crv") && header["epk"]["crv"].is_string()) {
+    info.crv = header["epk"]["crv"].get<std::string>();
+  }
+}
+
+}  // namespace
+
+std::string KeyNames(const std::vector<keywrap::PrivateKey>& keys) {
+  std::string out = "[";
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += keys[i].name();
+  }
+  return out + "]";
+}
+
+Result<crypto::SecureBuffer> SerializeLazycryptPrivopts(const format::LayerKey& key,
+                                                        const crypto::Sha256Digest& toc_digest) {
+  if (key.size() != format::kLayerKeySize) {
+    return Status::InvalidArgument("layer key must be " + std::to_string(format::kLayerKeySize) +
+                                   " bytes");
+  }
+  std::string json;
+  json.reserve(256);  // never reallocates: no unwiped copy of the key is left behind
+  json += R"({"symkey":")";
+  keywrap::AppendBase64(json, key.span());
+  json += R"(","cipher":")";
+  json += kLazycryptCipherName;
+  json += R"(","digest":")";
+  json += crypto::OciDigest(toc_digest);
+  json += R"(","cipheroptions":{}})";
+  crypto::SecureBuffer out(AsBytes(json));
+  OPENSSL_cleanse(json.data(), json.size());
+  if (out.size() >= kMaxPrivoptsBytes) {
+    return Status::Internal("lazycrypt privopts is " + std::to_string(out.size()) +
+                            " bytes, over the limit of " + std::to_string(kMaxPrivoptsBytes));
+  }
+  return out;
+}
+
+Result<LazycryptAnnotations> MakeLazycryptAnnotations(
+    const format::LayerKey& key, const crypto::Sha256Digest& toc_digest,
+    const format::KeyCommitment& commitment, const std::vector<keywrap::PublicKey>& recipients) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients to wrap the layer key for");
+  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer privopts, SerializeLazycryptPrivopts(key, toc_digest));
+  std::vector<keywrap::JweRecipient> jwe_recipients;
+  for (const auto& r : recipients) {
+    jwe_recipients.push_back({&r, keywrap::DefaultJweKeyAlgorithm(r)});
+  }
+  LC_ASSIGN_OR_RETURN(std::string jwe, keywrap::EncryptJwe(privopts.span(), jwe_recipients));
+  LazycryptAnnotations out;
+  out.keys_jwe = keywrap::Base64Encode(AsBytes(jwe));
+  keywrap::PublicLayerOptions pub;
+  pub.cipher = std::string(kLazycryptCipherName);
+  pub.cipher_options[std::string(kCommitmentCipherOption)] =
+      std::vector<uint8_t>(commitment.begin(), commitment.end());
+  LC_ASSIGN_OR_RETURN(out.pubopts, keywrap::EncodePubOptsAnnotation(pub));
+  out.toc_digest = crypto::OciDigest(toc_digest);
+  return out;
+}
+
+Result<LazycryptPublicInfo> ParseLazycryptPublicInfo(const Descriptor& layer) {
+  LazycryptPublicInfo info;
+  std::string toc = layer.Annotation(kAnnotationLazycryptTocDigest);
+  if (toc.empty()) {
+    return Status::Corruption("missing annotation " + std::string(kAnnotationLazycryptTocDigest));
+  }
+  auto toc_digest = crypto::ParseOciDigest(toc);
+  if (!toc_digest.ok()) {
+    return toc_digest.status().WithContext("annotation " + std::string(kAnnotationLazycryptTocDigest));
+  }
+  info.toc_digest = *toc_digest;
+  std::string pubopts = layer.Annotation(kAnnotationEncPubopts);
+  if (pubopts.empty()) {
+    return Status::Corruption("missing annotation " + std::string(kAnnotationEncPubopts));
+  }
+  auto pub = keywrap::DecodePubOptsAnnotation(pubopts);
+  if (!pub.ok()) return pub.status().WithContext("annotation " + std::string(kAnnotationEncPubopts));
+  if (pub->cipher != kLazycryptCipherName) {
+    return Status::Unsupported("pubopts cipher '" + pub->cipher.substr(0, 64) + "' is not " +
+                               std::string(kLazycryptCipherName));
+  }
+  auto c = pub->cipher_options.find(std::string(kCommitmentCipherOption));
+  if (c == pub->cipher_options.end() || c->second.size() != format::kCommitmentSize) {
+    return Status::Corruption("pubopts: cipheroptions.commitment must be " +
+                              std::to_string(format::kCommitmentSize) + " bytes");
+  }
+  std::copy(c->second.begin(), c->second.end(), info.commitment.begin());
+  return info;
+}
+
+Result<UnwrappedPrivopts> UnwrapPrivopts(std::string_view keys_jwe_annotation,
+                                         const std::vector<keywrap::PrivateKey>& keys) {
+  if (keys.empty()) return Status::InvalidArgument("no private keys given (use --key)");
+  if (keys_jwe_annotation.empty()) {
+    return Status::Corruption("missing annotation " + std::string(kAnnotationEncKeysJwe));
+  }
+  std::vector<std::string_view> entries = SplitCommas(keys_jwe_annotation);
+  std::optional<Status> worst;
+  auto note = [&](Status s, size_t entry) {
+    if (entries.size() > 1) {
+      s = s.WithContext("JWE " + std::to_string(entry + 1) + " of " + std::to_string(entries.size()));
+    }
+    if (!worst || Severity(s.code()) > Severity(worst->code())) worst = std::move(s);
+  };
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto jwe = keywrap::Base64Decode(entries[i]);
+    if (!jwe.ok()) {
+      note(jwe.status().WithContext(std::string(kAnnotationEncKeysJwe)), i);
+      continue;
+    }
+    for (const keywrap::PrivateKey& key : keys) {
+      auto plaintext = keywrap::DecryptJwe(AsStringView(*jwe), key);
+      if (!plaintext.ok()) {
+        if (plaintext.status().code() != StatusCode::kNotFound) note(plaintext.status(), i);
+        continue;
+      }
+      auto opts = keywrap::ParsePrivateLayerOptions(AsStringView(plaintext->span()));
+      if (!opts.ok()) return opts.status().WithContext("privopts unwrapped with " + key.name());
+      LC_ASSIGN_OR_RETURN(std::string cipher, PrivoptsCipher(plaintext->span()));
+      UnwrappedPrivopts out{std::move(opts).value(), std::move(cipher), key.name()};
+      return out;
+    }
+  }
+  if (worst) return *worst;
+  return Status::NotFound("none of the keys " + KeyNames(keys) + " is a recipient");
+}
+
+Result<LazycryptLayerSecret> UnwrapLazycryptLayer(const Descriptor& layer,
+                                                  const std::vector<keywrap::PrivateKey>& keys) {
+  LC_ASSIGN_OR_RETURN(LazycryptPublicInfo pub, ParseLazycryptPublicInfo(layer));
+  LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped,
+                      UnwrapPrivopts(layer.Annotation(kAnnotationEncKeysJwe), keys));
+  keywrap::PrivateLayerOptions& opts = unwrapped.options;
+  if (unwrapped.cipher != kLazycryptCipherName) {
+    return Status::Unsupported("privopts cipher '" + unwrapped.cipher.substr(0, 64) + "' is not " +
+                               std::string(kLazycryptCipherName));
+  }
+  if (opts.symkey.size() != format::kLayerKeySize) {
+    return Status::Corruption("privopts symkey is " + std::to_string(opts.symkey.size()) +
+                              " bytes, not " + std::to_string(format::kLayerKeySize));
+  }
+  auto digest = crypto::ParseOciDigest(opts.digest);
+  if (!digest.ok()) return digest.status().WithContext("privopts digest");
+  if (*digest != pub.toc_digest) {
+    return Status::AuthFailed("annotation " + std::string(kAnnotationLazycryptTocDigest) + " (" +
+                              crypto::OciDigest(pub.toc_digest) +
+                              ") disagrees with the wrapped TOC digest " + opts.digest);
+  }
+  LazycryptLayerSecret secret;
+  secret.key = std::move(opts.symkey);
+  secret.toc_digest = *digest;
+  secret.commitment = pub.commitment;
+  secret.key_name = std::move(unwrapped.key_name);
+  return secret;
+}
+
+Result<std::vector<JweRecipientInfo>> ListJweRecipients(std::string_view annotation_value) {
+  std::vector<JweRecipientInfo> out;
+  if (annotation_value.empty()) return out;
+  std::vector<std::string_view> entries = SplitCommas(annotation_value);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    std::string where = "keys.jwe entry " + std::to_string(i + 1);
+    auto jwe = keywrap::Base64Decode(entries[i]);
+    if (!jwe.ok()) return jwe.status().WithContext(where);
+    try {
+      auto j = nlohmann::json::parse(AsStringView(*jwe));
+      if (!j.is_object()) return Status::Corruption(where + ": not a JSON object");
+      nlohmann::json protected_header = nlohmann::json::object();
+      if (j.contains("protected") && j["protected"].is_string()) {
+        auto decoded = keywrap::Base64UrlDecode(j["protected"].get<std::string>());
+        if (!decoded.ok()) return decoded.status().WithContext(where + ": protected header");
+        protected_header = nlohmann::json::parse(AsStringView(*decoded));
+      }
+      nlohmann::json shared = j.contains("unprotected") ? j["unprotected"] : nlohmann::json::object();
+      auto add = [&](const nlohmann::json& per_recipient) {
+        JweRecipientInfo info;
+        MergeHeader(per_recipient, info);
+        MergeHeader(shared, info);
+        MergeHeader(protected_header, info);
+        out.push_back(std::move(info));
+      };
+      if (j.contains("recipients") && j["recipients"].is_array()) {
+        for (const auto& r : j["recipients"]) {
+          add(r.contains("header") ? r["header"] : nlohmann::json::object());
+        }
+      } else {
+        add(j.contains("header") ? j["header"] : nlohmann::json::object());
+      }
+    } catch (const nlohmann::json::exception& e) {
+      return Status::Corruption(where + ": invalid JSON: " + e.what());
+    }
+  }
+  return out;
+}
+
+}  // namespace lazycrypt::image

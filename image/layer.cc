@@ -1,0 +1,229 @@
+#include "image/layer.h"
+
+#include <algorithm>
+
+#include "crypto/ocicrypt_ctr.h"
+#include "crypto/random.h"
+#include "format/keys.h"
+#include "format/layout.h"
+#include "image/layout.h"
+#include "keywrap/envelope.h"
+
+namespace lazycrypt::image {
+
+namespace {
+
+// Forwards writes to `out` (not owned) and hashes them.
+class HashingOutputStream final : public OutputStream {
+ public:
+  explicit HashingOutputStream(OutputStream& out) : out_(out) {}
+  Status Write(ByteSpan data) override {
+    LC_RETURN_IF_ERROR(out_.Write(data));
+    sha_.Update(data);
+    size_ += data.size();
+    return Status::Ok();
+  }
+  Status Close() override { return Status::Ok(); }  // does not close out_
+  std::string Digest() { return crypto::OciDigest(sha_.Finish()); }
+  uint64_t size() const { return size_; }
+
+ private:
+  OutputStream& out_;
+  crypto::Sha256 sha_;
+  uint64_t size_ = 0;
+};
+
+
+// The pubopts commitment must be the one in the blob's header (LayerIndex checks that the key
+// derives the header's commitment; this checks the published one is the same).
+Status CheckPublishedCommitment(const format::KeyCommitment& published,
+                                const format::KeyCommitment& in_blob) {
+  if (!crypto::ConstantTimeEquals(published, in_blob)) {
+    return Status::AuthFailed("the key commitment in pubopts differs from the blob's");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<LazycryptEncryptResult> EncryptLazycryptLayer(
+    InputStream& layer, OutputStream& blob, const std::vector<keywrap::PublicKey>& recipients,
+    const format::WriterOptions& options) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients (use --recipient)");
+  LC_ASSIGN_OR_RETURN(format::LayerKey key, format::NewLayerKey());
+  LC_ASSIGN_OR_RETURN(format::WriteResult written, format::WriteLayer(layer, key, blob, options));
+  LC_ASSIGN_OR_RETURN(LazycryptAnnotations annotations,
+                      MakeLazycryptAnnotations(key, written.toc_digest, written.key_commitment,
+                                               recipients));
+  LazycryptEncryptResult result;
+  result.write = written;
+  result.descriptor.media_type = std::string(kMediaTypeLazycryptLayer);
+  result.descriptor.digest = crypto::OciDigest(written.blob_digest);
+  result.descriptor.size = written.blob_size;
+  result.descriptor.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(annotations.keys_jwe);
+  result.descriptor.annotations[std::string(kAnnotationEncPubopts)] = std::move(annotations.pubopts);
+  result.descriptor.annotations[std::string(kAnnotationLazycryptTocDigest)] =
+      std::move(annotations.toc_digest);
+  return result;
+}
+
+Result<std::unique_ptr<OpenedLayer>> OpenedLayer::Open(
+    std::unique_ptr<BlobSource> blob, const Descriptor& descriptor,
+    const std::vector<keywrap::PrivateKey>& keys) {
+  if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
+    return Status::InvalidArgument("media type '" + descriptor.media_type +
+                                   "' is not a lazycrypt layer");
+  }
+  if (blob->size() != descriptor.size) {
+    return Status::Corruption("blob has " + std::to_string(blob->size()) +
+                              " bytes, its descriptor says " + std::to_string(descriptor.size));
+  }
+  LC_ASSIGN_OR_RETURN(LazycryptLayerSecret secret, UnwrapLazycryptLayer(descriptor, keys));
+  std::unique_ptr<OpenedLayer> opened(new OpenedLayer());
+  opened->blob_ = std::make_unique<CountingBlobSource>(std::move(blob));
+  LC_ASSIGN_OR_RETURN(opened->reader_,
+                      format::LayerReader::Open(*opened->blob_, secret.key, secret.toc_digest));
+  LC_RETURN_IF_ERROR(
+      CheckPublishedCommitment(secret.commitment, opened->reader_->index().header().commitment));
+  opened->key_name_ = secret.key_name;
+  return opened;
+}
+
+Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Descriptor& descriptor,
+                                                     const std::vector<keywrap::PrivateKey>& keys,
+                                                     OutputStream& out,
+                                                     format::DecryptOutput output) {
+  if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
+    return Status::InvalidArgument("media type '" + descriptor.media_type +
+                                   "' is not a lazycrypt layer");
+  }
+  LC_ASSIGN_OR_RETURN(LazycryptLayerSecret secret, UnwrapLazycryptLayer(descriptor, keys));
+  // The published commitment against the blob's (the footer holds a copy of the header).
+  if (blob.size() < format::kFooterSize) {
+    return Status::Corruption("blob of " + std::to_string(blob.size()) +
+                              " bytes is too short for a lazycrypt layer");
+  }
+  format::FooterBytes footer_bytes{};
+  LC_RETURN_IF_ERROR(blob.ReadAt(blob.size() - format::kFooterSize, footer_bytes));
+  LC_ASSIGN_OR_RETURN(format::Footer footer, format::ParseFooter(footer_bytes, blob.size()));
+  LC_RETURN_IF_ERROR(CheckPublishedCommitment(secret.commitment, footer.header.commitment));
+  format::DecryptOptions options;
+  options.output = output;
+  LC_ASSIGN_OR_RETURN(crypto::Sha256Digest diff_id,
+                      format::DecryptLayer(blob, secret.key, secret.toc_digest, out, options));
+  return LazycryptDecryptResult{diff_id, secret.key_name, secret.toc_digest};
+}
+
+Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& original,
+                                        OutputStream& out,
+                                        const std::vector<keywrap::PublicKey>& recipients) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients (use --recipient)");
+  if (ClassifyLayer(original.media_type) != LayerKind::kPlain) {
+    return Status::InvalidArgument("media type '" + original.media_type +
+                                   "' is not a plain tar layer");
+  }
+  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer key, crypto::RandomKey(crypto::kCtrKeySize));
+  std::vector<uint8_t> nonce(crypto::kCtrNonceSize);
+  LC_RETURN_IF_ERROR(crypto::RandomBytes(nonce));
+
+  auto verifying = NewVerifyingInputStream(plain, original, "layer blob " + original.digest);
+  HashingOutputStream hashed(out);
+  LC_ASSIGN_OR_RETURN(auto encrypting,
+                      crypto::NewCtrHmacEncryptingStream(hashed, key.span(), nonce));
+  LC_RETURN_IF_ERROR(CopyStream(*verifying, *encrypting).status());
+  LC_RETURN_IF_ERROR(encrypting->Close());
+  LC_ASSIGN_OR_RETURN(crypto::Sha256Digest hmac, encrypting->hmac());
+
+  keywrap::PrivateLayerOptions priv;
+  priv.symkey = std::move(key);
+  priv.digest = original.digest;
+  priv.cipher_options["nonce"] = nonce;
+  LC_ASSIGN_OR_RETURN(std::string keys_jwe, keywrap::WrapLayerKeys(priv, recipients));
+  keywrap::PublicLayerOptions pub;
+  pub.cipher = std::string(keywrap::kOcicryptAes256CtrCipher);
+  pub.hmac.assign(hmac.begin(), hmac.end());
+  LC_ASSIGN_OR_RETURN(std::string pubopts, keywrap::EncodePubOptsAnnotation(pub));
+
+  Descriptor d;
+  d.media_type = OciLayerMediaType(original.media_type) + std::string(kEncryptedSuffix);
+  d.digest = hashed.Digest();
+  d.size = hashed.size();
+  d.annotations = WithoutEncryptionAnnotations(original.annotations);
+  d.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(keys_jwe);
+  d.annotations[std::string(kAnnotationEncPubopts)] = std::move(pubopts);
+  d.extra_json = original.extra_json;
+  return d;
+}
+
+Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descriptor& encrypted,
+                                                   OutputStream& out,
+                                                   const std::vector<keywrap::PrivateKey>& keys) {
+  if (ClassifyLayer(encrypted.media_type) != LayerKind::kOcicrypt) {
+    return Status::InvalidArgument("media type '" + encrypted.media_type +
+                                   "' is not an ocicrypt layer");
+  }
+  std::string pubopts_text = encrypted.Annotation(kAnnotationEncPubopts);
+  keywrap::PublicLayerOptions pub;
+  if (!pubopts_text.empty()) {
+    auto parsed = keywrap::DecodePubOptsAnnotation(pubopts_text);
+    if (!parsed.ok()) return parsed.status().WithContext("annotation " + std::string(kAnnotationEncPubopts));
+    pub = std::move(parsed).value();
+  }
+  if (pub.cipher != keywrap::kOcicryptAes256CtrCipher) {
+    return Status::Unsupported("pubopts cipher '" + pub.cipher.substr(0, 64) +
+                               "' is not supported (only " +
+                               std::string(keywrap::kOcicryptAes256CtrCipher) + ")");
+  }
+  LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped,
+                      UnwrapPrivopts(encrypted.Annotation(kAnnotationEncKeysJwe), keys));
+  const keywrap::PrivateLayerOptions& priv = unwrapped.options;
+  if (!unwrapped.cipher.empty() && unwrapped.cipher != keywrap::kOcicryptAes256CtrCipher) {
+    return Status::Unsupported("privopts cipher '" + unwrapped.cipher.substr(0, 64) +
+                               "' does not match pubopts");
+  }
+  if (priv.symkey.size() != crypto::kCtrKeySize) {
+    return Status::Corruption("privopts symkey is " + std::to_string(priv.symkey.size()) +
+                              " bytes, not " + std::to_string(crypto::kCtrKeySize));
+  }
+  // ocicrypt looks options up in pubopts first, then privopts (LayerBlockCipherOptions.GetOpt).
+  auto option = [&](const std::string& name) -> const std::vector<uint8_t>* {
+    if (auto it = pub.cipher_options.find(name); it != pub.cipher_options.end()) return &it->second;
+    if (auto it = priv.cipher_options.find(name); it != priv.cipher_options.end()) return &it->second;
+    return nullptr;
+  };
+  const std::vector<uint8_t>* nonce = option("nonce");
+  if (nonce == nullptr || nonce->size() != crypto::kCtrNonceSize) {
+    return Status::Corruption("cipheroptions.nonce must be " + std::to_string(crypto::kCtrNonceSize) +
+                              " bytes");
+  }
+  // Releases before the Hmac member existed put the HMAC in cipheroptions.
+  const std::vector<uint8_t>* hmac = pub.hmac.empty() ? option("hmac") : &pub.hmac;
+  if (hmac == nullptr || hmac->size() != crypto::kCtrHmacSize) {
+    return Status::Corruption("pubopts hmac must be " + std::to_string(crypto::kCtrHmacSize) +
+                              " bytes");
+  }
+  auto expected_digest = crypto::ParseOciDigest(priv.digest);
+  if (!expected_digest.ok()) return expected_digest.status().WithContext("privopts digest");
+
+  auto verifying = NewVerifyingInputStream(in, encrypted, "encrypted blob " + encrypted.digest);
+  LC_ASSIGN_OR_RETURN(auto decrypting,
+                      crypto::NewCtrHmacDecryptingStream(*verifying, priv.symkey.span(), *nonce,
+                                                         *hmac));
+  HashingOutputStream hashed(out);
+  LC_RETURN_IF_ERROR(CopyStream(*decrypting, hashed).status());
+  std::string actual = hashed.Digest();
+  if (actual != priv.digest) {
+    return Status::AuthFailed("decrypted layer has digest " + actual + ", privopts says " +
+                              priv.digest);
+  }
+  OcicryptDecryptResult result;
+  result.original.media_type = StripEncryptedSuffix(encrypted.media_type);
+  result.original.digest = actual;
+  result.original.size = hashed.size();
+  result.original.annotations = WithoutEncryptionAnnotations(encrypted.annotations);
+  result.original.extra_json = encrypted.extra_json;
+  result.key_name = unwrapped.key_name;
+  return result;
+}
+
+}  // namespace lazycrypt::image

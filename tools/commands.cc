@@ -1,0 +1,526 @@
+#include "tools/commands.h"
+
+#include <sys/stat.h>
+
+#include <charconv>
+#include <ctime>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "common/file_io.h"
+#include "crypto/digest.h"
+#include "format/layout.h"
+#include "format/toc.h"
+#include "image/convert.h"
+#include "image/layer.h"
+#include "image/layout.h"
+
+namespace lazycrypt::tools {
+
+namespace {
+
+using image::Descriptor;
+
+std::string ShortDigest(const std::string& digest) {
+  return digest.substr(0, std::min<size_t>(digest.size(), 7 + 12)) + "..";
+}
+
+Result<std::vector<keywrap::PublicKey>> LoadRecipients(const std::vector<std::string>& specs) {
+  if (specs.empty()) return Status::InvalidArgument("no recipients given (use --recipient jwe:PUB.pem)");
+  std::vector<keywrap::PublicKey> out;
+  for (const std::string& spec : specs) {
+    LC_ASSIGN_OR_RETURN(auto key, LoadRecipient(spec));
+    out.push_back(std::move(key));
+  }
+  return out;
+}
+
+Result<std::vector<keywrap::PrivateKey>> LoadKeys(const std::vector<std::string>& specs,
+                                                  bool required) {
+  if (specs.empty() && required) return Status::InvalidArgument("no keys given (use --key PRIV.pem)");
+  std::vector<keywrap::PrivateKey> out;
+  for (const std::string& spec : specs) {
+    LC_ASSIGN_OR_RETURN(auto key, LoadKey(spec));
+    out.push_back(std::move(key));
+  }
+  return out;
+}
+
+Result<format::WriterOptions> WriterOptionsFrom(const std::string& chunk_size, int threads,
+                                                int zstd_level) {
+  format::WriterOptions options;
+  if (!chunk_size.empty()) {
+    LC_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteSize(chunk_size));
+    if (bytes < format::kMinChunkSizeBytes || bytes > format::kMaxChunkSizeBytes) {
+      return Status::InvalidArgument("--chunk-size " + chunk_size + ": must be between " +
+                                     FormatBytes(format::kMinChunkSizeBytes) + " and " +
+                                     FormatBytes(format::kMaxChunkSizeBytes));
+    }
+    options.chunk_size_bytes = static_cast<size_t>(bytes);
+  }
+  if (threads < 0) return Status::InvalidArgument("--threads must be >= 0 (0 = one per core)");
+  if (zstd_level < 1 || zstd_level > 19) {
+    return Status::InvalidArgument("--zstd-level must be between 1 and 19");
+  }
+  options.threads = threads;
+  options.zstd_level = zstd_level;
+  return options;
+}
+
+std::string ModeString(const format::Entry& e) {
+  char type = '-';
+  switch (e.type) {
+    case format::EntryType::kDirectory: type = 'd'; break;
+    case format::EntryType::kSymlink: type = 'l'; break;
+    case format::EntryType::kHardlink: type = 'h'; break;
+    case format::EntryType::kCharDevice: type = 'c'; break;
+    case format::EntryType::kBlockDevice: type = 'b'; break;
+    case format::EntryType::kFifo: type = 'p'; break;
+    case format::EntryType::kRegular: type = '-'; break;
+  }
+  std::string s(10, '-');
+  s[0] = type;
+  const char* rwx = "rwxrwxrwx";
+  for (int i = 0; i < 9; ++i) {
+    if (e.mode & (0400u >> i)) s[1 + i] = rwx[i];
+  }
+  if (e.mode & 04000) s[3] = (e.mode & 0100) ? 's' : 'S';
+  if (e.mode & 02000) s[6] = (e.mode & 0010) ? 's' : 'S';
+  if (e.mode & 01000) s[9] = (e.mode & 0001) ? 't' : 'T';
+  return s;
+}
+
+std::string TimeString(int64_t sec) {
+  std::time_t t = static_cast<std::time_t>(sec);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+  return buf;
+}
+
+struct ResolvedLayer {
+  std::unique_ptr<BlobSource> blob;
+  Descriptor descriptor;
+  std::string name;
+};
+
+Result<ResolvedLayer> ResolveLayer(const LayerSourceFlags& flags) {
+  ResolvedLayer r;
+  if (flags.source.starts_with("oci:") || flags.source.starts_with("docker:")) {
+    LC_ASSIGN_OR_RETURN(auto ref, image::ImageReference::Parse(flags.source));
+    LC_ASSIGN_OR_RETURN(auto layout, image::OciLayout::Open(ref.dir));
+    LC_ASSIGN_OR_RETURN(auto loaded, image::LoadImage(*layout, ref.tag));
+    const auto& layers = loaded.manifest.layers;
+    size_t index = 0;
+    if (flags.layer >= 0) {
+      if (static_cast<size_t>(flags.layer) >= layers.size()) {
+        return Status::InvalidArgument("--layer " + std::to_string(flags.layer) +
+                                       ": the image has " + std::to_string(layers.size()) +
+                                       " layers");
+      }
+      index = static_cast<size_t>(flags.layer);
+    } else {
+      std::vector<size_t> lazy;
+      for (size_t i = 0; i < layers.size(); ++i) {
+        if (image::ClassifyLayer(layers[i].media_type) == image::LayerKind::kLazycrypt) {
+          lazy.push_back(i);
+        }
+      }
+      if (lazy.size() != 1) {
+        return Status::InvalidArgument(flags.source + " has " + std::to_string(lazy.size()) +
+                                       " lazycrypt layers: choose one with --layer N");
+      }
+      index = lazy[0];
+    }
+    r.descriptor = layers[index];
+    r.name = image::LayerName(index, r.descriptor);
+    auto blob = layout->OpenBlob(r.descriptor);
+    if (!blob.ok()) return blob.status().WithContext(r.name);
+    r.blob = std::move(blob).value();
+    return r;
+  }
+  if (flags.descriptor.empty()) {
+    return Status::InvalidArgument(
+        "a blob file needs --descriptor FILE (the JSON `layer encrypt` wrote); or name the layer "
+        "as oci:DIR[:TAG] with --layer N");
+  }
+  LC_ASSIGN_OR_RETURN(auto json, ReadFileBytes(flags.descriptor));
+  auto descriptor = image::ParseDescriptor(json);
+  if (!descriptor.ok()) return descriptor.status().WithContext(flags.descriptor);
+  r.descriptor = std::move(descriptor).value();
+  r.name = flags.source;
+  LC_ASSIGN_OR_RETURN(r.blob, FileBlobSource::Open(flags.source));
+  return r;
+}
+
+nlohmann::ordered_json DescriptorJson(const Descriptor& d) {
+  return nlohmann::ordered_json::parse(image::SerializeDescriptor(d));
+}
+
+}  // namespace
+
+// --- Helpers -------------------------------------------------------------------------------------
+
+Result<uint64_t> ParseByteSize(std::string_view text) {
+  auto bad = [&] {
+    return Status::InvalidArgument("size '" + std::string(text) +
+                                   "': expected a number with an optional unit (KiB, MiB, GiB)");
+  };
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end == text.data()) return bad();
+  std::string_view unit(end, static_cast<size_t>(text.data() + text.size() - end));
+  uint64_t multiplier = 1;
+  if (unit.empty() || unit == "B") {
+    multiplier = 1;
+  } else if (unit == "K" || unit == "KiB" || unit == "k") {
+    multiplier = 1ull << 10;
+  } else if (unit == "M" || unit == "MiB") {
+    multiplier = 1ull << 20;
+  } else if (unit == "G" || unit == "GiB") {
+    multiplier = 1ull << 30;
+  } else {
+    return bad();
+  }
+  if (value > UINT64_MAX / multiplier) return bad();
+  return value * multiplier;
+}
+
+Result<std::vector<size_t>> ParseLayerList(std::string_view text) {
+  std::vector<size_t> out;
+  std::set<size_t> seen;
+  size_t start = 0;
+  for (;;) {
+    size_t comma = text.find(',', start);
+    std::string_view item = text.substr(start, comma == std::string_view::npos ? comma : comma - start);
+    size_t value = 0;
+    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (item.empty() || ec != std::errc() || end != item.data() + item.size()) {
+      return Status::InvalidArgument("--layers '" + std::string(text) + "': '" + std::string(item) +
+                                     "' is not a layer index (use e.g. 0,2)");
+    }
+    if (seen.insert(value).second) out.push_back(value);
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+Result<keywrap::PublicKey> LoadRecipient(std::string_view spec) {
+  constexpr std::string_view kJwe = "jwe:";
+  if (spec.starts_with(kJwe)) {
+    std::string path(spec.substr(kJwe.size()));
+    if (path.empty()) return Status::InvalidArgument("recipient 'jwe:' names no key file");
+    return keywrap::PublicKey::Load(path);
+  }
+  for (std::string_view scheme : {"pgp:", "pkcs7:", "pkcs11:", "provider:"}) {
+    if (spec.starts_with(scheme)) {
+      return Status::Unsupported("recipient '" + std::string(spec) + "': scheme '" +
+                                 std::string(scheme) + "' is not supported (only jwe:)");
+    }
+  }
+  return Status::InvalidArgument("recipient '" + std::string(spec) +
+                                 "' must be jwe:PUBLIC_KEY.pem");
+}
+
+Result<keywrap::PrivateKey> LoadKey(std::string_view spec) {
+  // keywrap names the file (never the password) in its messages.
+  return keywrap::PrivateKey::Load(spec);
+}
+
+std::string FormatBytes(uint64_t bytes) {
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes) / 1024;
+  int unit = 0;
+  while (value >= 1024 && unit < 3) {
+    value /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  if (value == static_cast<double>(static_cast<uint64_t>(value))) {
+    std::snprintf(buf, sizeof buf, "%.0f %s", value, units[unit]);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f %s", value, units[unit]);
+  }
+  return buf;
+}
+
+// --- encrypt / decrypt / inspect -----------------------------------------------------------------
+
+Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
+  image::EncryptOptions options;
+  LC_ASSIGN_OR_RETURN(options.format, image::ParseEncryptionFormat(flags.format));
+  if (!flags.layers.empty()) {
+    LC_ASSIGN_OR_RETURN(options.layers, ParseLayerList(flags.layers));
+  }
+  LC_ASSIGN_OR_RETURN(options.writer, WriterOptionsFrom(flags.chunk_size, flags.threads, flags.zstd_level));
+  LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
+  std::fprintf(io.err, "encrypting %s -> %s (%s format, %zu recipient%s)\n", src.ToString().c_str(),
+               dst.ToString().c_str(), std::string(image::EncryptionFormatName(options.format)).c_str(),
+               recipients.size(), recipients.size() == 1 ? "" : "s");
+  options.on_layer = [&](const image::LayerReport& l) {
+    std::string detail;
+    if (l.chunk_count > 0) {
+      detail = ", " + std::to_string(l.chunk_count) + " chunks, " + std::to_string(l.entry_count) +
+               " entries";
+    }
+    std::fprintf(io.err, "  layer %zu  %-21s  %s %s -> %s %s%s (%.2f s)\n", l.index,
+                 l.action.c_str(), ShortDigest(l.source.digest).c_str(),
+                 FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
+                 FormatBytes(l.result.size).c_str(), detail.c_str(), l.seconds);
+  };
+  LC_ASSIGN_OR_RETURN(auto report, image::EncryptImage(src, dst, recipients, options));
+  std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
+  std::fprintf(io.err, "wrote manifest %s as %s:%s\n", report.manifest.digest.c_str(),
+               ("oci:" + dst.dir.string()).c_str(), report.tag.c_str());
+  return Status::Ok();
+}
+
+Status RunDecrypt(const DecryptFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  std::fprintf(io.err, "decrypting %s -> %s\n", src.ToString().c_str(), dst.ToString().c_str());
+  image::DecryptOptions options;
+  LC_ASSIGN_OR_RETURN(options.compression, image::ParseLayerCompression(flags.layer_compression));
+  options.on_layer = [&](const image::LayerReport& l) {
+    std::string with = l.key_name.empty() ? "" : " with " + l.key_name;
+    std::fprintf(io.err, "  layer %zu  %s%s  %s %s -> %s %s (%.2f s)\n", l.index, l.action.c_str(),
+                 with.c_str(), ShortDigest(l.source.digest).c_str(), FormatBytes(l.source.size).c_str(),
+                 ShortDigest(l.result.digest).c_str(), FormatBytes(l.result.size).c_str(), l.seconds);
+  };
+  LC_ASSIGN_OR_RETURN(auto report, image::DecryptImage(src, dst, keys, options));
+  std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
+  std::fprintf(io.err, "wrote manifest %s as %s:%s\n", report.manifest.digest.c_str(),
+               ("oci:" + dst.dir.string()).c_str(), report.tag.c_str());
+  return Status::Ok();
+}
+
+Status RunInspect(const InspectFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/false));
+  image::InspectOptions options;
+  options.list_files = flags.files;
+  LC_ASSIGN_OR_RETURN(auto info, image::InspectImage(src, keys, options));
+
+  if (flags.json) {
+    nlohmann::ordered_json j;
+    j["reference"] = info.reference;
+    j["manifest"] = DescriptorJson(info.manifest);
+    j["manifestMediaType"] = info.manifest_media_type;
+    j["config"] = DescriptorJson(info.config);
+    j["platform"] = info.os + "/" + info.architecture;
+    j["layers"] = nlohmann::ordered_json::array();
+    for (const auto& l : info.layers) {
+      nlohmann::ordered_json lj;
+      lj["index"] = l.index;
+      lj["kind"] = std::string(image::LayerKindName(l.kind));
+      lj["mediaType"] = l.descriptor.media_type;
+      lj["digest"] = l.descriptor.digest;
+      lj["size"] = l.descriptor.size;
+      lj["diffID"] = l.diff_id;
+      if (!l.cipher.empty()) lj["cipher"] = l.cipher;
+      if (!l.recipients.empty()) lj["recipients"] = l.recipients;
+      if (!l.toc_digest.empty()) lj["tocDigest"] = l.toc_digest;
+      if (l.opened) {
+        lj["openedWith"] = l.key_name;
+        lj["chunkCount"] = l.chunk_count;
+        lj["targetChunkSize"] = l.target_chunk_size;
+        lj["tarSize"] = l.tar_size;
+        lj["fileCount"] = l.file_count;
+        lj["blobBytesRead"] = l.blob_bytes_read;
+        if (flags.files) {
+          nlohmann::ordered_json files = nlohmann::ordered_json::array();
+          for (const auto& f : l.files) {
+            nlohmann::ordered_json fj;
+            fj["name"] = f.name;
+            fj["type"] = f.type;
+            fj["mode"] = f.mode;
+            fj["uid"] = f.uid;
+            fj["gid"] = f.gid;
+            fj["size"] = f.size;
+            if (!f.link_target.empty()) fj["linkTarget"] = f.link_target;
+            files.push_back(std::move(fj));
+          }
+          lj["files"] = std::move(files);
+        }
+      } else if (!l.open_error.empty()) {
+        lj["openError"] = l.open_error;
+      }
+      j["layers"].push_back(std::move(lj));
+    }
+    std::fprintf(io.out, "%s\n", j.dump(2).c_str());
+    return Status::Ok();
+  }
+
+  std::fprintf(io.out, "image       %s\n", info.reference.c_str());
+  std::fprintf(io.out, "manifest    %s  %s  %s\n", info.manifest.digest.c_str(),
+               info.manifest_media_type.c_str(), FormatBytes(info.manifest.size).c_str());
+  std::fprintf(io.out, "config      %s  %s/%s\n", info.config.digest.c_str(), info.os.c_str(),
+               info.architecture.c_str());
+  std::fprintf(io.out, "layers      %zu\n", info.layers.size());
+  for (const auto& l : info.layers) {
+    std::fprintf(io.out, "  [%zu] %-9s %s  %s\n", l.index,
+                 std::string(image::LayerKindName(l.kind)).c_str(), l.descriptor.digest.c_str(),
+                 FormatBytes(l.descriptor.size).c_str());
+    std::fprintf(io.out, "      media type  %s\n", l.descriptor.media_type.c_str());
+    std::fprintf(io.out, "      diff_id     %s\n", l.diff_id.c_str());
+    if (!l.cipher.empty()) std::fprintf(io.out, "      cipher      %s\n", l.cipher.c_str());
+    if (!l.recipients.empty()) {
+      std::string joined;
+      for (const auto& r : l.recipients) joined += (joined.empty() ? "" : ", ") + r;
+      std::fprintf(io.out, "      recipients  %s\n", joined.c_str());
+    }
+    if (!l.toc_digest.empty()) std::fprintf(io.out, "      toc digest  %s\n", l.toc_digest.c_str());
+    if (l.opened) {
+      std::fprintf(io.out, "      opened with %s: %llu chunks (target %s), %llu files, tar %s\n",
+                   l.key_name.c_str(), static_cast<unsigned long long>(l.chunk_count),
+                   FormatBytes(l.target_chunk_size).c_str(),
+                   static_cast<unsigned long long>(l.file_count), FormatBytes(l.tar_size).c_str());
+      std::fprintf(io.out, "      index read  %s of the %s blob (footer + sealed TOC only)\n",
+                   FormatBytes(l.blob_bytes_read).c_str(), FormatBytes(l.descriptor.size).c_str());
+      for (const auto& f : l.files) {
+        std::fprintf(io.out, "        %-9s %06o %5llu/%-5llu %10llu  %s%s%s\n", f.type.c_str(), f.mode,
+                     static_cast<unsigned long long>(f.uid), static_cast<unsigned long long>(f.gid),
+                     static_cast<unsigned long long>(f.size), f.name.c_str(),
+                     f.link_target.empty() ? "" : " -> ", f.link_target.c_str());
+      }
+    } else if (!l.open_error.empty()) {
+      std::fprintf(io.out, "      not opened: %s\n", l.open_error.c_str());
+    }
+  }
+  return Status::Ok();
+}
+
+// --- layer ... -----------------------------------------------------------------------------------
+
+Status RunLayerEncrypt(const LayerEncryptFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto options, WriterOptionsFrom(flags.chunk_size, flags.threads, flags.zstd_level));
+  LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
+  std::unique_ptr<InputStream> in;
+  if (flags.input == "-") {
+    in = std::make_unique<FdInputStream>(0);
+  } else {
+    LC_ASSIGN_OR_RETURN(in, FdInputStream::Open(flags.input));
+  }
+  LC_ASSIGN_OR_RETURN(auto out, AtomicFileOutputStream::Create(flags.output));
+  LC_ASSIGN_OR_RETURN(auto result, image::EncryptLazycryptLayer(*in, *out, recipients, options));
+  LC_RETURN_IF_ERROR(out->Close());
+  std::string descriptor = nlohmann::ordered_json::parse(image::SerializeDescriptor(result.descriptor)).dump(2);
+  if (flags.descriptor_out.empty()) {
+    std::fprintf(io.out, "%s\n", descriptor.c_str());
+  } else {
+    LC_RETURN_IF_ERROR(WriteFileAtomically(flags.descriptor_out, AsBytes(descriptor + "\n")));
+  }
+  std::fprintf(io.err, "wrote %s: %s, %llu chunks, %llu entries, diff_id %s\n", flags.output.c_str(),
+               FormatBytes(result.write.blob_size).c_str(),
+               static_cast<unsigned long long>(result.write.chunk_count),
+               static_cast<unsigned long long>(result.write.entry_count),
+               crypto::OciDigest(result.write.diff_id).c_str());
+  return Status::Ok();
+}
+
+Status RunLayerDecrypt(const LayerDecryptFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  LC_ASSIGN_OR_RETURN(ResolvedLayer layer, ResolveLayer(flags.layer));
+  LC_ASSIGN_OR_RETURN(auto out, AtomicFileOutputStream::Create(flags.output));
+  auto result = image::DecryptLazycryptLayer(
+      *layer.blob, layer.descriptor, keys, *out,
+      flags.zstd ? format::DecryptOutput::kTarZstd : format::DecryptOutput::kTar);
+  if (!result.ok()) return result.status().WithContext(layer.name);
+  LC_RETURN_IF_ERROR(out->Close());
+  std::fprintf(io.err, "wrote %s (%s), diff_id %s, opened with %s\n", flags.output.c_str(),
+               flags.zstd ? "tar+zstd" : "tar", crypto::OciDigest(result->diff_id).c_str(),
+               result->key_name.c_str());
+  return Status::Ok();
+}
+
+Status RunLayerLs(const LayerLsFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  LC_ASSIGN_OR_RETURN(ResolvedLayer layer, ResolveLayer(flags.layer));
+  auto opened = image::OpenedLayer::Open(std::move(layer.blob), layer.descriptor, keys);
+  if (!opened.ok()) return opened.status().WithContext(layer.name);
+  for (const format::Entry& e : (*opened)->index().entries()) {
+    if (!flags.long_format) {
+      std::fprintf(io.out, "%s\n", e.name.c_str());
+      continue;
+    }
+    std::string size = (e.type == format::EntryType::kCharDevice ||
+                        e.type == format::EntryType::kBlockDevice)
+                           ? std::to_string(e.dev_major) + "," + std::to_string(e.dev_minor)
+                           : std::to_string(e.size);
+    const char* arrow = e.type == format::EntryType::kSymlink    ? " -> "
+                        : e.type == format::EntryType::kHardlink ? " link to "
+                                                                 : "";
+    std::fprintf(io.out, "%s %llu/%llu %10s %s %s%s%s\n", ModeString(e).c_str(),
+                 static_cast<unsigned long long>(e.uid), static_cast<unsigned long long>(e.gid),
+                 size.c_str(), TimeString(e.mtime_sec).c_str(), e.name.c_str(), arrow,
+                 e.link_target.c_str());
+  }
+  return Status::Ok();
+}
+
+Status RunLayerCat(const LayerCatFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  LC_ASSIGN_OR_RETURN(ResolvedLayer layer, ResolveLayer(flags.layer));
+  uint64_t blob_size = layer.descriptor.size;
+  auto opened = image::OpenedLayer::Open(std::move(layer.blob), layer.descriptor, keys);
+  if (!opened.ok()) return opened.status().WithContext(layer.name);
+  const image::OpenedLayer& l = **opened;
+  uint64_t index_bytes = l.blob_bytes_read();
+  auto name = format::NormalizeEntryName(flags.path);
+  if (!name.ok()) return Status::InvalidArgument("path '" + flags.path + "': " + name.status().message());
+  const format::Entry* entry = l.index().Find(*name);
+  if (entry != nullptr && entry->type == format::EntryType::kHardlink) {
+    entry = l.index().Find(entry->link_target);
+  }
+  if (entry == nullptr) return Status::NotFound("'" + *name + "' is not in " + layer.name);
+  if (entry->type == format::EntryType::kSymlink) {
+    return Status::InvalidArgument("'" + *name + "' is a symlink to '" + entry->link_target + "'");
+  }
+  if (entry->type != format::EntryType::kRegular) {
+    return Status::InvalidArgument("'" + *name + "' is a " +
+                                   std::string(format::EntryTypeName(entry->type)) +
+                                   ", not a regular file");
+  }
+  // Read in pieces that end on chunk boundaries, so that no chunk is fetched twice.
+  constexpr uint64_t kMaxPieceBytes = 8 << 20;
+  const format::LayerIndex& index = l.index();
+  std::vector<uint8_t> buf;
+  uint64_t offset = 0;
+  while (offset < entry->size) {
+    uint64_t chunk = index.ChunkForTarOffset(entry->data_offset + offset);
+    uint64_t piece = 0;
+    while (chunk < index.chunks().size()) {
+      uint64_t end = std::min(index.chunks()[chunk].tar_end(), entry->data_offset + entry->size);
+      uint64_t candidate = end - (entry->data_offset + offset);
+      if (piece > 0 && candidate > kMaxPieceBytes) break;
+      piece = candidate;
+      if (end == entry->data_offset + entry->size) break;
+      ++chunk;
+    }
+    buf.resize(static_cast<size_t>(piece));
+    LC_ASSIGN_OR_RETURN(size_t n, l.reader().ReadFile(*entry, offset, buf));
+    if (n == 0) return Status::Corruption("'" + *name + "' ended early");
+    if (std::fwrite(buf.data(), 1, n, io.out) != n) return ErrnoStatus("write to stdout");
+    offset += n;
+  }
+  std::fflush(io.out);
+  if (flags.stats) {
+    std::fprintf(io.err,
+                 "read %s of the %s blob in %llu requests: %s for footer + TOC, %s of chunks for a "
+                 "%s file\n",
+                 FormatBytes(l.blob_bytes_read()).c_str(), FormatBytes(blob_size).c_str(),
+                 static_cast<unsigned long long>(l.blob_read_calls()), FormatBytes(index_bytes).c_str(),
+                 FormatBytes(l.blob_bytes_read() - index_bytes).c_str(),
+                 FormatBytes(entry->size).c_str());
+  }
+  return Status::Ok();
+}
+
+}  // namespace lazycrypt::tools

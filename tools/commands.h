@@ -1,0 +1,106 @@
+// The `lazycrypt` commands, as functions from parsed flags to a Status (tools/main.cc parses the
+// command line with CLI11 and prints a failed Status as "lazycrypt: <message>", exit code 1).
+// Human output goes to `out`; progress to `err`. Nothing here prints key material.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "keywrap/keys.h"
+
+namespace lazycrypt::tools {
+
+// --- Flag parsing helpers (unit-tested in tests/cli_test.cc) -----------------------------------
+
+// "1MiB", "512KiB", "64K", "4M", "1048576" (binary units; "B" optional). InvalidArgument naming
+// the text otherwise.
+Result<uint64_t> ParseByteSize(std::string_view text);
+// "0,2,5" → {0, 2, 5}; duplicates removed, order kept. InvalidArgument naming the bad item.
+Result<std::vector<size_t>> ParseLayerList(std::string_view text);
+// "jwe:PATH" → the public key at PATH. Other ocicrypt schemes are Unsupported by name.
+Result<keywrap::PublicKey> LoadRecipient(std::string_view spec);
+// "PATH" or "PATH:PASSWORD" (ocicrypt's spelling) → the private key.
+Result<keywrap::PrivateKey> LoadKey(std::string_view spec);
+// "1.5 MiB"
+std::string FormatBytes(uint64_t bytes);
+
+// --- Commands ------------------------------------------------------------------------------------
+
+struct Output {
+  FILE* out = stdout;
+  FILE* err = stderr;
+};
+
+struct EncryptFlags {
+  std::vector<std::string> recipients;
+  std::string layers;      // "" = all
+  std::string chunk_size;  // "" = the format's default
+  std::string format = "lazycrypt";
+  int threads = 0;
+  int zstd_level = 3;
+  std::string src, dst;
+};
+Status RunEncrypt(const EncryptFlags& flags, const Output& io);
+
+struct DecryptFlags {
+  std::vector<std::string> keys;
+  std::string layer_compression = "zstd";
+  std::string src, dst;
+};
+Status RunDecrypt(const DecryptFlags& flags, const Output& io);
+
+struct InspectFlags {
+  std::vector<std::string> keys;
+  bool json = false;
+  bool files = false;
+  std::string src;
+};
+Status RunInspect(const InspectFlags& flags, const Output& io);
+
+// `lazycrypt layer ...`: a layer is named either as oci:DIR[:TAG] with --layer N (default: the
+// image's only lazycrypt layer) or as a blob file with --descriptor FILE (the descriptor JSON
+// `layer encrypt` writes, annotations included).
+struct LayerSourceFlags {
+  std::string source;      // oci:DIR[:TAG] or a blob path
+  int layer = -1;          // with oci:
+  std::string descriptor;  // with a blob path
+};
+
+struct LayerEncryptFlags {
+  std::vector<std::string> recipients;
+  std::string chunk_size;
+  int threads = 0;
+  int zstd_level = 3;
+  std::string input, output;
+  std::string descriptor_out;  // "" = print the descriptor JSON to stdout
+};
+Status RunLayerEncrypt(const LayerEncryptFlags& flags, const Output& io);
+
+struct LayerDecryptFlags {
+  std::vector<std::string> keys;
+  LayerSourceFlags layer;
+  bool zstd = false;
+  std::string output;
+};
+Status RunLayerDecrypt(const LayerDecryptFlags& flags, const Output& io);
+
+struct LayerLsFlags {
+  std::vector<std::string> keys;
+  LayerSourceFlags layer;
+  bool long_format = false;
+};
+Status RunLayerLs(const LayerLsFlags& flags, const Output& io);
+
+struct LayerCatFlags {
+  std::vector<std::string> keys;
+  LayerSourceFlags layer;
+  std::string path;
+  bool stats = false;  // report to stderr how much of the blob was read
+};
+Status RunLayerCat(const LayerCatFlags& flags, const Output& io);
+
+}  // namespace lazycrypt::tools

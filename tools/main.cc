@@ -1,0 +1,185 @@
+// `lazycrypt`: converts, inspects and decrypts encrypted container images in OCI layouts.
+// A thin main: CLI11 parses the flags, tools/commands.cc does the work, a failed Status is printed
+// as "lazycrypt: <message>" with exit code 1.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "tools/commands.h"
+
+namespace {
+
+using namespace lazycrypt::tools;
+
+constexpr const char* kImageHelp = "an OCI layout: oci:DIR[:TAG] (registry transports come later)";
+
+void AddKeyOption(CLI::App* cmd, std::vector<std::string>& keys, bool required) {
+  auto* opt = cmd->add_option("--key,-k", keys,
+                              "private key file (PEM or DER; RSA or EC), PATH or PATH:PASSWORD as "
+                              "in skopeo --decryption-key; repeatable");
+  opt->allow_extra_args(false);  // one value per --key: positionals may follow
+  if (required) opt->required();
+}
+
+void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
+  cmd->add_option("SOURCE", flags.source,
+                  "oci:DIR[:TAG] (with --layer N), or a lazycrypt blob file (with --descriptor)")
+      ->required();
+  cmd->add_option("--layer,-l", flags.layer,
+                  "layer index in the image (default: its only lazycrypt layer)");
+  cmd->add_option("--descriptor,-d", flags.descriptor,
+                  "descriptor JSON of a blob file (as `layer encrypt` writes it)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "lazycrypt: encrypted container images whose layers can be served lazily.\n"
+      "Converts OCI images to the lazycrypt chunked format (or to standard ocicrypt), inspects and "
+      "decrypts them. Keys and recipients are the RSA/EC key pairs ocicrypt/skopeo use (JWE)."};
+  app.set_version_flag("--version", "lazycrypt 0.1.0");
+  app.require_subcommand(1);
+
+  Output io;
+
+  EncryptFlags encrypt_flags;
+  auto* encrypt = app.add_subcommand("encrypt", "encrypt the layers of an image for recipients");
+  encrypt->add_option("--recipient,-r", encrypt_flags.recipients,
+                      "recipient public key as jwe:PUB.pem (RSA or EC P-256/384/521); repeatable")
+      ->required()
+      ->allow_extra_args(false);
+  encrypt->add_option("--layers", encrypt_flags.layers,
+                      "comma-separated layer indices to encrypt, 0 = base layer (default: all)");
+  encrypt->add_option("--chunk-size", encrypt_flags.chunk_size,
+                      "lazycrypt target chunk size, 64KiB..16MiB (default 1MiB)");
+  encrypt->add_option("--format", encrypt_flags.format,
+                      "lazycrypt (chunked AES-256-GCM, lazy mounts) or ocicrypt (AES-256-CTR + "
+                      "HMAC, what skopeo writes)")
+      ->capture_default_str();
+  encrypt->add_option("--threads", encrypt_flags.threads, "writer threads (0 = one per core)")
+      ->capture_default_str();
+  encrypt->add_option("--zstd-level", encrypt_flags.zstd_level, "zstd level for chunks (1..19)")
+      ->capture_default_str();
+  encrypt->add_option("SRC", encrypt_flags.src, std::string("source image: ") + kImageHelp)->required();
+  encrypt->add_option("DST", encrypt_flags.dst,
+                      std::string("destination image (tag defaults to latest): ") + kImageHelp)
+      ->required();
+
+  DecryptFlags decrypt_flags;
+  auto* decrypt = app.add_subcommand("decrypt", "decrypt every encrypted layer of an image");
+  AddKeyOption(decrypt, decrypt_flags.keys, /*required=*/true);
+  decrypt->add_option("--layer-compression", decrypt_flags.layer_compression,
+                      "compression of decrypted lazycrypt layers: zstd, gzip or none")
+      ->capture_default_str();
+  decrypt->add_option("SRC", decrypt_flags.src, std::string("encrypted image: ") + kImageHelp)->required();
+  decrypt->add_option("DST", decrypt_flags.dst,
+                      std::string("destination image (tag defaults to latest): ") + kImageHelp)
+      ->required();
+
+  InspectFlags inspect_flags;
+  auto* inspect = app.add_subcommand(
+      "inspect", "describe an image's layers, ciphers and recipients; with a key, its contents");
+  AddKeyOption(inspect, inspect_flags.keys, /*required=*/false);
+  inspect->add_flag("--json", inspect_flags.json, "print JSON");
+  inspect->add_flag("--files", inspect_flags.files, "with --key: list the files of lazycrypt layers");
+  inspect->add_option("SRC", inspect_flags.src, std::string("image: ") + kImageHelp)->required();
+
+  auto* layer = app.add_subcommand("layer", "work on a single lazycrypt layer blob (debugging)");
+  layer->require_subcommand(1);
+
+  LayerEncryptFlags layer_encrypt_flags;
+  auto* layer_encrypt = layer->add_subcommand(
+      "encrypt", "encrypt one layer (tar, tar+gzip, tar+zstd) into a lazycrypt blob");
+  layer_encrypt->add_option("--recipient,-r", layer_encrypt_flags.recipients,
+                            "recipient public key as jwe:PUB.pem; repeatable")
+      ->required()
+      ->allow_extra_args(false);
+  layer_encrypt->add_option("--chunk-size", layer_encrypt_flags.chunk_size,
+                            "target chunk size, 64KiB..16MiB (default 1MiB)");
+  layer_encrypt->add_option("--threads", layer_encrypt_flags.threads, "writer threads (0 = one per core)");
+  layer_encrypt->add_option("--zstd-level", layer_encrypt_flags.zstd_level, "zstd level (1..19)");
+  layer_encrypt->add_option("--descriptor-out,-o", layer_encrypt_flags.descriptor_out,
+                            "write the descriptor JSON here (default: stdout)");
+  layer_encrypt->add_option("INPUT", layer_encrypt_flags.input, "layer file, or - for stdin")->required();
+  layer_encrypt->add_option("OUTPUT", layer_encrypt_flags.output, "lazycrypt blob to write")->required();
+
+  LayerDecryptFlags layer_decrypt_flags;
+  auto* layer_decrypt =
+      layer->add_subcommand("decrypt", "decrypt one lazycrypt layer back to its tar stream");
+  AddKeyOption(layer_decrypt, layer_decrypt_flags.keys, /*required=*/true);
+  AddLayerSourceOptions(layer_decrypt, layer_decrypt_flags.layer);
+  layer_decrypt->add_flag("--zstd", layer_decrypt_flags.zstd, "write tar+zstd instead of tar");
+  layer_decrypt->add_option("OUTPUT", layer_decrypt_flags.output, "file to write")->required();
+
+  LayerLsFlags layer_ls_flags;
+  auto* layer_ls = layer->add_subcommand("ls", "list the files of a lazycrypt layer (reads only its TOC)");
+  AddKeyOption(layer_ls, layer_ls_flags.keys, /*required=*/true);
+  AddLayerSourceOptions(layer_ls, layer_ls_flags.layer);
+  layer_ls->add_flag("--long", layer_ls_flags.long_format, "mode, owner, size, mtime, link target");
+
+  LayerCatFlags layer_cat_flags;
+  auto* layer_cat = layer->add_subcommand(
+      "cat", "print one file of a lazycrypt layer, fetching only the chunks that hold it");
+  AddKeyOption(layer_cat, layer_cat_flags.keys, /*required=*/true);
+  AddLayerSourceOptions(layer_cat, layer_cat_flags.layer);
+  layer_cat->add_option("PATH", layer_cat_flags.path, "path of the file in the layer")->required();
+  layer_cat->add_flag("--stats", layer_cat_flags.stats,
+                      "report on stderr how much of the blob was read");
+
+  // Name an unknown command (CLI11 would only say that a subcommand is required).
+  CLI::App* parent = &app;
+  for (int i = 1; i < argc && i <= 2; ++i) {
+    std::string word = argv[i];
+    if (word.empty() || word[0] == '-') break;
+    CLI::App* sub = nullptr;
+    try {
+      sub = parent->get_subcommand(word);
+    } catch (const CLI::OptionNotFound&) {
+    }
+    if (sub == nullptr) {
+      std::string known;
+      for (const CLI::App* s : parent->get_subcommands({})) known += (known.empty() ? "" : ", ") + s->get_name();
+      std::fprintf(stderr, "lazycrypt: unknown command '%s' (commands: %s)\nRun with --help for more information.\n",
+                   word.c_str(), known.c_str());
+      return 1;
+    }
+    if (sub->get_subcommands({}).empty()) break;
+    parent = sub;
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "lazycrypt: %s\nRun with --help for more information.\n", e.what());
+    return 1;
+  }
+
+  lazycrypt::Status status;
+  if (*encrypt) {
+    status = RunEncrypt(encrypt_flags, io);
+  } else if (*decrypt) {
+    status = RunDecrypt(decrypt_flags, io);
+  } else if (*inspect) {
+    status = RunInspect(inspect_flags, io);
+  } else if (*layer_encrypt) {
+    status = RunLayerEncrypt(layer_encrypt_flags, io);
+  } else if (*layer_decrypt) {
+    status = RunLayerDecrypt(layer_decrypt_flags, io);
+  } else if (*layer_ls) {
+    status = RunLayerLs(layer_ls_flags, io);
+  } else if (*layer_cat) {
+    status = RunLayerCat(layer_cat_flags, io);
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "lazycrypt: %s\n", status.message().c_str());
+    return 1;
+  }
+  return 0;
+}
