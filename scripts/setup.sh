@@ -11,7 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   # test and benchmark peers
-  skopeo umoci busybox-static tar attr openssl jq
+  skopeo umoci busybox-static tar attr openssl jq docker-registry apache2-utils containerd runc
 )
 
 missing=()
