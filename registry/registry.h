@@ -1,0 +1,199 @@
+// An OCI distribution (registry v2) client over libcurl: image references, manifest resolve/push,
+// blob GET (whole with digest verification, single and multi Range), blob HEAD/push/mount, a
+// Range-backed BlobSource for lazy reads, auth (anonymous, basic, bearer-token challenges,
+// docker config.json credentials), containerd hosts.toml mirrors, retries with backoff and
+// per-request deadlines.
+//
+// Thread-safety: a Client is thread-safe; all methods may be called concurrently. It bounds the
+// number of requests in flight (ClientOptions::max_parallel) and reuses connections.
+// Credentials are never logged nor put in error messages.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/io.h"
+#include "common/status.h"
+
+namespace lazycrypt::registry {
+
+// Media types a manifest GET accepts.
+inline constexpr std::string_view kOciManifest = "application/vnd.oci.image.manifest.v1+json";
+inline constexpr std::string_view kOciIndex = "application/vnd.oci.image.index.v1+json";
+inline constexpr std::string_view kDockerManifest =
+    "application/vnd.docker.distribution.manifest.v2+json";
+inline constexpr std::string_view kDockerManifestList =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+
+// host[:port]/repo[:tag][@digest]. Docker Hub defaults: no host → "docker.io", a one-component
+// repository on docker.io → "library/<name>", no tag and no digest → "latest".
+struct Reference {
+  std::string registry;    // "docker.io", "127.0.0.1:5000", "localhost:5000"
+  std::string repository;  // "library/busybox", "team/app"
+  std::string tag;         // empty when only a digest was given
+  std::string digest;      // "sha256:<hex>" or empty
+
+  static Result<Reference> Parse(std::string_view text);
+  // "registry/repository[:tag][@digest]"
+  std::string ToString() const;
+  // "registry/repository" — the prefix of every error message about this repository.
+  std::string Name() const { return registry + "/" + repository; }
+  // The digest when set, else the tag: what goes in /v2/<repo>/manifests/<here>.
+  std::string ManifestRef() const { return digest.empty() ? tag : digest; }
+  // Same registry and repository, another tag/digest.
+  Reference WithDigest(std::string d) const { return {registry, repository, "", std::move(d)}; }
+};
+
+// Credentials for one registry host. Held only in memory; never logged.
+struct Credentials {
+  std::string username;
+  std::string password;
+  bool empty() const { return username.empty() && password.empty(); }
+};
+
+// Credentials from a docker-style config.json: auths.<host>.auth (base64 "user:pass") or
+// auths.<host>.username/password. Keys may be "host", "https://host", "http://host/v1/" etc.;
+// docker.io also matches "https://index.docker.io/v1/". A credHelpers/credsStore entry for the
+// host yields an Unsupported error naming the helper (credential helpers are not run).
+// NotFound when the file has no entry for the host.
+Result<Credentials> CredentialsFromDockerConfig(std::string_view config_json, std::string_view host);
+
+// The config files searched, in order: REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json,
+// ~/.docker/config.json (only those that are set).
+std::vector<std::filesystem::path> DefaultAuthFiles();
+
+// One endpoint of a registry host: the default server or a hosts.toml mirror.
+struct Endpoint {
+  std::string base_url;  // "https://mirror.example/v2" (no trailing slash), always ends in the API root
+  bool pull = true;      // serves blobs and manifests by digest
+  bool resolve = true;   // serves tag → manifest
+  bool push = true;
+  bool skip_verify = false;
+  std::string ca_file;  // PEM bundle for TLS verification; empty = system default
+  std::map<std::string, std::string> headers;
+};
+
+// containerd's hosts.toml (<hosts_dir>/<host>/hosts.toml): mirrors in file order, then the server.
+// `host` is the registry host as in a Reference ("docker.io", "127.0.0.1:5000"); default_server
+// is the URL used when the file sets no `server`. A host URL without a path gets "/v2".
+// `capabilities` default to pull+resolve+push, as in containerd.
+Result<std::vector<Endpoint>> ParseHostsToml(std::string_view toml_text, std::string_view host,
+                                             const std::string& default_server);
+
+struct ClientOptions {
+  // Talk plain HTTP (no TLS) to the registry's default server.
+  bool plain_http = false;
+  // Skip TLS certificate verification of the default server.
+  bool tls_verify = true;
+  std::string ca_file;
+  // containerd hosts directory ("/etc/containerd/certs.d"); empty = none.
+  std::filesystem::path hosts_dir;
+  // Explicit credentials for every host (override config files).
+  std::optional<Credentials> credentials;
+  // Docker-style config files searched for credentials; empty = DefaultAuthFiles().
+  std::vector<std::filesystem::path> auth_files;
+
+  int max_parallel = 8;     // requests in flight across all threads
+  int max_attempts = 4;     // per request, including the first
+  std::chrono::milliseconds initial_backoff{200};
+  std::chrono::milliseconds max_backoff{5000};
+  std::chrono::milliseconds max_retry_after{10000};  // cap on a server's Retry-After
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds request_timeout{300000};  // total per attempt (blobs may be big)
+  // An attempt fails when fewer than low_speed_bytes per second arrive for low_speed_time.
+  long low_speed_bytes = 1;
+  std::chrono::seconds low_speed_time{30};
+
+  // Blobs larger than this are uploaded with PATCH chunks of upload_chunk_bytes.
+  uint64_t chunked_upload_threshold = 64ull << 20;
+  uint64_t upload_chunk_bytes = 16ull << 20;
+  std::string user_agent = "lazycrypt/0.1";
+};
+
+struct Manifest {
+  std::vector<uint8_t> bytes;
+  std::string media_type;
+  std::string digest;  // "sha256:..." of bytes (verified when fetched by digest)
+};
+
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+class Client {
+ public:
+  static Result<std::unique_ptr<Client>> Create(ClientOptions options = {});
+  virtual ~Client() = default;
+
+  // Fetches the manifest named by ref (tag or digest), accepting OCI and Docker manifests and
+  // indexes. Verifies the digest when ref has one (AuthFailed on mismatch). NotFound names the
+  // repository and the tag. Mirrors from hosts.toml are tried first.
+  virtual Result<Manifest> GetManifest(const Reference& ref) = 0;
+
+  // PUTs the manifest under ref's tag (or digest) on the first host with the push capability
+  // (the server unless hosts.toml says otherwise). Returns the manifest's digest.
+  virtual Result<std::string> PutManifest(const Reference& ref, ByteSpan bytes,
+                                          std::string_view media_type) = 0;
+
+  // HEAD: the blob's size, or NotFound.
+  virtual Result<uint64_t> StatBlob(const Reference& repo, std::string_view digest) = 0;
+
+  // Streams the whole blob into out (not Closed), verifying its digest as it goes; an
+  // interrupted transfer resumes with a Range request. On AuthFailed (digest mismatch) the bytes
+  // already written must be discarded by the caller.
+  virtual Status GetBlob(const Reference& repo, std::string_view digest, OutputStream& out) = 0;
+
+  // Reads exactly `length` bytes at `offset` (Range GET). Corruption if the blob is shorter.
+  virtual Result<std::vector<uint8_t>> GetBlobRange(const Reference& repo, std::string_view digest,
+                                                    uint64_t offset, uint64_t length) = 0;
+
+  // Reads several ranges with one multi-range request when the server answers
+  // multipart/byteranges; falls back to one request per range otherwise. Results in the order of
+  // `ranges`.
+  virtual Result<std::vector<std::vector<uint8_t>>> GetBlobRanges(
+      const Reference& repo, std::string_view digest, std::span<const ByteRange> ranges) = 0;
+
+  // A thread-safe BlobSource over Range GETs. size 0 = HEAD the blob to learn it.
+  // The client must outlive the source.
+  virtual Result<std::unique_ptr<BlobSource>> OpenBlob(const Reference& repo,
+                                                       std::string_view digest,
+                                                       uint64_t size = 0) = 0;
+
+  // Uploads a blob unless the registry has it already (HEAD). When mount_from names another
+  // repository on the same registry, tries a cross-repository mount first. Small blobs go in one
+  // POST+PUT, large ones in PATCH chunks. The digest is the caller's claim; the registry
+  // verifies it.
+  virtual Status PushBlob(const Reference& repo, std::string_view digest, BlobSource& data,
+                          std::string_view mount_from = {}) = 0;
+
+  // POST ?mount=<digest>&from=<from_repo>. True if mounted (201), false if the registry started
+  // an ordinary upload instead (202; the upload is abandoned).
+  virtual Result<bool> MountBlob(const Reference& repo, std::string_view digest,
+                                 std::string_view from_repo) = 0;
+};
+
+// Parses a multipart/byteranges body (RFC 7233 §4.1) with the given boundary. Each part must
+// carry a Content-Range header. Returns (offset, bytes) per part in body order.
+struct RangePart {
+  uint64_t offset = 0;
+  std::vector<uint8_t> bytes;
+};
+Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body, std::string_view boundary);
+
+// WWW-Authenticate: `<scheme> k="v",k2=v2`. Lowercase scheme and parameter names.
+struct AuthChallenge {
+  std::string scheme;  // "basic", "bearer"
+  std::map<std::string, std::string> params;
+};
+Result<AuthChallenge> ParseAuthChallenge(std::string_view header);
+
+}  // namespace lazycrypt::registry
