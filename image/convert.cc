@@ -1,5 +1,6 @@
 #include "image/convert.h"
 
+#include <atomic>
 #include <chrono>
 #include <set>
 
@@ -9,6 +10,8 @@
 #include "format/toc.h"
 #include "image/envelope.h"
 #include "image/layer.h"
+#include "image/convert_internal.h"
+#include "image/transport.h"
 #include "keywrap/envelope.h"
 
 namespace lazycrypt::image {
@@ -46,20 +49,6 @@ Status FinishVerifying(InputStream& verifying, const std::string& what) {
   return Status::Ok();
 }
 
-struct SourceImage {
-  std::unique_ptr<OciLayout> layout;
-  LoadedImage image;
-};
-
-Result<SourceImage> OpenSource(const ImageReference& src) {
-  SourceImage s;
-  LC_ASSIGN_OR_RETURN(s.layout, OciLayout::Open(src.dir));
-  auto image = LoadImage(*s.layout, src.tag);
-  if (!image.ok()) return image.status().WithContext(src.ToString());
-  s.image = std::move(image).value();
-  return s;
-}
-
 std::string RecipientLabel(const JweRecipientInfo& r) {
   std::string out = r.alg.empty() ? "(no alg)" : r.alg;
   if (!r.crv.empty()) out += " (" + r.crv + ")";
@@ -93,28 +82,167 @@ std::string LayerName(size_t index, const Descriptor& d) {
   return "layer " + std::to_string(index) + " (" + digest + "..)";
 }
 
-Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReference& dst,
-                                   const std::vector<keywrap::PublicKey>& recipients,
-                                   const EncryptOptions& options) {
-  if (recipients.empty()) return Status::InvalidArgument("no recipients given (use --recipient)");
-  LC_ASSIGN_OR_RETURN(SourceImage source, OpenSource(src));
-  const Manifest& manifest = source.image.manifest;
-  const size_t layer_count = manifest.layers.size();
 
+namespace internal {
+
+std::string PlatformLabel(const Descriptor& d) {
+  if (!d.platform) return "";
+  std::string out = d.platform->os + "/" + d.platform->architecture;
+  if (!d.platform->variant.empty()) out += "/" + d.platform->variant;
+  return out;
+}
+
+Result<Descriptor> ConvertOneImage(ImageSource& src, ImageDestination& dst, const LoadedImage& image,
+                                   const std::string& platform, const LayerConverter& convert_layer,
+                                   const LayerCallback& on_layer, ConvertReport& report) {
+  const Manifest& manifest = image.manifest;
+  Manifest out = ToOciManifest(manifest);
+  LC_RETURN_IF_ERROR(CopyBlob(src, dst, manifest.config).WithContext("config"));
+  for (size_t i = 0; i < manifest.layers.size(); ++i) {
+    const Descriptor& d = manifest.layers[i];
+    LayerReport layer;
+    layer.index = i;
+    layer.platform = platform;
+    layer.source = d;
+    auto start = Clock::now();
+    LC_RETURN_IF_ERROR(convert_layer(i, d, layer));
+    out.layers[i] = layer.result;
+    layer.seconds = SecondsSince(start);
+    if (on_layer) on_layer(layer);
+    report.layers.push_back(std::move(layer));
+  }
+  return dst.PutManifest(std::string(kMediaTypeOciManifest), AsBytes(SerializeManifest(out)));
+}
+
+Result<ConvertReport> ConvertRoot(ImageSource& src, ImageDestination& dst,
+                                  const std::function<Status(const LoadedRoot&)>& precheck,
+                                  const ImageConverter& convert_image) {
+  ConvertReport report;
+  report.tag = dst.tag();
+  auto run = [&]() -> Status {
+    LC_ASSIGN_OR_RETURN(LoadedRoot root, LoadRoot(src));
+    report.source_manifest = root.root;
+    if (precheck) LC_RETURN_IF_ERROR(precheck(root));
+    if (!root.index) {
+      LC_ASSIGN_OR_RETURN(report.manifest, convert_image(root.images[0], ""));
+    } else {
+      Index out;
+      out.schema_version = root.index->schema_version;
+      out.media_type = std::string(kMediaTypeOciIndex);
+      out.annotations = root.index->annotations;
+      out.extra_json = root.index->extra_json;
+      for (size_t k = 0; k < root.images.size(); ++k) {
+        const Descriptor& entry = root.index->manifests[root.image_positions[k]];
+        std::string platform = PlatformLabel(entry);
+        auto converted = convert_image(root.images[k], platform);
+        if (!converted.ok()) {
+          return converted.status().WithContext(
+              "platform " + (platform.empty() ? "entry " + std::to_string(k) : platform));
+        }
+        Descriptor d = *converted;
+        d.platform = entry.platform;
+        d.annotations = entry.annotations;
+        d.extra_json = entry.extra_json;
+        out.manifests.push_back(std::move(d));
+      }
+      report.platform_count = out.manifests.size();
+      LC_ASSIGN_OR_RETURN(report.manifest, dst.PutManifest(std::string(kMediaTypeOciIndex),
+                                                           AsBytes(SerializeIndex(out))));
+    }
+    return dst.Commit(report.manifest);
+  };
+  Status s = run();
+  if (!s.ok()) {
+    dst.Abort();
+    return s;
+  }
+  report.manifest.annotations[std::string(kAnnotationRefName)] = report.tag;
+  return report;
+}
+
+namespace {
+
+class ProgressInputStream final : public InputStream {
+ public:
+  ProgressInputStream(InputStream& inner, std::string what, uint64_t total,
+                      const ProgressCallback& cb)
+      : inner_(inner), what_(std::move(what)), total_(total), cb_(cb) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    LC_ASSIGN_OR_RETURN(size_t n, inner_.Read(out));
+    done_ += n;
+    if (cb_ && (done_ - reported_ >= kReportEveryBytes || n == 0)) {
+      reported_ = done_;
+      cb_(what_, done_, total_);
+    }
+    return n;
+  }
+
+ private:
+  static constexpr uint64_t kReportEveryBytes = 256 << 10;
+  InputStream& inner_;
+  std::string what_;
+  uint64_t total_;
+  const ProgressCallback& cb_;
+  uint64_t done_ = 0, reported_ = 0;
+};
+
+class ProgressBlobSource final : public BlobSource {
+ public:
+  ProgressBlobSource(BlobSource& inner, std::string what, const ProgressCallback& cb)
+      : inner_(inner), what_(std::move(what)), cb_(cb) {}
+  uint64_t size() const override { return inner_.size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    LC_RETURN_IF_ERROR(inner_.ReadAt(offset, out));
+    uint64_t end = offset + out.size();
+    uint64_t high = high_.load(std::memory_order_relaxed);
+    while (end > high && !high_.compare_exchange_weak(high, end, std::memory_order_relaxed)) {
+    }
+    if (cb_ && end > high) cb_(what_, end, inner_.size());
+    return Status::Ok();
+  }
+
+ private:
+  BlobSource& inner_;
+  std::string what_;
+  const ProgressCallback& cb_;
+  std::atomic<uint64_t> high_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<InputStream> NewProgressInputStream(InputStream& inner, std::string what,
+                                                    uint64_t total, const ProgressCallback& cb) {
+  return std::make_unique<ProgressInputStream>(inner, std::move(what), total, cb);
+}
+
+std::unique_ptr<BlobSource> NewProgressBlobSource(BlobSource& inner, std::string what,
+                                                  const ProgressCallback& cb) {
+  return std::make_unique<ProgressBlobSource>(inner, std::move(what), cb);
+}
+
+}  // namespace internal
+
+namespace {
+
+Result<std::set<size_t>> SelectLayers(const ImageSource& src, const Manifest& manifest,
+                                      const EncryptOptions& options) {
+  const size_t layer_count = manifest.layers.size();
   std::set<size_t> selected;
   if (options.layers) {
     for (size_t i : *options.layers) {
       if (i >= layer_count) {
-        return Status::InvalidArgument("layer " + std::to_string(i) + " does not exist (the image has " +
-                                       std::to_string(layer_count) + " layers, 0.." +
-                                       std::to_string(layer_count == 0 ? 0 : layer_count - 1) + ")");
+        return Status::InvalidArgument(
+            "layer " + std::to_string(i) + " does not exist (the image has " +
+            std::to_string(layer_count) + " layers, 0.." +
+            std::to_string(layer_count == 0 ? 0 : layer_count - 1) + ")");
       }
       LayerKind kind = ClassifyLayer(manifest.layers[i].media_type);
       if (kind != LayerKind::kPlain) {
         return Status::InvalidArgument(
             LayerName(i, manifest.layers[i]) + ": cannot encrypt a " +
-            (kind == LayerKind::kUnknown ? "layer of media type '" + manifest.layers[i].media_type + "'"
-                                         : std::string(LayerKindName(kind)) + "-encrypted layer"));
+            (kind == LayerKind::kUnknown
+                 ? "layer of media type '" + manifest.layers[i].media_type + "'"
+                 : std::string(LayerKindName(kind)) + "-encrypted layer"));
       }
       selected.insert(i);
     }
@@ -123,47 +251,54 @@ Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReferen
       if (ClassifyLayer(manifest.layers[i].media_type) == LayerKind::kPlain) selected.insert(i);
     }
   }
-  if (selected.empty()) {
-    return Status::InvalidArgument(src.ToString() + ": no plain layer to encrypt");
-  }
+  if (selected.empty()) return Status::InvalidArgument(src.Name() + ": no plain layer to encrypt");
+  return selected;
+}
 
-  ConvertReport report;
-  report.source_manifest = source.image.manifest_descriptor;
-  report.tag = dst.tag.empty() ? std::string(kDefaultTag) : dst.tag;
-  LC_RETURN_IF_ERROR(ValidateTag(report.tag));
-  LC_ASSIGN_OR_RETURN(auto writer, ImageWriter::Begin(dst.dir));
+}  // namespace
 
-  Manifest out = ToOciManifest(manifest);
-  LC_RETURN_IF_ERROR(writer->CopyBlob(*source.layout, manifest.config).WithContext("config"));
-  for (size_t i = 0; i < layer_count; ++i) {
-    const Descriptor& d = manifest.layers[i];
-    std::string name = LayerName(i, d);
-    LayerReport layer;
-    layer.index = i;
-    layer.source = d;
-    auto start = Clock::now();
-    if (!selected.contains(i)) {
-      LC_RETURN_IF_ERROR(writer->CopyBlob(*source.layout, d).WithContext(name));
-      layer.action = "copied";
-      layer.result = out.layers[i];
-    } else {
-      auto blob = source.layout->OpenBlob(d);
+Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
+                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const EncryptOptions& options) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients given (use --recipient)");
+  ConvertReport scratch;  // collects layer reports; merged below
+  auto precheck = [&](const LoadedRoot& root) -> Status {
+    for (const LoadedImage& image : root.images) {
+      LC_RETURN_IF_ERROR(SelectLayers(src, image.manifest, options).status());
+    }
+    return Status::Ok();
+  };
+  auto convert_image = [&](const LoadedImage& image,
+                           const std::string& platform) -> Result<Descriptor> {
+    LC_ASSIGN_OR_RETURN(std::set<size_t> selected, SelectLayers(src, image.manifest, options));
+    auto convert_layer = [&](size_t i, const Descriptor& d, LayerReport& layer) -> Status {
+      std::string name = LayerName(i, d);
+      if (!selected.contains(i)) {
+        LC_RETURN_IF_ERROR(CopyBlob(src, dst, d).WithContext(name));
+        layer.action = "copied";
+        layer.result = d;
+        layer.result.media_type = OciLayerMediaType(d.media_type);
+        return Status::Ok();
+      }
+      auto blob = src.OpenBlobForScan(d);
       if (!blob.ok()) return blob.status().WithContext(name);
-      BlobInputStream raw(**blob);
-      LC_ASSIGN_OR_RETURN(auto blob_writer, writer->NewBlob());
+      BlobInputStream unwatched(**blob);
+      auto watched = internal::NewProgressInputStream(unwatched, name, d.size, options.on_progress);
+      InputStream& raw = *watched;
+      LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
       if (options.format == EncryptionFormat::kLazycrypt) {
         auto verifying = NewVerifyingInputStream(raw, d, "blob");
-        auto encrypted = EncryptLazycryptLayer(*verifying, *blob_writer, recipients, options.writer);
+        auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, options.writer);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(FinishVerifying(*verifying, "blob").WithContext(name));
         std::string diff_id = crypto::OciDigest(encrypted->write.diff_id);
-        if (diff_id != source.image.config.diff_ids[i]) {
+        if (diff_id != image.config.diff_ids[i]) {
           return Status::Corruption(name + ": its tar stream has diff_id " + diff_id +
-                                    ", the config says " + source.image.config.diff_ids[i]);
+                                    ", the config says " + image.config.diff_ids[i]);
         }
-        LC_RETURN_IF_ERROR(blob_writer->Close().WithContext(name));
-        if (blob_writer->digest() != encrypted->descriptor.digest) {
-          return Status::Internal(name + ": the writer's blob digest differs from the file's");
+        LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
+        if (sink->digest() != encrypted->descriptor.digest) {
+          return Status::Internal(name + ": the writer's blob digest differs from the stored one");
         }
         Descriptor result = encrypted->descriptor;
         std::map<std::string, std::string> annotations = WithoutEncryptionAnnotations(d.annotations);
@@ -176,129 +311,135 @@ Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReferen
         layer.entry_count = encrypted->write.entry_count;
         layer.toc_digest = crypto::OciDigest(encrypted->write.toc_digest);
       } else {
-        auto encrypted = EncryptOcicryptLayer(raw, d, *blob_writer, recipients);
+        auto encrypted = EncryptOcicryptLayer(raw, d, *sink, recipients);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
-        LC_RETURN_IF_ERROR(blob_writer->Close().WithContext(name));
-        if (blob_writer->digest() != encrypted->digest) {
-          return Status::Internal(name + ": the encrypted blob's digest differs from the file's");
+        LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
+        if (sink->digest() != encrypted->digest) {
+          return Status::Internal(name + ": the encrypted blob's digest differs from the stored one");
         }
         layer.result = *encrypted;
         layer.action = "encrypted (ocicrypt)";
       }
-      out.layers[i] = layer.result;
-    }
-    layer.seconds = SecondsSince(start);
-    if (options.on_layer) options.on_layer(layer);
-    report.layers.push_back(std::move(layer));
-  }
-  LC_ASSIGN_OR_RETURN(report.manifest,
-                      writer->PutBlob(std::string(kMediaTypeOciManifest), AsBytes(SerializeManifest(out))));
-  LC_RETURN_IF_ERROR(writer->Commit(report.tag, report.manifest));
-  report.manifest.annotations[std::string(kAnnotationRefName)] = report.tag;
+      return Status::Ok();
+    };
+    return internal::ConvertOneImage(src, dst, image, platform, convert_layer, options.on_layer, scratch);
+  };
+  LC_ASSIGN_OR_RETURN(ConvertReport report, internal::ConvertRoot(src, dst, precheck, convert_image));
+  report.layers = std::move(scratch.layers);
   return report;
+}
+
+Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
+                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const DecryptOptions& options) {
+  ConvertReport scratch;
+  auto precheck = [&](const LoadedRoot& root) -> Status {
+    for (const LoadedImage& image : root.images) {
+      const Manifest& manifest = image.manifest;
+      for (size_t i = 0; i < manifest.layers.size(); ++i) {
+        const Descriptor& d = manifest.layers[i];
+        if (ClassifyLayer(d.media_type) == LayerKind::kUnknown &&
+            d.media_type.ends_with(kEncryptedSuffix)) {
+          return Status::Unsupported(LayerName(i, d) + ": encrypted media type '" + d.media_type +
+                                     "' is not supported");
+        }
+      }
+    }
+    return Status::Ok();
+  };
+  auto convert_image = [&](const LoadedImage& image,
+                           const std::string& platform) -> Result<Descriptor> {
+    auto convert_layer = [&](size_t i, const Descriptor& d, LayerReport& layer) -> Status {
+      std::string name = LayerName(i, d);
+      LayerKind kind = ClassifyLayer(d.media_type);
+      if (kind == LayerKind::kLazycrypt) {
+        auto blob = src.OpenBlobForScan(d);
+        if (!blob.ok()) return blob.status().WithContext(name);
+        LC_RETURN_IF_ERROR(VerifyBlobDigest(**blob, d).WithContext(name));
+        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+        std::unique_ptr<OutputStream> gzip;
+        if (options.compression == LayerCompression::kGzip) {
+          gzip = compress::NewGzipOutputStream(*sink);
+        }
+        auto watched = internal::NewProgressBlobSource(**blob, name, options.on_progress);
+        auto decrypted = DecryptLazycryptLayer(
+            *watched, d, keys, gzip ? *gzip : static_cast<OutputStream&>(*sink),
+            options.compression == LayerCompression::kZstd ? format::DecryptOutput::kTarZstd
+                                                           : format::DecryptOutput::kTar);
+        if (!decrypted.ok()) return decrypted.status().WithContext(name);
+        if (gzip) LC_RETURN_IF_ERROR(gzip->Close().WithContext(name));
+        std::string diff_id = crypto::OciDigest(decrypted->diff_id);
+        if (diff_id != image.config.diff_ids[i]) {
+          return Status::AuthFailed(name + ": decrypted tar has diff_id " + diff_id +
+                                    ", the config says " + image.config.diff_ids[i]);
+        }
+        LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
+        std::string_view media_type = options.compression == LayerCompression::kZstd
+                                          ? kMediaTypeOciLayerTarZstd
+                                      : options.compression == LayerCompression::kGzip
+                                          ? kMediaTypeOciLayerTarGzip
+                                          : kMediaTypeOciLayerTar;
+        Descriptor result = sink->MakeDescriptor(std::string(media_type));
+        result.annotations = WithoutEncryptionAnnotations(d.annotations);
+        result.extra_json = d.extra_json;
+        layer.result = result;
+        layer.action = "decrypted (lazycrypt)";
+        layer.key_name = decrypted->key_name;
+        layer.toc_digest = crypto::OciDigest(decrypted->toc_digest);
+      } else if (kind == LayerKind::kOcicrypt) {
+        auto blob = src.OpenBlobForScan(d);
+        if (!blob.ok()) return blob.status().WithContext(name);
+        BlobInputStream unwatched(**blob);
+        auto raw = internal::NewProgressInputStream(unwatched, name, d.size, options.on_progress);
+        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+        auto decrypted = DecryptOcicryptLayer(*raw, d, *sink, keys);
+        if (!decrypted.ok()) return decrypted.status().WithContext(name);
+        LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
+        if (sink->digest() != decrypted->original.digest) {
+          return Status::Internal(name + ": the decrypted blob's digest differs from the stored one");
+        }
+        layer.result = decrypted->original;
+        layer.result.media_type = OciLayerMediaType(layer.result.media_type);
+        layer.action = "decrypted (ocicrypt)";
+        layer.key_name = decrypted->key_name;
+      } else {
+        LC_RETURN_IF_ERROR(CopyBlob(src, dst, d).WithContext(name));
+        layer.result = d;
+        layer.result.media_type = OciLayerMediaType(d.media_type);
+        layer.action = "copied";
+      }
+      return Status::Ok();
+    };
+    return internal::ConvertOneImage(src, dst, image, platform, convert_layer, options.on_layer, scratch);
+  };
+  LC_ASSIGN_OR_RETURN(ConvertReport report, internal::ConvertRoot(src, dst, precheck, convert_image));
+  report.layers = std::move(scratch.layers);
+  return report;
+}
+
+Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReference& dst,
+                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const EncryptOptions& options) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients given (use --recipient)");
+  LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
+  LC_ASSIGN_OR_RETURN(auto destination, OpenImageDestination(dst));
+  return EncryptImage(*source, *destination, recipients, options);
 }
 
 Result<ConvertReport> DecryptImage(const ImageReference& src, const ImageReference& dst,
                                    const std::vector<keywrap::PrivateKey>& keys,
                                    const DecryptOptions& options) {
-  LC_ASSIGN_OR_RETURN(SourceImage source, OpenSource(src));
-  const Manifest& manifest = source.image.manifest;
-  for (size_t i = 0; i < manifest.layers.size(); ++i) {
-    const Descriptor& d = manifest.layers[i];
-    if (ClassifyLayer(d.media_type) == LayerKind::kUnknown && d.media_type.ends_with(kEncryptedSuffix)) {
-      return Status::Unsupported(LayerName(i, d) + ": encrypted media type '" + d.media_type +
-                                 "' is not supported");
-    }
-  }
-
-  ConvertReport report;
-  report.source_manifest = source.image.manifest_descriptor;
-  report.tag = dst.tag.empty() ? std::string(kDefaultTag) : dst.tag;
-  LC_RETURN_IF_ERROR(ValidateTag(report.tag));
-  LC_ASSIGN_OR_RETURN(auto writer, ImageWriter::Begin(dst.dir));
-
-  Manifest out = ToOciManifest(manifest);
-  LC_RETURN_IF_ERROR(writer->CopyBlob(*source.layout, manifest.config).WithContext("config"));
-  for (size_t i = 0; i < manifest.layers.size(); ++i) {
-    const Descriptor& d = manifest.layers[i];
-    std::string name = LayerName(i, d);
-    LayerReport layer;
-    layer.index = i;
-    layer.source = d;
-    auto start = Clock::now();
-    LayerKind kind = ClassifyLayer(d.media_type);
-    if (kind == LayerKind::kLazycrypt) {
-      auto blob = source.layout->OpenBlob(d);
-      if (!blob.ok()) return blob.status().WithContext(name);
-      LC_RETURN_IF_ERROR(source.layout->VerifyBlob(d).WithContext(name));
-      LC_ASSIGN_OR_RETURN(auto blob_writer, writer->NewBlob());
-      std::unique_ptr<OutputStream> gzip;
-      if (options.compression == LayerCompression::kGzip) {
-        gzip = compress::NewGzipOutputStream(*blob_writer);
-      }
-      auto decrypted = DecryptLazycryptLayer(
-          **blob, d, keys, gzip ? *gzip : static_cast<OutputStream&>(*blob_writer),
-          options.compression == LayerCompression::kZstd ? format::DecryptOutput::kTarZstd
-                                                         : format::DecryptOutput::kTar);
-      if (!decrypted.ok()) return decrypted.status().WithContext(name);
-      if (gzip) LC_RETURN_IF_ERROR(gzip->Close().WithContext(name));
-      std::string diff_id = crypto::OciDigest(decrypted->diff_id);
-      if (diff_id != source.image.config.diff_ids[i]) {
-        return Status::AuthFailed(name + ": decrypted tar has diff_id " + diff_id +
-                                  ", the config says " + source.image.config.diff_ids[i]);
-      }
-      LC_RETURN_IF_ERROR(blob_writer->Close().WithContext(name));
-      std::string_view media_type = options.compression == LayerCompression::kZstd
-                                        ? kMediaTypeOciLayerTarZstd
-                                    : options.compression == LayerCompression::kGzip
-                                        ? kMediaTypeOciLayerTarGzip
-                                        : kMediaTypeOciLayerTar;
-      Descriptor result = blob_writer->MakeDescriptor(std::string(media_type));
-      result.annotations = WithoutEncryptionAnnotations(d.annotations);
-      result.extra_json = d.extra_json;
-      layer.result = result;
-      layer.action = "decrypted (lazycrypt)";
-      layer.key_name = decrypted->key_name;
-      layer.toc_digest = crypto::OciDigest(decrypted->toc_digest);
-    } else if (kind == LayerKind::kOcicrypt) {
-      auto blob = source.layout->OpenBlob(d);
-      if (!blob.ok()) return blob.status().WithContext(name);
-      BlobInputStream raw(**blob);
-      LC_ASSIGN_OR_RETURN(auto blob_writer, writer->NewBlob());
-      auto decrypted = DecryptOcicryptLayer(raw, d, *blob_writer, keys);
-      if (!decrypted.ok()) return decrypted.status().WithContext(name);
-      LC_RETURN_IF_ERROR(blob_writer->Close().WithContext(name));
-      if (blob_writer->digest() != decrypted->original.digest) {
-        return Status::Internal(name + ": the decrypted blob's digest differs from the file's");
-      }
-      layer.result = decrypted->original;
-      layer.result.media_type = OciLayerMediaType(layer.result.media_type);
-      layer.action = "decrypted (ocicrypt)";
-      layer.key_name = decrypted->key_name;
-    } else {
-      LC_RETURN_IF_ERROR(writer->CopyBlob(*source.layout, d).WithContext(name));
-      layer.result = out.layers[i];
-      layer.action = "copied";
-    }
-    out.layers[i] = layer.result;
-    layer.seconds = SecondsSince(start);
-    if (options.on_layer) options.on_layer(layer);
-    report.layers.push_back(std::move(layer));
-  }
-  LC_ASSIGN_OR_RETURN(report.manifest,
-                      writer->PutBlob(std::string(kMediaTypeOciManifest), AsBytes(SerializeManifest(out))));
-  LC_RETURN_IF_ERROR(writer->Commit(report.tag, report.manifest));
-  report.manifest.annotations[std::string(kAnnotationRefName)] = report.tag;
-  return report;
+  LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
+  LC_ASSIGN_OR_RETURN(auto destination, OpenImageDestination(dst));
+  return DecryptImage(*source, *destination, keys, options);
 }
 
-Result<ImageInfo> InspectImage(const ImageReference& src,
-                               const std::vector<keywrap::PrivateKey>& keys,
-                               const InspectOptions& options) {
-  LC_ASSIGN_OR_RETURN(SourceImage source, OpenSource(src));
-  const LoadedImage& image = source.image;
+namespace {
+
+ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
+                        const std::vector<keywrap::PrivateKey>& keys, const InspectOptions& options) {
   ImageInfo info;
-  info.reference = src.ToString();
+  info.reference = src.Name();
   info.manifest = image.manifest_descriptor;
   info.manifest_media_type =
       image.manifest.media_type.empty() ? std::string(kMediaTypeOciManifest) : image.manifest.media_type;
@@ -328,7 +469,7 @@ Result<ImageInfo> InspectImage(const ImageReference& src,
     if (li.kind == LayerKind::kLazycrypt) {
       li.toc_digest = d.Annotation(kAnnotationLazycryptTocDigest);
       if (!keys.empty()) {
-        auto blob = source.layout->OpenBlob(d);
+        auto blob = src.OpenBlob(d);
         if (!blob.ok()) {
           li.open_error = blob.status().ToString();
         } else {
@@ -357,6 +498,32 @@ Result<ImageInfo> InspectImage(const ImageReference& src,
     info.layers.push_back(std::move(li));
   }
   return info;
+}
+
+}  // namespace
+
+Result<ImageInfo> InspectImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
+                               const InspectOptions& options) {
+  LC_ASSIGN_OR_RETURN(LoadedRoot root, LoadRoot(src));
+  if (!root.index) return InspectLoaded(src, root.images[0], keys, options);
+  ImageInfo info;
+  info.reference = src.Name();
+  info.manifest = root.root;
+  info.manifest_media_type =
+      root.index->media_type.empty() ? std::string(kMediaTypeOciIndex) : root.index->media_type;
+  for (size_t k = 0; k < root.images.size(); ++k) {
+    ImageInfo sub = InspectLoaded(src, root.images[k], keys, options);
+    sub.manifest.platform = root.index->manifests[root.image_positions[k]].platform;
+    info.platforms.push_back(std::move(sub));
+  }
+  return info;
+}
+
+Result<ImageInfo> InspectImage(const ImageReference& src,
+                               const std::vector<keywrap::PrivateKey>& keys,
+                               const InspectOptions& options) {
+  LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
+  return InspectImage(*source, keys, options);
 }
 
 }  // namespace lazycrypt::image

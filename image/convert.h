@@ -1,5 +1,5 @@
-// Image conversion between plain, ocicrypt-encrypted and lazycrypt-encrypted OCI images in OCI
-// layouts: the library behind `lazycrypt encrypt|decrypt|inspect` (tools/ is a thin CLI over it).
+// Image conversion between plain, ocicrypt-encrypted and lazycrypt-encrypted OCI images on any
+// transport (image/transport.h): the library behind `lazycrypt encrypt|decrypt|inspect` (tools/ is a thin CLI over it).
 //
 // Every conversion reads the source image (verifying the digest of every blob it reads), writes
 // new blobs into the destination layout and, only when every layer succeeded, the manifest and
@@ -21,6 +21,7 @@
 #include "format/writer.h"
 #include "image/layout.h"
 #include "image/oci.h"
+#include "image/transport.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -35,6 +36,7 @@ Result<EncryptionFormat> ParseEncryptionFormat(std::string_view name);
 // What happened to one layer, for reports.
 struct LayerReport {
   size_t index = 0;
+  std::string platform;  // "linux/arm64" for an image of a multi-platform index; "" otherwise
   std::string action;  // "encrypted (lazycrypt)", "decrypted (ocicrypt)", "copied", ...
   Descriptor source;
   Descriptor result;
@@ -48,13 +50,18 @@ struct LayerReport {
 
 struct ConvertReport {
   Descriptor source_manifest;
-  Descriptor manifest;  // the written manifest (with the ref.name annotation)
+  Descriptor manifest;  // the written manifest or index (with the ref.name annotation)
   std::string tag;      // the destination tag
+  size_t platform_count = 0;  // > 0: the source was an index, converted per platform
   std::vector<LayerReport> layers;
 };
 
 // Called after each layer is done (e.g. to print progress). May be empty.
 using LayerCallback = std::function<void(const LayerReport&)>;
+// Called while a layer blob is read: what ("layer 1 (sha256:..)"), bytes of it read so far, its
+// size. Advisory (may be called from a worker thread, at most a few times per MiB). May be empty.
+using ProgressCallback =
+    std::function<void(const std::string& what, uint64_t done_bytes, uint64_t total_bytes)>;
 
 struct EncryptOptions {
   EncryptionFormat format = EncryptionFormat::kLazycrypt;
@@ -63,6 +70,7 @@ struct EncryptOptions {
   std::optional<std::vector<size_t>> layers;
   format::WriterOptions writer;  // lazycrypt format only
   LayerCallback on_layer;
+  ProgressCallback on_progress;
 };
 
 // Encrypts the chosen layers of src for `recipients` (at least one) and writes the image to dst.
@@ -86,7 +94,15 @@ Result<LayerCompression> ParseLayerCompression(std::string_view name);  // "zstd
 struct DecryptOptions {
   LayerCompression compression = LayerCompression::kZstd;
   LayerCallback on_layer;
+  ProgressCallback on_progress;
 };
+
+// The same on open transports. An image index is converted per platform image (entries under
+// platform unknown/unknown, e.g. attestations, are dropped: they name the old manifests), and an
+// index is written. On error `dst` is aborted.
+Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
+                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const EncryptOptions& options);
 
 // Decrypts every encrypted layer of src with `keys` and writes a plain image to dst.
 // lazycrypt layers become tar+zstd (or per options.compression; every chunk and the TOC authenticated, the diff_id checked
@@ -94,6 +110,10 @@ struct DecryptOptions {
 // against privopts, media type without "+encrypted"). A layer none of the keys opens fails the
 // whole conversion: "layer 2 (sha256:ab..): none of the keys [a.pem, b.pem] is a recipient".
 Result<ConvertReport> DecryptImage(const ImageReference& src, const ImageReference& dst,
+                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const DecryptOptions& options = {});
+
+Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
                                    const std::vector<keywrap::PrivateKey>& keys,
                                    const DecryptOptions& options = {});
 
@@ -135,6 +155,9 @@ struct ImageInfo {
   Descriptor config;
   std::string os, architecture;
   std::vector<LayerInfo> layers;
+  // When the reference names an image index: one ImageInfo per platform image (each with its
+  // manifest descriptor's platform), and `layers` is empty.
+  std::vector<ImageInfo> platforms;
 };
 
 struct InspectOptions {
@@ -146,6 +169,9 @@ struct InspectOptions {
 // is reported in LayerInfo::open_error, not as an error of the call.
 Result<ImageInfo> InspectImage(const ImageReference& src,
                                const std::vector<keywrap::PrivateKey>& keys,
+                               const InspectOptions& options = {});
+
+Result<ImageInfo> InspectImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
                                const InspectOptions& options = {});
 
 // "layer 2 (sha256:0123456789ab..)"

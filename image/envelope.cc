@@ -1,6 +1,10 @@
 #include "image/envelope.h"
 
 #include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include <memory>
+#include <span>
 
 #include <nlohmann/json.hpp>
 
@@ -102,19 +106,67 @@ Result<LazycryptAnnotations> MakeLazycryptAnnotations(
     const format::KeyCommitment& commitment, const std::vector<keywrap::PublicKey>& recipients) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients to wrap the layer key for");
   LC_ASSIGN_OR_RETURN(crypto::SecureBuffer privopts, SerializeLazycryptPrivopts(key, toc_digest));
-  std::vector<keywrap::JweRecipient> jwe_recipients;
-  for (const auto& r : recipients) {
-    jwe_recipients.push_back({&r, keywrap::DefaultJweKeyAlgorithm(r)});
-  }
-  LC_ASSIGN_OR_RETURN(std::string jwe, keywrap::EncryptJwe(privopts.span(), jwe_recipients));
   LazycryptAnnotations out;
-  out.keys_jwe = keywrap::Base64Encode(AsBytes(jwe));
+  LC_ASSIGN_OR_RETURN(out.keys_jwe, WrapPrivoptsPerRecipient(privopts.span(), recipients));
   keywrap::PublicLayerOptions pub;
   pub.cipher = std::string(kLazycryptCipherName);
   pub.cipher_options[std::string(kCommitmentCipherOption)] =
       std::vector<uint8_t>(commitment.begin(), commitment.end());
   LC_ASSIGN_OR_RETURN(out.pubopts, keywrap::EncodePubOptsAnnotation(pub));
   out.toc_digest = crypto::OciDigest(toc_digest);
+  return out;
+}
+
+Result<std::string> RecipientKeyId(const keywrap::PublicKey& key) {
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(key.evp_pkey(), &der);
+  if (len <= 0 || der == nullptr) {
+    return Status::Internal(key.name() + ": cannot encode the public key as DER");
+  }
+  std::unique_ptr<unsigned char, void (*)(unsigned char*)> owned(
+      der, [](unsigned char* p) { OPENSSL_free(p); });
+  return crypto::OciDigest(crypto::Sha256::Of(ByteSpan(der, static_cast<size_t>(len))));
+}
+
+Result<std::string> WrapPrivoptsPerRecipient(ByteSpan privopts,
+                                             const std::vector<keywrap::PublicKey>& recipients) {
+  if (recipients.empty()) return Status::InvalidArgument("no recipients to wrap the layer key for");
+  std::string out;
+  for (const keywrap::PublicKey& r : recipients) {
+    LC_ASSIGN_OR_RETURN(std::string kid, RecipientKeyId(r));
+    keywrap::JweRecipient one{&r, keywrap::DefaultJweKeyAlgorithm(r)};
+    LC_ASSIGN_OR_RETURN(std::string jwe, keywrap::EncryptJwe(privopts, std::span(&one, 1)));
+    std::string with_kid;
+    try {
+      // A single-recipient JWE is in the flattened serialization; its per-recipient unprotected
+      // header ("header") is where the key id goes (RFC 7516 §7.2.2).
+      nlohmann::ordered_json j = nlohmann::ordered_json::parse(jwe);
+      if (j.contains("recipients")) return Status::Internal("expected a flattened JWE");
+      j["header"]["kid"] = kid;
+      with_kid = j.dump();
+    } catch (const nlohmann::json::exception& e) {
+      return Status::Internal(std::string("JWE JSON: ") + e.what());
+    }
+    if (!out.empty()) out += ',';
+    out += keywrap::Base64Encode(AsBytes(with_kid));
+  }
+  return out;
+}
+
+Result<std::vector<JweEntryInfo>> ListJweEntries(std::string_view annotation_value) {
+  std::vector<JweEntryInfo> out;
+  if (annotation_value.empty()) return out;
+  std::vector<std::string_view> entries = SplitCommas(annotation_value);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto recipients = ListJweRecipients(entries[i]);
+    if (!recipients.ok()) {
+      return recipients.status().WithContext("keys.jwe entry " + std::to_string(i + 1));
+    }
+    JweEntryInfo info;
+    info.text = entries[i];
+    for (const JweRecipientInfo& r : *recipients) info.kids.push_back(r.kid);
+    out.push_back(std::move(info));
+  }
   return out;
 }
 

@@ -9,8 +9,9 @@
 //              "cipheroptions":{}}                      (always < 190 bytes: kMaxPrivoptsBytes)
 //   pubopts:  {"cipher":"LAZYCRYPT_GCM_V1","hmac":null,"cipheroptions":{"commitment":"<b64 C>"}}
 //
-// Like ocicrypt, one JWE carries all recipients of one wrapping pass; the annotation may hold
-// several base64 JWEs separated by commas. Also: listing a JWE's recipients without a key.
+// lazycrypt writes one JWE per recipient, each naming its recipient by a key id (see
+// RecipientKeyId); ocicrypt's one-JWE-per-pass annotations are read alike: the annotation may
+// hold several base64 JWEs separated by commas. Also: listing a JWE's recipients without a key.
 //
 // Thread-safety: free functions, no shared state. Never puts key bytes in messages.
 #pragma once
@@ -37,6 +38,25 @@ inline constexpr std::string_view kCommitmentCipherOption = "commitment";
 // The privopts JSON of a lazycrypt layer, in wiped memory.
 Result<crypto::SecureBuffer> SerializeLazycryptPrivopts(const format::LayerKey& key,
                                                         const crypto::Sha256Digest& toc_digest);
+
+// The key id lazycrypt writes into each JWE recipient's unprotected header ("kid"), so that a
+// recipient can later be found (and removed) by its public key alone: "sha256:<hex>" of the key's
+// DER SubjectPublicKeyInfo. Not secret; not authenticated (it only locates an entry).
+Result<std::string> RecipientKeyId(const keywrap::PublicKey& key);
+
+// A keys.jwe annotation value with one JWE per recipient (base64, comma-separated, as ocicrypt
+// reads them), each recipient's header carrying its RecipientKeyId. InvalidArgument without
+// recipients.
+Result<std::string> WrapPrivoptsPerRecipient(ByteSpan privopts,
+                                             const std::vector<keywrap::PublicKey>& recipients);
+
+// Each comma-separated entry of a keys.jwe value with the key ids of its recipients ("" for a
+// recipient without one). Corruption naming the entry when it is not base64 JSON of a JWE.
+struct JweEntryInfo {
+  std::string_view text;  // the base64 entry (a view into the annotation value)
+  std::vector<std::string> kids;
+};
+Result<std::vector<JweEntryInfo>> ListJweEntries(std::string_view annotation_value);
 
 // What an encrypted layer descriptor gets.
 struct LazycryptAnnotations {

@@ -1,5 +1,7 @@
 #include "image/layout.h"
 
+#include "registry/registry.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -147,10 +149,16 @@ Status ValidateTag(std::string_view tag) {
 
 Result<ImageReference> ImageReference::Parse(std::string_view text) {
   constexpr std::string_view kOci = "oci:";
-  if (text.starts_with("docker://") || text.starts_with("docker:")) {
-    return Status::Unsupported("image reference '" + std::string(text) +
-                               "': the registry transport docker:// is not supported yet; use "
-                               "oci:DIR[:TAG]");
+  if (text.starts_with("docker://")) {
+    ImageReference ref;
+    ref.docker = std::string(text.substr(9));
+    auto parsed = registry::Reference::Parse(ref.docker);
+    if (!parsed.ok()) return parsed.status();
+    return ref;
+  }
+  if (text.starts_with("docker:")) {
+    return Status::InvalidArgument("image reference '" + std::string(text) +
+                                   "': the registry transport is spelled docker://HOST/REPO[:TAG]");
   }
   if (!text.starts_with(kOci)) {
     size_t colon = text.find(':');
@@ -180,6 +188,7 @@ Result<ImageReference> ImageReference::Parse(std::string_view text) {
 }
 
 std::string ImageReference::ToString() const {
+  if (is_registry()) return "docker://" + docker;
   std::string out = "oci:" + dir.string();
   if (!tag.empty()) out += ":" + tag;
   return out;
@@ -253,7 +262,8 @@ Result<Index> OciLayout::ReadIndex() const {
 }
 
 Result<Descriptor> OciLayout::ResolveInIndex(const Index& index, std::string_view tag,
-                                             std::string_view where, int depth) const {
+                                             std::string_view where, int depth,
+                                             bool descend) const {
   std::vector<const Descriptor*> matches;
   if (tag.empty() && index.manifests.size() == 1) {
     matches.push_back(&index.manifests[0]);
@@ -292,6 +302,7 @@ Result<Descriptor> OciLayout::ResolveInIndex(const Index& index, std::string_vie
   }
   const Descriptor& chosen = *matches[0];
   if (IsManifestMediaType(chosen.media_type)) return chosen;
+  if (!descend && IsIndexMediaType(chosen.media_type)) return chosen;
   if (!IsIndexMediaType(chosen.media_type)) {
     return Status::Unsupported(std::string(where) + ": " + ShortDigest(chosen.digest) +
                                " has media type '" + chosen.media_type +
@@ -318,7 +329,7 @@ Result<Descriptor> OciLayout::ResolveInIndex(const Index& index, std::string_vie
   }
   Index sub;
   sub.manifests.push_back(*candidates[0]);
-  return ResolveInIndex(sub, "", "index " + chosen.digest, depth + 1);
+  return ResolveInIndex(sub, "", "index " + chosen.digest, depth + 1, true);
 }
 
 Result<Descriptor> OciLayout::ResolveManifest(std::string_view tag) const {
@@ -326,7 +337,15 @@ Result<Descriptor> OciLayout::ResolveManifest(std::string_view tag) const {
   if (index.manifests.empty()) {
     return Status::NotFound(dir_.string() + "/index.json lists no images");
   }
-  return ResolveInIndex(index, tag, dir_.string(), 0);
+  return ResolveInIndex(index, tag, dir_.string(), 0, true);
+}
+
+Result<Descriptor> OciLayout::ResolveRoot(std::string_view tag) const {
+  LC_ASSIGN_OR_RETURN(Index index, ReadIndex());
+  if (index.manifests.empty()) {
+    return Status::NotFound(dir_.string() + "/index.json lists no images");
+  }
+  return ResolveInIndex(index, tag, dir_.string(), 0, false);
 }
 
 Result<std::vector<uint8_t>> OciLayout::ReadBlob(const Descriptor& d, uint64_t max_bytes) const {

@@ -34,15 +34,19 @@ inline constexpr uint64_t kMaxMetadataBlobBytes = 8u << 20;
 // manifests and no tag.
 inline constexpr std::string_view kDefaultTag = "latest";
 
-// "oci:DIR[:TAG]" (skopeo's spelling: the first ':' after "oci:" separates DIR from TAG, so DIR
-// cannot contain ':'). Other transports are rejected: "docker://..." with Unsupported (not yet),
-// anything else with InvalidArgument.
+// An image reference in skopeo's spelling:
+//   "oci:DIR[:TAG]"  an OCI layout (the first ':' after "oci:" separates DIR from TAG, so DIR
+//                    cannot contain ':');
+//   "docker://REF"   a registry: host[:port]/repo[:tag][@digest] (docker.io defaults as docker's).
+// Other transports are Unsupported by name; text without a transport is InvalidArgument.
 struct ImageReference {
   std::filesystem::path dir;
-  std::string tag;  // empty: the default (see OciLayout::ResolveManifest / kDefaultTag)
+  std::string tag;     // oci: empty = the default (see OciLayout::ResolveManifest / kDefaultTag)
+  std::string docker;  // docker://: the registry reference after "docker://"; empty for oci:
 
+  bool is_registry() const { return !docker.empty(); }
   static Result<ImageReference> Parse(std::string_view text);
-  std::string ToString() const;  // "oci:DIR" or "oci:DIR:TAG"
+  std::string ToString() const;  // "oci:DIR", "oci:DIR:TAG" or "docker://REF"
 };
 
 // A tag is what OCI allows in org.opencontainers.image.ref.name for a tag:
@@ -75,6 +79,9 @@ class OciLayout {
   // When the tag names an image index (a multi-platform image), the manifest for this machine's
   // platform (linux/<arch>) is chosen, or its only manifest. NotFound lists the tags present.
   Result<Descriptor> ResolveManifest(std::string_view tag) const;
+  // Like ResolveManifest, but an image index the tag names is returned itself (not descended
+  // into): what a whole multi-platform image is converted from.
+  Result<Descriptor> ResolveRoot(std::string_view tag) const;
 
   // Reads a whole blob, checking that the file exists, its size equals d.size (checked before
   // reading), d.size <= max_bytes, and its SHA-256 equals d.digest.
@@ -91,7 +98,7 @@ class OciLayout {
  private:
   explicit OciLayout(std::filesystem::path dir) : dir_(std::move(dir)) {}
   Result<Descriptor> ResolveInIndex(const Index& index, std::string_view tag,
-                                    std::string_view where, int depth) const;
+                                    std::string_view where, int depth, bool descend) const;
   std::filesystem::path dir_;
 };
 

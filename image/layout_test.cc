@@ -72,11 +72,24 @@ TEST(ImageReference, ParsesOciReferences) {
   EXPECT_EQ(b->tag, "");
 }
 
-TEST(ImageReference, RejectsOtherTransportsByName) {
+TEST(ImageReference, ParsesRegistryReferences) {
   auto docker = ImageReference::Parse("docker://registry.example/busybox:latest");
-  ASSERT_FALSE(docker.ok());
-  EXPECT_EQ(docker.status().code(), StatusCode::kUnsupported);
-  EXPECT_THAT(docker.status().message(), HasSubstr("docker:// is not supported yet"));
+  ASSERT_TRUE(docker.ok()) << docker.status().ToString();
+  EXPECT_TRUE(docker->is_registry());
+  EXPECT_EQ(docker->docker, "registry.example/busybox:latest");
+  EXPECT_EQ(docker->ToString(), "docker://registry.example/busybox:latest");
+  EXPECT_FALSE(ImageReference::Parse("oci:/x")->is_registry());
+  auto local = ImageReference::Parse("docker://127.0.0.1:5000/team/app@sha256:" + std::string(64, 'a'));
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+  auto bad_tag = ImageReference::Parse("docker://127.0.0.1:5000/app:bad!tag");
+  ASSERT_FALSE(bad_tag.ok());
+  EXPECT_THAT(bad_tag.status().message(), HasSubstr("bad!tag"));
+  auto no_slashes = ImageReference::Parse("docker:busybox");
+  ASSERT_FALSE(no_slashes.ok());
+  EXPECT_THAT(no_slashes.status().message(), HasSubstr("docker://"));
+}
+
+TEST(ImageReference, RejectsOtherTransportsByName) {
   auto archive = ImageReference::Parse("oci-archive:/tmp/a.tar");
   ASSERT_FALSE(archive.ok());
   EXPECT_THAT(archive.status().message(), HasSubstr("transport 'oci-archive:'"));

@@ -88,10 +88,15 @@ TEST(Cli, HelpWorksForEveryCommand) {
     std::vector<std::string> mentions;
   };
   std::vector<Case> cases = {
-      {"", {"encrypt", "decrypt", "inspect", "layer"}},
-      {"encrypt", {"--recipient", "--layers", "--chunk-size", "--format", "SRC", "DST"}},
-      {"decrypt", {"--key", "--layer-compression", "SRC", "DST"}},
-      {"inspect", {"--key", "--json", "--files", "SRC"}},
+      {"", {"encrypt", "decrypt", "inspect", "verify", "recipients", "layer", "--quiet"}},
+      {"encrypt", {"--recipient", "--layers", "--chunk-size", "--format", "--plain-http",
+                   "--tls-verify", "--authfile", "docker://", "SRC", "DST"}},
+      {"decrypt", {"--key", "--layer-compression", "--plain-http", "SRC", "DST"}},
+      {"inspect", {"--key", "--json", "--files", "--plain-http", "SRC"}},
+      {"verify", {"--key", "--plain-http", "--tls-verify", "--authfile", "SRC"}},
+      {"recipients", {"add", "remove"}},
+      {"recipients add", {"--key", "--recipient", "--plain-http", "SRC", "DST"}},
+      {"recipients remove", {"--key", "--recipient", "last", "SRC", "DST"}},
       {"layer", {"encrypt", "decrypt", "ls", "cat"}},
       {"layer encrypt", {"--recipient", "--chunk-size", "INPUT", "OUTPUT"}},
       {"layer decrypt", {"--key", "--layer", "--descriptor", "--zstd", "OUTPUT"}},
@@ -115,7 +120,14 @@ TEST(Cli, UsageErrorsExitOneWithAMessage) {
   ExpectError(Lazycrypt(""), "A subcommand is required");
   ExpectError(Lazycrypt("layer"), "A subcommand is required");
   ExpectError(Lazycrypt("frobnicate"),
-              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, layer)");
+              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, recipients, layer)");
+  ExpectError(Lazycrypt("recipients"), "A subcommand is required");
+  ExpectError(Lazycrypt("recipients frob"), "unknown command 'frob' (commands: add, remove)");
+  ExpectError(Lazycrypt("verify oci:a"), "--key is required");
+  ExpectError(Lazycrypt("verify --key k.pem"), "SRC is required");
+  ExpectError(Lazycrypt("recipients add --key k.pem oci:a oci:b"), "--recipient is required");
+  ExpectError(Lazycrypt("recipients remove -r jwe:p.pem oci:a oci:b"), "--key is required");
+  ExpectError(Lazycrypt("recipients add --key k.pem -r jwe:p.pem oci:a"), "DST is required");
   ExpectError(Lazycrypt("layer frob"), "unknown command 'frob' (commands: encrypt, decrypt, ls, cat)");
   ExpectError(Lazycrypt("encrypt oci:a oci:b"), "--recipient is required");
   ExpectError(Lazycrypt("decrypt --key k.pem oci:a"), "DST is required");
@@ -154,10 +166,19 @@ TEST_F(CliWithImage, MissingFilesAreNamed) {
 }
 
 TEST_F(CliWithImage, BadTransportsAreNamed) {
-  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " docker://registry.example/busybox:1 " + Oci(tmp_ / "dst")),
-              "docker:// is not supported yet");
-  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " " + Oci(tmp_ / "src") + " docker://r.example/x:1"),
-              "docker:// is not supported yet");
+  // Nothing listens on 127.0.0.1:1: the registry is named, nothing is written.
+  ExpectError(Lazycrypt("encrypt --plain-http " + Recipient(key_) + " docker://127.0.0.1:1/busybox:1 " +
+                        Oci(tmp_ / "dst")),
+              "127.0.0.1:1");
+  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " docker:busybox " + Oci(tmp_ / "dst")),
+              "docker://HOST/REPO[:TAG]");
+  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " " + Oci(tmp_ / "src") + " docker://r.example/x:bad!tag"),
+              "bad!tag");
+  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " " + Oci(tmp_ / "src") + " docker://r.example/x@sha256:" +
+                        std::string(64, 'a')),
+              "a destination needs a tag");
+  ExpectError(Lazycrypt("layer ls -k " + Q(key_.priv) + " docker://r.example/x:1"),
+              "reads OCI layouts");
   ExpectError(Lazycrypt("inspect " + Q(tmp_ / "src")), "has no transport; use oci:DIR[:TAG]");
   ExpectError(Lazycrypt("inspect oci-archive:/tmp/x.tar"), "transport 'oci-archive:' is not supported");
   EXPECT_FALSE(fs::exists(tmp_ / "dst"));
@@ -279,7 +300,13 @@ TEST_F(CliWithImage, InspectShowsLayersRecipientsAndContents) {
   EXPECT_EQ(l["mediaType"], std::string(image::kMediaTypeLazycryptLayer));
   EXPECT_EQ(l["digest"], enc.manifest.layers[0].digest);
   EXPECT_EQ(l["cipher"], "LAZYCRYPT_GCM_V1");
-  EXPECT_EQ(l["recipients"], nlohmann::json::array({"ECDH-ES+A256KW (P-256)", "RSA-OAEP"}));
+  // Each recipient is named by the SHA-256 of its DER SubjectPublicKeyInfo (the JWE "kid").
+  auto kid = [](const fs::path& pub) {
+    auto r = RunCommand("openssl pkey -pubin -in " + Q(pub) + " -outform DER | sha256sum");
+    return "sha256:" + r.output.substr(0, 64);
+  };
+  EXPECT_EQ(l["recipients"], nlohmann::json::array({"ECDH-ES+A256KW (P-256) kid=" + kid(key_.pub),
+                                                    "RSA-OAEP kid=" + kid(other_.pub)}));
   EXPECT_EQ(l["tocDigest"], enc.manifest.layers[0].Annotation(image::kAnnotationLazycryptTocDigest));
   EXPECT_FALSE(l.contains("chunkCount"));
   EXPECT_EQ(j["manifest"]["digest"], enc.manifest_descriptor.digest);
@@ -401,6 +428,79 @@ TEST_F(CliWithImage, EncryptsOnlyTheChosenLayers) {
   // Both tags live in the one layout.
   EXPECT_EQ(image::OciLayout::Open(tmp_ / "enc").value()->ReadIndex()->manifests.size(), 2u);
 }
+
+TEST_F(CliWithImage, VerifyAcceptsIntactImagesAndNamesATamperedChunk) {
+  EncryptTo(tmp_ / "enc", "--chunk-size 64KiB");
+  auto ok = Lazycrypt("verify -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_THAT(ok.output, HasSubstr("verified oci:"));
+  EXPECT_THAT(ok.output, HasSubstr("chunks authenticated with " + key_.priv.string()));
+  // In a pipe: summary lines, but no live progress line (no carriage returns, no escapes).
+  EXPECT_THAT(ok.output, Not(HasSubstr("\r")));
+  EXPECT_THAT(ok.output, Not(HasSubstr("\033[")));
+  auto quiet = Lazycrypt("verify --quiet -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.output;
+  EXPECT_THAT(quiet.output, Not(HasSubstr("chunks authenticated")));
+  EXPECT_THAT(quiet.output, HasSubstr("verified oci:"));
+
+  ExpectError(Lazycrypt("verify -k " + Q(other_.priv) + " " + Oci(tmp_ / "enc")), "is a recipient");
+
+  // On a terminal: a live progress line.
+  // script(1) gives the command a pseudo-terminal as stderr.
+  std::string command = ShellQuote(LazycryptBin()) + " verify -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc");
+  auto tty = RunCommand("script -qec " + ShellQuote(command) + " /dev/null");
+  ASSERT_EQ(tty.exit_code, 0) << tty.output;
+  EXPECT_THAT(tty.output, HasSubstr("\r\033[K  layer 0 (sha256:"));
+  EXPECT_THAT(tty.output, HasSubstr("100%"));
+  auto tty_quiet = RunCommand("script -qec " + ShellQuote(command + " --quiet") + " /dev/null");
+  ASSERT_EQ(tty_quiet.exit_code, 0) << tty_quiet.output;
+  EXPECT_THAT(tty_quiet.output, Not(HasSubstr("\033[K")));
+
+  image::LoadedImage enc = LoadLayoutImage(tmp_ / "enc");
+  const image::Descriptor& layer = enc.manifest.layers[0];
+  fs::path blob = BlobPath(tmp_ / "enc", layer.digest);
+  std::string bytes = ReadFileString(blob);
+  bytes[bytes.size() / 3] ^= 0x01;
+  fs::remove(blob);
+  WriteFileString(blob, bytes);
+  auto bad = Lazycrypt("verify -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc"));
+  ExpectError(bad, "lazycrypt: oci:" + (tmp_ / "enc").string() + ": " + image::LayerName(0, layer) + ": chunk ");
+  EXPECT_THAT(bad.output, Not(HasSubstr("verified oci:")));
+}
+
+TEST_F(CliWithImage, RecipientsAddAndRemoveWithoutReencrypting) {
+  EncryptTo(tmp_ / "enc");
+  auto add = Lazycrypt("recipients add -k " + Q(key_.priv) + " " + Recipient(other_) + " " + Oci(tmp_ / "enc") +
+                       " " + Oci(tmp_ / "two"));
+  ASSERT_EQ(add.exit_code, 0) << add.output;
+  EXPECT_THAT(add.output, HasSubstr("recipients added"));
+  image::LoadedImage enc = LoadLayoutImage(tmp_ / "enc"), two = LoadLayoutImage(tmp_ / "two");
+  EXPECT_EQ(enc.manifest.layers[0].digest, two.manifest.layers[0].digest);
+  EXPECT_EQ(enc.manifest.config.digest, two.manifest.config.digest);
+  for (const KeyPair* k : {&key_, &other_}) {
+    auto v = Lazycrypt("verify -k " + Q(k->priv) + " " + Oci(tmp_ / "two"));
+    EXPECT_EQ(v.exit_code, 0) << v.output;
+  }
+  ExpectError(Lazycrypt("recipients add -k " + Q(key_.priv) + " " + Recipient(other_) + " " + Oci(tmp_ / "two") +
+                        " " + Oci(tmp_ / "x")),
+              "is already a recipient");
+
+  auto remove = Lazycrypt("recipients remove -k " + Q(other_.priv) + " " + Recipient(key_) + " " +
+                          Oci(tmp_ / "two") + " " + Oci(tmp_ / "one"));
+  ASSERT_EQ(remove.exit_code, 0) << remove.output;
+  ExpectError(Lazycrypt("verify -k " + Q(key_.priv) + " " + Oci(tmp_ / "one")), "is a recipient");
+  auto still = Lazycrypt("decrypt -k " + Q(other_.priv) + " " + Oci(tmp_ / "one") + " " + Oci(tmp_ / "dec"));
+  EXPECT_EQ(still.exit_code, 0) << still.output;
+  ExpectError(Lazycrypt("recipients remove -k " + Q(other_.priv) + " " + Recipient(other_) + " " +
+                        Oci(tmp_ / "one") + " " + Oci(tmp_ / "y")),
+              "refusing to remove the last recipient");
+  EXPECT_FALSE(fs::exists(tmp_ / "x"));
+  EXPECT_FALSE(fs::exists(tmp_ / "y"));
+  ExpectError(Lazycrypt("recipients add -k " + Q(key_.priv) + " " + Recipient(other_) + " " + Oci(tmp_ / "src") +
+                        " " + Oci(tmp_ / "z")),
+              "no encrypted layer");
+}
+
 
 }  // namespace
 }  // namespace lazycrypt::testing

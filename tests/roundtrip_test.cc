@@ -4,7 +4,9 @@
 //    diff_id), GNU tar extracts original and decrypted tars into identical trees (content and
 //    metadata), identical to the source tree; every file read lazily equals the source;
 //  - whole images through the CLI: `lazycrypt encrypt` then `lazycrypt decrypt`, then
-//    `umoci unpack` of both images gives the same rootfs.
+//    `umoci unpack` of both images gives the same rootfs;
+//  - the same through a real docker-registry (docker://, plain HTTP, basic auth from an authfile),
+//    with inspect, verify and recipients on the registry image.
 #include <sys/stat.h>
 
 #include <gmock/gmock.h>
@@ -16,6 +18,7 @@
 #include "image/layer.h"
 #include "image/layout.h"
 #include "keywrap/keys.h"
+#include "tests/harness/registry_process.h"
 #include "tests/integration_util.h"
 #include "tests/tree_compare.h"
 
@@ -353,6 +356,60 @@ TEST(ImageRoundTrip, TamperedLazycryptLayerFailsAndWritesNothing) {
                        " bin/busybox > /dev/null");
   EXPECT_EQ(cat.exit_code, 1) << cat.output;
   EXPECT_THAT(cat.output, HasSubstr("authentication failed"));
+}
+
+TEST(ImageRoundTrip, ThroughARegistryWithBasicAuth) {
+  harness::RegistryOptions with_auth;
+  with_auth.username = "pub";
+  with_auth.password = "reg-pw-42";
+  auto registry = harness::RegistryProcess::Start(with_auth);
+  ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+  TempDir tmp;
+  MakeBusyboxImage(tmp / "src");
+  KeyPair ec = GenerateKeyPair(tmp.path(), "ec256", "ec");
+  KeyPair rsa = GenerateKeyPair(tmp.path(), "rsa2048", "rsa");
+  auto auth = [&](const std::string& name, const std::string& userpass) {
+    auto b64 = RunCommand("printf %s " + ShellQuote(userpass) + " | base64 -w0");
+    WriteFileString(tmp / name, R"({"auths":{")" + (*registry)->host() + R"(":{"auth":")" + b64.output + R"("}}})");
+    return "--plain-http --authfile " + ShellQuote((tmp / name).string());
+  };
+  const std::string good = auth("good.json", "pub:reg-pw-42");
+  const std::string bad = auth("bad.json", "pub:not-the-pw");
+  const std::string ref = "docker://" + (*registry)->host() + "/lazycrypt/busybox";
+
+  auto denied = Lazycrypt("encrypt " + bad + " -r " + ShellQuote("jwe:" + ec.pub.string()) + " " +
+                          Oci(tmp / "src") + " " + ref + ":v1");
+  EXPECT_EQ(denied.exit_code, 1) << denied.output;
+  EXPECT_THAT(denied.output, HasSubstr((*registry)->host()));
+  EXPECT_THAT(denied.output, ::testing::Not(HasSubstr("not-the-pw")));
+
+  auto enc = Lazycrypt("encrypt " + good + " -r " + ShellQuote("jwe:" + ec.pub.string()) + " " +
+                       Oci(tmp / "src") + " " + ref + ":v1");
+  ASSERT_EQ(enc.exit_code, 0) << enc.output;
+  auto inspect = Lazycrypt("inspect " + good + " -k " + ShellQuote(ec.priv.string()) + " " + ref + ":v1");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  EXPECT_THAT(inspect.output, HasSubstr("LAZYCRYPT_GCM_V1"));
+  EXPECT_THAT(inspect.output, HasSubstr("opened with"));
+  auto verify = Lazycrypt("verify " + good + " -k " + ShellQuote(ec.priv.string()) + " " + ref + ":v1");
+  ASSERT_EQ(verify.exit_code, 0) << verify.output;
+
+  // Add the RSA recipient in the registry (a new tag), then decrypt back to a layout with it.
+  auto add = Lazycrypt("recipients add " + good + " -k " + ShellQuote(ec.priv.string()) + " -r " +
+                       ShellQuote("jwe:" + rsa.pub.string()) + " " + ref + ":v1 " + ref + ":v2");
+  ASSERT_EQ(add.exit_code, 0) << add.output;
+  auto dec = Lazycrypt("decrypt " + good + " -k " + ShellQuote(rsa.priv.string()) + " " + ref + ":v2 " +
+                       Oci(tmp / "dec"));
+  ASSERT_EQ(dec.exit_code, 0) << dec.output;
+  image::LoadedImage source = LoadLayoutImage(tmp / "src");
+  image::LoadedImage decrypted = LoadLayoutImage(tmp / "dec");
+  EXPECT_EQ(decrypted.config.diff_ids, source.config.diff_ids);
+  for (size_t i = 0; i < decrypted.manifest.layers.size(); ++i) {
+    EXPECT_EQ(DecompressedSha256(BlobPath(tmp / "dec", decrypted.manifest.layers[i].digest)),
+              source.config.diff_ids[i]);
+  }
+  // The old tag still opens only with the EC key.
+  auto old = Lazycrypt("verify " + good + " -k " + ShellQuote(rsa.priv.string()) + " " + ref + ":v1");
+  EXPECT_EQ(old.exit_code, 1) << old.output;
 }
 
 }  // namespace

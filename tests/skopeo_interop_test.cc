@@ -162,6 +162,36 @@ TEST_P(SkopeoInterop, LazycryptOcicryptImageDecryptsWithSkopeo) {
 
 INSTANTIATE_TEST_SUITE_P(Keys, SkopeoInterop, ::testing::Values("rsa2048", "rsa4096", "ec256"));
 
+// `lazycrypt recipients add` appends one JWE per new recipient with a "kid" in its unprotected
+// header: ocicrypt (skopeo) must still find the key in it; after `recipients remove` it must not.
+TEST(SkopeoInteropRecipients, SkopeoDecryptsWithAnAddedRecipientUntilItIsRemoved) {
+  TempDir tmp;
+  MakeBusyboxImage(tmp / "src");
+  KeyPair first = GenerateKeyPair(tmp.path(), "ec256", "first");
+  KeyPair added = GenerateKeyPair(tmp.path(), "rsa2048", "added");
+  auto oci = [&](const std::string& name) { return ShellQuote("oci:" + (tmp / name).string() + ":latest"); };
+  auto r = Lazycrypt("encrypt --format ocicrypt -r " + ShellQuote("jwe:" + first.pub.string()) + " " +
+                     oci("src") + " " + oci("enc"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto add = Lazycrypt("recipients add -k " + ShellQuote(first.priv.string()) + " -r " +
+                       ShellQuote("jwe:" + added.pub.string()) + " " + oci("enc") + " " + oci("two"));
+  ASSERT_EQ(add.exit_code, 0) << add.output;
+  auto s = RunCommand("skopeo copy -q --decryption-key " + ShellQuote(added.priv.string()) + " " +
+                      oci("two") + " " + oci("dec"));
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  ExpectSameLayers(tmp / "src", tmp / "dec");
+
+  auto remove = Lazycrypt("recipients remove -k " + ShellQuote(first.priv.string()) + " -r " +
+                          ShellQuote("jwe:" + added.pub.string()) + " " + oci("two") + " " + oci("one"));
+  ASSERT_EQ(remove.exit_code, 0) << remove.output;
+  auto denied = RunCommand("skopeo copy -q --decryption-key " + ShellQuote(added.priv.string()) + " " +
+                           oci("one") + " " + oci("dec2"));
+  EXPECT_NE(denied.exit_code, 0) << denied.output;
+  auto still = RunCommand("skopeo copy -q --decryption-key " + ShellQuote(first.priv.string()) + " " +
+                          oci("one") + " " + oci("dec3"));
+  EXPECT_EQ(still.exit_code, 0) << still.output;
+}
+
 TEST(SkopeoInteropErrors, WrongKeysAreNamedAndNothingIsWritten) {
   TempDir tmp;
   MakeBusyboxImage(tmp / "src");

@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 
 #include <charconv>
+#include <chrono>
+#include <cstdarg>
+#include <mutex>
 #include <ctime>
 #include <set>
 
@@ -15,6 +18,8 @@
 #include "image/convert.h"
 #include "image/layer.h"
 #include "image/layout.h"
+#include "image/recipients.h"
+#include "image/verify.h"
 
 namespace lazycrypt::tools {
 
@@ -110,6 +115,10 @@ Result<ResolvedLayer> ResolveLayer(const LayerSourceFlags& flags) {
   ResolvedLayer r;
   if (flags.source.starts_with("oci:") || flags.source.starts_with("docker:")) {
     LC_ASSIGN_OR_RETURN(auto ref, image::ImageReference::Parse(flags.source));
+    if (ref.is_registry()) {
+      return Status::Unsupported("'" + flags.source + "': `lazycrypt layer` reads OCI layouts (oci:DIR[:TAG]) "
+                                 "and blob files only");
+    }
     LC_ASSIGN_OR_RETURN(auto layout, image::OciLayout::Open(ref.dir));
     LC_ASSIGN_OR_RETURN(auto loaded, image::LoadImage(*layout, ref.tag));
     const auto& layers = loaded.manifest.layers;
@@ -248,6 +257,80 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+// --- Progress ----------------------------------------------------------------------------------
+
+namespace {
+
+// The live progress line (terminal only) and the per-layer summary lines. Progress callbacks may
+// come from worker threads; everything printed goes through one mutex.
+class ProgressDisplay {
+ public:
+  explicit ProgressDisplay(const Output& io) : io_(io) {}
+  ~ProgressDisplay() { ClearLine(); }
+
+  image::ProgressCallback Callback() {
+    if (!io_.progress || io_.quiet) return nullptr;
+    return [this](const std::string& what, uint64_t done, uint64_t total) {
+      std::lock_guard lock(mu_);
+      auto now = std::chrono::steady_clock::now();
+      if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
+      last_ = now;
+      int percent = total == 0 ? 100 : static_cast<int>(done * 100 / total);
+      std::fprintf(io_.err, "\r\033[K  %s  %s / %s  %3d%%", what.c_str(), FormatBytes(done).c_str(),
+                   FormatBytes(total).c_str(), percent > 100 ? 100 : percent);
+      std::fflush(io_.err);
+      line_shown_ = true;
+    };
+  }
+
+  // A summary line (not in quiet mode).
+  void Line(const std::string& text) {
+    if (io_.quiet) return;
+    std::lock_guard lock(mu_);
+    ClearLineLocked();
+    std::fprintf(io_.err, "%s\n", text.c_str());
+  }
+
+ private:
+  void ClearLine() {
+    std::lock_guard lock(mu_);
+    ClearLineLocked();
+  }
+  void ClearLineLocked() {
+    if (line_shown_) std::fprintf(io_.err, "\r\033[K");
+    line_shown_ = false;
+  }
+  const Output& io_;
+  std::mutex mu_;
+  bool line_shown_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+std::string Printf(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string Printf(const char* format, ...) {
+  char buf[1024];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(buf, sizeof buf, format, args);
+  va_end(args);
+  return buf;
+}
+
+image::TransportOptions TransportOptionsFrom(const TransportFlags& flags) {
+  image::TransportOptions options;
+  options.plain_http = flags.plain_http;
+  options.tls_verify = flags.tls_verify;
+  options.authfile = flags.authfile;
+  return options;
+}
+
+std::string LayerLabel(const image::LayerReport& l) {
+  std::string out = l.platform.empty() ? "" : l.platform + " ";
+  return out + "layer " + std::to_string(l.index);
+}
+
+}  // namespace
+
 // --- encrypt / decrypt / inspect -----------------------------------------------------------------
 
 Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
@@ -260,24 +343,31 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   }
   LC_ASSIGN_OR_RETURN(options.writer, WriterOptionsFrom(flags.chunk_size, flags.threads, flags.zstd_level));
   LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
-  std::fprintf(io.err, "encrypting %s -> %s (%s format, %zu recipient%s)\n", src.ToString().c_str(),
-               dst.ToString().c_str(), std::string(image::EncryptionFormatName(options.format)).c_str(),
-               recipients.size(), recipients.size() == 1 ? "" : "s");
+  ProgressDisplay display(io);
+  display.Line(Printf("encrypting %s -> %s (%s format, %zu recipient%s)", src.ToString().c_str(),
+                      dst.ToString().c_str(),
+                      std::string(image::EncryptionFormatName(options.format)).c_str(),
+                      recipients.size(), recipients.size() == 1 ? "" : "s"));
+  options.on_progress = display.Callback();
   options.on_layer = [&](const image::LayerReport& l) {
     std::string detail;
     if (l.chunk_count > 0) {
       detail = ", " + std::to_string(l.chunk_count) + " chunks, " + std::to_string(l.entry_count) +
                " entries";
     }
-    std::fprintf(io.err, "  layer %zu  %-21s  %s %s -> %s %s%s (%.2f s)\n", l.index,
-                 l.action.c_str(), ShortDigest(l.source.digest).c_str(),
-                 FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
-                 FormatBytes(l.result.size).c_str(), detail.c_str(), l.seconds);
+    display.Line(Printf("  %s  %-21s  %s %s -> %s %s%s (%.2f s)", LayerLabel(l).c_str(),
+                        l.action.c_str(), ShortDigest(l.source.digest).c_str(),
+                        FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
+                        FormatBytes(l.result.size).c_str(), detail.c_str(), l.seconds));
   };
-  LC_ASSIGN_OR_RETURN(auto report, image::EncryptImage(src, dst, recipients, options));
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto destination,
+                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto report, image::EncryptImage(*source, *destination, recipients, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
-  std::fprintf(io.err, "wrote manifest %s as %s:%s\n", report.manifest.digest.c_str(),
-               ("oci:" + dst.dir.string()).c_str(), report.tag.c_str());
+  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
+                      report.manifest.digest.c_str(), dst.ToString().c_str(),
+                      report.tag.c_str()));
   return Status::Ok();
 }
 
@@ -285,78 +375,81 @@ Status RunDecrypt(const DecryptFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
   LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
   LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
-  std::fprintf(io.err, "decrypting %s -> %s\n", src.ToString().c_str(), dst.ToString().c_str());
   image::DecryptOptions options;
   LC_ASSIGN_OR_RETURN(options.compression, image::ParseLayerCompression(flags.layer_compression));
+  ProgressDisplay display(io);
+  display.Line(Printf("decrypting %s -> %s", src.ToString().c_str(), dst.ToString().c_str()));
+  options.on_progress = display.Callback();
   options.on_layer = [&](const image::LayerReport& l) {
     std::string with = l.key_name.empty() ? "" : " with " + l.key_name;
-    std::fprintf(io.err, "  layer %zu  %s%s  %s %s -> %s %s (%.2f s)\n", l.index, l.action.c_str(),
-                 with.c_str(), ShortDigest(l.source.digest).c_str(), FormatBytes(l.source.size).c_str(),
-                 ShortDigest(l.result.digest).c_str(), FormatBytes(l.result.size).c_str(), l.seconds);
+    display.Line(Printf("  %s  %s%s  %s %s -> %s %s (%.2f s)", LayerLabel(l).c_str(),
+                        l.action.c_str(), with.c_str(), ShortDigest(l.source.digest).c_str(),
+                        FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
+                        FormatBytes(l.result.size).c_str(), l.seconds));
   };
-  LC_ASSIGN_OR_RETURN(auto report, image::DecryptImage(src, dst, keys, options));
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto destination,
+                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto report, image::DecryptImage(*source, *destination, keys, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
-  std::fprintf(io.err, "wrote manifest %s as %s:%s\n", report.manifest.digest.c_str(),
-               ("oci:" + dst.dir.string()).c_str(), report.tag.c_str());
+  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
+                      report.manifest.digest.c_str(), dst.ToString().c_str(),
+                      report.tag.c_str()));
   return Status::Ok();
 }
 
-Status RunInspect(const InspectFlags& flags, const Output& io) {
-  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
-  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/false));
-  image::InspectOptions options;
-  options.list_files = flags.files;
-  LC_ASSIGN_OR_RETURN(auto info, image::InspectImage(src, keys, options));
+namespace {
 
-  if (flags.json) {
-    nlohmann::ordered_json j;
-    j["reference"] = info.reference;
-    j["manifest"] = DescriptorJson(info.manifest);
-    j["manifestMediaType"] = info.manifest_media_type;
-    j["config"] = DescriptorJson(info.config);
-    j["platform"] = info.os + "/" + info.architecture;
-    j["layers"] = nlohmann::ordered_json::array();
-    for (const auto& l : info.layers) {
-      nlohmann::ordered_json lj;
-      lj["index"] = l.index;
-      lj["kind"] = std::string(image::LayerKindName(l.kind));
-      lj["mediaType"] = l.descriptor.media_type;
-      lj["digest"] = l.descriptor.digest;
-      lj["size"] = l.descriptor.size;
-      lj["diffID"] = l.diff_id;
-      if (!l.cipher.empty()) lj["cipher"] = l.cipher;
-      if (!l.recipients.empty()) lj["recipients"] = l.recipients;
-      if (!l.toc_digest.empty()) lj["tocDigest"] = l.toc_digest;
-      if (l.opened) {
-        lj["openedWith"] = l.key_name;
-        lj["chunkCount"] = l.chunk_count;
-        lj["targetChunkSize"] = l.target_chunk_size;
-        lj["tarSize"] = l.tar_size;
-        lj["fileCount"] = l.file_count;
-        lj["blobBytesRead"] = l.blob_bytes_read;
-        if (flags.files) {
-          nlohmann::ordered_json files = nlohmann::ordered_json::array();
-          for (const auto& f : l.files) {
-            nlohmann::ordered_json fj;
-            fj["name"] = f.name;
-            fj["type"] = f.type;
-            fj["mode"] = f.mode;
-            fj["uid"] = f.uid;
-            fj["gid"] = f.gid;
-            fj["size"] = f.size;
-            if (!f.link_target.empty()) fj["linkTarget"] = f.link_target;
-            files.push_back(std::move(fj));
-          }
-          lj["files"] = std::move(files);
+nlohmann::ordered_json ImageInfoJson(const image::ImageInfo& info, const InspectFlags& flags) {
+  nlohmann::ordered_json j;
+  j["reference"] = info.reference;
+  j["manifest"] = DescriptorJson(info.manifest);
+  j["manifestMediaType"] = info.manifest_media_type;
+  j["config"] = DescriptorJson(info.config);
+  j["platform"] = info.os + "/" + info.architecture;
+  j["layers"] = nlohmann::ordered_json::array();
+  for (const auto& l : info.layers) {
+    nlohmann::ordered_json lj;
+    lj["index"] = l.index;
+    lj["kind"] = std::string(image::LayerKindName(l.kind));
+    lj["mediaType"] = l.descriptor.media_type;
+    lj["digest"] = l.descriptor.digest;
+    lj["size"] = l.descriptor.size;
+    lj["diffID"] = l.diff_id;
+    if (!l.cipher.empty()) lj["cipher"] = l.cipher;
+    if (!l.recipients.empty()) lj["recipients"] = l.recipients;
+    if (!l.toc_digest.empty()) lj["tocDigest"] = l.toc_digest;
+    if (l.opened) {
+      lj["openedWith"] = l.key_name;
+      lj["chunkCount"] = l.chunk_count;
+      lj["targetChunkSize"] = l.target_chunk_size;
+      lj["tarSize"] = l.tar_size;
+      lj["fileCount"] = l.file_count;
+      lj["blobBytesRead"] = l.blob_bytes_read;
+      if (flags.files) {
+        nlohmann::ordered_json files = nlohmann::ordered_json::array();
+        for (const auto& f : l.files) {
+          nlohmann::ordered_json fj;
+          fj["name"] = f.name;
+          fj["type"] = f.type;
+          fj["mode"] = f.mode;
+          fj["uid"] = f.uid;
+          fj["gid"] = f.gid;
+          fj["size"] = f.size;
+          if (!f.link_target.empty()) fj["linkTarget"] = f.link_target;
+          files.push_back(std::move(fj));
         }
-      } else if (!l.open_error.empty()) {
-        lj["openError"] = l.open_error;
+        lj["files"] = std::move(files);
       }
-      j["layers"].push_back(std::move(lj));
+    } else if (!l.open_error.empty()) {
+      lj["openError"] = l.open_error;
     }
-    std::fprintf(io.out, "%s\n", j.dump(2).c_str());
-    return Status::Ok();
+    j["layers"].push_back(std::move(lj));
   }
+  return j;
+}
+
+void PrintImageInfo(const image::ImageInfo& info, const Output& io) {
 
   std::fprintf(io.out, "image       %s\n", info.reference.c_str());
   std::fprintf(io.out, "manifest    %s  %s  %s\n", info.manifest.digest.c_str(),
@@ -394,6 +487,108 @@ Status RunInspect(const InspectFlags& flags, const Output& io) {
       std::fprintf(io.out, "      not opened: %s\n", l.open_error.c_str());
     }
   }
+}
+
+}  // namespace
+
+Status RunInspect(const InspectFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/false));
+  image::InspectOptions options;
+  options.list_files = flags.files;
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto info, image::InspectImage(*source, keys, options));
+  if (info.platforms.empty()) {
+    if (flags.json) {
+      std::fprintf(io.out, "%s\n", ImageInfoJson(info, flags).dump(2).c_str());
+    } else {
+      PrintImageInfo(info, io);
+    }
+    return Status::Ok();
+  }
+  if (flags.json) {
+    nlohmann::ordered_json j;
+    j["reference"] = info.reference;
+    j["index"] = DescriptorJson(info.manifest);
+    j["indexMediaType"] = info.manifest_media_type;
+    j["platforms"] = nlohmann::ordered_json::array();
+    for (const auto& p : info.platforms) j["platforms"].push_back(ImageInfoJson(p, flags));
+    std::fprintf(io.out, "%s\n", j.dump(2).c_str());
+    return Status::Ok();
+  }
+  std::fprintf(io.out, "image       %s\n", info.reference.c_str());
+  std::fprintf(io.out, "index       %s  %s  %zu platform%s\n", info.manifest.digest.c_str(),
+               info.manifest_media_type.c_str(), info.platforms.size(),
+               info.platforms.size() == 1 ? "" : "s");
+  for (const auto& p : info.platforms) {
+    std::fprintf(io.out, "\nplatform    %s/%s\n", p.os.c_str(), p.architecture.c_str());
+    PrintImageInfo(p, io);
+  }
+  return Status::Ok();
+}
+
+// --- verify / recipients ---------------------------------------------------------------------------
+
+Status RunVerify(const VerifyFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  ProgressDisplay display(io);
+  display.Line(Printf("verifying %s", src.ToString().c_str()));
+  image::VerifyOptions options;
+  options.on_progress = display.Callback();
+  options.on_layer = [&](const image::VerifyLayerReport& l) {
+    std::string what = l.platform.empty() ? "" : l.platform + " ";
+    std::string detail;
+    if (l.kind == image::LayerKind::kLazycrypt) {
+      detail = ": " + std::to_string(l.chunk_count) + " chunks authenticated with " + l.key_name;
+    } else if (l.kind == image::LayerKind::kOcicrypt) {
+      detail = ": HMAC and digest verified with " + l.key_name;
+    } else {
+      detail = ": digest verified";
+    }
+    display.Line(Printf("  %slayer %zu  %-9s %s %s%s", what.c_str(), l.index,
+                        std::string(image::LayerKindName(l.kind)).c_str(),
+                        ShortDigest(l.descriptor.digest).c_str(),
+                        FormatBytes(l.descriptor.size).c_str(), detail.c_str()));
+  };
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto report, image::VerifyImage(*source, keys, options));
+  size_t encrypted = 0;
+  for (const auto& l : report.layers) {
+    if (l.kind == image::LayerKind::kLazycrypt || l.kind == image::LayerKind::kOcicrypt) ++encrypted;
+  }
+  std::fprintf(io.out, "verified %s: %zu layer%s (%zu encrypted)\n", src.ToString().c_str(),
+               report.layers.size(), report.layers.size() == 1 ? "" : "s", encrypted);
+  return Status::Ok();
+}
+
+Status RunRecipients(const RecipientsFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
+  LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
+  LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
+  ProgressDisplay display(io);
+  display.Line(Printf("%s %zu recipient%s: %s -> %s", flags.remove ? "removing" : "adding",
+                      recipients.size(), recipients.size() == 1 ? "" : "s",
+                      src.ToString().c_str(), dst.ToString().c_str()));
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto destination,
+                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+  image::RecipientsOptions options;
+  options.on_layer = [&](const image::LayerReport& l) {
+    display.Line(Printf("  %s  %-18s  %s %s", LayerLabel(l).c_str(), l.action.c_str(),
+                        ShortDigest(l.source.digest).c_str(), FormatBytes(l.source.size).c_str()));
+  };
+  LC_ASSIGN_OR_RETURN(
+      auto report,
+      image::ChangeRecipients(*source, *destination, keys, recipients,
+                              flags.remove ? image::RecipientChange::kRemove
+                                           : image::RecipientChange::kAdd,
+                              options));
+  std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
+  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
+                      report.manifest.digest.c_str(), dst.ToString().c_str(),
+                      report.tag.c_str()));
   return Status::Ok();
 }
 

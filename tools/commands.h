@@ -33,6 +33,17 @@ std::string FormatBytes(uint64_t bytes);
 struct Output {
   FILE* out = stdout;
   FILE* err = stderr;
+  // A live progress line on `err` (rewritten in place with \r); main sets it when stderr is a
+  // terminal. Off, nothing but one summary line per layer is written to `err` (pipes, logs).
+  bool progress = false;
+  bool quiet = false;  // no per-layer summary lines either (errors still go to main)
+};
+
+// docker:// settings, for source and destination alike.
+struct TransportFlags {
+  bool plain_http = false;
+  bool tls_verify = true;
+  std::string authfile;
 };
 
 struct EncryptFlags {
@@ -43,6 +54,7 @@ struct EncryptFlags {
   int threads = 0;
   int zstd_level = 3;
   std::string src, dst;
+  TransportFlags transport;
 };
 Status RunEncrypt(const EncryptFlags& flags, const Output& io);
 
@@ -50,6 +62,7 @@ struct DecryptFlags {
   std::vector<std::string> keys;
   std::string layer_compression = "zstd";
   std::string src, dst;
+  TransportFlags transport;
 };
 Status RunDecrypt(const DecryptFlags& flags, const Output& io);
 
@@ -58,8 +71,28 @@ struct InspectFlags {
   bool json = false;
   bool files = false;
   std::string src;
+  TransportFlags transport;
 };
 Status RunInspect(const InspectFlags& flags, const Output& io);
+
+// `lazycrypt verify`: every blob fetched and authenticated (image/verify.h); prints one line per
+// layer and "verified" on success; the first failure is the Status.
+struct VerifyFlags {
+  std::vector<std::string> keys;
+  std::string src;
+  TransportFlags transport;
+};
+Status RunVerify(const VerifyFlags& flags, const Output& io);
+
+// `lazycrypt recipients add|remove` (image/recipients.h).
+struct RecipientsFlags {
+  bool remove = false;
+  std::vector<std::string> keys;
+  std::vector<std::string> recipients;
+  std::string src, dst;
+  TransportFlags transport;
+};
+Status RunRecipients(const RecipientsFlags& flags, const Output& io);
 
 // `lazycrypt layer ...`: a layer is named either as oci:DIR[:TAG] with --layer N (default: the
 // image's only lazycrypt layer) or as a blob file with --descriptor FILE (the descriptor JSON

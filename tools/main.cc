@@ -1,7 +1,10 @@
-// `lazycrypt`: converts, inspects and decrypts encrypted container images in OCI layouts.
+// `lazycrypt`: converts, inspects, verifies and decrypts encrypted container images in OCI layouts
+// and registries.
 // A thin main: CLI11 parses the flags, tools/commands.cc does the work, a failed Status is printed
 // as "lazycrypt: <message>" with exit code 1.
 #include <CLI/CLI.hpp>
+
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -11,7 +14,7 @@ namespace {
 
 using namespace lazycrypt::tools;
 
-constexpr const char* kImageHelp = "an OCI layout: oci:DIR[:TAG] (registry transports come later)";
+constexpr const char* kImageHelp = "oci:DIR[:TAG] (an OCI layout) or docker://HOST/REPO[:TAG] (a registry)";
 
 void AddKeyOption(CLI::App* cmd, std::vector<std::string>& keys, bool required) {
   auto* opt = cmd->add_option("--key,-k", keys,
@@ -19,6 +22,16 @@ void AddKeyOption(CLI::App* cmd, std::vector<std::string>& keys, bool required) 
                               "in skopeo --decryption-key; repeatable");
   opt->allow_extra_args(false);  // one value per --key: positionals may follow
   if (required) opt->required();
+}
+
+void AddTransportOptions(CLI::App* cmd, TransportFlags& flags) {
+  cmd->add_flag("--plain-http", flags.plain_http, "docker://: talk plain HTTP to the registry");
+  cmd->add_option("--tls-verify", flags.tls_verify,
+                  "docker://: verify the registry's TLS certificate (--tls-verify=false to skip)")
+      ->default_str("true");
+  cmd->add_option("--authfile", flags.authfile,
+                  "docker://: credentials file in docker's config.json format (default: "
+                  "$REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)");
 }
 
 void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
@@ -36,12 +49,16 @@ void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
 int main(int argc, char** argv) {
   CLI::App app{
       "lazycrypt: encrypted container images whose layers can be served lazily.\n"
-      "Converts OCI images to the lazycrypt chunked format (or to standard ocicrypt), inspects and "
-      "decrypts them. Keys and recipients are the RSA/EC key pairs ocicrypt/skopeo use (JWE)."};
+      "Converts OCI images (OCI layouts or registries) to the lazycrypt chunked format (or to "
+      "standard ocicrypt), inspects, verifies and decrypts them, and changes their recipients. Keys "
+      "and recipients are the RSA/EC key pairs ocicrypt/skopeo use (JWE)."};
   app.set_version_flag("--version", "lazycrypt 0.1.0");
   app.require_subcommand(1);
+  app.fallthrough();  // --quiet after the command name too
 
   Output io;
+  io.progress = ::isatty(::fileno(stderr)) == 1;
+  app.add_flag("--quiet,-q", io.quiet, "no progress or per-layer lines on stderr");
 
   EncryptFlags encrypt_flags;
   auto* encrypt = app.add_subcommand("encrypt", "encrypt the layers of an image for recipients");
@@ -61,6 +78,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   encrypt->add_option("--zstd-level", encrypt_flags.zstd_level, "zstd level for chunks (1..19)")
       ->capture_default_str();
+  AddTransportOptions(encrypt, encrypt_flags.transport);
   encrypt->add_option("SRC", encrypt_flags.src, std::string("source image: ") + kImageHelp)->required();
   encrypt->add_option("DST", encrypt_flags.dst,
                       std::string("destination image (tag defaults to latest): ") + kImageHelp)
@@ -72,6 +90,7 @@ int main(int argc, char** argv) {
   decrypt->add_option("--layer-compression", decrypt_flags.layer_compression,
                       "compression of decrypted lazycrypt layers: zstd, gzip or none")
       ->capture_default_str();
+  AddTransportOptions(decrypt, decrypt_flags.transport);
   decrypt->add_option("SRC", decrypt_flags.src, std::string("encrypted image: ") + kImageHelp)->required();
   decrypt->add_option("DST", decrypt_flags.dst,
                       std::string("destination image (tag defaults to latest): ") + kImageHelp)
@@ -83,7 +102,48 @@ int main(int argc, char** argv) {
   AddKeyOption(inspect, inspect_flags.keys, /*required=*/false);
   inspect->add_flag("--json", inspect_flags.json, "print JSON");
   inspect->add_flag("--files", inspect_flags.files, "with --key: list the files of lazycrypt layers");
+  AddTransportOptions(inspect, inspect_flags.transport);
   inspect->add_option("SRC", inspect_flags.src, std::string("image: ") + kImageHelp)->required();
+
+  VerifyFlags verify_flags;
+  auto* verify = app.add_subcommand(
+      "verify",
+      "fetch and authenticate every blob of an image: every chunk of lazycrypt layers, the HMAC "
+      "of ocicrypt layers, the digest of the rest; exit 0 only if all verify");
+  AddKeyOption(verify, verify_flags.keys, /*required=*/true);
+  AddTransportOptions(verify, verify_flags.transport);
+  verify->add_option("SRC", verify_flags.src, std::string("image: ") + kImageHelp)->required();
+
+  auto* recipients = app.add_subcommand(
+      "recipients",
+      "add or remove recipients of an encrypted image without re-encrypting it (layer blobs are "
+      "copied unchanged; only the wrapped keys in the manifest change)");
+  recipients->require_subcommand(1);
+  RecipientsFlags recipients_add_flags, recipients_remove_flags;
+  recipients_remove_flags.remove = true;
+  auto add_recipients_command = [&](const char* name, const char* help, RecipientsFlags& flags) {
+    auto* cmd = recipients->add_subcommand(name, help);
+    AddKeyOption(cmd, flags.keys, /*required=*/true);
+    cmd->add_option("--recipient,-r", flags.recipients,
+                    "recipient public key as jwe:PUB.pem; repeatable")
+        ->required()
+        ->allow_extra_args(false);
+    AddTransportOptions(cmd, flags.transport);
+    cmd->add_option("SRC", flags.src, std::string("encrypted image: ") + kImageHelp)->required();
+    cmd->add_option("DST", flags.dst,
+                    std::string("destination image (tag defaults to latest): ") + kImageHelp)
+        ->required();
+    return cmd;
+  };
+  auto* recipients_add = add_recipients_command(
+      "add", "wrap every encrypted layer's key for more recipients (--key must open the layers)",
+      recipients_add_flags);
+  auto* recipients_remove = add_recipients_command(
+      "remove",
+      "drop recipients from every encrypted layer (refuses to remove the last one; only "
+      "recipients named by key id, as lazycrypt writes them, can be removed). Does not revoke "
+      "keys already handed out",
+      recipients_remove_flags);
 
   auto* layer = app.add_subcommand("layer", "work on a single lazycrypt layer blob (debugging)");
   layer->require_subcommand(1);
@@ -168,6 +228,12 @@ int main(int argc, char** argv) {
     status = RunDecrypt(decrypt_flags, io);
   } else if (*inspect) {
     status = RunInspect(inspect_flags, io);
+  } else if (*verify) {
+    status = RunVerify(verify_flags, io);
+  } else if (*recipients_add) {
+    status = RunRecipients(recipients_add_flags, io);
+  } else if (*recipients_remove) {
+    status = RunRecipients(recipients_remove_flags, io);
   } else if (*layer_encrypt) {
     status = RunLayerEncrypt(layer_encrypt_flags, io);
   } else if (*layer_decrypt) {
