@@ -1,0 +1,229 @@
+#include "decoder/decoder.h"
+
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <algorithm>
+#include <memory>
+#include <cstring>
+#include <system_error>
+
+#include "common/file_io.h"
+#include "crypto/secure_buffer.h"
+#include "format/decrypt.h"
+#include "format/layout.h"
+#include "image/envelope.h"
+#include "image/layer.h"
+#include "image/oci.h"
+
+namespace lazycrypt::decoder {
+namespace {
+
+namespace fs = std::filesystem;
+
+Result<crypto::SecureBuffer> ReadSecretFile(const fs::path& path) {
+  constexpr uintmax_t kMaxKeyFileBytes = 1 << 20;  // key files are a few KiB
+  std::error_code ec;
+  uintmax_t size = fs::file_size(path, ec);
+  if (ec) return Status::IoError(path.string() + ": " + ec.message());
+  if (size > kMaxKeyFileBytes) {
+    return Status::InvalidArgument(path.string() + ": " + std::to_string(size) +
+                                   " bytes is too large for a private key file");
+  }
+  LC_ASSIGN_OR_RETURN(auto in, FdInputStream::Open(path));
+  crypto::SecureBuffer out(static_cast<size_t>(size));
+  LC_RETURN_IF_ERROR(ReadFull(*in, out.span(), path.string()));
+  return out;
+}
+
+// ctd-decoder (ocicrypt's SortDecryptionKeys) also accepts x.509 certificates (for PKCS#7) and
+// GPG private key rings (for OpenPGP) in the keys directory. Neither can unwrap a JWE, so they
+// are skipped rather than refused; anything else that is not a private key is an error there too.
+bool IsCertificateOrGpgKeyring(ByteSpan bytes) {
+  if (bytes.empty()) return false;
+  // OpenPGP secret-key packet (tag 5), old format (0b10 0101 xx) or new format (0xC5).
+  const uint8_t first = bytes[0];
+  if ((first & 0xfc) == 0x94 || first == 0xc5) return true;
+  const unsigned char* p = bytes.data();
+  if (X509* cert = d2i_X509(nullptr, &p, static_cast<long>(bytes.size()))) {
+    X509_free(cert);
+    return true;
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())), &BIO_free);
+  if (!bio) return false;
+  if (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+    X509_free(cert);
+    return true;
+  }
+  ERR_clear_error();
+  return false;
+}
+
+// Replays the first kBlobHeaderSize bytes (read ahead to check the key commitment against
+// pubopts before anything is decrypted) and then reads through.
+class HeaderPeekStream final : public InputStream {
+ public:
+  HeaderPeekStream(InputStream& inner, format::BlobHeaderBytes header)
+      : inner_(inner), header_(header) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (pos_ < header_.size()) {
+      size_t n = std::min(out.size(), header_.size() - pos_);
+      std::memcpy(out.data(), header_.data() + pos_, n);
+      pos_ += n;
+      return n;
+    }
+    return inner_.Read(out);
+  }
+
+ private:
+  InputStream& inner_;
+  format::BlobHeaderBytes header_;
+  size_t pos_ = 0;
+};
+
+bool IsOcicryptLayerType(std::string_view mt) {
+  return mt == image::kMediaTypeOcicryptLayerTar || mt == image::kMediaTypeOcicryptLayerTarGzip ||
+         mt == image::kMediaTypeOcicryptLayerTarZstd;
+}
+
+Result<DecodeResult> DecodeLazycrypt(const image::Descriptor& descriptor, int threads,
+                                     const std::vector<keywrap::PrivateKey>& keys,
+                                     InputStream& in, OutputStream& out) {
+  // Unwrap first: a missing key fails before a byte of the blob is read.
+  LC_ASSIGN_OR_RETURN(image::LazycryptLayerSecret secret,
+                      image::UnwrapLazycryptLayer(descriptor, keys));
+  format::BlobHeaderBytes header_bytes{};
+  LC_RETURN_IF_ERROR(ReadFull(in, header_bytes, "blob header"));
+  LC_ASSIGN_OR_RETURN(format::BlobHeader header, format::ParseBlobHeader(header_bytes));
+  if (CRYPTO_memcmp(header.commitment.data(), secret.commitment.data(),
+                    secret.commitment.size()) != 0) {
+    return Status::AuthFailed(
+        "the blob's key commitment differs from the one published in "
+        "org.opencontainers.image.enc.pubopts (blob and annotations do not belong together)");
+  }
+  HeaderPeekStream blob(in, header_bytes);
+  format::DecryptOptions options;
+  options.output = format::DecryptOutput::kTarZstd;
+  options.threads = threads;
+  LC_ASSIGN_OR_RETURN(crypto::Sha256Digest diff_id,
+                      format::DecryptLayerStream(blob, secret.key, secret.toc_digest, out, options));
+  DecodeResult result;
+  result.output_media_type = std::string(image::kMediaTypeOciLayerTarZstd);
+  result.key_name = secret.key_name;
+  result.diff_id = diff_id;
+  return result;
+}
+
+}  // namespace
+
+Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& dir) {
+  std::error_code ec;
+  auto dir_status = fs::symlink_status(dir, ec);
+  if (ec || !fs::exists(dir_status)) {
+    return Status::NotFound("decryption keys path " + dir.string() + " does not exist");
+  }
+  std::vector<fs::path> files;
+  if (fs::is_directory(dir_status)) {
+    fs::recursive_directory_iterator it(dir, fs::directory_options::none, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+      auto st = it->symlink_status(ec);
+      if (ec) break;
+      if (fs::is_symlink(st)) {
+        return Status::InvalidArgument(it->path().string() +
+                                       ": symbolic links are not supported in decryption keys "
+                                       "paths (as with ctd-decoder)");
+      }
+      if (fs::is_regular_file(st)) files.push_back(it->path());
+    }
+    if (ec) {
+      return Status::IoError("reading decryption keys path " + dir.string() + ": " +
+                             ec.message());
+    }
+  } else if (fs::is_regular_file(dir_status)) {
+    files.push_back(dir);  // filepath.Walk on a file visits the file
+  } else {
+    return Status::InvalidArgument(dir.string() + ": symbolic links are not supported in "
+                                   "decryption keys paths (as with ctd-decoder)");
+  }
+  std::sort(files.begin(), files.end());
+  std::vector<keywrap::PrivateKey> keys;
+  for (const auto& file : files) {
+    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes, ReadSecretFile(file));
+    auto key = keywrap::PrivateKey::Parse(bytes.span(), std::nullopt, file.string());
+    if (!key.ok() && IsCertificateOrGpgKeyring(bytes.span())) continue;
+    if (!key.ok()) {
+      return Status(key.status().code(),
+                    "decryption keys path: " + key.status().message() +
+                        " (keys in the directory must be unencrypted, as ctd-decoder reads them)");
+    }
+    keys.push_back(std::move(*key));
+  }
+  return keys;
+}
+
+Result<std::vector<keywrap::PrivateKey>> LoadPayloadKeys(const StreamPayload& payload) {
+  std::vector<keywrap::PrivateKey> keys;
+  for (size_t i = 0; i < payload.private_keys.size(); ++i) {
+    const PayloadPrivateKey& p = payload.private_keys[i];
+    std::optional<ByteSpan> password;
+    if (p.password) password = p.password->span();
+    LC_ASSIGN_OR_RETURN(keywrap::PrivateKey key,
+                        keywrap::PrivateKey::Parse(p.key_bytes.span(), password,
+                                                   "payload key " + std::to_string(i + 1)));
+    keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+Result<DecodeResult> Decode(const DecodeRequest& request,
+                            const std::vector<keywrap::PrivateKey>& keys, InputStream& in,
+                            OutputStream& out) {
+  if (!request.payload) {
+    return Status::FailedPrecondition(
+        "no payload on fd 3, so the layer descriptor (with its wrapped keys) is unknown: "
+        "containerd passes one only to a stream processor named " +
+        std::string(kPayloadToolIdTarGzip) + " or " + std::string(kPayloadToolIdTar) +
+        ", and only when pulling through CRI (image_decryption.key_model = \"node\") or "
+        "imgcrypt's ctr-enc; see deploy/containerd/stream-processor.toml");
+  }
+  const image::Descriptor& descriptor = request.payload->descriptor;
+  const std::string prefix = "layer " + descriptor.digest + ": ";
+  std::string media_type = request.media_type.empty() ? descriptor.media_type
+                                                      : request.media_type;
+  if (media_type != descriptor.media_type) {
+    return Status::InvalidArgument(prefix + std::string(kMediaTypeEnvVar) + " is \"" +
+                                   media_type + "\" but the payload's descriptor says \"" +
+                                   descriptor.media_type + "\"");
+  }
+  if (keys.empty()) {
+    return Status::NotFound(prefix + "no decryption keys (give --decryption-keys-path DIR with "
+                                     "the node's private keys, or keys in the payload)");
+  }
+  if (media_type == image::kMediaTypeLazycryptLayer) {
+    auto result = DecodeLazycrypt(descriptor, request.threads, keys, in, out);
+    if (!result.ok()) {
+      return Status(result.status().code(), prefix + result.status().message());
+    }
+    return result;
+  }
+  if (IsOcicryptLayerType(media_type)) {
+    auto result = image::DecryptOcicryptLayer(in, descriptor, out, keys);
+    if (!result.ok()) {
+      return Status(result.status().code(), prefix + result.status().message());
+    }
+    DecodeResult decoded;
+    decoded.output_media_type = result->original.media_type;
+    decoded.key_name = result->key_name;
+    return decoded;
+  }
+  return Status::Unsupported(prefix + "media type \"" + media_type +
+                             "\" is neither lazycrypt's (" +
+                             std::string(image::kMediaTypeLazycryptLayer) +
+                             ") nor an ocicrypt layer type");
+}
+
+}  // namespace lazycrypt::decoder
