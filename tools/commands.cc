@@ -333,6 +333,15 @@ std::string LayerLabel(const image::LayerReport& l) {
 
 // --- encrypt / decrypt / inspect -----------------------------------------------------------------
 
+
+// "wrote manifest sha256:... as oci:DIR:TAG": the destination with the tag it resolved to.
+template <typename Report>
+void ShowWritten(ProgressDisplay& display, const Report& report, image::ImageReference dst) {
+  if (!dst.is_registry()) dst.tag = report.tag;
+  display.Line(Printf("wrote %s %s as %s", report.platform_count > 0 ? "index" : "manifest",
+                      report.manifest.digest.c_str(), dst.ToString().c_str()));
+}
+
 Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
   LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
@@ -365,9 +374,7 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
                       image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
   LC_ASSIGN_OR_RETURN(auto report, image::EncryptImage(*source, *destination, recipients, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
-  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
-                      report.manifest.digest.c_str(), dst.ToString().c_str(),
-                      report.tag.c_str()));
+  ShowWritten(display, report, dst);
   return Status::Ok();
 }
 
@@ -392,9 +399,7 @@ Status RunDecrypt(const DecryptFlags& flags, const Output& io) {
                       image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
   LC_ASSIGN_OR_RETURN(auto report, image::DecryptImage(*source, *destination, keys, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
-  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
-                      report.manifest.digest.c_str(), dst.ToString().c_str(),
-                      report.tag.c_str()));
+  ShowWritten(display, report, dst);
   return Status::Ok();
 }
 
@@ -586,9 +591,7 @@ Status RunRecipients(const RecipientsFlags& flags, const Output& io) {
                                            : image::RecipientChange::kAdd,
                               options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
-  display.Line(Printf("wrote %s %s as %s:%s", report.platform_count > 0 ? "index" : "manifest",
-                      report.manifest.digest.c_str(), dst.ToString().c_str(),
-                      report.tag.c_str()));
+  ShowWritten(display, report, dst);
   return Status::Ok();
 }
 
