@@ -1,5 +1,7 @@
 #include "tar/tar_reader.h"
 
+#include "tar/header_layout.h"
+
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -32,35 +34,11 @@ std::string_view EntryTypeName(EntryType type) {
 
 namespace {
 
-constexpr size_t kBlockSize = 512;
+using namespace internal;  // the header layout (tar/header_layout.h)
 constexpr size_t kBufferSize = 128 * 1024;
 // ReadData requests at least this large bypass the buffer and read straight into the caller's
 // memory (no copy at all).
 constexpr size_t kDirectReadThreshold = 32 * 1024;
-
-using Block = std::array<uint8_t, kBlockSize>;
-
-// Header fields (offset, length), POSIX ustar layout; GNU shares the first 345 bytes.
-struct Field {
-  size_t offset;
-  size_t length;
-};
-constexpr Field kName{0, 100};
-constexpr Field kMode{100, 8};
-constexpr Field kUid{108, 8};
-constexpr Field kGid{116, 8};
-constexpr Field kSize{124, 12};
-constexpr Field kMtime{136, 12};
-constexpr Field kChecksum{148, 8};
-constexpr size_t kTypeflag = 156;
-constexpr Field kLinkname{157, 100};
-constexpr Field kMagic{257, 6};
-constexpr Field kVersion{263, 2};
-constexpr Field kUname{265, 32};
-constexpr Field kGname{297, 32};
-constexpr Field kDevmajor{329, 8};
-constexpr Field kDevminor{337, 8};
-constexpr Field kPrefix{345, 155};
 
 enum class HeaderFormat { kV7, kUstar, kGnu };
 

@@ -1,5 +1,7 @@
 #include "tar/tar_writer.h"
 
+#include "tar/header_layout.h"
+
 #include <openssl/evp.h>
 
 #include <array>
@@ -9,28 +11,7 @@ namespace lazycrypt::tar {
 
 namespace {
 
-constexpr size_t kBlockSize = 512;
-using Block = std::array<uint8_t, kBlockSize>;
-
-struct Field {
-  size_t offset;
-  size_t length;
-};
-constexpr Field kName{0, 100};
-constexpr Field kMode{100, 8};
-constexpr Field kUid{108, 8};
-constexpr Field kGid{116, 8};
-constexpr Field kSize{124, 12};
-constexpr Field kMtime{136, 12};
-constexpr Field kChecksum{148, 8};
-constexpr size_t kTypeflag = 156;
-constexpr Field kLinkname{157, 100};
-constexpr Field kMagicVersion{257, 8};
-constexpr Field kUname{265, 32};
-constexpr Field kGname{297, 32};
-constexpr Field kDevmajor{329, 8};
-constexpr Field kDevminor{337, 8};
-constexpr Field kPrefix{345, 155};
+using namespace internal;  // the header layout (tar/header_layout.h)
 
 // Copies s into the field (truncating); the rest of the field stays NUL.
 void PutString(Block& b, Field f, std::string_view s) {
