@@ -18,7 +18,7 @@ Status ReadFull(InputStream& in, MutableByteSpan out, std::string_view what) {
 }
 
 Result<size_t> MemoryInputStream::Read(MutableByteSpan out) {
-  size_t n = std::min(out.size(), data_.size() - pos_);
+  size_t n = std::min({out.size(), data_.size() - pos_, max_read_bytes_});
   if (n > 0) std::memcpy(out.data(), data_.data() + pos_, n);
   pos_ += n;
   return n;

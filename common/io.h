@@ -57,12 +57,15 @@ class BlobSource {
 
 class MemoryInputStream final : public InputStream {
  public:
-  // Does not copy: `data` must outlive the stream.
-  explicit MemoryInputStream(ByteSpan data) : data_(data) {}
+  // Does not copy: `data` must outlive the stream. Each Read returns at most max_read_bytes
+  // (tests use a small value to exercise short reads).
+  explicit MemoryInputStream(ByteSpan data, size_t max_read_bytes = SIZE_MAX)
+      : data_(data), max_read_bytes_(max_read_bytes) {}
   Result<size_t> Read(MutableByteSpan out) override;
 
  private:
   ByteSpan data_;
+  size_t max_read_bytes_;
   size_t pos_ = 0;
 };
 

@@ -59,21 +59,7 @@ std::vector<uint8_t> TestData(size_t n, uint32_t seed) {
 }
 
 // Returns at most `max_piece` bytes per Read, to exercise short reads from the source.
-class TrickleInputStream final : public InputStream {
- public:
-  TrickleInputStream(ByteSpan data, size_t max_piece) : data_(data), max_piece_(max_piece) {}
-  Result<size_t> Read(MutableByteSpan out) override {
-    size_t n = std::min({out.size(), max_piece_, data_.size() - pos_});
-    std::copy_n(data_.data() + pos_, n, out.data());
-    pos_ += n;
-    return n;
-  }
-
- private:
-  ByteSpan data_;
-  size_t max_piece_;
-  size_t pos_ = 0;
-};
+using TrickleInputStream = MemoryInputStream;
 
 class FailingInputStream final : public InputStream {
  public:

@@ -31,22 +31,8 @@ const char kF55Cipher[] =
 //   echo <kF55Cipher> | xxd -r -p | openssl dgst -sha256 -mac HMAC -macopt hexkey:<kF55Key>
 const char kF55Hmac[] = "c24f1318ee1ab5f6e6468f7bc85f05eafcc5abeb16d46b2955f7c22e32a73161";
 
-// Returns at most `max_piece` bytes per Read, to exercise every boundary.
-class TrickleInputStream final : public InputStream {
- public:
-  TrickleInputStream(ByteSpan data, size_t max_piece) : data_(data), max_piece_(max_piece) {}
-  Result<size_t> Read(MutableByteSpan out) override {
-    size_t n = std::min({out.size(), data_.size() - pos_, max_piece_});
-    std::copy_n(data_.begin() + pos_, n, out.begin());
-    pos_ += n;
-    return n;
-  }
-
- private:
-  ByteSpan data_;
-  size_t max_piece_;
-  size_t pos_ = 0;
-};
+// Returns at most `max_piece` bytes per Read, to exercise short reads from the source.
+using TrickleInputStream = MemoryInputStream;
 
 class FailingOutputStream final : public OutputStream {
  public:
