@@ -8,10 +8,13 @@
 #include "crypto/digest.h"
 #include "image/envelope.h"
 #include "image/layout.h"
+#include "image/image_testing.h"
 #include "tests/test_util.h"
 
 namespace lazycrypt::image {
 namespace {
+
+using namespace testing_util;  // image/image_testing.h
 
 namespace fs = std::filesystem;
 using ::lazycrypt::testing::ListFiles;
@@ -21,8 +24,6 @@ using ::lazycrypt::testing::ShellQuote;
 using ::lazycrypt::testing::TempDir;
 using ::lazycrypt::testing::WriteFileString;
 using ::testing::HasSubstr;
-
-std::string Sha(std::string_view data) { return crypto::OciDigest(crypto::Sha256::Of(AsBytes(data))); }
 
 // SHA-256 of the decompressed content of a layer blob (tar, gzip or zstd).
 std::string UncompressedSha(const std::string& blob) {
@@ -83,38 +84,15 @@ TestImage MakeImage(const TempDir& tmp, const fs::path& dir, bool docker = false
   return image;
 }
 
-struct Keys {
-  std::vector<keywrap::PublicKey> pub;
-  std::vector<keywrap::PrivateKey> priv;
-};
-
-Keys MakeKeys(const TempDir& tmp) {
-  std::string priv = (tmp / "k.pem").string(), pub = (tmp / "k.pub").string();
-  auto r = RunCommand("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + ShellQuote(priv) +
-                      " && openssl pkey -in " + ShellQuote(priv) + " -pubout -out " + ShellQuote(pub));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  Keys keys;
-  keys.pub.push_back(std::move(keywrap::PublicKey::Load(pub)).value());
-  keys.priv.push_back(std::move(keywrap::PrivateKey::Load(priv)).value());
-  return keys;
-}
-
-ImageReference Ref(const fs::path& dir, std::string tag = "") {
-  ImageReference ref;
-  ref.dir = dir;
-  ref.tag = std::move(tag);
-  return ref;
-}
-
 TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
   TempDir tmp;
   TestImage src = MakeImage(tmp, tmp / "src");
-  Keys keys = MakeKeys(tmp);
+  Keys keys = MakeKey(tmp, "k");
   std::vector<size_t> seen;
   EncryptOptions options;
   options.writer.chunk_size_bytes = 64 << 10;
   options.on_layer = [&](const LayerReport& l) { seen.push_back(l.index); };
-  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc", "v1"), keys.pub, options);
+  auto report = EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc", "v1"), keys.pub, options);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(seen, (std::vector<size_t>{0, 1}));
   EXPECT_EQ(report->tag, "v1");
@@ -134,7 +112,7 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
     EXPECT_EQ(l.Annotation(kAnnotationLazycryptTocDigest).size(), 71u);
   }
 
-  auto dec = DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "dec"), keys.priv);
+  auto dec = DecryptImage(OciRef(tmp / "enc", "v1"), OciRef(tmp / "dec"), keys.priv);
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   EXPECT_EQ(dec->tag, "latest");
   auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
@@ -153,7 +131,7 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
   // Other compressions of the decrypted layers.
   DecryptOptions gzip;
   gzip.compression = LayerCompression::kGzip;
-  ASSERT_TRUE(DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "decgz"), keys.priv, gzip).ok());
+  ASSERT_TRUE(DecryptImage(OciRef(tmp / "enc", "v1"), OciRef(tmp / "decgz"), keys.priv, gzip).ok());
   auto gz = LoadImage(*OciLayout::Open(tmp / "decgz").value(), "");
   EXPECT_EQ(gz->manifest.layers[1].media_type, std::string(kMediaTypeOciLayerTarGzip));
   EXPECT_EQ(UncompressedSha(ReadFileString(tmp / "decgz" / "blobs" / "sha256" /
@@ -161,7 +139,7 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
             source->config.diff_ids[1]);
   DecryptOptions none;
   none.compression = LayerCompression::kNone;
-  ASSERT_TRUE(DecryptImage(Ref(tmp / "enc", "v1"), Ref(tmp / "dectar"), keys.priv, none).ok());
+  ASSERT_TRUE(DecryptImage(OciRef(tmp / "enc", "v1"), OciRef(tmp / "dectar"), keys.priv, none).ok());
   auto tar = LoadImage(*OciLayout::Open(tmp / "dectar").value(), "");
   EXPECT_EQ(tar->manifest.layers[0].media_type, std::string(kMediaTypeOciLayerTar));
   EXPECT_EQ(tar->manifest.layers[0].digest, source->config.diff_ids[0]);
@@ -170,17 +148,17 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
 TEST(Convert, OcicryptEncryptThenDecryptGivesBackTheOriginalBlobs) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
-  Keys keys = MakeKeys(tmp);
+  Keys keys = MakeKey(tmp, "k");
   EncryptOptions options;
   options.format = EncryptionFormat::kOcicrypt;
-  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, options);
+  auto report = EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, options);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
   auto enc = LoadImage(*OciLayout::Open(tmp / "enc").value(), "");
   EXPECT_EQ(enc->manifest.layers[0].media_type, std::string(kMediaTypeOcicryptLayerTarGzip));
   EXPECT_EQ(enc->manifest.layers[1].media_type, std::string(kMediaTypeOcicryptLayerTar));
   EXPECT_EQ(enc->manifest.layers[0].size, source->manifest.layers[0].size);  // CTR: same length
-  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  auto dec = DecryptImage(OciRef(tmp / "enc"), OciRef(tmp / "dec"), keys.priv);
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
   EXPECT_EQ(plain->manifest.layers, source->manifest.layers);
@@ -189,16 +167,16 @@ TEST(Convert, OcicryptEncryptThenDecryptGivesBackTheOriginalBlobs) {
 TEST(Convert, MixedFormatsInOneImage) {
   TempDir tmp;
   TestImage src = MakeImage(tmp, tmp / "src");
-  Keys keys = MakeKeys(tmp);
+  Keys keys = MakeKey(tmp, "k");
   EncryptOptions lazy;
   lazy.layers = std::vector<size_t>{0};
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "mid"), keys.pub, lazy).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "mid"), keys.pub, lazy).ok());
   EncryptOptions ctr;
   ctr.format = EncryptionFormat::kOcicrypt;  // only layer 1 is still plain
-  auto report = EncryptImage(Ref(tmp / "mid"), Ref(tmp / "enc"), keys.pub, ctr);
+  auto report = EncryptImage(OciRef(tmp / "mid"), OciRef(tmp / "enc"), keys.pub, ctr);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(report->layers[0].action, "copied");
-  auto info = InspectImage(Ref(tmp / "enc"), keys.priv, {.list_files = true});
+  auto info = InspectImage(OciRef(tmp / "enc"), keys.priv, {.list_files = true});
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   EXPECT_EQ(info->layers[0].kind, LayerKind::kLazycrypt);
   EXPECT_EQ(info->layers[1].kind, LayerKind::kOcicrypt);
@@ -215,7 +193,7 @@ TEST(Convert, MixedFormatsInOneImage) {
   for (const FileInfo& f : info->layers[0].files) has_file = has_file || f.name == "etc/file0";
   EXPECT_TRUE(has_file);
 
-  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  auto dec = DecryptImage(OciRef(tmp / "enc"), OciRef(tmp / "dec"), keys.priv);
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   EXPECT_EQ(dec->layers[0].action, "decrypted (lazycrypt)");
   EXPECT_EQ(dec->layers[1].action, "decrypted (ocicrypt)");
@@ -226,17 +204,17 @@ TEST(Convert, MixedFormatsInOneImage) {
 TEST(Convert, DockerManifestIsWrittenBackAsOci) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src", /*docker=*/true);
-  Keys keys = MakeKeys(tmp);
+  Keys keys = MakeKey(tmp, "k");
   EncryptOptions options;
   options.format = EncryptionFormat::kOcicrypt;
   options.layers = std::vector<size_t>{0};
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, options).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, options).ok());
   auto enc = LoadImage(*OciLayout::Open(tmp / "enc").value(), "");
   ASSERT_TRUE(enc.ok());
   EXPECT_EQ(enc->manifest.media_type, std::string(kMediaTypeOciManifest));
   EXPECT_EQ(enc->manifest.config.media_type, std::string(kMediaTypeOciConfig));
   EXPECT_EQ(enc->manifest.layers[0].media_type, std::string(kMediaTypeOcicryptLayerTarGzip));
-  auto dec = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), keys.priv);
+  auto dec = DecryptImage(OciRef(tmp / "enc"), OciRef(tmp / "dec"), keys.priv);
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   auto plain = LoadImage(*OciLayout::Open(tmp / "dec").value(), "");
   EXPECT_EQ(plain->manifest.layers[0].media_type, std::string(kMediaTypeOciLayerTarGzip));
@@ -245,8 +223,8 @@ TEST(Convert, DockerManifestIsWrittenBackAsOci) {
 TEST(Convert, DiffIdMismatchIsNamedAndWritesNothing) {
   TempDir tmp;
   TestImage src = MakeImage(tmp, tmp / "src", false, /*wrong_diff_id=*/true);
-  Keys keys = MakeKeys(tmp);
-  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {});
+  Keys keys = MakeKey(tmp, "k");
+  auto report = EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, {});
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), StatusCode::kCorruption);
   EXPECT_THAT(report.status().message(), HasSubstr("layer 1 (sha256:"));
@@ -258,10 +236,10 @@ TEST(Convert, DiffIdMismatchIsNamedAndWritesNothing) {
 TEST(Convert, MissingLayerBlobIsNamed) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
-  Keys keys = MakeKeys(tmp);
+  Keys keys = MakeKey(tmp, "k");
   auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
   fs::remove(tmp / "src" / "blobs" / "sha256" / source->manifest.layers[1].digest.substr(7));
-  auto report = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {});
+  auto report = EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, {});
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(report.status().message(), HasSubstr("layer 1 (sha256:"));
@@ -272,16 +250,16 @@ TEST(Convert, MissingLayerBlobIsNamed) {
 TEST(Convert, RequiresRecipientsAndKeys) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
-  Keys keys = MakeKeys(tmp);
-  EXPECT_EQ(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), {}, {}).status().code(),
+  Keys keys = MakeKey(tmp, "k");
+  EXPECT_EQ(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), {}, {}).status().code(),
             StatusCode::kInvalidArgument);
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, {}).ok());
-  auto no_keys = DecryptImage(Ref(tmp / "enc"), Ref(tmp / "dec"), {});
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, {}).ok());
+  auto no_keys = DecryptImage(OciRef(tmp / "enc"), OciRef(tmp / "dec"), {});
   ASSERT_FALSE(no_keys.ok());
   EXPECT_THAT(no_keys.status().message(), HasSubstr("layer 0 (sha256:"));
   EXPECT_FALSE(fs::exists(tmp / "dec"));
   // A plain image decrypts (copies) without keys.
-  auto plain = DecryptImage(Ref(tmp / "src"), Ref(tmp / "copy"), {});
+  auto plain = DecryptImage(OciRef(tmp / "src"), OciRef(tmp / "copy"), {});
   ASSERT_TRUE(plain.ok()) << plain.status().ToString();
   EXPECT_EQ(plain->layers[1].action, "copied");
 }
@@ -289,9 +267,9 @@ TEST(Convert, RequiresRecipientsAndKeys) {
 TEST(Convert, SourceAndDestinationMayBeOneLayout) {
   TempDir tmp;
   MakeImage(tmp, tmp / "img");
-  Keys keys = MakeKeys(tmp);
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "img"), Ref(tmp / "img", "encrypted"), keys.pub, {}).ok());
-  ASSERT_TRUE(DecryptImage(Ref(tmp / "img", "encrypted"), Ref(tmp / "img", "decrypted"), keys.priv).ok());
+  Keys keys = MakeKey(tmp, "k");
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "img"), OciRef(tmp / "img", "encrypted"), keys.pub, {}).ok());
+  ASSERT_TRUE(DecryptImage(OciRef(tmp / "img", "encrypted"), OciRef(tmp / "img", "decrypted"), keys.priv).ok());
   auto layout = OciLayout::Open(tmp / "img");
   ASSERT_TRUE(layout.ok());
   EXPECT_EQ((*layout)->ReadIndex()->manifests.size(), 3u);

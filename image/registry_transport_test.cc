@@ -12,10 +12,13 @@
 #include "image/verify.h"
 #include "registry/registry.h"
 #include "tests/harness/registry_process.h"
+#include "image/image_testing.h"
 #include "tests/test_util.h"
 
 namespace lazycrypt::image {
 namespace {
+
+using namespace testing_util;  // image/image_testing.h
 
 namespace fs = std::filesystem;
 using ::lazycrypt::testing::ReadFileString;
@@ -24,8 +27,6 @@ using ::lazycrypt::testing::ShellQuote;
 using ::lazycrypt::testing::TempDir;
 using ::lazycrypt::testing::WriteFileString;
 using ::testing::HasSubstr;
-
-std::string Sha(std::string_view data) { return crypto::OciDigest(crypto::Sha256::Of(AsBytes(data))); }
 
 std::string MakeTar(const TempDir& tmp, const std::string& name) {
   fs::path tree = tmp / ("tree-" + name);
@@ -54,38 +55,6 @@ Descriptor PutImage(ImageWriter& writer, const std::string& tar, const std::stri
                        R"("]}})";
   m.config = *writer.PutBlob(std::string(kMediaTypeOciConfig), AsBytes(config));
   return *writer.PutBlob(m.media_type, AsBytes(SerializeManifest(m)));
-}
-
-struct Keys {
-  std::vector<keywrap::PublicKey> pub;
-  std::vector<keywrap::PrivateKey> priv;
-};
-
-Keys MakeKey(const TempDir& tmp, const std::string& name) {
-  std::string priv = (tmp / (name + ".pem")).string(), pub = (tmp / (name + ".pub")).string();
-  auto r = RunCommand("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " +
-                      ShellQuote(priv) + " && openssl pkey -in " + ShellQuote(priv) +
-                      " -pubout -out " + ShellQuote(pub));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  Keys keys;
-  keys.pub.push_back(std::move(keywrap::PublicKey::Load(pub)).value());
-  keys.priv.push_back(std::move(keywrap::PrivateKey::Load(priv)).value());
-  return keys;
-}
-
-ImageReference Oci(const fs::path& dir, std::string tag = "") {
-  ImageReference ref;
-  ref.dir = dir;
-  ref.tag = std::move(tag);
-  return ref;
-}
-
-Platform LinuxPlatform(std::string arch, std::string variant = "") {
-  Platform p;
-  p.os = "linux";
-  p.architecture = std::move(arch);
-  p.variant = std::move(variant);
-  return p;
 }
 
 registry::ClientOptions PlainHttp() {
@@ -125,7 +94,7 @@ TEST_F(RegistryTransport, EncryptPushInspectVerifyDecryptPull) {
   Keys alice = MakeKey(tmp_, "alice"), bob = MakeKey(tmp_, "bob");
   const std::string ref = registry_->host() + "/team/app:v1";
 
-  auto src = OpenImageSource(Oci(tmp_ / "src"));
+  auto src = OpenImageSource(OciRef(tmp_ / "src"));
   auto dst = OpenImageDestination(Docker(ref), plain_);
   ASSERT_TRUE(src.ok() && dst.ok());
   EncryptOptions options;
@@ -157,7 +126,7 @@ TEST_F(RegistryTransport, EncryptPushInspectVerifyDecryptPull) {
   }
 
   auto v2 = OpenImageSource(Docker(registry_->host() + "/team/app:v2"), plain_);
-  auto out = OpenImageDestination(Oci(tmp_ / "dec"));
+  auto out = OpenImageDestination(OciRef(tmp_ / "dec"));
   auto dec = DecryptImage(**v2, **out, bob.priv, Uncompressed());
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   EXPECT_EQ(dec->layers[0].result.digest, Sha(tar));
@@ -178,7 +147,7 @@ TEST_F(RegistryTransport, MultiPlatformIndexIsPushedAsAnIndex) {
   }
   Keys keys = MakeKey(tmp_, "k");
   const std::string ref = registry_->host() + "/multi:latest";
-  auto src = OpenImageSource(Oci(tmp_ / "src"));
+  auto src = OpenImageSource(OciRef(tmp_ / "src"));
   auto dst = OpenImageDestination(Docker(ref), plain_);
   auto enc = EncryptImage(**src, **dst, keys.pub, {});
   ASSERT_TRUE(enc.ok()) << enc.status().ToString();
@@ -214,7 +183,7 @@ TEST_F(RegistryTransport, FailedConversionTagsNothing) {
   }
   Keys keys = MakeKey(tmp_, "k");
   const std::string ref = registry_->host() + "/broken:v1";
-  auto src = OpenImageSource(Oci(tmp_ / "src"));
+  auto src = OpenImageSource(OciRef(tmp_ / "src"));
   auto dst = OpenImageDestination(Docker(ref), plain_);
   auto enc = EncryptImage(**src, **dst, keys.pub, {});
   ASSERT_FALSE(enc.ok());
@@ -249,7 +218,7 @@ TEST(RegistryTransportAuth, CredentialsFromAnAuthFileAndWrongOnesNamed) {
   TransportOptions bad;
   bad.plain_http = true;
   bad.authfile = tmp / "bad.json";
-  auto src = OpenImageSource(Oci(tmp / "src"));
+  auto src = OpenImageSource(OciRef(tmp / "src"));
   auto dst = OpenImageDestination(Docker(ref), bad);
   auto denied = EncryptImage(**src, **dst, keys.pub, {});
   ASSERT_FALSE(denied.ok());
@@ -259,7 +228,7 @@ TEST(RegistryTransportAuth, CredentialsFromAnAuthFileAndWrongOnesNamed) {
   TransportOptions good;
   good.plain_http = true;
   good.authfile = tmp / "good.json";
-  auto src2 = OpenImageSource(Oci(tmp / "src"));
+  auto src2 = OpenImageSource(OciRef(tmp / "src"));
   auto dst2 = OpenImageDestination(Docker(ref), good);
   auto enc = EncryptImage(**src2, **dst2, keys.pub, {});
   ASSERT_TRUE(enc.ok()) << enc.status().ToString();

@@ -14,10 +14,13 @@
 #include "image/transport.h"
 #include "image/verify.h"
 #include "keywrap/envelope.h"
+#include "image/image_testing.h"
 #include "tests/test_util.h"
 
 namespace lazycrypt::image {
 namespace {
+
+using namespace testing_util;  // image/image_testing.h
 
 namespace fs = std::filesystem;
 using ::lazycrypt::testing::ReadFileString;
@@ -26,8 +29,6 @@ using ::lazycrypt::testing::ShellQuote;
 using ::lazycrypt::testing::TempDir;
 using ::lazycrypt::testing::WriteFileString;
 using ::testing::HasSubstr;
-
-std::string Sha(std::string_view data) { return crypto::OciDigest(crypto::Sha256::Of(AsBytes(data))); }
 
 std::string MakeTar(const TempDir& tmp, const std::string& name, const std::string& content) {
   fs::path tree = tmp / ("tree-" + name);
@@ -57,39 +58,6 @@ Descriptor PutImage(ImageWriter& writer, const std::string& tar, const std::stri
                        Sha(tar) + R"("]}})";
   m.config = *writer.PutBlob(std::string(kMediaTypeOciConfig), AsBytes(config));
   return *writer.PutBlob(m.media_type, AsBytes(SerializeManifest(m)));
-}
-
-struct Keys {
-  std::vector<keywrap::PublicKey> pub;
-  std::vector<keywrap::PrivateKey> priv;
-};
-
-Keys MakeKey(const TempDir& tmp, const std::string& name, bool rsa = false) {
-  std::string priv = (tmp / (name + ".pem")).string(), pub = (tmp / (name + ".pub")).string();
-  std::string gen = rsa ? "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "
-                        : "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ";
-  auto r = RunCommand(gen + ShellQuote(priv) + " && openssl pkey -in " + ShellQuote(priv) +
-                      " -pubout -out " + ShellQuote(pub));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  Keys keys;
-  keys.pub.push_back(std::move(keywrap::PublicKey::Load(pub)).value());
-  keys.priv.push_back(std::move(keywrap::PrivateKey::Load(priv)).value());
-  return keys;
-}
-
-ImageReference Ref(const fs::path& dir, std::string tag = "") {
-  ImageReference ref;
-  ref.dir = dir;
-  ref.tag = std::move(tag);
-  return ref;
-}
-
-Platform LinuxPlatform(std::string arch, std::string variant = "") {
-  Platform p;
-  p.os = "linux";
-  p.architecture = std::move(arch);
-  p.variant = std::move(variant);
-  return p;
 }
 
 DecryptOptions Uncompressed() {
@@ -159,7 +127,7 @@ TEST(Transport, MultiPlatformIndexRoundTripsPerPlatform) {
     ASSERT_TRUE((*writer)->Commit("multi", *root).ok());
   }
   Keys keys = MakeKey(tmp, "k");
-  auto enc = EncryptImage(Ref(tmp / "src", "multi"), Ref(tmp / "enc", "multi"), keys.pub, SmallChunks());
+  auto enc = EncryptImage(OciRef(tmp / "src", "multi"), OciRef(tmp / "enc", "multi"), keys.pub, SmallChunks());
   ASSERT_TRUE(enc.ok()) << enc.status().ToString();
   EXPECT_EQ(enc->platform_count, 2u);
   EXPECT_EQ(enc->manifest.media_type, std::string(kMediaTypeOciIndex));
@@ -183,17 +151,17 @@ TEST(Transport, MultiPlatformIndexRoundTripsPerPlatform) {
     EXPECT_EQ(m->layers[0].media_type, std::string(kMediaTypeLazycryptLayer));
   }
 
-  auto info = InspectImage(Ref(tmp / "enc", "multi"), {});
+  auto info = InspectImage(OciRef(tmp / "enc", "multi"), {});
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   ASSERT_EQ(info->platforms.size(), 2u);
   EXPECT_EQ(info->platforms[1].architecture, "arm64");
   EXPECT_EQ(info->platforms[0].layers[0].kind, LayerKind::kLazycrypt);
 
-  auto verified = VerifyImage(Ref(tmp / "enc", "multi"), keys.priv);
+  auto verified = VerifyImage(OciRef(tmp / "enc", "multi"), keys.priv);
   ASSERT_TRUE(verified.ok()) << verified.status().ToString();
   EXPECT_EQ(verified->platform_count, 2u);
 
-  auto dec = DecryptImage(Ref(tmp / "enc", "multi"), Ref(tmp / "dec", "multi"), keys.priv,
+  auto dec = DecryptImage(OciRef(tmp / "enc", "multi"), OciRef(tmp / "dec", "multi"), keys.priv,
                           Uncompressed());
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   EXPECT_EQ(dec->platform_count, 2u);
@@ -229,7 +197,7 @@ TEST(Transport, AttestationEntriesOfAnIndexAreDropped) {
     ASSERT_TRUE((*writer)->Commit("latest", *root).ok());
   }
   Keys keys = MakeKey(tmp, "k");
-  auto enc = EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), keys.pub, SmallChunks());
+  auto enc = EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), keys.pub, SmallChunks());
   ASSERT_TRUE(enc.ok()) << enc.status().ToString();
   EXPECT_EQ(enc->platform_count, 1u);
   EXPECT_EQ(enc->layers.size(), 1u);
@@ -266,13 +234,13 @@ TEST(Transport, FailedWriteAbortsAndLeavesTheOldLayoutIntact) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys keys = MakeKey(tmp, "k");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "dst", "old"), keys.pub, SmallChunks()).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "dst", "old"), keys.pub, SmallChunks()).ok());
   std::string index_before = ReadFileString(tmp / "dst" / "index.json");
   std::set<std::string> blobs_before = BlobNames(tmp / "dst");
 
-  auto source = OpenImageSource(Ref(tmp / "src"));
+  auto source = OpenImageSource(OciRef(tmp / "src"));
   ASSERT_TRUE(source.ok());
-  auto inner = OpenImageDestination(Ref(tmp / "dst", "new"));
+  auto inner = OpenImageDestination(OciRef(tmp / "dst", "new"));
   ASSERT_TRUE(inner.ok());
   FailingManifestDestination dst(std::move(inner).value());
   auto enc = EncryptImage(**source, dst, keys.pub, SmallChunks());
@@ -324,30 +292,30 @@ TEST(Verify, AcceptsAnIntactImageOfEitherFormat) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys keys = MakeKey(tmp, "k");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "lc"), keys.pub, SmallChunks()).ok());
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "oc"), keys.pub,
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "lc"), keys.pub, SmallChunks()).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "oc"), keys.pub,
                            SmallChunks(EncryptionFormat::kOcicrypt)).ok());
   uint64_t progress_calls = 0;
   VerifyOptions options;
   options.on_progress = [&](const std::string&, uint64_t, uint64_t) { ++progress_calls; };
-  auto lc = VerifyImage(Ref(tmp / "lc"), keys.priv, options);
+  auto lc = VerifyImage(OciRef(tmp / "lc"), keys.priv, options);
   ASSERT_TRUE(lc.ok()) << lc.status().ToString();
   ASSERT_EQ(lc->layers.size(), 1u);
   EXPECT_EQ(lc->layers[0].kind, LayerKind::kLazycrypt);
   EXPECT_GE(lc->layers[0].chunk_count, 4u);
   EXPECT_GT(progress_calls, 0u);
-  auto oc = VerifyImage(Ref(tmp / "oc"), keys.priv);
+  auto oc = VerifyImage(OciRef(tmp / "oc"), keys.priv);
   ASSERT_TRUE(oc.ok()) << oc.status().ToString();
   EXPECT_EQ(oc->layers[0].kind, LayerKind::kOcicrypt);
   // Plain images verify by digest.
-  EXPECT_TRUE(VerifyImage(Ref(tmp / "src"), {}).ok());
+  EXPECT_TRUE(VerifyImage(OciRef(tmp / "src"), {}).ok());
 }
 
 TEST(Verify, NamesTheLayerAndChunkOfATamperedChunk) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys keys = MakeKey(tmp, "k");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "lc"), keys.pub, SmallChunks()).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "lc"), keys.pub, SmallChunks()).ok());
   Descriptor layer = ReadManifest(tmp / "lc").layers[0];
   // Find chunk 2's record and flip a byte in its ciphertext.
   auto blob = FileBlobSource::Open(tmp / "lc" / "blobs" / "sha256" / layer.digest.substr(7));
@@ -359,7 +327,7 @@ TEST(Verify, NamesTheLayerAndChunkOfATamperedChunk) {
   opened->reset();
   FlipByte(tmp / "lc", layer.digest, offset);
 
-  auto verified = VerifyImage(Ref(tmp / "lc"), keys.priv);
+  auto verified = VerifyImage(OciRef(tmp / "lc"), keys.priv);
   ASSERT_FALSE(verified.ok());
   EXPECT_EQ(verified.status().code(), StatusCode::kAuthFailed) << verified.status().ToString();
   EXPECT_THAT(verified.status().message(), HasSubstr(LayerName(0, layer)));
@@ -370,7 +338,7 @@ TEST(Verify, NamesTheLayerOfATamperedOcicryptLayer) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys keys = MakeKey(tmp, "k");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "oc"), keys.pub,
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "oc"), keys.pub,
                            SmallChunks(EncryptionFormat::kOcicrypt)).ok());
   // The blob's digest would catch a flipped byte first; a different HMAC in pubopts is what only
   // the HMAC check catches.
@@ -387,7 +355,7 @@ TEST(Verify, NamesTheLayerOfATamperedOcicryptLayer) {
     auto d = (*writer)->PutBlob(std::string(kMediaTypeOciManifest), AsBytes(SerializeManifest(m)));
     ASSERT_TRUE((*writer)->Commit("latest", *d).ok());
   }
-  auto verified = VerifyImage(Ref(tmp / "oc"), keys.priv);
+  auto verified = VerifyImage(OciRef(tmp / "oc"), keys.priv);
   ASSERT_FALSE(verified.ok());
   EXPECT_EQ(verified.status().code(), StatusCode::kAuthFailed) << verified.status().ToString();
   EXPECT_THAT(verified.status().message(), HasSubstr(LayerName(0, layer)));
@@ -398,15 +366,15 @@ TEST(Verify, TamperedPlainLayerAndWrongKeyFail) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys keys = MakeKey(tmp, "k"), other = MakeKey(tmp, "other");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "lc"), keys.pub, SmallChunks()).ok());
-  auto wrong = VerifyImage(Ref(tmp / "lc"), other.priv);
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "lc"), keys.pub, SmallChunks()).ok());
+  auto wrong = VerifyImage(OciRef(tmp / "lc"), other.priv);
   ASSERT_FALSE(wrong.ok());
   EXPECT_EQ(wrong.status().code(), StatusCode::kNotFound);
   EXPECT_THAT(wrong.status().message(), HasSubstr("none of the keys"));
 
   Descriptor plain = ReadManifest(tmp / "src").layers[0];
   FlipByte(tmp / "src", plain.digest, 1000);
-  auto bad = VerifyImage(Ref(tmp / "src"), {});
+  auto bad = VerifyImage(OciRef(tmp / "src"), {});
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), HasSubstr("digest mismatch"));
 }
@@ -419,11 +387,11 @@ TEST(Recipients, AddLetsTheNewKeyDecryptAndKeepsTheOldOne) {
     TempDir tmp;
     std::string tar = MakeImage(tmp, tmp / "src");
     Keys alice = MakeKey(tmp, "alice"), bob = MakeKey(tmp, "bob", /*rsa=*/true);
-    ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), alice.pub, SmallChunks(format)).ok());
+    ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), alice.pub, SmallChunks(format)).ok());
     // Bob cannot open it yet.
-    EXPECT_FALSE(VerifyImage(Ref(tmp / "enc"), bob.priv).ok());
+    EXPECT_FALSE(VerifyImage(OciRef(tmp / "enc"), bob.priv).ok());
 
-    auto added = ChangeRecipients(Ref(tmp / "enc"), Ref(tmp / "two"), alice.priv, bob.pub,
+    auto added = ChangeRecipients(OciRef(tmp / "enc"), OciRef(tmp / "two"), alice.priv, bob.pub,
                                   RecipientChange::kAdd);
     ASSERT_TRUE(added.ok()) << added.status().ToString();
     EXPECT_EQ(added->layers[0].action, "recipients added");
@@ -438,10 +406,10 @@ TEST(Recipients, AddLetsTheNewKeyDecryptAndKeepsTheOldOne) {
                     .starts_with(before.layers[0].Annotation(kAnnotationEncKeysJwe) + ","));
 
     for (const Keys* k : {&alice, &bob}) {
-      auto v = VerifyImage(Ref(tmp / "two"), k->priv);
+      auto v = VerifyImage(OciRef(tmp / "two"), k->priv);
       EXPECT_TRUE(v.ok()) << v.status().ToString();
     }
-    auto dec = DecryptImage(Ref(tmp / "two"), Ref(tmp / "dec"), bob.priv,
+    auto dec = DecryptImage(OciRef(tmp / "two"), OciRef(tmp / "dec"), bob.priv,
                             Uncompressed());
     ASSERT_TRUE(dec.ok()) << dec.status().ToString();
     if (format == EncryptionFormat::kLazycrypt) {
@@ -449,7 +417,7 @@ TEST(Recipients, AddLetsTheNewKeyDecryptAndKeepsTheOldOne) {
     }
 
     // Adding bob again is refused by name.
-    auto again = ChangeRecipients(Ref(tmp / "two"), Ref(tmp / "three"), alice.priv, bob.pub,
+    auto again = ChangeRecipients(OciRef(tmp / "two"), OciRef(tmp / "three"), alice.priv, bob.pub,
                                   RecipientChange::kAdd);
     if (format == EncryptionFormat::kLazycrypt || true) {
       ASSERT_FALSE(again.ok());
@@ -458,7 +426,7 @@ TEST(Recipients, AddLetsTheNewKeyDecryptAndKeepsTheOldOne) {
     }
     // A key that is not a recipient cannot add anyone.
     Keys carol = MakeKey(tmp, "carol");
-    auto outsider = ChangeRecipients(Ref(tmp / "enc"), Ref(tmp / "x"), carol.priv, carol.pub,
+    auto outsider = ChangeRecipients(OciRef(tmp / "enc"), OciRef(tmp / "x"), carol.priv, carol.pub,
                                      RecipientChange::kAdd);
     ASSERT_FALSE(outsider.ok());
     EXPECT_THAT(outsider.status().message(), HasSubstr("layer 0"));
@@ -472,41 +440,41 @@ TEST(Recipients, RemoveMakesTheRemovedKeyFailAndRefusesTheLast) {
   std::vector<keywrap::PublicKey> both;
   both.push_back(std::move(alice.pub[0]));
   both.push_back(std::move(bob.pub[0]));
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), both, SmallChunks()).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), both, SmallChunks()).ok());
   alice.pub.clear();
   alice.pub.push_back(std::move(both[0]));
   bob.pub.clear();
   bob.pub.push_back(std::move(both[1]));
-  ASSERT_TRUE(VerifyImage(Ref(tmp / "enc"), bob.priv).ok());
+  ASSERT_TRUE(VerifyImage(OciRef(tmp / "enc"), bob.priv).ok());
 
   // Alice removes Bob.
-  auto removed = ChangeRecipients(Ref(tmp / "enc"), Ref(tmp / "one"), alice.priv, bob.pub,
+  auto removed = ChangeRecipients(OciRef(tmp / "enc"), OciRef(tmp / "one"), alice.priv, bob.pub,
                                   RecipientChange::kRemove);
   ASSERT_TRUE(removed.ok()) << removed.status().ToString();
   EXPECT_EQ(ReadManifest(tmp / "enc").layers[0].digest, ReadManifest(tmp / "one").layers[0].digest);
-  auto bob_now = VerifyImage(Ref(tmp / "one"), bob.priv);
+  auto bob_now = VerifyImage(OciRef(tmp / "one"), bob.priv);
   ASSERT_FALSE(bob_now.ok());
   EXPECT_THAT(bob_now.status().message(), HasSubstr("none of the keys"));
-  EXPECT_TRUE(VerifyImage(Ref(tmp / "one"), alice.priv).ok());
-  auto dec = DecryptImage(Ref(tmp / "one"), Ref(tmp / "dec"), alice.priv,
+  EXPECT_TRUE(VerifyImage(OciRef(tmp / "one"), alice.priv).ok());
+  auto dec = DecryptImage(OciRef(tmp / "one"), OciRef(tmp / "dec"), alice.priv,
                           Uncompressed());
   ASSERT_TRUE(dec.ok()) << dec.status().ToString();
   EXPECT_EQ(ReadManifest(tmp / "dec").layers[0].digest, Sha(tar));
 
   // Removing Bob again: he is not named.
-  auto missing = ChangeRecipients(Ref(tmp / "one"), Ref(tmp / "x"), alice.priv, bob.pub,
+  auto missing = ChangeRecipients(OciRef(tmp / "one"), OciRef(tmp / "x"), alice.priv, bob.pub,
                                   RecipientChange::kRemove);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
   // Removing the last recipient is refused, and nothing is written.
-  auto last = ChangeRecipients(Ref(tmp / "one"), Ref(tmp / "y"), alice.priv, alice.pub,
+  auto last = ChangeRecipients(OciRef(tmp / "one"), OciRef(tmp / "y"), alice.priv, alice.pub,
                                RecipientChange::kRemove);
   ASSERT_FALSE(last.ok());
   EXPECT_EQ(last.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_THAT(last.status().message(), HasSubstr("last recipient"));
   EXPECT_FALSE(fs::exists(tmp / "y"));
   // Bob can no longer change anything either.
-  auto bob_adds = ChangeRecipients(Ref(tmp / "one"), Ref(tmp / "z"), bob.priv, bob.pub,
+  auto bob_adds = ChangeRecipients(OciRef(tmp / "one"), OciRef(tmp / "z"), bob.priv, bob.pub,
                                    RecipientChange::kAdd);
   EXPECT_FALSE(bob_adds.ok());
 }
@@ -515,9 +483,9 @@ TEST(Recipients, OcicryptJweWithoutKeyIdsCannotBeSplit) {
   TempDir tmp;
   MakeImage(tmp, tmp / "src");
   Keys alice = MakeKey(tmp, "alice");
-  ASSERT_TRUE(EncryptImage(Ref(tmp / "src"), Ref(tmp / "enc"), alice.pub,
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "enc"), alice.pub,
                            SmallChunks(EncryptionFormat::kOcicrypt)).ok());
-  auto removed = ChangeRecipients(Ref(tmp / "enc"), Ref(tmp / "x"), alice.priv, alice.pub,
+  auto removed = ChangeRecipients(OciRef(tmp / "enc"), OciRef(tmp / "x"), alice.priv, alice.pub,
                                   RecipientChange::kRemove);
   ASSERT_FALSE(removed.ok());
   EXPECT_EQ(removed.status().code(), StatusCode::kNotFound);
