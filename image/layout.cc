@@ -405,16 +405,19 @@ Status OciLayout::VerifyBlob(const Descriptor& d) const {
   }
 }
 
-Result<LoadedImage> LoadImage(const OciLayout& layout, std::string_view tag) {
+Result<LoadedImage> LoadImageWith(const Descriptor& manifest_descriptor,
+                                  const BlobReader& read_blob) {
   LoadedImage image;
-  LC_ASSIGN_OR_RETURN(image.manifest_descriptor, layout.ResolveManifest(tag));
-  LC_ASSIGN_OR_RETURN(image.manifest_bytes, layout.ReadBlob(image.manifest_descriptor));
+  image.manifest_descriptor = manifest_descriptor;
+  LC_ASSIGN_OR_RETURN(image.manifest_bytes, read_blob(manifest_descriptor));
   auto manifest = ParseManifest(image.manifest_bytes);
   if (!manifest.ok()) {
-    return manifest.status().WithContext("manifest " + image.manifest_descriptor.digest);
+    return manifest.status().WithContext("manifest " + manifest_descriptor.digest);
   }
   image.manifest = std::move(manifest).value();
-  LC_ASSIGN_OR_RETURN(image.config_bytes, layout.ReadBlob(image.manifest.config));
+  auto config_bytes = read_blob(image.manifest.config);
+  if (!config_bytes.ok()) return config_bytes.status().WithContext("config");
+  image.config_bytes = std::move(config_bytes).value();
   auto config = ParseImageConfig(image.config_bytes);
   if (!config.ok()) return config.status().WithContext("config " + image.manifest.config.digest);
   image.config = std::move(config).value();
@@ -425,6 +428,12 @@ Result<LoadedImage> LoadImage(const OciLayout& layout, std::string_view tag) {
                               std::to_string(image.manifest.layers.size()) + " layers");
   }
   return image;
+}
+
+Result<LoadedImage> LoadImage(const OciLayout& layout, std::string_view tag) {
+  LC_ASSIGN_OR_RETURN(Descriptor manifest_descriptor, layout.ResolveManifest(tag));
+  return LoadImageWith(manifest_descriptor,
+                       [&layout](const Descriptor& d) { return layout.ReadBlob(d); });
 }
 
 // --- BlobWriter ------------------------------------------------------------------------------

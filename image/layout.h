@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -111,8 +112,13 @@ struct LoadedImage {
   ImageConfig config;
 };
 
-// Resolves the tag, reads and verifies manifest and config, and checks that the config has one
-// diff_id per layer.
+// Reads (through read_blob, which verifies size and digest) and parses the manifest and its
+// config, and checks that the config has one diff_id per layer. Shared by every transport.
+using BlobReader = std::function<Result<std::vector<uint8_t>>(const Descriptor&)>;
+Result<LoadedImage> LoadImageWith(const Descriptor& manifest_descriptor,
+                                  const BlobReader& read_blob);
+
+// Resolves the tag, then LoadImageWith over the layout's blobs.
 Result<LoadedImage> LoadImage(const OciLayout& layout, std::string_view tag);
 
 class ImageWriter;

@@ -176,27 +176,8 @@ Result<std::unique_ptr<ImageDestination>> OpenImageDestination(const ImageRefere
 }
 
 Result<LoadedImage> LoadManifest(ImageSource& src, const Descriptor& manifest_descriptor) {
-  LoadedImage image;
-  image.manifest_descriptor = manifest_descriptor;
-  LC_ASSIGN_OR_RETURN(image.manifest_bytes, src.ReadBlob(manifest_descriptor));
-  auto manifest = ParseManifest(image.manifest_bytes);
-  if (!manifest.ok()) {
-    return manifest.status().WithContext("manifest " + manifest_descriptor.digest);
-  }
-  image.manifest = std::move(manifest).value();
-  auto config_bytes = src.ReadBlob(image.manifest.config);
-  if (!config_bytes.ok()) return config_bytes.status().WithContext("config");
-  image.config_bytes = std::move(config_bytes).value();
-  auto config = ParseImageConfig(image.config_bytes);
-  if (!config.ok()) return config.status().WithContext("config " + image.manifest.config.digest);
-  image.config = std::move(config).value();
-  if (image.config.diff_ids.size() != image.manifest.layers.size()) {
-    return Status::Corruption("config " + image.manifest.config.digest + " has " +
-                              std::to_string(image.config.diff_ids.size()) +
-                              " diff_ids for the manifest's " +
-                              std::to_string(image.manifest.layers.size()) + " layers");
-  }
-  return image;
+  return LoadImageWith(manifest_descriptor,
+                       [&src](const Descriptor& d) { return src.ReadBlob(d); });
 }
 
 namespace {
