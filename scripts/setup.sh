@@ -11,7 +11,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   # test and benchmark peers
-  skopeo umoci busybox-static tar attr openssl jq docker-registry apache2-utils containerd runc
+  skopeo umoci busybox-static tar attr openssl jq zstd libcap2-bin docker-registry apache2-utils
+  containerd runc
 )
 
 missing=()
