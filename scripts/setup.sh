@@ -10,9 +10,14 @@ packages=(
   libssl-dev libzstd-dev zlib1g-dev libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
+  libsqlite3-dev
+  # containerd's API protos (the snapshotter's gRPC service is generated from them)
+  golang-github-containerd-containerd-dev
   # test and benchmark peers
   skopeo umoci busybox-static tar attr openssl jq zstd libcap2-bin docker-registry apache2-utils
   containerd runc
+  # read-throughput peers for bench/ (a mature encrypting FUSE filesystem, the I/O load generator)
+  gocryptfs fio
 )
 
 missing=()

@@ -1,0 +1,49 @@
+// What a filesystem needs from one mounted layer: its verified index and authenticated reads of
+// file data. The FUSE filesystem (fusefs/) is written against this interface; the chunk cache
+// (cache/cached_layer.h) and the uncached DirectLayerData below implement it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "common/io.h"
+#include "common/status.h"
+#include "format/layer_index.h"
+#include "format/layer_reader.h"
+
+namespace lazycrypt::cache {
+
+// Counters of one layer, as `lazycrypt mount` statistics and the snapshotter's metrics show them.
+// A snapshot: values are read without a lock and may be mutually a little out of date.
+struct LayerStats {
+  uint64_t blob_bytes_fetched = 0;   // bytes read from the blob source (registry or file)
+  uint64_t fetch_requests = 0;       // ReadAt calls on the blob source (ranged requests)
+  uint64_t chunks_fetched = 0;       // chunk records fetched from the blob source
+  uint64_t chunks_opened = 0;        // records authenticated + decrypted (+ decompressed)
+  uint64_t cache_hits = 0;           // chunk reads served from the opened-chunk or disk cache
+  uint64_t cache_misses = 0;         // chunk reads that had to fetch
+  uint64_t auth_failures = 0;        // chunks that failed authentication (each is EIO to readers)
+  uint64_t chunks_present = 0;       // chunks whose ciphertext is on local disk now
+  uint64_t chunk_count = 0;          // chunks in the layer
+  uint64_t fetch_nanos = 0;          // total wall time spent in blob fetches
+};
+
+// Thread-safe: every method may be called concurrently.
+class LayerData {
+ public:
+  virtual ~LayerData() = default;
+  virtual const format::LayerIndex& index() const = 0;
+  // Reads up to out.size() bytes of regular file `entry` (an entry of index()) from `offset`;
+  // returns the count (0 at or past the end of the file). Never writes unauthenticated bytes to
+  // `out`: AuthFailed/Corruption for a chunk that fails verification, Unavailable/
+  // DeadlineExceeded when the blob cannot be fetched (callers map both to EIO).
+  virtual Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+                                  MutableByteSpan out) = 0;
+  virtual LayerStats stats() const = 0;
+};
+
+// No caching at all: every ReadFile fetches and opens the covering chunks (format::LayerReader).
+// For tests and for `lazycrypt layer cat`-like one-shot reads. `blob` must outlive the result.
+std::unique_ptr<LayerData> DirectLayerData(std::unique_ptr<format::LayerReader> reader);
+
+}  // namespace lazycrypt::cache
