@@ -1,0 +1,71 @@
+// A read-only FUSE mount (libfuse3 low-level API) serving one lazycrypt layer: the tree of
+// fusefs/inode_table.h, file data through cache::LayerData. Works as an overlayfs lowerdir.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "cache/layer_data.h"
+#include "common/status.h"
+
+namespace lazycrypt::fusefs {
+
+struct MountOptions {
+  std::string fsname = "lazycrypt";  // the "source" column of /proc/mounts
+  std::string subtype = "lazycrypt";  // type shows as fuse.<subtype>
+  // Lets other users (containerd, overlayfs on behalf of containers) read the mount. Needs root
+  // or user_allow_other in /etc/fuse.conf.
+  bool allow_other = true;
+  // The kernel checks permission bits itself (the layer's modes and owners apply).
+  bool default_permissions = true;
+  // The layer is immutable: the kernel may cache names and attributes for this long.
+  double entry_timeout_sec = 86400;
+  double attr_timeout_sec = 86400;
+  // Worker threads of the multithreaded session loop; each gets its own /dev/fuse clone if
+  // clone_fd.
+  unsigned max_threads = 16;
+  bool clone_fd = true;
+  // Largest read request negotiated (max_pages) and the mount's readahead (written to
+  // /sys/class/bdi/<dev>/read_ahead_kb after mounting; 0 leaves the kernel default).
+  uint32_t max_request_bytes = 1 << 20;
+  uint32_t read_ahead_kb = 1024;
+  // Names the layer in log lines ("layer sha256:...: file 'a/b' offset 4096: ...").
+  std::string layer_name = "layer";
+  // Called with the path (relative to the root) of every regular file opened, for
+  // `lazycrypt record` (prefetch lists). Called from FUSE worker threads, concurrently: must be
+  // thread-safe and quick. May be empty.
+  std::function<void(std::string_view path)> on_open;
+};
+
+// One mounted layer. Thread-safe: Unmount may be called from any thread; the session runs on
+// its own threads. Move-free and copy-free (the session's userdata points at it).
+class FuseMount {
+ public:
+  // Builds the tree from layer->index() (Corruption if the entries do not form one), mounts it
+  // read-only at `mountpoint` (an existing directory) and starts serving before returning.
+  static Result<std::unique_ptr<FuseMount>> Mount(const std::filesystem::path& mountpoint,
+                                                  std::shared_ptr<cache::LayerData> layer,
+                                                  const MountOptions& options);
+  // Unmounts and stops the session threads. Idempotent (OK once unmounted). FailedPrecondition
+  // ("busy") while files on the mount are open or it is a lower layer of a mounted overlayfs;
+  // the mount keeps serving then.
+  virtual Status Unmount() = 0;
+  // Unmounts; if the mount is busy, detaches it lazily and aborts the FUSE connection (further
+  // reads by holders of open files fail with ENOTCONN).
+  virtual ~FuseMount() = default;
+
+  virtual const std::filesystem::path& mountpoint() const = 0;
+  virtual cache::LayerStats stats() const = 0;
+
+  FuseMount(const FuseMount&) = delete;
+  FuseMount& operator=(const FuseMount&) = delete;
+
+ protected:
+  FuseMount() = default;
+};
+
+}  // namespace lazycrypt::fusefs

@@ -1,0 +1,403 @@
+#include "fusefs/inode_table.h"
+
+#include <sys/sysmacros.h>
+
+#include <algorithm>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace lazycrypt::fusefs {
+namespace {
+
+constexpr std::string_view kWhiteoutPrefix = ".wh.";
+constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
+constexpr std::string_view kOverlayXattrPrefix = "trusted.overlay.";
+constexpr std::string_view kOpaqueXattr = "trusted.overlay.opaque";
+
+// A node while the tree is being built (indexes into a vector; index 0 is the root).
+struct BuildNode {
+  uint32_t mode = 0;  // type | permission bits
+  uint64_t uid = 0, gid = 0;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;
+  dev_t rdev = 0;
+  uint64_t size = 0;
+  const format::Entry* data = nullptr;  // regular files
+  std::string link_target;              // symlinks
+  XattrMap xattrs;
+  bool opaque = false;
+  std::map<std::string, size_t, std::less<>> children;  // directories
+  bool is_dir() const { return S_ISDIR(mode); }
+};
+
+uint32_t TypeBits(format::EntryType type) {
+  switch (type) {
+    case format::EntryType::kRegular: return S_IFREG;
+    case format::EntryType::kDirectory: return S_IFDIR;
+    case format::EntryType::kSymlink: return S_IFLNK;
+    case format::EntryType::kCharDevice: return S_IFCHR;
+    case format::EntryType::kBlockDevice: return S_IFBLK;
+    case format::EntryType::kFifo: return S_IFIFO;
+    case format::EntryType::kHardlink: return 0;
+  }
+  return 0;
+}
+
+void MergeXattrs(const XattrMap& from, XattrMap& into) {
+  for (const auto& [name, value] : from) {
+    if (std::string_view(name).starts_with(kOverlayXattrPrefix) && name != kOpaqueXattr) continue;
+    into[name] = value;
+  }
+}
+
+void TakeMetadata(const format::Entry& e, BuildNode& n) {
+  n.mode = (n.mode & S_IFMT) | (e.mode & 07777);
+  n.uid = e.uid;
+  n.gid = e.gid;
+  n.mtime_sec = e.mtime_sec;
+  n.mtime_nsec = e.mtime_nsec;
+}
+
+class TreeBuilder {
+ public:
+  TreeBuilder() {
+    BuildNode root;
+    root.mode = S_IFDIR | 0755;
+    nodes_.push_back(std::move(root));
+  }
+
+  Status Add(const format::Entry& e) {
+    if (e.name == ".") {
+      if (e.type != format::EntryType::kDirectory) {
+        return Status::Corruption("entry '.': the root is a " +
+                                  std::string(format::EntryTypeName(e.type)) + ", not a directory");
+      }
+      TakeMetadata(e, nodes_[0]);
+      MergeXattrs(e.xattrs, nodes_[0].xattrs);
+      return Status::Ok();
+    }
+    std::string_view name = e.name;
+    size_t slash = name.rfind('/');
+    std::string_view dir_path = slash == std::string_view::npos ? "" : name.substr(0, slash);
+    std::string_view base = slash == std::string_view::npos ? name : name.substr(slash + 1);
+    LC_ASSIGN_OR_RETURN(size_t parent, ResolveDir(dir_path, e.name));
+
+    if (base == kOpaqueMarker) {
+      nodes_[parent].opaque = true;
+      return Status::Ok();
+    }
+    if (base.starts_with(kWhiteoutPrefix)) {
+      std::string_view hidden = base.substr(kWhiteoutPrefix.size());
+      if (hidden.empty() || hidden == "." || hidden == "..") {
+        return Status::Corruption("entry '" + e.name + "': whiteout of '" + std::string(hidden) +
+                                  "' names no file");
+      }
+      BuildNode w;
+      w.mode = S_IFCHR;  // permission bits 0, device 0/0: what overlayfs takes as a whiteout
+      w.uid = e.uid;
+      w.gid = e.gid;
+      w.mtime_sec = e.mtime_sec;
+      w.mtime_nsec = e.mtime_nsec;
+      Place(parent, hidden, NewNode(std::move(w)));
+      return Status::Ok();
+    }
+
+    auto existing = nodes_[parent].children.find(base);
+    switch (e.type) {
+      case format::EntryType::kDirectory: {
+        if (existing != nodes_[parent].children.end() && nodes_[existing->second].is_dir()) {
+          BuildNode& d = nodes_[existing->second];
+          TakeMetadata(e, d);
+          MergeXattrs(e.xattrs, d.xattrs);
+          return Status::Ok();
+        }
+        BuildNode d;
+        d.mode = S_IFDIR;
+        TakeMetadata(e, d);
+        MergeXattrs(e.xattrs, d.xattrs);
+        Place(parent, base, NewNode(std::move(d)));
+        return Status::Ok();
+      }
+      case format::EntryType::kHardlink: {
+        LC_ASSIGN_OR_RETURN(size_t target, ResolveExisting(e.link_target));
+        if (target == kMissing) {
+          return Status::Corruption("entry '" + e.name + "': hardlink target '" + e.link_target +
+                                    "' does not exist");
+        }
+        if (nodes_[target].is_dir()) {
+          return Status::Corruption("entry '" + e.name + "': hardlink target '" + e.link_target +
+                                    "' is a directory");
+        }
+        Place(parent, base, target);
+        return Status::Ok();
+      }
+      default: {
+        BuildNode n;
+        n.mode = TypeBits(e.type);
+        if (n.mode == 0) {
+          return Status::Corruption("entry '" + e.name + "': unknown type");
+        }
+        TakeMetadata(e, n);
+        MergeXattrs(e.xattrs, n.xattrs);
+        if (e.type == format::EntryType::kRegular) {
+          n.size = e.size;
+          n.data = &e;
+        } else if (e.type == format::EntryType::kSymlink) {
+          n.link_target = e.link_target;
+        } else if (e.type == format::EntryType::kCharDevice ||
+                   e.type == format::EntryType::kBlockDevice) {
+          n.rdev = makedev(e.dev_major, e.dev_minor);
+        }
+        Place(parent, base, NewNode(std::move(n)));
+        return Status::Ok();
+      }
+    }
+  }
+
+  std::vector<BuildNode>& nodes() { return nodes_; }
+
+ private:
+  static constexpr size_t kMissing = static_cast<size_t>(-1);
+
+  size_t NewNode(BuildNode n) {
+    nodes_.push_back(std::move(n));
+    return nodes_.size() - 1;
+  }
+
+  // Binds `name` in directory `parent` to node `child`, replacing what was there.
+  void Place(size_t parent, std::string_view name, size_t child) {
+    auto& children = nodes_[parent].children;
+    auto it = children.find(name);
+    if (it == children.end()) {
+      children.emplace(std::string(name), child);
+    } else {
+      it->second = child;
+    }
+  }
+
+  // The directory at `path` ("" = root), creating missing ones (implied: 0755, root, mtime 0).
+  Result<size_t> ResolveDir(std::string_view path, const std::string& entry_name) {
+    size_t cur = 0;
+    size_t pos = 0;
+    while (pos < path.size()) {
+      size_t end = path.find('/', pos);
+      if (end == std::string_view::npos) end = path.size();
+      std::string_view comp = path.substr(pos, end - pos);
+      auto it = nodes_[cur].children.find(comp);
+      if (it == nodes_[cur].children.end()) {
+        BuildNode d;
+        d.mode = S_IFDIR | 0755;
+        size_t idx = NewNode(std::move(d));
+        nodes_[cur].children.emplace(std::string(comp), idx);
+        cur = idx;
+      } else {
+        if (!nodes_[it->second].is_dir()) {
+          return Status::Corruption("entry '" + entry_name + "': parent '" +
+                                    std::string(path.substr(0, end)) + "' is not a directory");
+        }
+        cur = it->second;
+      }
+      pos = end + 1;
+    }
+    return cur;
+  }
+
+  // The node at `path`, or kMissing. Never creates anything.
+  Result<size_t> ResolveExisting(std::string_view path) {
+    if (path == ".") return size_t{0};
+    size_t cur = 0;
+    size_t pos = 0;
+    while (pos < path.size()) {
+      size_t end = path.find('/', pos);
+      if (end == std::string_view::npos) end = path.size();
+      if (!nodes_[cur].is_dir()) return kMissing;
+      auto it = nodes_[cur].children.find(path.substr(pos, end - pos));
+      if (it == nodes_[cur].children.end()) return kMissing;
+      cur = it->second;
+      pos = end + 1;
+    }
+    return cur;
+  }
+
+  std::vector<BuildNode> nodes_;
+};
+
+struct Node {
+  uint32_t mode = 0;
+  uint64_t uid = 0, gid = 0;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;
+  dev_t rdev = 0;
+  uint64_t size = 0;
+  uint32_t nlink = 0;
+  uint64_t parent = kRootInode;
+  const format::Entry* data = nullptr;
+  std::string link_target;
+  XattrMap xattrs;
+  std::string path;
+  std::vector<DirEntry> children;  // sorted by name
+};
+
+class InodeTableImpl final : public InodeTable {
+ public:
+  explicit InodeTableImpl(std::vector<Node> nodes) : nodes_(std::move(nodes)) {}
+
+  Result<uint64_t> Lookup(uint64_t parent, std::string_view name) const override {
+    LC_ASSIGN_OR_RETURN(const Node* dir, Get(parent));
+    if (!S_ISDIR(dir->mode)) {
+      return Status::FailedPrecondition("inode " + std::to_string(parent) + " is not a directory");
+    }
+    auto it = std::lower_bound(dir->children.begin(), dir->children.end(), name,
+                               [](const DirEntry& d, std::string_view n) { return d.name < n; });
+    if (it == dir->children.end() || it->name != name) {
+      return Status::NotFound("no entry '" + std::string(name) + "' in '" + dir->path + "'");
+    }
+    return it->ino;
+  }
+
+  Result<struct stat> Attr(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    struct stat st {};
+    st.st_ino = ino;
+    st.st_mode = n->mode;
+    st.st_nlink = n->nlink;
+    st.st_uid = static_cast<uid_t>(n->uid);
+    st.st_gid = static_cast<gid_t>(n->gid);
+    st.st_rdev = n->rdev;
+    if (S_ISREG(n->mode)) {
+      st.st_size = static_cast<off_t>(n->size);
+    } else if (S_ISLNK(n->mode)) {
+      st.st_size = static_cast<off_t>(n->link_target.size());
+    } else if (S_ISDIR(n->mode)) {
+      st.st_size = 4096;
+    }
+    st.st_blksize = 4096;
+    st.st_blocks = (st.st_size + 511) / 512;
+    st.st_mtim.tv_sec = n->mtime_sec;
+    st.st_mtim.tv_nsec = n->mtime_nsec;
+    st.st_atim = st.st_mtim;
+    st.st_ctim = st.st_mtim;
+    return st;
+  }
+
+  Result<std::span<const DirEntry>> ReadDir(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    if (!S_ISDIR(n->mode)) {
+      return Status::FailedPrecondition("inode " + std::to_string(ino) + " is not a directory");
+    }
+    return std::span<const DirEntry>(n->children);
+  }
+
+  Result<uint64_t> Parent(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    if (!S_ISDIR(n->mode)) {
+      return Status::FailedPrecondition("inode " + std::to_string(ino) + " is not a directory");
+    }
+    return n->parent;
+  }
+
+  Result<std::string_view> Readlink(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    if (!S_ISLNK(n->mode)) {
+      return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a symlink");
+    }
+    return std::string_view(n->link_target);
+  }
+
+  Result<const XattrMap*> Xattrs(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    return &n->xattrs;
+  }
+
+  Result<const format::Entry*> DataEntry(uint64_t ino) const override {
+    LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    if (!S_ISREG(n->mode) || n->data == nullptr) {
+      return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a regular file");
+    }
+    return n->data;
+  }
+
+  std::string Path(uint64_t ino) const override {
+    auto n = Get(ino);
+    return n.ok() ? (*n)->path : "";
+  }
+
+  uint64_t inode_count() const override { return nodes_.size() - 1; }
+
+ private:
+  Result<const Node*> Get(uint64_t ino) const {
+    if (ino < kRootInode || ino >= nodes_.size()) {
+      return Status::NotFound("no inode " + std::to_string(ino));
+    }
+    return &nodes_[ino];
+  }
+
+  std::vector<Node> nodes_;  // index == inode number; [0] unused
+};
+
+}  // namespace
+
+Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const format::Entry> entries) {
+  TreeBuilder builder;
+  for (const format::Entry& e : entries) {
+    LC_RETURN_IF_ERROR(builder.Add(e));
+  }
+  std::vector<BuildNode>& built = builder.nodes();
+
+  // Number the reachable nodes depth first in name order; count names per node.
+  std::vector<Node> nodes(1);
+  std::unordered_map<size_t, uint64_t> ino_of;  // build index -> inode
+  struct Pending {
+    size_t idx;
+    uint64_t parent;
+    std::string path;
+  };
+  std::vector<Pending> stack{{0, kRootInode, ""}};
+  std::vector<size_t> build_index(1);
+  while (!stack.empty()) {
+    Pending p = std::move(stack.back());
+    stack.pop_back();
+    auto [it, first] = ino_of.emplace(p.idx, nodes.size());
+    if (!first) {
+      ++nodes[it->second].nlink;  // another name of a hardlinked inode
+      continue;
+    }
+    BuildNode& b = built[p.idx];
+    Node n;
+    n.mode = b.mode;
+    n.uid = b.uid;
+    n.gid = b.gid;
+    n.mtime_sec = b.mtime_sec;
+    n.mtime_nsec = b.mtime_nsec;
+    n.rdev = b.rdev;
+    n.size = b.size;
+    n.nlink = b.is_dir() ? 2 : 1;
+    n.parent = p.parent;
+    n.data = b.data;
+    n.link_target = std::move(b.link_target);
+    n.xattrs = std::move(b.xattrs);
+    if (b.opaque) n.xattrs[std::string(kOpaqueXattr)] = "y";
+    n.path = p.path;
+    uint64_t ino = nodes.size();
+    nodes.push_back(std::move(n));
+    build_index.push_back(p.idx);
+    for (auto c = b.children.rbegin(); c != b.children.rend(); ++c) {
+      stack.push_back({c->second, ino, p.path.empty() ? c->first : p.path + "/" + c->first});
+    }
+  }
+  for (uint64_t ino = kRootInode; ino < nodes.size(); ++ino) {
+    const BuildNode& b = built[build_index[ino]];
+    if (!b.is_dir()) continue;
+    Node& dir = nodes[ino];
+    dir.children.reserve(b.children.size());
+    for (const auto& [name, idx] : b.children) {  // std::map: already sorted by name
+      uint64_t child = ino_of.at(idx);
+      dir.children.push_back({name, child, nodes[child].mode});
+      if (S_ISDIR(nodes[child].mode)) ++dir.nlink;
+    }
+  }
+  return std::unique_ptr<const InodeTable>(new InodeTableImpl(std::move(nodes)));
+}
+
+}  // namespace lazycrypt::fusefs
