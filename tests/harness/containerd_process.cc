@@ -75,6 +75,14 @@ std::string ContainerdConfigToml(const fs::path& dir, const ContainerdOptions& o
       t += "    args = " + QuoteList(sp.args) + "\n";
     }
   }
+  if (!options.proxy_plugins.empty()) {
+    t += "[proxy_plugins]\n";
+    for (const auto& pp : options.proxy_plugins) {
+      t += "  [proxy_plugins." + Quote(pp.name) + "]\n";
+      t += "    type = " + Quote(pp.type) + "\n";
+      t += "    address = " + Quote(pp.address) + "\n";
+    }
+  }
   return t;
 }
 

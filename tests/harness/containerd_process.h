@@ -25,8 +25,17 @@ struct StreamProcessorConfig {
   std::vector<std::string> args;
 };
 
+// A [proxy_plugins."<name>"] entry: an out-of-process plugin (e.g. lazycrypt-snapshotter,
+// type "snapshot") served on a unix socket.
+struct ProxyPluginConfig {
+  std::string name;
+  std::string type;
+  std::string address;
+};
+
 struct ContainerdOptions {
   std::vector<StreamProcessorConfig> stream_processors;
+  std::vector<ProxyPluginConfig> proxy_plugins;
 };
 
 // Not thread-safe (start/stop and clients from one thread).

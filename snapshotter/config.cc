@@ -1,0 +1,196 @@
+#include "snapshotter/config.h"
+
+#include <toml++/toml.h>
+
+#include <set>
+#include <sstream>
+
+#include "common/file_io.h"
+
+namespace lazycrypt::snapshotter {
+namespace {
+
+Status Bad(std::string_view source, const std::string& key, const std::string& what) {
+  return Status::InvalidArgument(std::string(source) + ": " + key + ": " + what);
+}
+
+std::string Describe(const toml::node& node) {
+  std::ostringstream out;
+  switch (node.type()) {
+    case toml::node_type::string: out << '"' << *node.value<std::string>() << '"'; break;
+    case toml::node_type::table: out << "a table"; break;
+    case toml::node_type::array: out << "an array"; break;
+    default:
+      node.visit([&](const auto& n) {
+        if constexpr (toml::is_value<decltype(n)>) out << n.get();
+      });
+  }
+  return out.str();
+}
+
+Status CheckKeys(std::string_view source, const std::string& prefix, const toml::table& table,
+                 const std::set<std::string>& allowed) {
+  for (const auto& [k, v] : table) {
+    std::string key(k.str());
+    if (!allowed.count(key)) {
+      return Status::InvalidArgument(std::string(source) + ": unknown key \"" + prefix + key +
+                                     "\"");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::string> GetString(std::string_view source, const std::string& key,
+                              const toml::node& node) {
+  auto v = node.value<std::string>();
+  if (!node.is_string() || !v) return Bad(source, key, "expected a string, got " + Describe(node));
+  return *v;
+}
+
+Result<uint64_t> GetUnsigned(std::string_view source, const std::string& key,
+                             const toml::node& node) {
+  if (!node.is_integer()) {
+    return Bad(source, key, "expected a non-negative integer, got " + Describe(node));
+  }
+  int64_t v = *node.value<int64_t>();
+  if (v < 0) return Bad(source, key, "expected a non-negative integer, got " + std::to_string(v));
+  return static_cast<uint64_t>(v);
+}
+
+Result<std::filesystem::path> GetAbsolutePath(std::string_view source, const std::string& key,
+                                              const toml::node& node) {
+  if (!node.is_string()) return Bad(source, key, "expected a string, got " + Describe(node));
+  std::filesystem::path p(node.value_or(std::string()));
+  if (!p.is_absolute()) {
+    return Bad(source, key, "expected an absolute path, got \"" + p.string() + "\"");
+  }
+  return p;
+}
+
+Result<const toml::table*> GetTable(std::string_view source, const std::string& key,
+                                    const toml::node& node) {
+  if (!node.is_table()) return Bad(source, key, "expected a table, got " + Describe(node));
+  return node.as_table();
+}
+
+// "host:port" with a port in 1..65535, or empty.
+Status CheckHostPort(std::string_view source, const std::string& key, const std::string& v) {
+  if (v.empty()) return Status::Ok();
+  auto colon = v.rfind(':');
+  bool ok = colon != std::string::npos && colon + 1 < v.size();
+  if (ok) {
+    std::string port = v.substr(colon + 1);
+    ok = port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
+    if (ok) {
+      int p = std::stoi(port);
+      ok = p >= 1 && p <= 65535;
+    }
+  }
+  if (!ok) return Bad(source, key, "expected \"host:port\", got \"" + v + "\"");
+  return Status::Ok();
+}
+
+Result<Config> FromTable(const toml::table& root, std::string_view src) {
+  Config c;
+  LC_RETURN_IF_ERROR(CheckKeys(src, "", root,
+                               {"address", "root", "log_level", "socket_mode", "keys", "cache",
+                                "fetch", "registry", "metrics"}));
+  if (auto* n = root.get("address")) {
+    LC_ASSIGN_OR_RETURN(c.address, GetAbsolutePath(src, "address", *n));
+  }
+  if (auto* n = root.get("root")) {
+    LC_ASSIGN_OR_RETURN(c.root, GetAbsolutePath(src, "root", *n));
+  }
+  if (auto* n = root.get("log_level")) {
+    LC_ASSIGN_OR_RETURN(auto s, GetString(src, "log_level", *n));
+    auto level = ParseLogLevel(s);
+    if (!level.ok()) return Bad(src, "log_level", level.status().message());
+    c.log_level = *level;
+  }
+  if (auto* n = root.get("socket_mode")) {
+    LC_ASSIGN_OR_RETURN(auto s, GetString(src, "socket_mode", *n));
+    if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) {
+      return Bad(src, "socket_mode", "expected an octal mode like \"0600\", got \"" + s + "\"");
+    }
+    c.socket_mode = static_cast<mode_t>(std::stoul(s, nullptr, 8));
+    if (c.socket_mode & 0007) {
+      return Bad(src, "socket_mode", "\"" + s + "\" gives access to everyone; refusing");
+    }
+  }
+  if (auto* n = root.get("keys")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "keys", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "keys.", *t, {"dirs"}));
+    if (auto* d = t->get("dirs")) {
+      if (!d->is_array()) return Bad(src, "keys.dirs", "expected an array, got " + Describe(*d));
+      c.keys.dirs.clear();
+      size_t i = 0;
+      for (const auto& e : *d->as_array()) {
+        LC_ASSIGN_OR_RETURN(auto p, GetAbsolutePath(src, "keys.dirs[" + std::to_string(i++) + "]", e));
+        c.keys.dirs.push_back(std::move(p));
+      }
+    }
+  }
+  if (auto* n = root.get("cache")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "cache", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "cache.", *t, {"max_bytes"}));
+    if (auto* v = t->get("max_bytes")) {
+      LC_ASSIGN_OR_RETURN(c.cache.max_bytes, GetUnsigned(src, "cache.max_bytes", *v));
+      if (c.cache.max_bytes == 0) return Bad(src, "cache.max_bytes", "must be positive, got 0");
+    }
+  }
+  if (auto* n = root.get("fetch")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "fetch", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t, {"prefetch", "background_rate"}));
+    if (auto* v = t->get("prefetch")) {
+      if (!v->is_boolean()) {
+        return Bad(src, "fetch.prefetch", "expected true or false, got " + Describe(*v));
+      }
+      c.fetch.prefetch = *v->value<bool>();
+    }
+    if (auto* v = t->get("background_rate")) {
+      LC_ASSIGN_OR_RETURN(c.fetch.background_rate_bytes_per_sec,
+                          GetUnsigned(src, "fetch.background_rate", *v));
+    }
+  }
+  if (auto* n = root.get("registry")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "registry", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "registry.", *t, {"hosts_dir"}));
+    if (auto* v = t->get("hosts_dir")) {
+      LC_ASSIGN_OR_RETURN(c.registry.hosts_dir, GetAbsolutePath(src, "registry.hosts_dir", *v));
+    }
+  }
+  if (auto* n = root.get("metrics")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "metrics", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "metrics.", *t, {"address"}));
+    if (auto* v = t->get("address")) {
+      LC_ASSIGN_OR_RETURN(c.metrics.address, GetString(src, "metrics.address", *v));
+      LC_RETURN_IF_ERROR(CheckHostPort(src, "metrics.address", c.metrics.address));
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(std::string_view toml_text, std::string_view source) {
+  toml::table table;
+  try {
+    table = toml::parse(toml_text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return Status::InvalidArgument(std::string(source) + ":" + std::to_string(where.line) + ":" +
+                                   std::to_string(where.column) + ": " +
+                                   std::string(e.description()));
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string(source) + ": " + e.what());
+  }
+  return FromTable(table, source);
+}
+
+Result<Config> LoadConfig(const std::filesystem::path& path) {
+  LC_ASSIGN_OR_RETURN(auto bytes, ReadFileBytes(path));
+  std::string text(bytes.begin(), bytes.end());
+  return ParseConfig(text, path.string());
+}
+
+}  // namespace lazycrypt::snapshotter

@@ -1,0 +1,58 @@
+// The daemon's configuration: one TOML file (tomlplusplus), loaded once into Config. Unknown keys
+// are errors naming the key; bad values name the key and the value.
+//
+//   address = "/run/lazycrypt/snapshotter.sock"   # unix socket for containerd
+//   root = "/var/lib/lazycrypt"                   # state dir (metadata, snapshots)
+//   log_level = "info"                            # debug | info | warn | error
+//   socket_mode = "0600"                          # octal, the socket's permissions
+//   [keys]     dirs = ["/etc/containerd/ocicrypt/keys"]
+//   [cache]    max_bytes = 10737418240            # ciphertext chunk cache bound
+//   [fetch]    prefetch = true                    # fetch the prefetch list on mount
+//              background_rate = 0                # bytes/s of background fetch; 0 = off
+//   [registry] hosts_dir = "/etc/containerd/certs.d"
+//   [metrics]  address = ""                       # host:port of the Prometheus endpoint; "" = off
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "snapshotter/log.h"
+
+namespace lazycrypt::snapshotter {
+
+struct Config {
+  std::filesystem::path address = "/run/lazycrypt/snapshotter.sock";
+  std::filesystem::path root = "/var/lib/lazycrypt";
+  LogLevel log_level = LogLevel::kInfo;
+  mode_t socket_mode = 0600;
+  struct Keys {
+    std::vector<std::filesystem::path> dirs = {"/etc/containerd/ocicrypt/keys"};
+  } keys;
+  struct Cache {
+    uint64_t max_bytes = uint64_t{10} << 30;
+  } cache;
+  struct Fetch {
+    bool prefetch = true;
+    uint64_t background_rate_bytes_per_sec = 0;  // 0 = no background fetch
+  } fetch;
+  struct Registry {
+    std::filesystem::path hosts_dir = "/etc/containerd/certs.d";
+  } registry;
+  struct Metrics {
+    std::string address;  // "host:port"; empty = no metrics endpoint
+  } metrics;
+};
+
+// Parses TOML text (`source` names it in messages, e.g. the file path). Missing keys keep their
+// defaults. InvalidArgument for syntax errors, unknown keys, wrong types and bad values.
+Result<Config> ParseConfig(std::string_view toml_text, std::string_view source = "config");
+// Reads and parses a file. NotFound if it does not exist.
+Result<Config> LoadConfig(const std::filesystem::path& path);
+
+}  // namespace lazycrypt::snapshotter

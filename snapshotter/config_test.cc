@@ -1,0 +1,137 @@
+#include "snapshotter/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "snapshotter/test_util.h"
+
+namespace lazycrypt::snapshotter {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(Config, DefaultsWhenEmpty) {
+  auto c = ParseConfig("", "t.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->address, "/run/lazycrypt/snapshotter.sock");
+  EXPECT_EQ(c->root, "/var/lib/lazycrypt");
+  EXPECT_EQ(c->log_level, LogLevel::kInfo);
+  EXPECT_EQ(c->socket_mode, 0600u);
+  ASSERT_EQ(c->keys.dirs.size(), 1u);
+  EXPECT_EQ(c->keys.dirs[0], "/etc/containerd/ocicrypt/keys");
+  EXPECT_EQ(c->cache.max_bytes, uint64_t{10} << 30);
+  EXPECT_TRUE(c->fetch.prefetch);
+  EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 0u);
+  EXPECT_EQ(c->registry.hosts_dir, "/etc/containerd/certs.d");
+  EXPECT_EQ(c->metrics.address, "");
+}
+
+TEST(Config, ParsesEverySetting) {
+  auto c = ParseConfig(R"(
+address = "/run/x/s.sock"
+root = "/srv/lc"
+log_level = "debug"
+socket_mode = "0660"
+[keys]
+dirs = ["/k1", "/k2"]
+[cache]
+max_bytes = 1048576
+[fetch]
+prefetch = false
+background_rate = 5000000
+[registry]
+hosts_dir = "/etc/lc/hosts"
+[metrics]
+address = "127.0.0.1:9100"
+)", "t.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->address, "/run/x/s.sock");
+  EXPECT_EQ(c->root, "/srv/lc");
+  EXPECT_EQ(c->log_level, LogLevel::kDebug);
+  EXPECT_EQ(c->socket_mode, 0660u);
+  ASSERT_EQ(c->keys.dirs.size(), 2u);
+  EXPECT_EQ(c->keys.dirs[1], "/k2");
+  EXPECT_EQ(c->cache.max_bytes, 1048576u);
+  EXPECT_FALSE(c->fetch.prefetch);
+  EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 5000000u);
+  EXPECT_EQ(c->registry.hosts_dir, "/etc/lc/hosts");
+  EXPECT_EQ(c->metrics.address, "127.0.0.1:9100");
+}
+
+void ExpectError(const std::string& toml, const std::string& needle1, const std::string& needle2 = "") {
+  auto c = ParseConfig(toml, "t.toml");
+  ASSERT_FALSE(c.ok()) << toml;
+  EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument) << toml;
+  EXPECT_THAT(c.status().message(), HasSubstr(needle1)) << toml;
+  EXPECT_THAT(c.status().message(), HasSubstr(needle2)) << toml;
+  EXPECT_THAT(c.status().message(), HasSubstr("t.toml")) << toml;
+}
+
+TEST(Config, UnknownKeysAreNamed) {
+  ExpectError("adress = \"/x\"", "unknown key \"adress\"");
+  ExpectError("[cache]\nmaxbytes = 1", "unknown key \"cache.maxbytes\"");
+  ExpectError("[fetch]\nrate = 1", "unknown key \"fetch.rate\"");
+  ExpectError("[nope]\n", "unknown key \"nope\"");
+}
+
+TEST(Config, BadValuesNameKeyAndValue) {
+  ExpectError("log_level = \"loud\"", "log_level", "loud");
+  ExpectError("address = \"relative.sock\"", "address", "relative.sock");
+  ExpectError("root = 5", "root", "5");
+  ExpectError("socket_mode = \"0666\"", "socket_mode", "0666");
+  ExpectError("socket_mode = \"rw\"", "socket_mode", "rw");
+  ExpectError("[keys]\ndirs = [\"/ok\", \"rel\"]", "keys.dirs[1]", "rel");
+  ExpectError("[keys]\ndirs = \"/k\"", "keys.dirs", "/k");
+  ExpectError("[cache]\nmax_bytes = -1", "cache.max_bytes", "-1");
+  ExpectError("[cache]\nmax_bytes = 0", "cache.max_bytes", "0");
+  ExpectError("[cache]\nmax_bytes = \"1G\"", "cache.max_bytes", "1G");
+  ExpectError("[fetch]\nprefetch = \"yes\"", "fetch.prefetch", "yes");
+  ExpectError("[fetch]\nbackground_rate = 1.5", "fetch.background_rate", "1.5");
+  ExpectError("[metrics]\naddress = \"localhost\"", "metrics.address", "localhost");
+  ExpectError("[metrics]\naddress = \"h:99999\"", "metrics.address", "h:99999");
+  ExpectError("cache = 3", "cache", "3");
+}
+
+TEST(Config, SyntaxErrorsHaveALine) {
+  ExpectError("address = \"/x\"\n[cache\n", "t.toml:2");
+}
+
+TEST(Config, LoadConfigReadsFilesAndNamesMissingOnes) {
+  testing::ScopedTempDir tmp;
+  ASSERT_FALSE(tmp.path().empty());
+  auto path = tmp.path() / "c.toml";
+  std::ofstream(path) << "root = \"/r\"\n";
+  auto c = LoadConfig(path);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->root, "/r");
+  auto missing = LoadConfig(tmp.path() / "none.toml");
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  std::ofstream(path) << "log_level = \"x\"\n";
+  auto bad = LoadConfig(path);
+  EXPECT_THAT(bad.status().message(), HasSubstr(path.string()));
+}
+
+// deploy/containerd/lazycrypt-snapshotter.toml parses and documents the defaults exactly.
+TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
+  const char* env = std::getenv("LAZYCRYPT_SOURCE_DIR");
+  std::filesystem::path src = env && *env ? env : LAZYCRYPT_SOURCE_DIR_DEFAULT;
+  auto sample = LoadConfig(src / "deploy/containerd/lazycrypt-snapshotter.toml");
+  ASSERT_TRUE(sample.ok()) << sample.status().ToString();
+  Config defaults;
+  EXPECT_EQ(sample->address, defaults.address);
+  EXPECT_EQ(sample->root, defaults.root);
+  EXPECT_EQ(sample->log_level, defaults.log_level);
+  EXPECT_EQ(sample->socket_mode, defaults.socket_mode);
+  EXPECT_EQ(sample->keys.dirs, defaults.keys.dirs);
+  EXPECT_EQ(sample->cache.max_bytes, defaults.cache.max_bytes);
+  EXPECT_EQ(sample->fetch.prefetch, defaults.fetch.prefetch);
+  EXPECT_EQ(sample->fetch.background_rate_bytes_per_sec,
+            defaults.fetch.background_rate_bytes_per_sec);
+  EXPECT_EQ(sample->registry.hosts_dir, defaults.registry.hosts_dir);
+  EXPECT_EQ(sample->metrics.address, defaults.metrics.address);
+}
+
+}  // namespace
+}  // namespace lazycrypt::snapshotter

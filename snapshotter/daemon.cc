@@ -1,0 +1,98 @@
+#include "snapshotter/daemon.h"
+
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "snapshotter/service.h"
+#include "snapshotter/snapshotter.h"
+
+namespace lazycrypt::snapshotter {
+
+int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
+  CLI::App app{"lazycrypt-snapshotter: containerd remote snapshotter serving encrypted layers "
+               "lazily"};
+  std::string config_path, address, root, log_level;
+  app.add_option("--config", config_path, "TOML config file");
+  app.add_option("--address", address, "unix socket path (overrides the config's address)");
+  app.add_option("--root", root, "state directory (overrides the config's root)");
+  app.add_option("--log-level", log_level, "debug, info, warn, error (overrides the config)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  Config config;
+  if (!config_path.empty()) {
+    auto loaded = LoadConfig(config_path);
+    if (!loaded.ok()) {
+      std::cerr << "lazycrypt-snapshotter: " << loaded.status().ToString() << "\n";
+      return 2;
+    }
+    config = std::move(*loaded);
+  }
+  if (!address.empty()) config.address = address;
+  if (!root.empty()) config.root = root;
+  if (!log_level.empty()) {
+    auto level = ParseLogLevel(log_level);
+    if (!level.ok()) {
+      std::cerr << "lazycrypt-snapshotter: --log-level: " << level.status().message() << "\n";
+      return 2;
+    }
+    config.log_level = *level;
+  }
+  if (!config.address.is_absolute() || !config.root.is_absolute()) {
+    std::cerr << "lazycrypt-snapshotter: address and root must be absolute paths\n";
+    return 2;
+  }
+
+  // Block the stop signals before any thread starts; this thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const LogSink log = StderrLogSink(config.log_level);
+  SnapshotterOptions options;
+  options.root = config.root;
+  options.log = log;
+  if (make_remote) {
+    auto remote = make_remote(config, log);
+    if (!remote.ok()) {
+      log(LogLevel::kError, "remote layers: " + remote.status().ToString());
+      return 1;
+    }
+    options.remote = std::move(*remote);
+  }
+  auto sn = Snapshotter::Open(options);
+  if (!sn.ok()) {
+    log(LogLevel::kError, "opening " + config.root.string() + ": " + sn.status().ToString());
+    return 1;
+  }
+  ServerOptions server_options;
+  server_options.socket_path = config.address;
+  server_options.socket_mode = config.socket_mode;
+  server_options.log = log;
+  auto server = SnapshotServer::Start(sn->get(), server_options);
+  if (!server.ok()) {
+    log(LogLevel::kError, server.status().ToString());
+    return 1;
+  }
+  log(LogLevel::kInfo, "lazycrypt-snapshotter ready (root " + config.root.string() + ")");
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  log(LogLevel::kInfo, std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                           ", shutting down");
+  (*server)->Shutdown();
+  server->reset();
+  sn->reset();
+  log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace lazycrypt::snapshotter
