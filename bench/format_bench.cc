@@ -396,6 +396,13 @@ size_t MixedTarBytes() {
   return static_cast<size_t>(mib) * kMiB;
 }
 
+// LAZYCRYPT_BENCH_TAR_SEED (default 0): another deterministic draw of the same mix (file sizes,
+// order and contents), so bench/run.sh can build an image of several different layers.
+uint64_t MixedTarSeed() {
+  const char* env = std::getenv("LAZYCRYPT_BENCH_TAR_SEED");
+  return env != nullptr ? std::strtoull(env, nullptr, 10) : 0;
+}
+
 // File kinds of the mixed tar, recognisable by the file name's suffix.
 enum class FileKind { kRandom, kText, kBinary, kZeros, kSmall };
 constexpr const char* kKindSuffix[] = {".dat", ".txt", ".so", ".img", ".cfg"};
@@ -415,7 +422,8 @@ Result<MixedTar> BuildMixedTar() {
     uint64_t size;
   };
   std::vector<Spec> specs;
-  Rng rng(0x1a2e5);
+  const uint64_t variant = MixedTarSeed();
+  Rng rng(0x1a2e5 + variant * 0x9e3779b97f4a7c15ULL);
   auto add = [&](FileKind kind, uint64_t budget, uint64_t lo, uint64_t hi) {
     for (uint64_t sum = 0; sum < budget;) {
       uint64_t size = std::min(rng.Between(lo, hi), budget - sum);
@@ -453,7 +461,7 @@ Result<MixedTar> BuildMixedTar() {
   for (size_t i = 0; i < specs.size(); ++i) {
     const Spec& spec = specs[i];
     data.assign(spec.size, 0);
-    const uint64_t seed = 0xf11e0000 + i;
+    const uint64_t seed = 0xf11e0000 + i + (variant << 32);
     switch (spec.kind) {
       case FileKind::kRandom: FillRandom(data, seed); break;
       case FileKind::kText: Text().Fill(data, seed); break;

@@ -137,35 +137,113 @@ def disturbance:
   [gbj.benchmarks[] | select(.aggregate_name == "median" and (.run_name | test("real_time") | not))
    | .real_time / .cpu_time] | sort | if length == 0 then null else .[length / 2 | floor] end;
 
-# ---- Conversion vs skopeo ---------------------------------------------------------------------
+# ---- Conversion into a registry vs skopeo ------------------------------------------------------
+def kind_names: {gzip: "(a) gzip layers in the source layout", tar: "(b) uncompressed tar layers in the source layout"};
+def convert_target: 3;
+def peer_ratio($k): peers.kinds[$k] as $x | ratio($x.skopeo.wall_s; $x.lazycrypt.wall_s);
+def peer_cpu_ratio($k): peers.kinds[$k] as $x | ratio($x.skopeo.cpu_s; $x.lazycrypt.cpu_s);
+def peer_verdict($k):
+  peer_ratio($k) as $r
+  | (if $r >= convert_target then "TARGET MET" else "TARGET NOT MET" end)
+    + " for \(kind_names[$k]): lazycrypt encrypt is \($r | fixed(2))× as fast as skopeo copy --encryption-key (wall, median of \(peers.runs)); the target is >= \(convert_target)×";
+def peer_explanation:
+  peers as $p | $p.reference_cpu_s as $ref | $p.kinds.gzip as $a | $p.kinds.tar as $b
+  | ($ref.gunzip + $ref.zstd3 * 2 / 3) as $floor_a
+  | [ "Where the time goes. Reference passes over the same \($p.tar_bytes / 1048576 | num(0)) MiB of tar, one thread",
+      "each, CPU seconds (user+sys, this run): `gzip -dc` of the gzip layers \($ref.gunzip | num(2)) s (inflate; lazycrypt",
+      "uses zlib, of the same speed class), `openssl dgst -sha256` \($ref.sha256 | num(2)) s, `zstd -3` \($ref.zstd3 | num(2)) s,",
+      "`zstd -1` \($ref.zstd1 | num(2)) s, `gzip -6` \($ref.gzip6 | num(2)) s. The \"CPU time\" column above counts the",
+      "client only; the registry's own work (hashing and storing what it receives) runs on the same 2",
+      "cores for both tools and shows in wall time only.",
+      "",
+      "- (a) gzip layers: skopeo's whole job is one AES-CTR pass, HMAC-SHA256 and digests over the",
+      "  \($a.source_layer_bytes / 1048576 | num(0)) MiB of gzip bytes (\($a.skopeo.cpu_s | num(2)) CPU-s in all). lazycrypt must",
+      "  inflate the layers (about \($ref.gunzip | num(2)) CPU-s) and zstd-compress the two thirds of the tar that are",
+      "  compressible (about \($ref.zstd3 * 2 / 3 | num(2)) CPU-s at level 3; random chunks are now stored after a",
+      "  probe instead) — about \($floor_a | num(2)) CPU-s before any hashing, sealing or I/O. This",
+      "  floor alone, spread perfectly over both cores, takes \($floor_a / 2 | num(2)) s of wall time: at most \(ratio($a.skopeo.wall_s; $floor_a / 2) | fixed(2))×",
+      "  skopeo's \($a.skopeo.wall_s | num(2)) s\(if ratio($a.skopeo.wall_s; $floor_a / 2) < convert_target then ", so >= \(convert_target)× cannot hold for this source kind on this machine: the format's premise (a layer re-cut into independently compressed chunks) costs a full decompression and recompression that re-encrypting a gzip blob never pays." else "; the rest of the gap is lazycrypt's own overhead (hashing, sealing, I/O, serial layers, see below)." end)",
+      "  Measured: \(peer_ratio("gzip") | fixed(2))× wall, \(peer_cpu_ratio("gzip") | fixed(2))× CPU; with `--zstd-level 1`",
+      "  \(ratio($a.skopeo.wall_s; $a.lazycrypt_zstd1.wall_s) | fixed(2))× wall (\($a.lazycrypt_zstd1.cpu_s | num(2)) CPU-s).",
+      "- (b) uncompressed layers: skopeo gzip-compresses the tar before encrypting it (\($b.skopeo.cpu_s | num(2)) CPU-s;",
+      "  for scale, GNU `gzip -6` takes \($ref.gzip6 | num(2)) CPU-s), lazycrypt zstd-compresses it in parallel chunks",
+      "  (\($b.lazycrypt.cpu_s | num(2)) CPU-s). Measured: \(peer_ratio("tar") | fixed(2))× wall, \(peer_cpu_ratio("tar") | fixed(2))× CPU; with",
+      "  `--zstd-level 1` \(ratio($b.skopeo.wall_s; $b.lazycrypt_zstd1.wall_s) | fixed(2))× wall (\($b.lazycrypt_zstd1.cpu_s | num(2)) CPU-s).",
+      "- lazycrypt's remaining serial part is the push: layers are converted one after another, and",
+      "  each layer's blob is spooled to a temporary file and uploaded when the layer is done (the",
+      "  registry transport's sink; an ImageDestination is used from one thread), so the upload and",
+      "  the registry's hashing and storing do not overlap the next layer's conversion, while skopeo",
+      "  streams several layers at once. The same conversion into an OCI layout on local disk (no",
+      "  push) takes \($a.lazycrypt_to_layout.wall_s | num(2)) s (gzip) and \($b.lazycrypt_to_layout.wall_s | num(2)) s (tar): against skopeo's push into the",
+      "  registry that would be \(ratio($a.skopeo.wall_s; $a.lazycrypt_to_layout.wall_s) | fixed(2))× and \(ratio($b.skopeo.wall_s; $b.lazycrypt_to_layout.wall_s) | fixed(2))×, roughly what a push overlapped with the conversion could approach.",
+      "",
+      "| extra rows (no verdict) | source | wall | CPU (user+sys) |",
+      "| --- | --- | --- | --- |",
+      (["gzip", "tar"][] as $k | $p.kinds[$k].lazycrypt_zstd1 as $z
+       | "| `lazycrypt encrypt --zstd-level 1` into the registry | \($k) | \($z.wall_s | num(2)) s | \($z.cpu_s | num(2)) s |"),
+      (["gzip", "tar"][] as $k | $p.kinds[$k].lazycrypt_to_layout as $z
+       | "| `lazycrypt encrypt` into an OCI layout (no push) | \($k) | \($z.wall_s | num(2)) s | \($z.cpu_s | num(2)) s |")
+    ];
 def peer_line:
   peers as $p
   | if $p.status != "measured" then "vs skopeo: \($p.status) (\($p.reason))"
-    else "vs skopeo: lazycrypt encrypt \($p.tar_bytes / $p.lazycrypt_wall_s | mbs) MB/s, skopeo copy --encryption-key \($p.tar_bytes / $p.skopeo_wall_s | mbs) MB/s (wall, MB of tar): lazycrypt/skopeo = \($p.skopeo_wall_s / $p.lazycrypt_wall_s | num(2))×"
-    end;
+    else ["gzip", "tar"] | map(peer_verdict(.)) | join("\n") end;
 
 def peer_section:
   peers as $p
   | if $p.status != "measured" then
       ["Not measured in this run: \($p.status) — \($p.reason)."]
     else
-      [ (["command", "wall time", "MB/s of tar (wall)", "CPU time (user+sys)", "output layer blob"] | row),
-        ([range(5)] | map("---") | row),
-        (["`skopeo copy --encryption-key jwe:pub.pem`", "\($p.skopeo_wall_s | num(2)) s",
-          ($p.tar_bytes / $p.skopeo_wall_s | mbs), "\($p.skopeo_cpu_s | num(2)) s",
-          "\($p.skopeo_blob_bytes / 1048576 | num(1)) MiB"] | row),
-        (["`lazycrypt encrypt -r jwe:pub.pem`", "\($p.lazycrypt_wall_s | num(2)) s",
-          ($p.tar_bytes / $p.lazycrypt_wall_s | mbs), "\($p.lazycrypt_cpu_s | num(2)) s",
-          "\($p.lazycrypt_blob_bytes / 1048576 | num(1)) MiB"] | row),
+      [ "The same image — \($p.layers) layers, \($p.tar_bytes / 1048576 | num(0)) MiB of tar in all, each layer a",
+        "different deterministic draw of the mixed tar (see Method: text, machine code, random bytes,",
+        "zero-filled files, many small files, a few large ones) — is pushed from an OCI layout into one",
+        "local `docker-registry` (\($p.registry_version), filesystem storage in a temporary directory,",
+        "plain HTTP on 127.0.0.1) by each tool, with one RSA-2048 recipient:",
         "",
-        "**lazycrypt / skopeo conversion throughput: \($p.skopeo_wall_s / $p.lazycrypt_wall_s | fixed(2))× (wall), \($p.skopeo_cpu_s / $p.lazycrypt_cpu_s | fixed(2))× (CPU time).**",
+        "```",
+        "lazycrypt encrypt --plain-http -r jwe:pub.pem oci:SRC:bench docker://127.0.0.1:PORT/lc-KIND-RUN:bench",
+        "skopeo copy --dest-tls-verify=false --encryption-key jwe:pub.pem oci:SRC:bench docker://127.0.0.1:PORT/sk-KIND-RUN:bench",
+        "```",
         "",
-        "Source: an OCI layout with one layer, the mixed tar (\($p.tar_bytes / 1048576 | num(0)) MiB) as umoci",
-        "stores it, gzip-compressed (\($p.gzip_bytes / 1048576 | num(1)) MiB). The work differs by design: skopeo",
-        "(\($p.skopeo_version)) encrypts the gzip blob as it is (ocicrypt AES-256-CTR + HMAC-SHA256),",
-        "while lazycrypt decompresses it, cuts it into chunks, compresses each with zstd and seals it,",
-        "so that it can later be read lazily. Each command ran 3 times, alternating, from and to a",
-        "temporary directory on the same disk; medians. Wall times share the VM with whatever else ran."]
+        "\($p.runs) runs per tool and source kind, alternating (skopeo, lazycrypt; kind a, kind b), a fresh",
+        "repository per run; medians of the whole command's wall time and CPU time (user+sys of the",
+        "process and its children, from bash `time`). After the runs, `lazycrypt verify` fetched and",
+        "authenticated every chunk of a pushed lazycrypt image, and `skopeo inspect` read a pushed skopeo",
+        "image whose layers all carry `+encrypted` media types.",
+        "",
+        (["source layers", "command", "wall time", "MB/s of tar (wall)", "CPU time (user+sys)", "pushed layers", "media type pushed"] | row),
+        ([range(7)] | map("---") | row),
+        (["gzip", "tar"][] as $k | $p.kinds[$k] as $x
+         | (["\($k) (\($x.source_layer_bytes / 1048576 | num(0)) MiB)", "`skopeo copy --encryption-key`",
+             "\($x.skopeo.wall_s | num(2)) s", ($p.tar_bytes / $x.skopeo.wall_s | mbs),
+             "\($x.skopeo.cpu_s | num(2)) s", "\($x.skopeo.blob_bytes / 1048576 | num(1)) MiB",
+             ($x.skopeo.media_types | map("`\(.)`") | join(", "))] | row),
+           (["", "`lazycrypt encrypt`",
+             "\($x.lazycrypt.wall_s | num(2)) s", ($p.tar_bytes / $x.lazycrypt.wall_s | mbs),
+             "\($x.lazycrypt.cpu_s | num(2)) s", "\($x.lazycrypt.blob_bytes / 1048576 | num(1)) MiB",
+             ($x.lazycrypt.media_types | map("`\(.)`") | join(", "))] | row)),
+        "",
+        "Each run's \"wall user sys\" seconds: " + ([["gzip", "tar"][] as $k | $p.kinds[$k] as $x
+          | "\($k): skopeo \($x.skopeo.runs | map(select(length > 0)) | join(" / ")); lazycrypt \($x.lazycrypt.runs | map(select(length > 0)) | join(" / "))"] | join("; ")) + ".",
+        "",
+        (["gzip", "tar"][] as $k | "**\(peer_verdict($k)) (CPU time: \(peer_cpu_ratio($k) | fixed(2))×).**", ""),
+        "What each tool does with the same image:",
+        "",
+        "- skopeo (\($p.skopeo_version)) streams each layer through ocicrypt's AES-256-CTR + HMAC-SHA256",
+        "  and uploads it, several layers at a time. A gzip layer is encrypted **as it is** (no",
+        "  decompression). An uncompressed layer is first **gzip-compressed** (klauspost/pgzip, which",
+        "  compresses blocks on all cores: containers/image `pkg/compression`), because a registry destination asks for compressed layers:",
+        "  containers/image `copy/blob.go` (`copyBlobFromStream`: \"Compressing blob on the fly\" when",
+        "  `c.dest.DesiredLayerCompression() == types.Compress` and the input is not compressed, then",
+        "  `blobPipelineEncryptionStep`), and the docker destination's `DesiredLayerCompression` returns",
+        "  `types.Compress`. The media types pushed above (`tar+gzip+encrypted` for both kinds) show it.",
+        "- lazycrypt decompresses a gzip layer (zlib inflate, on a read-ahead thread of its own that",
+        "  overlaps the rest), parses the tar, cuts it into chunks, compresses each with zstd (level 3;",
+        "  a chunk whose samples zstd's fastest level cannot shrink is stored without it) on all cores, seals each with AES-256-GCM,",
+        "  hashes the tar (diff_id, checked against the config) and the blob, spools the blob to a",
+        "  temporary file and uploads it when the layer is done.",
+        "",
+        peer_explanation[]]
     end;
 
 # ---- Summary (terminal) ----------------------------------------------------------------------

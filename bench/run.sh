@@ -7,8 +7,10 @@
 #      >= 90 % of openssl's -decrypt figure — as 3 alternating pairs (openssl, then Open), so that
 #      a change in the machine's load hits both sides; prints a summary ending with a line saying
 #      whether the target holds;
-#   4. when BUILD_DIR/bin/lazycrypt, skopeo and umoci are there: times `lazycrypt encrypt` against
-#      `skopeo copy --encryption-key jwe:pub.pem` on the same layer in an OCI layout;
+#   4. when BUILD_DIR/bin/lazycrypt, skopeo and docker-registry are there: times `lazycrypt encrypt`
+#      against `skopeo copy --encryption-key jwe:pub.pem` converting the same multi-layer image
+#      (>= 500 MiB of tar) from an OCI layout into a local registry, for gzip and for
+#      uncompressed source layers;
 #   5. regenerates docs/BENCHMARKS.md (machine, tables, the command that produced them).
 # Raw results stay in BUILD_DIR/bench-results/. Needs openssl, jq and awk (no python).
 #
@@ -16,6 +18,9 @@
 #   BENCH_OPENSSL_SECONDS=2  BENCH_REPETITIONS=3  BENCH_MIN_TIME=0.3  LAZYCRYPT_BENCH_TAR_MIB=256
 #   BENCH_DOC=<path>   write the document elsewhere (e.g. for a trial run); default docs/BENCHMARKS.md
 #   BENCH_SKIP_SKOPEO=1  skip step 4
+#   BENCH_SKIP_FORMAT=1  skip steps 1-3 and reuse their last results from BUILD_DIR/bench-results
+#                        (for iterating on step 4: sections 1-3 then show the earlier run)
+#   LAZYCRYPT_BENCH_IMAGE_LAYERS=4  LAZYCRYPT_BENCH_LAYER_MIB=144  BENCH_CONVERT_RUNS=3  (step 4)
 #   BENCH_REPORT_ONLY=1  measure nothing: regenerate the document and summary from the results of
 #                        the last run in BUILD_DIR/bench-results (after editing bench/report.jq)
 # Exit status: 0 when the run completed (whether or not the target holds), 1 when it could not run
@@ -73,6 +78,13 @@ fi
 START_S=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
+if [ "${BENCH_SKIP_FORMAT:-0}" = 1 ]; then
+  # Steps 1-3 skipped: the document reuses their results from the last run in $OUT_DIR.
+  for f in format_bench openssl target; do
+    [ -f "$OUT_DIR/$f.json" ] || die "BENCH_SKIP_FORMAT=1 needs $OUT_DIR/$f.json from an earlier full run"
+  done
+  echo "bench: BENCH_SKIP_FORMAT=1: reusing openssl/format_bench/target results from $OUT_DIR" >&2
+else
 # ---- 1. openssl speed -------------------------------------------------------------------------
 # -mr prints "+F:<n>:AES-256-GCM:<bytes per second>"; openssl divides by user CPU time.
 openssl_bps() {  # openssl_bps SIZE [-decrypt]
@@ -125,15 +137,35 @@ done
 jq -n --argjson pairs "$pairs" --argjson chunk "$DEF_CHUNK" '{chunk: $chunk, pairs: $pairs}' \
   >"$OUT_DIR/target.json"
 
-# ---- 4. Conversion vs skopeo (optional peer) ---------------------------------------------------
-# Both convert the same image: one layer, the mixed tar, gzip-compressed by umoci. skopeo encrypts
-# the gzip blob as it is (AES-256-CTR + HMAC, ocicrypt); lazycrypt decompresses, chunks,
-# recompresses with zstd and seals. Each whole command is timed (wall, and user+sys CPU of the
-# process and its children), 3 runs each, alternating; medians are reported.
+fi  # BENCH_SKIP_FORMAT
+
+# ---- 4. Conversion into a registry vs skopeo (optional peer) -----------------------------------
+# The same image — LAYERS layers, each a different draw of the mixed tar (text, machine code,
+# random bytes, zeros, many small files) — stored in an OCI layout two ways: (a) gzip layers, as
+# umoci and registries hold them; (b) uncompressed tar layers. Both tools push it into one local
+# docker-registry (filesystem storage in a temp dir, killed by PID on exit):
+#   lazycrypt encrypt --plain-http -r jwe:pub.pem oci:SRC docker://127.0.0.1:PORT/lc-...:bench
+#   skopeo copy --dest-tls-verify=false --encryption-key jwe:pub.pem oci:SRC docker://.../sk-...:bench
+# Runs alternate (skopeo, lazycrypt; source kind a, then b), a fresh repository name each run so
+# nothing is already present; each whole command is timed (wall, user+sys CPU of the process and
+# its children); medians. Afterwards `lazycrypt verify` checks a pushed lazycrypt image and
+# `skopeo inspect` a skopeo one (its layer media types name what skopeo uploaded).
 WORK=""
-cleanup() { if [ -n "$WORK" ]; then rm -rf "$WORK"; fi; }
+REGISTRY_PID=""
+cleanup() {
+  if [ -n "$REGISTRY_PID" ]; then kill "$REGISTRY_PID" 2>/dev/null || true; wait "$REGISTRY_PID" 2>/dev/null || true; fi
+  REGISTRY_PID=""
+  if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
+  WORK=""
+}
 trap cleanup EXIT
 CLI="$BUILD/bin/lazycrypt"
+IMAGE_LAYERS="${LAZYCRYPT_BENCH_IMAGE_LAYERS:-4}"
+LAYER_MIB="${LAZYCRYPT_BENCH_LAYER_MIB:-144}"
+CONVERT_RUNS="${BENCH_CONVERT_RUNS:-3}"
+[[ "$IMAGE_LAYERS" =~ ^[0-9]+$ ]] && [ "$IMAGE_LAYERS" -ge 1 ] || die "LAZYCRYPT_BENCH_IMAGE_LAYERS must be >= 1"
+[[ "$LAYER_MIB" =~ ^[0-9]+$ ]] && [ "$LAYER_MIB" -ge 4 ] || die "LAZYCRYPT_BENCH_LAYER_MIB must be >= 4"
+[[ "$CONVERT_RUNS" =~ ^[0-9]+$ ]] && [ "$CONVERT_RUNS" -ge 1 ] || die "BENCH_CONVERT_RUNS must be >= 1"
 peer_status() { jq -n --arg status "$1" --arg reason "$2" '{status: $status, reason: $reason}' >"$OUT_DIR/peers.json"; }
 # timed FILE CMD...: runs CMD (output to the peer log) and appends "wall user sys" seconds to FILE.
 timed() {
@@ -148,60 +180,206 @@ median_of() {
   cpu=$(awk '{ print $2 + $3 }' "$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   echo "$wall $cpu"
 }
+# add_blob LAYOUT FILE: moves FILE into LAYOUT's blobs, prints "sha256:<hex> <size>".
+add_blob() {
+  local hex size
+  hex=$(sha256sum "$2" | cut -d' ' -f1)
+  size=$(stat -c %s "$2")
+  mv "$2" "$1/blobs/sha256/$hex"
+  echo "sha256:$hex $size"
+}
+# make_layout DIR gzip|tar: an OCI layout (tag "bench") of the generated layers.
+make_layout() {
+  local dir=$1 kind=$2 media i digest size diff_ids="[]" layers="[]" cfg manifest
+  mkdir -p "$dir/blobs/sha256"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
+  for ((i = 1; i <= IMAGE_LAYERS; i++)); do
+    diff_ids=$(jq -c --arg d "sha256:$(cat "$WORK/layer$i.tar.sha256")" '. + [$d]' <<<"$diff_ids")
+    if [ "$kind" = gzip ]; then
+      media=application/vnd.oci.image.layer.v1.tar+gzip
+      cp "$WORK/layer$i.tar.gz" "$dir/layer.tmp"
+    else
+      media=application/vnd.oci.image.layer.v1.tar
+      cp "$WORK/layer$i.tar" "$dir/layer.tmp"
+    fi
+    read -r digest size < <(add_blob "$dir" "$dir/layer.tmp")
+    layers=$(jq -c --arg m "$media" --arg d "$digest" --argjson s "$size" \
+      '. + [{mediaType: $m, digest: $d, size: $s}]' <<<"$layers")
+  done
+  jq -cn --argjson diff_ids "$diff_ids" \
+    '{architecture: "amd64", os: "linux", config: {}, rootfs: {type: "layers", diff_ids: $diff_ids}}' \
+    >"$dir/config.tmp"
+  read -r digest size < <(add_blob "$dir" "$dir/config.tmp")
+  jq -cn --arg d "$digest" --argjson s "$size" --argjson layers "$layers" \
+    '{schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $d, size: $s},
+      layers: $layers}' >"$dir/manifest.tmp"
+  read -r digest size < <(add_blob "$dir" "$dir/manifest.tmp")
+  jq -cn --arg d "$digest" --argjson s "$size" \
+    '{schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $d, size: $s,
+                   annotations: {"org.opencontainers.image.ref.name": "bench"}}]}' >"$dir/index.json"
+}
+# registry_answers PORT: GET /v2/ on 127.0.0.1:PORT answers 200 (bash's /dev/tcp, no curl).
+registry_answers() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    IFS= read -r -t 2 status_line <&3 || exit 1
+    [[ "$status_line" == HTTP/1.?" 200"* ]]
+  ) 2>/dev/null
+}
+# start_registry: docker-registry on a free 127.0.0.1 port; sets REGISTRY_PID and REGISTRY.
+start_registry() {
+  local port try
+  for try in 1 2 3 4 5; do
+    port=$(( 20000 + RANDOM % 30000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue  # in use
+    mkdir -p "$WORK/registry"
+    printf 'version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+      "$WORK/registry/storage" "$port" >"$WORK/registry/config.yml"
+    docker-registry serve "$WORK/registry/config.yml" >>"$WORK/registry/log" 2>&1 &
+    REGISTRY_PID=$!
+    for _ in $(seq 1 100); do
+      if registry_answers "$port"; then
+        REGISTRY="127.0.0.1:$port"
+        return 0
+      fi
+      kill -0 "$REGISTRY_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$REGISTRY_PID" 2>/dev/null || true
+    wait "$REGISTRY_PID" 2>/dev/null || true
+    REGISTRY_PID=""
+  done
+  return 1
+}
+# layer_json REPO: the pushed manifest's layers (via skopeo inspect --raw) as a JSON array.
+layer_json() {
+  skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/$1:bench" | jq -c '.layers'
+}
 if [ "${BENCH_SKIP_SKOPEO:-0}" = 1 ]; then
   peer_status skipped "BENCH_SKIP_SKOPEO=1"
-elif ! command -v skopeo >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1; then
-  peer_status skipped "skopeo or umoci is not installed (scripts/setup.sh installs them)"
+elif ! command -v skopeo >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 ||
+     ! command -v zstd >/dev/null 2>&1 || ! command -v gzip >/dev/null 2>&1; then
+  peer_status skipped "skopeo, docker-registry, zstd or gzip is not installed (scripts/setup.sh installs them)"
 elif [ ! -x "$CLI" ]; then
   peer_status skipped "$CLI is not built"
 else
-  echo "bench: lazycrypt encrypt vs skopeo copy --encryption-key (3 runs each)" >&2
+  echo "bench: lazycrypt encrypt vs skopeo copy --encryption-key into a local registry" \
+       "($IMAGE_LAYERS layers x $LAYER_MIB MiB, gzip and uncompressed sources, $CONVERT_RUNS runs each)" >&2
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/lazycrypt-bench-XXXXXX")
   peer_log="$OUT_DIR/peers.log"
   : >"$peer_log"
   peer_ok=1
-  {
-    LAZYCRYPT_BENCH_WRITE_TAR="$WORK/layer.tar" "$BENCH_BIN" &&
+  (
+    for ((i = 1; i <= IMAGE_LAYERS; i++)); do
+      LAZYCRYPT_BENCH_TAR_MIB="$LAYER_MIB" LAZYCRYPT_BENCH_TAR_SEED="$i" \
+        LAZYCRYPT_BENCH_WRITE_TAR="$WORK/layer$i.tar" "$BENCH_BIN" || exit 1
+      sha256sum "$WORK/layer$i.tar" | cut -d' ' -f1 >"$WORK/layer$i.tar.sha256"
+    done
+    # gzip -6 (what umoci and most builders use), two layers at a time.
+    pids=()
+    for ((i = 1; i <= IMAGE_LAYERS; i++)); do
+      gzip -6 -n -c "$WORK/layer$i.tar" >"$WORK/layer$i.tar.gz" &
+      pids+=($!)
+      if [ "${#pids[@]}" -ge 2 ]; then wait "${pids[0]}" || exit 1; pids=("${pids[@]:1}"); fi
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+    make_layout "$WORK/src-gzip" gzip && make_layout "$WORK/src-tar" tar &&
       openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/key.pem" &&
-      openssl pkey -in "$WORK/key.pem" -pubout -out "$WORK/pub.pem" &&
-      umoci init --layout "$WORK/src" &&
-      umoci new --image "$WORK/src:bench" &&
-      umoci raw add-layer --no-history --image "$WORK/src:bench" "$WORK/layer.tar"
-  } >>"$peer_log" 2>&1 || peer_ok=0
+      openssl pkey -in "$WORK/key.pem" -pubout -out "$WORK/pub.pem"
+  ) >>"$peer_log" 2>&1 || peer_ok=0
+  [ "$peer_ok" = 1 ] && { start_registry || { echo "bench: docker-registry did not start" >>"$peer_log"; peer_ok=0; }; }
+  KINDS=(gzip tar)
   if [ "$peer_ok" = 1 ]; then
-    : >"$WORK/skopeo.times"
-    : >"$WORK/lazycrypt.times"
-    for run in 1 2 3; do
-      rm -rf "$WORK/out-skopeo" "$WORK/out-lazycrypt"
-      timed "$WORK/skopeo.times" skopeo --insecure-policy copy --quiet \
-        --encryption-key "jwe:$WORK/pub.pem" "oci:$WORK/src:bench" "oci:$WORK/out-skopeo:bench" ||
+    for kind in "${KINDS[@]}"; do
+      : >"$WORK/skopeo-$kind.times"; : >"$WORK/lazycrypt-$kind.times"; : >"$WORK/lazycrypt1-$kind.times"
+      : >"$WORK/lazycrypt-layout-$kind.times"
+    done
+    for ((run = 1; run <= CONVERT_RUNS; run++)); do
+      for kind in "${KINDS[@]}"; do
+        timed "$WORK/skopeo-$kind.times" skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+          --encryption-key "jwe:$WORK/pub.pem" "oci:$WORK/src-$kind:bench" \
+          "docker://$REGISTRY/sk-$kind-$run:bench" || { peer_ok=0; break 2; }
+        timed "$WORK/lazycrypt-$kind.times" "$CLI" --quiet encrypt --plain-http -r "jwe:$WORK/pub.pem" \
+          "oci:$WORK/src-$kind:bench" "docker://$REGISTRY/lc-$kind-$run:bench" || { peer_ok=0; break 2; }
+        # The same conversion into an OCI layout on local disk: no push (an extra row, no verdict).
+        timed "$WORK/lazycrypt-layout-$kind.times" "$CLI" --quiet encrypt -r "jwe:$WORK/pub.pem" \
+          "oci:$WORK/src-$kind:bench" "oci:$WORK/out-layout:bench" || { peer_ok=0; break 2; }
+        rm -rf "$WORK/out-layout"
+        # Not the default: what zstd's fastest level would change (an extra row, no verdict).
+        timed "$WORK/lazycrypt1-$kind.times" "$CLI" --quiet encrypt --plain-http --zstd-level 1 \
+          -r "jwe:$WORK/pub.pem" "oci:$WORK/src-$kind:bench" "docker://$REGISTRY/lz1-$kind-$run:bench" ||
+          { peer_ok=0; break 2; }
+      done
+    done
+  fi
+  kinds_json="{}"
+  if [ "$peer_ok" = 1 ]; then
+    for kind in "${KINDS[@]}"; do
+      # Verify what was pushed (first run's images): lazycrypt authenticates every chunk;
+      # skopeo's manifest must list encrypted layers.
+      "$CLI" --quiet verify --plain-http --key "$WORK/key.pem" "docker://$REGISTRY/lc-$kind-1:bench" \
+        >>"$peer_log" 2>&1 || { echo "bench: lazycrypt verify failed ($kind)" >>"$peer_log"; peer_ok=0; break; }
+      skopeo inspect --tls-verify=false "docker://$REGISTRY/sk-$kind-1:bench" >>"$peer_log" 2>&1 ||
+        { echo "bench: skopeo inspect failed ($kind)" >>"$peer_log"; peer_ok=0; break; }
+      sk_layers=$(layer_json "sk-$kind-1") && lc_layers=$(layer_json "lc-$kind-1") ||
         { peer_ok=0; break; }
-      timed "$WORK/lazycrypt.times" "$CLI" encrypt -r "jwe:$WORK/pub.pem" \
-        "oci:$WORK/src:bench" "oci:$WORK/out-lazycrypt:bench" || { peer_ok=0; break; }
+      jq -e --argjson n "$IMAGE_LAYERS" 'length == $n and all(.[]; .mediaType | endswith("+encrypted"))' \
+        <<<"$sk_layers" >/dev/null || { echo "bench: skopeo's layers are not all encrypted ($kind)" >>"$peer_log"; peer_ok=0; break; }
+      read -r sk_wall sk_cpu < <(median_of "$WORK/skopeo-$kind.times")
+      read -r lc_wall lc_cpu < <(median_of "$WORK/lazycrypt-$kind.times")
+      read -r lz1_wall lz1_cpu < <(median_of "$WORK/lazycrypt1-$kind.times")
+      read -r lzl_wall lzl_cpu < <(median_of "$WORK/lazycrypt-layout-$kind.times")
+      src_bytes=$(jq '[.layers[].size] | add' "$WORK/src-$kind/blobs/sha256/$(jq -r '.manifests[0].digest | sub("sha256:"; "")' "$WORK/src-$kind/index.json")")
+      kinds_json=$(jq -c --arg kind "$kind" --argjson src "$src_bytes" \
+        --argjson sk_layers "$sk_layers" --argjson lc_layers "$lc_layers" \
+        --argjson sk_wall "$sk_wall" --argjson sk_cpu "$sk_cpu" \
+        --argjson lc_wall "$lc_wall" --argjson lc_cpu "$lc_cpu" \
+        --argjson lz1_wall "$lz1_wall" --argjson lz1_cpu "$lz1_cpu" \
+        --argjson lzl_wall "$lzl_wall" --argjson lzl_cpu "$lzl_cpu" \
+        --arg sk_runs "$(cat "$WORK/skopeo-$kind.times")" --arg lc_runs "$(cat "$WORK/lazycrypt-$kind.times")" \
+        '. + {($kind): {source_layer_bytes: $src,
+              skopeo: {wall_s: $sk_wall, cpu_s: $sk_cpu, runs: ($sk_runs | split("\n")),
+                       blob_bytes: ([$sk_layers[].size] | add), media_types: ([$sk_layers[].mediaType] | unique)},
+              lazycrypt: {wall_s: $lc_wall, cpu_s: $lc_cpu, runs: ($lc_runs | split("\n")),
+                          blob_bytes: ([$lc_layers[].size] | add), media_types: ([$lc_layers[].mediaType] | unique)},
+              lazycrypt_zstd1: {wall_s: $lz1_wall, cpu_s: $lz1_cpu},
+              lazycrypt_to_layout: {wall_s: $lzl_wall, cpu_s: $lzl_cpu}}}' \
+        <<<"$kinds_json")
     done
   fi
   if [ "$peer_ok" = 1 ]; then
-    read -r sk_wall sk_cpu < <(median_of "$WORK/skopeo.times")
-    read -r lc_wall lc_cpu < <(median_of "$WORK/lazycrypt.times")
-    tar_bytes=$(stat -c %s "$WORK/layer.tar")
-    # Each layout's layer blob is its largest blob (config, manifest and index are tiny).
-    largest_blob() { find "$1/blobs" -type f -printf '%s\n' | sort -n | tail -1; }
-    jq -n --argjson tar "$tar_bytes" --argjson gz "$(largest_blob "$WORK/src")" \
-      --argjson os "$(largest_blob "$WORK/out-skopeo")" \
-      --argjson ol "$(largest_blob "$WORK/out-lazycrypt")" \
-      --argjson sk_wall "$sk_wall" --argjson sk_cpu "$sk_cpu" \
-      --argjson lc_wall "$lc_wall" --argjson lc_cpu "$lc_cpu" \
-      --arg skopeo_version "$(skopeo --version)" \
-      '{status: "measured", tar_bytes: $tar, gzip_bytes: $gz, skopeo_blob_bytes: $os,
-        lazycrypt_blob_bytes: $ol, skopeo_wall_s: $sk_wall, skopeo_cpu_s: $sk_cpu,
-        lazycrypt_wall_s: $lc_wall, lazycrypt_cpu_s: $lc_cpu, skopeo_version: $skopeo_version}' \
+    # Reference costs of single passes over the same image, one thread each, CPU time (user+sys):
+    # what the work of each tool is made of (see the explanation under the table).
+    : >"$WORK/ref.times"
+    ref() { timed "$WORK/ref.times" bash -c "$1"; }
+    gz_list="" tar_list=""
+    for ((i = 1; i <= IMAGE_LAYERS; i++)); do gz_list+=" $WORK/layer$i.tar.gz"; tar_list+=" $WORK/layer$i.tar"; done
+    ref "gzip -dc $gz_list >/dev/null" &&
+      ref "openssl dgst -sha256 $tar_list >/dev/null" &&
+      ref "zstd -q -T1 -3 -c $tar_list >/dev/null" &&
+      ref "zstd -q -T1 -1 -c $tar_list >/dev/null" &&
+      ref "gzip -6 -c $tar_list >/dev/null" || peer_ok=0
+    refs_json=$(awk '{ printf "%s%.2f", (NR > 1 ? "," : "["), $2 + $3 } END { print "]" }' "$WORK/ref.times")
+  fi
+  if [ "$peer_ok" = 1 ]; then
+    tar_bytes=0
+    for ((i = 1; i <= IMAGE_LAYERS; i++)); do tar_bytes=$(( tar_bytes + $(stat -c %s "$WORK/layer$i.tar") )); done
+    jq -n --argjson tar "$tar_bytes" --argjson layers "$IMAGE_LAYERS" --argjson runs "$CONVERT_RUNS" \
+      --argjson kinds "$kinds_json" --argjson refs "$refs_json" --arg skopeo_version "$(skopeo --version)" \
+      --arg registry_version "$(docker-registry --version 2>/dev/null | head -1)" \
+      --arg gzip_version "$(gzip --version | head -1)" \
+      '{status: "measured", tar_bytes: $tar, layers: $layers, runs: $runs, kinds: $kinds,
+        reference_cpu_s: {gunzip: $refs[0], sha256: $refs[1], zstd3: $refs[2], zstd1: $refs[3], gzip6: $refs[4]},
+        skopeo_version: $skopeo_version, registry_version: $registry_version, gzip_version: $gzip_version}' \
       >"$OUT_DIR/peers.json"
   else
     peer_status failed "a step failed; see <build dir>/bench-results/peers.log"
     echo "bench: the skopeo comparison failed (see $peer_log); continuing without it" >&2
   fi
   cleanup
-  WORK=""
 fi
 
 # ---- 5. Run metadata --------------------------------------------------------------------------
@@ -225,6 +403,11 @@ AUTOGROUP_NICE=$(awk '{ print $NF }' /proc/self/autogroup 2>/dev/null || echo "n
 [ "$REPETITIONS" = 3 ] || command_line="BENCH_REPETITIONS=$REPETITIONS $command_line"
 [ "$MIN_TIME" = 0.3 ] || command_line="BENCH_MIN_TIME=$MIN_TIME $command_line"
 [ "$TAR_MIB" = 256 ] || command_line="LAZYCRYPT_BENCH_TAR_MIB=$TAR_MIB $command_line"
+[ "$IMAGE_LAYERS" = 4 ] || command_line="LAZYCRYPT_BENCH_IMAGE_LAYERS=$IMAGE_LAYERS $command_line"
+[ "$LAYER_MIB" = 144 ] || command_line="LAZYCRYPT_BENCH_LAYER_MIB=$LAYER_MIB $command_line"
+[ "$CONVERT_RUNS" = 3 ] || command_line="BENCH_CONVERT_RUNS=$CONVERT_RUNS $command_line"
+[ "${BENCH_SKIP_FORMAT:-0}" = 1 ] && command_line="BENCH_SKIP_FORMAT=1 $command_line"
+[ "${BENCH_SKIP_SKOPEO:-0}" = 1 ] && command_line="BENCH_SKIP_SKOPEO=1 $command_line"
 jq -n \
   --arg cpu "$cpu" --arg cores "$(nproc)" --arg kernel "$(uname -sr)" \
   --arg openssl_version "$(openssl version)" --arg date "$(date -u '+%Y-%m-%d %H:%M')" \

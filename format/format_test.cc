@@ -1325,6 +1325,59 @@ TEST(LayerWriter, PassesTarParserErrorsThrough) {
   EXPECT_EQ(WriteStatus(truncated).code(), StatusCode::kCorruption);
 }
 
+// A compressed layer is decompressed on a read-ahead thread: its errors must still come through,
+// after the bytes before them, and a layer several read-ahead buffers long must round-trip.
+class FailAfterInputStream final : public InputStream {
+ public:
+  FailAfterInputStream(ByteSpan data, size_t fail_at) : data_(data), fail_at_(fail_at) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (pos_ >= fail_at_) return Status::IoError("disk on fire at byte " + std::to_string(pos_));
+    size_t n = std::min({out.size(), data_.size() - pos_, fail_at_ - pos_});
+    std::memcpy(out.data(), data_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+
+ private:
+  ByteSpan data_;
+  size_t fail_at_;
+  size_t pos_ = 0;
+};
+
+TEST(LayerWriter, CompressedSourceErrorsComeThroughTheReadAhead) {
+  // ~6 MiB of tar: more than the read-ahead's four 1 MiB buffers.
+  std::vector<std::pair<tar::Entry, std::string>> files;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<uint8_t> data = Pattern(1 << 20, 100 + i, i % 2 == 0);
+    tar::Entry e = TarEntry("f" + std::to_string(i), tar::EntryType::kRegular);
+    files.push_back({e, std::string(data.begin(), data.end())});
+  }
+  std::vector<uint8_t> tar = TarOf(files);
+  for (compress::Compression c : {compress::Compression::kGzip, compress::Compression::kZstd}) {
+    SCOPED_TRACE(std::string(compress::CompressionName(c)));
+    std::vector<uint8_t> layer = CompressLayer(tar, c);
+    Written whole = WriteBlob(layer, TestKey());
+    auto eager = Eager(whole.blob, TestKey(), whole.result.toc_digest);
+    ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+    EXPECT_TRUE(*eager == tar);
+    EXPECT_EQ(whole.result.diff_id, crypto::Sha256::Of(tar));
+
+    std::vector<uint8_t> truncated(layer.begin(), layer.begin() + layer.size() * 2 / 3);
+    Status s = WriteStatus(truncated);
+    EXPECT_EQ(s.code(), StatusCode::kCorruption) << s.ToString();
+    EXPECT_THAT(s.message(), HasSubstr(std::string(compress::CompressionName(c))));
+
+    for (size_t fail_at : {size_t{100}, layer.size() / 2, layer.size() - 1}) {
+      FailAfterInputStream in(layer, fail_at);
+      MemoryOutputStream out;
+      auto r = WriteLayer(in, TestKey(), out, SmallChunks());
+      ASSERT_FALSE(r.ok()) << "fail_at " << fail_at;
+      EXPECT_EQ(r.status().code(), StatusCode::kIoError) << r.status().ToString();
+      EXPECT_THAT(r.status().message(), HasSubstr("disk on fire at byte " + std::to_string(fail_at)));
+    }
+  }
+}
+
 TEST(LayerWriter, RejectsBadOptionsAndKeys) {
   auto tar = TarOf({{TarEntry("f", tar::EntryType::kRegular), "x"}});
   WriterOptions o = SmallChunks();
@@ -1490,6 +1543,156 @@ TEST(LayerWriter, MemoryStaysBoundedForALargeLayer) {
   EXPECT_LT(r->blob_size, kSize * 3 / 4);  // the repetitive halves compressed
   EXPECT_LT(after - before, 200u * 1024) << "peak RSS grew by " << (after - before) / 1024
                                          << " MiB";
+}
+
+// ---- Prefetch marks (WriterOptions::prefetch_paths → Toc::prefetch) ----------------------------
+
+TEST(LayerWriter, MarksTheLastRegularEntryOfEachPrefetchPath) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  auto add = [&](const std::string& name, tar::EntryType type, std::string body = "",
+                 std::string link = "") {
+    tar::Entry e = TarEntry(name, type);
+    e.size = body.size();
+    e.link_name = link;
+    ASSERT_TRUE(w.AppendEntry(e, AsBytes(body)).ok()) << name;
+  };
+  add("./", tar::EntryType::kDirectory);                        // 0
+  add("./bin/", tar::EntryType::kDirectory);                    // 1
+  add("./bin/sh", tar::EntryType::kRegular, "shell v1");        // 2
+  add("./etc/conf", tar::EntryType::kRegular, "conf");          // 3
+  add("./bin/sh", tar::EntryType::kRegular, "shell v2!");       // 4: replaces 2
+  add("./lib", tar::EntryType::kDirectory);                     // 5: listed, not a file
+  add("./link", tar::EntryType::kSymlink, "", "etc/conf");      // 6: listed, a symlink
+  add("./hard", tar::EntryType::kHardlink, "", "etc/conf");     // 7: listed, a hardlink
+  add("./usr/big", tar::EntryType::kRegular, std::string(3 * kChunk, 'b'));  // 8
+  add("./unlisted", tar::EntryType::kRegular, "x");             // 9
+  ASSERT_TRUE(w.Finish().ok());
+  const std::vector<uint8_t> tar_bytes = out.Take();
+
+  WriterOptions o = SmallChunks();
+  o.prefetch_paths = {"usr/big", "bin/sh", "lib", "link", "hard", "not/in/this/layer", "bin/sh"};
+  Written d = WriteBlob(tar_bytes, TestKey(), o);
+  ASSERT_FALSE(d.blob.empty());
+  MemoryBlobSource source(d.blob);
+  auto index = LayerIndex::Open(source, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  std::span<const uint32_t> marks = (*index)->prefetch_entries();
+  ASSERT_EQ(std::vector<uint32_t>(marks.begin(), marks.end()), (std::vector<uint32_t>{4, 8}));
+  EXPECT_EQ((*index)->entries()[4].name, "bin/sh");
+  EXPECT_EQ((*index)->entries()[4].size, 9u);
+  EXPECT_EQ((*index)->entries()[8].name, "usr/big");
+
+  // Marks change nothing in the data: the eager decryption is still the tar, byte for byte.
+  auto eager = Eager(d.blob, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+  EXPECT_EQ(*eager, tar_bytes);
+
+  // Without marks: an empty list, same tar.
+  Written plain = WriteBlob(tar_bytes, TestKey());
+  MemoryBlobSource plain_source(plain.blob);
+  auto plain_index = LayerIndex::Open(plain_source, TestKey(), plain.result.toc_digest);
+  ASSERT_TRUE(plain_index.ok());
+  EXPECT_TRUE((*plain_index)->prefetch_entries().empty());
+  EXPECT_EQ(plain.result.diff_id, d.result.diff_id);
+}
+
+TEST(LayerWriter, RejectsPrefetchPathsNotInNormalizedForm) {
+  MemoryOutputStream tar_out;
+  tar::TarWriter w(tar_out);
+  ASSERT_TRUE(w.AppendEntry(TarEntry("a", tar::EntryType::kRegular)).ok());
+  ASSERT_TRUE(w.Finish().ok());
+  for (std::string bad : {"/a", "./a", "a/", "a/../b", ""}) {
+    WriterOptions o = SmallChunks();
+    o.prefetch_paths = {bad};
+    MemoryInputStream in(tar_out.bytes());
+    MemoryOutputStream out;
+    auto r = WriteLayer(in, TestKey(), out, o);
+    ASSERT_FALSE(r.ok()) << "accepted '" << bad << "'";
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(), HasSubstr("prefetch path '" + bad + "'"));
+  }
+}
+
+// ---- Writer: the incompressibility probe (WriterOptions::probe_incompressible) -----------------
+
+// A file whose four probe samples (16 KiB at 0, 1/3, 2/3 and the end of a 256 KiB chunk) are
+// random while everything between them is text: the probe's documented blind spot.
+std::vector<uint8_t> RandomAtProbeSamples(size_t chunk) {
+  std::vector<uint8_t> v = Pattern(chunk, 41, /*compressible=*/true);
+  const size_t sample = 16 * 1024;
+  const size_t stride = (chunk - sample) / 3;
+  std::vector<uint8_t> noise = Pattern(sample, 43, /*compressible=*/false);
+  for (size_t i = 0; i < 4; ++i) std::copy(noise.begin(), noise.end(), v.begin() + i * stride);
+  return v;
+}
+
+struct ProbeLayer {
+  std::vector<uint8_t> tar;
+  Written written;
+  std::shared_ptr<const LayerIndex> index;
+  const ChunkInfo& ChunkOf(const char* name) const {
+    return index->chunks()[index->ChunkForTarOffset(index->Find(name)->data_offset)];
+  }
+};
+
+ProbeLayer WriteProbeLayer(bool probe, size_t chunk) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> files = {
+      // Alone in a chunk below the probe's minimum size (the next file does not fit beside it).
+      {"small-noise", Pattern(120 * 1024, 13, false)},
+      {"noise", Pattern(chunk, 11, false)},
+      {"text", Pattern(chunk, 12, true)},
+      {"samples-random", RandomAtProbeSamples(chunk)},
+  };
+  for (auto& [name, data] : files) {
+    tar::Entry e = TarEntry(name, tar::EntryType::kRegular);
+    e.size = data.size();
+    EXPECT_TRUE(w.AppendEntry(e, data).ok());
+  }
+  EXPECT_TRUE(w.Finish().ok());
+  ProbeLayer layer;
+  layer.tar = out.Take();
+  WriterOptions options;
+  options.chunk_size_bytes = chunk;
+  options.threads = 2;
+  options.probe_incompressible = probe;
+  layer.written = WriteBlob(layer.tar, TestKey(), options);
+  MemoryBlobSource source(layer.written.blob);
+  auto index = LayerIndex::Open(source, TestKey(), layer.written.result.toc_digest);
+  EXPECT_TRUE(index.ok()) << index.status().ToString();
+  if (index.ok()) layer.index = *index;
+  return layer;
+}
+
+TEST(WriterProbe, StoresWhatItsSamplesCannotCompressAndCompressesTheRest) {
+  constexpr size_t kProbeChunk = 256 * 1024;
+  ProbeLayer on = WriteProbeLayer(true, kProbeChunk);
+  ProbeLayer off = WriteProbeLayer(false, kProbeChunk);
+  ASSERT_NE(on.index, nullptr);
+  ASSERT_NE(off.index, nullptr);
+  // Random data is stored either way; text is compressed either way.
+  EXPECT_TRUE(on.ChunkOf("noise").stored);
+  EXPECT_TRUE(off.ChunkOf("noise").stored);
+  EXPECT_FALSE(on.ChunkOf("text").stored);
+  EXPECT_FALSE(off.ChunkOf("text").stored);
+  EXPECT_LT(on.ChunkOf("text").payload_size, kProbeChunk / 2);
+  // The blind spot: with the probe the chunk is stored raw, without it zstd finds the text.
+  EXPECT_TRUE(on.ChunkOf("samples-random").stored);
+  EXPECT_FALSE(off.ChunkOf("samples-random").stored);
+  EXPECT_LT(off.ChunkOf("samples-random").payload_size, kProbeChunk * 3 / 4);
+  // Below the probe's minimum size the chunk goes through zstd and ShouldStore as before.
+  EXPECT_LT(on.ChunkOf("small-noise").raw_size, 128u * 1024);
+  EXPECT_TRUE(on.ChunkOf("small-noise").stored);
+  EXPECT_GT(on.written.blob.size(), off.written.blob.size());
+  // Both layers decrypt to the very same tar, with the same diff_id.
+  EXPECT_EQ(on.written.result.diff_id, off.written.result.diff_id);
+  for (const ProbeLayer* layer : {&on, &off}) {
+    auto eager = Eager(layer->written.blob, TestKey(), layer->written.result.toc_digest);
+    ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+    EXPECT_TRUE(*eager == layer->tar);
+  }
 }
 
 }  // namespace

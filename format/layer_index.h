@@ -50,6 +50,9 @@ class LayerIndex {
 
   // In tar stream order. Names may repeat (a later entry replaces an earlier one on extraction).
   std::span<const Entry> entries() const { return toc_.entries; }
+  // Regular files marked for prefetch at conversion time: strictly increasing indexes into
+  // entries(), each of a kRegular entry (validated). Empty for layers without marks.
+  std::span<const uint32_t> prefetch_entries() const { return toc_.prefetch; }
   // The last entry named `name` (normalized form, "." for the root), or nullptr.
   const Entry* Find(std::string_view name) const;
 

@@ -265,6 +265,33 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
     }
     seen[e.name] = e.type;
   }
+
+  // Prefetch marks: indexes of regular entries, strictly increasing (so unique and bounded).
+  const int prefetch_count = proto.prefetch_size();
+  if (prefetch_count > entry_count) {
+    return Status::Corruption("TOC: " + Num(prefetch_count) + " prefetch marks for " +
+                              Num(entry_count) + " entries");
+  }
+  toc.prefetch.reserve(prefetch_count);
+  for (int i = 0; i < prefetch_count; ++i) {
+    const uint32_t index = proto.prefetch(i);
+    if (index >= static_cast<uint32_t>(entry_count)) {
+      return Status::Corruption("TOC prefetch mark " + Num(i) + ": entry index " + Num(index) +
+                                " is outside the " + Num(entry_count) + " entries");
+    }
+    if (!toc.prefetch.empty() && index <= toc.prefetch.back()) {
+      return Status::Corruption("TOC prefetch mark " + Num(i) + ": entry index " + Num(index) +
+                                " is not greater than the previous mark's " +
+                                Num(toc.prefetch.back()) + " (marks must be strictly increasing)");
+    }
+    const Entry& e = toc.entries[index];
+    if (e.type != EntryType::kRegular) {
+      return Status::Corruption("TOC prefetch mark " + Num(i) + ": entry " + Num(index) +
+                                (name_entries_in_errors ? " '" + e.name + "'" : "") + " is a " +
+                                std::string(EntryTypeName(e.type)) + ", not a regular file");
+    }
+    toc.prefetch.push_back(index);
+  }
   return toc;
 }
 

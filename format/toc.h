@@ -73,7 +73,8 @@ struct ChunkInfo {
 //   sizes as ParseRecordHeader requires; offsets cumulative from kBlobHeaderSize / 0; exactly the
 //   final chunk has last = true; sum of raw sizes == tar_size;
 // - entries.size() <= kMaxTocEntries; every entry valid (see ValidateEntry), and every hardlink
-//   names an earlier non-directory entry.
+//   names an earlier non-directory entry;
+// - prefetch: strictly increasing indexes into entries, each of a regular file.
 struct Toc {
   uint32_t version = 0;
   uint32_t target_chunk_size = 0;
@@ -81,6 +82,8 @@ struct Toc {
   uint64_t tar_size = 0;
   crypto::Sha256Digest diff_id{};
   std::vector<Entry> entries;
+  // Regular files marked for prefetch at conversion time, as indexes into `entries` (see above).
+  std::vector<uint32_t> prefetch;
 
   // Blob offset where the sealed TOC must start: the end of the last record.
   uint64_t records_end() const { return chunks.empty() ? kBlobHeaderSize : chunks.back().blob_end(); }

@@ -31,6 +31,11 @@ void CheckInvariants(const Toc& toc) {
     if (!ValidateEntry(e, toc.tar_size).ok()) std::abort();
     if (e.type == EntryType::kRegular && e.data_offset + e.size > toc.tar_size) std::abort();
   }
+  for (size_t i = 0; i < toc.prefetch.size(); ++i) {
+    if (toc.prefetch[i] >= toc.entries.size()) std::abort();
+    if (i > 0 && toc.prefetch[i] <= toc.prefetch[i - 1]) std::abort();
+    if (toc.entries[toc.prefetch[i]].type != EntryType::kRegular) std::abort();
+  }
 }
 
 }  // namespace

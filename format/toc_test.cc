@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "format/toc.pb.h"
+#include "tests/test_util.h"
 
 namespace lazycrypt::format {
 namespace {
@@ -259,6 +260,72 @@ TEST(ParseToc, RejectsGarbageAndAllowsDuplicateNames) {
   v1::Toc proto = ValidProto();
   AddEntry(proto, "fifo", v1::ENTRY_TYPE_FIFO);  // a later entry replaces an earlier one
   EXPECT_TRUE(ParseToc(Serialize(proto)).ok());
+}
+
+// ---- Prefetch marks -----------------------------------------------------------------------------
+
+TEST(ParseToc, AcceptsPrefetchMarksOfRegularFiles) {
+  v1::Toc proto = ValidProto();
+  proto.add_prefetch(1);  // dir/file
+  proto.add_prefetch(7);  // whiteouts/.wh.gone (an empty regular file is still a regular file)
+  auto toc = ParseToc(Serialize(proto));
+  ASSERT_TRUE(toc.ok()) << toc.status().ToString();
+  EXPECT_EQ(toc->prefetch, (std::vector<uint32_t>{1, 7}));
+}
+
+TEST(ParseToc, TocWithoutPrefetchFieldHasNoMarks) {
+  // A TOC written before the field existed: proto3 leaves it absent on the wire.
+  v1::Toc proto = ValidProto();
+  std::vector<uint8_t> bytes = Serialize(proto);
+  auto toc = ParseToc(bytes);
+  ASSERT_TRUE(toc.ok()) << toc.status().ToString();
+  EXPECT_TRUE(toc->prefetch.empty());
+  proto.add_prefetch(1);
+  EXPECT_GT(Serialize(proto).size(), bytes.size());  // the field does change the bytes
+}
+
+TEST(ParseToc, RejectsBadPrefetchMarks) {
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(8); }, "prefetch mark 0: entry index 8 is outside");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(UINT32_MAX); }, "is outside the 8 entries");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(7); t.add_prefetch(1); },
+                 "prefetch mark 1: entry index 1 is not greater than the previous mark's 7");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(1); t.add_prefetch(1); }, "strictly increasing");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(0); }, "entry 0 is a directory, not a regular");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(1); t.add_prefetch(2); },
+                 "prefetch mark 1: entry 2 is a hardlink");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(3); }, "symlink");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(4); }, "character device");
+  ExpectRejected([](v1::Toc& t) { t.add_prefetch(6); }, "fifo");
+  ExpectRejected(
+      [](v1::Toc& t) {
+        for (uint32_t i = 0; i < 9; ++i) t.add_prefetch(i);
+      },
+      "9 prefetch marks for 8 entries");
+}
+
+TEST(ParseToc, PrefetchErrorsDoNotContainEntryNames) {
+  v1::Toc proto = ValidProto();
+  AddEntry(proto, "top-secret-dir", v1::ENTRY_TYPE_DIRECTORY);
+  proto.add_prefetch(8);
+  auto toc = ParseToc(Serialize(proto));
+  ASSERT_FALSE(toc.ok());
+  EXPECT_THAT(toc.status().message(), HasSubstr("entry 8 is a directory"));
+  EXPECT_THAT(toc.status().message(), Not(HasSubstr("top-secret")));
+  // The writer's self-check names it.
+  auto named = TocFromProto(proto, /*name_entries_in_errors=*/true);
+  ASSERT_FALSE(named.ok());
+  EXPECT_THAT(named.status().message(), HasSubstr("'top-secret-dir'"));
+}
+
+TEST(ParseToc, FuzzSeedWithPrefetchMarksParses) {
+  // format/fuzz_corpus/toc/serialized-3-prefetch: byte 0 selects ParseToc, then serialized-1's
+  // TOC with prefetch = [1, 7] appended (field 7, packed).
+  std::string seed = lazycrypt::testing::ReadFileString(
+      lazycrypt::testing::SourceDir() / "format/fuzz_corpus/toc/serialized-3-prefetch");
+  ASSERT_GT(seed.size(), 5u);
+  auto toc = ParseToc(AsBytes(std::string_view(seed).substr(1)));
+  ASSERT_TRUE(toc.ok()) << toc.status().ToString();
+  EXPECT_EQ(toc->prefetch, (std::vector<uint32_t>{1, 7}));
 }
 
 // ---- Plaintext envelope ------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 #include "format/writer.h"
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <thread>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -113,6 +118,138 @@ class Chunker {
   crypto::Sha256 hash_;
 };
 
+// Reads `inner` on a thread of its own, up to kReadAheadBuffers buffers of kReadAheadBytes ahead
+// of the consumer, so that decompressing a gzip or zstd layer (and whatever the caller's stream
+// does below it, e.g. hash the blob) overlaps parsing and chunking: on one thread, inflating a
+// gzip layer is the writer's slowest serial step. Errors of `inner` reach the reader after the
+// bytes read before them. REQUIRES: `inner` outlives this object and is not used by anyone else
+// until it is destroyed (the destructor stops and joins the thread).
+class ReadAheadInputStream final : public InputStream {
+ public:
+  explicit ReadAheadInputStream(InputStream& inner) : inner_(inner) {
+    thread_ = std::thread([this] { FillLoop(); });
+  }
+  ReadAheadInputStream(const ReadAheadInputStream&) = delete;
+  ReadAheadInputStream& operator=(const ReadAheadInputStream&) = delete;
+  ~ReadAheadInputStream() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (out.empty()) return size_t{0};
+    while (pos_ == current_.size()) {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (current_.capacity() > 0) free_.push_back(std::move(current_));
+      current_.clear();
+      pos_ = 0;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return !full_.empty() || done_; });
+      if (full_.empty()) {
+        if (!status_.ok()) return status_;
+        return size_t{0};
+      }
+      current_ = std::move(full_.front());
+      full_.pop_front();
+    }
+    size_t n = std::min(out.size(), current_.size() - pos_);
+    std::memcpy(out.data(), current_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+
+ private:
+  static constexpr size_t kReadAheadBytes = 1 << 20;
+  static constexpr size_t kReadAheadBuffers = 4;
+
+  void FillLoop() {
+    for (;;) {
+      std::vector<uint8_t> buffer;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || full_.size() < kReadAheadBuffers; });
+        if (stop_) return;
+        if (!free_.empty()) {
+          buffer = std::move(free_.back());
+          free_.pop_back();
+        }
+      }
+      buffer.resize(kReadAheadBytes);
+      size_t filled = 0;
+      Status error;
+      while (filled < buffer.size()) {
+        Result<size_t> n = inner_.Read(MutableByteSpan(buffer).subspan(filled));
+        if (!n.ok()) {
+          error = n.status();
+          break;
+        }
+        if (*n == 0) break;
+        filled += *n;
+      }
+      buffer.resize(filled);
+      const bool last = !error.ok() || filled < kReadAheadBytes;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (filled > 0) full_.push_back(std::move(buffer));
+        if (last) {
+          status_ = std::move(error);
+          done_ = true;
+        }
+      }
+      cv_.notify_all();
+      if (last) return;
+    }
+  }
+
+  InputStream& inner_;
+  std::thread thread_;
+  // The consumer's buffer (touched by the consumer only).
+  std::vector<uint8_t> current_;
+  size_t pos_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<uint8_t>> full_;   // filled, in order
+  std::vector<std::vector<uint8_t>> free_;  // consumed, for reuse
+  bool done_ = false;                       // the fill thread has stopped (EOF or error)
+  bool stop_ = false;                       // the consumer is going away
+  Status status_;                           // the error that ended the stream, if any
+};
+
+// The incompressibility probe (WriterOptions::probe_incompressible): zstd at its fastest level
+// over a few samples spread across the chunk. Only when no sample saves at least what
+// ChunkSealer::ShouldStore asks of a whole chunk is the chunk stored without trying zstd at the
+// configured level: random and already-compressed data then cost one GCM pass instead of a full
+// zstd pass whose output would be thrown away.
+constexpr size_t kProbeMinChunkBytes = 128 * 1024;
+constexpr size_t kProbeSampleBytes = 16 * 1024;
+constexpr int kProbeSamples = 4;
+constexpr int kProbeZstdLevel = 1;
+
+struct ProbeScratch {
+  ProbeScratch() : compressor(kProbeZstdLevel),
+                            out(compress::ZstdCompressor::Bound(kProbeSampleBytes)) {}
+  compress::ZstdCompressor compressor;
+  std::vector<uint8_t> out;
+};
+
+// True when every sample of `raw` is incompressible. Errors count as "compressible" (the full
+// compression then runs and reports them).
+bool LooksIncompressible(ByteSpan raw, ProbeScratch& probe) {
+  if (raw.size() < kProbeMinChunkBytes) return false;
+  const size_t stride = (raw.size() - kProbeSampleBytes) / (kProbeSamples - 1);
+  for (int i = 0; i < kProbeSamples; ++i) {
+    ByteSpan sample = raw.subspan(static_cast<size_t>(i) * stride, kProbeSampleBytes);
+    auto n = probe.compressor.Compress(sample, probe.out);
+    if (!n.ok() || !ChunkSealer::ShouldStore(sample.size(), *n)) return false;
+  }
+  return true;
+}
+
 v1::EntryType ProtoType(tar::EntryType t) {
   switch (t) {
     case tar::EntryType::kRegular: return v1::ENTRY_TYPE_REGULAR;
@@ -214,6 +351,7 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   std::vector<compress::ZstdCompressor> compressors;
   compressors.reserve(threads);
   for (int i = 0; i < threads; ++i) compressors.emplace_back(options.zstd_level);
+  std::vector<ProbeScratch> probes(options.probe_incompressible ? threads : 0);
   internal::BufferPool raw_pool, record_pool;
   std::vector<RecordHeader> chunk_table;  // the emitter's; read after pipeline.Finish()
   v1::Toc toc;
@@ -225,8 +363,10 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
       [&](int worker, ChunkJob& job) -> Result<SealedChunk> {
         SealedChunk sealed;
         sealed.record = record_pool.Get();
-        LC_RETURN_IF_ERROR(
-            sealer->Seal(job.index, job.last, job.raw, compressors[worker], sealed.record));
+        const bool store =
+            !probes.empty() && LooksIncompressible(job.raw, probes[static_cast<size_t>(worker)]);
+        LC_RETURN_IF_ERROR(sealer->Seal(job.index, job.last, job.raw, compressors[worker],
+                                        sealed.record, /*force_stored=*/store));
         raw_pool.Put(std::move(job.raw));
         auto parsed = ParseRecordHeader(ByteSpan(sealed.record).first(kRecordHeaderSize));
         if (!parsed.ok()) return parsed.status().WithContext("writer produced a bad record");
@@ -243,9 +383,27 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   Chunker chunker(options.chunk_size_bytes, raw_pool,
                   [&](ChunkJob job) { return pipeline.Submit(std::move(job)); });
 
+  // Prefetch: normalized name → index of its last regular entry so far (kNotMarked: none yet).
+  constexpr uint32_t kNotMarked = UINT32_MAX;
+  std::unordered_map<std::string, uint32_t> prefetch_wanted;
+  for (const std::string& path : options.prefetch_paths) {
+    if (!IsNormalizedName(path)) {
+      return Status::InvalidArgument("prefetch path '" + path + "' is not in normalized form");
+    }
+    prefetch_wanted.emplace(path, kNotMarked);
+  }
+
   // Parse the tar stream; the tee feeds the chunker every byte in order.
-  LC_ASSIGN_OR_RETURN(std::unique_ptr<InputStream> tar_stream,
-                      compress::NewDecompressingStream(layer));
+  compress::Compression detected = compress::Compression::kNone;
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<InputStream> decompressed,
+                      compress::NewDecompressingStream(layer, &detected));
+  // A compressed layer is decompressed on a thread of its own (an uncompressed one is only
+  // copied: not worth a thread).
+  std::unique_ptr<InputStream> read_ahead;
+  if (detected != compress::Compression::kNone) {
+    read_ahead = std::make_unique<ReadAheadInputStream>(*decompressed);
+  }
+  InputStream* tar_stream = read_ahead ? read_ahead.get() : decompressed.get();
   tar::TarReader reader(*tar_stream, [&](ByteSpan raw) { return chunker.Append(raw); });
   for (;;) {
     LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> entry, reader.Next());
@@ -255,7 +413,23 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
                                      " entries (the format's limit)");
     }
     LC_RETURN_IF_ERROR(AddEntry(*entry, toc));
-    if (entry->type == tar::EntryType::kRegular) chunker.BeforeFileData(entry->size);
+    if (entry->type == tar::EntryType::kRegular) {
+      chunker.BeforeFileData(entry->size);
+      // Prefetch marks: the last regular entry of each listed name wins.
+      if (!prefetch_wanted.empty()) {
+        const int index = toc.entries_size() - 1;
+        auto wanted = prefetch_wanted.find(toc.entries(index).name());
+        if (wanted != prefetch_wanted.end()) wanted->second = static_cast<uint32_t>(index);
+      }
+    }
+  }
+  {
+    std::vector<uint32_t> marks;
+    for (const auto& [name, index] : prefetch_wanted) {
+      if (index != kNotMarked) marks.push_back(index);
+    }
+    std::sort(marks.begin(), marks.end());
+    for (uint32_t index : marks) toc.add_prefetch(index);
   }
   LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
   LC_RETURN_IF_ERROR(chunker.Finish());

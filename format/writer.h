@@ -4,6 +4,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "common/io.h"
 #include "common/status.h"
@@ -20,6 +22,17 @@ struct WriterOptions {
   int zstd_level = 3;
   // Compression/sealing threads; 0 = one per core.
   int threads = 0;
+  // Before compressing a chunk (>= 128 KiB), try zstd's fastest level on four 16 KiB samples
+  // spread over it; when none of them would be kept compressed (ChunkSealer::ShouldStore), store
+  // the chunk without running the full compression. Saves the zstd pass on random and
+  // already-compressed data; a chunk whose compressible bytes all fall between the samples is
+  // then stored raw (larger blob, same plaintext). false = always compress, then decide.
+  bool probe_incompressible = true;
+  // Files to mark for prefetch (Toc::prefetch), in normalized form (NormalizeEntryName). A name
+  // the layer holds as a regular file marks its last regular entry of that name; names the layer
+  // lacks, or holds only as another type, mark nothing (the list is image-wide, see
+  // `lazycrypt encrypt --prefetch-list`).
+  std::vector<std::string> prefetch_paths;
 };
 
 struct WriteResult {
@@ -35,7 +48,8 @@ struct WriteResult {
 
 // Reads a layer (tar, tar+gzip or tar+zstd, detected from its first bytes), and writes it as a
 // lazycrypt blob sealed under `key` to `blob`. Streams: memory stays around
-// (3 × threads + 2) × chunk_size_bytes plus the TOC, whatever the layer size.
+// (3 × threads + 2) × chunk_size_bytes plus the TOC, whatever the layer size, plus 4 MiB of
+// read-ahead for a compressed layer (decompressed on a thread of its own).
 // Does not Close() `blob`; on error the bytes written so far are garbage (write to an
 // AtomicFileOutputStream and Close() it only on success).
 // Errors: InvalidArgument for bad options or key; the tar parser's Corruption/Unsupported

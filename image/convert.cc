@@ -49,6 +49,38 @@ Status FinishVerifying(InputStream& verifying, const std::string& what) {
   return Status::Ok();
 }
 
+// For a layer stored uncompressed, whose digest is the diff_id the writer computes anyway:
+// enforces the descriptor's size like NewVerifyingInputStream but leaves the digest to the
+// caller (compared with the writer's diff_id), which saves one SHA-256 pass over the tar.
+class SizeCheckingInputStream final : public InputStream {
+ public:
+  SizeCheckingInputStream(InputStream& in, uint64_t expected_size, std::string what)
+      : in_(in), expected_size_(expected_size), what_(std::move(what)) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (!failure_.ok()) return failure_;
+    LC_ASSIGN_OR_RETURN(size_t n, in_.Read(out));
+    count_ += n;
+    if (count_ > expected_size_) {
+      failure_ = Status::Corruption(what_ + ": longer than the " + std::to_string(expected_size_) +
+                                    " bytes its descriptor says");
+      return failure_;
+    }
+    if (n == 0 && !out.empty() && count_ != expected_size_) {
+      failure_ = Status::Corruption(what_ + ": has " + std::to_string(count_) +
+                                    " bytes, its descriptor says " + std::to_string(expected_size_));
+      return failure_;
+    }
+    return n;
+  }
+
+ private:
+  InputStream& in_;
+  uint64_t expected_size_;
+  std::string what_;
+  uint64_t count_ = 0;
+  Status failure_;
+};
+
 std::string RecipientLabel(const JweRecipientInfo& r) {
   std::string out = r.alg.empty() ? "(no alg)" : r.alg;
   if (!r.crv.empty()) out += " (" + r.crv + ")";
@@ -287,11 +319,20 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
       InputStream& raw = *watched;
       LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
       if (options.format == EncryptionFormat::kLazycrypt) {
-        auto verifying = NewVerifyingInputStream(raw, d, "blob");
+        // An uncompressed layer's digest is its diff_id, which the writer hashes anyway.
+        const bool uncompressed = OciLayerMediaType(d.media_type) == kMediaTypeOciLayerTar;
+        std::unique_ptr<InputStream> verifying =
+            uncompressed ? std::make_unique<SizeCheckingInputStream>(raw, d.size, "blob")
+                         : NewVerifyingInputStream(raw, d, "blob");
         auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, options.writer);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(FinishVerifying(*verifying, "blob").WithContext(name));
         std::string diff_id = crypto::OciDigest(encrypted->write.diff_id);
+        if (uncompressed && diff_id != d.digest) {
+          // Also what a compressed blob under an uncompressed media type comes to.
+          return Status::AuthFailed(name + ": blob: digest mismatch: descriptor says " + d.digest +
+                                    ", content (as a tar stream) is " + diff_id);
+        }
         if (diff_id != image.config.diff_ids[i]) {
           return Status::Corruption(name + ": its tar stream has diff_id " + diff_id +
                                     ", the config says " + image.config.diff_ids[i]);
@@ -485,11 +526,13 @@ ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
             li.tar_size = index.tar_size();
             li.blob_bytes_read = (*opened)->blob_bytes_read();
             li.file_count = index.entries().size();
+            li.prefetch_count = index.prefetch_entries().size();
             if (options.list_files) {
               for (const format::Entry& e : index.entries()) {
                 li.files.push_back({e.name, std::string(format::EntryTypeName(e.type)), e.mode,
                                     e.uid, e.gid, e.size, e.link_target});
               }
+              for (uint32_t i : index.prefetch_entries()) li.files[i].prefetch = true;
             }
           }
         }

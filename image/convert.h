@@ -126,6 +126,7 @@ struct FileInfo {
   uint64_t uid = 0, gid = 0;
   uint64_t size = 0;
   std::string link_target;
+  bool prefetch = false;  // marked for prefetch at conversion time (`encrypt --prefetch-list`)
 };
 
 struct LayerInfo {
@@ -146,6 +147,7 @@ struct LayerInfo {
   uint64_t blob_bytes_read = 0;  // how much of the blob opening the index read (laziness)
   std::vector<FileInfo> files;   // only with InspectOptions::list_files
   uint64_t file_count = 0;
+  uint64_t prefetch_count = 0;   // regular files marked for prefetch in the TOC
 };
 
 struct ImageInfo {

@@ -70,22 +70,14 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
 Result<std::unique_ptr<OpenedLayer>> OpenedLayer::Open(
     std::unique_ptr<BlobSource> blob, const Descriptor& descriptor,
     const std::vector<keywrap::PrivateKey>& keys) {
-  if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
-    return Status::InvalidArgument("media type '" + descriptor.media_type +
-                                   "' is not a lazycrypt layer");
-  }
-  if (blob->size() != descriptor.size) {
-    return Status::Corruption("blob has " + std::to_string(blob->size()) +
-                              " bytes, its descriptor says " + std::to_string(descriptor.size));
-  }
-  LC_ASSIGN_OR_RETURN(LazycryptLayerSecret secret, UnwrapLazycryptLayer(descriptor, keys));
   std::unique_ptr<OpenedLayer> opened(new OpenedLayer());
   opened->blob_ = std::make_unique<CountingBlobSource>(std::move(blob));
+  LC_ASSIGN_OR_RETURN(VerifiedLayerIndex verified,
+                      OpenLayerIndex(*opened->blob_, descriptor, keys));
   LC_ASSIGN_OR_RETURN(opened->reader_,
-                      format::LayerReader::Open(*opened->blob_, secret.key, secret.toc_digest));
-  LC_RETURN_IF_ERROR(
-      CheckPublishedCommitment(secret.commitment, opened->reader_->index().header().commitment));
-  opened->key_name_ = secret.key_name;
+                      format::LayerReader::Create(*opened->blob_, std::move(verified.index),
+                                                  std::move(verified.opener)));
+  opened->key_name_ = std::move(verified.key_name);
   return opened;
 }
 
@@ -224,6 +216,25 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
   result.original.extra_json = encrypted.extra_json;
   result.key_name = unwrapped.key_name;
   return result;
+}
+
+Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
+                                          const std::vector<keywrap::PrivateKey>& keys) {
+  if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
+    return Status::InvalidArgument("media type '" + descriptor.media_type +
+                                   "' is not a lazycrypt layer");
+  }
+  if (blob.size() != descriptor.size) {
+    return Status::Corruption("blob has " + std::to_string(blob.size()) +
+                              " bytes, its descriptor says " + std::to_string(descriptor.size));
+  }
+  LC_ASSIGN_OR_RETURN(LazycryptLayerSecret secret, UnwrapLazycryptLayer(descriptor, keys));
+  VerifiedLayerIndex out;
+  LC_ASSIGN_OR_RETURN(out.index, format::LayerIndex::Open(blob, secret.key, secret.toc_digest));
+  LC_RETURN_IF_ERROR(CheckPublishedCommitment(secret.commitment, out.index->header().commitment));
+  LC_ASSIGN_OR_RETURN(out.opener, format::ChunkOpener::Create(secret.key, out.index->header()));
+  out.key_name = secret.key_name;
+  return out;
 }
 
 }  // namespace lazycrypt::image

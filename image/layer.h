@@ -56,6 +56,19 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
     InputStream& layer, OutputStream& blob, const std::vector<keywrap::PublicKey>& recipients,
     const format::WriterOptions& options);
 
+// What a lazy reader needs from a lazycrypt layer, verified: the layer key unwrapped from the
+// descriptor's annotations with one of `keys`, the sealed TOC read from `blob` (two ReadAt: footer
+// and TOC) and checked against the pinned digest, the key commitment in pubopts checked against
+// the blob's, and the chunk opener. The key itself is not kept (the opener holds the derived chunk
+// key). Errors as OpenedLayer::Open's. `blob` is only read during the call.
+struct VerifiedLayerIndex {
+  std::shared_ptr<const format::LayerIndex> index;
+  std::shared_ptr<const format::ChunkOpener> opener;
+  std::string key_name;  // which of `keys` unwrapped it
+};
+Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
+                                          const std::vector<keywrap::PrivateKey>& keys);
+
 // A lazycrypt layer opened for random access: its key unwrapped, its TOC verified against the
 // pinned digest, and the key commitment in pubopts checked against the blob's.
 class OpenedLayer {

@@ -20,6 +20,7 @@ Result<std::unique_ptr<registry::Client>> MakeClient(const TransportOptions& opt
   client.plain_http = options.plain_http;
   client.tls_verify = options.tls_verify;
   if (!options.authfile.empty()) client.auth_files = {options.authfile};
+  client.hosts_dir = options.hosts_dir;
   return registry::Client::Create(std::move(client));
 }
 

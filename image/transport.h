@@ -111,6 +111,9 @@ struct TransportOptions {
   bool plain_http = false;          // http:// to the registry (a local test registry)
   bool tls_verify = true;           // false: do not verify its TLS certificate
   std::filesystem::path authfile;   // docker-style config.json; empty = the default files
+  // containerd's hosts directory (<hosts_dir>/<host>/hosts.toml, then _default/hosts.toml):
+  // mirrors and per-host settings. Empty = none (callers pick the default, see tools/).
+  std::filesystem::path hosts_dir;
 };
 Result<std::unique_ptr<ImageSource>> OpenRegistrySource(const ImageReference& ref,
                                                         const TransportOptions& options);

@@ -4,6 +4,8 @@
 //    the HMAC verified and gets back exactly the original layer blob;
 //  - lazycrypt encrypts in ocicrypt format; skopeo decrypts and gets back exactly the original.
 // And the failure paths: wrong keys and tampered ciphertext are named errors that write nothing.
+// Through a real docker-registry too: skopeo encrypts into it and lazycrypt decrypts from it; and
+// lazycrypt's own format in a registry, which skopeo inspects but cannot decrypt (documented below).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -15,6 +17,7 @@
 #include "image/layout.h"
 #include "keywrap/base64.h"
 #include "keywrap/keys.h"
+#include "tests/harness/registry_process.h"
 #include "tests/integration_util.h"
 
 namespace lazycrypt::testing {
@@ -274,6 +277,126 @@ TEST(SkopeoInteropErrors, SkopeoRejectsTamperedLazycryptOcicryptLayer) {
                       ShellQuote("oci:" + (tmp / "dec").string() + ":latest"));
   EXPECT_NE(s.exit_code, 0) << s.output;
   EXPECT_THAT(s.output, HasSubstr("could not properly decrypt byte stream"));
+}
+
+// --- through a registry --------------------------------------------------------------------------
+
+class SkopeoRegistryInterop : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MakeBusyboxImage(tmp_ / "src");
+    key_ = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+    auto registry = harness::RegistryProcess::Start();
+    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+    registry_ = std::move(registry).value();
+  }
+  std::string Ref(const std::string& tag) const {
+    return "docker://" + registry_->host() + "/lazycrypt/busybox:" + tag;
+  }
+  std::string Oci(const std::string& name) const {
+    return ShellQuote("oci:" + (tmp_ / name).string() + ":latest");
+  }
+
+  TempDir tmp_;
+  KeyPair key_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+};
+
+// skopeo encrypts straight into the registry (ocicrypt, AES-256-CTR + HMAC); lazycrypt decrypts
+// from the registry into a layout and gets the original layer blob back, byte for byte.
+TEST_F(SkopeoRegistryInterop, LazycryptDecryptsWhatSkopeoPushedEncrypted) {
+  auto s = RunCommand("skopeo copy -q --dest-tls-verify=false --encryption-key " +
+                      ShellQuote("jwe:" + key_.pub.string()) + " " + Oci("src") + " " +
+                      ShellQuote(Ref("skopeo-enc")));
+  ASSERT_EQ(s.exit_code, 0) << s.output << registry_->Log();
+  auto info = Lazycrypt("inspect --json --plain-http " + ShellQuote(Ref("skopeo-enc")));
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  auto j = nlohmann::json::parse(info.output);
+  EXPECT_EQ(j["layers"][0]["kind"], "ocicrypt");
+  EXPECT_EQ(j["layers"][0]["mediaType"], std::string(image::kMediaTypeOcicryptLayerTarGzip));
+
+  auto r = Lazycrypt("decrypt --plain-http --key " + ShellQuote(key_.priv.string()) + " " +
+                     ShellQuote(Ref("skopeo-enc")) + " " + Oci("dec"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("decrypted (ocicrypt)"));
+  ExpectSameLayers(tmp_ / "src", tmp_ / "dec");
+
+  // And back into the registry, where skopeo (no key needed now) copies it out unchanged.
+  auto back = Lazycrypt("decrypt --plain-http --key " + ShellQuote(key_.priv.string()) + " " +
+                        ShellQuote(Ref("skopeo-enc")) + " " + ShellQuote(Ref("plain")));
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  auto out = RunCommand("skopeo copy -q --src-tls-verify=false " + ShellQuote(Ref("plain")) + " " +
+                        Oci("pulled"));
+  ASSERT_EQ(out.exit_code, 0) << out.output;
+  ExpectSameLayers(tmp_ / "src", tmp_ / "pulled");
+}
+
+// lazycrypt's format in a registry, seen by skopeo 1.9.3 (ocicrypt inside):
+//  - `skopeo inspect` works: --raw prints our manifest (layer media type
+//    application/vnd.oci.image.layer.v1.tar+lazycrypt+encrypted, the JWE, pubopts and TOC digest
+//    annotations); the normal form shows the manifest digest and the layer digests (1.9.3 prints
+//    no per-layer media types there);
+//  - `skopeo copy --decryption-key priv.pem` fails with exit status 1. ocicrypt recognizes the
+//    "+encrypted" layer, unwraps our JWE envelope with the key (it is ocicrypt's own), and then
+//    stops at the cipher named in pubopts: "decrypting layer sha256:<digest>: unsupported cipher
+//    type: LAZYCRYPT_GCM_V1". With a key that is not a recipient it stops earlier: "no suitable
+//    key unwrapper found or none of the private keys could be used for decryption". It never
+//    copies the encrypted layer through as if it were plain.
+TEST_F(SkopeoRegistryInterop, SkopeoInspectsLazycryptImagesButCannotDecryptThem) {
+  auto r = Lazycrypt("encrypt --quiet --plain-http -r " + ShellQuote("jwe:" + key_.pub.string()) +
+                     " " + Oci("src") + " " + ShellQuote(Ref("lazy")));
+  ASSERT_EQ(r.exit_code, 0) << r.output << registry_->Log();
+  ASSERT_THAT(r.output, ::testing::MatchesRegex("sha256:[0-9a-f]{64}\n"));
+  const std::string manifest_digest = r.output.substr(0, 71);
+
+  // skopeo inspect --raw: our manifest, byte for byte what lazycrypt pushed.
+  auto raw = RunCommand("skopeo inspect --raw --tls-verify=false " + ShellQuote(Ref("lazy")));
+  ASSERT_EQ(raw.exit_code, 0) << raw.output;
+  EXPECT_EQ(PipelineSha256("skopeo inspect --raw --tls-verify=false " + ShellQuote(Ref("lazy"))),
+            manifest_digest);
+  auto m = nlohmann::json::parse(raw.output);
+  ASSERT_EQ(m["layers"].size(), 1u);
+  const auto& layer = m["layers"][0];
+  EXPECT_EQ(layer["mediaType"], std::string(image::kMediaTypeLazycryptLayer));
+  EXPECT_EQ(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+lazycrypt+encrypted");
+  const auto& annotations = layer["annotations"];
+  EXPECT_TRUE(annotations.contains(std::string(image::kAnnotationEncKeysJwe))) << annotations;
+  EXPECT_TRUE(annotations.contains(std::string(image::kAnnotationEncPubopts))) << annotations;
+  EXPECT_THAT(annotations.value(std::string(image::kAnnotationLazycryptTocDigest), ""),
+              ::testing::StartsWith("sha256:"));
+  auto pubopts = keywrap::Base64Decode(annotations[std::string(image::kAnnotationEncPubopts)]
+                                           .get<std::string>());
+  ASSERT_TRUE(pubopts.ok());
+  EXPECT_THAT(std::string(pubopts->begin(), pubopts->end()), HasSubstr("LAZYCRYPT_GCM_V1"));
+
+  // skopeo inspect (normal form): the manifest digest and the layer digest.
+  auto normal = RunCommand("skopeo inspect --tls-verify=false " + ShellQuote(Ref("lazy")));
+  ASSERT_EQ(normal.exit_code, 0) << normal.output;
+  auto n = nlohmann::json::parse(normal.output);
+  EXPECT_EQ(n["Digest"], manifest_digest);
+  EXPECT_EQ(n["Layers"], nlohmann::json::array({layer["digest"]}));
+
+  // skopeo copy --decryption-key: fails at our cipher, after unwrapping the key.
+  auto copy = RunCommand("skopeo copy -q --src-tls-verify=false --decryption-key " +
+                         ShellQuote(key_.priv.string()) + " " + ShellQuote(Ref("lazy")) + " " +
+                         Oci("out"));
+  EXPECT_EQ(copy.exit_code, 1) << copy.output;
+  EXPECT_THAT(copy.output, HasSubstr("decrypting layer " + layer["digest"].get<std::string>() +
+                                     ": unsupported cipher type: LAZYCRYPT_GCM_V1"));
+  // skopeo wrote no image (no index.json naming a manifest).
+  EXPECT_FALSE(fs::exists(tmp_ / "out" / "index.json"));
+  KeyPair stranger = GenerateKeyPair(tmp_.path(), "rsa2048", "stranger");
+  auto denied = RunCommand("skopeo copy -q --src-tls-verify=false --decryption-key " +
+                           ShellQuote(stranger.priv.string()) + " " + ShellQuote(Ref("lazy")) + " " +
+                           Oci("out2"));
+  EXPECT_EQ(denied.exit_code, 1) << denied.output;
+  EXPECT_THAT(denied.output, HasSubstr("none of the private keys could be used for decryption"));
+
+  // lazycrypt itself decrypts it from the registry.
+  auto dec = Lazycrypt("decrypt --plain-http -k " + ShellQuote(key_.priv.string()) + " " +
+                       ShellQuote(Ref("lazy")) + " " + Oci("dec"));
+  ASSERT_EQ(dec.exit_code, 0) << dec.output;
+  EXPECT_EQ(LoadLayoutImage(tmp_ / "dec").config.diff_ids, LoadLayoutImage(tmp_ / "src").config.diff_ids);
 }
 
 }  // namespace
