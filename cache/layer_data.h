@@ -26,6 +26,10 @@ struct LayerStats {
   uint64_t chunks_present = 0;       // chunks whose ciphertext is on local disk now
   uint64_t chunk_count = 0;          // chunks in the layer
   uint64_t fetch_nanos = 0;          // total wall time spent in blob fetches
+  uint64_t bytes_present = 0;        // record bytes of this layer on local disk now
+  uint64_t memory_cache_bytes = 0;   // opened (plaintext) chunk bytes held in memory now
+  uint64_t disk_corrupt = 0;         // cached records that failed authentication (dropped, refetched)
+  uint64_t fetch_errors = 0;         // ranged requests that failed
 };
 
 // Thread-safe: every method may be called concurrently.

@@ -1,0 +1,582 @@
+#include "cache/cached_layer.h"
+
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <list>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+
+#include "crypto/digest.h"
+
+namespace lazycrypt::cache {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The plaintext of one opened chunk. Wiped when the last reference goes.
+class PlainChunk {
+ public:
+  explicit PlainChunk(size_t size)
+      : bytes_(std::make_unique_for_overwrite<uint8_t[]>(size)), size_(size) {}
+  ~PlainChunk() { OPENSSL_cleanse(bytes_.get(), size_); }
+  PlainChunk(const PlainChunk&) = delete;
+  PlainChunk& operator=(const PlainChunk&) = delete;
+  MutableByteSpan mutable_span() { return {bytes_.get(), size_}; }
+  ByteSpan span() const { return {bytes_.get(), size_}; }
+  size_t size() const { return size_; }
+
+ private:
+  std::unique_ptr<uint8_t[]> bytes_;
+  size_t size_;
+};
+using PlainPtr = std::shared_ptr<const PlainChunk>;
+
+// One fetch (or disk read) of one chunk in progress; readers that miss the same chunk wait on it.
+struct Flight {
+  bool done = false;  // guarded by Impl::mu
+  Status status;
+  PlainPtr plain;     // set when status is OK
+};
+
+enum class Purpose { kForeground, kPrefetch, kBackground };
+
+std::string ChunkName(uint64_t i) { return "chunk " + std::to_string(i); }
+
+}  // namespace
+
+struct CachedLayer::Impl {
+  std::shared_ptr<const format::LayerIndex> index;
+  std::shared_ptr<const format::ChunkOpener> opener;
+  std::shared_ptr<BlobSource> source;
+  MultiRangeBlobSource* multi = nullptr;  // source, when it reads several ranges at once
+  ChunkStore* store = nullptr;
+  CachedLayerOptions options;
+  std::string key;
+
+  mutable std::mutex mu;
+  std::condition_variable flight_cv;  // a flight completed
+  std::unordered_map<uint64_t, std::shared_ptr<Flight>> flights;
+  // Opened-chunk memory cache: LRU (front = most recent), bytes-capped.
+  std::list<uint64_t> mem_lru;
+  std::unordered_map<uint64_t, std::pair<PlainPtr, std::list<uint64_t>::iterator>> mem;
+  uint64_t mem_bytes = 0;
+  // Where the next sequential read of a file would start (read-ahead trigger).
+  std::unordered_map<const format::Entry*, uint64_t> next_offset;
+  // Background fetch.
+  std::condition_variable bg_cv;  // stop requested or foreground fetches finished
+  int foreground_fetches = 0;
+  bool bg_stop = false;
+  bool bg_started = false;
+  std::thread bg_thread;
+  std::atomic<bool> bg_done{false};
+
+  std::atomic<uint64_t> blob_bytes_fetched{0}, fetch_requests{0}, chunks_fetched{0},
+      chunks_opened{0}, cache_hits{0}, cache_misses{0}, auth_failures{0}, fetch_nanos{0},
+      disk_corrupt{0}, fetch_errors{0};
+
+  ~Impl() { StopBackground(); }
+
+  // ---- memory cache (REQUIRES mu) ----
+  PlainPtr MemLookup(uint64_t i) {
+    auto it = mem.find(i);
+    if (it == mem.end()) return nullptr;
+    mem_lru.splice(mem_lru.begin(), mem_lru, it->second.second);
+    return it->second.first;
+  }
+  void MemInsert(uint64_t i, PlainPtr plain) {
+    if (plain->size() > options.memory_cache_bytes || mem.count(i) != 0) return;
+    while (mem_bytes + plain->size() > options.memory_cache_bytes && !mem_lru.empty()) {
+      auto victim = mem.find(mem_lru.back());
+      mem_bytes -= victim->second.first->size();
+      mem.erase(victim);  // wiped once no reader holds it any more
+      mem_lru.pop_back();
+    }
+    mem_lru.push_front(i);
+    mem_bytes += plain->size();
+    mem.emplace(i, std::make_pair(std::move(plain), mem_lru.begin()));
+  }
+
+  void Complete(uint64_t i, const std::shared_ptr<Flight>& flight, Status status, PlainPtr plain) {
+    std::lock_guard lock(mu);
+    flight->status = std::move(status);
+    flight->plain = std::move(plain);
+    flight->done = true;
+    auto it = flights.find(i);
+    if (it != flights.end() && it->second == flight) flights.erase(it);
+    flight_cv.notify_all();
+  }
+
+  // Authenticates and opens a record of chunk i.
+  Result<PlainPtr> Open(uint64_t i, ByteSpan record) {
+    const format::ChunkInfo& chunk = index->chunks()[i];
+    auto plain = std::make_shared<PlainChunk>(chunk.raw_size);
+    LC_RETURN_IF_ERROR(opener->Open(chunk, record, plain->mutable_span()));
+    chunks_opened.fetch_add(1, std::memory_order_relaxed);
+    return PlainPtr(std::move(plain));
+  }
+
+  Status Acquire(const std::vector<uint64_t>& wanted, const std::vector<uint64_t>& extra,
+                 Purpose purpose, std::vector<PlainPtr>* out, Status* extra_status);
+  using Run = std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>;  // adjacent chunks
+  Status FetchRuns(const std::vector<Run>& runs, Purpose purpose);
+
+  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset, MutableByteSpan out);
+  Status Prefetch(const std::vector<const format::Entry*>& files);
+  void BackgroundLoop(uint64_t rate_bytes_per_sec);
+  void StopBackground() {
+    {
+      std::lock_guard lock(mu);
+      bg_stop = true;
+    }
+    bg_cv.notify_all();
+    if (bg_thread.joinable()) bg_thread.join();
+  }
+  Status CheckEntry(const format::Entry& entry) const {
+    if (entry.type != format::EntryType::kRegular) {
+      return Status::InvalidArgument("entry '" + entry.name + "' is a " +
+                                     std::string(format::EntryTypeName(entry.type)) +
+                                     ", not a regular file");
+    }
+    if (entry.data_offset > index->tar_size() ||
+        entry.size > index->tar_size() - entry.data_offset) {
+      return Status::InvalidArgument("entry '" + entry.name + "' is not one of this layer's");
+    }
+    return Status::Ok();
+  }
+};
+
+// Fetches runs of adjacent records with one request (ReadAt for one run, ReadRanges for
+// several), then opens, stores and publishes each record. Completes every flight of `runs`.
+Status CachedLayer::Impl::FetchRuns(const std::vector<Run>& runs, Purpose purpose) {
+  auto chunks = index->chunks();
+  std::vector<std::vector<uint8_t>> records(runs.size());
+  std::vector<RangeRead> ranges;
+  uint64_t total = 0, count = 0;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const uint64_t begin = chunks[runs[r].front().first].blob_offset;
+    records[r].resize(chunks[runs[r].back().first].blob_end() - begin);
+    ranges.push_back({begin, records[r]});
+    total += records[r].size();
+    count += runs[r].size();
+  }
+  if (purpose == Purpose::kForeground) {
+    std::lock_guard lock(mu);
+    ++foreground_fetches;
+  }
+  const auto start = Clock::now();
+  Status fetched = ranges.size() == 1 || multi == nullptr
+                       ? source->ReadAt(ranges[0].offset, ranges[0].out)
+                       : multi->ReadRanges(ranges);
+  fetch_nanos.fetch_add(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(),
+      std::memory_order_relaxed);
+  fetch_requests.fetch_add(1, std::memory_order_relaxed);
+  if (purpose == Purpose::kForeground) {
+    {
+      std::lock_guard lock(mu);
+      --foreground_fetches;
+    }
+    bg_cv.notify_all();
+  }
+  if (!fetched.ok()) {
+    fetch_errors.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t first = runs.front().front().first, last = runs.back().back().first;
+    Status s = fetched.WithContext(first == last ? ChunkName(first)
+                                                 : "chunks " + std::to_string(first) + ".." +
+                                                       std::to_string(last));
+    for (const Run& run : runs) {
+      for (const auto& [i, flight] : run) Complete(i, flight, s, nullptr);
+    }
+    return s;
+  }
+  blob_bytes_fetched.fetch_add(total, std::memory_order_relaxed);
+  chunks_fetched.fetch_add(count, std::memory_order_relaxed);
+  Status first_error;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const uint64_t begin = ranges[r].offset;
+    for (const auto& [i, flight] : runs[r]) {
+      ByteSpan record(records[r].data() + (chunks[i].blob_offset - begin), chunks[i].record_size());
+      Result<PlainPtr> plain = Open(i, record);
+      if (!plain.ok()) {
+        // Fresh from the source: the blob itself is bad. Not stored; the next read tries again.
+        auth_failures.fetch_add(1, std::memory_order_relaxed);
+        Status s = plain.status().WithContext(ChunkName(i));
+        if (first_error.ok()) first_error = s;
+        Complete(i, flight, s, nullptr);
+        continue;
+      }
+      if (store != nullptr) {
+        // A failed disk write costs only a later refetch; the read itself succeeded.
+        (void)store->Put(key, i, chunks[i].blob_offset, record);
+      }
+      if (purpose != Purpose::kBackground) {
+        std::lock_guard lock(mu);
+        MemInsert(i, *plain);
+      }
+      Complete(i, flight, Status::Ok(), *std::move(plain));
+    }
+  }
+  return first_error;
+}
+
+Status CachedLayer::Impl::Acquire(const std::vector<uint64_t>& wanted,
+                                  const std::vector<uint64_t>& extra, Purpose purpose,
+                                  std::vector<PlainPtr>* out, Status* extra_status) {
+  struct Led {
+    uint64_t chunk;
+    std::shared_ptr<Flight> flight;
+    bool is_extra;
+    size_t pos;  // in `wanted` unless is_extra
+  };
+  std::vector<Led> led;
+  std::vector<std::pair<size_t, std::shared_ptr<Flight>>> follow;  // (position in wanted, flight)
+  if (out) out->assign(wanted.size(), nullptr);
+  {
+    std::lock_guard lock(mu);
+    for (size_t k = 0; k < wanted.size(); ++k) {
+      const uint64_t i = wanted[k];
+      if (PlainPtr p = MemLookup(i)) {
+        cache_hits.fetch_add(1, std::memory_order_relaxed);
+        if (out) (*out)[k] = std::move(p);
+      } else if (auto it = flights.find(i); it != flights.end()) {
+        follow.emplace_back(k, it->second);
+      } else {
+        auto flight = std::make_shared<Flight>();
+        flights.emplace(i, flight);
+        led.push_back({i, flight, false, k});
+      }
+    }
+    for (uint64_t i : extra) {
+      if (mem.count(i) != 0 || flights.count(i) != 0) continue;
+      if (store != nullptr && store->Contains(key, i)) continue;
+      auto flight = std::make_shared<Flight>();
+      flights.emplace(i, flight);
+      led.push_back({i, flight, true, 0});
+    }
+  }
+
+  // Every led flight completes exactly once, whatever happens below.
+  std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> to_fetch;
+  auto chunks = index->chunks();
+  for (const Led& l : led) {
+    if (!l.is_extra && store != nullptr) {
+      const format::ChunkInfo& chunk = chunks[l.chunk];
+      std::vector<uint8_t> record(chunk.record_size());
+      Result<bool> got = store->Get(key, l.chunk, chunk.blob_offset, record);
+      if (got.ok() && *got) {
+        Result<PlainPtr> plain = Open(l.chunk, record);
+        if (plain.ok()) {
+          cache_hits.fetch_add(1, std::memory_order_relaxed);
+          {
+            std::lock_guard lock(mu);
+            MemInsert(l.chunk, *plain);
+          }
+          if (out) (*out)[l.pos] = *plain;
+          Complete(l.chunk, l.flight, Status::Ok(), *std::move(plain));
+          continue;
+        }
+        // Damaged on disk (or torn by a crash): drop it and fetch it once more.
+        disk_corrupt.fetch_add(1, std::memory_order_relaxed);
+        (void)store->Drop(key, l.chunk);
+      }
+    }
+    if (!l.is_extra) cache_misses.fetch_add(1, std::memory_order_relaxed);
+    to_fetch.emplace_back(l.chunk, l.flight);
+  }
+  std::sort(to_fetch.begin(), to_fetch.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  // Adjacent records, up to max_request_bytes, go in one run; each run is one request, or, when
+  // the source reads several ranges at once, runs totalling up to max_request_bytes are.
+  std::vector<Run> runs;
+  for (size_t b = 0; b < to_fetch.size();) {
+    size_t e = b + 1;
+    const uint64_t begin = chunks[to_fetch[b].first].blob_offset;
+    while (e < to_fetch.size() && to_fetch[e].first == to_fetch[e - 1].first + 1 &&
+           chunks[to_fetch[e].first].blob_end() - begin <= options.max_request_bytes) {
+      ++e;
+    }
+    runs.emplace_back(to_fetch.begin() + b, to_fetch.begin() + e);
+    b = e;
+  }
+  std::vector<Run> batch;
+  uint64_t batch_bytes = 0;
+  for (Run& run : runs) {
+    const uint64_t bytes =
+        chunks[run.back().first].blob_end() - chunks[run.front().first].blob_offset;
+    if (!batch.empty() && (multi == nullptr || batch_bytes + bytes > options.max_request_bytes)) {
+      (void)FetchRuns(batch, purpose);  // outcomes are read from the flights below
+      batch.clear();
+      batch_bytes = 0;
+    }
+    batch.push_back(std::move(run));
+    batch_bytes += bytes;
+  }
+  if (!batch.empty()) (void)FetchRuns(batch, purpose);
+
+  // Collect: our own flights are done; wait for the others'.
+  Status first_error;
+  std::unique_lock lock(mu);
+  for (const Led& l : led) {
+    if (l.is_extra) {
+      if (extra_status && extra_status->ok() && !l.flight->status.ok()) {
+        *extra_status = l.flight->status;
+      }
+      continue;
+    }
+    if (!l.flight->status.ok()) {
+      if (first_error.ok()) first_error = l.flight->status;
+      continue;
+    }
+    if (out) (*out)[l.pos] = l.flight->plain;
+  }
+  for (auto& [k, flight] : follow) {
+    flight_cv.wait(lock, [&] { return flight->done; });
+    if (!flight->status.ok()) {
+      if (first_error.ok()) first_error = flight->status;
+      continue;
+    }
+    cache_hits.fetch_add(1, std::memory_order_relaxed);  // served by another reader's fetch
+    if (out) (*out)[k] = flight->plain;
+  }
+  return first_error;
+}
+
+Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t offset,
+                                           MutableByteSpan out) {
+  LC_RETURN_IF_ERROR(CheckEntry(entry).WithContext("ReadFile"));
+  if (offset >= entry.size || out.empty()) return size_t{0};
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry.size - offset));
+  const format::ChunkRange range = index->ChunksForRange(entry, offset, n);
+  std::vector<uint64_t> wanted;
+  for (uint64_t i = range.first; i < range.first + range.count; ++i) wanted.push_back(i);
+
+  bool sequential = false;
+  {
+    std::lock_guard lock(mu);
+    auto it = next_offset.find(&entry);
+    sequential = offset != 0 && it != next_offset.end() && it->second == offset;
+    if (next_offset.size() >= 4096) next_offset.clear();
+    next_offset[&entry] = offset + n;
+  }
+  std::vector<uint64_t> extra;
+  if (sequential && options.readahead_bytes > 0) {
+    const format::ChunkRange whole = index->ChunksForRange(entry, 0, entry.size);
+    const uint64_t file_last = whole.first + whole.count - 1;
+    uint64_t bytes = 0;
+    auto chunks = index->chunks();
+    for (uint64_t i = range.first + range.count; i <= file_last; ++i) {
+      bytes += chunks[i].raw_size;
+      if (bytes > options.readahead_bytes) break;
+      extra.push_back(i);
+    }
+  }
+
+  std::vector<PlainPtr> plains;
+  LC_RETURN_IF_ERROR(Acquire(wanted, extra, Purpose::kForeground, &plains, nullptr));
+  // Every chunk is verified whole; only now is any byte copied out.
+  const uint64_t want_begin = entry.data_offset + offset;
+  const uint64_t want_end = want_begin + n;
+  auto chunks = index->chunks();
+  for (size_t k = 0; k < wanted.size(); ++k) {
+    const format::ChunkInfo& chunk = chunks[wanted[k]];
+    const uint64_t from = std::max(chunk.tar_offset, want_begin);
+    const uint64_t to = std::min(chunk.tar_end(), want_end);
+    std::memcpy(out.data() + (from - want_begin), plains[k]->span().data() + (from - chunk.tar_offset),
+                to - from);
+  }
+  return n;
+}
+
+Status CachedLayer::Impl::Prefetch(const std::vector<const format::Entry*>& files) {
+  std::vector<uint64_t> all;
+  for (const format::Entry* e : files) {
+    if (e == nullptr || e->type != format::EntryType::kRegular || e->size == 0) continue;
+    LC_RETURN_IF_ERROR(CheckEntry(*e).WithContext("Prefetch"));
+    const format::ChunkRange r = index->ChunksForRange(*e, 0, e->size);
+    for (uint64_t i = r.first; i < r.first + r.count; ++i) all.push_back(i);
+  }
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  Status extra_status;
+  LC_RETURN_IF_ERROR(Acquire({}, all, Purpose::kPrefetch, nullptr, &extra_status));
+  return extra_status;
+}
+
+void CachedLayer::Impl::BackgroundLoop(uint64_t rate) {
+  auto chunks = index->chunks();
+  uint64_t batch_bytes = std::min<uint64_t>(options.max_request_bytes, uint64_t{4} << 20);
+  if (rate > 0) batch_bytes = std::min<uint64_t>(batch_bytes, std::max<uint64_t>(rate / 4, 1));
+  const auto start = Clock::now();
+  uint64_t sent = 0;
+  uint64_t i = 0;
+  while (i < chunks.size()) {
+    {
+      std::unique_lock lock(mu);
+      // Yield to foreground reads that are fetching.
+      bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
+      if (bg_stop) return;
+    }
+    if (store->Contains(key, i)) {
+      ++i;
+      continue;
+    }
+    std::vector<uint64_t> batch{i};
+    uint64_t bytes = chunks[i].record_size();
+    for (uint64_t j = i + 1; j < chunks.size() && !store->Contains(key, j); ++j) {
+      if (bytes + chunks[j].record_size() > batch_bytes) break;
+      bytes += chunks[j].record_size();
+      batch.push_back(j);
+    }
+    Status s;
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      s = Status::Ok();
+      (void)Acquire({}, batch, Purpose::kBackground, nullptr, &s);
+      if (s.ok() || s.code() == StatusCode::kAuthFailed || s.code() == StatusCode::kCorruption) {
+        break;  // a bad record does not get better by asking again
+      }
+      std::unique_lock lock(mu);
+      if (bg_cv.wait_for(lock, std::chrono::milliseconds(100 << attempt), [&] { return bg_stop; })) {
+        return;
+      }
+    }
+    sent += bytes;
+    i = batch.back() + 1;
+    if (rate > 0) {
+      const auto due = start + std::chrono::nanoseconds(static_cast<int64_t>(
+                                   static_cast<long double>(sent) * 1e9L / rate));
+      std::unique_lock lock(mu);
+      if (bg_cv.wait_until(lock, due, [&] { return bg_stop; })) return;
+    }
+  }
+  bg_done.store(true);
+}
+
+// ---- CachedLayer ------------------------------------------------------------------------------
+
+CachedLayer::CachedLayer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CachedLayer::~CachedLayer() { impl_->StopBackground(); }
+
+Result<std::shared_ptr<CachedLayer>> CachedLayer::Create(
+    std::shared_ptr<const format::LayerIndex> index,
+    std::shared_ptr<const format::ChunkOpener> opener, std::shared_ptr<BlobSource> source,
+    ChunkStore* store, const CachedLayerOptions& options) {
+  if (!index || !opener || !source) {
+    return Status::InvalidArgument("CachedLayer: null index, opener or source");
+  }
+  if (opener->salt() != index->header().salt) {
+    return Status::FailedPrecondition("CachedLayer: the chunk opener belongs to another blob");
+  }
+  if (source->size() != index->blob_size()) {
+    return Status::FailedPrecondition("CachedLayer: blob source is " +
+                                      std::to_string(source->size()) +
+                                      " bytes, the index was opened on " +
+                                      std::to_string(index->blob_size()));
+  }
+  if (options.max_request_bytes == 0) {
+    return Status::InvalidArgument("CachedLayer: max_request_bytes is 0");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->key = options.store_key.empty() ? "toc-" + crypto::HexEncode(index->toc_digest())
+                                        : options.store_key;
+  LC_RETURN_IF_ERROR(ValidateBlobKey(impl->key).WithContext("CachedLayer"));
+  impl->index = std::move(index);
+  impl->opener = std::move(opener);
+  impl->multi = dynamic_cast<MultiRangeBlobSource*>(source.get());
+  impl->source = std::move(source);
+  impl->store = store;
+  impl->options = options;
+  return std::shared_ptr<CachedLayer>(new CachedLayer(std::move(impl)));
+}
+
+Result<std::shared_ptr<CachedLayer>> CachedLayer::Open(std::shared_ptr<BlobSource> source,
+                                                       const format::LayerKey& key,
+                                                       const crypto::Sha256Digest& pinned_toc_digest,
+                                                       ChunkStore* store,
+                                                       const CachedLayerOptions& options) {
+  if (!source) return Status::InvalidArgument("CachedLayer: null source");
+  LC_ASSIGN_OR_RETURN(std::shared_ptr<const format::LayerIndex> index,
+                      format::LayerIndex::Open(*source, key, pinned_toc_digest));
+  LC_ASSIGN_OR_RETURN(std::shared_ptr<const format::ChunkOpener> opener,
+                      format::ChunkOpener::Create(key, index->header()));
+  return Create(std::move(index), std::move(opener), std::move(source), store, options);
+}
+
+const format::LayerIndex& CachedLayer::index() const { return *impl_->index; }
+
+Result<size_t> CachedLayer::ReadFile(const format::Entry& entry, uint64_t offset,
+                                     MutableByteSpan out) {
+  return impl_->ReadFile(entry, offset, out);
+}
+
+Status CachedLayer::Prefetch(const std::vector<const format::Entry*>& files) {
+  return impl_->Prefetch(files);
+}
+
+Status CachedLayer::PrefetchMarked() {
+  const auto entries = impl_->index->entries();
+  std::vector<const format::Entry*> files;
+  for (uint32_t i : impl_->index->prefetch_entries()) {
+    if (i < entries.size()) files.push_back(&entries[i]);
+  }
+  return impl_->Prefetch(files);
+}
+
+Status CachedLayer::StartBackgroundFetch(uint64_t rate_bytes_per_sec) {
+  if (impl_->store == nullptr) {
+    return Status::FailedPrecondition("background fetch needs a chunk store");
+  }
+  std::lock_guard lock(impl_->mu);
+  if (impl_->bg_started) return Status::FailedPrecondition("background fetch already started");
+  impl_->bg_started = true;
+  impl_->bg_stop = false;
+  try {
+    impl_->bg_thread = std::thread([impl = impl_.get(), rate_bytes_per_sec] {
+      impl->BackgroundLoop(rate_bytes_per_sec);
+    });
+  } catch (const std::system_error& e) {
+    impl_->bg_started = false;
+    return Status::Internal(std::string("background fetch: cannot start a thread: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+void CachedLayer::StopBackgroundFetch() { impl_->StopBackground(); }
+
+bool CachedLayer::background_fetch_done() const { return impl_->bg_done.load(); }
+
+const std::string& CachedLayer::store_key() const { return impl_->key; }
+
+LayerStats CachedLayer::stats() const {
+  const Impl& m = *impl_;
+  LayerStats s;
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  s.blob_bytes_fetched = get(m.blob_bytes_fetched);
+  s.fetch_requests = get(m.fetch_requests);
+  s.chunks_fetched = get(m.chunks_fetched);
+  s.chunks_opened = get(m.chunks_opened);
+  s.cache_hits = get(m.cache_hits);
+  s.cache_misses = get(m.cache_misses);
+  s.auth_failures = get(m.auth_failures);
+  s.fetch_nanos = get(m.fetch_nanos);
+  s.disk_corrupt = get(m.disk_corrupt);
+  s.fetch_errors = get(m.fetch_errors);
+  s.chunk_count = m.index->chunks().size();
+  if (m.store != nullptr) {
+    s.chunks_present = m.store->ChunksPresent(m.key);
+    s.bytes_present = m.store->BytesPresent(m.key);
+  }
+  {
+    std::lock_guard lock(m.mu);
+    s.memory_cache_bytes = m.mem_bytes;
+  }
+  return s;
+}
+
+}  // namespace lazycrypt::cache

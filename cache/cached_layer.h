@@ -1,0 +1,100 @@
+// CachedLayer: a LayerData that fetches chunk records lazily from a BlobSource, keeps their
+// ciphertext in a ChunkStore (disk) and a few opened chunks in memory, prefetches chosen files
+// and can complete the layer in the background.
+//
+// A chunk read goes: opened-chunk memory cache → disk store (record re-authenticated when opened)
+// → fetch from the source. Concurrent misses of one chunk make one fetch (later readers wait for
+// the first one's result, errors included); adjacent misses of one read are fetched with one
+// ranged ReadAt, extended by read-ahead when the read continues the previous read of the file.
+// No lock is held across a fetch, a disk read or a decrypt. No error is cached: the next read of
+// a chunk that failed tries again. When the source is a MultiRangeBlobSource, the separate runs
+// of missing records of one read (or prefetch, or background batch) go in one request.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/chunk_store.h"
+#include "cache/layer_data.h"
+#include "cache/multi_range_source.h"
+#include "common/io.h"
+#include "common/status.h"
+#include "format/chunk.h"
+#include "format/keys.h"
+#include "format/layer_index.h"
+
+namespace lazycrypt::cache {
+
+struct CachedLayerOptions {
+  // Bytes of opened (plaintext) chunks kept in memory; evicted buffers are wiped.
+  uint64_t memory_cache_bytes = uint64_t{32} << 20;
+  // When a read continues the previous read of the same file, up to this many raw bytes of the
+  // following chunks are fetched in the same request. 0 disables read-ahead.
+  uint64_t readahead_bytes = uint64_t{4} << 20;
+  // Upper bound on one ranged request (a longer run of records is split).
+  uint64_t max_request_bytes = uint64_t{32} << 20;
+  // The blob's name in the ChunkStore; empty = "toc-<hex of the pinned TOC digest>", which names
+  // exactly one blob because the sealed TOC is bound to the blob's salt.
+  std::string store_key;
+};
+
+class CachedLayer final : public LayerData {
+ public:
+  // `index` and `opener` must belong to the same blob, which `source` serves (its size must be
+  // the index's blob size): FailedPrecondition otherwise. `store` may be null (memory only) and
+  // must outlive the layer. InvalidArgument for a bad store_key.
+  static Result<std::shared_ptr<CachedLayer>> Create(std::shared_ptr<const format::LayerIndex> index,
+                                                     std::shared_ptr<const format::ChunkOpener> opener,
+                                                     std::shared_ptr<BlobSource> source,
+                                                     ChunkStore* store,
+                                                     const CachedLayerOptions& options = {});
+  // Stops the background fetch (joins its thread, after the request it may have in flight).
+  // REQUIRES no call in progress.
+  ~CachedLayer() override;
+  CachedLayer(const CachedLayer&) = delete;
+  CachedLayer& operator=(const CachedLayer&) = delete;
+
+  const format::LayerIndex& index() const override;
+  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+                          MutableByteSpan out) override;
+  LayerStats stats() const override;
+
+  // Fetches every chunk of `files` (regular entries of index(); others are ignored) that is not
+  // already cached, with one ranged request per contiguous run of missing records; each record is
+  // authenticated, stored, and its opened chunk kept in memory (as far as the memory cache
+  // holds). Blocks until done. Returns the first error (the other runs are still fetched).
+  Status Prefetch(const std::vector<const format::Entry*>& files);
+  // Prefetch of the files marked at conversion time (index().prefetch_entries()); OK when none.
+  Status PrefetchMarked();
+
+  // Starts a thread that fetches every chunk not yet on disk, in blob order, into the store, at
+  // most rate_bytes_per_sec (0 = unbounded), pausing while a foreground read is fetching.
+  // A failed request is retried a few times with backoff, then skipped. Ends when every chunk has
+  // been tried, on Stop, or on destruction. FailedPrecondition without a store or when already
+  // started.
+  Status StartBackgroundFetch(uint64_t rate_bytes_per_sec);
+  // Stops the background fetch promptly and waits for its thread. Idempotent.
+  void StopBackgroundFetch();
+  // True once a background fetch has finished its pass over the layer (not when stopped).
+  bool background_fetch_done() const;
+
+  // The key of this layer's records in the ChunkStore.
+  const std::string& store_key() const;
+
+  // Convenience for mounts: LayerIndex::Open on `source` (footer, key commitment, pinned TOC
+  // digest, TOC: two ReadAt), ChunkOpener::Create, then Create. Errors as theirs.
+  static Result<std::shared_ptr<CachedLayer>> Open(std::shared_ptr<BlobSource> source,
+                                                   const format::LayerKey& key,
+                                                   const crypto::Sha256Digest& pinned_toc_digest,
+                                                   ChunkStore* store,
+                                                   const CachedLayerOptions& options = {});
+
+ private:
+  struct Impl;
+  explicit CachedLayer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lazycrypt::cache
