@@ -1,0 +1,48 @@
+#include "lazylayer/labels.h"
+
+#include "image/oci.h"
+
+namespace lazycrypt::lazylayer {
+namespace {
+
+std::string Get(const std::map<std::string, std::string>& labels, std::string_view name) {
+  auto it = labels.find(std::string(name));
+  return it == labels.end() ? std::string() : it->second;
+}
+
+}  // namespace
+
+Result<std::optional<LayerSource>> SourceFromLabels(
+    const std::map<std::string, std::string>& labels) {
+  LayerSource source;
+  source.toc_digest = Get(labels, image::kAnnotationLazycryptTocDigest);
+  if (source.toc_digest.empty()) return std::optional<LayerSource>();
+  LC_RETURN_IF_ERROR(image::ValidateDigest(
+      source.toc_digest, "label " + std::string(image::kAnnotationLazycryptTocDigest)));
+
+  // CRI labels first: the kubelet's view of the image; the stargz family otherwise.
+  std::string_view digest_label = kLabelCriLayerDigest;
+  source.image_ref = Get(labels, kLabelCriImageRef);
+  source.layer_digest = Get(labels, kLabelCriLayerDigest);
+  if (source.image_ref.empty()) {
+    digest_label = kLabelStargzDigest;
+    source.image_ref = Get(labels, kLabelStargzReference);
+    source.layer_digest = Get(labels, kLabelStargzDigest);
+  }
+  if (source.image_ref.empty() || source.layer_digest.empty()) {
+    return Status::InvalidArgument(
+        "a lazycrypt layer (label " + std::string(image::kAnnotationLazycryptTocDigest) +
+        ") came without the image reference and layer digest labels; pull it with `lazycrypt "
+        "pull`, `ctr-remote images rpull`, or the CRI plugin with "
+        "disable_snapshot_annotations = false");
+  }
+  LC_RETURN_IF_ERROR(image::ValidateDigest(source.layer_digest, "label " + std::string(digest_label)));
+  source.manifest_digest = Get(labels, kLabelCriManifestDigest);
+  if (!source.manifest_digest.empty()) {
+    LC_RETURN_IF_ERROR(image::ValidateDigest(source.manifest_digest,
+                                             "label " + std::string(kLabelCriManifestDigest)));
+  }
+  return std::optional<LayerSource>(std::move(source));
+}
+
+}  // namespace lazycrypt::lazylayer

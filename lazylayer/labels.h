@@ -1,0 +1,43 @@
+// Which layer containerd asks the snapshotter for: read from the Prepare labels. containerd
+// passes a remote snapshotter only `containerd.io/snapshot.ref` and labels prefixed
+// `containerd.io/snapshot/` (layer annotations with that prefix included), so the image is named
+// by one of two label families:
+//   CRI (disable_snapshot_annotations = false):  containerd.io/snapshot/cri.image-ref,
+//     .../cri.layer-digest, and in newer releases .../cri.manifest-digest;
+//   stargz's `ctr-remote images rpull` and `lazycrypt pull`: containerd.io/snapshot/remote/
+//     stargz.reference, .../stargz.digest (and .../stargz.layers, unused here).
+// A lazycrypt layer carries containerd.io/snapshot/lazycrypt.toc-digest from its descriptor.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace lazycrypt::lazylayer {
+
+inline constexpr std::string_view kLabelCriImageRef = "containerd.io/snapshot/cri.image-ref";
+inline constexpr std::string_view kLabelCriLayerDigest = "containerd.io/snapshot/cri.layer-digest";
+inline constexpr std::string_view kLabelCriManifestDigest =
+    "containerd.io/snapshot/cri.manifest-digest";
+inline constexpr std::string_view kLabelStargzReference =
+    "containerd.io/snapshot/remote/stargz.reference";
+inline constexpr std::string_view kLabelStargzDigest = "containerd.io/snapshot/remote/stargz.digest";
+inline constexpr std::string_view kLabelStargzLayers = "containerd.io/snapshot/remote/stargz.layers";
+
+struct LayerSource {
+  std::string image_ref;        // "127.0.0.1:5000/app:1" (as containerd names it)
+  std::string layer_digest;     // "sha256:..."
+  std::string manifest_digest;  // "" unless the CRI label names it
+  std::string toc_digest;       // the pinned TOC digest label ("sha256:...")
+};
+
+// nullopt when the labels do not name a lazycrypt layer (no toc-digest label): the layer is left
+// to containerd's ordinary pull. InvalidArgument naming the label when one is malformed, or when
+// a lazycrypt layer comes without an image reference or layer digest (the message says which
+// pull paths send them).
+Result<std::optional<LayerSource>> SourceFromLabels(const std::map<std::string, std::string>& labels);
+
+}  // namespace lazycrypt::lazylayer

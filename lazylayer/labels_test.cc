@@ -1,0 +1,69 @@
+#include "lazylayer/labels.h"
+
+#include <gtest/gtest.h>
+
+namespace lazycrypt::lazylayer {
+namespace {
+
+const std::string kToc = "sha256:" + std::string(64, 'a');
+const std::string kLayer = "sha256:" + std::string(64, 'b');
+const std::string kManifest = "sha256:" + std::string(64, 'c');
+constexpr char kTocLabel[] = "containerd.io/snapshot/lazycrypt.toc-digest";
+
+TEST(SourceFromLabels, NoTocDigestLabelIsNotOurs) {
+  auto s = SourceFromLabels({{"containerd.io/snapshot.ref", "sha256:x"},
+                             {std::string(kLabelStargzReference), "r/a:1"},
+                             {std::string(kLabelStargzDigest), kLayer}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_FALSE(s->has_value());
+}
+
+TEST(SourceFromLabels, StargzLabels) {
+  auto s = SourceFromLabels({{kTocLabel, kToc},
+                             {std::string(kLabelStargzReference), "127.0.0.1:5000/app:1"},
+                             {std::string(kLabelStargzDigest), kLayer}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE(s->has_value());
+  EXPECT_EQ((*s)->image_ref, "127.0.0.1:5000/app:1");
+  EXPECT_EQ((*s)->layer_digest, kLayer);
+  EXPECT_EQ((*s)->toc_digest, kToc);
+  EXPECT_EQ((*s)->manifest_digest, "");
+}
+
+TEST(SourceFromLabels, CriLabelsWinAndCarryTheManifestDigest) {
+  auto s = SourceFromLabels({{kTocLabel, kToc},
+                             {std::string(kLabelCriImageRef), "reg/app:2"},
+                             {std::string(kLabelCriLayerDigest), kLayer},
+                             {std::string(kLabelCriManifestDigest), kManifest},
+                             {std::string(kLabelStargzReference), "other/x:1"},
+                             {std::string(kLabelStargzDigest), kToc}});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE(s->has_value());
+  EXPECT_EQ((*s)->image_ref, "reg/app:2");
+  EXPECT_EQ((*s)->layer_digest, kLayer);
+  EXPECT_EQ((*s)->manifest_digest, kManifest);
+}
+
+TEST(SourceFromLabels, LazycryptLayerWithoutImageLabelsIsAClearError) {
+  auto s = SourceFromLabels({{kTocLabel, kToc}, {"containerd.io/snapshot.ref", "sha256:x"}});
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("lazycrypt pull"), std::string::npos) << s.status().message();
+}
+
+TEST(SourceFromLabels, MalformedDigestsNameTheLabel) {
+  auto bad_toc = SourceFromLabels({{kTocLabel, "sha256:zz"},
+                                   {std::string(kLabelStargzReference), "r/a:1"},
+                                   {std::string(kLabelStargzDigest), kLayer}});
+  ASSERT_FALSE(bad_toc.ok());
+  EXPECT_NE(bad_toc.status().message().find(kTocLabel), std::string::npos);
+  auto bad_layer = SourceFromLabels({{kTocLabel, kToc},
+                                     {std::string(kLabelStargzReference), "r/a:1"},
+                                     {std::string(kLabelStargzDigest), "md5:1"}});
+  ASSERT_FALSE(bad_layer.ok());
+  EXPECT_NE(bad_layer.status().message().find(kLabelStargzDigest), std::string::npos)
+      << bad_layer.status().message();
+}
+
+}  // namespace
+}  // namespace lazycrypt::lazylayer

@@ -1,0 +1,71 @@
+// The snapshotter's RemoteLayerHandler for lazycrypt layers: on Prepare with a lazycrypt layer's
+// labels it resolves the image's manifest from the registry (the ocicrypt key annotations never
+// reach a snapshotter through containerd), checks the layer there against the labels, unwraps the
+// layer key with the node's keys, verifies the sealed TOC against the pinned digest and mounts the
+// layer with FUSE at the snapshot's directory. Layers without the lazycrypt labels are declined
+// at once, without any network request, and containerd pulls them as usual.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/chunk_store.h"
+#include "common/status.h"
+#include "lazylayer/mounted_layer.h"
+#include "registry/registry.h"
+#include "snapshotter/log.h"
+#include "snapshotter/remote.h"
+
+namespace lazycrypt::lazylayer {
+
+struct SnapshotHandlerOptions {
+  // Node key directories (containerd/imgcrypt's convention: every file a private key). Read at
+  // each mount, so keys added to a directory apply without a restart. Missing directories are
+  // skipped; none holding a key → every lazycrypt layer is refused.
+  std::vector<std::filesystem::path> key_dirs;
+  registry::ClientOptions registry;
+  // Ciphertext chunk cache shared by every layer; null = memory only.
+  std::shared_ptr<cache::ChunkStore> store;
+  MountLayerOptions layer;  // prefetch, background fetch, cache and FUSE options (store ignored)
+  // Mounts, unmounts and restores at info level; never keys or file contents.
+  snapshotter::LogSink log;
+};
+
+// What `lazycrypt status` and the metrics endpoint show per mounted layer.
+struct MountedLayerStatus {
+  int64_t snapshot_id = 0;
+  std::string image_ref;
+  std::string layer_digest;
+  std::filesystem::path mountpoint;
+  uint64_t blob_size = 0;
+  cache::LayerStats stats;
+};
+
+// Thread-safe.
+class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
+ public:
+  static Result<std::unique_ptr<SnapshotHandler>> Create(SnapshotHandlerOptions options);
+  ~SnapshotHandler() override;
+
+  Result<bool> TryMount(const snapshotter::PrepareRequest& info) override;
+  Status Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) override;
+  Status Restore(const snapshotter::RestoreRequest& info) override;
+
+  std::vector<MountedLayerStatus> Layers() const;
+  // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).
+  std::vector<snapshotter::RemoteLayerInfo> MountedLayers() const override;
+
+ private:
+  struct Impl;
+  explicit SnapshotHandler(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Detaches whatever is mounted at `dir` (MNT_DETACH), e.g. a FUSE mount whose daemon died.
+// OK when nothing is mounted there.
+Status DetachStaleMount(const std::filesystem::path& dir);
+
+}  // namespace lazycrypt::lazylayer
