@@ -1,14 +1,15 @@
 # Thin wrapper: the build is CMake's, the tests are ctest's.
 #   make        build everything into build/ (executables in build/bin)
 #   make test   install missing Debian packages, build, run the whole suite
-#   make demo   install, build, and run the demo
+#   make demo   install, build, and run the demo (root: containerd, FUSE)
+#   make demo-cli  the CLI-only demo (no root, no daemons)
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
 BUILD      ?= build
 FUZZ_BUILD ?= $(BUILD)/fuzz
 JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
 
-.PHONY: all build setup fuzz test demo bench clean
+.PHONY: all build setup fuzz test demo demo-cli bench clean
 
 all: build
 
@@ -35,6 +36,10 @@ test: setup
 demo: setup
 	$(MAKE) build
 	bash scripts/demo.sh $(BUILD)
+
+demo-cli: setup
+	$(MAKE) build
+	bash scripts/demo-cli.sh $(BUILD)
 
 bench: setup
 	$(MAKE) build

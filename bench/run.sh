@@ -18,6 +18,7 @@
 #   BENCH_OPENSSL_SECONDS=2  BENCH_REPETITIONS=3  BENCH_MIN_TIME=0.3  LAZYCRYPT_BENCH_TAR_MIB=256
 #   BENCH_DOC=<path>   write the document elsewhere (e.g. for a trial run); default docs/BENCHMARKS.md
 #   BENCH_SKIP_SKOPEO=1  skip step 4
+#   BENCH_SKIP_FUSE=1    skip step 6 (reads through FUSE mounts; keeps an earlier fuse.md)
 #   BENCH_SKIP_FORMAT=1  skip steps 1-3 and reuse their last results from BUILD_DIR/bench-results
 #                        (for iterating on step 4: sections 1-3 then show the earlier run)
 #   LAZYCRYPT_BENCH_IMAGE_LAYERS=4  LAZYCRYPT_BENCH_LAYER_MIB=144  BENCH_CONVERT_RUNS=3  (step 4)
@@ -63,9 +64,31 @@ report() {  # report MODE: renders bench/report.jq over the results in $OUT_DIR
 }
 write_report() {
   report doc >"$DOC.tmp" || { rm -f "$DOC.tmp"; die "bench/report.jq failed"; }
+  fuse_section >>"$DOC.tmp"
   mv "$DOC.tmp" "$DOC"
   echo "bench: wrote $DOC (raw results in $OUT_DIR)" >&2
   report summary  # its last line says whether the target holds
+}
+# Section 6, from bench/fuse/run.sh's table (BUILD_DIR/bench-results/fuse.md) when it ran.
+fuse_section() {
+  [ -f "$OUT_DIR/fuse.md" ] || return 0
+  cat <<'EOF'
+
+## 6. Reading through the mount (FUSE): lazycrypt vs a do-nothing FUSE filesystem and gocryptfs
+
+`bench/fuse/run.sh BUILD_DIR` (step 6 of this script; root). The same dataset is served by
+`lazycrypt-bench-noopfs` (a FUSE filesystem answering reads from memory: the ceiling), by
+gocryptfs (an encrypting FUSE filesystem over local files), and by `lazycrypt mount --cache-dir`
+of the dataset encrypted as one lazycrypt layer in an OCI layout, its chunk cache warmed by one
+read of every file; fio reads through each mount with the page cache dropped first.
+
+EOF
+  cat "$OUT_DIR/fuse.md"
+  cat <<'EOF'
+
+Targets (issue 4): sequential reads >= 85 % of the do-nothing filesystem, and faster than
+gocryptfs. The test suite asserts none of this.
+EOF
 }
 if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
   for f in format_bench openssl meta peers target; do
@@ -382,6 +405,16 @@ else
   cleanup
 fi
 
+# ---- 6. Reads through FUSE mounts (bench/fuse/run.sh; needs root and /dev/fuse) ----------------
+if [ "${BENCH_SKIP_FUSE:-0}" = 1 ]; then
+  echo "bench: BENCH_SKIP_FUSE=1: section 6 reuses $OUT_DIR/fuse.md if an earlier run left one" >&2
+elif [ "$(id -u)" -ne 0 ] || [ ! -e /dev/fuse ]; then
+  echo "bench: skipping the FUSE read benchmark (needs root and /dev/fuse)" >&2
+  rm -f "$OUT_DIR/fuse.md"
+else
+  bash "$ROOT/bench/fuse/run.sh" "$BUILD" || die "bench/fuse/run.sh failed"
+fi
+
 # ---- 5. Run metadata --------------------------------------------------------------------------
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 [ -n "$cpu" ] || cpu=$(uname -m)
@@ -408,6 +441,7 @@ AUTOGROUP_NICE=$(awk '{ print $NF }' /proc/self/autogroup 2>/dev/null || echo "n
 [ "$CONVERT_RUNS" = 3 ] || command_line="BENCH_CONVERT_RUNS=$CONVERT_RUNS $command_line"
 [ "${BENCH_SKIP_FORMAT:-0}" = 1 ] && command_line="BENCH_SKIP_FORMAT=1 $command_line"
 [ "${BENCH_SKIP_SKOPEO:-0}" = 1 ] && command_line="BENCH_SKIP_SKOPEO=1 $command_line"
+[ "${BENCH_SKIP_FUSE:-0}" = 1 ] && command_line="BENCH_SKIP_FUSE=1 $command_line"
 jq -n \
   --arg cpu "$cpu" --arg cores "$(nproc)" --arg kernel "$(uname -sr)" \
   --arg openssl_version "$(openssl version)" --arg date "$(date -u '+%Y-%m-%d %H:%M')" \

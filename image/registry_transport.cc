@@ -13,15 +13,19 @@
 
 namespace lazycrypt::image {
 
-namespace {
-
-Result<std::unique_ptr<registry::Client>> MakeClient(const TransportOptions& options) {
+registry::ClientOptions RegistryClientOptions(const TransportOptions& options) {
   registry::ClientOptions client;
   client.plain_http = options.plain_http;
   client.tls_verify = options.tls_verify;
   if (!options.authfile.empty()) client.auth_files = {options.authfile};
   client.hosts_dir = options.hosts_dir;
-  return registry::Client::Create(std::move(client));
+  return client;
+}
+
+namespace {
+
+Result<std::unique_ptr<registry::Client>> MakeClient(const TransportOptions& options) {
+  return registry::Client::Create(RegistryClientOptions(options));
 }
 
 // Collects at most `limit` bytes.

@@ -27,6 +27,7 @@
 #include "common/status.h"
 #include "image/layout.h"
 #include "image/oci.h"
+#include "registry/registry.h"
 
 namespace lazycrypt::image {
 
@@ -117,6 +118,8 @@ struct TransportOptions {
 };
 Result<std::unique_ptr<ImageSource>> OpenRegistrySource(const ImageReference& ref,
                                                         const TransportOptions& options);
+// The registry client settings `options` stand for (for callers that use registry::Client).
+registry::ClientOptions RegistryClientOptions(const TransportOptions& options);
 Result<std::unique_ptr<ImageDestination>> OpenRegistryDestination(const ImageReference& ref,
                                                                   const TransportOptions& options);
 

@@ -2,7 +2,7 @@
 # The lazycrypt demo, offline: build a busybox image, encrypt it for an RSA and an EC key, inspect
 # it, read one file lazily out of the encrypted layer, decrypt it back and check that the diff_ids
 # (the SHA-256 of each layer's tar) are unchanged.
-#   usage: scripts/demo.sh BUILD_DIR        (run by `make demo`)
+#   usage: scripts/demo-cli.sh BUILD_DIR    (run by `make demo-cli`; no root, no daemons)
 # Exits non-zero on any failure. Works in a temporary directory that it removes.
 set -euo pipefail
 

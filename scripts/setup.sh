@@ -10,7 +10,7 @@ packages=(
   libssl-dev libzstd-dev zlib1g-dev libprotobuf-dev protobuf-compiler
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
-  libsqlite3-dev
+  libsqlite3-dev libmicrohttpd-dev
   # containerd's API protos (the snapshotter's gRPC service is generated from them)
   golang-github-containerd-containerd-dev
   # test and benchmark peers

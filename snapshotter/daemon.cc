@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "snapshotter/metrics.h"
 #include "snapshotter/service.h"
 #include "snapshotter/snapshotter.h"
 
@@ -60,13 +61,16 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   SnapshotterOptions options;
   options.root = config.root;
   options.log = log;
+  MountCounters mount_counters;  // outlives the handler wrapper and the metrics server
+  std::shared_ptr<RemoteLayerHandler> remote_handler;
   if (make_remote) {
     auto remote = make_remote(config, log);
     if (!remote.ok()) {
       log(LogLevel::kError, "remote layers: " + remote.status().ToString());
       return 1;
     }
-    options.remote = std::move(*remote);
+    if (*remote) remote_handler = CountMounts(std::move(*remote), &mount_counters);
+    options.remote = remote_handler;
   }
   auto sn = Snapshotter::Open(options);
   if (!sn.ok()) {
@@ -82,12 +86,32 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     log(LogLevel::kError, server.status().ToString());
     return 1;
   }
+  std::unique_ptr<MetricsServer> metrics;
+  if (!config.metrics.address.empty()) {
+    MetricsSource source = [&remote_handler, &mount_counters]() {
+      MetricsSnapshot snapshot;
+      if (remote_handler) snapshot.layers = remote_handler->MountedLayers();
+      snapshot.mounts_total = mount_counters.mounts.load(std::memory_order_relaxed);
+      snapshot.mount_failures_total = mount_counters.mount_failures.load(std::memory_order_relaxed);
+      return snapshot;
+    };
+    auto started = MetricsServer::Start(config.metrics.address, std::move(source), log);
+    if (!started.ok()) {
+      log(LogLevel::kError, started.status().ToString());
+      (*server)->Shutdown();
+      return 1;
+    }
+    metrics = std::move(*started);
+    log(LogLevel::kInfo, "metrics on http://" + config.metrics.address + "/metrics (port " +
+                             std::to_string(metrics->port()) + ")");
+  }
   log(LogLevel::kInfo, "lazycrypt-snapshotter ready (root " + config.root.string() + ")");
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
   log(LogLevel::kInfo, std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
                            ", shutting down");
+  metrics.reset();  // no scrape may reach the handler while it goes away
   (*server)->Shutdown();
   server->reset();
   sn->reset();

@@ -1,13 +1,37 @@
-// lazycrypt-snapshotter: containerd's remote snapshotter for lazycrypt images. Thin main.
+// lazycrypt-snapshotter: containerd's remote snapshotter for lazycrypt images. Thin main: the
+// daemon (snapshotter/daemon.h) with lazycrypt's FUSE layers as its remote-layer handler.
+#include "cache/chunk_store.h"
+#include "lazylayer/snapshot_handler.h"
 #include "snapshotter/daemon.h"
 
+namespace {
+
+using lazycrypt::Result;
+using lazycrypt::snapshotter::Config;
+using lazycrypt::snapshotter::LogSink;
+using lazycrypt::snapshotter::RemoteLayerHandler;
+
+Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& config,
+                                                                 const LogSink& log) {
+  namespace ll = lazycrypt::lazylayer;
+  ll::SnapshotHandlerOptions options;
+  options.key_dirs = config.keys.dirs;
+  options.registry.hosts_dir = config.registry.hosts_dir;
+  lazycrypt::cache::ChunkStoreOptions store_options;
+  store_options.capacity_bytes = config.cache.max_bytes;
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<lazycrypt::cache::ChunkStore> store,
+                      lazycrypt::cache::ChunkStore::Open(config.root / "cache", store_options));
+  options.store = std::move(store);
+  options.layer.prefetch = config.fetch.prefetch;
+  options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
+  options.log = log;
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<ll::SnapshotHandler> handler,
+                      ll::SnapshotHandler::Create(std::move(options)));
+  return std::shared_ptr<RemoteLayerHandler>(std::move(handler));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  using namespace lazycrypt::snapshotter;
-  // The lazycrypt FUSE layers are wired here: return the RemoteLayerHandler built from
-  // config.keys / cache / fetch / registry. Until then, every layer takes containerd's normal
-  // download-and-unpack path.
-  return DaemonMain(argc, argv, [](const Config&, const LogSink&)
-                                    -> lazycrypt::Result<std::shared_ptr<RemoteLayerHandler>> {
-    return std::shared_ptr<RemoteLayerHandler>();
-  });
+  return lazycrypt::snapshotter::DaemonMain(argc, argv, MakeLazycryptHandler);
 }

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "snapshotter/types.h"
@@ -48,6 +49,29 @@ struct RestoreRequest {
   int64_t snapshot_id = 0;
 };
 
+// One mounted remote layer as the metrics endpoint and `lazycrypt status` show it: counters of
+// cache::LayerStats copied out (the snapshotter library does not depend on the cache). Never any
+// key or file data.
+struct RemoteLayerInfo {
+  int64_t snapshot_id = 0;
+  std::string image_ref;                // e.g. "registry.example/app:1"
+  std::string layer_digest;             // "sha256:..."
+  std::filesystem::path mountpoint;
+  uint64_t blob_size_bytes = 0;         // the layer blob in the registry
+  uint64_t bytes_fetched = 0;           // bytes read from the registry
+  uint64_t fetch_requests = 0;          // ranged requests
+  uint64_t chunks_fetched = 0;
+  uint64_t chunks_opened = 0;           // authenticated + decrypted
+  uint64_t cache_hits = 0;
+  uint64_t cache_misses = 0;
+  uint64_t auth_failures = 0;           // chunks that failed authentication
+  uint64_t fetch_errors = 0;            // ranged requests that failed
+  uint64_t fetch_nanos = 0;             // wall time spent fetching
+  uint64_t bytes_present = 0;           // ciphertext of this layer on local disk now
+  uint64_t chunks_present = 0;
+  uint64_t chunk_count = 0;
+};
+
 class RemoteLayerHandler {
  public:
   virtual ~RemoteLayerHandler() = default;
@@ -58,6 +82,8 @@ class RemoteLayerHandler {
   virtual Status Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) = 0;
   // Mounts a committed remote snapshot again after a restart.
   virtual Status Restore(const RestoreRequest& info) = 0;
+  // The layers mounted now, for metrics and `lazycrypt status`. The default: none.
+  virtual std::vector<RemoteLayerInfo> MountedLayers() const { return {}; }
 };
 
 }  // namespace lazycrypt::snapshotter

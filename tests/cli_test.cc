@@ -8,6 +8,8 @@
 
 #include "image/convert.h"
 #include "image/layout.h"
+#include "tests/harness/registry_process.h"
+#include "tests/harness/subprocess.h"
 #include "tests/integration_util.h"
 #include "tools/commands.h"
 
@@ -72,6 +74,59 @@ TEST(CliFlags, RecipientSchemes) {
   EXPECT_THAT(missing.status().message(), HasSubstr("/nonexistent/key.pem"));
 }
 
+TEST(CliFlags, ParsesPrefetchLists) {
+  auto list = tools::ParsePrefetchList(
+      "# files the entrypoint reads first\n"
+      "/bin/busybox\n"
+      "\n"
+      "   etc/passwd  \r\n"
+      "\t# indented comment\n"
+      "./usr//lib/x.so/\n"
+      "bin/busybox\n"          // duplicate (after normalization) of line 2
+      "dir with spaces/a#b");   // '#' inside a path is not a comment; no final newline
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_EQ(*list, (std::vector<std::string>{"bin/busybox", "etc/passwd", "usr/lib/x.so",
+                                             "dir with spaces/a#b"}));
+  EXPECT_TRUE(tools::ParsePrefetchList("").value().empty());
+  EXPECT_TRUE(tools::ParsePrefetchList("# only\n\n  \n").value().empty());
+
+  auto dotdot = tools::ParsePrefetchList("ok\n# c\n../etc/shadow\n");
+  ASSERT_FALSE(dotdot.ok());
+  EXPECT_EQ(dotdot.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(dotdot.status().message(), HasSubstr("line 3: name has a '..' component"));
+  auto root = tools::ParsePrefetchList("a\n/\n");
+  ASSERT_FALSE(root.ok());
+  EXPECT_THAT(root.status().message(), HasSubstr("line 2: names the root directory"));
+  auto nul = tools::ParsePrefetchList(std::string("a\0b\n", 4));
+  ASSERT_FALSE(nul.ok());
+  EXPECT_THAT(nul.status().message(), HasSubstr("line 1: name contains a NUL byte"));
+  auto longname = tools::ParsePrefetchList("x/" + std::string(300, 'n'));
+  ASSERT_FALSE(longname.ok());
+  EXPECT_THAT(longname.status().message(), HasSubstr("line 1: name has a 300-byte component"));
+}
+
+TEST(CliFlags, ResolvesTheHostsDir) {
+  TempDir tmp;
+  fs::create_directories(tmp / "certs.d");
+  tools::TransportFlags flags;
+  // Not given: the system default when it exists, else none.
+  EXPECT_EQ(tools::ResolveHostsDir(flags, (tmp / "certs.d").string()).value(),
+            (tmp / "certs.d").string());
+  EXPECT_EQ(tools::ResolveHostsDir(flags, (tmp / "absent").string()).value(), "");
+  // Given: used as is; "" turns the default off; a missing directory is an error naming it.
+  flags.hosts_dir_given = true;
+  flags.hosts_dir = (tmp / "certs.d").string();
+  EXPECT_EQ(tools::ResolveHostsDir(flags, "/nonexistent").value(), (tmp / "certs.d").string());
+  flags.hosts_dir = "";
+  EXPECT_EQ(tools::ResolveHostsDir(flags, (tmp / "certs.d").string()).value(), "");
+  flags.hosts_dir = (tmp / "absent").string();
+  auto missing = tools::ResolveHostsDir(flags, (tmp / "certs.d").string());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(),
+              HasSubstr("--hosts-dir " + (tmp / "absent").string() + ": not a directory"));
+}
+
 TEST(CliFlags, FormatsBytes) {
   EXPECT_EQ(tools::FormatBytes(0), "0 B");
   EXPECT_EQ(tools::FormatBytes(1023), "1023 B");
@@ -90,13 +145,14 @@ TEST(Cli, HelpWorksForEveryCommand) {
   std::vector<Case> cases = {
       {"", {"encrypt", "decrypt", "inspect", "verify", "recipients", "layer", "--quiet"}},
       {"encrypt", {"--recipient", "--layers", "--chunk-size", "--format", "--plain-http",
-                   "--tls-verify", "--authfile", "docker://", "SRC", "DST"}},
-      {"decrypt", {"--key", "--layer-compression", "--plain-http", "SRC", "DST"}},
-      {"inspect", {"--key", "--json", "--files", "--plain-http", "SRC"}},
-      {"verify", {"--key", "--plain-http", "--tls-verify", "--authfile", "SRC"}},
+                   "--tls-verify", "--authfile", "--hosts-dir", "/etc/containerd/certs.d",
+                   "--prefetch-list", "docker://", "SRC", "DST"}},
+      {"decrypt", {"--key", "--layer-compression", "--plain-http", "--hosts-dir", "SRC", "DST"}},
+      {"inspect", {"--key", "--json", "--files", "--plain-http", "--hosts-dir", "SRC"}},
+      {"verify", {"--key", "--plain-http", "--tls-verify", "--authfile", "--hosts-dir", "SRC"}},
       {"recipients", {"add", "remove"}},
-      {"recipients add", {"--key", "--recipient", "--plain-http", "SRC", "DST"}},
-      {"recipients remove", {"--key", "--recipient", "last", "SRC", "DST"}},
+      {"recipients add", {"--key", "--recipient", "--plain-http", "--hosts-dir", "SRC", "DST"}},
+      {"recipients remove", {"--key", "--recipient", "last", "--hosts-dir", "SRC", "DST"}},
       {"layer", {"encrypt", "decrypt", "ls", "cat"}},
       {"layer encrypt", {"--recipient", "--chunk-size", "INPUT", "OUTPUT"}},
       {"layer decrypt", {"--key", "--layer", "--descriptor", "--zstd", "OUTPUT"}},
@@ -120,7 +176,8 @@ TEST(Cli, UsageErrorsExitOneWithAMessage) {
   ExpectError(Lazycrypt(""), "A subcommand is required");
   ExpectError(Lazycrypt("layer"), "A subcommand is required");
   ExpectError(Lazycrypt("frobnicate"),
-              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, recipients, layer)");
+              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, recipients, "
+              "layer, mount, umount, stats, pull, status)");
   ExpectError(Lazycrypt("recipients"), "A subcommand is required");
   ExpectError(Lazycrypt("recipients frob"), "unknown command 'frob' (commands: add, remove)");
   ExpectError(Lazycrypt("verify oci:a"), "--key is required");
@@ -499,6 +556,140 @@ TEST_F(CliWithImage, RecipientsAddAndRemoveWithoutReencrypting) {
   ExpectError(Lazycrypt("recipients add -k " + Q(key_.priv) + " " + Recipient(other_) + " " + Oci(tmp_ / "src") +
                         " " + Oci(tmp_ / "z")),
               "no encrypted layer");
+}
+
+
+// --- prefetch marks (`encrypt --prefetch-list`) -----------------------------------------------
+
+TEST_F(CliWithImage, PrefetchListMarksFilesInEveryLayerThatHoldsThem) {
+  // A second layer that replaces /etc/passwd and adds a file; bin/busybox only in layer 0.
+  fs::create_directories(tmp_ / "extra" / "etc");
+  fs::create_directories(tmp_ / "extra" / "opt" / "app");
+  WriteFileString(tmp_ / "extra" / "etc" / "passwd", "root:x:0:0::/root:/bin/sh\n");
+  WriteFileString(tmp_ / "extra" / "opt" / "app" / "data.txt", std::string(100000, 'z'));
+  ASSERT_EQ(RunCommand("tar --format=pax -C " + Q(tmp_ / "extra") + " -cf " + Q(tmp_ / "extra.tar") +
+                       " . && umoci raw add-layer --image " + Q(tmp_ / "src") + " " + Q(tmp_ / "extra.tar"))
+                .exit_code,
+            0);
+  image::LoadedImage src = LoadLayoutImage(tmp_ / "src");
+  ASSERT_EQ(src.manifest.layers.size(), 2u);
+  WriteFileString(tmp_ / "prefetch.txt",
+                  "# entrypoint and what it reads\n"
+                  "/bin/busybox\n"
+                  "etc/passwd\n"
+                  "  /opt/app/data.txt\n"
+                  "/bin/sh\n"              // a symlink: marks nothing
+                  "/etc\n"                 // a directory: marks nothing
+                  "/not/in/the/image\n");
+  auto enc = Lazycrypt("encrypt " + Recipient(key_) + " --prefetch-list " + Q(tmp_ / "prefetch.txt") +
+                       " " + Oci(tmp_ / "src") + " " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(enc.exit_code, 0) << enc.output;
+  EXPECT_THAT(enc.output, HasSubstr("marking 6 paths from " + (tmp_ / "prefetch.txt").string()));
+
+  auto r = Lazycrypt("inspect --json --files -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["layers"].size(), 2u);
+  auto marked = [](const nlohmann::json& layer) {
+    std::vector<std::string> names;
+    for (const auto& f : layer["files"]) {
+      if (f.value("prefetch", false)) names.push_back(f["name"]);
+    }
+    return names;
+  };
+  EXPECT_EQ(j["layers"][0]["prefetchCount"], 2);
+  EXPECT_EQ(marked(j["layers"][0]), (std::vector<std::string>{"bin/busybox", "etc/passwd"}));
+  EXPECT_EQ(j["layers"][1]["prefetchCount"], 2);
+  EXPECT_EQ(marked(j["layers"][1]), (std::vector<std::string>{"etc/passwd", "opt/app/data.txt"}));
+
+  auto human = Lazycrypt("inspect -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(human.exit_code, 0) << human.output;
+  EXPECT_THAT(human.output, HasSubstr("files (2 marked for prefetch)"));
+
+  auto ls = Lazycrypt("layer ls -k " + Q(key_.priv) + " --layer 1 " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(ls.exit_code, 0) << ls.output;
+  EXPECT_THAT(ls.output, HasSubstr("\nopt/app/data.txt  [prefetch]\n"));
+  EXPECT_THAT(ls.output, HasSubstr("\nopt/app\n"));  // not marked
+  auto ls_long = Lazycrypt("layer ls --long -k " + Q(key_.priv) + " --layer 0 " + Oci(tmp_ / "enc"));
+  ASSERT_EQ(ls_long.exit_code, 0) << ls_long.output;
+  EXPECT_THAT(ls_long.output, HasSubstr(" bin/busybox  [prefetch]\n"));
+  EXPECT_THAT(ls_long.output, HasSubstr(" bin/sh -> busybox\n"));
+
+  // The marks change no data: the decrypted layers have the original diff_ids.
+  auto dec = Lazycrypt("decrypt -k " + Q(key_.priv) + " " + Oci(tmp_ / "enc") + " " + Oci(tmp_ / "dec"));
+  ASSERT_EQ(dec.exit_code, 0) << dec.output;
+  image::LoadedImage plain = LoadLayoutImage(tmp_ / "dec");
+  ASSERT_EQ(plain.manifest.layers.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(DecompressedSha256(BlobPath(tmp_ / "dec", plain.manifest.layers[i].digest)),
+              src.config.diff_ids[i]) << "layer " << i;
+  }
+
+  // Without a list: nothing marked.
+  EncryptTo(tmp_ / "unmarked");
+  auto none = Lazycrypt("inspect --json -k " + Q(key_.priv) + " " + Oci(tmp_ / "unmarked"));
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  EXPECT_EQ(nlohmann::json::parse(none.output)["layers"][0]["prefetchCount"], 0);
+}
+
+TEST_F(CliWithImage, BadPrefetchListsAreNamedAndWriteNothing) {
+  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " --prefetch-list " + Q(tmp_ / "nope.txt") + " " +
+                        Oci(tmp_ / "src") + " " + Oci(tmp_ / "dst")),
+              (tmp_ / "nope.txt").string());
+  WriteFileString(tmp_ / "bad.txt", "bin/busybox\n../../etc/shadow\n");
+  ExpectError(Lazycrypt("encrypt " + Recipient(key_) + " --prefetch-list " + Q(tmp_ / "bad.txt") + " " +
+                        Oci(tmp_ / "src") + " " + Oci(tmp_ / "dst")),
+              "--prefetch-list " + (tmp_ / "bad.txt").string() + ": line 2: name has a '..' component");
+  WriteFileString(tmp_ / "good.txt", "bin/busybox\n");
+  ExpectError(Lazycrypt("encrypt --format ocicrypt " + Recipient(key_) + " --prefetch-list " +
+                        Q(tmp_ / "good.txt") + " " + Oci(tmp_ / "src") + " " + Oci(tmp_ / "dst")),
+              "--prefetch-list needs --format lazycrypt");
+  EXPECT_FALSE(fs::exists(tmp_ / "dst"));
+}
+
+// --- --hosts-dir: containerd's hosts.toml layout ------------------------------------------------
+
+TEST_F(CliWithImage, HostsDirMirrorServesAnImageWhoseRegistryIsDown) {
+  auto mirror = harness::RegistryProcess::Start();
+  ASSERT_TRUE(mirror.ok()) << mirror.status().ToString();
+  // The registry the image is named by: a free port where nothing listens.
+  const int down_port = harness::PickFreePort().value();
+  const std::string down = "127.0.0.1:" + std::to_string(down_port);
+  const std::string name = "/lazycrypt/busybox:enc";
+
+  // Push the encrypted image to the mirror directly.
+  auto push = Lazycrypt("encrypt --plain-http " + Recipient(key_) + " " + Oci(tmp_ / "src") +
+                        " docker://" + (*mirror)->host() + name);
+  ASSERT_EQ(push.exit_code, 0) << push.output << (*mirror)->Log();
+
+  // hosts.toml for the down registry: the mirror first, the server (down) as the fallback.
+  fs::create_directories(tmp_ / "certs.d" / down);
+  WriteFileString(tmp_ / "certs.d" / down / "hosts.toml",
+                  "server = \"http://" + down + "\"\n\n[host.\"" + (*mirror)->url() +
+                      "\"]\n  capabilities = [\"pull\", \"resolve\"]\n");
+  const std::string via = " --plain-http --hosts-dir " + Q(tmp_ / "certs.d") + " docker://" + down + name;
+
+  auto inspect = Lazycrypt("inspect --json -k " + Q(key_.priv) + via);
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  auto j = nlohmann::json::parse(inspect.output);
+  EXPECT_EQ(j["layers"][0]["kind"], "lazycrypt");
+  EXPECT_EQ(j["layers"][0]["openedWith"], key_.priv.string());
+  auto verify = Lazycrypt("verify -k " + Q(key_.priv) + via);
+  EXPECT_EQ(verify.exit_code, 0) << verify.output;
+  auto dec = Lazycrypt("decrypt -k " + Q(key_.priv) + via + " " + Oci(tmp_ / "dec"));
+  ASSERT_EQ(dec.exit_code, 0) << dec.output;
+  EXPECT_EQ(LoadLayoutImage(tmp_ / "dec").config.diff_ids, LoadLayoutImage(tmp_ / "src").config.diff_ids);
+
+  // Without the hosts dir the down registry is all there is: a clear error naming it.
+  auto direct = Lazycrypt("inspect --plain-http --hosts-dir '' docker://" + down + name);
+  EXPECT_EQ(direct.exit_code, 1) << direct.output;
+  EXPECT_THAT(direct.output, HasSubstr(down));
+  // A hosts dir that does not exist is named.
+  ExpectError(Lazycrypt("inspect --plain-http --hosts-dir " + Q(tmp_ / "absent") + " docker://" + down + name),
+              "--hosts-dir " + (tmp_ / "absent").string() + ": not a directory");
+  // Pushing goes to the server only (the mirror lacks the push capability): it is down.
+  auto push_down = Lazycrypt("encrypt" + std::string(" ") + Recipient(key_) + " " + Oci(tmp_ / "src") + via);
+  EXPECT_EQ(push_down.exit_code, 1) << push_down.output;
 }
 
 

@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <mutex>
 #include <ctime>
+#include <filesystem>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -257,7 +258,61 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+Result<std::vector<std::string>> ParsePrefetchList(std::string_view text) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  size_t line_no = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t eol = text.find('\n', pos);
+    if (eol == std::string_view::npos) eol = text.size();
+    std::string_view line = text.substr(pos, eol - pos);
+    pos = eol + 1;
+    ++line_no;
+    auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+    while (!line.empty() && blank(line.front())) line.remove_prefix(1);
+    while (!line.empty() && blank(line.back())) line.remove_suffix(1);
+    if (line.empty() || line.front() == '#') continue;
+    auto name = format::NormalizeEntryName(line);
+    if (!name.ok()) {
+      return Status::InvalidArgument("line " + std::to_string(line_no) + ": " +
+                                     name.status().message());
+    }
+    if (*name == ".") {
+      return Status::InvalidArgument("line " + std::to_string(line_no) +
+                                     ": names the root directory (list files)");
+    }
+    if (seen.insert(*name).second) out.push_back(std::move(name).value());
+  }
+  return out;
+}
+
+Result<std::string> ResolveHostsDir(const TransportFlags& flags, const std::string& system_default) {
+  if (!flags.hosts_dir_given) {
+    std::error_code ec;
+    return std::filesystem::is_directory(system_default, ec) ? system_default : std::string();
+  }
+  if (flags.hosts_dir.empty()) return std::string();
+  std::error_code ec;
+  if (!std::filesystem::is_directory(flags.hosts_dir, ec)) {
+    return Status::InvalidArgument("--hosts-dir " + flags.hosts_dir +
+                                   ": not a directory (containerd's hosts.toml layout: "
+                                   "DIR/HOST[:PORT]/hosts.toml)");
+  }
+  return flags.hosts_dir;
+}
+
 // --- Progress ----------------------------------------------------------------------------------
+
+Result<image::TransportOptions> TransportOptionsFrom(const TransportFlags& flags) {
+  image::TransportOptions options;
+  options.plain_http = flags.plain_http;
+  options.tls_verify = flags.tls_verify;
+  options.authfile = flags.authfile;
+  LC_ASSIGN_OR_RETURN(std::string hosts_dir, ResolveHostsDir(flags));
+  options.hosts_dir = hosts_dir;
+  return options;
+}
 
 namespace {
 
@@ -316,12 +371,17 @@ std::string Printf(const char* format, ...) {
   return buf;
 }
 
-image::TransportOptions TransportOptionsFrom(const TransportFlags& flags) {
-  image::TransportOptions options;
-  options.plain_http = flags.plain_http;
-  options.tls_verify = flags.tls_verify;
-  options.authfile = flags.authfile;
-  return options;
+
+Result<std::unique_ptr<image::ImageSource>> OpenSource(const image::ImageReference& ref,
+                                                       const TransportFlags& flags) {
+  LC_ASSIGN_OR_RETURN(auto options, TransportOptionsFrom(flags));
+  return image::OpenImageSource(ref, options);
+}
+
+Result<std::unique_ptr<image::ImageDestination>> OpenDestination(const image::ImageReference& ref,
+                                                                 const TransportFlags& flags) {
+  LC_ASSIGN_OR_RETURN(auto options, TransportOptionsFrom(flags));
+  return image::OpenImageDestination(ref, options);
 }
 
 std::string LayerLabel(const image::LayerReport& l) {
@@ -351,12 +411,29 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
     LC_ASSIGN_OR_RETURN(options.layers, ParseLayerList(flags.layers));
   }
   LC_ASSIGN_OR_RETURN(options.writer, WriterOptionsFrom(flags.chunk_size, flags.threads, flags.zstd_level));
+  if (!flags.prefetch_list.empty()) {
+    if (options.format != image::EncryptionFormat::kLazycrypt) {
+      return Status::InvalidArgument("--prefetch-list needs --format lazycrypt (ocicrypt layers "
+                                     "have no table of contents to mark files in)");
+    }
+    LC_ASSIGN_OR_RETURN(auto text, ReadFileBytes(flags.prefetch_list));
+    auto paths = ParsePrefetchList(
+        std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+    if (!paths.ok()) return paths.status().WithContext("--prefetch-list " + flags.prefetch_list);
+    options.writer.prefetch_paths = std::move(paths).value();
+  }
   LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
   ProgressDisplay display(io);
   display.Line(Printf("encrypting %s -> %s (%s format, %zu recipient%s)", src.ToString().c_str(),
                       dst.ToString().c_str(),
                       std::string(image::EncryptionFormatName(options.format)).c_str(),
                       recipients.size(), recipients.size() == 1 ? "" : "s"));
+  if (!options.writer.prefetch_paths.empty()) {
+    display.Line(Printf("  marking %zu path%s from %s for prefetch in the layers that hold them",
+                        options.writer.prefetch_paths.size(),
+                        options.writer.prefetch_paths.size() == 1 ? "" : "s",
+                        flags.prefetch_list.c_str()));
+  }
   options.on_progress = display.Callback();
   options.on_layer = [&](const image::LayerReport& l) {
     std::string detail;
@@ -369,9 +446,9 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
                         FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
                         FormatBytes(l.result.size).c_str(), detail.c_str(), l.seconds));
   };
-  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto source, OpenSource(src, flags.transport));
   LC_ASSIGN_OR_RETURN(auto destination,
-                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+                      OpenDestination(dst, flags.transport));
   LC_ASSIGN_OR_RETURN(auto report, image::EncryptImage(*source, *destination, recipients, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
   ShowWritten(display, report, dst);
@@ -394,9 +471,9 @@ Status RunDecrypt(const DecryptFlags& flags, const Output& io) {
                         FormatBytes(l.source.size).c_str(), ShortDigest(l.result.digest).c_str(),
                         FormatBytes(l.result.size).c_str(), l.seconds));
   };
-  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto source, OpenSource(src, flags.transport));
   LC_ASSIGN_OR_RETURN(auto destination,
-                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+                      OpenDestination(dst, flags.transport));
   LC_ASSIGN_OR_RETURN(auto report, image::DecryptImage(*source, *destination, keys, options));
   std::fprintf(io.out, "%s\n", report.manifest.digest.c_str());
   ShowWritten(display, report, dst);
@@ -430,6 +507,7 @@ nlohmann::ordered_json ImageInfoJson(const image::ImageInfo& info, const Inspect
       lj["targetChunkSize"] = l.target_chunk_size;
       lj["tarSize"] = l.tar_size;
       lj["fileCount"] = l.file_count;
+      lj["prefetchCount"] = l.prefetch_count;
       lj["blobBytesRead"] = l.blob_bytes_read;
       if (flags.files) {
         nlohmann::ordered_json files = nlohmann::ordered_json::array();
@@ -442,6 +520,7 @@ nlohmann::ordered_json ImageInfoJson(const image::ImageInfo& info, const Inspect
           fj["gid"] = f.gid;
           fj["size"] = f.size;
           if (!f.link_target.empty()) fj["linkTarget"] = f.link_target;
+          if (f.prefetch) fj["prefetch"] = true;
           files.push_back(std::move(fj));
         }
         lj["files"] = std::move(files);
@@ -476,17 +555,21 @@ void PrintImageInfo(const image::ImageInfo& info, const Output& io) {
     }
     if (!l.toc_digest.empty()) std::fprintf(io.out, "      toc digest  %s\n", l.toc_digest.c_str());
     if (l.opened) {
-      std::fprintf(io.out, "      opened with %s: %llu chunks (target %s), %llu files, tar %s\n",
+      std::fprintf(io.out,
+                   "      opened with %s: %llu chunks (target %s), %llu files (%llu marked for "
+                   "prefetch), tar %s\n",
                    l.key_name.c_str(), static_cast<unsigned long long>(l.chunk_count),
                    FormatBytes(l.target_chunk_size).c_str(),
-                   static_cast<unsigned long long>(l.file_count), FormatBytes(l.tar_size).c_str());
+                   static_cast<unsigned long long>(l.file_count),
+                   static_cast<unsigned long long>(l.prefetch_count), FormatBytes(l.tar_size).c_str());
       std::fprintf(io.out, "      index read  %s of the %s blob (footer + sealed TOC only)\n",
                    FormatBytes(l.blob_bytes_read).c_str(), FormatBytes(l.descriptor.size).c_str());
       for (const auto& f : l.files) {
-        std::fprintf(io.out, "        %-9s %06o %5llu/%-5llu %10llu  %s%s%s\n", f.type.c_str(), f.mode,
+        std::fprintf(io.out, "        %-9s %06o %5llu/%-5llu %10llu  %s%s%s%s\n", f.type.c_str(), f.mode,
                      static_cast<unsigned long long>(f.uid), static_cast<unsigned long long>(f.gid),
                      static_cast<unsigned long long>(f.size), f.name.c_str(),
-                     f.link_target.empty() ? "" : " -> ", f.link_target.c_str());
+                     f.link_target.empty() ? "" : " -> ", f.link_target.c_str(),
+                     f.prefetch ? "  [prefetch]" : "");
       }
     } else if (!l.open_error.empty()) {
       std::fprintf(io.out, "      not opened: %s\n", l.open_error.c_str());
@@ -501,7 +584,7 @@ Status RunInspect(const InspectFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/false));
   image::InspectOptions options;
   options.list_files = flags.files;
-  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto source, OpenSource(src, flags.transport));
   LC_ASSIGN_OR_RETURN(auto info, image::InspectImage(*source, keys, options));
   if (info.platforms.empty()) {
     if (flags.json) {
@@ -556,7 +639,7 @@ Status RunVerify(const VerifyFlags& flags, const Output& io) {
                         ShortDigest(l.descriptor.digest).c_str(),
                         FormatBytes(l.descriptor.size).c_str(), detail.c_str()));
   };
-  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto source, OpenSource(src, flags.transport));
   LC_ASSIGN_OR_RETURN(auto report, image::VerifyImage(*source, keys, options));
   size_t encrypted = 0;
   for (const auto& l : report.layers) {
@@ -576,9 +659,9 @@ Status RunRecipients(const RecipientsFlags& flags, const Output& io) {
   display.Line(Printf("%s %zu recipient%s: %s -> %s", flags.remove ? "removing" : "adding",
                       recipients.size(), recipients.size() == 1 ? "" : "s",
                       src.ToString().c_str(), dst.ToString().c_str()));
-  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(src, TransportOptionsFrom(flags.transport)));
+  LC_ASSIGN_OR_RETURN(auto source, OpenSource(src, flags.transport));
   LC_ASSIGN_OR_RETURN(auto destination,
-                      image::OpenImageDestination(dst, TransportOptionsFrom(flags.transport)));
+                      OpenDestination(dst, flags.transport));
   image::RecipientsOptions options;
   options.on_layer = [&](const image::LayerReport& l) {
     display.Line(Printf("  %s  %-18s  %s %s", LayerLabel(l).c_str(), l.action.c_str(),
@@ -643,9 +726,14 @@ Status RunLayerLs(const LayerLsFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(ResolvedLayer layer, ResolveLayer(flags.layer));
   auto opened = image::OpenedLayer::Open(std::move(layer.blob), layer.descriptor, keys);
   if (!opened.ok()) return opened.status().WithContext(layer.name);
-  for (const format::Entry& e : (*opened)->index().entries()) {
+  const format::LayerIndex& index = (*opened)->index();
+  std::vector<bool> prefetch(index.entries().size(), false);
+  for (uint32_t i : index.prefetch_entries()) prefetch[i] = true;
+  for (size_t i = 0; i < index.entries().size(); ++i) {
+    const format::Entry& e = index.entries()[i];
+    const char* mark = prefetch[i] ? "  [prefetch]" : "";
     if (!flags.long_format) {
-      std::fprintf(io.out, "%s\n", e.name.c_str());
+      std::fprintf(io.out, "%s%s\n", e.name.c_str(), mark);
       continue;
     }
     std::string size = (e.type == format::EntryType::kCharDevice ||
@@ -655,10 +743,10 @@ Status RunLayerLs(const LayerLsFlags& flags, const Output& io) {
     const char* arrow = e.type == format::EntryType::kSymlink    ? " -> "
                         : e.type == format::EntryType::kHardlink ? " link to "
                                                                  : "";
-    std::fprintf(io.out, "%s %llu/%llu %10s %s %s%s%s\n", ModeString(e).c_str(),
+    std::fprintf(io.out, "%s %llu/%llu %10s %s %s%s%s%s\n", ModeString(e).c_str(),
                  static_cast<unsigned long long>(e.uid), static_cast<unsigned long long>(e.gid),
                  size.c_str(), TimeString(e.mtime_sec).c_str(), e.name.c_str(), arrow,
-                 e.link_target.c_str());
+                 e.link_target.c_str(), mark);
   }
   return Status::Ok();
 }

@@ -7,9 +7,11 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
+#include "image/transport.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::tools {
@@ -27,6 +29,12 @@ Result<keywrap::PublicKey> LoadRecipient(std::string_view spec);
 Result<keywrap::PrivateKey> LoadKey(std::string_view spec);
 // "1.5 MiB"
 std::string FormatBytes(uint64_t bytes);
+// The text of an `encrypt --prefetch-list` file → normalized entry names (format::
+// NormalizeEntryName), duplicates removed, order kept. One path per line as in the image tree,
+// leading "/" optional; blank lines and lines starting with '#' (after leading blanks) skipped;
+// surrounding blanks and a trailing '\r' trimmed. InvalidArgument naming the line number for an
+// unsafe path ('..', NUL, too long) or the root directory.
+Result<std::vector<std::string>> ParsePrefetchList(std::string_view text);
 
 // --- Commands ------------------------------------------------------------------------------------
 
@@ -44,7 +52,24 @@ struct TransportFlags {
   bool plain_http = false;
   bool tls_verify = true;
   std::string authfile;
+  // containerd hosts directory (<DIR>/<host>/hosts.toml, e.g. a mirror in front of the registry).
+  // Not given: kDefaultHostsDir when that directory exists, else none. Given as "": none.
+  std::string hosts_dir;
+  bool hosts_dir_given = false;
 };
+
+// Where containerd keeps hosts.toml files when its registry config_path points there (the
+// containerd docs' convention).
+inline constexpr const char* kDefaultHostsDir = "/etc/containerd/certs.d";
+
+// The hosts directory the registry client uses for `flags` (see TransportFlags::hosts_dir), with
+// `system_default` standing for kDefaultHostsDir. InvalidArgument when a given non-empty
+// directory does not exist or is not a directory.
+Result<std::string> ResolveHostsDir(const TransportFlags& flags,
+                                    const std::string& system_default = kDefaultHostsDir);
+
+// The transport settings `flags` stand for (hosts directory resolved as ResolveHostsDir does).
+Result<image::TransportOptions> TransportOptionsFrom(const TransportFlags& flags);
 
 struct EncryptFlags {
   std::vector<std::string> recipients;
@@ -53,6 +78,7 @@ struct EncryptFlags {
   std::string format = "lazycrypt";
   int threads = 0;
   int zstd_level = 3;
+  std::string prefetch_list;  // file of paths to mark for prefetch (ParsePrefetchList); "" = none
   std::string src, dst;
   TransportFlags transport;
 };

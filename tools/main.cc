@@ -9,6 +9,9 @@
 #include <cstdio>
 
 #include "tools/commands.h"
+#include "tools/mount.h"
+#include "tools/pull.h"
+#include "tools/status.h"
 
 namespace {
 
@@ -32,6 +35,12 @@ void AddTransportOptions(CLI::App* cmd, TransportFlags& flags) {
   cmd->add_option("--authfile", flags.authfile,
                   "docker://: credentials file in docker's config.json format (default: "
                   "$REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)");
+  cmd->add_option("--hosts-dir", flags.hosts_dir,
+                  std::string("docker://: containerd hosts directory, DIR/HOST[:PORT]/hosts.toml "
+                              "(mirrors tried first, per-host TLS and headers) with "
+                              "DIR/_default/hosts.toml as fallback (default: ") +
+                      kDefaultHostsDir + " if it exists; --hosts-dir '' for none)")
+      ->each([&flags](const std::string&) { flags.hosts_dir_given = true; });
 }
 
 void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
@@ -78,6 +87,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   encrypt->add_option("--zstd-level", encrypt_flags.zstd_level, "zstd level for chunks (1..19)")
       ->capture_default_str();
+  encrypt->add_option("--prefetch-list", encrypt_flags.prefetch_list,
+                      "file of paths (one per line as in the image, leading / optional, # "
+                      "comments) whose files a lazy mount fetches first; marks each in whichever "
+                      "layers hold it (lazycrypt format only)");
   AddTransportOptions(encrypt, encrypt_flags.transport);
   encrypt->add_option("SRC", encrypt_flags.src, std::string("source image: ") + kImageHelp)->required();
   encrypt->add_option("DST", encrypt_flags.dst,
@@ -187,6 +200,85 @@ int main(int argc, char** argv) {
   layer_cat->add_flag("--stats", layer_cat_flags.stats,
                       "report on stderr how much of the blob was read");
 
+  MountFlags mount_flags;
+  auto* mount = app.add_subcommand(
+      "mount",
+      "mount one lazycrypt layer of an image read-only with FUSE, fetching and decrypting only "
+      "what is read; serves until SIGINT/SIGTERM or `lazycrypt umount` (or --daemon)");
+  AddKeyOption(mount, mount_flags.keys, /*required=*/true);
+  mount->add_option("--layer,-l", mount_flags.layer,
+                    "layer index in the manifest (default: the image's only lazycrypt layer)");
+  mount->add_option("--platform", mount_flags.platform,
+                    "OS/ARCH[/VARIANT] of a multi-platform image (default linux/amd64)");
+  mount->add_option("--cache-dir", mount_flags.cache_dir,
+                    "keep fetched chunk ciphertext on disk here (reused by later mounts; default: "
+                    "memory only)");
+  mount->add_option("--cache-size", mount_flags.cache_size,
+                    "cap of the disk cache, e.g. 2GiB (default 10GiB)");
+  mount->add_flag("--no-prefetch", mount_flags.no_prefetch,
+                  "do not fetch the layer's prefetch files before serving");
+  mount->add_option("--background-rate", mount_flags.background_rate,
+                    "complete the layer into --cache-dir in the background at this rate, e.g. "
+                    "20MiB/s (default: off)");
+  mount->add_flag("--daemon", mount_flags.daemon,
+                  "mount, print the result and return; serve from a background process");
+  mount->add_option("--log", mount_flags.log_file,
+                    "--daemon: append the serving process's messages here (default /dev/null)");
+  mount->add_option("--stats-file", mount_flags.stats_file,
+                    std::string("write statistics (JSON) here every second (default ") +
+                        kStatsDir + "/<hash of the mountpoint>.json)");
+  mount->add_option("--registry-timeout", mount_flags.registry_timeout_sec,
+                    "seconds per registry request attempt")
+      ->group("");
+  mount->add_option("--registry-attempts", mount_flags.registry_attempts,
+                    "attempts per registry request")
+      ->group("");
+  AddTransportOptions(mount, mount_flags.transport);
+  mount->add_option("SRC", mount_flags.src, std::string("image: ") + kImageHelp)->required();
+  mount->add_option("MOUNTPOINT", mount_flags.mountpoint, "an existing directory")->required();
+
+  UmountFlags umount_flags;
+  auto* umount = app.add_subcommand(
+      "umount", "unmount a `lazycrypt mount` and wait for its process to exit");
+  umount->add_option("--stats-file", umount_flags.stats_file,
+                     "the mount's --stats-file, if it was given one");
+  umount->add_option("MOUNTPOINT", umount_flags.mountpoint, "the mountpoint")->required();
+
+  StatsFlags stats_flags;
+  auto* stats = app.add_subcommand(
+      "stats", "statistics of a `lazycrypt mount`: bytes fetched, chunks opened, cache hits, "
+               "how much of the layer is present");
+  stats->add_flag("--json", stats_flags.json, "print JSON");
+  stats->add_option("--stats-file", stats_flags.stats_file,
+                    "the mount's --stats-file, if it was given one");
+  stats->add_option("MOUNTPOINT", stats_flags.mountpoint, "the mountpoint")->required();
+
+  PullFlags pull_flags;
+  auto* pull = app.add_subcommand(
+      "pull", "pull an image into containerd so that lazycrypt-snapshotter mounts its lazycrypt "
+              "layers lazily (other layers are downloaded and unpacked as containerd does)");
+  pull->add_option("--address,-a", pull_flags.address, "containerd's socket")
+      ->default_str("/run/containerd/containerd.sock");
+  pull->add_option("--namespace,-n", pull_flags.ns, "containerd namespace")->default_str("default");
+  pull->add_option("--snapshotter", pull_flags.snapshotter, "containerd snapshotter")
+      ->default_str("lazycrypt");
+  pull->add_option("--platform", pull_flags.platform, "os/arch[/variant] chosen from an index")
+      ->default_str("linux/amd64");
+  AddTransportOptions(pull, pull_flags.transport);
+  pull->add_option("REF", pull_flags.ref, "HOST/REPO[:TAG][@DIGEST] (docker:// optional)")
+      ->required();
+
+  StatusFlags status_flags;
+  auto* status_cmd = app.add_subcommand(
+      "status", "what lazycrypt-snapshotter has mounted: per layer the share present, bytes "
+                "fetched, cache hits/misses, auth failures (from its metrics endpoint)");
+  status_cmd->add_option("--address", status_flags.address,
+                         "HOST:PORT of the snapshotter's metrics endpoint");
+  status_cmd->add_option("--config", status_flags.config,
+                         std::string("the snapshotter's config file, for its [metrics] address "
+                                     "(default ") + kDefaultSnapshotterConfig + ")");
+  status_cmd->add_flag("--json", status_flags.json, "print the daemon's JSON");
+
   // Name an unknown command (CLI11 would only say that a subcommand is required).
   CLI::App* parent = &app;
   for (int i = 1; i < argc && i <= 2; ++i) {
@@ -242,6 +334,16 @@ int main(int argc, char** argv) {
     status = RunLayerLs(layer_ls_flags, io);
   } else if (*layer_cat) {
     status = RunLayerCat(layer_cat_flags, io);
+  } else if (*mount) {
+    status = RunMount(mount_flags, io);
+  } else if (*umount) {
+    status = RunUmount(umount_flags, io);
+  } else if (*stats) {
+    status = RunStats(stats_flags, io);
+  } else if (*status_cmd) {
+    status = RunStatus(status_flags, io);
+  } else if (*pull) {
+    status = RunPull(pull_flags, io);
   }
   if (!status.ok()) {
     std::fprintf(stderr, "lazycrypt: %s\n", status.message().c_str());

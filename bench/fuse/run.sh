@@ -320,7 +320,7 @@ fi
 # cannot.
 # THE ONE LINE TO FILL IN once `lazycrypt mount` exists (LAZYCRYPT_MOUNT_CMD still overrides it):
 #   LAZYCRYPT_DEFAULT_MOUNT_CMD='{cli} mount --key {key} --daemon {ref} {mnt}'
-LAZYCRYPT_DEFAULT_MOUNT_CMD=''
+LAZYCRYPT_DEFAULT_MOUNT_CMD='{cli} mount --key {key} --cache-dir {state}/cache --stats-file {state}/stats.json --daemon {ref} {mnt}'
 LAZYCRYPT_MOUNT_TEMPLATE="${LAZYCRYPT_MOUNT_CMD:-$LAZYCRYPT_DEFAULT_MOUNT_CMD}"
 LC_PID=""
 LC_REASON=""

@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/file_io.h"
@@ -75,6 +77,17 @@ std::vector<std::string> FaultProxy::RequestLines() const {
 std::vector<std::string> FaultProxy::RequestHeads() const {
   std::lock_guard<std::mutex> l(mu_);
   return heads_;
+}
+
+std::vector<ProxiedRequest> FaultProxy::Requests() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return proxied_;
+}
+
+void FaultProxy::Record(ProxiedRequest r) {
+  body_bytes_.fetch_add(r.response_body_bytes);
+  std::lock_guard<std::mutex> l(mu_);
+  proxied_.push_back(std::move(r));
 }
 
 bool FaultProxy::TakeFault(const std::string& head, FaultRule* out) {
@@ -183,14 +196,37 @@ void FaultProxy::Serve(int client_fd) {
     close_client();
     return;
   }
+  ProxiedRequest record;
+  record.request_line = request_line;
+  record.range = HeaderValue(head, "Range");
+  auto parse_status = [](const std::string& response_head) {
+    // "HTTP/1.1 206 Partial Content"
+    auto sp = response_head.find(' ');
+    return sp == std::string::npos ? 0 : std::atoi(response_head.c_str() + sp + 1);
+  };
   bool truncate = faulty && rule.fault == Fault::kTruncate;
   if (!truncate) {
+    std::string response_head;  // until its end is seen
+    bool in_body = false;
     while (true) {
       ssize_t n = RecvSome(up, tmp, sizeof(tmp), stop_);
       if (n <= 0) break;
-      if (!SendAll(client_fd, std::string_view(tmp, static_cast<size_t>(n)))) break;
+      std::string_view chunk(tmp, static_cast<size_t>(n));
+      if (!in_body) {
+        response_head.append(chunk);
+        auto end = response_head.find("\r\n\r\n");
+        if (end != std::string::npos) {
+          in_body = true;
+          record.status = parse_status(response_head);
+          record.response_body_bytes += response_head.size() - (end + 4);
+        }
+      } else {
+        record.response_body_bytes += chunk.size();
+      }
+      if (!SendAll(client_fd, chunk)) break;
     }
     close_client();
+    Record(std::move(record));
     return;
   }
   std::string rhead, rbody;
@@ -208,6 +244,9 @@ void FaultProxy::Serve(int client_fd) {
   SendAll(client_fd, rhead);
   SendAll(client_fd, std::string_view(rbody).substr(0, keep));
   close_client();
+  record.status = parse_status(rhead);
+  record.response_body_bytes = std::min<uint64_t>(keep, rbody.size());
+  Record(std::move(record));
 }
 
 }  // namespace lazycrypt::harness

@@ -37,6 +37,15 @@ struct FaultRule {
   std::chrono::milliseconds stall{30000};
 };
 
+// One request the proxy forwarded upstream (faulted requests answered by the proxy itself are
+// not listed), recorded once its response has been relayed.
+struct ProxiedRequest {
+  std::string request_line;
+  std::string range;                 // the request's Range header value; "" without one
+  int status = 0;                    // upstream's response status; 0 if none arrived
+  uint64_t response_body_bytes = 0;  // response body bytes relayed to the client
+};
+
 class FaultProxy {
  public:
   static Result<std::unique_ptr<FaultProxy>> Start(int upstream_port);
@@ -56,6 +65,9 @@ class FaultProxy {
   std::vector<std::string> RequestLines() const;
   // Whole request heads (request line and headers) seen, in arrival order.
   std::vector<std::string> RequestHeads() const;
+  // Forwarded requests in completion order, and the sum of their response body bytes.
+  std::vector<ProxiedRequest> Requests() const;
+  uint64_t response_body_bytes() const { return body_bytes_.load(); }
 
  private:
   FaultProxy(int listen_fd, int port, int upstream_port)
@@ -63,6 +75,7 @@ class FaultProxy {
   void AcceptLoop();
   void Serve(int client_fd);
   bool TakeFault(const std::string& head, FaultRule* out);
+  void Record(ProxiedRequest r);
 
   int listen_fd_;
   int port_;
@@ -70,9 +83,11 @@ class FaultProxy {
   std::atomic<bool> stop_{false};
   std::atomic<int> requests_{0};
   std::atomic<int> faults_{0};
+  std::atomic<uint64_t> body_bytes_{0};
   mutable std::mutex mu_;
   std::vector<FaultRule> rules_;
   std::vector<std::string> heads_;
+  std::vector<ProxiedRequest> proxied_;
   std::thread acceptor_;
   std::mutex threads_mu_;
   std::vector<std::thread> workers_;

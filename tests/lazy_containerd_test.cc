@@ -1,0 +1,436 @@
+// Lazy start of lazycrypt images end to end: a real docker-registry holds an image whose layers
+// are lazycrypt's; a real lazycrypt-snapshotter (FUSE layers, node key directory, hosts.toml)
+// serves a real containerd 1.6, which pulls the image with stargz's `ctr-remote images rpull`
+// (Debian 13's stargz-snapshotter package, unpacked into the build tree) and runs containers with
+// runc. Checks: the layers are mounted, not downloaded; the container reads files from encrypted
+// layers and writes to its own upper layer; two containers share the mounted layers; no
+// plaintext under the snapshotter's state and cache; mixed plain + lazycrypt images; a node
+// without the key refuses the layer with an error naming it and keeps no snapshot; a tampered
+// chunk is EIO inside the container; after kill -9 and a restart the layers are mounted again.
+//
+// Needs root (containerd, FUSE, overlayfs, runc).
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/harness/containerd_process.h"
+#include "tests/harness/registry_process.h"
+#include "tests/harness/subprocess.h"
+#include "tests/integration_util.h"
+
+namespace lazycrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using harness::CommandResult;
+using testing::Describe;
+using testing::MustRun;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Mount points at or under `dir` (from /proc/self/mountinfo), with their fs types.
+std::vector<std::pair<std::string, std::string>> MountsUnder(const fs::path& dir) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream info(harness::ReadFileOrEmpty("/proc/self/mountinfo"));
+  std::string line;
+  const std::string prefix = dir.string() + "/";
+  while (std::getline(info, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, mount_point, options, field;
+    fields >> id >> parent >> devno >> root >> mount_point >> options;
+    while (fields >> field && field != "-") {
+    }
+    std::string fstype;
+    fields >> fstype;
+    if (mount_point.rfind(prefix, 0) == 0) out.emplace_back(mount_point, fstype);
+  }
+  return out;
+}
+
+size_t CountFuseMounts(const fs::path& dir) {
+  size_t n = 0;
+  for (const auto& [path, type] : MountsUnder(dir)) n += type.rfind("fuse", 0) == 0;
+  return n;
+}
+
+// Every regular file under `dir` on the same file system as `dir` (mounted layers, which serve
+// plaintext by design, are not the node's disk) whose bytes contain `needle`.
+std::vector<std::string> FilesContaining(const fs::path& dir, const std::string& needle) {
+  std::vector<std::string> hits;
+  struct stat root_st;
+  if (::lstat(dir.c_str(), &root_st) != 0) return hits;
+  std::vector<fs::path> stack = {dir};
+  while (!stack.empty()) {
+    fs::path d = stack.back();
+    stack.pop_back();
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(d, ec)) {
+      struct stat st;
+      if (::lstat(e.path().c_str(), &st) != 0 || st.st_dev != root_st.st_dev) continue;
+      if (S_ISDIR(st.st_mode)) {
+        stack.push_back(e.path());
+      } else if (S_ISREG(st.st_mode)) {
+        std::ifstream in(e.path(), std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (bytes.find(needle) != std::string::npos) hits.push_back(e.path().string());
+      }
+    }
+  }
+  return hits;
+}
+
+class LazyContainerd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: containerd, FUSE, overlayfs and runc";
+    auto work = harness::TempDir::Create("lc-lazy-ctd");
+    ASSERT_TRUE(work.ok()) << work.status().ToString();
+    work_ = std::make_unique<harness::TempDir>(std::move(*work));
+    const fs::path& w = work_->path();
+    socket_ = w / "run" / "snapshotter.sock";
+    root_ = w / "state";
+
+    auto ctr_remote = harness::RunCommand(
+        {(testing::SourceDir() / "tests/data/fetch-trixie-package.sh").string(),
+         LAZYCRYPT_TEST_CACHE "/stargz", "stargz-snapshotter", "usr/bin/ctr-remote"},
+        std::chrono::seconds(300));
+    ASSERT_TRUE(ctr_remote.ok()) << ctr_remote.status().ToString();
+    ASSERT_EQ(ctr_remote->exit_code, 0) << Describe(*ctr_remote);
+    ctr_remote_ = ctr_remote->stdout_text.substr(0, ctr_remote->stdout_text.find('\n'));
+
+    node_key_ = testing::GenerateKeyPair(w, "rsa2048", "node");
+    other_key_ = testing::GenerateKeyPair(w, "ec256", "other");
+    fs::create_directories(w / "keys");
+    fs::copy_file(node_key_.priv, w / "keys" / "node.pem");
+    fs::permissions(w / "keys" / "node.pem", fs::perms::owner_read | fs::perms::owner_write);
+
+    // The image: busybox, plus a layer with a marker file and 12 MiB of random data.
+    std::mt19937_64 rng(std::random_device{}());
+    marker_ = "lazycrypt-marker-" + std::to_string(rng()) + "-" + std::to_string(rng());
+    testing::MakeBusyboxImage(w / "image");
+    ASSERT_FALSE(HasFailure());
+    fs::create_directories(w / "data-root" / "data");
+    ASSERT_TRUE(harness::WriteFile(w / "data-root" / "data" / "marker.txt", marker_ + "\n").ok());
+    MustRun({"dd", "if=/dev/urandom", "of=" + (w / "data-root" / "data" / "big.bin").string(),
+             "bs=1M", "count=12", "status=none"});
+    MustRun({"tar", "--numeric-owner", "-C", (w / "data-root").string(), "-cf",
+             (w / "data.tar").string(), "data"});
+    MustRun({"umoci", "raw", "add-layer", "--image", (w / "image").string() + ":latest",
+             (w / "data.tar").string()});
+    big_sha256_ = testing::FileSha256(w / "data-root" / "data" / "big.bin");
+    ASSERT_FALSE(HasFailure());
+
+    auto registry = harness::RegistryProcess::Start();
+    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+    registry_ = std::move(*registry);
+    fs::create_directories(w / "hosts" / registry_->host());
+    ASSERT_TRUE(harness::WriteFile(w / "hosts" / registry_->host() / "hosts.toml",
+                                   "server = \"http://" + registry_->host() + "\"\n")
+                    .ok());
+
+    auto metrics_port = harness::PickFreePort();
+    ASSERT_TRUE(metrics_port.ok()) << metrics_port.status().ToString();
+    metrics_address_ = "127.0.0.1:" + std::to_string(*metrics_port);
+    ASSERT_TRUE(harness::WriteFile(
+                    w / "config.toml",
+                    "address = \"" + socket_.string() + "\"\nroot = \"" + root_.string() +
+                        "\"\nlog_level = \"debug\"\n[keys]\ndirs = [\"" + (w / "keys").string() +
+                        "\"]\n[registry]\nhosts_dir = \"" + (w / "hosts").string() +
+                        "\"\n[metrics]\naddress = \"" + metrics_address_ + "\"\n")
+                    .ok());
+    StartSnapshotter();
+    ASSERT_FALSE(HasFailure());
+    harness::ContainerdOptions options;
+    options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string()});
+    auto containerd = harness::ContainerdProcess::Start(options);
+    ASSERT_TRUE(containerd.ok()) << containerd.status().ToString();
+    ctd_ = std::move(*containerd);
+  }
+
+  void TearDown() override {
+    if (ctd_) ctd_->Stop();
+    if (snapshotter_) {
+      (void)snapshotter_->Signal(SIGTERM);
+      (void)snapshotter_->Wait(std::chrono::seconds(20));
+      snapshotter_.reset();
+    }
+    if (work_) {
+      auto mounts = MountsUnder(work_->path());
+      std::sort(mounts.rbegin(), mounts.rend());
+      for (const auto& m : mounts) umount2(m.first.c_str(), MNT_DETACH);
+    }
+  }
+
+  // Encrypts the image into the registry as `tag`, for `recipient`; extra flags e.g. --layers.
+  std::string Publish(const std::string& tag, const fs::path& recipient,
+                      const std::vector<std::string>& extra = {}) {
+    const std::string ref = registry_->host() + "/lazycrypt/app:" + tag;
+    std::vector<std::string> argv = {LAZYCRYPT_BIN, "encrypt", "--plain-http", "-r",
+                                     "jwe:" + recipient.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back("oci:" + (work_->path() / "image").string() + ":latest");
+    argv.push_back("docker://" + ref);
+    MustRun(argv);
+    return ref;
+  }
+
+  std::string SnapshotterLog() const {
+    return harness::ReadFileOrEmpty(work_->path() /
+                                    ("snapshotter-" + std::to_string(starts_) + ".log"));
+  }
+  std::string Logs() const {
+    return "\ncontainerd log:\n" + ctd_->Log() + "\nsnapshotter log:\n" + SnapshotterLog();
+  }
+
+  void StartSnapshotter() {
+    ++starts_;
+    const fs::path log = work_->path() / ("snapshotter-" + std::to_string(starts_) + ".log");
+    auto proc = harness::Subprocess::Start(
+        {LAZYCRYPT_SNAPSHOTTER_BIN, "--config", (work_->path() / "config.toml").string()}, {},
+        log, log);
+    ASSERT_TRUE(proc.ok()) << proc.status().ToString();
+    snapshotter_ = std::move(*proc);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (SnapshotterLog().find("lazycrypt-snapshotter ready") == std::string::npos) {
+      ASSERT_TRUE(snapshotter_->Running()) << "snapshotter exited:\n" << SnapshotterLog();
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << SnapshotterLog();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  void WaitForContainerdToReconnect() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      auto ls = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"},
+                          std::chrono::seconds(10));
+      if (ls.ok() && ls->exit_code == 0) return;
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "containerd did not reconnect";
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+
+  Result<CommandResult> RemotePull(const std::string& ref) {
+    return ctd_->Client(ctr_remote_, {"images", "rpull", "--plain-http", "--snapshotter",
+                                      "lazycrypt", ref},
+                        std::chrono::seconds(180));
+  }
+
+  // `ctr run --rm --snapshotter lazycrypt REF ID args...` (exit status not checked).
+  CommandResult Run(const std::string& ref, const std::string& id,
+                    const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"run", "--rm", "--snapshotter", "lazycrypt", ref, id};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = ctd_->Ctr(argv);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : CommandResult{};
+  }
+
+  std::string Id(const std::string& suffix) const {
+    return "lc-lazy-" + std::to_string(getpid()) + "-" + suffix;
+  }
+
+  std::unique_ptr<harness::TempDir> work_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+  std::unique_ptr<harness::Subprocess> snapshotter_;
+  std::unique_ptr<harness::ContainerdProcess> ctd_;
+  testing::KeyPair node_key_, other_key_;
+  fs::path socket_, root_;
+  std::string ctr_remote_;
+  std::string marker_;
+  std::string big_sha256_;
+  std::string metrics_address_;  // the snapshotter's [metrics] address
+  int starts_ = 0;
+};
+
+TEST_F(LazyContainerd, LazyPullRunsSharesLayersLeavesNoPlaintextAndSurvivesKill9) {
+  const std::string ref = Publish("1", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  // Both layers were mounted by the snapshotter, none was downloaded and unpacked.
+  const std::string log = SnapshotterLog();
+  EXPECT_EQ(CountFuseMounts(root_), 2u) << log;
+  size_t mounted = 0;
+  for (size_t pos = 0; (pos = log.find("mounted layer sha256:", pos)) != std::string::npos; ++pos) {
+    ++mounted;
+  }
+  EXPECT_EQ(mounted, 2u) << log;
+
+  // Reads from both encrypted layers, a write to the container's own upper layer.
+  auto cat = Run(ref, Id("cat"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.exit_code, 0) << Describe(cat) << Logs();
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n");
+  auto sum = Run(ref, Id("sum"), {"/bin/busybox", "sha256sum", "/data/big.bin"});
+  EXPECT_EQ(sum.exit_code, 0) << Describe(sum) << Logs();
+  EXPECT_THAT(sum.stdout_text, HasSubstr(big_sha256_.substr(big_sha256_.find(':') + 1)));
+  auto write = Run(ref, Id("write"), {"/bin/sh", "-c", "echo written > /data/new && cat /data/new"});
+  EXPECT_EQ(write.stdout_text, "written\n") << Describe(write) << Logs();
+
+  // Two containers at once share the mounted layers (still exactly two FUSE mounts).
+  auto started = ctd_->Ctr({"run", "-d", "--snapshotter", "lazycrypt", ref, Id("bg"), "/bin/sleep",
+                            "60"});
+  ASSERT_TRUE(started.ok());
+  EXPECT_EQ(started->exit_code, 0) << Describe(*started) << Logs();
+  auto second = Run(ref, Id("second"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(second.stdout_text, marker_ + "\n") << Describe(second);
+  EXPECT_EQ(CountFuseMounts(root_), 2u);
+  (void)ctd_->Ctr({"task", "kill", "-s", "SIGKILL", Id("bg")});
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  (void)ctd_->Ctr({"task", "rm", "-f", Id("bg")});
+  (void)ctd_->Ctr({"container", "rm", Id("bg")});
+
+  // No plaintext on the node's disk through us: the marker is nowhere in the state and cache
+  // (the mounted layers themselves are skipped: they are not disk).
+  EXPECT_THAT(FilesContaining(root_, marker_), ::testing::IsEmpty());
+
+  // kill -9: the restarted daemon mounts the layers again and new containers start.
+  ASSERT_TRUE(snapshotter_->Signal(SIGKILL).ok());
+  (void)snapshotter_->Wait(std::chrono::seconds(20));
+  StartSnapshotter();
+  ASSERT_FALSE(HasFailure());
+  WaitForContainerdToReconnect();
+  ASSERT_FALSE(HasFailure());
+  EXPECT_THAT(SnapshotterLog(), HasSubstr("restored remote snapshot")) << SnapshotterLog();
+  auto again = Run(ref, Id("again"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(again.stdout_text, marker_ + "\n") << Describe(again) << Logs();
+  EXPECT_EQ(CountFuseMounts(root_), 2u) << "stale mounts were not replaced";
+}
+
+TEST_F(LazyContainerd, MixedPlainAndLazycryptLayersRun) {
+  // Only the data layer (index 1) is lazycrypt's; busybox stays a plain gzip layer.
+  const std::string ref = Publish("mixed", node_key_.pub, {"--layers", "1"});
+  ASSERT_FALSE(HasFailure());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  EXPECT_EQ(CountFuseMounts(root_), 1u) << SnapshotterLog();
+  auto cat = Run(ref, Id("mixed"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n") << Describe(cat) << Logs();
+}
+
+TEST_F(LazyContainerd, WithoutTheKeyThePullFailsNamingTheLayerAndLeavesNoSnapshot) {
+  const std::string ref = Publish("other", other_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto before = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"});
+  ASSERT_TRUE(before.ok());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  EXPECT_NE(pulled->exit_code, 0) << Describe(*pulled);
+  const std::string out = pulled->stdout_text + pulled->stderr_text;
+  EXPECT_THAT(out, HasSubstr("layer sha256:")) << out;
+  EXPECT_THAT(SnapshotterLog(), HasSubstr("none of the")) << SnapshotterLog();
+  EXPECT_EQ(CountFuseMounts(root_), 0u);
+  auto after = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"});
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->stdout_text, before->stdout_text) << "a snapshot was left behind";
+}
+
+TEST_F(LazyContainerd, TamperedChunkIsAnIoErrorInTheContainer) {
+  const std::string ref = Publish("tampered", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  // The data layer's blob: the largest blob in the registry. Flip a byte in its middle, which is
+  // inside a chunk record of big.bin (12 of the layer's ~13 chunks).
+  fs::path blob;
+  uintmax_t largest = 0;
+  for (const auto& e : fs::recursive_directory_iterator(registry_->storage_dir())) {
+    if (e.is_regular_file() && e.path().filename() == "data" && e.file_size() > largest) {
+      largest = e.file_size();
+      blob = e.path();
+    }
+  }
+  ASSERT_GT(largest, 12u << 20);
+  {
+    std::fstream f(blob, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(largest / 2));
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x40;
+    f.seekp(static_cast<std::streamoff>(largest / 2));
+    f.write(&c, 1);
+  }
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  auto bad = Run(ref, Id("bad"), {"/bin/sh", "-c", "cat /data/big.bin > /dev/null"});
+  EXPECT_NE(bad.exit_code, 0) << "a tampered chunk was served";
+  EXPECT_THAT(bad.stdout_text + bad.stderr_text, ::testing::ContainsRegex("I/O error|Input/output"))
+      << Describe(bad);
+  auto good = Run(ref, Id("good"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(good.stdout_text, marker_ + "\n") << Describe(good) << Logs();
+}
+
+TEST_F(LazyContainerd, MetricsEndpointAndStatusShowTheLayerAContainerRead) {
+  const std::string ref = Publish("metrics", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  auto sum = Run(ref, Id("metrics"), {"/bin/busybox", "sha256sum", "/data/big.bin"});
+  EXPECT_EQ(sum.exit_code, 0) << Describe(sum) << Logs();
+  EXPECT_THAT(sum.stdout_text, HasSubstr(big_sha256_.substr(big_sha256_.find(':') + 1)));
+
+  // /status: both layers; the data layer (the larger blob) was fetched and read.
+  auto json = MustRun({LAZYCRYPT_BIN, "status", "--json", "--address", metrics_address_});
+  nlohmann::json doc = nlohmann::json::parse(json.stdout_text, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(doc.is_discarded()) << json.stdout_text;
+  EXPECT_EQ(doc.value("mounted_layers", -1), 2) << json.stdout_text;
+  EXPECT_EQ(doc.value("mounts_total", -1), 2) << json.stdout_text;
+  ASSERT_TRUE(doc.contains("layers") && doc["layers"].size() == 2u) << json.stdout_text;
+  nlohmann::json data = doc["layers"][0];
+  for (const auto& l : doc["layers"]) {
+    if (l.value("blob_size_bytes", 0ull) > data.value("blob_size_bytes", 0ull)) data = l;
+  }
+  const std::string digest = data.value("layer", "");
+  ASSERT_EQ(digest.rfind("sha256:", 0), 0u) << json.stdout_text;
+  EXPECT_THAT(data.value("image", ""), HasSubstr("lazycrypt/app:metrics"));
+  EXPECT_THAT(data.value("mountpoint", ""), HasSubstr(root_.string())) << json.stdout_text;
+  EXPECT_GT(data.value("blob_size_bytes", 0ull), 12ull << 20);
+  EXPECT_GE(data.value("bytes_fetched", 0ull), 12ull << 20) << "big.bin was read in full";
+  EXPECT_GT(data.value("chunks_opened", 0ull), 0u);
+  EXPECT_GT(data.value("cache_misses", 0ull), 0u);
+  EXPECT_GT(data.value("present_percent", 0.0), 50.0);
+  EXPECT_EQ(data.value("auth_failures", 1ull), 0u);
+  EXPECT_THAT(json.stdout_text, Not(HasSubstr(marker_)));
+
+  // /metrics in Prometheus text format with the layer's labels and non-zero counters.
+  auto scrape = MustRun({"busybox", "wget", "-q", "-O", "-", "http://" + metrics_address_ + "/metrics"});
+  const std::string& text = scrape.stdout_text;
+  EXPECT_THAT(text, HasSubstr("# TYPE lazycrypt_layer_fetched_bytes_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("\nlazycrypt_mounted_layers 2\n"));
+  const std::string labels = "{layer=\"" + digest + "\",image=\"" + data.value("image", "") + "\"}";
+  for (const char* family : {"lazycrypt_layer_fetched_bytes_total", "lazycrypt_layer_chunks_opened_total",
+                             "lazycrypt_layer_cache_misses_total", "lazycrypt_layer_fetch_requests_total",
+                             "lazycrypt_layer_present_bytes", "lazycrypt_layer_chunks"}) {
+    const std::string prefix = "\n" + std::string(family) + labels + " ";
+    const size_t at = text.find(prefix);
+    ASSERT_NE(at, std::string::npos) << family << " missing:\n" << text;
+    const std::string value = text.substr(at + prefix.size(), text.find('\n', at + 1) - at - prefix.size());
+    EXPECT_GT(std::stod(value), 0.0) << family;
+  }
+  EXPECT_THAT(text, HasSubstr("\nlazycrypt_layer_auth_failures_total" + labels + " 0\n"));
+
+  // The table names the layer (short digest) and the image.
+  auto table = MustRun({LAZYCRYPT_BIN, "status", "--config", (work_->path() / "config.toml").string()});
+  EXPECT_THAT(table.stdout_text, HasSubstr(digest.substr(0, 19))) << table.stdout_text;
+  EXPECT_THAT(table.stdout_text, HasSubstr("lazycrypt/app:metrics")) << table.stdout_text;
+  EXPECT_THAT(table.stdout_text, HasSubstr("PRESENT")) << table.stdout_text;
+}
+
+}  // namespace
+}  // namespace lazycrypt
