@@ -432,5 +432,32 @@ TEST_F(LazyContainerd, MetricsEndpointAndStatusShowTheLayerAContainerRead) {
   EXPECT_THAT(table.stdout_text, HasSubstr("PRESENT")) << table.stdout_text;
 }
 
+TEST_F(LazyContainerd, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {
+  // `lazycrypt pull` instead of ctr-remote: the same labels, containerd's own API.
+  const std::string ref = Publish("pull", node_key_.pub, {"--layers", "1"});
+  ASSERT_FALSE(HasFailure());
+  auto pulled = harness::RunCommand({LAZYCRYPT_BIN, "pull", "--address", ctd_->socket().string(),
+                                     "--namespace", "default", "--snapshotter", "lazycrypt",
+                                     "--plain-http", "--hosts-dir", "", ref},
+                                    std::chrono::seconds(180));
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  EXPECT_THAT(pulled->stdout_text,
+              HasSubstr("1 layers mounted lazily by lazycrypt, 1 downloaded and unpacked"))
+      << pulled->stdout_text;
+  EXPECT_THAT(pulled->stderr_text, HasSubstr("layer 1 sha256:")) << pulled->stderr_text;
+  EXPECT_EQ(CountFuseMounts(root_), 1u) << SnapshotterLog();
+  auto cat = Run(ref, Id("pull"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n") << Describe(cat) << Logs();
+  // A second pull finds both layers present and fetches no layer.
+  auto again = harness::RunCommand({LAZYCRYPT_BIN, "pull", "--address", ctd_->socket().string(),
+                                    "--snapshotter", "lazycrypt", "--plain-http", "--hosts-dir",
+                                    "", ref},
+                                   std::chrono::seconds(180));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->exit_code, 0) << Describe(*again);
+  EXPECT_THAT(again->stdout_text, HasSubstr("2 already present")) << again->stdout_text;
+}
+
 }  // namespace
 }  // namespace lazycrypt
