@@ -22,6 +22,7 @@
 
 #include "decoder/payload.h"
 #include "image/oci.h"
+#include "tests/command_util.h"
 #include "tests/harness/containerd_process.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
@@ -31,27 +32,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using harness::CommandResult;
+using testing::Describe;
+using testing::MustRun;
+using testing::SourceDir;
 using ::testing::HasSubstr;
-
-fs::path SourceDir() {
-  const char* env = std::getenv("LAZYCRYPT_SOURCE_DIR");
-  return env && *env ? fs::path(env) : fs::path(LAZYCRYPT_SOURCE_DIR_DEFAULT);
-}
-
-std::string Describe(const CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.stdout_text + "\nstderr:\n" +
-         r.stderr_text;
-}
-
-// Runs argv, failing the test (with the output) unless it exits 0.
-CommandResult MustRun(const std::vector<std::string>& argv,
-                      std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
-  auto r = harness::RunCommand(argv, timeout);
-  EXPECT_TRUE(r.ok()) << argv[0] << ": " << r.status().ToString();
-  if (!r.ok()) return {};
-  EXPECT_EQ(r->exit_code, 0) << argv[0] << " failed: " << Describe(*r);
-  return *r;
-}
 
 // The harness's config is what containerd itself reads back (`containerd config dump` merges it
 // with the defaults; no daemon, no root needed).

@@ -13,6 +13,7 @@
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "image/layout.h"
+#include "tests/command_util.h"
 #include "tests/harness/subprocess.h"
 #include "tests/test_util.h"
 
@@ -139,24 +140,6 @@ inline std::filesystem::path RegistryBlobPath(const std::filesystem::path& stora
                                               const std::string& digest) {
   const std::string hex = digest.substr(7);
   return storage_dir / "docker/registry/v2/blobs/sha256" / hex.substr(0, 2) / hex / "data";
-}
-
-// --- argv commands through the harness (tests linking lc_testharness) ---------------------------
-
-// "exit N", then stdout and stderr: for failure messages.
-inline std::string Describe(const harness::CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.stdout_text + "\nstderr:\n" +
-         r.stderr_text;
-}
-
-// Runs argv (no shell), failing the test (with the output) unless it exits 0.
-inline harness::CommandResult MustRun(const std::vector<std::string>& argv,
-                                      std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
-  auto r = harness::RunCommand(argv, timeout);
-  EXPECT_TRUE(r.ok()) << argv[0] << ": " << r.status().ToString();
-  if (!r.ok()) return {};
-  EXPECT_EQ(r->exit_code, 0) << argv[0] << " failed: " << Describe(*r);
-  return *r;
 }
 
 }  // namespace lazycrypt::testing
