@@ -394,9 +394,8 @@ Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
       std::string name = LayerName(i, d);
       LayerKind kind = ClassifyLayer(d.media_type);
       if (kind == LayerKind::kLazycrypt) {
-        auto blob = src.OpenBlobForScan(d);
+        auto blob = src.OpenVerifiedBlob(d);
         if (!blob.ok()) return blob.status().WithContext(name);
-        LC_RETURN_IF_ERROR(VerifyBlobDigest(**blob, d).WithContext(name));
         LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
         std::unique_ptr<OutputStream> gzip;
         if (options.compression == LayerCompression::kGzip) {

@@ -106,6 +106,32 @@ class RegistrySource final : public ImageSource {
     return NewReadAheadBlobSource(std::move(blob));
   }
 
+  // One GET into an unlinked temporary file (the blob as stored: ciphertext for encrypted
+  // layers), its digest verified as it streams; the file goes when the source is destroyed.
+  Result<std::unique_ptr<BlobSource>> OpenVerifiedBlob(const Descriptor& d) override {
+    const char* tmpdir = ::getenv("TMPDIR");
+    std::string templ =
+        std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/lazycrypt-blob-XXXXXX";
+    int raw_fd = ::mkstemp(templ.data());
+    if (raw_fd < 0) return Status::IoError("mkstemp " + templ + ": " + std::strerror(errno));
+    UniqueFd fd(raw_fd);
+    FdOutputStream out(fd.get());
+    Status fetched = client_->GetBlob(ref_, d.digest, out);
+    if (!fetched.ok()) {
+      ::unlink(templ.c_str());
+      return fetched;
+    }
+    auto opened = FileBlobSource::Open(templ);
+    ::unlink(templ.c_str());  // the open descriptor keeps the bytes until the source goes
+    LC_RETURN_IF_ERROR(opened.status());
+    std::unique_ptr<BlobSource> blob = std::move(*opened);
+    if (blob->size() != d.size) {
+      return Status::Corruption("blob " + d.digest + " has " + std::to_string(blob->size()) +
+                                " bytes, its descriptor says " + std::to_string(d.size));
+    }
+    return blob;
+  }
+
  private:
   registry::Reference ref_;
   std::unique_ptr<registry::Client> client_;

@@ -1,5 +1,7 @@
 // docker:// transport against a real docker-registry on 127.0.0.1 (started and stopped by the
 // test, see tests/harness/registry_process.h).
+#include <fstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -192,6 +194,49 @@ TEST_F(RegistryTransport, FailedConversionTagsNothing) {
   auto manifest = (*client)->GetManifest(*registry::Reference::Parse(ref));
   ASSERT_FALSE(manifest.ok());
   EXPECT_EQ(manifest.status().code(), StatusCode::kNotFound) << manifest.status().ToString();
+}
+
+TEST_F(RegistryTransport, VerifiedBlobHasTheStoredBytesAndATamperedOneIsRefused) {
+  std::string tar = MakeTar(tmp_, "one");
+  {
+    auto writer = ImageWriter::Begin(tmp_ / "src");
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE((*writer)->Commit("latest", PutImage(**writer, tar, "amd64")).ok());
+  }
+  const std::string ref = registry_->host() + "/team/verified:v1";
+  {
+    auto src = OpenImageSource(OciRef(tmp_ / "src"));
+    auto dst = OpenImageDestination(Docker(ref), plain_);
+    ASSERT_TRUE(src.ok() && dst.ok());
+    Keys alice = MakeKey(tmp_, "alice");
+    ASSERT_TRUE(EncryptImage(**src, **dst, alice.pub, EncryptOptions{}).ok());
+  }
+  auto remote = OpenImageSource(Docker(ref), plain_);
+  ASSERT_TRUE(remote.ok());
+  auto root = LoadRoot(**remote);
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  const Descriptor layer = root->images.at(0).manifest.layers.at(0);
+
+  auto blob = (*remote)->OpenVerifiedBlob(layer);
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  ASSERT_EQ((*blob)->size(), layer.size);
+  std::vector<uint8_t> bytes(layer.size);
+  ASSERT_TRUE((*blob)->ReadAt(0, bytes).ok());
+  EXPECT_EQ(crypto::OciDigest(crypto::Sha256::Of(bytes)), layer.digest);
+
+  // One byte changed in the registry's storage: the download's digest check refuses it.
+  const std::string hex = layer.digest.substr(7);
+  const auto stored = registry_->storage_dir() / "docker/registry/v2/blobs/sha256" /
+                      hex.substr(0, 2) / hex / "data";
+  {
+    std::fstream f(stored, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f.good()) << stored;
+    f.seekp(static_cast<std::streamoff>(layer.size / 2));
+    f.put(static_cast<char>(bytes[layer.size / 2] ^ 1));
+  }
+  auto tampered = (*remote)->OpenVerifiedBlob(layer);
+  ASSERT_FALSE(tampered.ok());
+  EXPECT_EQ(tampered.status().code(), StatusCode::kAuthFailed) << tampered.status().ToString();
 }
 
 TEST(RegistryTransportAuth, CredentialsFromAnAuthFileAndWrongOnesNamed) {

@@ -119,6 +119,12 @@ std::unique_ptr<BlobSource> NewReadAheadBlobSource(std::unique_ptr<BlobSource> i
   return std::make_unique<ReadAheadBlobSource>(std::move(inner), window_bytes);
 }
 
+Result<std::unique_ptr<BlobSource>> ImageSource::OpenVerifiedBlob(const Descriptor& d) {
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<BlobSource> blob, OpenBlobForScan(d));
+  LC_RETURN_IF_ERROR(VerifyBlobDigest(*blob, d));
+  return blob;
+}
+
 Status VerifyBlobDigest(BlobSource& blob, const Descriptor& d) {
   if (blob.size() != d.size) {
     return Status::Corruption("blob " + d.digest + " has " + std::to_string(blob.size()) +

@@ -49,6 +49,11 @@ class ImageSource {
   virtual Result<std::unique_ptr<BlobSource>> OpenBlobForScan(const Descriptor& d) {
     return OpenBlob(d);
   }
+  // A blob whose bytes were checked against d's size and digest, for a consumer that reads all of
+  // it in any order (decrypting a lazycrypt layer reads footer, TOC, then records). By default
+  // OpenBlobForScan + VerifyBlobDigest; a registry source downloads the blob once into an unlinked
+  // temporary file, verifying the digest as it streams, instead of fetching it twice.
+  virtual Result<std::unique_ptr<BlobSource>> OpenVerifiedBlob(const Descriptor& d);
 };
 
 // Wraps `inner`: reads are served from a window of `window_bytes` fetched with one ReadAt at the
