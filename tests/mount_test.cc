@@ -257,7 +257,10 @@ class MountTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    if (env == nullptr) GTEST_SKIP() << "needs root and /dev/fuse";
+    if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
+    }
+    ASSERT_NE(env, nullptr) << "the suite's setup (images, registry) failed; see above";
     auto dir = harness::TempDir::Create("mount-case");
     ASSERT_TRUE(dir.ok());
     dir_ = std::make_unique<harness::TempDir>(std::move(dir).value());
