@@ -4,12 +4,13 @@
 #   make demo   install, build, and run the demo (root: containerd, FUSE)
 #   make demo-cli  the CLI-only demo (no root, no daemons)
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
+#   make bench-coldstart  the cold-start benchmark (root; section 7 of docs/BENCHMARKS.md)
 BUILD      ?= build
 FUZZ_BUILD ?= $(BUILD)/fuzz
 JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
 
-.PHONY: all build setup fuzz test demo demo-cli bench clean
+.PHONY: all build setup fuzz test demo demo-cli bench bench-coldstart clean
 
 all: build
 
@@ -44,6 +45,10 @@ demo-cli: setup
 bench: setup
 	$(MAKE) build
 	bash bench/run.sh $(BUILD)
+
+bench-coldstart: setup
+	$(MAKE) build
+	CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD)

@@ -652,5 +652,166 @@ TEST_F(CachedLayerTest, StoreDirIsPrivateAndHoldsNoPlaintext) {
   ExpectRead(*layer, "marker", 0, kMarker.size());
 }
 
+
+// ---- Read-ahead opens on worker threads, lent views (bench: FUSE read path) -------------------
+
+// Waits (bounded) until `done` holds; the bound only keeps a broken build from hanging.
+template <typename Pred>
+bool EventuallyTrue(Pred done) {
+  for (int i = 0; i < 1000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return done();
+}
+
+TEST_F(CachedLayerTest, SequentialReadAheadFromTheStoreIsOpenedByWorkersOncePerChunk) {
+  {
+    auto store = OpenStore();
+    auto warm = Make(store.get());
+    ReadAll(*warm);
+  }
+  auto store = OpenStore();
+  auto src = std::make_shared<FakeSource>(Layer().blob);
+  CachedLayerOptions o;
+  o.readahead_bytes = 4 * kChunk;
+  o.open_threads = 2;
+  auto layer = Make(store.get(), o, src);
+  ExpectRead(*layer, "big", 0, kChunk);       // not sequential yet: its own chunk(s) only
+  ExpectRead(*layer, "big", kChunk, kChunk);  // sequential: the next 4 chunks go to the workers
+  const auto covered = index_->ChunksForRange(E("big"), 0, 2 * kChunk);
+  const uint64_t ahead_end = std::min<uint64_t>(
+      covered.first + covered.count + 4,
+      index_->ChunksForRange(E("big"), 0, E("big").size).first +
+          index_->ChunksForRange(E("big"), 0, E("big").size).count);
+  // The workers open the read-ahead chunks without anybody reading them.
+  ASSERT_TRUE(EventuallyTrue([&] { return layer->stats().chunks_opened >= ahead_end - covered.first; }))
+      << layer->stats().chunks_opened;
+  const uint64_t opened_before = layer->stats().chunks_opened;
+  // Reading them now opens nothing again: they are served from memory.
+  int read_ahead_reads = 0;
+  for (uint64_t off = 2 * kChunk + 1; off < E("big").size; off += kChunk) {
+    const auto r = index_->ChunksForRange(E("big"), off, 100);
+    if (r.first + r.count > ahead_end) break;
+    ExpectRead(*layer, "big", off, 100);  // not the continuation: no new read-ahead
+    ++read_ahead_reads;
+  }
+  EXPECT_GE(read_ahead_reads, 3);
+  EXPECT_EQ(layer->stats().chunks_opened, opened_before);
+  // The whole file, sequentially: right bytes, nothing fetched, each chunk opened once.
+  for (uint64_t off = 0; off < E("big").size; off += kChunk) ExpectRead(*layer, "big", off, kChunk);
+  EXPECT_EQ(src->call_count(), 0u);
+  EXPECT_EQ(layer->stats().cache_misses, 0u);
+  const auto all = index_->ChunksForRange(E("big"), 0, E("big").size);
+  EXPECT_EQ(layer->stats().chunks_opened, all.count);
+}
+
+TEST_F(CachedLayerTest, ReadAheadWorkerRefetchesADamagedRecordAndReadersGetGoodBytes) {
+  {
+    auto store = OpenStore();
+    auto warm = Make(store.get());
+    ReadAll(*warm);
+  }
+  const uint64_t bad = E("big").data_offset / kChunk + 3;  // read ahead, never read first
+  const auto& chunk = index_->chunks()[bad];
+  auto data_file = tmp_ / "chunks" / ("toc-" + crypto::HexEncode(index_->toc_digest()) + ".data");
+  lazycrypt::testing::FlipBit(data_file, chunk.blob_offset + 40);
+  auto store = OpenStore();
+  auto src = std::make_shared<FakeSource>(Layer().blob);
+  CachedLayerOptions o;
+  o.readahead_bytes = 4 * kChunk;
+  o.open_threads = 2;
+  auto layer = Make(store.get(), o, src);
+  for (uint64_t off = 0; off < E("big").size; off += kChunk / 2) ExpectRead(*layer, "big", off, kChunk / 2);
+  EXPECT_EQ(layer->stats().disk_corrupt, 1u);
+  ASSERT_EQ(src->call_count(), 1u);  // the damaged record alone
+  EXPECT_EQ(src->calls()[0].first, chunk.blob_offset);
+  EXPECT_EQ(src->calls()[0].second, chunk.record_size());
+  EXPECT_EQ(layer->stats().auth_failures, 0u);
+}
+
+TEST_F(CachedLayerTest, DestroyingALayerWithReadAheadQueuedDoesNotHang) {
+  {
+    auto store = OpenStore();
+    auto warm = Make(store.get());
+    ReadAll(*warm);
+  }
+  auto store = OpenStore();
+  for (int round = 0; round < 20; ++round) {
+    CachedLayerOptions o;
+    o.readahead_bytes = 16 * kChunk;
+    o.open_threads = 1;
+    auto layer = Make(store.get(), o);
+    ExpectRead(*layer, "big", 0, kChunk);
+    ExpectRead(*layer, "big", kChunk, kChunk);  // queues up to 16 opens
+  }  // each layer is destroyed with work queued or running
+}
+
+// Reassembles a view and checks it against the original bytes.
+void ExpectView(const Result<FileView>& view, const std::vector<uint8_t>& data, uint64_t offset,
+                size_t len) {
+  ASSERT_TRUE(view.ok()) << view.status().ToString();
+  const size_t want = offset >= data.size() ? 0 : std::min<size_t>(len, data.size() - offset);
+  std::vector<uint8_t> got;
+  for (ByteSpan s : view->spans) got.insert(got.end(), s.begin(), s.end());
+  ASSERT_EQ(got.size(), want);
+  ASSERT_EQ(view->size(), want);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + offset)) << "@" << offset << "+" << len;
+  // Pieces around the view (whole opened chunks) are the file's bytes at their offsets and
+  // cover what the view returned.
+  uint64_t covered_begin = UINT64_MAX, covered_end = 0;
+  for (const FileView::Piece& p : view->around) {
+    ASSERT_LE(p.file_offset + p.bytes.size(), data.size());
+    EXPECT_TRUE(std::equal(p.bytes.begin(), p.bytes.end(), data.begin() + p.file_offset));
+    covered_begin = std::min<uint64_t>(covered_begin, p.file_offset);
+    covered_end = std::max<uint64_t>(covered_end, p.file_offset + p.bytes.size());
+  }
+  if (!view->around.empty() && want > 0) {
+    EXPECT_LE(covered_begin, offset);
+    EXPECT_GE(covered_end, offset + want);
+  }
+}
+
+TEST_F(CachedLayerTest, ViewFileLendsTheBytesReadFileCopies) {
+  auto store = OpenStore();
+  auto cached = Make(store.get());
+  MemoryBlobSource mem(Layer().blob);
+  auto reader = format::LayerReader::Open(mem, Key(), Layer().toc_digest);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto direct = DirectLayerData(std::move(*reader));  // the default (copying) ViewFile
+  std::mt19937_64 rng(7);
+  for (LayerData* layer : {static_cast<LayerData*>(cached.get()), direct.get()}) {
+    for (const auto& [name, data] : Layer().files) {
+      for (int k = 0; k < 12; ++k) {
+        const uint64_t off = rng() % (data.size() + 10);
+        const size_t len = 1 + rng() % (3 * kChunk);
+        ExpectView(layer->ViewFile(E(name), off, len), data, off, len);
+      }
+      ExpectView(layer->ViewFile(E(name), 0, data.size()), data, 0, data.size());
+      ExpectView(layer->ViewFile(E(name), data.size(), 10), data, data.size(), 10);
+    }
+  }
+}
+
+TEST_F(CachedLayerTest, AViewKeepsItsChunksAfterTheyAreEvicted) {
+  CachedLayerOptions o;
+  o.memory_cache_bytes = kChunk;  // one opened chunk in memory at a time
+  auto layer = Make(nullptr, o);
+  const auto& big = Layer().files.at("big");
+  auto view = layer->ViewFile(E("big"), kChunk / 2, 2 * kChunk);
+  ExpectRead(*layer, "a", 0, Layer().files.at("a").size());  // evicts the view's chunks
+  ExpectRead(*layer, "big", 10 * kChunk, 3 * kChunk);
+  EXPECT_LE(layer->stats().memory_cache_bytes, kChunk);
+  ExpectView(view, big, kChunk / 2, 2 * kChunk);
+}
+
+TEST_F(CachedLayerTest, ViewOfATamperedChunkIsAnErrorWithNoBytes) {
+  const uint64_t bad = E("big").data_offset / kChunk + 7;
+  source_->corrupt_at(index_->chunks()[bad].blob_offset + 50);
+  auto layer = Make(nullptr);
+  const uint64_t in_bad = index_->chunks()[bad].tar_offset - E("big").data_offset;
+  auto view = layer->ViewFile(E("big"), in_bad - 100, 200);  // straddles a good and the bad chunk
+  ASSERT_FALSE(view.ok());
+  EXPECT_EQ(view.status().code(), StatusCode::kAuthFailed) << view.status().ToString();
+  ExpectView(layer->ViewFile(E("big"), 0, kChunk), Layer().files.at("big"), 0, kChunk);
+}
+
 }  // namespace
 }  // namespace lazycrypt::cache

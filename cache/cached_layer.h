@@ -31,8 +31,13 @@ struct CachedLayerOptions {
   // Bytes of opened (plaintext) chunks kept in memory; evicted buffers are wiped.
   uint64_t memory_cache_bytes = uint64_t{32} << 20;
   // When a read continues the previous read of the same file, up to this many raw bytes of the
-  // following chunks are fetched in the same request. 0 disables read-ahead.
+  // following chunks are fetched in the same request (those already on disk are opened by the
+  // open_threads workers instead). 0 disables read-ahead.
   uint64_t readahead_bytes = uint64_t{4} << 20;
+  // Worker threads that read and open (authenticate, decrypt, decompress) the read-ahead chunks
+  // of a sequential reader that are already in the disk store, in parallel with the reader.
+  // 0: the reader opens every chunk itself when it reaches it.
+  unsigned open_threads = 2;
   // Upper bound on one ranged request (a longer run of records is split).
   uint64_t max_request_bytes = uint64_t{32} << 20;
   // The blob's name in the ChunkStore; empty = "toc-<hex of the pinned TOC digest>", which names
@@ -50,8 +55,8 @@ class CachedLayer final : public LayerData {
                                                      std::shared_ptr<BlobSource> source,
                                                      ChunkStore* store,
                                                      const CachedLayerOptions& options = {});
-  // Stops the background fetch (joins its thread, after the request it may have in flight).
-  // REQUIRES no call in progress.
+  // Stops the background fetch (joins its thread, after the request it may have in flight) and
+  // the read-ahead open workers. REQUIRES no call in progress.
   ~CachedLayer() override;
   CachedLayer(const CachedLayer&) = delete;
   CachedLayer& operator=(const CachedLayer&) = delete;
@@ -59,6 +64,8 @@ class CachedLayer final : public LayerData {
   const format::LayerIndex& index() const override;
   Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
                           MutableByteSpan out) override;
+  // Spans straight into the opened chunks (no copy); the view pins them.
+  Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size) override;
   LayerStats stats() const override;
 
   // Fetches every chunk of `files` (regular entries of index(); others are ignored) that is not

@@ -1,9 +1,26 @@
 #include "cache/layer_data.h"
 
+#include <openssl/crypto.h>
+
 #include <atomic>
 
 namespace lazycrypt::cache {
 namespace {
+
+// Plaintext copied out for a FileView; wiped on release.
+class WipedBytes {
+ public:
+  explicit WipedBytes(size_t size)
+      : bytes_(std::make_unique_for_overwrite<uint8_t[]>(size)), size_(size) {}
+  ~WipedBytes() { OPENSSL_cleanse(bytes_.get(), size_); }
+  WipedBytes(const WipedBytes&) = delete;
+  WipedBytes& operator=(const WipedBytes&) = delete;
+  uint8_t* data() { return bytes_.get(); }
+
+ private:
+  std::unique_ptr<uint8_t[]> bytes_;
+  size_t size_;
+};
 
 class DirectLayerDataImpl final : public LayerData {
  public:
@@ -31,6 +48,24 @@ class DirectLayerDataImpl final : public LayerData {
 };
 
 }  // namespace
+
+Result<FileView> LayerData::ViewFile(const format::Entry& entry, uint64_t offset, size_t size) {
+  const size_t want =
+      offset >= entry.size ? 0 : static_cast<size_t>(std::min<uint64_t>(size, entry.size - offset));
+  FileView view;
+  if (want == 0) return view;
+  auto buf = std::make_shared<WipedBytes>(want);
+  size_t done = 0;
+  while (done < want) {
+    LC_ASSIGN_OR_RETURN(size_t n,
+                        ReadFile(entry, offset + done, MutableByteSpan(buf->data() + done, want - done)));
+    if (n == 0) break;
+    done += n;
+  }
+  view.spans.push_back(ByteSpan(buf->data(), done));
+  view.pins.push_back(std::move(buf));
+  return view;
+}
 
 std::unique_ptr<LayerData> DirectLayerData(std::unique_ptr<format::LayerReader> reader) {
   return std::make_unique<DirectLayerDataImpl>(std::move(reader));

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "common/io.h"
 #include "common/status.h"
@@ -32,6 +33,28 @@ struct LayerStats {
   uint64_t fetch_errors = 0;         // ranged requests that failed
 };
 
+// Authenticated file bytes lent without a copy: `spans`, in order, are the bytes read; they point
+// into plaintext that `pins` keep alive (and that is wiped when the last pin goes). Every chunk
+// the spans touch was verified whole before the view was made.
+struct FileView {
+  std::vector<ByteSpan> spans;
+  std::vector<std::shared_ptr<const void>> pins;
+  // Optional: the rest of the file's bytes in the chunks that were opened for this view (each
+  // piece: where it starts in the file, and its bytes, kept alive by the same pins). A
+  // filesystem may hand them to the kernel's page cache, so that nearby reads do not open the
+  // same chunks again. Empty when the implementation has no such bytes (the default ViewFile).
+  struct Piece {
+    uint64_t file_offset;
+    ByteSpan bytes;
+  };
+  std::vector<Piece> around;
+  size_t size() const {
+    size_t n = 0;
+    for (ByteSpan s : spans) n += s.size();
+    return n;
+  }
+};
+
 // Thread-safe: every method may be called concurrently.
 class LayerData {
  public:
@@ -43,6 +66,10 @@ class LayerData {
   // DeadlineExceeded when the blob cannot be fetched (callers map both to EIO).
   virtual Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
                                   MutableByteSpan out) = 0;
+  // The same bytes as ReadFile(entry, offset, up to `size` bytes), lent instead of copied (the
+  // FUSE filesystem replies straight from them). Errors as ReadFile's. The default copies once,
+  // through ReadFile, into a buffer that is wiped when released.
+  virtual Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
   virtual LayerStats stats() const = 0;
 };
 

@@ -5,9 +5,12 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -91,7 +94,7 @@ bool IsOcicryptLayerType(std::string_view mt) {
 }
 
 Result<DecodeResult> DecodeLazycrypt(const image::Descriptor& descriptor, int threads,
-                                     const std::vector<keywrap::PrivateKey>& keys,
+                                     const keywrap::KeyRing& keys,
                                      InputStream& in, OutputStream& out) {
   // Unwrap first: a missing key fails before a byte of the blob is read.
   LC_ASSIGN_OR_RETURN(image::LazycryptLayerSecret secret,
@@ -120,7 +123,36 @@ Result<DecodeResult> DecodeLazycrypt(const image::Descriptor& descriptor, int th
 
 }  // namespace
 
+Result<crypto::SecureBuffer> ReadKeyPasswordFile(const fs::path& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    return Status::NotFound("key password file " + path.string() + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument("key password file " + path.string() + " is not a regular file");
+  }
+  if ((st.st_mode & 0077) != 0 || st.st_uid != geteuid()) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Status::PermissionDenied("key password file " + path.string() + " (mode " + mode +
+                                    ", uid " + std::to_string(st.st_uid) +
+                                    ") must be owned by this user and readable by it only "
+                                    "(chmod 600)");
+  }
+  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes, ReadSecretFile(path));
+  size_t n = bytes.size();
+  if (n > 0 && bytes.data()[n - 1] == '\n') --n;
+  if (n > 0 && bytes.data()[n - 1] == '\r') --n;
+  return crypto::SecureBuffer(bytes.span().subspan(0, n));
+}
+
 Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& dir) {
+  return LoadDecryptionKeysDir(dir, {}, nullptr);
+}
+
+Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& dir,
+                                                               const KeyPasswordFiles& passwords,
+                                                               std::vector<std::string>* warnings) {
   std::error_code ec;
   auto dir_status = fs::symlink_status(dir, ec);
   if (ec || !fs::exists(dir_status)) {
@@ -153,8 +185,23 @@ Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& d
   std::vector<keywrap::PrivateKey> keys;
   for (const auto& file : files) {
     LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes, ReadSecretFile(file));
+    auto password_file = passwords.find(file.lexically_normal());
+    if (password_file != passwords.end()) {
+      LC_ASSIGN_OR_RETURN(crypto::SecureBuffer password, ReadKeyPasswordFile(password_file->second));
+      auto key = keywrap::PrivateKey::Parse(bytes.span(), password.span(), file.string());
+      if (!key.ok()) return key.status().WithContext("decryption keys path");
+      keys.push_back(std::move(*key));
+      continue;
+    }
     auto key = keywrap::PrivateKey::Parse(bytes.span(), std::nullopt, file.string());
     if (!key.ok() && IsCertificateOrGpgKeyring(bytes.span())) continue;
+    if (!key.ok() && warnings != nullptr &&
+        key.status().message().find("needs a password") != std::string::npos) {
+      warnings->push_back(file.string() +
+                          ": encrypted private key without a configured password; skipped (name "
+                          "its password file in [keys.passwords])");
+      continue;
+    }
     if (!key.ok()) {
       return Status(key.status().code(),
                     "decryption keys path: " + key.status().message() +
@@ -180,7 +227,7 @@ Result<std::vector<keywrap::PrivateKey>> LoadPayloadKeys(const StreamPayload& pa
 }
 
 Result<DecodeResult> Decode(const DecodeRequest& request,
-                            const std::vector<keywrap::PrivateKey>& keys, InputStream& in,
+                            const keywrap::KeyRing& keys, InputStream& in,
                             OutputStream& out) {
   if (!request.payload) {
     return Status::FailedPrecondition(

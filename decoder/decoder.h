@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "common/status.h"
 #include "crypto/digest.h"
 #include "decoder/payload.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::decoder {
@@ -35,6 +37,20 @@ inline constexpr std::string_view kMediaTypeEnvVar = "STREAM_PROCESSOR_MEDIATYPE
 // ctd-decoder also takes from the directory (for PKCS#7 and OpenPGP, not JWE), are skipped.
 // NotFound if `dir` does not exist. Files are visited in name order: key order is deterministic.
 Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const std::filesystem::path& dir);
+
+// Password files for password-protected node keys: key file (lexically normal path, as found under
+// the directory) → file holding its password (one trailing newline is dropped).
+using KeyPasswordFiles = std::map<std::filesystem::path, std::filesystem::path>;
+// As above, but a key named in `passwords` is decrypted with that password (errors name the key:
+// PermissionDenied for a wrong password, or for a password file that is group/world-accessible or
+// owned by another user), and, when `warnings` is given, an encrypted key without a password is
+// skipped with a warning naming the file instead of failing the whole directory. (ctd-decoder and
+// containerd's CRI fail the whole directory on an encrypted key; the snapshotter uses this form.)
+Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const std::filesystem::path& dir,
+                                                               const KeyPasswordFiles& passwords,
+                                                               std::vector<std::string>* warnings);
+// A key password file's contents in wiped memory, after the ownership/mode check above.
+Result<crypto::SecureBuffer> ReadKeyPasswordFile(const std::filesystem::path& path);
 
 // The payload's private keys, named "payload key 1", ... in messages.
 Result<std::vector<keywrap::PrivateKey>> LoadPayloadKeys(const StreamPayload& payload);
@@ -59,7 +75,7 @@ struct DecodeResult {
 // tampered chunk/TOC/header or a wrong key, Corruption for a truncated or malformed blob.
 // On error, what was written to `out` must be discarded (containerd does, on the non-zero exit).
 Result<DecodeResult> Decode(const DecodeRequest& request,
-                            const std::vector<keywrap::PrivateKey>& keys, InputStream& in,
+                            const keywrap::KeyRing& keys, InputStream& in,
                             OutputStream& out);
 
 }  // namespace lazycrypt::decoder

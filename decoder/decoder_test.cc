@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <random>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "image/layer.h"
 #include "image/oci.h"
 #include "keywrap/base64.h"
+#include "keywrap/keyprovider.h"
 #include "keywrap/test_util.h"
 #include "tar/tar_writer.h"
 
@@ -89,7 +91,7 @@ struct EncryptedLayer {
   image::Descriptor descriptor;
 };
 
-EncryptedLayer Encrypt(const std::vector<keywrap::PublicKey>& recipients) {
+EncryptedLayer Encrypt(const keywrap::Recipients& recipients) {
   EncryptedLayer layer;
   layer.tar = MakeTar();
   MemoryInputStream in(layer.tar);
@@ -305,6 +307,50 @@ TEST(KeysDir, RejectsSymlinksJunkAndMissingDirs) {
   EXPECT_EQ(ok->size(), 1u);
 }
 
+TEST(KeysDir, PasswordProtectedKeysWithConfiguredPasswordFiles) {
+  TempDir dir, secrets;
+  fs::copy_file(EcKeyFiles("P-256").private_pem, dir / "a-plain.pem");
+  ASSERT_TRUE(keywrap::testing::RunOk({"openssl", "pkey", "-in",
+                                       RsaKeyFiles(2048).private_pem.string(), "-aes256",
+                                       "-passout", "pass:s3cret", "-out",
+                                       (dir / "b-locked.pem").string()}));
+  // Without a password: skipped with a warning naming the file; the other key still loads.
+  std::vector<std::string> warnings;
+  auto skipped = LoadDecryptionKeysDir(dir.path(), {}, &warnings);
+  ASSERT_TRUE(skipped.ok()) << skipped.status().ToString();
+  EXPECT_EQ(skipped->size(), 1u);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], HasSubstr("b-locked.pem"));
+
+  // With a 0600 password file (a trailing newline is dropped).
+  const fs::path pass = secrets / "b.pass";
+  keywrap::testing::WriteFile(pass, "s3cret\n");
+  fs::permissions(pass, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  KeyPasswordFiles passwords{{(dir / "b-locked.pem").lexically_normal(), pass}};
+  warnings.clear();
+  auto both = LoadDecryptionKeysDir(dir.path(), passwords, &warnings);
+  ASSERT_TRUE(both.ok()) << both.status().ToString();
+  ASSERT_EQ(both->size(), 2u);
+  EXPECT_EQ((*both)[1].kind(), keywrap::KeyKind::kRsa);
+  EXPECT_TRUE(warnings.empty());
+
+  // A password file others can read is refused, naming it.
+  fs::permissions(pass, fs::perms::group_read | fs::perms::others_read, fs::perm_options::add);
+  auto exposed = LoadDecryptionKeysDir(dir.path(), passwords, &warnings);
+  ASSERT_FALSE(exposed.ok());
+  EXPECT_EQ(exposed.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_THAT(exposed.status().message(), HasSubstr(pass.string()));
+  EXPECT_THAT(exposed.status().message(), HasSubstr("0644"));
+
+  // A wrong password names the key.
+  keywrap::testing::WriteFile(pass, "wrong");
+  fs::permissions(pass, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  auto wrong = LoadDecryptionKeysDir(dir.path(), passwords, &warnings);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_THAT(wrong.status().message(), HasSubstr("b-locked.pem"));
+  EXPECT_THAT(wrong.status().message(), HasSubstr("wrong password"));
+}
+
 // --- Decode in memory ---------------------------------------------------------------------------
 
 std::vector<keywrap::PrivateKey> RsaKeys() {
@@ -464,7 +510,8 @@ struct ProcessResult {
 // Runs lazycrypt-decoder with `stdin_bytes` on a pipe, `payload` (if any) on a pipe at fd 3, and
 // STREAM_PROCESSOR_MEDIATYPE set; reads stdout and stderr concurrently.
 ProcessResult RunDecoder(const std::vector<std::string>& args, ByteSpan stdin_bytes,
-                         const std::optional<std::string>& payload, const std::string& media_type) {
+                         const std::optional<std::string>& payload, const std::string& media_type,
+                         std::string extra_env = "") {
   int in_pipe[2], out_pipe[2], err_pipe[2], payload_pipe[2] = {-1, -1};
   EXPECT_EQ(pipe2(in_pipe, O_CLOEXEC), 0);
   EXPECT_EQ(pipe2(out_pipe, O_CLOEXEC), 0);
@@ -488,7 +535,7 @@ ProcessResult RunDecoder(const std::vector<std::string>& args, ByteSpan stdin_by
     } else {
       close(3);
     }
-    char* envp[] = {env_mt.data(), nullptr};
+    char* envp[] = {env_mt.data(), extra_env.empty() ? nullptr : extra_env.data(), nullptr};
     execve(argv[0], argv.data(), envp);
     _exit(127);
   }
@@ -570,6 +617,34 @@ TEST_F(DecoderProcess, DecodesWithKeysInThePayloadLikeCtrEnc) {
                       std::string(image::kMediaTypeLazycryptLayer));
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_EQ(ZstdDecompress(r.stdout_bytes), layer.tar);
+}
+
+// As ctd-decoder through ocicrypt: every provider of $OCICRYPT_KEYPROVIDER_CONFIG is tried.
+TEST_F(DecoderProcess, DecodesWithAKeyProviderFromTheEnvironment) {
+  std::ofstream(keys_dir_.path() / "kek", std::ios::binary) << std::string(32, '\x11');
+  const fs::path conf = keys_dir_.path() / "kp.conf";
+  keywrap::testing::WriteFile(conf, R"({"key-providers":{"test":{"cmd":{"path":")" +
+                                        std::string(TEST_KEY_PROVIDER) + R"(","args":["--key-file",")" +
+                                        (keys_dir_.path() / "kek").string() + "\"]}}}}");
+  auto config = keywrap::LoadKeyProviderConfig(conf);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  auto provider = keywrap::MakeKeyProvider(*config, {"test", "Enabled"});
+  ASSERT_TRUE(provider.ok()) << provider.status().ToString();
+  keywrap::Recipients recipients;
+  recipients.AddProvider(*provider);
+  EncryptedLayer layer = Encrypt(recipients);
+  ASSERT_FALSE(layer.descriptor.Annotation(keywrap::KeyProviderAnnotation("test")).empty());
+  const std::string env = std::string(keywrap::kKeyProviderConfigEnv) + "=" + conf.string();
+  auto r = RunDecoder({}, layer.blob, PayloadBytes(layer.descriptor),
+                      std::string(image::kMediaTypeLazycryptLayer), env);
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_EQ(ZstdDecompress(r.stdout_bytes), layer.tar);
+  // Without the variable: refused, naming the provider the layer is wrapped for.
+  auto without = RunDecoder(KeyArgs(), layer.blob, PayloadBytes(layer.descriptor),
+                            std::string(image::kMediaTypeLazycryptLayer));
+  EXPECT_EQ(without.exit_code, 1);
+  EXPECT_THAT(without.stderr_text, HasSubstr("provider:test"));
+  EXPECT_TRUE(without.stdout_bytes.empty());
 }
 
 TEST_F(DecoderProcess, TamperedBlobFailsWithNamedError) {

@@ -15,6 +15,7 @@
 
 #include "common/file_io.h"
 #include "decoder/decoder.h"
+#include "keywrap/keyprovider.h"
 #include "decoder/payload.h"
 
 namespace {
@@ -98,6 +99,13 @@ Status Run(const std::vector<std::string>& key_paths, int threads) {
     }
     for (auto& key : *dir_keys) keys.push_back(std::move(key));
   }
+  // As ctd-decoder (through ocicrypt): every provider of the file named by
+  // OCICRYPT_KEYPROVIDER_CONFIG is tried on a layer carrying its annotation, after the keys.
+  keywrap::KeyRing ring(std::move(keys));
+  if (auto config_path = keywrap::KeyProviderConfigPathFromEnv()) {
+    LC_ASSIGN_OR_RETURN(keywrap::KeyProviderConfig config, keywrap::LoadKeyProviderConfig(*config_path));
+    for (auto& provider : keywrap::MakeAllKeyProviders(config)) ring.AddProvider(std::move(provider));
+  }
   decoder::DecodeRequest request;
   if (const char* mt = std::getenv(std::string(decoder::kMediaTypeEnvVar).c_str())) {
     request.media_type = mt;
@@ -106,7 +114,7 @@ Status Run(const std::vector<std::string>& key_paths, int threads) {
   request.threads = threads;
   FdInputStream in(STDIN_FILENO);
   FdOutputStream out(STDOUT_FILENO);
-  LC_ASSIGN_OR_RETURN(auto result, decoder::Decode(request, keys, in, out));
+  LC_ASSIGN_OR_RETURN(auto result, decoder::Decode(request, ring, in, out));
   return out.Close();
 }
 

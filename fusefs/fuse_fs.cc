@@ -7,16 +7,21 @@
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <sys/uio.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -53,6 +58,87 @@ struct ArgsDeleter {
   }
 };
 
+// Hands the rest of the chunks that a small read opened to the kernel's page cache (FUSE
+// notify_store), so that nearby reads are page-cache hits instead of new requests that open the
+// same chunks again. The bytes were authenticated whole before the read was answered; the kernel
+// page cache is where decrypted bytes live anyway.
+// Runs on its own thread: notify_store waits for the page locks that pending reads hold, so a
+// session worker must never call it (it could wait for a read that only it would answer). Best
+// effort: when the queue is full, a new job is dropped; errors (an inode the kernel has
+// forgotten, an unmounted session) are ignored.
+class PageCacheFiller {
+ public:
+  struct Job {
+    uint64_t ino;
+    uint64_t file_size;
+    uint64_t read_begin, read_end;  // already answered: skipped
+    cache::FileView view;           // pins the bytes until stored
+  };
+
+  explicit PageCacheFiller(fuse_session* session) : session_(session) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~PageCacheFiller() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      jobs_.clear();
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  PageCacheFiller(const PageCacheFiller&) = delete;
+  PageCacheFiller& operator=(const PageCacheFiller&) = delete;
+
+  void Add(Job job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_ || jobs_.size() >= kMaxJobs) return;
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  static constexpr size_t kMaxJobs = 16;
+  static constexpr uint64_t kPage = 4096;
+
+  void Loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+        if (stop_) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      for (const cache::FileView::Piece& piece : job.view.around) {
+        // Whole pages only (a partial page would not become readable), minus what the read got.
+        const uint64_t end = piece.file_offset + piece.bytes.size();
+        const uint64_t first = (piece.file_offset + kPage - 1) / kPage * kPage;
+        const uint64_t last = end == job.file_size ? end : end / kPage * kPage;
+        Store(job.ino, piece, first, std::min(last, job.read_begin / kPage * kPage));
+        Store(job.ino, piece, std::max(first, (job.read_end + kPage - 1) / kPage * kPage), last);
+      }
+    }
+  }
+  void Store(uint64_t ino, const cache::FileView::Piece& piece, uint64_t from, uint64_t to) {
+    if (from >= to) return;
+    fuse_bufvec buf = FUSE_BUFVEC_INIT(static_cast<size_t>(to - from));
+    buf.buf[0].mem = const_cast<uint8_t*>(piece.bytes.data() + (from - piece.file_offset));
+    (void)fuse_lowlevel_notify_store(session_, ino, static_cast<off_t>(from), &buf,
+                                     static_cast<fuse_buf_copy_flags>(0));
+  }
+
+  fuse_session* const session_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 class FuseMountImpl final : public FuseMount {
  public:
   FuseMountImpl(std::filesystem::path mountpoint, std::shared_ptr<cache::LayerData> layer,
@@ -60,7 +146,11 @@ class FuseMountImpl final : public FuseMount {
       : mountpoint_(std::move(mountpoint)),
         layer_(std::move(layer)),
         table_(std::move(table)),
-        options_(std::move(options)) {}
+        options_(std::move(options)) {
+    if (options_.access_recorder) {
+      opened_ = std::make_unique<std::atomic<bool>[]>(table_->inode_count() + 1);  // from 1
+    }
+  }
 
   ~FuseMountImpl() override {
     Status s = Unmount();
@@ -117,6 +207,11 @@ class FuseMountImpl final : public FuseMount {
     {
       std::lock_guard<std::mutex> lock(unmount_mu_);
       mounted_ = true;
+    }
+    try {
+      filler_ = std::make_unique<PageCacheFiller>(session_.get());
+    } catch (const std::system_error&) {
+      filler_.reset();  // no thread: small reads just do not fill the page cache
     }
     loop_ = std::thread([this] { RunLoop(); });
 
@@ -184,6 +279,7 @@ class FuseMountImpl final : public FuseMount {
   // REQUIRES unmount_mu_ held and the kernel side unmounted or aborted: the loop then ends.
   void StopSession() {
     if (loop_.joinable()) loop_.join();
+    filler_.reset();  // the connection is gone: a waiting notify_store has returned
     fuse_session_unmount(session_.get());  // closes the fd; nothing left to unmount
     session_.reset();
     mounted_ = false;
@@ -208,6 +304,15 @@ class FuseMountImpl final : public FuseMount {
     e.attr_timeout = options_.attr_timeout_sec;
     e.entry_timeout = options_.entry_timeout_sec;
     return e;
+  }
+
+  // Reports `ino` to the access recorder unless it was reported before, by the name of the TOC
+  // entry holding its data (for a hardlinked file, the name a prefetch mark applies to).
+  void RecordFirstOpen(uint64_t ino, const format::Entry& data) {
+    if (ino > table_->inode_count() || opened_[ino].exchange(true, std::memory_order_relaxed)) {
+      return;
+    }
+    options_.access_recorder->RecordAccess(data.name);
   }
 
   // Logs a failed read once per (inode, chunk). Never logs file data.
@@ -309,7 +414,7 @@ class FuseMountImpl final : public FuseMount {
     }
     fi->fh = reinterpret_cast<uint64_t>(*entry);
     fi->keep_cache = 1;
-    if (self.options_.on_open) self.options_.on_open(self.table_->Path(ino));
+    if (self.options_.access_recorder) self.RecordFirstOpen(ino, **entry);
     fuse_reply_open(req, fi);
   }
 
@@ -326,24 +431,29 @@ class FuseMountImpl final : public FuseMount {
       return;
     }
     size_t want = static_cast<size_t>(std::min<uint64_t>(size, entry->size - offset));
-    std::unique_ptr<uint8_t[]> buf(new (std::nothrow) uint8_t[want]);
-    if (!buf) {
-      fuse_reply_err(req, ENOMEM);
+    // Replies straight from the opened chunks (no copy in user space); the view keeps them
+    // alive until the kernel has copied them.
+    auto view = self.layer_->ViewFile(*entry, offset, want);
+    if (!view.ok()) {
+      self.LogReadFailure(ino, *entry, offset, want, view.status());
+      fuse_reply_err(req, EIO);
       return;
     }
-    size_t done = 0;
-    while (done < want) {
-      auto n = self.layer_->ReadFile(*entry, offset + done, MutableByteSpan(buf.get() + done, want - done));
-      if (!n.ok()) {
-        self.LogReadFailure(ino, *entry, offset + done, want - done, n.status());
-        fuse_reply_err(req, EIO);
-        return;
-      }
-      if (*n == 0) break;
-      done += *n;
+    std::vector<iovec> iov;
+    iov.reserve(view->spans.size());
+    for (ByteSpan span : view->spans) {
+      iov.push_back({const_cast<uint8_t*>(span.data()), span.size()});
     }
-    fuse_reply_buf(req, reinterpret_cast<const char*>(buf.get()), done);
+    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+    // A read smaller than the chunks it opened (a random read; sequential reads are large and
+    // the kernel's read-ahead covers them): give the rest of those chunks to the page cache.
+    if (self.filler_ && want < kSmallReadBytes) {
+      self.filler_->Add({ino, entry->size, offset, offset + want, std::move(*view)});
+    }
   }
+  // Reads below this size count as random for PageCacheFiller (the kernel's read-ahead sends
+  // sequential reads in requests of up to max_request_bytes).
+  static constexpr size_t kSmallReadBytes = 256 * 1024;
 
   static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
 
@@ -488,8 +598,12 @@ class FuseMountImpl final : public FuseMount {
   std::mutex unmount_mu_;  // guards mounted_, session_ teardown, loop_
   bool mounted_ = false;
   std::unique_ptr<fuse_session, SessionDeleter> session_;
+  std::unique_ptr<PageCacheFiller> filler_;  // created after the mount, destroyed before it ends
   std::thread loop_;
   dev_t dev_ = 0;
+
+  // Per inode: already reported to options_.access_recorder. Only allocated when recording.
+  std::unique_ptr<std::atomic<bool>[]> opened_;
 
   std::mutex log_mu_;
   std::set<std::pair<uint64_t, uint64_t>> logged_failures_;  // (inode, chunk)

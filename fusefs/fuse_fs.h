@@ -1,5 +1,8 @@
 // A read-only FUSE mount (libfuse3 low-level API) serving one lazycrypt layer: the tree of
 // fusefs/inode_table.h, file data through cache::LayerData. Works as an overlayfs lowerdir.
+// Reads are answered straight from the opened chunks (LayerData::ViewFile, no copy); after a
+// small (random) read, the rest of the chunks it opened is handed to the kernel's page cache
+// (notify_store, on a thread of its own) so that nearby reads do not open them again.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +14,7 @@
 
 #include "cache/layer_data.h"
 #include "common/status.h"
+#include "fusefs/access_log.h"
 
 namespace lazycrypt::fusefs {
 
@@ -35,10 +39,10 @@ struct MountOptions {
   uint32_t read_ahead_kb = 1024;
   // Names the layer in log lines ("layer sha256:...: file 'a/b' offset 4096: ...").
   std::string layer_name = "layer";
-  // Called with the path (relative to the root) of every regular file opened, for
-  // `lazycrypt record` (prefetch lists). Called from FUSE worker threads, concurrently: must be
-  // thread-safe and quick. May be empty.
-  std::function<void(std::string_view path)> on_open;
+  // Told the path (relative to the root; for hardlinks, the name of the TOC entry holding the
+  // data) of each regular file the first time it is opened (once per inode), for `lazycrypt
+  // record` (prefetch lists). Null: nothing is recorded and opens cost nothing extra.
+  std::shared_ptr<AccessRecorder> access_recorder;
 };
 
 // One mounted layer. Thread-safe: Unmount may be called from any thread; the session runs on

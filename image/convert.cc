@@ -290,7 +290,7 @@ Result<std::set<size_t>> SelectLayers(const ImageSource& src, const Manifest& ma
 }  // namespace
 
 Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
-                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const keywrap::Recipients& recipients,
                                    const EncryptOptions& options) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients given (use --recipient)");
   ConvertReport scratch;  // collects layer reports; merged below
@@ -371,7 +371,7 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
 }
 
 Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
-                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const keywrap::KeyRing& keys,
                                    const DecryptOptions& options) {
   ConvertReport scratch;
   auto precheck = [&](const LoadedRoot& root) -> Status {
@@ -458,7 +458,7 @@ Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
 }
 
 Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReference& dst,
-                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const keywrap::Recipients& recipients,
                                    const EncryptOptions& options) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients given (use --recipient)");
   LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
@@ -467,7 +467,7 @@ Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReferen
 }
 
 Result<ConvertReport> DecryptImage(const ImageReference& src, const ImageReference& dst,
-                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const keywrap::KeyRing& keys,
                                    const DecryptOptions& options) {
   LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
   LC_ASSIGN_OR_RETURN(auto destination, OpenImageDestination(dst));
@@ -477,7 +477,7 @@ Result<ConvertReport> DecryptImage(const ImageReference& src, const ImageReferen
 namespace {
 
 ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
-                        const std::vector<keywrap::PrivateKey>& keys, const InspectOptions& options) {
+                        const keywrap::KeyRing& keys, const InspectOptions& options) {
   ImageInfo info;
   info.reference = src.Name();
   info.manifest = image.manifest_descriptor;
@@ -544,7 +544,7 @@ ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
 
 }  // namespace
 
-Result<ImageInfo> InspectImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
+Result<ImageInfo> InspectImage(ImageSource& src, const keywrap::KeyRing& keys,
                                const InspectOptions& options) {
   LC_ASSIGN_OR_RETURN(LoadedRoot root, LoadRoot(src));
   if (!root.index) return InspectLoaded(src, root.images[0], keys, options);
@@ -562,7 +562,7 @@ Result<ImageInfo> InspectImage(ImageSource& src, const std::vector<keywrap::Priv
 }
 
 Result<ImageInfo> InspectImage(const ImageReference& src,
-                               const std::vector<keywrap::PrivateKey>& keys,
+                               const keywrap::KeyRing& keys,
                                const InspectOptions& options) {
   LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
   return InspectImage(*source, keys, options);

@@ -22,6 +22,7 @@
 #include "image/layout.h"
 #include "image/oci.h"
 #include "image/transport.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -80,7 +81,7 @@ struct EncryptOptions {
 // original blob digest, cipheroptions {nonce}}, pubopts {cipher, hmac, cipheroptions {}}, media
 // type + "+encrypted"). A Docker schema 2 manifest is written back as an OCI manifest.
 Result<ConvertReport> EncryptImage(const ImageReference& src, const ImageReference& dst,
-                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const keywrap::Recipients& recipients,
                                    const EncryptOptions& options);
 
 // The compression of the plain layers DecryptImage writes for lazycrypt layers.
@@ -101,7 +102,7 @@ struct DecryptOptions {
 // platform unknown/unknown, e.g. attestations, are dropped: they name the old manifests), and an
 // index is written. On error `dst` is aborted.
 Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
-                                   const std::vector<keywrap::PublicKey>& recipients,
+                                   const keywrap::Recipients& recipients,
                                    const EncryptOptions& options);
 
 // Decrypts every encrypted layer of src with `keys` and writes a plain image to dst.
@@ -110,11 +111,11 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
 // against privopts, media type without "+encrypted"). A layer none of the keys opens fails the
 // whole conversion: "layer 2 (sha256:ab..): none of the keys [a.pem, b.pem] is a recipient".
 Result<ConvertReport> DecryptImage(const ImageReference& src, const ImageReference& dst,
-                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const keywrap::KeyRing& keys,
                                    const DecryptOptions& options = {});
 
 Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
-                                   const std::vector<keywrap::PrivateKey>& keys,
+                                   const keywrap::KeyRing& keys,
                                    const DecryptOptions& options = {});
 
 // --- Inspection ------------------------------------------------------------------------------
@@ -170,10 +171,10 @@ struct InspectOptions {
 // only its footer and sealed TOC) and reports its chunks and files; a layer the keys do not open
 // is reported in LayerInfo::open_error, not as an error of the call.
 Result<ImageInfo> InspectImage(const ImageReference& src,
-                               const std::vector<keywrap::PrivateKey>& keys,
+                               const keywrap::KeyRing& keys,
                                const InspectOptions& options = {});
 
-Result<ImageInfo> InspectImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
+Result<ImageInfo> InspectImage(ImageSource& src, const keywrap::KeyRing& keys,
                                const InspectOptions& options = {});
 
 // "layer 2 (sha256:0123456789ab..)"

@@ -101,13 +101,34 @@ Result<crypto::SecureBuffer> SerializeLazycryptPrivopts(const format::LayerKey& 
   return out;
 }
 
+Result<std::map<std::string, std::string>> WrapPrivoptsForProviders(
+    ByteSpan privopts, const std::vector<std::shared_ptr<const keywrap::KeyProvider>>& providers) {
+  std::map<std::string, std::string> out;
+  for (const auto& provider : providers) {
+    auto packet = provider->WrapKey(privopts);
+    if (!packet.ok()) return packet.status().WithContext("wrapping the layer key");
+    if (packet->empty()) {
+      return Status::Corruption("key provider '" + provider->name() + "' returned an empty annotation");
+    }
+    std::string& value = out[keywrap::KeyProviderAnnotation(provider->name())];
+    if (!value.empty()) value += ',';  // the same provider twice: one packet per pass, as ocicrypt
+    value += keywrap::Base64Encode(*packet);
+  }
+  return out;
+}
+
 Result<LazycryptAnnotations> MakeLazycryptAnnotations(
     const format::LayerKey& key, const crypto::Sha256Digest& toc_digest,
-    const format::KeyCommitment& commitment, const std::vector<keywrap::PublicKey>& recipients) {
+    const format::KeyCommitment& commitment, const keywrap::Recipients& recipients) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients to wrap the layer key for");
   LC_ASSIGN_OR_RETURN(crypto::SecureBuffer privopts, SerializeLazycryptPrivopts(key, toc_digest));
   LazycryptAnnotations out;
-  LC_ASSIGN_OR_RETURN(out.keys_jwe, WrapPrivoptsPerRecipient(privopts.span(), recipients));
+  if (!recipients.public_keys().empty()) {
+    LC_ASSIGN_OR_RETURN(out.keys_jwe,
+                        WrapPrivoptsPerRecipient(privopts.span(), recipients.public_keys()));
+  }
+  LC_ASSIGN_OR_RETURN(out.provider_keys,
+                      WrapPrivoptsForProviders(privopts.span(), recipients.providers()));
   keywrap::PublicLayerOptions pub;
   pub.cipher = std::string(kLazycryptCipherName);
   pub.cipher_options[std::string(kCommitmentCipherOption)] =
@@ -201,7 +222,8 @@ Result<LazycryptPublicInfo> ParseLazycryptPublicInfo(const Descriptor& layer) {
 }
 
 Result<UnwrappedPrivopts> UnwrapPrivopts(std::string_view keys_jwe_annotation,
-                                         const std::vector<keywrap::PrivateKey>& keys) {
+                                         const keywrap::KeyRing& ring) {
+  const std::vector<keywrap::PrivateKey>& keys = ring.keys();
   if (keys.empty()) return Status::InvalidArgument("no private keys given (use --key)");
   if (keys_jwe_annotation.empty()) {
     return Status::Corruption("missing annotation " + std::string(kAnnotationEncKeysJwe));
@@ -237,11 +259,88 @@ Result<UnwrappedPrivopts> UnwrapPrivopts(std::string_view keys_jwe_annotation,
   return Status::NotFound("none of the keys " + KeyNames(keys) + " is a recipient");
 }
 
+Result<UnwrappedPrivopts> UnwrapLayerPrivopts(const Descriptor& layer, const keywrap::KeyRing& keys) {
+  if (keys.empty()) {
+    return Status::InvalidArgument("no private keys or key providers given (use --key)");
+  }
+  const std::string jwe = layer.Annotation(kAnnotationEncKeysJwe);
+  if (keys.providers().empty()) {
+    if (jwe.empty()) {
+      // Say which providers could open it rather than "missing annotation".
+      std::string wrapped_for;
+      for (const auto& [name, value] : layer.annotations) {
+        if (name.starts_with(keywrap::kKeyProviderAnnotationPrefix)) {
+          wrapped_for += (wrapped_for.empty() ? "" : ", ") + std::string("provider:") +
+                         name.substr(keywrap::kKeyProviderAnnotationPrefix.size());
+        }
+      }
+      if (!wrapped_for.empty()) {
+        return Status::NotFound("the layer key is wrapped only for key providers [" + wrapped_for +
+                                "]; none of the keys " + keys.Describe() +
+                                " can unwrap it (use --key provider:NAME)");
+      }
+    }
+    return UnwrapPrivopts(jwe, keys);
+  }
+
+  std::optional<Status> worst;
+  auto note = [&](Status s) {
+    if (!worst || Severity(s.code()) > Severity(worst->code())) worst = std::move(s);
+  };
+  bool any_annotation = !jwe.empty();
+  if (!keys.keys().empty() && !jwe.empty()) {
+    auto unwrapped = UnwrapPrivopts(jwe, keys);
+    if (unwrapped.ok()) return unwrapped;
+    if (unwrapped.status().code() != StatusCode::kNotFound) note(unwrapped.status());
+  }
+  std::vector<std::string> absent;  // providers the layer has no annotation for
+  for (const auto& provider : keys.providers()) {
+    const std::string label = "provider:" + provider->name();
+    const std::string annotation = layer.Annotation(keywrap::KeyProviderAnnotation(provider->name()));
+    if (annotation.empty()) {
+      absent.push_back(label);
+      continue;
+    }
+    any_annotation = true;
+    for (std::string_view entry : SplitCommas(annotation)) {
+      auto packet = keywrap::Base64Decode(entry);
+      if (!packet.ok()) {
+        note(packet.status().WithContext(keywrap::KeyProviderAnnotation(provider->name())));
+        continue;
+      }
+      auto privopts = provider->UnwrapKey(*packet);
+      if (!privopts.ok()) {
+        // The provider's own error names it; a refusal is as informative as a malformed entry.
+        note(privopts.status().code() == StatusCode::kNotFound
+                 ? Status::Unavailable(privopts.status().message())
+                 : privopts.status());
+        continue;
+      }
+      auto opts = keywrap::ParsePrivateLayerOptions(AsStringView(privopts->span()));
+      if (!opts.ok()) return opts.status().WithContext("privopts unwrapped with " + label);
+      LC_ASSIGN_OR_RETURN(std::string cipher, PrivoptsCipher(privopts->span()));
+      return UnwrappedPrivopts{std::move(opts).value(), std::move(cipher), label};
+    }
+  }
+  if (!any_annotation) {
+    return Status::Corruption("missing annotation " + std::string(kAnnotationEncKeysJwe) +
+                              " (and no " + std::string(keywrap::kKeyProviderAnnotationPrefix) +
+                              "<name> annotation for " + keys.Describe() + ")");
+  }
+  if (worst) return worst->WithContext("none of " + keys.Describe() + " unwrapped the layer key");
+  std::string why;
+  if (!absent.empty()) {
+    why = " (the layer has no annotation for";
+    for (const std::string& a : absent) why += " " + a;
+    why += ")";
+  }
+  return Status::NotFound("none of " + keys.Describe() + " is a recipient" + why);
+}
+
 Result<LazycryptLayerSecret> UnwrapLazycryptLayer(const Descriptor& layer,
-                                                  const std::vector<keywrap::PrivateKey>& keys) {
+                                                  const keywrap::KeyRing& keys) {
   LC_ASSIGN_OR_RETURN(LazycryptPublicInfo pub, ParseLazycryptPublicInfo(layer));
-  LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped,
-                      UnwrapPrivopts(layer.Annotation(kAnnotationEncKeysJwe), keys));
+  LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped, UnwrapLayerPrivopts(layer, keys));
   keywrap::PrivateLayerOptions& opts = unwrapped.options;
   if (unwrapped.cipher != kLazycryptCipherName) {
     return Status::Unsupported("privopts cipher '" + unwrapped.cipher.substr(0, 64) + "' is not " +

@@ -16,6 +16,8 @@
 // Thread-safety: free functions, no shared state. Never puts key bytes in messages.
 #pragma once
 
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "format/layout.h"
 #include "image/oci.h"
 #include "keywrap/envelope.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -59,8 +62,14 @@ struct JweEntryInfo {
 Result<std::vector<JweEntryInfo>> ListJweEntries(std::string_view annotation_value);
 
 // What an encrypted layer descriptor gets.
+// Each provider's annotation for `privopts`: KeyProviderAnnotation(name) → base64(the packet its
+// "keywrap" returned). Errors name the provider.
+Result<std::map<std::string, std::string>> WrapPrivoptsForProviders(
+    ByteSpan privopts, const std::vector<std::shared_ptr<const keywrap::KeyProvider>>& providers);
+
 struct LazycryptAnnotations {
-  std::string keys_jwe;    // org.opencontainers.image.enc.keys.jwe
+  std::string keys_jwe;    // org.opencontainers.image.enc.keys.jwe ("" without public keys)
+  std::map<std::string, std::string> provider_keys;  // org.opencontainers.image.enc.keys.provider.*
   std::string pubopts;     // org.opencontainers.image.enc.pubopts
   std::string toc_digest;  // containerd.io/snapshot/lazycrypt.toc-digest
 };
@@ -68,7 +77,7 @@ struct LazycryptAnnotations {
 Result<LazycryptAnnotations> MakeLazycryptAnnotations(const format::LayerKey& key,
                                                       const crypto::Sha256Digest& toc_digest,
                                                       const format::KeyCommitment& commitment,
-                                                      const std::vector<keywrap::PublicKey>& recipients);
+                                                      const keywrap::Recipients& recipients);
 
 // The public half, readable without a key: from pubopts and the TOC digest annotation.
 // Corruption/Unsupported naming the annotation when missing or malformed, or when pubopts names
@@ -90,8 +99,18 @@ struct UnwrappedPrivopts {
 //   AuthFailed  a key recovered a JWE's CEK but its content did not verify
 //   Corruption / Unsupported  a malformed or unsupported JWE or privopts
 //   NotFound    "none of the keys [a.pem, b.pem] is a recipient"
+// Uses only the private keys of `keys` (providers have their own annotations).
 Result<UnwrappedPrivopts> UnwrapPrivopts(std::string_view keys_jwe_annotation,
-                                         const std::vector<keywrap::PrivateKey>& keys);
+                                         const keywrap::KeyRing& keys);
+
+// Any layer's privopts, trying the private keys on its keys.jwe annotation, then each provider of
+// `keys` in order on its org.opencontainers.image.enc.keys.provider.<name> annotation (every
+// comma-separated base64 packet; ocicrypt's keyprovider protocol). key_name is the key file or
+// "provider:<name>". Errors as UnwrapPrivopts; a provider that fails (not reachable, refuses,
+// answers garbage) counts like a malformed entry and is named; without any success and without a
+// more informative error: NotFound "none of [a.pem, provider:kms] is a recipient (...)" naming
+// the providers whose annotation the layer lacks.
+Result<UnwrappedPrivopts> UnwrapLayerPrivopts(const Descriptor& layer, const keywrap::KeyRing& keys);
 
 // The secret half after unwrapping.
 struct LazycryptLayerSecret {
@@ -107,7 +126,7 @@ struct LazycryptLayerSecret {
 //   AuthFailed  a JWE that decrypted with a key did not verify, or the digests disagree
 //   Corruption / Unsupported  malformed annotations or privopts
 Result<LazycryptLayerSecret> UnwrapLazycryptLayer(const Descriptor& layer,
-                                                  const std::vector<keywrap::PrivateKey>& keys);
+                                                  const keywrap::KeyRing& keys);
 
 // A recipient as a JWE names it (no key needed).
 struct JweRecipientInfo {

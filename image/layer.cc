@@ -47,7 +47,7 @@ Status CheckPublishedCommitment(const format::KeyCommitment& published,
 }  // namespace
 
 Result<LazycryptEncryptResult> EncryptLazycryptLayer(
-    InputStream& layer, OutputStream& blob, const std::vector<keywrap::PublicKey>& recipients,
+    InputStream& layer, OutputStream& blob, const keywrap::Recipients& recipients,
     const format::WriterOptions& options) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients (use --recipient)");
   LC_ASSIGN_OR_RETURN(format::LayerKey key, format::NewLayerKey());
@@ -60,7 +60,11 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
   result.descriptor.media_type = std::string(kMediaTypeLazycryptLayer);
   result.descriptor.digest = crypto::OciDigest(written.blob_digest);
   result.descriptor.size = written.blob_size;
-  result.descriptor.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(annotations.keys_jwe);
+  if (!annotations.keys_jwe.empty()) {
+    result.descriptor.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(annotations.keys_jwe);
+  }
+  result.descriptor.annotations.insert(annotations.provider_keys.begin(),
+                                       annotations.provider_keys.end());
   result.descriptor.annotations[std::string(kAnnotationEncPubopts)] = std::move(annotations.pubopts);
   result.descriptor.annotations[std::string(kAnnotationLazycryptTocDigest)] =
       std::move(annotations.toc_digest);
@@ -69,7 +73,7 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
 
 Result<std::unique_ptr<OpenedLayer>> OpenedLayer::Open(
     std::unique_ptr<BlobSource> blob, const Descriptor& descriptor,
-    const std::vector<keywrap::PrivateKey>& keys) {
+    const keywrap::KeyRing& keys) {
   std::unique_ptr<OpenedLayer> opened(new OpenedLayer());
   opened->blob_ = std::make_unique<CountingBlobSource>(std::move(blob));
   LC_ASSIGN_OR_RETURN(VerifiedLayerIndex verified,
@@ -82,7 +86,7 @@ Result<std::unique_ptr<OpenedLayer>> OpenedLayer::Open(
 }
 
 Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Descriptor& descriptor,
-                                                     const std::vector<keywrap::PrivateKey>& keys,
+                                                     const keywrap::KeyRing& keys,
                                                      OutputStream& out,
                                                      format::DecryptOutput output) {
   if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
@@ -108,7 +112,7 @@ Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Des
 
 Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& original,
                                         OutputStream& out,
-                                        const std::vector<keywrap::PublicKey>& recipients) {
+                                        const keywrap::Recipients& recipients) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients (use --recipient)");
   if (ClassifyLayer(original.media_type) != LayerKind::kPlain) {
     return Status::InvalidArgument("media type '" + original.media_type +
@@ -130,7 +134,16 @@ Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& or
   priv.symkey = std::move(key);
   priv.digest = original.digest;
   priv.cipher_options["nonce"] = nonce;
-  LC_ASSIGN_OR_RETURN(std::string keys_jwe, keywrap::WrapLayerKeys(priv, recipients));
+  std::string keys_jwe;
+  if (!recipients.public_keys().empty()) {
+    LC_ASSIGN_OR_RETURN(keys_jwe, keywrap::WrapLayerKeys(priv, recipients.public_keys()));
+  }
+  std::map<std::string, std::string> provider_keys;
+  if (!recipients.providers().empty()) {
+    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer privopts, keywrap::SerializePrivateLayerOptions(priv));
+    LC_ASSIGN_OR_RETURN(provider_keys,
+                        WrapPrivoptsForProviders(privopts.span(), recipients.providers()));
+  }
   keywrap::PublicLayerOptions pub;
   pub.cipher = std::string(keywrap::kOcicryptAes256CtrCipher);
   pub.hmac.assign(hmac.begin(), hmac.end());
@@ -141,7 +154,8 @@ Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& or
   d.digest = hashed.Digest();
   d.size = hashed.size();
   d.annotations = WithoutEncryptionAnnotations(original.annotations);
-  d.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(keys_jwe);
+  if (!keys_jwe.empty()) d.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(keys_jwe);
+  d.annotations.insert(provider_keys.begin(), provider_keys.end());
   d.annotations[std::string(kAnnotationEncPubopts)] = std::move(pubopts);
   d.extra_json = original.extra_json;
   return d;
@@ -149,7 +163,7 @@ Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& or
 
 Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descriptor& encrypted,
                                                    OutputStream& out,
-                                                   const std::vector<keywrap::PrivateKey>& keys) {
+                                                   const keywrap::KeyRing& keys) {
   if (ClassifyLayer(encrypted.media_type) != LayerKind::kOcicrypt) {
     return Status::InvalidArgument("media type '" + encrypted.media_type +
                                    "' is not an ocicrypt layer");
@@ -167,7 +181,7 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
                                std::string(keywrap::kOcicryptAes256CtrCipher) + ")");
   }
   LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped,
-                      UnwrapPrivopts(encrypted.Annotation(kAnnotationEncKeysJwe), keys));
+                      UnwrapLayerPrivopts(encrypted, keys));
   const keywrap::PrivateLayerOptions& priv = unwrapped.options;
   if (!unwrapped.cipher.empty() && unwrapped.cipher != keywrap::kOcicryptAes256CtrCipher) {
     return Status::Unsupported("privopts cipher '" + unwrapped.cipher.substr(0, 64) +
@@ -219,7 +233,7 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
 }
 
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
-                                          const std::vector<keywrap::PrivateKey>& keys) {
+                                          const keywrap::KeyRing& keys) {
   if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
     return Status::InvalidArgument("media type '" + descriptor.media_type +
                                    "' is not a lazycrypt layer");

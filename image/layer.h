@@ -19,6 +19,7 @@
 #include "format/writer.h"
 #include "image/envelope.h"
 #include "image/oci.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -53,7 +54,7 @@ struct LazycryptEncryptResult {
 // key wrapped for `recipients`. Does not Close() `blob`. The descriptor's annotations are only
 // the lazycrypt ones (callers merge in the original layer's other annotations).
 Result<LazycryptEncryptResult> EncryptLazycryptLayer(
-    InputStream& layer, OutputStream& blob, const std::vector<keywrap::PublicKey>& recipients,
+    InputStream& layer, OutputStream& blob, const keywrap::Recipients& recipients,
     const format::WriterOptions& options);
 
 // What a lazy reader needs from a lazycrypt layer, verified: the layer key unwrapped from the
@@ -67,7 +68,7 @@ struct VerifiedLayerIndex {
   std::string key_name;  // which of `keys` unwrapped it
 };
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
-                                          const std::vector<keywrap::PrivateKey>& keys);
+                                          const keywrap::KeyRing& keys);
 
 // A lazycrypt layer opened for random access: its key unwrapped, its TOC verified against the
 // pinned digest, and the key commitment in pubopts checked against the blob's.
@@ -76,7 +77,7 @@ class OpenedLayer {
   // `descriptor` must be a lazycrypt layer's (annotations included); `blob` its bytes.
   static Result<std::unique_ptr<OpenedLayer>> Open(std::unique_ptr<BlobSource> blob,
                                                    const Descriptor& descriptor,
-                                                   const std::vector<keywrap::PrivateKey>& keys);
+                                                   const keywrap::KeyRing& keys);
 
   const format::LayerReader& reader() const { return *reader_; }
   const format::LayerIndex& index() const { return reader_->index(); }
@@ -101,7 +102,7 @@ struct LazycryptDecryptResult {
   crypto::Sha256Digest toc_digest{};
 };
 Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Descriptor& descriptor,
-                                                     const std::vector<keywrap::PrivateKey>& keys,
+                                                     const keywrap::KeyRing& keys,
                                                      OutputStream& out,
                                                      format::DecryptOutput output);
 
@@ -113,7 +114,7 @@ Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Des
 // fails if its digest or size differs from `original`. Does not Close() `out`.
 Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& original,
                                         OutputStream& out,
-                                        const std::vector<keywrap::PublicKey>& recipients);
+                                        const keywrap::Recipients& recipients);
 
 struct OcicryptDecryptResult {
   Descriptor original;  // media type without "+encrypted", digest from privopts, size
@@ -125,6 +126,6 @@ struct OcicryptDecryptResult {
 // returns OK (write to a BlobWriter and Close() it only then). Does not Close() `out`.
 Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descriptor& encrypted,
                                                    OutputStream& out,
-                                                   const std::vector<keywrap::PrivateKey>& keys);
+                                                   const keywrap::KeyRing& keys);
 
 }  // namespace lazycrypt::image

@@ -14,12 +14,12 @@ namespace {
 
 // The privopts bytes exactly as wrapped (not re-serialized), from the first JWE entry a key opens.
 Result<crypto::SecureBuffer> UnwrapPrivoptsBytes(std::string_view annotation,
-                                                 const std::vector<keywrap::PrivateKey>& keys) {
+                                                 const keywrap::KeyRing& keys) {
   LC_ASSIGN_OR_RETURN(std::vector<JweEntryInfo> entries, ListJweEntries(annotation));
   for (const JweEntryInfo& entry : entries) {
     auto jwe = keywrap::Base64Decode(entry.text);
     if (!jwe.ok()) continue;
-    for (const keywrap::PrivateKey& key : keys) {
+    for (const keywrap::PrivateKey& key : keys.keys()) {
       auto plaintext = keywrap::DecryptJwe(AsStringView(*jwe), key);
       if (plaintext.ok()) return std::move(plaintext).value();
     }
@@ -42,7 +42,7 @@ std::string JoinEntries(const std::vector<std::string_view>& entries) {
 }  // namespace
 
 Result<std::string> ChangeLayerRecipients(const Descriptor& layer,
-                                          const std::vector<keywrap::PrivateKey>& keys,
+                                          const keywrap::KeyRing& keys,
                                           const std::vector<keywrap::PublicKey>& recipients,
                                           RecipientChange change) {
   if (keys.empty()) return Status::InvalidArgument("no private keys given (use --key)");
@@ -110,7 +110,7 @@ Result<std::string> ChangeLayerRecipients(const Descriptor& layer,
 }
 
 Result<ConvertReport> ChangeRecipients(ImageSource& src, ImageDestination& dst,
-                                       const std::vector<keywrap::PrivateKey>& keys,
+                                       const keywrap::KeyRing& keys,
                                        const std::vector<keywrap::PublicKey>& recipients,
                                        RecipientChange change, const RecipientsOptions& options) {
   if (keys.empty()) return Status::InvalidArgument("no private keys given (use --key)");
@@ -153,7 +153,7 @@ Result<ConvertReport> ChangeRecipients(ImageSource& src, ImageDestination& dst,
 }
 
 Result<ConvertReport> ChangeRecipients(const ImageReference& src, const ImageReference& dst,
-                                       const std::vector<keywrap::PrivateKey>& keys,
+                                       const keywrap::KeyRing& keys,
                                        const std::vector<keywrap::PublicKey>& recipients,
                                        RecipientChange change, const RecipientsOptions& options) {
   if (keys.empty()) return Status::InvalidArgument("no private keys given (use --key)");

@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "image/convert.h"
 #include "image/transport.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -32,18 +33,18 @@ struct RecipientsOptions {
 };
 
 Result<ConvertReport> ChangeRecipients(ImageSource& src, ImageDestination& dst,
-                                       const std::vector<keywrap::PrivateKey>& keys,
+                                       const keywrap::KeyRing& keys,
                                        const std::vector<keywrap::PublicKey>& recipients,
                                        RecipientChange change, const RecipientsOptions& options = {});
 Result<ConvertReport> ChangeRecipients(const ImageReference& src, const ImageReference& dst,
-                                       const std::vector<keywrap::PrivateKey>& keys,
+                                       const keywrap::KeyRing& keys,
                                        const std::vector<keywrap::PublicKey>& recipients,
                                        RecipientChange change, const RecipientsOptions& options = {});
 
 // The keys.jwe value after the change, for one layer descriptor (the building block of the
 // above; errors without a layer prefix).
 Result<std::string> ChangeLayerRecipients(const Descriptor& layer,
-                                          const std::vector<keywrap::PrivateKey>& keys,
+                                          const keywrap::KeyRing& keys,
                                           const std::vector<keywrap::PublicKey>& recipients,
                                           RecipientChange change);
 

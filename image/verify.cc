@@ -16,7 +16,7 @@ class DiscardingOutputStream final : public OutputStream {
 };
 
 Status VerifyLayer(ImageSource& src, const LoadedImage& image, size_t i,
-                   const std::vector<keywrap::PrivateKey>& keys, const VerifyOptions& options,
+                   const keywrap::KeyRing& keys, const VerifyOptions& options,
                    VerifyLayerReport& report) {
   const Descriptor& d = image.manifest.layers[i];
   std::string name = LayerName(i, d);
@@ -55,7 +55,7 @@ Status VerifyLayer(ImageSource& src, const LoadedImage& image, size_t i,
 
 }  // namespace
 
-Result<VerifyReport> VerifyImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
+Result<VerifyReport> VerifyImage(ImageSource& src, const keywrap::KeyRing& keys,
                                  const VerifyOptions& options) {
   LC_ASSIGN_OR_RETURN(LoadedRoot root, LoadRoot(src));
   VerifyReport report;
@@ -81,7 +81,7 @@ Result<VerifyReport> VerifyImage(ImageSource& src, const std::vector<keywrap::Pr
 }
 
 Result<VerifyReport> VerifyImage(const ImageReference& src,
-                                 const std::vector<keywrap::PrivateKey>& keys,
+                                 const keywrap::KeyRing& keys,
                                  const VerifyOptions& options) {
   LC_ASSIGN_OR_RETURN(auto source, OpenImageSource(src));
   return VerifyImage(*source, keys, options);

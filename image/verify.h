@@ -18,6 +18,7 @@
 #include "common/status.h"
 #include "image/convert.h"
 #include "image/transport.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::image {
@@ -42,10 +43,10 @@ struct VerifyOptions {
   std::function<void(const VerifyLayerReport&)> on_layer;
 };
 
-Result<VerifyReport> VerifyImage(ImageSource& src, const std::vector<keywrap::PrivateKey>& keys,
+Result<VerifyReport> VerifyImage(ImageSource& src, const keywrap::KeyRing& keys,
                                  const VerifyOptions& options = {});
 Result<VerifyReport> VerifyImage(const ImageReference& src,
-                                 const std::vector<keywrap::PrivateKey>& keys,
+                                 const keywrap::KeyRing& keys,
                                  const VerifyOptions& options = {});
 
 }  // namespace lazycrypt::image

@@ -280,3 +280,17 @@ Result<PublicKey> PrivateKey::Public() const {
 }
 
 }  // namespace lazycrypt::keywrap
+
+namespace lazycrypt::keywrap {
+
+PublicKey PublicKey::Share() const {
+  EVP_PKEY_up_ref(key_.get());
+  return PublicKey(detail::OwnedEvpPkey(key_.get()), info_);
+}
+
+PrivateKey PrivateKey::Share() const {
+  EVP_PKEY_up_ref(key_.get());
+  return PrivateKey(detail::OwnedEvpPkey(key_.get()), info_);
+}
+
+}  // namespace lazycrypt::keywrap

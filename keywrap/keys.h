@@ -48,6 +48,8 @@ class PublicKey {
   const std::string& name() const { return info_.name; }
   // Borrowed; valid while this PublicKey lives. For OpenSSL calls inside lazycrypt.
   EVP_PKEY* evp_pkey() const { return key_.get(); }
+  // Another owner of the same immutable key (EVP_PKEY_up_ref).
+  PublicKey Share() const;
 
  private:
   friend class PrivateKey;
@@ -83,6 +85,8 @@ class PrivateKey {
 
   // The matching public key (a separate EVP_PKEY without the private part).
   Result<PublicKey> Public() const;
+  // Another owner of the same immutable key (EVP_PKEY_up_ref): no key bytes are copied.
+  PrivateKey Share() const;
 
   KeyKind kind() const { return info_.kind; }
   const std::string& curve() const { return info_.curve; }

@@ -7,7 +7,7 @@ namespace lazycrypt::lazylayer {
 Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> source,
     std::shared_ptr<void> keepalive, const image::Descriptor& descriptor,
-    const std::vector<keywrap::PrivateKey>& keys, const MountLayerOptions& options) {
+    const keywrap::KeyRing& keys, const MountLayerOptions& options) {
   std::unique_ptr<MountedLayer> layer(new MountedLayer());
   layer->keepalive_ = std::move(keepalive);
   layer->source_ = std::move(source);

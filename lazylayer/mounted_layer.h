@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "fusefs/fuse_fs.h"
 #include "image/oci.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::lazylayer {
@@ -43,7 +44,7 @@ class MountedLayer {
                                                      std::shared_ptr<BlobSource> source,
                                                      std::shared_ptr<void> keepalive,
                                                      const image::Descriptor& descriptor,
-                                                     const std::vector<keywrap::PrivateKey>& keys,
+                                                     const keywrap::KeyRing& keys,
                                                      const MountLayerOptions& options);
   ~MountedLayer();
   MountedLayer(const MountedLayer&) = delete;

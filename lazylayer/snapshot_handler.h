@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "lazylayer/mounted_layer.h"
 #include "registry/registry.h"
 #include "snapshotter/log.h"
+#include "keywrap/keyring.h"
 #include "snapshotter/remote.h"
 
 namespace lazycrypt::lazylayer {
@@ -26,6 +28,11 @@ struct SnapshotHandlerOptions {
   // each mount, so keys added to a directory apply without a restart. Missing directories are
   // skipped; none holding a key → every lazycrypt layer is refused.
   std::vector<std::filesystem::path> key_dirs;
+  // Password files of password-protected keys in key_dirs (key file → password file, 0600 and
+  // owned by the daemon's user). An encrypted key without one is skipped with a warning.
+  std::map<std::filesystem::path, std::filesystem::path> key_passwords;
+  // ocicrypt key providers tried after the key files, in order (keywrap/keyprovider.h).
+  std::vector<std::shared_ptr<const keywrap::KeyProvider>> key_providers;
   registry::ClientOptions registry;
   // Ciphertext chunk cache shared by every layer; null = memory only.
   std::shared_ptr<cache::ChunkStore> store;

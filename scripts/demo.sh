@@ -19,6 +19,9 @@ if [ $# -ne 1 ]; then
 fi
 build=$(cd "$1" && pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
+LC_LOG_PREFIX=demo
 bin=$build/bin
 layer_mib=${DEMO_LAYER_MIB:-256}
 for b in lazycrypt lazycrypt-snapshotter; do
@@ -38,21 +41,10 @@ chmod 0700 "$work"
 pids=()
 cleanup() {
   local status=$?
-  if [ -S "$work/containerd/containerd.sock" ]; then
-    for id in $(ctr -a "$work/containerd/containerd.sock" -n demo tasks ls -q 2>/dev/null); do
-      ctr -a "$work/containerd/containerd.sock" -n demo tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
-    done
-  fi
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[$i]}" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  kill_ctr_tasks "$work/containerd/containerd.sock" demo
+  [ ${#pids[@]} -eq 0 ] || stop_pids "${pids[@]}"
   # Whatever is still mounted under the work dir (container rootfs, layers), deepest first.
-  awk -v p="$work/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
-    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  umount_under "$work"
   if [ "${DEMO_KEEP:-0}" = 1 ]; then
     echo "demo: kept $work"
   else
@@ -68,9 +60,6 @@ else
   bold="" dim="" green="" red="" reset=""
 fi
 step_no=0
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
 
 # step "title" [--show "shown command"] command...: runs it, shows its output indented and its
 # duration; stops the demo on failure.
@@ -96,28 +85,6 @@ step() {
     exit "$status"
   fi
   printf '%s   done in %s s%s\n' "$green" "$(elapsed "$start" "$end")" "$reset"
-}
-
-free_port() {  # a TCP port on 127.0.0.1 nobody listens on
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-}
-
-wait_for() {  # wait_for "what" seconds command...
-  local what=$1 seconds=$2
-  shift 2
-  for _ in $(seq $((seconds * 10))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "demo: $what did not come up in $seconds s" >&2
-  return 1
 }
 
 printf '%slazycrypt demo%s: lazy start of an encrypted image under containerd (work dir %s)\n' \
@@ -160,18 +127,7 @@ registry_port=$(free_port)
 registry=127.0.0.1:$registry_port
 start_registry() {
   mkdir -p "$work/registry"
-  cat >"$work/registry/config.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: $work/registry/storage
-http:
-  addr: $registry
-EOF
+  write_registry_config "$work/registry/config.yml" "$work/registry/storage" "$registry"
   docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
   pids+=($!)
   wait_for "the registry" 20 curl -sf "http://$registry/v2/"
@@ -180,16 +136,9 @@ EOF
 step "Start a local registry" --show "docker-registry serve registry/config.yml" start_registry
 
 start_snapshotter() {
-  mkdir -p "$work/hosts/$registry"
-  printf 'server = "http://%s"\n' "$registry" >"$work/hosts/$registry/hosts.toml"
-  cat >"$work/snapshotter.toml" <<EOF
-address = "$work/run/snapshotter.sock"
-root = "$work/snapshotter"
-[keys]
-dirs = ["$work/keys"]
-[registry]
-hosts_dir = "$work/hosts"
-EOF
+  write_hosts_toml "$work/hosts" "$registry"
+  write_snapshotter_config "$work/snapshotter.toml" "$work/run/snapshotter.sock" \
+    "$work/snapshotter" "$work/keys" "$work/hosts"
   "$bin/lazycrypt-snapshotter" --config "$work/snapshotter.toml" >"$work/snapshotter.log" 2>&1 &
   pids+=($!)
   wait_for "lazycrypt-snapshotter" 30 grep -q "lazycrypt-snapshotter ready" "$work/snapshotter.log"
@@ -201,24 +150,10 @@ step "Start lazycrypt-snapshotter (node keys: keys/, registry hosts: hosts/)" \
 ctd_sock=$work/containerd/containerd.sock
 start_containerd() {
   mkdir -p "$work/containerd"
-  cat >"$work/containerd/config.toml" <<EOF
-version = 2
-root = "$work/containerd/root"
-state = "$work/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$ctd_sock"
-[ttrpc]
-  address = "$ctd_sock.ttrpc"
-[debug]
-  address = "$work/containerd/debug.sock"
-[metrics]
-  address = ""
-[proxy_plugins]
+  write_containerd_config "$work/containerd/config.toml" "$work/containerd" "[proxy_plugins]
   [proxy_plugins.lazycrypt]
-    type = "snapshot"
-    address = "$work/run/snapshotter.sock"
-EOF
+    type = \"snapshot\"
+    address = \"$work/run/snapshotter.sock\""
   containerd --config "$work/containerd/config.toml" >"$work/containerd/log" 2>&1 &
   pids+=($!)
   wait_for "containerd" 30 ctr -a "$ctd_sock" version
@@ -236,14 +171,10 @@ step "Encrypt every layer in the lazycrypt format into the registry" \
 image_bytes=$("$bin/lazycrypt" inspect --plain-http --json "docker://$ref" |
   jq '[.layers[].size] | add')
 
-registry_blob_bytes() {  # bytes the registry has sent in blob GET responses so far
-  awk '$6 == "\"GET" && $7 ~ /\/blobs\/sha256:/ && ($9 == 200 || $9 == 206) { n += $10 } END { print n + 0 }' \
-    "$work/registry/log"
-}
 
 lazy_start() {
   local before start pulled first
-  before=$(registry_blob_bytes)
+  before=$(registry_blob_bytes "$work/registry/log")
   start=$(now)
   "$bin/lazycrypt" pull --address "$ctd_sock" --namespace demo --snapshotter lazycrypt \
     --plain-http "$ref"
@@ -253,7 +184,7 @@ lazy_start() {
   first=$(now)
   lazy_pull_s=$(elapsed "$start" "$pulled")
   lazy_total_s=$(elapsed "$start" "$first")
-  lazy_fetched=$(($(registry_blob_bytes) - before))
+  lazy_fetched=$(($(registry_blob_bytes "$work/registry/log") - before))
   echo "pull ${lazy_pull_s} s, pull + run to first output ${lazy_total_s} s"
   echo "fetched from the registry: $(mib "$lazy_fetched") of the image's $(mib "$image_bytes") of layers"
   printf 'lazy_pull_s=%s\nlazy_total_s=%s\nlazy_fetched=%s\n' "$lazy_pull_s" "$lazy_total_s" \
@@ -296,7 +227,7 @@ step "Check: no plaintext on the node's disk" --show "grep -r '<hello.txt text>'
 # ---- the eager path, for comparison --------------------------------------------------------------
 eager_start() {
   local before start first
-  before=$(registry_blob_bytes)
+  before=$(registry_blob_bytes "$work/registry/log")
   start=$(now)
   "$bin/lazycrypt" decrypt --plain-http --key "$work/node.pem" "docker://$ref" \
     "oci:$work/eager:latest" >/dev/null
@@ -307,7 +238,7 @@ eager_start() {
     /bin/cat /app/hello.txt
   first=$(now)
   eager_total_s=$(elapsed "$start" "$first")
-  eager_fetched=$(($(registry_blob_bytes) - before))
+  eager_fetched=$(($(registry_blob_bytes "$work/registry/log") - before))
   echo "download + decrypt + unpack + run to first output: ${eager_total_s} s, fetched $(mib "$eager_fetched")"
   printf 'eager_total_s=%s\neager_fetched=%s\n' "$eager_total_s" "$eager_fetched" >"$work/eager.vars"
 }

@@ -16,8 +16,12 @@ packages=(
   # test and benchmark peers
   skopeo umoci busybox-static tar attr openssl jq zstd libcap2-bin docker-registry apache2-utils
   containerd runc
+  # deploy/kubernetes manifest check (tests/deploy_manifests_test.cc)
+  libyaml-cpp-dev
   # read-throughput peers for bench/ (a mature encrypting FUSE filesystem, the I/O load generator)
   gocryptfs fio
+  # cold-start benchmark (bench/coldstart): its plot, network namespaces and tc
+  gnuplot-nox iproute2 curl
 )
 
 missing=()

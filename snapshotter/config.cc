@@ -119,7 +119,22 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   }
   if (auto* n = root.get("keys")) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "keys", *n));
-    LC_RETURN_IF_ERROR(CheckKeys(src, "keys.", *t, {"dirs"}));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "keys.", *t, {"dirs", "provider_config", "passwords"}));
+    if (auto* pc = t->get("provider_config")) {
+      LC_ASSIGN_OR_RETURN(c.keys.provider_config, GetAbsolutePath(src, "keys.provider_config", *pc));
+    }
+    if (auto* pw = t->get("passwords")) {
+      LC_ASSIGN_OR_RETURN(auto* table, GetTable(src, "keys.passwords", *pw));
+      for (const auto& [k, v] : *table) {
+        const std::string key_file(k.str());
+        const std::string where = "keys.passwords.\"" + key_file + "\"";
+        if (!std::filesystem::path(key_file).is_absolute()) {
+          return Bad(src, where, "the key file must be an absolute path");
+        }
+        LC_ASSIGN_OR_RETURN(auto password_file, GetAbsolutePath(src, where, v));
+        c.keys.passwords[std::filesystem::path(key_file).lexically_normal()] = std::move(password_file);
+      }
+    }
     if (auto* d = t->get("dirs")) {
       if (!d->is_array()) return Bad(src, "keys.dirs", "expected an array, got " + Describe(*d));
       c.keys.dirs.clear();

@@ -6,6 +6,8 @@
 //   log_level = "info"                            # debug | info | warn | error
 //   socket_mode = "0600"                          # octal, the socket's permissions
 //   [keys]     dirs = ["/etc/containerd/ocicrypt/keys"]
+//              provider_config = "/etc/lazycrypt/ocicrypt_keyprovider.conf"  # default: $OCICRYPT_KEYPROVIDER_CONFIG
+//   [keys.passwords]  "/etc/containerd/ocicrypt/keys/node.pem" = "/etc/lazycrypt/node.pem.pass"
 //   [cache]    max_bytes = 10737418240            # ciphertext chunk cache bound
 //   [fetch]    prefetch = true                    # fetch the prefetch list on mount
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
@@ -17,6 +19,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +36,10 @@ struct Config {
   mode_t socket_mode = 0600;
   struct Keys {
     std::vector<std::filesystem::path> dirs = {"/etc/containerd/ocicrypt/keys"};
+    // ocicrypt key provider config (JSON); empty = $OCICRYPT_KEYPROVIDER_CONFIG, as ocicrypt.
+    std::filesystem::path provider_config;
+    // Password-protected keys in `dirs`: key file → password file (0600, owned by the daemon user).
+    std::map<std::filesystem::path, std::filesystem::path> passwords;
   } keys;
   struct Cache {
     uint64_t max_bytes = uint64_t{10} << 30;

@@ -94,6 +94,25 @@ TEST(Config, BadValuesNameKeyAndValue) {
   ExpectError("cache = 3", "cache", "3");
 }
 
+TEST(Config, KeyProviderConfigAndKeyPasswords) {
+  auto c = ParseConfig(R"([keys]
+dirs = ["/k"]
+provider_config = "/etc/lazycrypt/ocicrypt_keyprovider.conf"
+[keys.passwords]
+"/k/./node.pem" = "/etc/lazycrypt/node.pem.pass"
+)",
+                       "t.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->keys.provider_config, "/etc/lazycrypt/ocicrypt_keyprovider.conf");
+  ASSERT_EQ(c->keys.passwords.size(), 1u);
+  EXPECT_EQ(c->keys.passwords.at("/k/node.pem"), "/etc/lazycrypt/node.pem.pass");
+  EXPECT_TRUE(ParseConfig("", "t.toml")->keys.provider_config.empty());
+  ExpectError("[keys]\nprovider_config = \"rel.conf\"", "keys.provider_config", "rel.conf");
+  ExpectError("[keys.passwords]\n\"node.pem\" = \"/p\"", "keys.passwords", "node.pem");
+  ExpectError("[keys.passwords]\n\"/k/node.pem\" = \"p\"", "keys.passwords", "\"p\"");
+  ExpectError("[keys]\npasswords = 1", "keys.passwords", "1");
+}
+
 TEST(Config, SyntaxErrorsHaveALine) {
   ExpectError("address = \"/x\"\n[cache\n", "t.toml:2");
 }

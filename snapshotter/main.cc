@@ -1,6 +1,9 @@
 // lazycrypt-snapshotter: containerd's remote snapshotter for lazycrypt images. Thin main: the
 // daemon (snapshotter/daemon.h) with lazycrypt's FUSE layers as its remote-layer handler.
+#include <optional>
+
 #include "cache/chunk_store.h"
+#include "keywrap/keyprovider.h"
 #include "lazylayer/snapshot_handler.h"
 #include "snapshotter/daemon.h"
 
@@ -16,6 +19,19 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   namespace ll = lazycrypt::lazylayer;
   ll::SnapshotHandlerOptions options;
   options.key_dirs = config.keys.dirs;
+  options.key_passwords = config.keys.passwords;
+  // As ocicrypt (containerd's CRI, ctd-decoder): every configured provider is tried on a layer
+  // carrying its annotation. A configured file that is missing or invalid stops the daemon.
+  std::optional<std::filesystem::path> provider_config;
+  if (!config.keys.provider_config.empty()) {
+    provider_config = config.keys.provider_config;
+  } else {
+    provider_config = lazycrypt::keywrap::KeyProviderConfigPathFromEnv();
+  }
+  if (provider_config) {
+    LC_ASSIGN_OR_RETURN(auto providers, lazycrypt::keywrap::LoadKeyProviderConfig(*provider_config));
+    options.key_providers = lazycrypt::keywrap::MakeAllKeyProviders(providers);
+  }
   options.registry.hosts_dir = config.registry.hosts_dir;
   lazycrypt::cache::ChunkStoreOptions store_options;
   store_options.capacity_bytes = config.cache.max_bytes;

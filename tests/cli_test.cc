@@ -177,7 +177,7 @@ TEST(Cli, UsageErrorsExitOneWithAMessage) {
   ExpectError(Lazycrypt("layer"), "A subcommand is required");
   ExpectError(Lazycrypt("frobnicate"),
               "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, recipients, "
-              "layer, mount, umount, stats, pull, status)");
+              "layer, mount, umount, stats, pull, record, status)");
   ExpectError(Lazycrypt("recipients"), "A subcommand is required");
   ExpectError(Lazycrypt("recipients frob"), "unknown command 'frob' (commands: add, remove)");
   ExpectError(Lazycrypt("verify oci:a"), "--key is required");

@@ -32,6 +32,7 @@
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
 #include "tests/integration_util.h"
+#include "tests/snapshotter_util.h"
 
 namespace lazycrypt {
 namespace {
@@ -39,34 +40,11 @@ namespace {
 namespace fs = std::filesystem;
 using harness::CommandResult;
 using testing::Describe;
+using testing::CountFuseMounts;
+using testing::MountsUnder;
 using testing::MustRun;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-// Mount points at or under `dir` (from /proc/self/mountinfo), with their fs types.
-std::vector<std::pair<std::string, std::string>> MountsUnder(const fs::path& dir) {
-  std::vector<std::pair<std::string, std::string>> out;
-  std::istringstream info(harness::ReadFileOrEmpty("/proc/self/mountinfo"));
-  std::string line;
-  const std::string prefix = dir.string() + "/";
-  while (std::getline(info, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, mount_point, options, field;
-    fields >> id >> parent >> devno >> root >> mount_point >> options;
-    while (fields >> field && field != "-") {
-    }
-    std::string fstype;
-    fields >> fstype;
-    if (mount_point.rfind(prefix, 0) == 0) out.emplace_back(mount_point, fstype);
-  }
-  return out;
-}
-
-size_t CountFuseMounts(const fs::path& dir) {
-  size_t n = 0;
-  for (const auto& [path, type] : MountsUnder(dir)) n += type.rfind("fuse", 0) == 0;
-  return n;
-}
 
 // Every regular file under `dir` on the same file system as `dir` (mounted layers, which serve
 // plaintext by design, are not the node's disk) whose bytes contain `needle`.
@@ -199,18 +177,9 @@ class LazyContainerd : public ::testing::Test {
 
   void StartSnapshotter() {
     ++starts_;
-    const fs::path log = work_->path() / ("snapshotter-" + std::to_string(starts_) + ".log");
-    auto proc = harness::Subprocess::Start(
-        {LAZYCRYPT_SNAPSHOTTER_BIN, "--config", (work_->path() / "config.toml").string()}, {},
-        log, log);
-    ASSERT_TRUE(proc.ok()) << proc.status().ToString();
-    snapshotter_ = std::move(*proc);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (SnapshotterLog().find("lazycrypt-snapshotter ready") == std::string::npos) {
-      ASSERT_TRUE(snapshotter_->Running()) << "snapshotter exited:\n" << SnapshotterLog();
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << SnapshotterLog();
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    snapshotter_ = testing::StartSnapshotterProcess(
+        LAZYCRYPT_SNAPSHOTTER_BIN, work_->path() / "config.toml",
+        work_->path() / ("snapshotter-" + std::to_string(starts_) + ".log"));
   }
 
   void WaitForContainerdToReconnect() {
@@ -457,6 +426,79 @@ TEST_F(LazyContainerd, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->exit_code, 0) << Describe(*again);
   EXPECT_THAT(again->stdout_text, HasSubstr("2 already present")) << again->stdout_text;
+}
+
+// keyprovider: a password-protected node key (refused naming the file without its password, used
+// with it) and a layer whose key only an ocicrypt key provider can unwrap (our test provider, run
+// by the snapshotter as a command).
+TEST_F(LazyContainerd, PasswordProtectedNodeKeyAndKeyProviderLayers) {
+  const fs::path& w = work_->path();
+  auto restart_with = [&](const std::string& keys_toml) {
+    (void)snapshotter_->Signal(SIGTERM);
+    (void)snapshotter_->Wait(std::chrono::seconds(20));
+    ASSERT_TRUE(harness::WriteFile(
+                    w / "config.toml",
+                    "address = \"" + socket_.string() + "\"\nroot = \"" + root_.string() +
+                        "\"\nlog_level = \"debug\"\n[registry]\nhosts_dir = \"" +
+                        (w / "hosts").string() + "\"\n[keys]\ndirs = [\"" + (w / "keys").string() +
+                        "\"]\n" + keys_toml)
+                    .ok());
+    StartSnapshotter();
+    WaitForContainerdToReconnect();
+  };
+  // The node key, now encrypted; its password in a 0600 file.
+  fs::remove(w / "keys" / "node.pem");
+  MustRun({"openssl", "pkey", "-in", node_key_.priv.string(), "-aes256", "-passout", "pass:n0de",
+           "-out", (w / "keys" / "node.pem").string()});
+  ASSERT_TRUE(harness::WriteFile(w / "node.pass", "n0de\n").ok());
+  fs::permissions(w / "node.pass", fs::perms::owner_read | fs::perms::owner_write,
+                  fs::perm_options::replace);
+  const std::string ref = Publish("locked", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+
+  restart_with("");
+  ASSERT_FALSE(HasFailure());
+  auto refused = RemotePull(ref);
+  ASSERT_TRUE(refused.ok()) << refused.status().ToString();
+  EXPECT_NE(refused->exit_code, 0) << Describe(*refused);
+  EXPECT_THAT(SnapshotterLog(), HasSubstr((w / "keys" / "node.pem").string())) << SnapshotterLog();
+  EXPECT_EQ(CountFuseMounts(root_), 0u);
+
+  // With the password and a key provider configured.
+  std::ofstream(w / "kek", std::ios::binary) << std::string(32, '\x33');
+  ASSERT_TRUE(harness::WriteFile(w / "kp.conf",
+                                 R"({"key-providers":{"test":{"cmd":{"path":")" +
+                                     std::string(TEST_KEY_PROVIDER) + R"(","args":["--key-file",")" +
+                                     (w / "kek").string() + "\"]}}}}")
+                  .ok());
+  restart_with("provider_config = \"" + (w / "kp.conf").string() + "\"\n[keys.passwords]\n\"" +
+               (w / "keys" / "node.pem").string() + "\" = \"" + (w / "node.pass").string() + "\"\n");
+  ASSERT_FALSE(HasFailure());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  auto cat = Run(ref, Id("locked"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n") << Describe(cat) << Logs();
+
+  // A different image (fresh layer key) wrapped for the provider only.
+  ASSERT_TRUE(harness::WriteFile(w / "data-root" / "data" / "marker.txt", "kms-" + marker_ + "\n").ok());
+  MustRun({"tar", "--numeric-owner", "-C", (w / "data-root").string(), "-cf",
+           (w / "data2.tar").string(), "data"});
+  MustRun({"umoci", "raw", "add-layer", "--image", (w / "image").string() + ":latest",
+           "--tag", "kms", (w / "data2.tar").string()});
+  const std::string kms_ref = registry_->host() + "/lazycrypt/app:kms";
+  MustRun({"env", "OCICRYPT_KEYPROVIDER_CONFIG=" + (w / "kp.conf").string(), LAZYCRYPT_BIN,
+           "encrypt", "--plain-http", "-r", "provider:test", "--layers", "2",
+           "oci:" + (w / "image").string() + ":kms", "docker://" + kms_ref});
+  auto kms_pulled = RemotePull(kms_ref);
+  ASSERT_TRUE(kms_pulled.ok()) << kms_pulled.status().ToString();
+  ASSERT_EQ(kms_pulled->exit_code, 0) << Describe(*kms_pulled) << Logs();
+  auto kms_cat = Run(kms_ref, Id("kms"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(kms_cat.stdout_text, "kms-" + marker_ + "\n") << Describe(kms_cat) << Logs();
+  // The "locked" image's two lazycrypt layers (which the kms image shares by chain ID) plus the
+  // provider's layer are FUSE mounts: the provider's layer was served lazily too.
+  EXPECT_EQ(CountFuseMounts(root_), 3u) << SnapshotterLog();
+  EXPECT_THAT(SnapshotterLog(), Not(HasSubstr("n0de")));
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include "image/layout.h"
 #include "image/recipients.h"
 #include "image/verify.h"
+#include "keywrap/keyprovider.h"
 
 namespace lazycrypt::tools {
 
@@ -32,25 +33,31 @@ std::string ShortDigest(const std::string& digest) {
   return digest.substr(0, std::min<size_t>(digest.size(), 7 + 12)) + "..";
 }
 
-Result<std::vector<keywrap::PublicKey>> LoadRecipients(const std::vector<std::string>& specs) {
-  if (specs.empty()) return Status::InvalidArgument("no recipients given (use --recipient jwe:PUB.pem)");
-  std::vector<keywrap::PublicKey> out;
+// jwe:PUB.pem and provider:NAME[:params], in the order given.
+Result<keywrap::Recipients> LoadRecipients(const std::vector<std::string>& specs) {
+  if (specs.empty()) {
+    return Status::InvalidArgument(
+        "no recipients given (use --recipient jwe:PUB.pem or --recipient provider:NAME)");
+  }
+  keywrap::Recipients out;
   for (const std::string& spec : specs) {
-    LC_ASSIGN_OR_RETURN(auto key, LoadRecipient(spec));
-    out.push_back(std::move(key));
+    if (keywrap::IsKeyProviderSpec(spec)) {
+      LC_ASSIGN_OR_RETURN(auto provider, LoadKeyProvider(spec));
+      out.AddProvider(std::move(provider));
+    } else {
+      LC_ASSIGN_OR_RETURN(auto key, LoadRecipient(spec));
+      out.AddKey(std::move(key));
+    }
   }
   return out;
 }
 
-Result<std::vector<keywrap::PrivateKey>> LoadKeys(const std::vector<std::string>& specs,
-                                                  bool required) {
-  if (specs.empty() && required) return Status::InvalidArgument("no keys given (use --key PRIV.pem)");
-  std::vector<keywrap::PrivateKey> out;
-  for (const std::string& spec : specs) {
-    LC_ASSIGN_OR_RETURN(auto key, LoadKey(spec));
-    out.push_back(std::move(key));
-  }
-  return out;
+size_t RecipientCount(const keywrap::Recipients& r) {
+  return r.public_keys().size() + r.providers().size();
+}
+
+Result<keywrap::KeyRing> LoadKeys(const std::vector<std::string>& specs, bool required) {
+  return LoadKeyRing(specs, required);
 }
 
 Result<format::WriterOptions> WriterOptionsFrom(const std::string& chunk_size, int threads,
@@ -225,19 +232,55 @@ Result<keywrap::PublicKey> LoadRecipient(std::string_view spec) {
     if (path.empty()) return Status::InvalidArgument("recipient 'jwe:' names no key file");
     return keywrap::PublicKey::Load(path);
   }
-  for (std::string_view scheme : {"pgp:", "pkcs7:", "pkcs11:", "provider:"}) {
+  for (std::string_view scheme : {"pgp:", "pkcs7:", "pkcs11:"}) {
     if (spec.starts_with(scheme)) {
       return Status::Unsupported("recipient '" + std::string(spec) + "': scheme '" +
-                                 std::string(scheme) + "' is not supported (only jwe:)");
+                                 std::string(scheme) + "' is not supported (only jwe:); use jwe:PUB.pem or provider:NAME");
     }
   }
   return Status::InvalidArgument("recipient '" + std::string(spec) +
-                                 "' must be jwe:PUBLIC_KEY.pem");
+                                 "' must be jwe:PUBLIC_KEY.pem or provider:NAME[:PARAMS]");
 }
 
 Result<keywrap::PrivateKey> LoadKey(std::string_view spec) {
+  if (keywrap::IsKeyProviderSpec(spec)) {
+    return Status::Unsupported("'" + std::string(spec) + "': a key provider is not a key file here");
+  }
   // keywrap names the file (never the password) in its messages.
   return keywrap::PrivateKey::Load(spec);
+}
+
+Result<keywrap::KeyProviderConfig> LoadKeyProviderConfigFromEnv(std::string_view spec) {
+  auto path = keywrap::KeyProviderConfigPathFromEnv();
+  if (!path) {
+    return Status::InvalidArgument("'" + std::string(spec) + "': set " +
+                                   std::string(keywrap::kKeyProviderConfigEnv) +
+                                   " to the key provider config file (as for skopeo)");
+  }
+  return keywrap::LoadKeyProviderConfig(*path);
+}
+
+Result<std::shared_ptr<const keywrap::KeyProvider>> LoadKeyProvider(std::string_view spec) {
+  LC_ASSIGN_OR_RETURN(keywrap::KeyProviderSpec parsed, keywrap::ParseKeyProviderSpec(spec));
+  LC_ASSIGN_OR_RETURN(keywrap::KeyProviderConfig config, LoadKeyProviderConfigFromEnv(spec));
+  return keywrap::MakeKeyProvider(config, parsed);
+}
+
+Result<keywrap::KeyRing> LoadKeyRing(const std::vector<std::string>& specs, bool required) {
+  if (specs.empty() && required) {
+    return Status::InvalidArgument("no keys given (use --key PRIV.pem or --key provider:NAME)");
+  }
+  keywrap::KeyRing ring;
+  for (const std::string& spec : specs) {
+    if (keywrap::IsKeyProviderSpec(spec)) {
+      LC_ASSIGN_OR_RETURN(auto provider, LoadKeyProvider(spec));
+      ring.AddProvider(std::move(provider));
+    } else {
+      LC_ASSIGN_OR_RETURN(auto key, LoadKey(spec));
+      ring.AddKey(std::move(key));
+    }
+  }
+  return ring;
 }
 
 std::string FormatBytes(uint64_t bytes) {
@@ -427,7 +470,7 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   display.Line(Printf("encrypting %s -> %s (%s format, %zu recipient%s)", src.ToString().c_str(),
                       dst.ToString().c_str(),
                       std::string(image::EncryptionFormatName(options.format)).c_str(),
-                      recipients.size(), recipients.size() == 1 ? "" : "s"));
+                      RecipientCount(recipients), RecipientCount(recipients) == 1 ? "" : "s"));
   if (!options.writer.prefetch_paths.empty()) {
     display.Line(Printf("  marking %zu path%s from %s for prefetch in the layers that hold them",
                         options.writer.prefetch_paths.size(),
@@ -654,7 +697,13 @@ Status RunRecipients(const RecipientsFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
   LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
   LC_ASSIGN_OR_RETURN(auto keys, LoadKeys(flags.keys, /*required=*/true));
-  LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
+  LC_ASSIGN_OR_RETURN(auto loaded, LoadRecipients(flags.recipients));
+  if (!loaded.providers().empty()) {
+    return Status::Unsupported("recipients " + std::string(flags.remove ? "remove" : "add") +
+                               ": provider:NAME recipients are not supported here yet (only "
+                               "jwe:PUB.pem); encrypt with --recipient provider:NAME instead");
+  }
+  const std::vector<keywrap::PublicKey>& recipients = loaded.public_keys();
   ProgressDisplay display(io);
   display.Line(Printf("%s %zu recipient%s: %s -> %s", flags.remove ? "removing" : "adding",
                       recipients.size(), recipients.size() == 1 ? "" : "s",

@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "image/transport.h"
+#include "keywrap/keyring.h"
 #include "keywrap/keys.h"
 
 namespace lazycrypt::tools {
@@ -27,6 +28,12 @@ Result<std::vector<size_t>> ParseLayerList(std::string_view text);
 Result<keywrap::PublicKey> LoadRecipient(std::string_view spec);
 // "PATH" or "PATH:PASSWORD" (ocicrypt's spelling) → the private key.
 Result<keywrap::PrivateKey> LoadKey(std::string_view spec);
+// "provider:NAME[:params]" (skopeo's spelling) → that provider of the key provider config file
+// named by OCICRYPT_KEYPROVIDER_CONFIG (keywrap/keyprovider.h).
+Result<std::shared_ptr<const keywrap::KeyProvider>> LoadKeyProvider(std::string_view spec);
+// Every --key value, key files and providers, in the order given. InvalidArgument when `required`
+// and there are none.
+Result<keywrap::KeyRing> LoadKeyRing(const std::vector<std::string>& specs, bool required);
 // "1.5 MiB"
 std::string FormatBytes(uint64_t bytes);
 // The text of an `encrypt --prefetch-list` file → normalized entry names (format::

@@ -11,6 +11,7 @@
 #include "tools/commands.h"
 #include "tools/mount.h"
 #include "tools/pull.h"
+#include "tools/record.h"
 #include "tools/status.h"
 
 namespace {
@@ -22,7 +23,8 @@ constexpr const char* kImageHelp = "oci:DIR[:TAG] (an OCI layout) or docker://HO
 void AddKeyOption(CLI::App* cmd, std::vector<std::string>& keys, bool required) {
   auto* opt = cmd->add_option("--key,-k", keys,
                               "private key file (PEM or DER; RSA or EC), PATH or PATH:PASSWORD as "
-                              "in skopeo --decryption-key; repeatable");
+                              "in skopeo --decryption-key, or provider:NAME[:PARAMS] for a key "
+                              "provider of $OCICRYPT_KEYPROVIDER_CONFIG; repeatable, tried in order");
   opt->allow_extra_args(false);  // one value per --key: positionals may follow
   if (required) opt->required();
 }
@@ -72,7 +74,9 @@ int main(int argc, char** argv) {
   EncryptFlags encrypt_flags;
   auto* encrypt = app.add_subcommand("encrypt", "encrypt the layers of an image for recipients");
   encrypt->add_option("--recipient,-r", encrypt_flags.recipients,
-                      "recipient public key as jwe:PUB.pem (RSA or EC P-256/384/521); repeatable")
+                      "recipient public key as jwe:PUB.pem (RSA or EC P-256/384/521), or "
+                      "provider:NAME[:PARAMS] for a key provider of $OCICRYPT_KEYPROVIDER_CONFIG; "
+                      "repeatable")
       ->required()
       ->allow_extra_args(false);
   encrypt->add_option("--layers", encrypt_flags.layers,
@@ -233,6 +237,9 @@ int main(int argc, char** argv) {
   mount->add_option("--registry-attempts", mount_flags.registry_attempts,
                     "attempts per registry request")
       ->group("");
+  mount->add_option("--record", mount_flags.record_file,
+                    "when the mount ends, write the files read through it to FILE (first access "
+                    "order, one absolute path per line: the `encrypt --prefetch-list` format)");
   AddTransportOptions(mount, mount_flags.transport);
   mount->add_option("SRC", mount_flags.src, std::string("image: ") + kImageHelp)->required();
   mount->add_option("MOUNTPOINT", mount_flags.mountpoint, "an existing directory")->required();
@@ -267,6 +274,26 @@ int main(int argc, char** argv) {
   AddTransportOptions(pull, pull_flags.transport);
   pull->add_option("REF", pull_flags.ref, "HOST/REPO[:TAG][@DIGEST] (docker:// optional)")
       ->required();
+
+  RecordFlags record_flags;
+  auto* record = app.add_subcommand(
+      "record",
+      "run an image's entrypoint (or CMD after --) with runc on lazy mounts of its layers for a "
+      "while and write the files it read: the list `encrypt --prefetch-list` takes (root)");
+  AddKeyOption(record, record_flags.keys, /*required=*/false);
+  record->add_option("--output,-o", record_flags.output,
+                     "write the files read here, one absolute path per line, first access order")
+      ->required();
+  record->add_option("--period", record_flags.period,
+                     "stop the container after this long if it has not exited (e.g. 10s, 500ms, 2m)")
+      ->default_str("10s");
+  record->add_option("--platform", record_flags.platform,
+                     "os/arch[/variant] chosen from an index (default linux/amd64)");
+  record->add_option("--runc", record_flags.runc, "runc executable (default: runc in PATH)");
+  AddTransportOptions(record, record_flags.transport);
+  record->add_option("SRC", record_flags.src, std::string("image: ") + kImageHelp)->required();
+  record->add_option("CMD", record_flags.command,
+                     "command and arguments to run instead of the image's Entrypoint + Cmd (after --)");
 
   StatusFlags status_flags;
   auto* status_cmd = app.add_subcommand(
@@ -344,6 +371,8 @@ int main(int argc, char** argv) {
     status = RunStatus(status_flags, io);
   } else if (*pull) {
     status = RunPull(pull_flags, io);
+  } else if (*record) {
+    status = RunRecord(record_flags, io);
   }
   if (!status.ok()) {
     std::fprintf(stderr, "lazycrypt: %s\n", status.message().c_str());

@@ -21,6 +21,7 @@
 #include "cache/registry_source.h"
 #include "common/file_io.h"
 #include "crypto/digest.h"
+#include "fusefs/access_log.h"
 #include "image/convert.h"
 #include "image/transport.h"
 #include "lazylayer/mounted_layer.h"
@@ -59,7 +60,8 @@ Result<image::Platform> ParsePlatform(const std::string& text) {
   return p;
 }
 
-// The image of `root` for `platform_text` (an index) or the only image (a manifest).
+}  // namespace
+
 Result<const image::LoadedImage*> PickImage(const image::LoadedRoot& root,
                                             const std::string& platform_text) {
   if (!root.index) {
@@ -85,6 +87,8 @@ Result<const image::LoadedImage*> PickImage(const image::LoadedRoot& root,
                           " image (platforms: " + (seen.empty() ? "none" : seen) +
                           "); choose one with --platform");
 }
+
+namespace {
 
 Result<size_t> PickLayer(const image::LoadedImage& img, int requested, const std::string& src) {
   const auto& layers = img.manifest.layers;
@@ -117,11 +121,7 @@ Result<size_t> PickLayer(const image::LoadedImage& img, int requested, const std
                                  " lazycrypt layers (" + list + "): choose one with --layer N");
 }
 
-// What the mount reads the layer blob through, and what must stay alive for it.
-struct OpenedBlob {
-  std::shared_ptr<BlobSource> source;
-  std::shared_ptr<void> keepalive;
-};
+}  // namespace
 
 Result<OpenedBlob> OpenLayerBlob(const image::ImageReference& ref, image::ImageSource& src,
                                  const image::TransportOptions& transport,
@@ -153,6 +153,8 @@ Result<OpenedBlob> OpenLayerBlob(const image::ImageReference& ref, image::ImageS
   out.keepalive = client;
   return out;
 }
+
+namespace {
 
 // --- stats file ------------------------------------------------------------------------------
 
@@ -282,19 +284,21 @@ Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
 
   auto ref = image::ImageReference::Parse(flags.src);
   if (!ref.ok()) return fail(ref.status());
-  auto keys = [&]() -> Result<std::vector<keywrap::PrivateKey>> {
-    if (flags.keys.empty()) return Status::InvalidArgument("no keys given (use --key PRIV.pem)");
-    std::vector<keywrap::PrivateKey> out;
-    for (const auto& spec : flags.keys) {
-      LC_ASSIGN_OR_RETURN(auto key, LoadKey(spec));
-      out.push_back(std::move(key));
-    }
-    return out;
-  }();
+  auto keys = LoadKeyRing(flags.keys, /*required=*/true);
   if (!keys.ok()) return fail(keys.status());
 
   lazylayer::MountLayerOptions options;
   options.prefetch = !flags.no_prefetch;
+  std::shared_ptr<fusefs::AccessLog> access_log;
+  if (!flags.record_file.empty()) {
+    const auto dir = std::filesystem::absolute(flags.record_file, ec).parent_path();
+    if (!std::filesystem::is_directory(dir, ec)) {
+      return fail(Status::InvalidArgument("--record " + flags.record_file + ": directory '" +
+                                          dir.string() + "' does not exist"));
+    }
+    access_log = std::make_shared<fusefs::AccessLog>();
+    options.mount.access_recorder = fusefs::NewAccessLogRecorder(access_log);
+  }
   if (!flags.background_rate.empty()) {
     std::string rate = flags.background_rate;
     if (rate.ends_with("/s")) rate.resize(rate.size() - 2);
@@ -381,6 +385,16 @@ Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
   (void)WriteStats(stats_file, final_stats);
   if (!unmounted.ok() && !io.quiet) {
     std::fprintf(io.err, "lazycrypt: %s (detached it)\n", unmounted.message().c_str());
+  }
+  if (access_log) {
+    const std::string list = fusefs::FormatAccessList(access_log->Accesses());
+    LC_RETURN_IF_ERROR(WriteFileAtomically(
+        flags.record_file, ByteSpan(reinterpret_cast<const uint8_t*>(list.data()), list.size()),
+        0600).WithContext("--record " + flags.record_file));
+    if (!io.quiet) {
+      std::fprintf(io.err, "recorded %zu files read in %s\n", access_log->size(),
+                   flags.record_file.c_str());
+    }
   }
   return Status::Ok();
 }
@@ -485,6 +499,7 @@ Status RunMount(const MountFlags& flags, const Output& io) {
     abs(child.cache_dir);
     abs(child.stats_file);
     abs(child.log_file);
+    abs(child.record_file);
     for (auto& k : child.keys) {
       // PATH or PATH:PASSWORD; only the path part is made absolute.
       auto colon = k.find(':');

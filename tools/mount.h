@@ -9,10 +9,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "common/io.h"
 #include "common/status.h"
+#include "image/layout.h"
+#include "image/transport.h"
 #include "tools/commands.h"
 
 namespace lazycrypt::tools {
@@ -39,13 +43,32 @@ struct MountFlags {
   // of blob reads; 0 = the registry client's defaults.
   double registry_timeout_sec = 0;
   int registry_attempts = 0;
+  std::string record_file;         // --record: the accessed-files list ("" = not recorded)
   std::string src, mountpoint;
   TransportFlags transport;
 };
 // Foreground: returns once the mount is gone (OK) or when mounting failed.
+// With `record_file`: the files read through the mount, first access order, one absolute path per
+// line (the `encrypt --prefetch-list` format), written atomically (mode 0600) when it ends.
 // Daemon: forks before anything else; the child mounts and serves, the parent waits for the
 // child's report, prints "mounted ... at ..." and returns OK, or returns the child's error.
 Status RunMount(const MountFlags& flags, const Output& io);
+
+// Shared with `lazycrypt record` (tools/record.cc):
+// The image of `root` for `platform_text` ("os/arch[/variant]"; "" = linux/amd64) when it is an
+// index, or its only image.
+Result<const image::LoadedImage*> PickImage(const image::LoadedRoot& root,
+                                            const std::string& platform_text);
+// What a mount reads a layer blob through, and what must stay alive for it.
+struct OpenedBlob {
+  std::shared_ptr<BlobSource> source;
+  std::shared_ptr<void> keepalive;
+};
+// Random access to layer `d` of the image `ref` names: `src`'s blob for a layout, a registry
+// client of its own (multi-range reads, the registry_* tuning of `flags`) for docker://.
+Result<OpenedBlob> OpenLayerBlob(const image::ImageReference& ref, image::ImageSource& src,
+                                 const image::TransportOptions& transport,
+                                 const MountFlags& flags, const image::Descriptor& d);
 
 struct UmountFlags {
   std::string mountpoint;

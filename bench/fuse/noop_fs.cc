@@ -12,9 +12,16 @@
 // open, cache_readdir, long entry/attr timeouts, and a multithreaded session loop.
 //
 // `--dump NAME` writes the bytes the mount serves for NAME to stdout (the smoke test compares them).
+//
+// `--backing-dir DIR` makes it a do-nothing *passthrough* filesystem instead: the same tree, but
+// each open opens DIR/NAME and each read is forwarded to that file (fuse_reply_data with an fd
+// buffer: spliced when the kernel allows, else one pread). Its reads then cost what a FUSE
+// filesystem that merely forwards to files on the same disk costs, cold page cache included: the
+// fair denominator for a filesystem that must itself read its backing files (bench/fuse/run.sh).
 #define FUSE_USE_VERSION 312
 
 #include <fuse_lowlevel.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -39,6 +46,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/file_io.h"
 #include "common/status.h"
 
 namespace lazycrypt::bench {
@@ -135,8 +143,12 @@ Status ReadFileSpecs(const std::string& path, std::vector<FileSpec>& out) {
 // Immutable after construction; the FUSE callbacks only read it, from any number of threads.
 class NoopFs {
  public:
-  NoopFs(std::vector<FileSpec> files, unsigned max_read_bytes)
-      : files_(std::move(files)), pattern_(MakePattern()), max_read_bytes_(max_read_bytes) {
+  // `backing_dir` empty: bytes from the in-memory pattern; else from DIR/NAME (passthrough).
+  NoopFs(std::vector<FileSpec> files, unsigned max_read_bytes, std::string backing_dir = {})
+      : files_(std::move(files)),
+        pattern_(backing_dir.empty() ? MakePattern() : std::vector<uint8_t>{}),
+        max_read_bytes_(max_read_bytes),
+        backing_dir_(std::move(backing_dir)) {
     for (size_t i = 0; i < files_.size(); ++i) {
       index_.emplace(files_[i].name, i);
       shifts_.push_back(ShiftOf(files_[i].name));
@@ -148,6 +160,28 @@ class NoopFs {
   // Duplicate names are a usage error.
   Status Validate() const {
     if (index_.size() != files_.size()) return Status::InvalidArgument("a file name is given twice");
+    if (backing_dir_.empty()) return Status::Ok();
+    UniqueFd dir(::open(backing_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (dir.get() < 0) return ErrnoStatus("--backing-dir " + backing_dir_);
+    for (const FileSpec& f : files_) {
+      struct stat st{};
+      if (::fstatat(dir.get(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return ErrnoStatus("--backing-dir: " + backing_dir_ + "/" + f.name);
+      }
+      if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != f.size_bytes) {
+        return Status::InvalidArgument("--backing-dir: " + backing_dir_ + "/" + f.name +
+                                       " is not a regular file of " +
+                                       std::to_string(f.size_bytes) + " bytes");
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Passthrough mode: the backing directory, opened once by Serve before mounting.
+  Status OpenBackingDir() {
+    if (backing_dir_.empty()) return Status::Ok();
+    backing_fd_ = UniqueFd(::open(backing_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (backing_fd_.get() < 0) return ErrnoStatus("--backing-dir " + backing_dir_);
     return Status::Ok();
   }
 
@@ -170,6 +204,7 @@ class NoopFs {
   Status Dump(const std::string& name, std::FILE* out) const {
     auto it = index_.find(name);
     if (it == index_.end()) return Status::NotFound("--dump " + name + ": no such --file");
+    if (!backing_dir_.empty()) return Status::InvalidArgument("--dump: not with --backing-dir");
     std::vector<iovec> iov;
     AppendPieces(it->second, 0, files_[it->second].size_bytes, iov);
     for (const iovec& piece : iov) {
@@ -263,11 +298,25 @@ class NoopFs {
       fuse_reply_err(req, EROFS);
       return;
     }
+    if (!fs.backing_dir_.empty()) {
+      const int fd = ::openat(fs.backing_fd_.get(), fs.files_[ino - 2].name.c_str(),
+                              O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+      if (fd < 0) {
+        fuse_reply_err(req, errno);
+        return;
+      }
+      fi->fh = static_cast<uint64_t>(fd);
+    }
     fi->keep_cache = 1;
     fuse_reply_open(req, fi);
   }
 
-  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    if (!Of(req).backing_dir_.empty()) ::close(static_cast<int>(fi->fh));
+    fuse_reply_err(req, 0);
+  }
+
+  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
     const NoopFs& fs = Of(req);
     if (!fs.IsFile(ino) || off < 0) {
       fuse_reply_err(req, fs.IsFile(ino) ? EINVAL : EBADF);
@@ -280,6 +329,14 @@ class NoopFs {
       return;
     }
     const uint64_t length = std::min<uint64_t>(size, file_size - offset);
+    if (!fs.backing_dir_.empty()) {  // forward the read to the backing file, nothing else
+      fuse_bufvec buf = FUSE_BUFVEC_INIT(static_cast<size_t>(length));
+      buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+      buf.buf[0].fd = static_cast<int>(fi->fh);
+      buf.buf[0].pos = off;
+      fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+      return;
+    }
     std::vector<iovec> iov;
     iov.reserve(2);
     fs.AppendPieces(ino - 2, offset, length, iov);
@@ -344,6 +401,8 @@ class NoopFs {
   std::vector<uint64_t> shifts_;
   std::vector<uint8_t> pattern_;
   unsigned max_read_bytes_;
+  std::string backing_dir_;  // empty: in-memory pattern
+  UniqueFd backing_fd_;
 };
 
 const fuse_lowlevel_ops& NoopFs::Ops() {
@@ -353,6 +412,7 @@ const fuse_lowlevel_ops& NoopFs::Ops() {
     o.lookup = Lookup;
     o.getattr = GetAttr;
     o.open = Open;
+    o.release = Release;
     o.read = Read;
     o.opendir = OpenDir;
     o.readdir = ReadDir;
@@ -415,9 +475,11 @@ struct FuseArgsDeleter {
 };
 
 int Serve(NoopFs& fs, const std::string& mountpoint, bool foreground, bool debug,
-          unsigned max_read_bytes, unsigned read_ahead_kb, unsigned max_threads) {
-  const std::string opts = "ro,default_permissions,fsname=lazycrypt-bench-noopfs,subtype=noopfs,max_read=" +
-                           std::to_string(max_read_bytes);
+          unsigned max_read_bytes, unsigned read_ahead_kb, unsigned max_threads, bool passthrough,
+          bool clone_fd) {
+  const std::string opts = std::string("ro,default_permissions,fsname=lazycrypt-bench-noopfs,") +
+                           (passthrough ? "subtype=passthrough" : "subtype=noopfs") +
+                           ",max_read=" + std::to_string(max_read_bytes);
   std::vector<std::string> argv_store = {"lazycrypt-bench-noopfs", "-o", opts};
   if (debug) argv_store.push_back("-d");
   std::vector<char*> argv;
@@ -457,7 +519,7 @@ int Serve(NoopFs& fs, const std::string& mountpoint, bool foreground, bool debug
   std::unique_ptr<fuse_loop_config, LoopConfigDeleter> cfg(fuse_loop_cfg_create());
   fuse_loop_cfg_set_max_threads(cfg.get(), max_threads);
   fuse_loop_cfg_set_idle_threads(cfg.get(), max_threads);
-  fuse_loop_cfg_set_clone_fd(cfg.get(), 0);
+  fuse_loop_cfg_set_clone_fd(cfg.get(), clone_fd ? 1 : 0);
   const int rc = fuse_session_loop_mt(se.get(), cfg.get());
 
   fuse_session_unmount(se.get());
@@ -469,8 +531,8 @@ int Main(int argc, char** argv) {
   CLI::App app{"lazycrypt-bench-noopfs: a do-nothing read-only FUSE filesystem serving files of "
                "given sizes from a fixed in-memory pseudo-random pattern (benchmark ceiling)"};
   std::vector<std::string> file_args;
-  std::string files_from, dump_name, mountpoint;
-  bool foreground = false, debug = false;
+  std::string files_from, dump_name, mountpoint, backing_dir;
+  bool foreground = false, debug = false, clone_fd = false;
   unsigned max_read_kb = 1024, read_ahead_kb = 1024, max_threads = 16;
   app.add_option("--file", file_args, "NAME:SIZE (SIZE in bytes, or with K/M/G); repeatable")
       ->allow_extra_args(false);
@@ -484,6 +546,10 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(0u, 65536u));
   app.add_option("--threads", max_threads, "most worker threads of the session loop")
       ->check(CLI::Range(1u, 256u));
+  app.add_option("--backing-dir", backing_dir,
+                 "passthrough: serve each NAME from DIR/NAME (size must match) instead of the "
+                 "in-memory pattern");
+  app.add_flag("--clone-fd", clone_fd, "one /dev/fuse clone per worker thread (as lazycrypt mount)");
   app.add_option("--dump", dump_name, "write the bytes served for NAME to stdout and exit");
   app.add_option("mountpoint", mountpoint, "where to mount");
   CLI11_PARSE(app, argc, argv);
@@ -504,7 +570,7 @@ int Main(int argc, char** argv) {
       return 2;
     }
   }
-  NoopFs fs(std::move(files), max_read_kb * 1024u);
+  NoopFs fs(std::move(files), max_read_kb * 1024u, backing_dir);
   if (Status st = fs.Validate(); !st.ok()) {
     std::cerr << "noopfs: " << st.ToString() << "\n";
     return 2;
@@ -521,7 +587,12 @@ int Main(int argc, char** argv) {
     std::cerr << "noopfs: a mountpoint is required (or --dump NAME)\n";
     return 2;
   }
-  return Serve(fs, mountpoint, foreground, debug, max_read_kb * 1024u, read_ahead_kb, max_threads);
+  if (Status st = fs.OpenBackingDir(); !st.ok()) {
+    std::cerr << "noopfs: " << st.ToString() << "\n";
+    return 1;
+  }
+  return Serve(fs, mountpoint, foreground, debug, max_read_kb * 1024u, read_ahead_kb, max_threads,
+               !backing_dir.empty(), clone_fd);
 }
 
 }  // namespace

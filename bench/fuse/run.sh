@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# bench/fuse/run.sh BUILD_DIR — FUSE read throughput: lazycrypt's mount next to a do-nothing FUSE
-# filesystem (lazycrypt-bench-noopfs, the ceiling) and gocryptfs serving the same names and sizes,
-# in one run, plus the plain dataset directory for orientation. Called by bench/run.sh or alone.
+# bench/fuse/run.sh BUILD_DIR — FUSE read throughput: lazycrypt's mount next to a do-nothing
+# passthrough FUSE filesystem (lazycrypt-bench-noopfs --backing-dir: forwards every read to the
+# dataset's files on the same disk, so it pays the same cold page cache: the denominator), the same
+# do-nothing filesystem serving from memory (the FUSE ceiling) and gocryptfs, all serving the same
+# names and sizes, in one run, plus the plain dataset directory for orientation. Called by
+# bench/run.sh or alone.
 # Needs root (mounts, drop_caches, read_ahead_kb), fio, jq, fusermount3; gocryptfs is optional.
 #
 #   1. generates a deterministic dataset once into a temp dir: FUSE_BENCH_BIG_FILES files of
 #      FUSE_BENCH_BIG_MIB MiB (16 MiB segments: AES-CTR keystream, base64 text, repetitive text,
 #      keystream) and FUSE_BENCH_SMALL_FILES small files (1-64 KiB keystream), all in one directory;
-#   2. for each target (plain dir, noopfs, gocryptfs, lazycrypt), mounted in its own temp dir, one
+#   2. for each target (plain dir, passthrough, noopfs, gocryptfs, lazycrypt), mounted in its own temp dir, one
 #      at a time, with the same read_ahead_kb on every FUSE mount (FUSE_BENCH_READ_AHEAD_KB):
 #      makes the data cold before every job (FUSE_BENCH_COLD), then runs fio (psync, direct=0): sequential 1 MiB
 #      reads of the big files (1 job), random 4 KiB and 128 KiB reads over the big files (1 and 4
 #      jobs on disjoint quarters; each block read at most once, so every read misses the page
 #      cache; at most FUSE_BENCH_RUNTIME_S each); then time to first byte of cold files;
-#   3. writes BUILD_DIR/bench-results/fuse.json and fuse.md (the table, also printed to stdout).
+#   3. writes BUILD_DIR/bench-results/fuse.json and fuse.md (the table, also printed to stdout);
+#   4. unless skipped (FUSE_BENCH_SKIP=registry), bench/fuse/ttfb_registry.sh: time to first byte of
+#      cold files of a layer served from a local docker-registry with an empty chunk cache, mount
+#      time, and `lazycrypt decrypt` of the same image; its table is appended to fuse.md.
 # Nothing is asserted about timing. Everything mounted or started is unmounted / killed by PID on
 # any exit. Exit status 0 when the run completed (a peer may be "not available"), 1 otherwise.
 #
@@ -26,7 +32,7 @@
 #
 # Knobs (environment): FUSE_BENCH_BIG_FILES=4 FUSE_BENCH_BIG_MIB=256 FUSE_BENCH_SMALL_FILES=2000
 #   FUSE_BENCH_RUNTIME_S=10 FUSE_BENCH_READ_AHEAD_KB=1024 FUSE_BENCH_TTFB_FILES=9
-#   FUSE_BENCH_SKIP=list of targets to skip (plain,noopfs,gocryptfs,lazycrypt)
+#   FUSE_BENCH_SKIP=list of targets to skip (plain,passthrough,noopfs,gocryptfs,lazycrypt,registry)
 #   FUSE_BENCH_COLD=all   what "cold" means before each job: `all` drops the whole page cache
 #                         (echo 3 > drop_caches: the files read, and whatever backs them: the
 #                         dataset, gocryptfs' ciphertext, lazycrypt's chunk cache); `files` evicts
@@ -261,7 +267,30 @@ if skipped plain; then not_available plain "skipped (FUSE_BENCH_SKIP)"; else
     not_available plain "a measurement failed (see $RAW_DIR)"
 fi
 
-# ---- 2b. noopfs ------------------------------------------------------------------------------------
+# ---- 2b. passthrough: the do-nothing filesystem forwarding reads to the dataset's files -------------
+# Same binary and FUSE settings as noopfs below, plus what lazycrypt mount does (one /dev/fuse clone
+# per worker thread); every read is one read of the backing file on the same disk (spliced when the
+# kernel allows). This is "a do-nothing FUSE filesystem serving the same bytes with a cold page
+# cache": the denominator of the lazycrypt ratio.
+if skipped passthrough; then not_available passthrough "skipped (FUSE_BENCH_SKIP)"; else
+  mnt="$WORK/passthrough/mnt"
+  mkdir -p "$mnt"
+  MOUNTS+=("$mnt")
+  "$NOOPFS" -f --clone-fd --files-from "$WORK/files.txt" --backing-dir "$DATA" \
+    --read-ahead-kb "$READ_AHEAD_KB" "$mnt" 2>"$RAW_DIR/passthrough.log" &
+  pid=$!
+  PIDS+=("$pid")
+  if wait_mounted "$mnt" "$pid"; then
+    set_read_ahead "$mnt"
+    measure passthrough "$mnt" "same files, each read forwarded to the dataset file on disk" ||
+      not_available passthrough "a measurement failed (see $RAW_DIR)"
+  else
+    not_available passthrough "lazycrypt-bench-noopfs --backing-dir did not mount (see $RAW_DIR/passthrough.log)"
+  fi
+  finish_mount "$mnt" "$pid"
+fi
+
+# ---- 2c. noopfs (memory: the FUSE ceiling) ---------------------------------------------------------
 if skipped noopfs; then not_available noopfs "skipped (FUSE_BENCH_SKIP)"; else
   mnt="$WORK/noopfs/mnt"
   mkdir -p "$mnt"
@@ -280,7 +309,7 @@ if skipped noopfs; then not_available noopfs "skipped (FUSE_BENCH_SKIP)"; else
   finish_mount "$mnt" "$pid"
 fi
 
-# ---- 2c. gocryptfs (the dataset copied in, then unmounted and remounted cold) ----------------------
+# ---- 2d. gocryptfs (the dataset copied in, then unmounted and remounted cold) ----------------------
 if skipped gocryptfs; then not_available gocryptfs "skipped (FUSE_BENCH_SKIP)"
 elif ! command -v gocryptfs >/dev/null 2>&1; then not_available gocryptfs "gocryptfs is not installed"
 else
@@ -312,7 +341,7 @@ else
   fi
 fi
 
-# ---- 2d. lazycrypt ----------------------------------------------------------------------------------
+# ---- 2e. lazycrypt ----------------------------------------------------------------------------------
 # lazycrypt_mount WORKDIR MNT: makes an OCI image of the dataset (umoci, one layer), encrypts it with
 # `lazycrypt encrypt`, mounts its layer at MNT with LAZYCRYPT_MOUNT_CMD and warms the chunk cache
 # by reading every file once. Sets LC_PID (the daemon's PID: the command's own when it stays in the
@@ -388,7 +417,8 @@ fi
 # ---- 3. Results ---------------------------------------------------------------------------------------
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 jq -n \
-  --slurpfile plain "$RAW_DIR/plain.json" --slurpfile noopfs "$RAW_DIR/noopfs.json" \
+  --slurpfile plain "$RAW_DIR/plain.json" --slurpfile passthrough "$RAW_DIR/passthrough.json" \
+  --slurpfile noopfs "$RAW_DIR/noopfs.json" \
   --slurpfile gocryptfs "$RAW_DIR/gocryptfs.json" --slurpfile lazycrypt "$RAW_DIR/lazycrypt.json" \
   --arg date "$(date -u '+%Y-%m-%d %H:%M')" --arg kernel "$(uname -sr)" --arg cpu "$cpu" \
   --arg cores "$(nproc)" --arg fio "$(fio --version)" \
@@ -399,7 +429,7 @@ jq -n \
            load_start: $load_start, load_end: $load_end,
            dataset: {big_files: $big_files, big_mib: $big_mib, small_files: $small_files},
            runtime_s: $runtime_s, fuse_read_ahead_kb: $read_ahead_kb, cold: $cold},
-    targets: {plain: $plain[0], noopfs: $noopfs[0], gocryptfs: $gocryptfs[0], lazycrypt: $lazycrypt[0]}}' \
+    targets: {plain: $plain[0], passthrough: $passthrough[0], noopfs: $noopfs[0], gocryptfs: $gocryptfs[0], lazycrypt: $lazycrypt[0]}}' \
   >"$OUT_DIR/fuse.json"
 
 jq -r '
@@ -417,14 +447,25 @@ jq -r '
   "FUSE read throughput (\(.meta.date) UTC; \(.meta.cpu), \(.meta.cores) cores; \(.meta.kernel); \(.meta.fio); load average \(.meta.load_start) at the start, \(.meta.load_end) at the end)",
   "Dataset: \(.meta.dataset.big_files) files x \(.meta.dataset.big_mib) MiB (mixed compressibility) + \(.meta.dataset.small_files) small files. \(if .meta.cold == "all" then "Whole page cache dropped before every job (the files read and what backs them)" else "Only the files read evicted from the page cache before every job (backing files stay cached)" end); fio psync, buffered; random jobs read each block at most once (at most \(.meta.runtime_s) s); read_ahead_kb \(.meta.fuse_read_ahead_kb) on every FUSE mount.",
   "",
-  "| job | plain dir (disk) | noopfs (ceiling) | gocryptfs | lazycrypt | lazycrypt / noopfs | lazycrypt / gocryptfs |",
-  "|---|---|---|---|---|---|---|",
+  "| job | plain dir (disk) | passthrough FUSE (do-nothing, disk) | noopfs (FUSE ceiling, memory) | gocryptfs | lazycrypt | lazycrypt / passthrough | lazycrypt / gocryptfs | lazycrypt / noopfs (memory) |",
+  "|---|---|---|---|---|---|---|---|---|",
   (["seq1m_j1", "rand4k_j1", "rand4k_j4", "rand128k_j1", "rand128k_j4"][] as $j |
-    "| \(title($j)) | \($all | cell("plain"; $j)) | \($all | cell("noopfs"; $j)) | \($all | cell("gocryptfs"; $j)) | \($all | cell("lazycrypt"; $j)) | \($all | ratio("lazycrypt"; "noopfs"; $j)) | \($all | ratio("lazycrypt"; "gocryptfs"; $j)) |"),
-  "| time to first byte, cold small file (median) | \(ttfb("plain"; "ttfb_small_median_us")) | \(ttfb("noopfs"; "ttfb_small_median_us")) | \(ttfb("gocryptfs"; "ttfb_small_median_us")) | \(ttfb("lazycrypt"; "ttfb_small_median_us")) | | |",
-  "| time to first byte, cold big file (median) | \(ttfb("plain"; "ttfb_big_median_us")) | \(ttfb("noopfs"; "ttfb_big_median_us")) | \(ttfb("gocryptfs"; "ttfb_big_median_us")) | \(ttfb("lazycrypt"; "ttfb_big_median_us")) | | |",
+    "| \(title($j)) | \($all | cell("plain"; $j)) | \($all | cell("passthrough"; $j)) | \($all | cell("noopfs"; $j)) | \($all | cell("gocryptfs"; $j)) | \($all | cell("lazycrypt"; $j)) | \($all | ratio("lazycrypt"; "passthrough"; $j)) | \($all | ratio("lazycrypt"; "gocryptfs"; $j)) | \($all | ratio("lazycrypt"; "noopfs"; $j)) |"),
+  "| time to first byte, cold small file (median) | \(ttfb("plain"; "ttfb_small_median_us")) | \(ttfb("passthrough"; "ttfb_small_median_us")) | \(ttfb("noopfs"; "ttfb_small_median_us")) | \(ttfb("gocryptfs"; "ttfb_small_median_us")) | \(ttfb("lazycrypt"; "ttfb_small_median_us")) | | | |",
+  "| time to first byte, cold big file (median) | \(ttfb("plain"; "ttfb_big_median_us")) | \(ttfb("passthrough"; "ttfb_big_median_us")) | \(ttfb("noopfs"; "ttfb_big_median_us")) | \(ttfb("gocryptfs"; "ttfb_big_median_us")) | \(ttfb("lazycrypt"; "ttfb_big_median_us")) | | | |",
   "",
   (.targets | to_entries[] | select(.value.status != "measured") | "- \(.key): \(.value.status) (\(.value.reason))"),
-  (if measured("lazycrypt") then "- lazycrypt: warm chunk cache, cold page cache; targets: sequential >= 85 % of noopfs, faster than gocryptfs." else empty end)
+  (if measured("lazycrypt") then "- lazycrypt: warm chunk cache, cold page cache; targets: sequential >= 85 % of the do-nothing passthrough, faster than gocryptfs." else empty end)
 ' "$OUT_DIR/fuse.json" | tee "$OUT_DIR/fuse.md"
 log "wrote $OUT_DIR/fuse.json and $OUT_DIR/fuse.md (raw fio output in $RAW_DIR)"
+
+# ---- 4. Time to first byte from a local registry ---------------------------------------------------
+if ! skipped registry; then
+  rm -f "$OUT_DIR/ttfb-registry.md"
+  if bash "$(dirname "$0")/ttfb_registry.sh" "$BUILD" >/dev/null && [ -f "$OUT_DIR/ttfb-registry.md" ]; then
+    { echo; cat "$OUT_DIR/ttfb-registry.md"; } | tee -a "$OUT_DIR/fuse.md"
+  else
+    log "ttfb_registry.sh failed (its messages are above); fuse.md has no registry table"
+    printf '\n- time to first byte from a local registry: not measured (ttfb_registry.sh failed)\n' >>"$OUT_DIR/fuse.md"
+  fi
+fi

@@ -3,7 +3,8 @@
 # Mounts lazycrypt-bench-noopfs in a temp dir with a 4 MiB file (plus an odd-sized and an empty
 # one), checks the listing and sizes, compares the served bytes (whole files and unaligned ranges)
 # with `--dump NAME`, checks the mount refuses writes, runs the time-to-first-byte timer on it
-# (it reports each file, and fails on a file with no first byte), and unmounts. Asserts content, never timing.
+# (it reports each file, and fails on a file with no first byte), and unmounts; then the same in
+# passthrough mode (--backing-dir), compared with the backing files. Asserts content, never timing.
 # Exit 77 (ctest: skipped) only when /dev/fuse or fusermount3 is absent.
 set -euo pipefail
 
@@ -103,4 +104,32 @@ wait "$PID" || rc=$?
 PID=""
 [ "$rc" = 0 ] || { cat "$DIR/noopfs.log" >&2; fail "noopfs exited with $rc after unmount"; }
 is_mounted "$DIR/mnt" && fail "still mounted after unmount"
+
+# ---- Passthrough mode (--backing-dir): the same tree, bytes forwarded from the backing files ------
+mkdir "$DIR/backing"
+cp "$DIR/big.expected" "$DIR/backing/big"
+head -c 1000003 /dev/urandom >"$DIR/backing/odd"
+: >"$DIR/backing/empty"
+"$BIN" "${FILES[@]}" --backing-dir "$DIR/nonexistent" "$DIR/mnt" >/dev/null 2>&1 &&
+  fail "accepted a missing --backing-dir"
+"$BIN" --file big:5M --backing-dir "$DIR/backing" "$DIR/mnt" >/dev/null 2>&1 &&
+  fail "accepted a backing file whose size differs from the spec"
+"$BIN" -f --clone-fd "${FILES[@]}" --backing-dir "$DIR/backing" "$DIR/mnt" 2>"$DIR/passthrough.log" &
+PID=$!
+for _ in $(seq 1 100); do
+  is_mounted "$DIR/mnt" && break
+  kill -0 "$PID" 2>/dev/null || { cat "$DIR/passthrough.log" >&2; fail "passthrough exited before mounting"; }
+  sleep 0.1
+done
+is_mounted "$DIR/mnt" || fail "passthrough did not mount within 10 s"
+cmp "$DIR/mnt/big" "$DIR/backing/big" || fail "passthrough big differs from its backing file"
+cmp "$DIR/mnt/odd" "$DIR/backing/odd" || fail "passthrough odd differs from its backing file"
+cmp <(range "$DIR/mnt/odd" 999000 5000) <(range "$DIR/backing/odd" 999000 5000) || fail "passthrough tail of odd differs"
+[ "$(wc -c <"$DIR/mnt/empty")" = 0 ] || fail "passthrough empty is not empty"
+( echo x >"$DIR/mnt/big" ) 2>/dev/null && fail "writing through the passthrough succeeded"
+fusermount3 -u "$DIR/mnt" || fail "fusermount3 -u (passthrough) failed"
+rc=0
+wait "$PID" || rc=$?
+PID=""
+[ "$rc" = 0 ] || { cat "$DIR/passthrough.log" >&2; fail "passthrough exited with $rc after unmount"; }
 echo "bench.fuse_smoke: OK"

@@ -3,6 +3,7 @@
 #include <sys/mount.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -59,8 +60,9 @@ std::string ContainerdConfigToml(const fs::path& dir, const ContainerdOptions& o
   t += "version = 2\n";
   t += "root = " + Quote((dir / "root").string()) + "\n";
   t += "state = " + Quote((dir / "state").string()) + "\n";
-  // CRI needs CNI and is not what these tests drive; clients talk to the gRPC socket directly.
-  t += "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
+  // Without options.cri the CRI plugin is off: it is not what most tests drive (clients talk to
+  // the gRPC socket directly) and it would look for CNI.
+  if (!options.cri) t += "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
   t += "[grpc]\n  address = " + Quote((dir / "containerd.sock").string()) + "\n";
   t += "[ttrpc]\n  address = " + Quote((dir / "containerd.sock.ttrpc").string()) + "\n";
   t += "[debug]\n  address = " + Quote((dir / "debug.sock").string()) + "\n  level = \"info\"\n";
@@ -83,6 +85,34 @@ std::string ContainerdConfigToml(const fs::path& dir, const ContainerdOptions& o
       t += "    address = " + Quote(pp.address) + "\n";
     }
   }
+  if (options.cri) {
+    const CriPluginConfig& cri = *options.cri;
+    const std::string plugin = "[plugins.\"io.containerd.grpc.v1.cri\"";
+    t += plugin + "]\n";
+    if (!cri.sandbox_image.empty()) t += "  sandbox_image = " + Quote(cri.sandbox_image) + "\n";
+    // An ephemeral port: several containerds (tests running in parallel) must not collide.
+    t += "  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n";
+    // The sandbox's oom_score_adj (-998) is below what test machines (containers themselves) may
+    // set: keep every process at or above containerd's own value.
+    t += "  restrict_oom_score_adj = true\n";
+    t += plugin + ".cni]\n";
+    t += "  bin_dir = " + Quote((dir / "cni" / "bin").string()) + "\n";
+    t += "  conf_dir = " + Quote((dir / "cni" / "net.d").string()) + "\n";
+    t += plugin + ".containerd]\n";
+    t += "  snapshotter = " + Quote(cri.snapshotter) + "\n";
+    t += std::string("  disable_snapshot_annotations = ") +
+         (cri.disable_snapshot_annotations ? "true" : "false") + "\n";
+    if (!cri.runtimes.empty()) t += "  default_runtime_name = " + Quote(cri.runtimes[0].name) + "\n";
+    for (const auto& runtime : cri.runtimes) {
+      t += plugin + ".containerd.runtimes." + Quote(runtime.name) + "]\n";
+      t += "  runtime_type = \"io.containerd.runc.v2\"\n";
+      if (!runtime.snapshotter.empty()) t += "  snapshotter = " + Quote(runtime.snapshotter) + "\n";
+    }
+    if (!cri.registry_config_path.empty()) {
+      t += plugin + ".registry]\n";
+      t += "  config_path = " + Quote(cri.registry_config_path.string()) + "\n";
+    }
+  }
   return t;
 }
 
@@ -90,9 +120,15 @@ Result<std::unique_ptr<ContainerdProcess>> ContainerdProcess::Start(
     const ContainerdOptions& options) {
   LC_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("lc-containerd"));
   LC_RETURN_IF_ERROR(WriteFile(dir / "config.toml", ContainerdConfigToml(dir.path(), options)));
+  std::vector<std::string> env;
+  if (fs::path(options.binary).is_absolute()) {
+    const char* path = getenv("PATH");
+    env.push_back("PATH=" + fs::path(options.binary).parent_path().string() + ":" +
+                  (path ? path : "/usr/sbin:/usr/bin:/sbin:/bin"));
+  }
   LC_ASSIGN_OR_RETURN(auto proc,
-                      Subprocess::Start({"containerd", "--config", (dir / "config.toml").string()},
-                                        {}, dir / "containerd.log", dir / "containerd.log"));
+                      Subprocess::Start({options.binary, "--config", (dir / "config.toml").string()},
+                                        env, dir / "containerd.log", dir / "containerd.log"));
   std::unique_ptr<ContainerdProcess> daemon(new ContainerdProcess(std::move(dir), std::move(proc)));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   std::string last;
@@ -134,14 +170,17 @@ Result<CommandResult> ContainerdProcess::Client(const std::string& binary,
 std::string ContainerdProcess::Log() const { return ReadFileOrEmpty(dir_ / "containerd.log"); }
 
 void ContainerdProcess::KillTasks() {
-  auto tasks = Ctr({"tasks", "ls", "-q"}, std::chrono::seconds(10));
-  if (!tasks.ok() || tasks->exit_code != 0) return;
-  std::istringstream ids(tasks->stdout_text);
-  std::string id;
-  while (ids >> id) {
-    (void)Ctr({"tasks", "kill", "-s", "SIGKILL", id}, std::chrono::seconds(10));
-    (void)Ctr({"tasks", "rm", "-f", id}, std::chrono::seconds(20));
-    (void)Ctr({"containers", "rm", id}, std::chrono::seconds(10));
+  // "default" (ctr) and "k8s.io" (the CRI plugin's pods and containers).
+  for (const std::string ns : {"default", "k8s.io"}) {
+    auto tasks = Ctr({"-n", ns, "tasks", "ls", "-q"}, std::chrono::seconds(10));
+    if (!tasks.ok() || tasks->exit_code != 0) continue;
+    std::istringstream ids(tasks->stdout_text);
+    std::string id;
+    while (ids >> id) {
+      (void)Ctr({"-n", ns, "tasks", "kill", "-s", "SIGKILL", id}, std::chrono::seconds(10));
+      (void)Ctr({"-n", ns, "tasks", "rm", "-f", id}, std::chrono::seconds(20));
+      (void)Ctr({"-n", ns, "containers", "rm", id}, std::chrono::seconds(10));
+    }
   }
 }
 

@@ -1,6 +1,6 @@
-// A real containerd (1.6, Debian's) for integration tests: its own config, root, state, gRPC/ttrpc
-// sockets and log in a mkdtemp directory, the CRI plugin disabled (not needed, and it would want
-// CNI), optional [stream_processors]. Clients run as `ctr --address <socket>` (or any ctr-like
+// A real containerd (1.6, Debian's, or another binary) for integration tests: its own config, root,
+// state, gRPC/ttrpc sockets and log in a mkdtemp directory, the CRI plugin disabled unless asked for
+// (host-network pods only, no CNI), optional [stream_processors] and [proxy_plugins]. Clients run as `ctr --address <socket>` (or any ctr-like
 // binary, e.g. imgcrypt's ctr-imgcrypt). Stopped by PID on destruction: running tasks are killed
 // first, then containerd (SIGTERM, then SIGKILL), then mounts left under its root are detached.
 // Needs root (overlayfs snapshots, runc).
@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,9 +34,32 @@ struct ProxyPluginConfig {
   std::string address;
 };
 
+// A [plugins."io.containerd.grpc.v1.cri".containerd.runtimes."<name>"] entry (runc v2 shim);
+// a non-empty snapshotter is containerd ≥ 1.7's per-runtime-handler snapshotter.
+struct CriRuntimeConfig {
+  std::string name;
+  std::string snapshotter;
+};
+
+// The CRI plugin, enabled (tests drive it with lc_cri_client). Pods use the host network, so no
+// CNI is configured; the streaming server listens on an ephemeral port on 127.0.0.1.
+struct CriPluginConfig {
+  std::string snapshotter = "overlayfs";       // the default snapshotter for pulls and containers
+  bool disable_snapshot_annotations = false;   // false: cri.* labels reach remote snapshotters
+  std::string sandbox_image;                   // the pause-like image pods start with
+  std::filesystem::path registry_config_path;  // hosts.toml directory ("" = none)
+  std::vector<CriRuntimeConfig> runtimes = {{"runc", ""}};  // the first one is the default
+};
+
 struct ContainerdOptions {
   std::vector<StreamProcessorConfig> stream_processors;
   std::vector<ProxyPluginConfig> proxy_plugins;
+  // Unset: the CRI plugin is disabled (it is not needed and would want CNI).
+  std::optional<CriPluginConfig> cri;
+  // The containerd binary: "containerd" from PATH (Debian 12's 1.6), or an absolute path (e.g.
+  // Debian 13's 1.7 unpacked into the build tree), whose directory then goes first in containerd's
+  // PATH so that its own containerd-shim-runc-v2 is used.
+  std::string binary = "containerd";
 };
 
 // Not thread-safe (start/stop and clients from one thread).
@@ -74,7 +98,7 @@ class ContainerdProcess {
   std::unique_ptr<Subprocess> proc_;
 };
 
-// The TOML of a containerd 1.6 config (version 2) rooted in `dir` with these options.
+// The TOML of a containerd 1.6/1.7 config (version 2) rooted in `dir` with these options.
 std::string ContainerdConfigToml(const std::filesystem::path& dir, const ContainerdOptions& options);
 
 }  // namespace lazycrypt::harness

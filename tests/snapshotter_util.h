@@ -1,0 +1,69 @@
+// Helpers for integration tests that run a real lazycrypt-snapshotter (FUSE layers) under a real
+// containerd: the mounts under a directory and starting the daemon until it says it is ready.
+// Header-only; tests linking lc_testharness only.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/harness/subprocess.h"
+
+namespace lazycrypt::testing {
+
+// Mount points strictly under `dir` (from /proc/self/mountinfo), with their fs types.
+inline std::vector<std::pair<std::string, std::string>> MountsUnder(const std::filesystem::path& dir) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream info(harness::ReadFileOrEmpty("/proc/self/mountinfo"));
+  std::string line;
+  const std::string prefix = dir.string() + "/";
+  while (std::getline(info, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, mount_point, options, field;
+    fields >> id >> parent >> devno >> root >> mount_point >> options;
+    while (fields >> field && field != "-") {
+    }
+    std::string fstype;
+    fields >> fstype;
+    if (mount_point.rfind(prefix, 0) == 0) out.emplace_back(mount_point, fstype);
+  }
+  return out;
+}
+
+inline size_t CountFuseMounts(const std::filesystem::path& dir) {
+  size_t n = 0;
+  for (const auto& [path, type] : MountsUnder(dir)) n += type.rfind("fuse", 0) == 0;
+  return n;
+}
+
+// Starts `lazycrypt-snapshotter --config config` with stdout/stderr in `log` and waits (30 s)
+// for its "ready" line. Fails the test (returning null) when it exits or does not get ready.
+inline std::unique_ptr<harness::Subprocess> StartSnapshotterProcess(
+    const std::string& binary, const std::filesystem::path& config,
+    const std::filesystem::path& log) {
+  auto proc = harness::Subprocess::Start({binary, "--config", config.string()}, {}, log, log);
+  EXPECT_TRUE(proc.ok()) << proc.status().ToString();
+  if (!proc.ok()) return nullptr;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (harness::ReadFileOrEmpty(log).find("lazycrypt-snapshotter ready") == std::string::npos) {
+    if (!(*proc)->Running()) {
+      ADD_FAILURE() << "snapshotter exited:\n" << harness::ReadFileOrEmpty(log);
+      return nullptr;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "snapshotter not ready after 30 s:\n" << harness::ReadFileOrEmpty(log);
+      return nullptr;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return std::move(*proc);
+}
+
+}  // namespace lazycrypt::testing
