@@ -137,16 +137,7 @@ class Cri : public ::testing::Test {
     }
     client_.reset();
     if (ctd_) ctd_->Stop();
-    if (snapshotter_) {
-      (void)snapshotter_->Signal(SIGTERM);
-      (void)snapshotter_->Wait(std::chrono::seconds(20));
-      snapshotter_.reset();
-    }
-    if (work_) {
-      auto mounts = MountsUnder(work_->path());
-      std::sort(mounts.rbegin(), mounts.rend());
-      for (const auto& m : mounts) umount2(m.first.c_str(), MNT_DETACH);
-    }
+    testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
   }
 
   // containerd (`binary`) with the CRI plugin and lazycrypt as a proxy snapshotter.

@@ -142,16 +142,7 @@ class LazyContainerd : public ::testing::Test {
 
   void TearDown() override {
     if (ctd_) ctd_->Stop();
-    if (snapshotter_) {
-      (void)snapshotter_->Signal(SIGTERM);
-      (void)snapshotter_->Wait(std::chrono::seconds(20));
-      snapshotter_.reset();
-    }
-    if (work_) {
-      auto mounts = MountsUnder(work_->path());
-      std::sort(mounts.rbegin(), mounts.rend());
-      for (const auto& m : mounts) umount2(m.first.c_str(), MNT_DETACH);
-    }
+    testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
   }
 
   // Encrypts the image into the registry as `tag`, for `recipient`; extra flags e.g. --layers.

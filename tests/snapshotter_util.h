@@ -8,11 +8,15 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <algorithm>
+#include <csignal>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <sys/mount.h>
 
 #include "tests/harness/subprocess.h"
 
@@ -64,6 +68,21 @@ inline std::unique_ptr<harness::Subprocess> StartSnapshotterProcess(
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return std::move(*proc);
+}
+
+// Test teardown: stops the snapshotter (SIGTERM, 20 s) and detaches whatever is still mounted
+// under `dir`, deepest first, so the temp dir can be removed. Either may be null / empty.
+inline void StopSnapshotterAndDetachMounts(std::unique_ptr<harness::Subprocess>& snapshotter,
+                                           const std::filesystem::path& dir) {
+  if (snapshotter) {
+    (void)snapshotter->Signal(SIGTERM);
+    (void)snapshotter->Wait(std::chrono::seconds(20));
+    snapshotter.reset();
+  }
+  if (dir.empty()) return;
+  auto mounts = MountsUnder(dir);
+  std::sort(mounts.rbegin(), mounts.rend());
+  for (const auto& m : mounts) umount2(m.first.c_str(), MNT_DETACH);
 }
 
 }  // namespace lazycrypt::testing
