@@ -69,8 +69,9 @@ from the pull command to the container's first output line. Workloads, built off
 and text), whose start reads S % of the layer's bytes and prints a line; \`small\` = busybox alone.
 
 Run: $(meta date); $(meta machine); load average $(meta load_start) at the start, $(meta load_end) at
-the end — **the machine is shared with other engineers compiling**, so absolute times are noisy;
-paths are interleaved within each run so that load drift hits all alike.
+the end (a VM that may be shared: the load averages show whether other work ran; absolute times
+are indicative, the ratios are the result); paths are interleaved within each run so that load
+drift hits all alike.
 Parameters: \`$(meta params)\`; $runs run(s) per path, workload and network.
 EOF
 link=$(meta link)
