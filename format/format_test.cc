@@ -1597,6 +1597,58 @@ TEST(LayerWriter, MarksTheLastRegularEntryOfEachPrefetchPath) {
   EXPECT_EQ(plain.result.diff_id, d.result.diff_id);
 }
 
+// Listed files' data gets chunks of its own (FORMAT.md §5 rule 3): fetching the chunks of the
+// listed files fetches no byte of an unlisted file; the tar and diff_id stay the same.
+TEST(LayerWriter, PrefetchListedFilesDoNotShareChunksWithUnlistedOnes) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  std::vector<std::string> listed;
+  for (int i = 0; i < 40; ++i) {
+    tar::Entry e = TarEntry("./f" + std::to_string(100 + i), tar::EntryType::kRegular);
+    const std::string body(3000 + 97 * i, static_cast<char>('a' + i % 26));
+    e.size = body.size();
+    ASSERT_TRUE(w.AppendEntry(e, AsBytes(body)).ok());
+    if (i % 7 == 3) listed.push_back("f" + std::to_string(100 + i));
+  }
+  ASSERT_TRUE(w.Finish().ok());
+  const std::vector<uint8_t> tar_bytes = out.Take();
+
+  WriterOptions o = SmallChunks();
+  o.prefetch_paths = listed;
+  Written d = WriteBlob(tar_bytes, TestKey(), o);
+  ASSERT_FALSE(d.blob.empty());
+  MemoryBlobSource source(d.blob);
+  auto index = LayerIndex::Open(source, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  ASSERT_EQ((*index)->prefetch_entries().size(), listed.size());
+
+  // Which chunks hold data of listed files, and which of unlisted ones: never the same chunk.
+  const auto chunks = (*index)->chunks();
+  std::vector<int> kind(chunks.size(), 0);  // 1 listed, 2 unlisted, 3 both
+  for (const Entry& e : (*index)->entries()) {
+    if (e.type != EntryType::kRegular || e.size == 0) continue;
+    const bool is_listed = std::find(listed.begin(), listed.end(), e.name) != listed.end();
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      if (chunks[c].tar_offset < e.data_offset + e.size && e.data_offset < chunks[c].tar_end()) {
+        kind[c] |= is_listed ? 1 : 2;
+      }
+    }
+  }
+  for (size_t c = 0; c < chunks.size(); ++c) EXPECT_NE(kind[c], 3) << "chunk " << c;
+  EXPECT_GT(std::count(kind.begin(), kind.end(), 1), 0);
+
+  // Without marks the small files share chunks (fewer chunks); the tar and diff_id are the same.
+  Written plain = WriteBlob(tar_bytes, TestKey());
+  EXPECT_EQ(plain.result.diff_id, d.result.diff_id);
+  MemoryBlobSource plain_source(plain.blob);
+  auto plain_index = LayerIndex::Open(plain_source, TestKey(), plain.result.toc_digest);
+  ASSERT_TRUE(plain_index.ok());
+  EXPECT_LT((*plain_index)->chunks().size(), chunks.size());
+  auto eager = Eager(d.blob, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+  EXPECT_EQ(*eager, tar_bytes);
+}
+
 TEST(LayerWriter, RejectsPrefetchPathsNotInNormalizedForm) {
   MemoryOutputStream tar_out;
   tar::TarWriter w(tar_out);

@@ -82,13 +82,18 @@ class Chunker {
   }
 
   // Called before the data of a regular file of `size` bytes: a file that fits in a chunk must
-  // not straddle two, and a larger one starts on a chunk boundary.
-  void BeforeFileData(uint64_t size) {
-    if (size > 0 && !current_.empty() && current_.size() + size > target_) {
+  // not straddle two, a larger one starts on a chunk boundary, and the data of files listed for
+  // prefetch (`listed`) never shares a chunk with the data of unlisted files, so that fetching
+  // the listed files fetches nothing else.
+  void BeforeFileData(uint64_t size, bool listed) {
+    if (size == 0) return;
+    const bool other_kind = holds_data_ && holds_listed_ != listed;
+    if (!current_.empty() && (current_.size() + size > target_ || other_kind)) {
       cut_before_next_byte_ = true;
     }
+    holds_data_ = true;  // the current chunk, or the one the pending cut starts
+    holds_listed_ = listed;
   }
-
   // Sends the final chunk with the last flag.
   Status Finish() {
     if (current_.empty()) {
@@ -113,6 +118,10 @@ class Chunker {
   Submit submit_;
   std::vector<uint8_t> current_;
   bool cut_before_next_byte_ = false;
+  // Whether the current chunk holds file data, and of a listed file. After a cut at the size
+  // limit the state is that of the file being cut (conservative when the cut fell on headers).
+  bool holds_data_ = false;
+  bool holds_listed_ = false;
   uint64_t next_index_ = 0;
   uint64_t total_ = 0;
   crypto::Sha256 hash_;
@@ -414,13 +423,18 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
     }
     LC_RETURN_IF_ERROR(AddEntry(*entry, toc));
     if (entry->type == tar::EntryType::kRegular) {
-      chunker.BeforeFileData(entry->size);
-      // Prefetch marks: the last regular entry of each listed name wins.
+      // Prefetch marks: the last regular entry of each listed name wins. Every listed entry
+      // gets chunks of its own kind (an earlier entry of a listed name too: harmless).
+      bool listed = false;
       if (!prefetch_wanted.empty()) {
         const int index = toc.entries_size() - 1;
         auto wanted = prefetch_wanted.find(toc.entries(index).name());
-        if (wanted != prefetch_wanted.end()) wanted->second = static_cast<uint32_t>(index);
+        if (wanted != prefetch_wanted.end()) {
+          wanted->second = static_cast<uint32_t>(index);
+          listed = true;
+        }
       }
+      chunker.BeforeFileData(entry->size, listed);
     }
   }
   {
