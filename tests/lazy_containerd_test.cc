@@ -452,7 +452,12 @@ TEST_F(LazyContainerd, PasswordProtectedNodeKeyAndKeyProviderLayers) {
   auto refused = RemotePull(ref);
   ASSERT_TRUE(refused.ok()) << refused.status().ToString();
   EXPECT_NE(refused->exit_code, 0) << Describe(*refused);
-  EXPECT_THAT(SnapshotterLog(), HasSubstr((w / "keys" / "node.pem").string())) << SnapshotterLog();
+  // The refusal names the encrypted key (the daemon's log line may land just after the reply).
+  const std::string locked_key = (w / "keys" / "node.pem").string();
+  for (int i = 0; i < 50 && SnapshotterLog().find(locked_key) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_THAT(SnapshotterLog(), HasSubstr(locked_key)) << Describe(*refused) << SnapshotterLog();
   EXPECT_EQ(CountFuseMounts(root_), 0u);
 
   // With the password and a key provider configured.
