@@ -19,6 +19,7 @@
 
 #include "cache/chunk_store.h"
 #include "cache/multi_range_source.h"
+#include "cache/timed_source.h"
 #include "common/file_io.h"
 #include "format/layer_index.h"
 #include "format/writer.h"
@@ -533,6 +534,57 @@ TEST_F(CachedLayerTest, PrefetchMarkedFetchesTheFilesMarkedAtConversion) {
   EXPECT_EQ(source_->call_count(), 3u);
 }
 
+TEST_F(CachedLayerTest, StartedPrefetchClaimsTheMarkedChunksAtOnceAndReadsWaitForIt) {
+  auto store = OpenStore();
+  auto layer = Make(store.get());
+  source_->set_held(true);
+  ASSERT_TRUE(layer->StartPrefetchMarked().ok());
+  EXPECT_EQ(layer->StartPrefetchMarked().code(), StatusCode::kFailedPrecondition);
+  // A reader of a marked file, arriving after the start, waits for the prefetch's request.
+  std::thread reader([&] { ExpectRead(*layer, "b", 0, Layer().files.at("b").size()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(layer->prefetch_done());
+  source_->set_held(false);
+  reader.join();
+  for (int i = 0; i < 1000 && !layer->prefetch_done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(layer->prefetch_done());
+  // "b" and "marker" are not adjacent: two requests, each chunk of them fetched once.
+  EXPECT_EQ(source_->call_count(), 2u);
+  for (const char* name : {"b", "marker"}) {
+    auto r = Records(name, 0, Layer().files.at(name).size());
+    EXPECT_EQ(source_->CallsOverlapping(r.first, r.second), 1u) << name;
+  }
+  ExpectRead(*layer, "marker", 0, Layer().files.at("marker").size());
+  EXPECT_EQ(source_->call_count(), 2u);
+  EXPECT_EQ(layer->stats().chunks_present, layer->stats().chunks_fetched);
+}
+
+TEST_F(CachedLayerTest, StoppingAStartedPrefetchEndsItBetweenRequests) {
+  auto store = OpenStore();
+  auto layer = Make(store.get());
+  source_->set_held(true);
+  ASSERT_TRUE(layer->StartPrefetchMarked().ok());
+  ASSERT_TRUE(layer->StartBackgroundFetch(0).ok());  // waits for the prefetch
+  for (int i = 0; i < 1000 && source_->call_count() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(source_->call_count(), 1u) << "the prefetch's first request is in flight";
+  std::thread stopper([&] { layer->StopBackgroundFetch(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  source_->set_held(false);
+  stopper.join();
+  EXPECT_TRUE(layer->prefetch_done());
+  EXPECT_FALSE(layer->background_fetch_done());
+  // The second marked run and the background fetch never went out; what they claimed was
+  // released, so a read fetches it now.
+  EXPECT_EQ(source_->call_count(), 1u);
+  ExpectRead(*layer, "marker", 0, Layer().files.at("marker").size());
+  ExpectRead(*layer, "b", 0, Layer().files.at("b").size());
+  EXPECT_EQ(source_->call_count(), 2u);
+}
+
 TEST_F(CachedLayerTest, MultiRangeSourceGetsAllRunsInOneRequest) {
   auto multi = std::make_shared<FakeMultiSource>(Layer().blob);
   auto layer = Make(nullptr, {}, multi);
@@ -557,6 +609,31 @@ TEST_F(CachedLayerTest, MultiRangeSourceGetsAllRunsInOneRequest) {
   EXPECT_EQ(calls[1][0].first + calls[1][0].second, mid.first);
   EXPECT_EQ(calls[1][1].first, mid.second);
   EXPECT_EQ(reader->stats().fetch_requests, 2u);
+}
+
+TEST_F(CachedLayerTest, TimedSourceKeepsMultiRangeRequestsAndCountsThem) {
+  // The snapshotter times its blob source; the timing wrapper must not hide ReadRanges, or every
+  // run of a prefetch becomes a request of its own (one round trip each on a real link).
+  auto multi = std::make_shared<FakeMultiSource>(Layer().blob);
+  auto timed = std::make_shared<TimedBlobSource>(multi);
+  EXPECT_EQ(timed->size(), Layer().blob.size());
+  auto layer = Make(nullptr, {}, timed);
+  ASSERT_TRUE(layer->Prefetch({&E("a"), &E("marker")}).ok());
+  const auto calls = multi->multi_calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].size(), 2u);
+  EXPECT_EQ(multi->single().call_count(), 2u) << "ReadRanges reads each range once";
+  EXPECT_EQ(timed->reads(), 1u);
+  uint64_t bytes = 0;
+  for (const auto& [offset, n] : calls[0]) bytes += n;
+  EXPECT_EQ(timed->bytes(), bytes);
+  // A single run is a ReadAt, counted too; a failing read still counts and passes its error.
+  ExpectRead(*layer, "big", 0, 10);
+  EXPECT_EQ(timed->reads(), 2u);
+  multi->single().fail_next(1);
+  std::vector<uint8_t> buf(16);
+  EXPECT_EQ(timed->ReadAt(0, buf).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(timed->reads(), 3u);
 }
 
 TEST_F(CachedLayerTest, BackgroundFetchCompletesTheLayer) {

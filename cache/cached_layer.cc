@@ -83,6 +83,10 @@ struct CachedLayer::Impl {
   bool bg_started = false;
   std::thread bg_thread;
   std::atomic<bool> bg_done{false};
+  // Asynchronous prefetch (StartPrefetchMarked); the background fetch waits for it.
+  bool prefetch_started = false;  // guarded by mu
+  bool prefetch_running = false;  // guarded by mu; bg_cv is notified when it ends
+  std::thread prefetch_thread;
   // Read-ahead opens: chunks a sequential reader will want next, already on disk, are read and
   // opened by these workers while the reader is served (so disk reads and decrypts overlap and
   // both cores work on one stream). Each queued chunk has a flight, so a reader that reaches it
@@ -213,6 +217,26 @@ struct CachedLayer::Impl {
 
   Status Acquire(const std::vector<uint64_t>& wanted, const std::vector<uint64_t>& extra,
                  Purpose purpose, std::vector<PlainPtr>* out, Status* extra_status);
+  // Acquire in two steps: ClaimChunks takes the flights (under mu, no I/O), so that readers
+  // arriving later wait for them; Serve fetches what was claimed and collects. Every claimed
+  // flight is completed by Serve, which must be called exactly once per claim.
+  struct Led {
+    uint64_t chunk;
+    std::shared_ptr<Flight> flight;
+    bool is_extra;
+    size_t pos;  // in `wanted` unless is_extra
+  };
+  struct Claim {
+    std::vector<Led> led;
+    std::vector<std::pair<size_t, std::shared_ptr<Flight>>> follow;  // (position in wanted, flight)
+  };
+  Claim ClaimChunks(const std::vector<uint64_t>& wanted, const std::vector<uint64_t>& extra,
+                    Purpose purpose, std::vector<PlainPtr>* out);
+  Status Serve(Claim& claim, Purpose purpose, std::vector<PlainPtr>* out, Status* extra_status);
+  // The chunks of `files` (regular entries; others ignored), sorted, each once; InvalidArgument
+  // for an entry that is not this layer's.
+  Result<std::vector<uint64_t>> ChunksOfFiles(const std::vector<const format::Entry*>& files);
+  std::vector<const format::Entry*> MarkedFiles() const;
   using Run = std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>;  // adjacent chunks
   Status FetchRuns(const std::vector<Run>& runs, Purpose purpose);
 
@@ -230,6 +254,17 @@ struct CachedLayer::Impl {
     }
     bg_cv.notify_all();
     if (bg_thread.joinable()) bg_thread.join();
+    if (prefetch_thread.joinable()) prefetch_thread.join();
+  }
+  bool Stopping() {
+    std::lock_guard lock(mu);
+    return bg_stop;
+  }
+  // Completes every flight of `runs` with `status` (nothing fetched).
+  void Fail(const std::vector<Run>& runs, const Status& status) {
+    for (const Run& run : runs) {
+      for (const auto& [i, flight] : run) Complete(i, flight, status, nullptr);
+    }
   }
   Status CheckEntry(const format::Entry& entry) const {
     if (entry.type != format::EntryType::kRegular) {
@@ -322,14 +357,17 @@ Status CachedLayer::Impl::FetchRuns(const std::vector<Run>& runs, Purpose purpos
 Status CachedLayer::Impl::Acquire(const std::vector<uint64_t>& wanted,
                                   const std::vector<uint64_t>& extra, Purpose purpose,
                                   std::vector<PlainPtr>* out, Status* extra_status) {
-  struct Led {
-    uint64_t chunk;
-    std::shared_ptr<Flight> flight;
-    bool is_extra;
-    size_t pos;  // in `wanted` unless is_extra
-  };
-  std::vector<Led> led;
-  std::vector<std::pair<size_t, std::shared_ptr<Flight>>> follow;  // (position in wanted, flight)
+  Claim claim = ClaimChunks(wanted, extra, purpose, out);
+  return Serve(claim, purpose, out, extra_status);
+}
+
+CachedLayer::Impl::Claim CachedLayer::Impl::ClaimChunks(const std::vector<uint64_t>& wanted,
+                                                        const std::vector<uint64_t>& extra,
+                                                        Purpose purpose,
+                                                        std::vector<PlainPtr>* out) {
+  Claim claim;
+  std::vector<Led>& led = claim.led;
+  auto& follow = claim.follow;
   if (out) out->assign(wanted.size(), nullptr);
   {
     std::lock_guard lock(mu);
@@ -367,7 +405,13 @@ Status CachedLayer::Impl::Acquire(const std::vector<uint64_t>& wanted,
     }
     if (queued) open_cv.notify_all();
   }
+  return claim;
+}
 
+Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<PlainPtr>* out,
+                                Status* extra_status) {
+  const std::vector<Led>& led = claim.led;
+  const auto& follow = claim.follow;
   // Every led flight completes exactly once, whatever happens below.
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> to_fetch;
   auto chunks = index->chunks();
@@ -396,18 +440,26 @@ Status CachedLayer::Impl::Acquire(const std::vector<uint64_t>& wanted,
   }
   std::vector<Run> batch;
   uint64_t batch_bytes = 0;
+  auto send = [&] {
+    // A prefetch or background fetch stops between requests when the layer is closing.
+    if (purpose != Purpose::kForeground && Stopping()) {
+      Fail(batch, Status::Unavailable("the layer is closing"));
+    } else {
+      (void)FetchRuns(batch, purpose);  // outcomes are read from the flights below
+    }
+    batch.clear();
+    batch_bytes = 0;
+  };
   for (Run& run : runs) {
     const uint64_t bytes =
         chunks[run.back().first].blob_end() - chunks[run.front().first].blob_offset;
     if (!batch.empty() && (multi == nullptr || batch_bytes + bytes > options.max_request_bytes)) {
-      (void)FetchRuns(batch, purpose);  // outcomes are read from the flights below
-      batch.clear();
-      batch_bytes = 0;
+      send();
     }
     batch.push_back(std::move(run));
     batch_bytes += bytes;
   }
-  if (!batch.empty()) (void)FetchRuns(batch, purpose);
+  if (!batch.empty()) send();
 
   // Collect: our own flights are done; wait for the others'.
   Status first_error;
@@ -519,7 +571,8 @@ Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_
   return view;
 }
 
-Status CachedLayer::Impl::Prefetch(const std::vector<const format::Entry*>& files) {
+Result<std::vector<uint64_t>> CachedLayer::Impl::ChunksOfFiles(
+    const std::vector<const format::Entry*>& files) {
   std::vector<uint64_t> all;
   for (const format::Entry* e : files) {
     if (e == nullptr || e->type != format::EntryType::kRegular || e->size == 0) continue;
@@ -529,12 +582,32 @@ Status CachedLayer::Impl::Prefetch(const std::vector<const format::Entry*>& file
   }
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
+  return all;
+}
+
+std::vector<const format::Entry*> CachedLayer::Impl::MarkedFiles() const {
+  const auto entries = index->entries();
+  std::vector<const format::Entry*> files;
+  for (uint32_t i : index->prefetch_entries()) {
+    if (i < entries.size()) files.push_back(&entries[i]);
+  }
+  return files;
+}
+
+Status CachedLayer::Impl::Prefetch(const std::vector<const format::Entry*>& files) {
+  LC_ASSIGN_OR_RETURN(std::vector<uint64_t> all, ChunksOfFiles(files));
   Status extra_status;
   LC_RETURN_IF_ERROR(Acquire({}, all, Purpose::kPrefetch, nullptr, &extra_status));
   return extra_status;
 }
 
 void CachedLayer::Impl::BackgroundLoop(uint64_t rate) {
+  {
+    // The prefetch goes first: it fetches what a start needs.
+    std::unique_lock lock(mu);
+    bg_cv.wait(lock, [&] { return bg_stop || !prefetch_running; });
+    if (bg_stop) return;
+  }
   auto chunks = index->chunks();
   uint64_t batch_bytes = std::min<uint64_t>(options.max_request_bytes, uint64_t{4} << 20);
   if (rate > 0) batch_bytes = std::min<uint64_t>(batch_bytes, std::max<uint64_t>(rate / 4, 1));
@@ -652,13 +725,48 @@ Status CachedLayer::Prefetch(const std::vector<const format::Entry*>& files) {
   return impl_->Prefetch(files);
 }
 
-Status CachedLayer::PrefetchMarked() {
-  const auto entries = impl_->index->entries();
-  std::vector<const format::Entry*> files;
-  for (uint32_t i : impl_->index->prefetch_entries()) {
-    if (i < entries.size()) files.push_back(&entries[i]);
+Status CachedLayer::PrefetchMarked() { return impl_->Prefetch(impl_->MarkedFiles()); }
+
+Status CachedLayer::StartPrefetchMarked() {
+  Impl& impl = *impl_;
+  {
+    std::lock_guard lock(impl.mu);
+    if (impl.prefetch_started) return Status::FailedPrecondition("prefetch already started");
+    impl.prefetch_started = true;
+    impl.prefetch_running = true;
   }
-  return impl_->Prefetch(files);
+  auto finish = [&impl] {
+    {
+      std::lock_guard lock(impl.mu);
+      impl.prefetch_running = false;
+    }
+    impl.bg_cv.notify_all();
+  };
+  auto chunks = impl.ChunksOfFiles(impl.MarkedFiles());
+  if (!chunks.ok()) {
+    finish();
+    return chunks.status();
+  }
+  // Claimed here, before this returns: a read that comes after waits for these flights.
+  auto claim = std::make_shared<Impl::Claim>(
+      impl.ClaimChunks({}, *chunks, Purpose::kPrefetch, nullptr));
+  try {
+    impl.prefetch_thread = std::thread([&impl, claim, finish] {
+      Status extra_status;  // a failed chunk is fetched again by the read that needs it
+      (void)impl.Serve(*claim, Purpose::kPrefetch, nullptr, &extra_status);
+      finish();
+    });
+  } catch (const std::system_error&) {
+    (void)impl.Serve(*claim, Purpose::kPrefetch, nullptr, nullptr);  // completes the flights
+    finish();
+    return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+bool CachedLayer::prefetch_done() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->prefetch_started && !impl_->prefetch_running;
 }
 
 Status CachedLayer::StartBackgroundFetch(uint64_t rate_bytes_per_sec) {
@@ -668,7 +776,6 @@ Status CachedLayer::StartBackgroundFetch(uint64_t rate_bytes_per_sec) {
   std::lock_guard lock(impl_->mu);
   if (impl_->bg_started) return Status::FailedPrecondition("background fetch already started");
   impl_->bg_started = true;
-  impl_->bg_stop = false;
   try {
     impl_->bg_thread = std::thread([impl = impl_.get(), rate_bytes_per_sec] {
       impl->BackgroundLoop(rate_bytes_per_sec);

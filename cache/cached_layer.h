@@ -55,8 +55,8 @@ class CachedLayer final : public LayerData {
                                                      std::shared_ptr<BlobSource> source,
                                                      ChunkStore* store,
                                                      const CachedLayerOptions& options = {});
-  // Stops the background fetch (joins its thread, after the request it may have in flight) and
-  // the read-ahead open workers. REQUIRES no call in progress.
+  // Stops the background fetch and the prefetch (joins their threads, after the request they may
+  // have in flight) and the read-ahead open workers. REQUIRES no call in progress.
   ~CachedLayer() override;
   CachedLayer(const CachedLayer&) = delete;
   CachedLayer& operator=(const CachedLayer&) = delete;
@@ -75,6 +75,15 @@ class CachedLayer final : public LayerData {
   Status Prefetch(const std::vector<const format::Entry*>& files);
   // Prefetch of the files marked at conversion time (index().prefetch_entries()); OK when none.
   Status PrefetchMarked();
+  // PrefetchMarked on a thread of its own; returns at once. The marked chunks are claimed first
+  // (in microseconds), so a read that needs one waits for the prefetch's request instead of
+  // fetching it again, and reads of unmarked files proceed meanwhile. A background fetch started
+  // later begins when the prefetch has ended. StopBackgroundFetch and destruction stop it between
+  // requests (chunks it has not fetched then fail their waiting reads with Unavailable).
+  // FailedPrecondition when already started.
+  Status StartPrefetchMarked();
+  // True once a prefetch started by StartPrefetchMarked has ended (done, failed or stopped).
+  bool prefetch_done() const;
 
   // Starts a thread that fetches every chunk not yet on disk, in blob order, into the store, at
   // most rate_bytes_per_sec (0 = unbounded), pausing while a foreground read is fetching.
@@ -82,7 +91,8 @@ class CachedLayer final : public LayerData {
   // been tried, on Stop, or on destruction. FailedPrecondition without a store or when already
   // started.
   Status StartBackgroundFetch(uint64_t rate_bytes_per_sec);
-  // Stops the background fetch promptly and waits for its thread. Idempotent.
+  // Stops the background fetch and a started prefetch promptly and waits for their threads.
+  // Idempotent.
   void StopBackgroundFetch();
   // True once a background fetch has finished its pass over the layer (not when stopped).
   bool background_fetch_done() const;

@@ -18,7 +18,7 @@ namespace lazycrypt::cache {
 // A snapshot: values are read without a lock and may be mutually a little out of date.
 struct LayerStats {
   uint64_t blob_bytes_fetched = 0;   // bytes read from the blob source (registry or file)
-  uint64_t fetch_requests = 0;       // ReadAt calls on the blob source (ranged requests)
+  uint64_t fetch_requests = 0;       // requests to the blob source (one multi-range request = 1)
   uint64_t chunks_fetched = 0;       // chunk records fetched from the blob source
   uint64_t chunks_opened = 0;        // records authenticated + decrypted (+ decompressed)
   uint64_t cache_hits = 0;           // chunk reads served from the opened-chunk or disk cache

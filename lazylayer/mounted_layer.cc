@@ -33,8 +33,10 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
   layer->layer_ = std::move(*cached);
 
   if (options.prefetch) {
-    // A failed prefetch is not fatal: the reads that need those chunks fetch them again.
-    (void)layer->layer_->PrefetchMarked();
+    // In the background, claimed before the mount serves anything: reads of marked files wait
+    // for its request, other reads go ahead. A failed prefetch is not fatal: the reads that
+    // need those chunks fetch them again.
+    (void)layer->layer_->StartPrefetchMarked();
   }
 
   fusefs::MountOptions mount_options = options.mount;

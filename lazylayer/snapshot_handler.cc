@@ -3,13 +3,13 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <map>
 #include <mutex>
 
 #include "cache/registry_source.h"
+#include "cache/timed_source.h"
 #include "decoder/decoder.h"
 #include "image/oci.h"
 #include "lazylayer/labels.h"
@@ -84,34 +84,6 @@ Result<keywrap::KeyRing> LoadNodeKeys(const SnapshotHandlerOptions& options) {
   return keys;
 }
 
-// Counts the reads of the blob and the time spent in them, for the debug log's per-mount timing
-// line (bench/coldstart reads it): while mounting, these are the blob header, the sealed TOC and
-// the prefetch. Thread-safe (atomics); forwards everything.
-class TimedBlobSource final : public BlobSource {
- public:
-  explicit TimedBlobSource(std::shared_ptr<BlobSource> inner) : inner_(std::move(inner)) {}
-  uint64_t size() const override { return inner_->size(); }
-  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
-    const auto start = std::chrono::steady_clock::now();
-    Status s = inner_->ReadAt(offset, out);
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-        std::chrono::steady_clock::now() - start);
-    reads_.fetch_add(1, std::memory_order_relaxed);
-    bytes_.fetch_add(out.size(), std::memory_order_relaxed);
-    micros_.fetch_add(static_cast<uint64_t>(us.count()), std::memory_order_relaxed);
-    return s;
-  }
-  uint64_t reads() const { return reads_.load(std::memory_order_relaxed); }
-  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
-  uint64_t millis() const { return micros_.load(std::memory_order_relaxed) / 1000; }
-
- private:
-  std::shared_ptr<BlobSource> inner_;
-  std::atomic<uint64_t> reads_{0};
-  std::atomic<uint64_t> bytes_{0};
-  std::atomic<uint64_t> micros_{0};
-};
-
 int64_t MillisSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                start)
@@ -159,7 +131,10 @@ struct SnapshotHandler::Impl {
     if (!repo.ok()) return repo.status().WithContext(what);
     auto blob = cache::OpenRegistryBlobSource(*client, *repo, descriptor->digest, descriptor->size);
     if (!blob.ok()) return blob.status().WithContext(what);
-    auto timed = std::make_shared<TimedBlobSource>(std::shared_ptr<BlobSource>(std::move(*blob)));
+    // Timed for the debug log's per-mount line (bench/coldstart reads it): while mounting, the
+    // reads are the blob header, the sealed TOC and the prefetch.
+    auto timed = std::make_shared<cache::TimedBlobSource>(
+        std::shared_ptr<cache::MultiRangeBlobSource>(std::move(*blob)));
 
     MountLayerOptions layer_options = options.layer;
     layer_options.store = options.store.get();

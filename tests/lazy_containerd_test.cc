@@ -145,14 +145,15 @@ class LazyContainerd : public ::testing::Test {
     testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
   }
 
-  // Encrypts the image into the registry as `tag`, for `recipient`; extra flags e.g. --layers.
+  // Encrypts the image (default: the fixture's) into the registry as `tag`, for `recipient`;
+  // extra flags e.g. --layers.
   std::string Publish(const std::string& tag, const fs::path& recipient,
-                      const std::vector<std::string>& extra = {}) {
+                      const std::vector<std::string>& extra = {}, const fs::path& image = {}) {
     const std::string ref = registry_->host() + "/lazycrypt/app:" + tag;
     std::vector<std::string> argv = {LAZYCRYPT_BIN, "encrypt", "--plain-http", "-r",
                                      "jwe:" + recipient.string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    argv.push_back("oci:" + (work_->path() / "image").string() + ":latest");
+    argv.push_back("oci:" + (image.empty() ? work_->path() / "image" : image).string() + ":latest");
     argv.push_back("docker://" + ref);
     MustRun(argv);
     return ref;
@@ -199,6 +200,8 @@ class LazyContainerd : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : CommandResult{};
   }
+
+  static constexpr int kPrefetchFiles = 6;
 
   std::string Id(const std::string& suffix) const {
     return "lc-lazy-" + std::to_string(getpid()) + "-" + suffix;
@@ -390,6 +393,61 @@ TEST_F(LazyContainerd, MetricsEndpointAndStatusShowTheLayerAContainerRead) {
   EXPECT_THAT(table.stdout_text, HasSubstr(digest.substr(0, 19))) << table.stdout_text;
   EXPECT_THAT(table.stdout_text, HasSubstr("lazycrypt/app:metrics")) << table.stdout_text;
   EXPECT_THAT(table.stdout_text, HasSubstr("PRESENT")) << table.stdout_text;
+}
+
+TEST_F(LazyContainerd, MarkedFilesArePrefetchedInOneMultiRangeRequest) {
+  // The files marked for prefetch lie apart in the blob (1 MiB unmarked between each two): the
+  // snapshotter fetches them all with one multi-range request before the layer is mounted, and
+  // nothing else; the container then reads them without another request.
+  const fs::path& w = work_->path();
+  const fs::path root = w / "pf-root";
+  fs::create_directories(root / "pf");
+  const fs::path list = w / "startup.list";
+  std::string paths, names;
+  for (int i = 0; i < kPrefetchFiles; ++i) {
+    // In name order: marked pfN.bin (64 KiB), then pfN.pad (1 MiB, unmarked).
+    const std::string base = (root / "pf" / ("pf" + std::to_string(i))).string();
+    MustRun({"dd", "if=/dev/urandom", "of=" + base + ".bin", "bs=64K", "count=1", "status=none"});
+    MustRun({"dd", "if=/dev/urandom", "of=" + base + ".pad", "bs=1M", "count=1", "status=none"});
+    paths += "/pf/pf" + std::to_string(i) + ".bin\n";
+    names += " /pf/pf" + std::to_string(i) + ".bin";
+  }
+  ASSERT_TRUE(harness::WriteFile(list, paths).ok());
+  testing::MakeBusyboxImage(w / "pf-image");
+  ASSERT_FALSE(HasFailure());
+  MustRun({"tar", "--numeric-owner", "--sort=name", "-C", root.string(), "-cf",
+           (w / "pf.tar").string(), "pf"});
+  MustRun({"umoci", "raw", "add-layer", "--image", (w / "pf-image").string() + ":latest",
+           (w / "pf.tar").string()});
+  const std::string ref =
+      Publish("prefetch", node_key_.pub, {"--prefetch-list", list.string()}, w / "pf-image");
+  ASSERT_FALSE(HasFailure());
+  auto pulled = RemotePull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+
+  auto data_layer = [&]() -> nlohmann::json {
+    auto json = MustRun({LAZYCRYPT_BIN, "status", "--json", "--address", metrics_address_});
+    nlohmann::json doc = nlohmann::json::parse(json.stdout_text, nullptr, false);
+    EXPECT_TRUE(!doc.is_discarded() && doc.contains("layers")) << json.stdout_text;
+    nlohmann::json data = nlohmann::json::object();
+    if (doc.is_discarded() || !doc.contains("layers")) return data;
+    for (const auto& l : doc["layers"]) {
+      if (l.value("blob_size_bytes", 0ull) > data.value("blob_size_bytes", 0ull)) data = l;
+    }
+    return data;
+  };
+  nlohmann::json data = data_layer();
+  EXPECT_EQ(data.value("fetch_requests", 0ull), 1u) << data.dump() << Logs();
+  const uint64_t marked = uint64_t{kPrefetchFiles} << 16;
+  EXPECT_GE(data.value("bytes_fetched", 0ull), marked) << data.dump();
+  EXPECT_LT(data.value("bytes_fetched", 0ull), marked + (1u << 20))
+      << "fetched more than the marked files (the 1 MiB between them?): " << data.dump();
+
+  auto read = Run(ref, Id("prefetch"), {"/bin/sh", "-c", "cat" + names + " | wc -c"});
+  EXPECT_EQ(read.exit_code, 0) << Describe(read) << Logs();
+  EXPECT_THAT(read.stdout_text, HasSubstr(std::to_string(marked)));
+  EXPECT_EQ(data_layer().value("fetch_requests", 0ull), 1u) << "the reads fetched again";
 }
 
 TEST_F(LazyContainerd, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {

@@ -220,7 +220,7 @@ int main(int argc, char** argv) {
   mount->add_option("--cache-size", mount_flags.cache_size,
                     "cap of the disk cache, e.g. 2GiB (default 10GiB)");
   mount->add_flag("--no-prefetch", mount_flags.no_prefetch,
-                  "do not fetch the layer's prefetch files before serving");
+                  "do not fetch the files the layer marks for prefetch (otherwise fetched in the background from the start; reads of them wait for that fetch)");
   mount->add_option("--background-rate", mount_flags.background_rate,
                     "complete the layer into --cache-dir in the background at this rate, e.g. "
                     "20MiB/s (default: off)");
