@@ -248,6 +248,23 @@ else
   echo '```'
   echo "${targets#?}"
   echo '```'
+  # What the link allows: a start cannot come sooner than the bytes it reads take to arrive.
+  read -r _ link_mbit_measured <<<"$(meta link)"
+  if [[ "$link_mbit_measured" =~ ^[0-9.]+$ ]]; then
+    echo
+    for w in $wls; do
+      [ "$w" != small ] || continue
+      I=$(get shaped "$w" imgcrypt 5)
+      [ -n "$I" ] || continue
+      awk -v w="$w" -v m="$large_mib" -v mbit="$link_mbit_measured" -v i="$I" 'BEGIN {
+        s = w; sub(/^large-/, "", s); read_mib = m * s / 100
+        floor = read_mib * 1048576 * 8 / (mbit * 1e6); need = i / 10
+        printf "- %s: the start reads %.0f MiB, at least %.1f s on the link as measured (%s Mbit/s); %s needs <= %.2f s, %s.\n", \
+          w, read_mib, floor, mbit, ">= 10x imgcrypt", need, \
+          (floor > need ? "which no lazy path can reach on this link (the bytes alone take longer)" : "which the link allows")
+      }'
+    done
+  fi
 fi
 
 # ---- plot ------------------------------------------------------------------------------------------
