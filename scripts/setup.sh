@@ -11,6 +11,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   libsqlite3-dev libmicrohttpd-dev
+  # ISA-L's igzip: inflating gzip layers when converting them
+  libisal-dev
   # containerd's API protos (the snapshotter's gRPC service is generated from them)
   golang-github-containerd-containerd-dev
   # test and benchmark peers
