@@ -3,8 +3,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "common/file_io.h"
 #include "crypto/digest.h"
@@ -137,13 +141,110 @@ class RegistrySource final : public ImageSource {
   std::unique_ptr<registry::Client> client_;
 };
 
-// Spools a blob to a temporary file (its digest is known only at the end), then pushes it on
-// Close(). REQUIRES: does not outlive the RegistryDestination (it borrows its client and ref).
+// Pushes spooled blobs on a thread of its own, one after another in the order given, so that
+// the upload of one layer overlaps the conversion of the next. At most kMaxQueued blobs wait
+// (each an unlinked temporary file), so a conversion faster than the link does not fill the
+// disk. The first failure is kept; later blobs are dropped. REQUIRES: does not outlive the
+// client and the reference it borrows.
+class BackgroundUploader {
+ public:
+  BackgroundUploader(registry::Client& client, const registry::Reference& repo)
+      : client_(client), repo_(repo) {}
+  ~BackgroundUploader() { Stop(); }
+
+  // Queues `blob` for upload as `digest`; blocks while kMaxQueued wait. The failure of an
+  // earlier upload, if any (then `blob` is dropped).
+  Status Enqueue(std::string digest, std::unique_ptr<BlobSource> blob) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !first_error_.ok() || stop_ || queue_.size() < kMaxQueued; });
+    if (!first_error_.ok()) return first_error_;
+    if (stop_) return Status::FailedPrecondition("the destination was aborted");
+    queue_.push_back({std::move(digest), std::move(blob)});
+    if (!thread_.joinable()) {
+      try {
+        thread_ = std::thread([this] { Loop(); });
+      } catch (const std::system_error& e) {
+        queue_.clear();
+        first_error_ = Status::Internal(std::string("cannot start the upload thread: ") + e.what());
+        return first_error_;
+      }
+    }
+    cv_.notify_all();
+    return Status::Ok();
+  }
+  // The failure of an upload so far, without waiting.
+  Status Failed() const {
+    std::lock_guard lock(mu_);
+    return first_error_;
+  }
+  // Waits until every queued blob is pushed (or one failed); the first failure.
+  Status Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
+    return first_error_;
+  }
+  // Drops what is queued, waits for the upload in progress, ends the thread. Idempotent.
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      queue_.clear();
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static constexpr size_t kMaxQueued = 2;
+  struct Job {
+    std::string digest;
+    std::unique_ptr<BlobSource> blob;
+  };
+
+  void Loop() {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopped
+        job = std::move(queue_.front());
+        queue_.pop_front();
+        busy_ = true;
+      }
+      cv_.notify_all();  // room in the queue
+      Status s = client_.PushBlob(repo_, job.digest, *job.blob);
+      job.blob.reset();  // the spooled file goes now
+      {
+        std::lock_guard lock(mu_);
+        busy_ = false;
+        if (!s.ok() && first_error_.ok()) {
+          first_error_ = s.WithContext("push of blob " + job.digest);
+          queue_.clear();
+        }
+      }
+      cv_.notify_all();
+    }
+  }
+
+  registry::Client& client_;
+  const registry::Reference& repo_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // queue changed, an upload ended, or stop
+  std::deque<Job> queue_;
+  bool busy_ = false;
+  bool stop_ = false;
+  Status first_error_;
+  std::thread thread_;
+};
+
+// Spools a blob to a temporary file (its digest is known only at the end); on Close() hands it
+// to the destination's BackgroundUploader (the destination's PutManifest waits for the upload
+// and reports its failure). REQUIRES: does not outlive the RegistryDestination.
 class RegistryBlobSink final : public BlobSink {
  public:
-  RegistryBlobSink(registry::Client& client, const registry::Reference& repo,
-                   std::filesystem::path path, UniqueFd fd)
-      : client_(client), repo_(repo), path_(std::move(path)), fd_(std::move(fd)), out_(fd_.get()) {}
+  RegistryBlobSink(BackgroundUploader& uploader, std::filesystem::path path, UniqueFd fd)
+      : uploader_(uploader), path_(std::move(path)), fd_(std::move(fd)), out_(fd_.get()) {}
   ~RegistryBlobSink() override {
     if (!path_.empty()) ::unlink(path_.c_str());
   }
@@ -163,15 +264,14 @@ class RegistryBlobSink final : public BlobSink {
     ::unlink(path_.c_str());
     path_.clear();
     if (blob->size() != size_) return Status::IoError("spooled blob changed size");
-    return client_.PushBlob(repo_, digest_, *blob);
+    return uploader_.Enqueue(digest_, std::move(blob));
   }
 
   const std::string& digest() const override { return digest_; }
   uint64_t size() const override { return size_; }
 
  private:
-  registry::Client& client_;
-  const registry::Reference& repo_;
+  BackgroundUploader& uploader_;
   std::filesystem::path path_;
   UniqueFd fd_;
   FdOutputStream out_;
@@ -184,7 +284,9 @@ class RegistryBlobSink final : public BlobSink {
 class RegistryDestination final : public ImageDestination {
  public:
   RegistryDestination(registry::Reference ref, std::unique_ptr<registry::Client> client)
-      : ref_(std::move(ref)), client_(std::move(client)), tag_(ref_.tag) {}
+      : ref_(std::move(ref)), client_(std::move(client)), tag_(ref_.tag),
+        uploader_(std::make_unique<BackgroundUploader>(*client_, ref_)) {}
+  ~RegistryDestination() override { uploader_->Stop(); }
 
   std::string Name() const override { return "docker://" + ref_.ToString(); }
   const std::string& tag() const override { return tag_; }
@@ -197,12 +299,13 @@ class RegistryDestination final : public ImageDestination {
   }
 
   Result<std::unique_ptr<BlobSink>> NewBlob() override {
+    LC_RETURN_IF_ERROR(uploader_->Failed());  // no point in converting more
     const char* tmpdir = ::getenv("TMPDIR");
     std::string templ = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/lazycrypt-push-XXXXXX";
     int fd = ::mkstemp(templ.data());
     if (fd < 0) return Status::IoError("mkstemp " + templ + ": " + std::strerror(errno));
     return std::unique_ptr<BlobSink>(
-        std::make_unique<RegistryBlobSink>(*client_, ref_, templ, UniqueFd(fd)));
+        std::make_unique<RegistryBlobSink>(*uploader_, templ, UniqueFd(fd)));
   }
 
   Result<Descriptor> PutBlob(std::string media_type, ByteSpan data) override {
@@ -216,6 +319,8 @@ class RegistryDestination final : public ImageDestination {
   }
 
   Result<Descriptor> PutManifest(std::string media_type, ByteSpan data) override {
+    // Every blob the manifest references is in the registry before it is.
+    LC_RETURN_IF_ERROR(uploader_->Wait());
     Descriptor d;
     d.media_type = std::move(media_type);
     d.digest = crypto::OciDigest(crypto::Sha256::Of(data));
@@ -243,9 +348,9 @@ class RegistryDestination final : public ImageDestination {
     return Status::Ok();
   }
 
-  // Nothing is tagged before Commit; pushed blobs and untagged manifests are left to the
-  // registry's garbage collection.
-  void Abort() override {}
+  // Nothing is tagged before Commit; queued uploads are dropped; pushed blobs and untagged
+  // manifests are left to the registry's garbage collection.
+  void Abort() override { uploader_->Stop(); }
 
  private:
   registry::Reference ref_;
@@ -253,6 +358,7 @@ class RegistryDestination final : public ImageDestination {
   std::string tag_;
   std::map<std::string, std::pair<std::string, std::vector<uint8_t>>> manifests_;
   bool committed_ = false;
+  std::unique_ptr<BackgroundUploader> uploader_;  // last: stopped before the client goes
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "image/transport.h"
 #include "image/verify.h"
 #include "registry/registry.h"
+#include "tests/harness/fault_proxy.h"
 #include "tests/harness/registry_process.h"
 #include "image/image_testing.h"
 #include "tests/test_util.h"
@@ -192,6 +193,35 @@ TEST_F(RegistryTransport, FailedConversionTagsNothing) {
   EXPECT_THAT(enc.status().message(), HasSubstr("diff_id"));
   auto client = registry::Client::Create(PlainHttp());
   auto manifest = (*client)->GetManifest(*registry::Reference::Parse(ref));
+  ASSERT_FALSE(manifest.ok());
+  EXPECT_EQ(manifest.status().code(), StatusCode::kNotFound) << manifest.status().ToString();
+}
+
+TEST_F(RegistryTransport, FailedBackgroundUploadFailsTheConversionNamingTheBlob) {
+  // Blobs are uploaded on a thread of their own while the next layer converts. When an upload
+  // fails for good, the conversion fails naming the blob, and no manifest is pushed or tagged.
+  std::string tar = MakeTar(tmp_, "up");
+  {
+    auto writer = ImageWriter::Begin(tmp_ / "src");
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE((*writer)->Commit("latest", PutImage(**writer, tar, "amd64")).ok());
+  }
+  auto proxy = harness::FaultProxy::Start(registry_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+  (*proxy)->AddFault({.fault = harness::Fault::kHttp500, .count = -1, .match = "/blobs/uploads/"});
+  Keys keys = MakeKey(tmp_, "k");
+  auto src = OpenImageSource(OciRef(tmp_ / "src"));
+  auto dst = OpenImageDestination(Docker((*proxy)->host() + "/up:v1"), plain_);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  auto enc = EncryptImage(**src, **dst, keys.pub, {});
+  ASSERT_FALSE(enc.ok());
+  EXPECT_THAT(enc.status().message(), HasSubstr("push of blob sha256:")) << enc.status().ToString();
+  EXPECT_THAT(enc.status().message(), HasSubstr("500")) << enc.status().ToString();
+  for (const std::string& line : (*proxy)->RequestLines()) {
+    EXPECT_EQ(line.find("/manifests/"), std::string::npos) << "a manifest went out: " << line;
+  }
+  auto client = registry::Client::Create(PlainHttp());
+  auto manifest = (*client)->GetManifest(*registry::Reference::Parse(registry_->host() + "/up:v1"));
   ASSERT_FALSE(manifest.ok());
   EXPECT_EQ(manifest.status().code(), StatusCode::kNotFound) << manifest.status().ToString();
 }

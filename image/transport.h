@@ -62,7 +62,9 @@ class ImageSource {
 std::unique_ptr<BlobSource> NewReadAheadBlobSource(std::unique_ptr<BlobSource> inner,
                                                    size_t window_bytes = 8u << 20);
 
-// A blob being written to a destination. Close() makes it durable under its digest.
+// A blob being written to a destination. Close() makes it durable under its digest, or, where
+// the destination uploads in the background (docker://), hands it to that upload: the
+// destination's next PutManifest waits for it and fails with the upload's error.
 class BlobSink : public OutputStream {
  public:
   // REQUIRES: Close() returned OK.
@@ -87,7 +89,9 @@ class ImageDestination {
   virtual Result<std::unique_ptr<BlobSink>> NewBlob() = 0;
   // Writes `data` as a blob (skipped if present) and returns its descriptor.
   virtual Result<Descriptor> PutBlob(std::string media_type, ByteSpan data) = 0;
-  // Writes a manifest or index (untagged). REQUIRES: every blob it references was written.
+  // Writes a manifest or index (untagged), once every blob written before it is durable (the
+  // first failure of a background upload is returned here). REQUIRES: every blob it references
+  // was written.
   virtual Result<Descriptor> PutManifest(std::string media_type, ByteSpan data) = 0;
   // Points tag() at `root` (a manifest or index written by PutManifest). Nothing is rolled back
   // after this.
