@@ -13,6 +13,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "crypto/digest.h"
 
@@ -410,17 +411,26 @@ CachedLayer::Impl::Claim CachedLayer::Impl::ClaimChunks(const std::vector<uint64
 
 Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<PlainPtr>* out,
                                 Status* extra_status) {
-  const std::vector<Led>& led = claim.led;
+  std::vector<Led>& led = claim.led;
   const auto& follow = claim.follow;
   // Every led flight completes exactly once, whatever happens below.
   std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>> to_fetch;
+  // The chunks fetched for nobody in particular (prefetch, read-ahead, background): their flights
+  // are handed over to the requests, so each is released once its request has completed and no
+  // reader waits on it; a prefetch of hundreds of MiB then does not hold their plaintext.
+  std::unordered_set<uint64_t> extras;
   auto chunks = index->chunks();
-  for (const Led& l : led) {
-    if (!l.is_extra && OpenFromStore(l.chunk, l.flight, /*count_hit=*/true)) {
+  for (Led& l : led) {
+    if (l.is_extra) {
+      extras.insert(l.chunk);
+      to_fetch.emplace_back(l.chunk, std::move(l.flight));
+      continue;
+    }
+    if (OpenFromStore(l.chunk, l.flight, /*count_hit=*/true)) {
       if (out) (*out)[l.pos] = l.flight->plain;  // set before Complete published it; ours alone
       continue;
     }
-    if (!l.is_extra) cache_misses.fetch_add(1, std::memory_order_relaxed);
+    cache_misses.fetch_add(1, std::memory_order_relaxed);
     to_fetch.emplace_back(l.chunk, l.flight);
   }
   std::sort(to_fetch.begin(), to_fetch.end(),
@@ -435,9 +445,11 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
            chunks[to_fetch[e].first].blob_end() - begin <= options.max_request_bytes) {
       ++e;
     }
-    runs.emplace_back(to_fetch.begin() + b, to_fetch.begin() + e);
+    runs.emplace_back(std::make_move_iterator(to_fetch.begin() + b),
+                      std::make_move_iterator(to_fetch.begin() + e));
     b = e;
   }
+  to_fetch.clear();
   std::vector<Run> batch;
   uint64_t batch_bytes = 0;
   auto send = [&] {
@@ -446,6 +458,14 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
       Fail(batch, Status::Unavailable("the layer is closing"));
     } else {
       (void)FetchRuns(batch, purpose);  // outcomes are read from the flights below
+    }
+    // Every flight of the batch is complete now (by this thread).
+    for (const Run& run : batch) {
+      for (const auto& [i, flight] : run) {
+        if (extra_status && extra_status->ok() && extras.count(i) != 0 && !flight->status.ok()) {
+          *extra_status = flight->status;
+        }
+      }
     }
     batch.clear();
     batch_bytes = 0;
@@ -465,12 +485,7 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
   Status first_error;
   std::unique_lock lock(mu);
   for (const Led& l : led) {
-    if (l.is_extra) {
-      if (extra_status && extra_status->ok() && !l.flight->status.ok()) {
-        *extra_status = l.flight->status;
-      }
-      continue;
-    }
+    if (l.is_extra) continue;  // handed to its request above, its outcome taken there
     if (!l.flight->status.ok()) {
       if (first_error.ok()) first_error = l.flight->status;
       continue;
