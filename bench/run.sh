@@ -410,7 +410,8 @@ else
       ref "openssl dgst -sha256 $tar_list >/dev/null" &&
       ref "zstd -q -T1 -3 -c $tar_list >/dev/null" &&
       ref "zstd -q -T1 -1 -c $tar_list >/dev/null" &&
-      ref "gzip -6 -c $tar_list >/dev/null" || peer_ok=0
+      ref "gzip -6 -c $tar_list >/dev/null" &&
+      ref "igzip -d -c $gz_list >/dev/null" || peer_ok=0
     refs_json=$(awk '{ printf "%s%.2f", (NR > 1 ? "," : "["), $2 + $3 } END { print "]" }' "$WORK/ref.times")
   fi
   if [ "$peer_ok" = 1 ]; then
@@ -421,7 +422,7 @@ else
       --arg registry_version "$(docker-registry --version 2>/dev/null | head -1)" \
       --arg gzip_version "$(gzip --version | head -1)" \
       '{status: "measured", tar_bytes: $tar, layers: $layers, runs: $runs, kinds: $kinds,
-        reference_cpu_s: {gunzip: $refs[0], sha256: $refs[1], zstd3: $refs[2], zstd1: $refs[3], gzip6: $refs[4]},
+        reference_cpu_s: {gunzip: $refs[0], sha256: $refs[1], zstd3: $refs[2], zstd1: $refs[3], gzip6: $refs[4], igzip: $refs[5]},
         skopeo_version: $skopeo_version, registry_version: $registry_version, gzip_version: $gzip_version}' \
       >"$OUT_DIR/peers.json"
   else

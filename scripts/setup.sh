@@ -22,6 +22,8 @@ packages=(
   libyaml-cpp-dev
   # read-throughput peers for bench/ (a mature encrypting FUSE filesystem, the I/O load generator)
   gocryptfs fio
+  # conversion benchmark's reference pass for igzip, the inflater lazycrypt uses
+  isal
   # cold-start benchmark (bench/coldstart): its plot, network namespaces and tc
   gnuplot-nox iproute2 curl
 )
