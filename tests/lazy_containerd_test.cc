@@ -175,14 +175,7 @@ class LazyContainerd : public ::testing::Test {
   }
 
   void WaitForContainerdToReconnect() {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    for (;;) {
-      auto ls = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"},
-                          std::chrono::seconds(10));
-      if (ls.ok() && ls->exit_code == 0) return;
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "containerd did not reconnect";
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
+    testing::WaitForContainerdToReachSnapshotter(*ctd_, "lazycrypt");
   }
 
   Result<CommandResult> RemotePull(const std::string& ref) {

@@ -29,6 +29,7 @@
 #include "tests/harness/containerd_process.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
+#include "tests/snapshotter_util.h"
 
 namespace lazycrypt {
 namespace {
@@ -163,18 +164,8 @@ class SnapshotterContainerd : public ::testing::Test {
     }
   }
 
-  // containerd's gRPC channel to a proxy plugin that died without a goodbye (kill -9) fails calls
-  // with UNAVAILABLE until it has reconnected (grpc backoff); poll a cheap call until it works.
   void WaitForContainerdToReconnect() {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    for (;;) {
-      auto ls = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"},
-                          std::chrono::seconds(10));
-      if (ls.ok() && ls->exit_code == 0) return;
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
-          << "containerd did not reconnect: " << (ls.ok() ? Describe(*ls) : ls.status().ToString());
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
+    testing::WaitForContainerdToReachSnapshotter(*ctd_, "lazycrypt");
   }
 
   // `ctr run --rm --snapshotter lazycrypt REF ID args...`

@@ -17,7 +17,9 @@
 #include <vector>
 
 #include <sys/mount.h>
+#include <unistd.h>
 
+#include "tests/harness/containerd_process.h"
 #include "tests/harness/subprocess.h"
 
 namespace lazycrypt::testing {
@@ -68,6 +70,34 @@ inline std::unique_ptr<harness::Subprocess> StartSnapshotterProcess(
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return std::move(*proc);
+}
+
+// After the proxy snapshotter restarted: waits until containerd's gRPC channel to it works again
+// (it fails calls with UNAVAILABLE and the last dial error during grpc's reconnect backoff). The
+// probe is a `ctr snapshots prepare` of a throwaway active snapshot, then its `rm`: both reach the
+// snapshotter itself, unlike `ls`, which containerd answers from its own metadata when it holds no
+// snapshot of that snapshotter.
+inline void WaitForContainerdToReachSnapshotter(harness::ContainerdProcess& ctd,
+                                                const std::string& snapshotter) {
+  static int probes = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const std::string key = "reconnect-probe-" + std::to_string(::getpid()) + "-" + std::to_string(++probes);
+    auto prepared = ctd.Ctr({"snapshots", "--snapshotter", snapshotter, "prepare", key},
+                            std::chrono::seconds(10));
+    if (prepared.ok() && prepared->exit_code == 0) {
+      auto removed = ctd.Ctr({"snapshots", "--snapshotter", snapshotter, "rm", key},
+                             std::chrono::seconds(10));
+      if (removed.ok() && removed->exit_code == 0) return;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ADD_FAILURE() << "containerd did not reach snapshotter " << snapshotter << " again: "
+                    << (prepared.ok() ? prepared->stdout_text + prepared->stderr_text
+                                      : prepared.status().ToString());
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 }
 
 // Test teardown: stops the snapshotter (SIGTERM, 20 s) and detaches whatever is still mounted
