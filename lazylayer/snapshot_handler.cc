@@ -132,7 +132,7 @@ struct SnapshotHandler::Impl {
     auto blob = cache::OpenRegistryBlobSource(*client, *repo, descriptor->digest, descriptor->size);
     if (!blob.ok()) return blob.status().WithContext(what);
     // Timed for the debug log's per-mount line (bench/coldstart reads it): while mounting, the
-    // reads are the blob header, the sealed TOC and the prefetch.
+    // reads are the blob header and the sealed TOC (the prefetch runs after, in the background).
     auto timed = std::make_shared<cache::TimedBlobSource>(
         std::shared_ptr<cache::MultiRangeBlobSource>(std::move(*blob)));
 
@@ -144,8 +144,8 @@ struct SnapshotHandler::Impl {
                                             layer_options));
     const int64_t mount_ms = MillisSince(phase_start);
     if (options.log) {
-      // Key unwrap, TOC verification, prefetch and the FUSE mount are inside mount_ms; the blob
-      // reads among them (header, sealed TOC, prefetched chunks) are counted apart.
+      // Key unwrap, TOC verification, starting the prefetch and the FUSE mount are inside
+      // mount_ms; the blob reads among them (header, sealed TOC) are counted apart.
       options.log(snapshotter::LogLevel::kDebug,
                   "mount timing " + source->layer_digest + ": manifest_ms=" +
                       std::to_string(manifest_ms) + " keys_ms=" + std::to_string(keys_ms) +
