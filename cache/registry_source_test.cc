@@ -33,6 +33,8 @@ class MockClient : public registry::Client {
               (override));
   MOCK_METHOD(Result<bool>, MountBlob,
               (const registry::Reference&, std::string_view, std::string_view), (override));
+  MOCK_METHOD(Result<std::unique_ptr<registry::BlobUpload>>, StartUpload,
+              (const registry::Reference&), (override));
 };
 
 std::vector<uint8_t> Blob() {

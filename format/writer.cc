@@ -34,22 +34,23 @@ struct SealedChunk {
   std::vector<uint8_t> record;
 };
 
-// Everything written to the blob goes through here: hashed and counted once.
+// Everything written to the blob goes through here: counted, and hashed once (when asked).
 class BlobSink {
  public:
-  explicit BlobSink(OutputStream& out) : out_(out) {}
+  BlobSink(OutputStream& out, bool hash) : out_(out), hash_(hash) {}
   Status Write(ByteSpan data) {
     LC_RETURN_IF_ERROR(out_.Write(data));
-    hash_.Update(data);
+    if (hash_) sha_.Update(data);
     size_ += data.size();
     return Status::Ok();
   }
   uint64_t size() const { return size_; }
-  crypto::Sha256Digest Finish() { return hash_.Finish(); }
+  crypto::Sha256Digest Finish() { return hash_ ? sha_.Finish() : crypto::Sha256Digest{}; }
 
  private:
   OutputStream& out_;
-  crypto::Sha256 hash_;
+  const bool hash_;
+  crypto::Sha256 sha_;
   uint64_t size_ = 0;
 };
 
@@ -353,7 +354,7 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   const BlobHeaderBytes header_bytes = EncodeBlobHeader(header);
   LC_ASSIGN_OR_RETURN(std::unique_ptr<ChunkSealer> sealer, ChunkSealer::FromKeys(keys, header.salt));
 
-  BlobSink sink(blob);
+  BlobSink sink(blob, options.hash_blob);
   LC_RETURN_IF_ERROR(sink.Write(header_bytes));
 
   // Chunks: parse thread → sealing workers → in-order emitter.

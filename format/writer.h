@@ -33,10 +33,14 @@ struct WriterOptions {
   // lacks, or holds only as another type, mark nothing (the list is image-wide, see
   // `lazycrypt encrypt --prefetch-list`).
   std::vector<std::string> prefetch_paths;
+  // false: the blob is not hashed here and WriteResult::blob_digest stays zero, for callers
+  // whose output stream hashes what it is given anyway (a destination's blob sink): one
+  // SHA-256 pass over the blob instead of two.
+  bool hash_blob = true;
 };
 
 struct WriteResult {
-  crypto::Sha256Digest blob_digest{};  // SHA-256 of every byte written (the layer descriptor's)
+  crypto::Sha256Digest blob_digest{};  // SHA-256 of every byte written (zero if !hash_blob)
   uint64_t blob_size = 0;
   crypto::Sha256Digest toc_digest{};   // SHA-256 of the sealed TOC: pin it in the manifest
   crypto::Sha256Digest diff_id{};      // SHA-256 of the uncompressed tar stream

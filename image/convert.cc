@@ -317,14 +317,17 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
       BlobInputStream unwatched(**blob);
       auto watched = internal::NewProgressInputStream(unwatched, name, d.size, options.on_progress);
       InputStream& raw = *watched;
-      LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+      LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob(name));
       if (options.format == EncryptionFormat::kLazycrypt) {
         // An uncompressed layer's digest is its diff_id, which the writer hashes anyway.
         const bool uncompressed = OciLayerMediaType(d.media_type) == kMediaTypeOciLayerTar;
         std::unique_ptr<InputStream> verifying =
             uncompressed ? std::make_unique<SizeCheckingInputStream>(raw, d.size, "blob")
                          : NewVerifyingInputStream(raw, d, "blob");
-        auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, options.writer);
+        // The sink hashes the blob as it goes: the writer need not hash it again.
+        format::WriterOptions writer = options.writer;
+        writer.hash_blob = false;
+        auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, writer);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(FinishVerifying(*verifying, "blob").WithContext(name));
         std::string diff_id = crypto::OciDigest(encrypted->write.diff_id);
@@ -338,10 +341,13 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
                                     ", the config says " + image.config.diff_ids[i]);
         }
         LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
-        if (sink->digest() != encrypted->descriptor.digest) {
-          return Status::Internal(name + ": the writer's blob digest differs from the stored one");
+        if (sink->size() != encrypted->write.blob_size) {
+          return Status::Internal(name + ": the writer wrote " +
+                                  std::to_string(encrypted->write.blob_size) + " bytes, the sink took " +
+                                  std::to_string(sink->size()));
         }
         Descriptor result = encrypted->descriptor;
+        result.digest = sink->digest();
         std::map<std::string, std::string> annotations = WithoutEncryptionAnnotations(d.annotations);
         annotations.insert(result.annotations.begin(), result.annotations.end());
         result.annotations = std::move(annotations);
@@ -396,7 +402,7 @@ Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
       if (kind == LayerKind::kLazycrypt) {
         auto blob = src.OpenVerifiedBlob(d);
         if (!blob.ok()) return blob.status().WithContext(name);
-        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob(name));
         std::unique_ptr<OutputStream> gzip;
         if (options.compression == LayerCompression::kGzip) {
           gzip = compress::NewGzipOutputStream(*sink);
@@ -431,7 +437,7 @@ Result<ConvertReport> DecryptImage(ImageSource& src, ImageDestination& dst,
         if (!blob.ok()) return blob.status().WithContext(name);
         BlobInputStream unwatched(**blob);
         auto raw = internal::NewProgressInputStream(unwatched, name, d.size, options.on_progress);
-        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+        LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob(name));
         auto decrypted = DecryptOcicryptLayer(*raw, d, *sink, keys);
         if (!decrypted.ok()) return decrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(sink->Close().WithContext(name));

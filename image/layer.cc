@@ -58,7 +58,7 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
   LazycryptEncryptResult result;
   result.write = written;
   result.descriptor.media_type = std::string(kMediaTypeLazycryptLayer);
-  result.descriptor.digest = crypto::OciDigest(written.blob_digest);
+  if (options.hash_blob) result.descriptor.digest = crypto::OciDigest(written.blob_digest);
   result.descriptor.size = written.blob_size;
   if (!annotations.keys_jwe.empty()) {
     result.descriptor.annotations[std::string(kAnnotationEncKeysJwe)] = std::move(annotations.keys_jwe);

@@ -52,7 +52,8 @@ struct LazycryptEncryptResult {
 
 // Encrypts one layer (tar, tar+gzip or tar+zstd) read from `layer` into `blob` with a fresh layer
 // key wrapped for `recipients`. Does not Close() `blob`. The descriptor's annotations are only
-// the lazycrypt ones (callers merge in the original layer's other annotations).
+// the lazycrypt ones (callers merge in the original layer's other annotations). With
+// !options.hash_blob the descriptor's digest is left empty: the caller takes it from `blob`.
 Result<LazycryptEncryptResult> EncryptLazycryptLayer(
     InputStream& layer, OutputStream& blob, const keywrap::Recipients& recipients,
     const format::WriterOptions& options);

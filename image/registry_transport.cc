@@ -7,8 +7,10 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "common/file_io.h"
 #include "crypto/digest.h"
@@ -141,25 +143,40 @@ class RegistrySource final : public ImageSource {
   std::unique_ptr<registry::Client> client_;
 };
 
-// Pushes spooled blobs on a thread of its own, one after another in the order given, so that
-// the upload of one layer overlaps the conversion of the next. At most kMaxQueued blobs wait
-// (each an unlinked temporary file), so a conversion faster than the link does not fill the
-// disk. The first failure is kept; later blobs are dropped. REQUIRES: does not outlive the
-// client and the reference it borrows.
+// Uploads blobs as they are written, on a thread of its own: a sink hands over each
+// kUploadChunkBytes of its blob as they fill, the thread PATCHes them in order (each PATCH
+// retried on its own), and the sink's Close hands over the rest with the digest for the final
+// PUT. Nothing is spooled to disk, and the upload of one layer overlaps the conversion of the
+// next. At most kMaxQueued chunks wait, so a conversion faster than the link waits for it
+// (memory stays bounded). The first failure is kept; every later chunk is dropped and every
+// sink's next Write fails with it. REQUIRES: does not outlive the client and the reference it
+// borrows.
 class BackgroundUploader {
  public:
+  static constexpr size_t kUploadChunkBytes = 16u << 20;
+
+  // One blob being streamed; shared by its sink and the upload thread (which alone touches
+  // `session`).
+  struct Upload {
+    explicit Upload(std::string what) : what(std::move(what)) {}
+    const std::string what;  // for messages: "layer 1 (sha256:ab…)"
+    std::unique_ptr<registry::BlobUpload> session;
+  };
+
   BackgroundUploader(registry::Client& client, const registry::Reference& repo)
       : client_(client), repo_(repo) {}
   ~BackgroundUploader() { Stop(); }
 
-  // Queues `blob` for upload as `digest`; blocks while kMaxQueued wait. The failure of an
-  // earlier upload, if any (then `blob` is dropped).
-  Status Enqueue(std::string digest, std::unique_ptr<BlobSource> blob) {
+  // Queues the next `bytes` of `upload`; with `finish_digest`, they are its last and the upload
+  // ends with the PUT naming that digest. Blocks while kMaxQueued chunks wait. The failure of an
+  // earlier upload, if any (then `bytes` are dropped).
+  Status Enqueue(std::shared_ptr<Upload> upload, std::vector<uint8_t> bytes,
+                 std::string finish_digest = {}) {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return !first_error_.ok() || stop_ || queue_.size() < kMaxQueued; });
     if (!first_error_.ok()) return first_error_;
     if (stop_) return Status::FailedPrecondition("the destination was aborted");
-    queue_.push_back({std::move(digest), std::move(blob)});
+    queue_.push_back({std::move(upload), std::move(bytes), std::move(finish_digest)});
     if (!thread_.joinable()) {
       try {
         thread_ = std::thread([this] { Loop(); });
@@ -172,18 +189,32 @@ class BackgroundUploader {
     cv_.notify_all();
     return Status::Ok();
   }
+  // An empty buffer with room for kUploadChunkBytes (one a finished chunk left, when there is).
+  std::vector<uint8_t> TakeBuffer() {
+    std::vector<uint8_t> buffer;
+    {
+      std::lock_guard lock(mu_);
+      if (!spare_.empty()) {
+        buffer = std::move(spare_.back());
+        spare_.pop_back();
+      }
+    }
+    buffer.clear();
+    buffer.reserve(kUploadChunkBytes);
+    return buffer;
+  }
   // The failure of an upload so far, without waiting.
   Status Failed() const {
     std::lock_guard lock(mu_);
     return first_error_;
   }
-  // Waits until every queued blob is pushed (or one failed); the first failure.
+  // Waits until every queued chunk is sent (or one upload failed); the first failure.
   Status Wait() {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
     return first_error_;
   }
-  // Drops what is queued, waits for the upload in progress, ends the thread. Idempotent.
+  // Drops what is queued, waits for the request in progress, ends the thread. Idempotent.
   void Stop() {
     {
       std::lock_guard lock(mu_);
@@ -195,11 +226,23 @@ class BackgroundUploader {
   }
 
  private:
-  static constexpr size_t kMaxQueued = 2;
+  static constexpr size_t kMaxQueued = 3;
   struct Job {
-    std::string digest;
-    std::unique_ptr<BlobSource> blob;
+    std::shared_ptr<Upload> upload;
+    std::vector<uint8_t> bytes;
+    std::string finish_digest;  // empty: more bytes follow
   };
+
+  Status Run(Job& job) {
+    Upload& up = *job.upload;
+    if (!up.session) {
+      LC_ASSIGN_OR_RETURN(up.session, client_.StartUpload(repo_));
+    }
+    if (job.finish_digest.empty()) return up.session->Append(job.bytes);
+    Status s = up.session->Finish(job.finish_digest, job.bytes);
+    up.session.reset();  // ended (or, on failure, cancelled)
+    return s;
+  }
 
   void Loop() {
     for (;;) {
@@ -213,16 +256,25 @@ class BackgroundUploader {
         busy_ = true;
       }
       cv_.notify_all();  // room in the queue
-      Status s = client_.PushBlob(repo_, job.digest, *job.blob);
-      job.blob.reset();  // the spooled file goes now
+      Status s = Run(job);
+      if (!s.ok()) {
+        std::string what = job.upload->what;
+        if (!job.finish_digest.empty()) what += " as " + job.finish_digest;
+        s = s.WithContext("push of " + what);
+      }
       {
         std::lock_guard lock(mu_);
         busy_ = false;
         if (!s.ok() && first_error_.ok()) {
-          first_error_ = s.WithContext("push of blob " + job.digest);
+          first_error_ = s;
           queue_.clear();
         }
+        // Reused by the next chunk: no fresh pages to fault in for every 16 MiB.
+        if (spare_.size() < kMaxQueued && job.bytes.capacity() == kUploadChunkBytes) {
+          spare_.push_back(std::move(job.bytes));
+        }
       }
+      job = {};  // an abandoned session goes outside the lock
       cv_.notify_all();
     }
   }
@@ -230,41 +282,45 @@ class BackgroundUploader {
   registry::Client& client_;
   const registry::Reference& repo_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // queue changed, an upload ended, or stop
+  std::condition_variable cv_;  // queue changed, a request ended, or stop
   std::deque<Job> queue_;
+  std::vector<std::vector<uint8_t>> spare_;  // sent chunks' buffers
   bool busy_ = false;
   bool stop_ = false;
   Status first_error_;
   std::thread thread_;
 };
 
-// Spools a blob to a temporary file (its digest is known only at the end); on Close() hands it
-// to the destination's BackgroundUploader (the destination's PutManifest waits for the upload
-// and reports its failure). REQUIRES: does not outlive the RegistryDestination.
+// Streams a blob to the destination's BackgroundUploader as it is written (its digest is known
+// only at the end); Close() hands over the last bytes with the digest. The destination's
+// PutManifest waits for the upload and reports its failure. REQUIRES: does not outlive the
+// RegistryDestination.
 class RegistryBlobSink final : public BlobSink {
  public:
-  RegistryBlobSink(BackgroundUploader& uploader, std::filesystem::path path, UniqueFd fd)
-      : uploader_(uploader), path_(std::move(path)), fd_(std::move(fd)), out_(fd_.get()) {}
-  ~RegistryBlobSink() override {
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
+  RegistryBlobSink(BackgroundUploader& uploader, std::string what)
+      : uploader_(uploader), upload_(std::make_shared<BackgroundUploader::Upload>(std::move(what))) {}
 
   Status Write(ByteSpan data) override {
     if (closed_) return Status::FailedPrecondition("write after close");
     hasher_.Update(data);
     size_ += data.size();
-    return out_.Write(data);
+    while (!data.empty()) {
+      if (buffer_.capacity() == 0) buffer_ = uploader_.TakeBuffer();
+      size_t n = std::min(data.size(), BackgroundUploader::kUploadChunkBytes - buffer_.size());
+      buffer_.insert(buffer_.end(), data.begin(), data.begin() + static_cast<ptrdiff_t>(n));
+      data = data.subspan(n);
+      if (buffer_.size() == BackgroundUploader::kUploadChunkBytes) {
+        LC_RETURN_IF_ERROR(uploader_.Enqueue(upload_, std::exchange(buffer_, {})));
+      }
+    }
+    return Status::Ok();
   }
 
   Status Close() override {
     if (closed_) return Status::Ok();
     closed_ = true;
     digest_ = crypto::OciDigest(hasher_.Finish());
-    LC_ASSIGN_OR_RETURN(auto blob, FileBlobSource::Open(path_));
-    ::unlink(path_.c_str());
-    path_.clear();
-    if (blob->size() != size_) return Status::IoError("spooled blob changed size");
-    return uploader_.Enqueue(digest_, std::move(blob));
+    return uploader_.Enqueue(upload_, std::exchange(buffer_, {}), digest_);
   }
 
   const std::string& digest() const override { return digest_; }
@@ -272,9 +328,8 @@ class RegistryBlobSink final : public BlobSink {
 
  private:
   BackgroundUploader& uploader_;
-  std::filesystem::path path_;
-  UniqueFd fd_;
-  FdOutputStream out_;
+  std::shared_ptr<BackgroundUploader::Upload> upload_;
+  std::vector<uint8_t> buffer_;  // bytes not yet handed over
   crypto::Sha256 hasher_;
   std::string digest_;
   uint64_t size_ = 0;
@@ -298,14 +353,9 @@ class RegistryDestination final : public ImageDestination {
     return size.status();
   }
 
-  Result<std::unique_ptr<BlobSink>> NewBlob() override {
+  Result<std::unique_ptr<BlobSink>> NewBlob(std::string what) override {
     LC_RETURN_IF_ERROR(uploader_->Failed());  // no point in converting more
-    const char* tmpdir = ::getenv("TMPDIR");
-    std::string templ = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/lazycrypt-push-XXXXXX";
-    int fd = ::mkstemp(templ.data());
-    if (fd < 0) return Status::IoError("mkstemp " + templ + ": " + std::strerror(errno));
-    return std::unique_ptr<BlobSink>(
-        std::make_unique<RegistryBlobSink>(*uploader_, templ, UniqueFd(fd)));
+    return std::unique_ptr<BlobSink>(std::make_unique<RegistryBlobSink>(*uploader_, std::move(what)));
   }
 
   Result<Descriptor> PutBlob(std::string media_type, ByteSpan data) override {

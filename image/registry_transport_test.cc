@@ -1,5 +1,6 @@
 // docker:// transport against a real docker-registry on 127.0.0.1 (started and stopped by the
 // test, see tests/harness/registry_process.h).
+#include <cstring>
 #include <fstream>
 
 #include <gmock/gmock.h>
@@ -222,6 +223,84 @@ TEST_F(RegistryTransport, FailedBackgroundUploadFailsTheConversionNamingTheBlob)
   }
   auto client = registry::Client::Create(PlainHttp());
   auto manifest = (*client)->GetManifest(*registry::Reference::Parse(registry_->host() + "/up:v1"));
+  ASSERT_FALSE(manifest.ok());
+  EXPECT_EQ(manifest.status().code(), StatusCode::kNotFound) << manifest.status().ToString();
+}
+
+// A layer whose blob is several upload chunks (16 MiB each) long: random bytes, stored as they
+// are, so the blob is about as large as the tar.
+std::string MakeBigTar(const TempDir& tmp) {
+  fs::path tree = tmp / "tree-big";
+  fs::create_directories(tree);
+  std::string big(40u << 20, '\0');
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i + 8 <= big.size(); i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(big.data() + i, &x, 8);
+  }
+  WriteFileString(tree / "random", big);
+  fs::path tar = tmp / "big.tar";
+  auto r = RunCommand("tar --format=pax --numeric-owner --mtime=@0 -C " + ShellQuote(tree.string()) +
+                      " -cf " + ShellQuote(tar.string()) + " .");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return ReadFileString(tar);
+}
+
+TEST_F(RegistryTransport, LayersStreamUpInPatchesThatAreRetriedAndAFailedOneNamesTheLayer) {
+  // The blob goes up as it is written: PATCHes of 16 MiB, then the PUT with the digest. A PATCH
+  // refused once is sent again; one refused for good fails the conversion naming the layer, and
+  // nothing is tagged.
+  std::string tar = MakeBigTar(tmp_);
+  {
+    auto writer = ImageWriter::Begin(tmp_ / "src");
+    ASSERT_TRUE(writer.ok());
+    ASSERT_TRUE((*writer)->Commit("latest", PutImage(**writer, tar, "amd64")).ok());
+  }
+  auto proxy = harness::FaultProxy::Start(registry_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+  Keys keys = MakeKey(tmp_, "k");
+  {
+    (*proxy)->AddFault({.fault = harness::Fault::kHttp500, .count = 1, .match = "PATCH "});
+    auto src = OpenImageSource(OciRef(tmp_ / "src"));
+    auto dst = OpenImageDestination(Docker((*proxy)->host() + "/big:v1"), plain_);
+    ASSERT_TRUE(src.ok() && dst.ok());
+    auto enc = EncryptImage(**src, **dst, keys.pub, {});
+    ASSERT_TRUE(enc.ok()) << enc.status().ToString();
+    EXPECT_EQ((*proxy)->faults_injected(), 1);
+    int patches = 0;
+    for (const std::string& line : (*proxy)->RequestLines()) {
+      if (line.rfind("PATCH /v2/big/blobs/uploads/", 0) == 0) ++patches;
+    }
+    // 40 MiB and more of blob: two full chunks PATCHed (one of them twice), the rest in the PUT.
+    EXPECT_EQ(patches, 3);
+    auto remote = OpenImageSource(Docker(registry_->host() + "/big:v1"), plain_);
+    ASSERT_TRUE(remote.ok());
+    auto verified = VerifyImage(**remote, keys.priv);
+    ASSERT_TRUE(verified.ok()) << verified.status().ToString();
+    auto out = OpenImageDestination(OciRef(tmp_ / "dec"));
+    auto dec = DecryptImage(**remote, **out, keys.priv, Uncompressed());
+    ASSERT_TRUE(dec.ok()) << dec.status().ToString();
+    EXPECT_EQ(dec->layers[0].result.digest, Sha(tar));
+  }
+  (*proxy)->AddFault({.fault = harness::Fault::kHttp500, .count = -1, .match = "PATCH "});
+  const size_t seen_before = (*proxy)->RequestLines().size();
+  auto src = OpenImageSource(OciRef(tmp_ / "src"));
+  auto dst = OpenImageDestination(Docker((*proxy)->host() + "/big:v2"), plain_);
+  ASSERT_TRUE(src.ok() && dst.ok());
+  auto enc = EncryptImage(**src, **dst, keys.pub, {});
+  ASSERT_FALSE(enc.ok());
+  EXPECT_THAT(enc.status().message(), HasSubstr("push of layer 0 (sha256:")) << enc.status().ToString();
+  EXPECT_THAT(enc.status().message(), HasSubstr("PATCH upload at byte 0 (gave up after"))
+      << enc.status().ToString();
+  EXPECT_THAT(enc.status().message(), HasSubstr("HTTP 500")) << enc.status().ToString();
+  const std::vector<std::string> lines = (*proxy)->RequestLines();
+  for (size_t i = seen_before; i < lines.size(); ++i) {
+    EXPECT_EQ(lines[i].find("/manifests/"), std::string::npos) << "a manifest went out: " << lines[i];
+  }
+  auto client = registry::Client::Create(PlainHttp());
+  auto manifest = (*client)->GetManifest(*registry::Reference::Parse(registry_->host() + "/big:v2"));
   ASSERT_FALSE(manifest.ok());
   EXPECT_EQ(manifest.status().code(), StatusCode::kNotFound) << manifest.status().ToString();
 }

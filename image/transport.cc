@@ -55,7 +55,7 @@ class OciDestination final : public ImageDestination {
     LC_RETURN_IF_ERROR(ValidateDigest(d.digest, "descriptor"));
     return writer_->layout().HasBlob(d.digest);
   }
-  Result<std::unique_ptr<BlobSink>> NewBlob() override {
+  Result<std::unique_ptr<BlobSink>> NewBlob(std::string) override {
     LC_ASSIGN_OR_RETURN(auto writer, writer_->NewBlob());
     return std::unique_ptr<BlobSink>(std::make_unique<OciBlobSink>(std::move(writer)));
   }
@@ -146,7 +146,7 @@ Status CopyBlob(ImageSource& src, ImageDestination& dst, const Descriptor& d) {
   LC_ASSIGN_OR_RETURN(auto blob, src.OpenBlobForScan(d));
   BlobInputStream raw(*blob);
   auto verifying = NewVerifyingInputStream(raw, d, "blob " + d.digest);
-  LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob());
+  LC_ASSIGN_OR_RETURN(auto sink, dst.NewBlob("blob " + d.digest));
   LC_RETURN_IF_ERROR(CopyStream(*verifying, *sink).status());
   LC_RETURN_IF_ERROR(sink->Close());
   if (sink->digest() != d.digest) {

@@ -63,7 +63,7 @@ std::unique_ptr<BlobSource> NewReadAheadBlobSource(std::unique_ptr<BlobSource> i
                                                    size_t window_bytes = 8u << 20);
 
 // A blob being written to a destination. Close() makes it durable under its digest, or, where
-// the destination uploads in the background (docker://), hands it to that upload: the
+// the destination uploads as it goes (docker://), hands its last bytes to that upload: the
 // destination's next PutManifest waits for it and fails with the upload's error.
 class BlobSink : public OutputStream {
  public:
@@ -86,7 +86,8 @@ class ImageDestination {
   // The tag Commit will set (the reference's, or kDefaultTag).
   virtual const std::string& tag() const = 0;
   virtual Result<bool> HasBlob(const Descriptor& d) = 0;
-  virtual Result<std::unique_ptr<BlobSink>> NewBlob() = 0;
+  // `what` names the blob in messages ("layer 1 (sha256:ab…)").
+  virtual Result<std::unique_ptr<BlobSink>> NewBlob(std::string what) = 0;
   // Writes `data` as a blob (skipped if present) and returns its descriptor.
   virtual Result<Descriptor> PutBlob(std::string media_type, ByteSpan data) = 0;
   // Writes a manifest or index (untagged), once every blob written before it is durable (the
@@ -114,7 +115,7 @@ Result<std::unique_ptr<ImageDestination>> OpenOciDestination(const ImageReferenc
 
 // --- Registry (docker://) -------------------------------------------------------------------------
 // Sources read manifests by digest and blobs with Range requests (lazy); destinations push every
-// blob first (spooled to a temporary file when streamed), manifests by digest next, and only
+// blob first (streamed as it is written, in PATCH chunks), manifests by digest next, and only
 // Commit puts the manifest under the tag. Abort leaves pushed blobs to the registry's garbage
 // collector; no tag ever names a manifest whose blobs are missing.
 struct TransportOptions {

@@ -212,7 +212,9 @@ class FailingManifestDestination final : public ImageDestination {
   std::string Name() const override { return inner_->Name(); }
   const std::string& tag() const override { return inner_->tag(); }
   Result<bool> HasBlob(const Descriptor& d) override { return inner_->HasBlob(d); }
-  Result<std::unique_ptr<BlobSink>> NewBlob() override { return inner_->NewBlob(); }
+  Result<std::unique_ptr<BlobSink>> NewBlob(std::string what) override {
+    return inner_->NewBlob(std::move(what));
+  }
   Result<Descriptor> PutBlob(std::string media_type, ByteSpan data) override {
     return inner_->PutBlob(std::move(media_type), data);
   }

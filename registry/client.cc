@@ -263,12 +263,14 @@ class ClientImpl final : public Client {
                   std::string_view mount_from) override;
   Result<bool> MountBlob(const Reference& repo, std::string_view digest,
                          std::string_view from_repo) override;
+  Result<std::unique_ptr<BlobUpload>> StartUpload(const Reference& repo) override;
 
   // Reads exactly out.size() bytes at offset into out.
   Status ReadRangeInto(const Reference& repo, std::string_view digest, uint64_t offset,
                        MutableByteSpan out);
 
  private:
+  friend class BlobUploadImpl;
   enum class Cap { kResolve, kPull, kPush };
 
   Result<std::vector<Endpoint>> Endpoints(const std::string& host, Cap cap);
@@ -1086,6 +1088,94 @@ Result<bool> ClientImpl::MountBlob(const Reference& repo, std::string_view diges
   return HttpError(repo, what, r);
 }
 
+// An upload session: PATCHes with Content-Range, then the PUT. A PATCH that failed before the
+// registry took it (5xx, 429, a refused connection) is retried like any request. One whose
+// answer was lost after the registry applied it cannot be: docker distribution then drops the
+// session ("upload resumed at wrong offset"), and the upload fails naming the PATCH.
+class BlobUploadImpl final : public BlobUpload {
+ public:
+  BlobUploadImpl(ClientImpl& client, Reference repo, Endpoint ep, std::string location)
+      : client_(client), repo_(std::move(repo)), ep_(std::move(ep)), scope_(PushScope(repo_)),
+        location_(std::move(location)) {}
+  ~BlobUploadImpl() override { Cancel(); }
+
+  Status Append(ByteSpan data) override {
+    if (done_) return Status::FailedPrecondition("upload session already ended");
+    if (data.empty()) return Status::Ok();
+    Request patch;
+    patch.method = "PATCH";
+    patch.url = location_;
+    patch.body = data;
+    patch.headers.push_back("Content-Type: application/octet-stream");
+    patch.headers.push_back("Content-Range: " + std::to_string(pos_) + "-" +
+                            std::to_string(pos_ + data.size() - 1));
+    const std::string what = "PATCH upload at byte " + std::to_string(pos_);
+    LC_ASSIGN_OR_RETURN(Response r, client_.Send(repo_, ep_, scope_, patch, what));
+    if (r.status != 202) return client_.HttpError(repo_, what, r);
+    std::string next = r.Header("location");
+    if (!next.empty()) location_ = ResolveLocation(ep_, next);
+    pos_ += data.size();
+    return Status::Ok();
+  }
+
+  Status Finish(std::string_view digest, ByteSpan last) override {
+    if (done_) return Status::FailedPrecondition("upload session already ended");
+    LC_RETURN_IF_ERROR(CheckDigestSyntax(repo_, digest));
+    Request put;
+    put.method = "PUT";
+    put.url = location_ + (location_.find('?') == std::string::npos ? "?" : "&") +
+              "digest=" + UrlEscape(digest);
+    if (!last.empty()) {
+      put.body = last;
+      put.headers.push_back("Content-Type: application/octet-stream");
+    }
+    const std::string what = "finish upload of " + std::string(digest);
+    LC_ASSIGN_OR_RETURN(Response r, client_.Send(repo_, ep_, scope_, put, what));
+    if (r.status != 201) return client_.HttpError(repo_, what, r);
+    done_ = true;
+    pos_ += last.size();
+    return Status::Ok();
+  }
+
+  void Cancel() override {
+    if (done_) return;
+    done_ = true;
+    // One attempt, no retries: the registry expires abandoned sessions on its own.
+    Request del;
+    del.method = "DELETE";
+    del.url = location_;
+    std::vector<std::string> headers;
+    if (auto auth = client_.AuthHeader(repo_.registry, scope_)) headers.push_back(*auth);
+    (void)client_.PerformOnce(ep_, del, headers);
+  }
+
+  uint64_t size() const override { return pos_; }
+
+ private:
+  ClientImpl& client_;
+  const Reference repo_;
+  const Endpoint ep_;
+  const std::string scope_;
+  std::string location_;
+  uint64_t pos_ = 0;
+  bool done_ = false;
+};
+
+Result<std::unique_ptr<BlobUpload>> ClientImpl::StartUpload(const Reference& repo) {
+  LC_ASSIGN_OR_RETURN(auto eps, Endpoints(repo.registry, Cap::kPush));
+  const Endpoint& ep = eps.front();
+  Request start;
+  start.method = "POST";
+  start.url = ep.base_url + "/" + repo.repository + "/blobs/uploads/";
+  const std::string what = "start upload";
+  LC_ASSIGN_OR_RETURN(Response r, Send(repo, ep, PushScope(repo), start, what));
+  if (r.status != 202) return HttpError(repo, what, r);
+  std::string location = r.Header("location");
+  if (location.empty()) return Status::Corruption(repo.Name() + ": " + what + ": no Location");
+  return std::unique_ptr<BlobUpload>(
+      std::make_unique<BlobUploadImpl>(*this, repo, ep, ResolveLocation(ep, location)));
+}
+
 Status ClientImpl::PushBlob(const Reference& repo, std::string_view digest, BlobSource& data,
                             std::string_view mount_from) {
   LC_RETURN_IF_ERROR(CheckDigestSyntax(repo, digest));
@@ -1099,60 +1189,24 @@ Status ClientImpl::PushBlob(const Reference& repo, std::string_view digest, Blob
     auto mounted = MountBlob(repo, digest, mount_from);
     if (mounted.ok() && *mounted) return Status::Ok();
   }
-  LC_ASSIGN_OR_RETURN(auto eps, Endpoints(repo.registry, Cap::kPush));
-  const Endpoint& ep = eps.front();
-  const std::string scope = PushScope(repo);
-  const std::string dname(digest);
-
-  Request start;
-  start.method = "POST";
-  start.url = ep.base_url + "/" + repo.repository + "/blobs/uploads/";
-  LC_ASSIGN_OR_RETURN(Response sr, Send(repo, ep, scope, start, "start upload of " + dname));
-  if (sr.status != 202) return HttpError(repo, "start upload of " + dname, sr);
-  std::string location = sr.Header("location");
-  if (location.empty()) return Status::Corruption(repo.Name() + ": upload of " + dname + ": no Location");
-  location = ResolveLocation(ep, location);
-
-  auto with_digest = [&](const std::string& loc) {
-    return loc + (loc.find('?') == std::string::npos ? "?" : "&") + "digest=" + UrlEscape(digest);
-  };
+  const std::string what = "push of blob " + std::string(digest);
+  LC_ASSIGN_OR_RETURN(auto upload, StartUpload(repo));
+  // Small blobs go up in the final PUT (one request), large ones in PATCH chunks first.
   const uint64_t size = data.size();
   if (size <= opts_.chunked_upload_threshold) {
     std::vector<uint8_t> buf(size);
     LC_RETURN_IF_ERROR(data.ReadAt(0, buf));
-    Request put;
-    put.method = "PUT";
-    put.url = with_digest(location);
-    put.body = buf;
-    put.headers.push_back("Content-Type: application/octet-stream");
-    LC_ASSIGN_OR_RETURN(Response pr, Send(repo, ep, scope, put, "PUT blob " + dname));
-    if (pr.status != 201) return HttpError(repo, "PUT blob " + dname, pr);
-    return Status::Ok();
+    return upload->Finish(digest, buf).WithContext(what);
   }
   std::vector<uint8_t> buf;
   for (uint64_t pos = 0; pos < size;) {
     uint64_t n = std::min<uint64_t>(opts_.upload_chunk_bytes, size - pos);
     buf.resize(n);
     LC_RETURN_IF_ERROR(data.ReadAt(pos, buf));
-    Request patch;
-    patch.method = "PATCH";
-    patch.url = location;
-    patch.body = buf;
-    patch.headers.push_back("Content-Type: application/octet-stream");
-    patch.headers.push_back("Content-Range: " + std::to_string(pos) + "-" + std::to_string(pos + n - 1));
-    std::string what = "PATCH blob " + dname + " chunk at " + std::to_string(pos);
-    LC_ASSIGN_OR_RETURN(Response pr, Send(repo, ep, scope, patch, what));
-    if (pr.status != 202) return HttpError(repo, what, pr);
-    std::string next = pr.Header("location");
-    if (!next.empty()) location = ResolveLocation(ep, next);
+    LC_RETURN_IF_ERROR(upload->Append(buf).WithContext(what));
     pos += n;
   }
-  Request fin;
-  fin.method = "PUT";
-  fin.url = with_digest(location);
-  LC_ASSIGN_OR_RETURN(Response fr, Send(repo, ep, scope, fin, "finish upload of " + dname));
-  if (fr.status != 201) return HttpError(repo, "finish upload of " + dname, fr);
-  return Status::Ok();
+  return upload->Finish(digest, {}).WithContext(what);
 }
 
 }  // namespace

@@ -129,6 +129,8 @@ struct ByteRange {
   uint64_t length = 0;
 };
 
+class BlobUpload;
+
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Create(ClientOptions options = {});
@@ -179,6 +181,29 @@ class Client {
   // an ordinary upload instead (202; the upload is abandoned).
   virtual Result<bool> MountBlob(const Reference& repo, std::string_view digest,
                                  std::string_view from_repo) = 0;
+
+  // Opens an upload session (POST) for a blob whose bytes are produced as it goes up and whose
+  // digest is known only at the end: no temporary copy is needed. The client must outlive it.
+  virtual Result<std::unique_ptr<BlobUpload>> StartUpload(const Reference& repo) = 0;
+};
+
+// One upload session (OCI distribution "chunked upload"): PATCHes in order, then a PUT with the
+// digest. Each request is retried like any other (the caller keeps the bytes of one Append, not
+// of the blob). Not thread-safe: one caller at a time.
+class BlobUpload {
+ public:
+  virtual ~BlobUpload() = default;
+  // PATCHes the next `data.size()` (> 0) bytes of the blob.
+  virtual Status Append(ByteSpan data) = 0;
+  // PUT ?digest= with `last` (the blob's final bytes, may be empty) as its body: the registry
+  // checks the digest against everything it received and stores the blob. A blob that fits in
+  // memory goes up in this one request.
+  virtual Status Finish(std::string_view digest, ByteSpan last) = 0;
+  // Abandons the session (DELETE, best effort). Also done by the destructor of an unfinished
+  // upload.
+  virtual void Cancel() = 0;
+  // Bytes appended so far.
+  virtual uint64_t size() const = 0;
 };
 
 // Parses a multipart/byteranges body (RFC 7233 §4.1) with the given boundary. Each part must

@@ -142,6 +142,36 @@ TEST_F(RegistryTest, ChunkedUpload) {
   EXPECT_EQ(out.bytes(), bytes);
 }
 
+TEST_F(RegistryTest, StreamedUploadAppendsInOrderAndTheFinalPutNamesTheDigest) {
+  // A blob whose digest is known only at the end: PATCHes as the bytes come, then the PUT.
+  auto repo = Ref(reg_->host(), "streamed");
+  auto bytes = RandomBytes(250000, 8);
+  ByteSpan all(bytes);
+  auto upload = client_->StartUpload(repo);
+  ASSERT_TRUE(upload.ok()) << upload.status().ToString();
+  ASSERT_TRUE((*upload)->Append(all.first(100000)).ok());
+  ASSERT_TRUE((*upload)->Append(all.subspan(100000, 1)).ok());
+  ASSERT_TRUE((*upload)->Append(all.subspan(100001, 99999)).ok());
+  EXPECT_EQ((*upload)->size(), 200000u);
+  Status finished = (*upload)->Finish(DigestOf(bytes), all.subspan(200000));
+  ASSERT_TRUE(finished.ok()) << finished.ToString() << reg_->Log();
+  EXPECT_EQ((*upload)->size(), bytes.size());
+  MemoryOutputStream out;
+  ASSERT_TRUE(client_->GetBlob(repo, DigestOf(bytes), out).ok());
+  EXPECT_EQ(out.bytes(), bytes);
+
+  // A digest that is not the content's is refused by the registry, and the message says which.
+  auto wrong = client_->StartUpload(repo);
+  ASSERT_TRUE(wrong.ok()) << wrong.status().ToString();
+  ASSERT_TRUE((*wrong)->Append(all.first(5000)).ok());
+  std::string claimed = DigestOf(all.first(4999));
+  Status refused = (*wrong)->Finish(claimed, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("finish upload of " + claimed), std::string::npos)
+      << refused.ToString();
+  EXPECT_EQ(client_->StatBlob(repo, claimed).status().code(), StatusCode::kNotFound);
+}
+
 std::string MakeManifest(const std::string& config_digest, size_t config_size,
                          const std::string& layer_digest, size_t layer_size) {
   return R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",)"
@@ -566,6 +596,39 @@ TEST_F(FaultTest, TruncatedBodiesResume) {
   auto r = c->GetBlobRange(repo_, digest_, 1000, 300000);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(*r, std::vector<uint8_t>(bytes_.begin() + 1000, bytes_.begin() + 301000));
+}
+
+TEST_F(FaultTest, StreamedUploadRetriesRefusedPatchesAndFailsClearlyWhenAnAnswerIsLost) {
+  // A PATCH answered 500 was not applied: it is sent again and the upload goes on.
+  proxy_->AddFault({.fault = Fault::kHttp500, .count = 1, .match = "PATCH "});
+  auto c = MakeClient(FastOptions());
+  auto bytes = RandomBytes(300000, 21);
+  ByteSpan all(bytes);
+  auto upload = c->StartUpload(repo_);
+  ASSERT_TRUE(upload.ok()) << upload.status().ToString();
+  ASSERT_TRUE((*upload)->Append(all.first(100000)).ok());
+  EXPECT_EQ(proxy_->faults_injected(), 1);
+  ASSERT_TRUE((*upload)->Append(all.subspan(100000, 100000)).ok());
+  Status finished = (*upload)->Finish(DigestOf(bytes), all.subspan(200000));
+  ASSERT_TRUE(finished.ok()) << finished.ToString() << reg_->Log();
+  MemoryOutputStream out;
+  ASSERT_TRUE(client_->GetBlob(Ref(reg_->host(), "f"), DigestOf(bytes), out).ok());
+  EXPECT_EQ(out.bytes(), bytes);
+
+  // A PATCH the registry applied but whose answer was lost: the retry is refused (the registry
+  // drops the session), and the upload fails at once naming the PATCH; nothing is stored.
+  proxy_->AddFault({.fault = Fault::kLoseResponse, .count = 1, .match = "PATCH "});
+  auto other = RandomBytes(300000, 22);
+  auto second = c->StartUpload(repo_);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto start = std::chrono::steady_clock::now();
+  Status lost = (*second)->Append(other);
+  ASSERT_FALSE(lost.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  EXPECT_NE(lost.message().find(proxy_->host() + "/f: PATCH upload at byte 0: HTTP 404"),
+            std::string::npos) << lost.ToString();
+  EXPECT_EQ(client_->StatBlob(Ref(reg_->host(), "f"), DigestOf(other)).status().code(),
+            StatusCode::kNotFound);
 }
 
 TEST_F(FaultTest, PersistentServerErrorsFailClearly) {

@@ -177,7 +177,8 @@ void FaultProxy::Serve(int client_fd) {
         return;
       }
       case Fault::kTruncate:
-        break;  // forward below, then cut
+      case Fault::kLoseResponse:
+        break;  // forward below, then cut or drop the answer
     }
   }
 
@@ -204,6 +205,14 @@ void FaultProxy::Serve(int client_fd) {
     auto sp = response_head.find(' ');
     return sp == std::string::npos ? 0 : std::atoi(response_head.c_str() + sp + 1);
   };
+  if (faulty && rule.fault == Fault::kLoseResponse) {
+    std::string rhead, rbody;
+    if (ReadHead(up, rhead, rbody, stop_)) record.status = parse_status(rhead);
+    ResetAndClose(client_fd);
+    closed = true;
+    Record(std::move(record));
+    return;
+  }
   bool truncate = faulty && rule.fault == Fault::kTruncate;
   if (!truncate) {
     std::string response_head;  // until its end is seen

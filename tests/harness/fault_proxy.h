@@ -27,6 +27,8 @@ enum class Fault {
   kHttp503,     // answer 503 with Retry-After: retry_after_seconds
   kTruncate,    // forward, but cut the response body in half and close
   kStall,       // accept the request and send nothing for stall (or until the proxy stops)
+  kLoseResponse,  // forward, let upstream answer, then reset the client: the request took
+                  // effect but its sender never learns it
 };
 
 struct FaultRule {
