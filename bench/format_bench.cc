@@ -816,6 +816,8 @@ int main(int argc, char** argv) {
   lazycrypt::bench::RegisterAll();
   benchmark::AddCustomContext("default_chunk_size_bytes",
                               std::to_string(lazycrypt::format::kDefaultChunkSizeBytes));
+  benchmark::AddCustomContext("default_zstd_level",
+                              std::to_string(lazycrypt::format::kDefaultZstdLevel));
   benchmark::AddCustomContext("mixed_tar_bytes_requested",
                               std::to_string(lazycrypt::bench::MixedTarBytes()));
   benchmark::AddCustomContext("binary_sample", lazycrypt::bench::Binary().bytes.empty()

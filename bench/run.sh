@@ -21,7 +21,9 @@
 #   BENCH_SKIP_FUSE=1    skip step 6 (reads through FUSE mounts; keeps an earlier fuse.md)
 #   BENCH_SKIP_FORMAT=1  skip steps 1-3 and reuse their last results from BUILD_DIR/bench-results
 #                        (for iterating on step 4: sections 1-3 then show the earlier run)
-#   LAZYCRYPT_BENCH_IMAGE_LAYERS=4  LAZYCRYPT_BENCH_LAYER_MIB=144  BENCH_CONVERT_RUNS=3  (step 4)
+#   LAZYCRYPT_BENCH_IMAGE_LAYERS=4  LAZYCRYPT_BENCH_LAYER_MIB=144  BENCH_CONVERT_RUNS=5  (step 4)
+#   BENCH_REGISTRY_TMPFS=1  step 4's registry stores blobs under /dev/shm when it has 4 GiB free
+#                          (0: under TMPDIR), so that disk writeback does not decide the timings
 #   BENCH_REPORT_ONLY=1  measure nothing: regenerate the document and summary from the results of
 #                        the last run in BUILD_DIR/bench-results (after editing bench/report.jq)
 # Exit status: 0 when the run completed (whether or not the target holds), 1 when it could not run
@@ -195,15 +197,19 @@ fi  # BENCH_SKIP_FORMAT
 # docker-registry (filesystem storage in a temp dir, killed by PID on exit):
 #   lazycrypt encrypt --plain-http -r jwe:pub.pem oci:SRC docker://127.0.0.1:PORT/lc-...:bench
 #   skopeo copy --dest-tls-verify=false --encryption-key jwe:pub.pem oci:SRC docker://.../sk-...:bench
-# Runs alternate (skopeo, lazycrypt; source kind a, then b), a fresh repository name each run so
-# nothing is already present; each whole command is timed (wall, user+sys CPU of the process and
-# its children); medians. Afterwards `lazycrypt verify` checks a pushed lazycrypt image and
-# `skopeo inspect` a skopeo one (its layer media types name what skopeo uploaded).
+# Runs alternate (skopeo, lazycrypt; source kind a, then b); every push goes into an emptied
+# registry (storage on tmpfs when there is room) with the source blobs just read; each whole
+# command is timed (wall, user+sys CPU of the process and its children, and the registry's CPU
+# during it); medians. In the first run `lazycrypt verify` checks the pushed lazycrypt image and
+# `skopeo inspect` the skopeo one (its layer media types name what skopeo uploaded).
 WORK=""
+REG_ROOT=""
 REGISTRY_PID=""
 cleanup() {
   if [ -n "$REGISTRY_PID" ]; then kill "$REGISTRY_PID" 2>/dev/null || true; wait "$REGISTRY_PID" 2>/dev/null || true; fi
   REGISTRY_PID=""
+  if [ -n "$REG_ROOT" ]; then rm -rf "$REG_ROOT"; fi
+  REG_ROOT=""
   if [ -n "$WORK" ]; then rm -rf "$WORK"; fi
   WORK=""
 }
@@ -211,7 +217,7 @@ trap cleanup EXIT
 CLI="$BUILD/bin/lazycrypt"
 IMAGE_LAYERS="${LAZYCRYPT_BENCH_IMAGE_LAYERS:-4}"
 LAYER_MIB="${LAZYCRYPT_BENCH_LAYER_MIB:-144}"
-CONVERT_RUNS="${BENCH_CONVERT_RUNS:-3}"
+CONVERT_RUNS="${BENCH_CONVERT_RUNS:-5}"
 [[ "$IMAGE_LAYERS" =~ ^[0-9]+$ ]] && [ "$IMAGE_LAYERS" -ge 1 ] || die "LAZYCRYPT_BENCH_IMAGE_LAYERS must be >= 1"
 [[ "$LAYER_MIB" =~ ^[0-9]+$ ]] && [ "$LAYER_MIB" -ge 4 ] || die "LAZYCRYPT_BENCH_LAYER_MIB must be >= 4"
 [[ "$CONVERT_RUNS" =~ ^[0-9]+$ ]] && [ "$CONVERT_RUNS" -ge 1 ] || die "BENCH_CONVERT_RUNS must be >= 1"
@@ -222,13 +228,34 @@ timed() {
   local TIMEFORMAT='%R %U %S'
   { time "$@" >>"$peer_log" 2>&1; } 2>>"$file"
 }
-# median_of FILE: medians of wall and of user+sys over FILE's lines, as "wall cpu".
+# registry_cpu: CPU seconds (user+sys) the registry process has used so far.
+registry_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$REGISTRY_PID/stat"
+}
+# timed_push FILE CMD...: timed, plus the registry's CPU seconds during CMD as a fourth field.
+timed_push() {
+  local file=$1 before line; shift
+  before=$(registry_cpu)
+  timed "$file.tmp" "$@" || { rm -f "$file.tmp"; return 1; }
+  line=$(cat "$file.tmp"); rm -f "$file.tmp"
+  echo "$line $(awk -v a="$before" -v b="$(registry_cpu)" 'BEGIN { printf "%.2f", b - a }')" >>"$file"
+}
+# median_of FILE: medians of wall, of user+sys and of the fourth field (0 without one) over FILE's
+# lines, as "wall cpu registry_cpu".
 median_of() {
-  local wall cpu
+  local wall cpu reg
   wall=$(awk '{ print $1 }' "$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   cpu=$(awk '{ print $2 + $3 }' "$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-  echo "$wall $cpu"
+  reg=$(awk '{ print ($4 == "" ? 0 : $4) }' "$1" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  echo "$wall $cpu $reg"
 }
+# warm KIND: reads the source layout's blobs, so that every timed command starts with them in the
+# page cache (this VM's kernel reclaims pages that were not touched for a few seconds, and
+# reading them back from disk would be charged to whichever tool came first).
+warm() { cat "$WORK/src-$1"/blobs/sha256/* >/dev/null; }
+# wipe_registry: drops every repository and blob (between timed pushes: each push starts from an
+# empty registry, and tmpfs storage holds one image at a time). The registry keeps no cache.
+wipe_registry() { rm -rf "$REG_ROOT/storage/docker"; }
 # add_blob LAYOUT FILE: moves FILE into LAYOUT's blobs, prints "sha256:<hex> <size>".
 add_blob() {
   local hex size
@@ -284,10 +311,10 @@ start_registry() {
   for try in 1 2 3 4 5; do
     port=$(( 20000 + RANDOM % 30000 ))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue  # in use
-    mkdir -p "$WORK/registry"
+    mkdir -p "$REG_ROOT"
     printf 'version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-      "$WORK/registry/storage" "$port" >"$WORK/registry/config.yml"
-    docker-registry serve "$WORK/registry/config.yml" >>"$WORK/registry/log" 2>&1 &
+      "$REG_ROOT/storage" "$port" >"$REG_ROOT/config.yml"
+    docker-registry serve "$REG_ROOT/config.yml" >>"$REG_ROOT/log" 2>&1 &
     REGISTRY_PID=$!
     for _ in $(seq 1 100); do
       if registry_answers "$port"; then
@@ -339,62 +366,86 @@ else
       openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/key.pem" &&
       openssl pkey -in "$WORK/key.pem" -pubout -out "$WORK/pub.pem"
   ) >>"$peer_log" 2>&1 || peer_ok=0
+  # The registry's storage: tmpfs when there is room, so that the timings are the tools' and the
+  # registry's work rather than the disk's writeback (each push starts from an empty registry).
+  reg_where="a temporary directory (TMPDIR)"
+  REG_ROOT="$WORK/registry"
+  if [ "${BENCH_REGISTRY_TMPFS:-1}" = 1 ] && [ -d /dev/shm ] && [ -w /dev/shm ] &&
+     [ "$(df -Pk /dev/shm | awk 'NR == 2 { print $4 }')" -ge $((4 * 1024 * 1024)) ]; then
+    REG_ROOT=$(mktemp -d /dev/shm/lazycrypt-bench-registry-XXXXXX)
+    reg_where="tmpfs (/dev/shm)"
+  fi
   [ "$peer_ok" = 1 ] && { start_registry || { echo "bench: docker-registry did not start" >>"$peer_log"; peer_ok=0; }; }
   KINDS=(gzip tar)
   if [ "$peer_ok" = 1 ]; then
     for kind in "${KINDS[@]}"; do
-      : >"$WORK/skopeo-$kind.times"; : >"$WORK/lazycrypt-$kind.times"; : >"$WORK/lazycrypt1-$kind.times"
+      : >"$WORK/skopeo-$kind.times"; : >"$WORK/lazycrypt-$kind.times"; : >"$WORK/lazycrypt3-$kind.times"
       : >"$WORK/lazycrypt-layout-$kind.times"
     done
     for ((run = 1; run <= CONVERT_RUNS; run++)); do
       for kind in "${KINDS[@]}"; do
-        timed "$WORK/skopeo-$kind.times" skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+        warm "$kind"
+        timed_push "$WORK/skopeo-$kind.times" skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
           --encryption-key "jwe:$WORK/pub.pem" "oci:$WORK/src-$kind:bench" \
           "docker://$REGISTRY/sk-$kind-$run:bench" || { peer_ok=0; break 2; }
-        timed "$WORK/lazycrypt-$kind.times" "$CLI" --quiet encrypt --plain-http -r "jwe:$WORK/pub.pem" \
+        if [ "$run" = 1 ]; then
+          # What skopeo pushed: its manifest must list encrypted layers.
+          skopeo inspect --tls-verify=false "docker://$REGISTRY/sk-$kind-1:bench" >>"$peer_log" 2>&1 ||
+            { echo "bench: skopeo inspect failed ($kind)" >>"$peer_log"; peer_ok=0; break 2; }
+          layer_json "sk-$kind-1" >"$WORK/sk-$kind.layers" || { peer_ok=0; break 2; }
+          jq -e --argjson n "$IMAGE_LAYERS" 'length == $n and all(.[]; .mediaType | endswith("+encrypted"))' \
+            "$WORK/sk-$kind.layers" >/dev/null ||
+            { echo "bench: skopeo's layers are not all encrypted ($kind)" >>"$peer_log"; peer_ok=0; break 2; }
+        fi
+        wipe_registry
+        warm "$kind"
+        timed_push "$WORK/lazycrypt-$kind.times" "$CLI" --quiet encrypt --plain-http -r "jwe:$WORK/pub.pem" \
           "oci:$WORK/src-$kind:bench" "docker://$REGISTRY/lc-$kind-$run:bench" || { peer_ok=0; break 2; }
+        if [ "$run" = 1 ]; then
+          # What lazycrypt pushed: verify fetches and authenticates every chunk.
+          "$CLI" --quiet verify --plain-http --key "$WORK/key.pem" "docker://$REGISTRY/lc-$kind-1:bench" \
+            >>"$peer_log" 2>&1 || { echo "bench: lazycrypt verify failed ($kind)" >>"$peer_log"; peer_ok=0; break 2; }
+          layer_json "lc-$kind-1" >"$WORK/lc-$kind.layers" || { peer_ok=0; break 2; }
+        fi
+        wipe_registry
+        # Not the default: zstd's own default level (an extra row, no verdict).
+        warm "$kind"
+        timed_push "$WORK/lazycrypt3-$kind.times" "$CLI" --quiet encrypt --plain-http --zstd-level 3 \
+          -r "jwe:$WORK/pub.pem" "oci:$WORK/src-$kind:bench" "docker://$REGISTRY/lz3-$kind-$run:bench" ||
+          { peer_ok=0; break 2; }
+        if [ "$run" = 1 ]; then layer_json "lz3-$kind-1" >"$WORK/lz3-$kind.layers" || { peer_ok=0; break 2; }; fi
+        wipe_registry
         # The same conversion into an OCI layout on local disk: no push (an extra row, no verdict).
+        warm "$kind"
         timed "$WORK/lazycrypt-layout-$kind.times" "$CLI" --quiet encrypt -r "jwe:$WORK/pub.pem" \
           "oci:$WORK/src-$kind:bench" "oci:$WORK/out-layout:bench" || { peer_ok=0; break 2; }
         rm -rf "$WORK/out-layout"
-        # Not the default: what zstd's fastest level would change (an extra row, no verdict).
-        timed "$WORK/lazycrypt1-$kind.times" "$CLI" --quiet encrypt --plain-http --zstd-level 1 \
-          -r "jwe:$WORK/pub.pem" "oci:$WORK/src-$kind:bench" "docker://$REGISTRY/lz1-$kind-$run:bench" ||
-          { peer_ok=0; break 2; }
       done
     done
   fi
   kinds_json="{}"
   if [ "$peer_ok" = 1 ]; then
     for kind in "${KINDS[@]}"; do
-      # Verify what was pushed (first run's images): lazycrypt authenticates every chunk;
-      # skopeo's manifest must list encrypted layers.
-      "$CLI" --quiet verify --plain-http --key "$WORK/key.pem" "docker://$REGISTRY/lc-$kind-1:bench" \
-        >>"$peer_log" 2>&1 || { echo "bench: lazycrypt verify failed ($kind)" >>"$peer_log"; peer_ok=0; break; }
-      skopeo inspect --tls-verify=false "docker://$REGISTRY/sk-$kind-1:bench" >>"$peer_log" 2>&1 ||
-        { echo "bench: skopeo inspect failed ($kind)" >>"$peer_log"; peer_ok=0; break; }
-      sk_layers=$(layer_json "sk-$kind-1") && lc_layers=$(layer_json "lc-$kind-1") ||
-        { peer_ok=0; break; }
-      jq -e --argjson n "$IMAGE_LAYERS" 'length == $n and all(.[]; .mediaType | endswith("+encrypted"))' \
-        <<<"$sk_layers" >/dev/null || { echo "bench: skopeo's layers are not all encrypted ($kind)" >>"$peer_log"; peer_ok=0; break; }
-      read -r sk_wall sk_cpu < <(median_of "$WORK/skopeo-$kind.times")
-      read -r lc_wall lc_cpu < <(median_of "$WORK/lazycrypt-$kind.times")
-      read -r lz1_wall lz1_cpu < <(median_of "$WORK/lazycrypt1-$kind.times")
-      read -r lzl_wall lzl_cpu < <(median_of "$WORK/lazycrypt-layout-$kind.times")
+      read -r sk_wall sk_cpu sk_reg < <(median_of "$WORK/skopeo-$kind.times")
+      read -r lc_wall lc_cpu lc_reg < <(median_of "$WORK/lazycrypt-$kind.times")
+      read -r lz3_wall lz3_cpu lz3_reg < <(median_of "$WORK/lazycrypt3-$kind.times")
+      read -r lzl_wall lzl_cpu _ < <(median_of "$WORK/lazycrypt-layout-$kind.times")
       src_bytes=$(jq '[.layers[].size] | add' "$WORK/src-$kind/blobs/sha256/$(jq -r '.manifests[0].digest | sub("sha256:"; "")' "$WORK/src-$kind/index.json")")
       kinds_json=$(jq -c --arg kind "$kind" --argjson src "$src_bytes" \
-        --argjson sk_layers "$sk_layers" --argjson lc_layers "$lc_layers" \
-        --argjson sk_wall "$sk_wall" --argjson sk_cpu "$sk_cpu" \
-        --argjson lc_wall "$lc_wall" --argjson lc_cpu "$lc_cpu" \
-        --argjson lz1_wall "$lz1_wall" --argjson lz1_cpu "$lz1_cpu" \
+        --slurpfile sk_layers "$WORK/sk-$kind.layers" --slurpfile lc_layers "$WORK/lc-$kind.layers" \
+        --slurpfile lz3_layers "$WORK/lz3-$kind.layers" \
+        --argjson sk_wall "$sk_wall" --argjson sk_cpu "$sk_cpu" --argjson sk_reg "$sk_reg" \
+        --argjson lc_wall "$lc_wall" --argjson lc_cpu "$lc_cpu" --argjson lc_reg "$lc_reg" \
+        --argjson lz3_wall "$lz3_wall" --argjson lz3_cpu "$lz3_cpu" --argjson lz3_reg "$lz3_reg" \
         --argjson lzl_wall "$lzl_wall" --argjson lzl_cpu "$lzl_cpu" \
         --arg sk_runs "$(cat "$WORK/skopeo-$kind.times")" --arg lc_runs "$(cat "$WORK/lazycrypt-$kind.times")" \
         '. + {($kind): {source_layer_bytes: $src,
-              skopeo: {wall_s: $sk_wall, cpu_s: $sk_cpu, runs: ($sk_runs | split("\n")),
-                       blob_bytes: ([$sk_layers[].size] | add), media_types: ([$sk_layers[].mediaType] | unique)},
-              lazycrypt: {wall_s: $lc_wall, cpu_s: $lc_cpu, runs: ($lc_runs | split("\n")),
-                          blob_bytes: ([$lc_layers[].size] | add), media_types: ([$lc_layers[].mediaType] | unique)},
-              lazycrypt_zstd1: {wall_s: $lz1_wall, cpu_s: $lz1_cpu},
+              skopeo: {wall_s: $sk_wall, cpu_s: $sk_cpu, registry_cpu_s: $sk_reg, runs: ($sk_runs | split("\n")),
+                       blob_bytes: ([$sk_layers[0][].size] | add), media_types: ([$sk_layers[0][].mediaType] | unique)},
+              lazycrypt: {wall_s: $lc_wall, cpu_s: $lc_cpu, registry_cpu_s: $lc_reg, runs: ($lc_runs | split("\n")),
+                          blob_bytes: ([$lc_layers[0][].size] | add), media_types: ([$lc_layers[0][].mediaType] | unique)},
+              lazycrypt_zstd3: {wall_s: $lz3_wall, cpu_s: $lz3_cpu, registry_cpu_s: $lz3_reg,
+                                blob_bytes: ([$lz3_layers[0][].size] | add)},
               lazycrypt_to_layout: {wall_s: $lzl_wall, cpu_s: $lzl_cpu}}}' \
         <<<"$kinds_json")
     done
@@ -411,7 +462,9 @@ else
       ref "zstd -q -T1 -3 -c $tar_list >/dev/null" &&
       ref "zstd -q -T1 -1 -c $tar_list >/dev/null" &&
       ref "gzip -6 -c $tar_list >/dev/null" &&
-      ref "igzip -d -c $gz_list >/dev/null" || peer_ok=0
+      ref "igzip -d -c $gz_list >/dev/null" &&
+      ref "zstd -q -T1 -2 -c $tar_list >/dev/null" &&
+      ref "openssl dgst -sha256 $gz_list >/dev/null" || peer_ok=0
     refs_json=$(awk '{ printf "%s%.2f", (NR > 1 ? "," : "["), $2 + $3 } END { print "]" }' "$WORK/ref.times")
   fi
   if [ "$peer_ok" = 1 ]; then
@@ -421,8 +474,11 @@ else
       --argjson kinds "$kinds_json" --argjson refs "$refs_json" --arg skopeo_version "$(skopeo --version)" \
       --arg registry_version "$(docker-registry --version 2>/dev/null | head -1)" \
       --arg gzip_version "$(gzip --version | head -1)" \
+      --arg registry_storage "$reg_where" \
       '{status: "measured", tar_bytes: $tar, layers: $layers, runs: $runs, kinds: $kinds,
-        reference_cpu_s: {gunzip: $refs[0], sha256: $refs[1], zstd3: $refs[2], zstd1: $refs[3], gzip6: $refs[4], igzip: $refs[5]},
+        registry_storage: $registry_storage,
+        reference_cpu_s: {gunzip: $refs[0], sha256: $refs[1], zstd3: $refs[2], zstd1: $refs[3], gzip6: $refs[4],
+                          igzip: $refs[5], zstd2: $refs[6], sha256_gzip: $refs[7]},
         skopeo_version: $skopeo_version, registry_version: $registry_version, gzip_version: $gzip_version}' \
       >"$OUT_DIR/peers.json"
   else
@@ -465,7 +521,7 @@ AUTOGROUP_NICE=$(awk '{ print $NF }' /proc/self/autogroup 2>/dev/null || echo "n
 [ "$TAR_MIB" = 256 ] || command_line="LAZYCRYPT_BENCH_TAR_MIB=$TAR_MIB $command_line"
 [ "$IMAGE_LAYERS" = 4 ] || command_line="LAZYCRYPT_BENCH_IMAGE_LAYERS=$IMAGE_LAYERS $command_line"
 [ "$LAYER_MIB" = 144 ] || command_line="LAZYCRYPT_BENCH_LAYER_MIB=$LAYER_MIB $command_line"
-[ "$CONVERT_RUNS" = 3 ] || command_line="BENCH_CONVERT_RUNS=$CONVERT_RUNS $command_line"
+[ "$CONVERT_RUNS" = 5 ] || command_line="BENCH_CONVERT_RUNS=$CONVERT_RUNS $command_line"
 [ "${BENCH_SKIP_FORMAT:-0}" = 1 ] && command_line="BENCH_SKIP_FORMAT=1 $command_line"
 [ "${BENCH_SKIP_SKOPEO:-0}" = 1 ] && command_line="BENCH_SKIP_SKOPEO=1 $command_line"
 [ "${BENCH_SKIP_FUSE:-0}" = 1 ] && command_line="BENCH_SKIP_FUSE=1 $command_line"

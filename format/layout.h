@@ -37,6 +37,10 @@ inline constexpr uint8_t kRecordFlagStored = 0x02;
 
 // Chunking. The writer's default target chunk size (re-chosen by measurement in bench/).
 inline constexpr size_t kDefaultChunkSizeBytes = size_t{1} << 20;  // 1 MiB
+// zstd level of the writer's chunks and TOC. Level 2 makes blobs about 1.5 % larger than level 3
+// (zstd's own default) for about a fifth less compression CPU, the writer's largest cost
+// (docs/BENCHMARKS.md, section 4: conversion at levels 2 and 3 in the same run).
+inline constexpr int kDefaultZstdLevel = 2;
 inline constexpr size_t kMinChunkSizeBytes = size_t{64} << 10;     // 64 KiB
 inline constexpr size_t kMaxChunkSizeBytes = size_t{16} << 20;     // 16 MiB: also max raw_size
 

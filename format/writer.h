@@ -19,7 +19,7 @@ struct WriterOptions {
   // Target chunk size T, kMinChunkSizeBytes..kMaxChunkSizeBytes.
   size_t chunk_size_bytes = kDefaultChunkSizeBytes;
   // zstd level for chunks and the TOC.
-  int zstd_level = 3;
+  int zstd_level = kDefaultZstdLevel;
   // Compression/sealing threads; 0 = one per core.
   int threads = 0;
   // Before compressing a chunk (>= 128 KiB), try zstd's fastest level on four 16 KiB samples

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "format/layout.h"
 #include "image/transport.h"
 #include "keywrap/keyring.h"
 #include "keywrap/keys.h"
@@ -84,7 +85,7 @@ struct EncryptFlags {
   std::string chunk_size;  // "" = the format's default
   std::string format = "lazycrypt";
   int threads = 0;
-  int zstd_level = 3;
+  int zstd_level = format::kDefaultZstdLevel;
   std::string prefetch_list;  // file of paths to mark for prefetch (ParsePrefetchList); "" = none
   std::string src, dst;
   TransportFlags transport;
@@ -140,7 +141,7 @@ struct LayerEncryptFlags {
   std::vector<std::string> recipients;
   std::string chunk_size;
   int threads = 0;
-  int zstd_level = 3;
+  int zstd_level = format::kDefaultZstdLevel;
   std::string input, output;
   std::string descriptor_out;  // "" = print the descriptor JSON to stdout
 };

@@ -89,7 +89,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   encrypt->add_option("--threads", encrypt_flags.threads, "writer threads (0 = one per core)")
       ->capture_default_str();
-  encrypt->add_option("--zstd-level", encrypt_flags.zstd_level, "zstd level for chunks (1..19)")
+  encrypt->add_option("--zstd-level", encrypt_flags.zstd_level,
+                      "zstd level for chunks (1..19; 2 makes blobs ~1.5 % larger than 3 for a fifth "
+                      "less CPU)")
       ->capture_default_str();
   encrypt->add_option("--prefetch-list", encrypt_flags.prefetch_list,
                       "file of paths (one per line as in the image, leading / optional, # "
@@ -175,7 +177,8 @@ int main(int argc, char** argv) {
   layer_encrypt->add_option("--chunk-size", layer_encrypt_flags.chunk_size,
                             "target chunk size, 64KiB..16MiB (default 1MiB)");
   layer_encrypt->add_option("--threads", layer_encrypt_flags.threads, "writer threads (0 = one per core)");
-  layer_encrypt->add_option("--zstd-level", layer_encrypt_flags.zstd_level, "zstd level (1..19)");
+  layer_encrypt->add_option("--zstd-level", layer_encrypt_flags.zstd_level, "zstd level (1..19)")
+      ->capture_default_str();
   layer_encrypt->add_option("--descriptor-out,-o", layer_encrypt_flags.descriptor_out,
                             "write the descriptor JSON here (default: stdout)");
   layer_encrypt->add_option("INPUT", layer_encrypt_flags.input, "layer file, or - for stdin")->required();
