@@ -967,9 +967,14 @@ Result<std::vector<std::vector<uint8_t>>> ClientImpl::GetBlobRanges(const Refere
   const Endpoint& ep = eps->front();
   Request req;
   req.url = BlobUrl(ep, repo, digest);
+  // The whole answer is held once (reserved up front: no copies as it grows), its parts are
+  // viewed in place, and each range is copied out of it once.
+  uint64_t wanted = 0;
+  for (size_t i : nonempty) wanted += ranges[i].length;
   std::string body;
   req.prepare = [&](std::vector<std::string>& headers) {
     body.clear();
+    body.reserve(static_cast<size_t>(wanted) + 256 * nonempty.size() + 4096);
     headers.push_back("Range: " + spec);
   };
   req.sink = [&](const Response&, ByteSpan data) {
@@ -998,17 +1003,17 @@ Result<std::vector<std::vector<uint8_t>>> ClientImpl::GetBlobRanges(const Refere
   } else if (resp->status == 206) {
     auto cr = ParseContentRange(resp->Header("content-range"));
     if (!cr) return fallback();
-    parts.push_back({std::get<0>(*cr), std::vector<uint8_t>(body.begin(), body.end())});
+    parts.push_back({std::get<0>(*cr), AsBytes(body)});
   } else {
-    parts.push_back({0, std::vector<uint8_t>(body.begin(), body.end())});
+    parts.push_back({0, AsBytes(body)});
   }
   for (size_t i : nonempty) {
     const auto& rg = ranges[i];
     bool found = false;
     for (const auto& p : parts) {
       if (p.offset <= rg.offset && rg.offset + rg.length <= p.offset + p.bytes.size()) {
-        auto from = p.bytes.begin() + static_cast<std::ptrdiff_t>(rg.offset - p.offset);
-        results[i].assign(from, from + static_cast<std::ptrdiff_t>(rg.length));
+        ByteSpan from = p.bytes.subspan(static_cast<size_t>(rg.offset - p.offset), rg.length);
+        results[i].assign(from.begin(), from.end());
         found = true;
         break;
       }

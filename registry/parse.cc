@@ -222,11 +222,7 @@ Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body_bytes, std
                                 " is truncated (" + std::to_string(body.size() - pos) + " of " +
                                 std::to_string(len) + " bytes)");
     }
-    RangePart part;
-    part.offset = range->first;
-    auto data = body_bytes.subspan(pos, len);
-    part.bytes.assign(data.begin(), data.end());
-    parts.push_back(std::move(part));
+    parts.push_back({range->first, body_bytes.subspan(pos, len)});
     pos += len;
     if (body.substr(pos, 2) != "\r\n" || body.substr(pos + 2, delim.size()) != delim) {
       return Status::Corruption("multipart/byteranges: part " + std::to_string(parts.size() - 1) +

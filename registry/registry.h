@@ -207,10 +207,11 @@ class BlobUpload {
 };
 
 // Parses a multipart/byteranges body (RFC 7233 §4.1) with the given boundary. Each part must
-// carry a Content-Range header. Returns (offset, bytes) per part in body order.
+// carry a Content-Range header. Returns (offset, bytes) per part in body order; `bytes` views
+// `body` (no copy: valid while it lives).
 struct RangePart {
   uint64_t offset = 0;
-  std::vector<uint8_t> bytes;
+  ByteSpan bytes;
 };
 Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body, std::string_view boundary);
 
