@@ -216,10 +216,11 @@ class BackgroundUploader {
   }
   // Drops what is queued, waits for the request in progress, ends the thread. Idempotent.
   void Stop() {
+    std::deque<Job> dropped;  // destroyed outside the lock: abandoning a session is a request
     {
       std::lock_guard lock(mu_);
       stop_ = true;
-      queue_.clear();
+      dropped.swap(queue_);
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
@@ -262,12 +263,13 @@ class BackgroundUploader {
         if (!job.finish_digest.empty()) what += " as " + job.finish_digest;
         s = s.WithContext("push of " + what);
       }
+      std::deque<Job> dropped;  // destroyed outside the lock, as `job` below
       {
         std::lock_guard lock(mu_);
         busy_ = false;
         if (!s.ok() && first_error_.ok()) {
           first_error_ = s;
-          queue_.clear();
+          dropped.swap(queue_);
         }
         // Reused by the next chunk: no fresh pages to fault in for every 16 MiB.
         if (spare_.size() < kMaxQueued && job.bytes.capacity() == kUploadChunkBytes) {
@@ -275,6 +277,7 @@ class BackgroundUploader {
         }
       }
       job = {};  // an abandoned session goes outside the lock
+      dropped.clear();
       cv_.notify_all();
     }
   }
