@@ -144,7 +144,7 @@ class RegistrySource final : public ImageSource {
 };
 
 // Uploads blobs as they are written, on a thread of its own: a sink hands over each
-// kUploadChunkBytes of its blob as they fill, the thread PATCHes them in order (each PATCH
+// chunk_bytes (the client's upload_chunk_bytes) of its blob as they fill, the thread PATCHes them in order (each PATCH
 // retried on its own), and the sink's Close hands over the rest with the digest for the final
 // PUT. Nothing is spooled to disk, and the upload of one layer overlaps the conversion of the
 // next. At most kMaxQueued chunks wait, so a conversion faster than the link waits for it
@@ -153,8 +153,6 @@ class RegistrySource final : public ImageSource {
 // borrows.
 class BackgroundUploader {
  public:
-  static constexpr size_t kUploadChunkBytes = 16u << 20;
-
   // One blob being streamed; shared by its sink and the upload thread (which alone touches
   // `session`).
   struct Upload {
@@ -163,8 +161,11 @@ class BackgroundUploader {
     std::unique_ptr<registry::BlobUpload> session;
   };
 
-  BackgroundUploader(registry::Client& client, const registry::Reference& repo)
-      : client_(client), repo_(repo) {}
+  BackgroundUploader(registry::Client& client, const registry::Reference& repo, size_t chunk_bytes)
+      : client_(client), repo_(repo), chunk_bytes_(chunk_bytes) {}
+
+  // The size of each PATCH the sinks hand over.
+  size_t chunk_bytes() const { return chunk_bytes_; }
   ~BackgroundUploader() { Stop(); }
 
   // Queues the next `bytes` of `upload`; with `finish_digest`, they are its last and the upload
@@ -189,7 +190,7 @@ class BackgroundUploader {
     cv_.notify_all();
     return Status::Ok();
   }
-  // An empty buffer with room for kUploadChunkBytes (one a finished chunk left, when there is).
+  // An empty buffer with room for chunk_bytes() (one a finished chunk left, when there is).
   std::vector<uint8_t> TakeBuffer() {
     std::vector<uint8_t> buffer;
     {
@@ -200,7 +201,7 @@ class BackgroundUploader {
       }
     }
     buffer.clear();
-    buffer.reserve(kUploadChunkBytes);
+    buffer.reserve(chunk_bytes_);
     return buffer;
   }
   // The failure of an upload so far, without waiting.
@@ -272,7 +273,7 @@ class BackgroundUploader {
           dropped.swap(queue_);
         }
         // Reused by the next chunk: no fresh pages to fault in for every 16 MiB.
-        if (spare_.size() < kMaxQueued && job.bytes.capacity() == kUploadChunkBytes) {
+        if (spare_.size() < kMaxQueued && job.bytes.capacity() == chunk_bytes_) {
           spare_.push_back(std::move(job.bytes));
         }
       }
@@ -284,6 +285,7 @@ class BackgroundUploader {
 
   registry::Client& client_;
   const registry::Reference& repo_;
+  const size_t chunk_bytes_;
   mutable std::mutex mu_;
   std::condition_variable cv_;  // queue changed, a request ended, or stop
   std::deque<Job> queue_;
@@ -309,10 +311,10 @@ class RegistryBlobSink final : public BlobSink {
     size_ += data.size();
     while (!data.empty()) {
       if (buffer_.capacity() == 0) buffer_ = uploader_.TakeBuffer();
-      size_t n = std::min(data.size(), BackgroundUploader::kUploadChunkBytes - buffer_.size());
+      size_t n = std::min(data.size(), uploader_.chunk_bytes() - buffer_.size());
       buffer_.insert(buffer_.end(), data.begin(), data.begin() + static_cast<ptrdiff_t>(n));
       data = data.subspan(n);
-      if (buffer_.size() == BackgroundUploader::kUploadChunkBytes) {
+      if (buffer_.size() == uploader_.chunk_bytes()) {
         LC_RETURN_IF_ERROR(uploader_.Enqueue(upload_, std::exchange(buffer_, {})));
       }
     }
@@ -341,9 +343,10 @@ class RegistryBlobSink final : public BlobSink {
 
 class RegistryDestination final : public ImageDestination {
  public:
-  RegistryDestination(registry::Reference ref, std::unique_ptr<registry::Client> client)
+  RegistryDestination(registry::Reference ref, std::unique_ptr<registry::Client> client,
+                      size_t upload_chunk_bytes)
       : ref_(std::move(ref)), client_(std::move(client)), tag_(ref_.tag),
-        uploader_(std::make_unique<BackgroundUploader>(*client_, ref_)) {}
+        uploader_(std::make_unique<BackgroundUploader>(*client_, ref_, upload_chunk_bytes)) {}
   ~RegistryDestination() override { uploader_->Stop(); }
 
   std::string Name() const override { return "docker://" + ref_.ToString(); }
@@ -432,9 +435,10 @@ Result<std::unique_ptr<ImageDestination>> OpenRegistryDestination(const ImageRef
                                    "' names a digest; a destination needs a tag");
   }
   if (reference.tag.empty()) reference.tag = std::string(kDefaultTag);
-  LC_ASSIGN_OR_RETURN(auto client, MakeClient(options));
-  return std::unique_ptr<ImageDestination>(
-      std::make_unique<RegistryDestination>(std::move(reference), std::move(client)));
+  const registry::ClientOptions client_options = RegistryClientOptions(options);
+  LC_ASSIGN_OR_RETURN(auto client, registry::Client::Create(client_options));
+  return std::unique_ptr<ImageDestination>(std::make_unique<RegistryDestination>(
+      std::move(reference), std::move(client), static_cast<size_t>(client_options.upload_chunk_bytes)));
 }
 
 }  // namespace lazycrypt::image

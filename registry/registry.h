@@ -112,7 +112,9 @@ struct ClientOptions {
   long low_speed_bytes = 1;
   std::chrono::seconds low_speed_time{30};
 
-  // Blobs larger than this are uploaded with PATCH chunks of upload_chunk_bytes.
+  // PushBlob uploads blobs larger than this in PATCH chunks of upload_chunk_bytes; a streamed
+  // upload (StartUpload, e.g. `lazycrypt encrypt` into docker://) PATCHes upload_chunk_bytes at
+  // a time.
   uint64_t chunked_upload_threshold = 64ull << 20;
   uint64_t upload_chunk_bytes = 16ull << 20;
   std::string user_agent = "lazycrypt/0.1";
