@@ -61,6 +61,12 @@ MountedLayer::~MountedLayer() {
   keepalive_.reset();
 }
 
+Verification MountedLayer::verification() const { return Verification::kPending; }
+
+Status MountedLayer::verification_status() const {
+  return Status::Unavailable("layer " + digest_ + ": verification pending");
+}
+
 Status MountedLayer::Unmount() {
   if (!mount_) return Status::Ok();
   return mount_->Unmount();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,16 @@
 
 namespace lazycrypt::lazylayer {
 
+// Background verification of a lazily mounted layer (docs/FORMAT.md §8.4): once mounted, every
+// chunk is fetched and opened in order, the SHA-256 of the tar stream is compared with the TOC's
+// tar_sha256 (the diff_id the chain ID was computed from) and the TOC is matched against the tar
+// stream entry by entry (format/toc_tar_match.h).
+//   kPending:  not every byte has been hashed yet (also while the registry is unreachable: it
+//              retries with backoff and never becomes kVerified without hashing every byte);
+//   kVerified: the content is the diff_id's and the TOC describes it exactly;
+//   kFailed:   it is not; the layer is quarantined: every later read of any of its files is EIO.
+enum class Verification { kPending, kVerified, kFailed };
+
 struct MountLayerOptions {
   // Ciphertext cache shared by layers; null = memory only. Must outlive the mounted layer.
   cache::ChunkStore* store = nullptr;
@@ -32,6 +43,19 @@ struct MountLayerOptions {
   // Needs a store.
   uint64_t background_rate_bytes_per_sec = 0;
   fusefs::MountOptions mount;
+  // Verify the layer in the background once mounted (see Verification). Off only for tools that
+  // look at a layer once (the snapshotter and `lazycrypt mount` keep it on).
+  bool verify = true;
+  // Fetch rate of the verification when background_rate_bytes_per_sec is 0 (bytes/s; 0 = as
+  // fast as the source allows). Either way it yields to on-demand reads: it sends no request
+  // while a read is fetching, and runs at a lower CPU priority.
+  uint64_t verify_rate_bytes_per_sec = 0;
+  // Called exactly once when the verification ends: OK when verified, else the failure (naming
+  // the layer digest, never a file name). Called on the verification thread, with no lock of the
+  // MountedLayer or its cache held; it may call verification() and verification_status(), but
+  // must not destroy the MountedLayer. Not called when the layer is destroyed (or unmounted and
+  // destroyed) before the verification ends, nor when verify is false.
+  std::function<void(const Status&)> on_verified;
 };
 
 // Thread-safe as its parts. Destruction stops the background fetch and unmounts.
@@ -59,6 +83,13 @@ class MountedLayer {
   uint64_t blob_size() const { return blob_size_; }
   cache::LayerStats stats() const { return layer_->stats(); }
   const cache::CachedLayer& layer() const { return *layer_; }
+
+  // Where the background verification stands (kPending until it has hashed every byte).
+  // Thread-safe.
+  Verification verification() const;
+  // OK once verified; Unavailable ("layer sha256:...: verification pending ...") while pending;
+  // the failure (AuthFailed or Corruption, "layer sha256:...: ...") once failed. Thread-safe.
+  Status verification_status() const;
 
  private:
   MountedLayer() = default;
