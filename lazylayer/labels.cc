@@ -1,5 +1,7 @@
 #include "lazylayer/labels.h"
 
+#include "common/io.h"
+#include "crypto/digest.h"
 #include "image/oci.h"
 
 namespace lazycrypt::lazylayer {
@@ -43,6 +45,33 @@ Result<std::optional<LayerSource>> SourceFromLabels(
                                              "label " + std::string(kLabelCriManifestDigest)));
   }
   return std::optional<LayerSource>(std::move(source));
+}
+
+std::string ChainIdOf(std::string_view parent_chain_id, std::string_view diff_id) {
+  if (parent_chain_id.empty()) return std::string(diff_id);
+  const std::string joined = std::string(parent_chain_id) + " " + std::string(diff_id);
+  return crypto::OciDigest(crypto::Sha256::Of(AsBytes(joined)));
+}
+
+Result<std::string> ChainIdOfSnapshotName(std::string_view name) {
+  if (name.empty()) return std::string();
+  std::string_view chain = name;
+  // "<namespace>/<seq>/<key>": a namespace has no '/', seq is decimal.
+  const size_t first = name.find('/');
+  if (first != std::string_view::npos) {
+    const size_t second = name.find('/', first + 1);
+    const std::string_view seq =
+        second == std::string_view::npos ? std::string_view() : name.substr(first + 1, second - first - 1);
+    if (seq.empty() || seq.find_first_not_of("0123456789") != std::string_view::npos) {
+      return Status::InvalidArgument("parent snapshot \"" + std::string(name) +
+                                     "\" is neither a chain ID nor <namespace>/<n>/<chain ID>");
+    }
+    chain = name.substr(second + 1);
+  }
+  // Chain IDs are sha256 digests (image-spec).
+  LC_RETURN_IF_ERROR(image::ValidateDigest(chain, "the chain ID of parent snapshot \"" +
+                                                      std::string(name) + "\""));
+  return std::string(chain);
 }
 
 }  // namespace lazycrypt::lazylayer

@@ -40,4 +40,17 @@ struct LayerSource {
 // pull paths send them).
 Result<std::optional<LayerSource>> SourceFromLabels(const std::map<std::string, std::string>& labels);
 
+// containerd's identity.ChainID of a layer on top of a chain (opencontainers/image-spec
+// identity/chainid.go): the bottom layer's chain ID is its diff_id; otherwise
+// "sha256:" + hex(SHA-256("<parent chain ID> <diff_id>")), the two digests as written
+// ("sha256:<hex>") joined by one space. `parent_chain_id` "" = bottom layer.
+std::string ChainIdOf(std::string_view parent_chain_id, std::string_view diff_id);
+
+// The chain ID that a parent snapshot's name stands for, as a snapshotter behind containerd sees
+// it: containerd's metadata names the snapshots it commits "<namespace>/<seq>/<chain ID>"
+// (metadata/snapshot.go createKey) while a remote snapshotter commits its own under the bare
+// chain ID. "" for "" (no parent). An error naming the name when what remains is not a sha256
+// digest.
+Result<std::string> ChainIdOfSnapshotName(std::string_view name);
+
 }  // namespace lazycrypt::lazylayer

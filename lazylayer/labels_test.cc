@@ -65,5 +65,26 @@ TEST(SourceFromLabels, MalformedDigestsNameTheLabel) {
       << bad_layer.status().message();
 }
 
+// identity.ChainID (image-spec identity/chainid.go): the digest strings joined by one space.
+// Vectors: `printf 'sha256:a sha256:b' | sha256sum` (also ctrdclient's ChainIds test) and the
+// same for two full digests.
+TEST(ChainIdOf, MatchesImageSpecIdentity) {
+  EXPECT_EQ(ChainIdOf("", kLayer), kLayer);
+  EXPECT_EQ(ChainIdOf("sha256:a", "sha256:b"),
+            "sha256:970a948bffa8de94d6e22d747ba8c95030e6e546909f98f54e99a13005e173a8");
+  EXPECT_EQ(ChainIdOf(kToc, kLayer),
+            "sha256:ccd722928bd92476ba1745586fed6e45a102504185ad88cd89e01ff116fd146c");
+  EXPECT_NE(ChainIdOf(kLayer, kToc), ChainIdOf(kToc, kLayer));
+}
+
+TEST(ChainIdOfSnapshotName, StripsContainerdsNamespacePrefix) {
+  EXPECT_EQ(*ChainIdOfSnapshotName(""), "");
+  EXPECT_EQ(*ChainIdOfSnapshotName(kLayer), kLayer);               // committed by us (remote)
+  EXPECT_EQ(*ChainIdOfSnapshotName("k8s.io/42/" + kLayer), kLayer);  // committed by containerd
+  EXPECT_FALSE(ChainIdOfSnapshotName("k8s.io/x/" + kLayer).ok());
+  EXPECT_FALSE(ChainIdOfSnapshotName("k8s.io/42/extract-1 " + kLayer).ok());
+  EXPECT_FALSE(ChainIdOfSnapshotName("sha256:short").ok());
+}
+
 }  // namespace
 }  // namespace lazycrypt::lazylayer

@@ -1,16 +1,21 @@
 #include "lazylayer/snapshot_handler.h"
 
+#include <dirent.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "cache/registry_source.h"
 #include "cache/timed_source.h"
 #include "decoder/decoder.h"
+#include "crypto/digest.h"
+#include "image/envelope.h"
 #include "image/oci.h"
 #include "lazylayer/labels.h"
 
@@ -84,6 +89,53 @@ Result<keywrap::KeyRing> LoadNodeKeys(const SnapshotHandlerOptions& options) {
   return keys;
 }
 
+// A failure to unwrap the layer key with the node's keys (NotFound: no key file, or none is a
+// recipient) as the refusal containerd shows: PermissionDenied "<what>: no key on this node
+// unwraps it (...)". Other errors keep their code, with `what` as context.
+Status NoKeyOr(const std::string& what, const Status& s) {
+  if (s.code() == StatusCode::kNotFound) {
+    return Status::PermissionDenied(what + ": no key on this node unwraps it (" + s.message() + ")");
+  }
+  return s.WithContext(what);
+}
+
+// One line per file system object: name, then lstat and stat (through a symlink, as a key
+// loader reads it) identity and times. Missing objects are written as such.
+void AppendStat(std::string& out, const std::filesystem::path& path) {
+  auto one = [&](int rc, const struct stat& st) {
+    if (rc != 0) {
+      out += " -";
+      return;
+    }
+    out += ' ' + std::to_string(st.st_dev) + ':' + std::to_string(st.st_ino) + ':' +
+           std::to_string(st.st_mode) + ':' + std::to_string(st.st_size) + ':' +
+           std::to_string(st.st_mtim.tv_sec) + '.' + std::to_string(st.st_mtim.tv_nsec) + ':' +
+           std::to_string(st.st_ctim.tv_sec) + '.' + std::to_string(st.st_ctim.tv_nsec);
+  };
+  struct stat l {}, f {};
+  out += path.string();
+  one(::lstat(path.c_str(), &l), l);
+  one(::stat(path.c_str(), &f), f);
+  out += '\n';
+}
+
+// The store key MountedLayer uses by default for a layer's cached ciphertext (mounted_layer.cc):
+// for a layer that is not mounted now (its restore failed), whose CachedLayer cannot say.
+std::string DefaultStoreKey(const std::string& layer_digest) {
+  std::string key = layer_digest;
+  std::replace(key.begin(), key.end(), ':', '-');
+  return key;
+}
+
+const char* VerificationName(Verification v) {
+  switch (v) {
+    case Verification::kPending: return "pending";
+    case Verification::kVerified: return "verified";
+    case Verification::kFailed: return "failed";
+  }
+  return "pending";
+}
+
 int64_t MillisSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
                                                                start)
@@ -91,6 +143,25 @@ int64_t MillisSince(std::chrono::steady_clock::time_point start) {
 }
 
 }  // namespace
+
+std::string KeySetFingerprint(const SnapshotHandlerOptions& options) {
+  std::string out;
+  for (const auto& dir : options.key_dirs) {
+    AppendStat(out, dir);
+    std::vector<std::string> names;
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (const dirent* e = ::readdir(d)) {
+        const std::string name = e->d_name;
+        if (name != "." && name != "..") names.push_back(name);
+      }
+      ::closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) AppendStat(out, dir / name);
+  }
+  for (const auto& [key, password] : options.key_passwords) AppendStat(out, password);
+  return out;
+}
 
 Status DetachStaleMount(const std::filesystem::path& dir) {
   if (::umount2(dir.c_str(), MNT_DETACH) == 0) return Status::Ok();
@@ -106,6 +177,11 @@ struct SnapshotHandler::Impl {
   struct Mounted {
     std::unique_ptr<MountedLayer> layer;
     LayerSource source;
+    image::Descriptor descriptor;  // from the manifest: its key annotations are what Check unwraps
+    // The last Check's unwrap answer (OK or PermissionDenied) and the key-set fingerprint it was
+    // computed under.
+    std::optional<std::string> checked_fingerprint;
+    Status checked;
   };
   mutable std::mutex mu;
   std::map<int64_t, Mounted> mounts;  // by snapshot id
@@ -114,18 +190,23 @@ struct SnapshotHandler::Impl {
     if (options.log) options.log(snapshotter::LogLevel::kInfo, message);
   }
 
-  Result<bool> Mount(int64_t snapshot_id, const std::map<std::string, std::string>& labels,
+  // Mounts the layer that `labels` name for snapshot `name` (its chain ID) on `parent` (the
+  // parent snapshot's name), after checking that the layer's TOC gives that chain ID.
+  Result<bool> Mount(int64_t snapshot_id, const std::string& name, const std::string& parent,
+                     const std::map<std::string, std::string>& labels,
                      const std::filesystem::path& target_dir) {
     LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, SourceFromLabels(labels));
     if (!source) return false;
     const std::string what = "layer " + source->layer_digest;
+    auto parent_chain = ChainIdOfSnapshotName(parent);
+    if (!parent_chain.ok()) return parent_chain.status().WithContext(what);
     auto phase_start = std::chrono::steady_clock::now();
     auto descriptor = FindLayer(*client, *source);
     if (!descriptor.ok()) return descriptor.status().WithContext(what);
     const int64_t manifest_ms = MillisSince(phase_start);
     phase_start = std::chrono::steady_clock::now();
     auto keys = LoadNodeKeys(options);
-    if (!keys.ok()) return keys.status().WithContext(what);
+    if (!keys.ok()) return NoKeyOr(what, keys.status());
     const int64_t keys_ms = MillisSince(phase_start);
     auto repo = registry::Reference::Parse(source->image_ref);
     if (!repo.ok()) return repo.status().WithContext(what);
@@ -138,11 +219,39 @@ struct SnapshotHandler::Impl {
 
     MountLayerOptions layer_options = options.layer;
     layer_options.store = options.store.get();
+    const snapshotter::LogSink log = options.log;
+    const std::string digest = source->layer_digest;
+    layer_options.on_verified = [log, digest, name](const Status& s) {
+      if (!log) return;
+      if (s.ok()) {
+        log(snapshotter::LogLevel::kInfo, "layer " + digest + " (snapshot " + name +
+                                              ") verified against its diff_id");
+      } else {
+        log(snapshotter::LogLevel::kError,
+            "layer " + digest + " (snapshot " + name +
+                ") quarantined: its content does not match the diff_id its image claims: " +
+                s.ToString());
+      }
+    };
     phase_start = std::chrono::steady_clock::now();
-    LC_ASSIGN_OR_RETURN(std::unique_ptr<MountedLayer> layer,
-                        MountedLayer::Mount(target_dir, timed, nullptr, *descriptor, *keys,
-                                            layer_options));
+    auto mounted = MountedLayer::Mount(target_dir, timed, nullptr, *descriptor, *keys,
+                                       layer_options);
+    if (!mounted.ok()) return NoKeyOr(what, mounted.status());
+    std::unique_ptr<MountedLayer> layer = std::move(*mounted);
     const int64_t mount_ms = MillisSince(phase_start);
+    // The chain ID containerd will reuse this layer by must be the one its content gives: the
+    // TOC's tar_sha256 (the diff_id the background verification checks the content against),
+    // not the diff_id the image's config claims.
+    const std::string diff_id = crypto::OciDigest(layer->layer().index().diff_id());
+    const std::string expected = ChainIdOf(*parent_chain, diff_id);
+    if (expected != name) {
+      layer.reset();  // unmounts
+      return Status::AuthFailed(
+          what + ": refusing to mount it as snapshot " + name + ": its TOC gives diff_id " +
+          diff_id + ", so its chain ID on " +
+          (parent_chain->empty() ? std::string("no parent") : "parent " + *parent_chain) +
+          " is " + expected + " (the image's config claims another diff_id for this layer)");
+    }
     if (options.log) {
       // Key unwrap, TOC verification, starting the prefetch and the FUSE mount are inside
       // mount_ms; the blob reads among them (header, sealed TOC) are counted apart.
@@ -159,8 +268,46 @@ struct SnapshotHandler::Impl {
         " chunks, " + std::to_string(layer->blob_size()) + " bytes, key " + layer->key_name() +
         ")");
     std::lock_guard<std::mutex> lock(mu);
-    mounts[snapshot_id] = Mounted{std::move(layer), std::move(*source)};
+    Mounted& m = mounts[snapshot_id];
+    m = Mounted{};
+    m.layer = std::move(layer);
+    m.source = std::move(*source);
+    m.descriptor = std::move(*descriptor);
     return true;
+  }
+
+  // The unwrap part of Check, cached per key-set generation.
+  Status CheckKeys(int64_t snapshot_id, const std::string& what) {
+    const std::string fingerprint = KeySetFingerprint(options);
+    image::Descriptor descriptor;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = mounts.find(snapshot_id);
+      if (it == mounts.end()) return Status::FailedPrecondition(what + ": not mounted");
+      if (it->second.checked_fingerprint == fingerprint) return it->second.checked;
+      descriptor = it->second.descriptor;
+    }
+    Status result;
+    auto keys = LoadNodeKeys(options);
+    if (!keys.ok()) {
+      result = NoKeyOr(what, keys.status());
+    } else {
+      auto unwrapped = image::UnwrapLayerPrivopts(descriptor, *keys);
+      if (!unwrapped.ok()) result = NoKeyOr(what, unwrapped.status());
+    }
+    // Only definite answers are kept: a key provider that did not answer is asked again.
+    if (result.ok() || result.code() == StatusCode::kPermissionDenied) {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = mounts.find(snapshot_id);
+      if (it != mounts.end()) {
+        if (it->second.checked.ok() != result.ok() || !it->second.checked_fingerprint) {
+          Log(what + (result.ok() ? ": the node's keys unwrap it" : ": " + result.message()));
+        }
+        it->second.checked_fingerprint = fingerprint;
+        it->second.checked = result;
+      }
+    }
+    return result;
   }
 };
 
@@ -175,7 +322,9 @@ Result<std::unique_ptr<SnapshotHandler>> SnapshotHandler::Create(SnapshotHandler
 }
 
 Result<bool> SnapshotHandler::TryMount(const snapshotter::PrepareRequest& info) {
-  return impl_->Mount(info.snapshot_id, info.labels, info.target_dir);
+  auto target = info.labels.find(std::string(snapshotter::kTargetSnapshotLabel));
+  if (target == info.labels.end()) return false;
+  return impl_->Mount(info.snapshot_id, target->second, info.parent, info.labels, info.target_dir);
 }
 
 Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) {
@@ -202,12 +351,80 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
 
 Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
   LC_RETURN_IF_ERROR(DetachStaleMount(info.target_dir));
-  LC_ASSIGN_OR_RETURN(bool mounted, impl_->Mount(info.snapshot_id, info.labels, info.target_dir));
+  LC_ASSIGN_OR_RETURN(bool mounted, impl_->Mount(info.snapshot_id, info.name, info.parent,
+                                                 info.labels, info.target_dir));
   if (!mounted) {
     return Status::FailedPrecondition("snapshot " + info.name +
                                       " is marked remote but its labels name no lazycrypt layer");
   }
   return Status::Ok();
+}
+
+Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
+  std::string what;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->mounts.find(info.snapshot_id);
+    if (it == impl_->mounts.end()) {
+      auto source = SourceFromLabels(info.labels);
+      const std::string layer =
+          source.ok() && *source ? (*source)->layer_digest : std::string("(unknown)");
+      return Status::FailedPrecondition("layer " + layer + " (snapshot " + info.name +
+                                        "): not mounted");
+    }
+    what = "layer " + it->second.source.layer_digest + " (snapshot " + info.name + ")";
+    const MountedLayer& layer = *it->second.layer;
+    if (layer.verification() == Verification::kFailed) {
+      return Status::AuthFailed(what + ": quarantined: its content does not match the diff_id "
+                                       "its image claims (" +
+                                layer.verification_status().message() + ")");
+    }
+  }
+  return impl_->CheckKeys(info.snapshot_id, what);
+}
+
+Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::CheckRequest& info) {
+  snapshotter::PurgedLayer out;
+  std::string store_key;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->mounts.find(info.snapshot_id);
+    if (it != impl_->mounts.end()) {
+      out.layer_digest = it->second.source.layer_digest;
+      store_key = it->second.layer->layer().store_key();
+    }
+  }
+  if (out.layer_digest.empty()) {  // not mounted (its restore failed): from its labels
+    auto source = SourceFromLabels(info.labels);
+    if (source.ok() && *source) {
+      out.layer_digest = (*source)->layer_digest;
+      store_key = impl_->options.layer.cache.store_key.empty()
+                      ? DefaultStoreKey(out.layer_digest)
+                      : impl_->options.layer.cache.store_key;
+    }
+  }
+  LC_RETURN_IF_ERROR(Unmount(info.snapshot_id, info.target_dir));
+  if (!impl_->options.store || store_key.empty()) return out;
+  {
+    // Another snapshot (the same layer on another parent) may still read these chunks.
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    for (const auto& [id, m] : impl_->mounts) {
+      if (m.layer->layer().store_key() == store_key) {
+        out.note = "cached ciphertext kept: snapshot id " + std::to_string(id) +
+                   " still mounts the same layer";
+        return out;
+      }
+    }
+  }
+  out.bytes_freed = impl_->options.store->BytesPresent(store_key);
+  Status removed = impl_->options.store->RemoveBlob(store_key);
+  if (!removed.ok()) {
+    out.bytes_freed = 0;
+    out.note = "removing its cached ciphertext failed: " + removed.message();
+  }
+  impl_->Log("purged layer " + out.layer_digest + " (snapshot " + info.name + "): " +
+             std::to_string(out.bytes_freed) + " cached bytes removed");
+  return out;
 }
 
 std::vector<MountedLayerStatus> SnapshotHandler::Layers() const {
@@ -221,6 +438,7 @@ std::vector<MountedLayerStatus> SnapshotHandler::Layers() const {
     s.mountpoint = m.layer->mountpoint();
     s.blob_size = m.layer->blob_size();
     s.stats = m.layer->stats();
+    s.verification = m.layer->verification();
     out.push_back(std::move(s));
   }
   return out;
@@ -247,6 +465,8 @@ std::vector<snapshotter::RemoteLayerInfo> SnapshotHandler::MountedLayers() const
     info.bytes_present = s.stats.bytes_present;
     info.chunks_present = s.stats.chunks_present;
     info.chunk_count = s.stats.chunk_count;
+    info.verification = VerificationName(s.verification);
+    info.quarantined = s.verification == Verification::kFailed;
     out.push_back(std::move(info));
   }
   return out;

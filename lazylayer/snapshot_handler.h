@@ -4,6 +4,21 @@
 // layer key with the node's keys, verifies the sealed TOC against the pinned digest and mounts the
 // layer with FUSE at the snapshot's directory. Layers without the lazycrypt labels are declined
 // at once, without any network request, and containerd pulls them as usual.
+//
+// Before the snapshotter commits a mounted layer under the chain ID containerd asked for, the
+// chain ID must be the one the layer's own TOC gives (ChainIdOf(parent, TOC tar_sha256)): an
+// image cannot mount content under a chain ID computed from diff_ids it merely claims.
+//
+// Check (every use of a committed layer, remote.h): refused when the layer is quarantined (its
+// background verification found content that does not match its diff_id) or when the node's
+// current keys no longer unwrap its layer key. The unwrap result is cached per key-set
+// generation: a fingerprint of the key directories (every entry's name, inode, size, mtime,
+// ctime, also through symlinks) and the password files, recomputed on each Check; the layer key
+// is unwrapped again only when the fingerprint changed. (The key providers are configured once,
+// at start: a restart, which starts with an empty cache, is what applies a new provider config.
+// A provider's answer is cached like a key file's; an error from a provider is not.) A container
+// already running keeps its overlay mount of the layer and keeps reading it after its key is
+// removed (revocation stops new uses, not running ones; purge unmounts what no container uses).
 #pragma once
 
 #include <cstdint>
@@ -49,6 +64,7 @@ struct MountedLayerStatus {
   std::filesystem::path mountpoint;
   uint64_t blob_size = 0;
   cache::LayerStats stats;
+  Verification verification = Verification::kPending;
 };
 
 // Thread-safe.
@@ -60,6 +76,8 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
   Result<bool> TryMount(const snapshotter::PrepareRequest& info) override;
   Status Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) override;
   Status Restore(const snapshotter::RestoreRequest& info) override;
+  Status Check(const snapshotter::CheckRequest& info) override;
+  Result<snapshotter::PurgedLayer> Purge(const snapshotter::CheckRequest& info) override;
 
   std::vector<MountedLayerStatus> Layers() const;
   // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).
@@ -74,5 +92,9 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
 // Detaches whatever is mounted at `dir` (MNT_DETACH), e.g. a FUSE mount whose daemon died.
 // OK when nothing is mounted there.
 Status DetachStaleMount(const std::filesystem::path& dir);
+
+// The key-set generation: a fingerprint of everything the node's keys are read from (see
+// SnapshotHandler). Equal fingerprints = nothing a key load would see has changed.
+std::string KeySetFingerprint(const SnapshotHandlerOptions& options);
 
 }  // namespace lazycrypt::lazylayer

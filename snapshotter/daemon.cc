@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "snapshotter/admin.h"
 #include "snapshotter/metrics.h"
 #include "snapshotter/service.h"
 #include "snapshotter/snapshotter.h"
@@ -12,8 +13,10 @@
 namespace lazycrypt::snapshotter {
 
 int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
+  if (argc > 1 && std::string_view(argv[1]) == "purge") return PurgeMain(argc - 1, argv + 1);
   CLI::App app{"lazycrypt-snapshotter: containerd remote snapshotter serving encrypted layers "
-               "lazily"};
+               "lazily. `lazycrypt-snapshotter purge --help`: remove the layers this node may no "
+               "longer use, from the running daemon"};
   std::string config_path, address, root, log_level;
   app.add_option("--config", config_path, "TOML config file");
   app.add_option("--address", address, "unix socket path (overrides the config's address)");
@@ -86,6 +89,13 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     log(LogLevel::kError, server.status().ToString());
     return 1;
   }
+  // The operator's endpoint (`lazycrypt-snapshotter purge`), beside the containerd socket.
+  auto admin = AdminServer::Start(AdminSocketPath(config.address), sn->get(), log);
+  if (!admin.ok()) {
+    log(LogLevel::kError, admin.status().ToString());
+    (*server)->Shutdown();
+    return 1;
+  }
   std::unique_ptr<MetricsServer> metrics;
   if (!config.metrics.address.empty()) {
     MetricsSource source = [&remote_handler, &mount_counters]() {
@@ -93,6 +103,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
       if (remote_handler) snapshot.layers = remote_handler->MountedLayers();
       snapshot.mounts_total = mount_counters.mounts.load(std::memory_order_relaxed);
       snapshot.mount_failures_total = mount_counters.mount_failures.load(std::memory_order_relaxed);
+      snapshot.refused_uses_total = mount_counters.refusals.load(std::memory_order_relaxed);
       return snapshot;
     };
     auto started = MetricsServer::Start(config.metrics.address, std::move(source), log);
@@ -112,6 +123,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   log(LogLevel::kInfo, std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
                            ", shutting down");
   metrics.reset();  // no scrape may reach the handler while it goes away
+  admin->reset();
   (*server)->Shutdown();
   server->reset();
   sn->reset();

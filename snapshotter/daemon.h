@@ -17,8 +17,11 @@ namespace lazycrypt::snapshotter {
 using RemoteHandlerFactory = std::function<Result<std::shared_ptr<RemoteLayerHandler>>(
     const Config& config, const LogSink& log)>;
 
+// `purge ...` as the first argument runs PurgeMain (admin.h) instead: a client of the running
+// daemon's admin socket.
 // Parses --config FILE, --address PATH, --root DIR, --log-level LEVEL (flags override the file),
-// opens the state dir, restores remote snapshots, serves the Snapshots API, and returns the
+// opens the state dir, restores remote snapshots, serves the Snapshots API and the admin socket
+// (admin.h), and returns the
 // process exit code: 0 after a clean shutdown on SIGINT/SIGTERM, 1 on a runtime error, 2 on a
 // usage/config error. REQUIRES: called from main() before any other thread exists (it blocks
 // SIGINT/SIGTERM for all threads and waits for them in the calling thread).

@@ -40,6 +40,7 @@ class BindMountRemote final : public RemoteLayerHandler {
     log_(LogLevel::kInfo, "fake remote: restored " + info.name);
     return Status::Ok();
   }
+  Status Check(const CheckRequest&) override { return Status::Ok(); }
 
  private:
   Status Bind(const std::filesystem::path& dir) {

@@ -37,6 +37,12 @@ class CountingHandler final : public RemoteLayerHandler {
         .fetch_add(1, std::memory_order_relaxed);
     return s;
   }
+  Status Check(const CheckRequest& info) override {
+    Status s = inner_->Check(info);
+    if (!s.ok()) counters_->refusals.fetch_add(1, std::memory_order_relaxed);
+    return s;
+  }
+  Result<PurgedLayer> Purge(const CheckRequest& info) override { return inner_->Purge(info); }
   std::vector<RemoteLayerInfo> MountedLayers() const override { return inner_->MountedLayers(); }
 
  private:
@@ -62,6 +68,12 @@ std::string FormatDouble(double v) {
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
   if (ec != std::errc()) return "0";
   return std::string(buf, end);
+}
+
+uint64_t QuarantinedCount(const MetricsSnapshot& snapshot) {
+  uint64_t n = 0;
+  for (const RemoteLayerInfo& l : snapshot.layers) n += l.quarantined ? 1 : 0;
+  return n;
 }
 
 double FetchSeconds(const RemoteLayerInfo& l) { return static_cast<double>(l.fetch_nanos) / 1e9; }
@@ -103,6 +115,9 @@ const LayerFamily kLayerFamilies[] = {
     {"lazycrypt_layer_chunks", "gauge", "Chunks in the layer.", LC_U64_FIELD(chunk_count)},
     {"lazycrypt_layer_blob_bytes", "gauge", "Size of the layer blob in the registry.",
      LC_U64_FIELD(blob_size_bytes)},
+    {"lazycrypt_layer_quarantined", "gauge",
+     "1 when the layer failed its background verification and every use of it is refused.",
+     [](const RemoteLayerInfo& l) { return std::string(l.quarantined ? "1" : "0"); }},
 };
 
 #undef LC_U64_FIELD
@@ -169,6 +184,12 @@ std::string RenderPrometheus(const MetricsSnapshot& snapshot) {
   AppendHeader(out, "lazycrypt_mount_failures_total", "counter",
                "Remote layer mounts that failed.");
   out += "lazycrypt_mount_failures_total " + std::to_string(snapshot.mount_failures_total) + "\n";
+  AppendHeader(out, "lazycrypt_quarantined_layers", "gauge",
+               "Mounted layers whose content did not match their diff_id (every use refused).");
+  out += "lazycrypt_quarantined_layers " + std::to_string(QuarantinedCount(snapshot)) + "\n";
+  AppendHeader(out, "lazycrypt_refused_uses_total", "counter",
+               "Uses of a remote layer refused (no key on the node, quarantined, unavailable).");
+  out += "lazycrypt_refused_uses_total " + std::to_string(snapshot.refused_uses_total) + "\n";
   for (const LayerFamily& family : kLayerFamilies) {
     AppendHeader(out, family.name, family.type, family.help);
     for (const RemoteLayerInfo* l : layers) {
@@ -202,12 +223,16 @@ std::string RenderStatusJson(const MetricsSnapshot& snapshot) {
         {"cache_hits", l->cache_hits},
         {"cache_misses", l->cache_misses},
         {"auth_failures", l->auth_failures},
+        {"verification", l->verification},
+        {"quarantined", l->quarantined},
     });
   }
   nlohmann::json doc = {
       {"mounted_layers", snapshot.layers.size()},
       {"mounts_total", snapshot.mounts_total},
       {"mount_failures_total", snapshot.mount_failures_total},
+      {"quarantined_layers", QuarantinedCount(snapshot)},
+      {"refused_uses_total", snapshot.refused_uses_total},
       {"layers", std::move(layers)},
   };
   // Replace invalid UTF-8 (a label is untrusted text) rather than throw.

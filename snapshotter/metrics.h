@@ -26,6 +26,7 @@ namespace lazycrypt::snapshotter {
 struct MountCounters {
   std::atomic<uint64_t> mounts{0};
   std::atomic<uint64_t> mount_failures{0};
+  std::atomic<uint64_t> refusals{0};  // Checks that refused a use of a layer
 };
 
 // What one scrape shows.
@@ -33,11 +34,12 @@ struct MetricsSnapshot {
   std::vector<RemoteLayerInfo> layers;
   uint64_t mounts_total = 0;
   uint64_t mount_failures_total = 0;
+  uint64_t refused_uses_total = 0;
 };
 
 // Wraps `inner` so that every TryMount that mounts and every Restore that succeeds counts in
 // counters->mounts, and every one that fails in counters->mount_failures ("not mine" counts in
-// neither). Everything else is forwarded. REQUIRES: `counters` outlives the result.
+// neither); every Check that refuses counts in counters->refusals. Everything else is forwarded. REQUIRES: `counters` outlives the result.
 std::shared_ptr<RemoteLayerHandler> CountMounts(std::shared_ptr<RemoteLayerHandler> inner,
                                                 MountCounters* counters);
 
@@ -46,7 +48,8 @@ std::shared_ptr<RemoteLayerHandler> CountMounts(std::shared_ptr<RemoteLayerHandl
 // then snapshot id, so output is stable.
 std::string RenderPrometheus(const MetricsSnapshot& snapshot);
 // The /status JSON document: {"mounted_layers": N, "mounts_total": ..., "mount_failures_total":
-// ..., "layers": [{"layer", "image", "snapshot_id", "mountpoint", "present_percent", ...}]}.
+// ..., "quarantined_layers": ..., "refused_uses_total": ..., "layers": [{"layer", "image",
+// "snapshot_id", "mountpoint", "present_percent", "verification", "quarantined", ...}]}.
 std::string RenderStatusJson(const MetricsSnapshot& snapshot);
 // The share of the layer's chunks on local disk, 0..100 (0 for a layer without chunks).
 double PresentPercent(const RemoteLayerInfo& layer);

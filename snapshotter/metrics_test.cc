@@ -102,8 +102,8 @@ TEST(Metrics, RendersKnownLayerStatsAsExactLines) {
       EXPECT_EQ(line.rfind("lazycrypt_", 0), 0u) << line;
     }
   }
-  EXPECT_EQ(help, 16u);
-  EXPECT_EQ(type, 16u);
+  EXPECT_EQ(help, 19u);  // 3 + 2 (quarantined layers, refused uses) daemon-wide, 14 per layer
+  EXPECT_EQ(type, 19u);
   EXPECT_EQ(text.back(), '\n');
 }
 
@@ -197,6 +197,9 @@ class FakeHandler final : public RemoteLayerHandler {
   Status Restore(const RestoreRequest& info) override {
     return info.name == "bad" ? Status::FailedPrecondition("no") : Status::Ok();
   }
+  Status Check(const CheckRequest& info) override {
+    return info.name == "revoked" ? Status::PermissionDenied("layer sha256:x: no key") : Status::Ok();
+  }
   std::vector<RemoteLayerInfo> MountedLayers() const override { return {SampleLayer()}; }
 };
 
@@ -219,6 +222,36 @@ TEST(Metrics, CountMountsCountsMountsAndFailuresOnly) {
   EXPECT_EQ(counters.mount_failures.load(), 2u);
   ASSERT_EQ(handler->MountedLayers().size(), 1u);
   EXPECT_EQ(handler->MountedLayers()[0].snapshot_id, 7);
+  // Checks are forwarded (never answered by the wrapper) and refusals counted.
+  CheckRequest c;
+  c.name = "fine";
+  EXPECT_TRUE(handler->Check(c).ok());
+  c.name = "revoked";
+  EXPECT_EQ(handler->Check(c).code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(counters.refusals.load(), 1u);
+}
+
+TEST(Metrics, QuarantinedLayersAndRefusalsAreCountedAndShown) {
+  MetricsSnapshot snap;
+  RemoteLayerInfo bad = SampleLayer();
+  bad.verification = "failed";
+  bad.quarantined = true;
+  RemoteLayerInfo good = SampleLayer();
+  good.layer_digest = "sha256:ff";
+  good.verification = "verified";
+  snap.layers = {bad, good};
+  snap.refused_uses_total = 5;
+  const std::string text = RenderPrometheus(snap);
+  EXPECT_THAT(text, HasSubstr("# TYPE lazycrypt_quarantined_layers gauge\nlazycrypt_quarantined_layers 1\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE lazycrypt_refused_uses_total counter\nlazycrypt_refused_uses_total 5\n"));
+  EXPECT_THAT(text, HasSubstr("\nlazycrypt_layer_quarantined{layer=\"" + bad.layer_digest));
+  const nlohmann::json doc = nlohmann::json::parse(RenderStatusJson(snap));
+  EXPECT_EQ(doc.at("quarantined_layers"), 1);
+  EXPECT_EQ(doc.at("refused_uses_total"), 5);
+  for (const auto& l : doc.at("layers")) {
+    EXPECT_EQ(l.at("quarantined").get<bool>(), l.at("layer") == bad.layer_digest);
+    EXPECT_EQ(l.at("verification"), l.at("layer") == bad.layer_digest ? "failed" : "verified");
+  }
 }
 
 TEST(MetricsServer, ServesMetricsAndStatusOnLoopback) {

@@ -16,7 +16,18 @@
 // On Remove of a remote snapshot the Snapshotter calls Unmount before deleting its directory.
 // On start (Snapshotter::Open) it calls Restore for every committed remote snapshot (after a
 // restart or kill -9 the layer must be mounted again; a stale mount left at target_dir by a crash
-// is the handler's to detach first).
+// is the handler's to detach first). A snapshot whose Restore failed is *unavailable*: every use
+// of it is refused with the restore error, and a later use retries the Restore (at most once per
+// SnapshotterOptions::restore_retry_interval), so it never serves the empty directory under it.
+//
+// Authorization on every use: containerd reuses a committed snapshot by its chain ID without
+// asking the snapshotter whose it is (Stat(chainID) in the unpackers, AlreadyExists answered from
+// containerd's own metadata, container Prepares on top). So before each use of a committed remote
+// snapshot the Snapshotter calls Check: in Stat of it, in Prepare with it as the target (before
+// answering AlreadyExists), and for every remote snapshot in the parent chain of a Prepare, a View
+// and a Mounts. A failed Check is returned as FailedPrecondition with the handler's message (the
+// layer digest and the reason), never as NotFound: containerd then fails the pull or the
+// container's start with that message instead of pulling the layer again.
 //
 // Thread-safety: implementations must be thread-safe; TryMount for different keys may run
 // concurrently, and concurrently with Unmount/Restore of other snapshots.
@@ -39,6 +50,22 @@ struct PrepareRequest {
                                         // containerd.io/snapshot/cri.*, .../remote/stargz.*, ...)
   std::filesystem::path target_dir;     // snapshots/<id>/fs: an existing empty directory
   int64_t snapshot_id = 0;
+};
+
+// A committed remote snapshot about to be used (Check) or purged (Purge).
+struct CheckRequest {
+  std::string name;                     // the committed name (the chain ID)
+  std::string parent;
+  Labels labels;                        // as committed
+  std::filesystem::path target_dir;     // snapshots/<id>/fs
+  int64_t snapshot_id = 0;
+};
+
+// What Purge removed of one layer.
+struct PurgedLayer {
+  std::string layer_digest;             // "sha256:..." ("" if the labels name none)
+  uint64_t bytes_freed = 0;             // ciphertext removed from the local chunk cache
+  std::string note;                     // e.g. why the cache was kept (another snapshot uses it)
 };
 
 struct RestoreRequest {
@@ -70,6 +97,11 @@ struct RemoteLayerInfo {
   uint64_t bytes_present = 0;           // ciphertext of this layer on local disk now
   uint64_t chunks_present = 0;
   uint64_t chunk_count = 0;
+  // Background verification of the whole layer against its diff_id: "pending", "verified",
+  // "failed" ("" when the handler does not verify). A failed layer is quarantined: every use
+  // of it is refused (Check).
+  std::string verification;
+  bool quarantined = false;
 };
 
 class RemoteLayerHandler {
@@ -82,6 +114,20 @@ class RemoteLayerHandler {
   virtual Status Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) = 0;
   // Mounts a committed remote snapshot again after a restart.
   virtual Status Restore(const RestoreRequest& info) = 0;
+  // Whether the committed remote snapshot `info` may be used now. It must be cheap (containerd
+  // calls Stat often): the answer may be cached while nothing it depends on changed (e.g. the
+  // node's key files). Errors, their message naming the layer digest and the snapshot:
+  //   PermissionDenied  the node's keys no longer unwrap the layer's key ("no key ...");
+  //   AuthFailed        the layer is quarantined (its content does not match its diff_id);
+  //   anything else     not usable now (e.g. not mounted); a later Check may succeed.
+  // Purge removes the first two kinds.
+  virtual Status Check(const CheckRequest& info) = 0;
+  // Unmounts the layer of a snapshot being purged and drops what the handler keeps of it (the
+  // cached ciphertext), unless another mounted snapshot still uses it. The default: Unmount.
+  virtual Result<PurgedLayer> Purge(const CheckRequest& info) {
+    LC_RETURN_IF_ERROR(Unmount(info.snapshot_id, info.target_dir));
+    return PurgedLayer{};
+  }
   // The layers mounted now, for metrics and `lazycrypt status`. The default: none.
   virtual std::vector<RemoteLayerInfo> MountedLayers() const { return {}; }
 };

@@ -34,6 +34,7 @@ class FakeRemote final : public RemoteLayerHandler {
   }
   Status Unmount(int64_t, const fs::path&) override { return Status::Ok(); }
   Status Restore(const RestoreRequest&) override { return Status::Ok(); }
+  Status Check(const CheckRequest&) override { return Status::Ok(); }
 };
 
 class ServiceTest : public ::testing::Test {

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <system_error>
 #include <unordered_set>
@@ -106,9 +108,14 @@ class SnapshotterImpl final : public Snapshotter {
       RestoreRequest req{rec.info.name, rec.info.parent, rec.info.labels, FsDir(rec.id), rec.id};
       Status s = options_.remote->Restore(req);
       if (!s.ok()) {
+        // Fail closed: until a later use restores it, every use is refused with this error
+        // (the directory under it is empty: serving it would hide the layer's files and bring
+        // back the files its whiteouts deleted).
         Log(LogLevel::kWarn, "failed to restore remote snapshot " + rec.info.name + " (id " +
                                  std::to_string(rec.id) + "): " + s.ToString() +
-                                 "; remove it with `ctr snapshots rm`");
+                                 "; it is refused until a later use restores it");
+        std::lock_guard lock(mu_);
+        unavailable_[rec.id] = Unavailable{NotMounted(rec, s), std::chrono::steady_clock::now()};
       } else {
         Log(LogLevel::kInfo, "restored remote snapshot " + rec.info.name);
       }
@@ -119,6 +126,8 @@ class SnapshotterImpl final : public Snapshotter {
   Result<std::vector<Mount>> Prepare(const std::string& key, const std::string& parent,
                                      const Labels& labels) override {
     auto target = labels.find(std::string(kTargetSnapshotLabel));
+    // Containers (and plain layers unpacked on top) see every layer below: each must be usable.
+    LC_RETURN_IF_ERROR(AuthorizeChainOf(parent));
     if (target == labels.end() || !options_.remote) {
       return CreateSnapshot(SnapshotKind::kActive, key, parent, labels);
     }
@@ -127,16 +136,22 @@ class SnapshotterImpl final : public Snapshotter {
 
   Result<std::vector<Mount>> View(const std::string& key, const std::string& parent,
                                   const Labels& labels) override {
+    LC_RETURN_IF_ERROR(AuthorizeChainOf(parent));
     return CreateSnapshot(SnapshotKind::kView, key, parent, labels);
   }
 
   Result<std::vector<Mount>> Mounts(const std::string& key) override {
-    std::lock_guard lock(mu_);
-    LC_ASSIGN_OR_RETURN(auto rec, store_->Get(key));
-    if (rec.info.kind != SnapshotKind::kActive && rec.info.kind != SnapshotKind::kView) {
-      return Status::FailedPrecondition("requested snapshot " + key + " not active or view");
+    SnapshotRecord rec;
+    std::vector<int64_t> parents;
+    {
+      std::lock_guard lock(mu_);
+      LC_ASSIGN_OR_RETURN(rec, store_->Get(key));
+      if (rec.info.kind != SnapshotKind::kActive && rec.info.kind != SnapshotKind::kView) {
+        return Status::FailedPrecondition("requested snapshot " + key + " not active or view");
+      }
+      LC_ASSIGN_OR_RETURN(parents, store_->ParentIds(key));
     }
-    LC_ASSIGN_OR_RETURN(auto parents, store_->ParentIds(key));
+    LC_RETURN_IF_ERROR(AuthorizeChainOf(rec.info.parent));
     return MountsFor(rec.id, rec.info.kind, parents);
   }
 
@@ -165,6 +180,7 @@ class SnapshotterImpl final : public Snapshotter {
         }
       }
       LC_RETURN_IF_ERROR(txn->Commit());
+      unavailable_.erase(removed.id);
     }
     // As containerd (asyncRemove=false): the row is gone; a directory that cannot be removed now
     // is an orphan for Cleanup.
@@ -174,8 +190,16 @@ class SnapshotterImpl final : public Snapshotter {
   }
 
   Result<SnapshotInfo> Stat(const std::string& key) override {
-    std::lock_guard lock(mu_);
-    LC_ASSIGN_OR_RETURN(auto rec, store_->Get(key));
+    SnapshotRecord rec;
+    {
+      std::lock_guard lock(mu_);
+      LC_ASSIGN_OR_RETURN(rec, store_->Get(key));
+    }
+    // containerd's unpackers Stat(chainID) to decide that a layer is present (1.6 before
+    // anything else; 1.7/2.x after a Prepare that containerd answered AlreadyExists from its own
+    // metadata): the one call that reaches us when a layer is reused. FailedPrecondition (not
+    // NotFound) makes the pull fail with our message instead of fetching the layer again.
+    LC_RETURN_IF_ERROR(Gate(Authorize(rec)));
     return rec.info;
   }
 
@@ -209,6 +233,86 @@ class SnapshotterImpl final : public Snapshotter {
     // As containerd: the tree walk runs after the metadata lookup, without the lock.
     if (rec.info.kind == SnapshotKind::kActive) return DiskUsage(FsDir(rec.id));
     return rec.usage;
+  }
+
+  Result<PurgeReport> Purge() override {
+    if (!options_.remote) return PurgeReport{};
+    std::vector<SnapshotRecord> all;
+    {
+      std::lock_guard lock(mu_);
+      LC_ASSIGN_OR_RETURN(all, store_->List());
+    }
+    struct Candidate {
+      SnapshotRecord rec;
+      std::string reason;
+      bool done = false;
+    };
+    std::vector<Candidate> candidates;
+    for (auto& rec : all) {
+      if (!rec.remote || rec.info.kind != SnapshotKind::kCommitted) continue;
+      Status s = Authorize(rec);
+      if (s.code() == StatusCode::kPermissionDenied || s.code() == StatusCode::kAuthFailed) {
+        candidates.push_back(Candidate{std::move(rec), s.message()});
+      }
+    }
+    PurgeReport report;
+    // Children first: removing a layer makes the one below it removable, so repeat until a pass
+    // removes nothing.
+    for (bool progress = true; progress;) {
+      progress = false;
+      for (Candidate& c : candidates) {
+        if (c.done) continue;
+        PurgedLayer purged;
+        {
+          std::lock_guard lock(mu_);
+          LC_ASSIGN_OR_RETURN(auto children, store_->Children(c.rec.info.name));
+          if (!children.empty()) continue;
+          LC_ASSIGN_OR_RETURN(auto txn, store_->Begin());
+          auto removed = store_->Remove(c.rec.info.name);
+          if (!removed.ok()) {
+            if (removed.status().code() == StatusCode::kNotFound) {  // removed meanwhile
+              c.done = true;
+              continue;
+            }
+            return removed.status().WithContext("purge " + c.rec.info.name);
+          }
+          CheckRequest req{c.rec.info.name, c.rec.info.parent, c.rec.info.labels,
+                           FsDir(c.rec.id), c.rec.id};
+          auto p = options_.remote->Purge(req);
+          if (!p.ok()) return p.status().WithContext("purge " + c.rec.info.name);
+          purged = std::move(*p);
+          LC_RETURN_IF_ERROR(txn->Commit());
+          unavailable_.erase(c.rec.id);
+        }
+        Status s = RemoveTree(SnapshotDir(c.rec.id));
+        if (!s.ok()) Log(LogLevel::kWarn, "purge " + c.rec.info.name + ": " + s.ToString());
+        Log(LogLevel::kInfo, "purged remote snapshot " + c.rec.info.name + " (layer " +
+                                 purged.layer_digest + ", " + std::to_string(purged.bytes_freed) +
+                                 " cached bytes freed): " + c.reason);
+        report.bytes_freed += purged.bytes_freed;
+        report.removed.push_back(PurgeReport::Removed{c.rec.info.name, purged.layer_digest,
+                                                      c.reason, purged.bytes_freed,
+                                                      std::move(purged.note)});
+        c.done = true;
+        progress = true;
+      }
+    }
+    for (Candidate& c : candidates) {
+      if (c.done) continue;
+      std::vector<std::string> children;
+      {
+        std::lock_guard lock(mu_);
+        auto ch = store_->Children(c.rec.info.name);
+        if (ch.ok()) children = std::move(*ch);
+      }
+      std::string names;
+      for (const auto& n : children) names += (names.empty() ? "" : ", ") + n;
+      report.kept.push_back(PurgeReport::Kept{
+          c.rec.info.name, c.reason,
+          std::to_string(children.size()) + " snapshot(s) in use are based on it (" + names +
+              "): remove those containers or images first"});
+    }
+    return report;
   }
 
   Status Cleanup() override {
@@ -269,6 +373,82 @@ class SnapshotterImpl final : public Snapshotter {
     return {Mount{"overlay", "overlay", std::move(options)}};
   }
 
+  // The refusal of a snapshot whose layer is not mounted because Restore failed with `error`
+  // (its code kept: Purge tells a missing key from a registry outage by it).
+  static Status NotMounted(const SnapshotRecord& rec, const Status& error) {
+    return error.WithContext("snapshot " + rec.info.name + " is not mounted (restoring it failed)");
+  }
+
+  // OK or the handler's refusal (its code as remote.h's Check) of a use of `rec` now; OK for a
+  // snapshot that is not a committed remote one. Retries a failed Restore at most once per
+  // restore_retry_interval. REQUIRES: mu_ not held.
+  Status Authorize(const SnapshotRecord& rec) {
+    if (!rec.remote || rec.info.kind != SnapshotKind::kCommitted) return Status::Ok();
+    if (!options_.remote) {
+      return Status::FailedPrecondition("snapshot " + rec.info.name +
+                                        " is a remote layer and no remote layer handler is "
+                                        "configured");
+    }
+    bool retry = false;
+    {
+      std::lock_guard lock(mu_);
+      auto it = unavailable_.find(rec.id);
+      if (it != unavailable_.end()) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - it->second.last_attempt < options_.restore_retry_interval) {
+          return it->second.error;
+        }
+        it->second.last_attempt = now;  // other users meanwhile get the last error
+        retry = true;
+      }
+    }
+    if (retry) {
+      RestoreRequest req{rec.info.name, rec.info.parent, rec.info.labels, FsDir(rec.id), rec.id};
+      Status s = options_.remote->Restore(req);
+      std::lock_guard lock(mu_);
+      auto it = unavailable_.find(rec.id);
+      if (!s.ok()) {
+        Status refusal = NotMounted(rec, s);
+        if (it != unavailable_.end()) it->second.error = refusal;
+        Log(LogLevel::kWarn, "restoring remote snapshot " + rec.info.name + " again: " +
+                                 s.ToString());
+        return refusal;
+      }
+      if (it != unavailable_.end()) unavailable_.erase(it);
+      Log(LogLevel::kInfo, "restored remote snapshot " + rec.info.name + " (on use)");
+    }
+    return options_.remote->Check(
+        CheckRequest{rec.info.name, rec.info.parent, rec.info.labels, FsDir(rec.id), rec.id});
+  }
+
+  // A refusal as containerd gets it: FailedPrecondition with the handler's message.
+  static Status Gate(const Status& refusal) {
+    if (refusal.ok()) return refusal;
+    return Status::FailedPrecondition(refusal.message());
+  }
+
+  // Authorizes every remote snapshot in the chain that starts at committed `parent` ("" = none).
+  // REQUIRES: mu_ not held.
+  Status AuthorizeChainOf(const std::string& parent) {
+    if (parent.empty() || !options_.remote) return Status::Ok();
+    std::vector<SnapshotRecord> chain;
+    {
+      std::lock_guard lock(mu_);
+      for (std::string name = parent; !name.empty();) {
+        auto rec = store_->Get(name);
+        if (!rec.ok()) {
+          // A missing parent is the caller's error to report (Create names it).
+          if (rec.status().code() == StatusCode::kNotFound) break;
+          return rec.status();
+        }
+        name = rec->info.parent;
+        if (rec->remote) chain.push_back(std::move(*rec));
+      }
+    }
+    for (const SnapshotRecord& rec : chain) LC_RETURN_IF_ERROR(Gate(Authorize(rec)));
+    return Status::Ok();
+  }
+
   // containerd's createSnapshot. REQUIRES: mu_ not held.
   Result<std::vector<Mount>> CreateSnapshot(SnapshotKind kind, const std::string& key,
                                             const std::string& parent, const Labels& labels) {
@@ -323,16 +503,27 @@ class SnapshotterImpl final : public Snapshotter {
   Result<std::vector<Mount>> PrepareRemote(const std::string& key, const std::string& parent,
                                            const Labels& labels, const std::string& target) {
     LC_RETURN_IF_ERROR(ValidateLabels(labels));
-    int64_t id;
+    int64_t id = 0;
     std::vector<int64_t> parents;
+    std::optional<SnapshotRecord> existing;
     {
       std::lock_guard lock(mu_);
-      auto existing = store_->IdOf(target);
-      if (existing.ok()) return Status::AlreadyExists("target snapshot \"" + target + "\"");
-      if (existing.status().code() != StatusCode::kNotFound) return existing.status();
-      LC_ASSIGN_OR_RETURN(auto created, CreateLocked(SnapshotKind::kActive, key, parent, labels));
-      id = created.first;
-      parents = std::move(created.second);
+      auto got = store_->Get(target);
+      if (got.ok()) {
+        existing = std::move(*got);
+      } else if (got.status().code() != StatusCode::kNotFound) {
+        return got.status();
+      } else {
+        LC_ASSIGN_OR_RETURN(auto created, CreateLocked(SnapshotKind::kActive, key, parent, labels));
+        id = created.first;
+        parents = std::move(created.second);
+      }
+    }
+    if (existing) {
+      // The layer is reused (another image, another containerd namespace): the node must still
+      // be allowed to use it before containerd is told that it exists.
+      LC_RETURN_IF_ERROR(Gate(Authorize(*existing)));
+      return Status::AlreadyExists("target snapshot \"" + target + "\"");
     }
     PrepareRequest req{key, parent, labels, FsDir(id), id};
     auto mounted = options_.remote->TryMount(req);
@@ -383,6 +574,12 @@ class SnapshotterImpl final : public Snapshotter {
   std::mutex mu_;
   std::unique_ptr<MetadataStore> store_;  // guarded by mu_
   const bool index_off_;
+  // Remote snapshots whose Restore failed, by ID: refused with `error` until a retry succeeds.
+  struct Unavailable {
+    Status error;
+    std::chrono::steady_clock::time_point last_attempt;
+  };
+  std::map<int64_t, Unavailable> unavailable_;  // guarded by mu_
 };
 
 }  // namespace

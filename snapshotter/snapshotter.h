@@ -14,10 +14,15 @@
 // Errors (as containerd's errdefs): NotFound, AlreadyExists, FailedPrecondition, InvalidArgument
 // where containerd's overlayfs snapshotter returns them; IoError for the disk.
 //
-// Thread-safety: all methods are thread-safe (one internal mutex; the remote handler's TryMount
-// runs outside it).
+// Authorization: every use of a committed remote snapshot is checked with the remote handler
+// (remote.h, "Authorization on every use"); a refused one answers FailedPrecondition.
+//
+// Thread-safety: all methods are thread-safe (one internal mutex; the remote handler's TryMount,
+// Check and Restore retries run outside it).
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -39,6 +44,28 @@ struct SnapshotterOptions {
   // Add "index=off" to overlay options. Unset: as containerd 1.6, when
   // /sys/module/overlay/parameters/index exists.
   std::optional<bool> overlay_index_off;
+  // A remote snapshot whose Restore failed is retried by a later use no sooner than this after
+  // the previous attempt (each attempt may reach the registry and the key providers).
+  std::chrono::milliseconds restore_retry_interval{3000};
+};
+
+// What Snapshotter::Purge did.
+struct PurgeReport {
+  struct Removed {
+    std::string snapshot;       // the committed name (chain ID)
+    std::string layer_digest;
+    std::string reason;         // why it was purged (the refusal: no key, quarantined)
+    uint64_t bytes_freed = 0;   // cached ciphertext removed
+    std::string note;
+  };
+  struct Kept {
+    std::string snapshot;
+    std::string reason;         // why it was a candidate
+    std::string why_kept;       // e.g. "3 snapshots are based on it: ..."
+  };
+  std::vector<Removed> removed;
+  std::vector<Kept> kept;
+  uint64_t bytes_freed = 0;
 };
 
 class Snapshotter {
@@ -69,6 +96,13 @@ class Snapshotter {
   virtual Result<SnapshotUsage> Usage(const std::string& key) = 0;
   // Removes directories under snapshots/ that belong to no snapshot in the store.
   virtual Status Cleanup() = 0;
+  // Removes the remote snapshots the node may no longer use because the handler says no key
+  // unwraps their layer or their layer is quarantined: unmounts them, drops their cached
+  // ciphertext and their snapshots. A snapshot that other snapshots in the store are based on (a
+  // container's, or a layer above it) is kept and reported with the reason. Snapshots refused for
+  // other reasons (registry down) are neither removed nor reported. containerd's own records of
+  // removed snapshots stay until their images are removed (`ctr images rm`, `crictl rmi`).
+  virtual Result<PurgeReport> Purge() = 0;
 
   // The directory of snapshot `id` (snapshots/<id>), for tests and the remote handler.
   virtual std::filesystem::path SnapshotDir(int64_t id) const = 0;

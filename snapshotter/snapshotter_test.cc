@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -42,13 +43,30 @@ class FakeRemote final : public RemoteLayerHandler {
   Status Restore(const RestoreRequest& info) override {
     std::lock_guard lock(mu);
     restores.push_back(info);
-    return Status::Ok();
+    return restore_error;
+  }
+  // Refuses the snapshots named in `refuse` with their status.
+  Status Check(const CheckRequest& info) override {
+    std::lock_guard lock(mu);
+    checks.push_back(info.name);
+    auto it = refuse.find(info.name);
+    return it == refuse.end() ? Status::Ok() : it->second;
+  }
+  Result<PurgedLayer> Purge(const CheckRequest& info) override {
+    std::lock_guard lock(mu);
+    purges.push_back(info.name);
+    unmounts.push_back(info.snapshot_id);
+    return PurgedLayer{"sha256:layer-of-" + info.name, 1000, ""};
   }
 
   std::mutex mu;
   std::vector<PrepareRequest> try_mounts;
   std::vector<int64_t> unmounts;
   std::vector<RestoreRequest> restores;
+  std::vector<std::string> checks;
+  std::vector<std::string> purges;
+  std::map<std::string, Status> refuse;
+  Status restore_error;
 };
 
 class SnapshotterTest : public ::testing::Test {
@@ -560,6 +578,134 @@ TEST_F(RemoteTest, ConcurrentPreparesOfOneLayerCommitOnce) {
     ++dirs;
   }
   EXPECT_EQ(dirs, 1);
+}
+
+// --- authorization on every use, fail closed, purge ---------------------------------------
+
+class GateTest : public RemoteTest {
+ protected:
+  void SetUp() override {
+    RemoteTest::SetUp();
+    ASSERT_EQ(sn_->Prepare("ka", "", a_).status().code(), StatusCode::kAlreadyExists);
+    ASSERT_EQ(sn_->Prepare("kb", "sha256:a", b_).status().code(), StatusCode::kAlreadyExists);
+  }
+  void Refuse(const std::string& name, Status s) {
+    std::lock_guard lock(remote_->mu);
+    remote_->refuse[name] = std::move(s);
+  }
+  Labels a_ = {{"containerd.io/snapshot.ref", "sha256:a"}, {"test/remote", "yes"}};
+  Labels b_ = {{"containerd.io/snapshot.ref", "sha256:b"}, {"test/remote", "yes"}};
+};
+
+// Every way containerd reuses a committed remote snapshot asks the handler first; a refusal is
+// FailedPrecondition with the handler's message (never NotFound: containerd would pull again).
+TEST_F(GateTest, EveryUseOfARefusedLayerIsFailedPreconditionWithTheHandlersMessage) {
+  ASSERT_TRUE(sn_->Stat("sha256:b").ok());
+  ASSERT_TRUE(sn_->Prepare("c0", "sha256:b", {}).ok());
+  ASSERT_TRUE(sn_->View("v0", "sha256:b", {}).ok());
+  const std::string no_key = "layer sha256:la (snapshot sha256:a): no key on this node unwraps it";
+  Refuse("sha256:a", Status::PermissionDenied(no_key));
+  auto expect_refused = [&](const Status& s, const char* what) {
+    EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << what << ": " << s.ToString();
+    EXPECT_EQ(s.message(), no_key) << what;
+  };
+  expect_refused(sn_->Stat("sha256:a").status(), "Stat (1.6 unpacker, 2nd pull in a namespace)");
+  expect_refused(sn_->Prepare("again", "", a_).status(), "Prepare with an existing target");
+  expect_refused(sn_->Prepare("c1", "sha256:b", {}).status(), "container Prepare on top");
+  expect_refused(sn_->View("v1", "sha256:b", {}).status(), "View on top");
+  expect_refused(sn_->Mounts("c0").status(), "Mounts of an existing container snapshot");
+  expect_refused(sn_->Mounts("v0").status(), "Mounts of an existing view");
+  expect_refused(sn_->Prepare("kc", "sha256:b", {{"containerd.io/snapshot.ref", "sha256:c"},
+                                                 {"test/remote", "yes"}}).status(),
+                 "Prepare of a new layer on top");
+  // Nothing was created by the refused calls; the layer above is fine on its own.
+  EXPECT_EQ(sn_->Stat("c1").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(sn_->Stat("v1").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(sn_->Stat("sha256:c").status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(sn_->Stat("sha256:b").ok());
+  // The key is back: every use works again.
+  Refuse("sha256:a", Status::Ok());
+  EXPECT_TRUE(sn_->Stat("sha256:a").ok());
+  EXPECT_TRUE(sn_->Prepare("c1", "sha256:b", {}).ok());
+  EXPECT_TRUE(sn_->Mounts("c0").ok());
+  EXPECT_EQ(sn_->Prepare("again", "", a_).status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST_F(GateTest, QuarantinedLayerRefused) {
+  const std::string q = "layer sha256:lb (snapshot sha256:b): quarantined: its content does not "
+                        "match the diff_id its image claims";
+  Refuse("sha256:b", Status::AuthFailed(q));
+  EXPECT_EQ(sn_->Stat("sha256:b").status(), Status::FailedPrecondition(q));
+  EXPECT_EQ(sn_->Prepare("c", "sha256:b", {}).status(), Status::FailedPrecondition(q));
+  EXPECT_EQ(sn_->Prepare("x", "sha256:a", b_).status(), Status::FailedPrecondition(q));
+  EXPECT_TRUE(sn_->Stat("sha256:a").ok()) << "the layer below is not quarantined";
+}
+
+TEST_F(GateTest, FailedRestoreFailsClosedAndIsRetriedOnUseAtMostOncePerInterval) {
+  auto fresh = std::make_shared<FakeRemote>();
+  fresh->restore_error = Status::PermissionDenied("layer sha256:la: no key on this node unwraps it");
+  SnapshotterOptions o;
+  o.root = root_;
+  o.remote = fresh;
+  o.overlay_index_off = false;
+  o.restore_retry_interval = std::chrono::milliseconds(300);
+  sn_.reset();
+  auto opened = Snapshotter::Open(o);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  sn_ = std::move(*opened);
+  EXPECT_EQ(fresh->restores.size(), 2u);
+  // Never the empty directory under the snapshot: refused, naming the layer.
+  auto st = sn_->Stat("sha256:a");
+  EXPECT_EQ(st.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(st.status().message(), HasSubstr("sha256:la"));
+  EXPECT_THAT(st.status().message(), HasSubstr("not mounted"));
+  EXPECT_EQ(sn_->Prepare("c", "sha256:b", {}).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(sn_->Prepare("k", "", a_).status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(fresh->restores.size(), 2u) << "retried within the interval";
+  // The key is back: after the interval one use restores it.
+  {
+    std::lock_guard lock(fresh->mu);
+    fresh->restore_error = Status::Ok();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  EXPECT_TRUE(sn_->Stat("sha256:a").ok());
+  EXPECT_TRUE(sn_->Prepare("c", "sha256:b", {}).ok());
+  EXPECT_EQ(fresh->restores.size(), 4u);  // a and b once more each
+  EXPECT_TRUE(sn_->Stat("sha256:b").ok());
+  EXPECT_EQ(fresh->restores.size(), 4u);
+}
+
+TEST_F(GateTest, PurgeRemovesRevokedAndQuarantinedLayersChildrenFirstAndKeepsThoseInUse) {
+  Labels c = {{"containerd.io/snapshot.ref", "sha256:c"}, {"test/remote", "yes"}};
+  ASSERT_EQ(sn_->Prepare("kc", "", c).status().code(), StatusCode::kAlreadyExists);
+  ASSERT_TRUE(sn_->Prepare("container", "sha256:c", {}).ok());
+  Layer("plain", "");
+  Refuse("sha256:a", Status::PermissionDenied("layer sha256:la: no key"));
+  Refuse("sha256:b", Status::AuthFailed("layer sha256:lb: quarantined"));
+  Refuse("sha256:c", Status::PermissionDenied("layer sha256:lc: no key"));
+  auto report = sn_->Purge();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_EQ(report->removed.size(), 2u);
+  EXPECT_EQ(report->removed[0].snapshot, "sha256:b");  // the child before its parent
+  EXPECT_EQ(report->removed[0].layer_digest, "sha256:layer-of-sha256:b");
+  EXPECT_EQ(report->removed[0].reason, "layer sha256:lb: quarantined");
+  EXPECT_EQ(report->removed[1].snapshot, "sha256:a");
+  EXPECT_EQ(report->bytes_freed, 2000u);
+  ASSERT_EQ(report->kept.size(), 1u);
+  EXPECT_EQ(report->kept[0].snapshot, "sha256:c");
+  EXPECT_THAT(report->kept[0].why_kept, HasSubstr("container"));
+  EXPECT_THAT(remote_->purges, ElementsAre("sha256:b", "sha256:a"));
+  EXPECT_EQ(sn_->Stat("sha256:a").status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(fs::exists(Fs(1).parent_path()));
+  EXPECT_FALSE(fs::exists(Fs(2).parent_path()));
+  EXPECT_TRUE(sn_->Stat("plain").ok());
+  // A layer refused for another reason (registry down) is not purged.
+  Refuse("sha256:c", Status::Unavailable("layer sha256:lc: registry unreachable"));
+  ASSERT_TRUE(sn_->Remove("container").ok());
+  report = sn_->Purge();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->removed.empty());
+  EXPECT_TRUE(report->kept.empty());
 }
 
 }  // namespace
