@@ -5,6 +5,8 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <memory>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <system_error>
 
 #include "common/file_io.h"
@@ -27,19 +30,79 @@ namespace {
 
 namespace fs = std::filesystem;
 
-Result<crypto::SecureBuffer> ReadSecretFile(const fs::path& path) {
-  constexpr uintmax_t kMaxKeyFileBytes = 1 << 20;  // key files are a few KiB
-  std::error_code ec;
-  uintmax_t size = fs::file_size(path, ec);
-  if (ec) return Status::IoError(path.string() + ": " + ec.message());
-  if (size > kMaxKeyFileBytes) {
-    return Status::InvalidArgument(path.string() + ": " + std::to_string(size) +
-                                   " bytes is too large for a private key file");
+// Subdirectories deeper than this under a key directory are refused (a loop guard; key
+// directories are flat or one level deep in practice).
+constexpr int kMaxKeyDirDepth = 16;
+
+Status SymlinkRefused(const fs::path& path) {
+  return Status::InvalidArgument(
+      path.string() +
+      ": symbolic links are not supported in decryption keys paths (as with ctd-decoder); a "
+      "Kubernetes Secret volume presents keys as symbolic links: copy them into the directory "
+      "with mode 0600 instead, as deploy/kubernetes/node-keys.yaml does");
+}
+
+// A file found in a key directory: the directory it is in (open) and its name there.
+using KeyFileVisitor = std::function<Status(int dir_fd, const std::string& name,
+                                            const fs::path& path)>;
+
+// Visits the regular files under the directory open as `dir_fd`, in fs::path order (names sorted
+// per directory, depth first), without following any symbolic link: each entry is classified
+// with fstatat(AT_SYMLINK_NOFOLLOW) and opened relative to its directory with O_NOFOLLOW, so
+// nothing outside the tree is reached whatever is renamed meanwhile. Skips the names key
+// distribution tools use for files in transit (keywrap::IsTemporaryKeyFileName) and anything
+// that is neither a directory nor a regular file (sockets, FIFOs); refuses symbolic links.
+Status WalkKeyDir(int dir_fd, const fs::path& path, int depth, const KeyFileVisitor& visit) {
+  if (depth > kMaxKeyDirDepth) {
+    return Status::InvalidArgument(path.string() + ": key directories nested deeper than " +
+                                   std::to_string(kMaxKeyDirDepth) + " levels");
   }
-  LC_ASSIGN_OR_RETURN(auto in, FdInputStream::Open(path));
-  crypto::SecureBuffer out(static_cast<size_t>(size));
-  LC_RETURN_IF_ERROR(ReadFull(*in, out.span(), path.string()));
-  return out;
+  std::vector<std::string> names;
+  {
+    const int listing_fd = ::dup(dir_fd);  // closedir closes it; dir_fd stays ours
+    if (listing_fd < 0) return ErrnoStatus("reading decryption keys path " + path.string());
+    DIR* listing = ::fdopendir(listing_fd);
+    if (listing == nullptr) {
+      ::close(listing_fd);
+      return ErrnoStatus("reading decryption keys path " + path.string());
+    }
+    errno = 0;
+    while (const dirent* e = ::readdir(listing)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != ".." && !keywrap::IsTemporaryKeyFileName(name)) {
+        names.push_back(name);
+      }
+      errno = 0;
+    }
+    const int read_errno = errno;
+    ::closedir(listing);
+    if (read_errno != 0) {
+      errno = read_errno;
+      return ErrnoStatus("reading decryption keys path " + path.string());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const fs::path child = path / name;
+    struct stat st {};
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;  // removed since the listing (a key being replaced)
+      return ErrnoStatus(child.string());
+    }
+    if (S_ISLNK(st.st_mode)) return SymlinkRefused(child);
+    if (S_ISDIR(st.st_mode)) {
+      UniqueFd sub(::openat(dir_fd, name.c_str(),
+                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!sub.valid()) {
+        if (errno == ELOOP || errno == ENOTDIR) return SymlinkRefused(child);
+        return ErrnoStatus(child.string());
+      }
+      LC_RETURN_IF_ERROR(WalkKeyDir(sub.get(), child, depth + 1, visit));
+      continue;
+    }
+    if (S_ISREG(st.st_mode)) LC_RETURN_IF_ERROR(visit(dir_fd, name, child));
+  }
+  return Status::Ok();
 }
 
 // ctd-decoder (ocicrypt's SortDecryptionKeys) also accepts x.509 certificates (for PKCS#7) and
@@ -124,22 +187,9 @@ Result<DecodeResult> DecodeLazycrypt(const image::Descriptor& descriptor, int th
 }  // namespace
 
 Result<crypto::SecureBuffer> ReadKeyPasswordFile(const fs::path& path) {
-  struct stat st {};
-  if (stat(path.c_str(), &st) != 0) {
-    return Status::NotFound("key password file " + path.string() + ": " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return Status::InvalidArgument("key password file " + path.string() + " is not a regular file");
-  }
-  if ((st.st_mode & 0077) != 0 || st.st_uid != geteuid()) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return Status::PermissionDenied("key password file " + path.string() + " (mode " + mode +
-                                    ", uid " + std::to_string(st.st_uid) +
-                                    ") must be owned by this user and readable by it only "
-                                    "(chmod 600)");
-  }
-  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes, ReadSecretFile(path));
+  auto read = keywrap::ReadPrivateKeyFile(path);
+  if (!read.ok()) return read.status().WithContext("key password file");
+  crypto::SecureBuffer& bytes = *read;
   size_t n = bytes.size();
   if (n > 0 && bytes.data()[n - 1] == '\n') --n;
   if (n > 0 && bytes.data()[n - 1] == '\r') --n;
@@ -153,54 +203,33 @@ Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& d
 Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& dir,
                                                                const KeyPasswordFiles& passwords,
                                                                std::vector<std::string>* warnings) {
-  std::error_code ec;
-  auto dir_status = fs::symlink_status(dir, ec);
-  if (ec || !fs::exists(dir_status)) {
-    return Status::NotFound("decryption keys path " + dir.string() + " does not exist");
-  }
-  std::vector<fs::path> files;
-  if (fs::is_directory(dir_status)) {
-    fs::recursive_directory_iterator it(dir, fs::directory_options::none, ec), end;
-    for (; !ec && it != end; it.increment(ec)) {
-      auto st = it->symlink_status(ec);
-      if (ec) break;
-      if (fs::is_symlink(st)) {
-        return Status::InvalidArgument(it->path().string() +
-                                       ": symbolic links are not supported in decryption keys "
-                                       "paths (as with ctd-decoder)");
-      }
-      if (fs::is_regular_file(st)) files.push_back(it->path());
+  UniqueFd top(::open(dir.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  if (!top.valid()) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return Status::NotFound("decryption keys path " + dir.string() + " does not exist");
     }
-    if (ec) {
-      return Status::IoError("reading decryption keys path " + dir.string() + ": " +
-                             ec.message());
-    }
-  } else if (fs::is_regular_file(dir_status)) {
-    files.push_back(dir);  // filepath.Walk on a file visits the file
-  } else {
-    return Status::InvalidArgument(dir.string() + ": symbolic links are not supported in "
-                                   "decryption keys paths (as with ctd-decoder)");
+    if (errno == ELOOP) return SymlinkRefused(dir);
+    return ErrnoStatus("decryption keys path " + dir.string());
   }
-  std::sort(files.begin(), files.end());
   std::vector<keywrap::PrivateKey> keys;
-  for (const auto& file : files) {
-    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes, ReadSecretFile(file));
+  auto load = [&](const fs::path& file, crypto::SecureBuffer bytes) -> Status {
     auto password_file = passwords.find(file.lexically_normal());
     if (password_file != passwords.end()) {
-      LC_ASSIGN_OR_RETURN(crypto::SecureBuffer password, ReadKeyPasswordFile(password_file->second));
+      LC_ASSIGN_OR_RETURN(crypto::SecureBuffer password,
+                          ReadKeyPasswordFile(password_file->second));
       auto key = keywrap::PrivateKey::Parse(bytes.span(), password.span(), file.string());
       if (!key.ok()) return key.status().WithContext("decryption keys path");
       keys.push_back(std::move(*key));
-      continue;
+      return Status::Ok();
     }
     auto key = keywrap::PrivateKey::Parse(bytes.span(), std::nullopt, file.string());
-    if (!key.ok() && IsCertificateOrGpgKeyring(bytes.span())) continue;
+    if (!key.ok() && IsCertificateOrGpgKeyring(bytes.span())) return Status::Ok();
     if (!key.ok() && warnings != nullptr &&
         key.status().message().find("needs a password") != std::string::npos) {
       warnings->push_back(file.string() +
                           ": encrypted private key without a configured password; skipped (name "
                           "its password file in [keys.passwords])");
-      continue;
+      return Status::Ok();
     }
     if (!key.ok()) {
       return Status(key.status().code(),
@@ -208,6 +237,28 @@ Result<std::vector<keywrap::PrivateKey>> LoadDecryptionKeysDir(const fs::path& d
                         " (keys in the directory must be unencrypted, as ctd-decoder reads them)");
     }
     keys.push_back(std::move(*key));
+    return Status::Ok();
+  };
+  struct stat st {};
+  if (::fstat(top.get(), &st) != 0) return ErrnoStatus("decryption keys path " + dir.string());
+  if (S_ISDIR(st.st_mode)) {
+    LC_RETURN_IF_ERROR(WalkKeyDir(
+        top.get(), dir, 0, [&](int dir_fd, const std::string& name, const fs::path& file) {
+          LC_ASSIGN_OR_RETURN(keywrap::KeyFileContents read,
+                              keywrap::ReadKeyDirEntryAt(dir_fd, name, file));
+          // Certificates are public and may be readable by all; anything else must not be.
+          if (IsCertificateOrGpgKeyring(read.bytes.span())) return Status::Ok();
+          LC_RETURN_IF_ERROR(keywrap::CheckPrivateKeyMode(read.mode, file));
+          return load(file, std::move(read.bytes));
+        }));
+  } else if (S_ISREG(st.st_mode)) {
+    // filepath.Walk on a file visits the file; the checks run on the descriptor opened above.
+    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer bytes,
+                        keywrap::ReadOpenedPrivateKeyFile(std::move(top), dir));
+    LC_RETURN_IF_ERROR(load(dir, std::move(bytes)));
+  } else {
+    return Status::InvalidArgument("decryption keys path " + dir.string() +
+                                   " is neither a directory nor a regular file");
   }
   return keys;
 }

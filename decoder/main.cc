@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 
 #include "common/file_io.h"
+#include "crypto/process_hardening.h"
 #include "decoder/decoder.h"
 #include "keywrap/keyprovider.h"
 #include "decoder/payload.h"
@@ -121,6 +122,7 @@ Status Run(const std::vector<std::string>& key_paths, int threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lazycrypt::crypto::HardenProcess("lazycrypt-decoder");  // before any key or plaintext
   CLI::App app{
       "lazycrypt-decoder: containerd stream processor that decrypts lazycrypt (and ocicrypt) "
       "layers.\nReads the blob on stdin, writes the decoded layer on stdout, the layer "

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -129,17 +130,30 @@ bool HasPrivatePart(EVP_PKEY* key) {
   return ok == 1 && raw != nullptr;
 }
 
-// Reads a whole (small) file straight into wiped memory: private key files are secrets.
-Result<SecureBuffer> ReadSecretFile(const std::filesystem::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoStatus(path.string());
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(path.string());
-  if (!S_ISREG(st.st_mode)) {
-    return Status::InvalidArgument(path.string() + ": not a regular file");
+std::string OctalMode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+// Checks the opened file and reads it whole into wiped memory; the mode check only when
+// `check_mode` (the caller checks it otherwise, from *mode).
+Result<SecureBuffer> ReadCheckedSecret(UniqueFd fd, const std::filesystem::path& path,
+                                       bool check_mode = true, unsigned* mode = nullptr) {
+  const std::string p = path.string();
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(p);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(p + ": not a regular file");
+  const uid_t euid = ::geteuid();
+  if (st.st_uid != euid && st.st_uid != 0) {
+    return Status::PermissionDenied(p + ": owned by uid " + std::to_string(st.st_uid) +
+                                    "; key files must belong to this user (uid " +
+                                    std::to_string(euid) + ") or root");
   }
+  if (check_mode) LC_RETURN_IF_ERROR(CheckPrivateKeyMode(st.st_mode, path));
+  if (mode != nullptr) *mode = st.st_mode;
   if (static_cast<uint64_t>(st.st_size) > kMaxKeyFileBytes) {
-    return Status::InvalidArgument(path.string() + ": " + std::to_string(st.st_size) +
+    return Status::InvalidArgument(p + ": " + std::to_string(st.st_size) +
                                    " bytes is too large for a key file");
   }
   SecureBuffer buffer(static_cast<size_t>(st.st_size));
@@ -148,13 +162,30 @@ Result<SecureBuffer> ReadSecretFile(const std::filesystem::path& path) {
     ssize_t n = ::read(fd.get(), buffer.data() + done, buffer.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return ErrnoStatus(path.string());
+      return ErrnoStatus(p);
     }
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
   if (done != buffer.size()) return SecureBuffer(buffer.span().first(done));
   return buffer;
+}
+
+// O_NOFOLLOW makes open fail with ELOOP on a symbolic link; O_NONBLOCK keeps a FIFO planted in
+// place of a key from blocking the open (fstat then refuses it).
+constexpr int kSecretOpenFlags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK;
+
+Status OpenFailure(const std::filesystem::path& path) {
+  if (errno == ELOOP) {
+    return Status::InvalidArgument(path.string() +
+                                   ": is a symbolic link; key files must be regular files (copy "
+                                   "the key into place with mode 0600 instead of linking it)");
+  }
+  return ErrnoStatus(path.string());
+}
+
+Result<SecureBuffer> ReadSecretFile(const std::filesystem::path& path) {
+  return ReadPrivateKeyFile(path);
 }
 
 // ocicrypt's processPwdString.
@@ -185,6 +216,45 @@ Result<SecureBuffer> ReadPassword(std::string_view spec) {
 }
 
 }  // namespace
+
+Result<crypto::SecureBuffer> ReadPrivateKeyFile(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), kSecretOpenFlags));
+  if (!fd.valid()) return OpenFailure(path);
+  return ReadCheckedSecret(std::move(fd), path);
+}
+
+Result<KeyFileContents> ReadKeyDirEntryAt(int dir_fd, const std::string& name,
+                                          const std::filesystem::path& display_path) {
+  UniqueFd fd(::openat(dir_fd, name.c_str(), kSecretOpenFlags));
+  if (!fd.valid()) return OpenFailure(display_path);
+  KeyFileContents out;
+  LC_ASSIGN_OR_RETURN(out.bytes,
+                      ReadCheckedSecret(std::move(fd), display_path, /*check_mode=*/false,
+                                        &out.mode));
+  return out;
+}
+
+Status CheckPrivateKeyMode(unsigned mode, const std::filesystem::path& display_path) {
+  if ((mode & 0077) == 0) return Status::Ok();
+  const std::string p = display_path.string();
+  return Status::PermissionDenied(p + ": mode " + OctalMode(mode) +
+                                  " lets group or others read a private key (chmod 600 " + p +
+                                  ")");
+}
+
+Result<crypto::SecureBuffer> ReadOpenedPrivateKeyFile(UniqueFd fd,
+                                                      const std::filesystem::path& display_path) {
+  return ReadCheckedSecret(std::move(fd), display_path);
+}
+
+bool IsTemporaryKeyFileName(std::string_view name) {
+  if (name.empty() || name.front() == '.' || name.back() == '~') return true;
+  for (std::string_view suffix : {".tmp", ".swp", ".swx"}) {
+    if (name.ends_with(suffix)) return true;
+  }
+  return name.find(".dpkg-") != std::string_view::npos ||
+         name.find(".ucf-") != std::string_view::npos;
+}
 
 Result<PublicKey> PublicKey::Load(const std::filesystem::path& path) {
   auto bytes = ReadFileBytes(path);
@@ -237,8 +307,19 @@ Result<PrivateKey> PrivateKey::Load(std::string_view path_spec) {
 
 Result<PrivateKey> PrivateKey::LoadFile(const std::filesystem::path& path,
                                         std::optional<ByteSpan> password) {
-  LC_ASSIGN_OR_RETURN(SecureBuffer bytes, ReadSecretFile(path));
-  return Parse(bytes.span(), password, path.string());
+  UniqueFd fd(::open(path.c_str(), kSecretOpenFlags));
+  if (!fd.valid()) return OpenFailure(path);
+  unsigned mode = 0;
+  LC_ASSIGN_OR_RETURN(SecureBuffer bytes,
+                      ReadCheckedSecret(std::move(fd), path, /*check_mode=*/false, &mode));
+  auto key = Parse(bytes.span(), password, path.string());
+  // An exposed private key is refused whether or not it decodes (encrypted, wrong password);
+  // a public key or a file that is no key at all gets the message that says so instead.
+  if ((mode & 0077) != 0 &&
+      (key.ok() || key.status().message().find("password") != std::string::npos)) {
+    return CheckPrivateKeyMode(mode, path);
+  }
+  return key;
 }
 
 Result<PrivateKey> PrivateKey::Parse(ByteSpan bytes, std::optional<ByteSpan> password,

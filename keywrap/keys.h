@@ -12,8 +12,10 @@
 #include <string>
 #include <string_view>
 
+#include "common/file_io.h"
 #include "common/io.h"
 #include "common/status.h"
+#include "crypto/secure_buffer.h"
 
 namespace lazycrypt::keywrap {
 
@@ -33,6 +35,39 @@ struct KeyInfo {
   std::string name;   // a label for messages: the file path, or what the caller named the bytes
 };
 }  // namespace detail
+
+// Reads a private key (or a password) file into wiped memory, refusing a file that anyone but its
+// owner could read. The file is opened with O_NOFOLLOW (a symbolic link as the last component is
+// refused, never followed) and every check is made on the opened descriptor (fstat), so nothing
+// can be swapped in between a check and the read. Errors name the file and the reason:
+//   InvalidArgument "<path>: is a symbolic link; key files must be regular files (...)"
+//   InvalidArgument "<path>: not a regular file"
+//   PermissionDenied "<path>: mode 0644 lets group or others read a private key (chmod 600 ...)"
+//   PermissionDenied "<path>: owned by uid N; key files must belong to this user (uid M) or root"
+//   InvalidArgument "<path>: N bytes is too large for a key file" (over 1 MiB)
+//   NotFound / PermissionDenied / IoError from open(2), naming the file.
+Result<crypto::SecureBuffer> ReadPrivateKeyFile(const std::filesystem::path& path);
+// For key directories, which may also hold public x.509 certificates: `name` inside the
+// directory open as `dir_fd` (openat with O_NOFOLLOW), with every check above except the mode
+// one, which the caller applies (CheckPrivateKeyMode) to what turns out to be a private key.
+// `display_path` names the file in messages.
+struct KeyFileContents {
+  crypto::SecureBuffer bytes;
+  unsigned mode = 0;  // st_mode of the opened file
+};
+Result<KeyFileContents> ReadKeyDirEntryAt(int dir_fd, const std::string& name,
+                                          const std::filesystem::path& display_path);
+// PermissionDenied "<path>: mode 0644 lets group or others read a private key (chmod 600 ...)"
+// when `mode` gives group or others any access.
+Status CheckPrivateKeyMode(unsigned mode, const std::filesystem::path& display_path);
+// The same checks on a file the caller opened (with O_NOFOLLOW); takes ownership of `fd`.
+Result<crypto::SecureBuffer> ReadOpenedPrivateKeyFile(UniqueFd fd,
+                                                      const std::filesystem::path& display_path);
+// Names that key-distribution tools use for files on their way in, which a key directory reader
+// skips: hidden names (".k8s-node.pem.tmp" of deploy/kubernetes/node-keys.yaml, Kubernetes'
+// "..data" and "..2026_..." entries), editor backups ("~" suffix, ".swp"), ".tmp", and dpkg's
+// ".dpkg-new"/".dpkg-old"/".dpkg-dist"/".dpkg-tmp"...
+bool IsTemporaryKeyFileName(std::string_view name);
 
 class PublicKey {
  public:

@@ -85,6 +85,10 @@ TEST_F(PrivateKeyFormats, PasswordFromFileIsTheWholeFileAsInOcicrypt) {
   auto with_newline = dir_ / "pw-newline";
   testing::WriteFile(exact, "secret");
   testing::WriteFile(with_newline, "secret\n");
+  for (const auto& pw : {exact, with_newline}) {  // password files are secrets too
+    std::filesystem::permissions(pw, std::filesystem::perms::owner_read,
+                                 std::filesystem::perm_options::replace);
+  }
   ExpectSameAsReference(PrivateKey::Load(encrypted_ + ":file=" + exact.string()), "file=");
   auto key = PrivateKey::Load(encrypted_ + ":file=" + with_newline.string());
   ASSERT_FALSE(key.ok());

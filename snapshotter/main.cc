@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "cache/chunk_store.h"
+#include "crypto/process_hardening.h"
 #include "keywrap/keyprovider.h"
 #include "lazylayer/snapshot_handler.h"
 #include "snapshotter/daemon.h"
@@ -49,5 +50,6 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
 }  // namespace
 
 int main(int argc, char** argv) {
+  lazycrypt::crypto::HardenProcess("lazycrypt-snapshotter");  // before any key or plaintext
   return lazycrypt::snapshotter::DaemonMain(argc, argv, MakeLazycryptHandler);
 }

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 
+#include "crypto/process_hardening.h"
 #include "tools/commands.h"
 #include "tools/mount.h"
 #include "tools/pull.h"
@@ -58,6 +59,7 @@ void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lazycrypt::crypto::HardenProcess("lazycrypt");  // before any key or plaintext
   CLI::App app{
       "lazycrypt: encrypted container images whose layers can be served lazily.\n"
       "Converts OCI images (OCI layouts or registries) to the lazycrypt chunked format (or to "
