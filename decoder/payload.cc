@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_depth.h"
 #include "keywrap/base64.h"
 
 namespace lazycrypt::decoder {
@@ -122,6 +123,7 @@ Result<StreamPayload> ParseStreamPayload(ByteSpan bytes) {
     return Status::Unsupported("payload: type_url \"" + any.type_url() + "\" is not " +
                                std::string(kPayloadTypeUrl));
   }
+  LC_RETURN_IF_ERROR(CheckJsonDepth(any.value(), "payload JSON"));
   try {
     Json root = Json::parse(any.value(), nullptr, /*allow_exceptions=*/false);
     auto payload = ParsePayloadJson(root);

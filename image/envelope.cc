@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_depth.h"
 #include "keywrap/base64.h"
 #include "keywrap/envelope.h"
 #include "keywrap/jwe.h"
@@ -16,15 +17,11 @@ namespace lazycrypt::image {
 
 namespace {
 
-std::vector<std::string_view> SplitCommas(std::string_view text) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  for (;;) {
-    size_t comma = text.find(',', start);
-    out.push_back(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
-    if (comma == std::string_view::npos) return out;
-    start = comma + 1;
-  }
+// The JWE entries of a keys annotation, refusing more recipients than a layer may have.
+Result<std::vector<std::string_view>> JweEntries(std::string_view keys_jwe_annotation) {
+  LC_RETURN_IF_ERROR(keywrap::CheckLayerRecipientCount(keys_jwe_annotation));
+  return keywrap::SplitAnnotationEntries(keys_jwe_annotation, keywrap::kMaxLayerRecipients,
+                                         kAnnotationEncKeysJwe);
 }
 
 // Higher is more informative: a key that decrypted but did not verify beats a malformed entry,
@@ -41,6 +38,7 @@ int Severity(StatusCode code) {
 
 // The "cipher" member of privopts (keywrap's parser ignores members ocicrypt does not define).
 Result<std::string> PrivoptsCipher(ByteSpan privopts) {
+  LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(privopts), "privopts"));
   try {
     auto j = nlohmann::json::parse(AsStringView(privopts));
     auto it = j.find("cipher");
@@ -104,6 +102,10 @@ Result<crypto::SecureBuffer> SerializeLazycryptPrivopts(const format::LayerKey& 
 Result<std::map<std::string, std::string>> WrapPrivoptsForProviders(
     ByteSpan privopts, const std::vector<std::shared_ptr<const keywrap::KeyProvider>>& providers) {
   std::map<std::string, std::string> out;
+  if (providers.size() > keywrap::kMaxKeyProviderPackets) {
+    return Status::InvalidArgument(std::to_string(providers.size()) + " key providers for one layer (at most " +
+                                   std::to_string(keywrap::kMaxKeyProviderPackets) + ")");
+  }
   for (const auto& provider : providers) {
     auto packet = provider->WrapKey(privopts);
     if (!packet.ok()) return packet.status().WithContext("wrapping the layer key");
@@ -152,6 +154,10 @@ Result<std::string> RecipientKeyId(const keywrap::PublicKey& key) {
 Result<std::string> WrapPrivoptsPerRecipient(ByteSpan privopts,
                                              const std::vector<keywrap::PublicKey>& recipients) {
   if (recipients.empty()) return Status::InvalidArgument("no recipients to wrap the layer key for");
+  if (recipients.size() > keywrap::kMaxLayerRecipients) {
+    return Status::InvalidArgument(std::to_string(recipients.size()) + " recipients for one layer (at most " +
+                                   std::to_string(keywrap::kMaxLayerRecipients) + ")");
+  }
   std::string out;
   for (const keywrap::PublicKey& r : recipients) {
     LC_ASSIGN_OR_RETURN(std::string kid, RecipientKeyId(r));
@@ -177,7 +183,7 @@ Result<std::string> WrapPrivoptsPerRecipient(ByteSpan privopts,
 Result<std::vector<JweEntryInfo>> ListJweEntries(std::string_view annotation_value) {
   std::vector<JweEntryInfo> out;
   if (annotation_value.empty()) return out;
-  std::vector<std::string_view> entries = SplitCommas(annotation_value);
+  LC_ASSIGN_OR_RETURN(std::vector<std::string_view> entries, JweEntries(annotation_value));
   for (size_t i = 0; i < entries.size(); ++i) {
     auto recipients = ListJweRecipients(entries[i]);
     if (!recipients.ok()) {
@@ -228,7 +234,7 @@ Result<UnwrappedPrivopts> UnwrapPrivopts(std::string_view keys_jwe_annotation,
   if (keys_jwe_annotation.empty()) {
     return Status::Corruption("missing annotation " + std::string(kAnnotationEncKeysJwe));
   }
-  std::vector<std::string_view> entries = SplitCommas(keys_jwe_annotation);
+  LC_ASSIGN_OR_RETURN(std::vector<std::string_view> entries, JweEntries(keys_jwe_annotation));
   std::optional<Status> worst;
   auto note = [&](Status s, size_t entry) {
     if (entries.size() > 1) {
@@ -302,7 +308,11 @@ Result<UnwrappedPrivopts> UnwrapLayerPrivopts(const Descriptor& layer, const key
       continue;
     }
     any_annotation = true;
-    for (std::string_view entry : SplitCommas(annotation)) {
+    LC_ASSIGN_OR_RETURN(std::vector<std::string_view> packets,
+                        keywrap::SplitAnnotationEntries(
+                            annotation, keywrap::kMaxKeyProviderPackets,
+                            keywrap::KeyProviderAnnotation(provider->name())));
+    for (std::string_view entry : packets) {
       auto packet = keywrap::Base64Decode(entry);
       if (!packet.ok()) {
         note(packet.status().WithContext(keywrap::KeyProviderAnnotation(provider->name())));
@@ -368,11 +378,12 @@ Result<LazycryptLayerSecret> UnwrapLazycryptLayer(const Descriptor& layer,
 Result<std::vector<JweRecipientInfo>> ListJweRecipients(std::string_view annotation_value) {
   std::vector<JweRecipientInfo> out;
   if (annotation_value.empty()) return out;
-  std::vector<std::string_view> entries = SplitCommas(annotation_value);
+  LC_ASSIGN_OR_RETURN(std::vector<std::string_view> entries, JweEntries(annotation_value));
   for (size_t i = 0; i < entries.size(); ++i) {
     std::string where = "keys.jwe entry " + std::to_string(i + 1);
     auto jwe = keywrap::Base64Decode(entries[i]);
     if (!jwe.ok()) return jwe.status().WithContext(where);
+    LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(*jwe), where));
     try {
       auto j = nlohmann::json::parse(AsStringView(*jwe));
       if (!j.is_object()) return Status::Corruption(where + ": not a JSON object");
@@ -380,6 +391,7 @@ Result<std::vector<JweRecipientInfo>> ListJweRecipients(std::string_view annotat
       if (j.contains("protected") && j["protected"].is_string()) {
         auto decoded = keywrap::Base64UrlDecode(j["protected"].get<std::string>());
         if (!decoded.ok()) return decoded.status().WithContext(where + ": protected header");
+        LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(*decoded), where + ": protected header"));
         protected_header = nlohmann::json::parse(AsStringView(*decoded));
       }
       nlohmann::json shared = j.contains("unprotected") ? j["unprotected"] : nlohmann::json::object();

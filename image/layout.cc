@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_depth.h"
 #include "crypto/digest.h"
 
 namespace lazycrypt::image {
@@ -216,6 +217,7 @@ Result<std::unique_ptr<OciLayout>> OciLayout::Open(const fs::path& dir) {
     }
     return marker.status();
   }
+  LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(*marker), dir.string() + "/oci-layout"));
   try {
     auto j = nlohmann::json::parse(AsStringView(*marker));
     if (!j.is_object() || !j.contains("imageLayoutVersion") ||

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_depth.h"
+
 namespace lazycrypt::image {
 
 using Json = nlohmann::ordered_json;
@@ -14,6 +16,7 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 // Parses untrusted JSON bytes into an object; Corruption naming `what` otherwise.
 Result<Json> ParseObject(ByteSpan bytes, std::string_view what) {
+  LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(bytes), what));
   try {
     Json j = Json::parse(AsStringView(bytes));
     if (!j.is_object()) return Status::Corruption(std::string(what) + ": not a JSON object");

@@ -6,6 +6,7 @@
 #include "image/envelope.h"
 #include "image/layer.h"
 #include "keywrap/base64.h"
+#include "keywrap/envelope.h"
 #include "keywrap/jwe.h"
 
 namespace lazycrypt::image {
@@ -77,6 +78,13 @@ Result<std::string> ChangeLayerRecipients(const Descriptor& layer,
       if (named(kids[i])) {
         return Status::AlreadyExists(recipients[i].name() + " is already a recipient");
       }
+    }
+    size_t existing = 0;
+    for (const JweEntryInfo& e : entries) existing += e.kids.size();
+    if (existing + recipients.size() > keywrap::kMaxLayerRecipients) {
+      return Status::InvalidArgument("the layer has " + std::to_string(existing) + " recipients; adding " +
+                                     std::to_string(recipients.size()) + " would pass the limit of " +
+                                     std::to_string(keywrap::kMaxLayerRecipients));
     }
     LC_ASSIGN_OR_RETURN(std::string added, WrapPrivoptsPerRecipient(privopts.span(), recipients));
     return annotation + "," + added;

@@ -256,21 +256,54 @@ Result<std::string> WrapLayerKeys(const PrivateLayerOptions& options,
   return Base64Encode(AsBytes(jwe));
 }
 
+Result<std::vector<std::string_view>> SplitAnnotationEntries(std::string_view value,
+                                                             size_t max_entries,
+                                                             std::string_view what) {
+  std::vector<std::string_view> entries;
+  size_t start = 0;
+  while (true) {
+    if (entries.size() == max_entries) {
+      return Status::Corruption(std::string(what) + " has more than " + std::to_string(max_entries) +
+                                " entries (the limit)");
+    }
+    size_t comma = value.find(',', start);
+    entries.push_back(value.substr(start, comma == std::string_view::npos ? comma : comma - start));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return entries;
+}
+
+Status CheckLayerRecipientCount(std::string_view annotation_value) {
+  LC_ASSIGN_OR_RETURN(std::vector<std::string_view> entries,
+                      SplitAnnotationEntries(annotation_value, kMaxLayerRecipients,
+                                             kJweKeysAnnotation));
+  size_t total = 0;
+  for (std::string_view entry : entries) {
+    auto jwe = Base64Decode(entry);
+    if (!jwe.ok()) continue;
+    auto n = CountJweRecipients(AsStringView(*jwe));
+    if (!n.ok()) continue;
+    total += *n;
+    if (total > kMaxLayerRecipients) {
+      return Status::Corruption(std::string(kJweKeysAnnotation) + " names more than " +
+                                std::to_string(kMaxLayerRecipients) +
+                                " recipients (the limit per layer)");
+    }
+  }
+  return Status::Ok();
+}
+
 Result<PrivateLayerOptions> UnwrapLayerKeys(std::string_view annotation_value,
                                             const std::vector<PrivateKey>& keys) {
   if (keys.empty()) return Status::InvalidArgument("no private keys to unwrap the layer key with");
   if (annotation_value.empty()) {
     return Status::Corruption(std::string(kJweKeysAnnotation) + " is empty");
   }
-  std::vector<std::string_view> entries;
-  size_t start = 0;
-  while (true) {
-    size_t comma = annotation_value.find(',', start);
-    entries.push_back(
-        annotation_value.substr(start, comma == std::string_view::npos ? comma : comma - start));
-    if (comma == std::string_view::npos) break;
-    start = comma + 1;
-  }
+  LC_RETURN_IF_ERROR(CheckLayerRecipientCount(annotation_value));
+  LC_ASSIGN_OR_RETURN(std::vector<std::string_view> entries,
+                      SplitAnnotationEntries(annotation_value, kMaxLayerRecipients,
+                                             kJweKeysAnnotation));
 
   std::optional<Status> worst;
   auto note = [&](Status s, size_t entry) {

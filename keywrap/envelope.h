@@ -35,6 +35,24 @@ inline constexpr std::string_view kKeyProviderAnnotationPrefix =
 // Every ocicrypt annotation starts with this (ocicrypt's FilterOutAnnotations drops them all).
 inline constexpr std::string_view kEncryptionAnnotationPrefix = "org.opencontainers.image.enc.";
 
+// Most recipients one layer's keys annotation may name, over all its comma-separated JWE entries,
+// and most packets one key-provider annotation may hold. Each recipient can cost an RSA
+// decryption per node key, each packet a provider call, on a node's pull path; real layers have a
+// handful. Readers refuse more before decrypting anything; writers refuse to produce more.
+inline constexpr size_t kMaxLayerRecipients = 256;
+inline constexpr size_t kMaxKeyProviderPackets = 256;
+
+// The comma-separated entries of an annotation value (one empty entry for ""). Corruption
+// "<what> has more than <max_entries> entries (the limit)" when there are more.
+Result<std::vector<std::string_view>> SplitAnnotationEntries(std::string_view value,
+                                                             size_t max_entries,
+                                                             std::string_view what);
+
+// OK when the keys annotation's JWE entries name at most kMaxLayerRecipients recipients in all
+// (entries that do not decode are left to the unwrapping to report). Corruption naming the count
+// and the limit otherwise.
+Status CheckLayerRecipientCount(std::string_view annotation_value);
+
 // ocicrypt's one cipher (blockcipher.AES256CTR).
 inline constexpr std::string_view kOcicryptAes256CtrCipher = "AES_256_CTR_HMAC_SHA256";
 

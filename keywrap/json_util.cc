@@ -1,29 +1,23 @@
 #include "keywrap/json_util.h"
 
+#include <openssl/crypto.h>
+
 #include <cstdio>
 #include <set>
 #include <vector>
 
+#include "common/json_depth.h"
+
 namespace lazycrypt::keywrap::internal {
-namespace {
-
-constexpr int kMaxDepth = 32;
-
-}  // namespace
-
 Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what) {
+  LC_RETURN_IF_ERROR(CheckJsonDepth(text, what));
   std::vector<std::set<std::string>> open_objects;
   std::string duplicate;
-  bool too_deep = false;
   auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
     using Event = nlohmann::json::parse_event_t;
     switch (event) {
       case Event::object_start:
         open_objects.emplace_back();
-        if (depth >= kMaxDepth) too_deep = true;
-        break;
-      case Event::array_start:
-        if (depth >= kMaxDepth) too_deep = true;
         break;
       case Event::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
@@ -49,15 +43,13 @@ Result<nlohmann::json> ParseJson(std::string_view text, std::string_view what) {
   if (value.is_discarded()) {
     return Status::Corruption(std::string(what) + " is not valid JSON");
   }
-  if (too_deep) {
-    return Status::Corruption(std::string(what) + " nests JSON deeper than " +
-                              std::to_string(kMaxDepth) + " levels");
-  }
   if (!duplicate.empty()) {
     return Status::Corruption(std::string(what) + " has duplicate member " + Quote(duplicate));
   }
   return value;
 }
+
+WipedString::~WipedString() { OPENSSL_cleanse(text.data(), text.size()); }
 
 std::string Quote(std::string_view text) {
   constexpr size_t kMax = 64;

@@ -291,6 +291,22 @@ Result<ParsedJwe> ParseCompact(std::string_view text) {
   return jwe;
 }
 
+Result<size_t> CountJweRecipientsImpl(std::string_view text) {
+  if (text.size() > kMaxJweBytes) {
+    return Malformed(std::to_string(text.size()) + " bytes is larger than the " +
+                     std::to_string(kMaxJweBytes) + "-byte limit");
+  }
+  size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || text[first] != '{') return size_t{1};  // compact
+  auto parsed = internal::ParseJson(text, "JWE");
+  if (!parsed.ok()) return Malformed(parsed.status().message());
+  if (!parsed->is_object()) return Malformed("not a JSON object");
+  auto recipients = parsed->find("recipients");
+  if (recipients == parsed->end()) return size_t{1};  // flattened
+  if (!recipients->is_array()) return Malformed("'recipients' is not an array");
+  return recipients->size();
+}
+
 Result<ParsedJwe> ParseJsonSerialization(std::string_view text) {
   auto parsed = internal::ParseJson(text, "JWE");
   if (!parsed.ok()) return Malformed(parsed.status().message());
@@ -543,6 +559,12 @@ Result<SecureBuffer> Decrypt(std::string_view text, const PrivateKey& key) {
 
 Result<std::string> Encrypt(ByteSpan plaintext, std::span<const JweRecipient> recipients) {
   if (recipients.empty()) return Status::InvalidArgument("JWE needs at least one recipient");
+  if (recipients.size() > kMaxJweRecipients) {
+    // DecryptJwe would refuse it: never write what no reader accepts.
+    return Status::InvalidArgument(std::to_string(recipients.size()) +
+                                   " recipients for one JWE (at most " +
+                                   std::to_string(kMaxJweRecipients) + ")");
+  }
   for (size_t i = 0; i < recipients.size(); ++i) {
     if (recipients[i].key == nullptr) {
       return Status::InvalidArgument("JWE recipient " + std::to_string(i + 1) + " has no key");
@@ -611,6 +633,8 @@ std::string_view JweKeyAlgorithmName(JweKeyAlgorithm algorithm) {
 JweKeyAlgorithm DefaultJweKeyAlgorithm(const PublicKey& key) {
   return key.kind() == KeyKind::kEc ? JweKeyAlgorithm::kEcdhEsA256kw : JweKeyAlgorithm::kRsaOaep;
 }
+
+Result<size_t> CountJweRecipients(std::string_view jwe) { return CountJweRecipientsImpl(jwe); }
 
 Result<std::string> EncryptJwe(ByteSpan plaintext, std::span<const JweRecipient> recipients) {
   try {

@@ -42,6 +42,10 @@ inline constexpr size_t kMaxJweBytes = 1 << 20;
 // Most recipients DecryptJwe accepts in one JWE (each may cost an RSA decryption).
 inline constexpr size_t kMaxJweRecipients = 128;
 
+// How many recipients a JWE names (1 for the compact and flattened serializations), without
+// decrypting anything. Corruption when it is not a JWE this parser could read that far.
+Result<size_t> CountJweRecipients(std::string_view jwe);
+
 // Encrypts `plaintext` for every recipient. InvalidArgument for no recipients or an algorithm that
 // does not fit its key (RSA-OAEP with an EC key).
 Result<std::string> EncryptJwe(ByteSpan plaintext, std::span<const JweRecipient> recipients);

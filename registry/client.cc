@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
@@ -18,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_depth.h"
 #include "crypto/digest.h"
 #include "keywrap/base64.h"
 #include "registry/registry.h"
@@ -26,6 +28,20 @@ namespace lazycrypt::registry {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Caps on bodies held in memory (a hostile registry or token server must not make us buffer
+// without bound). The distribution registry itself refuses manifests over 4 MiB.
+constexpr size_t kMaxManifestBytes = 4u << 20;
+constexpr size_t kMaxTokenBytes = 1u << 20;
+// Any other collected 2xx body (upload session answers, HEAD): a few hundred bytes in practice.
+constexpr size_t kMaxOtherBodyBytes = 1u << 20;
+// Error bodies are only summarized: the rest is dropped, not an error.
+constexpr size_t kMaxErrorBodyBytes = 64u << 10;
+// A multi-range answer may add, per part, a boundary line and part headers (RFC 7233 §4.1; a
+// boundary is at most 70 characters), and the server may coalesce ranges separated by gaps
+// smaller than that overhead; plus the closing boundary.
+constexpr uint64_t kMultipartPartOverheadBytes = 512;
+constexpr uint64_t kMultipartSlackBytes = 4096;
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -157,6 +173,7 @@ struct Response {
   CURLcode curl_code = CURLE_OK;
   std::string curl_error;
   bool sink_stopped = false;  // the sink asked to stop early (it has what it needs)
+  bool body_too_large = false;  // a collected 2xx body passed Request::max_body_bytes
 
   std::string Header(const std::string& name) const {
     auto it = headers.find(name);
@@ -173,6 +190,8 @@ struct Request {
   std::vector<std::string> headers;
   ByteSpan body;          // PUT/PATCH/POST payload
   Sink sink;              // null: collect the body in Response::body
+  // A collected 2xx body longer than this aborts the transfer with an error naming the limit.
+  size_t max_body_bytes = kMaxOtherBodyBytes;
   // Called before each attempt (may add headers, e.g. a resumed Range, or reset sink state).
   std::function<void(std::vector<std::string>& headers)> prepare;
 };
@@ -180,6 +199,7 @@ struct Request {
 // "<registry>/<repo>: <what>" error helpers. The distribution error body is summarized.
 std::string SummarizeErrorBody(const std::string& body) {
   if (body.empty()) return "";
+  if (!CheckJsonDepth(body, "error body").ok()) return "(an error body nested too deep to read)";
   try {
     auto j = nlohmann::json::parse(body);
     if (j.contains("errors") && j["errors"].is_array() && !j["errors"].empty()) {
@@ -307,6 +327,12 @@ class ClientImpl final : public Client {
   std::mutex mu_;  // guards hosts_ and rng_
   std::map<std::string, HostState> hosts_;
   std::mt19937_64 rng_;
+  std::atomic<uint64_t> body_bytes_received_{0};
+
+ public:
+  uint64_t BodyBytesReceived() const override {
+    return body_bytes_received_.load(std::memory_order_relaxed);
+  }
 };
 
 size_t WriteCallback(char* ptr, size_t size, size_t nmemb, void* userdata);
@@ -314,7 +340,8 @@ size_t HeaderCallback(char* ptr, size_t size, size_t nmemb, void* userdata);
 
 struct TransferState {
   Response* resp;
-  const Sink* sink;
+  const Request* req;
+  std::atomic<uint64_t>* body_bytes_received;  // the client's counter, across all transfers
   bool head_done = false;
 };
 
@@ -340,14 +367,25 @@ size_t WriteCallback(char* ptr, size_t size, size_t nmemb, void* userdata) {
   auto* st = static_cast<TransferState*>(userdata);
   size_t n = size * nmemb;
   ByteSpan data(reinterpret_cast<const uint8_t*>(ptr), n);
-  if (st->sink && *st->sink && st->resp->status >= 200 && st->resp->status < 300) {
-    if (!(*st->sink)(*st->resp, data)) {
+  st->body_bytes_received->fetch_add(n, std::memory_order_relaxed);
+  bool success = st->resp->status >= 200 && st->resp->status < 300;
+  if (success && st->req->sink) {
+    if (!st->req->sink(*st->resp, data)) {
       st->resp->sink_stopped = true;
       return CURL_WRITEFUNC_ERROR;
     }
     return n;
   }
-  if (st->resp->body.size() < (16u << 20)) st->resp->body.append(ptr, n);
+  size_t limit = success ? st->req->max_body_bytes : kMaxErrorBodyBytes;
+  if (st->resp->body.size() + n > limit) {
+    if (!success) {
+      st->resp->body.append(ptr, limit - st->resp->body.size());  // enough to summarize
+      return n;
+    }
+    st->resp->body_too_large = true;
+    return CURL_WRITEFUNC_ERROR;
+  }
+  st->resp->body.append(ptr, n);
   return n;
 }
 
@@ -361,7 +399,7 @@ Response ClientImpl::PerformOnce(const Endpoint& ep, const Request& req,
     return resp;
   }
   CURL* c = h.get();
-  TransferState st{&resp, &req.sink};
+  TransferState st{&resp, &req, &body_bytes_received_};
   char errbuf[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(c, CURLOPT_SHARE, pool_.share());
   curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
@@ -412,7 +450,11 @@ Response ClientImpl::PerformOnce(const Endpoint& ep, const Request& req,
   resp.curl_code = curl_easy_perform(c);
   slots_.Release();
   if (resp.curl_code == CURLE_WRITE_ERROR && resp.sink_stopped) resp.curl_code = CURLE_OK;
-  if (resp.curl_code != CURLE_OK) {
+  if (resp.curl_code == CURLE_WRITE_ERROR && resp.body_too_large) {
+    // Not retryable (CURLE_WRITE_ERROR): the same server would send the same body again.
+    resp.curl_error = "the response body exceeds the limit of " + std::to_string(req.max_body_bytes) +
+                      " bytes for this request (transfer aborted)";
+  } else if (resp.curl_code != CURLE_OK) {
     resp.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(resp.curl_code);
   } else {
     long code = 0;
@@ -566,6 +608,7 @@ Status ClientImpl::FetchToken(const Reference& repo, const Endpoint& ep, const A
   }
   Request req;
   req.url = url;
+  req.max_body_bytes = kMaxTokenBytes;
   std::vector<std::string> headers;
   if (creds) {
     std::string up = creds->username + ":" + creds->password;
@@ -582,6 +625,9 @@ Status ClientImpl::FetchToken(const Reference& repo, const Endpoint& ep, const A
     std::this_thread::sleep_for(Backoff(attempt, r));
   }
   if (r.curl_code != CURLE_OK) {
+    if (r.body_too_large) {
+      return Status::Corruption(repo.registry + ": token server " + realm->second + ": " + r.curl_error);
+    }
     return Status::Unavailable(repo.registry + ": token server " + realm->second + ": " + r.curl_error);
   }
   if (r.status == 401 || r.status == 403) {
@@ -592,19 +638,10 @@ Status ClientImpl::FetchToken(const Reference& repo, const Endpoint& ep, const A
   if (r.status != 200) {
     return Status::Unavailable(repo.registry + ": token server answered HTTP " + std::to_string(r.status));
   }
-  std::string token;
-  try {
-    auto j = nlohmann::json::parse(r.body);
-    if (j.contains("token") && j["token"].is_string()) token = j["token"].get<std::string>();
-    if (token.empty() && j.contains("access_token") && j["access_token"].is_string()) {
-      token = j["access_token"].get<std::string>();
-    }
-  } catch (const std::exception&) {
-    return Status::Corruption(repo.registry + ": token server answer is not JSON");
-  }
-  if (token.empty()) return Status::Corruption(repo.registry + ": token server answer has no token");
+  auto token = ParseTokenResponse(r.body);
+  if (!token.ok()) return token.status().WithContext(repo.registry);
   std::lock_guard<std::mutex> l(mu_);
-  StateLocked(repo.registry).tokens[scope] = std::move(token);
+  StateLocked(repo.registry).tokens[scope] = std::move(*token);
   return Status::Ok();
 }
 
@@ -723,6 +760,7 @@ Result<Manifest> ClientImpl::GetManifest(const Reference& ref) {
   return OnEndpoints<Manifest>(ref, cap, [&](const Endpoint& ep) -> Result<Manifest> {
     Request req;
     req.url = ManifestUrl(ep, ref, which);
+    req.max_body_bytes = kMaxManifestBytes;
     req.headers.push_back("Accept: " + std::string(kOciManifest) + ", " + std::string(kOciIndex) + ", " +
                           std::string(kDockerManifest) + ", " + std::string(kDockerManifestList));
     std::string what = "GET manifest '" + which + "'";
@@ -747,6 +785,7 @@ Result<Manifest> ClientImpl::GetManifest(const Reference& ref) {
     }
     if (m.media_type.empty() || m.media_type == "application/json" || m.media_type == "text/plain") {
       // Fall back to the manifest's own mediaType field.
+      LC_RETURN_IF_ERROR(CheckJsonDepth(r.body, ref.Name() + ": manifest '" + which + "'"));
       try {
         auto j = nlohmann::json::parse(r.body);
         if (j.is_object() && j.contains("mediaType") && j["mediaType"].is_string()) {
@@ -969,20 +1008,35 @@ Result<std::vector<std::vector<uint8_t>>> ClientImpl::GetBlobRanges(const Refere
   req.url = BlobUrl(ep, repo, digest);
   // The whole answer is held once (reserved up front: no copies as it grows), its parts are
   // viewed in place, and each range is copied out of it once.
+  // More than the ranges plus their multipart framing is never needed: a server that sends more
+  // (a 200 with the whole blob, padded parts) is cut off as the bytes arrive, and the ranges are
+  // then read one request each (ReadRangeInto keeps only the bytes it asked for).
   uint64_t wanted = 0;
   for (size_t i : nonempty) wanted += ranges[i].length;
+  const uint64_t max_body =
+      wanted + kMultipartPartOverheadBytes * nonempty.size() + kMultipartSlackBytes;
   std::string body;
+  bool too_large = false;
   req.prepare = [&](std::vector<std::string>& headers) {
     body.clear();
-    body.reserve(static_cast<size_t>(wanted) + 256 * nonempty.size() + 4096);
+    too_large = false;
+    body.reserve(static_cast<size_t>(max_body));
     headers.push_back("Range: " + spec);
   };
   req.sink = [&](const Response&, ByteSpan data) {
+    if (body.size() + data.size() > max_body) {
+      too_large = true;
+      return false;
+    }
     body.append(reinterpret_cast<const char*>(data.data()), data.size());
     return true;
   };
   std::string what = "GET blob " + std::string(digest) + " ranges " + spec;
   auto resp = Send(repo, ep, PullScope(repo), req, what);
+  if (too_large) {
+    std::string().swap(body);  // release it before the per-range reads
+    return fallback();
+  }
   if (!resp.ok() || (resp->status != 200 && resp->status != 206)) return fallback();
 
   // What the server sent, as (offset, bytes) pieces.

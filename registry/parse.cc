@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
+#include "common/json_depth.h"
 #include "keywrap/base64.h"
 #include "registry/registry.h"
 
@@ -37,6 +38,7 @@ bool HostMatches(std::string_view key_host, std::string_view host) {
 }  // namespace
 
 Result<Credentials> CredentialsFromDockerConfig(std::string_view config_json, std::string_view host) {
+  LC_RETURN_IF_ERROR(CheckJsonDepth(config_json, "registry auth file"));
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(config_json);
@@ -115,6 +117,21 @@ std::vector<std::filesystem::path> DefaultAuthFiles() {
     files.push_back(std::filesystem::path(h) / ".docker" / "config.json");
   }
   return files;
+}
+
+Result<std::string> ParseTokenResponse(std::string_view body) {
+  LC_RETURN_IF_ERROR(CheckJsonDepth(body, "token server answer"));
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return Status::Corruption("token server answer is not JSON");
+  std::string token;
+  if (j.is_object()) {
+    if (auto it = j.find("token"); it != j.end() && it->is_string()) token = it->get<std::string>();
+    if (auto it = j.find("access_token"); token.empty() && it != j.end() && it->is_string()) {
+      token = it->get<std::string>();
+    }
+  }
+  if (token.empty()) return Status::Corruption("token server answer has no token");
+  return token;
 }
 
 Result<AuthChallenge> ParseAuthChallenge(std::string_view h) {

@@ -187,6 +187,10 @@ class Client {
   // Opens an upload session (POST) for a blob whose bytes are produced as it goes up and whose
   // digest is known only at the end: no temporary copy is needed. The client must outlive it.
   virtual Result<std::unique_ptr<BlobUpload>> StartUpload(const Reference& repo) = 0;
+
+  // Response body bytes received from servers so far, over all requests (including bytes of
+  // transfers cut off at a size limit). For metrics and for tests of those limits.
+  virtual uint64_t BodyBytesReceived() const { return 0; }
 };
 
 // One upload session (OCI distribution "chunked upload"): PATCHes in order, then a PUT with the
@@ -223,5 +227,9 @@ struct AuthChallenge {
   std::map<std::string, std::string> params;
 };
 Result<AuthChallenge> ParseAuthChallenge(std::string_view header);
+
+// The bearer token in a token server's JSON answer ("token", else "access_token"; Docker's token
+// authentication spec). Corruption when it is not JSON, nests too deep, or has no token.
+Result<std::string> ParseTokenResponse(std::string_view body);
 
 }  // namespace lazycrypt::registry

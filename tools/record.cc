@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_io.h"
+#include "common/json_depth.h"
 #include "fusefs/access_log.h"
 #include "image/convert.h"
 #include "image/transport.h"
@@ -233,6 +234,7 @@ Result<ProcessSpec> ProcessFromConfig(const std::vector<uint8_t>& config_bytes,
                                       const std::vector<std::string>& command) {
   ProcessSpec p;
   Json cfg;
+  LC_RETURN_IF_ERROR(CheckJsonDepth(AsStringView(config_bytes), "image config"));
   try {
     Json j = Json::parse(config_bytes.begin(), config_bytes.end());
     if (j.contains("config") && j["config"].is_object()) cfg = j["config"];
