@@ -5,12 +5,16 @@
 #   make demo-cli  the CLI-only demo (no root, no daemons)
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
 #   make bench-coldstart  the cold-start benchmark (root; section 7 of docs/BENCHMARKS.md)
+#   make fuzz-long  every fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_JOBS processes
+#                   (default: one per core); prints executions and crashes per target (not in CI)
 BUILD      ?= build
 FUZZ_BUILD ?= $(BUILD)/fuzz
 JOBS       ?= $(shell nproc)
 CTEST_ARGS ?=
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS  ?= $(JOBS)
 
-.PHONY: all build setup fuzz test demo demo-cli bench bench-coldstart clean
+.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart clean
 
 all: build
 
@@ -29,6 +33,9 @@ $(FUZZ_BUILD)/CMakeCache.txt:
 
 fuzz: $(FUZZ_BUILD)/CMakeCache.txt
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+fuzz-long: fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz_long.sh $(FUZZ_BUILD)
 
 test: setup
 	$(MAKE) build fuzz
