@@ -2,8 +2,11 @@
 // the Kubernetes API requires for their kinds (apiVersion/kind/metadata.name; RuntimeClass
 // handler as a DNS label; DaemonSet selector matching its template's labels, containers with
 // name and image, volume mounts naming declared volumes; Pod containers; ...), so that a typo
-// is caught here and not by `kubectl apply` on a cluster.
+// is caught here and not by `kubectl apply` on a cluster. The systemd unit keeps core dumps off
+// and hardens the daemon without a private mount namespace.
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
@@ -167,6 +170,46 @@ TEST(DeployManifests, RuntimeClassIsLazycryptAndPodsAndKeysUseIt) {
   // The node key directory of deploy/containerd/lazycrypt-snapshotter.toml's [keys] dirs.
   EXPECT_EQ(host_path, "/etc/containerd/ocicrypt/keys");
   EXPECT_EQ(secret_mode, 0400);  // YAML 1.2 core schema: "0400" is octal
+}
+
+// deploy/systemd/lazycrypt-snapshotter.service: [Service] key=value pairs (later ones win, as
+// in systemd for these single-valued settings).
+std::map<std::string, std::string> ServiceSettings() {
+  std::ifstream in(testing::SourceDir() / "deploy" / "systemd" / "lazycrypt-snapshotter.service");
+  std::map<std::string, std::string> settings;
+  std::string line, section;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] == '[') {
+      section = line;
+      continue;
+    }
+    const size_t eq = line.find('=');
+    if (section == "[Service]" && eq != std::string::npos) {
+      settings[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+  }
+  return settings;
+}
+
+TEST(DeploySystemdUnit, NoCoreDumpsAndHardeningThatKeepsMountsShared) {
+  const auto settings = ServiceSettings();
+  ASSERT_TRUE(settings.count("ExecStart")) << "the unit did not parse";
+  // Keys and plaintext never reach a core file.
+  ASSERT_TRUE(settings.count("LimitCORE"));
+  EXPECT_EQ(settings.at("LimitCORE"), "0");
+  EXPECT_EQ(settings.count("NoNewPrivileges") ? settings.at("NoNewPrivileges") : "", "yes");
+  // Each of these gives the service a mount namespace of its own (or a device policy that hides
+  // /dev/fuse): the FUSE mounts it makes would then be invisible to containerd and runc.
+  for (const char* breaks_mounts :
+       {"PrivateTmp", "ProtectSystem", "ProtectHome", "PrivateDevices", "ProtectKernelTunables",
+        "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
+        "ProtectHostname", "ProtectProc", "ProcSubset", "ReadOnlyPaths", "ReadWritePaths",
+        "InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths",
+        "PrivateMounts", "MountFlags", "RootDirectory", "RootImage", "DeviceAllow",
+        "DevicePolicy", "PrivateUsers", "PrivateNetwork"}) {
+    EXPECT_EQ(settings.count(breaks_mounts), 0u) << breaks_mounts << " would hide the mounts";
+  }
 }
 
 TEST(DeployManifests, ABrokenManifestIsReported) {
