@@ -393,6 +393,16 @@ TEST_F(TrustSnapshot, PurgeRemovesMountsAndCache) {
   // The text form, from a second purge: nothing left.
   auto again = MustRun({LAZYCRYPT_SNAPSHOTTER_BIN, "purge", "--config", config_.string()});
   EXPECT_THAT(again.stdout_text, HasSubstr("nothing to purge")) << Describe(again);
+
+  // The operator's way back (README): the key returns, the image is removed and pulled again.
+  RestoreKey();
+  auto removed = ctd_->Ctr({"images", "rm", "--sync", ref});
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(removed->exit_code, 0) << Describe(*removed);
+  auto repulled = RemotePull(ref);
+  EXPECT_EQ(repulled.exit_code, 0) << Describe(repulled) << Logs();
+  auto cat = Run(ref, Id("back"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n") << Describe(cat) << Logs();
 }
 
 // The snapshotter mounts a layer only under the chain ID its TOC gives (ChainID(parent, TOC
