@@ -8,6 +8,7 @@
 #include "format/chunk.h"
 #include "format/layer_index.h"
 #include "format/ordered_pipeline.h"
+#include "format/toc_tar_match.h"
 
 namespace lazycrypt::format {
 namespace {
@@ -26,11 +27,13 @@ struct WorkerCodecs {
   compress::ZstdDecompressor decompressor;
 };
 
-// Shared by both decoders: opens records, emits output in order, hashes the tar stream.
+// Shared by both decoders: opens records, emits output in order, hashes the tar stream and
+// hands it to the TOC/tar matcher.
 class ChunkDecoder {
  public:
-  ChunkDecoder(const ChunkOpener& opener, const DecryptOptions& options, OutputStream& out)
-      : opener_(opener), options_(options), out_(out) {
+  ChunkDecoder(const ChunkOpener& opener, const DecryptOptions& options, OutputStream& out,
+               TocTarMatcher& matcher)
+      : opener_(opener), options_(options), out_(out), matcher_(matcher) {
     int threads = internal::ResolveThreads(options.threads);
     codecs_.reserve(threads);
     for (int i = 0; i < threads; ++i) codecs_.emplace_back(options.zstd_level);
@@ -83,6 +86,7 @@ class ChunkDecoder {
   Status Emit(Decoded& d) {
     hash_.Update(d.raw);
     tar_size_ += d.raw.size();
+    LC_RETURN_IF_ERROR(matcher_.Feed(d.raw));
     LC_RETURN_IF_ERROR(out_.Write(options_.output == DecryptOutput::kTar ? d.raw : d.frame));
     pool_.Put(std::move(d.raw));
     pool_.Put(std::move(d.frame));
@@ -96,6 +100,7 @@ class ChunkDecoder {
   const ChunkOpener& opener_;
   const DecryptOptions& options_;
   OutputStream& out_;
+  TocTarMatcher& matcher_;
   std::vector<WorkerCodecs> codecs_;
   internal::BufferPool pool_;
   crypto::Sha256 hash_;
@@ -144,7 +149,8 @@ Result<crypto::Sha256Digest> DecryptLayer(BlobSource& blob, const LayerKey& key,
   LC_ASSIGN_OR_RETURN(std::shared_ptr<const ChunkOpener> opener,
                       ChunkOpener::Create(key, index->header()));
 
-  ChunkDecoder decoder(*opener, options, out);
+  TocTarMatcher matcher(index->entries());
+  ChunkDecoder decoder(*opener, options, out, matcher);
   auto chunks = index->chunks();
   internal::OrderedPipeline<uint64_t, Decoded> pipeline(
       decoder.threads(), 2 * static_cast<size_t>(decoder.threads()),
@@ -166,6 +172,7 @@ Result<crypto::Sha256Digest> DecryptLayer(BlobSource& blob, const LayerKey& key,
                             " bytes, the TOC says " + std::to_string(index->tar_size()));
   }
   LC_RETURN_IF_ERROR(CheckDiffId(index->diff_id(), diff_id));
+  LC_RETURN_IF_ERROR(matcher.Finish());
   return diff_id;
 }
 
@@ -185,7 +192,9 @@ Result<crypto::Sha256Digest> DecryptLayerStream(
     uint64_t index;
     std::vector<uint8_t> record;
   };
-  ChunkDecoder decoder(*opener, options, out);
+  // The TOC comes last in a stream: the matcher collects the tar's entries until then.
+  TocTarMatcher matcher;
+  ChunkDecoder decoder(*opener, options, out, matcher);
   internal::OrderedPipeline<Job, Decoded> pipeline(
       decoder.threads(), 2 * static_cast<size_t>(decoder.threads()),
       [&](int worker, Job& job) { return decoder.Decode(worker, job.index, nullptr, job.record); },
@@ -262,6 +271,7 @@ Result<crypto::Sha256Digest> DecryptLayerStream(
                               " bytes, the TOC says " + std::to_string(toc.tar_size));
   }
   LC_RETURN_IF_ERROR(CheckDiffId(toc.diff_id, diff_id));
+  LC_RETURN_IF_ERROR(matcher.Finish(toc.entries));
   return diff_id;
 }
 

@@ -25,7 +25,8 @@ struct DecryptOptions {
 // Random access (a file or a registry blob): LayerIndex::Open (footer, key commitment, pinned TOC
 // digest, TOC), then the blob header against its copy in the footer, then every chunk in order
 // (opened in parallel, written in order), then the SHA-256 of the tar stream against the TOC's
-// diff_id. Returns that verified diff_id.
+// diff_id, and the TOC against the tar stream (format/toc_tar_match.h: same entries, in order,
+// field for field; only zero bytes after the end-of-archive marker). Returns that verified diff_id.
 // Output is written as chunks are verified; if this returns an error, discard what was written
 // (the output is never unauthenticated bytes, but may be incomplete). Does not Close() `out`.
 Result<crypto::Sha256Digest> DecryptLayer(BlobSource& blob, const LayerKey& key,
@@ -36,7 +37,8 @@ Result<crypto::Sha256Digest> DecryptLayer(BlobSource& blob, const LayerKey& key,
 // (key commitment checked at once), then records until the one flagged last, then the sealed
 // TOC and footer (everything up to EOF), which must agree with what was seen: the footer's
 // header copy and TOC offset, the pinned TOC digest (when given), the TOC's tag, its chunk table
-// against the records, and its diff_id against the SHA-256 of what was emitted.
+// against the records, its diff_id against the SHA-256 of what was emitted, and its entries
+// against the tar stream (as DecryptLayer).
 // Same output contract as DecryptLayer: an error means discard the output.
 Result<crypto::Sha256Digest> DecryptLayerStream(
     InputStream& blob, const LayerKey& key,

@@ -446,7 +446,12 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
     std::sort(marks.begin(), marks.end());
     for (uint32_t index : marks) toc.add_prefetch(index);
   }
-  LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
+  // Only zero padding may follow the end-of-archive marker (FORMAT.md §5): bytes there would be
+  // in the diff_id but in no entry, hidden from every reader.
+  if (Status s = reader.DrainZerosToEnd().status(); !s.ok()) {
+    return s.WithContext("the source layer cannot be converted: lazycrypt layers hold only zero "
+                         "bytes after the end-of-archive marker");
+  }
   LC_RETURN_IF_ERROR(chunker.Finish());
   LC_RETURN_IF_ERROR(pipeline.Finish());
 

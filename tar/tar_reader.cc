@@ -290,7 +290,7 @@ class TarReader::Impl {
     return r;
   }
 
-  Result<uint64_t> DrainToEnd() {
+  Result<uint64_t> DrainToEnd(bool zeros_only) {
     if (!error_.ok()) return error_;
     if (state_ != State::kEnd) {
       return Status::FailedPrecondition(
@@ -299,6 +299,15 @@ class TarReader::Impl {
     uint64_t total = 0;
     for (;;) {
       size_t avail = end_ - pos_;
+      if (avail > 0 && zeros_only) {
+        const uint8_t* begin = buf_.data() + pos_;
+        const uint8_t* nonzero = std::find_if(begin, begin + avail, [](uint8_t c) { return c != 0; });
+        if (nonzero != begin + avail) {
+          return error_ = Status::Corruption(
+                     "tar: data after the end-of-archive marker (a non-zero byte at offset " +
+                     std::to_string(offset_ + static_cast<uint64_t>(nonzero - begin)) + ")");
+        }
+      }
       if (avail > 0) {
         Status s = Consume(avail);
         if (!s.ok()) return error_ = s;
@@ -822,7 +831,8 @@ TarReader::TarReader(InputStream& in, Tee tee)
 TarReader::~TarReader() = default;
 Result<std::optional<Entry>> TarReader::Next() { return impl_->Next(); }
 Result<size_t> TarReader::ReadData(MutableByteSpan out) { return impl_->ReadData(out); }
-Result<uint64_t> TarReader::DrainToEnd() { return impl_->DrainToEnd(); }
+Result<uint64_t> TarReader::DrainToEnd() { return impl_->DrainToEnd(/*zeros_only=*/false); }
+Result<uint64_t> TarReader::DrainZerosToEnd() { return impl_->DrainToEnd(/*zeros_only=*/true); }
 uint64_t TarReader::offset() const { return impl_->offset(); }
 
 }  // namespace lazycrypt::tar

@@ -86,6 +86,10 @@ class TarReader {
   // Consumes and tees everything left in the stream (the rest of the zero record padding and
   // anything after it) until EOF. Returns the byte count.
   Result<uint64_t> DrainToEnd();
+  // DrainToEnd for streams that may hold nothing but zero bytes after the marker (lazycrypt
+  // layers, docs/FORMAT.md §5): Corruption "tar: data after the end-of-archive marker (a
+  // non-zero byte at offset N)" at the first other byte, which is not teed.
+  Result<uint64_t> DrainZerosToEnd();
 
   // Bytes consumed (= teed) so far.
   uint64_t offset() const;
