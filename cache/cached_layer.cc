@@ -1,6 +1,8 @@
 #include "cache/cached_layer.h"
 
 #include <openssl/crypto.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +18,7 @@
 #include <unordered_set>
 
 #include "crypto/digest.h"
+#include "format/toc_tar_match.h"
 
 namespace lazycrypt::cache {
 namespace {
@@ -49,7 +52,9 @@ struct Flight {
   PlainPtr plain;     // set when status is OK
 };
 
-enum class Purpose { kForeground, kPrefetch, kBackground };
+// kVerify: the background verification. Like kBackground it keeps nothing in the memory cache;
+// unlike it, it asks for the plaintext, and its reads count neither as hits nor as misses.
+enum class Purpose { kForeground, kPrefetch, kBackground, kVerify };
 
 std::string ChunkName(uint64_t i) { return "chunk " + std::to_string(i); }
 
@@ -101,9 +106,18 @@ struct CachedLayer::Impl {
   bool open_stop = false;           // guarded by mu
   std::vector<std::thread> open_workers;
 
+  // Background verification (StartVerification). The state is written under mu (with
+  // verify_failure) and read without it.
+  std::atomic<VerificationState> verify_state{VerificationState::kOff};
+  bool verify_started = false;  // guarded by mu
+  Status verify_failure;        // guarded by mu: why it failed
+  Status verify_last_error;     // guarded by mu: the last failed batch while pending
+  std::thread verify_thread;
+
   std::atomic<uint64_t> blob_bytes_fetched{0}, fetch_requests{0}, chunks_fetched{0},
       chunks_opened{0}, cache_hits{0}, cache_misses{0}, auth_failures{0}, fetch_nanos{0},
-      disk_corrupt{0}, fetch_errors{0};
+      disk_corrupt{0}, fetch_errors{0}, verified_chunks{0}, verification_retries{0},
+      quarantined_reads{0};
 
   ~Impl() {
     StopBackground();
@@ -194,7 +208,8 @@ struct CachedLayer::Impl {
   // Completes the led `flight` of chunk i from the disk store when it holds a record that opens
   // (kept in memory too) and returns true; false when the chunk must be fetched (absent, or
   // damaged: then dropped from the store). REQUIRES mu not held.
-  bool OpenFromStore(uint64_t i, const std::shared_ptr<Flight>& flight, bool count_hit) {
+  bool OpenFromStore(uint64_t i, const std::shared_ptr<Flight>& flight, bool count_hit,
+                     bool keep_in_memory = true) {
     if (store == nullptr) return false;
     const format::ChunkInfo& chunk = index->chunks()[i];
     std::vector<uint8_t> record(chunk.record_size());
@@ -208,7 +223,7 @@ struct CachedLayer::Impl {
       return false;
     }
     if (count_hit) cache_hits.fetch_add(1, std::memory_order_relaxed);
-    {
+    if (keep_in_memory) {
       std::lock_guard lock(mu);
       MemInsert(i, *plain);
     }
@@ -248,6 +263,28 @@ struct CachedLayer::Impl {
   Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
   Status Prefetch(const std::vector<const format::Entry*>& files);
   void BackgroundLoop(uint64_t rate_bytes_per_sec);
+  void VerifyLoop(const VerifyOptions& o);
+  // Records the end of the verification and tells options.on_done (unless stopping).
+  void EndVerification(const VerifyOptions& o, Status result);
+  // Waits until no foreground read is fetching (false: stop requested).
+  bool YieldToForeground() {
+    std::unique_lock lock(mu);
+    bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
+    return !bg_stop;
+  }
+  // Sleeps until `due` (false: stop requested meanwhile).
+  bool SleepUntil(Clock::time_point due) {
+    std::unique_lock lock(mu);
+    return !bg_cv.wait_until(lock, due, [&] { return bg_stop; });
+  }
+  // AuthFailed while the layer is quarantined (its verification failed), counted.
+  Status CheckNotQuarantined() {
+    if (verify_state.load(std::memory_order_acquire) != VerificationState::kFailed) {
+      return Status::Ok();
+    }
+    quarantined_reads.fetch_add(1, std::memory_order_relaxed);
+    return Status::AuthFailed("the layer is quarantined: its content failed verification");
+  }
   void StopBackground() {
     {
       std::lock_guard lock(mu);
@@ -256,6 +293,7 @@ struct CachedLayer::Impl {
     bg_cv.notify_all();
     if (bg_thread.joinable()) bg_thread.join();
     if (prefetch_thread.joinable()) prefetch_thread.join();
+    if (verify_thread.joinable()) verify_thread.join();
   }
   bool Stopping() {
     std::lock_guard lock(mu);
@@ -345,7 +383,7 @@ Status CachedLayer::Impl::FetchRuns(const std::vector<Run>& runs, Purpose purpos
         // A failed disk write costs only a later refetch; the read itself succeeded.
         (void)store->Put(key, i, chunks[i].blob_offset, record);
       }
-      if (purpose != Purpose::kBackground) {
+      if (purpose != Purpose::kBackground && purpose != Purpose::kVerify) {
         std::lock_guard lock(mu);
         MemInsert(i, *plain);
       }
@@ -375,7 +413,7 @@ CachedLayer::Impl::Claim CachedLayer::Impl::ClaimChunks(const std::vector<uint64
     for (size_t k = 0; k < wanted.size(); ++k) {
       const uint64_t i = wanted[k];
       if (PlainPtr p = MemLookup(i)) {
-        cache_hits.fetch_add(1, std::memory_order_relaxed);
+        if (purpose != Purpose::kVerify) cache_hits.fetch_add(1, std::memory_order_relaxed);
         if (out) (*out)[k] = std::move(p);
       } else if (auto it = flights.find(i); it != flights.end()) {
         follow.emplace_back(k, it->second);
@@ -426,11 +464,12 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
       to_fetch.emplace_back(l.chunk, std::move(l.flight));
       continue;
     }
-    if (OpenFromStore(l.chunk, l.flight, /*count_hit=*/true)) {
+    const bool verify = purpose == Purpose::kVerify;
+    if (OpenFromStore(l.chunk, l.flight, /*count_hit=*/!verify, /*keep_in_memory=*/!verify)) {
       if (out) (*out)[l.pos] = l.flight->plain;  // set before Complete published it; ours alone
       continue;
     }
-    cache_misses.fetch_add(1, std::memory_order_relaxed);
+    if (!verify) cache_misses.fetch_add(1, std::memory_order_relaxed);
     to_fetch.emplace_back(l.chunk, l.flight);
   }
   std::sort(to_fetch.begin(), to_fetch.end(),
@@ -498,7 +537,8 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
       if (first_error.ok()) first_error = flight->status;
       continue;
     }
-    cache_hits.fetch_add(1, std::memory_order_relaxed);  // served by another reader's fetch
+    // Served by another reader's fetch.
+    if (purpose != Purpose::kVerify) cache_hits.fetch_add(1, std::memory_order_relaxed);
     if (out) (*out)[k] = flight->plain;
   }
   return first_error;
@@ -537,6 +577,7 @@ Status CachedLayer::Impl::AcquireRange(const format::Entry& entry, uint64_t offs
 
 Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t offset,
                                            MutableByteSpan out) {
+  LC_RETURN_IF_ERROR(CheckNotQuarantined());
   LC_RETURN_IF_ERROR(CheckEntry(entry).WithContext("ReadFile"));
   if (offset >= entry.size || out.empty()) return size_t{0};
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry.size - offset));
@@ -559,6 +600,7 @@ Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t 
 
 Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_t offset,
                                              size_t size) {
+  LC_RETURN_IF_ERROR(CheckNotQuarantined());
   LC_RETURN_IF_ERROR(CheckEntry(entry).WithContext("ViewFile"));
   FileView view;
   if (offset >= entry.size || size == 0) return view;
@@ -669,6 +711,100 @@ void CachedLayer::Impl::BackgroundLoop(uint64_t rate) {
     }
   }
   bg_done.store(true);
+}
+
+void CachedLayer::Impl::EndVerification(const VerifyOptions& o, Status result) {
+  {
+    std::lock_guard lock(mu);
+    if (result.ok()) {
+      verify_state.store(VerificationState::kVerified, std::memory_order_release);
+    } else {
+      verify_failure = result;
+      verify_state.store(VerificationState::kFailed, std::memory_order_release);
+    }
+  }
+  if (o.on_done && !Stopping()) o.on_done(result);
+}
+
+// One pass over the layer, in chunk order, in batches of adjacent chunks (one request for those
+// not on disk); a batch that fails is tried again, with backoff, until it succeeds or the layer
+// stops: the state can only become verified after every chunk was hashed.
+void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
+  {
+    // The prefetch goes first: it fetches what a start needs.
+    std::unique_lock lock(mu);
+    bg_cv.wait(lock, [&] { return bg_stop || !prefetch_running; });
+    if (bg_stop) return;
+  }
+  if (o.lower_cpu_priority) {
+    // Linux: the nice value is per thread. Failure only means normal priority.
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
+  }
+  if (o.expected_diff_id && *o.expected_diff_id != index->diff_id()) {
+    EndVerification(o, Status::AuthFailed("the TOC's tar_sha256 is " +
+                                          crypto::OciDigest(index->diff_id()) +
+                                          ", the layer is used as diff_id " +
+                                          crypto::OciDigest(*o.expected_diff_id)));
+    return;
+  }
+  format::TocTarMatcher matcher(index->entries());
+  crypto::Sha256 hash;
+  auto chunks = index->chunks();
+  uint64_t batch_bytes = std::min<uint64_t>(options.max_request_bytes, uint64_t{4} << 20);
+  const uint64_t rate = o.rate_bytes_per_sec;
+  if (rate > 0) batch_bytes = std::min<uint64_t>(batch_bytes, std::max<uint64_t>(rate / 4, 1));
+  const auto start = Clock::now();
+  uint64_t sent = 0;
+  auto backoff = std::max(o.retry_initial, std::chrono::milliseconds(1));
+  uint64_t i = 0;
+  while (i < chunks.size()) {
+    if (!YieldToForeground()) return;
+    std::vector<uint64_t> batch{i};
+    uint64_t bytes = chunks[i].record_size();
+    for (uint64_t j = i + 1; j < chunks.size(); ++j) {
+      if (bytes + chunks[j].record_size() > batch_bytes) break;
+      bytes += chunks[j].record_size();
+      batch.push_back(j);
+    }
+    std::vector<PlainPtr> plains;
+    Status s = Acquire(batch, {}, Purpose::kVerify, &plains, nullptr);
+    if (!s.ok()) {
+      if (Stopping()) return;
+      verification_retries.fetch_add(1, std::memory_order_relaxed);
+      {
+        std::lock_guard lock(mu);
+        verify_last_error = s;
+      }
+      if (!SleepUntil(Clock::now() + backoff)) return;
+      backoff = std::min(backoff * 2, std::max(o.retry_max, backoff));
+      continue;
+    }
+    backoff = std::max(o.retry_initial, std::chrono::milliseconds(1));
+    for (const PlainPtr& plain : plains) {
+      hash.Update(plain->span());
+      if (Status m = matcher.Feed(plain->span()); !m.ok()) {
+        EndVerification(o, m);
+        return;
+      }
+      verified_chunks.fetch_add(1, std::memory_order_relaxed);
+    }
+    plains.clear();  // wiped now, not with the next batch
+    sent += bytes;
+    i = batch.back() + 1;
+    if (rate > 0) {
+      const auto due = start + std::chrono::nanoseconds(static_cast<int64_t>(
+                                   static_cast<long double>(sent) * 1e9L / rate));
+      if (!SleepUntil(due)) return;
+    }
+  }
+  const crypto::Sha256Digest digest = hash.Finish();
+  if (digest != index->diff_id()) {
+    EndVerification(o, Status::AuthFailed("the tar stream hashes to " + crypto::OciDigest(digest) +
+                                          ", the TOC's tar_sha256 (the diff_id) is " +
+                                          crypto::OciDigest(index->diff_id())));
+    return;
+  }
+  EndVerification(o, matcher.Finish());
 }
 
 // ---- CachedLayer ------------------------------------------------------------------------------
@@ -804,6 +940,47 @@ Status CachedLayer::StartBackgroundFetch(uint64_t rate_bytes_per_sec) {
 
 void CachedLayer::StopBackgroundFetch() { impl_->StopBackground(); }
 
+Status CachedLayer::StartVerification(VerifyOptions options) {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->verify_started) return Status::FailedPrecondition("verification already started");
+  if (impl_->bg_stop) return Status::FailedPrecondition("the layer is stopping");
+  impl_->verify_started = true;
+  impl_->verify_state.store(VerificationState::kPending, std::memory_order_release);
+  try {
+    impl_->verify_thread = std::thread(
+        [impl = impl_.get(), options = std::move(options)] { impl->VerifyLoop(options); });
+  } catch (const std::system_error& e) {
+    impl_->verify_started = false;
+    impl_->verify_state.store(VerificationState::kOff, std::memory_order_release);
+    return Status::Internal(std::string("verification: cannot start a thread: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+VerificationState CachedLayer::verification() const {
+  return impl_->verify_state.load(std::memory_order_acquire);
+}
+
+Status CachedLayer::verification_status() const {
+  const Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  switch (m.verify_state.load(std::memory_order_acquire)) {
+    case VerificationState::kVerified:
+      return Status::Ok();
+    case VerificationState::kFailed:
+      return m.verify_failure;
+    case VerificationState::kOff:
+      return Status::Unavailable("not verified (no verification was started)");
+    case VerificationState::kPending:
+      break;
+  }
+  std::string msg = "verification pending (" +
+                    std::to_string(m.verified_chunks.load(std::memory_order_relaxed)) + " of " +
+                    std::to_string(m.index->chunks().size()) + " chunks hashed)";
+  if (!m.verify_last_error.ok()) msg += "; last attempt: " + m.verify_last_error.ToString();
+  return Status::Unavailable(msg);
+}
+
 bool CachedLayer::background_fetch_done() const { return impl_->bg_done.load(); }
 
 const std::string& CachedLayer::store_key() const { return impl_->key; }
@@ -822,6 +999,11 @@ LayerStats CachedLayer::stats() const {
   s.fetch_nanos = get(m.fetch_nanos);
   s.disk_corrupt = get(m.disk_corrupt);
   s.fetch_errors = get(m.fetch_errors);
+  s.verification = m.verify_state.load(std::memory_order_acquire);
+  s.verified_chunks = get(m.verified_chunks);
+  s.verification_retries = get(m.verification_retries);
+  s.verification_failures = s.verification == VerificationState::kFailed ? 1 : 0;
+  s.quarantined_reads = get(m.quarantined_reads);
   s.chunk_count = m.index->chunks().size();
   if (m.store != nullptr) {
     s.chunks_present = m.store->ChunksPresent(m.key);

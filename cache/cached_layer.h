@@ -11,8 +11,11 @@
 // of missing records of one read (or prefetch, or background batch) go in one request.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +46,28 @@ struct CachedLayerOptions {
   // The blob's name in the ChunkStore; empty = "toc-<hex of the pinned TOC digest>", which names
   // exactly one blob because the sealed TOC is bound to the blob's salt.
   std::string store_key;
+};
+
+// How CachedLayer::StartVerification runs.
+struct VerifyOptions {
+  // Bytes per second of blob read by the verification (0 = as fast as the source allows). It
+  // always yields to on-demand reads: no request is sent while a read is fetching.
+  uint64_t rate_bytes_per_sec = 0;
+  // The diff_id the layer is used under (the image config's, from which the snapshotter computes
+  // the chain ID), when known: the TOC's tar_sha256 must be this too (checked first, before any
+  // fetch).
+  std::optional<crypto::Sha256Digest> expected_diff_id;
+  // A batch that cannot be fetched or opened is tried again after this delay, doubled after each
+  // failure up to retry_max: the verification stays pending meanwhile, however long it takes.
+  std::chrono::milliseconds retry_initial{200};
+  std::chrono::milliseconds retry_max{30000};
+  // Run the verification thread at nice +10: hashing and decrypting a whole layer must not take
+  // CPU from the containers reading it.
+  bool lower_cpu_priority = true;
+  // Called once when the verification ends (OK: verified; else the failure), on the verification
+  // thread with no lock of the layer held. Not called when the layer is stopped or destroyed
+  // before the end. Must not destroy the layer.
+  std::function<void(const Status&)> on_done;
 };
 
 class CachedLayer final : public LayerData {
@@ -91,11 +116,27 @@ class CachedLayer final : public LayerData {
   // been tried, on Stop, or on destruction. FailedPrecondition without a store or when already
   // started.
   Status StartBackgroundFetch(uint64_t rate_bytes_per_sec);
-  // Stops the background fetch and a started prefetch promptly and waits for their threads.
+  // Stops the background fetch, a started prefetch and the verification promptly and waits for
+  // their threads.
   // Idempotent.
   void StopBackgroundFetch();
   // True once a background fetch has finished its pass over the layer (not when stopped).
   bool background_fetch_done() const;
+
+  // Starts the background verification of the whole layer (docs/FORMAT.md §8.4) on a thread of
+  // its own: every chunk in order (from memory, the store, or fetched, and then stored),
+  // SHA-256 of the tar stream against the TOC's tar_sha256 (and options.expected_diff_id), and
+  // the TOC against the tar stream (format::TocTarMatcher). Begins when a started prefetch has
+  // ended. On failure the layer is quarantined: every later ReadFile/ViewFile fails with
+  // AuthFailed (EIO through FUSE) and counts in stats().quarantined_reads. A batch that fails to
+  // fetch or open is retried with backoff (the state stays pending; it never becomes verified
+  // without every byte hashed). StopBackgroundFetch and destruction stop it.
+  // FailedPrecondition when already started.
+  Status StartVerification(VerifyOptions options = {});
+  VerificationState verification() const;
+  // OK when verified; Unavailable while off or pending (with the progress and the last error);
+  // the failure (AuthFailed or Corruption; never a file name) when failed.
+  Status verification_status() const;
 
   // The key of this layer's records in the ChunkStore.
   const std::string& store_key() const;

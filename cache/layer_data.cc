@@ -5,6 +5,17 @@
 #include <atomic>
 
 namespace lazycrypt::cache {
+
+std::string_view VerificationStateName(VerificationState state) {
+  switch (state) {
+    case VerificationState::kOff: return "off";
+    case VerificationState::kPending: return "pending";
+    case VerificationState::kVerified: return "verified";
+    case VerificationState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
 namespace {
 
 // Plaintext copied out for a FileView; wiped on release.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "common/io.h"
@@ -13,6 +14,17 @@
 #include "format/layer_reader.h"
 
 namespace lazycrypt::cache {
+
+// Where the background verification of a mounted layer stands (CachedLayer::StartVerification,
+// docs/FORMAT.md §8.4).
+enum class VerificationState : uint8_t {
+  kOff,       // not started (a layer nobody verifies, e.g. a one-shot read)
+  kPending,   // started; not every byte hashed yet (or the source is failing: it retries)
+  kVerified,  // every chunk hashed: the tar stream is the TOC's tar_sha256 and the TOC matches it
+  kFailed,    // it is not: the layer is quarantined, every read of its files fails
+};
+// "off", "pending", "verified", "failed".
+std::string_view VerificationStateName(VerificationState state);
 
 // Counters of one layer, as `lazycrypt mount` statistics and the snapshotter's metrics show them.
 // A snapshot: values are read without a lock and may be mutually a little out of date.
@@ -31,6 +43,11 @@ struct LayerStats {
   uint64_t memory_cache_bytes = 0;   // opened (plaintext) chunk bytes held in memory now
   uint64_t disk_corrupt = 0;         // cached records that failed authentication (dropped, refetched)
   uint64_t fetch_errors = 0;         // ranged requests that failed
+  VerificationState verification = VerificationState::kOff;
+  uint64_t verified_chunks = 0;        // chunks the verification has hashed so far
+  uint64_t verification_retries = 0;   // verification batches that failed and were tried again
+  uint64_t verification_failures = 0;  // 1 once the layer failed verification (quarantined)
+  uint64_t quarantined_reads = 0;      // reads refused because the layer is quarantined
 };
 
 // Authenticated file bytes lent without a copy: `spans`, in order, are the bytes read; they point

@@ -256,6 +256,17 @@ class FuseMountImpl final : public FuseMount {
   const std::filesystem::path& mountpoint() const override { return mountpoint_; }
   cache::LayerStats stats() const override { return layer_->stats(); }
 
+  void InvalidateFileData() override {
+    // Under unmount_mu_: the session stays alive meanwhile. Pending reads that hold page locks
+    // are served by the session threads, so the kernel's invalidation does not wait on us.
+    std::lock_guard<std::mutex> lock(unmount_mu_);
+    if (!mounted_ || !session_) return;
+    for (uint64_t ino = 1; ino <= table_->inode_count(); ++ino) {
+      // ENOENT: the kernel has not looked this inode up, so it caches nothing of it.
+      (void)fuse_lowlevel_notify_inval_inode(session_.get(), ino, 0, 0);
+    }
+  }
+
  private:
   static FuseMountImpl& Self(fuse_req_t req) {
     return *static_cast<FuseMountImpl*>(fuse_req_userdata(req));

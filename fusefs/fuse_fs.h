@@ -64,6 +64,10 @@ class FuseMount {
 
   virtual const std::filesystem::path& mountpoint() const = 0;
   virtual cache::LayerStats stats() const = 0;
+  // Drops the kernel's cached data of every file (notify_inval_inode, mapped pages included), so
+  // that every later read comes to the layer again: for a quarantined layer, whose reads fail.
+  // No-op once unmounted.
+  virtual void InvalidateFileData() = 0;
 
   FuseMount(const FuseMount&) = delete;
   FuseMount& operator=(const FuseMount&) = delete;

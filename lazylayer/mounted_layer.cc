@@ -1,5 +1,7 @@
 #include "lazylayer/mounted_layer.h"
 
+#include <cstdio>
+
 #include "image/layer.h"
 
 namespace lazycrypt::lazylayer {
@@ -47,7 +49,19 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
   if (!mounted.ok()) return mounted.status().WithContext(what);
   layer->mount_ = std::move(*mounted);
 
-  if (options.background_rate_bytes_per_sec > 0 && options.store != nullptr) {
+  if (options.verify) {
+    // Also completes the layer in the store: no separate background fetch.
+    cache::VerifyOptions verify;
+    verify.rate_bytes_per_sec = options.background_rate_bytes_per_sec > 0
+                                    ? options.background_rate_bytes_per_sec
+                                    : options.verify_rate_bytes_per_sec;
+    verify.expected_diff_id = options.expected_diff_id;
+    // The layer outlives the thread: ~MountedLayer stops the verification first.
+    verify.on_done = [self = layer.get(), user = options.on_verified](const Status& s) {
+      self->OnVerified(s, user);
+    };
+    LC_RETURN_IF_ERROR(layer->layer_->StartVerification(std::move(verify)).WithContext(what));
+  } else if (options.background_rate_bytes_per_sec > 0 && options.store != nullptr) {
     LC_RETURN_IF_ERROR(layer->layer_->StartBackgroundFetch(options.background_rate_bytes_per_sec));
   }
   return layer;
@@ -61,10 +75,32 @@ MountedLayer::~MountedLayer() {
   keepalive_.reset();
 }
 
-Verification MountedLayer::verification() const { return Verification::kPending; }
+void MountedLayer::OnVerified(const Status& result,
+                              const std::function<void(const Status&)>& user) {
+  if (!result.ok()) {
+    // Once per layer (the verification ends once). Names the layer, never a file.
+    std::fprintf(stderr,
+                 "lazycrypt: layer %s: verification failed, layer quarantined (every read of its "
+                 "files fails with EIO): %s\n",
+                 digest_.c_str(), result.message().c_str());
+    std::fflush(stderr);
+    if (mount_) mount_->InvalidateFileData();
+  }
+  if (user) user(verification_status());
+}
+
+Verification MountedLayer::verification() const {
+  switch (layer_->verification()) {
+    case cache::VerificationState::kVerified: return Verification::kVerified;
+    case cache::VerificationState::kFailed: return Verification::kFailed;
+    case cache::VerificationState::kOff:
+    case cache::VerificationState::kPending: break;
+  }
+  return Verification::kPending;
+}
 
 Status MountedLayer::verification_status() const {
-  return Status::Unavailable("layer " + digest_ + ": verification pending");
+  return layer_->verification_status().WithContext("layer " + digest_);
 }
 
 Status MountedLayer::Unmount() {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "cache/chunk_store.h"
 #include "common/io.h"
 #include "common/status.h"
+#include "crypto/digest.h"
 #include "fusefs/fuse_fs.h"
 #include "image/oci.h"
 #include "keywrap/keyring.h"
@@ -40,7 +42,7 @@ struct MountLayerOptions {
   // before Mount returns, in as few ranged requests as possible.
   bool prefetch = true;
   // Complete the layer in the background at this rate (bytes/s) once mounted; 0 = off.
-  // Needs a store.
+  // Needs a store. With verify, the verification does this (at this rate when it is not 0).
   uint64_t background_rate_bytes_per_sec = 0;
   fusefs::MountOptions mount;
   // Verify the layer in the background once mounted (see Verification). Off only for tools that
@@ -50,6 +52,10 @@ struct MountLayerOptions {
   // fast as the source allows). Either way it yields to on-demand reads: it sends no request
   // while a read is fetching, and runs at a lower CPU priority.
   uint64_t verify_rate_bytes_per_sec = 0;
+  // The diff_id this layer is used under (the image config's: the chain ID is computed from it),
+  // when the caller knows it: the TOC's tar_sha256 must equal it, or the verification fails at
+  // once (before any fetch) and the layer is quarantined.
+  std::optional<crypto::Sha256Digest> expected_diff_id;
   // Called exactly once when the verification ends: OK when verified, else the failure (naming
   // the layer digest, never a file name). Called on the verification thread, with no lock of the
   // MountedLayer or its cache held; it may call verification() and verification_status(), but
@@ -93,6 +99,9 @@ class MountedLayer {
 
  private:
   MountedLayer() = default;
+  // The end of the background verification (on its thread): logs a failure once and drops the
+  // kernel's cached file data, so the quarantine covers pages already read.
+  void OnVerified(const Status& result, const std::function<void(const Status&)>& user);
   std::shared_ptr<void> keepalive_;
   std::shared_ptr<BlobSource> source_;
   std::shared_ptr<cache::CachedLayer> layer_;

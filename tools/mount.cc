@@ -189,6 +189,14 @@ nlohmann::ordered_json StatsJson(const lazylayer::MountedLayer& m, const std::st
   j["auth_failures"] = s.auth_failures;
   j["disk_corrupt"] = s.disk_corrupt;
   j["memory_cache_bytes"] = s.memory_cache_bytes;
+  j["verification"] = std::string(cache::VerificationStateName(s.verification));
+  if (Status v = m.verification_status(); !v.ok() && s.verification == cache::VerificationState::kFailed) {
+    j["verification_error"] = v.message();  // names the layer digest, never a file
+  }
+  j["verified_chunks"] = s.verified_chunks;
+  j["verification_retries"] = s.verification_retries;
+  j["verification_failures"] = s.verification_failures;
+  j["quarantined_reads"] = s.quarantined_reads;
   j["updated_unix"] = static_cast<int64_t>(::time(nullptr));
   return j;
 }
@@ -618,6 +626,16 @@ Status RunStats(const StatsFlags& flags, const Output& io) {
   std::fprintf(io.out, "failures         %llu chunks failed authentication, %llu cached records "
                "corrupt\n", static_cast<unsigned long long>(u("auth_failures")),
                static_cast<unsigned long long>(u("disk_corrupt")));
+  std::fprintf(io.out, "verification     %s  (%llu of %llu chunks hashed, %llu retries)\n",
+               j.value("verification", "off").c_str(),
+               static_cast<unsigned long long>(u("verified_chunks")),
+               static_cast<unsigned long long>(u("chunk_count")),
+               static_cast<unsigned long long>(u("verification_retries")));
+  if (j.contains("verification_error")) {
+    std::fprintf(io.out, "quarantined      every read of its files fails (EIO; %llu refused): %s\n",
+                 static_cast<unsigned long long>(u("quarantined_reads")),
+                 j.value("verification_error", "").c_str());
+  }
   return Status::Ok();
 }
 
