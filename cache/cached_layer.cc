@@ -855,7 +855,7 @@ Result<std::shared_ptr<CachedLayer>> CachedLayer::Open(std::shared_ptr<BlobSourc
                                                        const CachedLayerOptions& options) {
   if (!source) return Status::InvalidArgument("CachedLayer: null source");
   LC_ASSIGN_OR_RETURN(std::shared_ptr<const format::LayerIndex> index,
-                      format::LayerIndex::Open(*source, key, pinned_toc_digest));
+                      format::LayerIndex::Open(*source, key, pinned_toc_digest, options.toc_limits));
   LC_ASSIGN_OR_RETURN(std::shared_ptr<const format::ChunkOpener> opener,
                       format::ChunkOpener::Create(key, index->header()));
   return Create(std::move(index), std::move(opener), std::move(source), store, options);

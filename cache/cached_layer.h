@@ -46,6 +46,8 @@ struct CachedLayerOptions {
   // The blob's name in the ChunkStore; empty = "toc-<hex of the pinned TOC digest>", which names
   // exactly one blob because the sealed TOC is bound to the blob's salt.
   std::string store_key;
+  // What Open accepts of the layer's TOC (size, chunks, entries); see format::TocLimits.
+  format::TocLimits toc_limits;
 };
 
 // How CachedLayer::StartVerification runs.

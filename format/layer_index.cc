@@ -12,7 +12,8 @@ namespace internal {
 
 Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
                           const BlobHeaderBytes& header_bytes,
-                          const crypto::Sha256Digest* pinned_toc_digest) {
+                          const crypto::Sha256Digest* pinned_toc_digest,
+                          const TocLimits& limits) {
   if (sealed.size() <= kTagSize) {
     return Status::Corruption("TOC: " + std::to_string(sealed.size()) +
                               " sealed bytes, not more than a tag");
@@ -37,13 +38,14 @@ Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
         "TOC: authentication failed (the TOC, the blob header or the footer was altered)");
   }
   LC_RETURN_IF_ERROR(s.WithContext("TOC"));
-  return DecodeTocPlaintext(plaintext);
+  return DecodeTocPlaintext(plaintext, limits);
 }
 
 }  // namespace internal
 
 Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
-    BlobSource& blob, const LayerKey& key, const crypto::Sha256Digest& pinned_toc_digest) {
+    BlobSource& blob, const LayerKey& key, const crypto::Sha256Digest& pinned_toc_digest,
+    const TocLimits& limits) {
   const uint64_t blob_size = blob.size();
   constexpr uint64_t kMinBlobSize = kBlobHeaderSize + kMinRecordSize + kTagSize + 1 + kFooterSize;
   if (blob_size < kMinBlobSize) {
@@ -56,10 +58,16 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
   LC_ASSIGN_OR_RETURN(Footer footer, ParseFooter(footer_bytes, blob_size));
   LC_ASSIGN_OR_RETURN(DerivedKeys keys, DeriveAndCheckKeys(key, footer.header));
 
+  if (footer.toc_size > limits.MaxSealedBytes()) {
+    return Status::Corruption("TOC: the footer claims " + std::to_string(footer.toc_size) +
+                              " sealed bytes, over the " + std::to_string(limits.MaxSealedBytes()) +
+                              " that a TOC of at most " + std::to_string(limits.max_serialized_bytes) +
+                              " bytes (limit) can take");
+  }
   std::vector<uint8_t> sealed(footer.toc_size);
   LC_RETURN_IF_ERROR(blob.ReadAt(footer.toc_offset, sealed).WithContext("TOC"));
   LC_ASSIGN_OR_RETURN(Toc toc, internal::OpenSealedToc(sealed, keys, footer.header_bytes,
-                                                       &pinned_toc_digest));
+                                                       &pinned_toc_digest, limits));
   if (toc.records_end() != footer.toc_offset) {
     return Status::Corruption("TOC: its chunk table ends at blob offset " +
                               std::to_string(toc.records_end()) + " but the footer puts the TOC at " +

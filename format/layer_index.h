@@ -34,8 +34,11 @@ class LayerIndex {
   // sha256:..., blob has sha256:..."); decrypts, decompresses, parses and validates it
   // (Corruption naming the problem); checks the chunk table ends exactly where the TOC starts.
   // Never reads the blob header at offset 0 (the footer holds its copy); DecryptLayer does.
+  // `limits` bound the TOC's size (checked against the footer before the TOC is read), chunk
+  // count and entry count (TocLimits; defaults: the format's maxima).
   static Result<std::shared_ptr<const LayerIndex>> Open(BlobSource& blob, const LayerKey& key,
-                                                        const crypto::Sha256Digest& pinned_toc_digest);
+                                                        const crypto::Sha256Digest& pinned_toc_digest,
+                                                        const TocLimits& limits = {});
 
   const BlobHeader& header() const { return header_; }
   const BlobHeaderBytes& header_bytes() const { return header_bytes_; }
@@ -87,7 +90,8 @@ namespace internal {
 // (if any), opens it with keys.toc_key and the footer's header bytes, and parses it.
 Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
                           const BlobHeaderBytes& header_bytes,
-                          const crypto::Sha256Digest* pinned_toc_digest);
+                          const crypto::Sha256Digest* pinned_toc_digest,
+                          const TocLimits& limits = {});
 }  // namespace internal
 
 }  // namespace lazycrypt::format

@@ -152,7 +152,24 @@ Status ValidateEntry(const Entry& e, uint64_t tar_size) {
   return Status::Ok();
 }
 
-Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
+Status TocLimits::Validate(std::string_view what) const {
+  auto check = [&](uint64_t v, uint64_t max, const char* name) -> Status {
+    if (v == 0 || v > max) {
+      return Status::InvalidArgument(std::string(what) + ": " + name + " " + Num(v) +
+                                     " is outside 1.." + Num(max) + " (the format's maximum)");
+    }
+    return Status::Ok();
+  };
+  LC_RETURN_IF_ERROR(check(max_serialized_bytes, kMaxTocSerializedSize, "max_bytes"));
+  LC_RETURN_IF_ERROR(check(max_chunks, kMaxChunks, "max_chunks"));
+  return check(max_entries, kMaxTocEntries, "max_entries");
+}
+
+uint64_t TocLimits::MaxSealedBytes() const {
+  return kTocSizePrefixSize + compress::ZstdCompressor::Bound(max_serialized_bytes) + kTagSize;
+}
+
+Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, const TocLimits& limits) {
   Toc toc;
   toc.version = proto.version();
   if (toc.version != 1) {
@@ -167,9 +184,9 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
 
   // Chunk table.
   const int chunk_count = proto.chunks_size();
-  if (chunk_count < 1 || static_cast<uint64_t>(chunk_count) > kMaxChunks) {
+  if (chunk_count < 1 || static_cast<uint64_t>(chunk_count) > limits.max_chunks) {
     return Status::Corruption("TOC: chunk count " + Num(chunk_count) + " is outside 1.." +
-                              Num(kMaxChunks));
+                              Num(limits.max_chunks) + " (limit)");
   }
   toc.chunks.resize(chunk_count);
   uint64_t blob_offset = kBlobHeaderSize;
@@ -213,9 +230,9 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
 
   // Entries.
   const int entry_count = proto.entries_size();
-  if (static_cast<uint64_t>(entry_count) > kMaxTocEntries) {
+  if (static_cast<uint64_t>(entry_count) > limits.max_entries) {
     return Status::Corruption("TOC: " + Num(entry_count) + " entries (limit " +
-                              Num(kMaxTocEntries) + ")");
+                              Num(limits.max_entries) + ")");
   }
   toc.entries.reserve(entry_count);  // no reallocation below: `seen` keeps views into names
   // Type of the latest entry of each name, for hardlink targets.
@@ -295,33 +312,33 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors) {
   return toc;
 }
 
-Result<Toc> ParseToc(ByteSpan serialized) {
-  if (serialized.size() > kMaxTocSerializedSize) {
+Result<Toc> ParseToc(ByteSpan serialized, const TocLimits& limits) {
+  if (serialized.size() > limits.max_serialized_bytes) {
     return Status::Corruption("TOC: " + Num(serialized.size()) + " bytes (limit " +
-                              Num(kMaxTocSerializedSize) + ")");
+                              Num(limits.max_serialized_bytes) + ")");
   }
   v1::Toc proto;
   if (!proto.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
     return Status::Corruption("TOC: protobuf does not parse");
   }
-  return TocFromProto(proto);
+  return TocFromProto(proto, /*name_entries_in_errors=*/false, limits);
 }
 
-Result<Toc> DecodeTocPlaintext(ByteSpan plaintext) {
+Result<Toc> DecodeTocPlaintext(ByteSpan plaintext, const TocLimits& limits) {
   if (plaintext.size() < kTocSizePrefixSize) {
     return Status::Corruption("TOC: plaintext is " + Num(plaintext.size()) +
                               " bytes, shorter than its size prefix");
   }
   uint64_t serialized_size = LoadLe64(plaintext.data());
-  if (serialized_size > kMaxTocSerializedSize) {
+  if (serialized_size > limits.max_serialized_bytes) {
     return Status::Corruption("TOC: claims " + Num(serialized_size) + " bytes (limit " +
-                              Num(kMaxTocSerializedSize) + ")");
+                              Num(limits.max_serialized_bytes) + ")");
   }
   std::vector<uint8_t> serialized(serialized_size);
   compress::ZstdDecompressor decompressor;
   Status s = decompressor.DecompressExact(plaintext.subspan(kTocSizePrefixSize), serialized);
   if (!s.ok()) return s.WithContext("TOC");
-  return ParseToc(serialized);
+  return ParseToc(serialized, limits);
 }
 
 Result<std::vector<uint8_t>> EncodeTocPlaintext(ByteSpan serialized, int zstd_level) {

@@ -100,16 +100,32 @@ bool IsNormalizedName(std::string_view name);
 // tar_size bounds regular files' data ranges. Messages start with "entry 'name': ".
 Status ValidateEntry(const Entry& entry, uint64_t tar_size);
 
+// What a reader accepts of one TOC, checked before it allocates for it. The defaults are the
+// format's own maxima (what any writer may produce); a daemon may lower them, e.g. to bound the
+// memory one hostile layer can pin (`[limits]` in the snapshotter's config, `lazycrypt mount
+// --toc-max-*`). Errors name the limit: "TOC: 9000000 entries (limit 8388608)".
+struct TocLimits {
+  uint64_t max_serialized_bytes = kMaxTocSerializedSize;
+  uint64_t max_chunks = kMaxChunks;
+  uint64_t max_entries = kMaxTocEntries;
+  // InvalidArgument naming `what` and the limit unless every limit is in 1..the format's maximum.
+  Status Validate(std::string_view what = "TOC limits") const;
+  // The largest sealed TOC (size prefix, zstd frame, tag) whose plaintext could fit
+  // max_serialized_bytes: LayerIndex::Open refuses a footer claiming more before reading it.
+  uint64_t MaxSealedBytes() const;
+};
+
 // Serialized protobuf → validated Toc. Corruption naming the problem ("TOC entry 3 'a/b': ...").
-Result<Toc> ParseToc(ByteSpan serialized);
+Result<Toc> ParseToc(ByteSpan serialized, const TocLimits& limits = {});
 // Protobuf message → validated Toc (what ParseToc does after parsing). Error messages name entries
 // by index only, unless name_entries_in_errors (the writer's self-check: its user owns the names).
-Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors = false);
+Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors = false,
+                         const TocLimits& limits = {});
 
 // The sealed TOC's plaintext: u64 LE serialized size || one zstd frame of the serialized Toc.
-// DecodeTocPlaintext checks the size against kMaxTocSerializedSize before allocating, decompresses
-// exactly that many bytes and calls ParseToc.
-Result<Toc> DecodeTocPlaintext(ByteSpan plaintext);
+// DecodeTocPlaintext checks the size against limits.max_serialized_bytes before allocating,
+// decompresses exactly that many bytes and calls ParseToc.
+Result<Toc> DecodeTocPlaintext(ByteSpan plaintext, const TocLimits& limits = {});
 // serialized → plaintext (zstd at `zstd_level`). InvalidArgument if serialized is too large.
 Result<std::vector<uint8_t>> EncodeTocPlaintext(ByteSpan serialized, int zstd_level);
 

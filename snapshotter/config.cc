@@ -94,7 +94,7 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   Config c;
   LC_RETURN_IF_ERROR(CheckKeys(src, "", root,
                                {"address", "root", "log_level", "socket_mode", "keys", "cache",
-                                "fetch", "registry", "metrics"}));
+                                "fetch", "registry", "metrics", "limits"}));
   if (auto* n = root.get("address")) {
     LC_ASSIGN_OR_RETURN(c.address, GetAbsolutePath(src, "address", *n));
   }
@@ -172,6 +172,20 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     LC_RETURN_IF_ERROR(CheckKeys(src, "registry.", *t, {"hosts_dir"}));
     if (auto* v = t->get("hosts_dir")) {
       LC_ASSIGN_OR_RETURN(c.registry.hosts_dir, GetAbsolutePath(src, "registry.hosts_dir", *v));
+    }
+  }
+  if (auto* n = root.get("limits")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "limits", *n));
+    LC_RETURN_IF_ERROR(
+        CheckKeys(src, "limits.", *t, {"toc_max_bytes", "toc_max_chunks", "toc_max_entries"}));
+    for (auto [key, field] : {std::pair{"toc_max_bytes", &c.limits.toc_max_bytes},
+                              std::pair{"toc_max_chunks", &c.limits.toc_max_chunks},
+                              std::pair{"toc_max_entries", &c.limits.toc_max_entries}}) {
+      if (auto* v = t->get(key)) {
+        const std::string where = std::string("limits.") + key;
+        LC_ASSIGN_OR_RETURN(*field, GetUnsigned(src, where, *v));
+        if (*field == 0) return Bad(src, where, "must be positive, got 0");
+      }
     }
   }
   if (auto* n = root.get("metrics")) {

@@ -13,6 +13,9 @@
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of the Prometheus endpoint; "" = off
+//   [limits]   toc_max_bytes = 268435456          # largest serialized TOC a layer may have
+//              toc_max_chunks = 16777216          # most chunks per layer
+//              toc_max_entries = 8388608          # most files (TOC entries) per layer
 #pragma once
 
 #include <sys/types.h>
@@ -54,6 +57,14 @@ struct Config {
   struct Metrics {
     std::string address;  // "host:port"; empty = no metrics endpoint
   } metrics;
+  // What a layer's TOC may hold (format::TocLimits); 0 = the format's maximum (the default).
+  // Lower values bound the memory one layer's metadata can take; a layer over a limit fails to
+  // mount with an error naming the limit.
+  struct Limits {
+    uint64_t toc_max_bytes = 0;
+    uint64_t toc_max_chunks = 0;
+    uint64_t toc_max_entries = 0;
+  } limits;
 };
 
 // Parses TOML text (`source` names it in messages, e.g. the file path). Missing keys keep their

@@ -41,6 +41,11 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.store = std::move(store);
   options.layer.prefetch = config.fetch.prefetch;
   options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
+  lazycrypt::format::TocLimits& toc_limits = options.layer.cache.toc_limits;
+  if (config.limits.toc_max_bytes) toc_limits.max_serialized_bytes = config.limits.toc_max_bytes;
+  if (config.limits.toc_max_chunks) toc_limits.max_chunks = config.limits.toc_max_chunks;
+  if (config.limits.toc_max_entries) toc_limits.max_entries = config.limits.toc_max_entries;
+  LC_RETURN_IF_ERROR(toc_limits.Validate("config [limits]"));
   options.log = log;
   LC_ASSIGN_OR_RETURN(std::unique_ptr<ll::SnapshotHandler> handler,
                       ll::SnapshotHandler::Create(std::move(options)));

@@ -229,6 +229,12 @@ int main(int argc, char** argv) {
   mount->add_option("--background-rate", mount_flags.background_rate,
                     "complete the layer into --cache-dir in the background at this rate, e.g. "
                     "20MiB/s (default: off)");
+  mount->add_option("--toc-max-bytes", mount_flags.toc_max_bytes,
+                    "refuse a layer whose TOC is larger, e.g. 64MiB (default: the format's 256MiB)");
+  mount->add_option("--toc-max-chunks", mount_flags.toc_max_chunks,
+                    "refuse a layer with more chunks (default: the format's 16777216)");
+  mount->add_option("--toc-max-entries", mount_flags.toc_max_entries,
+                    "refuse a layer with more files (default: the format's 8388608)");
   mount->add_flag("--daemon", mount_flags.daemon,
                   "mount, print the result and return; serve from a background process");
   mount->add_option("--log", mount_flags.log_file,

@@ -333,6 +333,15 @@ Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
     return fail(Status::InvalidArgument("--cache-size needs --cache-dir"));
   }
   options.store = store.get();
+  format::TocLimits& toc_limits = options.cache.toc_limits;
+  if (!flags.toc_max_bytes.empty()) {
+    auto bytes = ParseByteSize(flags.toc_max_bytes);
+    if (!bytes.ok()) return fail(bytes.status().WithContext("--toc-max-bytes"));
+    toc_limits.max_serialized_bytes = *bytes;
+  }
+  if (flags.toc_max_chunks) toc_limits.max_chunks = flags.toc_max_chunks;
+  if (flags.toc_max_entries) toc_limits.max_entries = flags.toc_max_entries;
+  if (Status st = toc_limits.Validate("--toc-max-*"); !st.ok()) return fail(st);
 
   auto transport = TransportOptionsFrom(flags.transport);
   if (!transport.ok()) return fail(transport.status());

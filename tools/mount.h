@@ -44,6 +44,10 @@ struct MountFlags {
   double registry_timeout_sec = 0;
   int registry_attempts = 0;
   std::string record_file;         // --record: the accessed-files list ("" = not recorded)
+  // What the layer's TOC may hold (format::TocLimits); 0 = the format's maximum.
+  std::string toc_max_bytes;       // SIZE, e.g. 64MiB
+  uint64_t toc_max_chunks = 0;
+  uint64_t toc_max_entries = 0;
   std::string src, mountpoint;
   TransportFlags transport;
 };
