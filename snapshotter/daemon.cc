@@ -90,11 +90,14 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     return 1;
   }
   // The operator's endpoint (`lazycrypt-snapshotter purge`), beside the containerd socket.
-  auto admin = AdminServer::Start(AdminSocketPath(config.address), sn->get(), log);
-  if (!admin.ok()) {
-    log(LogLevel::kError, admin.status().ToString());
-    (*server)->Shutdown();
-    return 1;
+  // Without it the daemon still serves containerd (e.g. a socket path too long for ".admin").
+  std::unique_ptr<AdminServer> admin;
+  if (auto started = AdminServer::Start(AdminSocketPath(config.address), sn->get(), log);
+      started.ok()) {
+    admin = std::move(*started);
+  } else {
+    log(LogLevel::kError, "no admin socket (`lazycrypt-snapshotter purge` cannot reach this "
+                          "daemon): " + started.status().ToString());
   }
   std::unique_ptr<MetricsServer> metrics;
   if (!config.metrics.address.empty()) {
@@ -123,7 +126,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   log(LogLevel::kInfo, std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
                            ", shutting down");
   metrics.reset();  // no scrape may reach the handler while it goes away
-  admin->reset();
+  admin.reset();
   (*server)->Shutdown();
   server->reset();
   sn->reset();

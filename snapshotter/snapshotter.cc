@@ -415,6 +415,12 @@ class SnapshotterImpl final : public Snapshotter {
         return refusal;
       }
       if (it != unavailable_.end()) unavailable_.erase(it);
+      auto still = store_->IdOf(rec.info.name);
+      if (!still.ok() || *still != rec.id) {
+        // Removed (or purged) while it was being mounted: nothing may keep that mount.
+        (void)options_.remote->Unmount(rec.id, FsDir(rec.id));
+        return Status::NotFound("snapshot " + rec.info.name + " does not exist");
+      }
       Log(LogLevel::kInfo, "restored remote snapshot " + rec.info.name + " (on use)");
     }
     return options_.remote->Check(
