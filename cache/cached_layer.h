@@ -136,6 +136,7 @@ class CachedLayer final : public LayerData {
   // FailedPrecondition when already started.
   Status StartVerification(VerifyOptions options = {});
   VerificationState verification() const;
+  bool quarantined() const override { return verification() == VerificationState::kFailed; }
   // OK when verified; Unavailable while off or pending (with the progress and the last error);
   // the failure (AuthFailed or Corruption; never a file name) when failed.
   Status verification_status() const;

@@ -88,6 +88,9 @@ class LayerData {
   // through ReadFile, into a buffer that is wiped when released.
   virtual Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
   virtual LayerStats stats() const = 0;
+  // True once the layer's verification failed: every read fails (the failure was logged once,
+  // by the layer; readers need not log each read).
+  virtual bool quarantined() const { return false; }
 };
 
 // No caching at all: every ReadFile fetches and opens the covering chunks (format::LayerReader).

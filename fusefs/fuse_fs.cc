@@ -446,7 +446,10 @@ class FuseMountImpl final : public FuseMount {
     // alive until the kernel has copied them.
     auto view = self.layer_->ViewFile(*entry, offset, want);
     if (!view.ok()) {
-      self.LogReadFailure(ino, *entry, offset, want, view.status());
+      // A quarantined layer's failure was logged once, by layer, without file names.
+      if (!self.layer_->quarantined()) {
+        self.LogReadFailure(ino, *entry, offset, want, view.status());
+      }
       fuse_reply_err(req, EIO);
       return;
     }
