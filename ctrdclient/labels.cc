@@ -37,19 +37,30 @@ std::string StargzLayersLabel(const std::vector<std::string>& layer_digests, siz
   return layers;
 }
 
+bool IsSourceLabel(std::string_view key) {
+  return key.starts_with(kCriLabelPrefix) || key.starts_with(kStargzLabelPrefix);
+}
+
 std::map<std::string, std::string> SnapshotLabels(const std::string& image_ref,
                                                   const std::vector<image::Descriptor>& layers,
-                                                  size_t index, const std::string& chain_id) {
+                                                  size_t index, const std::string& chain_id,
+                                                  const std::string& manifest_digest) {
   std::map<std::string, std::string> labels;
   for (const auto& [key, value] : layers[index].annotations) {
-    if (key.starts_with(kInheritedLabelPrefix)) labels[key] = value;
+    if (key.starts_with(kInheritedLabelPrefix) && !IsSourceLabel(key)) labels[key] = value;
   }
   std::vector<std::string> digests;
   digests.reserve(layers.size());
   for (const auto& layer : layers) digests.push_back(layer.digest);
+  const std::string layer_list = StargzLayersLabel(digests, index);
   labels[std::string(kLabelStargzReference)] = image_ref;
   labels[std::string(kLabelStargzDigest)] = layers[index].digest;
-  labels[std::string(kLabelStargzLayers)] = StargzLayersLabel(digests, index);
+  labels[std::string(kLabelStargzLayers)] = layer_list;
+  labels[std::string(kLabelCriImageRef)] = image_ref;
+  labels[std::string(kLabelCriLayerDigest)] = layers[index].digest;
+  // The same cut list: the CRI key is shorter than the stargz one, so the list fits both.
+  labels[std::string(kLabelCriImageLayers)] = layer_list;
+  if (!manifest_digest.empty()) labels[std::string(kLabelCriManifestDigest)] = manifest_digest;
   labels[std::string(kLabelSnapshotRef)] = chain_id;
   return labels;
 }

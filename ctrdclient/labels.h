@@ -23,6 +23,14 @@ inline constexpr std::string_view kInheritedLabelPrefix = "containerd.io/snapsho
 inline constexpr std::string_view kLabelStargzReference = "containerd.io/snapshot/remote/stargz.reference";
 inline constexpr std::string_view kLabelStargzDigest = "containerd.io/snapshot/remote/stargz.digest";
 inline constexpr std::string_view kLabelStargzLayers = "containerd.io/snapshot/remote/stargz.layers";
+inline constexpr std::string_view kStargzLabelPrefix = "containerd.io/snapshot/remote/stargz.";
+// What containerd's CRI plugin sets (pkg/cri/server/image_pull.go, snapshot annotations on).
+inline constexpr std::string_view kCriLabelPrefix = "containerd.io/snapshot/cri.";
+inline constexpr std::string_view kLabelCriImageRef = "containerd.io/snapshot/cri.image-ref";
+inline constexpr std::string_view kLabelCriLayerDigest = "containerd.io/snapshot/cri.layer-digest";
+inline constexpr std::string_view kLabelCriImageLayers = "containerd.io/snapshot/cri.image-layers";
+inline constexpr std::string_view kLabelCriManifestDigest =
+    "containerd.io/snapshot/cri.manifest-digest";
 inline constexpr std::string_view kLabelGcExpire = "containerd.io/gc.expire";
 inline constexpr std::string_view kLabelGcRefContentConfig = "containerd.io/gc.ref.content.config";
 inline constexpr std::string_view kLabelGcRefContentLayerPrefix = "containerd.io/gc.ref.content.l.";
@@ -44,12 +52,20 @@ std::vector<std::string> ChainIds(const std::vector<std::string>& diff_ids);
 std::string StargzLayersLabel(const std::vector<std::string>& layer_digests, size_t from);
 
 // The labels of the Prepare/Commit of layer `index` of an image: the layer's annotations under
-// containerd.io/snapshot/ (e.g. lazycrypt's TOC digest), the stargz reference/digest/layers labels
-// (image_ref as given, the layer's digest), and containerd.io/snapshot.ref = chain_id.
+// containerd.io/snapshot/ (e.g. lazycrypt's TOC digest) except the ones that say where the layer
+// comes from; those are lazycrypt pull's own: the stargz reference/digest/layers labels and the
+// CRI image-ref/layer-digest(/manifest-digest, when given) labels, from image_ref as given and the
+// layer's digest; and containerd.io/snapshot.ref = chain_id.
+// An image's own containerd.io/snapshot/cri.* and containerd.io/snapshot/remote/stargz.*
+// annotations are dropped: the snapshotter fetches the manifest and layers these labels name with
+// the node's registry credentials, and an image must not choose another image for that.
 // REQUIRES: index < layers.size().
 std::map<std::string, std::string> SnapshotLabels(const std::string& image_ref,
                                                   const std::vector<image::Descriptor>& layers,
-                                                  size_t index, const std::string& chain_id);
+                                                  size_t index, const std::string& chain_id,
+                                                  const std::string& manifest_digest = "");
+// True for the inherited label names that only the puller may set (the two families above).
+bool IsSourceLabel(std::string_view key);
 
 // The content labels that keep a manifest's children: gc.ref.content.config and
 // gc.ref.content.l.<i> per layer (images.SetChildrenLabels).

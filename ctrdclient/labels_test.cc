@@ -91,10 +91,51 @@ TEST(SnapshotLabels, CarriesRefStargzLabelsAndOnlySnapshotAnnotations) {
                   Pair("containerd.io/snapshot/remote/stargz.digest", layers[1].digest),
                   Pair("containerd.io/snapshot/remote/stargz.layers",
                        layers[1].digest + "," + layers[2].digest),
+                  Pair("containerd.io/snapshot/cri.image-ref", "127.0.0.1:5000/app:1"),
+                  Pair("containerd.io/snapshot/cri.layer-digest", layers[1].digest),
+                  Pair("containerd.io/snapshot/cri.image-layers",
+                       layers[1].digest + "," + layers[2].digest),
                   Pair("containerd.io/snapshot.ref", chain)));
   for (const auto& [k, v] : labels) {
     EXPECT_LE(k.size() + v.size(), kMaxLabelBytes) << k;
   }
+}
+
+// An image must not choose which manifest or layer the node fetches with its credentials: its
+// own cri.* and stargz.* annotations are dropped, whatever their names, and the pull's values set.
+TEST(SnapshotLabels, DropsTheImagesOwnSourceLabels) {
+  std::vector<image::Descriptor> layers(2);
+  for (int i = 0; i < 2; ++i) layers[i].digest = FakeDigest(i);
+  layers[0].annotations = {
+      {std::string(image::kAnnotationLazycryptTocDigest), FakeDigest(99)},
+      {"containerd.io/snapshot/cri.image-ref", "registry.victim/private:1"},
+      {"containerd.io/snapshot/cri.layer-digest", FakeDigest(66)},
+      {"containerd.io/snapshot/cri.manifest-digest", FakeDigest(67)},
+      {"containerd.io/snapshot/cri.some-future-label", "x"},
+      {"containerd.io/snapshot/remote/stargz.reference", "registry.victim/private:1"},
+      {"containerd.io/snapshot/remote/stargz.digest", FakeDigest(66)},
+      {"containerd.io/snapshot/remote/stargz.anything", "x"},
+      {"containerd.io/snapshot/other.label", "kept"},
+  };
+  const std::string manifest = FakeDigest(50);
+  auto labels = SnapshotLabels("127.0.0.1:5000/app:1", layers, 0, FakeDigest(42), manifest);
+  EXPECT_EQ(labels.at("containerd.io/snapshot/cri.image-ref"), "127.0.0.1:5000/app:1");
+  EXPECT_EQ(labels.at("containerd.io/snapshot/cri.layer-digest"), FakeDigest(0));
+  EXPECT_EQ(labels.at("containerd.io/snapshot/cri.manifest-digest"), manifest);
+  EXPECT_EQ(labels.at("containerd.io/snapshot/remote/stargz.reference"), "127.0.0.1:5000/app:1");
+  EXPECT_EQ(labels.at("containerd.io/snapshot/remote/stargz.digest"), FakeDigest(0));
+  EXPECT_EQ(labels.count("containerd.io/snapshot/cri.some-future-label"), 0u);
+  EXPECT_EQ(labels.count("containerd.io/snapshot/remote/stargz.anything"), 0u);
+  EXPECT_EQ(labels.at("containerd.io/snapshot/other.label"), "kept");
+  EXPECT_EQ(labels.at(std::string(image::kAnnotationLazycryptTocDigest)), FakeDigest(99));
+  for (const auto& [k, v] : labels) {
+    EXPECT_NE(v, "registry.victim/private:1") << k;
+    EXPECT_NE(v, FakeDigest(66)) << k;
+    EXPECT_NE(v, FakeDigest(67)) << k;
+  }
+  EXPECT_TRUE(IsSourceLabel("containerd.io/snapshot/cri.image-ref"));
+  EXPECT_TRUE(IsSourceLabel("containerd.io/snapshot/remote/stargz.digest"));
+  EXPECT_FALSE(IsSourceLabel(std::string(image::kAnnotationLazycryptTocDigest)));
 }
 
 TEST(GcLabels, ManifestNamesConfigAndEveryLayerIndex) {

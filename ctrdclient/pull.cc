@@ -117,6 +117,22 @@ Result<std::string> CreateLease(Session& s, std::chrono::seconds expiry) {
   return resp.lease().id();
 }
 
+// Puts a resource that may already exist (content another image brought, a committed snapshot)
+// into the pull's lease, so that the garbage collector keeps it for as long as the pull runs:
+// containerd adds what a call creates inside a lease by itself, but not what it only reads or
+// labels. Safe for a resource that does not exist (yet): the lease then names nothing.
+// `type` is "content" or "snapshots/<snapshotter>" (containerd's leases.Resource types).
+Status HoldInLease(Session& s, const std::string& type, const std::string& id) {
+  if (s.scope.lease.empty()) return Status::Ok();
+  leases_api::AddResourceRequest req;
+  req.set_id(s.scope.lease);
+  req.mutable_resource()->set_id(id);
+  req.mutable_resource()->set_type(type);
+  google::protobuf::Empty resp;
+  return FromGrpcStatus(s.leases->AddResource(s.Call().get(), req, &resp),
+                        "add " + type + " " + Short(id) + " to the pull's lease");
+}
+
 // NotFound when the content store lacks the blob.
 Status ContentInfo(Session& s, const std::string& digest) {
   content_api::InfoRequest req;
@@ -250,6 +266,7 @@ class ContentWriter final : public OutputStream {
 // Ensures the store holds `bytes` as `desc` with `labels` (added to an existing blob's).
 Status PutBlob(Session& s, const std::string& ref, const image::Descriptor& desc, ByteSpan bytes,
                const std::map<std::string, std::string>& labels) {
+  LC_RETURN_IF_ERROR(HoldInLease(s, "content", desc.digest));  // before it is found present
   Status info = ContentInfo(s, desc.digest);
   if (info.ok()) return UpdateContentLabels(s, desc.digest, labels);
   if (info.code() != StatusCode::kNotFound) return info;
@@ -268,6 +285,7 @@ Status PutBlob(Session& s, const std::string& ref, const image::Descriptor& desc
 Result<uint64_t> FetchBlob(Session& s, registry::Client& reg, const registry::Reference& repo,
                            const std::string& ref, const image::Descriptor& desc,
                            const std::map<std::string, std::string>& labels) {
+  LC_RETURN_IF_ERROR(HoldInLease(s, "content", desc.digest));  // before it is found present
   Status info = ContentInfo(s, desc.digest);
   if (info.ok()) return uint64_t{0};
   if (info.code() != StatusCode::kNotFound) return info;
@@ -378,6 +396,9 @@ Result<LayerPullReport> PullLayer(Session& s, registry::Client& reg,
     return FromGrpcStatus(s.snapshots->Stat(s.Call().get(), req, &resp),
                           "stat snapshot " + job.chain_id);
   };
+  // A snapshot found present must outlive the pull too (the next layer's parent, the config's
+  // gc.ref.snapshot label).
+  LC_RETURN_IF_ERROR(HoldInLease(s, "snapshots/" + s.snapshotter(), job.chain_id));
   Status present = stat();
   if (present.ok()) {
     report.outcome = LayerOutcome::kPresent;
@@ -566,7 +587,8 @@ Result<PullReport> Pull(const PullOptions& o) {
     job.diff_id = config.diff_ids[i];
     job.parent = i == 0 ? "" : chain[i - 1];
     job.chain_id = chain[i];
-    job.labels = SnapshotLabels(ref.ToString(), manifest.layers, i, chain[i]);
+    job.labels = SnapshotLabels(ref.ToString(), manifest.layers, i, chain[i],
+                                resolved.manifest.digest);
     auto layer = PullLayer(s, *reg, ref, job, source_label);
     if (!layer.ok()) {
       return layer.status().WithContext("layer " + std::to_string(i) + " (" +

@@ -1,15 +1,19 @@
 // `lazycrypt pull`: pulls an image into containerd through its gRPC API (content, images, leases,
 // snapshots, diff) the way containerd's own pull + unpack does, adding the labels a remote
-// snapshotter needs to mount layers itself (containerd.io/snapshot.ref, the stargz
-// reference/digest/layers labels, the layer's containerd.io/snapshot/* annotations).
+// snapshotter needs to mount layers itself (containerd.io/snapshot.ref, the stargz and CRI
+// reference/digest labels set from the reference given, the layer's other containerd.io/snapshot/*
+// annotations; see SnapshotLabels).
 //
 // Per layer, in order: a snapshot already committed under the chain ID is "present"; otherwise
 // Prepare(key, parent, labels) answering ALREADY_EXISTS means the remote snapshotter mounted it
 // ("remote"); a successful Prepare means an ordinary layer: the blob is fetched into the content
 // store (digest verified), containerd's diff service applies it onto the mounts, the diff ID is
 // checked against the config and the snapshot committed ("applied"). Every call after the lease is
-// created carries it; the lease is deleted at the end, whatever happened. The image record
-// (name = the normalized reference, target = the manifest or index) is created or updated.
+// created carries it, and what the pull finds already present (blobs, committed snapshots) is
+// added to it before it is looked at, so that a garbage collection during the pull (e.g. right
+// after `ctr images rm`) cannot remove what the pull labels and builds on; the lease is deleted at
+// the end, whatever happened. The image record (name = the normalized reference, target = the
+// manifest or index) is created or updated.
 #pragma once
 
 #include <chrono>

@@ -222,6 +222,52 @@ TEST_F(CtrdclientPull, MultiLayerImageWithWhiteoutRuns) {
   EXPECT_EQ(b->layers[0].outcome, LayerOutcome::kPresent);
 }
 
+// The reported failure: `lazycrypt pull` right after `ctr images rm` found the blobs still in the
+// content store, only updated their labels, and the garbage collection the removal triggered
+// removed them under it ("content digest ... not found"). containerd collects at a moment of its
+// own choosing, so here the removal and a synchronous collection (`ctr images rm --sync`) happen
+// at the worst moment instead: during the pull, after it found everything present and before it
+// labels the config and writes the image record. A pull that holds what it relies on in its
+// lease survives it.
+TEST_F(CtrdclientPull, ImageRemovedAndCollectedDuringPullKeepsWhatThePullUses) {
+  const std::string ref = Push(work_->path() / "plain", "lazycrypt/busybox:gc");
+  ASSERT_FALSE(HasFailure());
+  auto first = ctrdclient::PullImage(Options(ref));
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+
+  auto o = Options(ref);
+  int collections = 0;
+  o.progress = [&](const ctrdclient::PullEvent& e) {
+    if (e.stage != "layer") return;
+    CommandResult removed = Ctr({"images", "rm", "--sync", ref});
+    EXPECT_EQ(removed.exit_code, 0) << Describe(removed);
+    ++collections;
+  };
+  auto second = ctrdclient::PullImage(o);
+  EXPECT_EQ(collections, 1);
+  ASSERT_TRUE(second.ok()) << second.status().ToString() << "\ncontainerd log:\n"
+                           << containerd_->Log();
+  ASSERT_EQ(second->layers.size(), 1u);
+  EXPECT_EQ(second->layers[0].outcome, LayerOutcome::kPresent);
+  ExpectNoLeases();
+
+  // What the pull relied on is still there (also after the lease is gone and another collection
+  // ran), and the image runs.
+  CommandResult lease = Ctr({"leases", "create", "--id", "lc-gc-trigger"});
+  EXPECT_EQ(lease.exit_code, 0) << Describe(lease);
+  CommandResult gc = Ctr({"leases", "delete", "--sync", "lc-gc-trigger"});
+  EXPECT_EQ(gc.exit_code, 0) << Describe(gc);
+  CommandResult content = Ctr({"content", "ls", "-q"});
+  EXPECT_THAT(content.stdout_text, HasSubstr(first->config_digest));
+  EXPECT_THAT(content.stdout_text, HasSubstr(first->manifest_digest));
+  EXPECT_THAT(content.stdout_text, HasSubstr(first->layers[0].digest));
+  const std::string id = "lc-pull-gc-" + std::to_string(getpid());
+  CommandResult run = Ctr({"run", "--rm", "--snapshotter", "overlayfs", ref, id, "/bin/busybox",
+                           "cat", "/etc/hostname"});
+  EXPECT_EQ(run.exit_code, 0) << Describe(run) << "\ncontainerd log:\n" << containerd_->Log();
+  EXPECT_EQ(run.stdout_text, "lazycrypt-sample\n");
+}
+
 // Writes `bytes` as a blob of the layout; returns its digest.
 std::string PutLayoutBlob(const fs::path& layout, const std::string& bytes) {
   const std::string digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(bytes)));
@@ -269,6 +315,48 @@ TEST_F(CtrdclientPull, WrongDiffIdIsRefusedAndCleanedUp) {
   EXPECT_THAT(snaps.stdout_text, Not(HasSubstr(wrong)));
   EXPECT_EQ(Ctr({"images", "ls", "-q"}).stdout_text, "");
   ExpectNoLeases();
+}
+
+// An image whose layer annotations carry containerd.io/snapshot/cri.* and .../remote/stargz.*
+// labels naming another image: the snapshots lazycrypt pull makes carry the pull's own values
+// (the reference it was given, the layer's digest, the manifest it resolved), never the image's.
+TEST_F(CtrdclientPull, ImageProvidedSourceLabelsAreReplacedByThePulls) {
+  const fs::path& w = work_->path();
+  const fs::path layout = w / "labelled";
+  fs::copy(w / "plain", layout, fs::copy_options::recursive);
+  nlohmann::json index = ReadJson(layout / "index.json");
+  const std::string old_manifest = index["manifests"][0]["digest"];
+  nlohmann::json manifest = ReadJson(layout / "blobs/sha256" / old_manifest.substr(7));
+  const std::string planted_digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes("victim")));
+  manifest["layers"][0]["annotations"] = {
+      {"containerd.io/snapshot/cri.image-ref", "registry.victim.example/private/app:1"},
+      {"containerd.io/snapshot/cri.layer-digest", planted_digest},
+      {"containerd.io/snapshot/cri.manifest-digest", planted_digest},
+      {"containerd.io/snapshot/remote/stargz.reference", "registry.victim.example/private/app:1"},
+      {"containerd.io/snapshot/remote/stargz.digest", planted_digest},
+      {"containerd.io/snapshot/harmless", "kept"}};
+  const std::string manifest_bytes = manifest.dump();
+  index["manifests"][0]["digest"] = PutLayoutBlob(layout, manifest_bytes);
+  index["manifests"][0]["size"] = manifest_bytes.size();
+  ASSERT_TRUE(harness::WriteFile(layout / "index.json", index.dump()).ok());
+  const std::string ref = Push(layout, "lazycrypt/labelled:1");
+  ASSERT_FALSE(HasFailure());
+
+  auto r = ctrdclient::PullImage(Options(ref));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->layers.size(), 1u);
+  CommandResult info =
+      Ctr({"snapshots", "--snapshotter", "overlayfs", "info", r->layers[0].chain_id});
+  ASSERT_EQ(info.exit_code, 0) << Describe(info);
+  const nlohmann::json labels = nlohmann::json::parse(info.stdout_text)["Labels"];
+  EXPECT_EQ(labels.value("containerd.io/snapshot/cri.image-ref", ""), ref) << labels.dump();
+  EXPECT_EQ(labels.value("containerd.io/snapshot/cri.layer-digest", ""), r->layers[0].digest);
+  EXPECT_EQ(labels.value("containerd.io/snapshot/cri.manifest-digest", ""), r->manifest_digest);
+  EXPECT_EQ(labels.value("containerd.io/snapshot/remote/stargz.reference", ""), ref);
+  EXPECT_EQ(labels.value("containerd.io/snapshot/remote/stargz.digest", ""), r->layers[0].digest);
+  EXPECT_EQ(labels.value("containerd.io/snapshot/harmless", ""), "kept");
+  EXPECT_THAT(info.stdout_text, Not(HasSubstr("victim")));
+  EXPECT_THAT(info.stdout_text, Not(HasSubstr(planted_digest)));
 }
 
 }  // namespace
