@@ -162,9 +162,12 @@ class TrustSnapshot : public ::testing::Test {
     snapshotter_.reset();
   }
 
-  CommandResult RemotePull(const std::string& ref) {
-    auto r = ctd_->Client(ctr_remote_, {"images", "rpull", "--plain-http", "--snapshotter",
-                                        "lazycrypt", ref},
+  // `ctr-remote images rpull` in containerd namespace `ns`. In another namespace than the first
+  // pull's, containerd has no record of the layers and asks the snapshotter with Prepare(target
+  // chain ID), which finds them committed.
+  CommandResult RemotePull(const std::string& ref, const std::string& ns = "default") {
+    auto r = ctd_->Client(ctr_remote_, {"--namespace", ns, "images", "rpull", "--plain-http",
+                                        "--snapshotter", "lazycrypt", ref},
                           std::chrono::seconds(180));
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : CommandResult{};
@@ -296,6 +299,11 @@ TEST_F(TrustSnapshot, KeyRemovedThenRestored) {
   EXPECT_NE(again.exit_code, 0) << "pulled with the key gone: " << Describe(again) << Logs();
   EXPECT_THAT(again.stdout_text + again.stderr_text, HasSubstr("layer sha256:")) << Describe(again);
   EXPECT_THAT(again.stdout_text + again.stderr_text, HasSubstr("no key")) << Describe(again);
+  // Another namespace (another tenant's images): the Prepare that finds the layer committed.
+  auto elsewhere = RemotePull(ref, "lc-other");
+  EXPECT_NE(elsewhere.exit_code, 0) << "pulled with the key gone: " << Describe(elsewhere);
+  EXPECT_THAT(elsewhere.stdout_text + elsewhere.stderr_text, HasSubstr("no key"))
+      << Describe(elsewhere);
   // A new container: refused, never started.
   auto refused = Run(ref, Id("refused"), {"/bin/cat", "/data/marker.txt"});
   EXPECT_NE(refused.exit_code, 0) << "a new container started with the key gone: "
@@ -318,6 +326,8 @@ TEST_F(TrustSnapshot, KeyRemovedThenRestored) {
   EXPECT_EQ(back.stdout_text, marker_ + "\n") << Describe(back) << Logs();
   auto repulled = RemotePull(ref);
   EXPECT_EQ(repulled.exit_code, 0) << Describe(repulled) << Logs();
+  auto repulled_elsewhere = RemotePull(ref, "lc-other");
+  EXPECT_EQ(repulled_elsewhere.exit_code, 0) << Describe(repulled_elsewhere) << Logs();
   (void)ctd_->Ctr({"tasks", "kill", "-s", "SIGKILL", Id("running")});
 }
 
