@@ -767,7 +767,10 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
       batch.push_back(j);
     }
     std::vector<PlainPtr> plains;
+    // The rate bounds what is fetched, not what is read back from the disk store.
+    const uint64_t fetched_before = blob_bytes_fetched.load(std::memory_order_relaxed);
     Status s = Acquire(batch, {}, Purpose::kVerify, &plains, nullptr);
+    sent += blob_bytes_fetched.load(std::memory_order_relaxed) - fetched_before;
     if (!s.ok()) {
       if (Stopping()) return;
       verification_retries.fetch_add(1, std::memory_order_relaxed);
@@ -789,7 +792,6 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
       verified_chunks.fetch_add(1, std::memory_order_relaxed);
     }
     plains.clear();  // wiped now, not with the next batch
-    sent += bytes;
     i = batch.back() + 1;
     if (rate > 0) {
       const auto due = start + std::chrono::nanoseconds(static_cast<int64_t>(
