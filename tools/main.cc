@@ -226,9 +226,14 @@ int main(int argc, char** argv) {
                     "cap of the disk cache, e.g. 2GiB (default 10GiB)");
   mount->add_flag("--no-prefetch", mount_flags.no_prefetch,
                   "do not fetch the files the layer marks for prefetch (otherwise fetched in the background from the start; reads of them wait for that fetch)");
+  mount->add_flag("--no-verify", mount_flags.no_verify,
+                  "do not verify the layer in the background (by default every chunk is fetched "
+                  "and hashed against the layer's diff_id, the TOC matched against the tar, and "
+                  "a layer that fails is quarantined: its reads fail with EIO)");
   mount->add_option("--background-rate", mount_flags.background_rate,
                     "complete the layer into --cache-dir in the background at this rate, e.g. "
-                    "20MiB/s (default: off)");
+                    "20MiB/s (default: off; the verification fetches it all anyway, at this rate "
+                    "when given, else as fast as the registry allows)");
   mount->add_option("--toc-max-bytes", mount_flags.toc_max_bytes,
                     "refuse a layer whose TOC is larger, e.g. 64MiB (default: the format's 256MiB)");
   mount->add_option("--toc-max-chunks", mount_flags.toc_max_chunks,

@@ -297,6 +297,7 @@ Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
 
   lazylayer::MountLayerOptions options;
   options.prefetch = !flags.no_prefetch;
+  options.verify = !flags.no_verify;
   std::shared_ptr<fusefs::AccessLog> access_log;
   if (!flags.record_file.empty()) {
     const auto dir = std::filesystem::absolute(flags.record_file, ec).parent_path();

@@ -35,6 +35,7 @@ struct MountFlags {
   std::string cache_dir;          // "" = memory-only cache
   std::string cache_size;         // cap of the disk cache ("" = 10GiB)
   bool no_prefetch = false;
+  bool no_verify = false;         // no background verification (FORMAT.md §8.4)
   std::string background_rate;    // "SIZE/s" or "SIZE"; "" = no background fetch (needs cache_dir)
   bool daemon = false;
   std::string log_file;           // --daemon: the child's stdout/stderr ("" = /dev/null)
