@@ -73,13 +73,13 @@ Result<const toml::table*> GetTable(std::string_view source, const std::string& 
   return node.as_table();
 }
 
-// "host:port" with a port in 1..65535, or empty.
+// "host:port", ":port" or "port" (no host: loopback) with a port in 1..65535, or empty.
 Status CheckHostPort(std::string_view source, const std::string& key, const std::string& v) {
   if (v.empty()) return Status::Ok();
   auto colon = v.rfind(':');
-  bool ok = colon != std::string::npos && colon + 1 < v.size();
+  bool ok = colon + 1 < v.size();  // npos + 1 == 0: a bare port
   if (ok) {
-    std::string port = v.substr(colon + 1);
+    std::string port = colon == std::string::npos ? v : v.substr(colon + 1);
     ok = port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
     if (ok) {
       int p = std::stoi(port);

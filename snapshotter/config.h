@@ -12,7 +12,8 @@
 //   [fetch]    prefetch = true                    # fetch the prefetch list on mount
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
-//   [metrics]  address = ""                       # host:port of the Prometheus endpoint; "" = off
+//   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
+//                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
 //   [limits]   toc_max_bytes = 268435456          # largest serialized TOC a layer may have
 //              toc_max_chunks = 16777216          # most chunks per layer
 //              toc_max_entries = 8388608          # most files (TOC entries) per layer
@@ -55,7 +56,7 @@ struct Config {
     std::filesystem::path hosts_dir = "/etc/containerd/certs.d";
   } registry;
   struct Metrics {
-    std::string address;  // "host:port"; empty = no metrics endpoint
+    std::string address;  // "host:port", or ":port" for loopback; empty = no metrics endpoint
   } metrics;
   // What a layer's TOC may hold (format::TocLimits); 0 = the format's maximum (the default).
   // Lower values bound the memory one layer's metadata can take; a layer over a limit fails to

@@ -118,6 +118,11 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     metrics = std::move(*started);
     log(LogLevel::kInfo, "metrics on http://" + config.metrics.address + "/metrics (port " +
                              std::to_string(metrics->port()) + ")");
+    if (auto hp = ParseHostPort(config.metrics.address); hp.ok() && !IsLoopbackHost(hp->host)) {
+      log(LogLevel::kWarn, "metrics and /status on " + config.metrics.address +
+                               " are reachable from other hosts (layer digests, image "
+                               "references, fetch statistics); \":PORT\" keeps them on loopback");
+    }
   }
   log(LogLevel::kInfo, "lazycrypt-snapshotter ready (root " + config.root.string() + ")");
 

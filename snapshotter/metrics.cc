@@ -239,11 +239,18 @@ std::string RenderStatusJson(const MetricsSnapshot& snapshot) {
   return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
+bool IsLoopbackHost(std::string_view host) {
+  return host == "localhost" || host == "::1" || host.starts_with("127.");
+}
+
 Result<HostPort> ParseHostPort(std::string_view address) {
   const std::string quoted = "metrics address \"" + std::string(address) + "\"";
   HostPort out;
   std::string_view port_text;
-  if (!address.empty() && address.front() == '[') {
+  if (!address.empty() && address.find(':') == std::string_view::npos &&
+      address.find_first_not_of("0123456789") == std::string_view::npos) {
+    port_text = address;  // a bare port
+  } else if (!address.empty() && address.front() == '[') {
     const size_t close = address.find(']');
     if (close == std::string_view::npos || close + 1 >= address.size() ||
         address[close + 1] != ':') {
@@ -262,7 +269,9 @@ Result<HostPort> ParseHostPort(std::string_view address) {
     }
     port_text = address.substr(colon + 1);
   }
-  if (out.host.empty()) return Status::InvalidArgument(quoted + ": the host is empty");
+  // No host: loopback, never every interface (Go's net.Listen would take ":9100" as all of
+  // them). Exposing the endpoint takes a host written out, e.g. "0.0.0.0:9100".
+  if (out.host.empty()) out.host = std::string(kDefaultMetricsHost);
   unsigned port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size() ||

@@ -56,13 +56,18 @@ double PresentPercent(const RemoteLayerInfo& layer);
 // `value` escaped as a Prometheus label value (\\, \", \n).
 std::string EscapeLabelValue(std::string_view value);
 
-// "127.0.0.1:9100", "localhost:9100", "[::1]:9100" → host and port. InvalidArgument naming the
-// text when the host is empty or the port is not a number in 0..65535 (0 = any free port).
+// "127.0.0.1:9100", "localhost:9100", "[::1]:9100" → host and port; without a host (":9100" or
+// "9100") the host is kDefaultMetricsHost: the endpoint is on loopback unless a host is written
+// out ("0.0.0.0:9100" for every interface). InvalidArgument naming the text when the port is not
+// a number in 0..65535 (0 = any free port) or the form is not one of these.
+inline constexpr std::string_view kDefaultMetricsHost = "127.0.0.1";
 struct HostPort {
   std::string host;  // without brackets
   uint16_t port = 0;
 };
 Result<HostPort> ParseHostPort(std::string_view address);
+// "localhost", "::1", "127.x.y.z": the daemon warns at start when the endpoint is not on one.
+bool IsLoopbackHost(std::string_view host);
 
 // Produces the data for one request. Called on the server's threads, concurrently; must be
 // thread-safe and must not throw.

@@ -177,7 +177,20 @@ TEST(Metrics, ParsesHostPort) {
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   EXPECT_EQ(b->host, "::1");
   EXPECT_EQ(b->port, 0);
-  for (const char* bad : {"", "9100", ":9100", "host:", "host:65536", "host:-1", "host:12x",
+  // No host: loopback, not every interface.
+  for (const char* loopback : {":9100", "9100"}) {
+    auto c = ParseHostPort(loopback);
+    ASSERT_TRUE(c.ok()) << loopback << ": " << c.status().ToString();
+    EXPECT_EQ(c->host, "127.0.0.1") << loopback;
+    EXPECT_EQ(c->port, 9100) << loopback;
+  }
+  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
+  EXPECT_TRUE(IsLoopbackHost("localhost"));
+  EXPECT_TRUE(IsLoopbackHost("::1"));
+  EXPECT_FALSE(IsLoopbackHost("0.0.0.0"));
+  EXPECT_FALSE(IsLoopbackHost("::"));
+  EXPECT_FALSE(IsLoopbackHost("10.0.0.1"));
+  for (const char* bad : {"", "host:", "host:65536", "host:-1", "host:12x", "9x",
                           "::1:9100", "[::1]9100", "[::1"}) {
     auto r = ParseHostPort(bad);
     EXPECT_FALSE(r.ok()) << bad;
