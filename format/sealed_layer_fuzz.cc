@@ -276,7 +276,7 @@ RawChunk ChunkOf(ByteSpan raw, bool force_stored) {
   c.raw.assign(raw.begin(), raw.end());
   c.header.raw_size = static_cast<uint32_t>(raw.size());
   if (!force_stored) {
-    compress::ZstdCompressor z(1);
+    static compress::ZstdCompressor z(1);  // one context for the process (single-threaded)
     std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(raw.size()));
     auto n = z.Compress(raw, frame);
     if (n.ok() && !ChunkSealer::ShouldStore(raw.size(), *n)) {
