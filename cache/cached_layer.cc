@@ -307,13 +307,17 @@ struct CachedLayer::Impl {
   }
   Status CheckEntry(const format::Entry& entry) const {
     if (entry.type != format::EntryType::kRegular) {
-      return Status::InvalidArgument("entry '" + entry.name + "' is a " +
+      // The entry's offset, never its name: names in a TOC are confidential (FORMAT.md §4).
+      return Status::InvalidArgument("entry with data at tar offset " +
+                                     std::to_string(entry.data_offset) + " is a " +
                                      std::string(format::EntryTypeName(entry.type)) +
                                      ", not a regular file");
     }
     if (entry.data_offset > index->tar_size() ||
         entry.size > index->tar_size() - entry.data_offset) {
-      return Status::InvalidArgument("entry '" + entry.name + "' is not one of this layer's");
+      return Status::InvalidArgument("entry with data at tar offset " +
+                                     std::to_string(entry.data_offset) +
+                                     " is not one of this layer's");
     }
     return Status::Ok();
   }
@@ -736,6 +740,7 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
     bg_cv.wait(lock, [&] { return bg_stop || !prefetch_running; });
     if (bg_stop) return;
   }
+  if (o.start_delay.count() > 0 && !SleepUntil(Clock::now() + o.start_delay)) return;
   if (o.lower_cpu_priority) {
     // Linux: the nice value is per thread. Failure only means normal priority.
     (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);

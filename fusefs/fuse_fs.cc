@@ -336,8 +336,12 @@ class FuseMountImpl final : public FuseMount {
       std::lock_guard<std::mutex> lock(log_mu_);
       if (!logged_failures_.emplace(ino, first).second) return;
     }
-    std::fprintf(stderr, "lazycrypt: %s: file '%s' offset %llu size %zu (chunks %llu..%llu): EIO: %s\n",
-                 options_.layer_name.c_str(), table_->Path(ino).c_str(),
+    // The inode number, not the path: names in the TOC are confidential (FORMAT.md §4).
+    const std::string path =
+        options_.log_file_names ? " (file '" + table_->Path(ino) + "')" : std::string();
+    std::fprintf(stderr,
+                 "lazycrypt: %s: inode %llu%s offset %llu size %zu (chunks %llu..%llu): EIO: %s\n",
+                 options_.layer_name.c_str(), static_cast<unsigned long long>(ino), path.c_str(),
                  static_cast<unsigned long long>(offset), size, static_cast<unsigned long long>(first),
                  static_cast<unsigned long long>(last), s.ToString().c_str());
   }

@@ -37,8 +37,12 @@ struct MountOptions {
   // /sys/class/bdi/<dev>/read_ahead_kb after mounting; 0 leaves the kernel default).
   uint32_t max_request_bytes = 1 << 20;
   uint32_t read_ahead_kb = 1024;
-  // Names the layer in log lines ("layer sha256:...: file 'a/b' offset 4096: ...").
+  // Names the layer in log lines ("layer sha256:...: inode 12 offset 4096: ...").
   std::string layer_name = "layer";
+  // Debugging only: log lines name the file by its path in the layer as well as its inode. Off,
+  // no decrypted name or path reaches a log (FORMAT.md §4): an operator turns it on knowingly
+  // (snapshotter `log_file_names = true`, `lazycrypt mount --log-file-names`), with a warning.
+  bool log_file_names = false;
   // Told the path (relative to the root; for hardlinks, the name of the TOC entry holding the
   // data) of each regular file the first time it is opened (once per inode), for `lazycrypt
   // record` (prefetch lists). Null: nothing is recorded and opens cost nothing extra.

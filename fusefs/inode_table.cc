@@ -70,7 +70,7 @@ class TreeBuilder {
   Status Add(const format::Entry& e) {
     if (e.name == ".") {
       if (e.type != format::EntryType::kDirectory) {
-        return Status::Corruption("entry '.': the root is a " +
+        return Status::Corruption("the root is a " +
                                   std::string(format::EntryTypeName(e.type)) + ", not a directory");
       }
       TakeMetadata(e, nodes_[0]);
@@ -81,7 +81,7 @@ class TreeBuilder {
     size_t slash = name.rfind('/');
     std::string_view dir_path = slash == std::string_view::npos ? "" : name.substr(0, slash);
     std::string_view base = slash == std::string_view::npos ? name : name.substr(slash + 1);
-    LC_ASSIGN_OR_RETURN(size_t parent, ResolveDir(dir_path, e.name));
+    LC_ASSIGN_OR_RETURN(size_t parent, ResolveDir(dir_path));
 
     if (base == kOpaqueMarker) {
       nodes_[parent].opaque = true;
@@ -90,8 +90,7 @@ class TreeBuilder {
     if (base.starts_with(kWhiteoutPrefix)) {
       std::string_view hidden = base.substr(kWhiteoutPrefix.size());
       if (hidden.empty() || hidden == "." || hidden == "..") {
-        return Status::Corruption("entry '" + e.name + "': whiteout of '" + std::string(hidden) +
-                                  "' names no file");
+        return Status::Corruption("a whiteout that names no file");
       }
       BuildNode w;
       w.mode = S_IFCHR;  // permission bits 0, device 0/0: what overlayfs takes as a whiteout
@@ -122,12 +121,10 @@ class TreeBuilder {
       case format::EntryType::kHardlink: {
         LC_ASSIGN_OR_RETURN(size_t target, ResolveExisting(e.link_target));
         if (target == kMissing) {
-          return Status::Corruption("entry '" + e.name + "': hardlink target '" + e.link_target +
-                                    "' does not exist");
+          return Status::Corruption("hardlink target does not exist (no earlier entry)");
         }
         if (nodes_[target].is_dir()) {
-          return Status::Corruption("entry '" + e.name + "': hardlink target '" + e.link_target +
-                                    "' is a directory");
+          return Status::Corruption("hardlink target is a directory");
         }
         Place(parent, base, target);
         return Status::Ok();
@@ -136,7 +133,7 @@ class TreeBuilder {
         BuildNode n;
         n.mode = TypeBits(e.type);
         if (n.mode == 0) {
-          return Status::Corruption("entry '" + e.name + "': unknown type");
+          return Status::Corruption("unknown type");
         }
         TakeMetadata(e, n);
         MergeXattrs(e.xattrs, n.xattrs);
@@ -177,7 +174,7 @@ class TreeBuilder {
   }
 
   // The directory at `path` ("" = root), creating missing ones (implied: 0755, root, mtime 0).
-  Result<size_t> ResolveDir(std::string_view path, const std::string& entry_name) {
+  Result<size_t> ResolveDir(std::string_view path) {
     size_t cur = 0;
     size_t pos = 0;
     while (pos < path.size()) {
@@ -193,8 +190,7 @@ class TreeBuilder {
         cur = idx;
       } else {
         if (!nodes_[it->second].is_dir()) {
-          return Status::Corruption("entry '" + entry_name + "': parent '" +
-                                    std::string(path.substr(0, end)) + "' is not a directory");
+          return Status::Corruption("a parent directory is not a directory");
         }
         cur = it->second;
       }
@@ -251,7 +247,8 @@ class InodeTableImpl final : public InodeTable {
     auto it = std::lower_bound(dir->children.begin(), dir->children.end(), name,
                                [](const DirEntry& d, std::string_view n) { return d.name < n; });
     if (it == dir->children.end() || it->name != name) {
-      return Status::NotFound("no entry '" + std::string(name) + "' in '" + dir->path + "'");
+      // Names stay out of the message: the directory's path is decrypted data.
+      return Status::NotFound("no such entry in directory inode " + std::to_string(parent));
     }
     return it->ino;
   }
@@ -340,8 +337,13 @@ class InodeTableImpl final : public InodeTable {
 
 Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const format::Entry> entries) {
   TreeBuilder builder;
-  for (const format::Entry& e : entries) {
-    LC_RETURN_IF_ERROR(builder.Add(e));
+  // Errors give the entry's index, never its name or link target: they reach logs and
+  // containerd (pod events), and the names in a TOC are confidential (FORMAT.md §4).
+  for (size_t i = 0; i < entries.size(); ++i) {
+    Status added = builder.Add(entries[i]);
+    if (!added.ok()) {
+      return Status(added.code(), "TOC entry " + std::to_string(i) + ": " + added.message());
+    }
   }
   std::vector<BuildNode>& built = builder.nodes();
 

@@ -93,8 +93,8 @@ Status CheckHostPort(std::string_view source, const std::string& key, const std:
 Result<Config> FromTable(const toml::table& root, std::string_view src) {
   Config c;
   LC_RETURN_IF_ERROR(CheckKeys(src, "", root,
-                               {"address", "root", "log_level", "socket_mode", "keys", "cache",
-                                "fetch", "registry", "metrics", "limits"}));
+                               {"address", "root", "log_level", "log_file_names", "socket_mode",
+                                "keys", "cache", "fetch", "registry", "metrics", "limits"}));
   if (auto* n = root.get("address")) {
     LC_ASSIGN_OR_RETURN(c.address, GetAbsolutePath(src, "address", *n));
   }
@@ -106,6 +106,12 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     auto level = ParseLogLevel(s);
     if (!level.ok()) return Bad(src, "log_level", level.status().message());
     c.log_level = *level;
+  }
+  if (auto* n = root.get("log_file_names")) {
+    if (!n->is_boolean()) {
+      return Bad(src, "log_file_names", "expected true or false, got " + Describe(*n));
+    }
+    c.log_file_names = *n->value<bool>();
   }
   if (auto* n = root.get("socket_mode")) {
     LC_ASSIGN_OR_RETURN(auto s, GetString(src, "socket_mode", *n));

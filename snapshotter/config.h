@@ -4,6 +4,7 @@
 //   address = "/run/lazycrypt/snapshotter.sock"   # unix socket for containerd
 //   root = "/var/lib/lazycrypt"                   # state dir (metadata, snapshots)
 //   log_level = "info"                            # debug | info | warn | error
+//   log_file_names = false                        # debugging: decrypted paths in log lines
 //   socket_mode = "0600"                          # octal, the socket's permissions
 //   [keys]     dirs = ["/etc/containerd/ocicrypt/keys"]
 //              provider_config = "/etc/lazycrypt/ocicrypt_keyprovider.conf"  # default: $OCICRYPT_KEYPROVIDER_CONFIG
@@ -37,6 +38,9 @@ struct Config {
   std::filesystem::path address = "/run/lazycrypt/snapshotter.sock";
   std::filesystem::path root = "/var/lib/lazycrypt";
   LogLevel log_level = LogLevel::kInfo;
+  // Debugging only: log lines about a file in a layer name its path, not just its inode. The
+  // paths are decrypted data (FORMAT.md §4); the daemon warns at start when this is on.
+  bool log_file_names = false;
   mode_t socket_mode = 0600;
   struct Keys {
     std::vector<std::filesystem::path> dirs = {"/etc/containerd/ocicrypt/keys"};

@@ -41,6 +41,12 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.store = std::move(store);
   options.layer.prefetch = config.fetch.prefetch;
   options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
+  options.layer.mount.log_file_names = config.log_file_names;
+  if (config.log_file_names) {
+    log(lazycrypt::snapshotter::LogLevel::kWarn,
+        "log_file_names = true: log lines will name files inside encrypted layers by their "
+        "decrypted paths; turn it off outside debugging");
+  }
   lazycrypt::format::TocLimits& toc_limits = options.layer.cache.toc_limits;
   if (config.limits.toc_max_bytes) toc_limits.max_serialized_bytes = config.limits.toc_max_bytes;
   if (config.limits.toc_max_chunks) toc_limits.max_chunks = config.limits.toc_max_chunks;

@@ -226,6 +226,12 @@ int main(int argc, char** argv) {
                     "cap of the disk cache, e.g. 2GiB (default 10GiB)");
   mount->add_flag("--no-prefetch", mount_flags.no_prefetch,
                   "do not fetch the files the layer marks for prefetch (otherwise fetched in the background from the start; reads of them wait for that fetch)");
+  mount->add_flag("--allow-other", mount_flags.allow_other,
+                  "let other users read the mount (FUSE allow_other; needs root or "
+                  "user_allow_other in /etc/fuse.conf); default: only the mounting user");
+  mount->add_flag("--log-file-names", mount_flags.log_file_names,
+                  "debugging: name files by their decrypted paths in log lines (default: inode "
+                  "numbers only; the names in a layer are confidential)");
   mount->add_flag("--no-verify", mount_flags.no_verify,
                   "do not verify the layer in the background (by default every chunk is fetched "
                   "and hashed against the layer's diff_id, the TOC matched against the tar, and "

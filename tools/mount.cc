@@ -298,6 +298,12 @@ Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
   lazylayer::MountLayerOptions options;
   options.prefetch = !flags.no_prefetch;
   options.verify = !flags.no_verify;
+  options.mount.allow_other = flags.allow_other;
+  options.mount.log_file_names = flags.log_file_names;
+  if (flags.log_file_names) {
+    std::fprintf(stderr, "lazycrypt: warning: --log-file-names: log lines will name files in the "
+                         "layer by their decrypted paths\n");
+  }
   std::shared_ptr<fusefs::AccessLog> access_log;
   if (!flags.record_file.empty()) {
     const auto dir = std::filesystem::absolute(flags.record_file, ec).parent_path();

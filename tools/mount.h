@@ -36,6 +36,10 @@ struct MountFlags {
   std::string cache_size;         // cap of the disk cache ("" = 10GiB)
   bool no_prefetch = false;
   bool no_verify = false;         // no background verification (FORMAT.md §8.4)
+  // FUSE allow_other: other users (than the one mounting) may read the mount. Off by default:
+  // the plaintext is then readable by the mounting user (and root) only.
+  bool allow_other = false;
+  bool log_file_names = false;    // debugging: decrypted paths in log lines (warns)
   std::string background_rate;    // "SIZE/s" or "SIZE"; "" = no background fetch (needs cache_dir)
   bool daemon = false;
   std::string log_file;           // --daemon: the child's stdout/stderr ("" = /dev/null)
