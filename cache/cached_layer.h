@@ -61,6 +61,10 @@ struct VerifyOptions {
   std::optional<crypto::Sha256Digest> expected_diff_id;
   // A batch that cannot be fetched or opened is tried again after this delay, doubled after each
   // failure up to retry_max: the verification stays pending meanwhile, however long it takes.
+  // Begin this long after the start (and after the prefetch), so that the verification does not
+  // compete with a container's first reads; it lengthens the window between mount and verdict
+  // by as much (docs/FORMAT.md §8.4).
+  std::chrono::milliseconds start_delay{0};
   std::chrono::milliseconds retry_initial{200};
   std::chrono::milliseconds retry_max{30000};
   // Run the verification thread at nice +10: hashing and decrypting a whole layer must not take

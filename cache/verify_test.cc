@@ -253,6 +253,21 @@ TEST_F(LayerVerification, DiffIdTheLayerIsUsedUnderMustBeTheTocs) {
   EXPECT_FALSE(ReadFirstFile(*layer).ok());
 }
 
+TEST_F(LayerVerification, StartDelayDefersTheFirstFetchAndStopEndsTheWait) {
+  Blob blob = HonestBlob();
+  auto layer = Open(blob);
+  VerifyOptions o = Fast();
+  o.start_delay = std::chrono::hours(1);
+  const int reads_before = source_->reads();
+  ASSERT_TRUE(layer->StartVerification(o).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(source_->reads(), reads_before);
+  EXPECT_EQ(layer->verification(), VerificationState::kPending);
+  layer->StopBackgroundFetch();  // returns at once, not after an hour
+  std::lock_guard l(done_.mu);
+  EXPECT_TRUE(done_.calls.empty());
+}
+
 TEST_F(LayerVerification, FailingSourceIsRetriedAndNeverSkipped) {
   Blob blob = HonestBlob();
   auto layer = Open(blob);

@@ -56,6 +56,7 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
                                     ? options.background_rate_bytes_per_sec
                                     : options.verify_rate_bytes_per_sec;
     verify.expected_diff_id = options.expected_diff_id;
+    verify.start_delay = std::chrono::milliseconds(options.verify_start_delay_ms);
     // The layer outlives the thread: ~MountedLayer stops the verification first.
     verify.on_done = [self = layer.get(), user = options.on_verified](const Status& s) {
       self->OnVerified(s, user);

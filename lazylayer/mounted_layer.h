@@ -52,6 +52,9 @@ struct MountLayerOptions {
   // fast as the source allows). Either way it yields to on-demand reads: it sends no request
   // while a read is fetching, and runs at a lower CPU priority.
   uint64_t verify_rate_bytes_per_sec = 0;
+  // Start the verification this long after the mount (and its prefetch): the first reads of a
+  // starting container then have the link to themselves. Lengthens the window (FORMAT.md §8.4).
+  uint32_t verify_start_delay_ms = 0;
   // The diff_id this layer is used under (the image config's: the chain ID is computed from it),
   // when the caller knows it: the TOC's tar_sha256 must equal it, or the verification fails at
   // once (before any fetch) and the layer is quarantined.
