@@ -548,7 +548,9 @@ Result<std::unique_ptr<Layer>> BuildLayer(size_t chunk_size) {
     const format::Entry& e = *layer->files[i];
     buf.assign(e.size, 0);
     LC_ASSIGN_OR_RETURN(size_t n, layer->reader->ReadFile(e, 0, buf));
-    if (n != e.size || std::memcmp(buf.data(), tar->bytes.data() + e.data_offset, n) != 0) {
+    // The blob's tar stream is the salt header, then the source tar (docs/FORMAT.md §5.1).
+    const uint64_t source_offset = e.data_offset - format::kLayerSaltHeaderSize;
+    if (n != e.size || std::memcmp(buf.data(), tar->bytes.data() + source_offset, n) != 0) {
       return Status::Internal("reader: file '" + e.name + "' does not read back as in the tar");
     }
   }
@@ -683,7 +685,7 @@ void BM_Convert(benchmark::State& state, int threads) {
       Fail(state, written.status());
       break;
     }
-    if (written->tar_size != (*tar)->bytes.size() || written->blob_size != out.bytes()) {
+    if (written->source_tar_size != (*tar)->bytes.size() || written->blob_size != out.bytes()) {
       Fail(state, Status::Internal("convert: sizes do not add up"));
       break;
     }

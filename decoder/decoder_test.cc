@@ -24,6 +24,8 @@
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "decoder/payload.h"
+#include "format/layout.h"
+#include "format/writer.h"
 #include "image/layer.h"
 #include "image/oci.h"
 #include "keywrap/base64.h"
@@ -102,6 +104,12 @@ EncryptedLayer Encrypt(const keywrap::Recipients& recipients) {
   EXPECT_TRUE(result.ok()) << result.status().ToString();
   layer.blob = blob.Take();
   layer.descriptor = result->descriptor;
+  // What the blob decrypts to: its salt header (docs/FORMAT.md §5.1), then the source tar.
+  auto header = format::ParseBlobHeader(ByteSpan(layer.blob).first(format::kBlobHeaderSize));
+  EXPECT_TRUE(header.ok());
+  std::vector<uint8_t> salted = format::LayerSaltTarHeader(header->salt);
+  salted.insert(salted.end(), layer.tar.begin(), layer.tar.end());
+  layer.tar = std::move(salted);
   return layer;
 }
 

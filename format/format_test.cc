@@ -235,6 +235,17 @@ Written WriteBlob(ByteSpan layer, const LayerKey& key, const WriterOptions& opti
   return {out.Take(), *r};
 }
 
+// The tar stream a blob written from `source_tar` holds, and what decrypting it gives: its salt
+// header (FORMAT.md §5.1), then the source byte for byte.
+std::vector<uint8_t> BlobTar(const Written& w, ByteSpan source_tar) {
+  auto header = ParseBlobHeader(ByteSpan(w.blob).first(kBlobHeaderSize));
+  EXPECT_TRUE(header.ok());
+  if (!header.ok()) return {};
+  std::vector<uint8_t> out = LayerSaltTarHeader(header->salt);
+  out.insert(out.end(), source_tar.begin(), source_tar.end());
+  return out;
+}
+
 Result<std::vector<uint8_t>> Eager(const std::vector<uint8_t>& blob, const LayerKey& key,
                                    const crypto::Sha256Digest& pinned,
                                    DecryptOutput mode = DecryptOutput::kTar, int threads = 2,
@@ -334,7 +345,8 @@ void CheckIndexAgainstSource(const LayerReader& reader, const std::vector<Source
     EXPECT_EQ(e.xattrs, t.xattrs);
     if (t.type == tar::EntryType::kRegular) {
       EXPECT_EQ(e.size, t.size);
-      EXPECT_EQ(e.data_offset, t.data_offset);
+      // The blob's tar stream is the salt header, then the source (FORMAT.md §5.1).
+      EXPECT_EQ(e.data_offset, t.data_offset + kLayerSaltHeaderSize);
     } else {
       EXPECT_EQ(e.size, 0u);
     }
@@ -420,8 +432,11 @@ TEST_P(LayerRoundTrip, EveryDecodingPathGivesBackTheTarAndEveryFile) {
   ASSERT_FALSE(w.blob.empty());
 
   // WriteResult describes what was written.
-  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(tar));
-  EXPECT_EQ(w.result.tar_size, tar.size());
+  const std::vector<uint8_t> salted = BlobTar(w, tar);
+  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(salted));
+  EXPECT_EQ(w.result.tar_size, salted.size());
+  EXPECT_EQ(w.result.source_diff_id, crypto::Sha256::Of(tar));
+  EXPECT_EQ(w.result.source_tar_size, tar.size());
   EXPECT_EQ(w.result.blob_size, w.blob.size());
   EXPECT_EQ(w.result.blob_digest, crypto::Sha256::Of(w.blob));
   EXPECT_GT(w.result.chunk_count, 10u);
@@ -435,22 +450,22 @@ TEST_P(LayerRoundTrip, EveryDecodingPathGivesBackTheTarAndEveryFile) {
   // Eager, kTar: byte for byte.
   auto eager = Eager(w.blob, key, w.result.toc_digest);
   ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-  EXPECT_TRUE(*eager == tar);
+  EXPECT_TRUE(*eager == salted);
   // Eager, kTarZstd: decompresses to the same.
   auto eager_zstd = Eager(w.blob, key, w.result.toc_digest, DecryptOutput::kTarZstd);
   ASSERT_TRUE(eager_zstd.ok()) << eager_zstd.status().ToString();
   EXPECT_EQ(compress::DetectCompression(*eager_zstd), compress::Compression::kZstd);
-  EXPECT_TRUE(DecompressZstd(*eager_zstd) == tar);
+  EXPECT_TRUE(DecompressZstd(*eager_zstd) == salted);
   // Stream, with and without a pinned digest, both outputs.
   for (bool pin : {true, false}) {
     std::optional<crypto::Sha256Digest> pinned;
     if (pin) pinned = w.result.toc_digest;
     auto streamed = Stream(w.blob, key, pinned);
     ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
-    EXPECT_TRUE(*streamed == tar);
+    EXPECT_TRUE(*streamed == salted);
     auto streamed_zstd = Stream(w.blob, key, pinned, DecryptOutput::kTarZstd);
     ASSERT_TRUE(streamed_zstd.ok()) << streamed_zstd.status().ToString();
-    EXPECT_TRUE(DecompressZstd(*streamed_zstd) == tar);
+    EXPECT_TRUE(DecompressZstd(*streamed_zstd) == salted);
   }
 
   // Lazy: the index and every file.
@@ -459,7 +474,7 @@ TEST_P(LayerRoundTrip, EveryDecodingPathGivesBackTheTarAndEveryFile) {
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
   const LayerIndex& index = (*reader)->index();
   EXPECT_EQ(index.diff_id(), w.result.diff_id);
-  EXPECT_EQ(index.tar_size(), tar.size());
+  EXPECT_EQ(index.tar_size(), salted.size());
   EXPECT_EQ(index.chunks().size(), w.result.chunk_count);
   EXPECT_EQ(index.toc_digest(), w.result.toc_digest);
   EXPECT_EQ(crypto::Sha256::Of(ByteSpan(w.blob).subspan(index.toc_offset(), index.toc_size())),
@@ -474,7 +489,7 @@ TEST_P(LayerRoundTrip, EveryDecodingPathGivesBackTheTarAndEveryFile) {
     ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
     joined.insert(joined.end(), (*chunk)->begin(), (*chunk)->end());
   }
-  EXPECT_TRUE(joined == tar);
+  EXPECT_TRUE(joined == salted);
 }
 
 std::string RoundTripName(
@@ -518,10 +533,11 @@ TEST(FormatRoundTrip, TrailingZerosAfterTheArchiveAreKept) {
   std::vector<uint8_t> junk(777, 0);
   tar.insert(tar.end(), junk.begin(), junk.end());
   Written w = WriteBlob(tar, TestKey());
-  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(tar));
+  EXPECT_EQ(w.result.source_diff_id, crypto::Sha256::Of(tar));
+  EXPECT_EQ(w.result.diff_id, crypto::Sha256::Of(BlobTar(w, tar)));
   auto eager = Eager(w.blob, TestKey(), w.result.toc_digest);
   ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-  EXPECT_TRUE(*eager == tar);
+  EXPECT_TRUE(*eager == BlobTar(w, tar));
 }
 
 TEST(FormatRoundTrip, SingleChunkLayer) {
@@ -537,7 +553,7 @@ TEST(FormatRoundTrip, SingleChunkLayer) {
   EXPECT_EQ(written.result.chunk_count, 1u);
   auto streamed = Stream(written.blob, TestKey(), written.result.toc_digest);
   ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
-  EXPECT_TRUE(*streamed == tar);
+  EXPECT_TRUE(*streamed == BlobTar(written, tar));
   MemoryBlobSource blob(written.blob);
   auto reader = LayerReader::Open(blob, TestKey(), written.result.toc_digest);
   ASSERT_TRUE(reader.ok());
@@ -559,6 +575,8 @@ class Fixture : public ::testing::Test {
     written_ = new Written(WriteBlob(*tar_, TestKey()));
     // Same key, same tar, another salt: for the cross-layer splice.
     other_ = new Written(WriteBlob(*tar_, TestKey()));
+    // What written() decrypts to: its salt header (FORMAT.md §5.1), then the source.
+    *tar_ = BlobTar(*written_, *tar_);
   }
   static void TearDownTestSuite() {
     delete tar_;
@@ -951,10 +969,15 @@ TEST_F(LayerTamper, ChunkFromAnotherLayerWithTheSameKey) {
   auto index = OpenIndex(written().blob);
   const ChunkInfo& c = ChunkOf(*index, "bin/tool");
   // The other blob holds the same tar under the same key: byte-identical plaintext, same sizes,
-  // only the salt differs.
-  ASSERT_EQ(other().blob.size(), written().blob.size());
+  // only the salt differs (and with it the salt header, so the first chunk's compressed size may
+  // differ by a byte or two: take the other blob's record of the same index).
+  MemoryBlobSource other_source(other().blob);
+  auto other_index = LayerIndex::Open(other_source, TestKey(), other().result.toc_digest);
+  ASSERT_TRUE(other_index.ok()) << other_index.status().ToString();
+  const ChunkInfo& oc = (*other_index)->chunks()[c.index];
+  ASSERT_EQ(oc.record_size(), c.record_size());
   std::vector<uint8_t> blob = written().blob;
-  std::copy(other().blob.begin() + c.blob_offset, other().blob.begin() + c.blob_end(),
+  std::copy(other().blob.begin() + oc.blob_offset, other().blob.begin() + oc.blob_end(),
             blob.begin() + c.blob_offset);
   ASSERT_NE(blob, written().blob);
   ExpectLazyReadFails(blob, "bin/tool", StatusCode::kAuthFailed, "chunk " + std::to_string(c.index));
@@ -1059,6 +1082,93 @@ TEST_F(LayerTamper, WrongPinnedTocDigest) {
   EXPECT_THAT(s.status().message(), HasSubstr("TOC digest mismatch"));
 }
 
+// ---- Salt header (FORMAT.md §5.1) ---------------------------------------------------------------
+
+TEST(LayerSaltHeader, IsOnePaxGlobalCommentRecordNamingTheSalt) {
+  Salt salt{};
+  for (size_t i = 0; i < salt.size(); ++i) salt[i] = static_cast<uint8_t>(0xa0 + i);
+  std::vector<uint8_t> h = LayerSaltTarHeader(salt);
+  ASSERT_EQ(h.size(), kLayerSaltHeaderSize);
+  EXPECT_EQ(h[156], 'g');
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(h.data()), 17), "pax_global_header");
+  const std::string record =
+      tar::PaxRecord("comment", "lazycrypt-layer-salt:" + crypto::HexEncode(salt));
+  EXPECT_EQ(record.substr(0, 11), "97 comment=");
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(h.data()) + 512, record.size()), record);
+  EXPECT_TRUE(std::all_of(h.begin() + 512 + record.size(), h.end(), [](uint8_t b) { return b == 0; }));
+}
+
+// Two conversions of one layer never share a diff_id, and neither has the source's: chain IDs
+// of encrypted layers are their own (issue 15, 1(a); the imgcrypt CVE-2022-24778 class).
+TEST(LayerSaltHeader, EveryWriteHasItsOwnDiffId) {
+  const std::vector<uint8_t>& tar = SourceTar(Source::kGnuTarPax);
+  Written a = WriteBlob(tar, TestKey());
+  Written b = WriteBlob(tar, TestKey());
+  const crypto::Sha256Digest plain = crypto::Sha256::Of(tar);
+  EXPECT_EQ(a.result.source_diff_id, plain);
+  EXPECT_EQ(b.result.source_diff_id, plain);
+  EXPECT_NE(a.result.diff_id, plain);
+  EXPECT_NE(b.result.diff_id, plain);
+  EXPECT_NE(a.result.diff_id, b.result.diff_id);
+  // Each blob's eager output is its own salt header + the source, hashing to its diff_id.
+  for (const Written* w : {&a, &b}) {
+    auto eager = Eager(w->blob, TestKey(), w->result.toc_digest);
+    ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+    EXPECT_EQ(crypto::Sha256::Of(*eager), w->result.diff_id);
+    EXPECT_TRUE(*eager == BlobTar(*w, tar));
+  }
+}
+
+// The decrypted tar (salt header first) extracts to exactly the source's files, with GNU tar
+// (silently) and with our own reader (which lists no entry for the header).
+TEST(LayerSaltHeader, DecryptedTarExtractsToTheSourceFiles) {
+  const std::vector<uint8_t>& tar = SourceTar(Source::kGnuTarPax);
+  Written w = WriteBlob(tar, TestKey());
+  auto eager = Eager(w.blob, TestKey(), w.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+
+  // Our reader: the same entries and data; offsets moved by the header.
+  std::vector<SourceEntry> from_source = ParseSource(tar);
+  std::vector<SourceEntry> from_decrypted = ParseSource(*eager);
+  ASSERT_EQ(from_decrypted.size(), from_source.size());
+  for (size_t i = 0; i < from_source.size(); ++i) {
+    tar::Entry want = from_source[i].entry;
+    want.data_offset += kLayerSaltHeaderSize;
+    // The first entry's header sequence now starts at the salt header (offset 0).
+    want.header_offset = i == 0 ? 0 : want.header_offset + kLayerSaltHeaderSize;
+    EXPECT_EQ(from_decrypted[i].entry, want) << "entry " << i;
+    EXPECT_TRUE(from_decrypted[i].data == from_source[i].data) << "entry " << i;
+  }
+
+  // GNU tar: no warning on stderr, and the same tree as the source extracts to.
+  testing::TempDir dir("lazycrypt-format-salt");
+  ASSERT_TRUE(WriteFileAtomically(dir / "source.tar", tar).ok());
+  ASSERT_TRUE(WriteFileAtomically(dir / "decrypted.tar", *eager).ok());
+  for (const char* name : {"source", "decrypted"}) {
+    std::filesystem::create_directories(dir / name);
+    const std::string err = (dir / (std::string(name) + ".err")).string();
+    // (The source tree has a file dated 2030: GNU tar's timestamp warning is not ours.)
+    auto x = testing::RunCommand("tar --warning=no-timestamp --xattrs --xattrs-include='*' -xpf " +
+                                 testing::ShellQuote((dir / (std::string(name) + ".tar")).string()) +
+                                 " -C " + testing::ShellQuote((dir / name).string()) + " 2>" +
+                                 testing::ShellQuote(err));
+    ASSERT_EQ(x.exit_code, 0) << name << ": " << x.output << testing::ReadFileString(err);
+    EXPECT_EQ(testing::ReadFileString(err), "") << name;
+  }
+  const std::string listing =
+      "cd %s && find . -printf '%%p %%y %%m %%U %%G %%s %%T@ %%l\\n' | sort && "
+      "find . -type f -print0 | sort -z | xargs -0 sha256sum";
+  char a[1024], b[1024];
+  std::snprintf(a, sizeof(a), listing.c_str(), testing::ShellQuote((dir / "source").string()).c_str());
+  std::snprintf(b, sizeof(b), listing.c_str(),
+                testing::ShellQuote((dir / "decrypted").string()).c_str());
+  auto la = testing::RunCommand(a);
+  auto lb = testing::RunCommand(b);
+  ASSERT_EQ(la.exit_code, 0) << la.output;
+  EXPECT_GT(la.output.size(), 100u);
+  EXPECT_EQ(la.output, lb.output);
+}
+
 // ---- Writer ------------------------------------------------------------------------------------
 
 TEST(LayerWriter, ParallelWritersProduceTheSameLayer) {
@@ -1066,22 +1176,30 @@ TEST(LayerWriter, ParallelWritersProduceTheSameLayer) {
   Written one = WriteBlob(tar, TestKey(), SmallChunks(1));
   Written three = WriteBlob(tar, TestKey(), SmallChunks(3));
   EXPECT_NE(one.blob, three.blob);  // different salts
-  EXPECT_EQ(one.blob.size(), three.blob.size());
-  EXPECT_EQ(one.result.diff_id, three.result.diff_id);
+  EXPECT_EQ(one.result.source_diff_id, three.result.source_diff_id);
+  EXPECT_NE(one.result.diff_id, three.result.diff_id);  // different salt headers
   MemoryBlobSource a(one.blob), b(three.blob);
   auto ia = LayerIndex::Open(a, TestKey(), one.result.toc_digest);
   auto ib = LayerIndex::Open(b, TestKey(), three.result.toc_digest);
   ASSERT_TRUE(ia.ok() && ib.ok());
-  EXPECT_TRUE(std::equal((*ia)->chunks().begin(), (*ia)->chunks().end(), (*ib)->chunks().begin(),
-                         (*ib)->chunks().end()));
+  // The same chunking and the same records' sizes, except the first chunk's compressed size:
+  // it holds the salt header, whose 64 hex digits differ (and record digests differ with salts).
+  ASSERT_EQ((*ia)->chunks().size(), (*ib)->chunks().size());
+  for (size_t i = 0; i < (*ia)->chunks().size(); ++i) {
+    const ChunkInfo& x = (*ia)->chunks()[i];
+    const ChunkInfo& y = (*ib)->chunks()[i];
+    EXPECT_EQ(x.raw_size, y.raw_size) << i;
+    EXPECT_EQ(x.tar_offset, y.tar_offset) << i;
+    EXPECT_EQ(x.stored, y.stored) << i;
+    if (i > 0) EXPECT_EQ(x.payload_size, y.payload_size) << i;
+  }
   EXPECT_TRUE(std::equal((*ia)->entries().begin(), (*ia)->entries().end(),
                          (*ib)->entries().begin(), (*ib)->entries().end()));
-  EXPECT_EQ((*ia)->toc_size(), (*ib)->toc_size());
   auto da = Eager(one.blob, TestKey(), one.result.toc_digest, DecryptOutput::kTar, 1);
   auto db = Eager(three.blob, TestKey(), three.result.toc_digest, DecryptOutput::kTar, 3);
   ASSERT_TRUE(da.ok() && db.ok());
-  EXPECT_TRUE(*da == *db);
-  EXPECT_TRUE(*da == tar);
+  EXPECT_TRUE(*da == BlobTar(one, tar));
+  EXPECT_TRUE(*db == BlobTar(three, tar));
 }
 
 std::vector<uint8_t> TarOf(const std::vector<std::pair<tar::Entry, std::string>>& entries,
@@ -1367,8 +1485,8 @@ TEST(LayerWriter, CompressedSourceErrorsComeThroughTheReadAhead) {
     Written whole = WriteBlob(layer, TestKey());
     auto eager = Eager(whole.blob, TestKey(), whole.result.toc_digest);
     ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-    EXPECT_TRUE(*eager == tar);
-    EXPECT_EQ(whole.result.diff_id, crypto::Sha256::Of(tar));
+    EXPECT_TRUE(*eager == BlobTar(whole, tar));
+    EXPECT_EQ(whole.result.source_diff_id, crypto::Sha256::Of(tar));
 
     std::vector<uint8_t> truncated(layer.begin(), layer.begin() + layer.size() * 2 / 3);
     Status s = WriteStatus(truncated);
@@ -1545,7 +1663,8 @@ TEST(LayerWriter, MemoryStaysBoundedForALargeLayer) {
   auto r = WriteLayer(in, TestKey(), out, o);
   uint64_t after = PeakRssKiB();
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  EXPECT_EQ(r->tar_size, in.total_size());
+  EXPECT_EQ(r->source_tar_size, in.total_size());
+  EXPECT_EQ(r->tar_size, in.total_size() + kLayerSaltHeaderSize);
   EXPECT_EQ(r->chunk_count, 514u);  // the header chunk, 512 data chunks, the end marker
   EXPECT_EQ(out.size(), r->blob_size);
   EXPECT_LT(r->blob_size, kSize * 3 / 4);  // the repetitive halves compressed
@@ -1594,7 +1713,7 @@ TEST(LayerWriter, MarksTheLastRegularEntryOfEachPrefetchPath) {
   // Marks change nothing in the data: the eager decryption is still the tar, byte for byte.
   auto eager = Eager(d.blob, TestKey(), d.result.toc_digest);
   ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-  EXPECT_EQ(*eager, tar_bytes);
+  EXPECT_EQ(*eager, BlobTar(d, tar_bytes));
 
   // Without marks: an empty list, same tar.
   Written plain = WriteBlob(tar_bytes, TestKey());
@@ -1602,7 +1721,7 @@ TEST(LayerWriter, MarksTheLastRegularEntryOfEachPrefetchPath) {
   auto plain_index = LayerIndex::Open(plain_source, TestKey(), plain.result.toc_digest);
   ASSERT_TRUE(plain_index.ok());
   EXPECT_TRUE((*plain_index)->prefetch_entries().empty());
-  EXPECT_EQ(plain.result.diff_id, d.result.diff_id);
+  EXPECT_EQ(plain.result.source_diff_id, d.result.source_diff_id);
 }
 
 // Listed files' data gets chunks of its own (FORMAT.md §5 rule 3): fetching the chunks of the
@@ -1647,14 +1766,14 @@ TEST(LayerWriter, PrefetchListedFilesDoNotShareChunksWithUnlistedOnes) {
 
   // Without marks the small files share chunks (fewer chunks); the tar and diff_id are the same.
   Written plain = WriteBlob(tar_bytes, TestKey());
-  EXPECT_EQ(plain.result.diff_id, d.result.diff_id);
+  EXPECT_EQ(plain.result.source_diff_id, d.result.source_diff_id);
   MemoryBlobSource plain_source(plain.blob);
   auto plain_index = LayerIndex::Open(plain_source, TestKey(), plain.result.toc_digest);
   ASSERT_TRUE(plain_index.ok());
   EXPECT_LT((*plain_index)->chunks().size(), chunks.size());
   auto eager = Eager(d.blob, TestKey(), d.result.toc_digest);
   ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-  EXPECT_EQ(*eager, tar_bytes);
+  EXPECT_EQ(*eager, BlobTar(d, tar_bytes));
 }
 
 TEST(LayerWriter, RejectsPrefetchPathsNotInNormalizedForm) {
@@ -1747,11 +1866,11 @@ TEST(WriterProbe, StoresWhatItsSamplesCannotCompressAndCompressesTheRest) {
   EXPECT_TRUE(on.ChunkOf("small-noise").stored);
   EXPECT_GT(on.written.blob.size(), off.written.blob.size());
   // Both layers decrypt to the very same tar, with the same diff_id.
-  EXPECT_EQ(on.written.result.diff_id, off.written.result.diff_id);
+  EXPECT_EQ(on.written.result.source_diff_id, off.written.result.source_diff_id);
   for (const ProbeLayer* layer : {&on, &off}) {
     auto eager = Eager(layer->written.blob, TestKey(), layer->written.result.toc_digest);
     ASSERT_TRUE(eager.ok()) << eager.status().ToString();
-    EXPECT_TRUE(*eager == layer->tar);
+    EXPECT_TRUE(*eager == BlobTar(layer->written, layer->tar));
   }
 }
 

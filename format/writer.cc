@@ -19,6 +19,7 @@
 #include "format/toc.h"
 #include "format/toc.pb.h"
 #include "tar/tar_reader.h"
+#include "tar/tar_writer.h"
 
 namespace lazycrypt::format {
 namespace {
@@ -278,7 +279,8 @@ std::string TarEntryName(const tar::Entry& e) {
 }
 
 // tar entry → TOC entry, with the TOC's rules applied (and named) now rather than at the end.
-Status AddEntry(const tar::Entry& e, v1::Toc& toc) {
+// The source stream's offsets move by `tar_offset_shift` (the salt header before it).
+Status AddEntry(const tar::Entry& e, uint64_t tar_offset_shift, v1::Toc& toc) {
   auto name = NormalizeEntryName(e.name);
   if (!name.ok()) return name.status().WithContext(TarEntryName(e));
   Entry entry;
@@ -293,7 +295,7 @@ Status AddEntry(const tar::Entry& e, v1::Toc& toc) {
   entry.mtime_nsec = e.mtime_nsec;
   if (e.type == tar::EntryType::kRegular) {
     entry.size = e.size;
-    entry.data_offset = e.data_offset;
+    entry.data_offset = e.data_offset + tar_offset_shift;
   }
   if (e.type == tar::EntryType::kSymlink) {
     entry.link_target = e.link_name;
@@ -336,6 +338,14 @@ Status AddEntry(const tar::Entry& e, v1::Toc& toc) {
 }  // namespace
 
 Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputStream& blob,
+std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
+  MemoryOutputStream out;
+  tar::TarWriter writer(out, tar::Flavor::kPax);
+  // Writing into memory cannot fail.
+  (void)writer.AppendGlobalHeader({{"comment", "lazycrypt-layer-salt:" + crypto::HexEncode(salt)}});
+  return out.Take();
+}
+
                                const WriterOptions& options) {
   if (options.chunk_size_bytes < kMinChunkSizeBytes ||
       options.chunk_size_bytes > kMaxChunkSizeBytes) {
@@ -395,6 +405,13 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
 
   // Prefetch: normalized name → index of its last regular entry so far (kNotMarked: none yet).
   constexpr uint32_t kNotMarked = UINT32_MAX;
+  // The salt header goes first: the layer's tar stream, and so its diff_id, is this blob's own.
+  const std::vector<uint8_t> salt_header = LayerSaltTarHeader(header.salt);
+  if (salt_header.size() != kLayerSaltHeaderSize) {
+    return Status::Internal("writer: salt header is " + std::to_string(salt_header.size()) +
+                            " bytes");
+  }
+  LC_RETURN_IF_ERROR(chunker.Append(salt_header));
   std::unordered_map<std::string, uint32_t> prefetch_wanted;
   for (const std::string& path : options.prefetch_paths) {
     if (!IsNormalizedName(path)) {
@@ -414,7 +431,15 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
     read_ahead = std::make_unique<ReadAheadInputStream>(*decompressed);
   }
   InputStream* tar_stream = read_ahead ? read_ahead.get() : decompressed.get();
-  tar::TarReader reader(*tar_stream, [&](ByteSpan raw) { return chunker.Append(raw); });
+  // The source's own digest: what its image config must name (a second SHA-256 pass: the
+  // salt header in front gives the blob's stream a different one).
+  crypto::Sha256 source_hash;
+  uint64_t source_size = 0;
+  tar::TarReader reader(*tar_stream, [&](ByteSpan raw) {
+    source_hash.Update(raw);
+    source_size += raw.size();
+    return chunker.Append(raw);
+  });
   for (;;) {
     LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> entry, reader.Next());
     if (!entry.has_value()) break;
@@ -422,7 +447,7 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
       return Status::InvalidArgument("layer has more than " + std::to_string(kMaxTocEntries) +
                                      " entries (the format's limit)");
     }
-    LC_RETURN_IF_ERROR(AddEntry(*entry, toc));
+    LC_RETURN_IF_ERROR(AddEntry(*entry, kLayerSaltHeaderSize, toc));
     if (entry->type == tar::EntryType::kRegular) {
       // Prefetch marks: the last regular entry of each listed name wins. Every listed entry
       // gets chunks of its own kind (an earlier entry of a listed name too: harmless).
@@ -456,6 +481,8 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   LC_RETURN_IF_ERROR(pipeline.Finish());
 
   for (const RecordHeader& h : chunk_table) {
+  // (The chunker is never empty: the salt header is in it.)
+  if (source_size == 0) return Status::Corruption("the layer's tar stream is empty");
     v1::Chunk* c = toc.add_chunks();
     c->set_payload_size(h.payload_size);
     c->set_raw_size(h.raw_size);
@@ -468,6 +495,8 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   result.entry_count = static_cast<uint64_t>(toc.entries_size());
   result.key_commitment = keys.commitment;
   toc.set_tar_size(result.tar_size);
+  result.source_tar_size = source_size;
+  result.source_diff_id = source_hash.Finish();
   toc.set_tar_sha256(result.diff_id.data(), result.diff_id.size());
 
   // Self-check: the TOC must pass the very validation every reader applies (data ranges against

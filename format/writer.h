@@ -43,15 +43,31 @@ struct WriteResult {
   crypto::Sha256Digest blob_digest{};  // SHA-256 of every byte written (zero if !hash_blob)
   uint64_t blob_size = 0;
   crypto::Sha256Digest toc_digest{};   // SHA-256 of the sealed TOC: pin it in the manifest
-  crypto::Sha256Digest diff_id{};      // SHA-256 of the uncompressed tar stream
-  uint64_t tar_size = 0;
+  // SHA-256 of the blob's uncompressed tar stream: the layer salt header (LayerSaltTarHeader),
+  // then the source tar stream. The new layer's diff_id: write it into the image config.
+  crypto::Sha256Digest diff_id{};
+  uint64_t tar_size = 0;                // bytes of that stream (source + kLayerSaltHeaderSize)
+  // SHA-256 and size of the source tar stream as read (after decompression, without the salt
+  // header): the diff_id the source image's config must name.
+  crypto::Sha256Digest source_diff_id{};
+  uint64_t source_tar_size = 0;
   uint64_t chunk_count = 0;
   uint64_t entry_count = 0;
   KeyCommitment key_commitment{};      // publish in pubopts
 };
 
+// The layer salt header (docs/FORMAT.md §5.1): the first record of every lazycrypt blob's tar
+// stream, a PAX global extended header ('g', name "pax_global_header") whose one record is
+// "comment=lazycrypt-layer-salt:<64 lowercase hex of the blob's salt>", padded to 512 bytes.
+// It makes every conversion's diff_id (and so its chain IDs) unique: never the plain original's,
+// never another encryption's. Extractors ignore it (`comment` is ignored by POSIX; Go's
+// archive/tar users, containerd included, skip global headers).
+inline constexpr size_t kLayerSaltHeaderSize = 1024;
+std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt);
+
 // Reads a layer (tar, tar+gzip or tar+zstd, detected from its first bytes), and writes it as a
-// lazycrypt blob sealed under `key` to `blob`. Streams: memory stays around
+// lazycrypt blob sealed under `key` to `blob`. The blob's tar stream is LayerSaltTarHeader(salt)
+// followed by the source tar stream byte for byte (TOC data offsets count the header). Streams: memory stays around
 // (3 × threads + 2) × chunk_size_bytes plus the TOC, whatever the layer size, plus 4 MiB of
 // read-ahead for a compressed layer (decompressed on a thread of its own).
 // Does not Close() `blob`; on error the bytes written so far are garbage (write to an

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "format/decrypt.h"
@@ -81,6 +83,22 @@ class SizeCheckingInputStream final : public InputStream {
   Status failure_;
 };
 
+// The image config with rootfs.diff_ids replaced (one per layer), every other member kept in
+// its order. The config was parsed (and validated) when the image was loaded.
+Result<std::vector<uint8_t>> RewriteConfigDiffIds(ByteSpan config,
+                                                  const std::vector<std::string>& diff_ids) {
+  using Json = nlohmann::ordered_json;
+  Json j = Json::parse(config.begin(), config.end(), nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("rootfs") || !j["rootfs"].is_object() ||
+      !j["rootfs"].contains("diff_ids") || !j["rootfs"]["diff_ids"].is_array() ||
+      j["rootfs"]["diff_ids"].size() != diff_ids.size()) {
+    return Status::Corruption("config: rootfs.diff_ids cannot be rewritten");
+  }
+  j["rootfs"]["diff_ids"] = diff_ids;
+  std::string text = j.dump();
+  return std::vector<uint8_t>(text.begin(), text.end());
+}
+
 std::string RecipientLabel(const JweRecipientInfo& r) {
   std::string out = r.alg.empty() ? "(no alg)" : r.alg;
   if (!r.crv.empty()) out += " (" + r.crv + ")";
@@ -129,7 +147,8 @@ Result<Descriptor> ConvertOneImage(ImageSource& src, ImageDestination& dst, cons
                                    const LayerCallback& on_layer, ConvertReport& report) {
   const Manifest& manifest = image.manifest;
   Manifest out = ToOciManifest(manifest);
-  LC_RETURN_IF_ERROR(CopyBlob(src, dst, manifest.config).WithContext("config"));
+  std::vector<std::string> diff_ids = image.config.diff_ids;
+  bool diff_ids_changed = false;
   for (size_t i = 0; i < manifest.layers.size(); ++i) {
     const Descriptor& d = manifest.layers[i];
     LayerReport layer;
@@ -139,9 +158,23 @@ Result<Descriptor> ConvertOneImage(ImageSource& src, ImageDestination& dst, cons
     auto start = Clock::now();
     LC_RETURN_IF_ERROR(convert_layer(i, d, layer));
     out.layers[i] = layer.result;
+    if (!layer.diff_id.empty() && layer.diff_id != diff_ids[i]) {
+      diff_ids[i] = layer.diff_id;
+      diff_ids_changed = true;
+    }
     layer.seconds = SecondsSince(start);
     if (on_layer) on_layer(layer);
     report.layers.push_back(std::move(layer));
+  }
+  if (!diff_ids_changed) {
+    LC_RETURN_IF_ERROR(CopyBlob(src, dst, manifest.config).WithContext("config"));
+  } else {
+    // A new config: the same document with the new rootfs.diff_ids (so a new config digest).
+    LC_ASSIGN_OR_RETURN(std::vector<uint8_t> config,
+                        RewriteConfigDiffIds(image.config_bytes, diff_ids));
+    LC_ASSIGN_OR_RETURN(Descriptor written, dst.PutBlob(out.config.media_type, config));
+    out.config.digest = written.digest;
+    out.config.size = written.size;
   }
   return dst.PutManifest(std::string(kMediaTypeOciManifest), AsBytes(SerializeManifest(out)));
 }
@@ -330,16 +363,19 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
         auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, writer);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(FinishVerifying(*verifying, "blob").WithContext(name));
-        std::string diff_id = crypto::OciDigest(encrypted->write.diff_id);
-        if (uncompressed && diff_id != d.digest) {
+        // The source must still be what its descriptor and config say; the encrypted layer's
+        // tar stream (salt header first) gets a diff_id of its own, written into a new config.
+        std::string source_diff_id = crypto::OciDigest(encrypted->write.source_diff_id);
+        if (uncompressed && source_diff_id != d.digest) {
           // Also what a compressed blob under an uncompressed media type comes to.
           return Status::AuthFailed(name + ": blob: digest mismatch: descriptor says " + d.digest +
-                                    ", content (as a tar stream) is " + diff_id);
+                                    ", content (as a tar stream) is " + source_diff_id);
         }
-        if (diff_id != image.config.diff_ids[i]) {
-          return Status::Corruption(name + ": its tar stream has diff_id " + diff_id +
+        if (source_diff_id != image.config.diff_ids[i]) {
+          return Status::Corruption(name + ": its tar stream has diff_id " + source_diff_id +
                                     ", the config says " + image.config.diff_ids[i]);
         }
+        layer.diff_id = crypto::OciDigest(encrypted->write.diff_id);
         LC_RETURN_IF_ERROR(sink->Close().WithContext(name));
         if (sink->size() != encrypted->write.blob_size) {
           return Status::Internal(name + ": the writer wrote " +

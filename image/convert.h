@@ -47,6 +47,9 @@ struct LayerReport {
   uint64_t entry_count = 0;
   std::string toc_digest;
   std::string key_name;  // decrypt: the key that unwrapped the layer
+  // Set when the layer's diff_id changed (a lazycrypt layer's tar stream begins with its salt
+  // header, docs/FORMAT.md §5.1): the image config written for the result names this one.
+  std::string diff_id;
 };
 
 struct ConvertReport {

@@ -6,6 +6,7 @@
 #include "common/file_io.h"
 #include "compress/compress.h"
 #include "crypto/digest.h"
+#include "format/writer.h"
 #include "image/envelope.h"
 #include "image/layout.h"
 #include "image/image_testing.h"
@@ -25,14 +26,32 @@ using ::lazycrypt::testing::TempDir;
 using ::lazycrypt::testing::WriteFileString;
 using ::testing::HasSubstr;
 
-// SHA-256 of the decompressed content of a layer blob (tar, gzip or zstd).
-std::string UncompressedSha(const std::string& blob) {
+// The decompressed content of a layer blob (tar, gzip or zstd).
+std::vector<uint8_t> Uncompressed(const std::string& blob) {
   MemoryInputStream in(AsBytes(blob));
   auto decompressed = compress::NewDecompressingStream(in);
   EXPECT_TRUE(decompressed.ok());
   MemoryOutputStream out;
   EXPECT_TRUE(CopyStream(**decompressed, out).ok());
-  return crypto::OciDigest(crypto::Sha256::Of(out.bytes()));
+  return out.Take();
+}
+
+// SHA-256 of the decompressed content of a layer blob.
+std::string UncompressedSha(const std::string& blob) {
+  return crypto::OciDigest(crypto::Sha256::Of(Uncompressed(blob)));
+}
+
+// SHA-256 of a decrypted lazycrypt layer's tar without its salt header (FORMAT.md §5.1): the
+// source layer's diff_id. Expects the header (a PAX global header) to be there.
+std::string UnsaltedSha(const std::string& blob) {
+  std::vector<uint8_t> tar = Uncompressed(blob);
+  EXPECT_GT(tar.size(), format::kLayerSaltHeaderSize);
+  if (tar.size() <= format::kLayerSaltHeaderSize) return "";
+  EXPECT_EQ(tar[156], 'g');
+  EXPECT_NE(std::string(tar.begin() + 512, tar.begin() + 1024).find(" comment=lazycrypt-layer-salt:"),
+            std::string::npos);
+  return crypto::OciDigest(
+      crypto::Sha256::Of(ByteSpan(tar).subspan(format::kLayerSaltHeaderSize)));
 }
 
 struct TestImage {
@@ -105,7 +124,14 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
   auto enc = LoadImage(**layout, "v1");
   ASSERT_TRUE(enc.ok()) << enc.status().ToString();
   auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
-  EXPECT_EQ(enc->manifest.config, source->manifest.config);  // same config blob, not rewritten
+  // A new config: the lazycrypt layers' diff_ids are their own (FORMAT.md §5.1); the rest is kept.
+  EXPECT_NE(enc->manifest.config.digest, source->manifest.config.digest);
+  EXPECT_EQ(enc->manifest.config.media_type, source->manifest.config.media_type);
+  ASSERT_EQ(enc->config.diff_ids.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_NE(enc->config.diff_ids[i], source->config.diff_ids[i]);
+  EXPECT_EQ(enc->config.architecture, source->config.architecture);
+  EXPECT_EQ(enc->config.os, source->config.os);
+  EXPECT_EQ(report->layers[1].diff_id, enc->config.diff_ids[1]);
   EXPECT_EQ(enc->manifest.layers[0].Annotation("org.example.kept"), "yes");
   for (const Descriptor& l : enc->manifest.layers) {
     EXPECT_EQ(l.media_type, std::string(kMediaTypeLazycryptLayer));
@@ -122,7 +148,9 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
     EXPECT_EQ(l.media_type, std::string(kMediaTypeOciLayerTarZstd));
     std::string blob = ReadFileString(tmp / "dec" / "blobs" / "sha256" / l.digest.substr(7));
     EXPECT_EQ(compress::DetectCompression(AsBytes(blob)), compress::Compression::kZstd);
-    EXPECT_EQ(UncompressedSha(blob), source->config.diff_ids[i]);
+    // The decrypted tar is the encrypted image's diff_id: the salt header, then the source tar.
+    EXPECT_EQ(UncompressedSha(blob), enc->config.diff_ids[i]);
+    EXPECT_EQ(UnsaltedSha(blob), source->config.diff_ids[i]);
     EXPECT_EQ(l.Annotation(kAnnotationLazycryptTocDigest), "");
   }
   EXPECT_EQ(plain->manifest.layers[0].Annotation("org.example.kept"), "yes");
@@ -136,13 +164,45 @@ TEST(Convert, LazycryptEncryptThenDecryptRestoresEveryLayer) {
   EXPECT_EQ(gz->manifest.layers[1].media_type, std::string(kMediaTypeOciLayerTarGzip));
   EXPECT_EQ(UncompressedSha(ReadFileString(tmp / "decgz" / "blobs" / "sha256" /
                                            gz->manifest.layers[1].digest.substr(7))),
-            source->config.diff_ids[1]);
+            enc->config.diff_ids[1]);
   DecryptOptions none;
   none.compression = LayerCompression::kNone;
   ASSERT_TRUE(DecryptImage(OciRef(tmp / "enc", "v1"), OciRef(tmp / "dectar"), keys.priv, none).ok());
   auto tar = LoadImage(*OciLayout::Open(tmp / "dectar").value(), "");
   EXPECT_EQ(tar->manifest.layers[0].media_type, std::string(kMediaTypeOciLayerTar));
-  EXPECT_EQ(tar->manifest.layers[0].digest, source->config.diff_ids[0]);
+  EXPECT_EQ(tar->manifest.layers[0].digest, enc->config.diff_ids[0]);
+}
+
+// Issue 15, 1(a): two encryptions of one image never share a layer's diff_id (so never a chain
+// ID), with each other or with the plain original; each decrypts to the source's files.
+TEST(Convert, EveryEncryptionHasItsOwnDiffIds) {
+  TempDir tmp;
+  MakeImage(tmp, tmp / "src");
+  Keys keys = MakeKey(tmp, "k");
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "a"), keys.pub, {}).ok());
+  ASSERT_TRUE(EncryptImage(OciRef(tmp / "src"), OciRef(tmp / "b"), keys.pub, {}).ok());
+  auto source = LoadImage(*OciLayout::Open(tmp / "src").value(), "");
+  auto a = LoadImage(*OciLayout::Open(tmp / "a").value(), "");
+  auto b = LoadImage(*OciLayout::Open(tmp / "b").value(), "");
+  ASSERT_TRUE(source.ok() && a.ok() && b.ok());
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_NE(a->config.diff_ids[i], source->config.diff_ids[i]) << i;
+    EXPECT_NE(b->config.diff_ids[i], source->config.diff_ids[i]) << i;
+    EXPECT_NE(a->config.diff_ids[i], b->config.diff_ids[i]) << i;
+  }
+  EXPECT_NE(a->manifest.config.digest, b->manifest.config.digest);
+  for (const char* name : {"a", "b"}) {
+    const fs::path dec = tmp / (std::string(name) + "-dec");
+    ASSERT_TRUE(DecryptImage(OciRef(tmp / name), OciRef(dec), keys.priv).ok());
+    auto plain = LoadImage(*OciLayout::Open(dec).value(), "");
+    ASSERT_TRUE(plain.ok());
+    for (size_t i = 0; i < 2; ++i) {
+      std::string blob = ReadFileString(dec / "blobs" / "sha256" /
+                                        plain->manifest.layers[i].digest.substr(7));
+      EXPECT_EQ(UncompressedSha(blob), plain->config.diff_ids[i]);
+      EXPECT_EQ(UnsaltedSha(blob), source->config.diff_ids[i]);
+    }
+  }
 }
 
 TEST(Convert, OcicryptEncryptThenDecryptGivesBackTheOriginalBlobs) {

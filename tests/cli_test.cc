@@ -442,10 +442,12 @@ TEST_F(CliWithImage, LayerCommandsOnABlobFile) {
 
   auto dec = Lazycrypt("layer decrypt -k " + Q(key_.priv) + " " + source + " " + Q(tmp_ / "out.tar"));
   ASSERT_EQ(dec.exit_code, 0) << dec.output;
-  EXPECT_EQ(FileSha256(tmp_ / "out.tar"), src.config.diff_ids[0]);
+  // The salt header (FORMAT.md §5.1), then the source tar.
+  EXPECT_EQ(SourceTarSha256(tmp_ / "out.tar"), src.config.diff_ids[0]);
+  EXPECT_NE(FileSha256(tmp_ / "out.tar"), src.config.diff_ids[0]);
   auto decz = Lazycrypt("layer decrypt --zstd -k " + Q(key_.priv) + " " + source + " " + Q(tmp_ / "out.tar.zst"));
   ASSERT_EQ(decz.exit_code, 0) << decz.output;
-  EXPECT_EQ(DecompressedSha256(tmp_ / "out.tar.zst"), src.config.diff_ids[0]);
+  EXPECT_EQ(SourceTarSha256(tmp_ / "out.tar.zst"), src.config.diff_ids[0]);
 
   // A descriptor whose TOC digest was changed: refused before anything is decrypted.
   descriptor["annotations"][std::string(image::kAnnotationLazycryptTocDigest)] =
@@ -472,7 +474,10 @@ TEST_F(CliWithImage, EncryptsOnlyTheChosenLayers) {
   image::LoadedImage enc = LoadLayoutImage(tmp_ / "enc", "v2");
   EXPECT_EQ(enc.manifest.layers[0], src.manifest.layers[0]);  // untouched
   EXPECT_EQ(enc.manifest.layers[1].media_type, std::string(image::kMediaTypeLazycryptLayer));
-  EXPECT_EQ(LoadLayoutImage(tmp_ / "enc", "v2").config.diff_ids, src.config.diff_ids);
+  // The encrypted layer has a diff_id of its own (FORMAT.md §5.1); the copied one keeps its.
+  const image::LoadedImage enc_config = LoadLayoutImage(tmp_ / "enc", "v2");
+  EXPECT_EQ(enc_config.config.diff_ids[0], src.config.diff_ids[0]);
+  EXPECT_NE(enc_config.config.diff_ids[1], src.config.diff_ids[1]);
 
   auto dec = Lazycrypt("decrypt -k " + Q(key_.priv) + " --layer-compression gzip " + Oci(tmp_ / "enc", "v2") +
                        " " + Oci(tmp_ / "enc", "plain"));
@@ -481,6 +486,8 @@ TEST_F(CliWithImage, EncryptsOnlyTheChosenLayers) {
   EXPECT_EQ(plain.manifest.layers[0], src.manifest.layers[0]);
   EXPECT_EQ(plain.manifest.layers[1].media_type, std::string(image::kMediaTypeOciLayerTarGzip));
   EXPECT_EQ(DecompressedSha256(BlobPath(tmp_ / "enc", plain.manifest.layers[1].digest)),
+            enc_config.config.diff_ids[1]);
+  EXPECT_EQ(SourceTarSha256(BlobPath(tmp_ / "enc", plain.manifest.layers[1].digest)),
             src.config.diff_ids[1]);
   // Both tags live in the one layout.
   EXPECT_EQ(image::OciLayout::Open(tmp_ / "enc").value()->ReadIndex()->manifests.size(), 2u);
@@ -621,7 +628,7 @@ TEST_F(CliWithImage, PrefetchListMarksFilesInEveryLayerThatHoldsThem) {
   image::LoadedImage plain = LoadLayoutImage(tmp_ / "dec");
   ASSERT_EQ(plain.manifest.layers.size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
-    EXPECT_EQ(DecompressedSha256(BlobPath(tmp_ / "dec", plain.manifest.layers[i].digest)),
+    EXPECT_EQ(SourceTarSha256(BlobPath(tmp_ / "dec", plain.manifest.layers[i].digest)),
               src.config.diff_ids[i]) << "layer " << i;
   }
 
@@ -678,7 +685,15 @@ TEST_F(CliWithImage, HostsDirMirrorServesAnImageWhoseRegistryIsDown) {
   EXPECT_EQ(verify.exit_code, 0) << verify.output;
   auto dec = Lazycrypt("decrypt -k " + Q(key_.priv) + via + " " + Oci(tmp_ / "dec"));
   ASSERT_EQ(dec.exit_code, 0) << dec.output;
-  EXPECT_EQ(LoadLayoutImage(tmp_ / "dec").config.diff_ids, LoadLayoutImage(tmp_ / "src").config.diff_ids);
+  {
+    image::LoadedImage dec_image = LoadLayoutImage(tmp_ / "dec");
+    image::LoadedImage src_image = LoadLayoutImage(tmp_ / "src");
+    ASSERT_EQ(dec_image.manifest.layers.size(), src_image.config.diff_ids.size());
+    for (size_t i = 0; i < dec_image.manifest.layers.size(); ++i) {
+      EXPECT_EQ(SourceTarSha256(BlobPath(tmp_ / "dec", dec_image.manifest.layers[i].digest)),
+                src_image.config.diff_ids[i]);
+    }
+  }
 
   // Without the hosts dir the down registry is all there is: a clear error naming it.
   auto direct = Lazycrypt("inspect --plain-http --hosts-dir '' docker://" + down + name);

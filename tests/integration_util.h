@@ -99,6 +99,28 @@ inline std::string DecompressedSha256(const std::filesystem::path& path) {
   return crypto::OciDigest(sha.Finish());
 }
 
+// SHA-256 of a layer file's uncompressed content without the lazycrypt salt header in front, if
+// it has one (a decrypted lazycrypt layer, docs/FORMAT.md §5.1): the diff_id of the layer it was
+// encrypted from. Equals DecompressedSha256 for any other layer.
+inline std::string SourceTarSha256(const std::filesystem::path& path) {
+  auto in = FdInputStream::Open(path);
+  EXPECT_TRUE(in.ok()) << in.status().ToString();
+  if (!in.ok()) return "";
+  auto plain = compress::NewDecompressingStream(**in);
+  EXPECT_TRUE(plain.ok()) << plain.status().ToString();
+  if (!plain.ok()) return "";
+  MemoryOutputStream tar;
+  EXPECT_TRUE(CopyStream(**plain, tar).ok());
+  std::span<const uint8_t> bytes(tar.bytes());
+  constexpr size_t kSaltHeader = 1024;  // format::kLayerSaltHeaderSize
+  if (bytes.size() > kSaltHeader && bytes[156] == 'g' &&
+      std::string_view(reinterpret_cast<const char*>(bytes.data()) + 512, 512)
+              .find(" comment=lazycrypt-layer-salt:") != std::string_view::npos) {
+    bytes = bytes.subspan(kSaltHeader);
+  }
+  return crypto::OciDigest(crypto::Sha256::Of(bytes));
+}
+
 // Writes the zstd compression of `from` (libzstd) to `to`.
 inline void ZstdCompressFile(const std::filesystem::path& from, const std::filesystem::path& to) {
   auto in = FdInputStream::Open(from);

@@ -28,6 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr const char* kMarker = "lazycrypt-sample\n";  // /etc/hostname of the busybox image
 
@@ -70,7 +71,9 @@ TEST(RegistryRoundTripContainerd, EncryptInspectDecryptAndRunWithContainerd) {
   ASSERT_EQ(anyone["layers"].size(), 1u);
   EXPECT_EQ(anyone["layers"][0]["kind"], "lazycrypt");
   EXPECT_EQ(anyone["layers"][0]["mediaType"], std::string(image::kMediaTypeLazycryptLayer));
-  EXPECT_EQ(anyone["layers"][0]["diffID"], original.config.diff_ids[0]);
+  // A diff_id of its own (docs/FORMAT.md §5.1): never the plain original's chain ID.
+  EXPECT_NE(anyone["layers"][0]["diffID"], original.config.diff_ids[0]);
+  const std::string enc_diff_id = anyone["layers"][0]["diffID"].get<std::string>();
   EXPECT_THAT(anyone["layers"][0]["tocDigest"].get<std::string>(), ::testing::StartsWith("sha256:"));
   EXPECT_FALSE(anyone["layers"][0].contains("openedWith"));
   auto keyed = ParseJson(
@@ -87,14 +90,16 @@ TEST(RegistryRoundTripContainerd, EncryptInspectDecryptAndRunWithContainerd) {
                     "oci:" + (w / "dec").string() + ":latest"});
   ASSERT_FALSE(HasFailure()) << (*registry)->Log();
 
-  // The decrypted images' layers are plain again and hold exactly the original tar streams:
-  // config diff_ids unchanged, and the SHA-256 of each layer blob's decompressed content (the
-  // layout's file; the registry's stored blob) equals the original diff_id.
+  // The decrypted images' layers are plain again and hold the encrypted layer's tar stream: the
+  // salt header (docs/FORMAT.md §5.1), then exactly the original tar stream. The config (the
+  // encrypted image's) names its diff_id; after the header the SHA-256 is the original diff_id.
   image::LoadedImage layout_dec = LoadLayoutImage(w / "dec");
-  EXPECT_EQ(layout_dec.config.diff_ids, original.config.diff_ids);
+  EXPECT_EQ(layout_dec.config.diff_ids, std::vector<std::string>{enc_diff_id});
   ASSERT_EQ(layout_dec.manifest.layers.size(), 1u);
   EXPECT_EQ(layout_dec.manifest.layers[0].media_type, std::string(image::kMediaTypeOciLayerTarZstd));
   EXPECT_EQ(DecompressedSha256(BlobPath(w / "dec", layout_dec.manifest.layers[0].digest)),
+            enc_diff_id);
+  EXPECT_EQ(SourceTarSha256(BlobPath(w / "dec", layout_dec.manifest.layers[0].digest)),
             original.config.diff_ids[0]);
   auto registry_dec = ParseJson(
       LazycryptMustRun({"inspect", "--json", "--plain-http", dec_ref}).stdout_text);
@@ -102,10 +107,10 @@ TEST(RegistryRoundTripContainerd, EncryptInspectDecryptAndRunWithContainerd) {
   const auto& dec_layer = registry_dec["layers"][0];
   EXPECT_NE(dec_layer["kind"], "lazycrypt");
   EXPECT_NE(dec_layer["kind"], "ocicrypt");
-  EXPECT_EQ(dec_layer["diffID"], original.config.diff_ids[0]);
+  EXPECT_EQ(dec_layer["diffID"], enc_diff_id);
   EXPECT_EQ(dec_layer["digest"], layout_dec.manifest.layers[0].digest);  // same bytes both ways
-  EXPECT_EQ(DecompressedSha256(RegistryBlobPath((*registry)->storage_dir(),
-                                                dec_layer["digest"].get<std::string>())),
+  EXPECT_EQ(SourceTarSha256(RegistryBlobPath((*registry)->storage_dir(),
+                                             dec_layer["digest"].get<std::string>())),
             original.config.diff_ids[0]);
 
   // 4. containerd pulls the decrypted image from the registry and runc runs it.
@@ -122,10 +127,13 @@ TEST(RegistryRoundTripContainerd, EncryptInspectDecryptAndRunWithContainerd) {
   EXPECT_EQ(run->exit_code, 0) << Describe(*run) << "\ncontainerd log:\n" << ctd.Log();
   EXPECT_EQ(run->stdout_text, kMarker);
   // containerd checked the unpacked layer against the config's diff_id and committed it under the
-  // chain ID, which for a one-layer image is that diff_id: the original's.
+  // chain ID, which for a one-layer image is that diff_id: the encrypted layer's, not the
+  // original's (the salt header's tar record was ignored on extraction: the file printed above).
   auto snapshots = ctd.Ctr({"snapshots", "ls"});
   ASSERT_TRUE(snapshots.ok()) << snapshots.status().ToString();
-  EXPECT_THAT(snapshots->stdout_text, HasSubstr(original.config.diff_ids[0])) << Describe(*snapshots);
+  EXPECT_THAT(snapshots->stdout_text, HasSubstr(enc_diff_id)) << Describe(*snapshots);
+  EXPECT_THAT(snapshots->stdout_text, Not(HasSubstr(original.config.diff_ids[0])))
+      << Describe(*snapshots);
   auto check = ctd.Ctr({"images", "check"});
   ASSERT_TRUE(check.ok());
   EXPECT_THAT(check->stdout_text, HasSubstr(ctr_ref));
