@@ -337,7 +337,6 @@ Status AddEntry(const tar::Entry& e, uint64_t tar_offset_shift, v1::Toc& toc) {
 
 }  // namespace
 
-Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputStream& blob,
 std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
   MemoryOutputStream out;
   tar::TarWriter writer(out, tar::Flavor::kPax);
@@ -346,6 +345,7 @@ std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
   return out.Take();
 }
 
+Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputStream& blob,
                                const WriterOptions& options) {
   if (options.chunk_size_bytes < kMinChunkSizeBytes ||
       options.chunk_size_bytes > kMaxChunkSizeBytes) {
@@ -402,9 +402,6 @@ std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
 
   Chunker chunker(options.chunk_size_bytes, raw_pool,
                   [&](ChunkJob job) { return pipeline.Submit(std::move(job)); });
-
-  // Prefetch: normalized name → index of its last regular entry so far (kNotMarked: none yet).
-  constexpr uint32_t kNotMarked = UINT32_MAX;
   // The salt header goes first: the layer's tar stream, and so its diff_id, is this blob's own.
   const std::vector<uint8_t> salt_header = LayerSaltTarHeader(header.salt);
   if (salt_header.size() != kLayerSaltHeaderSize) {
@@ -412,6 +409,9 @@ std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
                             " bytes");
   }
   LC_RETURN_IF_ERROR(chunker.Append(salt_header));
+
+  // Prefetch: normalized name → index of its last regular entry so far (kNotMarked: none yet).
+  constexpr uint32_t kNotMarked = UINT32_MAX;
   std::unordered_map<std::string, uint32_t> prefetch_wanted;
   for (const std::string& path : options.prefetch_paths) {
     if (!IsNormalizedName(path)) {
@@ -478,11 +478,11 @@ std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
                          "bytes after the end-of-archive marker");
   }
   LC_RETURN_IF_ERROR(chunker.Finish());
+  // (The chunker is never empty: the salt header is in it.)
+  if (source_size == 0) return Status::Corruption("the layer's tar stream is empty");
   LC_RETURN_IF_ERROR(pipeline.Finish());
 
   for (const RecordHeader& h : chunk_table) {
-  // (The chunker is never empty: the salt header is in it.)
-  if (source_size == 0) return Status::Corruption("the layer's tar stream is empty");
     v1::Chunk* c = toc.add_chunks();
     c->set_payload_size(h.payload_size);
     c->set_raw_size(h.raw_size);
@@ -491,12 +491,12 @@ std::vector<uint8_t> LayerSaltTarHeader(const Salt& salt) {
   WriteResult result;
   result.tar_size = chunker.total();
   result.diff_id = chunker.Digest();
+  result.source_tar_size = source_size;
+  result.source_diff_id = source_hash.Finish();
   result.chunk_count = static_cast<uint64_t>(toc.chunks_size());
   result.entry_count = static_cast<uint64_t>(toc.entries_size());
   result.key_commitment = keys.commitment;
   toc.set_tar_size(result.tar_size);
-  result.source_tar_size = source_size;
-  result.source_diff_id = source_hash.Finish();
   toc.set_tar_sha256(result.diff_id.data(), result.diff_id.size());
 
   // Self-check: the TOC must pass the very validation every reader applies (data ranges against
