@@ -306,6 +306,7 @@ Result<std::unique_ptr<Ring>> BuildRing(DataKind kind, size_t chunk_size) {
     chunk.raw_size = header.raw_size;
     chunk.stored = header.stored;
     chunk.last = header.last;
+    chunk.record_sha256 = crypto::Sha256::Of(record);  // the TOC's pin (checked by Open)
     // The check that makes the timing mean something: the record opens to its input.
     LC_RETURN_IF_ERROR(ring->opener->Open(chunk, record, check));
     if (check != raw) return Status::Internal("open: chunk " + std::to_string(i) + " differs");

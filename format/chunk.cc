@@ -131,7 +131,19 @@ Status ChunkOpener::Open(const ChunkInfo& chunk, ByteSpan record, MutableByteSpa
     return Status::Corruption(ChunkName(chunk.index) +
                               ": record header does not match the chunk table");
   }
+  if (Status s = CheckRecordDigest(chunk, record); !s.ok()) {
+    Zero(raw_out);
+    return s;
+  }
   return Open(chunk.index, record, raw_out);
+}
+
+Status CheckRecordDigest(const ChunkInfo& chunk, ByteSpan record) {
+  if (crypto::Sha256::Of(record) != chunk.record_sha256) {
+    return Status::AuthFailed(ChunkName(chunk.index) +
+                              ": record does not match the digest pinned in the TOC");
+  }
+  return Status::Ok();
 }
 
 // ---- ChunkSealer -------------------------------------------------------------------------------

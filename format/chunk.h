@@ -46,7 +46,10 @@ class ChunkOpener {
   Status Open(uint64_t index, ByteSpan record, MutableByteSpan raw_out) const;
 
   // Same, after checking that the record header is exactly the one the (verified) chunk table
-  // promises for chunk.index (sizes, stored flag, last flag): Corruption otherwise.
+  // promises for chunk.index (sizes, stored flag, last flag): Corruption otherwise; and that the
+  // record's SHA-256 is the one the TOC pins (CheckRecordDigest) before decrypting a byte of it.
+  // Every lazy read (LayerReader, CachedLayer: fresh from the source or from the disk cache)
+  // opens records through this overload.
   Status Open(const ChunkInfo& chunk, ByteSpan record, MutableByteSpan raw_out) const;
 
   // Authenticates and decrypts only: writes the payload (a zstd frame, or the raw bytes when
@@ -60,6 +63,12 @@ class ChunkOpener {
   crypto::AesGcm gcm_;
   Salt salt_;
 };
+
+// AuthFailed("chunk i: record does not match the digest pinned in the TOC") unless
+// SHA-256(record) == chunk.record_sha256. GCM proves only that some holder of the layer key sealed
+// a record (every recipient and the author hold it); the pin proves it is the record the TOC, and
+// so the manifest, names. Callers check it before opening the record.
+Status CheckRecordDigest(const ChunkInfo& chunk, ByteSpan record);
 
 // Builds chunk records (used by the writer; public so tests and tools can craft records).
 // Thread-safe: Seal is const; the caller supplies a compressor per thread.

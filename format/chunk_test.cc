@@ -284,9 +284,18 @@ TEST(ChunkRecord, OpenAgainstChunkTableChecksTheHeader) {
   info.raw_size = h.raw_size;
   info.stored = h.stored;
   info.last = false;
+  info.record_sha256 = crypto::Sha256::Of(record);
   std::vector<uint8_t> out(raw.size());
   ASSERT_TRUE(f.opener->Open(info, record, out).ok());
   EXPECT_EQ(out, raw);
+  // A record that authenticates but is not the one the TOC pins: refused, output zeroed.
+  info.record_sha256[0] ^= 1;
+  std::fill(out.begin(), out.end(), 0xAA);
+  Status pinned = f.opener->Open(info, record, out);
+  EXPECT_EQ(pinned.code(), StatusCode::kAuthFailed);
+  EXPECT_EQ(pinned.message(), "chunk 4: record does not match the digest pinned in the TOC");
+  EXPECT_THAT(out, Each(0));
+  info.record_sha256[0] ^= 1;
   info.last = true;  // the table says this is the final chunk; the record says otherwise
   std::fill(out.begin(), out.end(), 0xAA);
   Status s = f.opener->Open(info, record, out);

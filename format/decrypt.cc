@@ -18,6 +18,7 @@ namespace {
 struct Decoded {
   std::vector<uint8_t> raw;
   std::vector<uint8_t> frame;
+  crypto::Sha256Digest record_sha256{};  // stream path: compared with the TOC's pin at the end
 };
 
 // Per-worker zstd contexts.
@@ -50,12 +51,17 @@ class ChunkDecoder {
         return Status::Corruption("chunk " + std::to_string(index) +
                                   ": record header does not match the chunk table");
       }
+      // The pin before the key: a record sealed by another key holder is never opened.
+      LC_RETURN_IF_ERROR(CheckRecordDigest(*expected, record));
     }
     if (record.size() < kRecordHeaderSize) {
       return Status::Corruption("chunk " + std::to_string(index) + ": record is truncated");
     }
     LC_ASSIGN_OR_RETURN(RecordHeader header, ParseRecordHeader(record.first(kRecordHeaderSize)));
     Decoded d;
+    // Without the TOC yet (stream path), hash the record here, on the worker, for the check
+    // against the pins once the TOC is open.
+    if (expected == nullptr) d.record_sha256 = crypto::Sha256::Of(record);
     d.raw = pool_.Get();
     if (options_.output == DecryptOutput::kTar) {
       d.raw.resize(header.raw_size);
@@ -84,6 +90,7 @@ class ChunkDecoder {
   }
 
   Status Emit(Decoded& d) {
+    record_digests_.push_back(d.record_sha256);
     hash_.Update(d.raw);
     tar_size_ += d.raw.size();
     LC_RETURN_IF_ERROR(matcher_.Feed(d.raw));
@@ -94,6 +101,8 @@ class ChunkDecoder {
   }
 
   uint64_t tar_size() const { return tar_size_; }
+  // SHA-256 of each record emitted, in order (stream path; zero when the pin was checked first).
+  const std::vector<crypto::Sha256Digest>& record_digests() const { return record_digests_; }
   crypto::Sha256Digest Finish() { return hash_.Finish(); }
 
  private:
@@ -105,6 +114,7 @@ class ChunkDecoder {
   internal::BufferPool pool_;
   crypto::Sha256 hash_;
   uint64_t tar_size_ = 0;
+  std::vector<crypto::Sha256Digest> record_digests_;
 };
 
 Status CheckDiffId(const crypto::Sha256Digest& from_toc, const crypto::Sha256Digest& computed) {
@@ -263,6 +273,13 @@ Result<crypto::Sha256Digest> DecryptLayerStream(
     if (toc.chunks[i].record_header() != seen[i]) {
       return Status::Corruption("chunk " + std::to_string(i) +
                                 ": record header does not match the TOC's chunk table");
+    }
+    // Records arrive before the TOC: each was hashed as it streamed (output already written
+    // is discarded by the caller on this error).
+    if (i >= decoder.record_digests().size() ||
+        decoder.record_digests()[i] != toc.chunks[i].record_sha256) {
+      return Status::AuthFailed("chunk " + std::to_string(i) +
+                                ": record does not match the digest pinned in the TOC");
     }
   }
   crypto::Sha256Digest diff_id = decoder.Finish();

@@ -817,7 +817,9 @@ TEST_F(LayerTamper, FlippedChunkCiphertextByte) {
   for (const char* file : {"bin/tool", "bin/noise"}) {  // a compressed and a stored chunk
     const ChunkInfo& c = ChunkOf(*index, file);
     auto blob = Flipped(c.blob_offset + kRecordHeaderSize + c.payload_size / 2);
-    ExpectLazyReadFails(blob, file, StatusCode::kAuthFailed, "authentication failed");
+    // The record's pin is checked before GCM (the stream path, without the TOC yet, opens it).
+    ExpectLazyReadFails(blob, file, StatusCode::kAuthFailed,
+                        "does not match the digest pinned in the TOC");
     ExpectDecodersFail(blob, StatusCode::kAuthFailed, "chunk " + std::to_string(c.index),
                        StatusCode::kAuthFailed, "chunk " + std::to_string(c.index));
   }
@@ -827,8 +829,9 @@ TEST_F(LayerTamper, FlippedChunkTagByte) {
   auto index = OpenIndex(written().blob);
   const ChunkInfo& c = ChunkOf(*index, "bin/tool");
   auto blob = Flipped(c.blob_end() - 1, 0x80);
-  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kAuthFailed, "authentication failed");
-  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "authentication failed",
+  ExpectLazyReadFails(blob, "bin/tool", StatusCode::kAuthFailed,
+                      "does not match the digest pinned in the TOC");
+  ExpectDecodersFail(blob, StatusCode::kAuthFailed, "does not match the digest pinned in the TOC",
                      StatusCode::kAuthFailed, "authentication failed");
 }
 
@@ -1233,7 +1236,7 @@ class Forge {
     sealer_ = std::move(ChunkSealer::FromKeys(keys_, header_.salt)).value();
     BlobHeaderBytes hb = EncodeBlobHeader(header_);
     blob_.assign(hb.begin(), hb.end());
-    toc_.set_version(1);
+    toc_.set_version(kTocVersion);
     toc_.set_target_chunk_size(kChunk);
   }
 
@@ -1250,6 +1253,8 @@ class Forge {
     c->set_payload_size(h->payload_size);
     c->set_raw_size(listed_raw_size.value_or(h->raw_size));
     c->set_stored(h->stored);
+    const crypto::Sha256Digest pin = crypto::Sha256::Of(record);
+    c->set_record_sha256(pin.data(), pin.size());
     blob_.insert(blob_.end(), record.begin(), record.end());
   }
   // Lists a regular file as the writer would (the decoders match the TOC against the tar).
@@ -1294,6 +1299,7 @@ class Forge {
     return blob_;
   }
   const crypto::Sha256Digest& toc_digest() const { return toc_digest_; }
+  void SetTocVersionForTest(uint32_t version) { toc_.set_version(version); }
 
  private:
   LayerKey key_ = TestKey(3);
@@ -1872,6 +1878,149 @@ TEST(WriterProbe, StoresWhatItsSamplesCannotCompressAndCompressesTheRest) {
     ASSERT_TRUE(eager.ok()) << eager.status().ToString();
     EXPECT_TRUE(*eager == BlobTar(layer->written, layer->tar));
   }
+}
+
+// ---- Records pinned by the TOC (FORMAT.md §4, §7) ------------------------------------------------
+// A co-recipient (or the author) holds the layer key: it can re-seal a record with the right
+// chunk key, nonce and AAD for its index, and GCM accepts it. The TOC's per-record SHA-256 (pinned
+// through the TOC digest in the manifest) is what refuses it, on every path.
+
+class PinnedRecords : public ::testing::Test {
+ protected:
+  static constexpr std::string_view kMarker = "the author wrote this text";
+  static constexpr std::string_view kForged = "A CO-RECIPIENT FORGED THIS";
+
+  void SetUp() override {
+    std::vector<uint8_t> data = Pattern(100 * 1024, 77, /*compressible=*/false);  // stored chunks
+    std::memcpy(data.data(), kMarker.data(), kMarker.size());
+    tar::Entry e = TarEntry("secret", tar::EntryType::kRegular);
+    e.size = data.size();
+    MemoryOutputStream out;
+    tar::TarWriter w(out);
+    ASSERT_TRUE(w.AppendEntry(e, data).ok());
+    ASSERT_TRUE(w.Finish().ok());
+    written_ = WriteBlob(out.bytes(), TestKey());
+    MemoryBlobSource source(written_.blob);
+    auto index = LayerIndex::Open(source, TestKey(), written_.result.toc_digest);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    index_ = *index;
+    entry_ = index_->Find("secret");
+    ASSERT_NE(entry_, nullptr);
+    chunk_ = index_->chunks()[index_->ChunksForRange(*entry_, 0, 1).first];
+    ASSERT_TRUE(chunk_.stored);
+
+    // The forgery: open the record with the layer key, change the text, seal it again as the same
+    // chunk (same header, so same size, nonce and AAD).
+    auto header = ParseBlobHeader(ByteSpan(written_.blob).first(kBlobHeaderSize));
+    ASSERT_TRUE(header.ok());
+    auto keys = DeriveKeys(TestKey(), header->salt);
+    ASSERT_TRUE(keys.ok());
+    auto opener = ChunkOpener::FromKeys(*keys, header->salt);
+    auto sealer = ChunkSealer::FromKeys(*keys, header->salt);
+    ASSERT_TRUE(opener.ok() && sealer.ok());
+    ByteSpan record = ByteSpan(written_.blob).subspan(chunk_.blob_offset, chunk_.record_size());
+    std::vector<uint8_t> payload(chunk_.payload_size);
+    ASSERT_TRUE((*opener)->OpenPayload(chunk_.index, record, payload).ok());
+    const uint64_t at = entry_->data_offset - chunk_.tar_offset;
+    ASSERT_EQ(std::string_view(reinterpret_cast<const char*>(payload.data()) + at, kMarker.size()),
+              kMarker);
+    std::memcpy(payload.data() + at, kForged.data(), kForged.size());
+    std::vector<uint8_t> forged_record;
+    ASSERT_TRUE((*sealer)->SealRaw(chunk_.index, chunk_.record_header(), payload, forged_record).ok());
+    ASSERT_EQ(forged_record.size(), chunk_.record_size());
+    forged_ = written_.blob;
+    std::copy(forged_record.begin(), forged_record.end(), forged_.begin() + chunk_.blob_offset);
+
+    // What makes this a forgery the pin alone catches: GCM accepts the record as chunk i.
+    std::vector<uint8_t> raw(chunk_.raw_size);
+    ASSERT_TRUE((*opener)->Open(chunk_.index, forged_record, raw).ok());
+    ASSERT_EQ(std::string_view(reinterpret_cast<const char*>(raw.data()) + at, kForged.size()),
+              kForged);
+  }
+
+  std::string WantMessage() const {
+    return "chunk " + std::to_string(chunk_.index) +
+           ": record does not match the digest pinned in the TOC";
+  }
+
+  Written written_;
+  std::shared_ptr<const LayerIndex> index_;
+  const Entry* entry_ = nullptr;
+  ChunkInfo chunk_;
+  std::vector<uint8_t> forged_;
+};
+
+TEST_F(PinnedRecords, LazyReadRefusesAResealedRecord) {
+  MemoryBlobSource source(forged_);
+  auto reader = LayerReader::Open(source, TestKey(), written_.result.toc_digest);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();  // footer and TOC are untouched
+  std::vector<uint8_t> out(kMarker.size(), 0xEE);
+  auto n = (*reader)->ReadFile(*entry_, 0, out);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), StatusCode::kAuthFailed);
+  EXPECT_THAT(n.status().message(), HasSubstr(WantMessage()));
+  EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](uint8_t b) { return b == 0; }));
+  auto chunk = (*reader)->ReadChunk(chunk_.index);
+  EXPECT_EQ(chunk.status().code(), StatusCode::kAuthFailed);
+  // A record from a ciphertext cache goes through the same check.
+  std::vector<uint8_t> raw(chunk_.raw_size, 0xEE);
+  Status s = (*reader)->OpenRecord(
+      chunk_.index, ByteSpan(forged_).subspan(chunk_.blob_offset, chunk_.record_size()), raw);
+  EXPECT_THAT(s.message(), HasSubstr(WantMessage()));
+  EXPECT_TRUE(std::all_of(raw.begin(), raw.end(), [](uint8_t b) { return b == 0; }));
+  // The untouched blob reads the author's text.
+  MemoryBlobSource good(written_.blob);
+  auto good_reader = LayerReader::Open(good, TestKey(), written_.result.toc_digest);
+  ASSERT_TRUE(good_reader.ok());
+  ASSERT_TRUE((*good_reader)->ReadFile(*entry_, 0, out).ok());
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(out.data()), out.size()), kMarker);
+}
+
+TEST_F(PinnedRecords, EagerDecryptRefusesAResealedRecord) {
+  for (DecryptOutput mode : {DecryptOutput::kTar, DecryptOutput::kTarZstd}) {
+    auto eager = Eager(forged_, TestKey(), written_.result.toc_digest, mode);
+    ASSERT_FALSE(eager.ok());
+    EXPECT_EQ(eager.status().code(), StatusCode::kAuthFailed);
+    EXPECT_THAT(eager.status().message(), HasSubstr(WantMessage()));
+  }
+}
+
+TEST_F(PinnedRecords, StreamDecryptRefusesAResealedRecord) {
+  for (bool pin : {true, false}) {
+    std::optional<crypto::Sha256Digest> pinned;
+    if (pin) pinned = written_.result.toc_digest;
+    for (DecryptOutput mode : {DecryptOutput::kTar, DecryptOutput::kTarZstd}) {
+      auto streamed = Stream(forged_, TestKey(), pinned, mode);
+      ASSERT_FALSE(streamed.ok());
+      EXPECT_EQ(streamed.status().code(), StatusCode::kAuthFailed);
+      EXPECT_THAT(streamed.status().message(), HasSubstr(WantMessage()));
+    }
+  }
+}
+
+// A blob whose TOC says version 1 (no pins) is refused by every reader, with the same message.
+TEST(PinnedRecordsToc, AnOldTocWithoutPinsIsRefusedEverywhere) {
+  Forge forge;
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  tar::Entry e = TarEntry("f", tar::EntryType::kRegular);
+  e.size = 10;
+  ASSERT_TRUE(w.AppendEntry(e, AsBytes("0123456789")).ok());
+  ASSERT_TRUE(w.Finish(0).ok());
+  std::vector<uint8_t> raw = out.Take();
+  forge.AddChunk(raw, /*last=*/true);
+  forge.SetTocVersionForTest(1);
+  std::vector<uint8_t> blob = forge.Finish(raw);
+  const std::string want =
+      "TOC has no chunk digests (written by an older lazycrypt); re-encrypt the image";
+  MemoryBlobSource source(blob);
+  auto index = LayerIndex::Open(source, forge.key(), forge.toc_digest());
+  ASSERT_FALSE(index.ok());
+  EXPECT_THAT(index.status().message(), HasSubstr(want));
+  auto eager = Eager(blob, forge.key(), forge.toc_digest());
+  EXPECT_THAT(eager.status().message(), HasSubstr(want));
+  auto streamed = Stream(blob, forge.key(), forge.toc_digest());
+  EXPECT_THAT(streamed.status().message(), HasSubstr(want));
 }
 
 }  // namespace

@@ -172,8 +172,13 @@ uint64_t TocLimits::MaxSealedBytes() const {
 Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, const TocLimits& limits) {
   Toc toc;
   toc.version = proto.version();
-  if (toc.version != 1) {
-    return Status::Corruption("TOC: version " + Num(toc.version) + " is not supported (need 1)");
+  if (toc.version == 1) {
+    return Status::Corruption(
+        "TOC has no chunk digests (written by an older lazycrypt); re-encrypt the image");
+  }
+  if (toc.version != kTocVersion) {
+    return Status::Corruption("TOC: version " + Num(toc.version) + " is not supported (need " +
+                              Num(kTocVersion) + ")");
   }
   toc.target_chunk_size = proto.target_chunk_size();
   if (toc.target_chunk_size < kMinChunkSizeBytes || toc.target_chunk_size > kMaxChunkSizeBytes) {
@@ -211,6 +216,11 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, cons
                                 (info.stored ? "stored" : "compressed") + " chunk of " +
                                 Num(info.raw_size) + " raw bytes");
     }
+    if (c.record_sha256().size() != info.record_sha256.size()) {
+      return Status::Corruption("TOC chunk " + Num(i) + ": record digest is " +
+                                Num(c.record_sha256().size()) + " bytes, need 32");
+    }
+    std::memcpy(info.record_sha256.data(), c.record_sha256().data(), info.record_sha256.size());
     info.blob_offset = blob_offset;
     info.tar_offset = tar_offset;
     // No overflow: at most kMaxChunks records of at most ~17 MiB each.

@@ -21,6 +21,10 @@ namespace v1 {
 class Toc;  // format/toc.pb.h; kept out of this header
 }
 
+// The TOC's `version` field (not the blob header's, which stays kFormatVersion). Version 2 added
+// a SHA-256 per chunk record; readers refuse version 1 ("TOC has no chunk digests").
+inline constexpr uint32_t kTocVersion = 2;
+
 enum class EntryType : uint8_t {
   kRegular = 1,
   kDirectory = 2,
@@ -59,6 +63,8 @@ struct ChunkInfo {
   bool last = false;         // index == chunk count - 1
   uint64_t blob_offset = 0;  // offset of the record (its header) in the blob
   uint64_t tar_offset = 0;   // offset of its first raw byte in the tar stream
+  // SHA-256 of the record's bytes in the blob (header, ciphertext, tag), pinned by the TOC.
+  crypto::Sha256Digest record_sha256{};
 
   uint64_t record_size() const { return kRecordHeaderSize + uint64_t{payload_size} + kTagSize; }
   uint64_t blob_end() const { return blob_offset + record_size(); }
@@ -68,7 +74,7 @@ struct ChunkInfo {
 };
 
 // A validated TOC. Invariants (established by ParseToc/TocFromProto):
-// - version 1; kMinChunkSizeBytes <= target_chunk_size <= kMaxChunkSizeBytes;
+// - version kTocVersion; every chunk has its record's SHA-256; kMinChunkSizeBytes <= target_chunk_size <= kMaxChunkSizeBytes;
 // - 1 <= chunks.size() <= kMaxChunks; every chunk 1 <= raw_size <= target_chunk_size, payload
 //   sizes as ParseRecordHeader requires; offsets cumulative from kBlobHeaderSize / 0; exactly the
 //   final chunk has last = true; sum of raw sizes == tar_size;

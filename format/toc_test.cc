@@ -87,15 +87,17 @@ v1::Entry* AddEntry(v1::Toc& toc, const std::string& name, v1::EntryType type) {
 // A valid TOC: 2 chunks (64 KiB + 1000 bytes) and one of every entry type.
 v1::Toc ValidProto() {
   v1::Toc toc;
-  toc.set_version(1);
+  toc.set_version(kTocVersion);
   toc.set_target_chunk_size(64 * 1024);
   v1::Chunk* c0 = toc.add_chunks();
   c0->set_payload_size(5000);
   c0->set_raw_size(64 * 1024);
+  c0->set_record_sha256(std::string(32, '\x10'));
   v1::Chunk* c1 = toc.add_chunks();
   c1->set_payload_size(1000);
   c1->set_raw_size(1000);
   c1->set_stored(true);
+  c1->set_record_sha256(std::string(32, '\x11'));
   toc.set_tar_size(64 * 1024 + 1000);
   toc.set_tar_sha256(std::string(32, '\x42'));
   AddEntry(toc, ".", v1::ENTRY_TYPE_DIRECTORY);
@@ -143,6 +145,8 @@ TEST(ParseToc, AcceptsValidTocAndDerivesOffsets) {
   EXPECT_EQ(toc->records_end(), kBlobHeaderSize + (12 + 5000 + 16) + (12 + 1000 + 16));
   EXPECT_EQ(toc->tar_size, 64u * 1024 + 1000);
   EXPECT_EQ(toc->diff_id[0], 0x42);
+  EXPECT_EQ(toc->chunks[0].record_sha256[0], 0x10);
+  EXPECT_EQ(toc->chunks[1].record_sha256[31], 0x11);
   ASSERT_EQ(toc->entries.size(), 8u);
   const Entry& f = toc->entries[1];
   EXPECT_EQ(f.name, "dir/file");
@@ -165,7 +169,8 @@ void ExpectRejected(const std::function<void(v1::Toc&)>& mutate, const std::stri
 }
 
 TEST(ParseToc, RejectsBadHeaderFields) {
-  ExpectRejected([](v1::Toc& t) { t.set_version(2); }, "version 2");
+  ExpectRejected([](v1::Toc& t) { t.set_version(3); }, "version 3");
+  ExpectRejected([](v1::Toc& t) { t.set_version(0); }, "version 0");
   ExpectRejected([](v1::Toc& t) { t.set_target_chunk_size(1000); }, "target chunk size");
   ExpectRejected([](v1::Toc& t) { t.set_target_chunk_size(32u << 20); }, "target chunk size");
   ExpectRejected([](v1::Toc& t) { t.set_tar_sha256("short"); }, "SHA-256");
@@ -180,6 +185,18 @@ TEST(ParseToc, RejectsBadChunkTables) {
   ExpectRejected([](v1::Toc& t) { t.mutable_chunks(0)->set_payload_size(0); }, "compressed");
   ExpectRejected([](v1::Toc& t) { t.mutable_chunks(0)->set_payload_size(1u << 30); }, "compressed");
   ExpectRejected([](v1::Toc& t) { t.set_tar_size(t.tar_size() + 1); }, "raw bytes but");
+}
+
+// TOC version 2 pins every record (FORMAT.md §4); a version 1 TOC has no pins and is refused.
+TEST(ParseToc, RequiresOneRecordDigestPerChunk) {
+  ExpectRejected([](v1::Toc& t) { t.set_version(1); },
+                 "TOC has no chunk digests (written by an older lazycrypt); re-encrypt the image");
+  ExpectRejected([](v1::Toc& t) { t.mutable_chunks(1)->clear_record_sha256(); },
+                 "TOC chunk 1: record digest is 0 bytes, need 32");
+  ExpectRejected([](v1::Toc& t) { t.mutable_chunks(0)->set_record_sha256(std::string(31, 'x')); },
+                 "TOC chunk 0: record digest is 31 bytes, need 32");
+  ExpectRejected([](v1::Toc& t) { t.mutable_chunks(0)->set_record_sha256(std::string(33, 'x')); },
+                 "record digest is 33 bytes");
 }
 
 TEST(ParseToc, RejectsBadEntries) {

@@ -33,6 +33,7 @@ struct ChunkJob {
 struct SealedChunk {
   RecordHeader header;
   std::vector<uint8_t> record;
+  crypto::Sha256Digest record_sha256{};  // pinned in the TOC
 };
 
 // Everything written to the blob goes through here: counted, and hashed once (when asked).
@@ -373,9 +374,10 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   for (int i = 0; i < threads; ++i) compressors.emplace_back(options.zstd_level);
   std::vector<ProbeScratch> probes(options.probe_incompressible ? threads : 0);
   internal::BufferPool raw_pool, record_pool;
-  std::vector<RecordHeader> chunk_table;  // the emitter's; read after pipeline.Finish()
+  // The emitter's; read after pipeline.Finish().
+  std::vector<std::pair<RecordHeader, crypto::Sha256Digest>> chunk_table;
   v1::Toc toc;
-  toc.set_version(kFormatVersion);
+  toc.set_version(kTocVersion);
   toc.set_target_chunk_size(static_cast<uint32_t>(options.chunk_size_bytes));
 
   internal::OrderedPipeline<ChunkJob, SealedChunk> pipeline(
@@ -391,11 +393,12 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
         auto parsed = ParseRecordHeader(ByteSpan(sealed.record).first(kRecordHeaderSize));
         if (!parsed.ok()) return parsed.status().WithContext("writer produced a bad record");
         sealed.header = *parsed;
+        sealed.record_sha256 = crypto::Sha256::Of(sealed.record);  // on the worker, in parallel
         return sealed;
       },
       [&](SealedChunk& sealed) -> Status {
         LC_RETURN_IF_ERROR(sink.Write(sealed.record));
-        chunk_table.push_back(sealed.header);
+        chunk_table.emplace_back(sealed.header, sealed.record_sha256);
         record_pool.Put(std::move(sealed.record));
         return Status::Ok();
       });
@@ -482,11 +485,12 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
   if (source_size == 0) return Status::Corruption("the layer's tar stream is empty");
   LC_RETURN_IF_ERROR(pipeline.Finish());
 
-  for (const RecordHeader& h : chunk_table) {
+  for (const auto& [h, digest] : chunk_table) {
     v1::Chunk* c = toc.add_chunks();
     c->set_payload_size(h.payload_size);
     c->set_raw_size(h.raw_size);
     c->set_stored(h.stored);
+    c->set_record_sha256(digest.data(), digest.size());
   }
   WriteResult result;
   result.tar_size = chunker.total();

@@ -2,9 +2,21 @@
 
 #include <cstdio>
 
+#include "crypto/digest.h"
 #include "image/layer.h"
 
 namespace lazycrypt::lazylayer {
+
+std::string LayerStoreKey(std::string_view layer_digest, std::string_view toc_digest) {
+  std::string key(layer_digest);
+  for (char& c : key) {
+    if (c == ':') c = '-';
+  }
+  const size_t colon = toc_digest.find(':');
+  std::string_view toc_hex =
+      colon == std::string_view::npos ? toc_digest : toc_digest.substr(colon + 1);
+  return key + "-toc-" + std::string(toc_hex.substr(0, 48));
+}
 
 Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> source,
@@ -23,11 +35,8 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
 
   cache::CachedLayerOptions cache_options = options.cache;
   if (cache_options.store_key.empty()) {
-    // One blob per digest; the digest is what containerd and the registry name it by.
-    cache_options.store_key = descriptor.digest;
-    for (char& c : cache_options.store_key) {
-      if (c == ':') c = '-';
-    }
+    cache_options.store_key =
+        LayerStoreKey(descriptor.digest, crypto::OciDigest(verified->index->toc_digest()));
   }
   auto cached = cache::CachedLayer::Create(std::move(verified->index), std::move(verified->opener),
                                            layer->source_, options.store, cache_options);

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cache/cached_layer.h"
@@ -23,6 +24,13 @@
 #include "keywrap/keys.h"
 
 namespace lazycrypt::lazylayer {
+
+// The ChunkStore key of a lazycrypt layer's cached records: "sha256-<blob hex>-toc-<first 48 hex
+// of the pinned TOC digest>" (124 characters) from the layer's digest and its TOC digest (both
+// "sha256:<hex>"). The lazy path never hashes a whole blob, so the key names the TOC too, which
+// pins every record (docs/FORMAT.md §4): records cached for one image are never looked up for
+// another image's blob or TOC (and a record that fails its pin is refused when opened anyway).
+std::string LayerStoreKey(std::string_view layer_digest, std::string_view toc_digest);
 
 // Background verification of a lazily mounted layer (docs/FORMAT.md §8.4): once mounted, every
 // chunk is fetched and opened in order, the SHA-256 of the tar stream is compared with the TOC's

@@ -121,10 +121,8 @@ void AppendStat(std::string& out, const std::filesystem::path& path) {
 
 // The store key MountedLayer uses by default for a layer's cached ciphertext (mounted_layer.cc):
 // for a layer that is not mounted now (its restore failed), whose CachedLayer cannot say.
-std::string DefaultStoreKey(const std::string& layer_digest) {
-  std::string key = layer_digest;
-  std::replace(key.begin(), key.end(), ':', '-');
-  return key;
+std::string DefaultStoreKey(const std::string& layer_digest, const std::string& toc_digest) {
+  return LayerStoreKey(layer_digest, toc_digest);
 }
 
 const char* VerificationName(Verification v) {
@@ -399,7 +397,7 @@ Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::Check
     if (source.ok() && *source) {
       out.layer_digest = (*source)->layer_digest;
       store_key = impl_->options.layer.cache.store_key.empty()
-                      ? DefaultStoreKey(out.layer_digest)
+                      ? DefaultStoreKey(out.layer_digest, (*source)->toc_digest)
                       : impl_->options.layer.cache.store_key;
     }
   }

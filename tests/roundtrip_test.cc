@@ -347,7 +347,8 @@ TEST(ImageRoundTrip, TamperedLazycryptLayerFailsAndWritesNothing) {
   std::string bytes = ReadFileString(BlobPath(tmp / "enc", layer.digest));
 
   // Flip a byte in a chunk record of bin/busybox, then give the layout a consistent digest for it
-  // (as an attacker controlling the registry could): only the GCM tag can tell.
+  // (as an attacker controlling the registry could): the record's pin in the TOC (and the GCM
+  // tag) tell.
   {
     std::vector<keywrap::PrivateKey> keys;
     keys.push_back(std::move(keywrap::PrivateKey::Load(key.priv.string())).value());
@@ -379,7 +380,8 @@ TEST(ImageRoundTrip, TamperedLazycryptLayerFailsAndWritesNothing) {
                        Oci(tmp / "dec"));
   EXPECT_EQ(dec.exit_code, 1) << dec.output;
   EXPECT_THAT(dec.output, HasSubstr("lazycrypt: " + image::LayerName(0, layer) + ": "));
-  EXPECT_THAT(dec.output, HasSubstr("authentication failed"));
+  // The record's SHA-256 pinned in the TOC is checked before GCM (docs/FORMAT.md §8).
+  EXPECT_THAT(dec.output, HasSubstr("does not match the digest pinned in the TOC"));
   EXPECT_FALSE(fs::exists(tmp / "dec"));
 
   // Reading the file list needs only the TOC, which is intact; reading a file in the altered
@@ -389,7 +391,7 @@ TEST(ImageRoundTrip, TamperedLazycryptLayerFailsAndWritesNothing) {
   auto cat = Lazycrypt("layer cat -k " + ShellQuote(key.priv.string()) + " " + Oci(tmp / "enc") +
                        " bin/busybox > /dev/null");
   EXPECT_EQ(cat.exit_code, 1) << cat.output;
-  EXPECT_THAT(cat.output, HasSubstr("authentication failed"));
+  EXPECT_THAT(cat.output, HasSubstr("does not match the digest pinned in the TOC"));
 }
 
 TEST(ImageRoundTrip, ThroughARegistryWithBasicAuth) {
