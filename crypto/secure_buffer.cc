@@ -88,6 +88,10 @@ void SecureBuffer::SetReleaseObserverForTesting(ReleaseObserver observer) {
   g_release_observer.store(observer);
 }
 
+ScopedWipe::~ScopedWipe() {
+  if (!bytes_.empty()) OPENSSL_cleanse(bytes_.data(), bytes_.size());
+}
+
 bool ConstantTimeEquals(std::span<const uint8_t> a, std::span<const uint8_t> b) {
   if (a.size() != b.size()) return false;
   if (a.empty()) return true;

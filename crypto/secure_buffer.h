@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace lazycrypt::crypto {
 
@@ -47,6 +48,21 @@ class SecureBuffer {
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
   size_t mapped_bytes_ = 0;  // whole pages; 0 when empty
+};
+
+// Wipes an ordinary byte vector that holds plaintext (a decrypted TOC, file data) when the scope
+// ends, whatever way it ends; the vector itself stays usable (zeroed). For buffers too large or too
+// short-lived for a SecureBuffer. `bytes` must outlive this object and not be reallocated
+// meanwhile (a reallocation would leave the old block unwiped).
+class ScopedWipe {
+ public:
+  explicit ScopedWipe(std::vector<uint8_t>& bytes) : bytes_(bytes) {}
+  ~ScopedWipe();
+  ScopedWipe(const ScopedWipe&) = delete;
+  ScopedWipe& operator=(const ScopedWipe&) = delete;
+
+ private:
+  std::vector<uint8_t>& bytes_;
 };
 
 // Constant-time comparison of equal-length byte strings (false if lengths differ).

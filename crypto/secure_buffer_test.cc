@@ -152,6 +152,22 @@ TEST_F(SecureBufferRelease, MoveAssignWipesTheOverwrittenKey) {
   EXPECT_EQ(old_key.data()[0], 0x11);
 }
 
+TEST(ScopedWipe, WipesThePlaintextWhenTheScopeEndsHoweverItEnds) {
+  std::vector<uint8_t> plaintext(1000, 0x5a);
+  {
+    ScopedWipe wipe(plaintext);
+    EXPECT_EQ(plaintext[999], 0x5a);  // usable meanwhile
+  }
+  EXPECT_TRUE(std::all_of(plaintext.begin(), plaintext.end(), [](uint8_t b) { return b == 0; }));
+  std::vector<uint8_t> thrown(64, 0x77);
+  try {
+    ScopedWipe wipe(thrown);
+    throw 1;
+  } catch (int) {
+  }
+  EXPECT_TRUE(std::all_of(thrown.begin(), thrown.end(), [](uint8_t b) { return b == 0; }));
+}
+
 // Drops CAP_IPC_LOCK from this (child) process's effective set, so RLIMIT_MEMLOCK applies to it.
 bool DropIpcLock() {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};

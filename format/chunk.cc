@@ -17,10 +17,25 @@ void Zero(MutableByteSpan out) {
 }
 
 // Per-thread state for opening compressed chunks: the decrypted frame and a zstd context. Reused
-// across calls so the hot path allocates nothing once warm.
+// across calls so the hot path allocates nothing once warm. The frame is plaintext (compressed):
+// it is wiped after each use, and its block before it is given back (growth, thread exit).
 struct OpenScratch {
   std::vector<uint8_t> frame;
   compress::ZstdDecompressor decompressor;
+
+  OpenScratch() = default;
+  OpenScratch(const OpenScratch&) = delete;
+  OpenScratch& operator=(const OpenScratch&) = delete;
+  ~OpenScratch() { Zero(MutableByteSpan(frame.data(), frame.size())); }
+
+  // The first `size` bytes of a frame buffer of at least that size.
+  MutableByteSpan Frame(size_t size) {
+    if (frame.size() < size) {
+      Zero(MutableByteSpan(frame.data(), frame.size()));  // the old block is freed next
+      std::vector<uint8_t>(size).swap(frame);
+    }
+    return MutableByteSpan(frame.data(), size);
+  }
 };
 OpenScratch& ThreadScratch() {
   thread_local OpenScratch scratch;
@@ -107,14 +122,15 @@ Status ChunkOpener::Open(uint64_t index, ByteSpan record, MutableByteSpan raw_ou
     return OpenPayload(index, record, raw_out).status();
   }
   OpenScratch& scratch = ThreadScratch();
-  if (scratch.frame.size() < header->payload_size) scratch.frame.resize(header->payload_size);
-  MutableByteSpan frame(scratch.frame.data(), header->payload_size);
+  MutableByteSpan frame = scratch.Frame(header->payload_size);
   auto opened = OpenPayload(index, record, frame);
   if (!opened.ok()) {
+    Zero(frame);
     Zero(raw_out);
     return opened.status();
   }
   Status s = scratch.decompressor.DecompressExact(frame, raw_out);
+  Zero(frame);  // the plaintext lives on in raw_out only
   if (!s.ok()) {
     // Authenticated but undecodable: only a holder of the key can produce this.
     Zero(raw_out);

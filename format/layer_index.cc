@@ -5,6 +5,7 @@
 #include <string>
 
 #include "crypto/aes_gcm.h"
+#include "crypto/secure_buffer.h"
 
 namespace lazycrypt::format {
 
@@ -30,6 +31,7 @@ Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
   LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, crypto::AesGcm::Create(keys.toc_key.span()));
   const size_t plaintext_size = sealed.size() - kTagSize;
   std::vector<uint8_t> plaintext(plaintext_size);
+  crypto::ScopedWipe wipe_plaintext(plaintext);  // the TOC's names are confidential
   TocAad aad = MakeTocAad(header_bytes, sealed.size());
   Status s = gcm.Open(TocNonce(), aad, sealed.first(plaintext_size),
                       sealed.subspan(plaintext_size, kTagSize), plaintext);

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "compress/compress.h"
+#include "crypto/secure_buffer.h"
 #include "format/toc.pb.h"
 
 namespace lazycrypt::format {
@@ -345,6 +346,7 @@ Result<Toc> DecodeTocPlaintext(ByteSpan plaintext, const TocLimits& limits) {
                               Num(limits.max_serialized_bytes) + ")");
   }
   std::vector<uint8_t> serialized(serialized_size);
+  crypto::ScopedWipe wipe_serialized(serialized);  // the serialized TOC holds the file names
   compress::ZstdDecompressor decompressor;
   Status s = decompressor.DecompressExact(plaintext.subspan(kTocSizePrefixSize), serialized);
   if (!s.ok()) return s.WithContext("TOC");
