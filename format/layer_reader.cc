@@ -61,7 +61,12 @@ Result<std::shared_ptr<const std::vector<uint8_t>>> LayerReader::ReadChunk(uint6
   MutableByteSpan record_span(record.get(), chunk.record_size());
   LC_RETURN_IF_ERROR(blob_.ReadAt(chunk.blob_offset, record_span)
                          .WithContext("chunk " + std::to_string(index)));
-  auto raw = std::make_shared<std::vector<uint8_t>>(chunk.raw_size);
+  // Plaintext: wiped when the last holder lets go (or when opening fails).
+  std::shared_ptr<std::vector<uint8_t>> raw(new std::vector<uint8_t>(chunk.raw_size),
+                                            [](std::vector<uint8_t>* bytes) {
+                                              Zero(*bytes);
+                                              delete bytes;
+                                            });
   LC_RETURN_IF_ERROR(opener_->Open(chunk, record_span, *raw));
   return std::shared_ptr<const std::vector<uint8_t>>(std::move(raw));
 }

@@ -502,6 +502,11 @@ class FuseMountImpl final : public FuseMount {
       return;
     }
     std::vector<char> buf(size);
+    // The dirents hold decrypted names: wiped however this returns, once the kernel has them.
+    struct WipeOnReturn {
+      std::vector<char>& bytes;
+      ~WipeOnReturn() { explicit_bzero(bytes.data(), bytes.size()); }
+    } wipe_names{buf};
     size_t used = 0;
     size_t total = children->size() + 2;
     for (size_t i = off < 0 ? 0 : static_cast<size_t>(off); i < total; ++i) {
