@@ -118,10 +118,11 @@ Result<Reference> Reference::Parse(std::string_view text) {
     start = slash + 1;
   }
   ref.repository = std::string(name);
-  if (ref.repository.size() > 255) return Status::InvalidArgument(quoted + ": repository name too long");
   if (ref.registry == "docker.io" && ref.repository.find('/') == std::string::npos) {
     ref.repository = "library/" + ref.repository;
   }
+  // After the "library/" prefix: what ToString() writes must parse again (found by registry_fuzz).
+  if (ref.repository.size() > 255) return Status::InvalidArgument(quoted + ": repository name too long");
   if (ref.tag.empty() && ref.digest.empty()) ref.tag = "latest";
   return ref;
 }

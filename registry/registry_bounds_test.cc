@@ -121,6 +121,17 @@ TEST(RegistryBounds, OversizedOrDeepTokenAnswerIsRefused) {
   EXPECT_THAT(m2.status().message(), HasSubstr("JSON nested deeper than 64 levels"));
 }
 
+// Found by registry_fuzz: a 250-character one-component name on docker.io parsed, but its
+// normalized form (with "library/") did not.
+TEST(RegistryBounds, RepositoryLengthCountsTheLibraryPrefix) {
+  EXPECT_FALSE(Reference::Parse(std::string(250, 'a')).ok());
+  auto fits = Reference::Parse(std::string(247, 'a'));
+  ASSERT_TRUE(fits.ok());
+  EXPECT_EQ(fits->repository.size(), 255u);
+  EXPECT_TRUE(Reference::Parse(fits->ToString()).ok());
+  EXPECT_TRUE(Reference::Parse("registry.example:5000/" + std::string(255, 'a')).ok());
+}
+
 TEST(RegistryBounds, TokenResponseParser) {
   EXPECT_EQ(*ParseTokenResponse(R"({"token":"a","access_token":"b"})"), "a");
   EXPECT_EQ(*ParseTokenResponse(R"({"access_token":"b"})"), "b");
