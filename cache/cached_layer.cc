@@ -741,7 +741,6 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
     if (bg_stop) return;
   }
   if (o.start_delay.count() > 0 && !SleepUntil(Clock::now() + o.start_delay)) return;
-  if (o.start_delay.count() > 0 && !SleepUntil(Clock::now() + o.start_delay)) return;
   if (o.lower_cpu_priority) {
     // Linux: the nice value is per thread. Failure only means normal priority.
     (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);

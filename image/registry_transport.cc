@@ -369,8 +369,10 @@ class RegistryDestination final : public ImageDestination {
     d.media_type = std::move(media_type);
     d.digest = crypto::OciDigest(crypto::Sha256::Of(data));
     d.size = data.size();
+    // A layer upload that failed in the background is the first failure to report.
+    LC_RETURN_IF_ERROR(uploader_->Wait());
     MemoryBlobSource blob(std::vector<uint8_t>(data.begin(), data.end()));
-    LC_RETURN_IF_ERROR(client_->PushBlob(ref_, d.digest, blob));
+    LC_RETURN_IF_ERROR(client_->PushBlob(ref_, d.digest, blob).WithContext("push of blob " + d.digest));
     return d;
   }
 

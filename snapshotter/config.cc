@@ -161,7 +161,9 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   }
   if (auto* n = root.get("fetch")) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "fetch", *n));
-    LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t, {"prefetch", "background_rate"}));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t,
+                                       {"prefetch", "background_rate", "verify_delay_ms",
+                                        "verify_rate"}));
     if (auto* v = t->get("prefetch")) {
       if (!v->is_boolean()) {
         return Bad(src, "fetch.prefetch", "expected true or false, got " + Describe(*v));
@@ -171,6 +173,18 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     if (auto* v = t->get("background_rate")) {
       LC_ASSIGN_OR_RETURN(c.fetch.background_rate_bytes_per_sec,
                           GetUnsigned(src, "fetch.background_rate", *v));
+    }
+    if (auto* v = t->get("verify_delay_ms")) {
+      LC_ASSIGN_OR_RETURN(uint64_t delay_ms, GetUnsigned(src, "fetch.verify_delay_ms", *v));
+      if (delay_ms > 3600 * 1000) {
+        return Bad(src, "fetch.verify_delay_ms",
+                   "at most 3600000 (one hour), got " + std::to_string(delay_ms));
+      }
+      c.fetch.verify_delay_ms = static_cast<uint32_t>(delay_ms);
+    }
+    if (auto* v = t->get("verify_rate")) {
+      LC_ASSIGN_OR_RETURN(c.fetch.verify_rate_bytes_per_sec,
+                          GetUnsigned(src, "fetch.verify_rate", *v));
     }
   }
   if (auto* n = root.get("registry")) {

@@ -12,6 +12,10 @@
 //   [cache]    max_bytes = 10737418240            # ciphertext chunk cache bound
 //   [fetch]    prefetch = true                    # fetch the prefetch list on mount
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
+//              verify_delay_ms = 10000            # the full verification of a mounted layer
+//                                                 # starts this long after its mount
+//              verify_rate = 0                    # bytes/s it may fetch; 0 = as fast as the
+//                                                 # link allows, yielding to on-demand reads
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
@@ -55,6 +59,12 @@ struct Config {
   struct Fetch {
     bool prefetch = true;
     uint64_t background_rate_bytes_per_sec = 0;  // 0 = no background fetch
+    // Every lazily mounted layer is fetched and verified in full against its diff_id (FORMAT.md
+    // §8.4); it cannot be turned off here. The delay keeps a starting container's first reads
+    // off its way (they usually come in the first seconds); it adds to the window in which a
+    // layer whose image lied about its diff_id is served before it is quarantined (§9.2).
+    uint32_t verify_delay_ms = 10000;
+    uint64_t verify_rate_bytes_per_sec = 0;  // 0 = unlimited (it yields to on-demand reads)
   } fetch;
   struct Registry {
     std::filesystem::path hosts_dir = "/etc/containerd/certs.d";

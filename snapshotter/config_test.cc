@@ -24,6 +24,8 @@ TEST(Config, DefaultsWhenEmpty) {
   EXPECT_EQ(c->cache.max_bytes, uint64_t{10} << 30);
   EXPECT_TRUE(c->fetch.prefetch);
   EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 0u);
+  EXPECT_EQ(c->fetch.verify_delay_ms, 10000u);
+  EXPECT_EQ(c->fetch.verify_rate_bytes_per_sec, 0u);
   EXPECT_EQ(c->registry.hosts_dir, "/etc/containerd/certs.d");
   EXPECT_EQ(c->metrics.address, "");
 }
@@ -41,6 +43,8 @@ max_bytes = 1048576
 [fetch]
 prefetch = false
 background_rate = 5000000
+verify_delay_ms = 0
+verify_rate = 20000000
 [registry]
 hosts_dir = "/etc/lc/hosts"
 [metrics]
@@ -56,6 +60,8 @@ address = "127.0.0.1:9100"
   EXPECT_EQ(c->cache.max_bytes, 1048576u);
   EXPECT_FALSE(c->fetch.prefetch);
   EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 5000000u);
+  EXPECT_EQ(c->fetch.verify_delay_ms, 0u);
+  EXPECT_EQ(c->fetch.verify_rate_bytes_per_sec, 20000000u);
   EXPECT_EQ(c->registry.hosts_dir, "/etc/lc/hosts");
   EXPECT_EQ(c->metrics.address, "127.0.0.1:9100");
 }
@@ -89,6 +95,9 @@ TEST(Config, BadValuesNameKeyAndValue) {
   ExpectError("[cache]\nmax_bytes = \"1G\"", "cache.max_bytes", "1G");
   ExpectError("[fetch]\nprefetch = \"yes\"", "fetch.prefetch", "yes");
   ExpectError("[fetch]\nbackground_rate = 1.5", "fetch.background_rate", "1.5");
+  ExpectError("[fetch]\nverify_delay_ms = 3600001", "fetch.verify_delay_ms", "3600001");
+  ExpectError("[fetch]\nverify_delay_ms = -1", "fetch.verify_delay_ms", "-1");
+  ExpectError("[fetch]\nverify = false", "fetch.verify", "");
   ExpectError("[metrics]\naddress = \"localhost\"", "metrics.address", "localhost");
   ExpectError("[metrics]\naddress = \"h:99999\"", "metrics.address", "h:99999");
   ExpectError("cache = 3", "cache", "3");
@@ -148,6 +157,8 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->fetch.prefetch, defaults.fetch.prefetch);
   EXPECT_EQ(sample->fetch.background_rate_bytes_per_sec,
             defaults.fetch.background_rate_bytes_per_sec);
+  EXPECT_EQ(sample->fetch.verify_delay_ms, defaults.fetch.verify_delay_ms);
+  EXPECT_EQ(sample->fetch.verify_rate_bytes_per_sec, defaults.fetch.verify_rate_bytes_per_sec);
   EXPECT_EQ(sample->registry.hosts_dir, defaults.registry.hosts_dir);
   EXPECT_EQ(sample->metrics.address, defaults.metrics.address);
 }

@@ -41,6 +41,9 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.store = std::move(store);
   options.layer.prefetch = config.fetch.prefetch;
   options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
+  options.layer.verify = true;  // never off in the daemon (FORMAT.md §8.4)
+  options.layer.verify_start_delay_ms = config.fetch.verify_delay_ms;
+  options.layer.verify_rate_bytes_per_sec = config.fetch.verify_rate_bytes_per_sec;
   options.layer.mount.log_file_names = config.log_file_names;
   if (config.log_file_names) {
     log(lazycrypt::snapshotter::LogLevel::kWarn,

@@ -190,7 +190,9 @@ TEST_P(FuseMountTree, MountEqualsGnuTarExtraction) {
   struct statvfs sv {};
   ASSERT_EQ(::statvfs(mnt.c_str(), &sv), 0);
   EXPECT_TRUE(sv.f_flag & ST_RDONLY);
-  EXPECT_EQ(sv.f_blocks, (fs::file_size(tmp / "layer.tar") + 4095) / 4096);
+  // The layer's tar stream is the source tar behind the salt header (FORMAT.md 5.1).
+  EXPECT_EQ(sv.f_blocks,
+            (fs::file_size(tmp / "layer.tar") + format::kLayerSaltHeaderSize + 4095) / 4096);
   EXPECT_EQ(sv.f_files, m->data->index().entries().size());
 
   // Writes are refused.
