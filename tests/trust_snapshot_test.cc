@@ -35,6 +35,7 @@
 #include "tests/harness/subprocess.h"
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
+#include "tests/trust_fixture.h"
 
 namespace lazycrypt {
 namespace {
@@ -60,30 +61,13 @@ uint64_t AllocatedBytesUnder(const fs::path& dir) {
   return total;
 }
 
-class TrustSnapshot : public ::testing::Test {
+class TrustSnapshot : public testing::TrustContainerdFixture {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "needs root: containerd, FUSE, overlayfs and runc";
-    auto work = harness::TempDir::Create("lc-trust-snap");
-    ASSERT_TRUE(work.ok()) << work.status().ToString();
-    work_ = std::make_unique<harness::TempDir>(std::move(*work));
+    SetUpWork("lc-trust-snap");
+    ASSERT_FALSE(HasFailure());
     const fs::path& w = work_->path();
-    socket_ = w / "run" / "snapshotter.sock";
-    root_ = w / "state";
-
-    auto ctr_remote = harness::RunCommand(
-        {(testing::SourceDir() / "tests/data/fetch-trixie-package.sh").string(),
-         LAZYCRYPT_TEST_CACHE "/stargz", "stargz-snapshotter", "usr/bin/ctr-remote"},
-        std::chrono::seconds(300));
-    ASSERT_TRUE(ctr_remote.ok()) << ctr_remote.status().ToString();
-    ASSERT_EQ(ctr_remote->exit_code, 0) << Describe(*ctr_remote);
-    ctr_remote_ = ctr_remote->stdout_text.substr(0, ctr_remote->stdout_text.find('\n'));
-
-    node_key_ = testing::GenerateKeyPair(w, "ec256", "node");
-    other_key_ = testing::GenerateKeyPair(w, "ec256", "other");
-    fs::create_directories(w / "keys");
-    fs::copy_file(node_key_.priv, KeyFile());
-    fs::permissions(KeyFile(), fs::perms::owner_read | fs::perms::owner_write);
 
     // busybox plus a layer with a marker file and 3 MiB of random data.
     std::mt19937_64 rng(std::random_device{}());
@@ -99,37 +83,9 @@ class TrustSnapshot : public ::testing::Test {
     MustRun({"umoci", "raw", "add-layer", "--image", (w / "image").string() + ":latest",
              (w / "data.tar").string()});
     ASSERT_FALSE(HasFailure());
-
-    auto registry = harness::RegistryProcess::Start();
-    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
-    registry_ = std::move(*registry);
-    fs::create_directories(w / "hosts" / registry_->host());
-    ASSERT_TRUE(harness::WriteFile(w / "hosts" / registry_->host() / "hosts.toml",
-                                   "server = \"http://" + registry_->host() + "\"\n")
-                    .ok());
-    config_ = w / "config.toml";
-    ASSERT_TRUE(harness::WriteFile(config_, "address = \"" + socket_.string() + "\"\nroot = \"" +
-                                                root_.string() +
-                                                "\"\nlog_level = \"debug\"\n[keys]\ndirs = [\"" +
-                                                (w / "keys").string() +
-                                                "\"]\n[registry]\nhosts_dir = \"" +
-                                                (w / "hosts").string() + "\"\n")
-                    .ok());
-    StartSnapshotter();
-    ASSERT_FALSE(HasFailure());
-    harness::ContainerdOptions options;
-    options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string()});
-    auto containerd = harness::ContainerdProcess::Start(options);
-    ASSERT_TRUE(containerd.ok()) << containerd.status().ToString();
-    ctd_ = std::move(*containerd);
+    StartDaemons();
   }
 
-  void TearDown() override {
-    if (ctd_) ctd_->Stop();
-    testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
-  }
-
-  fs::path KeyFile() const { return work_->path() / "keys" / "node.pem"; }
   // Takes the node key out of the key directory (kept aside) or puts it back.
   void RemoveKey() { fs::rename(KeyFile(), work_->path() / "node.pem.aside"); }
   void RestoreKey() { fs::rename(work_->path() / "node.pem.aside", KeyFile()); }
@@ -140,47 +96,6 @@ class TrustSnapshot : public ::testing::Test {
     MustRun({LAZYCRYPT_BIN, "encrypt", "--plain-http", "-r", "jwe:" + recipient.string(),
              "oci:" + (work_->path() / "image").string() + ":latest", "docker://" + ref});
     return ref;
-  }
-
-  std::string SnapshotterLog() const {
-    return harness::ReadFileOrEmpty(work_->path() /
-                                    ("snapshotter-" + std::to_string(starts_) + ".log"));
-  }
-  std::string Logs() const {
-    return "\ncontainerd log:\n" + ctd_->Log() + "\nsnapshotter log:\n" + SnapshotterLog();
-  }
-
-  void StartSnapshotter() {
-    ++starts_;
-    snapshotter_ = testing::StartSnapshotterProcess(
-        LAZYCRYPT_SNAPSHOTTER_BIN, config_,
-        work_->path() / ("snapshotter-" + std::to_string(starts_) + ".log"));
-  }
-  void StopSnapshotter() {
-    ASSERT_TRUE(snapshotter_->Signal(SIGTERM).ok());
-    (void)snapshotter_->Wait(std::chrono::seconds(20));
-    snapshotter_.reset();
-  }
-
-  // `ctr-remote images rpull` in containerd namespace `ns`. In another namespace than the first
-  // pull's, containerd has no record of the layers and asks the snapshotter with Prepare(target
-  // chain ID), which finds them committed.
-  CommandResult RemotePull(const std::string& ref, const std::string& ns = "default") {
-    auto r = ctd_->Client(ctr_remote_, {"--namespace", ns, "images", "rpull", "--plain-http",
-                                        "--snapshotter", "lazycrypt", ref},
-                          std::chrono::seconds(180));
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? *r : CommandResult{};
-  }
-
-  // `ctr run --rm --snapshotter lazycrypt REF ID args...` (exit status not checked).
-  CommandResult Run(const std::string& ref, const std::string& id,
-                    const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {"run", "--rm", "--snapshotter", "lazycrypt", ref, id};
-    argv.insert(argv.end(), args.begin(), args.end());
-    auto r = ctd_->Ctr(argv);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? *r : CommandResult{};
   }
 
   // Runs `cat /data/marker.txt` in a new container until it prints the marker (a restore is
@@ -196,20 +111,6 @@ class TrustSnapshot : public ::testing::Test {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
-  }
-
-  // No task of `id` ever ran: containerd has no container or task by that name.
-  void ExpectNoContainer(const std::string& id) {
-    auto tasks = ctd_->Ctr({"tasks", "ls"});
-    ASSERT_TRUE(tasks.ok());
-    EXPECT_THAT(tasks->stdout_text, Not(HasSubstr(id)));
-    auto containers = ctd_->Ctr({"containers", "ls", "-q"});
-    ASSERT_TRUE(containers.ok());
-    EXPECT_THAT(containers->stdout_text, Not(HasSubstr(id)));
-  }
-
-  std::string Id(const std::string& suffix) const {
-    return "lc-trust-" + std::to_string(getpid()) + "-" + suffix;
   }
 
   // The snapshots the snapshotter itself holds (its List, not containerd's records).
@@ -243,15 +144,7 @@ class TrustSnapshot : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<harness::TempDir> work_;
-  std::unique_ptr<harness::RegistryProcess> registry_;
-  std::unique_ptr<harness::Subprocess> snapshotter_;
-  std::unique_ptr<harness::ContainerdProcess> ctd_;
-  testing::KeyPair node_key_, other_key_;
-  fs::path socket_, root_, config_;
-  std::string ctr_remote_;
   std::string marker_;
-  int starts_ = 0;
 };
 
 // imgcrypt's CVE-2022-24778 class: the plain original is in the snapshotter; its encrypted copy,
