@@ -731,8 +731,10 @@ void CachedLayer::Impl::EndVerification(const VerifyOptions& o, Status result) {
 }
 
 // One pass over the layer, in chunk order, in batches of adjacent chunks (one request for those
-// not on disk); a batch that fails is tried again, with backoff, until it succeeds or the layer
-// stops: the state can only become verified after every chunk was hashed.
+// not on disk); a batch that fails transiently (Unavailable, IoError, DeadlineExceeded) is tried
+// again, with backoff, until it succeeds or the layer stops: the state can only become verified
+// after every chunk was hashed. A chunk that fails to authenticate (AuthFailed) or is malformed
+// (Corruption) ends the verification as failed.
 void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
   {
     // The prefetch goes first: it fetches what a start needs.
@@ -778,6 +780,13 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
     sent += blob_bytes_fetched.load(std::memory_order_relaxed) - fetched_before;
     if (!s.ok()) {
       if (Stopping()) return;
+      if (s.code() == StatusCode::kAuthFailed || s.code() == StatusCode::kCorruption) {
+        // A record that fails its pin or GCM does not get better by asking again (as in
+        // BackgroundLoop): retrying would let an author keep a lying layer pending forever.
+        // The status names the chunk index, never a file.
+        EndVerification(o, s);
+        return;
+      }
       verification_retries.fetch_add(1, std::memory_order_relaxed);
       {
         std::lock_guard lock(mu);

@@ -59,8 +59,10 @@ struct VerifyOptions {
   // the chain ID), when known: the TOC's tar_sha256 must be this too (checked first, before any
   // fetch).
   std::optional<crypto::Sha256Digest> expected_diff_id;
-  // A batch that cannot be fetched or opened is tried again after this delay, doubled after each
-  // failure up to retry_max: the verification stays pending meanwhile, however long it takes.
+  // A batch that cannot be fetched (a transient error: Unavailable, IoError, DeadlineExceeded) is
+  // tried again after retry_initial, doubled after each failure up to retry_max: the
+  // verification stays pending meanwhile, however long it takes. AuthFailed and Corruption are
+  // final (the verification fails).
   // Begin this long after the start (and after the prefetch), so that the verification does not
   // compete with a container's first reads; it lengthens the window between mount and verdict
   // by as much (docs/FORMAT.md §8.4).
@@ -134,9 +136,11 @@ class CachedLayer final : public LayerData {
   // SHA-256 of the tar stream against the TOC's tar_sha256 (and options.expected_diff_id), and
   // the TOC against the tar stream (format::TocTarMatcher). Begins when a started prefetch has
   // ended. On failure the layer is quarantined: every later ReadFile/ViewFile fails with
-  // AuthFailed (EIO through FUSE) and counts in stats().quarantined_reads. A batch that fails to
-  // fetch or open is retried with backoff (the state stays pending; it never becomes verified
-  // without every byte hashed). StopBackgroundFetch and destruction stop it.
+  // AuthFailed (EIO through FUSE) and counts in stats().quarantined_reads. A chunk that fails
+  // to authenticate (AuthFailed: its pinned record SHA-256 or GCM) or is malformed (Corruption)
+  // fails the verification at once, naming the chunk index. A batch that fails transiently
+  // (Unavailable, IoError, DeadlineExceeded) is retried with backoff (the state stays pending; it
+  // never becomes verified without every byte hashed). StopBackgroundFetch and destruction stop it.
   // FailedPrecondition when already started.
   Status StartVerification(VerifyOptions options = {});
   VerificationState verification() const;

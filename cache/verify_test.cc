@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -49,9 +50,15 @@ class FlakySource final : public BlobSource {
       return Status::Corruption("flaky source: read past the end");
     }
     std::memcpy(out.data(), bytes_.data() + offset, out.size());
+    std::lock_guard lock(mu_);
+    if (flip_at_ && *flip_at_ >= offset && *flip_at_ - offset < out.size()) {
+      out.data()[*flip_at_ - offset] ^= 0x01;
+    }
     return Status::Ok();
   }
   void set_down(bool down) { std::lock_guard l(mu_); down_ = down; }
+  // Serves the byte at blob offset `at` with its low bit flipped, on every read.
+  void flip_byte(uint64_t at) { std::lock_guard l(mu_); flip_at_ = at; }
   void fail_next(int n) { std::lock_guard l(mu_); fail_next_ = n; }
   int reads() const { std::lock_guard l(mu_); return reads_; }
 
@@ -59,6 +66,7 @@ class FlakySource final : public BlobSource {
   const std::vector<uint8_t> bytes_;
   mutable std::mutex mu_;
   bool down_ = false;
+  std::optional<uint64_t> flip_at_;
   int fail_next_ = 0;
   int reads_ = 0;
 };
@@ -277,6 +285,32 @@ TEST_F(LayerVerification, FailingSourceIsRetriedAndNeverSkipped) {
   EXPECT_TRUE(done_.calls[0].ok()) << done_.calls[0].ToString();
   EXPECT_GE(layer->stats().verification_retries, 3u);
   EXPECT_EQ(layer->stats().verified_chunks, layer->stats().chunk_count);
+}
+
+// The author (or the registry) serves one record that does not match the digest the TOC pins:
+// no retry can make it match, so the verification fails at once instead of staying pending.
+TEST_F(LayerVerification, RecordThatFailsItsPinFailsTheVerificationAtOnce) {
+  Blob blob = HonestBlob();
+  auto layer = Open(blob);
+  auto chunks = layer->index().chunks();
+  ASSERT_GE(chunks.size(), 4u);
+  const format::ChunkInfo& bad = chunks[3];
+  source_->flip_byte(bad.blob_offset + bad.record_size() / 2);
+  ASSERT_TRUE(layer->StartVerification(Fast()).ok());
+  ASSERT_TRUE(done_.WaitForCall(std::chrono::seconds(10)));
+  ASSERT_EQ(done_.calls.size(), 1u);
+  EXPECT_EQ(done_.calls[0].code(), StatusCode::kAuthFailed) << done_.calls[0].ToString();
+  EXPECT_THAT(done_.calls[0].message(), HasSubstr("chunk 3"));
+  EXPECT_THAT(done_.calls[0].message(), HasSubstr("pinned"));
+  EXPECT_THAT(done_.calls[0].message(), Not(HasSubstr("file")));  // never a file name
+  EXPECT_EQ(layer->verification(), VerificationState::kFailed);
+  EXPECT_EQ(layer->verification_status().code(), StatusCode::kAuthFailed);
+  EXPECT_EQ(layer->stats().verification_retries, 0u);
+  EXPECT_EQ(layer->stats().verification_failures, 1u);
+  // Quarantined: even file0, whose chunks are honest, is refused.
+  auto r = ReadFirstFile(*layer);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("quarantined"));
 }
 
 TEST_F(LayerVerification, UnreachableSourceStaysPendingAndStopsQuietly) {
