@@ -41,6 +41,7 @@
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
 #include "tests/integration_util.h"
+#include "tests/reseal_chunk.h"
 
 namespace lazycrypt::testing {
 namespace {
@@ -201,39 +202,11 @@ class TrustChunkPin : public ::testing::Test {
     ASSERT_TRUE(priv.ok()) << priv.status().ToString();
     std::vector<keywrap::PrivateKey> keys;
     keys.push_back(std::move(priv).value());
-    keywrap::KeyRing ring(std::move(keys));
-    auto secret = image::UnwrapLazycryptLayer(layer, ring);
-    ASSERT_TRUE(secret.ok()) << secret.status().ToString();
-    MemoryBlobSource source(blob);
-    auto index = format::LayerIndex::Open(source, secret->key, secret->toc_digest);
-    ASSERT_TRUE(index.ok()) << index.status().ToString();
-    const format::Entry* entry = (*index)->Find("secret.txt");
-    ASSERT_NE(entry, nullptr);
-    const format::ChunkInfo chunk =
-        (*index)->chunks()[(*index)->ChunksForRange(*entry, 0, kAuthorText.size()).first];
-    ASSERT_TRUE(chunk.stored) << "the secret's chunk must be stored for a same-size forgery";
-    forged_chunk_ = chunk.index;
-
-    auto keys_derived = format::DeriveKeys(secret->key, (*index)->header().salt);
-    ASSERT_TRUE(keys_derived.ok());
-    auto opener = format::ChunkOpener::FromKeys(*keys_derived, (*index)->header().salt);
-    auto sealer = format::ChunkSealer::FromKeys(*keys_derived, (*index)->header().salt);
-    ASSERT_TRUE(opener.ok() && sealer.ok());
-    ByteSpan record = ByteSpan(blob).subspan(chunk.blob_offset, chunk.record_size());
-    std::vector<uint8_t> payload(chunk.payload_size);
-    ASSERT_TRUE((*opener)->OpenPayload(chunk.index, record, payload).ok());
-    const uint64_t at = entry->data_offset - chunk.tar_offset;
-    ASSERT_EQ(std::string_view(reinterpret_cast<const char*>(payload.data()) + at, kAuthorText.size()),
-              kAuthorText);
-    std::memcpy(payload.data() + at, kForgedText.data(), kForgedText.size());
-    std::vector<uint8_t> forged_record;
-    ASSERT_TRUE(
-        (*sealer)->SealRaw(chunk.index, chunk.record_header(), payload, forged_record).ok());
-    ASSERT_EQ(forged_record.size(), chunk.record_size());
-    // GCM alone accepts it: only the pin can tell.
-    std::vector<uint8_t> raw(chunk.raw_size);
-    ASSERT_TRUE((*opener)->Open(chunk.index, forged_record, raw).ok());
-    std::copy(forged_record.begin(), forged_record.end(), blob.begin() + chunk.blob_offset);
+    auto resealed = ResealFileChunk(std::move(blob), layer, keywrap::KeyRing(std::move(keys)),
+                                    "secret.txt", kAuthorText, kForgedText);
+    ASSERT_TRUE(resealed.ok()) << resealed.status().ToString();  // GCM alone accepts it
+    blob = std::move(resealed->blob);
+    forged_chunk_ = resealed->chunk_index;
 
     // Republish: the forged blob (the registry checks its digest), then the same manifest with
     // only the layer's digest changed (config, TOC digest annotation and key envelope unchanged).

@@ -41,9 +41,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/digest.h"
-#include "format/chunk.h"
 #include "format/keys.h"
-#include "format/layer_index.h"
 #include "image/envelope.h"
 #include "image/oci.h"
 #include "image/transport.h"
@@ -51,6 +49,7 @@
 #include "keywrap/keys.h"
 #include "tar/tar_writer.h"
 #include "tests/forged_layer.h"
+#include "tests/reseal_chunk.h"
 #include "tests/trust_fixture.h"
 
 namespace lazycrypt::testing {
@@ -327,35 +326,10 @@ TEST_F(TrustContainerdAttack, ResealedChunkFailsTheContainerNeverPrintsForgedTex
   ASSERT_TRUE(priv.ok()) << priv.status().ToString();
   std::vector<keywrap::PrivateKey> keys;
   keys.push_back(std::move(priv).value());
-  keywrap::KeyRing ring(std::move(keys));
-  auto layer_secret = image::UnwrapLazycryptLayer(layer, ring);
-  ASSERT_TRUE(layer_secret.ok()) << layer_secret.status().ToString();
-  MemoryBlobSource blob_source(blob);
-  auto index = format::LayerIndex::Open(blob_source, layer_secret->key, layer_secret->toc_digest);
-  ASSERT_TRUE(index.ok()) << index.status().ToString();
-  const format::Entry* file = (*index)->Find("secret.txt");
-  ASSERT_NE(file, nullptr);
-  const format::ChunkInfo chunk =
-      (*index)->chunks()[(*index)->ChunksForRange(*file, 0, kAuthorText.size()).first];
-  ASSERT_TRUE(chunk.stored) << "the secret's chunk must be stored for a same-size forgery";
-  auto derived = format::DeriveKeys(layer_secret->key, (*index)->header().salt);
-  ASSERT_TRUE(derived.ok());
-  auto opener = format::ChunkOpener::FromKeys(*derived, (*index)->header().salt);
-  auto sealer = format::ChunkSealer::FromKeys(*derived, (*index)->header().salt);
-  ASSERT_TRUE(opener.ok() && sealer.ok());
-  const ByteSpan record = ByteSpan(blob).subspan(chunk.blob_offset, chunk.record_size());
-  std::vector<uint8_t> payload(chunk.payload_size);
-  ASSERT_TRUE((*opener)->OpenPayload(chunk.index, record, payload).ok());
-  const uint64_t at = file->data_offset - chunk.tar_offset;
-  ASSERT_EQ(std::string_view(reinterpret_cast<const char*>(payload.data()) + at, kAuthorText.size()),
-            kAuthorText);
-  std::memcpy(payload.data() + at, kForgedText.data(), kForgedText.size());
-  std::vector<uint8_t> forged_record;
-  ASSERT_TRUE((*sealer)->SealRaw(chunk.index, chunk.record_header(), payload, forged_record).ok());
-  ASSERT_EQ(forged_record.size(), chunk.record_size());
-  std::vector<uint8_t> raw(chunk.raw_size);
-  ASSERT_TRUE((*opener)->Open(chunk.index, forged_record, raw).ok()) << "GCM accepts the forgery";
-  std::copy(forged_record.begin(), forged_record.end(), blob.begin() + chunk.blob_offset);
+  auto resealed = ResealFileChunk(std::move(blob), layer, keywrap::KeyRing(std::move(keys)),
+                                  "secret.txt", kAuthorText, kForgedText);
+  ASSERT_TRUE(resealed.ok()) << resealed.status().ToString();
+  blob = std::move(resealed->blob);
 
   // Republished: the forged blob, and the same manifest with only that layer's digest changed
   // (config, TOC digest annotation and key envelope unchanged).
@@ -395,7 +369,7 @@ TEST_F(TrustContainerdAttack, ResealedChunkFailsTheContainerNeverPrintsForgedTex
   const std::string log = SnapshotterLog();
   EXPECT_THAT(log, HasSubstr("mounted layer " + forged_blob->digest)) << Logs();
   EXPECT_THAT(log + Output(run),
-              AnyOf(HasSubstr("chunk " + std::to_string(chunk.index) +
+              AnyOf(HasSubstr("chunk " + std::to_string(resealed->chunk_index) +
                               ": record does not match the digest pinned in the TOC"),
                     HasSubstr("layer " + forged_blob->digest + " (snapshot ")))
       << Describe(run) << Logs();
