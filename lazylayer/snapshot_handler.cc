@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "cache/registry_source.h"
+#include "common/file_io.h"
 #include "cache/timed_source.h"
 #include "decoder/decoder.h"
 #include "crypto/digest.h"
@@ -32,6 +33,15 @@ Result<image::Descriptor> FindLayer(registry::Client& client, const LayerSource&
   std::vector<registry::Manifest> manifests;
   if (image::IsIndexMediaType(root.media_type)) {
     LC_ASSIGN_OR_RETURN(image::Index index, image::ParseIndex(root.bytes));
+    // One request per platform manifest, on every mount: an index may list thousands.
+    constexpr size_t kMaxIndexManifests = 64;
+    if (index.manifests.size() > kMaxIndexManifests) {
+      return Status::InvalidArgument("image " + source.image_ref + ": its index lists " +
+                                     std::to_string(index.manifests.size()) +
+                                     " manifests, more than the " +
+                                     std::to_string(kMaxIndexManifests) +
+                                     " a lazy mount looks through");
+    }
     for (const image::Descriptor& d : index.manifests) {
       if (!image::IsManifestMediaType(d.media_type) || image::IsIndexMediaType(d.media_type)) {
         continue;
@@ -142,20 +152,56 @@ int64_t MillisSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
+namespace {
+
+// Every entry under `dir`, recursively (sub-directories as the key loader walks them, at most
+// `depth` levels, never through a symlink), in name order: a key deleted, replaced or re-moded
+// anywhere in the tree changes the fingerprint, not only at its top.
+void AppendTree(std::string& out, const std::filesystem::path& dir, int depth) {
+  std::vector<std::string> names;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(name);
+    }
+    ::closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const std::filesystem::path path = dir / name;
+    AppendStat(out, path);
+    struct stat st {};
+    if (depth > 0 && ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      AppendTree(out, path, depth - 1);
+    }
+  }
+}
+
+// As deep as decoder::LoadDecryptionKeysDir walks a key directory.
+constexpr int kKeyDirDepth = 16;
+
+// A quarantine outlives the process: the failure is written next to the snapshot's fs
+// directory (snapshots/<id>/lazycrypt-quarantined, 0600, the reason: layer digest and status,
+// never a file name), and a restore or Check after a restart refuses the layer with it instead
+// of mounting it again as "pending".
+std::filesystem::path QuarantineMarker(const std::filesystem::path& target_dir) {
+  return target_dir.parent_path() / "lazycrypt-quarantined";
+}
+
+// The recorded reason, or nullopt when the layer was never quarantined.
+std::optional<std::string> ReadQuarantine(const std::filesystem::path& target_dir) {
+  auto bytes = ReadFileBytes(QuarantineMarker(target_dir));
+  if (!bytes.ok()) return std::nullopt;
+  return std::string(bytes->begin(), bytes->end());
+}
+
+}  // namespace
+
 std::string KeySetFingerprint(const SnapshotHandlerOptions& options) {
   std::string out;
   for (const auto& dir : options.key_dirs) {
     AppendStat(out, dir);
-    std::vector<std::string> names;
-    if (DIR* d = ::opendir(dir.c_str())) {
-      while (const dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-      }
-      ::closedir(d);
-    }
-    std::sort(names.begin(), names.end());
-    for (const std::string& name : names) AppendStat(out, dir / name);
+    AppendTree(out, dir, kKeyDirDepth);
   }
   for (const auto& [key, password] : options.key_passwords) AppendStat(out, password);
   return out;
@@ -180,6 +226,7 @@ struct SnapshotHandler::Impl {
     // computed under.
     std::optional<std::string> checked_fingerprint;
     Status checked;
+    std::chrono::steady_clock::time_point mounted_at;
   };
   mutable std::mutex mu;
   std::map<int64_t, Mounted> mounts;  // by snapshot id
@@ -219,7 +266,17 @@ struct SnapshotHandler::Impl {
     layer_options.store = options.store.get();
     const snapshotter::LogSink log = options.log;
     const std::string digest = source->layer_digest;
-    layer_options.on_verified = [log, digest, name](const Status& s) {
+    layer_options.on_verified = [log, digest, name, target_dir](const Status& s) {
+      if (!s.ok()) {
+        const std::string reason = "layer " + digest + " (snapshot " + name +
+                                   ") quarantined: its content does not match the diff_id its "
+                                   "image claims: " + s.message();
+        Status w = WriteFileAtomically(QuarantineMarker(target_dir), AsBytes(reason), 0600);
+        if (!w.ok() && log) {
+          log(snapshotter::LogLevel::kError,
+              "cannot record the quarantine of layer " + digest + ": " + w.ToString());
+        }
+      }
       if (!log) return;
       if (s.ok()) {
         log(snapshotter::LogLevel::kInfo, "layer " + digest + " (snapshot " + name +
@@ -268,6 +325,7 @@ struct SnapshotHandler::Impl {
     std::lock_guard<std::mutex> lock(mu);
     Mounted& m = mounts[snapshot_id];
     m = Mounted{};
+    m.mounted_at = std::chrono::steady_clock::now();
     m.layer = std::move(layer);
     m.source = std::move(*source);
     m.descriptor = std::move(*descriptor);
@@ -349,6 +407,7 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
 
 Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
   LC_RETURN_IF_ERROR(DetachStaleMount(info.target_dir));
+  if (auto reason = ReadQuarantine(info.target_dir)) return Status::AuthFailed(*reason);
   LC_ASSIGN_OR_RETURN(bool mounted, impl_->Mount(info.snapshot_id, info.name, info.parent,
                                                  info.labels, info.target_dir));
   if (!mounted) {
@@ -364,6 +423,7 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->mounts.find(info.snapshot_id);
     if (it == impl_->mounts.end()) {
+      if (auto reason = ReadQuarantine(info.target_dir)) return Status::AuthFailed(*reason);
       auto source = SourceFromLabels(info.labels);
       const std::string layer =
           source.ok() && *source ? (*source)->layer_digest : std::string("(unknown)");
@@ -376,6 +436,15 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
       return Status::AuthFailed(what + ": quarantined: its content does not match the diff_id "
                                        "its image claims (" +
                                 layer.verification_status().message() + ")");
+    }
+    const auto deadline = impl_->options.verify_deadline;
+    if (layer.verification() == Verification::kPending && deadline.count() > 0 &&
+        std::chrono::steady_clock::now() - it->second.mounted_at > deadline) {
+      return Status::Unavailable(
+          what + ": not verified against its diff_id within " +
+          std::to_string(std::chrono::duration_cast<std::chrono::seconds>(deadline).count()) +
+          " s of its mount (" + layer.verification_status().message() +
+          "); refused until its verification ends");
     }
   }
   return impl_->CheckKeys(info.snapshot_id, what);

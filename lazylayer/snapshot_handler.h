@@ -21,6 +21,7 @@
 // removed (revocation stops new uses, not running ones; purge unmounts what no container uses).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -52,6 +53,10 @@ struct SnapshotHandlerOptions {
   // Ciphertext chunk cache shared by every layer; null = memory only.
   std::shared_ptr<cache::ChunkStore> store;
   MountLayerOptions layer;  // prefetch, background fetch, cache and FUSE options (store ignored)
+  // A layer whose background verification is still pending this long after its mount is
+  // refused to new uses (Check) until it ends: a source that keeps failing, or reads that keep
+  // the verification waiting, cannot keep a layer unverified and usable forever. 0 = no bound.
+  std::chrono::milliseconds verify_deadline{std::chrono::minutes(30)};
   // Mounts, unmounts and restores at info level; never keys or file contents.
   snapshotter::LogSink log;
 };

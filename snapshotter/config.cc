@@ -163,7 +163,7 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "fetch", *n));
     LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t,
                                        {"prefetch", "background_rate", "verify_delay_ms",
-                                        "verify_rate"}));
+                                        "verify_rate", "verify_deadline_s"}));
     if (auto* v = t->get("prefetch")) {
       if (!v->is_boolean()) {
         return Bad(src, "fetch.prefetch", "expected true or false, got " + Describe(*v));
@@ -181,6 +181,9 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
                    "at most 3600000 (one hour), got " + std::to_string(delay_ms));
       }
       c.fetch.verify_delay_ms = static_cast<uint32_t>(delay_ms);
+    }
+    if (auto* v = t->get("verify_deadline_s")) {
+      LC_ASSIGN_OR_RETURN(c.fetch.verify_deadline_s, GetUnsigned(src, "fetch.verify_deadline_s", *v));
     }
     if (auto* v = t->get("verify_rate")) {
       LC_ASSIGN_OR_RETURN(c.fetch.verify_rate_bytes_per_sec,

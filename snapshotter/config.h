@@ -16,6 +16,8 @@
 //                                                 # starts this long after its mount
 //              verify_rate = 0                    # bytes/s it may fetch; 0 = as fast as the
 //                                                 # link allows, yielding to on-demand reads
+//              verify_deadline_s = 1800           # a layer still unverified this long after
+//                                                 # its mount is refused to new uses; 0 = never
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
@@ -65,6 +67,9 @@ struct Config {
     // layer whose image lied about its diff_id is served before it is quarantined (§9.2).
     uint32_t verify_delay_ms = 10000;
     uint64_t verify_rate_bytes_per_sec = 0;  // 0 = unlimited (it yields to on-demand reads)
+    // New uses of a layer still unverified this long after its mount are refused until its
+    // verification ends (a source that keeps failing cannot keep it usable forever); 0 = never.
+    uint64_t verify_deadline_s = 1800;
   } fetch;
   struct Registry {
     std::filesystem::path hosts_dir = "/etc/containerd/certs.d";

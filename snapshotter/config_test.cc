@@ -26,6 +26,7 @@ TEST(Config, DefaultsWhenEmpty) {
   EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 0u);
   EXPECT_EQ(c->fetch.verify_delay_ms, 10000u);
   EXPECT_EQ(c->fetch.verify_rate_bytes_per_sec, 0u);
+  EXPECT_EQ(c->fetch.verify_deadline_s, 1800u);
   EXPECT_EQ(c->registry.hosts_dir, "/etc/containerd/certs.d");
   EXPECT_EQ(c->metrics.address, "");
 }
@@ -45,6 +46,7 @@ prefetch = false
 background_rate = 5000000
 verify_delay_ms = 0
 verify_rate = 20000000
+verify_deadline_s = 60
 [registry]
 hosts_dir = "/etc/lc/hosts"
 [metrics]
@@ -62,6 +64,7 @@ address = "127.0.0.1:9100"
   EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 5000000u);
   EXPECT_EQ(c->fetch.verify_delay_ms, 0u);
   EXPECT_EQ(c->fetch.verify_rate_bytes_per_sec, 20000000u);
+  EXPECT_EQ(c->fetch.verify_deadline_s, 60u);
   EXPECT_EQ(c->registry.hosts_dir, "/etc/lc/hosts");
   EXPECT_EQ(c->metrics.address, "127.0.0.1:9100");
 }

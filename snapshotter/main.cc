@@ -44,6 +44,7 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.layer.verify = true;  // never off in the daemon (FORMAT.md §8.4)
   options.layer.verify_start_delay_ms = config.fetch.verify_delay_ms;
   options.layer.verify_rate_bytes_per_sec = config.fetch.verify_rate_bytes_per_sec;
+  options.verify_deadline = std::chrono::seconds(config.fetch.verify_deadline_s);
   options.layer.mount.log_file_names = config.log_file_names;
   if (config.log_file_names) {
     log(lazycrypt::snapshotter::LogLevel::kWarn,

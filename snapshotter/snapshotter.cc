@@ -199,7 +199,9 @@ class SnapshotterImpl final : public Snapshotter {
     // anything else; 1.7/2.x after a Prepare that containerd answered AlreadyExists from its own
     // metadata): the one call that reaches us when a layer is reused. FailedPrecondition (not
     // NotFound) makes the pull fail with our message instead of fetching the layer again.
-    LC_RETURN_IF_ERROR(Gate(Authorize(rec)));
+    // The whole chain below it, not only the snapshot: IsUnpacked and ApplyLayers Stat only an
+    // image's top layer, which may be a plain layer above a refused remote one.
+    if (rec.info.kind == SnapshotKind::kCommitted) LC_RETURN_IF_ERROR(AuthorizeChainOf(key));
     return rec.info;
   }
 
