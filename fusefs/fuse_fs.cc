@@ -65,7 +65,8 @@ struct ArgsDeleter {
 // Runs on its own thread: notify_store waits for the page locks that pending reads hold, so a
 // session worker must never call it (it could wait for a read that only it would answer). Best
 // effort: when the queue is full, a new job is dropped; errors (an inode the kernel has
-// forgotten, an unmounted session) are ignored.
+// forgotten, an unmounted session) are ignored. Nothing is stored once the layer is quarantined:
+// the pages the quarantine invalidated must not come back.
 class PageCacheFiller {
  public:
   struct Job {
@@ -75,7 +76,8 @@ class PageCacheFiller {
     cache::FileView view;           // pins the bytes until stored
   };
 
-  explicit PageCacheFiller(fuse_session* session) : session_(session) {
+  PageCacheFiller(fuse_session* session, const cache::LayerData& layer)
+      : session_(session), layer_(layer) {
     thread_ = std::thread([this] { Loop(); });
   }
   ~PageCacheFiller() {
@@ -99,6 +101,17 @@ class PageCacheFiller {
     cv_.notify_one();
   }
 
+  // Drops the queued jobs and waits for the one being stored, if any: a job taken after this
+  // returns sees layer_.quarantined() (set before the quarantine invalidates the pages).
+  void DropQueued() {
+    std::deque<Job> dropped;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      dropped.swap(jobs_);
+    }
+    std::lock_guard<std::mutex> storing(store_mu_);
+  }
+
  private:
   static constexpr size_t kMaxJobs = 16;
   static constexpr uint64_t kPage = 4096;
@@ -113,6 +126,9 @@ class PageCacheFiller {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
+      // Held across the check and the stores, so that DropQueued waits for them.
+      std::lock_guard<std::mutex> storing(store_mu_);
+      if (layer_.quarantined()) continue;
       for (const cache::FileView::Piece& piece : job.view.around) {
         // Whole pages only (a partial page would not become readable), minus what the read got.
         const uint64_t end = piece.file_offset + piece.bytes.size();
@@ -132,6 +148,8 @@ class PageCacheFiller {
   }
 
   fuse_session* const session_;
+  const cache::LayerData& layer_;
+  std::mutex store_mu_;  // held while a job is checked and stored
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Job> jobs_;
@@ -209,7 +227,7 @@ class FuseMountImpl final : public FuseMount {
       mounted_ = true;
     }
     try {
-      filler_ = std::make_unique<PageCacheFiller>(session_.get());
+      filler_ = std::make_unique<PageCacheFiller>(session_.get(), *layer_);
     } catch (const std::system_error&) {
       filler_.reset();  // no thread: small reads just do not fill the page cache
     }
@@ -261,6 +279,8 @@ class FuseMountImpl final : public FuseMount {
     // are served by the session threads, so the kernel's invalidation does not wait on us.
     std::lock_guard<std::mutex> lock(unmount_mu_);
     if (!mounted_ || !session_) return;
+    // First the filler: a store after the invalidation would bring pages back.
+    if (filler_) filler_->DropQueued();
     for (uint64_t ino = 1; ino <= table_->inode_count(); ++ino) {
       // ENOENT: the kernel has not looked this inode up, so it caches nothing of it.
       (void)fuse_lowlevel_notify_inval_inode(session_.get(), ino, 0, 0);
@@ -346,6 +366,15 @@ class FuseMountImpl final : public FuseMount {
                  static_cast<unsigned long long>(last), s.ToString().c_str());
   }
 
+  // Replies EIO when the layer is quarantined (docs/FORMAT.md §8.4): its metadata (names,
+  // symlink targets, whiteouts, modes, xattrs) is the author's too, and is served no more than
+  // its bytes. Checked first by every handler that serves TOC metadata.
+  static bool RefusedAsQuarantined(fuse_req_t req) {
+    if (!Self(req).layer_->quarantined()) return false;
+    fuse_reply_err(req, EIO);
+    return true;
+  }
+
   // ---- FUSE operations (each replies exactly once; no lock held across a reply) ----
 
   static void Init(void* userdata, fuse_conn_info* conn) {
@@ -370,6 +399,7 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (RefusedAsQuarantined(req)) return;
     auto& self = Self(req);
     auto ino = self.table_->Lookup(parent, name);
     if (!ino.ok()) {
@@ -397,6 +427,8 @@ class FuseMountImpl final : public FuseMount {
   static void ForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
 
   static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    // The root keeps answering: unmounting stats it.
+    if (ino != FUSE_ROOT_ID && RefusedAsQuarantined(req)) return;
     auto& self = Self(req);
     auto st = self.table_->Attr(ino);
     if (!st.ok()) {
@@ -407,6 +439,7 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+    if (RefusedAsQuarantined(req)) return;
     auto target = Self(req).table_->Readlink(ino);
     if (!target.ok()) {
       fuse_reply_err(req, StatusToErrno(target.status()));
@@ -494,6 +527,7 @@ class FuseMountImpl final : public FuseMount {
   // Listing of directory `ino`: ".", "..", then the children in name order. Entry i has offset
   // i + 1 (the offset of the next one).
   static void DoReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+    if (RefusedAsQuarantined(req)) return;
     auto& self = Self(req);
     auto children = self.table_->ReadDir(ino);
     auto parent = self.table_->Parent(ino);
@@ -552,6 +586,7 @@ class FuseMountImpl final : public FuseMount {
 
   // getxattr(2)'s protocol: size 0 asks for the value's size; a too small buffer is ERANGE.
   static void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+    if (RefusedAsQuarantined(req)) return;
     auto xattrs = Self(req).table_->Xattrs(ino);
     if (!xattrs.ok()) {
       fuse_reply_err(req, StatusToErrno(xattrs.status()));
@@ -573,6 +608,7 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    if (RefusedAsQuarantined(req)) return;
     auto xattrs = Self(req).table_->Xattrs(ino);
     if (!xattrs.ok()) {
       fuse_reply_err(req, StatusToErrno(xattrs.status()));

@@ -68,9 +68,11 @@ class FuseMount {
 
   virtual const std::filesystem::path& mountpoint() const = 0;
   virtual cache::LayerStats stats() const = 0;
-  // Drops the kernel's cached data of every file (notify_inval_inode, mapped pages included), so
-  // that every later read comes to the layer again: for a quarantined layer, whose reads fail.
-  // No-op once unmounted.
+  // Drops the kernel's cached data of every file (notify_inval_inode, mapped pages included, and
+  // the cached attributes), so that every later read comes to the layer again: for a quarantined
+  // layer, whose reads fail. Queued page-cache fills are dropped first, and none is stored once
+  // the layer is quarantined. A quarantined layer's lookup, getattr (but the root's), readlink,
+  // readdir, getxattr and listxattr fail with EIO too. No-op once unmounted.
   virtual void InvalidateFileData() = 0;
 
   FuseMount(const FuseMount&) = delete;
