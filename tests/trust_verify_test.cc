@@ -252,6 +252,9 @@ TEST_F(TrustVerifyTest, LazyLayerWhoseDiffIdIsNotItsContentIsQuarantinedOnceVeri
   auto [first, first_err] = ReadThroughMount(m / "etc" / "motd");
   EXPECT_EQ(first_err, 0);
   EXPECT_EQ(first, kPlanted);
+  // Opened in the window, read after the failure: that read reaches the layer, which refuses it.
+  const int open_before = ::open((m / "data" / "blob2").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(open_before, 0);
 
   nlohmann::json s = WaitForVerification(m);
   ASSERT_EQ(s.value("verification", ""), "failed") << s.dump(2);
@@ -262,12 +265,18 @@ TEST_F(TrustVerifyTest, LazyLayerWhoseDiffIdIsNotItsContentIsQuarantinedOnceVeri
               HasSubstr("the TOC's tar_sha256 (the diff_id) is " + crypto::OciDigest(victim_diff_id)));
   EXPECT_THAT(s.dump(), Not(HasSubstr("motd")));  // no file names
 
-  // Quarantined: the file read before (its pages were cached) and one never read.
+  // Quarantined: the file read before (its pages were cached) and one never read; opening them
+  // fails already (the layer's metadata is refused too), a file open before fails its reads.
   for (const fs::path& f : {m / "etc" / "motd", m / "data" / "blob2"}) {
     auto [bytes, err] = ReadThroughMount(f);
     EXPECT_EQ(err, EIO) << f;
     EXPECT_THAT(bytes, Not(HasSubstr("planted"))) << f;
   }
+  char byte = 0;
+  errno = 0;
+  EXPECT_EQ(::pread(open_before, &byte, 1, 0), -1);
+  EXPECT_EQ(errno, EIO);
+  ::close(open_before);
   // The stats file is rewritten every second.
   for (int i = 0; i < 50 && s.value("quarantined_reads", 0) < 1; ++i) {
     std::this_thread::sleep_for(100ms);
