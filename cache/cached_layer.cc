@@ -85,6 +85,7 @@ struct CachedLayer::Impl {
   // Background fetch.
   std::condition_variable bg_cv;  // stop requested or foreground fetches finished
   int foreground_fetches = 0;
+  Clock::time_point last_foreground_end{};  // guarded by mu: when the last foreground fetch ended
   bool bg_stop = false;
   bool bg_started = false;
   std::thread bg_thread;
@@ -272,6 +273,17 @@ struct CachedLayer::Impl {
     bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
     return !bg_stop;
   }
+  // Waits until no foreground read has been fetching for `quiet` (false: stop requested).
+  bool WaitForForegroundQuiet(std::chrono::milliseconds quiet) {
+    std::unique_lock lock(mu);
+    for (;;) {
+      bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
+      if (bg_stop) return false;
+      const auto quiet_from = last_foreground_end + quiet;
+      if (Clock::now() >= quiet_from) return true;
+      bg_cv.wait_until(lock, quiet_from, [&] { return bg_stop || foreground_fetches > 0; });
+    }
+  }
   // Sleeps until `due` (false: stop requested meanwhile).
   bool SleepUntil(Clock::time_point due) {
     std::unique_lock lock(mu);
@@ -353,6 +365,7 @@ Status CachedLayer::Impl::FetchRuns(const std::vector<Run>& runs, Purpose purpos
     {
       std::lock_guard lock(mu);
       --foreground_fetches;
+      last_foreground_end = Clock::now();
     }
     bg_cv.notify_all();
   }
@@ -765,7 +778,7 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
   auto backoff = std::max(o.retry_initial, std::chrono::milliseconds(1));
   uint64_t i = 0;
   while (i < chunks.size()) {
-    if (!YieldToForeground()) return;
+    if (!WaitForForegroundQuiet(o.foreground_quiet)) return;
     std::vector<uint64_t> batch{i};
     uint64_t bytes = chunks[i].record_size();
     for (uint64_t j = i + 1; j < chunks.size(); ++j) {

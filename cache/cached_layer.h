@@ -67,6 +67,10 @@ struct VerifyOptions {
   // compete with a container's first reads; it lengthens the window between mount and verdict
   // by as much (docs/FORMAT.md §8.4).
   std::chrono::milliseconds start_delay{0};
+  // Each fetch of the verification waits until no on-demand read has been fetching for this
+  // long: a container that is reading (a start, a scan) keeps the link; the verification uses the
+  // pauses between its bursts. A read that arrives meanwhile waits for at most one batch.
+  std::chrono::milliseconds foreground_quiet{500};
   std::chrono::milliseconds retry_initial{200};
   std::chrono::milliseconds retry_max{30000};
   // Run the verification thread at nice +10: hashing and decrypting a whole layer must not take
