@@ -1,5 +1,7 @@
 #include "format/writer.h"
 
+#include "format/toc_tar_match.h"
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -282,34 +284,11 @@ std::string TarEntryName(const tar::Entry& e) {
 // tar entry → TOC entry, with the TOC's rules applied (and named) now rather than at the end.
 // The source stream's offsets move by `tar_offset_shift` (the salt header before it).
 Status AddEntry(const tar::Entry& e, uint64_t tar_offset_shift, v1::Toc& toc) {
-  auto name = NormalizeEntryName(e.name);
-  if (!name.ok()) return name.status().WithContext(TarEntryName(e));
-  Entry entry;
-  entry.name = std::move(name).value();
-  entry.type = static_cast<EntryType>(ProtoType(e.type));
-  entry.mode = e.mode;
-  entry.uid = e.uid;
-  entry.gid = e.gid;
-  entry.uname = e.uname;
-  entry.gname = e.gname;
-  entry.mtime_sec = e.mtime_sec;
-  entry.mtime_nsec = e.mtime_nsec;
-  if (e.type == tar::EntryType::kRegular) {
-    entry.size = e.size;
-    entry.data_offset = e.data_offset + tar_offset_shift;
-  }
-  if (e.type == tar::EntryType::kSymlink) {
-    entry.link_target = e.link_name;
-  } else if (e.type == tar::EntryType::kHardlink) {
-    auto target = NormalizeEntryName(e.link_name);
-    if (!target.ok()) return target.status().WithContext(TarEntryName(e) + ": hardlink target");
-    entry.link_target = std::move(target).value();
-  }
-  if (e.type == tar::EntryType::kCharDevice || e.type == tar::EntryType::kBlockDevice) {
-    entry.dev_major = e.dev_major;
-    entry.dev_minor = e.dev_minor;
-  }
-  for (const auto& [k, v] : e.xattrs) entry.xattrs.emplace(k, v);
+  // The same conversion the TOC/tar matcher checks a TOC against (toc_tar_match.h).
+  auto converted = TocEntryFromTar(e);
+  if (!converted.ok()) return converted.status().WithContext(TarEntryName(e));
+  Entry entry = std::move(converted).value();
+  if (e.type == tar::EntryType::kRegular) entry.data_offset += tar_offset_shift;
   // The data range is checked against the final tar size by the self-check at the end.
   LC_RETURN_IF_ERROR(ValidateEntry(entry, UINT64_MAX).WithContext(TarEntryName(e)));
 
