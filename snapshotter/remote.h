@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,18 @@ class RemoteLayerHandler {
   }
   // The layers mounted now, for metrics and `lazycrypt status`. The default: none.
   virtual std::vector<RemoteLayerInfo> MountedLayers() const { return {}; }
+  // What the lazily mounted layer of snapshot `snapshot_id` occupies on local disk now: the
+  // ciphertext records of its layer in the chunk cache (shared by every snapshot of the same
+  // layer) and one inode (the mount point). containerd's Usage and, through it, the kubelet's
+  // image-filesystem stats read this; the layer's full size would count bytes never fetched.
+  // nullopt when that snapshot has no mounted layer. The default looks through MountedLayers().
+  virtual std::optional<SnapshotUsage> CachedUsage(int64_t snapshot_id) const {
+    for (const RemoteLayerInfo& layer : MountedLayers()) {
+      if (layer.snapshot_id != snapshot_id) continue;
+      return SnapshotUsage{static_cast<int64_t>(layer.bytes_present), 1};
+    }
+    return std::nullopt;
+  }
 };
 
 }  // namespace lazycrypt::snapshotter

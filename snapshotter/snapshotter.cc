@@ -234,6 +234,13 @@ class SnapshotterImpl final : public Snapshotter {
     }
     // As containerd: the tree walk runs after the metadata lookup, without the lock.
     if (rec.info.kind == SnapshotKind::kActive) return DiskUsage(FsDir(rec.id));
+    // A lazily mounted layer: what is cached on disk for it now (it grows as the container
+    // reads), never its full size and never a walk of the FUSE mount (that would count bytes
+    // that were never fetched). Not mounted now (restore failed): nothing is cached for it but
+    // what was stored at commit.
+    if (rec.remote && options_.remote) {
+      if (auto cached = options_.remote->CachedUsage(rec.id)) return *cached;
+    }
     return rec.usage;
   }
 

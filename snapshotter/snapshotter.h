@@ -91,8 +91,9 @@ class Snapshotter {
   // ordered by name. fn runs without the lock held on a snapshot of the list.
   virtual Status Walk(const std::vector<std::string>& filters,
                       const std::function<Status(const SnapshotInfo&)>& fn) = 0;
-  // Active: real disk use of fs (st_blocks * 512 of distinct inodes, and their count); committed:
-  // as stored at commit; view: zero.
+  // Active: real disk use of fs (st_blocks * 512 of distinct inodes, and their count); committed
+  // remote (lazily mounted): the handler's CachedUsage, what is cached on disk for its layer now;
+  // other committed: as stored at commit; view: zero.
   virtual Result<SnapshotUsage> Usage(const std::string& key) = 0;
   // Removes directories under snapshots/ that belong to no snapshot in the store.
   virtual Status Cleanup() = 0;

@@ -67,6 +67,9 @@ class FakeRemote final : public RemoteLayerHandler {
   std::vector<std::string> purges;
   std::map<std::string, Status> refuse;
   Status restore_error;
+  // What MountedLayers reports (the default CachedUsage looks through it).
+  std::vector<RemoteLayerInfo> mounted;
+  std::vector<RemoteLayerInfo> MountedLayers() const override { return mounted; }
 };
 
 class SnapshotterTest : public ::testing::Test {
@@ -453,6 +456,24 @@ class RemoteTest : public SnapshotterTest {
   }
   std::shared_ptr<FakeRemote> remote_;
 };
+
+// Usage of a lazily mounted layer is what is cached on disk for it now (it grows as it is read),
+// not zero as stored at commit and not the layer's full size.
+TEST_F(RemoteTest, UsageOfARemoteLayerIsWhatItsCacheHoldsNow) {
+  Labels labels = {{"containerd.io/snapshot.ref", "sha256:chain1"}, {"test/remote", "yes"}};
+  ASSERT_EQ(sn_->Prepare("extract-1", "", labels).status().code(), StatusCode::kAlreadyExists);
+  RemoteLayerInfo layer;
+  layer.snapshot_id = 1;
+  layer.blob_size_bytes = 50 << 20;
+  layer.bytes_present = 3 << 20;
+  remote_->mounted = {layer};
+  EXPECT_EQ(*sn_->Usage("sha256:chain1"), (SnapshotUsage{3 << 20, 1}));
+  remote_->mounted[0].bytes_present = 7 << 20;
+  EXPECT_EQ(*sn_->Usage("sha256:chain1"), (SnapshotUsage{7 << 20, 1}));
+  // Not mounted (e.g. its restore failed): what was stored at commit.
+  remote_->mounted.clear();
+  EXPECT_EQ(*sn_->Usage("sha256:chain1"), SnapshotUsage{});
+}
 
 TEST_F(RemoteTest, RemoteLayerIsCommittedUnderTheRefAndAnswersAlreadyExists) {
   Labels labels = {{"containerd.io/snapshot.ref", "sha256:chain1"},
