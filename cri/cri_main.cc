@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/file_io.h"
+#include "common/version.h"
 #include "cri/cri_client.h"
 
 namespace {
@@ -64,6 +65,7 @@ int RunPod(cri::CriClient& client, const std::string& image, const std::string& 
 
 int main(int argc, char** argv) {
   CLI::App app{"lazycrypt-cri: a kubelet-like CRI client for containerd"};
+  app.set_version_flag("--version", VersionLine("lazycrypt-cri"));
   std::string socket = "/run/containerd/containerd.sock";
   app.add_option("--socket", socket, "containerd's gRPC socket");
   app.require_subcommand(1);

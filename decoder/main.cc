@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 
 #include "common/file_io.h"
+#include "common/version.h"
 #include "crypto/process_hardening.h"
 #include "decoder/decoder.h"
 #include "keywrap/keyprovider.h"
@@ -129,6 +130,7 @@ int main(int argc, char** argv) {
       "descriptor comes in containerd's payload on fd 3, STREAM_PROCESSOR_MEDIATYPE names the "
       "blob's media type.",
       "lazycrypt-decoder"};
+  app.set_version_flag("--version", VersionLine("lazycrypt-decoder"));
   std::vector<std::string> key_paths;
   int threads = 0;
   app.add_option("--decryption-keys-path", key_paths,

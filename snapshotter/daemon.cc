@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 
+#include "common/version.h"
 #include "snapshotter/admin.h"
 #include "snapshotter/metrics.h"
 #include "snapshotter/service.h"
@@ -18,6 +19,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
                "lazily. `lazycrypt-snapshotter purge --help`: remove the layers this node may no "
                "longer use, from the running daemon"};
   std::string config_path, address, root, log_level;
+  app.set_version_flag("--version", VersionLine("lazycrypt-snapshotter"));
   app.add_option("--config", config_path, "TOML config file");
   app.add_option("--address", address, "unix socket path (overrides the config's address)");
   app.add_option("--root", root, "state directory (overrides the config's root)");

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 
+#include "common/version.h"
 #include "crypto/process_hardening.h"
 #include "tools/commands.h"
 #include "tools/mount.h"
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
       "Converts OCI images (OCI layouts or registries) to the lazycrypt chunked format (or to "
       "standard ocicrypt), inspects, verifies and decrypts them, and changes their recipients. Keys "
       "and recipients are the RSA/EC key pairs ocicrypt/skopeo use (JWE)."};
-  app.set_version_flag("--version", "lazycrypt 0.1.0");
+  app.set_version_flag("--version", lazycrypt::VersionLine("lazycrypt"));
   app.require_subcommand(1);
   app.fallthrough();  // --quiet after the command name too
 
