@@ -26,6 +26,7 @@
 #include "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.grpc.pb.h"
 
 #include "tests/command_util.h"
+#include "tests/containerd_peers.h"
 #include "tests/harness/containerd_process.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
@@ -40,6 +41,7 @@ using testing::Describe;
 using testing::MustRun;
 using testing::SourceDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // The snippet shipped in deploy/ is valid containerd configuration and says what it should.
 TEST(SnapshotterDeploy, ConfigSnippetIsReadBackByContainerd) {
@@ -73,6 +75,55 @@ TEST(SnapshotterDeploy, HarnessProxyPluginEntryIsReadBackByContainerd) {
   EXPECT_THAT(dump->stdout_text, HasSubstr("[proxy_plugins.lazycrypt]"));
   EXPECT_THAT(dump->stdout_text, HasSubstr("address = \"/tmp/x y/snap.sock\""));
 }
+
+// The harness's config for each containerd release (version 2 for 1.x, version 3 for 2.x) starts
+// that containerd with the proxy plugin and the CRI plugin, and is what it reads back.
+class HarnessConfig : public ::testing::TestWithParam<testing::ContainerdPeer> {};
+
+TEST_P(HarnessConfig, StartsContainerdWithTheProxyPluginAndCri) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: containerd";
+  auto binary = GetParam().binary();
+  ASSERT_TRUE(binary.ok()) << binary.status().ToString();
+  harness::ContainerdOptions options;
+  options.binary = *binary;
+  options.proxy_plugins.push_back(
+      {"lazycrypt", "snapshot", "/tmp/lc-no-such-dir/snap.sock", {{"root", "/tmp/lc-root"}}});
+  harness::CriPluginConfig cri;
+  cri.snapshotter = "overlayfs";
+  cri.runtimes = {{"runc", ""}, {"lazycrypt", "lazycrypt"}};
+  options.cri = cri;
+  auto ctd = harness::ContainerdProcess::Start(options);
+  ASSERT_TRUE(ctd.ok()) << ctd.status().ToString();
+  EXPECT_EQ((*ctd)->version().text.rfind(GetParam().version_prefix, 0), 0u)
+      << (*ctd)->version().text;
+  auto dump = harness::RunCommand(
+      {*binary, "--config", (*ctd)->config_path().string(), "config", "dump"},
+      std::chrono::seconds(30));
+  ASSERT_TRUE(dump.ok()) << dump.status().ToString();
+  ASSERT_EQ(dump->exit_code, 0) << Describe(*dump);
+  // 2.x writes TOML literal strings ('...'), 1.x basic ones ("...").
+  std::string text = dump->stdout_text;
+  std::replace(text.begin(), text.end(), '\'', '"');
+  EXPECT_THAT(text, HasSubstr("address = \"/tmp/lc-no-such-dir/snap.sock\""));
+  if ((*ctd)->version().major >= 2) {
+    EXPECT_THAT(text, HasSubstr("version = 3"));
+    EXPECT_THAT(text, HasSubstr("root = \"/tmp/lc-root\""));
+    EXPECT_THAT(text, HasSubstr("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes."
+                                "lazycrypt]\n          runtime_type = \"io.containerd.runc.v2\""));
+  } else {
+    EXPECT_THAT(text, HasSubstr("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes."
+                                "lazycrypt]"));
+  }
+  // The CRI plugin is up: its service answers on the socket.
+  EXPECT_THAT((*ctd)->Log(), Not(HasSubstr("failed to load plugin io.containerd.grpc.v1.cri")));
+  auto plugins = (*ctd)->Ctr({"plugins", "ls"});
+  ASSERT_TRUE(plugins.ok());
+  EXPECT_THAT(plugins->stdout_text, ::testing::ContainsRegex("io.containerd.grpc.v1 +cri .* ok"))
+      << plugins->stdout_text;
+}
+
+INSTANTIATE_TEST_SUITE_P(Peers, HarnessConfig, ::testing::ValuesIn(testing::AllContainerdPeers()),
+                         testing::ContainerdPeerName);
 
 class SnapshotterContainerd : public ::testing::Test {
  protected:

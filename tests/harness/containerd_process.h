@@ -1,13 +1,17 @@
-// A real containerd (1.6, Debian's, or another binary) for integration tests: its own config, root,
-// state, gRPC/ttrpc sockets and log in a mkdtemp directory, the CRI plugin disabled unless asked for
-// (host-network pods only, no CNI), optional [stream_processors] and [proxy_plugins]. Clients run as `ctr --address <socket>` (or any ctr-like
-// binary, e.g. imgcrypt's ctr-imgcrypt). Stopped by PID on destruction: running tasks are killed
-// first, then containerd (SIGTERM, then SIGKILL), then mounts left under its root are detached.
-// Needs root (overlayfs snapshots, runc).
+// A real containerd (1.6, Debian's, or another binary: 1.7, 2.1) for integration tests: its own
+// config, root, state, gRPC/ttrpc sockets and log in a mkdtemp directory, the CRI plugin disabled
+// unless asked for (host-network pods only, no CNI), optional [stream_processors] and
+// [proxy_plugins]. The config is version 2 for containerd 1.x and version 3 for 2.x (the binary's
+// `--version` decides; 2.x moved the CRI settings to io.containerd.cri.v1.images/.runtime). Clients
+// run as `ctr --address <socket>` (the ctr next to an absolute containerd binary, else PATH's; or
+// any ctr-like binary, e.g. imgcrypt's ctr-imgcrypt). Stopped by PID on destruction: running tasks
+// are killed first, then containerd (SIGTERM, then SIGKILL), then mounts left under its root are
+// detached. Needs root (overlayfs snapshots, runc).
 #pragma once
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,23 +36,47 @@ struct ProxyPluginConfig {
   std::string name;
   std::string type;
   std::string address;
+  // [proxy_plugins."<name>".exports] (containerd 2.x reads them; 1.x ignores them): "root" is the
+  // directory whose disk use the CRI image-filesystem stats report for this snapshotter;
+  // "enable_remote_snapshot_annotations" = "true" makes 2.x's transfer-service pull pass the
+  // containerd.io/snapshot/cri.* labels to it (core/transfer/local/pull.go).
+  std::map<std::string, std::string> exports = {};
 };
 
-// A [plugins."io.containerd.grpc.v1.cri".containerd.runtimes."<name>"] entry (runc v2 shim);
-// a non-empty snapshotter is containerd ≥ 1.7's per-runtime-handler snapshotter.
+// A CRI runtime handler entry (runc v2 shim): [plugins."io.containerd.grpc.v1.cri".containerd.
+// runtimes."<name>"] in config v2, [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.
+// "<name>"] in v3. A non-empty snapshotter is containerd ≥ 1.7's per-runtime-handler snapshotter
+// (the one its containers' snapshots are prepared with).
 struct CriRuntimeConfig {
   std::string name;
   std::string snapshotter;
 };
 
+// containerd 2.x only: [plugins."io.containerd.cri.v1.images".runtime_platforms."<runtime>"], the
+// snapshotter (and platform) a pull with ImageSpec.runtime_handler = runtime unpacks into.
+struct CriRuntimePlatformConfig {
+  std::string runtime;
+  std::string snapshotter;
+  std::string platform;  // "" = containerd's default platform
+};
+
 // The CRI plugin, enabled (tests drive it with lc_cri_client). Pods use the host network, so no
 // CNI is configured; the streaming server listens on an ephemeral port on 127.0.0.1.
 struct CriPluginConfig {
-  std::string snapshotter = "overlayfs";       // the default snapshotter for pulls and containers
-  bool disable_snapshot_annotations = false;   // false: cri.* labels reach remote snapshotters
+  std::string snapshotter = "overlayfs";  // the default snapshotter for pulls and containers
+  // false: the CRI pull labels snapshots with cri.* annotations for remote snapshotters. Unset:
+  // false on 1.x (as before), containerd's default on 2.x (true on Linux). On 2.x an explicit
+  // false makes the CRI image service fall back to the local pull (internal/cri/config/config.go,
+  // CheckLocalImagePullConfigs); the transfer-service pull takes the proxy plugin's export
+  // enable_remote_snapshot_annotations instead.
+  std::optional<bool> disable_snapshot_annotations;
   std::string sandbox_image;                   // the pause-like image pods start with
   std::filesystem::path registry_config_path;  // hosts.toml directory ("" = none)
   std::vector<CriRuntimeConfig> runtimes = {{"runc", ""}};  // the first one is the default
+  // containerd 2.x only (ignored for 1.x configs): unset = containerd's default (2.1: the
+  // transfer-service pull, unless a setting forces the local pull).
+  std::optional<bool> use_local_image_pull;
+  std::vector<CriRuntimePlatformConfig> runtime_platforms;  // containerd 2.x only
 };
 
 struct ContainerdOptions {
@@ -60,7 +88,18 @@ struct ContainerdOptions {
   // Debian 13's 1.7 unpacked into the build tree), whose directory then goes first in containerd's
   // PATH so that its own containerd-shim-runc-v2 is used.
   std::string binary = "containerd";
+  // The ctr for Ctr(): "" = the ctr beside an absolute `binary` if there is one (the client of the
+  // same release), else "ctr" from PATH.
+  std::string ctr;
 };
+
+// What `<binary> --version` says: "containerd github.com/containerd/containerd[/v2] 2.1.9+unknown".
+struct ContainerdVersion {
+  std::string text;  // "2.1.9+unknown", "1.6.20~ds1"
+  int major = 0;
+  int minor = 0;
+};
+Result<ContainerdVersion> ProbeContainerdVersion(const std::string& binary);
 
 // Not thread-safe (start/stop and clients from one thread).
 class ContainerdProcess {
@@ -75,8 +114,10 @@ class ContainerdProcess {
   const std::filesystem::path& dir() const { return dir_.path(); }
   std::filesystem::path socket() const { return dir_ / "containerd.sock"; }
   std::filesystem::path config_path() const { return dir_ / "config.toml"; }
+  const ContainerdVersion& version() const { return version_; }
+  const std::string& ctr_binary() const { return ctr_; }
 
-  // Runs `ctr --address <socket> args...` to completion.
+  // Runs `<ctr_binary()> --address <socket> args...` to completion.
   Result<CommandResult> Ctr(const std::vector<std::string>& args,
                             std::chrono::milliseconds timeout = std::chrono::seconds(120));
   // Runs another ctr-compatible client: `<binary> --address <socket> args...`.
@@ -89,16 +130,24 @@ class ContainerdProcess {
   void Stop();
 
  private:
-  ContainerdProcess(TempDir dir, std::unique_ptr<Subprocess> proc)
-      : dir_(std::move(dir)), proc_(std::move(proc)) {}
+  ContainerdProcess(TempDir dir, std::unique_ptr<Subprocess> proc, ContainerdVersion version,
+                    std::string ctr)
+      : dir_(std::move(dir)),
+        proc_(std::move(proc)),
+        version_(std::move(version)),
+        ctr_(std::move(ctr)) {}
   void KillTasks();
   void DetachMounts();
 
   TempDir dir_;
   std::unique_ptr<Subprocess> proc_;
+  ContainerdVersion version_;
+  std::string ctr_;
 };
 
-// The TOML of a containerd 1.6/1.7 config (version 2) rooted in `dir` with these options.
-std::string ContainerdConfigToml(const std::filesystem::path& dir, const ContainerdOptions& options);
+// The TOML of a containerd config rooted in `dir` with these options: version 2 for containerd
+// 1.6/1.7 (major_version 1), version 3 for 2.x (major_version >= 2).
+std::string ContainerdConfigToml(const std::filesystem::path& dir, const ContainerdOptions& options,
+                                 int major_version = 1);
 
 }  // namespace lazycrypt::harness

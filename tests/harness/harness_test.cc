@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "tests/harness/containerd_process.h"
 #include "tests/harness/fault_proxy.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
@@ -142,6 +143,53 @@ TEST(FaultProxy, StallEndsWhenProxyStops) {
   EXPECT_FALSE(HttpGetStatus((*proxy)->port(), "/v2/").ok());  // 2 s receive timeout
   proxy->reset();  // must not wait for the 60 s stall
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+}
+
+TEST(ContainerdConfigToml, Version2For1xAndVersion3WithTheSplitCriPluginsFor2x) {
+  ContainerdOptions options;
+  options.proxy_plugins.push_back(
+      {"lazycrypt", "snapshot", "/run/s.sock", {{"root", "/var/lib/lc"}}});
+  CriPluginConfig cri;
+  cri.snapshotter = "lazycrypt";
+  cri.sandbox_image = "127.0.0.1:5000/pause:1";
+  cri.use_local_image_pull = true;
+  cri.runtimes = {{"runc", ""}, {"lazycrypt", "lazycrypt"}};
+  cri.runtime_platforms = {{"lazycrypt", "lazycrypt", ""}};
+  options.cri = cri;
+  const std::string v2 = ContainerdConfigToml("/d", options, 1);
+  EXPECT_NE(v2.find("version = 2\n"), std::string::npos) << v2;
+  EXPECT_NE(v2.find("[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = "
+                    "\"lazycrypt\"\n  disable_snapshot_annotations = false"),
+            std::string::npos)
+      << v2;
+  EXPECT_EQ(v2.find("use_local_image_pull"), std::string::npos) << v2;
+  EXPECT_EQ(v2.find("runtime_platforms"), std::string::npos) << v2;
+
+  const std::string v3 = ContainerdConfigToml("/d", options, 2);
+  EXPECT_NE(v3.find("version = 3\n"), std::string::npos) << v3;
+  EXPECT_NE(v3.find("[proxy_plugins.\"lazycrypt\".exports]\n      \"root\" = \"/var/lib/lc\""),
+            std::string::npos)
+      << v3;
+  EXPECT_NE(v3.find("[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"lazycrypt\"\n"
+                    "  use_local_image_pull = true\n"),
+            std::string::npos)
+      << v3;
+  // Unset: 2.x's default (true on Linux), so the transfer-service pull is not forced off.
+  EXPECT_EQ(v3.find("disable_snapshot_annotations"), std::string::npos) << v3;
+  EXPECT_NE(v3.find("[plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = "
+                    "\"127.0.0.1:5000/pause:1\""),
+            std::string::npos)
+      << v3;
+  EXPECT_NE(v3.find("[plugins.\"io.containerd.cri.v1.images\".runtime_platforms.\"lazycrypt\"]\n"
+                    "  snapshotter = \"lazycrypt\""),
+            std::string::npos)
+      << v3;
+  EXPECT_NE(v3.find("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.\"lazycrypt\"]"
+                    "\n  runtime_type = \"io.containerd.runc.v2\"\n  snapshotter = \"lazycrypt\""),
+            std::string::npos)
+      << v3;
+  EXPECT_EQ(v3.find("sandbox_image"), std::string::npos) << v3;
+  EXPECT_EQ(v3.find("[plugins.\"io.containerd.grpc.v1.cri\".containerd"), std::string::npos) << v3;
 }
 
 }  // namespace
