@@ -11,6 +11,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libcurl4-openssl-dev libfuse3-dev fuse3
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libtomlplusplus-dev libcli11-dev
   libsqlite3-dev libmicrohttpd-dev
+  # fdstore/: systemd's file-descriptor store (sd_pid_notify_with_fds, sd_listen_fds_with_names, sd-bus)
+  libsystemd-dev
   # ISA-L's igzip: inflating gzip layers when converting them
   libisal-dev
   # containerd's API protos (the snapshotter's gRPC service is generated from them)
