@@ -1,8 +1,12 @@
 // Lazy start of lazycrypt images end to end: a real docker-registry holds an image whose layers
 // are lazycrypt's; a real lazycrypt-snapshotter (FUSE layers, node key directory, hosts.toml)
-// serves a real containerd 1.6, which pulls the image with stargz's `ctr-remote images rpull`
-// (Debian 13's stargz-snapshotter package, unpacked into the build tree) and runs containers with
-// runc. Checks: the layers are mounted, not downloaded; the container reads files from encrypted
+// serves a real containerd, which pulls the image with stargz's `ctr-remote images rpull`
+// (Debian 13's stargz-snapshotter package, unpacked into the build tree) or `lazycrypt pull` and
+// runs containers with runc. The scenarios that depend on containerd (lazy pull and run, mixed
+// images, missing key, tampered chunk, kill -9 of the snapshotter, `lazycrypt pull`) run on each
+// release the suite tests: Debian 12's 1.6, Debian 13's 1.7 and unstable's 2.1 (config version
+// 3), as Peers/LazyContainerdOn.*/containerd_1_6 etc.; the snapshotter-only ones (metrics,
+// prefetch, key providers) on 1.6. Checks: the layers are mounted, not downloaded; the container reads files from encrypted
 // layers and writes to its own upper layer; two containers share the mounted layers; no
 // plaintext under the snapshotter's state and cache; mixed plain + lazycrypt images; a node
 // without the key refuses the layer with an error naming it and keeps no snapshot; a tampered
@@ -18,6 +22,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -28,6 +33,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/containerd_peers.h"
 #include "tests/harness/containerd_process.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
@@ -72,9 +78,10 @@ std::vector<std::string> FilesContaining(const fs::path& dir, const std::string&
   return hits;
 }
 
-class LazyContainerd : public ::testing::Test {
+class LazyContainerdFixture : public ::testing::Test {
  protected:
-  void SetUp() override {
+  // The containerd binary the fixture starts ("containerd" = the system's 1.6).
+  void SetUpWith(const std::string& containerd_binary) {
     if (geteuid() != 0) GTEST_SKIP() << "needs root: containerd, FUSE, overlayfs and runc";
     auto work = harness::TempDir::Create("lc-lazy-ctd");
     ASSERT_TRUE(work.ok()) << work.status().ToString();
@@ -134,13 +141,15 @@ class LazyContainerd : public ::testing::Test {
     StartSnapshotter();
     ASSERT_FALSE(HasFailure());
     harness::ContainerdOptions options;
-    options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string()});
+    options.binary = containerd_binary;
+    options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string(), proxy_exports_});
+    options.transfer_unpack_snapshotters = transfer_unpack_snapshotters_;
     auto containerd = harness::ContainerdProcess::Start(options);
     ASSERT_TRUE(containerd.ok()) << containerd.status().ToString();
     ctd_ = std::move(*containerd);
   }
 
-  void TearDown() override {
+  void TearDownFixture() {
     if (ctd_) ctd_->Stop();
     testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
   }
@@ -211,9 +220,37 @@ class LazyContainerd : public ::testing::Test {
   std::string big_sha256_;
   std::string metrics_address_;  // the snapshotter's [metrics] address
   int starts_ = 0;
+  std::map<std::string, std::string> proxy_exports_;  // [proxy_plugins.lazycrypt.exports]
+  std::vector<std::string> transfer_unpack_snapshotters_;  // containerd 2.x's transfer service
 };
 
-TEST_F(LazyContainerd, LazyPullRunsSharesLayersLeavesNoPlaintextAndSurvivesKill9) {
+// On the system's containerd (1.6): what does not depend on containerd's release.
+class LazyContainerd : public LazyContainerdFixture {
+ protected:
+  void SetUp() override { SetUpWith("containerd"); }
+  void TearDown() override { TearDownFixture(); }
+};
+
+// On each containerd release the suite tests.
+class LazyContainerdOn : public LazyContainerdFixture,
+                         public ::testing::WithParamInterface<testing::ContainerdPeer> {
+ protected:
+  void SetUp() override {
+    auto binary = GetParam().binary();
+    ASSERT_TRUE(binary.ok()) << binary.status().ToString();
+    SetUpWith(*binary);
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_EQ(ctd_->version().text.rfind(GetParam().version_prefix, 0), 0u)
+        << ctd_->version().text;
+  }
+  void TearDown() override { TearDownFixture(); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Peers, LazyContainerdOn,
+                         ::testing::ValuesIn(testing::AllContainerdPeers()),
+                         testing::ContainerdPeerName);
+
+TEST_P(LazyContainerdOn, LazyPullRunsSharesLayersLeavesNoPlaintextAndSurvivesKill9) {
   const std::string ref = Publish("1", node_key_.pub);
   ASSERT_FALSE(HasFailure());
   auto pulled = RemotePull(ref);
@@ -268,7 +305,7 @@ TEST_F(LazyContainerd, LazyPullRunsSharesLayersLeavesNoPlaintextAndSurvivesKill9
   EXPECT_EQ(CountFuseMounts(root_), 2u) << "stale mounts were not replaced";
 }
 
-TEST_F(LazyContainerd, MixedPlainAndLazycryptLayersRun) {
+TEST_P(LazyContainerdOn, MixedPlainAndLazycryptLayersRun) {
   // Only the data layer (index 1) is lazycrypt's; busybox stays a plain gzip layer.
   const std::string ref = Publish("mixed", node_key_.pub, {"--layers", "1"});
   ASSERT_FALSE(HasFailure());
@@ -280,7 +317,7 @@ TEST_F(LazyContainerd, MixedPlainAndLazycryptLayersRun) {
   EXPECT_EQ(cat.stdout_text, marker_ + "\n") << Describe(cat) << Logs();
 }
 
-TEST_F(LazyContainerd, WithoutTheKeyThePullFailsNamingTheLayerAndLeavesNoSnapshot) {
+TEST_P(LazyContainerdOn, WithoutTheKeyThePullFailsNamingTheLayerAndLeavesNoSnapshot) {
   const std::string ref = Publish("other", other_key_.pub);
   ASSERT_FALSE(HasFailure());
   auto before = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"});
@@ -297,7 +334,7 @@ TEST_F(LazyContainerd, WithoutTheKeyThePullFailsNamingTheLayerAndLeavesNoSnapsho
   EXPECT_EQ(after->stdout_text, before->stdout_text) << "a snapshot was left behind";
 }
 
-TEST_F(LazyContainerd, TamperedChunkIsAnIoErrorInTheContainer) {
+TEST_P(LazyContainerdOn, TamperedChunkIsAnIoErrorInTheContainer) {
   const std::string ref = Publish("tampered", node_key_.pub);
   ASSERT_FALSE(HasFailure());
   // The data layer's blob: the largest blob in the registry. Flip a byte in its middle, which is
@@ -443,7 +480,7 @@ TEST_F(LazyContainerd, MarkedFilesArePrefetchedInOneMultiRangeRequest) {
   EXPECT_EQ(data_layer().value("fetch_requests", 0ull), 1u) << "the reads fetched again";
 }
 
-TEST_F(LazyContainerd, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {
+TEST_P(LazyContainerdOn, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {
   // `lazycrypt pull` instead of ctr-remote: the same labels, containerd's own API.
   const std::string ref = Publish("pull", node_key_.pub, {"--layers", "1"});
   ASSERT_FALSE(HasFailure());
@@ -468,6 +505,76 @@ TEST_F(LazyContainerd, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->exit_code, 0) << Describe(*again);
   EXPECT_THAT(again->stdout_text, HasSubstr("2 already present")) << again->stdout_text;
+}
+
+// containerd 2.x's `ctr images pull` goes through the transfer service (core/transfer/local/
+// pull.go): it unpacks only into the snapshotters of its unpack_config (default: overlayfs; the
+// harness adds lazycrypt) and labels snapshots for a remote snapshotter (the containerd.io/
+// snapshot/cri.* labels) only when the snapshotter exports enable_remote_snapshot_annotations =
+// "true". With both, the plain `ctr images pull` mounts lazycrypt layers lazily; without the
+// export the snapshotter refuses the unlabelled lazycrypt layer, naming what is missing.
+class LazyContainerd21Transfer : public LazyContainerdFixture {
+ protected:
+  void SetUpExported(bool exported) {
+    auto binary = testing::Containerd21Binary();
+    ASSERT_TRUE(binary.ok()) << binary.status().ToString();
+    if (exported) proxy_exports_ = {{"enable_remote_snapshot_annotations", "true"}};
+    transfer_unpack_snapshotters_ = {"lazycrypt"};
+    SetUpWith(*binary);
+  }
+  void TearDown() override { TearDownFixture(); }
+
+  Result<CommandResult> CtrPull(const std::string& ref) {
+    return ctd_->Ctr({"images", "pull", "--plain-http", "--snapshotter", "lazycrypt", ref},
+                     std::chrono::seconds(180));
+  }
+};
+
+class LazyContainerd21TransferExported : public LazyContainerd21Transfer {
+ protected:
+  void SetUp() override { SetUpExported(true); }
+};
+class LazyContainerd21TransferNotExported : public LazyContainerd21Transfer {
+ protected:
+  void SetUp() override { SetUpExported(false); }
+};
+
+TEST_F(LazyContainerd21TransferExported, CtrImagesPullMountsTheLayersLazily) {
+  ASSERT_EQ(ctd_->version().major, 2) << ctd_->version().text;
+  const std::string ref = Publish("transfer", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto pulled = CtrPull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  EXPECT_EQ(CountFuseMounts(root_), 2u) << SnapshotterLog();
+  const std::string log = SnapshotterLog();
+  size_t mounted = 0;
+  for (size_t pos = 0; (pos = log.find("mounted layer sha256:", pos)) != std::string::npos; ++pos) {
+    ++mounted;
+  }
+  EXPECT_EQ(mounted, 2u) << log;
+  auto cat = Run(ref, Id("transfer"), {"/bin/cat", "/data/marker.txt"});
+  EXPECT_EQ(cat.exit_code, 0) << Describe(cat) << Logs();
+  EXPECT_EQ(cat.stdout_text, marker_ + "\n");
+}
+
+TEST_F(LazyContainerd21TransferNotExported, CtrImagesPullIsRefusedNamingTheMissingLabels) {
+  ASSERT_EQ(ctd_->version().major, 2) << ctd_->version().text;
+  const std::string ref = Publish("transfer", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto pulled = CtrPull(ref);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  EXPECT_NE(pulled->exit_code, 0) << Describe(*pulled);
+  EXPECT_THAT(pulled->stderr_text,
+              HasSubstr("came without the image reference and layer digest labels"))
+      << Describe(*pulled);
+  EXPECT_THAT(pulled->stderr_text, HasSubstr("enable_remote_snapshot_annotations"))
+      << Describe(*pulled);
+  EXPECT_EQ(CountFuseMounts(root_), 0u);
+  auto ls = ctd_->Ctr({"snapshots", "--snapshotter", "lazycrypt", "ls"});
+  ASSERT_TRUE(ls.ok());
+  EXPECT_EQ(std::count(ls->stdout_text.begin(), ls->stdout_text.end(), '\n'), 1)
+      << "a snapshot was left behind: " << ls->stdout_text;
 }
 
 // keyprovider: a password-protected node key (refused naming the file without its password, used

@@ -1,6 +1,7 @@
 #include "tests/harness/containerd_process.h"
 
 #include <sys/mount.h>
+#include <sys/utsname.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -134,6 +135,15 @@ std::string ConfigV2(const fs::path& dir, const ContainerdOptions& options) {
   return t;
 }
 
+// This machine's OCI platform ("linux/amd64"), as containerd's default platform names it.
+std::string HostPlatform() {
+  struct utsname u;
+  std::string arch = uname(&u) == 0 ? u.machine : "x86_64";
+  if (arch == "x86_64") arch = "amd64";
+  if (arch == "aarch64") arch = "arm64";
+  return "linux/" + arch;
+}
+
 // containerd 2.x: config version 3. The CRI plugin is split into io.containerd.cri.v1.images
 // (snapshotter, annotations, pull mode, pinned sandbox image, registry, runtime_platforms),
 // io.containerd.cri.v1.runtime (runtimes, CNI, oom) and io.containerd.grpc.v1.cri (the service and
@@ -149,6 +159,25 @@ std::string ConfigV3(const fs::path& dir, const ContainerdOptions& options) {
   if (!options.cri) disabled.push_back("io.containerd.grpc.v1.cri");
   t += "disabled_plugins = " + QuoteList(disabled) + "\n";
   t += CommonSections(dir, options);
+  // One unpack_config list for the transfer service, whoever asked (ctr pulls, the CRI pull).
+  std::vector<std::string> unpack = options.transfer_unpack_snapshotters;
+  if (options.cri) {
+    unpack.insert(unpack.end(), options.cri->transfer_unpack_snapshotters.begin(),
+                  options.cri->transfer_unpack_snapshotters.end());
+  }
+  if (!unpack.empty()) {
+    std::vector<std::string> snapshotters = {"overlayfs"};
+    for (const auto& s : unpack) {
+      if (std::find(snapshotters.begin(), snapshotters.end(), s) == snapshotters.end()) {
+        snapshotters.push_back(s);
+      }
+    }
+    for (const auto& s : snapshotters) {
+      t += "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n";
+      t += "  platform = " + Quote(HostPlatform()) + "\n";
+      t += "  snapshotter = " + Quote(s) + "\n";
+    }
+  }
   if (options.cri) {
     const CriPluginConfig& cri = *options.cri;
     const std::string images = "[plugins.\"io.containerd.cri.v1.images\"";
@@ -157,6 +186,9 @@ std::string ConfigV3(const fs::path& dir, const ContainerdOptions& options) {
     if (cri.disable_snapshot_annotations) {
       t += std::string("  disable_snapshot_annotations = ") +
            (*cri.disable_snapshot_annotations ? "true" : "false") + "\n";
+    }
+    if (cri.stats_collect_period_s > 0) {
+      t += "  stats_collect_period = " + std::to_string(cri.stats_collect_period_s) + "\n";
     }
     if (cri.use_local_image_pull) {
       t += std::string("  use_local_image_pull = ") + (*cri.use_local_image_pull ? "true" : "false") +

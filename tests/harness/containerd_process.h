@@ -77,6 +77,14 @@ struct CriPluginConfig {
   // transfer-service pull, unless a setting forces the local pull).
   std::optional<bool> use_local_image_pull;
   std::vector<CriRuntimePlatformConfig> runtime_platforms;  // containerd 2.x only
+  // containerd 2.x only: snapshotters the transfer-service CRI pull may unpack into; merged with
+  // ContainerdOptions::transfer_unpack_snapshotters into one unpack_config list (see there).
+  // Empty = containerd's default, overlayfs only (plugins/transfer/plugin.go); a CRI pull for
+  // another snapshotter then fails "no unpack platforms defined".
+  std::vector<std::string> transfer_unpack_snapshotters;
+  // containerd 2.x only: how often (s) the CRI image service collects the snapshots' Usage that
+  // ImageFsInfo reports (0 = containerd's default, 10).
+  int stats_collect_period_s = 0;
 };
 
 struct ContainerdOptions {
@@ -88,6 +96,13 @@ struct ContainerdOptions {
   // Debian 13's 1.7 unpacked into the build tree), whose directory then goes first in containerd's
   // PATH so that its own containerd-shim-runc-v2 is used.
   std::string binary = "containerd";
+  // containerd 2.x only: the snapshotters the transfer service (2.x's `ctr images pull`, and the
+  // CRI pull unless use_local_image_pull) may unpack into, as [[plugins."io.containerd.transfer.
+  // v1.local".unpack_config]] entries for this machine's platform. Empty: containerd's default,
+  // the default snapshotter (overlayfs) only; a pull into any other snapshotter then skips the
+  // unpack ("Unpack configuration not supported, skipping", core/transfer/local/pull.go) and
+  // its layers are unpacked later, without labels. Non-empty: overlayfs is kept first.
+  std::vector<std::string> transfer_unpack_snapshotters;
   // The ctr for Ctr(): "" = the ctr beside an absolute `binary` if there is one (the client of the
   // same release), else "ctr" from PATH.
   std::string ctr;

@@ -189,6 +189,14 @@ TEST(ContainerdConfigToml, Version2For1xAndVersion3WithTheSplitCriPluginsFor2x) 
             std::string::npos)
       << v3;
   EXPECT_EQ(v3.find("sandbox_image"), std::string::npos) << v3;
+  EXPECT_EQ(v3.find("unpack_config"), std::string::npos) << v3;
+  options.transfer_unpack_snapshotters = {"lazycrypt"};
+  const std::string unpack = ContainerdConfigToml("/d", options, 2);
+  const size_t overlay = unpack.find("unpack_config]]\n  platform = \"linux/");
+  const size_t lazy = unpack.find("\n  snapshotter = \"lazycrypt\"\n[");
+  EXPECT_NE(overlay, std::string::npos) << unpack;
+  EXPECT_NE(unpack.find("\n  snapshotter = \"overlayfs\"\n[[plugins"), std::string::npos) << unpack;
+  EXPECT_LT(overlay, lazy) << unpack;
   EXPECT_EQ(v3.find("[plugins.\"io.containerd.grpc.v1.cri\".containerd"), std::string::npos) << v3;
 }
 
