@@ -35,8 +35,10 @@ Result<std::optional<LayerSource>> SourceFromLabels(
     return Status::InvalidArgument(
         "a lazycrypt layer (label " + std::string(image::kAnnotationLazycryptTocDigest) +
         ") came without the image reference and layer digest labels; pull it with `lazycrypt "
-        "pull`, `ctr-remote images rpull`, or the CRI plugin with "
-        "disable_snapshot_annotations = false");
+        "pull`, `ctr-remote images rpull`, the CRI plugin with "
+        "disable_snapshot_annotations = false, or (containerd 2.x's transfer service: `ctr "
+        "images pull`, the CRI pull) [proxy_plugins.<name>.exports] "
+        "enable_remote_snapshot_annotations = \"true\"");
   }
   LC_RETURN_IF_ERROR(image::ValidateDigest(source.layer_digest, "label " + std::string(digest_label)));
   source.manifest_digest = Get(labels, kLabelCriManifestDigest);
