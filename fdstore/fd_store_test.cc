@@ -510,6 +510,7 @@ class FdStoreSystemd : public ::testing::Test {
     fs::permissions(dir_ / "run", fs::perms::owner_all);
     fs::create_directories(dir_ / "config/systemd/user");
     report_ = dir_ / "report.txt";
+    fuse_report_ = dir_ / "fuse-report.txt";
     {
       std::ofstream unit(dir_ / "config/systemd/user/lc-fdtest.service");
       unit << "[Service]\n"
@@ -519,6 +520,15 @@ class FdStoreSystemd : public ::testing::Test {
               "Restart=always\n"
               "RestartSec=100ms\n"
               "ExecStart=" LAZYCRYPT_FDSTORE_HELPER_BIN " " << report_.string() << "\n";
+      fs::create_directories(dir_ / "mnt");
+      std::ofstream fuse_unit(dir_ / "config/systemd/user/lc-fdfuse.service");
+      fuse_unit << "[Service]\n"
+                   "Type=notify\n"
+                   "FileDescriptorStoreMax=16\n"
+                   "Restart=always\n"
+                   "RestartSec=100ms\n"
+                   "ExecStart=" LAZYCRYPT_FDSTORE_HELPER_BIN " " << fuse_report_.string() << " fuse "
+                << (dir_ / "mnt").string() << "\n";
     }
     {
       // set -e: never exec the manager unless the confinement is in place. The last check:
@@ -618,9 +628,10 @@ class FdStoreSystemd : public ::testing::Test {
   }
 
   // The report's blocks, one per start of the helper ("start ..." up to "ready").
-  std::vector<std::string> Starts() {
+  std::vector<std::string> Starts() { return Starts(report_); }
+  std::vector<std::string> Starts(const fs::path& report) {
     std::vector<std::string> starts;
-    std::istringstream in(ReadFile(report_));
+    std::istringstream in(ReadFile(report));
     std::string line, block;
     while (std::getline(in, line)) {
       block += line + "\n";
@@ -632,21 +643,24 @@ class FdStoreSystemd : public ::testing::Test {
     return starts;
   }
 
-  bool WaitForStarts(size_t n) {
+  bool WaitForStarts(size_t n) { return WaitForStarts(n, report_); }
+  bool WaitForStarts(size_t n, const fs::path& report) {
     for (int i = 0; i < 1500; ++i) {
-      if (Starts().size() >= n) return true;
+      if (Starts(report).size() >= n) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return false;
   }
 
   std::string Diagnostics() {
-    return "\nreport:\n" + ReadFile(report_) + "systemctl:\n" + ReadFile(dir_ / "systemctl.log") +
+    return "\nreport:\n" + ReadFile(report_) + "fuse report:\n" + ReadFile(fuse_report_) +
+           "systemctl:\n" + ReadFile(dir_ / "systemctl.log") +
            "manager log (tail):\n" + ReadFile(dir_ / "manager.log").substr(0, 4000);
   }
 
   fs::path dir_;
   fs::path report_;
+  fs::path fuse_report_;
   std::string cgroup_;
   pid_t manager_ = -1;
 };
@@ -679,6 +693,26 @@ TEST_F(FdStoreSystemd, StoreSurvivesKill9AndRestartButNotStop) {
   ASSERT_EQ(Systemctl("start lc-fdtest.service"), 0) << Diagnostics();
   ASSERT_TRUE(WaitForStarts(4)) << Diagnostics();
   EXPECT_EQ(Starts()[3], "start kind=systemd had_listen_fds=0 listen_env_cleared=1\nstored\nready\n")
+      << Diagnostics();
+}
+
+// The point of it all, with a real /dev/fuse: the process that mounted a FUSE connection dies
+// (SIGKILL) and the next one gets the same connection back from systemd, its first request
+// (FUSE_INIT, opcode 26, never answered) still queued. A /dev/fuse fd that was never mounted polls
+// EPOLLERR, so systemd drops it at once: store an fd only after its mount.
+TEST_F(FdStoreSystemd, AFuseConnectionOutlivesTheProcessThatMountedIt) {
+  if (!fs::exists("/dev/fuse")) GTEST_SKIP() << "no /dev/fuse";
+  ASSERT_EQ(Systemctl("start lc-fdfuse.service"), 0) << Diagnostics();
+  ASSERT_TRUE(WaitForStarts(1, fuse_report_)) << Diagnostics();
+  ASSERT_EQ(Starts(fuse_report_)[0],
+            "start kind=systemd had_listen_fds=0 listen_env_cleared=1\nstored\nready\n")
+      << Diagnostics();
+  ASSERT_EQ(Systemctl("kill -s KILL lc-fdfuse.service"), 0) << Diagnostics();
+  ASSERT_TRUE(WaitForStarts(2, fuse_report_)) << Diagnostics();
+  EXPECT_EQ(Starts(fuse_report_)[1],
+            "start kind=systemd had_listen_fds=1 listen_env_cleared=1\n"
+            "fd lc-test-fuse opcode=26\n"
+            "ready\n")
       << Diagnostics();
 }
 
