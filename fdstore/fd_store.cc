@@ -59,6 +59,7 @@ class SystemdFdStore final : public FdStore {
     const std::string remove = "FDSTOREREMOVE=1\nFDNAME=" + name;
     int r = ::sd_pid_notify(0, 0, remove.c_str());
     if (r <= 0) return NotifyFailure("FDSTOREREMOVE", r);
+    held_.erase(name);  // from here on systemd may hold neither; List must not say otherwise
     const std::string store = "FDSTORE=1\nFDNAME=" + name;
     const int fds[1] = {copy.get()};
     r = ::sd_pid_notify_with_fds(0, 0, store.c_str(), fds, 1);
