@@ -125,10 +125,13 @@ TEST_P(HarnessConfig, StartsContainerdWithTheProxyPluginAndCri) {
 INSTANTIATE_TEST_SUITE_P(Peers, HarnessConfig, ::testing::ValuesIn(testing::AllContainerdPeers()),
                          testing::ContainerdPeerName);
 
-class SnapshotterContainerd : public ::testing::Test {
+// On each containerd release the suite tests (Peers/SnapshotterContainerd.*/containerd_2_1 etc.).
+class SnapshotterContainerd : public ::testing::TestWithParam<testing::ContainerdPeer> {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "needs root: containerd, overlayfs snapshots and runc";
+    auto binary = GetParam().binary();
+    ASSERT_TRUE(binary.ok()) << binary.status().ToString();
     auto work = harness::TempDir::Create("lc-snap-ctd");
     ASSERT_TRUE(work.ok()) << work.status().ToString();
     work_ = std::make_unique<harness::TempDir>(std::move(*work));
@@ -159,10 +162,16 @@ class SnapshotterContainerd : public ::testing::Test {
     StartSnapshotter();
     ASSERT_FALSE(HasFailure());
     harness::ContainerdOptions options;
+    options.binary = *binary;
     options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string()});
+    // 2.x: `ctr images pull` goes through the transfer service, which unpacks only into the
+    // snapshotters it is configured for (ignored for 1.x).
+    options.transfer_unpack_snapshotters = {"lazycrypt"};
     auto containerd = harness::ContainerdProcess::Start(options);
     ASSERT_TRUE(containerd.ok()) << containerd.status().ToString();
     ctd_ = std::move(*containerd);
+    ASSERT_EQ(ctd_->version().text.rfind(GetParam().version_prefix, 0), 0u)
+        << ctd_->version().text;
   }
 
   virtual bool UseFakeRemote() const { return false; }
@@ -243,7 +252,11 @@ class SnapshotterContainerd : public ::testing::Test {
   int starts_ = 0;
 };
 
-TEST_F(SnapshotterContainerd, PullRunListAndRunAgainAfterRestarts) {
+INSTANTIATE_TEST_SUITE_P(Peers, SnapshotterContainerd,
+                         ::testing::ValuesIn(testing::AllContainerdPeers()),
+                         testing::ContainerdPeerName);
+
+TEST_P(SnapshotterContainerd, PullRunListAndRunAgainAfterRestarts) {
   struct stat st;
   ASSERT_EQ(lstat(socket_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
@@ -334,7 +347,11 @@ std::string SingleLayerChainId(const fs::path& layout) {
   return diff_ids[0].get<std::string>();
 }
 
-TEST_F(SnapshotterContainerdRemote, RemoteLayerIsUsedRestoredAndUnmounted) {
+INSTANTIATE_TEST_SUITE_P(Peers, SnapshotterContainerdRemote,
+                         ::testing::ValuesIn(testing::AllContainerdPeers()),
+                         testing::ContainerdPeerName);
+
+TEST_P(SnapshotterContainerdRemote, RemoteLayerIsUsedRestoredAndUnmounted) {
   // containerd's unpacker (client.Pull with unpack: CRI, `ctr-remote images rpull`, `lazycrypt
   // pull`) prepares each layer with containerd.io/snapshot.ref = chain ID through containerd's
   // metadata layer. Plain `ctr images pull` unpacks without that label, so the test makes the
