@@ -58,6 +58,34 @@ TEST(SnapshotterDeploy, ConfigSnippetIsReadBackByContainerd) {
   EXPECT_THAT(dump->stdout_text, HasSubstr("disable_snapshot_annotations = false"));
 }
 
+// The 2.x snippet is valid containerd 2.1 configuration and says what it should: the proxy
+// plugin with its exports, and the transfer service unpacking into overlayfs and lazycrypt.
+TEST(SnapshotterDeploy, ConfigSnippetV3IsReadBackByContainerd21) {
+  auto binary = testing::Containerd21Binary();
+  ASSERT_TRUE(binary.ok()) << binary.status().ToString();
+  auto dump = harness::RunCommand(
+      {*binary, "--config", (SourceDir() / "deploy/containerd/config-snippet-v3.toml").string(),
+       "config", "dump"},
+      std::chrono::seconds(30));
+  ASSERT_TRUE(dump.ok()) << dump.status().ToString();
+  ASSERT_EQ(dump->exit_code, 0) << Describe(*dump);
+  std::string text = dump->stdout_text;
+  std::replace(text.begin(), text.end(), '\'', '"');
+  EXPECT_THAT(text, HasSubstr("version = 3"));
+  EXPECT_THAT(text, HasSubstr("[proxy_plugins.lazycrypt]\n    type = \"snapshot\"\n    address = "
+                              "\"/run/lazycrypt/snapshotter.sock\""))
+      << text;
+  EXPECT_THAT(text, HasSubstr("enable_remote_snapshot_annotations = \"true\""));
+  EXPECT_THAT(text, HasSubstr("root = \"/var/lib/lazycrypt\""));
+  const std::string entry = "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n"
+                            "      platform = \"linux/amd64\"\n      snapshotter = ";
+  const size_t overlay = text.find(entry + "\"overlayfs\"");
+  const size_t lazy = text.find(entry + "\"lazycrypt\"");
+  EXPECT_NE(overlay, std::string::npos) << text;
+  EXPECT_NE(lazy, std::string::npos) << text;
+  EXPECT_LT(overlay, lazy) << text;
+}
+
 // The harness's proxy plugin entry is what containerd reads back.
 TEST(SnapshotterDeploy, HarnessProxyPluginEntryIsReadBackByContainerd) {
   auto dir = harness::TempDir::Create("lc-ctd-proxy-config");
