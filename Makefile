@@ -3,6 +3,9 @@
 #   make test   install missing Debian packages, build, run the whole suite
 #   make demo   install, build, and run the demo (root: containerd, FUSE)
 #   make demo-cli  the CLI-only demo (no root, no daemons)
+#   make deb    build lazycrypt_<version>_amd64.deb into $(BUILD)/deb with dpkg-buildpackage (a full
+#               build of the shipped binaries in a staged copy; DEB_FROM_BUILD=1 packages the
+#               existing $(BUILD) instead, compiling nothing)
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
 #   make bench-coldstart  the cold-start benchmark (root; section 7 of docs/BENCHMARKS.md)
 #   make fuzz-long  every fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_JOBS processes
@@ -14,7 +17,7 @@ CTEST_ARGS ?=
 FUZZ_SECONDS ?= 600
 FUZZ_JOBS  ?= $(JOBS)
 
-.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart clean
+.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart deb clean
 
 all: build
 
@@ -56,6 +59,9 @@ bench: setup
 bench-coldstart: setup
 	$(MAKE) build
 	CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
+
+deb: setup
+	bash scripts/build-deb.sh $(BUILD)/deb $(if $(DEB_FROM_BUILD),$(BUILD))
 
 clean:
 	rm -rf $(BUILD)

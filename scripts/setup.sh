@@ -22,6 +22,9 @@ packages=(
   containerd runc
   # deploy/kubernetes manifest check (tests/deploy_manifests_test.cc)
   libyaml-cpp-dev
+  # make deb and the package/image tests (tests/package_test.sh): Debian's packaging tools, man
+  # pages from --help, lintian
+  debhelper dpkg-dev fakeroot help2man lintian
   # read-throughput peers for bench/ (a mature encrypting FUSE filesystem, the I/O load generator)
   gocryptfs fio
   # conversion benchmark's reference pass for igzip, the inflater lazycrypt uses

@@ -3,7 +3,9 @@
 // handler as a DNS label; DaemonSet selector matching its template's labels, containers with
 // name and image, volume mounts naming declared volumes; Pod containers; ...), so that a typo
 // is caught here and not by `kubectl apply` on a cluster. The systemd unit keeps core dumps off
-// and hardens the daemon without a private mount namespace.
+// and hardens the daemon without a private mount namespace. The snapshotter's DaemonSet mounts
+// what the sample config (deploy/containerd/lazycrypt-snapshotter.toml, the image's config)
+// names, with the privileges and propagation FUSE layers need.
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -16,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include "snapshotter/config.h"
 #include "tests/test_util.h"
 
 namespace lazycrypt {
@@ -156,7 +159,7 @@ TEST(DeployManifests, RuntimeClassIsLazycryptAndPodsAndKeysUseIt) {
     } else if (kind == "Pod") {
       pod_class = Str(d.node["spec"]["runtimeClassName"]);
       pod_annotation = Str(d.node["metadata"]["annotations"]["io.containerd.cri.runtime-handler"]);
-    } else if (kind == "DaemonSet") {
+    } else if (kind == "DaemonSet" && Str(d.node["metadata"]["name"]) == "lazycrypt-node-keys") {
       for (const auto& v : d.node["spec"]["template"]["spec"]["volumes"]) {
         if (v["hostPath"]) host_path = Str(v["hostPath"]["path"]);
         if (v["secret"]) secret_mode = v["secret"]["defaultMode"].as<int64_t>();
@@ -209,6 +212,84 @@ TEST(DeploySystemdUnit, NoCoreDumpsAndHardeningThatKeepsMountsShared) {
         "PrivateMounts", "MountFlags", "RootDirectory", "RootImage", "DeviceAllow",
         "DevicePolicy", "PrivateUsers", "PrivateNetwork"}) {
     EXPECT_EQ(settings.count(breaks_mounts), 0u) << breaks_mounts << " would hide the mounts";
+  }
+}
+
+// The document of `kind` named `name` in deploy/kubernetes/, or a null node.
+YAML::Node FindDoc(const std::string& kind, const std::string& name) {
+  for (const auto& d : LoadAll()) {
+    if (Str(d.node["kind"]) == kind && Str(d.node["metadata"]["name"]) == name) return d.node;
+  }
+  return YAML::Node();
+}
+
+TEST(DeployManifests, SnapshotterDaemonSetRunsTheImageLikeTheSystemdUnit) {
+  const YAML::Node ds = FindDoc("DaemonSet", "lazycrypt-snapshotter");
+  ASSERT_TRUE(ds) << "no DaemonSet lazycrypt-snapshotter in deploy/kubernetes/";
+  const YAML::Node keys_ds = FindDoc("DaemonSet", "lazycrypt-node-keys");
+  ASSERT_TRUE(keys_ds) << "the node-key DaemonSet is gone";
+  // Beside the node-key DaemonSet, on the nodes the RuntimeClass schedules lazycrypt pods onto.
+  EXPECT_EQ(Str(ds["metadata"]["namespace"]), Str(keys_ds["metadata"]["namespace"]));
+  const YAML::Node pod = ds["spec"]["template"]["spec"];
+  EXPECT_EQ(Str(pod["nodeSelector"]["lazycrypt.io/node"]), "true");
+  EXPECT_EQ(Str(FindDoc("RuntimeClass", "lazycrypt")["scheduling"]["nodeSelector"]["lazycrypt.io/node"]),
+            "true");
+  // Stopping the daemon ends running containers' FUSE mounts: never rolled by the controller.
+  EXPECT_EQ(Str(ds["spec"]["updateStrategy"]["type"]), "OnDelete");
+
+  // What the image's config (the sample config) names.
+  auto config = snapshotter::LoadConfig(testing::SourceDir() / "deploy" / "containerd" /
+                                        "lazycrypt-snapshotter.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_FALSE(config->keys.dirs.empty());
+
+  ASSERT_EQ(pod["containers"].size(), 1u);
+  const YAML::Node c = pod["containers"][0];
+  EXPECT_TRUE(c["securityContext"]["privileged"].as<bool>(false)) << "FUSE and overlay mounts";
+  std::vector<std::string> argv;
+  for (const auto& a : c["command"]) argv.push_back(a.as<std::string>());
+  for (const auto& a : c["args"]) argv.push_back(a.as<std::string>());
+  EXPECT_THAT(argv, ::testing::ElementsAre("/usr/bin/lazycrypt-snapshotter", "--config",
+                                           "/etc/lazycrypt/config.toml"));
+
+  std::map<std::string, YAML::Node> volumes;
+  for (const YAML::Node& v : pod["volumes"]) volumes.emplace(Str(v["name"]), v);
+  struct Mount {
+    std::string host_path, type, propagation;
+    bool read_only = false;
+  };
+  std::map<std::string, Mount> mounts;  // by mountPath
+  for (const auto& m : c["volumeMounts"]) {
+    const YAML::Node v = volumes[Str(m["name"])];
+    ASSERT_TRUE(v && v["hostPath"]) << "volumeMount " << Str(m["name"]) << " is not a hostPath";
+    mounts[Str(m["mountPath"])] = {Str(v["hostPath"]["path"]), Str(v["hostPath"]["type"]),
+                                   Str(m["mountPropagation"]), m["readOnly"].as<bool>(false)};
+  }
+  const auto expect_mount = [&](const std::string& path, const std::string& what) -> const Mount* {
+    auto it = mounts.find(path);
+    EXPECT_NE(it, mounts.end()) << what << " (" << path << ") is not mounted from the host";
+    if (it == mounts.end()) return nullptr;
+    EXPECT_EQ(it->second.host_path, path) << what << ": the host path must be the same path";
+    return &it->second;
+  };
+  if (const Mount* fuse = expect_mount("/dev/fuse", "/dev/fuse")) {
+    EXPECT_EQ(fuse->type, "CharDevice");
+  }
+  // The socket's directory: containerd's proxy plugin dials the config's address on the host.
+  expect_mount(config->address.parent_path().string(), "the socket directory");
+  // The layers' FUSE mounts are made under root; containerd and runc on the host must see them.
+  if (const Mount* state = expect_mount(config->root.string(), "the state directory")) {
+    EXPECT_EQ(state->propagation, "Bidirectional");
+    EXPECT_FALSE(state->read_only);
+  }
+  // The node keys the node-key DaemonSet writes.
+  if (const Mount* keys = expect_mount(config->keys.dirs.front().string(), "the key directory")) {
+    EXPECT_TRUE(keys->read_only) << "the snapshotter only reads the node keys";
+    std::string keys_ds_path;
+    for (const auto& v : keys_ds["spec"]["template"]["spec"]["volumes"]) {
+      if (v["hostPath"]) keys_ds_path = Str(v["hostPath"]["path"]);
+    }
+    EXPECT_EQ(keys_ds_path, keys->host_path) << "the node-key DaemonSet fills another directory";
   }
 }
 
