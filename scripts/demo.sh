@@ -2,14 +2,19 @@
 # The lazycrypt demo: lazy start of an encrypted image under containerd, on this machine, offline.
 #   1. builds an image offline (busybox + a DEMO_LAYER_MIB MiB layer of application data);
 #   2. starts its own docker-registry, lazycrypt-snapshotter and containerd (own config and dirs
-#      in a temporary directory, never the system's), each killed by PID on exit;
+#      in a temporary directory, never the system's), each killed by PID on exit; the containerd
+#      is 2.x by default: Debian unstable's package, unpacked once into BUILD_DIR/demo/containerd-2.x
+#      (private apt config, `apt-get download`, `dpkg -x`; nothing installed, the system's
+#      containerd neither used nor touched);
 #   3. encrypts the image into the registry with `lazycrypt encrypt`;
 #   4. lazily pulls it into containerd with `lazycrypt pull` and runs it: `ctr run` prints a file
 #      from the encrypted layer; prints the start time and the bytes fetched from the registry
 #      against the image's size;
 #   5. does the same start the eager way (download everything, decrypt, unpack, run) to compare.
 #   usage: scripts/demo.sh BUILD_DIR        (run by `make demo`; needs root for containerd)
-# Knobs: DEMO_LAYER_MIB (default 256), DEMO_KEEP=1 (keep the work dir).
+# Knobs: DEMO_LAYER_MIB (default 256), DEMO_KEEP=1 (keep the work dir), DEMO_CONTAINERD: 2 (the
+# default, as above), system (the containerd on PATH, e.g. Debian 12's 1.6), or the path of a
+# containerd binary (its ctr and containerd-shim-runc-v2 beside it).
 # Exits non-zero on any failure.
 set -euo pipefail
 
@@ -27,9 +32,21 @@ layer_mib=${DEMO_LAYER_MIB:-256}
 for b in lazycrypt lazycrypt-snapshotter; do
   [ -x "$bin/$b" ] || { echo "demo: $bin/$b not found; build first (make)" >&2; exit 1; }
 done
-for tool in umoci openssl jq tar containerd ctr runc docker-registry busybox; do
+for tool in umoci openssl jq tar runc docker-registry busybox; do
   command -v "$tool" >/dev/null || { echo "demo: $tool is missing (make setup)" >&2; exit 1; }
 done
+containerd_choice=${DEMO_CONTAINERD:-2}
+case $containerd_choice in
+  system)
+    for tool in containerd ctr; do
+      command -v "$tool" >/dev/null || { echo "demo: $tool is missing (make setup)" >&2; exit 1; }
+    done
+    containerd_bin=$(command -v containerd) ;;
+  2) containerd_bin="" ;;  # fetched below
+  *)
+    [ -x "$containerd_choice" ] || { echo "demo: DEMO_CONTAINERD=$containerd_choice is not an executable" >&2; exit 1; }
+    containerd_bin=$(cd "$(dirname "$containerd_choice")" && pwd)/$(basename "$containerd_choice") ;;
+esac
 if [ "$(id -u)" -ne 0 ]; then
   echo "demo: containerd, FUSE and overlayfs need root; run it as root (sudo make demo)," >&2
   echo "      or try the CLI-only demo without root: make demo-cli" >&2
@@ -123,6 +140,33 @@ step "Generate the node's key pair (RSA-3072)" \
   --show "openssl genpkey -algorithm RSA ...; openssl pkey -pubout ..." make_keys
 
 # ---- the daemons ---------------------------------------------------------------------------------
+containerd_source=""
+fetch_containerd() {
+  local dir=$build/demo/containerd-2.x
+  containerd_bin=$(bash "$repo/tests/data/fetch-debian-package.sh" sid "$dir" containerd \
+    usr/bin/containerd) || {
+    echo "the containerd 2.x package could not be fetched from deb.debian.org (sid); offline," >&2
+    echo "run the demo on the system's containerd: DEMO_CONTAINERD=system make demo" >&2
+    return 1
+  }
+  local deb
+  deb=$(basename "$(ls "$dir"/debs/containerd_*.deb 2>/dev/null | head -1)")
+  containerd_source="Debian sid's ${deb:-containerd package}, unpacked into ${dir#"$build"/} (nothing installed)"
+  echo "containerd: $containerd_bin"
+  echo "from $containerd_source"
+}
+if [ -z "$containerd_bin" ]; then
+  step "Fetch containerd 2.x (Debian unstable's package) into the demo's own directory" \
+    --show "tests/data/fetch-debian-package.sh sid $build/demo/containerd-2.x containerd usr/bin/containerd" \
+    fetch_containerd
+  # step runs it in this shell: containerd_bin and containerd_source are set.
+fi
+# This containerd's ctr and shim (beside it) go first in PATH: the demo's `ctr` is its client.
+[ "$containerd_choice" = system ] || export PATH="$(dirname "$containerd_bin"):$PATH"
+containerd_version=$("$containerd_bin" --version | awk '{ print $3 }')
+containerd_config_version=2
+[ "$(containerd_major "$containerd_bin")" -ge 2 ] && containerd_config_version=3
+
 registry_port=$(free_port)
 registry=127.0.0.1:$registry_port
 start_registry() {
@@ -153,14 +197,14 @@ start_containerd() {
   write_containerd_config "$work/containerd/config.toml" "$work/containerd" "[proxy_plugins]
   [proxy_plugins.lazycrypt]
     type = \"snapshot\"
-    address = \"$work/run/snapshotter.sock\""
-  containerd --config "$work/containerd/config.toml" >"$work/containerd/log" 2>&1 &
+    address = \"$work/run/snapshotter.sock\"" "$containerd_config_version"
+  "$containerd_bin" --config "$work/containerd/config.toml" >"$work/containerd/log" 2>&1 &
   pids+=($!)
   wait_for "containerd" 30 ctr -a "$ctd_sock" version
-  echo "containerd $(containerd --version | awk '{ print $3 }') on containerd/containerd.sock (pid ${pids[-1]}), proxy snapshotter 'lazycrypt'"
+  echo "containerd $containerd_version (config version $containerd_config_version) on containerd/containerd.sock (pid ${pids[-1]}), proxy snapshotter 'lazycrypt'"
 }
 step "Start containerd with lazycrypt as a proxy snapshotter (its own config and dirs)" \
-  --show "containerd --config containerd/config.toml" start_containerd
+  --show "$(sed "s|^$build/||" <<<"$containerd_bin") --config containerd/config.toml" start_containerd
 
 # ---- encrypt, lazy start -------------------------------------------------------------------------
 ref=$registry/demo/app:encrypted
@@ -248,7 +292,8 @@ step "The same start the eager way: fetch and decrypt every layer, unpack, run (
 # shellcheck disable=SC1091
 source "$work/eager.vars"
 
-printf '\n%sResult%s (image: %s of encrypted layers)\n' "$bold" "$reset" "$(mib "$image_bytes")"
+printf '\n%sResult%s (image: %s of encrypted layers; containerd %s)\n' "$bold" "$reset" \
+  "$(mib "$image_bytes")" "$containerd_version"
 printf '   lazy  (lazycrypt-snapshotter): first output after %6s s, fetched %s (%s %% of the layers)\n' \
   "$lazy_total_s" "$(mib "$lazy_fetched")" \
   "$(awk -v a="$lazy_fetched" -v b="$image_bytes" 'BEGIN { printf "%.1f", 100 * a / b }')"

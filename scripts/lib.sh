@@ -71,15 +71,19 @@ write_hosts_toml() {
   printf 'server = "http://%s"\n' "$2" >"$1/$2/hosts.toml"
 }
 
-# write_containerd_config FILE DIR [EXTRA_TOML]: containerd with its own root, state and sockets
-# under DIR (socket DIR/containerd.sock), CRI off; EXTRA_TOML is appended (proxy_plugins,
-# stream_processors).
+# write_containerd_config FILE DIR [EXTRA_TOML] [CONFIG_VERSION]: containerd with its own root,
+# state and sockets under DIR (socket DIR/containerd.sock), CRI off; EXTRA_TOML is appended
+# (proxy_plugins, stream_processors). CONFIG_VERSION: 2 (containerd 1.x, the default) or 3
+# (containerd 2.x, which also has NRI on by default, listening on the machine-wide
+# /var/run/nri/nri.sock: off here).
 write_containerd_config() {
+  local disabled='"io.containerd.grpc.v1.cri"'
+  if [ "${4:-2}" = 3 ]; then disabled='"io.containerd.grpc.v1.cri", "io.containerd.nri.v1.nri"'; fi
   cat >"$1" <<EOF
-version = 2
+version = ${4:-2}
 root = "$2/root"
 state = "$2/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [$disabled]
 [grpc]
   address = "$2/containerd.sock"
 [ttrpc]
@@ -90,6 +94,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 ${3:-}
 EOF
+}
+
+# containerd_major BINARY: the major version `BINARY --version` reports (1, 2).
+containerd_major() {
+  "$1" --version | awk '{ v = $3; sub(/^v/, "", v); split(v, p, "."); print p[1] }'
 }
 
 # kill_ctr_tasks SOCKET NAMESPACE: SIGKILL every task containerd runs in NAMESPACE.

@@ -20,6 +20,9 @@ packages=(
   # test and benchmark peers
   skopeo umoci busybox-static tar attr openssl jq zstd libcap2-bin docker-registry apache2-utils
   containerd runc
+  # containerd 1.7 / 2.1 peers and the demo's containerd 2.x: Debian 13 / unstable packages fetched
+  # with a private apt configuration (tests/data/fetch-debian-package.sh) signed by this keyring
+  debian-archive-keyring
   # deploy/kubernetes manifest check (tests/deploy_manifests_test.cc)
   libyaml-cpp-dev
   # make deb and the package/image tests (tests/package_test.sh): Debian's packaging tools, man
