@@ -149,6 +149,19 @@ class GrpcCriClient final : public CriClient {
     }
   }
 
+  Result<std::vector<FilesystemUsage>> ImageFsInfo() override {
+    v1::ImageFsInfoRequest request;
+    v1::ImageFsInfoResponse response;
+    auto context = Context(kCallTimeout);
+    LC_RETURN_IF_ERROR(
+        Check(images_->ImageFsInfo(context.get(), request, &response), "ImageFsInfo"));
+    std::vector<FilesystemUsage> out;
+    for (const auto& f : response.image_filesystems()) {
+      out.push_back({f.fs_id().mountpoint(), f.used_bytes().value(), f.inodes_used().value()});
+    }
+    return out;
+  }
+
   Status StopPodSandbox(const std::string& pod_id) override {
     v1::StopPodSandboxRequest request;
     request.set_pod_sandbox_id(pod_id);

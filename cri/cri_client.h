@@ -1,6 +1,7 @@
 // A small Kubernetes CRI (runtime.v1) client that drives containerd's CRI plugin the way the
 // kubelet does: PullImage (with the pod's sandbox config and runtime handler), RunPodSandbox,
-// CreateContainer, StartContainer, ContainerStatus, StopPodSandbox, RemovePodSandbox. Test-only:
+// CreateContainer, StartContainer, ContainerStatus, StopPodSandbox, RemovePodSandbox, and
+// ImageFsInfo (the kubelet's image-filesystem stats). Test-only:
 // the integration tests and `lazycrypt-cri` use it; nodes run the real kubelet.
 //
 // Errors: gRPC failures become a Status once, here ("PullImage: <containerd's message>").
@@ -58,6 +59,15 @@ struct ContainerState {
   std::string info_json;
 };
 
+// One entry of ImageFsInfo: a filesystem holding images (containerd: one per snapshotter that
+// has snapshots, the default snapshotter first), as the kubelet's image-fs stats and image GC
+// read it.
+struct FilesystemUsage {
+  std::string mountpoint;   // containerd: the snapshotter plugin's exports "root"
+  uint64_t used_bytes = 0;  // containerd: the sum of the snapshotter's Usage of its snapshots
+  uint64_t inodes_used = 0;
+};
+
 class CriClient {
  public:
   // Connects to containerd's gRPC socket (the CRI plugin is served there).
@@ -78,6 +88,8 @@ class CriClient {
   // Polls ContainerStatus until the container has exited (DeadlineExceeded after `timeout`).
   virtual Result<ContainerState> WaitForExit(const std::string& container_id,
                                              std::chrono::milliseconds timeout) = 0;
+  // ImageFsInfo's image_filesystems, in containerd's order.
+  virtual Result<std::vector<FilesystemUsage>> ImageFsInfo() = 0;
   virtual Status StopPodSandbox(const std::string& pod_id) = 0;
   virtual Status RemovePodSandbox(const std::string& pod_id) = 0;
 };
