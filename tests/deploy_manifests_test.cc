@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include "common/version.h"
 #include "snapshotter/config.h"
 #include "tests/test_util.h"
 
@@ -246,6 +247,10 @@ TEST(DeployManifests, SnapshotterDaemonSetRunsTheImageLikeTheSystemdUnit) {
   ASSERT_EQ(pod["containers"].size(), 1u);
   const YAML::Node c = pod["containers"][0];
   EXPECT_TRUE(c["securityContext"]["privileged"].as<bool>(false)) << "FUSE and overlay mounts";
+  // The image scripts/build-image.sh tags with the release (CMake's project version).
+  const std::string image = Str(c["image"]);
+  EXPECT_TRUE(image.ends_with("/lazycrypt-snapshotter:" + std::string(Version())))
+      << image << " is not this release's lazycrypt-snapshotter image (" << Version() << ")";
   std::vector<std::string> argv;
   for (const auto& a : c["command"]) argv.push_back(a.as<std::string>());
   for (const auto& a : c["args"]) argv.push_back(a.as<std::string>());
