@@ -505,6 +505,15 @@ TEST_P(LazyContainerdOn, LazycryptPullMountsLazycryptLayersAndAppliesPlainOnes) 
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->exit_code, 0) << Describe(*again);
   EXPECT_THAT(again->stdout_text, HasSubstr("2 already present")) << again->stdout_text;
+  if (ctd_->version().major >= 2) {
+    // containerd 2.x records the use of deprecated APIs and configuration: `lazycrypt pull`
+    // (ctrdclient over gRPC) and the harness's config use none.
+    auto deprecations = ctd_->Ctr({"deprecations", "list"});
+    ASSERT_TRUE(deprecations.ok());
+    EXPECT_EQ(deprecations->exit_code, 0) << Describe(*deprecations);
+    EXPECT_THAT(deprecations->stdout_text, Not(HasSubstr("io.containerd.deprecation")))
+        << deprecations->stdout_text;
+  }
 }
 
 // containerd 2.x's `ctr images pull` goes through the transfer service (core/transfer/local/
