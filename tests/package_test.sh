@@ -7,8 +7,8 @@
 # deb: scripts/build-deb.sh OUT_DIR BUILD_DIR (dpkg-buildpackage + debhelper, packaging the built
 #   binaries of BUILD_DIR); dpkg-deb --info/--contents carry what an operator needs (binaries,
 #   unit, conffile, man pages, containerd drop-ins as examples, Depends from dpkg-shlibdeps);
-#   lintian reports no error and no warning; apt resolves its Depends on this Debian 12
-#   (apt-get -s install ./deb); then scripts/build-image.sh unpacks it into a throwaway root with
+#   lintian reports no error and no warning; apt resolves its Depends as on a fresh Debian 12
+#   (apt-get -s install ./deb onto an empty dpkg status); then scripts/build-image.sh unpacks it into a throwaway root with
 #   only the libraries of the packages its Depends pulls in, and each binary's --version runs there
 #   (chroot) and prints the build's version and commit.
 # image: the OCI image scripts/build-image.sh made from that .deb is unpacked with umoci and its
@@ -106,14 +106,22 @@ test_deb() {
   lintian --fail-on error,warning --info "$deb" || fail "lintian reports errors or warnings"
   echo "lintian: no errors or warnings"
 
-  # apt resolves the Depends on this Debian 12 (simulated install of the file).
-  apt-get -s -o Debug::NoLocking=1 install "$deb" > "$out/apt-simulate.log" 2>&1 ||
-    { cat "$out/apt-simulate.log"; fail "apt-get -s install $deb failed"; }
-  grep -q "packaging the existing build in $build; nothing to compile" "$out/build-deb.log" ||
-    fail "the package was not made from $build without compiling"
+  # apt resolves the Depends as on a fresh Debian 12: a simulated install of the file onto a
+  # system with nothing installed (an empty dpkg status; this machine's apt lists as the archive)
+  # brings every library package the Depends names.
+  : > "$out/empty-dpkg-status"
+  apt-get -s -o Debug::NoLocking=1 -o Dir::State::status="$out/empty-dpkg-status" \
+    --no-install-recommends install "$deb" > "$out/apt-simulate.log" 2>&1 ||
+    { cat "$out/apt-simulate.log"; fail "apt-get -s install $deb onto an empty system failed (apt lists present? apt-get update)"; }
   grep -q '^Inst lazycrypt ' "$out/apt-simulate.log" ||
     { cat "$out/apt-simulate.log"; fail "apt-get -s install did not install lazycrypt"; }
-  echo "apt-get -s install: $(grep -c '^Inst ' "$out/apt-simulate.log") package(s) to install, Depends resolve"
+  local pkg
+  for pkg in $(tr ',' '\n' <<<"$depends" | sed 's/(.*)//; s/|.*//; s/ //g'); do
+    grep -q "^Inst $pkg " "$out/apt-simulate.log" || fail "apt would not install $pkg on a fresh system"
+  done
+  echo "apt-get -s install onto an empty system: $(grep -c '^Inst ' "$out/apt-simulate.log") packages, Depends resolve"
+  grep -q "packaging the existing build in $build; nothing to compile" "$out/build-deb.log" ||
+    fail "the package was not made from $build without compiling"
 
   # A throwaway root holding only the package and the libraries of its Depends.
   bash "$src/scripts/build-image.sh" "$deb" "$out/image" > "$out/build-image.log" 2>&1 ||
