@@ -67,6 +67,24 @@ class Cri2 : public cri_testing::Cri {
     return lines > 0 ? static_cast<size_t>(lines - 1) : 0;
   }
 
+  // Makes the next Start import deploy/kubernetes/containerd/containerd-2.x.toml as shipped, with
+  // only its two paths replaced by this test's: the snapshotter's socket and state directory.
+  void ImportShippedDropIn() {
+    auto text = harness::ReadFileOrEmpty(testing::SourceDir() /
+                                         "deploy/kubernetes/containerd/containerd-2.x.toml");
+    ASSERT_FALSE(text.empty());
+    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+             {"\"/run/lazycrypt/snapshotter.sock\"", "\"" + socket_.string() + "\""},
+             {"\"/var/lib/lazycrypt\"", "\"" + root_.string() + "\""}}) {
+      const size_t at = text.find(from);
+      ASSERT_NE(at, std::string::npos) << from;
+      text.replace(at, from.size(), to);
+    }
+    const fs::path copy = work_->path() / "containerd-2.x.toml";
+    ASSERT_TRUE(harness::WriteFile(copy, text).ok());
+    imports_ = {copy.string()};
+  }
+
   // containerd's log has `text` (the log itself is too long for a failure message).
   bool LogHas(const std::string& text) const {
     return ctd_ && ctd_->Log().find(text) != std::string::npos;
@@ -75,19 +93,17 @@ class Cri2 : public cri_testing::Cri {
   std::string binary_;
 };
 
-// The per-pod setup of deploy/kubernetes/containerd/containerd-2.x.toml: default snapshotter
-// overlayfs, runtime handler `lazycrypt` with snapshotter lazycrypt for its containers and (through
-// runtime_platforms) for pulls that carry the handler annotation; annotations on, hence the local
-// pull.
-TEST_F(Cri2, RuntimeHandlerLazycryptIsLazyAndTheDefaultPodKeepsOverlayfs) {
-  harness::CriPluginConfig cri;
-  cri.snapshotter = "overlayfs";
-  cri.disable_snapshot_annotations = false;
-  cri.runtimes = {{"runc", ""}, {"lazycrypt", "lazycrypt"}};
-  cri.runtime_platforms = {{"lazycrypt", "lazycrypt", ""}};
-  Start(cri, {{"root", root_.string()}});
+// The per-pod setup, with deploy/kubernetes/containerd/containerd-2.x.toml itself imported into
+// the test's containerd config: default snapshotter overlayfs, runtime handler `lazycrypt` with
+// snapshotter lazycrypt for its containers and (through runtime_platforms) for pulls that carry
+// the handler annotation, the local pull with annotations on, the exported root.
+TEST_F(Cri2, ShippedDropInRuntimeHandlerLazycryptIsLazyAndTheDefaultPodKeepsOverlayfs) {
+  ImportShippedDropIn();
   ASSERT_FALSE(HasFailure());
-  EXPECT_TRUE(LogHas("Falling back to local image pull mode"));
+  harness::CriPluginConfig cri;  // the harness's defaults: overlayfs, runtime runc
+  cri.stats_collect_period_s = 1;
+  Start(cri);
+  ASSERT_FALSE(HasFailure());
 
   // 2.1 ignores ImageSpec.runtime_handler for the pull: without the annotation the image goes to
   // the default snapshotter, which cannot apply a lazycrypt layer.
@@ -130,6 +146,24 @@ TEST_F(Cri2, RuntimeHandlerLazycryptIsLazyAndTheDefaultPodKeepsOverlayfs) {
   EXPECT_EQ(plain.snapshotter, "overlayfs");
   EXPECT_TRUE(SnapshotExists("overlayfs", plain.snapshot_key)) << plain.snapshot_key;
   EXPECT_FALSE(SnapshotExists("lazycrypt", plain.snapshot_key)) << plain.snapshot_key;
+
+  // ImageFsInfo: containerd 2.1 collects Usage for the default snapshotter only (plugins/cri/
+  // images/plugin.go puts only it into the stats syncer), so with lazycrypt as a per-runtime
+  // snapshotter the kubelet's image-fs stats show overlayfs alone; lazycrypt's exported root
+  // appears only where lazycrypt is the default snapshotter (UsageOfALazyLayer... below).
+  std::vector<cri::FilesystemUsage> fs_info;
+  for (int i = 0; i < 50; ++i) {
+    auto got = client_->ImageFsInfo();
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    fs_info = *got;
+    if (!fs_info.empty() && fs_info[0].used_bytes > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_FALSE(fs_info.empty());
+  EXPECT_THAT(fs_info[0].mountpoint, HasSubstr("io.containerd.snapshotter.v1.overlayfs"));
+  EXPECT_GT(fs_info[0].used_bytes, 0u);
+  for (const auto& f : fs_info) EXPECT_NE(f.mountpoint, root_.string());
+  RecordProperty("imagefs_entries", std::to_string(fs_info.size()));
 }
 
 // 2.1's default pull, the transfer service, with the settings it needs for a remote snapshotter:
@@ -228,6 +262,8 @@ TEST_F(Cri2, UsageOfALazyLayerIsWhatIsCachedAndImageFsInfoNamesTheExportedRoot) 
   cri.stats_collect_period_s = 1;
   Start(cri, {{"root", root_.string()}});
   ASSERT_FALSE(HasFailure());
+  // disable_snapshot_annotations = false alone switches 2.1 to the local pull.
+  EXPECT_TRUE(LogHas("Falling back to local image pull mode"));
   const std::string ref = Publish("usage", node_key_.pub);
   ASSERT_FALSE(HasFailure());
 

@@ -146,6 +146,7 @@ class Cri : public ::testing::Test {
     options.binary = binary;
     options.cri = cri;
     options.stream_processors = std::move(stream_processors);
+    options.imports = imports_;
     if (with_lazycrypt) {
       options.proxy_plugins.push_back({"lazycrypt", "snapshot", socket_.string(), exports});
     }
@@ -283,6 +284,7 @@ class Cri : public ::testing::Test {
   std::unique_ptr<harness::ContainerdProcess> ctd_;
   std::unique_ptr<cri::CriClient> client_;
   std::vector<std::string> pods_;
+  std::vector<std::string> imports_;  // config files the next StartContainerd imports
   lazycrypt::testing::KeyPair node_key_, other_key_;
   fs::path root_, socket_;
   std::string marker_, sandbox_image_, plain_image_, version_;

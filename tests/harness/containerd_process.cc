@@ -100,6 +100,7 @@ std::string ConfigV2(const fs::path& dir, const ContainerdOptions& options) {
   t += "version = 2\n";
   t += "root = " + Quote((dir / "root").string()) + "\n";
   t += "state = " + Quote((dir / "state").string()) + "\n";
+  if (!options.imports.empty()) t += "imports = " + QuoteList(options.imports) + "\n";
   // Without options.cri the CRI plugin is off: it is not what most tests drive (clients talk to
   // the gRPC socket directly) and it would look for CNI.
   if (!options.cri) t += "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
@@ -153,6 +154,7 @@ std::string ConfigV3(const fs::path& dir, const ContainerdOptions& options) {
   t += "version = 3\n";
   t += "root = " + Quote((dir / "root").string()) + "\n";
   t += "state = " + Quote((dir / "state").string()) + "\n";
+  if (!options.imports.empty()) t += "imports = " + QuoteList(options.imports) + "\n";
   // NRI is on by default in 2.x and listens on the machine-wide /var/run/nri/nri.sock, which
   // parallel test daemons would fight over; the CRI plugin runs without it (plugins/cri/cri.go).
   std::vector<std::string> disabled = {"io.containerd.nri.v1.nri"};

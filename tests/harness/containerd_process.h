@@ -106,6 +106,10 @@ struct ContainerdOptions {
   // The ctr for Ctr(): "" = the ctr beside an absolute `binary` if there is one (the client of the
   // same release), else "ctr" from PATH.
   std::string ctr;
+  // Top-level `imports = [...]`: more config files containerd merges over this one (2.x merges
+  // plugin tables key by key, so a drop-in such as deploy/kubernetes/containerd/containerd-2.x.toml
+  // adds to the harness's CRI settings; 1.x replaces whole plugin tables).
+  std::vector<std::string> imports;
 };
 
 // What `<binary> --version` says: "containerd github.com/containerd/containerd[/v2] 2.1.9+unknown".
