@@ -20,7 +20,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,6 +102,38 @@ int FuseWaiting(const std::string& connection) {
   const std::string text =
       harness::ReadFileOrEmpty("/sys/fs/fuse/connections/" + connection + "/waiting");
   return text.empty() ? 0 : std::atoi(text.c_str());
+}
+
+// The fd holders (lazycrypt-fdholder, fdstore/) serving a unix socket under `dir`: the peer of a
+// connection to each socket found there (SO_PEERCRED), when its command is the holder's. A holder
+// is started by the daemon with double fork + setsid, so no process group of the test holds it.
+std::vector<pid_t> FdHoldersUnder(const fs::path& dir) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_socket(ec)) continue;
+    const std::string path = it->path().string();
+    sockaddr_un address{};
+    if (path.size() >= sizeof(address.sun_path)) continue;
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, path.c_str(), path.size());
+    for (int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
+      const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+      if (fd < 0) continue;
+      ucred cred{};
+      socklen_t len = sizeof(cred);
+      const bool connected =
+          ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0 &&
+          ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+      ::close(fd);
+      if (!connected) continue;
+      const std::string comm = harness::ReadFileOrEmpty("/proc/" + std::to_string(cred.pid) + "/comm");
+      if (comm.rfind("lazycrypt-fdhol", 0) == 0) out.push_back(cred.pid);
+      break;
+    }
+  }
+  return out;
 }
 
 std::vector<std::string> Lines(const std::string& text) {
@@ -233,9 +267,18 @@ class Survival : public ::testing::Test {
   void TearDown() override {
     if (ctd_) ctd_->Stop();  // kills the tasks first
     testing::StopSnapshotterAndDetachMounts(daemon_, fs::path());
-    // Earlier daemons' process groups (whatever they left running, e.g. an fd holder).
+    // Earlier daemons' process groups, then the fd holders they started (by PID, from their
+    // sockets under the test's directory; SIGTERM aborts the connections they alone still hold).
     previous_daemons_.clear();
-    if (work_) testing::StopSnapshotterAndDetachMounts(daemon_, work_->path());
+    if (work_) {
+      for (pid_t holder : FdHoldersUnder(work_->path())) {
+        ::kill(holder, SIGTERM);
+        for (int i = 0; i < 500 && ::kill(holder, 0) == 0; ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+      }
+      testing::StopSnapshotterAndDetachMounts(daemon_, work_->path());
+    }
     registry_.reset();
   }
 
