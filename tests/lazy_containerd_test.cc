@@ -6,7 +6,8 @@
 // images, missing key, tampered chunk, kill -9 of the snapshotter, `lazycrypt pull`) run on each
 // release the suite tests: Debian 12's 1.6, Debian 13's 1.7 and unstable's 2.1 (config version
 // 3), as Peers/LazyContainerdOn.*/containerd_1_6 etc.; the snapshotter-only ones (metrics,
-// prefetch, key providers) on 1.6. Checks: the layers are mounted, not downloaded; the container reads files from encrypted
+// prefetch, key providers) on 1.6; LazyContainerd21Transfer*: what 2.1's own `ctr images pull`
+// (transfer service, or --local) does with lazycrypt layers. Checks: the layers are mounted, not downloaded; the container reads files from encrypted
 // layers and writes to its own upper layer; two containers share the mounted layers; no
 // plaintext under the snapshotter's state and cache; mixed plain + lazycrypt images; a node
 // without the key refuses the layer with an error naming it and keeps no snapshot; a tampered
@@ -565,6 +566,22 @@ TEST_F(LazyContainerd21TransferExported, CtrImagesPullMountsTheLayersLazily) {
   auto cat = Run(ref, Id("transfer"), {"/bin/cat", "/data/marker.txt"});
   EXPECT_EQ(cat.exit_code, 0) << Describe(cat) << Logs();
   EXPECT_EQ(cat.stdout_text, marker_ + "\n");
+}
+
+// `ctr images pull --local` (2.x's client-side pull, what 1.x's ctr does) sends no layer labels
+// at all, not even lazycrypt's toc-digest: the snapshotter cannot recognise the layer, containerd
+// applies the encrypted blob as a tar and fails. Only the transfer-service pull (above),
+// `lazycrypt pull`, `ctr-remote images rpull` and the CRI plugin mount lazycrypt layers.
+TEST_F(LazyContainerd21TransferExported, CtrImagesPullLocalFailsToApplyTheEncryptedLayer) {
+  const std::string ref = Publish("local", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  auto pulled = ctd_->Ctr({"images", "pull", "--local", "--plain-http", "--snapshotter",
+                           "lazycrypt", ref},
+                          std::chrono::seconds(180));
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  EXPECT_NE(pulled->exit_code, 0) << Describe(*pulled);
+  EXPECT_THAT(pulled->stderr_text, HasSubstr("failed to extract layer")) << Describe(*pulled);
+  EXPECT_EQ(CountFuseMounts(root_), 0u);
 }
 
 TEST_F(LazyContainerd21TransferNotExported, CtrImagesPullIsRefusedNamingTheMissingLabels) {
