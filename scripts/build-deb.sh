@@ -40,17 +40,21 @@ fi
 stage="$out/lazycrypt-$version"
 rm -rf "$stage"
 mkdir -p "$stage"
+# OUT_DIR may lie inside the tree (make deb: build/deb): never copy it into itself.
+out_rel=none
+case "$out/" in "$src/"*) out_rel=${out#"$src/"} ;; esac
 if git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
   # Tracked and untracked-but-not-ignored files that exist (build/ is ignored), without
   # debhelper's leftovers from an in-tree dpkg-buildpackage.
   (cd "$src" && git ls-files -z --cached --others --exclude-standard) |
     (cd "$src" && while IFS= read -r -d '' f; do
-       case "$f" in debian/tmp/*|debian/lazycrypt/*|debian/.debhelper/*|debian/files|obj-*) continue;; esac
+       case "$f" in debian/tmp/*|debian/lazycrypt/*|debian/.debhelper/*|debian/files|obj-*|"$out_rel"/*) continue;; esac
        [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"
      done) |
     tar -C "$src" --null --no-recursion -T - -cf - | tar -C "$stage" -xf -
 else
-  tar -C "$src" --exclude=./build --exclude='./build-*' --exclude='./obj-*' -cf - . | tar -C "$stage" -xf -
+  tar -C "$src" --exclude=./build --exclude='./build-*' --exclude='./obj-*' --exclude="./$out_rel" \
+    -cf - . | tar -C "$stage" -xf -
 fi
 
 maintainer=$(sed -n 's/^Maintainer: //p' "$src/debian/control")
