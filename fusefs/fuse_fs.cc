@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <deque>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -26,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "fusefs/fuse_resume.h"
 #include "fusefs/inode_table.h"
 
 namespace lazycrypt::fusefs {
@@ -76,8 +78,9 @@ class PageCacheFiller {
     cache::FileView view;           // pins the bytes until stored
   };
 
-  PageCacheFiller(fuse_session* session, const cache::LayerData& layer)
-      : session_(session), layer_(layer) {
+  // `quarantined` tells whether the layer is quarantined (evaluated before each job).
+  PageCacheFiller(fuse_session* session, std::function<bool()> quarantined)
+      : session_(session), quarantined_(std::move(quarantined)) {
     thread_ = std::thread([this] { Loop(); });
   }
   ~PageCacheFiller() {
@@ -102,7 +105,7 @@ class PageCacheFiller {
   }
 
   // Drops the queued jobs and waits for the one being stored, if any: a job taken after this
-  // returns sees layer_.quarantined() (set before the quarantine invalidates the pages).
+  // returns sees quarantined_() (set before the quarantine invalidates the pages).
   void DropQueued() {
     std::deque<Job> dropped;
     {
@@ -128,7 +131,7 @@ class PageCacheFiller {
       }
       // Held across the check and the stores, so that DropQueued waits for them.
       std::lock_guard<std::mutex> storing(store_mu_);
-      if (layer_.quarantined()) continue;
+      if (quarantined_()) continue;
       for (const cache::FileView::Piece& piece : job.view.around) {
         // Whole pages only (a partial page would not become readable), minus what the read got.
         const uint64_t end = piece.file_offset + piece.bytes.size();
@@ -148,7 +151,7 @@ class PageCacheFiller {
   }
 
   fuse_session* const session_;
-  const cache::LayerData& layer_;
+  const std::function<bool()> quarantined_;
   std::mutex store_mu_;  // held while a job is checked and stored
   std::mutex mu_;
   std::condition_variable cv_;
@@ -159,15 +162,11 @@ class PageCacheFiller {
 
 class FuseMountImpl final : public FuseMount {
  public:
+  // Without a layer (a resumed mount), requests wait for Provide.
   FuseMountImpl(std::filesystem::path mountpoint, std::shared_ptr<cache::LayerData> layer,
                 std::unique_ptr<const InodeTable> table, MountOptions options)
-      : mountpoint_(std::move(mountpoint)),
-        layer_(std::move(layer)),
-        table_(std::move(table)),
-        options_(std::move(options)) {
-    if (options_.access_recorder) {
-      opened_ = std::make_unique<std::atomic<bool>[]>(table_->inode_count() + 1);  // from 1
-    }
+      : mountpoint_(std::move(mountpoint)), options_(std::move(options)) {
+    if (layer) SetLayer(std::move(layer), std::move(table));
   }
 
   ~FuseMountImpl() override {
@@ -178,6 +177,7 @@ class FuseMountImpl final : public FuseMount {
     std::lock_guard<std::mutex> lock(unmount_mu_);
     if (!mounted_) return;
     ::umount2(mountpoint_.c_str(), MNT_DETACH);
+    WakeWaiters(Waiting::kFail);
     if (!AbortConnection()) {
       std::fprintf(stderr, "lazycrypt: %s: cannot abort the FUSE connection of '%s'; waiting for "
                    "its open files to be closed\n", options_.layer_name.c_str(),
@@ -186,7 +186,9 @@ class FuseMountImpl final : public FuseMount {
     StopSession();
   }
 
-  Status Start() {
+  // Mounts at mountpoint_, or serves `resume_fd` (the connection of the mount there, `device`).
+  Status Start(UniqueFd resume_fd = UniqueFd(), dev_t device = 0) {
+    const bool resume = resume_fd.valid();
     fuse_lowlevel_ops ops{};
     ops.init = &Init;
     ops.lookup = &Lookup;
@@ -217,7 +219,27 @@ class FuseMountImpl final : public FuseMount {
     if (!session_) {
       return Status::InvalidArgument("fuse_session_new rejected the mount options '" + opts + "'");
     }
-    if (fuse_session_mount(session_.get(), mountpoint_.c_str()) != 0) {
+    if (resume) {
+      // libfuse serves an open connection given as /dev/fd/N (and then mounts nothing).
+      const std::string dev_fd = "/dev/fd/" + std::to_string(resume_fd.get());
+      if (fuse_session_mount(session_.get(), dev_fd.c_str()) != 0) {
+        session_.reset();
+        return Status::InvalidArgument("libfuse does not take the FUSE fd " + dev_fd);
+      }
+      resume_fd.release();  // fuse_session_destroy closes it
+      // The kernel sent INIT to the first daemon only; libfuse serves nothing before one.
+      std::vector<uint8_t> init = InitRequestForResume(options_.max_request_bytes);
+      fuse_buf buf{};
+      buf.size = init.size();
+      buf.mem = init.data();
+      fuse_session_process_buf(session_.get(), &buf);
+      if (fuse_session_exited(session_.get())) {
+        session_.reset();
+        return Status::Internal("libfuse refused the INIT of the resumed connection of '" +
+                                mountpoint_.string() + "'");
+      }
+      dev_ = device;
+    } else if (fuse_session_mount(session_.get(), mountpoint_.c_str()) != 0) {
       session_.reset();
       return Status::IoError("cannot mount FUSE at '" + mountpoint_.string() +
                              "' (see libfuse's message above; root or fusermount3 needed)");
@@ -227,11 +249,23 @@ class FuseMountImpl final : public FuseMount {
       mounted_ = true;
     }
     try {
-      filler_ = std::make_unique<PageCacheFiller>(session_.get(), *layer_);
+      // Jobs come from reads, which have the layer.
+      filler_ = std::make_unique<PageCacheFiller>(
+          session_.get(), [this] { return HasLayer() && layer_->quarantined(); });
     } catch (const std::system_error&) {
       filler_.reset();  // no thread: small reads just do not fill the page cache
     }
     loop_ = std::thread([this] { RunLoop(); });
+    if (resume) {
+      // The requests the previous daemon read and never answered: queued again, for this one.
+      // LAZYCRYPT_TEST_NO_FUSE_RESEND=1 shows what a kernel before 6.9 does (tests, docs).
+      const char* no_resend = std::getenv("LAZYCRYPT_TEST_NO_FUSE_RESEND");
+      resend_status_ = no_resend != nullptr && std::string_view(no_resend) == "1"
+                           ? Status::Unsupported("FUSE_NOTIFY_RESEND not sent "
+                                                 "(LAZYCRYPT_TEST_NO_FUSE_RESEND=1)")
+                           : NotifyResend(fuse_session_fd(session_.get()));
+      return Status::Ok();  // readahead and the rest were set up when it was mounted
+    }
 
     // The first request waits for INIT, so this also waits until the session serves.
     struct stat st {};
@@ -267,18 +301,84 @@ class FuseMountImpl final : public FuseMount {
       // EINVAL: no longer mounted (someone else unmounted it); the session has ended then.
       if (err != EINVAL) return ErrnoStatus("umount '" + mountpoint_.string() + "'", err);
     }
+    WakeWaiters(Waiting::kFail);
     StopSession();
     return Status::Ok();
   }
 
   const std::filesystem::path& mountpoint() const override { return mountpoint_; }
-  cache::LayerStats stats() const override { return layer_->stats(); }
+  cache::LayerStats stats() const override {
+    return HasLayer() ? layer_->stats() : cache::LayerStats{};
+  }
+
+  Status Provide(std::shared_ptr<cache::LayerData> layer) override {
+    if (!layer) return Status::InvalidArgument("FuseMount::Provide: no layer");
+    auto table = InodeTable::Build(layer->index().entries());
+    if (!table.ok()) return table.status().WithContext("layer " + options_.layer_name);
+    std::lock_guard<std::mutex> lock(state_mu_);
+    if (state_.load(std::memory_order_relaxed) != LayerState::kPending) {
+      return Status::FailedPrecondition("mount '" + mountpoint_.string() +
+                                        "' has its layer already (or failed)");
+    }
+    SetLayer(std::move(layer), std::move(table).value());
+    state_cv_.notify_all();
+    return Status::Ok();
+  }
+
+  void Fail() override {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    if (state_.load(std::memory_order_relaxed) != LayerState::kPending) return;
+    state_.store(LayerState::kFailed, std::memory_order_release);
+    state_cv_.notify_all();
+  }
+
+  void LeaveMounted() override {
+    std::lock_guard<std::mutex> lock(unmount_mu_);
+    if (!mounted_) return;
+    // Requests waiting for the layer return unanswered: the kernel resends them to the next
+    // daemon (they stay in the connection's processing list, which the held fd keeps).
+    WakeWaiters(Waiting::kLeave);
+    fuse_session_exit(session_.get());
+    // The session loop ends when a worker, done with a request, sees the session exited (the
+    // others are cancelled in their read of /dev/fuse). A STATFS request always reaches us (the
+    // kernel caches no statfs answer) and is answered without the layer: one per wait, until
+    // the loop has ended. A poke the loop did not answer stays queued for the next daemon.
+    std::atomic<bool> ended{false};
+    std::thread waiter([&] {
+      if (loop_.joinable()) loop_.join();
+      ended.store(true);
+    });
+    const std::string path = mountpoint_.string();
+    while (!ended.load()) {
+      std::thread([path] {
+        struct statvfs sv {};
+        (void)::statvfs(path.c_str(), &sv);
+      }).detach();
+      for (int i = 0; i < 20 && !ended.load(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+    waiter.join();
+    filler_.reset();
+    session_.reset();  // closes this process's fd; the held duplicate keeps the connection
+    mounted_ = false;
+  }
+
+  int fuse_fd() const override {
+    std::lock_guard<std::mutex> lock(unmount_mu_);
+    return session_ ? fuse_session_fd(session_.get()) : -1;
+  }
+  dev_t device() const override { return dev_; }
+  Status resend_status() const override { return resend_status_; }
+  uint64_t requests_waited() const override {
+    return requests_waited_.load(std::memory_order_relaxed);
+  }
 
   void InvalidateFileData() override {
     // Under unmount_mu_: the session stays alive meanwhile. Pending reads that hold page locks
     // are served by the session threads, so the kernel's invalidation does not wait on us.
     std::lock_guard<std::mutex> lock(unmount_mu_);
-    if (!mounted_ || !session_) return;
+    if (!mounted_ || !session_ || !HasLayer()) return;
     // First the filler: a store after the invalidation would bring pages back.
     if (filler_) filler_->DropQueued();
     for (uint64_t ino = 1; ino <= table_->inode_count(); ++ino) {
@@ -305,6 +405,46 @@ class FuseMountImpl final : public FuseMount {
     abort_file << "1";
     abort_file.flush();
     return static_cast<bool>(abort_file);
+  }
+
+  // The layer and its tree, set once: before the mount serves (Mount) or by Provide (Resume).
+  // REQUIRES state_mu_ held, or no session yet.
+  void SetLayer(std::shared_ptr<cache::LayerData> layer, std::unique_ptr<const InodeTable> table) {
+    layer_ = std::move(layer);
+    table_ = std::move(table);
+    if (options_.access_recorder) {
+      opened_ = std::make_unique<std::atomic<bool>[]>(table_->inode_count() + 1);  // from 1
+    }
+    state_.store(LayerState::kReady, std::memory_order_release);
+  }
+  bool HasLayer() const { return state_.load(std::memory_order_acquire) == LayerState::kReady; }
+
+  enum class Waiting { kFail, kLeave };
+  // Ends the waits for the layer: kFail answers them EIO (unmounting), kLeave returns them
+  // unanswered (LeaveMounted).
+  void WakeWaiters(Waiting how) {
+    std::lock_guard<std::mutex> lock(state_mu_);
+    (how == Waiting::kLeave ? leaving_ : stopping_) = true;
+    state_cv_.notify_all();
+  }
+
+  // Whether a request may use layer_ and table_: at once when the layer is there, else after
+  // waiting for it (a resumed mount being restored). Replies EIO when it does not come, and not
+  // at all when the daemon is leaving the mount to its successor.
+  static bool Ready(fuse_req_t req) {
+    auto& self = Self(req);
+    if (self.HasLayer()) return true;
+    self.requests_waited_.fetch_add(1, std::memory_order_relaxed);
+    std::unique_lock<std::mutex> lock(self.state_mu_);
+    self.state_cv_.wait_for(lock, self.options_.pending_wait, [&] {
+      return self.state_.load(std::memory_order_relaxed) != LayerState::kPending ||
+             self.leaving_ || self.stopping_;
+    });
+    if (self.state_.load(std::memory_order_relaxed) == LayerState::kReady) return true;
+    if (self.leaving_) return false;  // unanswered: resent to the next daemon
+    lock.unlock();
+    fuse_reply_err(req, EIO);
+    return false;
   }
 
   // REQUIRES unmount_mu_ held and the kernel side unmounted or aborted: the loop then ends.
@@ -369,7 +509,10 @@ class FuseMountImpl final : public FuseMount {
   // Replies EIO when the layer is quarantined (docs/FORMAT.md §8.4): its metadata (names,
   // symlink targets, whiteouts, modes, xattrs) is the author's too, and is served no more than
   // its bytes. Checked first by every handler that serves TOC metadata.
+  // Also waits for the layer of a resumed mount (Ready): true when the request was answered (or
+  // left to the next daemon).
   static bool RefusedAsQuarantined(fuse_req_t req) {
+    if (!Ready(req)) return true;
     if (!Self(req).layer_->quarantined()) return false;
     fuse_reply_err(req, EIO);
     return true;
@@ -428,7 +571,7 @@ class FuseMountImpl final : public FuseMount {
 
   static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
     // The root keeps answering: unmounting stats it.
-    if (ino != FUSE_ROOT_ID && RefusedAsQuarantined(req)) return;
+    if (ino == FUSE_ROOT_ID ? !Ready(req) : RefusedAsQuarantined(req)) return;
     auto& self = Self(req);
     auto st = self.table_->Attr(ino);
     if (!st.ok()) {
@@ -450,6 +593,7 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (!Ready(req)) return;
     auto& self = Self(req);
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
       fuse_reply_err(req, EROFS);
@@ -460,19 +604,23 @@ class FuseMountImpl final : public FuseMount {
       fuse_reply_err(req, StatusToErrno(entry.status()));
       return;
     }
-    fi->fh = reinterpret_cast<uint64_t>(*entry);
+    // No handle: Read finds the data by inode, so that a file opened under the previous daemon
+    // (FuseMount::Resume) reads the same.
+    fi->fh = 0;
     fi->keep_cache = 1;
     if (self.options_.access_recorder) self.RecordFirstOpen(ino, **entry);
     fuse_reply_open(req, fi);
   }
 
-  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    if (!Ready(req)) return;
     auto& self = Self(req);
-    const auto* entry = reinterpret_cast<const format::Entry*>(fi->fh);
-    if (entry == nullptr || off < 0) {
-      fuse_reply_err(req, EINVAL);
+    auto data = self.table_->DataEntry(ino);
+    if (!data.ok() || off < 0) {
+      fuse_reply_err(req, data.ok() ? EINVAL : StatusToErrno(data.status()));
       return;
     }
+    const format::Entry* entry = *data;
     uint64_t offset = static_cast<uint64_t>(off);
     if (offset >= entry->size || size == 0) {
       fuse_reply_buf(req, nullptr, 0);
@@ -509,6 +657,7 @@ class FuseMountImpl final : public FuseMount {
   static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
 
   static void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (!Ready(req)) return;
     auto& self = Self(req);
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
       fuse_reply_err(req, EROFS);
@@ -628,19 +777,24 @@ class FuseMountImpl final : public FuseMount {
     }
   }
 
+  // Answered without waiting for a resumed mount's layer (zero sizes until it is there):
+  // LeaveMounted relies on a request that is always answered.
   static void StatFs(fuse_req_t req, fuse_ino_t) {
     auto& self = Self(req);
     struct statvfs sv {};
     sv.f_bsize = 4096;
     sv.f_frsize = 4096;
-    sv.f_blocks = (self.layer_->index().tar_size() + 4095) / 4096;
-    sv.f_files = self.layer_->index().entries().size();
+    if (self.HasLayer()) {
+      sv.f_blocks = (self.layer_->index().tar_size() + 4095) / 4096;
+      sv.f_files = self.layer_->index().entries().size();
+    }
     sv.f_namemax = 255;
     sv.f_flag = ST_RDONLY | ST_NOSUID | ST_NODEV;
     fuse_reply_statfs(req, &sv);
   }
 
   static void Access(fuse_req_t req, fuse_ino_t ino, int mask) {
+    if (!Ready(req)) return;
     auto st = Self(req).table_->Attr(ino);
     if (!st.ok()) {
       fuse_reply_err(req, StatusToErrno(st.status()));
@@ -650,11 +804,20 @@ class FuseMountImpl final : public FuseMount {
   }
 
   const std::filesystem::path mountpoint_;
-  const std::shared_ptr<cache::LayerData> layer_;
-  const std::unique_ptr<const InodeTable> table_;
   const MountOptions options_;
+  // Set once (SetLayer) before state_ becomes kReady; read only after seeing kReady.
+  std::shared_ptr<cache::LayerData> layer_;
+  std::unique_ptr<const InodeTable> table_;
+  enum class LayerState { kPending, kReady, kFailed };
+  std::atomic<LayerState> state_{LayerState::kPending};
+  std::mutex state_mu_;  // guards the transitions of state_, leaving_, stopping_
+  std::condition_variable state_cv_;
+  bool leaving_ = false;   // LeaveMounted: waiting requests go unanswered
+  bool stopping_ = false;  // unmounting: waiting requests fail
+  std::atomic<uint64_t> requests_waited_{0};
+  Status resend_status_ = Status::Unsupported("not a resumed mount");
 
-  std::mutex unmount_mu_;  // guards mounted_, session_ teardown, loop_
+  mutable std::mutex unmount_mu_;  // guards mounted_, session_ teardown, loop_
   bool mounted_ = false;
   std::unique_ptr<fuse_session, SessionDeleter> session_;
   std::unique_ptr<PageCacheFiller> filler_;  // created after the mount, destroyed before it ends
@@ -694,6 +857,23 @@ Result<std::unique_ptr<FuseMount>> FuseMount::Mount(const std::filesystem::path&
   auto mount = std::make_unique<FuseMountImpl>(mountpoint, std::move(layer), std::move(table).value(),
                                                options);
   LC_RETURN_IF_ERROR(mount->Start());
+  return std::unique_ptr<FuseMount>(std::move(mount));
+}
+
+Result<std::unique_ptr<FuseMount>> FuseMount::Resume(UniqueFd fuse_fd,
+                                                     const std::filesystem::path& mountpoint,
+                                                     const MountOptions& options) {
+  if (!fuse_fd.valid()) return Status::InvalidArgument("FuseMount::Resume: no FUSE fd");
+  if (!SafeOptionValue(options.fsname) || !SafeOptionValue(options.subtype)) {
+    return Status::InvalidArgument("FuseMount: fsname and subtype must be non-empty and free of "
+                                   "',', '\\', '\"', '=' and spaces");
+  }
+  if (options.max_request_bytes < 4096) {
+    return Status::InvalidArgument("FuseMount: max_request_bytes must be at least 4096");
+  }
+  LC_ASSIGN_OR_RETURN(dev_t device, FuseMountDevice(mountpoint, options.subtype));
+  auto mount = std::make_unique<FuseMountImpl>(mountpoint, nullptr, nullptr, options);
+  LC_RETURN_IF_ERROR(mount->Start(std::move(fuse_fd), device));
   return std::unique_ptr<FuseMount>(std::move(mount));
 }
 

@@ -5,6 +5,9 @@
 // (notify_store, on a thread of its own) so that nearby reads do not open them again.
 #pragma once
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -13,6 +16,7 @@
 #include <string_view>
 
 #include "cache/layer_data.h"
+#include "common/file_io.h"
 #include "common/status.h"
 #include "fusefs/access_log.h"
 
@@ -30,9 +34,14 @@ struct MountOptions {
   double entry_timeout_sec = 86400;
   double attr_timeout_sec = 86400;
   // Worker threads of the multithreaded session loop; each gets its own /dev/fuse clone if
-  // clone_fd.
+  // clone_fd. A mount that must survive its daemon (Resume) needs clone_fd off: the kernel fails
+  // the requests a clone had read when the clone is closed (ECONNABORTED), while the requests
+  // read from the main fd wait, with it, for the next daemon.
   unsigned max_threads = 16;
   bool clone_fd = true;
+  // A resumed mount (Resume) answers requests only once it has its layer (Provide): until then
+  // each request waits this long, then fails with EIO.
+  std::chrono::milliseconds pending_wait{std::chrono::seconds(60)};
   // Largest read request negotiated (max_pages) and the mount's readahead (written to
   // /sys/class/bdi/<dev>/read_ahead_kb after mounting; 0 leaves the kernel default).
   uint32_t max_request_bytes = 1 << 20;
@@ -58,6 +67,15 @@ class FuseMount {
   static Result<std::unique_ptr<FuseMount>> Mount(const std::filesystem::path& mountpoint,
                                                   std::shared_ptr<cache::LayerData> layer,
                                                   const MountOptions& options);
+  // Serves `fuse_fd`, the /dev/fuse fd of the fuse.<subtype> mount at `mountpoint` that a
+  // previous daemon left (e.g. taken back from an fd store), without mounting anything: the same
+  // mount, so files open in running containers stay valid. Until Provide gives it the layer,
+  // each request waits (options.pending_wait, then EIO). Asks the kernel to resend the requests
+  // the previous daemon had read but not answered (Linux >= 6.9; resend_status() says). Needs
+  // options.clone_fd off to survive its own daemon again. NotFound when no such mount is there.
+  static Result<std::unique_ptr<FuseMount>> Resume(UniqueFd fuse_fd,
+                                                   const std::filesystem::path& mountpoint,
+                                                   const MountOptions& options);
   // Unmounts and stops the session threads. Idempotent (OK once unmounted). FailedPrecondition
   // ("busy") while files on the mount are open or it is a lower layer of a mounted overlayfs;
   // the mount keeps serving then.
@@ -75,6 +93,28 @@ class FuseMount {
   // readdir, getxattr and listxattr fail with EIO too. No-op once unmounted.
   virtual void InvalidateFileData() = 0;
 
+  // Gives a resumed mount its layer. The tree is built as Mount builds it (same inode numbers,
+  // so the kernel's inodes and open files stay valid). Corruption if the entries do not form a
+  // tree (the mount keeps waiting); FailedPrecondition when it has a layer already.
+  virtual Status Provide(std::shared_ptr<cache::LayerData> layer) = 0;
+  // A resumed mount whose layer cannot be restored: every request fails with EIO from now on
+  // (never an empty directory), the waiting ones at once.
+  virtual void Fail() = 0;
+  // Stops serving without unmounting, for a daemon that exits and leaves its mounts to the next
+  // one: requests being answered are answered, requests waiting for the layer are left to the
+  // kernel (resent to the next daemon), new ones wait in the kernel. The connection lives on only
+  // if another process holds a duplicate of fuse_fd(). Afterwards Unmount and the destructor
+  // leave the mount alone. Idempotent.
+  virtual void LeaveMounted() = 0;
+
+  // The connection's /dev/fuse fd, owned by the mount (dup it to keep the connection alive).
+  virtual int fuse_fd() const = 0;
+  // The mount's device: 0:N, N the connection's number (/sys/fs/fuse/connections/N).
+  virtual dev_t device() const = 0;
+  // Resume only: OK when the kernel took FUSE_NOTIFY_RESEND, else why not.
+  virtual Status resend_status() const = 0;
+  // Requests that arrived before the layer did (a resumed mount's restore) and waited for it.
+  virtual uint64_t requests_waited() const = 0;
   FuseMount(const FuseMount&) = delete;
   FuseMount& operator=(const FuseMount&) = delete;
 
