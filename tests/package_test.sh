@@ -71,6 +71,7 @@ test_deb() {
               /usr/share/doc/lazycrypt/copyright /usr/share/doc/lazycrypt/CHANGELOG.md \
               /usr/share/doc/lazycrypt/README.md.gz \
               /usr/share/doc/lazycrypt/examples/config-snippet.toml \
+              /usr/share/doc/lazycrypt/examples/config-snippet-v3.toml \
               /usr/share/doc/lazycrypt/examples/stream-processor.toml \
               /usr/share/doc/lazycrypt/examples/containerd/containerd-1.6.toml \
               /usr/share/doc/lazycrypt/examples/containerd/containerd-1.7.toml \
