@@ -10,7 +10,12 @@
 // container reads on that mount fail with ENOTCONN. So: never SIGTERM a holder while its
 // snapshotter is down.
 //
-// Usage: lazycrypt-fdholder --socket PATH
+// Usage: lazycrypt-fdholder --socket PATH         hold fds on PATH until SIGTERM
+//        lazycrypt-fdholder --socket PATH --wait  exit 0 once a holder answers on PATH (for a
+//                                                 Kubernetes init container: the snapshotter
+//                                                 must find the long-lived holder, not start one
+//                                                 in its own pod, which dies with that pod)
+//        lazycrypt-fdholder --version | --help
 // Exit: 0 on SIGTERM, or at start when another holder already serves PATH (it leaves that one
 // alone); 2 on a usage or setup error (message on stderr).
 #include <fcntl.h>
@@ -25,6 +30,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -32,8 +38,12 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <thread>
+
+#include <CLI/CLI.hpp>
 
 #include "common/file_io.h"
+#include "common/version.h"
 #include "crypto/process_hardening.h"
 #include "fdstore/fd_store.h"
 #include "fdstore/holder_protocol.h"
@@ -231,12 +241,58 @@ class Holder {
   std::map<std::string, UniqueFd, std::less<>> held_;
 };
 
+// --wait: polls until a connect to `address` succeeds (a holder listens there). Starts nothing
+// and takes no lock, so it never competes with the holder it waits for.
+int WaitForHolder(const struct sockaddr_un& address) {
+  constexpr auto kPollInterval = std::chrono::milliseconds(200);
+  bool told = false;
+  for (;;) {
+    UniqueFd probe(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!probe.valid()) {
+      Fail("socket", errno);
+      return 2;
+    }
+    if (::connect(probe.get(), reinterpret_cast<const struct sockaddr*>(&address),
+                  sizeof(address)) == 0) {
+      std::fprintf(stderr, "%s: a holder answers on %s\n", kProgram, address.sun_path);
+      return 0;
+    }
+    if (!told) {
+      std::fprintf(stderr, "%s: waiting for a holder on %s (%s)\n", kProgram, address.sun_path,
+                   std::strerror(errno));
+      told = true;
+    }
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
 int Main(int argc, char** argv) {
-  if (argc != 3 || std::string_view(argv[1]) != "--socket" || argv[2][0] == '\0') {
-    std::fprintf(stderr, "usage: %s --socket PATH\n", kProgram);
+  CLI::App app{
+      "lazycrypt-fdholder: holds the /dev/fuse fds of lazycrypt-snapshotter's lazy layers while "
+      "no snapshotter serves them (a crash, a restart, an upgrade), and hands them back over a "
+      "unix socket. Exits on SIGTERM only, closing what it holds: a FUSE connection only the "
+      "holder still held is then aborted, so never stop it while its snapshotter is down.",
+      kProgram};
+  app.set_version_flag("--version", VersionLine(kProgram));
+  std::string socket_arg;
+  bool wait = false;
+  app.add_option("--socket", socket_arg,
+                 "the holder's unix socket (its directory is created 0700; the snapshotter's "
+                 "[restart] holder_socket, default <root>/fdholder/fdholder.sock)")
+      ->required();
+  app.add_flag("--wait", wait,
+               "do not hold anything: exit 0 as soon as a holder answers on --socket (for an "
+               "init container that must not start the snapshotter before its holder)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (socket_arg.empty()) {
+    std::fprintf(stderr, "%s: --socket must name a path\n", kProgram);
     return 2;
   }
-  const std::filesystem::path socket_path = argv[2];
+  const std::filesystem::path socket_path = socket_arg;
   struct sockaddr_un address = {};
   address.sun_family = AF_UNIX;
   if (socket_path.native().size() >= sizeof(address.sun_path)) {
@@ -245,6 +301,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   std::memcpy(address.sun_path, socket_path.c_str(), socket_path.native().size());
+  if (wait) return WaitForHolder(address);
 
   crypto::HardenProcess(kProgram);  // no core dump, no ptrace by other users: it holds fds
   ::umask(077);
