@@ -5,7 +5,9 @@
 // is caught here and not by `kubectl apply` on a cluster. The systemd unit keeps core dumps off
 // and hardens the daemon without a private mount namespace. The snapshotter's DaemonSet mounts
 // what the sample config (deploy/containerd/lazycrypt-snapshotter.toml, the image's config)
-// names, with the privileges and propagation FUSE layers need.
+// names, with the privileges and propagation FUSE layers need. The fd holder runs in its own
+// DaemonSet that outlives snapshotter rollouts, on the socket the snapshotter's config names.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -64,12 +66,15 @@ bool IsDnsSubdomain(const std::string& s) {
 
 std::string Str(const YAML::Node& n) { return n && n.IsScalar() ? n.as<std::string>() : ""; }
 
-// A container (Pod/DaemonSet template): name, image; each volumeMount names a volume declared in
-// `volumes`.
+// A container (Pod/DaemonSet template; init containers too): name, image; each volumeMount
+// names a volume declared in `volumes`.
 void CheckContainers(const std::string& where, const YAML::Node& pod_spec) {
   const YAML::Node containers = pod_spec["containers"];
   ASSERT_TRUE(containers && containers.IsSequence() && containers.size() > 0)
       << where << ": spec.containers is required";
+  if (pod_spec["initContainers"]) {
+    ASSERT_TRUE(pod_spec["initContainers"].IsSequence()) << where << ": initContainers";
+  }
   std::set<std::string> volumes;
   if (pod_spec["volumes"]) {
     for (const auto& v : pod_spec["volumes"]) {
@@ -77,8 +82,11 @@ void CheckContainers(const std::string& where, const YAML::Node& pod_spec) {
       volumes.insert(Str(v["name"]));
     }
   }
+  std::vector<YAML::Node> all;
+  for (const auto& c : containers) all.push_back(c);
+  for (const auto& c : pod_spec["initContainers"]) all.push_back(c);
   std::set<std::string> names;
-  for (const auto& c : containers) {
+  for (const auto& c : all) {
     const std::string name = Str(c["name"]);
     EXPECT_TRUE(IsDnsLabel(name)) << where << ": container name \"" << name << "\"";
     EXPECT_TRUE(names.insert(name).second) << where << ": duplicate container " << name;
@@ -129,6 +137,12 @@ void CheckDoc(const Doc& d) {
   } else if (kind == "Pod") {
     EXPECT_EQ(api, "v1") << where;
     CheckContainers(where, n["spec"]);
+  } else if (kind == "ConfigMap") {
+    EXPECT_EQ(api, "v1") << where;
+    ASSERT_TRUE(n["data"] && n["data"].IsMap()) << where << ": data";
+    for (const auto& kv : n["data"]) {
+      EXPECT_TRUE(kv.second.IsScalar()) << where << ": data values are strings";
+    }
   } else if (kind == "Namespace" || kind == "ServiceAccount") {
     EXPECT_EQ(api, "v1") << where;
     if (kind == "Namespace") EXPECT_TRUE(IsDnsLabel(Str(n["metadata"]["name"]))) << where;
@@ -224,6 +238,137 @@ YAML::Node FindDoc(const std::string& kind, const std::string& name) {
   return YAML::Node();
 }
 
+// The config the snapshotter DaemonSet's container runs with: its --config file, from the
+// ConfigMap volume mounted at that file's directory.
+Result<snapshotter::Config> PodConfig(const YAML::Node& ds) {
+  const YAML::Node pod = ds["spec"]["template"]["spec"];
+  const YAML::Node c = pod["containers"][0];
+  std::vector<std::string> args;
+  for (const auto& a : c["args"]) args.push_back(a.as<std::string>());
+  auto flag = std::find(args.begin(), args.end(), "--config");
+  if (flag == args.end() || flag + 1 == args.end()) {
+    return Status::InvalidArgument("the snapshotter container has no --config");
+  }
+  const fs::path file = *(flag + 1);
+  std::string volume;
+  for (const auto& m : c["volumeMounts"]) {
+    if (Str(m["mountPath"]) == file.parent_path().string()) volume = Str(m["name"]);
+  }
+  std::string config_map;
+  for (const auto& v : pod["volumes"]) {
+    if (Str(v["name"]) == volume && v["configMap"]) config_map = Str(v["configMap"]["name"]);
+  }
+  if (config_map.empty()) {
+    return Status::InvalidArgument(file.parent_path().string() +
+                                   " is not a ConfigMap volume in the snapshotter container");
+  }
+  const YAML::Node cm = FindDoc("ConfigMap", config_map);
+  if (!cm) return Status::InvalidArgument("no ConfigMap " + config_map);
+  if (Str(cm["metadata"]["namespace"]) != Str(ds["metadata"]["namespace"])) {
+    return Status::InvalidArgument("ConfigMap " + config_map + " is in another namespace");
+  }
+  const std::string text = Str(cm["data"][file.filename().string()]);
+  if (text.empty()) {
+    return Status::InvalidArgument("ConfigMap " + config_map + " has no key " +
+                                   file.filename().string());
+  }
+  return snapshotter::ParseConfig(text, "ConfigMap " + config_map);
+}
+
+// The host path behind `path` in `container` of `pod_spec` (through the hostPath volume mounted at
+// the longest mountPath prefix of `path`), or "" when `path` is not on a hostPath volume.
+std::string HostPathOf(const YAML::Node& pod_spec, const YAML::Node& container,
+                       const fs::path& path) {
+  std::string best_mount, best_host;
+  for (const auto& m : container["volumeMounts"]) {
+    const std::string mount_path = Str(m["mountPath"]);
+    const fs::path rel = path.lexically_relative(mount_path);
+    if (rel.empty() || rel.string().starts_with("..")) continue;
+    if (mount_path.size() <= best_mount.size()) continue;
+    for (const auto& v : pod_spec["volumes"]) {
+      if (Str(v["name"]) == Str(m["name"])) {
+        best_mount = mount_path;
+        best_host = v["hostPath"] ? (fs::path(Str(v["hostPath"]["path"])) / rel)
+                                        .lexically_normal()
+                                        .string()
+                                  : "";
+      }
+    }
+  }
+  if (!best_host.empty() && best_host.ends_with("/.")) best_host.resize(best_host.size() - 2);
+  return best_host;
+}
+
+std::vector<std::string> Argv(const YAML::Node& container) {
+  std::vector<std::string> argv;
+  for (const auto& a : container["command"]) argv.push_back(a.as<std::string>());
+  for (const auto& a : container["args"]) argv.push_back(a.as<std::string>());
+  return argv;
+}
+
+// Issue 17: a holder started by the snapshotter would live in the snapshotter's pod and die with
+// it at every rollout, aborting every running container's FUSE mounts. The holder runs in its own
+// DaemonSet that the controller never replaces, on the socket the snapshotter's config names, in a
+// host directory both pods see; the snapshotter pod waits for it before starting.
+TEST(DeployManifests, FdHolderDaemonSetOutlivesSnapshotterRollouts) {
+  const YAML::Node ds = FindDoc("DaemonSet", "lazycrypt-snapshotter");
+  const YAML::Node holder_ds = FindDoc("DaemonSet", "lazycrypt-fdholder");
+  ASSERT_TRUE(ds) << "no DaemonSet lazycrypt-snapshotter";
+  ASSERT_TRUE(holder_ds) << "no DaemonSet lazycrypt-fdholder in deploy/kubernetes/";
+  auto config = PodConfig(ds);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const fs::path socket = config->restart.holder_socket;
+  ASSERT_FALSE(socket.empty())
+      << "the snapshotter's config has no [restart] holder_socket: it would start a holder in "
+         "its own pod";
+  EXPECT_EQ(socket, "/run/lazycrypt/fdholder/fdholder.sock");
+
+  // On the same nodes, in the same namespace, from the same image.
+  EXPECT_EQ(Str(holder_ds["metadata"]["namespace"]), Str(ds["metadata"]["namespace"]));
+  const YAML::Node pod = ds["spec"]["template"]["spec"];
+  const YAML::Node holder_pod = holder_ds["spec"]["template"]["spec"];
+  EXPECT_EQ(Str(holder_pod["nodeSelector"]["lazycrypt.io/node"]),
+            Str(pod["nodeSelector"]["lazycrypt.io/node"]));
+  EXPECT_TRUE(holder_pod["tolerations"]) << "the holder must run wherever the snapshotter does";
+  ASSERT_EQ(holder_pod["containers"].size(), 1u);
+  const YAML::Node holder = holder_pod["containers"][0];
+  EXPECT_EQ(Str(holder["image"]), Str(pod["containers"][0]["image"]));
+
+  // Never replaced by the controller, never evicted, never OOM-killed: stopping it aborts the
+  // mounts it alone holds.
+  EXPECT_EQ(Str(holder_ds["spec"]["updateStrategy"]["type"]), "OnDelete");
+  EXPECT_EQ(Str(holder_pod["priorityClassName"]), "system-node-critical");
+  EXPECT_TRUE(holder["resources"]["requests"]) << "tiny requests, so that it always schedules";
+  const YAML::Node limits = holder["resources"]["limits"];
+  EXPECT_FALSE(limits && limits["memory"]) << "a memory limit can OOM-kill it";
+
+  // The holder serves the config's socket...
+  EXPECT_THAT(Argv(holder), ::testing::ElementsAre("/usr/bin/lazycrypt-fdholder", "--socket",
+                                                   socket.string()));
+  // ...in a host directory the snapshotter's pod sees at the same path.
+  const std::string holder_host = HostPathOf(holder_pod, holder, socket);
+  EXPECT_EQ(holder_host, socket.string()) << "the holder's socket is not on a hostPath volume "
+                                             "at the same path on the host";
+  EXPECT_EQ(HostPathOf(pod, pod["containers"][0], socket), holder_host)
+      << "the snapshotter's pod does not see the holder's socket directory";
+  // The kubelet creates a missing hostPath directory 0755, which the holder refuses (its
+  // socket's directory must be 0700): the holder creates that directory itself, in a mounted
+  // parent.
+  for (const auto& m : holder["volumeMounts"]) {
+    EXPECT_NE(Str(m["mountPath"]), socket.parent_path().string())
+        << "mount the parent of the socket's directory: the kubelet would make it 0755";
+  }
+
+  // The snapshotter starts only once that holder answers, never one of its own in its pod.
+  ASSERT_TRUE(pod["initContainers"] && pod["initContainers"].size() == 1u)
+      << "the snapshotter pod has no init container waiting for the holder";
+  const YAML::Node wait = pod["initContainers"][0];
+  EXPECT_EQ(Str(wait["image"]), Str(holder["image"]));
+  EXPECT_THAT(Argv(wait), ::testing::ElementsAre("/usr/bin/lazycrypt-fdholder", "--socket",
+                                                 socket.string(), "--wait"));
+  EXPECT_EQ(HostPathOf(pod, wait, socket), holder_host);
+}
+
 TEST(DeployManifests, SnapshotterDaemonSetRunsTheImageLikeTheSystemdUnit) {
   const YAML::Node ds = FindDoc("DaemonSet", "lazycrypt-snapshotter");
   ASSERT_TRUE(ds) << "no DaemonSet lazycrypt-snapshotter in deploy/kubernetes/";
@@ -235,12 +380,15 @@ TEST(DeployManifests, SnapshotterDaemonSetRunsTheImageLikeTheSystemdUnit) {
   EXPECT_EQ(Str(pod["nodeSelector"]["lazycrypt.io/node"]), "true");
   EXPECT_EQ(Str(FindDoc("RuntimeClass", "lazycrypt")["scheduling"]["nodeSelector"]["lazycrypt.io/node"]),
             "true");
-  // Stopping the daemon ends running containers' FUSE mounts: never rolled by the controller.
-  EXPECT_EQ(Str(ds["spec"]["updateStrategy"]["type"]), "OnDelete");
+  // The next pod resumes the mounts the fd holder kept: rolled out by the controller, one node
+  // at a time (the old pod is gone before the new one starts).
+  EXPECT_EQ(Str(ds["spec"]["updateStrategy"]["type"]), "RollingUpdate");
+  EXPECT_EQ(Str(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"]), "1");
+  EXPECT_FALSE(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"])
+      << "two snapshotters on one node would serve the same socket and mounts";
 
-  // What the image's config (the sample config) names.
-  auto config = snapshotter::LoadConfig(testing::SourceDir() / "deploy" / "containerd" /
-                                        "lazycrypt-snapshotter.toml");
+  // What the pod's config (the ConfigMap mounted at /etc/lazycrypt) names.
+  auto config = PodConfig(ds);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   ASSERT_FALSE(config->keys.dirs.empty());
 
@@ -266,6 +414,7 @@ TEST(DeployManifests, SnapshotterDaemonSetRunsTheImageLikeTheSystemdUnit) {
   std::map<std::string, Mount> mounts;  // by mountPath
   for (const auto& m : c["volumeMounts"]) {
     const YAML::Node v = volumes[Str(m["name"])];
+    if (v && v["configMap"]) continue;  // the config, checked by PodConfig
     ASSERT_TRUE(v && v["hostPath"]) << "volumeMount " << Str(m["name"]) << " is not a hostPath";
     mounts[Str(m["mountPath"])] = {Str(v["hostPath"]["path"]), Str(v["hostPath"]["type"]),
                                    Str(m["mountPropagation"]), m["readOnly"].as<bool>(false)};
