@@ -43,6 +43,11 @@ using ::testing::HasSubstr;
 
 class Cri2 : public cri_testing::Cri {
  protected:
+  // The background verification fetches each lazy layer in full (10 s after its mount by
+  // default); these tests measure what a pod's reads fetched and cached, so it must not start
+  // while they run, however slow the machine.
+  Cri2() { snapshotter_extra_toml_ = "[fetch]\nverify_delay_ms = 600000\n"; }
+
   void SetUp() override {
     Cri::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;

@@ -115,7 +115,8 @@ class Cri : public ::testing::Test {
                     w / "snapshotter.toml",
                     "address = \"" + socket_.string() + "\"\nroot = \"" + root_.string() +
                         "\"\nlog_level = \"debug\"\n[keys]\ndirs = [\"" + (w / "keys").string() +
-                        "\"]\n[registry]\nhosts_dir = \"" + (w / "hosts").string() + "\"\n")
+                        "\"]\n[registry]\nhosts_dir = \"" + (w / "hosts").string() + "\"\n" +
+                        snapshotter_extra_toml_)
                     .ok());
     snapshotter_ = lazycrypt::testing::StartSnapshotterProcess(LAZYCRYPT_SNAPSHOTTER_BIN,
                                                     w / "snapshotter.toml", w / "snapshotter.log");
@@ -285,6 +286,8 @@ class Cri : public ::testing::Test {
   std::unique_ptr<cri::CriClient> client_;
   std::vector<std::string> pods_;
   std::vector<std::string> imports_;  // config files the next StartContainerd imports
+  // Appended to the snapshotter's config (set it in the test's constructor, before SetUp).
+  std::string snapshotter_extra_toml_;
   lazycrypt::testing::KeyPair node_key_, other_key_;
   fs::path root_, socket_;
   std::string marker_, sandbox_image_, plain_image_, version_;
