@@ -74,18 +74,19 @@ class Cri2 : public cri_testing::Cri {
 
   // Makes the next Start import deploy/kubernetes/containerd/containerd-2.x.toml as shipped, with
   // only its two paths replaced by this test's: the snapshotter's socket and state directory.
-  void ImportShippedDropIn() {
-    auto text = harness::ReadFileOrEmpty(testing::SourceDir() /
-                                         "deploy/kubernetes/containerd/containerd-2.x.toml");
+  // (`name`: another drop-in of that directory; paths it does not hold are left alone.)
+  void ImportShippedDropIn(const std::string& name = "containerd-2.x.toml") {
+    auto text =
+        harness::ReadFileOrEmpty(testing::SourceDir() / "deploy/kubernetes/containerd" / name);
     ASSERT_FALSE(text.empty());
     for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
              {"\"/run/lazycrypt/snapshotter.sock\"", "\"" + socket_.string() + "\""},
              {"\"/var/lib/lazycrypt\"", "\"" + root_.string() + "\""}}) {
       const size_t at = text.find(from);
-      ASSERT_NE(at, std::string::npos) << from;
-      text.replace(at, from.size(), to);
+      if (name == "containerd-2.x.toml") ASSERT_NE(at, std::string::npos) << from;
+      if (at != std::string::npos) text.replace(at, from.size(), to);
     }
-    const fs::path copy = work_->path() / "containerd-2.x.toml";
+    const fs::path copy = work_->path() / name;
     ASSERT_TRUE(harness::WriteFile(copy, text).ok());
     imports_ = {copy.string()};
   }
@@ -169,6 +170,27 @@ TEST_F(Cri2, ShippedDropInRuntimeHandlerLazycryptIsLazyAndTheDefaultPodKeepsOver
   EXPECT_GT(fs_info[0].used_bytes, 0u);
   for (const auto& f : fs_info) EXPECT_NE(f.mountpoint, root_.string());
   RecordProperty("imagefs_entries", std::to_string(fs_info.size()));
+}
+
+// An operator who upgrades a 1.7 node to 2.1 and keeps the 1.7 drop-in (config version 2, which
+// 2.x converts on load): the runtime's snapshotter still serves containers, but the conversion
+// does not turn it into runtime_platforms (plugins/cri/images/plugin.go configMigration reads a
+// key "snapshot" and writes "runtime_platform"), so even an annotated pod's image is pulled into
+// overlayfs, which cannot apply a lazycrypt layer. Hence the separate 2.x drop-in.
+TEST_F(Cri2, The17DropInOn21PullsIntoOverlayfsEvenWithTheAnnotation) {
+  ImportShippedDropIn("containerd-1.7.toml");
+  ASSERT_FALSE(HasFailure());
+  harness::CriPluginConfig cri;
+  Start(cri);
+  ASSERT_FALSE(HasFailure());
+  const std::string ref = Publish("old-dropin", node_key_.pub);
+  ASSERT_FALSE(HasFailure());
+  PodRun run = RunPod("old-dropin", ref, "lazycrypt", {"/bin/cat", "/data/marker.txt"});
+  ASSERT_FALSE(run.status.ok()) << "the 1.7 drop-in works on 2.1 after all";
+  EXPECT_THAT(run.status.message(), HasSubstr("failed to extract layer"))
+      << run.status.message();
+  EXPECT_THAT(run.status.message(), HasSubstr("to overlayfs")) << run.status.message();
+  EXPECT_EQ(SnapshotCount("lazycrypt"), 0u);
 }
 
 // 2.1's default pull, the transfer service, with the settings it needs for a remote snapshotter:
