@@ -13,8 +13,12 @@
 #   (chroot) and prints the build's version and commit.
 # image: the OCI image scripts/build-image.sh made from that .deb is unpacked with umoci and its
 #   entrypoint run with runc the way deploy/kubernetes/daemonset.yaml runs it (privileged,
-#   /dev/fuse, host directories for socket, state and keys, host network); the snapshotter's
-#   socket appears on the host side and the daemon answers on its admin socket.
+#   /dev/fuse, host directories for socket, state and keys, host network, the config of the
+#   manifest's ConfigMap); the snapshotter's socket appears on the host side and the daemon
+#   answers on its admin socket. Before it, lazycrypt-fdholder runs from the same image in a
+#   container of its own (unprivileged, the host's /run/lazycrypt) as the lazycrypt-fdholder
+#   DaemonSet runs it: its socket appears in /run/lazycrypt/fdholder (0700), `--wait` sees it, the
+#   snapshotter uses it (no holder of its own in its container), and it outlives the snapshotter.
 # Root only (chroot, runc); exit 77 (skip) otherwise.
 set -euo pipefail
 
@@ -30,7 +34,7 @@ version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build/CMakeCache.txt")
 [ -n "$version" ] || fail "no CMAKE_PROJECT_VERSION in $build/CMakeCache.txt"
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 deb="$out/lazycrypt_${version}_${arch}.deb"
-shipped=(lazycrypt lazycrypt-snapshotter lazycrypt-decoder)
+shipped=(lazycrypt lazycrypt-snapshotter lazycrypt-decoder lazycrypt-fdholder)
 
 # "NAME VERSION (commit abc1234[-dirty])": checks a --version line.
 check_version_line() {
@@ -65,9 +69,11 @@ test_deb() {
   local contents
   contents=$(dpkg-deb --contents "$deb" | awk '{print $6}' | sed 's|^\./|/|')
   for path in /usr/bin/lazycrypt /usr/bin/lazycrypt-snapshotter /usr/bin/lazycrypt-decoder \
+              /usr/bin/lazycrypt-fdholder \
               /lib/systemd/system/lazycrypt-snapshotter.service /etc/lazycrypt/config.toml \
               /usr/share/man/man1/lazycrypt.1.gz /usr/share/man/man1/lazycrypt-decoder.1.gz \
               /usr/share/man/man8/lazycrypt-snapshotter.8.gz \
+              /usr/share/man/man8/lazycrypt-fdholder.8.gz \
               /usr/share/doc/lazycrypt/copyright /usr/share/doc/lazycrypt/CHANGELOG.md \
               /usr/share/doc/lazycrypt/README.md.gz \
               /usr/share/doc/lazycrypt/examples/config-snippet.toml \
@@ -97,7 +103,7 @@ test_deb() {
   dpkg-deb --fsys-tarfile "$deb" | tar -xOf - ./usr/share/doc/lazycrypt/examples/stream-processor.toml |
     grep -q 'path = "/usr/bin/lazycrypt-decoder"' || fail "the stream-processor example does not name /usr/bin/lazycrypt-decoder"
   # The man pages came from --help: each documents --version.
-  for page in man1/lazycrypt.1 man1/lazycrypt-decoder.1 man8/lazycrypt-snapshotter.8; do
+  for page in man1/lazycrypt.1 man1/lazycrypt-decoder.1 man8/lazycrypt-snapshotter.8 man8/lazycrypt-fdholder.8; do
     dpkg-deb --fsys-tarfile "$deb" | tar -xOf - "./usr/share/man/$page.gz" | zcat | grep -q -- 'version' ||
       fail "$page does not document --version"
   done
@@ -144,21 +150,58 @@ test_image() {
   ctd_pid=""
   tmp=$(mktemp -d /tmp/lazycrypt-image-test.XXXXXX)
   id="lazycrypt-image-test-$$"
+  holder_id="lazycrypt-image-test-holder-$$"
   cleanup() {
     runc kill "$id" KILL >/dev/null 2>&1 || true
     runc delete --force "$id" >/dev/null 2>&1 || true
+    runc kill "$holder_id" KILL >/dev/null 2>&1 || true
+    runc delete --force "$holder_id" >/dev/null 2>&1 || true
     rm -rf "$tmp"
   }
   trap cleanup EXIT
   umoci unpack --image "$layout:$version" "$tmp/bundle" >/dev/null
-  mkdir -p "$tmp/host/run" "$tmp/host/state" "$tmp/host/keys"
+  mkdir -p "$tmp/host/run" "$tmp/host/state" "$tmp/host/keys" "$tmp/host/config" "$tmp/holder"
+  # The config the DaemonSet's ConfigMap gives the snapshotter (its config.toml block).
+  awk '/^  config.toml: \|$/ {on = 1; next}
+       on && /^    / {print substr($0, 5); next}
+       on && /^$/ {print ""; next}
+       on {exit}' "$src/deploy/kubernetes/daemonset.yaml" > "$tmp/host/config/config.toml"
+  grep -q '^holder_socket = "/run/lazycrypt/fdholder/fdholder.sock"$' "$tmp/host/config/config.toml" ||
+    { cat "$tmp/host/config/config.toml"; fail "no [restart] holder_socket in the DaemonSet's ConfigMap"; }
+  # The lazycrypt-fdholder DaemonSet's pod: the same image's root (read-only), no capabilities,
+  # the host's /run/lazycrypt. It creates fdholder/ there 0700 and listens on the socket.
+  jq --arg root "$tmp/bundle/rootfs" --arg run "$tmp/host/run" '
+    .process.terminal = false
+    | .process.args = ["/usr/bin/lazycrypt-fdholder", "--socket", "/run/lazycrypt/fdholder/fdholder.sock"]
+    | .process.capabilities = {bounding: [], effective: [], permitted: [], inheritable: [], ambient: []}
+    | .process.noNewPrivileges = true
+    | .root = {path: $root, readonly: true}
+    | .mounts += [{destination: "/run/lazycrypt", type: "bind", source: $run, options: ["rbind", "rw"]}]
+  ' "$tmp/bundle/config.json" > "$tmp/holder/config.json"
+  runc run --detach --bundle "$tmp/holder" "$holder_id" < /dev/null > "$tmp/holder.log" 2>&1 ||
+    { cat "$tmp/holder.log"; fail "runc could not start lazycrypt-fdholder from the image"; }
+  local holder_socket="$tmp/host/run/fdholder/fdholder.sock"
+  for _ in $(seq 1 50); do
+    [ -S "$holder_socket" ] && break
+    runc state "$holder_id" 2>/dev/null | jq -e '.status == "running"' >/dev/null ||
+      { cat "$tmp/holder.log"; fail "lazycrypt-fdholder exited in its container"; }
+    sleep 0.2
+  done
+  [ -S "$holder_socket" ] || { cat "$tmp/holder.log"; fail "no holder socket at $holder_socket after 10 s"; }
+  [ "$(stat -c %a "$tmp/host/run/fdholder")" = 700 ] ||
+    fail "the holder's directory is mode $(stat -c %a "$tmp/host/run/fdholder"), not 0700"
+  # What the snapshotter pod's init container runs.
+  timeout 10 "$tmp/bundle/rootfs/usr/bin/lazycrypt-fdholder" --socket "$holder_socket" --wait ||
+    fail "lazycrypt-fdholder --wait did not see the holder"
+  echo "holder socket: $holder_socket"
   # The DaemonSet's pod: privileged (every capability, /dev/fuse), host network, the socket,
   # state (shared propagation) and key directories from the host.
   local caps
   caps=$(sed -n 's/^\s*\(CAP_[A-Z_]*\).*/\1/p' /usr/include/linux/capability.h 2>/dev/null | sort -u | jq -R . | jq -s .)
   [ "$(jq length <<<"$caps")" -gt 30 ] ||
     caps='["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_FOWNER","CAP_KILL","CAP_SETGID","CAP_SETUID","CAP_SYS_ADMIN","CAP_SYS_CHROOT","CAP_MKNOD","CAP_NET_BIND_SERVICE","CAP_AUDIT_WRITE"]'
-  jq --argjson caps "$caps" --arg run "$tmp/host/run" --arg state "$tmp/host/state" --arg keys "$tmp/host/keys" '
+  jq --argjson caps "$caps" --arg run "$tmp/host/run" --arg state "$tmp/host/state" --arg keys "$tmp/host/keys" \
+     --arg config "$tmp/host/config" '
     .process.terminal = false
     | .process.capabilities = {bounding: $caps, effective: $caps, permitted: $caps, inheritable: $caps, ambient: $caps}
     | .process.noNewPrivileges = false
@@ -168,7 +211,8 @@ test_image() {
     | .mounts += [
         {destination: "/run/lazycrypt", type: "bind", source: $run, options: ["rbind", "rw"]},
         {destination: "/var/lib/lazycrypt", type: "bind", source: $state, options: ["rbind", "rw", "rshared"]},
-        {destination: "/etc/containerd/ocicrypt/keys", type: "bind", source: $keys, options: ["rbind", "ro"]}]
+        {destination: "/etc/containerd/ocicrypt/keys", type: "bind", source: $keys, options: ["rbind", "ro"]},
+        {destination: "/etc/lazycrypt", type: "bind", source: $config, options: ["rbind", "ro"]}]
   ' "$tmp/bundle/config.json" > "$tmp/config.json"
   mv "$tmp/config.json" "$tmp/bundle/config.json"
   jq -r '.process.args | join(" ")' "$tmp/bundle/config.json"
@@ -179,6 +223,8 @@ test_image() {
     if [ -n "$ctd_pid" ]; then kill "$ctd_pid" 2>/dev/null; wait "$ctd_pid" 2>/dev/null || true; fi
     runc kill "$id" KILL >/dev/null 2>&1 || true
     runc delete --force "$id" >/dev/null 2>&1 || true
+    runc kill "$holder_id" KILL >/dev/null 2>&1 || true
+    runc delete --force "$holder_id" >/dev/null 2>&1 || true
     umount -l "$tmp/host/state" 2>/dev/null || true
     rm -rf "$tmp"
   }
@@ -204,6 +250,14 @@ test_image() {
   echo "admin answer: $answer"
   jq -e '.ok == true' <<<"$answer" >/dev/null || fail "admin answer is not ok: $answer"
   grep -q 'ready' "$tmp/daemon.log" || { cat "$tmp/daemon.log"; fail "the daemon did not log that it is ready"; }
+  # It keeps its FUSE fds in the holder's container, and started no holder in its own.
+  grep -q 'kept in the holder fd store' "$tmp/daemon.log" ||
+    { cat "$tmp/daemon.log"; fail "the snapshotter does not use the fd holder"; }
+  local pid
+  for pid in $(runc ps --format json "$id" | jq -r '.[]'); do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != lazycrypt-fdhol ] ||
+      fail "the snapshotter started a holder in its own container (pid $pid)"
+  done
 
   # containerd on the host, with the proxy plugin of the containerd drop-ins, reaches the daemon
   # in the container through the hostPath socket: a snapshot prepared, listed and removed (each
@@ -250,6 +304,17 @@ TOML
   done
   runc state "$id" | jq -e '.status == "stopped"' >/dev/null || fail "the snapshotter did not stop on SIGTERM"
   cat "$tmp/daemon.log"
+  # The holder outlives the snapshotter's container, and stops on SIGTERM (exit 0, socket gone).
+  runc state "$holder_id" | jq -e '.status == "running"' >/dev/null ||
+    { cat "$tmp/holder.log"; fail "the holder did not outlive the snapshotter"; }
+  runc kill "$holder_id" TERM
+  for _ in $(seq 1 50); do
+    runc state "$holder_id" 2>/dev/null | jq -e '.status == "stopped"' >/dev/null && break
+    sleep 0.2
+  done
+  runc state "$holder_id" | jq -e '.status == "stopped"' >/dev/null || fail "the holder did not stop on SIGTERM"
+  [ ! -e "$holder_socket" ] || fail "the holder left its socket behind"
+  echo "lazycrypt-fdholder from the image: served $holder_socket, outlived the snapshotter, stopped on SIGTERM"
   echo "PASS package.image"
 }
 
