@@ -342,9 +342,10 @@ TEST(DeployManifests, FdHolderDaemonSetOutlivesSnapshotterRollouts) {
   const YAML::Node limits = holder["resources"]["limits"];
   EXPECT_FALSE(limits && limits["memory"]) << "a memory limit can OOM-kill it";
 
-  // The holder serves the config's socket...
+  // The holder serves the config's socket, and never exits for being idle (a snapshotter
+  // starting while the kubelet restarts an idle holder would start a holder in its own pod)...
   EXPECT_THAT(Argv(holder), ::testing::ElementsAre("/usr/bin/lazycrypt-fdholder", "--socket",
-                                                   socket.string()));
+                                                   socket.string(), "--idle-exit", "0"));
   // ...in a host directory the snapshotter's pod sees at the same path.
   const std::string holder_host = HostPathOf(holder_pod, holder, socket);
   EXPECT_EQ(holder_host, socket.string()) << "the holder's socket is not on a hostPath volume "

@@ -172,7 +172,7 @@ test_image() {
   # the host's /run/lazycrypt. It creates fdholder/ there 0700 and listens on the socket.
   jq --arg root "$tmp/bundle/rootfs" --arg run "$tmp/host/run" '
     .process.terminal = false
-    | .process.args = ["/usr/bin/lazycrypt-fdholder", "--socket", "/run/lazycrypt/fdholder/fdholder.sock"]
+    | .process.args = ["/usr/bin/lazycrypt-fdholder", "--socket", "/run/lazycrypt/fdholder/fdholder.sock", "--idle-exit", "0"]
     | .process.capabilities = {bounding: [], effective: [], permitted: [], inheritable: [], ambient: []}
     | .process.noNewPrivileges = true
     | .root = {path: $root, readonly: true}
