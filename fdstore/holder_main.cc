@@ -4,11 +4,14 @@
 // FileDescriptorStoreMax=).
 //
 // It has nothing that can crash: one thread, one poll loop, fixed-size buffers; the only
-// allocation is the map entry of a Put. It ignores SIGPIPE, SIGHUP, SIGINT and SIGQUIT and exits
-// on SIGTERM only, removing its socket. Exiting closes every fd it holds: a FUSE connection that
-// only the holder still holds (its snapshotter is gone) is then aborted by the kernel, and the
-// container reads on that mount fail with ENOTCONN. So: never SIGTERM a holder while its
-// snapshotter is down.
+// allocations are the map entry of a Put and the poll list. It ignores SIGPIPE, SIGHUP, SIGINT
+// and SIGQUIT and exits on SIGTERM (or idle, below) only, removing its socket. Exiting closes
+// every fd it holds: a FUSE connection that only the holder still holds (its snapshotter is
+// gone) is then aborted by the kernel, and the container reads on that mount fail with ENOTCONN.
+// So: never SIGTERM a holder while its snapshotter is down.
+// Held fds whose connection ended (POLLERR/POLLHUP: the mount is gone) are dropped, as systemd's
+// fd store does; with nothing held and no client connected for --idle-exit seconds (60), it
+// exits: a snapshotter keeps its connection open while it runs.
 //
 // Usage: lazycrypt-fdholder --socket PATH         hold fds on PATH until SIGTERM
 //        lazycrypt-fdholder --socket PATH --wait  exit 0 once a holder answers on PATH (for a
@@ -16,8 +19,8 @@
 //                                                 must find the long-lived holder, not start one
 //                                                 in its own pod, which dies with that pod)
 //        lazycrypt-fdholder --version | --help
-// Exit: 0 on SIGTERM, or at start when another holder already serves PATH (it leaves that one
-// alone); 2 on a usage or setup error (message on stderr).
+// Exit: 0 on SIGTERM or when idle, or at start when another holder already serves PATH (it
+// leaves that one alone); 2 on a usage or setup error (message on stderr).
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,6 +31,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <vector>
 
 #include <cerrno>
 #include <chrono>
@@ -103,24 +108,51 @@ size_t MaxHeldFds() {
 
 class Holder {
  public:
-  Holder(UniqueFd listener, UniqueFd signals, size_t max_held)
-      : listener_(std::move(listener)), signals_(std::move(signals)), max_held_(max_held) {}
+  // idle_exit_ms > 0: exit once it has held nothing and had no client for that long.
+  Holder(UniqueFd listener, UniqueFd signals, size_t max_held, int idle_exit_ms)
+      : listener_(std::move(listener)),
+        signals_(std::move(signals)),
+        max_held_(max_held),
+        idle_exit_ms_(idle_exit_ms) {}
 
-  // Serves until SIGTERM.
+  // Serves until SIGTERM (or idle, see the constructor).
   void Run() {
-    // pollfd slots: 0 = signalfd, 1 = listener, 2.. = clients (fd -1: free).
-    struct pollfd polls[2 + kMaxClients];
+    // pollfd slots: 0 = signalfd, 1 = listener, 2.. = clients (fd -1: free), then the held fds
+    // (no events asked: poll reports POLLERR/POLLHUP of a connection that ended by itself).
+    std::vector<struct pollfd> polls;
+    std::vector<std::string_view> held_names;
     for (;;) {
       size_t active = 0;
+      polls.assign(2 + kMaxClients, pollfd{});
       polls[0] = {signals_.get(), POLLIN, 0};
       // When every client slot is taken, new connections wait in the listen backlog.
       for (const UniqueFd& client : clients_) active += client.valid() ? 1 : 0;
       polls[1] = {active < kMaxClients ? listener_.get() : -1, POLLIN, 0};
       for (size_t i = 0; i < kMaxClients; ++i) polls[2 + i] = {clients_[i].get(), POLLIN, 0};
-      if (::poll(polls, 2 + kMaxClients, -1) < 0) {
+      held_names.clear();
+      for (const auto& [name, fd] : held_) {
+        polls.push_back({fd.get(), 0, 0});
+        held_names.push_back(name);
+      }
+      const bool idle = active == 0 && held_.empty();
+      const int rc = ::poll(polls.data(), polls.size(), idle && idle_exit_ms_ > 0 ? idle_exit_ms_ : -1);
+      if (rc == 0) return;  // idle for idle_exit_ms_: nothing to hold, nobody to hold it for
+      if (rc < 0) {
         if (errno == EINTR) continue;
         Fail("poll", errno);
         continue;  // nothing here is worth dying for
+      }
+      // A FUSE connection that ended (its mount was unmounted, or it was aborted) serves no
+      // one any more: as systemd's fd store, drop it.
+      std::vector<std::string> ended;
+      for (size_t i = 0; i < held_names.size(); ++i) {
+        if (polls[2 + kMaxClients + i].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+          ended.emplace_back(held_names[i]);
+        }
+      }
+      for (const std::string& name : ended) {
+        auto it = held_.find(name);
+        if (it != held_.end()) held_.erase(it);
       }
       if (polls[0].revents != 0) {
         struct signalfd_siginfo info;
@@ -235,6 +267,7 @@ class Holder {
   UniqueFd listener_;
   UniqueFd signals_;
   size_t max_held_;
+  int idle_exit_ms_;
   UniqueFd clients_[kMaxClients];
   ReceivedFds received_;
   // std::less<> lets REMOVE look a name up without building a std::string.
@@ -276,6 +309,7 @@ int Main(int argc, char** argv) {
   app.set_version_flag("--version", VersionLine(kProgram));
   std::string socket_arg;
   bool wait = false;
+  int idle_exit_s = 60;
   app.add_option("--socket", socket_arg,
                  "the holder's unix socket (its directory is created 0700; the snapshotter's "
                  "[restart] holder_socket, default <root>/fdholder/fdholder.sock)")
@@ -283,6 +317,10 @@ int Main(int argc, char** argv) {
   app.add_flag("--wait", wait,
                "do not hold anything: exit 0 as soon as a holder answers on --socket (for an "
                "init container that must not start the snapshotter before its holder)");
+  app.add_option("--idle-exit", idle_exit_s,
+                 "exit after holding nothing, with no client connected, for this many seconds "
+                 "(0: never); a snapshotter keeps its connection open while it runs")
+      ->check(CLI::NonNegativeNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -362,7 +400,8 @@ int Main(int argc, char** argv) {
     return 2;
   }
 
-  Holder holder(std::move(listener), std::move(signals), MaxHeldFds());
+  Holder holder(std::move(listener), std::move(signals), MaxHeldFds(),
+                idle_exit_s > 0 ? idle_exit_s * 1000 : 0);
   holder.Run();
   ::unlink(socket_path.c_str());  // still ours: the lock is held until exit
   return 0;

@@ -9,6 +9,8 @@
 #include <sys/xattr.h>
 #include <sys/uio.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -159,6 +161,21 @@ class PageCacheFiller {
   bool stop_ = false;
   std::thread thread_;
 };
+
+// A signal whose only effect is to interrupt a blocking call of the thread it is sent to (no
+// SA_RESTART): LeaveMounted wakes libfuse's loop thread with it. Installed once per process.
+int WakeSignal() {
+  static const int sig = [] {
+    const int s = SIGRTMIN + 3;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    ::sigaction(s, &sa, nullptr);
+    return s;
+  }();
+  return sig;
+}
 
 class FuseMountImpl final : public FuseMount {
  public:
@@ -339,26 +356,19 @@ class FuseMountImpl final : public FuseMount {
     // daemon (they stay in the connection's processing list, which the held fd keeps).
     WakeWaiters(Waiting::kLeave);
     fuse_session_exit(session_.get());
-    // The session loop ends when a worker, done with a request, sees the session exited (the
-    // others are cancelled in their read of /dev/fuse). A STATFS request always reaches us (the
-    // kernel caches no statfs answer) and is answered without the layer: one per wait, until
-    // the loop has ended. A poke the loop did not answer stays queued for the next daemon.
-    std::atomic<bool> ended{false};
-    std::thread waiter([&] {
-      if (loop_.joinable()) loop_.join();
-      ended.store(true);
-    });
-    const std::string path = mountpoint_.string();
-    while (!ended.load()) {
-      std::thread([path] {
-        struct statvfs sv {};
-        (void)::statvfs(path.c_str(), &sv);
-      }).detach();
-      for (int i = 0; i < 20 && !ended.load(); ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    // libfuse's loop thread waits for a worker to end; interrupted by a signal, it sees the
+    // session exited and cancels the workers in their read of /dev/fuse (a request one of them
+    // had taken stays in the connection and is resent to the next daemon). Sent until the loop
+    // has ended: a signal that comes just before its wait begins is lost. No request is sent to
+    // the mount: a request sent now could only be answered by the next daemon.
+    if (loop_.joinable()) {
+      const pthread_t loop_thread = loop_.native_handle();
+      while (!loop_done_.load()) {
+        ::pthread_kill(loop_thread, WakeSignal());
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
+      loop_.join();
     }
-    waiter.join();
     filler_.reset();
     session_.reset();  // closes this process's fd; the held duplicate keeps the connection
     mounted_ = false;
@@ -461,6 +471,7 @@ class FuseMountImpl final : public FuseMount {
     fuse_loop_cfg_set_clone_fd(cfg.get(), options_.clone_fd ? 1 : 0);
     fuse_loop_cfg_set_max_threads(cfg.get(), std::max(1u, options_.max_threads));
     int rc = fuse_session_loop_mt(session_.get(), cfg.get());
+    loop_done_.store(true);  // before this thread ends: LeaveMounted signals it until then
     if (rc != 0 && rc != -ENODEV) {
       std::fprintf(stderr, "lazycrypt: %s: FUSE session loop ended with %d\n",
                    options_.layer_name.c_str(), rc);
@@ -777,8 +788,7 @@ class FuseMountImpl final : public FuseMount {
     }
   }
 
-  // Answered without waiting for a resumed mount's layer (zero sizes until it is there):
-  // LeaveMounted relies on a request that is always answered.
+  // Answered without waiting for a resumed mount's layer (zero sizes until it is there).
   static void StatFs(fuse_req_t req, fuse_ino_t) {
     auto& self = Self(req);
     struct statvfs sv {};
@@ -815,6 +825,7 @@ class FuseMountImpl final : public FuseMount {
   bool leaving_ = false;   // LeaveMounted: waiting requests go unanswered
   bool stopping_ = false;  // unmounting: waiting requests fail
   std::atomic<uint64_t> requests_waited_{0};
+  std::atomic<bool> loop_done_{false};
   Status resend_status_ = Status::Unsupported("not a resumed mount");
 
   mutable std::mutex unmount_mu_;  // guards mounted_, session_ teardown, loop_

@@ -21,7 +21,8 @@ std::string LayerStoreKey(std::string_view layer_digest, std::string_view toc_di
 Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> source,
     std::shared_ptr<void> keepalive, const image::Descriptor& descriptor,
-    const keywrap::KeyRing& keys, const MountLayerOptions& options) {
+    const keywrap::KeyRing& keys, const MountLayerOptions& options,
+    std::unique_ptr<fusefs::FuseMount>* resumed) {
   std::unique_ptr<MountedLayer> layer(new MountedLayer());
   layer->keepalive_ = std::move(keepalive);
   layer->source_ = std::move(source);
@@ -54,9 +55,15 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
   if (mount_options.layer_name == fusefs::MountOptions().layer_name) {
     mount_options.layer_name = "layer " + descriptor.digest;
   }
-  auto mounted = fusefs::FuseMount::Mount(mountpoint, layer->layer_, mount_options);
-  if (!mounted.ok()) return mounted.status().WithContext(what);
-  layer->mount_ = std::move(*mounted);
+  if (resumed != nullptr && *resumed != nullptr) {
+    // The same mount, served again: the requests waiting for it get this layer.
+    LC_RETURN_IF_ERROR((*resumed)->Provide(layer->layer_).WithContext(what));
+    layer->mount_ = std::move(*resumed);
+  } else {
+    auto mounted = fusefs::FuseMount::Mount(mountpoint, layer->layer_, mount_options);
+    if (!mounted.ok()) return mounted.status().WithContext(what);
+    layer->mount_ = std::move(*mounted);
+  }
 
   if (options.verify) {
     // Also completes the layer in the store: no separate background fetch.
@@ -111,6 +118,11 @@ Verification MountedLayer::verification() const {
 
 Status MountedLayer::verification_status() const {
   return layer_->verification_status().WithContext("layer " + digest_);
+}
+
+void MountedLayer::LeaveMounted() {
+  if (layer_) layer_->StopBackgroundFetch();
+  if (mount_) mount_->LeaveMounted();
 }
 
 Status MountedLayer::Unmount() {

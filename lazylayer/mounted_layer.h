@@ -81,18 +81,24 @@ class MountedLayer {
   // `keepalive` is whatever `source` needs to stay valid (e.g. the registry client or image
   // source it reads through); it is destroyed after the mount and the cache. The layer's
   // descriptor (with its lazycrypt annotations) must describe `source`'s blob.
-  static Result<std::unique_ptr<MountedLayer>> Mount(const std::filesystem::path& mountpoint,
-                                                     std::shared_ptr<BlobSource> source,
-                                                     std::shared_ptr<void> keepalive,
-                                                     const image::Descriptor& descriptor,
-                                                     const keywrap::KeyRing& keys,
-                                                     const MountLayerOptions& options);
+  // With `resumed` (a FuseMount::Resume of the mount a previous daemon left at `mountpoint`),
+  // nothing is mounted: the layer is given to it (Provide) and it becomes this layer's mount;
+  // on failure it stays the caller's, still waiting for a layer.
+  static Result<std::unique_ptr<MountedLayer>> Mount(
+      const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> source,
+      std::shared_ptr<void> keepalive, const image::Descriptor& descriptor,
+      const keywrap::KeyRing& keys, const MountLayerOptions& options,
+      std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
   ~MountedLayer();
   MountedLayer(const MountedLayer&) = delete;
   MountedLayer& operator=(const MountedLayer&) = delete;
 
   // Unmounts (FailedPrecondition "busy" while in use; see FuseMount::Unmount). Idempotent.
   Status Unmount();
+  // Stops serving and leaves the mount to the next daemon (FuseMount::LeaveMounted): the
+  // background verification stops first. Destruction then leaves the mount alone.
+  void LeaveMounted();
+  const fusefs::FuseMount& fuse() const { return *mount_; }
 
   const std::filesystem::path& mountpoint() const { return mount_->mountpoint(); }
   const std::string& digest() const { return digest_; }

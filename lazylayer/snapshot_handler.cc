@@ -3,13 +3,16 @@
 #include <dirent.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "cache/registry_source.h"
 #include "common/file_io.h"
@@ -17,6 +20,7 @@
 #include "decoder/decoder.h"
 #include "crypto/digest.h"
 #include "image/envelope.h"
+#include "fusefs/fuse_resume.h"
 #include "image/oci.h"
 #include "lazylayer/labels.h"
 
@@ -180,6 +184,47 @@ void AppendTree(std::string& out, const std::filesystem::path& dir, int depth) {
 // As deep as decoder::LoadDecryptionKeysDir walks a key directory.
 constexpr int kKeyDirDepth = 16;
 
+// The fd store name of a layer's FUSE connection: the snapshot it serves and the connection's
+// number (the mount's minor device), so that a held fd is matched to the mount it belongs to.
+constexpr std::string_view kFuseFdPrefix = "lcfuse.";
+std::string FuseFdName(int64_t snapshot_id, dev_t device) {
+  return std::string(kFuseFdPrefix) + std::to_string(snapshot_id) + "." +
+         std::to_string(minor(device));
+}
+// (snapshot id, connection number) of a name FuseFdName made; nullopt for any other name.
+std::optional<std::pair<int64_t, unsigned>> ParseFuseFdName(std::string_view name) {
+  if (!name.starts_with(kFuseFdPrefix)) return std::nullopt;
+  name.remove_prefix(kFuseFdPrefix.size());
+  const size_t dot = name.find('.');
+  if (dot == std::string_view::npos || dot == 0 || dot + 1 == name.size()) return std::nullopt;
+  int64_t id = 0;
+  unsigned connection = 0;
+  for (char c : name.substr(0, dot)) {
+    if (c < '0' || c > '9' || id > (INT64_MAX - 9) / 10) return std::nullopt;
+    id = id * 10 + (c - '0');
+  }
+  for (char c : name.substr(dot + 1)) {
+    if (c < '0' || c > '9' || connection > (UINT32_MAX - 9) / 10) return std::nullopt;
+    connection = connection * 10 + static_cast<unsigned>(c - '0');
+  }
+  return std::pair{id, connection};
+}
+
+// A restore failure that a later attempt may not see (the registry or a key provider did not
+// answer), as opposed to one it will see again (no key, a quarantine, a layer that lies).
+bool RetryableRestoreFailure(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kAuthFailed:
+    case StatusCode::kPermissionDenied:
+    case StatusCode::kCorruption:
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kUnsupported:
+      return false;
+    default:
+      return true;
+  }
+}
+
 // A quarantine outlives the process: the failure is written next to the snapshot's fs
 // directory (snapshots/<id>/lazycrypt-quarantined, 0600, the reason: layer digest and status,
 // never a file name), and a restore or Check after a restart refuses the layer with it instead
@@ -220,6 +265,7 @@ struct SnapshotHandler::Impl {
 
   struct Mounted {
     std::unique_ptr<MountedLayer> layer;
+    std::string fd_name;  // its FUSE fd in options.fd_store ("" when not kept there)
     LayerSource source;
     image::Descriptor descriptor;  // from the manifest: its key annotations are what Check unwraps
     // The last Check's unwrap answer (OK or PermissionDenied) and the key-set fingerprint it was
@@ -231,15 +277,46 @@ struct SnapshotHandler::Impl {
   mutable std::mutex mu;
   std::map<int64_t, Mounted> mounts;  // by snapshot id
 
+  // FUSE connections a previous daemon left in the fd store, by snapshot id (taken at Create;
+  // each is claimed by its snapshot's Restore, the rest dropped by RestoreFinished).
+  struct Held {
+    std::string name;
+    unsigned connection = 0;
+    UniqueFd fd;
+  };
+  std::map<int64_t, std::vector<Held>> held;
+  // Resumed mounts whose layer is not restored yet (retried in the background until
+  // options.restore_retry_for has passed) or was given up (failed: every read EIO). A null
+  // mount is being tried right now by whoever took it out.
+  struct Restoring {
+    std::unique_ptr<fusefs::FuseMount> mount;
+    snapshotter::RestoreRequest request;
+    std::string fd_name;
+    std::string layer_digest;
+    Status last;
+    bool failed = false;
+    int attempts = 0;
+    std::chrono::steady_clock::time_point since, next_try;
+  };
+  std::map<int64_t, Restoring> restoring;
+  snapshotter::RestartInfo restart;  // counters; layers_restoring and requests_waited computed
+  uint64_t waited_by_gone_mounts = 0;  // requests_waited of resumed mounts no longer here
+  std::thread restore_thread;
+  std::condition_variable restore_cv;
+  bool stopping = false;
+
   void Log(const std::string& message) const {
     if (options.log) options.log(snapshotter::LogLevel::kInfo, message);
   }
 
   // Mounts the layer that `labels` name for snapshot `name` (its chain ID) on `parent` (the
   // parent snapshot's name), after checking that the layer's TOC gives that chain ID.
+  // With `resumed`, the mount a previous daemon left at target_dir gets the layer instead of a
+  // new mount (see MountedLayer::Mount); it stays the caller's on failure.
   Result<bool> Mount(int64_t snapshot_id, const std::string& name, const std::string& parent,
                      const std::map<std::string, std::string>& labels,
-                     const std::filesystem::path& target_dir) {
+                     const std::filesystem::path& target_dir,
+                     std::unique_ptr<fusefs::FuseMount>* resumed = nullptr) {
     LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, SourceFromLabels(labels));
     if (!source) return false;
     const std::string what = "layer " + source->layer_digest;
@@ -289,8 +366,9 @@ struct SnapshotHandler::Impl {
       }
     };
     phase_start = std::chrono::steady_clock::now();
+    const bool is_resume = resumed != nullptr && *resumed != nullptr;
     auto mounted = MountedLayer::Mount(target_dir, timed, nullptr, *descriptor, *keys,
-                                       layer_options);
+                                       layer_options, resumed);
     if (!mounted.ok()) return NoKeyOr(what, mounted.status());
     std::unique_ptr<MountedLayer> layer = std::move(*mounted);
     const int64_t mount_ms = MillisSince(phase_start);
@@ -318,14 +396,34 @@ struct SnapshotHandler::Impl {
                       " blob_read_bytes=" + std::to_string(timed->bytes()) +
                       " blob_read_ms=" + std::to_string(timed->millis()));
     }
-    Log("mounted layer " + source->layer_digest + " of " + source->image_ref + " at " +
-        target_dir.string() + " (" + std::to_string(layer->layer().index().chunks().size()) +
-        " chunks, " + std::to_string(layer->blob_size()) + " bytes, key " + layer->key_name() +
-        ")");
+    Log(std::string(is_resume ? "resumed layer " : "mounted layer ") + source->layer_digest +
+        " of " + source->image_ref + " at " + target_dir.string() + " (" +
+        std::to_string(layer->layer().index().chunks().size()) + " chunks, " +
+        std::to_string(layer->blob_size()) + " bytes, key " + layer->key_name() + ")");
+    // Kept outside this process, so that the connection outlives it (after the mount: systemd
+    // drops a /dev/fuse fd that is not mounted yet). A resumed one is in the store already.
+    std::string fd_name;
+    if (options.fd_store) {
+      fd_name = FuseFdName(snapshot_id, layer->fuse().device());
+      if (!is_resume) {
+        Status put = options.fd_store->Put(fd_name, layer->fuse().fuse_fd());
+        if (!put.ok()) {
+          fd_name.clear();
+          if (options.log) {
+            options.log(snapshotter::LogLevel::kWarn,
+                        "layer " + source->layer_digest + " at " + target_dir.string() +
+                            " will not survive a restart of the snapshotter: keeping its FUSE "
+                            "fd in the " + std::string(options.fd_store->kind()) +
+                            " fd store failed: " + put.ToString());
+          }
+        }
+      }
+    }
     std::lock_guard<std::mutex> lock(mu);
     Mounted& m = mounts[snapshot_id];
     m = Mounted{};
     m.mounted_at = std::chrono::steady_clock::now();
+    m.fd_name = std::move(fd_name);
     m.layer = std::move(layer);
     m.source = std::move(*source);
     m.descriptor = std::move(*descriptor);
@@ -365,14 +463,222 @@ struct SnapshotHandler::Impl {
     }
     return result;
   }
+
+  void Warn(const std::string& message) const {
+    if (options.log) options.log(snapshotter::LogLevel::kWarn, message);
+  }
+
+  void DropHeld(const std::string& name) {
+    if (!options.fd_store) return;
+    Status s = options.fd_store->Remove(name);
+    if (!s.ok()) Warn("cannot drop FUSE fd " + name + " from the fd store: " + s.ToString());
+  }
+
+  // The mount a previous daemon left for `info`'s snapshot, served again (not yet with its
+  // layer), or null when there is none (or it is not the mount at target_dir any more: then its
+  // fd is dropped). Registers it as being restored.
+  std::unique_ptr<fusefs::FuseMount> ResumeHeld(const snapshotter::RestoreRequest& info) {
+    std::vector<Held> candidates;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = held.find(info.snapshot_id);
+      if (it == held.end()) return nullptr;
+      candidates = std::move(it->second);
+      held.erase(it);
+    }
+    const fusefs::MountOptions& mount_options = options.layer.mount;
+    auto device = fusefs::FuseMountDevice(info.target_dir, mount_options.subtype);
+    Held h;
+    for (Held& c : candidates) {
+      if (device.ok() && minor(*device) == c.connection && !h.fd.valid()) {
+        h = std::move(c);
+        continue;
+      }
+      Warn("FUSE fd " + c.name + " kept by the previous daemon is not the mount at " +
+           info.target_dir.string() + " (" +
+           (device.ok() ? "that is connection " + std::to_string(minor(*device))
+                        : device.status().message()) +
+           "); dropped");
+      DropHeld(c.name);
+    }
+    if (!h.fd.valid()) return nullptr;
+    fusefs::MountOptions resume_options = mount_options;
+    if (resume_options.layer_name == fusefs::MountOptions().layer_name) {
+      resume_options.layer_name = "snapshot " + info.name;
+    }
+    auto resumed = fusefs::FuseMount::Resume(std::move(h.fd), info.target_dir, resume_options);
+    if (!resumed.ok()) {
+      Warn("cannot resume the FUSE mount at " + info.target_dir.string() + ": " +
+           resumed.status().ToString() + "; it is mounted afresh");
+      DropHeld(h.name);
+      return nullptr;
+    }
+    const Status resend = (*resumed)->resend_status();
+    if (!resend.ok()) {
+      Warn("resumed the FUSE mount at " + info.target_dir.string() + " but " + resend.message());
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    ++restart.fds_resumed;
+    if (resend.ok()) ++restart.resend_notifications;
+    Restoring& r = restoring[info.snapshot_id];
+    r = Restoring{};
+    r.request = info;
+    r.fd_name = h.name;
+    auto source = SourceFromLabels(info.labels);
+    r.layer_digest = source.ok() && *source ? (*source)->layer_digest : std::string("(unknown)");
+    r.since = std::chrono::steady_clock::now();
+    return std::move(*resumed);
+  }
+
+  // One restore attempt of a resumed mount. On success it is a mounted layer; on failure it goes
+  // back to `restoring` (retried later) or, when the failure will not change or the retry time
+  // is over, is given up: every read of it fails with EIO from then on.
+  Status TryRestoreResumed(const snapshotter::RestoreRequest& info,
+                           std::unique_ptr<fusefs::FuseMount> mount) {
+    Status s;
+    if (auto reason = ReadQuarantine(info.target_dir)) {
+      s = Status::AuthFailed(*reason);
+    } else {
+      auto mounted = Mount(info.snapshot_id, info.name, info.parent, info.labels,
+                           info.target_dir, &mount);
+      if (mounted.ok() && *mounted) {
+        std::lock_guard<std::mutex> lock(mu);
+        auto it = restoring.find(info.snapshot_id);
+        if (it != restoring.end()) restoring.erase(it);
+        ++restart.layers_restored;
+        return Status::Ok();
+      }
+      s = mounted.ok() ? Status::FailedPrecondition("snapshot " + info.name +
+                                                    " is marked remote but its labels name no "
+                                                    "lazycrypt layer")
+                       : mounted.status();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    Restoring& r = restoring[info.snapshot_id];
+    ++r.attempts;
+    r.last = s;
+    const auto now = std::chrono::steady_clock::now();
+    if (stopping) {
+      r.mount = std::move(mount);
+      return s;
+    }
+    if (!RetryableRestoreFailure(s) || now - r.since >= options.restore_retry_for) {
+      mount->Fail();
+      r.failed = true;
+      ++restart.layers_restore_failed;
+      if (options.log) {
+        options.log(snapshotter::LogLevel::kError,
+                    "gave up restoring layer " + r.layer_digest + " (snapshot " + info.name +
+                        ") after " + std::to_string(r.attempts) +
+                        " attempts: every read of it fails with EIO now: " + s.ToString());
+      }
+    } else {
+      // 1 s, 2 s, 4 s ... at most 30 s between attempts.
+      const int shift = std::min(r.attempts - 1, 5);
+      r.next_try = now + std::min(std::chrono::seconds(1 << shift), std::chrono::seconds(30));
+      Warn("layer " + r.layer_digest + " (snapshot " + info.name + ") resumed but not restored " +
+           "yet (attempt " + std::to_string(r.attempts) + "; its uncached reads wait): " +
+           s.ToString());
+      if (!restore_thread.joinable()) restore_thread = std::thread([this] { RestoreLoop(); });
+      restore_cv.notify_all();
+    }
+    r.mount = std::move(mount);
+    return s;
+  }
+
+  // Retries the resumed mounts that are not restored yet, each when its time has come.
+  void RestoreLoop() {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stopping) {
+      auto next = std::chrono::steady_clock::time_point::max();
+      std::optional<int64_t> due;
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [id, r] : restoring) {
+        if (r.failed || !r.mount) continue;
+        if (r.next_try <= now) {
+          due = id;
+          break;
+        }
+        next = std::min(next, r.next_try);
+      }
+      if (!due) {
+        if (next == std::chrono::steady_clock::time_point::max()) {
+          restore_cv.wait(lock);
+        } else {
+          restore_cv.wait_until(lock, next);
+        }
+        continue;
+      }
+      Restoring& r = restoring[*due];
+      std::unique_ptr<fusefs::FuseMount> mount = std::move(r.mount);
+      const snapshotter::RestoreRequest request = r.request;
+      lock.unlock();
+      (void)TryRestoreResumed(request, std::move(mount));
+      lock.lock();
+    }
+  }
+
+  uint64_t RequestsWaitedLocked() const {
+    uint64_t n = waited_by_gone_mounts;
+    for (const auto& [id, m] : mounts) n += m.layer->fuse().requests_waited();
+    for (const auto& [id, r] : restoring) n += r.mount ? r.mount->requests_waited() : 0;
+    return n;
+  }
 };
 
 SnapshotHandler::SnapshotHandler(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-SnapshotHandler::~SnapshotHandler() = default;
+
+SnapshotHandler::~SnapshotHandler() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->restore_cv.notify_all();
+  if (impl_->restore_thread.joinable()) impl_->restore_thread.join();
+  const bool keep = impl_->options.fd_store && impl_->options.keep_mounts_on_exit;
+  std::map<int64_t, Impl::Mounted> mounts;
+  std::map<int64_t, Impl::Restoring> restoring;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    mounts.swap(impl_->mounts);
+    restoring.swap(impl_->restoring);
+  }
+  if (keep) {
+    // The next daemon resumes them: running containers keep reading.
+    for (auto& [id, m] : mounts) m.layer->LeaveMounted();
+    for (auto& [id, r] : restoring) {
+      if (r.mount) r.mount->LeaveMounted();
+    }
+    impl_->Log("left " + std::to_string(mounts.size() + restoring.size()) +
+               " lazy layer mount(s) to the next snapshotter (" +
+               std::string(impl_->options.fd_store->kind()) + " fd store)");
+    return;
+  }
+  for (auto& [id, m] : mounts) {
+    (void)m.layer->Unmount();  // busy: the destructor detaches it and aborts its connection
+    m.layer.reset();
+    if (!m.fd_name.empty()) impl_->DropHeld(m.fd_name);
+  }
+  for (auto& [id, r] : restoring) {
+    if (r.mount) (void)r.mount->Unmount();
+    r.mount.reset();
+    impl_->DropHeld(r.fd_name);
+  }
+}
 
 Result<std::unique_ptr<SnapshotHandler>> SnapshotHandler::Create(SnapshotHandlerOptions options) {
   auto impl = std::make_unique<Impl>();
   LC_ASSIGN_OR_RETURN(impl->client, registry::Client::Create(options.registry));
+  if (options.fd_store) {
+    impl->restart.fd_store = std::string(options.fd_store->kind());
+    LC_ASSIGN_OR_RETURN(std::vector<fdstore::NamedFd> held, options.fd_store->List());
+    for (fdstore::NamedFd& h : held) {
+      auto parsed = ParseFuseFdName(h.name);
+      if (!parsed) continue;  // not ours
+      ++impl->restart.fds_found;
+      impl->held[parsed->first].push_back(Impl::Held{h.name, parsed->second, std::move(h.fd)});
+    }
+  }
   impl->options = std::move(options);
   return std::unique_ptr<SnapshotHandler>(new SnapshotHandler(std::move(impl)));
 }
@@ -385,13 +691,30 @@ Result<bool> SnapshotHandler::TryMount(const snapshotter::PrepareRequest& info) 
 
 Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) {
   Impl::Mounted mounted;
+  Impl::Restoring resumed;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->mounts.find(snapshot_id);
     if (it != impl_->mounts.end()) {
+      impl_->waited_by_gone_mounts += it->second.layer->fuse().requests_waited();
       mounted = std::move(it->second);
       impl_->mounts.erase(it);
     }
+    auto r = impl_->restoring.find(snapshot_id);
+    if (r != impl_->restoring.end() && r->second.mount) {
+      impl_->waited_by_gone_mounts += r->second.mount->requests_waited();
+      resumed = std::move(r->second);
+      impl_->restoring.erase(r);
+    }
+  }
+  // Whatever happens to the mount, its connection is not kept for a next daemon any more.
+  if (!mounted.fd_name.empty()) impl_->DropHeld(mounted.fd_name);
+  if (resumed.mount) {
+    impl_->Log("unmounting resumed layer " + resumed.layer_digest + " at " + target_dir.string());
+    (void)resumed.mount->Unmount();  // busy: its destructor detaches it and aborts it
+    resumed.mount.reset();
+    impl_->DropHeld(resumed.fd_name);
+    if (!mounted.layer) return Status::Ok();
   }
   if (mounted.layer) {
     impl_->Log("unmounting layer " + mounted.source.layer_digest + " at " + target_dir.string());
@@ -406,6 +729,31 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
 }
 
 Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
+  // A resumed mount still being restored (a later use asks again), or given up.
+  std::unique_ptr<fusefs::FuseMount> resumed;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    // Restored meanwhile (in the background): nothing to do.
+    if (impl_->mounts.count(info.snapshot_id) != 0) return Status::Ok();
+    auto it = impl_->restoring.find(info.snapshot_id);
+    if (it != impl_->restoring.end()) {
+      Impl::Restoring& r = it->second;
+      const std::string what = "layer " + r.layer_digest + " (snapshot " + info.name + ")";
+      if (r.failed) {
+        return r.last.WithContext(what + ": could not be restored after a restart; its reads fail");
+      }
+      if (!r.mount) return Status::Unavailable(what + ": being restored after a restart");
+      resumed = std::move(r.mount);
+    }
+  }
+  // The mount a previous daemon left here: the same mount, served again.
+  if (!resumed) resumed = impl_->ResumeHeld(info);
+  if (resumed) {
+    Status s = impl_->TryRestoreResumed(info, std::move(resumed));
+    if (s.ok() || !RetryableRestoreFailure(s)) return s;
+    return Status::Unavailable("being restored after a restart (its reads wait; retried in the "
+                               "background): " + s.ToString());
+  }
   LC_RETURN_IF_ERROR(DetachStaleMount(info.target_dir));
   if (auto reason = ReadQuarantine(info.target_dir)) return Status::AuthFailed(*reason);
   LC_ASSIGN_OR_RETURN(bool mounted, impl_->Mount(info.snapshot_id, info.name, info.parent,
@@ -423,6 +771,15 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->mounts.find(info.snapshot_id);
     if (it == impl_->mounts.end()) {
+      if (auto r = impl_->restoring.find(info.snapshot_id); r != impl_->restoring.end()) {
+        const std::string what =
+            "layer " + r->second.layer_digest + " (snapshot " + info.name + ")";
+        if (r->second.failed) {
+          return r->second.last.WithContext(what + ": could not be restored after a restart");
+        }
+        return Status::Unavailable(what + ": being restored after a restart (" +
+                                   r->second.last.message() + ")");
+      }
       if (auto reason = ReadQuarantine(info.target_dir)) return Status::AuthFailed(*reason);
       auto source = SourceFromLabels(info.labels);
       const std::string layer =
@@ -508,6 +865,42 @@ std::vector<MountedLayerStatus> SnapshotHandler::Layers() const {
     s.verification = m.layer->verification();
     out.push_back(std::move(s));
   }
+  for (const auto& [id, r] : impl_->restoring) {
+    MountedLayerStatus s;
+    s.snapshot_id = id;
+    auto source = SourceFromLabels(r.request.labels);
+    if (source.ok() && *source) s.image_ref = (*source)->image_ref;
+    s.layer_digest = r.layer_digest;
+    s.mountpoint = r.request.target_dir;
+    s.restore_state = r.failed ? "failed" : "restoring";
+    s.restore_error = r.last.ToString();
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void SnapshotHandler::RestoreFinished() {
+  std::map<int64_t, std::vector<Impl::Held>> orphans;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    orphans.swap(impl_->held);
+  }
+  for (auto& [id, list] : orphans) {
+    for (Impl::Held& h : list) {
+      // No committed lazy snapshot claims it (removed while no daemon ran, or the metadata was
+      // lost): its connection ends when the last copy of its fd closes.
+      impl_->Warn("FUSE fd " + h.name + " kept by the previous daemon belongs to no snapshot "
+                  "restored now; dropped");
+      impl_->DropHeld(h.name);
+    }
+  }
+}
+
+snapshotter::RestartInfo SnapshotHandler::Restarts() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  snapshotter::RestartInfo out = impl_->restart;
+  for (const auto& [id, r] : impl_->restoring) out.layers_restoring += r.failed ? 0 : 1;
+  out.requests_waited = impl_->RequestsWaitedLocked();
   return out;
 }
 
@@ -532,8 +925,10 @@ std::vector<snapshotter::RemoteLayerInfo> SnapshotHandler::MountedLayers() const
     info.bytes_present = s.stats.bytes_present;
     info.chunks_present = s.stats.chunks_present;
     info.chunk_count = s.stats.chunk_count;
-    info.verification = VerificationName(s.verification);
-    info.quarantined = s.verification == Verification::kFailed;
+    info.verification = s.restore_state.empty() ? VerificationName(s.verification) : "";
+    info.quarantined = s.restore_state.empty() && s.verification == Verification::kFailed;
+    info.restore_state = std::move(s.restore_state);
+    info.restore_error = std::move(s.restore_error);
     out.push_back(std::move(info));
   }
   return out;

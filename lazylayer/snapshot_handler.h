@@ -31,6 +31,7 @@
 
 #include "cache/chunk_store.h"
 #include "common/status.h"
+#include "fdstore/fd_store.h"
 #include "lazylayer/mounted_layer.h"
 #include "registry/registry.h"
 #include "snapshotter/log.h"
@@ -59,6 +60,18 @@ struct SnapshotHandlerOptions {
   std::chrono::milliseconds verify_deadline{std::chrono::minutes(30)};
   // Mounts, unmounts and restores at info level; never keys or file contents.
   snapshotter::LogSink log;
+  // Restarts (README "Restarts and upgrades"). Each mounted layer's /dev/fuse fd is kept here
+  // (named lcfuse.<snapshot id>.<connection>), so that the connection outlives this process; a
+  // Restore finds the one its snapshot left and resumes that mount (running containers keep
+  // their files; nothing is mounted twice). Null: mounts end with the daemon, and a Restore
+  // mounts afresh. layer.mount.clone_fd must be off with a store (fusefs/fuse_fs.h).
+  std::shared_ptr<fdstore::FdStore> fd_store;
+  // Destruction (a clean stop) leaves the mounts to the next daemon; false unmounts them.
+  bool keep_mounts_on_exit = true;
+  // A resumed mount whose layer cannot be restored yet (registry unreachable) is retried in the
+  // background this long (its uncached reads wait, layer.mount.pending_wait at a time); then
+  // given up: every read of it fails with EIO and it is reported in /status.
+  std::chrono::seconds restore_retry_for{300};
 };
 
 // What `lazycrypt status` and the metrics endpoint show per mounted layer.
@@ -70,6 +83,9 @@ struct MountedLayerStatus {
   uint64_t blob_size = 0;
   cache::LayerStats stats;
   Verification verification = Verification::kPending;
+  // A resumed mount after a restart: "restoring" or "failed" (snapshotter::RemoteLayerInfo).
+  std::string restore_state;
+  std::string restore_error;
 };
 
 // Thread-safe.
@@ -83,6 +99,8 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
   Status Restore(const snapshotter::RestoreRequest& info) override;
   Status Check(const snapshotter::CheckRequest& info) override;
   Result<snapshotter::PurgedLayer> Purge(const snapshotter::CheckRequest& info) override;
+  void RestoreFinished() override;
+  snapshotter::RestartInfo Restarts() const override;
 
   std::vector<MountedLayerStatus> Layers() const;
   // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).

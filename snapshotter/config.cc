@@ -94,7 +94,8 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   Config c;
   LC_RETURN_IF_ERROR(CheckKeys(src, "", root,
                                {"address", "root", "log_level", "log_file_names", "socket_mode",
-                                "keys", "cache", "fetch", "registry", "metrics", "limits"}));
+                                "keys", "cache", "fetch", "registry", "metrics", "limits",
+                                "restart"}));
   if (auto* n = root.get("address")) {
     LC_ASSIGN_OR_RETURN(c.address, GetAbsolutePath(src, "address", *n));
   }
@@ -209,6 +210,25 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
         LC_ASSIGN_OR_RETURN(*field, GetUnsigned(src, where, *v));
         if (*field == 0) return Bad(src, where, "must be positive, got 0");
       }
+    }
+  }
+  if (auto* n = root.get("restart")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "restart", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "restart.", *t,
+                                 {"unmount_on_exit", "holder_socket", "restore_retry_s"}));
+    if (auto* v = t->get("unmount_on_exit")) {
+      if (!v->is_boolean()) {
+        return Bad(src, "restart.unmount_on_exit", "expected true or false, got " + Describe(*v));
+      }
+      c.restart.unmount_on_exit = *v->value<bool>();
+    }
+    if (auto* v = t->get("holder_socket")) {
+      LC_ASSIGN_OR_RETURN(c.restart.holder_socket,
+                          GetAbsolutePath(src, "restart.holder_socket", *v));
+    }
+    if (auto* v = t->get("restore_retry_s")) {
+      LC_ASSIGN_OR_RETURN(c.restart.restore_retry_s,
+                          GetUnsigned(src, "restart.restore_retry_s", *v));
     }
   }
   if (auto* n = root.get("metrics")) {

@@ -85,6 +85,20 @@ struct Config {
     uint64_t toc_max_chunks = 0;
     uint64_t toc_max_entries = 0;
   } limits;
+  // Restarts (README "Restarts and upgrades"): each lazy layer's FUSE connection is kept in an fd
+  // store (systemd's, or lazycrypt-fdholder's) so that the next daemon resumes the same mounts and
+  // running containers keep reading.
+  struct Restart {
+    // A clean stop (SIGTERM) unmounts every lazy layer instead of leaving it to the next daemon
+    // (containers still using one then fail their reads). --unmount-on-exit sets it.
+    bool unmount_on_exit = false;
+    // The fd holder's socket when not run under a systemd unit with an fd store; empty =
+    // <root>/fdholder/fdholder.sock.
+    std::filesystem::path holder_socket;
+    // A resumed layer whose restore keeps failing (registry unreachable) is retried in the
+    // background this long, its uncached reads waiting; then its reads fail with EIO.
+    uint64_t restore_retry_s = 300;
+  } restart;
 };
 
 // Parses TOML text (`source` names it in messages, e.g. the file path). Missing keys keep their

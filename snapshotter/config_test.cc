@@ -166,5 +166,22 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->metrics.address, defaults.metrics.address);
 }
 
+TEST(Config, RestartSection) {
+  auto defaults = ParseConfig("");
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_FALSE(defaults->restart.unmount_on_exit);
+  EXPECT_TRUE(defaults->restart.holder_socket.empty());
+  EXPECT_EQ(defaults->restart.restore_retry_s, 300u);
+  auto c = ParseConfig("[restart]\nunmount_on_exit = true\nholder_socket = \"/run/x/h.sock\"\n"
+                       "restore_retry_s = 30\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->restart.unmount_on_exit);
+  EXPECT_EQ(c->restart.holder_socket, "/run/x/h.sock");
+  EXPECT_EQ(c->restart.restore_retry_s, 30u);
+  ExpectError("[restart]\nunmount_on_exit = \"yes\"", "restart.unmount_on_exit");
+  ExpectError("[restart]\nholder_socket = \"rel.sock\"", "restart.holder_socket", "rel.sock");
+  ExpectError("[restart]\nkeep = 1", "unknown key \"restart.keep\"");
+}
+
 }  // namespace
 }  // namespace lazycrypt::snapshotter

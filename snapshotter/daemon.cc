@@ -3,7 +3,12 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdlib>
 #include <iostream>
+#include <thread>
+
+#include "common/file_io.h"
 
 #include "common/version.h"
 #include "snapshotter/admin.h"
@@ -12,6 +17,24 @@
 #include "snapshotter/snapshotter.h"
 
 namespace lazycrypt::snapshotter {
+namespace {
+
+// Counts this start in `path` (how many times a daemon started on this root), for metrics and
+// the log. 1 when the count cannot be kept.
+uint64_t CountStart(const std::filesystem::path& path, const LogSink& log) {
+  uint64_t starts = 0;
+  if (auto bytes = ReadFileBytes(path); bytes.ok()) {
+    const std::string text(bytes->begin(), bytes->end());
+    starts = std::strtoull(text.c_str(), nullptr, 10);
+  }
+  ++starts;
+  const std::string text = std::to_string(starts) + "\n";
+  Status s = WriteFileAtomically(path, AsBytes(text), 0600);
+  if (!s.ok()) log(LogLevel::kWarn, "cannot count this start: " + s.ToString());
+  return starts;
+}
+
+}  // namespace
 
 int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   if (argc > 1 && std::string_view(argv[1]) == "purge") return PurgeMain(argc - 1, argv + 1);
@@ -24,6 +47,10 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   app.add_option("--address", address, "unix socket path (overrides the config's address)");
   app.add_option("--root", root, "state directory (overrides the config's root)");
   app.add_option("--log-level", log_level, "debug, info, warn, error (overrides the config)");
+  bool unmount_on_exit = false;
+  app.add_flag("--unmount-on-exit", unmount_on_exit,
+               "on SIGTERM/SIGINT unmount every lazy layer instead of leaving the mounts to the "
+               "next daemon (containers still reading one then fail); [restart] unmount_on_exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -39,6 +66,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     }
     config = std::move(*loaded);
   }
+  if (unmount_on_exit) config.restart.unmount_on_exit = true;
   if (!address.empty()) config.address = address;
   if (!root.empty()) config.root = root;
   if (!log_level.empty()) {
@@ -82,6 +110,19 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     log(LogLevel::kError, "opening " + config.root.string() + ": " + sn.status().ToString());
     return 1;
   }
+  const uint64_t starts = CountStart(config.root / "lazycrypt-starts", log);
+  if (remote_handler) {
+    const RestartInfo restart = remote_handler->Restarts();
+    if (restart.fds_found > 0) {
+      log(LogLevel::kInfo,
+          "start " + std::to_string(starts) + " on this root: " +
+              std::to_string(restart.fds_resumed) + " of " + std::to_string(restart.fds_found) +
+              " FUSE mounts left by the previous daemon resumed (" + restart.fd_store +
+              " fd store), " + std::to_string(restart.layers_restored) + " layers restored, " +
+              std::to_string(restart.layers_restoring) + " being restored, " +
+              std::to_string(restart.layers_restore_failed) + " failed");
+    }
+  }
   ServerOptions server_options;
   server_options.socket_path = config.address;
   server_options.socket_mode = config.socket_mode;
@@ -103,9 +144,13 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   }
   std::unique_ptr<MetricsServer> metrics;
   if (!config.metrics.address.empty()) {
-    MetricsSource source = [&remote_handler, &mount_counters]() {
+    MetricsSource source = [&remote_handler, &mount_counters, starts]() {
       MetricsSnapshot snapshot;
-      if (remote_handler) snapshot.layers = remote_handler->MountedLayers();
+      snapshot.starts_total = starts;
+      if (remote_handler) {
+        snapshot.layers = remote_handler->MountedLayers();
+        snapshot.restart = remote_handler->Restarts();
+      }
       snapshot.mounts_total = mount_counters.mounts.load(std::memory_order_relaxed);
       snapshot.mount_failures_total = mount_counters.mount_failures.load(std::memory_order_relaxed);
       snapshot.refused_uses_total = mount_counters.refusals.load(std::memory_order_relaxed);
@@ -131,7 +176,17 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   log(LogLevel::kInfo, std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") +
-                           ", shutting down");
+                           ", shutting down" +
+                           (config.restart.unmount_on_exit
+                                ? " (unmounting every lazy layer: --unmount-on-exit)"
+                                : " (lazy mounts stay for the next daemon)"));
+  // A stop never hangs: whatever is still running after this long is cut short. The mounts
+  // are in the fd store (or, with --unmount-on-exit, were being unmounted).
+  std::thread([log] {
+    std::this_thread::sleep_for(std::chrono::seconds(15));
+    log(LogLevel::kError, "shutdown still not done after 15 s; exiting now");
+    std::_Exit(0);
+  }).detach();
   metrics.reset();  // no scrape may reach the handler while it goes away
   admin.reset();
   (*server)->Shutdown();

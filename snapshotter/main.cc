@@ -4,6 +4,7 @@
 
 #include "cache/chunk_store.h"
 #include "crypto/process_hardening.h"
+#include "fdstore/fd_store.h"
 #include "keywrap/keyprovider.h"
 #include "lazylayer/snapshot_handler.h"
 #include "snapshotter/daemon.h"
@@ -57,6 +58,33 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   if (config.limits.toc_max_entries) toc_limits.max_entries = config.limits.toc_max_entries;
   LC_RETURN_IF_ERROR(toc_limits.Validate("config [limits]"));
   options.log = log;
+
+  // Restarts: every layer's FUSE connection is kept in an fd store, so that the next daemon
+  // resumes the mounts and running containers keep reading (README "Restarts and upgrades").
+  // The connections must not be cloned per thread: the kernel fails the requests a clone had
+  // read when the clone closes, while those read from the kept fd wait for the next daemon.
+  options.layer.mount.clone_fd = false;
+  options.keep_mounts_on_exit = !config.restart.unmount_on_exit;
+  options.restore_retry_for = std::chrono::seconds(config.restart.restore_retry_s);
+  lazycrypt::fdstore::FdStoreOptions store_opts;
+  store_opts.holder_socket = config.restart.holder_socket.empty()
+                                 ? config.root / "fdholder" / "fdholder.sock"
+                                 : config.restart.holder_socket;
+  // Installed next to this binary (the package's /usr/bin, the build tree's bin/).
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) store_opts.holder_binary = self.parent_path() / "lazycrypt-fdholder";
+  auto fd_store = lazycrypt::fdstore::OpenFdStore(store_opts);
+  if (fd_store.ok()) {
+    options.fd_store = std::move(*fd_store);
+    log(lazycrypt::snapshotter::LogLevel::kInfo,
+        "lazy mounts survive restarts: their FUSE fds are kept in the " +
+            std::string(options.fd_store->kind()) + " fd store");
+  } else {
+    log(lazycrypt::snapshotter::LogLevel::kWarn,
+        "no fd store (" + fd_store.status().ToString() +
+            "): lazy mounts end when this daemon does, and running containers lose their files");
+  }
   LC_ASSIGN_OR_RETURN(std::unique_ptr<ll::SnapshotHandler> handler,
                       ll::SnapshotHandler::Create(std::move(options)));
   return std::shared_ptr<RemoteLayerHandler>(std::move(handler));

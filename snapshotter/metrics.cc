@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <initializer_list>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 namespace lazycrypt::snapshotter {
@@ -44,6 +46,11 @@ class CountingHandler final : public RemoteLayerHandler {
   }
   Result<PurgedLayer> Purge(const CheckRequest& info) override { return inner_->Purge(info); }
   std::vector<RemoteLayerInfo> MountedLayers() const override { return inner_->MountedLayers(); }
+  std::optional<SnapshotUsage> CachedUsage(int64_t snapshot_id) const override {
+    return inner_->CachedUsage(snapshot_id);
+  }
+  void RestoreFinished() override { inner_->RestoreFinished(); }
+  RestartInfo Restarts() const override { return inner_->Restarts(); }
 
  private:
   std::shared_ptr<RemoteLayerHandler> inner_;
@@ -190,6 +197,32 @@ std::string RenderPrometheus(const MetricsSnapshot& snapshot) {
   AppendHeader(out, "lazycrypt_refused_uses_total", "counter",
                "Uses of a remote layer refused (no key on the node, quarantined, unavailable).");
   out += "lazycrypt_refused_uses_total " + std::to_string(snapshot.refused_uses_total) + "\n";
+  const RestartInfo& r = snapshot.restart;
+  for (const auto& [name, type, help, value] :
+       std::initializer_list<std::tuple<const char*, const char*, const char*, uint64_t>>{
+           {"lazycrypt_starts_total", "counter",
+            "Starts of the snapshotter on this root (restarts + 1).", snapshot.starts_total},
+           {"lazycrypt_restart_fds_found", "gauge",
+            "FUSE connections the fd store held for this daemon at its start.", r.fds_found},
+           {"lazycrypt_restart_fds_resumed", "gauge",
+            "Of them, resumed: the same mount served again.", r.fds_resumed},
+           {"lazycrypt_restart_resend_notifications", "gauge",
+            "Resumed connections whose kernel resent the requests the previous daemon had read "
+            "(FUSE_NOTIFY_RESEND).",
+            r.resend_notifications},
+           {"lazycrypt_restart_layers_restored", "gauge",
+            "Lazy layers served again after this daemon's start.", r.layers_restored},
+           {"lazycrypt_restart_layers_restoring", "gauge",
+            "Resumed layers being restored now (their uncached reads wait).", r.layers_restoring},
+           {"lazycrypt_restart_layers_failed", "gauge",
+            "Resumed layers that could not be restored (their reads fail with EIO).",
+            r.layers_restore_failed},
+           {"lazycrypt_restart_requests_waited", "gauge",
+            "FUSE requests that waited for a layer being restored.", r.requests_waited},
+       }) {
+    AppendHeader(out, name, type, help);
+    out += std::string(name) + " " + std::to_string(value) + "\n";
+  }
   for (const LayerFamily& family : kLayerFamilies) {
     AppendHeader(out, family.name, family.type, family.help);
     for (const RemoteLayerInfo* l : layers) {
@@ -225,6 +258,8 @@ std::string RenderStatusJson(const MetricsSnapshot& snapshot) {
         {"auth_failures", l->auth_failures},
         {"verification", l->verification},
         {"quarantined", l->quarantined},
+        {"restore_state", l->restore_state},
+        {"restore_error", l->restore_error},
     });
   }
   nlohmann::json doc = {
@@ -233,6 +268,16 @@ std::string RenderStatusJson(const MetricsSnapshot& snapshot) {
       {"mount_failures_total", snapshot.mount_failures_total},
       {"quarantined_layers", QuarantinedCount(snapshot)},
       {"refused_uses_total", snapshot.refused_uses_total},
+      {"starts_total", snapshot.starts_total},
+      {"restart",
+       {{"fd_store", snapshot.restart.fd_store},
+        {"fds_found", snapshot.restart.fds_found},
+        {"fds_resumed", snapshot.restart.fds_resumed},
+        {"resend_notifications", snapshot.restart.resend_notifications},
+        {"layers_restored", snapshot.restart.layers_restored},
+        {"layers_restoring", snapshot.restart.layers_restoring},
+        {"layers_failed", snapshot.restart.layers_restore_failed},
+        {"requests_waited", snapshot.restart.requests_waited}}},
       {"layers", std::move(layers)},
   };
   // Replace invalid UTF-8 (a label is untrusted text) rather than throw.

@@ -35,6 +35,8 @@ struct MetricsSnapshot {
   uint64_t mounts_total = 0;
   uint64_t mount_failures_total = 0;
   uint64_t refused_uses_total = 0;
+  uint64_t starts_total = 0;  // starts of a daemon on this root (the first one counts 1)
+  RestartInfo restart;
 };
 
 // Wraps `inner` so that every TryMount that mounts and every Restore that succeeds counts in

@@ -103,6 +103,22 @@ struct RemoteLayerInfo {
   // of it is refused (Check).
   std::string verification;
   bool quarantined = false;
+  // After a restart: "restoring" while the layer of a resumed mount is being restored (its reads
+  // wait), "failed" once given up (its reads fail with EIO); "" when mounted and served.
+  std::string restore_state;
+  std::string restore_error;  // the last restore failure (names the layer, never a file)
+};
+
+// What restarts did (README "Restarts and upgrades"), for metrics and /status.
+struct RestartInfo {
+  std::string fd_store;             // "systemd", "holder", or "" (none: mounts die with the daemon)
+  uint64_t fds_found = 0;           // FUSE connections the fd store held at this daemon's start
+  uint64_t fds_resumed = 0;         // of them, served again (the same mount, nothing mounted twice)
+  uint64_t resend_notifications = 0;  // resumed connections whose kernel took FUSE_NOTIFY_RESEND
+  uint64_t layers_restored = 0;     // lazy layers served again after this daemon's start
+  uint64_t layers_restore_failed = 0;  // resumed layers given up: their reads fail with EIO
+  uint64_t layers_restoring = 0;    // resumed layers being restored now (their reads wait)
+  uint64_t requests_waited = 0;     // FUSE requests that waited for a layer being restored
 };
 
 class RemoteLayerHandler {
@@ -131,6 +147,10 @@ class RemoteLayerHandler {
   }
   // The layers mounted now, for metrics and `lazycrypt status`. The default: none.
   virtual std::vector<RemoteLayerInfo> MountedLayers() const { return {}; }
+  // Called once at start, after every committed remote snapshot was offered to Restore: what
+  // the handler kept from a previous daemon and no snapshot claimed can go.
+  virtual void RestoreFinished() {}
+  virtual RestartInfo Restarts() const { return {}; }
   // What the lazily mounted layer of snapshot `snapshot_id` occupies on local disk now: the
   // ciphertext records of its layer in the chunk cache (shared by every snapshot of the same
   // layer) and one inode (the mount point). containerd's Usage and, through it, the kubelet's

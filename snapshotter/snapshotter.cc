@@ -120,6 +120,8 @@ class SnapshotterImpl final : public Snapshotter {
         Log(LogLevel::kInfo, "restored remote snapshot " + rec.info.name);
       }
     }
+    // What a previous daemon left and no snapshot claimed can go now.
+    if (options_.remote) options_.remote->RestoreFinished();
     return Status::Ok();
   }
 
