@@ -85,14 +85,19 @@ class PageCacheFiller {
       : session_(session), quarantined_(std::move(quarantined)) {
     thread_ = std::thread([this] { Loop(); });
   }
-  ~PageCacheFiller() {
+  ~PageCacheFiller() { Stop(); }
+
+  // Drops the queued jobs, lets the one being stored finish and ends the thread; Add does
+  // nothing afterwards. Idempotent; safe while session threads still call Add.
+  void Stop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
       jobs_.clear();
     }
     cv_.notify_all();
-    thread_.join();
+    std::lock_guard<std::mutex> joining(join_mu_);
+    if (thread_.joinable()) thread_.join();
   }
   PageCacheFiller(const PageCacheFiller&) = delete;
   PageCacheFiller& operator=(const PageCacheFiller&) = delete;
@@ -160,6 +165,7 @@ class PageCacheFiller {
   std::deque<Job> jobs_;
   bool stop_ = false;
   std::thread thread_;
+  std::mutex join_mu_;  // Stop from two threads joins once
 };
 
 // A signal whose only effect is to interrupt a blocking call of the thread it is sent to (no
@@ -333,9 +339,9 @@ class FuseMountImpl final : public FuseMount {
     auto table = InodeTable::Build(layer->index().entries());
     if (!table.ok()) return table.status().WithContext("layer " + options_.layer_name);
     std::lock_guard<std::mutex> lock(state_mu_);
-    if (state_.load(std::memory_order_relaxed) != LayerState::kPending) {
+    if (state_.load(std::memory_order_relaxed) == LayerState::kReady) {
       return Status::FailedPrecondition("mount '" + mountpoint_.string() +
-                                        "' has its layer already (or failed)");
+                                        "' has its layer already");
     }
     SetLayer(std::move(layer), std::move(table).value());
     state_cv_.notify_all();
@@ -355,20 +361,11 @@ class FuseMountImpl final : public FuseMount {
     // Requests waiting for the layer return unanswered: the kernel resends them to the next
     // daemon (they stay in the connection's processing list, which the held fd keeps).
     WakeWaiters(Waiting::kLeave);
-    fuse_session_exit(session_.get());
-    // libfuse's loop thread waits for a worker to end; interrupted by a signal, it sees the
-    // session exited and cancels the workers in their read of /dev/fuse (a request one of them
-    // had taken stays in the connection and is resent to the next daemon). Sent until the loop
-    // has ended: a signal that comes just before its wait begins is lost. No request is sent to
-    // the mount: a request sent now could only be answered by the next daemon.
-    if (loop_.joinable()) {
-      const pthread_t loop_thread = loop_.native_handle();
-      while (!loop_done_.load()) {
-        ::pthread_kill(loop_thread, WakeSignal());
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      loop_.join();
-    }
+    // The page-cache filler first, while the workers still serve: a store waits for the page
+    // locks of reads that only they can answer now (after EndLoop it would wait, in the kernel
+    // and unkillable, for the next daemon).
+    if (filler_) filler_->Stop();
+    EndLoop();
     filler_.reset();
     session_.reset();  // closes this process's fd; the held duplicate keeps the connection
     mounted_ = false;
@@ -457,10 +454,30 @@ class FuseMountImpl final : public FuseMount {
     return false;
   }
 
-  // REQUIRES unmount_mu_ held and the kernel side unmounted or aborted: the loop then ends.
+  // Ends the session loop whether or not the connection has ended: libfuse's loop thread waits
+  // for a worker to end; interrupted by a signal, it sees the session exited and cancels the
+  // workers in their read of /dev/fuse (a request one of them had taken stays in the connection,
+  // for a next daemon). Sent until the loop has ended: a signal that comes just before its wait
+  // begins is lost. No request is sent to the mount (only a next daemon could answer it).
+  // REQUIRES unmount_mu_ held.
+  void EndLoop() {
+    if (!loop_.joinable()) return;
+    fuse_session_exit(session_.get());
+    const pthread_t loop_thread = loop_.native_handle();
+    while (!loop_done_.load()) {
+      ::pthread_kill(loop_thread, WakeSignal());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    loop_.join();
+  }
+
+  // REQUIRES unmount_mu_ held and the kernel side unmounted or aborted. An unmounted connection
+  // can live on: a container's overlayfs (in another mount namespace) may still hold the
+  // superblock, or an fd store a duplicate of the fd; so the loop is ended, not awaited.
   void StopSession() {
-    if (loop_.joinable()) loop_.join();
-    filler_.reset();  // the connection is gone: a waiting notify_store has returned
+    if (filler_) filler_->Stop();  // first: see LeaveMounted
+    EndLoop();
+    filler_.reset();
     fuse_session_unmount(session_.get());  // closes the fd; nothing left to unmount
     session_.reset();
     mounted_ = false;

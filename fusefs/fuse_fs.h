@@ -95,10 +95,11 @@ class FuseMount {
 
   // Gives a resumed mount its layer. The tree is built as Mount builds it (same inode numbers,
   // so the kernel's inodes and open files stay valid). Corruption if the entries do not form a
-  // tree (the mount keeps waiting); FailedPrecondition when it has a layer already.
+  // tree (the mount keeps waiting); FailedPrecondition when it has a layer already. A failed
+  // mount (Fail) serves again once given its layer.
   virtual Status Provide(std::shared_ptr<cache::LayerData> layer) = 0;
-  // A resumed mount whose layer cannot be restored: every request fails with EIO from now on
-  // (never an empty directory), the waiting ones at once.
+  // A resumed mount whose layer cannot be restored (now): every request fails with EIO until a
+  // Provide (never an empty directory), the waiting ones at once.
   virtual void Fail() = 0;
   // Stops serving without unmounting, for a daemon that exits and leaves its mounts to the next
   // one: requests being answered are answered, requests waiting for the layer are left to the

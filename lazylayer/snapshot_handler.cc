@@ -564,13 +564,14 @@ struct SnapshotHandler::Impl {
     }
     if (!RetryableRestoreFailure(s) || now - r.since >= options.restore_retry_for) {
       mount->Fail();
+      const bool already = r.failed;
       r.failed = true;
-      ++restart.layers_restore_failed;
-      if (options.log) {
+      if (!already && options.log) {
         options.log(snapshotter::LogLevel::kError,
                     "gave up restoring layer " + r.layer_digest + " (snapshot " + info.name +
                         ") after " + std::to_string(r.attempts) +
-                        " attempts: every read of it fails with EIO now: " + s.ToString());
+                        " attempts: every read of it fails with EIO until a use of it restores "
+                        "it: " + s.ToString());
       }
     } else {
       // 1 s, 2 s, 4 s ... at most 30 s between attempts.
@@ -739,10 +740,8 @@ Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
     if (it != impl_->restoring.end()) {
       Impl::Restoring& r = it->second;
       const std::string what = "layer " + r.layer_digest + " (snapshot " + info.name + ")";
-      if (r.failed) {
-        return r.last.WithContext(what + ": could not be restored after a restart; its reads fail");
-      }
       if (!r.mount) return Status::Unavailable(what + ": being restored after a restart");
+      // Also a given-up one: a use after the cause went (a key put back) serves it again.
       resumed = std::move(r.mount);
     }
   }
@@ -899,7 +898,9 @@ void SnapshotHandler::RestoreFinished() {
 snapshotter::RestartInfo SnapshotHandler::Restarts() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   snapshotter::RestartInfo out = impl_->restart;
-  for (const auto& [id, r] : impl_->restoring) out.layers_restoring += r.failed ? 0 : 1;
+  for (const auto& [id, r] : impl_->restoring) {
+    (r.failed ? out.layers_restore_failed : out.layers_restoring) += 1;
+  }
   out.requests_waited = impl_->RequestsWaitedLocked();
   return out;
 }

@@ -337,7 +337,7 @@ TEST_F(FuseResume, ReadInFlightWhenTheServerIsKilledIsAnsweredByTheNextServer) {
   ::close(in_read[0]);
 }
 
-TEST_F(FuseResume, ResumedMountWhoseLayerDoesNotComeFailsWithEioNotEmpty) {
+TEST_F(FuseResume, ResumedMountWhoseLayerDoesNotComeFailsWithEioNotEmptyUntilItComes) {
   auto mounted = fusefs::FuseMount::Mount(mnt_, NewLayer(), options_);
   ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
   mount_ = std::move(*mounted);
@@ -365,12 +365,18 @@ TEST_F(FuseResume, ResumedMountWhoseLayerDoesNotComeFailsWithEioNotEmpty) {
   }
   EXPECT_GE(mount_->requests_waited(), 1u);
 
-  // Given up for good: at once, and Provide no longer applies.
+  // Given up: EIO at once, without waiting ...
   mount_->Fail();
   errno = 0;
   EXPECT_EQ(::stat(P("a.txt").c_str(), &st), -1);
   EXPECT_EQ(errno, EIO);
+  // ... until the layer comes after all (a key put back): served again, once.
+  ASSERT_TRUE(mount_->Provide(NewLayer()).ok());
   EXPECT_FALSE(mount_->Provide(NewLayer()).ok());
+  UniqueFd a(::open(P("a.txt").c_str(), O_RDONLY));
+  ASSERT_TRUE(a.valid()) << std::strerror(errno);
+  EXPECT_EQ(ReadAllAt(a.get()), Content("a", 70000));
+  a.reset();
   EXPECT_TRUE(mount_->Unmount().ok());
 }
 

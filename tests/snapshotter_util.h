@@ -10,6 +10,7 @@
 #include <memory>
 #include <algorithm>
 #include <csignal>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -100,8 +101,30 @@ inline void WaitForContainerdToReachSnapshotter(harness::ContainerdProcess& ctd,
   }
 }
 
-// Test teardown: stops the snapshotter (SIGTERM, 20 s) and detaches whatever is still mounted
-// under `dir`, deepest first, so the temp dir can be removed. Either may be null / empty.
+// Aborts the FUSE connections of the FUSE mounts under `dir` (/sys/fs/fuse/connections/N/abort):
+// a stopped snapshotter leaves its lazy mounts to the next one (their fds in an fd holder), and
+// nothing may wait on them once the test is over. The holder then drops the ended connections and
+// exits when idle.
+inline void AbortFuseConnectionsUnder(const std::filesystem::path& dir) {
+  std::istringstream info(harness::ReadFileOrEmpty("/proc/self/mountinfo"));
+  std::string line;
+  const std::string prefix = dir.string() + "/";
+  while (std::getline(info, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, mount_point;
+    fields >> id >> parent >> devno >> root >> mount_point;
+    const size_t dash = line.find(" - fuse");
+    if (dash == std::string::npos || mount_point.rfind(prefix, 0) != 0) continue;
+    const size_t colon = devno.find(':');
+    if (colon == std::string::npos) continue;
+    std::ofstream abort_file("/sys/fs/fuse/connections/" + devno.substr(colon + 1) + "/abort");
+    abort_file << "1";
+  }
+}
+
+// Test teardown: stops the snapshotter (SIGTERM, 20 s), aborts the FUSE connections it left under
+// `dir` and detaches whatever is still mounted there, deepest first, so the temp dir can be
+// removed. Either may be null / empty.
 inline void StopSnapshotterAndDetachMounts(std::unique_ptr<harness::Subprocess>& snapshotter,
                                            const std::filesystem::path& dir) {
   if (snapshotter) {
@@ -110,6 +133,7 @@ inline void StopSnapshotterAndDetachMounts(std::unique_ptr<harness::Subprocess>&
     snapshotter.reset();
   }
   if (dir.empty()) return;
+  AbortFuseConnectionsUnder(dir);
   auto mounts = MountsUnder(dir);
   std::sort(mounts.rbegin(), mounts.rend());
   for (const auto& m : mounts) umount2(m.first.c_str(), MNT_DETACH);

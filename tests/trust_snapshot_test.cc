@@ -236,7 +236,16 @@ TEST_F(TrustSnapshot, RestartWithKeyGoneFailsClosed) {
   ASSERT_FALSE(HasFailure());
   testing::WaitForContainerdToReachSnapshotter(*ctd_, "lazycrypt");
   ASSERT_FALSE(HasFailure());
-  EXPECT_EQ(CountFuseMounts(root_), 0u) << SnapshotterLog();
+  // The stopped daemon left its mounts to this one (issue 17), which cannot serve them without
+  // the key: the same mounts, never mounted twice, and every read of them is EIO (not an empty
+  // directory).
+  EXPECT_EQ(CountFuseMounts(root_), 2u) << SnapshotterLog();
+  for (const auto& [path, type] : testing::MountsUnder(root_)) {
+    if (type.rfind("fuse", 0) != 0) continue;
+    std::error_code ec;
+    std::filesystem::directory_iterator listing(path, ec);
+    EXPECT_EQ(ec, std::errc::io_error) << path << ": " << ec.message() << "\n" << SnapshotterLog();
+  }
 
   // The snapshots are still committed, over empty directories: never served.
   auto refused = Run(ref, Id("refused"), {"/bin/ls", "-a", "/data"});
