@@ -260,6 +260,9 @@ struct CachedLayer::Impl {
   // The chunks covering [offset, offset+n) of `entry`, all opened (n = bytes to read).
   Status AcquireRange(const format::Entry& entry, uint64_t offset, size_t n,
                       std::vector<uint64_t>* wanted, std::vector<PlainPtr>* plains);
+  // AcquireRange, tried again on a transient failure until options.read_retry_for has passed.
+  Status AcquireRangeRetrying(const format::Entry& entry, uint64_t offset, size_t n,
+                              std::vector<uint64_t>* wanted, std::vector<PlainPtr>* plains);
   Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset, MutableByteSpan out);
   Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
   Status Prefetch(const std::vector<const format::Entry*>& files);
@@ -592,6 +595,26 @@ Status CachedLayer::Impl::AcquireRange(const format::Entry& entry, uint64_t offs
   return Acquire(wanted, extra, Purpose::kForeground, plains, nullptr);
 }
 
+Status CachedLayer::Impl::AcquireRangeRetrying(const format::Entry& entry, uint64_t offset,
+                                               size_t n, std::vector<uint64_t>* wanted,
+                                               std::vector<PlainPtr>* plains) {
+  const auto deadline = std::chrono::steady_clock::now() + options.read_retry_for;
+  auto backoff = std::chrono::milliseconds(200);
+  for (;;) {
+    Status s = AcquireRange(entry, offset, n, wanted, plains);
+    const bool transient = s.code() == StatusCode::kUnavailable ||
+                           s.code() == StatusCode::kIoError ||
+                           s.code() == StatusCode::kDeadlineExceeded;
+    const auto now = std::chrono::steady_clock::now();
+    if (s.ok() || !transient || now >= deadline) return s;
+    LC_RETURN_IF_ERROR(CheckNotQuarantined());
+    wanted->clear();
+    plains->clear();
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(backoff, deadline - now));
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  }
+}
+
 Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t offset,
                                            MutableByteSpan out) {
   LC_RETURN_IF_ERROR(CheckNotQuarantined());
@@ -600,7 +623,7 @@ Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t 
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry.size - offset));
   std::vector<uint64_t> wanted;
   std::vector<PlainPtr> plains;
-  LC_RETURN_IF_ERROR(AcquireRange(entry, offset, n, &wanted, &plains));
+  LC_RETURN_IF_ERROR(AcquireRangeRetrying(entry, offset, n, &wanted, &plains));
   // Every chunk is verified whole; only now is any byte copied out.
   const uint64_t want_begin = entry.data_offset + offset;
   const uint64_t want_end = want_begin + n;
@@ -624,7 +647,7 @@ Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_
   const size_t n = static_cast<size_t>(std::min<uint64_t>(size, entry.size - offset));
   std::vector<uint64_t> wanted;
   std::vector<PlainPtr> plains;
-  LC_RETURN_IF_ERROR(AcquireRange(entry, offset, n, &wanted, &plains));
+  LC_RETURN_IF_ERROR(AcquireRangeRetrying(entry, offset, n, &wanted, &plains));
   // Every chunk is verified whole; only now is any byte lent out.
   const uint64_t want_begin = entry.data_offset + offset;
   const uint64_t want_end = want_begin + n;

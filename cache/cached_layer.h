@@ -48,6 +48,11 @@ struct CachedLayerOptions {
   std::string store_key;
   // What Open accepts of the layer's TOC (size, chunks, entries); see format::TocLimits.
   format::TocLimits toc_limits;
+  // A read (ReadFile, ViewFile) whose fetch fails transiently (Unavailable, IoError,
+  // DeadlineExceeded: the registry is unreachable) is tried again, with backoff, until this long
+  // after it began; then it fails. 0: it fails at once (after the source's own retries). A
+  // mount that must ride out a registry outage waits rather than failing its readers.
+  std::chrono::milliseconds read_retry_for{0};
 };
 
 // How CachedLayer::StartVerification runs.

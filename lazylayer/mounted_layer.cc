@@ -94,6 +94,9 @@ MountedLayer::~MountedLayer() {
 
 void MountedLayer::OnVerified(const Status& result,
                               const std::function<void(const Status&)>& user) {
+  // The caller first (it records the quarantine on disk): a crash during the invalidation
+  // must not leave a next daemon without the record.
+  if (user) user(verification_status());
   if (!result.ok()) {
     // Once per layer (the verification ends once). Names the layer, never a file.
     std::fprintf(stderr,
@@ -103,7 +106,6 @@ void MountedLayer::OnVerified(const Status& result,
     std::fflush(stderr);
     if (mount_) mount_->InvalidateFileData();
   }
-  if (user) user(verification_status());
 }
 
 Verification MountedLayer::verification() const {

@@ -23,6 +23,7 @@
 #include "fusefs/fuse_resume.h"
 #include "image/oci.h"
 #include "lazylayer/labels.h"
+#include "lazylayer/restore_record.h"
 
 namespace lazycrypt::lazylayer {
 namespace {
@@ -295,6 +296,7 @@ struct SnapshotHandler::Impl {
     std::string layer_digest;
     Status last;
     bool failed = false;
+    bool removed = false;  // the snapshot went while an attempt had the mount out
     int attempts = 0;
     std::chrono::steady_clock::time_point since, next_try;
   };
@@ -323,7 +325,17 @@ struct SnapshotHandler::Impl {
     auto parent_chain = ChainIdOfSnapshotName(parent);
     if (!parent_chain.ok()) return parent_chain.status().WithContext(what);
     auto phase_start = std::chrono::steady_clock::now();
-    auto descriptor = FindLayer(*client, *source);
+    // Mounted before (a restart): the descriptor and the ranges that open the layer are on local
+    // disk, so that it is served again while its registry is unreachable.
+    const std::filesystem::path record_path = RestoreRecordPath(target_dir);
+    std::optional<RestoreRecord> record;
+    if (auto read = ReadRestoreRecord(record_path); read.ok()) {
+      if (read->descriptor.digest == source->layer_digest) record = std::move(*read);
+    } else if (read.status().code() != StatusCode::kNotFound) {
+      Warn(read.status().ToString() + "; asking the registry");
+    }
+    Result<image::Descriptor> descriptor =
+        record ? Result<image::Descriptor>(record->descriptor) : FindLayer(*client, *source);
     if (!descriptor.ok()) return descriptor.status().WithContext(what);
     const int64_t manifest_ms = MillisSince(phase_start);
     phase_start = std::chrono::steady_clock::now();
@@ -338,6 +350,14 @@ struct SnapshotHandler::Impl {
     // reads are the blob header and the sealed TOC (the prefetch runs after, in the background).
     auto timed = std::make_shared<cache::TimedBlobSource>(
         std::shared_ptr<cache::MultiRangeBlobSource>(std::move(*blob)));
+    std::shared_ptr<RecordingBlobSource> recording;
+    std::shared_ptr<cache::MultiRangeBlobSource> layer_source;
+    if (record) {
+      layer_source = std::make_shared<ReplayBlobSource>(timed, std::move(record->ranges));
+    } else {
+      recording = std::make_shared<RecordingBlobSource>(timed);
+      layer_source = recording;
+    }
 
     MountLayerOptions layer_options = options.layer;
     layer_options.store = options.store.get();
@@ -367,7 +387,7 @@ struct SnapshotHandler::Impl {
     };
     phase_start = std::chrono::steady_clock::now();
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
-    auto mounted = MountedLayer::Mount(target_dir, timed, nullptr, *descriptor, *keys,
+    auto mounted = MountedLayer::Mount(target_dir, layer_source, nullptr, *descriptor, *keys,
                                        layer_options, resumed);
     if (!mounted.ok()) return NoKeyOr(what, mounted.status());
     std::unique_ptr<MountedLayer> layer = std::move(*mounted);
@@ -384,6 +404,15 @@ struct SnapshotHandler::Impl {
           diff_id + ", so its chain ID on " +
           (parent_chain->empty() ? std::string("no parent") : "parent " + *parent_chain) +
           " is " + expected + " (the image's config claims another diff_id for this layer)");
+    }
+    if (recording) {
+      RestoreRecord fresh{*descriptor, recording->Take()};
+      if (fresh.ranges.empty()) {
+        Warn(what + ": too large to keep what opens it; a restart needs its registry");
+      } else if (Status w = WriteRestoreRecord(record_path, fresh); !w.ok()) {
+        Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
+             w.ToString());
+      }
     }
     if (options.log) {
       // Key unwrap, TOC verification, starting the prefetch and the FUSE mount are inside
@@ -502,6 +531,15 @@ struct SnapshotHandler::Impl {
       DropHeld(c.name);
     }
     if (!h.fd.valid()) return nullptr;
+    // Only a FUSE device fd is served (the store is trusted like this daemon, but a wrong fd
+    // must not become a mount's server).
+    struct stat st {};
+    if (::fstat(h.fd.get(), &st) != 0 || !S_ISCHR(st.st_mode) ||
+        st.st_rdev != makedev(10, 229)) {
+      Warn("FUSE fd " + h.name + " from the fd store is not /dev/fuse; dropped");
+      DropHeld(h.name);
+      return nullptr;
+    }
     fusefs::MountOptions resume_options = mount_options;
     if (resume_options.layer_name == fusefs::MountOptions().layer_name) {
       resume_options.layer_name = "snapshot " + info.name;
@@ -542,19 +580,48 @@ struct SnapshotHandler::Impl {
       auto mounted = Mount(info.snapshot_id, info.name, info.parent, info.labels,
                            info.target_dir, &mount);
       if (mounted.ok() && *mounted) {
-        std::lock_guard<std::mutex> lock(mu);
+        std::unique_lock<std::mutex> lock(mu);
         auto it = restoring.find(info.snapshot_id);
+        const bool removed = it != restoring.end() && it->second.removed;
+        const std::string fd_name = it != restoring.end() ? it->second.fd_name : std::string();
         if (it != restoring.end()) restoring.erase(it);
-        ++restart.layers_restored;
-        return Status::Ok();
+        if (!removed) {
+          ++restart.layers_restored;
+          return Status::Ok();
+        }
+        // The snapshot was removed while this attempt ran: nothing may keep its mount.
+        auto m = mounts.find(info.snapshot_id);
+        std::unique_ptr<MountedLayer> gone;
+        if (m != mounts.end()) {
+          gone = std::move(m->second.layer);
+          mounts.erase(m);
+        }
+        lock.unlock();
+        if (gone) (void)gone->Unmount();
+        gone.reset();
+        DropHeld(fd_name);
+        return Status::NotFound("snapshot " + info.name + " was removed while being restored");
       }
       s = mounted.ok() ? Status::FailedPrecondition("snapshot " + info.name +
                                                     " is marked remote but its labels name no "
                                                     "lazycrypt layer")
                        : mounted.status();
     }
-    std::lock_guard<std::mutex> lock(mu);
-    Restoring& r = restoring[info.snapshot_id];
+    std::unique_lock<std::mutex> lock(mu);
+    auto found = restoring.find(info.snapshot_id);
+    if (found == restoring.end() || found->second.removed || !mount) {
+      // Removed meanwhile, or the attempt consumed the resumed mount (a failure after it was
+      // given its layer, e.g. a chain ID that does not match: the mount was torn down with it).
+      const std::string fd_name = found != restoring.end() ? found->second.fd_name : "";
+      if (found != restoring.end()) restoring.erase(found);
+      lock.unlock();
+      if (mount) (void)mount->Unmount();
+      mount.reset();
+      if (!fd_name.empty()) DropHeld(fd_name);
+      Warn("resumed mount of snapshot " + info.name + " dropped: " + s.ToString());
+      return s;
+    }
+    Restoring& r = found->second;
     ++r.attempts;
     r.last = s;
     const auto now = std::chrono::steady_clock::now();
@@ -655,15 +722,19 @@ SnapshotHandler::~SnapshotHandler() {
                std::string(impl_->options.fd_store->kind()) + " fd store)");
     return;
   }
+  // First nothing is kept for a next daemon (a stop cut short by its bound must not leave a
+  // connection that no one serves), then each mount goes.
+  for (auto& [id, m] : mounts) {
+    if (!m.fd_name.empty()) impl_->DropHeld(m.fd_name);
+  }
+  for (auto& [id, r] : restoring) impl_->DropHeld(r.fd_name);
   for (auto& [id, m] : mounts) {
     (void)m.layer->Unmount();  // busy: the destructor detaches it and aborts its connection
     m.layer.reset();
-    if (!m.fd_name.empty()) impl_->DropHeld(m.fd_name);
   }
   for (auto& [id, r] : restoring) {
     if (r.mount) (void)r.mount->Unmount();
     r.mount.reset();
-    impl_->DropHeld(r.fd_name);
   }
 }
 
@@ -706,6 +777,10 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
       impl_->waited_by_gone_mounts += r->second.mount->requests_waited();
       resumed = std::move(r->second);
       impl_->restoring.erase(r);
+    } else if (r != impl_->restoring.end()) {
+      // An attempt has the mount out: it tears the mount down when it sees this.
+      r->second.removed = true;
+      return Status::Ok();
     }
   }
   // Whatever happens to the mount, its connection is not kept for a next daemon any more.

@@ -70,6 +70,9 @@ struct Config {
     // New uses of a layer still unverified this long after its mount are refused until its
     // verification ends (a source that keeps failing cannot keep it usable forever); 0 = never.
     uint64_t verify_deadline_s = 1800;
+    // A container's read of a chunk that cannot be fetched (registry unreachable) waits and is
+    // tried again this long before it fails with EIO.
+    uint64_t read_retry_s = 30;
   } fetch;
   struct Registry {
     std::filesystem::path hosts_dir = "/etc/containerd/certs.d";

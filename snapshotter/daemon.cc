@@ -81,6 +81,13 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
     std::cerr << "lazycrypt-snapshotter: address and root must be absolute paths\n";
     return 2;
   }
+  // Mount points are found again after a restart by their path in /proc/self/mountinfo, which
+  // names them canonically (no symlink, no "..", no "//").
+  {
+    std::error_code ec;
+    auto canonical = std::filesystem::weakly_canonical(config.root, ec);
+    if (!ec) config.root = canonical;
+  }
 
   // Block the stop signals before any thread starts; this thread waits for them.
   sigset_t stop_signals;
@@ -185,7 +192,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
   std::thread([log] {
     std::this_thread::sleep_for(std::chrono::seconds(15));
     log(LogLevel::kError, "shutdown still not done after 15 s; exiting now");
-    std::_Exit(0);
+    std::_Exit(1);
   }).detach();
   metrics.reset();  // no scrape may reach the handler while it goes away
   admin.reset();
