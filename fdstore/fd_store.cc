@@ -205,6 +205,18 @@ Result<UniqueFd> ConnectHolder(const std::filesystem::path& socket_path) {
                 sizeof(address)) != 0) {
     return ErrnoStatus("fd store: connect to holder " + socket_path.string());
   }
+  // The holder gets every FUSE connection of this daemon: only one run by root or by this
+  // daemon's own user is trusted with them.
+  struct ucred peer {};
+  socklen_t peer_size = sizeof(peer);
+  if (::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_size) != 0) {
+    return ErrnoStatus("fd store: credentials of holder " + socket_path.string());
+  }
+  if (peer.uid != 0 && peer.uid != ::getuid()) {
+    return Status::PermissionDenied("fd store: the holder at " + socket_path.string() +
+                                    " runs as uid " + std::to_string(peer.uid) +
+                                    ", neither root nor this daemon's user");
+  }
   struct timeval timeout = {kHolderReplyTimeoutMs / 1000, (kHolderReplyTimeoutMs % 1000) * 1000};
   ::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   ::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));

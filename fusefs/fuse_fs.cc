@@ -278,17 +278,18 @@ class FuseMountImpl final : public FuseMount {
     } catch (const std::system_error&) {
       filler_.reset();  // no thread: small reads just do not fill the page cache
     }
-    loop_ = std::thread([this] { RunLoop(); });
     if (resume) {
-      // The requests the previous daemon read and never answered: queued again, for this one.
+      // The requests the previous daemon read and never answered: queued again, for this one
+      // (before the workers start, so that none is taken twice).
       // LAZYCRYPT_TEST_NO_FUSE_RESEND=1 shows what a kernel before 6.9 does (tests, docs).
       const char* no_resend = std::getenv("LAZYCRYPT_TEST_NO_FUSE_RESEND");
       resend_status_ = no_resend != nullptr && std::string_view(no_resend) == "1"
                            ? Status::Unsupported("FUSE_NOTIFY_RESEND not sent "
                                                  "(LAZYCRYPT_TEST_NO_FUSE_RESEND=1)")
                            : NotifyResend(fuse_session_fd(session_.get()));
-      return Status::Ok();  // readahead and the rest were set up when it was mounted
     }
+    loop_ = std::thread([this] { RunLoop(); });
+    if (resume) return Status::Ok();  // readahead and the rest were set up when it was mounted
 
     // The first request waits for INIT, so this also waits until the session serves.
     struct stat st {};

@@ -1,6 +1,7 @@
 #include "lazylayer/snapshot_handler.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -537,6 +538,13 @@ struct SnapshotHandler::Impl {
     if (::fstat(h.fd.get(), &st) != 0 || !S_ISCHR(st.st_mode) ||
         st.st_rdev != makedev(10, 229)) {
       Warn("FUSE fd " + h.name + " from the fd store is not /dev/fuse; dropped");
+      DropHeld(h.name);
+      return nullptr;
+    }
+    // A connection that ended (aborted, or its mount gone) meanwhile serves no one.
+    struct pollfd ended {h.fd.get(), 0, 0};
+    if (::poll(&ended, 1, 0) > 0 && (ended.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+      Warn("FUSE fd " + h.name + " from the fd store: its connection has ended; dropped");
       DropHeld(h.name);
       return nullptr;
     }
