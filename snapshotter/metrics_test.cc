@@ -102,8 +102,12 @@ TEST(Metrics, RendersKnownLayerStatsAsExactLines) {
       EXPECT_EQ(line.rfind("lazycrypt_", 0), 0u) << line;
     }
   }
-  EXPECT_EQ(help, 19u);  // 3 + 2 (quarantined layers, refused uses) daemon-wide, 14 per layer
-  EXPECT_EQ(type, 19u);
+  // 3 + 2 (quarantined layers, refused uses) + 8 (restarts) daemon-wide, 14 per layer.
+  EXPECT_EQ(help, 27u);
+  EXPECT_EQ(type, 27u);
+  EXPECT_THAT(text, HasSubstr("# TYPE lazycrypt_starts_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("\nlazycrypt_restart_fds_resumed 0\n"));
+  EXPECT_THAT(text, HasSubstr("\nlazycrypt_restart_layers_failed 0\n"));
   EXPECT_EQ(text.back(), '\n');
 }
 
