@@ -58,7 +58,8 @@ bench: setup
 
 bench-coldstart: setup
 	$(MAKE) build
-	CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
+	CS_PATHS="$${CS_PATHS:-lazy lazy-prefetch stargz stargz-optimized imgcrypt plain decoder}" \
+	  CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
 
 deb: setup
 	bash scripts/build-deb.sh $(BUILD)/deb $(if $(DEB_FROM_BUILD),$(BUILD))

@@ -9,11 +9,11 @@ meta() { sed -n "s/^$1=//p" "$out/meta.txt"; }
 
 # Medians (and min/max) per net/workload/path of every numeric column, one line per key:
 # net wl path n  total_med total_min total_max  pull_med  fetched_med  snap_med  ctd_med  cpu_med
-#   manifest_med keys_med mount_med reads_med read_ms_med
+#   manifest_med keys_med mount_med reads_med read_ms_med requests_med
 awk -F'\t' '
   function med(key, col,   n, i, j, t, v) {
     n = cnt[key]; m = 0
-    for (i = 1; i <= n; i++) { v = val[key, col, i]; if (v == "-") continue; a[++m] = v + 0 }
+    for (i = 1; i <= n; i++) { v = val[key, col, i]; if (v == "-" || v == "") continue; a[++m] = v + 0 }
     if (m == 0) return "-"
     for (i = 2; i <= m; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
     lo = a[1]; hi = a[m]
@@ -23,13 +23,13 @@ awk -F'\t' '
   { key = $1 SUBSEP $2 SUBSEP $3
     if (!(key in cnt)) order[++nk] = key
     cnt[key]++
-    for (c = 5; c <= 15; c++) val[key, c, cnt[key]] = $c }
+    for (c = 5; c <= 16; c++) val[key, c, cnt[key]] = $c }
   END {
     for (k = 1; k <= nk; k++) {
       key = order[k]; split(key, p, SUBSEP)
       t = med(key, 5); tlo = lo; thi = hi
       printf "%s\t%s\t%s\t%d\t%.2f\t%.2f\t%.2f", p[1], p[2], p[3], cnt[key], t, tlo, thi
-      for (c = 6; c <= 15; c++) printf "\t%s", med(key, c)
+      for (c = 6; c <= 16; c++) printf "\t%s", med(key, c)
       printf "\n"
     }
   }' "$out/results.tsv" >"$out/summary.tsv"
@@ -44,11 +44,16 @@ get() {  # get NET WL PATH FIELD(1-based in summary.tsv)
 ratio() {  # ratio A B: A / B with one decimal, "-" when either is missing
   awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.1f", a / b }'
 }
+ratio2() {  # ratio2 A B: A / B with two decimals (targets at 1.0x need them), "-" when either is missing
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
 label() {
   case "$1" in
     lazy) echo "lazycrypt lazy" ;; lazy-prefetch) echo "lazycrypt lazy + prefetch" ;;
     imgcrypt) echo "imgcrypt ctd-decoder (eager, encrypted)" ;; plain) echo "overlayfs (eager, plain)" ;;
-    decoder) echo "lazycrypt-decoder (eager)" ;; *) echo "$1" ;;
+    decoder) echo "lazycrypt-decoder (eager)" ;;
+    stargz) echo "stargz-snapshotter (eStargz)" ;; stargz-optimized) echo "stargz-snapshotter (eStargz, optimized)" ;;
+    *) echo "$1" ;;
   esac
 }
 netlabel() {
@@ -86,7 +91,12 @@ Paths: **lazy** = \`lazycrypt pull\` + \`ctr run\` through lazycrypt-snapshotter
 **imgcrypt** = \`skopeo copy --encryption-key jwe:\` image, \`ctr-imgcrypt images pull\` unpacking
 through imgcrypt's \`ctd-decoder\` stream processor (Debian 13's imgcrypt 1.1.11), then \`ctr run\`;
 **plain** = the unencrypted image, \`ctr images pull\` (overlayfs) + \`ctr run\`; **decoder** =
-the lazycrypt image pulled eagerly through \`lazycrypt-decoder\` as the stream processor.
+the lazycrypt image pulled eagerly through \`lazycrypt-decoder\` as the stream processor;
+**stargz** = the plain image converted by \`ctr-remote image convert --oci --estargz\` (unencrypted),
+\`ctr-remote images rpull\` + \`ctr run\` through stargz-snapshotter 0.14.3 (Debian 13's library in a
+daemon of ours, bench/stargz, upstream's default settings); **stargz-optimized** = the same with
+the \`ctr-remote image optimize\` image (the start run once, the files it opened put before the
+prefetch landmark, which the snapshotter prefetches at mount).
 
 Time to the first output line, seconds: median (min–max)
 
@@ -120,24 +130,41 @@ for n in $nets; do
   done
 done
 
+if [[ " $paths " == *" stargz"* ]]; then
+  echo
+  echo "lazycrypt against stargz-snapshotter (issue 19's bar: lazy <= 1.0x stargz, lazy+prefetch <= 1.0x stargz-optimized; < 1 = lazycrypt sooner), seconds (medians), and the registry requests from the pull command to the first output line (medians; each one a round trip)"
+  echo
+  echo "| network | workload | lazy | stargz | lazy / stargz | lazy+prefetch | stargz-optimized | lazy+prefetch / stargz-optimized | requests: lazy · lazy+prefetch · stargz · stargz-optimized |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for n in $nets; do
+    for w in $wls; do
+      L=$(get "$n" "$w" lazy 5) LP=$(get "$n" "$w" lazy-prefetch 5) S=$(get "$n" "$w" stargz 5) SO=$(get "$n" "$w" stargz-optimized 5)
+      req=""
+      for p in lazy lazy-prefetch stargz stargz-optimized; do r=$(get "$n" "$w" "$p" 18); req="$req${req:+ · }${r:--}"; done
+      echo "| $(netlabel "$n") | $w | ${L:--} | ${S:--} | $(ratio2 "$L" "$S") | ${LP:--} | ${SO:--} | $(ratio2 "$LP" "$SO") | $req |"
+    done
+  done
+fi
+
 echo
-echo "Bytes fetched from the registry (median, MiB; the image's layers in brackets), peak RSS (VmHWM, MiB) of lazycrypt-snapshotter / containerd, CPU seconds (daemons incl. stream processors, and clients)"
+echo "Bytes fetched from the registry (median, MiB; the image's layers in brackets) and registry requests up to the first output line, peak RSS (VmHWM, MiB) of the snapshotter (lazycrypt's or stargz's) / containerd, CPU seconds (daemons incl. stream processors, and clients)"
 echo
 header="| network | workload |"
 sep="|---|---|"
-for p in $paths; do header="$header $p: fetched · RSS · CPU |"; sep="$sep---|"; done
+for p in $paths; do header="$header $p: fetched · requests · RSS · CPU |"; sep="$sep---|"; done
 echo "$header"
 echo "$sep"
 for n in $nets; do
   for w in $wls; do
     row="| $(netlabel "$n") | $w |"
     for p in $paths; do
-      case "$p" in lazy | decoder) tag=lazy ;; lazy-prefetch) tag=lazy-prefetch ;; imgcrypt) tag=ocicrypt ;; *) tag=plain ;; esac
+      case "$p" in lazy | decoder) tag=lazy ;; lazy-prefetch) tag=lazy-prefetch ;; imgcrypt) tag=ocicrypt ;;
+        stargz) tag=stargz ;; stargz-optimized) tag=stargz-optimized ;; *) tag=plain ;; esac
       size=$(awk -F'\t' -v w="$w" -v t="$tag" '$1 == w && $2 == t { print $3 }' "$out/images.tsv")
       f=$(get "$n" "$w" "$p" 9)
       [ -n "$f" ] || { row="$row - |"; continue; }
-      snap=$(get "$n" "$w" "$p" 10) ctd=$(get "$n" "$w" "$p" 11) cpu=$(get "$n" "$w" "$p" 12)
-      row="$row $(awk -v f="$f" -v s="$size" 'BEGIN { printf "%.1f [%.0f]", f / 1048576, s / 1048576 }') · $(awk -v a="$snap" -v b="$ctd" 'BEGIN { if (a + 0 > 0) printf "%.0f / ", a / 1024; printf "%.0f", b / 1024 }') · $(printf '%.1f' "$cpu") |"
+      snap=$(get "$n" "$w" "$p" 10) ctd=$(get "$n" "$w" "$p" 11) cpu=$(get "$n" "$w" "$p" 12) req=$(get "$n" "$w" "$p" 18)
+      row="$row $(awk -v f="$f" -v s="$size" 'BEGIN { printf "%.1f [%.0f]", f / 1048576, s / 1048576 }') · $req · $(awk -v a="$snap" -v b="$ctd" 'BEGIN { if (a + 0 > 0) printf "%.0f / ", a / 1024; printf "%.0f", b / 1024 }') · $(printf '%.1f' "$cpu") |"
     done
     echo "$row"
   done
@@ -210,7 +237,7 @@ done
 
 # ---- targets ---------------------------------------------------------------------------------------
 echo
-echo "### Targets (shaped link)"
+echo "### Targets"
 echo
 verdict() { if [ "$1" = 1 ]; then echo "TARGET MET"; else echo "TARGET NOT MET"; fi; }
 targets=""
@@ -242,8 +269,20 @@ TARGET $w, $p: sooner than eager plain: $L s vs $P s ($(ratio "$P" "$L")x): $(ve
 TARGET small, $p: <= 10 % slower than eager plain: $L s vs $P s ($pct %): $(verdict "$ok")"
   done
 fi
+# Issue 19: lazycrypt at least as soon as stargz-snapshotter, on every link and workload.
+for n in $nets; do
+  for w in $wls; do
+    for pair in lazy:stargz lazy-prefetch:stargz-optimized; do
+      L=$(get "$n" "$w" "${pair%%:*}" 5) S=$(get "$n" "$w" "${pair#*:}" 5)
+      [ -n "$L" ] && [ -n "$S" ] || continue
+      ok=$(awk -v l="$L" -v s="$S" 'BEGIN { print (l <= s) ? 1 : 0 }')
+      targets="$targets
+TARGET $n $w, ${pair%%:*}: <= 1.0x ${pair#*:}: $(ratio2 "$L" "$S")x ($L s vs $S s): $(verdict "$ok")"
+    done
+  done
+done
 if [ -z "$targets" ]; then
-  echo "TARGET not checked: the targets compare a lazy path with imgcrypt or plain on the shaped link, and this run measured no such pair"
+  echo "TARGET not checked: the targets compare a lazy path with imgcrypt or plain on the shaped link, or with stargz, and this run measured no such pair"
 else
   echo '```'
   echo "${targets#?}"
@@ -328,6 +367,8 @@ direction) because this kernel has no \`sch_netem\`; TCP handshakes with the rel
 not delayed (one RTT less per new connection than a real link). The registry's storage stays in
 the page cache between runs (a warm registry); the node side is always cold (fresh containerd and
 snapshotter state; the chunk cache is empty). Peak RSS is the daemons' VmHWM at the end of the run;
-CPU seconds sum containerd and lazycrypt-snapshotter (with reaped children: stream processors) and
-the client commands (shims not included).
+CPU seconds sum containerd and the snapshotter (lazycrypt's or stargz's; with reaped children:
+stream processors) and the client commands (shims not included). Requests count every line of the
+registry's access log from the pull command to the first output line (a background fetch still
+running then is counted as far as it got).
 EOF

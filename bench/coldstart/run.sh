@@ -11,7 +11,10 @@
 #      CS_RATE_MBIT, lazycrypt-bench-delay-proxy adds CS_RTT_MS of round trip (this kernel may
 #      lack sch_netem)): plain (skopeo), ocicrypt (`skopeo copy --encryption-key jwe:`), lazycrypt
 #      (`lazycrypt encrypt`), and lazycrypt with the start-up files marked for prefetch
-#      (`--prefetch-list`, the list the workload defines);
+#      (`--prefetch-list`, the list the workload defines); for the stargz paths, eStargz images
+#      converted from the plain one with Debian 13's ctr-remote (`image convert --estargz`, and
+#      `image optimize`, which runs the workload's start once and marks the files it read for
+#      prefetch), in a containerd of their own;
 #   3. for each network, workload and run, each path from a cold node (a fresh containerd, and
 #      snapshotter, with empty state dirs):
 #        lazy           lazycrypt pull + ctr run through lazycrypt-snapshotter
@@ -21,8 +24,12 @@
 #                       ctr run; the ocicrypt image
 #        plain          ctr images pull (overlayfs) + ctr run; the unencrypted image
 #        decoder        lazycrypt-decoder as the stream processor, ctr-imgcrypt pull, ctr run
+#        stargz         stargz-snapshotter 0.14.3 (Debian 13's library, our daemon: bench/stargz)
+#                       as a proxy snapshotter, `ctr-remote images rpull` + ctr run; the
+#                       `image convert --estargz` image (unencrypted)
+#        stargz-optimized  the same, the `image optimize` image (start-up files prefetched)
 #      time = from the pull command to the container's first output line; also bytes fetched
-#      from the registry (its access log), peak RSS (VmHWM) of the snapshotter and of containerd,
+#      from the registry and its requests (round trips) up to that line (its access log), peak RSS (VmHWM) of the snapshotter and of containerd,
 #      CPU seconds (the daemons, their reaped children: stream processors; and the clients);
 #   4. writes CS_OUT/results.tsv, CS_OUT/coldstart.md (tables: medians, min/max, ratios, target
 #      summary, where the time goes in the lazy path) and a PNG plot (gnuplot); with CS_DOC, puts
@@ -32,7 +39,8 @@
 #
 # Knobs (environment): CS_LARGE_MIB=1024 CS_FILES=3000 CS_SHARES="5 30" CS_RUNS=5
 #   CS_NETS="loopback shaped" CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
-#   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" CS_SMALL=1 (0: no small workload)
+#   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
+#   build bench/stargz once) CS_SMALL=1 (0: no small workload)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
 #   update) CS_KEEP=0 (1: keep the work dir)
 set -euo pipefail
@@ -76,8 +84,8 @@ for n in $NETS; do
   case "$n" in loopback | shaped) ;; *) die "CS_NETS: unknown network '$n' (loopback, shaped)" ;; esac
 done
 for p in $PATHS; do
-  case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder) ;;
-    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder)" ;; esac
+  case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder | stargz | stargz-optimized) ;;
+    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized)" ;; esac
 done
 [ "$(id -u)" = 0 ] || die "needs root (containerd, FUSE, overlayfs, network namespaces)"
 [ -c /dev/fuse ] || die "/dev/fuse is absent"
@@ -94,6 +102,16 @@ if [[ " $PATHS " == *" imgcrypt "* || " $PATHS " == *" decoder "* ]]; then
   IMGCRYPT_BIN=$(bash "$ROOT/tests/data/fetch-imgcrypt.sh" "$BUILD/cache/imgcrypt") ||
     die "could not fetch Debian 13's imgcrypt (tests/data/fetch-imgcrypt.sh)"
   [ -x "$IMGCRYPT_BIN/ctd-decoder" ] || die "no ctd-decoder in $IMGCRYPT_BIN"
+fi
+STARGZ=0
+if [[ " $PATHS " == *" stargz "* || " $PATHS " == *" stargz-optimized "* ]]; then
+  STARGZ=1
+  # Fetches Debian 13's packages once (into BUILD/cache/stargz-bench) and builds the daemon.
+  stargz_bins=$(bash "$ROOT/bench/stargz/build.sh" "$BUILD") ||
+    die "could not build stargz-snapshotter (bench/stargz/build.sh)"
+  STARGZ_DAEMON=$(sed -n 1p <<<"$stargz_bins")
+  CTR_REMOTE=$(sed -n 2p <<<"$stargz_bins")
+  [ -x "$STARGZ_DAEMON" ] && [ -x "$CTR_REMOTE" ] || die "bench/stargz/build.sh gave no daemon/ctr-remote"
 fi
 
 mkdir -p "$OUT"
@@ -253,7 +271,39 @@ docker-registry serve "$work/registry/loop.yml" >"$work/registry/loop.log" 2>&1 
 pids+=($!)
 wait_for "the registry" 20 curl -sf "http://$REG_LOOP/v2/"
 
+# stargz_convert WL: the plain image as eStargz (TAG stargz) and optimized for its start (TAG
+# stargz-optimized: `ctr-remote image optimize` runs the start in a container, records the files
+# it opens and puts them first in the layer, before the prefetch landmark), pushed to the registry.
+# In a containerd of its own (the conversion reads and writes its content store), stopped after.
+stargz_convert() {
+  local wl=$1 conv=$work/convert src ctr_c args=()
+  mkdir -p "$conv"
+  write_containerd_config "$conv/config.toml" "$conv"
+  containerd --config "$conv/config.toml" >"$conv/log" 2>&1 &
+  run_pids=($!)
+  wait_for "containerd (conversion)" 30 ctr -a "$conv/containerd.sock" version
+  ctr_c=("$CTR_REMOTE" -a "$conv/containerd.sock" -n cs)
+  src=$REG_LOOP/cs/$wl:plain
+  # The same start the runs time: the small workload's `echo`, the large ones' /app/start.sh (cmd).
+  [ "$wl" != small ] || args=(--args '["/bin/echo", "app started"]')
+  { "${ctr_c[@]}" images pull --plain-http "$src" &&
+    "${ctr_c[@]}" image convert --oci --estargz "$src" "$REG_LOOP/cs/$wl:stargz" &&
+    "${ctr_c[@]}" images push --plain-http "$REG_LOOP/cs/$wl:stargz" &&
+    "${ctr_c[@]}" image optimize --oci --period 60 "${args[@]}" "$src" "$REG_LOOP/cs/$wl:stargz-optimized" &&
+    "${ctr_c[@]}" images push --plain-http "$REG_LOOP/cs/$wl:stargz-optimized"; } >"$conv/convert.log" 2>&1 || {
+    tail -30 "$conv/convert.log" >&2
+    die "$wl: ctr-remote conversion to eStargz failed (log above)"
+  }
+  kill_ctr_tasks "$conv/containerd.sock" cs
+  stop_pids "${run_pids[@]}"
+  run_pids=()
+  umount_under "$conv"
+  rm -rf "$conv"
+}
+
 declare -A image_bytes
+TAGS="plain ocicrypt lazy lazy-prefetch"
+[ "$STARGZ" = 0 ] || TAGS="$TAGS stargz stargz-optimized"
 for wl in $WORKLOADS; do
   log "pushing $wl: plain, ocicrypt (skopeo --encryption-key), lazycrypt, lazycrypt + prefetch list"
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:plain"
@@ -264,7 +314,11 @@ for wl in $WORKLOADS; do
   "$BIN/lazycrypt" encrypt --plain-http --prefetch-list "$work/img/$wl.startup" \
     --recipient "jwe:$work/node.pub.pem" \
     "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:lazy-prefetch" >/dev/null
-  for tag in plain ocicrypt lazy lazy-prefetch; do
+  if [ "$STARGZ" = 1 ]; then
+    log "converting $wl to eStargz: ctr-remote image convert --estargz, image optimize"
+    stargz_convert "$wl"
+  fi
+  for tag in $TAGS; do
     image_bytes[$wl:$tag]=$(skopeo inspect --raw --tls-verify=false "docker://$REG_LOOP/cs/$wl:$tag" |
       jq '[.layers[].size] | add')
   done
@@ -342,6 +396,23 @@ start_node() {  # start_node PATH REGISTRY_HOST: a fresh containerd (+ snapshott
     type = \"snapshot\"
     address = \"$node/run/snapshotter.sock\""
       ;;
+    stargz | stargz-optimized)
+      # Upstream's defaults but for the registry: plain HTTP to it (127.0.0.1 is that already).
+      cat >"$node/stargz.toml" <<EOF
+[[resolver.host."$host".mirrors]]
+host = "$host"
+insecure = true
+EOF
+      "$STARGZ_DAEMON" --address "$node/run/stargz.sock" --root "$node/stargz" \
+        --config "$node/stargz.toml" --log-level debug >"$node/snapshotter.log" 2>&1 &
+      snap_pid=$!
+      run_pids+=("$snap_pid")
+      wait_for "stargz-snapshotter" 30 grep -q "lazycrypt-bench-stargz ready" "$node/snapshotter.log"
+      extra="[proxy_plugins]
+  [proxy_plugins.stargz]
+    type = \"snapshot\"
+    address = \"$node/run/stargz.sock\""
+      ;;
     imgcrypt)
       # imgcrypt's documented stream processor entry; its payload (the layer descriptor with the
       # wrapped keys) reaches only processors of these names. No key provider here (private key
@@ -377,8 +448,14 @@ stop_node() {
   rm -rf "$node"
 }
 
+# registry_requests_since LOG LINES: requests in the registry's access log after its first LINES
+# lines (every method and path: each is one round trip the pull or the first reads waited on).
+registry_requests_since() {
+  tail -n +$(($2 + 1)) "$1" | awk '$6 ~ /^"[A-Z]+$/ && $7 ~ /^\/v2\// { n++ } END { print n + 0 }'
+}
+
 results=$OUT/results.tsv
-printf 'net\tworkload\tpath\trun\ttotal_s\tpull_s\tfetched_bytes\tsnap_hwm_kb\tctd_hwm_kb\tcpu_s\tmanifest_ms\tkeys_ms\tmount_ms\tblob_reads\tblob_read_ms\n' >"$results"
+printf 'net\tworkload\tpath\trun\ttotal_s\tpull_s\tfetched_bytes\tsnap_hwm_kb\tctd_hwm_kb\tcpu_s\tmanifest_ms\tkeys_ms\tmount_ms\tblob_reads\tblob_read_ms\tregistry_requests\n' >"$results"
 run_no=0
 
 run_one() {  # run_one NET WORKLOAD PATH RUN
@@ -390,13 +467,16 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     lazy-prefetch) tag=lazy-prefetch ;;
     imgcrypt) tag=ocicrypt ;;
     plain) tag=plain ;;
+    stargz) tag=stargz ;;
+    stargz-optimized) tag=stargz-optimized ;;
   esac
   ref=$host/cs/$wl:$tag
   if [ "$wl" = small ]; then cmd=(/bin/echo "app started"); else cmd=(/app/start.sh); fi
   start_node "$path" "$host"
   run_no=$((run_no + 1))
-  local before t0 t1 t_pulled status=0
+  local before before_lines t0 t1 t_pulled status=0
   before=$(registry_blob_bytes "$reglog")
+  before_lines=$(wc -l <"$reglog")
   children_cpu_mark "$node/cpu.before"
   t0=$(now)
   case "$path" in
@@ -409,6 +489,10 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
         >"$node/pull.log" 2>&1 || status=$? ;;
     plain)
       ctr -a "$ctd_sock" -n cs images pull --plain-http "$ref" >"$node/pull.log" 2>&1 || status=$? ;;
+    stargz | stargz-optimized)
+      "$CTR_REMOTE" -a "$ctd_sock" -n cs images rpull --plain-http --snapshotter stargz "$ref" \
+        >"$node/pull.log" 2>&1 || status=$?
+      snap_flag=(--snapshotter stargz) ;;
   esac
   t_pulled=$(now)
   if [ "$status" -ne 0 ]; then
@@ -426,8 +510,9 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     [ -z "$snap_pid" ] || tail -20 "$node/snapshotter.log" >&2
     die "$net/$wl/$path: the container did not print its start line (exit $status)"
   fi
-  local fetched snap_hwm=0 ctd_hwm cpu timing
+  local fetched requests snap_hwm=0 ctd_hwm cpu timing
   fetched=$(($(registry_blob_bytes "$reglog") - before))
+  requests=$(registry_requests_since "$reglog" "$before_lines")
   children_cpu_mark "$node/cpu.after"
   ctd_hwm=$(proc_hwm_kb "$ctd_pid")
   cpu=$(awk -v a="$(children_cpu_s "$node/cpu.before")" -v b="$(children_cpu_s "$node/cpu.after")" \
@@ -438,14 +523,14 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     snap_hwm=$(proc_hwm_kb "$snap_pid")
     cpu=$(awk -v a="$cpu" -v b="$(proc_cpu_s "$snap_pid")" 'BEGIN { printf "%.2f", a + b }')
     # The app layer's mount (the largest blob read at mount, i.e. the last layer of the image).
-    timing=$(grep 'mount timing' "$node/snapshotter.log" | tail -1 |
+    timing=$({ grep 'mount timing' "$node/snapshotter.log" || true; } | tail -1 |  # lazycrypt's only
       sed -E 's/.*manifest_ms=([0-9]+) keys_ms=([0-9]+) mount_ms=([0-9]+) blob_reads=([0-9]+) blob_read_bytes=[0-9]+ blob_read_ms=([0-9]+).*/\1\t\2\t\3\t\4\t\5/')
     [[ "$timing" == *$'\t'* ]] || timing="-	-	-	-	-"
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$net" "$wl" "$path" "$run" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$net" "$wl" "$path" "$run" \
     "$(elapsed "$t0" "$t1")" "$(elapsed "$t0" "$t_pulled")" "$fetched" "$snap_hwm" "$ctd_hwm" \
-    "$cpu" "$timing" >>"$results"
-  log "$net $wl $path run $run: $(elapsed "$t0" "$t1") s (pull $(elapsed "$t0" "$t_pulled") s), fetched $(mib "$fetched")"
+    "$cpu" "$timing" "$requests" >>"$results"
+  log "$net $wl $path run $run: $(elapsed "$t0" "$t1") s (pull $(elapsed "$t0" "$t_pulled") s), fetched $(mib "$fetched") in $requests registry requests"
   stop_node
 }
 
@@ -462,7 +547,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- 4. Report -------------------------------------------------------------------------------------
 for wl in $WORKLOADS; do
-  for tag in plain ocicrypt lazy lazy-prefetch; do printf '%s\t%s\t%s\n' "$wl" "$tag" "${image_bytes[$wl:$tag]}"; done
+  for tag in $TAGS; do printf '%s\t%s\t%s\n' "$wl" "$tag" "${image_bytes[$wl:$tag]}"; done
 done >"$OUT/images.tsv"
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 {
