@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <list>
 #include <mutex>
 #include <shared_mutex>
@@ -24,6 +25,9 @@ namespace fs = std::filesystem;
 constexpr size_t kSlotSize = 16;
 constexpr std::string_view kDataSuffix = ".data";
 constexpr std::string_view kSlotsSuffix = ".slots";
+constexpr std::string_view kTailSuffix = ".tail";
+constexpr std::string_view kTailMagic = "LCTAIL1\n";
+constexpr size_t kTailPrefixSize = 8 + 8 + 8 + 4;
 
 void PutLe(uint8_t* p, uint64_t v, int n) {
   for (int i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -122,6 +126,9 @@ class ChunkStoreImpl final : public ChunkStore {
   bool Contains(std::string_view blob_key, uint64_t chunk) const override;
   Status Drop(std::string_view blob_key, uint64_t chunk) override;
   Status RemoveBlob(std::string_view blob_key) override;
+  Status PutTail(std::string_view blob_key, uint64_t blob_offset, ByteSpan bytes) override;
+  Result<std::optional<StoredTail>> GetTail(std::string_view blob_key) override;
+  Status DropTail(std::string_view blob_key) override;
   uint64_t ChunksPresent(std::string_view blob_key) const override;
   uint64_t BytesPresent(std::string_view blob_key) const override;
   ChunkStoreStats stats() const override;
@@ -148,6 +155,9 @@ class ChunkStoreImpl final : public ChunkStore {
   }
   fs::path SlotsPath(std::string_view key) const {
     return dir_ / (std::string(key) + std::string(kSlotsSuffix));
+  }
+  fs::path TailPath(std::string_view key) const {
+    return dir_ / (std::string(key) + std::string(kTailSuffix));
   }
 
   std::shared_ptr<BlobState> Find(std::string_view key) const {  // REQUIRES mu_
@@ -419,6 +429,64 @@ Status ChunkStoreImpl::RemoveBlob(std::string_view blob_key) {
                                  ec.message());
   fs::remove(DataPath(blob_key), ec);
   if (ec) return Status::IoError("chunk store: remove data of " + std::string(blob_key) + ": " +
+                                 ec.message());
+  return DropTail(blob_key);
+}
+
+Status ChunkStoreImpl::PutTail(std::string_view blob_key, uint64_t blob_offset, ByteSpan bytes) {
+  LC_RETURN_IF_ERROR(ValidateBlobKey(blob_key));
+  if (bytes.empty() || bytes.size() > options_.capacity_bytes) {
+    return Status::InvalidArgument("chunk store: tail of " + std::to_string(bytes.size()) +
+                                   " bytes (1..capacity " +
+                                   std::to_string(options_.capacity_bytes) + ")");
+  }
+  std::vector<uint8_t> file(kTailPrefixSize + bytes.size());
+  std::memcpy(file.data(), kTailMagic.data(), kTailMagic.size());
+  PutLe(file.data() + 8, blob_offset, 8);
+  PutLe(file.data() + 16, bytes.size(), 8);
+  PutLe(file.data() + 24, crc32(crc32(0L, Z_NULL, 0), bytes.data(), static_cast<uInt>(bytes.size())),
+        4);
+  std::memcpy(file.data() + kTailPrefixSize, bytes.data(), bytes.size());
+  // Atomic: a reader (another mount of the same layer) sees the old tail or the new one.
+  return WriteFileAtomically(TailPath(blob_key), file, 0600)
+      .WithContext("chunk store: write tail of " + std::string(blob_key));
+}
+
+Result<std::optional<StoredTail>> ChunkStoreImpl::GetTail(std::string_view blob_key) {
+  LC_RETURN_IF_ERROR(ValidateBlobKey(blob_key));
+  const fs::path path = TailPath(blob_key);
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::optional<StoredTail>();
+  Result<std::vector<uint8_t>> file = ReadFileBytes(path);
+  if (!file.ok()) {
+    if (file.status().code() == StatusCode::kNotFound) return std::optional<StoredTail>();
+    return file.status().WithContext("chunk store: read tail of " + std::string(blob_key));
+  }
+  const std::vector<uint8_t>& f = *file;
+  bool valid = f.size() > kTailPrefixSize &&
+               std::memcmp(f.data(), kTailMagic.data(), kTailMagic.size()) == 0 &&
+               GetLe(f.data() + 16, 8) == f.size() - kTailPrefixSize;
+  if (valid) {
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32(crc32(0L, Z_NULL, 0), f.data() + kTailPrefixSize,
+              static_cast<uInt>(f.size() - kTailPrefixSize)));
+    valid = crc == static_cast<uint32_t>(GetLe(f.data() + 24, 4));
+  }
+  if (!valid) {  // torn or damaged: absent (the caller fetches it again)
+    fs::remove(path, ec);
+    return std::optional<StoredTail>();
+  }
+  StoredTail tail;
+  tail.blob_offset = GetLe(f.data() + 8, 8);
+  tail.bytes.assign(f.begin() + kTailPrefixSize, f.end());
+  return std::optional<StoredTail>(std::move(tail));
+}
+
+Status ChunkStoreImpl::DropTail(std::string_view blob_key) {
+  LC_RETURN_IF_ERROR(ValidateBlobKey(blob_key));
+  std::error_code ec;
+  fs::remove(TailPath(blob_key), ec);
+  if (ec) return Status::IoError("chunk store: remove tail of " + std::string(blob_key) + ": " +
                                  ec.message());
   return Status::Ok();
 }

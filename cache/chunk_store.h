@@ -7,6 +7,9 @@
 //   <dir>/<blob_key>.data   sparse file: each record at its own blob offset
 //   <dir>/<blob_key>.slots  16 bytes per chunk index: u64 LE blob offset, u32 LE record size,
 //                           u32 LE crc32(index, offset, size). All zero (or a bad crc) = absent.
+//   <dir>/<blob_key>.tail   the blob's last bytes that open it (footer and sealed TOC, see
+//                           PutTail): "LCTAIL1\n", u64 LE blob offset, u64 LE length, u32 LE
+//                           crc32 of the bytes, the bytes. Written atomically (rename).
 // A record is written before its slot, and a slot is cleared before its bytes are punched out
 // (fallocate PUNCH_HOLE), so after a crash a slot names either a complete record or one whose
 // bytes were torn — the latter fails authentication when opened and is dropped and refetched.
@@ -16,8 +19,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/io.h"
 #include "common/status.h"
@@ -31,6 +36,12 @@ struct ChunkStoreOptions {
   // fdatasync the data file before writing a slot. Off by default: a torn record is caught by
   // authentication anyway.
   bool sync_writes = false;
+};
+
+// The end of a blob as PutTail kept it: bytes [blob_offset, blob_offset + bytes.size()).
+struct StoredTail {
+  uint64_t blob_offset = 0;
+  std::vector<uint8_t> bytes;
 };
 
 struct ChunkStoreStats {
@@ -67,8 +78,22 @@ class ChunkStore {
   virtual bool Contains(std::string_view blob_key, uint64_t chunk) const = 0;
   // Forgets a record (e.g. one that failed authentication) and punches its bytes out.
   virtual Status Drop(std::string_view blob_key, uint64_t chunk) = 0;
-  // Deletes every record of a blob and its files.
+  // Deletes every record of a blob and its files (its tail included).
   virtual Status RemoveBlob(std::string_view blob_key) = 0;
+
+  // The blob's tail: the bytes at its end that open it (a lazycrypt layer's sealed TOC and
+  // footer), kept so that a layer the node has seen is opened again without a registry request
+  // (issue 19), after a restart too. Ciphertext as fetched; whoever uses it checks it exactly as
+  // bytes fresh from the registry (the TOC digest pinned by the manifest, on every use), and
+  // drops it (DropTail) when it fails. One tail per blob (replaced by the next PutTail); not
+  // counted against capacity_bytes nor evicted with the records (a sealed TOC is a small part of
+  // its layer, and the layer's records are worth little without it); RemoveBlob deletes it.
+  // InvalidArgument when bytes is empty or larger than the capacity.
+  virtual Status PutTail(std::string_view blob_key, uint64_t blob_offset, ByteSpan bytes) = 0;
+  // nullopt when there is none, or when the file does not parse or fails its crc (it is then
+  // removed).
+  virtual Result<std::optional<StoredTail>> GetTail(std::string_view blob_key) = 0;
+  virtual Status DropTail(std::string_view blob_key) = 0;
 
   // Chunks and record bytes present for one blob.
   virtual uint64_t ChunksPresent(std::string_view blob_key) const = 0;

@@ -692,13 +692,81 @@ using LayerLaziness = Fixture;
 TEST_F(LayerLaziness, OpenReadsOnlyTheFooterAndTheToc) {
   MemoryBlobSource inner(written().blob);
   CountingBlobSource blob(inner);
-  auto index = LayerIndex::Open(blob, TestKey(), pinned());
+  // A tail guess of the footer alone: the footer, then the TOC it names.
+  TailReadOptions footer_only;
+  footer_only.tail_guess_bytes = kFooterSize;
+  auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, footer_only);
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   const uint64_t size = written().blob.size();
   EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
                               {size - kFooterSize, kFooterSize},
                               {(*index)->toc_offset(), (*index)->toc_size()}}));
   EXPECT_EQ((*index)->toc_offset() + (*index)->toc_size() + kFooterSize, size);
+}
+
+// Issue 19: on a network every ReadAt is a round trip; footer and TOC come in one when the tail
+// read holds both.
+TEST_F(LayerLaziness, OpenReadsFooterAndTocInOneReadWhenTheTailHoldsThem) {
+  MemoryBlobSource inner(written().blob);
+  const uint64_t size = written().blob.size();
+  uint64_t toc_offset = 0, toc_size = 0;
+  {
+    CountingBlobSource blob(inner);
+    TailReadOptions footer_only;
+    footer_only.tail_guess_bytes = kFooterSize;
+    auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, footer_only);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    toc_offset = (*index)->toc_offset();
+    toc_size = (*index)->toc_size();
+  }
+  // The TOC's size known (the descriptor's toc-size annotation): exactly TOC + footer.
+  {
+    CountingBlobSource blob(inner);
+    TailReadOptions hinted;
+    hinted.toc_size_hint = toc_size;
+    auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, hinted);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                                {toc_offset, toc_size + kFooterSize}}));
+  }
+  // A guess larger than TOC + footer: one read of the guess (capped at the blob's size).
+  {
+    CountingBlobSource blob(inner);
+    TailReadOptions guess;
+    guess.tail_guess_bytes = toc_size + kFooterSize + 1000;
+    auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, guess);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    const uint64_t want = std::min<uint64_t>(size, toc_size + kFooterSize + 1000);
+    EXPECT_EQ(blob.reads(),
+              (std::vector<std::pair<uint64_t, uint64_t>>{{size - want, want}}));
+  }
+  // A hint that is too small (it is not trusted): the rest of the TOC in a second read.
+  {
+    CountingBlobSource blob(inner);
+    TailReadOptions wrong;
+    wrong.toc_size_hint = toc_size / 2;
+    auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, wrong);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    const uint64_t first = toc_size / 2 + kFooterSize;
+    EXPECT_EQ(blob.reads(), (std::vector<std::pair<uint64_t, uint64_t>>{
+                                {size - first, first}, {toc_offset, toc_size - toc_size / 2}}));
+  }
+  // A hint over the TOC limit is ignored (the guess is read instead), and the pin still decides.
+  {
+    CountingBlobSource blob(inner);
+    TailReadOptions huge;
+    huge.toc_size_hint = uint64_t{1} << 62;
+    huge.tail_guess_bytes = kFooterSize;
+    auto index = LayerIndex::Open(blob, TestKey(), pinned(), {}, huge);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    EXPECT_EQ(blob.reads().size(), 2u);
+    crypto::Sha256Digest other = pinned();
+    other[0] ^= 1;
+    TailReadOptions hinted;
+    hinted.toc_size_hint = toc_size;
+    EXPECT_EQ(LayerIndex::Open(blob, TestKey(), other, {}, hinted).status().code(),
+              StatusCode::kAuthFailed);
+  }
 }
 
 TEST_F(LayerLaziness, Reading4KiBFetchesOnlyTheCoveringRecord) {

@@ -1,6 +1,7 @@
 #include "format/layer_index.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <string>
 
@@ -47,7 +48,7 @@ Result<Toc> OpenSealedToc(ByteSpan sealed, const DerivedKeys& keys,
 
 Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
     BlobSource& blob, const LayerKey& key, const crypto::Sha256Digest& pinned_toc_digest,
-    const TocLimits& limits) {
+    const TocLimits& limits, const TailReadOptions& tail) {
   const uint64_t blob_size = blob.size();
   constexpr uint64_t kMinBlobSize = kBlobHeaderSize + kMinRecordSize + kTagSize + 1 + kFooterSize;
   if (blob_size < kMinBlobSize) {
@@ -55,9 +56,17 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
                               " bytes, smaller than the smallest lazycrypt blob (" +
                               std::to_string(kMinBlobSize) + ")");
   }
-  FooterBytes footer_bytes;
-  LC_RETURN_IF_ERROR(blob.ReadAt(blob_size - kFooterSize, footer_bytes).WithContext("footer"));
-  LC_ASSIGN_OR_RETURN(Footer footer, ParseFooter(footer_bytes, blob_size));
+  // The footer and, with a good guess, the whole sealed TOC in front of it: one read.
+  const uint64_t max_tail = limits.MaxSealedBytes() + kFooterSize;
+  uint64_t tail_size = tail.toc_size_hint > 0 && tail.toc_size_hint <= max_tail - kFooterSize
+                           ? tail.toc_size_hint + kFooterSize
+                           : tail.tail_guess_bytes;
+  tail_size = std::min({std::max<uint64_t>(tail_size, kFooterSize), max_tail, blob_size});
+  const uint64_t tail_offset = blob_size - tail_size;
+  std::vector<uint8_t> tail_bytes(tail_size);
+  LC_RETURN_IF_ERROR(blob.ReadAt(tail_offset, tail_bytes).WithContext("footer"));
+  LC_ASSIGN_OR_RETURN(Footer footer,
+                      ParseFooter(ByteSpan(tail_bytes).last(kFooterSize), blob_size));
   LC_ASSIGN_OR_RETURN(DerivedKeys keys, DeriveAndCheckKeys(key, footer.header));
 
   if (footer.toc_size > limits.MaxSealedBytes()) {
@@ -66,8 +75,19 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
                               " that a TOC of at most " + std::to_string(limits.max_serialized_bytes) +
                               " bytes (limit) can take");
   }
+  // ParseFooter checked toc_offset + toc_size + kFooterSize == blob_size, so the TOC ends where
+  // the tail's footer begins.
   std::vector<uint8_t> sealed(footer.toc_size);
-  LC_RETURN_IF_ERROR(blob.ReadAt(footer.toc_offset, sealed).WithContext("TOC"));
+  if (footer.toc_offset >= tail_offset) {
+    std::memcpy(sealed.data(), tail_bytes.data() + (footer.toc_offset - tail_offset),
+                sealed.size());
+  } else {
+    const uint64_t missing = tail_offset - footer.toc_offset;
+    LC_RETURN_IF_ERROR(blob.ReadAt(footer.toc_offset, MutableByteSpan(sealed).first(missing))
+                           .WithContext("TOC"));
+    std::memcpy(sealed.data() + missing, tail_bytes.data(), sealed.size() - missing);
+  }
+  tail_bytes = {};
   LC_ASSIGN_OR_RETURN(Toc toc, internal::OpenSealedToc(sealed, keys, footer.header_bytes,
                                                        &pinned_toc_digest, limits));
   if (toc.records_end() != footer.toc_offset) {

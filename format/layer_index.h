@@ -24,13 +24,26 @@ struct ChunkRange {
   bool operator==(const ChunkRange&) const = default;
 };
 
+// How LayerIndex::Open reads the end of a blob (footer and sealed TOC): one ReadAt of its last
+// max(kFooterSize, guess) bytes, guess = toc_size_hint + kFooterSize when the caller knows the
+// TOC's size (the descriptor's toc-size annotation, docs/FORMAT.md §6), else tail_guess_bytes;
+// a second ReadAt only for the part of a larger TOC the first did not hold. On a network each
+// ReadAt is a round trip: with the right guess, opening a layer costs one. The hint is not
+// trusted: a wrong one costs a second read or extra bytes, never a check (the footer, the TOC
+// digest pin and the GCM tag decide as before). Both are capped by the limits' largest TOC.
+struct TailReadOptions {
+  uint64_t toc_size_hint = 0;  // 0 = unknown
+  uint64_t tail_guess_bytes = uint64_t{64} << 10;
+};
+
 // Immutable, hence thread-safe. Obtainable only through Open, which verifies the TOC's digest
 // against the pinned one and its GCM tag before parsing a byte of it, then validates it.
 class LayerIndex {
  public:
-  // Reads the footer (one ReadAt of kFooterSize bytes at the end) and checks it; derives the keys
-  // and checks the key commitment (AuthFailed "wrong layer key"); reads the sealed TOC (one
-  // ReadAt); compares its SHA-256 with pinned_toc_digest (AuthFailed "TOC digest mismatch: pinned
+  // Reads the footer and as much of the sealed TOC as the tail read holds (one ReadAt, see
+  // TailReadOptions) and checks the footer; derives the keys and checks the key commitment
+  // (AuthFailed "wrong layer key"); reads the rest of the sealed TOC if any (a second ReadAt);
+  // compares its SHA-256 with pinned_toc_digest (AuthFailed "TOC digest mismatch: pinned
   // sha256:..., blob has sha256:..."); decrypts, decompresses, parses and validates it
   // (Corruption naming the problem); checks the chunk table ends exactly where the TOC starts.
   // Never reads the blob header at offset 0 (the footer holds its copy); DecryptLayer does.
@@ -38,7 +51,8 @@ class LayerIndex {
   // count and entry count (TocLimits; defaults: the format's maxima).
   static Result<std::shared_ptr<const LayerIndex>> Open(BlobSource& blob, const LayerKey& key,
                                                         const crypto::Sha256Digest& pinned_toc_digest,
-                                                        const TocLimits& limits = {});
+                                                        const TocLimits& limits = {},
+                                                        const TailReadOptions& tail = {});
 
   const BlobHeader& header() const { return header_; }
   const BlobHeaderBytes& header_bytes() const { return header_bytes_; }

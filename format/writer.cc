@@ -518,6 +518,7 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
                                   MutableByteSpan(sealed).subspan(plaintext.size(), kTagSize)));
   const uint64_t toc_offset = sink.size();
   result.toc_digest = crypto::Sha256::Of(sealed);
+  result.toc_size = sealed.size();
   LC_RETURN_IF_ERROR(sink.Write(sealed));
   LC_RETURN_IF_ERROR(sink.Write(EncodeFooter(header, toc_offset, sealed_size)));
   result.blob_size = sink.size();

@@ -43,6 +43,7 @@ struct WriteResult {
   crypto::Sha256Digest blob_digest{};  // SHA-256 of every byte written (zero if !hash_blob)
   uint64_t blob_size = 0;
   crypto::Sha256Digest toc_digest{};   // SHA-256 of the sealed TOC: pin it in the manifest
+  uint64_t toc_size = 0;                // bytes of the sealed TOC (the footer's toc_size)
   // SHA-256 of the blob's uncompressed tar stream: the layer salt header (LayerSaltTarHeader),
   // then the source tar stream. The new layer's diff_id: write it into the image config.
   crypto::Sha256Digest diff_id{};

@@ -68,6 +68,8 @@ Result<LazycryptEncryptResult> EncryptLazycryptLayer(
   result.descriptor.annotations[std::string(kAnnotationEncPubopts)] = std::move(annotations.pubopts);
   result.descriptor.annotations[std::string(kAnnotationLazycryptTocDigest)] =
       std::move(annotations.toc_digest);
+  result.descriptor.annotations[std::string(kAnnotationLazycryptTocSize)] =
+      std::to_string(written.toc_size);
   return result;
 }
 
@@ -233,7 +235,8 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
 }
 
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
-                                          const keywrap::KeyRing& keys) {
+                                          const keywrap::KeyRing& keys,
+                                          format::TailReadOptions tail) {
   if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
     return Status::InvalidArgument("media type '" + descriptor.media_type +
                                    "' is not a lazycrypt layer");
@@ -244,7 +247,16 @@ Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& de
   }
   LC_ASSIGN_OR_RETURN(LazycryptLayerSecret secret, UnwrapLazycryptLayer(descriptor, keys));
   VerifiedLayerIndex out;
-  LC_ASSIGN_OR_RETURN(out.index, format::LayerIndex::Open(blob, secret.key, secret.toc_digest));
+  if (tail.toc_size_hint == 0) {
+    // Unauthenticated, like every annotation: only how much the first read asks for.
+    const std::string hint = descriptor.Annotation(kAnnotationLazycryptTocSize);
+    if (!hint.empty() && hint.size() <= 19 &&
+        hint.find_first_not_of("0123456789") == std::string::npos) {
+      tail.toc_size_hint = std::stoull(hint);
+    }
+  }
+  LC_ASSIGN_OR_RETURN(out.index, format::LayerIndex::Open(blob, secret.key, secret.toc_digest,
+                                                          {}, tail));
   LC_RETURN_IF_ERROR(CheckPublishedCommitment(secret.commitment, out.index->header().commitment));
   LC_ASSIGN_OR_RETURN(out.opener, format::ChunkOpener::Create(secret.key, out.index->header()));
   out.key_name = secret.key_name;

@@ -68,8 +68,11 @@ struct VerifiedLayerIndex {
   std::shared_ptr<const format::ChunkOpener> opener;
   std::string key_name;  // which of `keys` unwrapped it
 };
+// The footer and the sealed TOC are read as `tail` says; without a toc_size_hint there, the
+// descriptor's toc-size annotation (when it parses) is the hint.
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
-                                          const keywrap::KeyRing& keys);
+                                          const keywrap::KeyRing& keys,
+                                          format::TailReadOptions tail = {});
 
 // A lazycrypt layer opened for random access: its key unwrapped, its TOC verified against the
 // pinned digest, and the key commitment in pubopts checked against the blob's.

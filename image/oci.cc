@@ -234,7 +234,10 @@ std::map<std::string, std::string> WithoutEncryptionAnnotations(
     const std::map<std::string, std::string>& annotations) {
   std::map<std::string, std::string> out;
   for (const auto& [k, v] : annotations) {
-    if (k.starts_with(kAnnotationEncPrefix) || k == kAnnotationLazycryptTocDigest) continue;
+    if (k.starts_with(kAnnotationEncPrefix) || k == kAnnotationLazycryptTocDigest ||
+        k == kAnnotationLazycryptTocSize) {
+      continue;
+    }
     out.emplace(k, v);
   }
   return out;

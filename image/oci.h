@@ -76,6 +76,13 @@ inline constexpr std::string_view kAnnotationEncPrefix = "org.opencontainers.ima
 inline constexpr std::string_view kAnnotationLazycryptTocDigest =
     "containerd.io/snapshot/lazycrypt.toc-digest";
 
+// The size in bytes of a lazycrypt layer's sealed TOC, in decimal ("12345"): a hint that lets a
+// reader fetch the footer and the whole TOC in one ranged request (format::TailReadOptions).
+// Optional (older images lack it) and not trusted: a wrong value costs a second request, never a
+// check. Under containerd.io/snapshot/ like the TOC digest.
+inline constexpr std::string_view kAnnotationLazycryptTocSize =
+    "containerd.io/snapshot/lazycrypt.toc-size";
+
 // The cipher name lazycrypt layers carry in ocicrypt's pubopts and privopts. Short on purpose: the
 // privopts JSON must stay under 190 bytes.
 inline constexpr std::string_view kLazycryptCipherName = "LAZYCRYPT_GCM_V1";
@@ -94,7 +101,8 @@ std::string StripEncryptedSuffix(std::string_view media_type);
 // The OCI equivalent of a Docker layer media type (other types are returned unchanged).
 std::string OciLayerMediaType(std::string_view media_type);
 
-// The annotations without ocicrypt's (org.opencontainers.image.enc.*) and lazycrypt's TOC digest:
+// The annotations without ocicrypt's (org.opencontainers.image.enc.*) and lazycrypt's TOC digest
+// and size:
 // what a layer keeps when it is decrypted, or carries over when it is encrypted.
 std::map<std::string, std::string> WithoutEncryptionAnnotations(
     const std::map<std::string, std::string>& annotations);

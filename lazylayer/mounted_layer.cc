@@ -2,7 +2,9 @@
 
 #include <cstdio>
 
+#include "cache/layer_tail.h"
 #include "crypto/digest.h"
+#include "format/layout.h"
 #include "image/layer.h"
 
 namespace lazycrypt::lazylayer {
@@ -30,9 +32,41 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
   layer->blob_size_ = descriptor.size;
   const std::string what = "layer " + descriptor.digest;
 
-  auto verified = image::OpenLayerIndex(*layer->source_, descriptor, keys);
+  // Footer and sealed TOC: from the chunk store when this node has opened the layer before (no
+  // request), else in one ranged read (the toc-size annotation, or a tail guess), kept in the
+  // store once they have opened the layer. The store's bytes are checked exactly as the
+  // registry's (the pinned TOC digest first of all), on every mount.
+  const std::string tail_key =
+      !options.cache.store_key.empty()
+          ? options.cache.store_key
+          : LayerStoreKey(descriptor.digest,
+                          descriptor.Annotation(image::kAnnotationLazycryptTocDigest));
+  cache::TailCachingSource tail(*layer->source_, options.store, tail_key);
+  format::TailReadOptions tail_read;
+  if (const uint64_t stored = tail.stored_bytes(); stored > format::kFooterSize) {
+    tail_read.toc_size_hint = stored - format::kFooterSize;
+  }
+  auto verified = image::OpenLayerIndex(tail, descriptor, keys, tail_read);
+  if (!verified.ok() && tail.reads_from_store() > 0) {
+    // The stored copy did not open the layer (damaged, or not this blob's): dropped, and the
+    // layer opened from its source as on a first mount.
+    std::fprintf(stderr, "lazycrypt: layer %s: the cached TOC did not open it (%s); fetching it\n",
+                 descriptor.digest.c_str(), verified.status().ToString().c_str());
+    std::fflush(stderr);
+    (void)tail.Drop();
+    verified = image::OpenLayerIndex(tail, descriptor, keys);
+  }
   if (!verified.ok()) return verified.status().WithContext(what);
   layer->key_name_ = verified->key_name;
+  layer->opened_from_store_ = tail.reads_from_inner() == 0;
+  if (tail.reads_from_inner() > 0) {
+    if (Status kept = tail.Persist(verified->index->toc_offset()); !kept.ok()) {
+      // Not fatal: the next mount of the layer fetches them again.
+      std::fprintf(stderr, "lazycrypt: layer %s: cannot cache its TOC: %s\n",
+                   descriptor.digest.c_str(), kept.ToString().c_str());
+      std::fflush(stderr);
+    }
+  }
 
   cache::CachedLayerOptions cache_options = options.cache;
   if (cache_options.store_key.empty()) {

@@ -106,6 +106,9 @@ class MountedLayer {
   uint64_t blob_size() const { return blob_size_; }
   cache::LayerStats stats() const { return layer_->stats(); }
   const cache::CachedLayer& layer() const { return *layer_; }
+  // True when the footer and the sealed TOC came from the store (a layer this node opened
+  // before): Mount then sent no request for them.
+  bool opened_from_store() const { return opened_from_store_; }
 
   // Where the background verification stands (kPending until it has hashed every byte).
   // Thread-safe.
@@ -126,6 +129,7 @@ class MountedLayer {
   std::string digest_;
   std::string key_name_;
   uint64_t blob_size_ = 0;
+  bool opened_from_store_ = false;
 };
 
 }  // namespace lazycrypt::lazylayer

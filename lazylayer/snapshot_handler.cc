@@ -408,7 +408,9 @@ struct SnapshotHandler::Impl {
     }
     if (recording) {
       RestoreRecord fresh{*descriptor, recording->Take()};
-      if (fresh.ranges.empty()) {
+      // Opened from the chunk store (nothing read, nothing recorded): the record keeps the
+      // descriptor; a restart finds footer and TOC in the store again.
+      if (fresh.ranges.empty() && !layer->opened_from_store()) {
         Warn(what + ": too large to keep what opens it; a restart needs its registry");
       } else if (Status w = WriteRestoreRecord(record_path, fresh); !w.ok()) {
         Warn(what + ": cannot keep what opens it (a restart needs its registry): " +

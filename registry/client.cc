@@ -328,8 +328,16 @@ class ClientImpl final : public Client {
   std::map<std::string, HostState> hosts_;
   std::mt19937_64 rng_;
   std::atomic<uint64_t> body_bytes_received_{0};
+  std::atomic<uint64_t> requests_sent_{0};
+  std::atomic<uint64_t> connections_opened_{0};
 
  public:
+  uint64_t RequestsSent() const override {
+    return requests_sent_.load(std::memory_order_relaxed);
+  }
+  uint64_t ConnectionsOpened() const override {
+    return connections_opened_.load(std::memory_order_relaxed);
+  }
   uint64_t BodyBytesReceived() const override {
     return body_bytes_received_.load(std::memory_order_relaxed);
   }
@@ -411,6 +419,12 @@ Response ClientImpl::PerformOnce(const Endpoint& ep, const Request& req,
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, opts_.low_speed_bytes);
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opts_.low_speed_time.count()));
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+  // Round trips decide cold start (issue 19): every request of every layer reuses the share's
+  // connections (no new TCP and TLS handshake), HTTP/2 where a TLS registry offers it (libcurl's
+  // default since 7.62, stated here because curl_easy_reset would not keep it), and TCP
+  // keep-alive so that an idle connection between two pulls survives NAT timeouts.
+  curl_easy_setopt(c, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+  curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -449,6 +463,13 @@ Response ClientImpl::PerformOnce(const Endpoint& ep, const Request& req,
   slots_.Acquire();
   resp.curl_code = curl_easy_perform(c);
   slots_.Release();
+  requests_sent_.fetch_add(1, std::memory_order_relaxed);
+  long new_connections = 0;
+  if (curl_easy_getinfo(c, CURLINFO_NUM_CONNECTS, &new_connections) == CURLE_OK &&
+      new_connections > 0) {
+    connections_opened_.fetch_add(static_cast<uint64_t>(new_connections),
+                                  std::memory_order_relaxed);
+  }
   if (resp.curl_code == CURLE_WRITE_ERROR && resp.sink_stopped) resp.curl_code = CURLE_OK;
   if (resp.curl_code == CURLE_WRITE_ERROR && resp.body_too_large) {
     // Not retryable (CURLE_WRITE_ERROR): the same server would send the same body again.
@@ -947,7 +968,12 @@ Status ClientImpl::ReadRangeInto(const Reference& repo, std::string_view digest,
         std::memcpy(out.data() + (from - offset), data.data() + (from - begin), to - from);
         filled = to - offset;
       }
-      return filled < out.size();
+      // Stop only a body that runs past the range (a 200 with the whole blob, or a server
+      // answering more than asked: cut off as it arrives). A body that ends exactly at the
+      // range's end is read to its end, so that curl keeps the connection for the next request
+      // (stopping at the last byte aborts the transfer and closes the connection: one new TCP and
+      // TLS handshake per ranged read).
+      return end <= want_end;
     };
     std::string what = "GET blob " + std::string(digest) + " range " + std::to_string(offset) + "+" +
                        std::to_string(out.size());

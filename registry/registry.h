@@ -191,6 +191,11 @@ class Client {
   // Response body bytes received from servers so far, over all requests (including bytes of
   // transfers cut off at a size limit). For metrics and for tests of those limits.
   virtual uint64_t BodyBytesReceived() const { return 0; }
+  // HTTP requests sent (each attempt and each redirect hop counted once per transfer), and new
+  // connections they opened: with connection reuse the second stays near the number of hosts.
+  // For metrics and tests.
+  virtual uint64_t RequestsSent() const { return 0; }
+  virtual uint64_t ConnectionsOpened() const { return 0; }
 };
 
 // One upload session (OCI distribution "chunked upload"): PATCHes in order, then a PUT with the
