@@ -336,6 +336,13 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
   auto convert_image = [&](const LoadedImage& image,
                            const std::string& platform) -> Result<Descriptor> {
     LC_ASSIGN_OR_RETURN(std::set<size_t> selected, SelectLayers(src, image.manifest, options));
+    // Where each listed path leads in the merged image decides the layer it is marked in.
+    std::optional<PrefetchPlan> prefetch;
+    if (options.format == EncryptionFormat::kLazycrypt && !options.writer.prefetch_paths.empty()) {
+      LC_ASSIGN_OR_RETURN(prefetch, PlanImagePrefetch(src, image.manifest,
+                                                      options.writer.prefetch_paths, selected));
+      if (options.on_prefetch_plan) options.on_prefetch_plan(platform, *prefetch);
+    }
     auto convert_layer = [&](size_t i, const Descriptor& d, LayerReport& layer) -> Status {
       std::string name = LayerName(i, d);
       if (!selected.contains(i)) {
@@ -360,6 +367,7 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
         // The sink hashes the blob as it goes: the writer need not hash it again.
         format::WriterOptions writer = options.writer;
         writer.hash_blob = false;
+        if (prefetch) writer.prefetch_paths = prefetch->layer_marks[i];
         auto encrypted = EncryptLazycryptLayer(*verifying, *sink, recipients, writer);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);
         LC_RETURN_IF_ERROR(FinishVerifying(*verifying, "blob").WithContext(name));
@@ -568,6 +576,9 @@ ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
             li.blob_bytes_read = (*opened)->blob_bytes_read();
             li.file_count = index.entries().size();
             li.prefetch_count = index.prefetch_entries().size();
+            for (uint32_t i : index.prefetch_entries()) {
+              li.prefetch_files.push_back(index.entries()[i].name);
+            }
             if (options.list_files) {
               for (const format::Entry& e : index.entries()) {
                 li.files.push_back({e.name, std::string(format::EntryTypeName(e.type)), e.mode,

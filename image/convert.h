@@ -21,6 +21,7 @@
 #include "format/writer.h"
 #include "image/layout.h"
 #include "image/oci.h"
+#include "image/prefetch_plan.h"
 #include "image/transport.h"
 #include "keywrap/keyring.h"
 #include "keywrap/keys.h"
@@ -67,12 +68,21 @@ using LayerCallback = std::function<void(const LayerReport&)>;
 using ProgressCallback =
     std::function<void(const std::string& what, uint64_t done_bytes, uint64_t total_bytes)>;
 
+// Called once per image (platform) when writer.prefetch_paths is resolved (image/prefetch_plan.h),
+// before its layers are converted: per listed path what is marked, in which layer, or why not.
+using PrefetchPlanCallback =
+    std::function<void(const std::string& platform, const PrefetchPlan& plan)>;
+
 struct EncryptOptions {
   EncryptionFormat format = EncryptionFormat::kLazycrypt;
   // Indices of the layers to encrypt (0 = the base layer); nullopt = every plain layer.
   // Listing a layer that is already encrypted or not a tar layer is InvalidArgument.
   std::optional<std::vector<size_t>> layers;
-  format::WriterOptions writer;  // lazycrypt format only
+  // lazycrypt format only. writer.prefetch_paths are paths of the image's merged file system:
+  // each is resolved (symlinks, hard links, whiteouts; image/prefetch_plan.h, which reads the
+  // plain layers once more) and marked in the one layer that holds the file it names.
+  format::WriterOptions writer;
+  PrefetchPlanCallback on_prefetch_plan;  // may be empty
   LayerCallback on_layer;
   ProgressCallback on_progress;
 };
@@ -152,6 +162,7 @@ struct LayerInfo {
   std::vector<FileInfo> files;   // only with InspectOptions::list_files
   uint64_t file_count = 0;
   uint64_t prefetch_count = 0;   // regular files marked for prefetch in the TOC
+  std::vector<std::string> prefetch_files;  // their names, in TOC order (when opened)
 };
 
 struct ImageInfo {

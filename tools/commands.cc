@@ -22,6 +22,7 @@
 #include "image/recipients.h"
 #include "image/verify.h"
 #include "keywrap/keyprovider.h"
+#include "tools/mount.h"
 
 namespace lazycrypt::tools {
 
@@ -113,7 +114,11 @@ std::string TimeString(int64_t sec) {
   return buf;
 }
 
+Result<std::unique_ptr<image::ImageSource>> OpenSource(const image::ImageReference& ref,
+                                                       const TransportFlags& flags);
+
 struct ResolvedLayer {
+  std::unique_ptr<image::ImageSource> source;  // what `blob` reads through (image sources only)
   std::unique_ptr<BlobSource> blob;
   Descriptor descriptor;
   std::string name;
@@ -122,14 +127,13 @@ struct ResolvedLayer {
 Result<ResolvedLayer> ResolveLayer(const LayerSourceFlags& flags) {
   ResolvedLayer r;
   if (flags.source.starts_with("oci:") || flags.source.starts_with("docker:")) {
+    // Any image transport (oci: layouts, docker:// registries), as the other commands read them.
     LC_ASSIGN_OR_RETURN(auto ref, image::ImageReference::Parse(flags.source));
-    if (ref.is_registry()) {
-      return Status::Unsupported("'" + flags.source + "': `lazycrypt layer` reads OCI layouts (oci:DIR[:TAG]) "
-                                 "and blob files only");
-    }
-    LC_ASSIGN_OR_RETURN(auto layout, image::OciLayout::Open(ref.dir));
-    LC_ASSIGN_OR_RETURN(auto loaded, image::LoadImage(*layout, ref.tag));
-    const auto& layers = loaded.manifest.layers;
+    LC_ASSIGN_OR_RETURN(r.source, OpenSource(ref, flags.transport));
+    LC_ASSIGN_OR_RETURN(image::LoadedRoot root, image::LoadRoot(*r.source));  // names the image
+    auto loaded = PickImage(root, flags.platform);
+    if (!loaded.ok()) return loaded.status().WithContext(ref.ToString());
+    const auto& layers = (*loaded)->manifest.layers;
     size_t index = 0;
     if (flags.layer >= 0) {
       if (static_cast<size_t>(flags.layer) >= layers.size()) {
@@ -153,7 +157,7 @@ Result<ResolvedLayer> ResolveLayer(const LayerSourceFlags& flags) {
     }
     r.descriptor = layers[index];
     r.name = image::LayerName(index, r.descriptor);
-    auto blob = layout->OpenBlob(r.descriptor);
+    auto blob = r.source->OpenBlob(r.descriptor);
     if (!blob.ok()) return blob.status().WithContext(r.name);
     r.blob = std::move(blob).value();
     return r;
@@ -445,6 +449,41 @@ void ShowWritten(ProgressDisplay& display, const Report& report, image::ImageRef
                       report.manifest.digest.c_str(), dst.ToString().c_str()));
 }
 
+std::vector<std::string> PrefetchPlanLines(const image::PrefetchPlan& plan) {
+  std::vector<std::string> lines;
+  size_t marked = 0;
+  for (const image::PrefetchResolution& r : plan.paths) {
+    std::string line = "prefetch /" + r.path + ": ";
+    if (r.marked) {
+      ++marked;
+      line += "marked";
+      if (r.file != r.path) line += " /" + r.file;
+      line += " in layer " + std::to_string(*r.layer);
+      if (r.via_symlink || r.via_hardlink) {
+        line += std::string(" (via ") + (r.via_symlink ? "symlink" : "") +
+                (r.via_symlink && r.via_hardlink ? " and " : "") +
+                (r.via_hardlink ? "hard link" : "") + ")";
+      }
+    } else {
+      line += "not marked: ";
+      if (r.layer && r.file != r.path) line += "/" + r.file + " is ";
+      line += r.reason;
+    }
+    lines.push_back(std::move(line));
+  }
+  std::string summary = "prefetch: " + std::to_string(marked) + " of " +
+                        std::to_string(plan.paths.size()) + " path" +
+                        (plan.paths.size() == 1 ? "" : "s") + " marked";
+  if (!plan.unread_layers.empty()) {
+    std::string list;
+    for (size_t i : plan.unread_layers) list += (list.empty() ? "" : ", ") + std::to_string(i);
+    summary += " (encrypted layer" + std::string(plan.unread_layers.size() == 1 ? " " : "s ") +
+               list + " not read: what only they hold counts as not found)";
+  }
+  lines.push_back(std::move(summary));
+  return lines;
+}
+
 Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   LC_ASSIGN_OR_RETURN(auto src, image::ImageReference::Parse(flags.src));
   LC_ASSIGN_OR_RETURN(auto dst, image::ImageReference::Parse(flags.dst));
@@ -472,11 +511,17 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
                       std::string(image::EncryptionFormatName(options.format)).c_str(),
                       RecipientCount(recipients), RecipientCount(recipients) == 1 ? "" : "s"));
   if (!options.writer.prefetch_paths.empty()) {
-    display.Line(Printf("  marking %zu path%s from %s for prefetch in the layers that hold them",
+    display.Line(Printf("  resolving %zu path%s from %s in the image (symlinks and hard links "
+                        "followed; reads the plain layers once more)",
                         options.writer.prefetch_paths.size(),
                         options.writer.prefetch_paths.size() == 1 ? "" : "s",
                         flags.prefetch_list.c_str()));
   }
+  options.on_prefetch_plan = [&](const std::string& platform, const image::PrefetchPlan& plan) {
+    for (const std::string& line : PrefetchPlanLines(plan)) {
+      display.Line("  " + (platform.empty() ? "" : platform + " ") + line);
+    }
+  };
   options.on_progress = display.Callback();
   options.on_layer = [&](const image::LayerReport& l) {
     std::string detail;
@@ -551,6 +596,7 @@ nlohmann::ordered_json ImageInfoJson(const image::ImageInfo& info, const Inspect
       lj["tarSize"] = l.tar_size;
       lj["fileCount"] = l.file_count;
       lj["prefetchCount"] = l.prefetch_count;
+      lj["prefetchFiles"] = l.prefetch_files;  // the marked files (entry names, TOC order)
       lj["blobBytesRead"] = l.blob_bytes_read;
       if (flags.files) {
         nlohmann::ordered_json files = nlohmann::ordered_json::array();

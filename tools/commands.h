@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "format/layout.h"
+#include "image/prefetch_plan.h"
 #include "image/transport.h"
 #include "keywrap/keyring.h"
 #include "keywrap/keys.h"
@@ -43,6 +44,12 @@ std::string FormatBytes(uint64_t bytes);
 // surrounding blanks and a trailing '\r' trimmed. InvalidArgument naming the line number for an
 // unsafe path ('..', NUL, too long) or the root directory.
 Result<std::vector<std::string>> ParsePrefetchList(std::string_view text);
+
+// The report of an `encrypt --prefetch-list` resolution, one line per listed path and a summary:
+//   "prefetch /bin/sh: marked /bin/busybox in layer 0 (via symlink)"
+//   "prefetch /etc: not marked: a directory"
+//   "prefetch: 3 of 5 paths marked"
+std::vector<std::string> PrefetchPlanLines(const image::PrefetchPlan& plan);
 
 // --- Commands ------------------------------------------------------------------------------------
 
@@ -128,13 +135,16 @@ struct RecipientsFlags {
 };
 Status RunRecipients(const RecipientsFlags& flags, const Output& io);
 
-// `lazycrypt layer ...`: a layer is named either as oci:DIR[:TAG] with --layer N (default: the
-// image's only lazycrypt layer) or as a blob file with --descriptor FILE (the descriptor JSON
-// `layer encrypt` writes, annotations included).
+// `lazycrypt layer ...`: a layer is named either as an image (oci:DIR[:TAG] or
+// docker://HOST/REPO[:TAG]) with --layer N (default: the image's only lazycrypt layer) or as a
+// blob file with --descriptor FILE (the descriptor JSON `layer encrypt` writes, annotations
+// included).
 struct LayerSourceFlags {
-  std::string source;      // oci:DIR[:TAG] or a blob path
-  int layer = -1;          // with oci:
+  std::string source;      // oci:DIR[:TAG], docker://HOST/REPO[:TAG] or a blob path
+  int layer = -1;          // with an image
+  std::string platform;    // with an image index: "os/arch[/variant]" ("" = linux/amd64)
   std::string descriptor;  // with a blob path
+  TransportFlags transport;  // with docker://
 };
 
 struct LayerEncryptFlags {

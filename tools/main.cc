@@ -49,12 +49,71 @@ void AddTransportOptions(CLI::App* cmd, TransportFlags& flags) {
 
 void AddLayerSourceOptions(CLI::App* cmd, LayerSourceFlags& flags) {
   cmd->add_option("SOURCE", flags.source,
-                  "oci:DIR[:TAG] (with --layer N), or a lazycrypt blob file (with --descriptor)")
+                  std::string("an image, ") + kImageHelp +
+                      " (with --layer N), or a lazycrypt blob file (with --descriptor)")
       ->required();
   cmd->add_option("--layer,-l", flags.layer,
                   "layer index in the image (default: its only lazycrypt layer)");
+  cmd->add_option("--platform", flags.platform,
+                  "OS/ARCH[/VARIANT] of a multi-platform image (default linux/amd64)");
   cmd->add_option("--descriptor,-d", flags.descriptor,
                   "descriptor JSON of a blob file (as `layer encrypt` writes it)");
+  AddTransportOptions(cmd, flags.transport);
+}
+
+// The subcommand the command line chose, deepest first ("layer ls"); `app` itself when none.
+const CLI::App* ChosenCommand(const CLI::App& app, std::string& path) {
+  const CLI::App* cur = &app;
+  for (;;) {
+    std::vector<CLI::App*> chosen = cur->get_subcommands();
+    if (chosen.empty()) return cur;
+    cur = chosen.front();
+    path += (path.empty() ? "" : " ") + cur->get_name();
+  }
+}
+
+// "--key/-k, --json, ..., --help/-h[, and the global --quiet/-q]; arguments: SRC" (hidden
+// options left out).
+std::string DescribeFlags(const CLI::App& cmd, bool with_global) {
+  std::string flags, arguments;
+  for (const CLI::Option* opt : cmd.get_options()) {
+    if (opt->get_group().empty()) continue;  // hidden
+    if (opt->nonpositional()) {
+      std::string names;
+      for (const std::string& l : opt->get_lnames()) names += (names.empty() ? "--" : "/--") + l;
+      for (const std::string& sn : opt->get_snames()) names += (names.empty() ? "-" : "/-") + sn;
+      flags += (flags.empty() ? "" : ", ") + names;
+    } else {
+      arguments += (arguments.empty() ? "" : " ") + opt->get_name();
+    }
+  }
+  std::string out = flags.empty() ? "no flags" : flags;
+  if (with_global) out += ", and the global --quiet/-q";
+  if (!arguments.empty()) out += "; arguments: " + arguments;
+  return out;
+}
+
+// CLI11's ExtrasError says only "The following argument was not expected: --bogus": name the
+// command, what it did not take, and what it does take.
+std::string ExtrasMessage(const CLI::App& app) {
+  std::string path;
+  const CLI::App* cmd = ChosenCommand(app, path);
+  std::string unknown_options, unexpected;
+  for (const std::string& arg : app.remaining(/*recurse=*/true)) {
+    if (arg == "--") continue;
+    std::string& list = arg.size() > 1 && arg[0] == '-' ? unknown_options : unexpected;
+    list += (list.empty() ? "" : ", ") + ("'" + arg + "'");
+  }
+  const std::string name = path.empty() ? "lazycrypt" : "lazycrypt " + path;
+  std::string what;
+  if (!unknown_options.empty()) what = "does not take " + unknown_options;
+  if (!unexpected.empty()) {
+    what += (what.empty() ? "" : ", and ") + std::string("has no place for the argument") +
+            (unexpected.find(',') == std::string::npos ? " " : "s ") + unexpected;
+  }
+  if (what.empty()) what = "got arguments it does not take";
+  return "'" + name + "' " + what + " (its flags: " + DescribeFlags(*cmd, cmd != &app) +
+         ")\nRun '" + name + " --help' for more information.";
 }
 
 }  // namespace
@@ -98,8 +157,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   encrypt->add_option("--prefetch-list", encrypt_flags.prefetch_list,
                       "file of paths (one per line as in the image, leading / optional, # "
-                      "comments) whose files a lazy mount fetches first; marks each in whichever "
-                      "layers hold it (lazycrypt format only)");
+                      "comments) whose files a lazy mount fetches first; each is resolved in the "
+                      "merged image (symlinks and hard links followed) and marked in the layer "
+                      "that holds its file, reported per path (lazycrypt format only)");
   AddTransportOptions(encrypt, encrypt_flags.transport);
   encrypt->add_option("SRC", encrypt_flags.src, std::string("source image: ") + kImageHelp)->required();
   encrypt->add_option("DST", encrypt_flags.dst,
@@ -358,6 +418,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::ExtrasError&) {
+    std::fprintf(stderr, "lazycrypt: %s\n", ExtrasMessage(app).c_str());
+    return 1;
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "lazycrypt: %s\nRun with --help for more information.\n", e.what());
     return 1;

@@ -5,6 +5,28 @@
 
 namespace lazycrypt::tools {
 
+std::string PullSummary(const ctrdclient::PullReport& report, const std::string& snapshotter) {
+  size_t remote = 0, applied = 0, present = 0;
+  for (const auto& l : report.layers) {
+    remote += l.outcome == ctrdclient::LayerOutcome::kRemote;
+    applied += l.outcome == ctrdclient::LayerOutcome::kApplied;
+    present += l.outcome == ctrdclient::LayerOutcome::kPresent;
+  }
+  std::string out = "pulled " + report.image_name + " (" + report.manifest_digest.substr(0, 19) +
+                    ") in " + std::to_string(report.duration.count()) + " ms: " +
+                    std::to_string(remote) + " layers mounted lazily by " + snapshotter + ", " +
+                    std::to_string(applied) + " downloaded and unpacked, " +
+                    std::to_string(present) + " already present; " +
+                    FormatBytes(report.bytes_fetched) + " fetched now";
+  // A lazy layer costs almost nothing here: its files come when a container reads them, and
+  // that cost shows up later, per layer, in the snapshotter's status.
+  if (remote > 0) {
+    out += "; the files of the lazily mounted layers are fetched as the container reads them "
+           "(see `lazycrypt status` for the bytes fetched since)";
+  }
+  return out;
+}
+
 Status RunPull(const PullFlags& flags, const Output& io) {
   ctrdclient::PullOptions options;
   options.address = flags.address;
@@ -23,19 +45,7 @@ Status RunPull(const PullFlags& flags, const Output& io) {
                  FormatBytes(l.size).c_str(), static_cast<long long>(l.duration.count()));
   };
   LC_ASSIGN_OR_RETURN(ctrdclient::PullReport report, ctrdclient::PullImage(options));
-  size_t remote = 0, applied = 0, present = 0;
-  for (const auto& l : report.layers) {
-    remote += l.outcome == ctrdclient::LayerOutcome::kRemote;
-    applied += l.outcome == ctrdclient::LayerOutcome::kApplied;
-    present += l.outcome == ctrdclient::LayerOutcome::kPresent;
-  }
-  std::fprintf(io.out,
-               "pulled %s (%s) in %lld ms: %zu layers mounted lazily by %s, %zu downloaded and "
-               "unpacked, %zu already present; %s fetched from the registry\n",
-               report.image_name.c_str(), report.manifest_digest.substr(0, 19).c_str(),
-               static_cast<long long>(report.duration.count()), remote,
-               flags.snapshotter.c_str(), applied, present,
-               FormatBytes(report.bytes_fetched).c_str());
+  std::fprintf(io.out, "%s\n", PullSummary(report, flags.snapshotter).c_str());
   return Status::Ok();
 }
 
