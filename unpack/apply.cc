@@ -411,16 +411,15 @@ class Applier {
   }
 
   // The directory for an entry's parent, created (0755, the caller's owner) where missing as
-  // containerd does. Cached: archives list a directory's entries together.
+  // containerd does. Cached: archives list a directory's entries together. The one cached fd is
+  // always the current entry's parent, and an entry only ever removes things beneath its parent
+  // (Remove), so the cached directory is never one that was removed.
   Result<int> ParentFd(std::span<const std::string_view> parts) {
     std::string rel = Join(parts);
-    if (cached_parent_.valid() && !cached_parent_stale_ && rel == cached_parent_rel_) {
-      return cached_parent_.get();
-    }
+    if (cached_parent_.valid() && rel == cached_parent_rel_) return cached_parent_.get();
     LC_ASSIGN_OR_RETURN(UniqueFd fd, OpenDir(parts, /*create=*/true));
     cached_parent_ = std::move(fd);
     cached_parent_rel_ = std::move(rel);
-    cached_parent_stale_ = false;
     return cached_parent_.get();
   }
 
@@ -486,9 +485,6 @@ class Applier {
       if (unlinkat(parent, n.c_str(), 0) != 0) return ErrnoStatus("remove " + Quote(name));
       return Status::Ok();
     }
-    // The cached parent may be inside the tree that goes away. It stays open until the next
-    // entry: the current entry is still using it (as `parent`, which is not in the tree).
-    cached_parent_stale_ = true;
     return RemoveTree(parent, n);
   }
 
@@ -566,7 +562,6 @@ class Applier {
   std::vector<DirTime> dir_times_;
   UniqueFd cached_parent_;
   std::string cached_parent_rel_;
-  bool cached_parent_stale_ = false;
 };
 
 }  // namespace

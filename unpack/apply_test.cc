@@ -3,6 +3,7 @@
 // archive is refused, so that removing a check makes them fail.
 #include "unpack/apply.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -121,7 +122,10 @@ class ApplyLayerTest : public ::testing::Test {
     WriteFile(secret(), "secret data");
     chmod(secret().c_str(), 0600);
     chmod(outside().c_str(), 0700);
+    struct timespec times[2] = {{kSecretMtime, 0}, {kSecretMtime, 0}};
+    utimensat(AT_FDCWD, secret().c_str(), times, 0);
   }
+  static constexpr time_t kSecretMtime = 1'500'000'000;
   fs::path layer() const { return tmp_.path() / "layer"; }
   fs::path outside() const { return tmp_.path() / "outside"; }
   fs::path secret() const { return outside() / "secret"; }
@@ -139,6 +143,7 @@ class ApplyLayerTest : public ::testing::Test {
     EXPECT_EQ(st.st_mode & 07777, 0600u);
     EXPECT_EQ(st.st_nlink, 1u);
     EXPECT_EQ(st.st_uid, 0u);
+    EXPECT_EQ(st.st_mtim.tv_sec, kSecretMtime);
     EXPECT_EQ(Lstat(outside()).st_mode & 07777, 0700u);
     EXPECT_EQ(GetXattr(outside(), "trusted.overlay.opaque"), "<none>");
     std::vector<std::string> names;
@@ -176,7 +181,9 @@ TEST_F(ApplyLayerTest, EveryTypeWithOwnerModeAndMtime) {
   dir.uid = 1000, dir.gid = 1001, dir.mtime_sec = 1'000'000'000;
   Entry file = File("d/f", 0640);
   file.uid = 1002, file.gid = 1003, file.mtime_sec = 1'234'567'890, file.mtime_nsec = 5000;
-  Entry link = Symlink("d/s", "/etc/passwd");
+  // Pointing at the test's own secret, never at a host file: were a symlink followed by mistake,
+  // only the temp dir would change (and ExpectOutsideUntouched fails).
+  Entry link = Symlink("d/s", secret().string());
   link.uid = 1004, link.gid = 1005, link.mtime_sec = 1'111'111'111;
   Entry hard = Hardlink("d/h", "d/f", 0640);
   hard.uid = 1002, hard.gid = 1003, hard.mtime_sec = 1'234'567'890, hard.mtime_nsec = 5000;
@@ -214,7 +221,7 @@ TEST_F(ApplyLayerTest, EveryTypeWithOwnerModeAndMtime) {
 
   st = Lstat(layer() / "d/s");
   EXPECT_TRUE(S_ISLNK(st.st_mode));
-  EXPECT_EQ(fs::read_symlink(layer() / "d/s"), "/etc/passwd");
+  EXPECT_EQ(fs::read_symlink(layer() / "d/s"), secret());
   EXPECT_EQ(st.st_uid, 1004u);
   EXPECT_EQ(st.st_gid, 1005u);
   EXPECT_EQ(st.st_mtim.tv_sec, 1'111'111'111);
@@ -231,6 +238,7 @@ TEST_F(ApplyLayerTest, EveryTypeWithOwnerModeAndMtime) {
   EXPECT_TRUE(S_ISFIFO(st.st_mode));
   EXPECT_EQ(st.st_mode & 07777, 0620u);
   EXPECT_EQ(st.st_uid, 7u);
+  ExpectOutsideUntouched();
 }
 
 TEST_F(ApplyLayerTest, SetuidSetgidStickySurviveChown) {
@@ -269,6 +277,21 @@ TEST_F(ApplyLayerTest, LargeFileMovesInBigReads) {
   EXPECT_EQ(r->regular_bytes, data.size() + 4);
   EXPECT_TRUE(ReadFile(layer() / "big") == data);
   EXPECT_EQ(ReadFile(layer() / "after"), "tail");
+}
+
+TEST_F(ApplyLayerTest, ManySmallFiles) {
+  TarBuilder b;
+  for (int d = 0; d < 10; ++d) {
+    b.Add(Dir("usr/lib/d" + std::to_string(d) + "/"));
+    for (int f = 0; f < 200; ++f) {
+      b.Add(File("usr/lib/d" + std::to_string(d) + "/f" + std::to_string(f)), "content");
+    }
+  }
+  Result<ApplyStats> r = Apply(b.Finish());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->entries, 10u * 201);
+  EXPECT_EQ(r->regular_bytes, 10u * 200 * 7);
+  EXPECT_EQ(ReadFile(layer() / "usr/lib/d9/f199"), "content");
 }
 
 TEST_F(ApplyLayerTest, XattrsAppliedExceptOverlayAndTrusted) {
@@ -403,6 +426,32 @@ TEST_F(ApplyLayerTest, LaterEntryReplacesEarlierOne) {
   EXPECT_TRUE(S_ISCHR(Lstat(layer() / "v").st_mode));
 }
 
+TEST_F(ApplyLayerTest, ParentDirectoriesFollowReplacementsAndInterleaving) {
+  auto tar = TarBuilder()
+                 .Add(File("p/q/a"), "a")
+                 .Add(File("p"), "file")      // the tree holding the last parent goes away
+                 .Add(Dir("p/"))
+                 .Add(File("p/q/b"), "b")     // a new p/q, not the removed one
+                 .Add(File("r/x"), "x")
+                 .Add(File("s/y"), "y")
+                 .Add(File("r/z"), "z")       // back to an earlier parent
+                 .Add(File("s/.wh.y"))
+                 .Add(File(".wh.r"))          // the parent of an earlier entry whited out
+                 .Add(File("r2/w"), "w")
+                 .Finish();
+  Result<ApplyStats> r = Apply(tar);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(Exists(layer() / "p/q/a"));
+  EXPECT_EQ(ReadFile(layer() / "p/q/b"), "b");
+  EXPECT_TRUE(S_ISCHR(Lstat(layer() / "r").st_mode));
+  EXPECT_TRUE(S_ISCHR(Lstat(layer() / "s/y").st_mode));
+  EXPECT_EQ(ReadFile(layer() / "r2/w"), "w");
+  // A file below a whited-out name: the whiteout is not a directory.
+  Result<ApplyStats> bad = Apply(TarBuilder().Add(File("r/again")).Finish());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("'r', which is not a directory"));
+}
+
 TEST_F(ApplyLayerTest, DirectoryMtimeSetAfterChildrenAndBoundedLikeContainerd) {
   Entry d = Dir("d/");
   d.mtime_sec = 1'000, d.mtime_nsec = 7;
@@ -523,7 +572,7 @@ TEST_F(ApplyLayerTest, AttackWriteThroughSymlink) {
   EXPECT_REFUSED(TarBuilder().Add(Symlink("c", out)).Add(File("c/secret"), "pwned").Finish(),
                 "symlink");
   EXPECT_REFUSED(TarBuilder().Add(Symlink("d", out)).Add(Dir("d/sub/")).Finish(), "symlink");
-  EXPECT_REFUSED(TarBuilder().Add(Symlink("e", out)).Add(Symlink("e/l", "/")).Finish(), "symlink");
+  EXPECT_REFUSED(TarBuilder().Add(Symlink("e", out)).Add(Symlink("e/l", secret().string())).Finish(), "symlink");
   // Deeper: a directory, then a symlink below it, then a write two levels through.
   EXPECT_REFUSED(
       TarBuilder().Add(Dir("f/")).Add(Symlink("f/g", out)).Add(File("f/g/h/x"), "x").Finish(),
@@ -542,6 +591,30 @@ TEST_F(ApplyLayerTest, AttackDirectoryEntryOverSymlinkReplacesIt) {
   auto tar = TarBuilder().Add(Symlink("a", outside().string())).Add(d).Finish();
   ASSERT_TRUE(Apply(tar).ok());
   EXPECT_TRUE(S_ISDIR(Lstat(layer() / "a").st_mode));
+  ExpectOutsideUntouched();
+}
+
+TEST_F(ApplyLayerTest, AttackEntryOverSymlinkReplacesIt) {
+  // "s" -> the secret, then "s" as a file, a device, a hard link: each replaces the symlink; the
+  // data, mode and owner never reach the secret.
+  Entry f = File("s", 06777);
+  f.uid = 1000;
+  Entry dev = Make("t", EntryType::kCharDevice, 0666);
+  dev.dev_major = 1, dev.dev_minor = 3;
+  auto tar = TarBuilder()
+                 .Add(Symlink("s", secret().string()))
+                 .Add(f, "pwned")
+                 .Add(Symlink("t", secret().string()))
+                 .Add(dev)
+                 .Add(File("target"), "t")
+                 .Add(Symlink("u", secret().string()))
+                 .Add(Hardlink("u", "target"))
+                 .Finish();
+  Result<ApplyStats> r = Apply(tar);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(ReadFile(layer() / "s"), "pwned");
+  EXPECT_TRUE(S_ISCHR(Lstat(layer() / "t").st_mode));
+  EXPECT_EQ(ReadFile(layer() / "u"), "t");
   ExpectOutsideUntouched();
 }
 
