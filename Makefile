@@ -8,6 +8,7 @@
 #               existing $(BUILD) instead, compiling nothing)
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
 #   make bench-coldstart  the cold-start benchmark (root; section 7 of docs/BENCHMARKS.md)
+#   make bench-smallfiles  many small files through overlayfs (root; section 9 of docs/BENCHMARKS.md)
 #   make fuzz-long  every fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_JOBS processes
 #                   (default: one per core); prints executions and crashes per target (not in CI)
 BUILD      ?= build
@@ -17,7 +18,7 @@ CTEST_ARGS ?=
 FUZZ_SECONDS ?= 600
 FUZZ_JOBS  ?= $(JOBS)
 
-.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart deb clean
+.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart bench-smallfiles deb clean
 
 all: build
 
@@ -60,6 +61,10 @@ bench-coldstart: setup
 	$(MAKE) build
 	CS_PATHS="$${CS_PATHS:-lazy lazy-prefetch stargz stargz-optimized imgcrypt plain decoder}" \
 	  CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
+
+bench-smallfiles: setup
+	$(MAKE) build
+	bash bench/smallfiles/run.sh $(BUILD)
 
 deb: setup
 	bash scripts/build-deb.sh $(BUILD)/deb $(if $(DEB_FROM_BUILD),$(BUILD))

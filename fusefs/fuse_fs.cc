@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -381,6 +382,27 @@ class FuseMountImpl final : public FuseMount {
   uint64_t requests_waited() const override {
     return requests_waited_.load(std::memory_order_relaxed);
   }
+  RequestCounts request_counts() const override {
+    auto n = [this](Op op) {
+      return counts_[static_cast<size_t>(op)].load(std::memory_order_relaxed);
+    };
+    RequestCounts c;
+    c.lookup = n(Op::kLookup);
+    c.getattr = n(Op::kGetAttr);
+    c.readlink = n(Op::kReadLink);
+    c.access = n(Op::kAccess);
+    c.statfs = n(Op::kStatFs);
+    c.open = n(Op::kOpen);
+    c.read = n(Op::kRead);
+    c.release = n(Op::kRelease);
+    c.opendir = n(Op::kOpenDir);
+    c.readdir = n(Op::kReadDir);
+    c.readdirplus = n(Op::kReadDirPlus);
+    c.releasedir = n(Op::kReleaseDir);
+    c.getxattr = n(Op::kGetXattr);
+    c.listxattr = n(Op::kListXattr);
+    return c;
+  }
 
   void InvalidateFileData() override {
     // Under unmount_mu_: the session stays alive meanwhile. Pending reads that hold page locks
@@ -398,6 +420,17 @@ class FuseMountImpl final : public FuseMount {
  private:
   static FuseMountImpl& Self(fuse_req_t req) {
     return *static_cast<FuseMountImpl*>(fuse_req_userdata(req));
+  }
+
+  enum class Op : size_t {
+    kLookup, kGetAttr, kReadLink, kAccess, kStatFs, kOpen, kRead, kRelease, kOpenDir, kReadDir,
+    kReadDirPlus, kReleaseDir, kGetXattr, kListXattr, kCount
+  };
+  // Counts a request (request_counts) and returns its mount.
+  static FuseMountImpl& Counted(fuse_req_t req, Op op) {
+    FuseMountImpl& self = Self(req);
+    self.counts_[static_cast<size_t>(op)].fetch_add(1, std::memory_order_relaxed);
+    return self;
   }
 
   // Aborts the connection through fusectl (mounting it at its usual place if nothing is mounted
@@ -558,6 +591,13 @@ class FuseMountImpl final : public FuseMount {
     want(FUSE_CAP_PARALLEL_DIROPS);
     want(FUSE_CAP_CACHE_SYMLINKS);
     want(FUSE_CAP_READDIRPLUS);
+    // Zero-message opens (libfuse: answering ENOSYS to the first open means "success, and do not
+    // ask again"): see Open and OpenDir.
+    self.kernel_opens_files_.store((conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0 &&
+                                       !self.options_.access_recorder,
+                                   std::memory_order_relaxed);
+    self.kernel_opens_dirs_.store((conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0,
+                                  std::memory_order_relaxed);
     // Immutable layer: never drop cached pages because attributes were refreshed.
     conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
     conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
@@ -571,8 +611,8 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    auto& self = Counted(req, Op::kLookup);
     if (RefusedAsQuarantined(req)) return;
-    auto& self = Self(req);
     auto ino = self.table_->Lookup(parent, name);
     if (!ino.ok()) {
       if (ino.status().code() == StatusCode::kNotFound) {
@@ -599,9 +639,9 @@ class FuseMountImpl final : public FuseMount {
   static void ForgetMulti(fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); }
 
   static void GetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    auto& self = Counted(req, Op::kGetAttr);
     // The root keeps answering: unmounting stats it.
     if (ino == FUSE_ROOT_ID ? !Ready(req) : RefusedAsQuarantined(req)) return;
-    auto& self = Self(req);
     auto st = self.table_->Attr(ino);
     if (!st.ok()) {
       fuse_reply_err(req, StatusToErrno(st.status()));
@@ -611,8 +651,9 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void ReadLink(fuse_req_t req, fuse_ino_t ino) {
+    auto& self = Counted(req, Op::kReadLink);
     if (RefusedAsQuarantined(req)) return;
-    auto target = Self(req).table_->Readlink(ino);
+    auto target = self.table_->Readlink(ino);
     if (!target.ok()) {
       fuse_reply_err(req, StatusToErrno(target.status()));
       return;
@@ -621,9 +662,20 @@ class FuseMountImpl final : public FuseMount {
     fuse_reply_readlink(req, t.c_str());
   }
 
+  // With zero-message opens (kernel_opens_files_), the first open is answered ENOSYS: the kernel
+  // takes that as success for this and every later open of the connection (fs/fuse/file.c
+  // fuse_file_open: no_open), with FOPEN_KEEP_CACHE, and sends no OPEN or RELEASE again. Nothing
+  // is lost: the mount is read-only (the VFS refuses writes before FUSE is asked), and Read finds
+  // the data by inode, never by a handle (so files opened under a previous daemon read the same,
+  // FuseMount::Resume). A quarantined layer's reads fail with EIO whoever opened the file. Not
+  // when recording opens (access_recorder): the recorder needs to see each one.
   static void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    auto& self = Counted(req, Op::kOpen);
+    if (self.kernel_opens_files_.load(std::memory_order_relaxed)) {
+      fuse_reply_err(req, ENOSYS);
+      return;
+    }
     if (!Ready(req)) return;
-    auto& self = Self(req);
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
       fuse_reply_err(req, EROFS);
       return;
@@ -642,8 +694,8 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    auto& self = Counted(req, Op::kRead);
     if (!Ready(req)) return;
-    auto& self = Self(req);
     auto data = self.table_->DataEntry(ino);
     if (!data.ok() || off < 0) {
       fuse_reply_err(req, data.ok() ? EINVAL : StatusToErrno(data.status()));
@@ -683,11 +735,21 @@ class FuseMountImpl final : public FuseMount {
   // sequential reads in requests of up to max_request_bytes).
   static constexpr size_t kSmallReadBytes = 256 * 1024;
 
-  static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+  static void Release(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    Counted(req, Op::kRelease);
+    fuse_reply_err(req, 0);
+  }
 
+  // With zero-message opendirs, ENOSYS as for Open: the kernel then opens directories by itself
+  // with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR (what this handler would answer), so listings stay
+  // cached and no OPENDIR/RELEASEDIR is sent again. READDIR still comes here (quarantine: EIO).
   static void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    auto& self = Counted(req, Op::kOpenDir);
+    if (self.kernel_opens_dirs_.load(std::memory_order_relaxed)) {
+      fuse_reply_err(req, ENOSYS);
+      return;
+    }
     if (!Ready(req)) return;
-    auto& self = Self(req);
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
       fuse_reply_err(req, EROFS);
       return;
@@ -755,17 +817,36 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    Counted(req, Op::kReadDir);
     DoReadDir(req, ino, size, off, false);
   }
   static void ReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    Counted(req, Op::kReadDirPlus);
     DoReadDir(req, ino, size, off, true);
   }
-  static void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+  static void ReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    Counted(req, Op::kReleaseDir);
+    fuse_reply_err(req, 0);
+  }
+
+  // FUSE caches no xattr answer, and overlayfs asks its lower layers on every lookup of a new
+  // overlay (each container): trusted.overlay.metacopy of each regular file, trusted.overlay.
+  // opaque (and .redirect) of each directory above the lowest layer; security.capability on exec.
+  // A layer without any xattr answers ENOSYS, once: the kernel then answers EOPNOTSUPP itself
+  // for the connection (fs/fuse/xattr.c: no_getxattr, no_listxattr), which overlayfs, exec and
+  // listxattr(2) users read as "no xattr", exactly what the layer holds. A layer with xattrs
+  // (its TOC's, or the opaque marks of `.wh..wh..opq`) must answer each question itself.
+  static bool NoXattrsInLayer(fuse_req_t req) {
+    if (Self(req).table_->has_xattrs()) return false;
+    fuse_reply_err(req, ENOSYS);
+    return true;
+  }
 
   // getxattr(2)'s protocol: size 0 asks for the value's size; a too small buffer is ERANGE.
   static void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-    if (RefusedAsQuarantined(req)) return;
-    auto xattrs = Self(req).table_->Xattrs(ino);
+    auto& self = Counted(req, Op::kGetXattr);
+    if (RefusedAsQuarantined(req) || NoXattrsInLayer(req)) return;
+    auto xattrs = self.table_->Xattrs(ino);
     if (!xattrs.ok()) {
       fuse_reply_err(req, StatusToErrno(xattrs.status()));
       return;
@@ -786,8 +867,9 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
-    if (RefusedAsQuarantined(req)) return;
-    auto xattrs = Self(req).table_->Xattrs(ino);
+    auto& self = Counted(req, Op::kListXattr);
+    if (RefusedAsQuarantined(req) || NoXattrsInLayer(req)) return;
+    auto xattrs = self.table_->Xattrs(ino);
     if (!xattrs.ok()) {
       fuse_reply_err(req, StatusToErrno(xattrs.status()));
       return;
@@ -808,7 +890,7 @@ class FuseMountImpl final : public FuseMount {
 
   // Answered without waiting for a resumed mount's layer (zero sizes until it is there).
   static void StatFs(fuse_req_t req, fuse_ino_t) {
-    auto& self = Self(req);
+    auto& self = Counted(req, Op::kStatFs);
     struct statvfs sv {};
     sv.f_bsize = 4096;
     sv.f_frsize = 4096;
@@ -822,8 +904,9 @@ class FuseMountImpl final : public FuseMount {
   }
 
   static void Access(fuse_req_t req, fuse_ino_t ino, int mask) {
+    auto& self = Counted(req, Op::kAccess);
     if (!Ready(req)) return;
-    auto st = Self(req).table_->Attr(ino);
+    auto st = self.table_->Attr(ino);
     if (!st.ok()) {
       fuse_reply_err(req, StatusToErrno(st.status()));
       return;
@@ -843,6 +926,10 @@ class FuseMountImpl final : public FuseMount {
   bool leaving_ = false;   // LeaveMounted: waiting requests go unanswered
   bool stopping_ = false;  // unmounting: waiting requests fail
   std::atomic<uint64_t> requests_waited_{0};
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(Op::kCount)> counts_{};
+  // From INIT: whether Open / OpenDir answer ENOSYS (zero-message opens, see Open).
+  std::atomic<bool> kernel_opens_files_{false};
+  std::atomic<bool> kernel_opens_dirs_{false};
   std::atomic<bool> loop_done_{false};
   Status resend_status_ = Status::Unsupported("not a resumed mount");
 

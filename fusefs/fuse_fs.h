@@ -3,6 +3,11 @@
 // Reads are answered straight from the opened chunks (LayerData::ViewFile, no copy); after a
 // small (random) read, the rest of the chunks it opened is handed to the kernel's page cache
 // (notify_store, on a thread of its own) so that nearby reads do not open them again.
+// Metadata is cached by the kernel for the mount's lifetime, and what it would ask again and
+// again is answered once for the connection (fusefs/README.md, "What the kernel is told"): opens
+// and opendirs (ENOSYS: the kernel opens by itself, keeping page and readdir caches), and, for a
+// layer without any xattr, getxattr/listxattr (ENOSYS: "none here", so overlayfs' per-file
+// trusted.overlay.* questions stop reaching the daemon).
 #pragma once
 
 #include <sys/types.h>
@@ -22,6 +27,23 @@
 
 namespace lazycrypt::fusefs {
 
+// "As long as the mount lives" for the kernel's caches: ten years (Linux keeps the expiry in
+// jiffies; far larger values would only be capped).
+inline constexpr double kMountLifetimeSec = 10.0 * 365 * 86400;
+
+// FUSE requests a mount answered, by kind (FuseMount::request_counts). Requests the kernel never
+// sends (see "What the kernel is told" in fusefs/README.md) are not here: they cost nothing.
+struct RequestCounts {
+  uint64_t lookup = 0, getattr = 0, readlink = 0, access = 0, statfs = 0;
+  uint64_t open = 0, read = 0, release = 0;
+  uint64_t opendir = 0, readdir = 0, readdirplus = 0, releasedir = 0;
+  uint64_t getxattr = 0, listxattr = 0;
+  uint64_t total() const {
+    return lookup + getattr + readlink + access + statfs + open + read + release + opendir +
+           readdir + readdirplus + releasedir + getxattr + listxattr;
+  }
+};
+
 struct MountOptions {
   std::string fsname = "lazycrypt";  // the "source" column of /proc/mounts
   std::string subtype = "lazycrypt";  // type shows as fuse.<subtype>
@@ -30,9 +52,11 @@ struct MountOptions {
   bool allow_other = true;
   // The kernel checks permission bits itself (the layer's modes and owners apply).
   bool default_permissions = true;
-  // The layer is immutable: the kernel may cache names and attributes for this long.
-  double entry_timeout_sec = 86400;
-  double attr_timeout_sec = 86400;
+  // The layer is immutable: the kernel may cache names (and absences) and attributes for as
+  // long as the mount lives (kMountLifetimeSec). A quarantine drops them explicitly
+  // (InvalidateFileData), not by their expiry.
+  double entry_timeout_sec = kMountLifetimeSec;
+  double attr_timeout_sec = kMountLifetimeSec;
   // Worker threads of the multithreaded session loop; each gets its own /dev/fuse clone if
   // clone_fd. A mount that must survive its daemon (Resume) needs clone_fd off: the kernel fails
   // the requests a clone had read when the clone is closed (ECONNABORTED), while the requests
@@ -90,7 +114,9 @@ class FuseMount {
   // the cached attributes), so that every later read comes to the layer again: for a quarantined
   // layer, whose reads fail. Queued page-cache fills are dropped first, and none is stored once
   // the layer is quarantined. A quarantined layer's lookup, getattr (but the root's), readlink,
-  // readdir, getxattr and listxattr fail with EIO too. No-op once unmounted.
+  // readdir, getxattr and listxattr fail with EIO too; except that on a layer without any xattr,
+  // once the kernel was told so (ENOSYS), getxattr and listxattr keep failing with EOPNOTSUPP in
+  // the kernel: the layer has nothing there to withhold. No-op once unmounted.
   virtual void InvalidateFileData() = 0;
 
   // Gives a resumed mount its layer. The tree is built as Mount builds it (same inode numbers,
@@ -116,6 +142,9 @@ class FuseMount {
   virtual Status resend_status() const = 0;
   // Requests that arrived before the layer did (a resumed mount's restore) and waited for it.
   virtual uint64_t requests_waited() const = 0;
+  // The requests this FuseMount answered so far (not those of an earlier daemon of a resumed
+  // mount). Relaxed counters: exact once the requests counted have been answered.
+  virtual RequestCounts request_counts() const = 0;
   FuseMount(const FuseMount&) = delete;
   FuseMount& operator=(const FuseMount&) = delete;
 

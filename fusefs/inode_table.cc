@@ -237,7 +237,10 @@ struct Node {
 
 class InodeTableImpl final : public InodeTable {
  public:
-  explicit InodeTableImpl(std::vector<Node> nodes) : nodes_(std::move(nodes)) {}
+  explicit InodeTableImpl(std::vector<Node> nodes) : nodes_(std::move(nodes)) {
+    has_xattrs_ = std::any_of(nodes_.begin(), nodes_.end(),
+                              [](const Node& n) { return !n.xattrs.empty(); });
+  }
 
   Result<uint64_t> Lookup(uint64_t parent, std::string_view name) const override {
     LC_ASSIGN_OR_RETURN(const Node* dir, Get(parent));
@@ -306,6 +309,7 @@ class InodeTableImpl final : public InodeTable {
     LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
     return &n->xattrs;
   }
+  bool has_xattrs() const override { return has_xattrs_; }
 
   Result<const format::Entry*> DataEntry(uint64_t ino) const override {
     LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
@@ -331,6 +335,7 @@ class InodeTableImpl final : public InodeTable {
   }
 
   std::vector<Node> nodes_;  // index == inode number; [0] unused
+  bool has_xattrs_ = false;
 };
 
 }  // namespace

@@ -68,6 +68,9 @@ class InodeTable {
   // InvalidArgument unless `ino` is a symlink.
   virtual Result<std::string_view> Readlink(uint64_t ino) const = 0;
   virtual Result<const XattrMap*> Xattrs(uint64_t ino) const = 0;
+  // Whether any inode has an xattr (the TOC's, or trusted.overlay.opaque from a `.wh..wh..opq`).
+  // False lets the FUSE mount tell the kernel once that the layer has none (fuse_fs.cc).
+  virtual bool has_xattrs() const = 0;
   // The TOC entry holding the data of regular file `ino` (for LayerData::ReadFile).
   // InvalidArgument unless `ino` is a regular file.
   virtual Result<const format::Entry*> DataEntry(uint64_t ino) const = 0;

@@ -398,5 +398,29 @@ TEST(InodeTable, DirectoryNlinkIsTwoPlusSubdirectories) {
   EXPECT_EQ(AttrOf(*t, "d/f").st_nlink, 2u);
 }
 
+// has_xattrs decides whether the mount tells the kernel "no xattr here" once (fuse_fs.cc):
+// any xattr kept, an opaque marker, on any inode, makes it true; dropped ones do not.
+TEST(InodeTable, HasXattrsCountsKeptXattrsAndOpaqueMarksOnly) {
+  auto none = BuildOk({Dir("d"), File("d/f"), File("d/.wh.gone", 0)});
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(none->has_xattrs());
+
+  Entry dropped = File("f");
+  dropped.xattrs["trusted.overlay.metacopy"] = "";
+  auto only_dropped = BuildOk({dropped});
+  ASSERT_TRUE(only_dropped);
+  EXPECT_FALSE(only_dropped->has_xattrs());
+
+  auto opaque = BuildOk({Dir("d"), File("d/.wh..wh..opq", 0)});
+  ASSERT_TRUE(opaque);
+  EXPECT_TRUE(opaque->has_xattrs());
+
+  Entry kept = File("deep/er/f");
+  kept.xattrs["user.k"] = "v";
+  auto one = BuildOk({File("a"), kept});
+  ASSERT_TRUE(one);
+  EXPECT_TRUE(one->has_xattrs());
+}
+
 }  // namespace
 }  // namespace lazycrypt::fusefs
