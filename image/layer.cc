@@ -163,9 +163,8 @@ Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& or
   return d;
 }
 
-Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descriptor& encrypted,
-                                                   OutputStream& out,
-                                                   const keywrap::KeyRing& keys) {
+Result<OcicryptLayerCipher> UnwrapOcicryptLayer(const Descriptor& encrypted,
+                                                const keywrap::KeyRing& keys) {
   if (ClassifyLayer(encrypted.media_type) != LayerKind::kOcicrypt) {
     return Status::InvalidArgument("media type '" + encrypted.media_type +
                                    "' is not an ocicrypt layer");
@@ -184,7 +183,7 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
   }
   LC_ASSIGN_OR_RETURN(UnwrappedPrivopts unwrapped,
                       UnwrapLayerPrivopts(encrypted, keys));
-  const keywrap::PrivateLayerOptions& priv = unwrapped.options;
+  keywrap::PrivateLayerOptions& priv = unwrapped.options;
   if (!unwrapped.cipher.empty() && unwrapped.cipher != keywrap::kOcicryptAes256CtrCipher) {
     return Status::Unsupported("privopts cipher '" + unwrapped.cipher.substr(0, 64) +
                                "' does not match pubopts");
@@ -213,24 +212,64 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
   auto expected_digest = crypto::ParseOciDigest(priv.digest);
   if (!expected_digest.ok()) return expected_digest.status().WithContext("privopts digest");
 
+  OcicryptLayerCipher out;
+  out.nonce = *nonce;
+  out.hmac = *hmac;
+  out.key = std::move(priv.symkey);
+  out.original.media_type = StripEncryptedSuffix(encrypted.media_type);
+  out.original.digest = priv.digest;
+  out.original.size = encrypted.size;  // CTR: ciphertext and plaintext have the same length
+  out.original.annotations = WithoutEncryptionAnnotations(encrypted.annotations);
+  out.original.extra_json = encrypted.extra_json;
+  out.key_name = unwrapped.key_name;
+  return out;
+}
+
+namespace {
+
+// The encrypted blob verified (digest, size), decrypted and MAC-checked, the plaintext verified.
+class OcicryptDecryptingStream final : public InputStream {
+ public:
+  Result<size_t> Read(MutableByteSpan out) override { return plain_->Read(out); }
+
+  std::unique_ptr<InputStream> encrypted_;  // order matters: each reads from the one before
+  std::unique_ptr<InputStream> decrypting_;
+  std::unique_ptr<InputStream> plain_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<InputStream>> NewOcicryptDecryptingStream(
+    InputStream& in, const Descriptor& encrypted, const OcicryptLayerCipher& cipher) {
+  auto stream = std::make_unique<OcicryptDecryptingStream>();
+  stream->encrypted_ = NewVerifyingInputStream(in, encrypted, "encrypted blob " + encrypted.digest);
+  LC_ASSIGN_OR_RETURN(stream->decrypting_,
+                      crypto::NewCtrHmacDecryptingStream(*stream->encrypted_, cipher.key.span(),
+                                                         cipher.nonce, cipher.hmac));
+  stream->plain_ = NewVerifyingInputStream(*stream->decrypting_, cipher.original,
+                                           "decrypted layer (privopts digest)");
+  return std::unique_ptr<InputStream>(std::move(stream));
+}
+
+Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descriptor& encrypted,
+                                                   OutputStream& out,
+                                                   const keywrap::KeyRing& keys) {
+  LC_ASSIGN_OR_RETURN(OcicryptLayerCipher cipher, UnwrapOcicryptLayer(encrypted, keys));
   auto verifying = NewVerifyingInputStream(in, encrypted, "encrypted blob " + encrypted.digest);
   LC_ASSIGN_OR_RETURN(auto decrypting,
-                      crypto::NewCtrHmacDecryptingStream(*verifying, priv.symkey.span(), *nonce,
-                                                         *hmac));
+                      crypto::NewCtrHmacDecryptingStream(*verifying, cipher.key.span(),
+                                                         cipher.nonce, cipher.hmac));
   HashingOutputStream hashed(out);
   LC_RETURN_IF_ERROR(CopyStream(*decrypting, hashed).status());
   std::string actual = hashed.Digest();
-  if (actual != priv.digest) {
+  if (actual != cipher.original.digest) {
     return Status::AuthFailed("decrypted layer has digest " + actual + ", privopts says " +
-                              priv.digest);
+                              cipher.original.digest);
   }
   OcicryptDecryptResult result;
-  result.original.media_type = StripEncryptedSuffix(encrypted.media_type);
-  result.original.digest = actual;
+  result.original = std::move(cipher.original);
   result.original.size = hashed.size();
-  result.original.annotations = WithoutEncryptionAnnotations(encrypted.annotations);
-  result.original.extra_json = encrypted.extra_json;
-  result.key_name = unwrapped.key_name;
+  result.key_name = cipher.key_name;
   return result;
 }
 

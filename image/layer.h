@@ -14,6 +14,7 @@
 #include "common/io.h"
 #include "common/status.h"
 #include "crypto/digest.h"
+#include "crypto/secure_buffer.h"
 #include "format/decrypt.h"
 #include "format/layer_reader.h"
 #include "format/writer.h"
@@ -119,6 +120,27 @@ Result<LazycryptDecryptResult> DecryptLazycryptLayer(BlobSource& blob, const Des
 Result<Descriptor> EncryptOcicryptLayer(InputStream& plain, const Descriptor& original,
                                         OutputStream& out,
                                         const keywrap::Recipients& recipients);
+
+// An ocicrypt layer's cipher, unwrapped with the node's keys and checked (cipher name, key and
+// nonce sizes, an HMAC present, privopts' digest well formed), for callers that decrypt in
+// several passes (the snapshotter checks the HMAC over the whole blob before it decrypts for
+// use). The key is wiped when this is destroyed.
+struct OcicryptLayerCipher {
+  crypto::SecureBuffer key;
+  std::vector<uint8_t> nonce;
+  std::vector<uint8_t> hmac;
+  Descriptor original;  // media type without "+encrypted", privopts' digest, size == blob size
+  std::string key_name;
+};
+// Errors as DecryptOcicryptLayer's, before any byte is read.
+Result<OcicryptLayerCipher> UnwrapOcicryptLayer(const Descriptor& encrypted,
+                                                const keywrap::KeyRing& keys);
+// Decrypts `in` (the encrypted blob; not owned) as it is read. The last Read (end of stream)
+// fails with AuthFailed unless the encrypted blob's digest and size match `encrypted`, the HMAC
+// matches, and the plaintext's digest and size match cipher.original. Everything read is
+// unverified until then.
+Result<std::unique_ptr<InputStream>> NewOcicryptDecryptingStream(
+    InputStream& in, const Descriptor& encrypted, const OcicryptLayerCipher& cipher);
 
 struct OcicryptDecryptResult {
   Descriptor original;  // media type without "+encrypted", digest from privopts, size

@@ -14,15 +14,12 @@ std::string Get(const std::map<std::string, std::string>& labels, std::string_vi
 
 }  // namespace
 
-Result<std::optional<LayerSource>> SourceFromLabels(
-    const std::map<std::string, std::string>& labels) {
-  LayerSource source;
-  source.toc_digest = Get(labels, image::kAnnotationLazycryptTocDigest);
-  if (source.toc_digest.empty()) return std::optional<LayerSource>();
-  LC_RETURN_IF_ERROR(image::ValidateDigest(
-      source.toc_digest, "label " + std::string(image::kAnnotationLazycryptTocDigest)));
+namespace {
 
-  // CRI labels first: the kubelet's view of the image; the stargz family otherwise.
+// The image reference, layer digest and manifest digest labels (CRI's first: the kubelet's view
+// of the image; the stargz family otherwise), validated; empty fields when absent.
+Result<LayerSource> ImageLabels(const std::map<std::string, std::string>& labels) {
+  LayerSource source;
   std::string_view digest_label = kLabelCriLayerDigest;
   source.image_ref = Get(labels, kLabelCriImageRef);
   source.layer_digest = Get(labels, kLabelCriLayerDigest);
@@ -31,6 +28,28 @@ Result<std::optional<LayerSource>> SourceFromLabels(
     source.image_ref = Get(labels, kLabelStargzReference);
     source.layer_digest = Get(labels, kLabelStargzDigest);
   }
+  if (!source.layer_digest.empty()) {
+    LC_RETURN_IF_ERROR(
+        image::ValidateDigest(source.layer_digest, "label " + std::string(digest_label)));
+  }
+  source.manifest_digest = Get(labels, kLabelCriManifestDigest);
+  if (!source.manifest_digest.empty()) {
+    LC_RETURN_IF_ERROR(image::ValidateDigest(source.manifest_digest,
+                                             "label " + std::string(kLabelCriManifestDigest)));
+  }
+  return source;
+}
+
+}  // namespace
+
+Result<std::optional<LayerSource>> SourceFromLabels(
+    const std::map<std::string, std::string>& labels) {
+  const std::string toc_digest = Get(labels, image::kAnnotationLazycryptTocDigest);
+  if (toc_digest.empty()) return std::optional<LayerSource>();
+  LC_RETURN_IF_ERROR(image::ValidateDigest(
+      toc_digest, "label " + std::string(image::kAnnotationLazycryptTocDigest)));
+  LC_ASSIGN_OR_RETURN(LayerSource source, ImageLabels(labels));
+  source.toc_digest = toc_digest;
   if (source.image_ref.empty() || source.layer_digest.empty()) {
     return Status::InvalidArgument(
         "a lazycrypt layer (label " + std::string(image::kAnnotationLazycryptTocDigest) +
@@ -40,12 +59,13 @@ Result<std::optional<LayerSource>> SourceFromLabels(
         "images pull`, the CRI pull) [proxy_plugins.<name>.exports] "
         "enable_remote_snapshot_annotations = \"true\"");
   }
-  LC_RETURN_IF_ERROR(image::ValidateDigest(source.layer_digest, "label " + std::string(digest_label)));
-  source.manifest_digest = Get(labels, kLabelCriManifestDigest);
-  if (!source.manifest_digest.empty()) {
-    LC_RETURN_IF_ERROR(image::ValidateDigest(source.manifest_digest,
-                                             "label " + std::string(kLabelCriManifestDigest)));
-  }
+  return std::optional<LayerSource>(std::move(source));
+}
+
+Result<std::optional<LayerSource>> AnySourceFromLabels(
+    const std::map<std::string, std::string>& labels) {
+  LC_ASSIGN_OR_RETURN(LayerSource source, ImageLabels(labels));
+  if (source.image_ref.empty() || source.layer_digest.empty()) return std::optional<LayerSource>();
   return std::optional<LayerSource>(std::move(source));
 }
 

@@ -40,6 +40,13 @@ struct LayerSource {
 // pull paths send them).
 Result<std::optional<LayerSource>> SourceFromLabels(const std::map<std::string, std::string>& labels);
 
+// Any layer's image reference and layer digest labels (toc_digest left empty), for layers that
+// are not lazycrypt's (a standard ocicrypt layer the snapshotter unpacks itself). nullopt when
+// the labels name no image and layer (a pull path that sends none); InvalidArgument naming the
+// label when one is malformed.
+Result<std::optional<LayerSource>> AnySourceFromLabels(
+    const std::map<std::string, std::string>& labels);
+
 // containerd's identity.ChainID of a layer on top of a chain (opencontainers/image-spec
 // identity/chainid.go): the bottom layer's chain ID is its diff_id; otherwise
 // "sha256:" + hex(SHA-256("<parent chain ID> <diff_id>")), the two digests as written

@@ -86,5 +86,32 @@ TEST(ChainIdOfSnapshotName, StripsContainerdsNamespacePrefix) {
   EXPECT_FALSE(ChainIdOfSnapshotName("sha256:short").ok());
 }
 
+TEST(AnySourceFromLabels, NamesAnyLayerByCriOrStargzLabels) {
+  auto cri = AnySourceFromLabels({{std::string(kLabelCriImageRef), "reg/app:2"},
+                                  {std::string(kLabelCriLayerDigest), kLayer},
+                                  {std::string(kLabelCriManifestDigest), kManifest}});
+  ASSERT_TRUE(cri.ok()) << cri.status().ToString();
+  ASSERT_TRUE(cri->has_value());
+  EXPECT_EQ((*cri)->image_ref, "reg/app:2");
+  EXPECT_EQ((*cri)->layer_digest, kLayer);
+  EXPECT_EQ((*cri)->manifest_digest, kManifest);
+  EXPECT_EQ((*cri)->toc_digest, "");
+  auto stargz = AnySourceFromLabels({{std::string(kLabelStargzReference), "r/a:1"},
+                                     {std::string(kLabelStargzDigest), kLayer}});
+  ASSERT_TRUE(stargz.ok() && stargz->has_value());
+  EXPECT_EQ((*stargz)->image_ref, "r/a:1");
+}
+
+TEST(AnySourceFromLabels, NoImageLabelsIsNothingAndABadDigestIsNamed) {
+  auto none = AnySourceFromLabels({{"containerd.io/snapshot.ref", "sha256:x"}});
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto bad = AnySourceFromLabels({{std::string(kLabelCriImageRef), "reg/app:2"},
+                                  {std::string(kLabelCriLayerDigest), "sha256:zz"}});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(std::string(kLabelCriLayerDigest)), std::string::npos)
+      << bad.status().message();
+}
+
 }  // namespace
 }  // namespace lazycrypt::lazylayer

@@ -183,4 +183,49 @@ Status ReplayBlobSource::ReadRanges(std::span<const cache::RangeRead> ranges) {
   return inner_->ReadRanges(remote);
 }
 
+namespace {
+constexpr std::string_view kUnpackedMagic = "LCUNPACKED1\n";
+}  // namespace
+
+std::filesystem::path UnpackedRecordPath(const std::filesystem::path& target_dir) {
+  return target_dir.parent_path() / "lazycrypt-unpacked";
+}
+
+Status WriteUnpackedRecord(const std::filesystem::path& target_dir, const UnpackedRecord& record) {
+  const std::string json = image::SerializeDescriptor(record.descriptor);
+  std::vector<uint8_t> out(kUnpackedMagic.begin(), kUnpackedMagic.end());
+  PutU64(out, static_cast<uint64_t>(record.size_bytes));
+  PutU64(out, static_cast<uint64_t>(record.inodes));
+  PutU32(out, static_cast<uint32_t>(json.size()));
+  out.insert(out.end(), json.begin(), json.end());
+  return WriteFileAtomically(UnpackedRecordPath(target_dir), out, 0600);
+}
+
+Result<UnpackedRecord> ReadUnpackedRecord(const std::filesystem::path& target_dir) {
+  const std::filesystem::path path = UnpackedRecordPath(target_dir);
+  LC_ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, ReadFileBytes(path));
+  auto bad = [&](const std::string& why) {
+    return Status::Corruption("unpacked-layer record " + path.string() + ": " + why);
+  };
+  if (bytes.size() < kUnpackedMagic.size() ||
+      std::memcmp(bytes.data(), kUnpackedMagic.data(), kUnpackedMagic.size()) != 0) {
+    return bad("not a lazycrypt unpacked-layer record");
+  }
+  size_t pos = kUnpackedMagic.size();
+  uint64_t size = 0, inodes = 0;
+  uint32_t json_size = 0;
+  if (!GetU64(bytes, &pos, &size) || !GetU64(bytes, &pos, &inodes) ||
+      !GetU32(bytes, &pos, &json_size) || json_size > kMaxDescriptorBytes ||
+      bytes.size() - pos != json_size || size > INT64_MAX || inodes > INT64_MAX) {
+    return bad("truncated or malformed");
+  }
+  auto descriptor = image::ParseDescriptor(ByteSpan(bytes.data() + pos, json_size));
+  if (!descriptor.ok()) return bad(descriptor.status().message());
+  UnpackedRecord record;
+  record.descriptor = std::move(*descriptor);
+  record.size_bytes = static_cast<int64_t>(size);
+  record.inodes = static_cast<int64_t>(inodes);
+  return record;
+}
+
 }  // namespace lazycrypt::lazylayer

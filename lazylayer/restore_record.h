@@ -41,6 +41,21 @@ Status WriteRestoreRecord(const std::filesystem::path& path, const RestoreRecord
 // NotFound when there is none; Corruption when it does not parse.
 Result<RestoreRecord> ReadRestoreRecord(const std::filesystem::path& path);
 
+// A standard ocicrypt layer the snapshotter unpacked itself (lazylayer/ocicrypt_unpack.h), kept
+// next to the snapshot (snapshots/<id>/lazycrypt-unpacked, 0600, written before the snapshot is
+// committed): its descriptor, whose wrapped keys Check unwraps after a restart, and its disk use.
+// Public data only. File: "LCUNPACKED1\n", u64 size_bytes, u64 inodes, u32 length + the
+// descriptor's JSON (little-endian). A snapshot with this record is unpacked, not mounted.
+struct UnpackedRecord {
+  image::Descriptor descriptor;
+  int64_t size_bytes = 0;
+  int64_t inodes = 0;
+};
+std::filesystem::path UnpackedRecordPath(const std::filesystem::path& target_dir);
+Status WriteUnpackedRecord(const std::filesystem::path& target_dir, const UnpackedRecord& record);
+// NotFound when there is none; Corruption when it does not parse.
+Result<UnpackedRecord> ReadUnpackedRecord(const std::filesystem::path& target_dir);
+
 // Passes reads through to `inner`; those made on the thread that created it (the mount's own
 // reads: header and TOC, not the prefetch or verification threads) are kept until Take, up to
 // kMaxRecordedBytes (more: nothing is kept).

@@ -99,5 +99,34 @@ TEST(RestoreRecord, DamagedRecordIsCorruptionAndAMissingOneNotFound) {
   std::filesystem::remove_all(path.parent_path());
 }
 
+TEST(UnpackedRecord, RoundTripsNextToTheSnapshotAndRefusesGarbage) {
+  const auto fs_dir = TempPath("fs");  // snapshots/<id>/fs; the record is its sibling
+  EXPECT_EQ(ReadUnpackedRecord(fs_dir).status().code(), StatusCode::kNotFound);
+  UnpackedRecord record;
+  record.descriptor.media_type = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted";
+  record.descriptor.digest = "sha256:" + std::string(64, 'c');
+  record.descriptor.size = 1234;
+  record.descriptor.annotations["org.opencontainers.image.enc.keys.jwe"] = "eyJ...";
+  record.size_bytes = 25165824;
+  record.inodes = 17;
+  ASSERT_TRUE(WriteUnpackedRecord(fs_dir, record).ok());
+  EXPECT_EQ(UnpackedRecordPath(fs_dir), fs_dir.parent_path() / "lazycrypt-unpacked");
+  auto read = ReadUnpackedRecord(fs_dir);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->descriptor.digest, record.descriptor.digest);
+  EXPECT_EQ(read->descriptor.Annotation("org.opencontainers.image.enc.keys.jwe"), "eyJ...");
+  EXPECT_EQ(read->size_bytes, record.size_bytes);
+  EXPECT_EQ(read->inodes, record.inodes);
+  auto bytes = ReadFileBytes(UnpackedRecordPath(fs_dir));
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_TRUE(WriteFileAtomically(UnpackedRecordPath(fs_dir),
+                                  ByteSpan(bytes->data(), bytes->size() - 1), 0600)
+                  .ok());
+  auto truncated = ReadUnpackedRecord(fs_dir);
+  EXPECT_EQ(truncated.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(truncated.status().message().find("lazycrypt-unpacked"), std::string::npos);
+  std::filesystem::remove_all(fs_dir.parent_path());
+}
+
 }  // namespace
 }  // namespace lazycrypt::lazylayer

@@ -24,22 +24,24 @@
 #include "fusefs/fuse_resume.h"
 #include "image/oci.h"
 #include "lazylayer/labels.h"
+#include "lazylayer/ocicrypt_unpack.h"
 #include "lazylayer/restore_record.h"
 
 namespace lazycrypt::lazylayer {
 namespace {
 
-// The layer descriptor named by `source`, from the manifest the labels point at (by digest when
-// the CRI label gives it, else by the image reference's tag, through an index when there is one).
-Result<image::Descriptor> FindLayer(registry::Client& client, const LayerSource& source) {
+// The platform manifests `source` points at (by digest when the CRI label gives it, else by the
+// image reference's tag, every platform's through an index when there is one).
+Result<std::vector<image::Manifest>> FetchManifests(registry::Client& client,
+                                                    const LayerSource& source) {
   LC_ASSIGN_OR_RETURN(registry::Reference ref, registry::Reference::Parse(source.image_ref));
   if (!source.manifest_digest.empty()) ref = ref.WithDigest(source.manifest_digest);
   LC_ASSIGN_OR_RETURN(registry::Manifest root, client.GetManifest(ref));
 
-  std::vector<registry::Manifest> manifests;
+  std::vector<registry::Manifest> fetched;
   if (image::IsIndexMediaType(root.media_type)) {
     LC_ASSIGN_OR_RETURN(image::Index index, image::ParseIndex(root.bytes));
-    // One request per platform manifest, on every mount: an index may list thousands.
+    // One request per platform manifest: an index may list thousands.
     constexpr size_t kMaxIndexManifests = 64;
     if (index.manifests.size() > kMaxIndexManifests) {
       return Status::InvalidArgument("image " + source.image_ref + ": its index lists " +
@@ -53,29 +55,44 @@ Result<image::Descriptor> FindLayer(registry::Client& client, const LayerSource&
         continue;
       }
       LC_ASSIGN_OR_RETURN(registry::Manifest m, client.GetManifest(ref.WithDigest(d.digest)));
-      manifests.push_back(std::move(m));
+      fetched.push_back(std::move(m));
     }
   } else {
-    manifests.push_back(std::move(root));
+    fetched.push_back(std::move(root));
   }
-  for (const registry::Manifest& m : manifests) {
+  std::vector<image::Manifest> out;
+  for (const registry::Manifest& m : fetched) {
     LC_ASSIGN_OR_RETURN(image::Manifest manifest, image::ParseManifest(m.bytes));
+    out.push_back(std::move(manifest));
+  }
+  return out;
+}
+
+// The descriptor of the layer `source` names, in `manifests`.
+Result<image::Descriptor> FindLayerIn(const std::vector<image::Manifest>& manifests,
+                                      const LayerSource& source) {
+  for (const image::Manifest& manifest : manifests) {
     for (const image::Descriptor& layer : manifest.layers) {
-      if (layer.digest != source.layer_digest) continue;
-      if (image::ClassifyLayer(layer.media_type) != image::LayerKind::kLazycrypt) {
-        return Status::InvalidArgument("the labels mark it as lazycrypt's, but the manifest of " +
-                                       source.image_ref + " gives it media type '" +
-                                       layer.media_type + "'");
-      }
-      const std::string pinned = layer.Annotation(image::kAnnotationLazycryptTocDigest);
-      if (pinned != source.toc_digest) {
-        return Status::AuthFailed("the TOC digest label (" + source.toc_digest +
-                                  ") differs from the manifest's annotation (" + pinned + ")");
-      }
-      return layer;
+      if (layer.digest == source.layer_digest) return layer;
     }
   }
   return Status::NotFound("image " + source.image_ref + " has no layer " + source.layer_digest);
+}
+
+// A lazycrypt layer's descriptor must be what its labels say: lazycrypt's media type and the
+// pinned TOC digest.
+Status CheckLazycryptDescriptor(const image::Descriptor& layer, const LayerSource& source) {
+  if (image::ClassifyLayer(layer.media_type) != image::LayerKind::kLazycrypt) {
+    return Status::InvalidArgument("the labels mark it as lazycrypt's, but the manifest of " +
+                                   source.image_ref + " gives it media type '" +
+                                   layer.media_type + "'");
+  }
+  const std::string pinned = layer.Annotation(image::kAnnotationLazycryptTocDigest);
+  if (pinned != source.toc_digest) {
+    return Status::AuthFailed("the TOC digest label (" + source.toc_digest +
+                              ") differs from the manifest's annotation (" + pinned + ")");
+  }
+  return Status::Ok();
 }
 
 // The node's key files (password-protected ones with their configured password; others without
@@ -265,19 +282,42 @@ struct SnapshotHandler::Impl {
   SnapshotHandlerOptions options;
   std::unique_ptr<registry::Client> client;
 
-  struct Mounted {
-    std::unique_ptr<MountedLayer> layer;
-    std::string fd_name;  // its FUSE fd in options.fd_store ("" when not kept there)
-    LayerSource source;
+  // What Check unwraps for a layer, and its last answer.
+  struct KeyState {
     image::Descriptor descriptor;  // from the manifest: its key annotations are what Check unwraps
     // The last Check's unwrap answer (OK or PermissionDenied) and the key-set fingerprint it was
     // computed under.
     std::optional<std::string> checked_fingerprint;
     Status checked;
+  };
+  struct Mounted : KeyState {
+    std::unique_ptr<MountedLayer> layer;
+    std::string fd_name;  // its FUSE fd in options.fd_store ("" when not kept there)
+    LayerSource source;
     std::chrono::steady_clock::time_point mounted_at;
   };
   mutable std::mutex mu;
   std::map<int64_t, Mounted> mounts;  // by snapshot id
+  // Standard ocicrypt layers this snapshotter unpacked (UnpackOcicrypt), by snapshot id: files on
+  // disk, nothing mounted; every use is still authorized by the node's keys (Check).
+  struct Unpacked : KeyState {
+    std::string layer_digest;
+    std::string image_ref;
+    snapshotter::SnapshotUsage usage;
+  };
+  std::map<int64_t, Unpacked> unpacked_layers;
+  uint64_t ocicrypt_unpacked = 0;  // layers unpacked by this process
+
+  // FindLayer's manifests, by "<image ref>@<manifest digest or nothing>".
+  static constexpr auto kManifestsByTagFor = std::chrono::seconds(60);
+  static constexpr auto kManifestsByDigestFor = std::chrono::minutes(10);
+  static constexpr size_t kMaxCachedManifests = 256;
+  struct CachedManifests {
+    std::vector<image::Manifest> manifests;
+    std::chrono::steady_clock::time_point fetched;
+  };
+  std::mutex manifest_mu;
+  std::map<std::string, CachedManifests> manifest_cache;
 
   // FUSE connections a previous daemon left in the fd store, by snapshot id (taken at Create;
   // each is claimed by its snapshot's Restore, the rest dropped by RestoreFinished).
@@ -321,7 +361,10 @@ struct SnapshotHandler::Impl {
                      const std::filesystem::path& target_dir,
                      std::unique_ptr<fusefs::FuseMount>* resumed = nullptr) {
     LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, SourceFromLabels(labels));
-    if (!source) return false;
+    if (!source) {
+      if (resumed != nullptr || !options.unpack_ocicrypt) return false;
+      return UnpackOcicrypt(snapshot_id, name, parent, labels, target_dir);
+    }
     const std::string what = "layer " + source->layer_digest;
     auto parent_chain = ChainIdOfSnapshotName(parent);
     if (!parent_chain.ok()) return parent_chain.status().WithContext(what);
@@ -336,7 +379,10 @@ struct SnapshotHandler::Impl {
       Warn(read.status().ToString() + "; asking the registry");
     }
     Result<image::Descriptor> descriptor =
-        record ? Result<image::Descriptor>(record->descriptor) : FindLayer(*client, *source);
+        record ? Result<image::Descriptor>(record->descriptor) : FindLayer(*source);
+    if (descriptor.ok() && !record) {
+      if (Status c = CheckLazycryptDescriptor(*descriptor, *source); !c.ok()) descriptor = c;
+    }
     if (!descriptor.ok()) return descriptor.status().WithContext(what);
     const int64_t manifest_ms = MillisSince(phase_start);
     phase_start = std::chrono::steady_clock::now();
@@ -462,16 +508,108 @@ struct SnapshotHandler::Impl {
     return true;
   }
 
+  // The layer `source` names, from its image's manifest(s): fetched once per pull and shared by
+  // the Prepares of its layers (kept kManifestsByDigestFor when the CRI label names the manifest
+  // by digest, which cannot change; kManifestsByTagFor by tag, the time a pull takes, so that a
+  // tag moved later is asked again).
+  Result<image::Descriptor> FindLayer(const LayerSource& source) {
+    const std::string key = source.image_ref + "@" + source.manifest_digest;
+    const auto now = std::chrono::steady_clock::now();
+    const auto keep = source.manifest_digest.empty() ? kManifestsByTagFor : kManifestsByDigestFor;
+    {
+      std::lock_guard<std::mutex> lock(manifest_mu);
+      auto it = manifest_cache.find(key);
+      if (it != manifest_cache.end() && now - it->second.fetched < keep) {
+        auto found = FindLayerIn(it->second.manifests, source);
+        // A layer not in the kept copy (a tag moved meanwhile): asked again below.
+        if (found.ok()) return found;
+      }
+    }
+    LC_ASSIGN_OR_RETURN(std::vector<image::Manifest> manifests, FetchManifests(*client, source));
+    auto found = FindLayerIn(manifests, source);
+    std::lock_guard<std::mutex> lock(manifest_mu);
+    for (auto it = manifest_cache.begin(); it != manifest_cache.end();) {
+      it = now - it->second.fetched >= kManifestsByDigestFor ? manifest_cache.erase(it)
+                                                              : std::next(it);
+    }
+    if (manifest_cache.size() >= kMaxCachedManifests) manifest_cache.clear();
+    manifest_cache[key] = CachedManifests{std::move(manifests), now};
+    return found;
+  }
+
+  // A standard ocicrypt layer, unpacked by this snapshotter (lazylayer/ocicrypt_unpack.h) into
+  // target_dir for snapshot `name` on `parent`: true once it is there and its diff_id gives
+  // `name`; false for any layer that is not an ocicrypt layer (containerd pulls it as usual).
+  Result<bool> UnpackOcicrypt(int64_t snapshot_id, const std::string& name,
+                              const std::string& parent,
+                              const std::map<std::string, std::string>& labels,
+                              const std::filesystem::path& target_dir) {
+    LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, AnySourceFromLabels(labels));
+    if (!source) return false;
+    const std::string what = "layer " + source->layer_digest;
+    // Which kind of layer it is, only the manifest says (containerd passes no media type).
+    auto descriptor = FindLayer(*source);
+    if (!descriptor.ok()) {
+      // Not knowing is not refusing: containerd pulls it itself (and fails there if it must).
+      Warn(what + " of " + source->image_ref + ": left to containerd, its manifest could not be "
+           "read: " + descriptor.status().ToString());
+      return false;
+    }
+    if (image::ClassifyLayer(descriptor->media_type) != image::LayerKind::kOcicrypt) return false;
+    auto parent_chain_or = ChainIdOfSnapshotName(parent);
+    if (!parent_chain_or.ok()) return parent_chain_or.status().WithContext(what);
+    const std::string parent_chain = *parent_chain_or;
+    auto keys = LoadNodeKeys(options);
+    if (!keys.ok()) return NoKeyOr(what, keys.status());
+    auto repo = registry::Reference::Parse(source->image_ref);
+    if (!repo.ok()) return repo.status().WithContext(what);
+    Log("unpacking ocicrypt " + what + " of " + source->image_ref + " (" +
+        std::to_string(descriptor->size) + " bytes, " + descriptor->media_type + ")");
+    auto unpacked = UnpackOcicryptLayer(*client, *repo, *descriptor, *keys,
+                                        target_dir.parent_path(), target_dir);
+    if (!unpacked.ok()) {
+      return NoKeyOr(what + " (standard ocicrypt, unpacked by lazycrypt)", unpacked.status());
+    }
+    const std::string expected = ChainIdOf(parent_chain, unpacked->diff_id);
+    if (expected != name) {
+      return Status::AuthFailed(
+          what + ": refusing to commit it as snapshot " + name + ": its content has diff_id " +
+          unpacked->diff_id + ", so its chain ID on " +
+          (parent_chain.empty() ? std::string("no parent") : "parent " + parent_chain) + " is " +
+          expected + " (the image's config claims another diff_id for this layer)");
+    }
+    UnpackedRecord record;
+    record.descriptor = *descriptor;
+    record.size_bytes = static_cast<int64_t>(unpacked->applied.regular_bytes);
+    record.inodes = static_cast<int64_t>(unpacked->applied.entries);
+    LC_RETURN_IF_ERROR(WriteUnpackedRecord(target_dir, record).WithContext(what));
+    Log("unpacked ocicrypt " + what + " of " + source->image_ref + " at " + target_dir.string() +
+        " (" + std::to_string(unpacked->applied.entries) + " entries, " +
+        std::to_string(unpacked->applied.regular_bytes) + " bytes, key " + unpacked->key_name +
+        "; fetch " + std::to_string(unpacked->fetch_ms) + " ms, verify " +
+        std::to_string(unpacked->verify_ms) + " ms, unpack " +
+        std::to_string(unpacked->unpack_ms) + " ms)");
+    std::lock_guard<std::mutex> lock(mu);
+    ++ocicrypt_unpacked;
+    Unpacked& u = unpacked_layers[snapshot_id];
+    u = Unpacked{};
+    u.layer_digest = source->layer_digest;
+    u.image_ref = source->image_ref;
+    u.descriptor = std::move(record.descriptor);
+    u.usage = snapshotter::SnapshotUsage{record.size_bytes, record.inodes};
+    return true;
+  }
+
   // The unwrap part of Check, cached per key-set generation.
   Status CheckKeys(int64_t snapshot_id, const std::string& what) {
     const std::string fingerprint = KeySetFingerprint(options);
     image::Descriptor descriptor;
     {
       std::lock_guard<std::mutex> lock(mu);
-      auto it = mounts.find(snapshot_id);
-      if (it == mounts.end()) return Status::FailedPrecondition(what + ": not mounted");
-      if (it->second.checked_fingerprint == fingerprint) return it->second.checked;
-      descriptor = it->second.descriptor;
+      KeyState* state = KeyCheckOf(snapshot_id);
+      if (state == nullptr) return Status::FailedPrecondition(what + ": not mounted");
+      if (state->checked_fingerprint == fingerprint) return state->checked;
+      descriptor = state->descriptor;
     }
     Status result;
     auto keys = LoadNodeKeys(options);
@@ -484,16 +622,24 @@ struct SnapshotHandler::Impl {
     // Only definite answers are kept: a key provider that did not answer is asked again.
     if (result.ok() || result.code() == StatusCode::kPermissionDenied) {
       std::lock_guard<std::mutex> lock(mu);
-      auto it = mounts.find(snapshot_id);
-      if (it != mounts.end()) {
-        if (it->second.checked.ok() != result.ok() || !it->second.checked_fingerprint) {
+      if (KeyState* state = KeyCheckOf(snapshot_id)) {
+        if (state->checked.ok() != result.ok() || !state->checked_fingerprint) {
           Log(what + (result.ok() ? ": the node's keys unwrap it" : ": " + result.message()));
         }
-        it->second.checked_fingerprint = fingerprint;
-        it->second.checked = result;
+        state->checked_fingerprint = fingerprint;
+        state->checked = result;
       }
     }
     return result;
+  }
+
+  // The key check state of a mounted or unpacked layer (mu held); null when it is neither.
+  KeyState* KeyCheckOf(int64_t snapshot_id) {
+    if (auto it = mounts.find(snapshot_id); it != mounts.end()) return &it->second;
+    if (auto it = unpacked_layers.find(snapshot_id); it != unpacked_layers.end()) {
+      return &it->second;
+    }
+    return nullptr;
   }
 
   void Warn(const std::string& message) const {
@@ -776,6 +922,8 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
   Impl::Restoring resumed;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
+    // An unpacked layer has nothing mounted: the snapshotter removes its files.
+    if (impl_->unpacked_layers.erase(snapshot_id) != 0) return Status::Ok();
     auto it = impl_->mounts.find(snapshot_id);
     if (it != impl_->mounts.end()) {
       impl_->waited_by_gone_mounts += it->second.layer->fuse().requests_waited();
@@ -815,6 +963,21 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
 }
 
 Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
+  // A standard ocicrypt layer unpacked before the restart: its files are on disk; what Check
+  // unwraps comes from its record.
+  if (auto record = ReadUnpackedRecord(info.target_dir); record.ok()) {
+    auto source = AnySourceFromLabels(info.labels);
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Impl::Unpacked& u = impl_->unpacked_layers[info.snapshot_id];
+    u = Impl::Unpacked{};
+    u.layer_digest = record->descriptor.digest;
+    u.image_ref = source.ok() && *source ? (*source)->image_ref : std::string();
+    u.descriptor = std::move(record->descriptor);
+    u.usage = snapshotter::SnapshotUsage{record->size_bytes, record->inodes};
+    return Status::Ok();
+  } else if (record.status().code() != StatusCode::kNotFound) {
+    return record.status();  // refused (its use would go unauthorized), never remounted
+  }
   // A resumed mount still being restored (a later use asks again), or given up.
   std::unique_ptr<fusefs::FuseMount> resumed;
   {
@@ -854,7 +1017,11 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->mounts.find(info.snapshot_id);
-    if (it == impl_->mounts.end()) {
+    auto unpacked = impl_->unpacked_layers.find(info.snapshot_id);
+    if (it == impl_->mounts.end() && unpacked != impl_->unpacked_layers.end()) {
+      // Unpacked (files on disk): only the keys decide.
+      what = "layer " + unpacked->second.layer_digest + " (snapshot " + info.name + ")";
+    } else if (it == impl_->mounts.end()) {
       if (auto r = impl_->restoring.find(info.snapshot_id); r != impl_->restoring.end()) {
         const std::string what =
             "layer " + r->second.layer_digest + " (snapshot " + info.name + ")";
@@ -870,6 +1037,14 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
           source.ok() && *source ? (*source)->layer_digest : std::string("(unknown)");
       return Status::FailedPrecondition("layer " + layer + " (snapshot " + info.name +
                                         "): not mounted");
+    }
+  }
+  if (!what.empty()) return impl_->CheckKeys(info.snapshot_id, what);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->mounts.find(info.snapshot_id);
+    if (it == impl_->mounts.end()) {
+      return Status::FailedPrecondition("snapshot " + info.name + ": not mounted");
     }
     what = "layer " + it->second.source.layer_digest + " (snapshot " + info.name + ")";
     const MountedLayer& layer = *it->second.layer;
@@ -900,6 +1075,10 @@ Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::Check
     if (it != impl_->mounts.end()) {
       out.layer_digest = it->second.source.layer_digest;
       store_key = it->second.layer->layer().store_key();
+    }
+    if (auto u = impl_->unpacked_layers.find(info.snapshot_id); u != impl_->unpacked_layers.end()) {
+      out.layer_digest = u->second.layer_digest;
+      out.note = "unpacked standard ocicrypt layer: its files are removed with the snapshot";
     }
   }
   if (out.layer_digest.empty()) {  // not mounted (its restore failed): from its labels
@@ -988,6 +1167,15 @@ snapshotter::RestartInfo SnapshotHandler::Restarts() const {
   }
   out.requests_waited = impl_->RequestsWaitedLocked();
   return out;
+}
+
+std::optional<snapshotter::SnapshotUsage> SnapshotHandler::CachedUsage(int64_t snapshot_id) const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto u = impl_->unpacked_layers.find(snapshot_id);
+    if (u != impl_->unpacked_layers.end()) return u->second.usage;
+  }
+  return RemoteLayerHandler::CachedUsage(snapshot_id);
 }
 
 std::vector<snapshotter::RemoteLayerInfo> SnapshotHandler::MountedLayers() const {

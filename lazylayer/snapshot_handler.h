@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,13 @@ struct SnapshotHandlerOptions {
   // their files; nothing is mounted twice). Null: mounts end with the daemon, and a Restore
   // mounts afresh. layer.mount.clone_fd must be off with a store (fusefs/fuse_fs.h).
   std::shared_ptr<fdstore::FdStore> fd_store;
+  // Standard ocicrypt layers (skopeo, buildah, ctr-imgcrypt) are unpacked by the snapshotter
+  // itself (lazylayer/ocicrypt_unpack.h): fetched, their HMAC checked, decrypted and unpacked
+  // before anything is committed, so an encrypted image runs on any containerd and pull path.
+  // Costs one manifest request per pull for images whose layers are not lazycrypt's (to learn
+  // each layer's media type; shared by the pull's layers). false: containerd pulls them itself
+  // (a stream processor such as imgcrypt's ctd-decoder must decrypt them).
+  bool unpack_ocicrypt = true;
   // Destruction (a clean stop) leaves the mounts to the next daemon; false unmounts them.
   bool keep_mounts_on_exit = true;
   // A resumed mount whose layer cannot be restored yet (registry unreachable) is retried in the
@@ -105,6 +113,8 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
   std::vector<MountedLayerStatus> Layers() const;
   // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).
   std::vector<snapshotter::RemoteLayerInfo> MountedLayers() const override;
+  // A mounted layer's cached ciphertext; an unpacked ocicrypt layer's files.
+  std::optional<snapshotter::SnapshotUsage> CachedUsage(int64_t snapshot_id) const override;
 
  private:
   struct Impl;

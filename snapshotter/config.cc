@@ -95,7 +95,7 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   LC_RETURN_IF_ERROR(CheckKeys(src, "", root,
                                {"address", "root", "log_level", "log_file_names", "socket_mode",
                                 "keys", "cache", "fetch", "registry", "metrics", "limits",
-                                "restart"}));
+                                "ocicrypt", "restart"}));
   if (auto* n = root.get("address")) {
     LC_ASSIGN_OR_RETURN(c.address, GetAbsolutePath(src, "address", *n));
   }
@@ -217,6 +217,16 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
         LC_ASSIGN_OR_RETURN(*field, GetUnsigned(src, where, *v));
         if (*field == 0) return Bad(src, where, "must be positive, got 0");
       }
+    }
+  }
+  if (auto* n = root.get("ocicrypt")) {
+    LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "ocicrypt", *n));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "ocicrypt.", *t, {"unpack"}));
+    if (auto* v = t->get("unpack")) {
+      if (!v->is_boolean()) {
+        return Bad(src, "ocicrypt.unpack", "expected true or false, got " + Describe(*v));
+      }
+      c.ocicrypt.unpack = *v->value<bool>();
     }
   }
   if (auto* n = root.get("restart")) {

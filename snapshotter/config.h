@@ -88,6 +88,14 @@ struct Config {
     uint64_t toc_max_chunks = 0;
     uint64_t toc_max_entries = 0;
   } limits;
+  // Standard ocicrypt layers (skopeo, buildah, ctr-imgcrypt; not lazycrypt's format).
+  struct Ocicrypt {
+    // The snapshotter fetches, authenticates (HMAC), decrypts and unpacks them itself, so they
+    // run on any containerd and pull path (2.x's transfer service gives imgcrypt no keys). Costs
+    // one manifest request per pull of an image that is not lazycrypt's. false: containerd pulls
+    // them (its stream processor, imgcrypt's ctd-decoder, must decrypt them).
+    bool unpack = true;
+  } ocicrypt;
   // Restarts (README "Restarts and upgrades"): each lazy layer's FUSE connection is kept in an fd
   // store (systemd's, or lazycrypt-fdholder's) so that the next daemon resumes the same mounts and
   // running containers keep reading.

@@ -66,6 +66,7 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   // read when the clone closes, while those read from the kept fd wait for the next daemon.
   options.layer.mount.clone_fd = false;
   options.keep_mounts_on_exit = !config.restart.unmount_on_exit;
+  options.unpack_ocicrypt = config.ocicrypt.unpack;
   options.restore_retry_for = std::chrono::seconds(config.restart.restore_retry_s);
   lazycrypt::fdstore::FdStoreOptions store_opts;
   store_opts.holder_socket = config.restart.holder_socket.empty()
