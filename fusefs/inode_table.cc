@@ -3,7 +3,6 @@
 #include <sys/sysmacros.h>
 
 #include <algorithm>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -219,37 +218,58 @@ class TreeBuilder {
   std::vector<BuildNode> nodes_;
 };
 
+// One inode, packed (64 bytes): what every inode has. Names live in one buffer (names_), the
+// listings in one array (dirents_); what few inodes have (a symlink target, xattrs, a device
+// number) in extras_.
 struct Node {
   uint32_t mode = 0;
-  uint64_t uid = 0, gid = 0;
+  uint32_t nlink = 0;
+  uint32_t uid = 0, gid = 0;  // st_uid/st_gid are 32 bits
   int64_t mtime_sec = 0;
   uint32_t mtime_nsec = 0;
-  dev_t rdev = 0;
-  uint64_t size = 0;
-  uint32_t nlink = 0;
-  uint64_t parent = kRootInode;
-  const format::Entry* data = nullptr;
-  std::string link_target;
+  uint32_t parent = kRootInode;   // the directory of the first path (depth first)
+  uint64_t size = 0;              // regular files
+  uint32_t first_child = 0;       // directories: dirents_[first_child, first_child + child_count)
+  uint32_t child_count = 0;
+  uint32_t name_dirent = kNone;   // a dirent in `parent` naming this inode (Path); root: none
+  uint32_t extra = kNone;         // index into extras_, or none
+  const format::Entry* data = nullptr;  // regular files
+  static constexpr uint32_t kNone = UINT32_MAX;
+};
+static_assert(sizeof(Node) <= 64, "an inode should stay one cache line");
+
+struct Extra {
+  std::string link_target;  // symlinks
   XattrMap xattrs;
-  std::string path;
-  std::vector<DirEntry> children;  // sorted by name
+  dev_t rdev = 0;
 };
 
 class InodeTableImpl final : public InodeTable {
  public:
-  explicit InodeTableImpl(std::vector<Node> nodes) : nodes_(std::move(nodes)) {
-    has_xattrs_ = std::any_of(nodes_.begin(), nodes_.end(),
-                              [](const Node& n) { return !n.xattrs.empty(); });
+  InodeTableImpl(std::vector<Node> nodes, std::vector<DirEntry> dirents, std::string names,
+                 std::vector<Extra> extras)
+      : nodes_(std::move(nodes)),
+        dirents_(std::move(dirents)),
+        names_(std::move(names)),
+        extras_(std::move(extras)) {
+    has_xattrs_ = std::any_of(extras_.begin(), extras_.end(),
+                              [](const Extra& e) { return !e.xattrs.empty(); });
+  }
+
+  // Points each dirent's name into names_ (offset and length per dirent). Build calls it once,
+  // before the table is shared.
+  void SetNames(const std::vector<std::pair<size_t, size_t>>& at) {
+    const std::string_view all(names_);
+    for (size_t i = 0; i < dirents_.size(); ++i) {
+      dirents_[i].name = all.substr(at[i].first, at[i].second);
+    }
   }
 
   Result<uint64_t> Lookup(uint64_t parent, std::string_view name) const override {
-    LC_ASSIGN_OR_RETURN(const Node* dir, Get(parent));
-    if (!S_ISDIR(dir->mode)) {
-      return Status::FailedPrecondition("inode " + std::to_string(parent) + " is not a directory");
-    }
-    auto it = std::lower_bound(dir->children.begin(), dir->children.end(), name,
+    LC_ASSIGN_OR_RETURN(std::span<const DirEntry> children, ReadDir(parent));
+    auto it = std::lower_bound(children.begin(), children.end(), name,
                                [](const DirEntry& d, std::string_view n) { return d.name < n; });
-    if (it == dir->children.end() || it->name != name) {
+    if (it == children.end() || it->name != name) {
       // Names stay out of the message: the directory's path is decrypted data.
       return Status::NotFound("no such entry in directory inode " + std::to_string(parent));
     }
@@ -258,17 +278,18 @@ class InodeTableImpl final : public InodeTable {
 
   Result<struct stat> Attr(uint64_t ino) const override {
     LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
+    const Extra* x = ExtraOf(*n);
     struct stat st {};
     st.st_ino = ino;
     st.st_mode = n->mode;
     st.st_nlink = n->nlink;
-    st.st_uid = static_cast<uid_t>(n->uid);
-    st.st_gid = static_cast<gid_t>(n->gid);
-    st.st_rdev = n->rdev;
+    st.st_uid = n->uid;
+    st.st_gid = n->gid;
+    st.st_rdev = x ? x->rdev : 0;
     if (S_ISREG(n->mode)) {
       st.st_size = static_cast<off_t>(n->size);
     } else if (S_ISLNK(n->mode)) {
-      st.st_size = static_cast<off_t>(n->link_target.size());
+      st.st_size = static_cast<off_t>(x ? x->link_target.size() : 0);
     } else if (S_ISDIR(n->mode)) {
       st.st_size = 4096;
     }
@@ -286,7 +307,7 @@ class InodeTableImpl final : public InodeTable {
     if (!S_ISDIR(n->mode)) {
       return Status::FailedPrecondition("inode " + std::to_string(ino) + " is not a directory");
     }
-    return std::span<const DirEntry>(n->children);
+    return std::span<const DirEntry>(dirents_.data() + n->first_child, n->child_count);
   }
 
   Result<uint64_t> Parent(uint64_t ino) const override {
@@ -294,7 +315,7 @@ class InodeTableImpl final : public InodeTable {
     if (!S_ISDIR(n->mode)) {
       return Status::FailedPrecondition("inode " + std::to_string(ino) + " is not a directory");
     }
-    return n->parent;
+    return uint64_t{n->parent};
   }
 
   Result<std::string_view> Readlink(uint64_t ino) const override {
@@ -302,12 +323,14 @@ class InodeTableImpl final : public InodeTable {
     if (!S_ISLNK(n->mode)) {
       return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a symlink");
     }
-    return std::string_view(n->link_target);
+    const Extra* x = ExtraOf(*n);
+    return x ? std::string_view(x->link_target) : std::string_view();
   }
 
   Result<const XattrMap*> Xattrs(uint64_t ino) const override {
     LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
-    return &n->xattrs;
+    const Extra* x = ExtraOf(*n);
+    return x ? &x->xattrs : &no_xattrs_;
   }
   bool has_xattrs() const override { return has_xattrs_; }
 
@@ -320,8 +343,18 @@ class InodeTableImpl final : public InodeTable {
   }
 
   std::string Path(uint64_t ino) const override {
-    auto n = Get(ino);
-    return n.ok() ? (*n)->path : "";
+    if (!Get(ino).ok()) return "";
+    std::vector<std::string_view> parts;
+    while (ino != kRootInode && nodes_[ino].name_dirent != Node::kNone) {
+      parts.push_back(dirents_[nodes_[ino].name_dirent].name);
+      ino = nodes_[ino].parent;
+    }
+    std::string path;
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+      if (!path.empty()) path.push_back('/');
+      path.append(*it);
+    }
+    return path;
   }
 
   uint64_t inode_count() const override { return nodes_.size() - 1; }
@@ -333,8 +366,15 @@ class InodeTableImpl final : public InodeTable {
     }
     return &nodes_[ino];
   }
+  const Extra* ExtraOf(const Node& n) const {
+    return n.extra == Node::kNone ? nullptr : &extras_[n.extra];
+  }
 
-  std::vector<Node> nodes_;  // index == inode number; [0] unused
+  std::vector<Node> nodes_;        // index == inode number; [0] unused
+  std::vector<DirEntry> dirents_;  // every listing, each sorted by name; names point into names_
+  std::string names_;              // never changes after construction (dirents_ point into it)
+  std::vector<Extra> extras_;
+  const XattrMap no_xattrs_;
   bool has_xattrs_ = false;
 };
 
@@ -351,60 +391,84 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const form
     }
   }
   std::vector<BuildNode>& built = builder.nodes();
+  // Inode numbers, name offsets and listing indexes are 32 bits in the packed table.
+  if (built.size() >= Node::kNone) {
+    return Status::InvalidArgument("the layer has more than 2^32 - 2 inodes");
+  }
 
   // Number the reachable nodes depth first in name order; count names per node.
+  constexpr uint32_t kUnnumbered = 0;
+  std::vector<uint32_t> ino_of(built.size(), kUnnumbered);  // build index -> inode
+  std::vector<uint32_t> build_index(1);                    // inode -> build index
   std::vector<Node> nodes(1);
-  std::unordered_map<size_t, uint64_t> ino_of;  // build index -> inode
+  std::vector<Extra> extras;
   struct Pending {
     size_t idx;
-    uint64_t parent;
-    std::string path;
+    uint32_t parent;
   };
-  std::vector<Pending> stack{{0, kRootInode, ""}};
-  std::vector<size_t> build_index(1);
+  std::vector<Pending> stack{{0, kRootInode}};
   while (!stack.empty()) {
-    Pending p = std::move(stack.back());
+    Pending p = stack.back();
     stack.pop_back();
-    auto [it, first] = ino_of.emplace(p.idx, nodes.size());
-    if (!first) {
-      ++nodes[it->second].nlink;  // another name of a hardlinked inode
+    if (ino_of[p.idx] != kUnnumbered) {
+      ++nodes[ino_of[p.idx]].nlink;  // another name of a hardlinked inode
       continue;
     }
+    const uint32_t ino = static_cast<uint32_t>(nodes.size());
+    ino_of[p.idx] = ino;
     BuildNode& b = built[p.idx];
     Node n;
     n.mode = b.mode;
-    n.uid = b.uid;
-    n.gid = b.gid;
+    n.uid = static_cast<uint32_t>(b.uid);
+    n.gid = static_cast<uint32_t>(b.gid);
     n.mtime_sec = b.mtime_sec;
     n.mtime_nsec = b.mtime_nsec;
-    n.rdev = b.rdev;
     n.size = b.size;
     n.nlink = b.is_dir() ? 2 : 1;
     n.parent = p.parent;
     n.data = b.data;
-    n.link_target = std::move(b.link_target);
-    n.xattrs = std::move(b.xattrs);
-    if (b.opaque) n.xattrs[std::string(kOpaqueXattr)] = "y";
-    n.path = p.path;
-    uint64_t ino = nodes.size();
-    nodes.push_back(std::move(n));
-    build_index.push_back(p.idx);
+    if (b.opaque) b.xattrs[std::string(kOpaqueXattr)] = "y";
+    if (S_ISLNK(b.mode) || !b.xattrs.empty() || b.rdev != 0) {
+      n.extra = static_cast<uint32_t>(extras.size());
+      extras.push_back({std::move(b.link_target), std::move(b.xattrs), b.rdev});
+    }
+    nodes.push_back(n);
+    build_index.push_back(static_cast<uint32_t>(p.idx));
     for (auto c = b.children.rbegin(); c != b.children.rend(); ++c) {
-      stack.push_back({c->second, ino, p.path.empty() ? c->first : p.path + "/" + c->first});
+      stack.push_back({c->second, ino});
     }
   }
-  for (uint64_t ino = kRootInode; ino < nodes.size(); ++ino) {
-    const BuildNode& b = built[build_index[ino]];
+
+  // The listings, in inode order, names appended to one buffer (views set once it is complete).
+  std::string names;
+  std::vector<DirEntry> dirents;
+  std::vector<std::pair<size_t, size_t>> name_at;  // per dirent: offset and length in `names`
+  for (uint32_t ino = kRootInode; ino < nodes.size(); ++ino) {
+    BuildNode& b = built[build_index[ino]];
     if (!b.is_dir()) continue;
     Node& dir = nodes[ino];
-    dir.children.reserve(b.children.size());
+    dir.first_child = static_cast<uint32_t>(dirents.size());
+    dir.child_count = static_cast<uint32_t>(b.children.size());
     for (const auto& [name, idx] : b.children) {  // std::map: already sorted by name
-      uint64_t child = ino_of.at(idx);
-      dir.children.push_back({name, child, nodes[child].mode});
+      const uint32_t child = ino_of[idx];
+      if (nodes[child].parent == ino && nodes[child].name_dirent == Node::kNone) {
+        nodes[child].name_dirent = static_cast<uint32_t>(dirents.size());
+      }
+      name_at.emplace_back(names.size(), name.size());
+      names += name;
+      dirents.push_back({std::string_view(), child, nodes[child].mode});
       if (S_ISDIR(nodes[child].mode)) ++dir.nlink;
     }
+    b.children.clear();  // the build's copy of the names, freed as we go
   }
-  return std::unique_ptr<const InodeTable>(new InodeTableImpl(std::move(nodes)));
+  if (dirents.size() >= Node::kNone) {
+    return Status::InvalidArgument("the layer has more than 2^32 - 2 names");
+  }
+  // Views into `names` are made once the table owns it (a short string moves by copy).
+  auto table = std::make_unique<InodeTableImpl>(std::move(nodes), std::move(dirents),
+                                                std::move(names), std::move(extras));
+  table->SetNames(name_at);
+  return std::unique_ptr<const InodeTable>(std::move(table));
 }
 
 }  // namespace lazycrypt::fusefs

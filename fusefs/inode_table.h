@@ -23,7 +23,7 @@ inline constexpr uint64_t kRootInode = 1;
 using XattrMap = std::map<std::string, std::string>;
 
 struct DirEntry {
-  std::string name;  // one path component; never "", "." or ".."
+  std::string_view name;  // one path component; never "", "." or "..". Points into the table.
   uint64_t ino = 0;
   uint32_t mode = 0;  // type bits | permission bits (as st_mode)
 };
@@ -48,6 +48,9 @@ struct DirEntry {
 //
 // Immutable after Build, hence thread-safe. The entries passed to Build must outlive the table
 // (DataEntry points into them).
+// Memory: a packed 64-byte record per inode, a 32-byte DirEntry per name plus the name's bytes
+// in one buffer; symlink targets, xattrs and device numbers only for the inodes that have them.
+// Paths are not stored (Path walks the parents).
 class InodeTable {
  public:
   static Result<std::unique_ptr<const InodeTable>> Build(std::span<const format::Entry> entries);

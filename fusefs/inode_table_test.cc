@@ -87,7 +87,7 @@ std::vector<std::string> Names(const InodeTable& t, uint64_t dir) {
   auto children = t.ReadDir(dir);
   EXPECT_TRUE(children.ok());
   if (!children.ok()) return out;
-  for (const DirEntry& d : *children) out.push_back(d.name);
+  for (const DirEntry& d : *children) out.emplace_back(d.name);
   return out;
 }
 
@@ -396,6 +396,30 @@ TEST(InodeTable, DirectoryNlinkIsTwoPlusSubdirectories) {
   EXPECT_EQ(AttrOf(*t, "d").st_nlink, 4u);
   EXPECT_EQ(AttrOf(*t, "d/s1").st_nlink, 2u);
   EXPECT_EQ(AttrOf(*t, "d/f").st_nlink, 2u);
+}
+
+// Paths are not stored: Path walks the parents. A hardlinked inode gets the path of the name
+// numbered first (depth first, name order); symlink targets and device numbers stay exact.
+TEST(InodeTable, PathsOfNestedAndHardlinkedInodesAndPackedExtras) {
+  Entry chr = File("dev/tty", 0, 0620);
+  chr.type = EntryType::kCharDevice;
+  chr.dev_major = 5;
+  chr.dev_minor = 0;
+  auto t = BuildOk({File("z/target"), Link("a/link", "z/target"),
+                    Link("s", "a/nowhere", EntryType::kSymlink), chr,
+                    Link("empty", "", EntryType::kSymlink)});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->Path(kRootInode), "");
+  EXPECT_EQ(t->Path(Resolve(*t, "z/target")), "a/link");  // "a" comes before "z"
+  EXPECT_EQ(Resolve(*t, "a/link"), Resolve(*t, "z/target"));
+  EXPECT_EQ(t->Path(Resolve(*t, "dev/tty")), "dev/tty");
+  EXPECT_EQ(t->Path(99999), "");
+  EXPECT_EQ(*t->Readlink(Resolve(*t, "s")), "a/nowhere");
+  EXPECT_EQ(AttrOf(*t, "s").st_size, 9);
+  EXPECT_EQ(*t->Readlink(Resolve(*t, "empty")), "");
+  EXPECT_EQ(AttrOf(*t, "dev/tty").st_rdev, makedev(5, 0));
+  EXPECT_EQ(AttrOf(*t, "z/target").st_rdev, 0u);
+  EXPECT_TRUE((*t->Xattrs(Resolve(*t, "z/target")))->empty());
 }
 
 // has_xattrs decides whether the mount tells the kernel "no xattr here" once (fuse_fs.cc):
