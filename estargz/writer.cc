@@ -244,48 +244,6 @@ class EntryDataStream final : public InputStream {
   tar::TarReader& reader_;
 };
 
-// An unnamed temporary file: written once, then read at offsets. Gone when closed.
-class SpoolFile final : public BlobSource {
- public:
-  static Result<std::unique_ptr<SpoolFile>> Create(const std::filesystem::path& dir) {
-    int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      return Status::IoError("estargz: cannot create an unnamed temporary file in " +
-                             dir.string() + ": " + std::strerror(errno));
-    }
-    return std::unique_ptr<SpoolFile>(new SpoolFile(UniqueFd(fd)));
-  }
-  Status Append(ByteSpan data) {
-    while (!data.empty()) {
-      ssize_t n = ::pwrite(fd_.get(), data.data(), data.size(), static_cast<off_t>(size_));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return Status::IoError(std::string("estargz: spool file: ") + std::strerror(errno));
-      size_ += static_cast<uint64_t>(n);
-      data = data.subspan(static_cast<size_t>(n));
-    }
-    return Status::Ok();
-  }
-  uint64_t size() const override { return size_; }
-  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
-    if (offset > size_ || out.size() > size_ - offset) {
-      return Status::Corruption("estargz: spool file read out of range");
-    }
-    while (!out.empty()) {
-      ssize_t n = ::pread(fd_.get(), out.data(), out.size(), static_cast<off_t>(offset));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return Status::IoError(std::string("estargz: spool file: ") + std::strerror(errno));
-      offset += static_cast<uint64_t>(n);
-      out = out.subspan(static_cast<size_t>(n));
-    }
-    return Status::Ok();
-  }
-
- private:
-  explicit SpoolFile(UniqueFd fd) : fd_(std::move(fd)) {}
-  UniqueFd fd_;
-  uint64_t size_ = 0;
-};
-
 // [offset, offset + size) of a BlobSource as a stream.
 class RangeStream final : public InputStream {
  public:
@@ -442,6 +400,42 @@ Result<WriteResult> WriteReordered(InputStream& tar, OutputStream& out,
 }
 
 }  // namespace
+
+Result<std::unique_ptr<SpoolFile>> SpoolFile::Create(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return Status::IoError("cannot create an unnamed temporary file in " + dir.string() + ": " +
+                           std::strerror(errno));
+  }
+  return std::unique_ptr<SpoolFile>(new SpoolFile(fd));
+}
+
+SpoolFile::~SpoolFile() { ::close(fd_); }
+
+Status SpoolFile::Append(ByteSpan data) {
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(size_));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::IoError(std::string("temporary file: ") + std::strerror(errno));
+    size_ += static_cast<uint64_t>(n);
+    data = data.subspan(static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
+
+Status SpoolFile::ReadAt(uint64_t offset, MutableByteSpan out) {
+  if (offset > size_ || out.size() > size_ - offset) {
+    return Status::Corruption("temporary file: read out of range");
+  }
+  while (!out.empty()) {
+    ssize_t n = ::pread(fd_, out.data(), out.size(), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::IoError(std::string("temporary file: ") + std::strerror(errno));
+    offset += static_cast<uint64_t>(n);
+    out = out.subspan(static_cast<size_t>(n));
+  }
+  return Status::Ok();
+}
 
 Result<WriteResult> WriteEstargz(InputStream& tar, OutputStream& out, const WriterOptions& options) {
   if (options.chunk_size_bytes < 4096 || options.chunk_size_bytes > (1ull << 30)) {

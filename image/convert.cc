@@ -11,6 +11,7 @@
 #include "format/decrypt.h"
 #include "format/toc.h"
 #include "image/envelope.h"
+#include "image/estargz_layer.h"
 #include "image/layer.h"
 #include "image/convert_internal.h"
 #include "image/transport.h"
@@ -109,14 +110,20 @@ std::string RecipientLabel(const JweRecipientInfo& r) {
 }  // namespace
 
 std::string_view EncryptionFormatName(EncryptionFormat f) {
-  return f == EncryptionFormat::kLazycrypt ? "lazycrypt" : "ocicrypt";
+  switch (f) {
+    case EncryptionFormat::kLazycrypt: return "lazycrypt";
+    case EncryptionFormat::kOcicrypt: return "ocicrypt";
+    case EncryptionFormat::kOcicryptEstargz: return "ocicrypt-estargz";
+  }
+  return "?";
 }
 
 Result<EncryptionFormat> ParseEncryptionFormat(std::string_view name) {
   if (name == "lazycrypt") return EncryptionFormat::kLazycrypt;
   if (name == "ocicrypt") return EncryptionFormat::kOcicrypt;
+  if (name == "ocicrypt-estargz") return EncryptionFormat::kOcicryptEstargz;
   return Status::InvalidArgument("unknown format '" + std::string(name) +
-                                 "' (use lazycrypt or ocicrypt)");
+                                 "' (use lazycrypt, ocicrypt or ocicrypt-estargz)");
 }
 
 Result<LayerCompression> ParseLayerCompression(std::string_view name) {
@@ -338,7 +345,7 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
     LC_ASSIGN_OR_RETURN(std::set<size_t> selected, SelectLayers(src, image.manifest, options));
     // Where each listed path leads in the merged image decides the layer it is marked in.
     std::optional<PrefetchPlan> prefetch;
-    if (options.format == EncryptionFormat::kLazycrypt && !options.writer.prefetch_paths.empty()) {
+    if (options.format != EncryptionFormat::kOcicrypt && !options.writer.prefetch_paths.empty()) {
       LC_ASSIGN_OR_RETURN(prefetch, PlanImagePrefetch(src, image.manifest,
                                                       options.writer.prefetch_paths, selected));
       if (options.on_prefetch_plan) options.on_prefetch_plan(platform, *prefetch);
@@ -401,6 +408,10 @@ Result<ConvertReport> EncryptImage(ImageSource& src, ImageDestination& dst,
         layer.chunk_count = encrypted->write.chunk_count;
         layer.entry_count = encrypted->write.entry_count;
         layer.toc_digest = crypto::OciDigest(encrypted->write.toc_digest);
+      } else if (options.format == EncryptionFormat::kOcicryptEstargz) {
+        LC_RETURN_IF_ERROR(internal::EncryptEstargzLayer(
+            name, raw, d, image.config.diff_ids[i], *sink, recipients, options.estargz,
+            prefetch ? prefetch->layer_marks[i] : std::vector<std::string>{}, layer));
       } else {
         auto encrypted = EncryptOcicryptLayer(raw, d, *sink, recipients);
         if (!encrypted.ok()) return encrypted.status().WithContext(name);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "estargz/writer.h"
 #include "format/writer.h"
 #include "image/layout.h"
 #include "image/oci.h"
@@ -31,8 +32,12 @@ namespace lazycrypt::image {
 enum class EncryptionFormat {
   kLazycrypt,  // lazycrypt's chunked AES-256-GCM format (lazy mounts)
   kOcicrypt,   // ocicrypt's AES_256_CTR_HMAC_SHA256 over the original blob (skopeo/imgcrypt)
+  // The layer rewritten as eStargz, then ocicrypt's AES_256_CTR_HMAC_SHA256 (image/
+  // estargz_layer.h): eager nodes decrypt it unchanged; a new diff_id per conversion.
+  kOcicryptEstargz,
 };
-std::string_view EncryptionFormatName(EncryptionFormat f);  // "lazycrypt", "ocicrypt"
+// "lazycrypt", "ocicrypt", "ocicrypt-estargz"
+std::string_view EncryptionFormatName(EncryptionFormat f);
 Result<EncryptionFormat> ParseEncryptionFormat(std::string_view name);
 
 // What happened to one layer, for reports.
@@ -78,10 +83,13 @@ struct EncryptOptions {
   // Indices of the layers to encrypt (0 = the base layer); nullopt = every plain layer.
   // Listing a layer that is already encrypted or not a tar layer is InvalidArgument.
   std::optional<std::vector<size_t>> layers;
-  // lazycrypt format only. writer.prefetch_paths are paths of the image's merged file system:
+  // lazycrypt format only, but writer.prefetch_paths also serve ocicrypt-estargz. They are paths
+  // of the image's merged file system:
   // each is resolved (symlinks, hard links, whiteouts; image/prefetch_plan.h, which reads the
   // plain layers once more) and marked in the one layer that holds the file it names.
   format::WriterOptions writer;
+  // ocicrypt-estargz only (its prefetch paths come from writer.prefetch_paths, as above).
+  estargz::WriterOptions estargz;
   PrefetchPlanCallback on_prefetch_plan;  // may be empty
   LayerCallback on_layer;
   ProgressCallback on_progress;

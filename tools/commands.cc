@@ -5,6 +5,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdarg>
+#include <cstdlib>
 #include <mutex>
 #include <ctime>
 #include <filesystem>
@@ -494,15 +495,18 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   }
   LC_ASSIGN_OR_RETURN(options.writer, WriterOptionsFrom(flags.chunk_size, flags.threads, flags.zstd_level));
   if (!flags.prefetch_list.empty()) {
-    if (options.format != image::EncryptionFormat::kLazycrypt) {
-      return Status::InvalidArgument("--prefetch-list needs --format lazycrypt (ocicrypt layers "
-                                     "have no table of contents to mark files in)");
+    if (options.format == image::EncryptionFormat::kOcicrypt) {
+      return Status::InvalidArgument("--prefetch-list needs --format lazycrypt or ocicrypt-estargz "
+                                     "(ocicrypt layers have no table of contents to mark files in)");
     }
     LC_ASSIGN_OR_RETURN(auto text, ReadFileBytes(flags.prefetch_list));
     auto paths = ParsePrefetchList(
         std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
     if (!paths.ok()) return paths.status().WithContext("--prefetch-list " + flags.prefetch_list);
     options.writer.prefetch_paths = std::move(paths).value();
+  }
+  if (const char* tmp = std::getenv("TMPDIR"); tmp != nullptr && *tmp != '\0') {
+    options.estargz.spool_dir = tmp;  // ocicrypt-estargz spools each layer once
   }
   LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
   ProgressDisplay display(io);

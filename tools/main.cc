@@ -146,8 +146,9 @@ int main(int argc, char** argv) {
   encrypt->add_option("--chunk-size", encrypt_flags.chunk_size,
                       "lazycrypt target chunk size, 64KiB..16MiB (default 1MiB)");
   encrypt->add_option("--format", encrypt_flags.format,
-                      "lazycrypt (chunked AES-256-GCM, lazy mounts) or ocicrypt (AES-256-CTR + "
-                      "HMAC, what skopeo writes)")
+                      "lazycrypt (chunked AES-256-GCM, lazy mounts), ocicrypt (AES-256-CTR + "
+                      "HMAC, what skopeo writes) or ocicrypt-estargz (the layer as eStargz, then "
+                      "ocicrypt: any imgcrypt/skopeo node decrypts it)")
       ->capture_default_str();
   encrypt->add_option("--threads", encrypt_flags.threads, "writer threads (0 = one per core)")
       ->capture_default_str();
@@ -159,7 +160,7 @@ int main(int argc, char** argv) {
                       "file of paths (one per line as in the image, leading / optional, # "
                       "comments) whose files a lazy mount fetches first; each is resolved in the "
                       "merged image (symlinks and hard links followed) and marked in the layer "
-                      "that holds its file, reported per path (lazycrypt format only)");
+                      "that holds its file, reported per path (lazycrypt and ocicrypt-estargz formats)");
   AddTransportOptions(encrypt, encrypt_flags.transport);
   encrypt->add_option("SRC", encrypt_flags.src, std::string("source image: ") + kImageHelp)->required();
   encrypt->add_option("DST", encrypt_flags.dst,
