@@ -166,6 +166,17 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->metrics.address, defaults.metrics.address);
 }
 
+TEST(Config, OcicryptSection) {
+  auto defaults = ParseConfig("");
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_TRUE(defaults->ocicrypt.unpack);
+  auto c = ParseConfig("[ocicrypt]\nunpack = false\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_FALSE(c->ocicrypt.unpack);
+  ExpectError("[ocicrypt]\nunpack = 1", "ocicrypt.unpack");
+  ExpectError("[ocicrypt]\neager = true", "unknown key \"ocicrypt.eager\"");
+}
+
 TEST(Config, RestartSection) {
   auto defaults = ParseConfig("");
   ASSERT_TRUE(defaults.ok());
