@@ -261,6 +261,20 @@ TEST(EstargzWriter, EveryDataChunkStartsAGzipMember) {
   }
 }
 
+TEST(EstargzWriter, ThreadsDoNotChangeTheBlob) {
+  auto source = BuildTar(SampleFiles());
+  WriterOptions one, four;
+  one.chunk_size_bytes = four.chunk_size_bytes = 4096;
+  one.threads = 1;
+  four.threads = 4;
+  Built a = Write(source, one);
+  Built b = Write(source, four);
+  EXPECT_EQ(a.blob, b.blob);
+  EXPECT_EQ(a.result.toc_digest, b.result.toc_digest);
+  MemoryBlobSource blob(b.blob);
+  EXPECT_TRUE(OpenIndex(blob, b.result.toc_digest).ok());
+}
+
 TEST(EstargzWriter, SaltMakesEveryConversionItsOwn) {
   auto source = BuildTar(SampleFiles());
   WriterOptions a, b;

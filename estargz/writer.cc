@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <future>
+#include <thread>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -91,18 +94,28 @@ class Emitter {
   // Uncompressed bytes into the open member (a new one if none is open).
   Status Write(ByteSpan data) {
     if (data.empty()) return Status::Ok();
-    if (!member_) member_ = compress::NewGzipOutputStream(sink_, options_.gzip_level);
-    LC_RETURN_IF_ERROR(member_->Write(data));
+    member_open_ = true;
+    member_.insert(member_.end(), data.begin(), data.end());
     diff_.Update(data);
     uncompressed_ += data.size();
     return Status::Ok();
   }
 
+  // Ends the open member: it is compressed (on a worker when threads > 1) and written in order.
   Status CloseMember() {
-    if (!member_) return Status::Ok();
-    Status s = member_->Close();
-    member_.reset();
-    return s;
+    if (!member_open_) return Status::Ok();
+    member_open_ = false;
+    ++members_closed_;
+    std::vector<uint8_t> raw = std::move(member_);
+    member_ = {};
+    if (threads_ <= 1) {
+      LC_ASSIGN_OR_RETURN(std::vector<uint8_t> gz, Compress(raw, options_.gzip_level));
+      return WriteMember(gz);
+    }
+    if (inflight_.size() >= 2 * threads_) LC_RETURN_IF_ERROR(WriteOldest());
+    inflight_.push_back(std::async(std::launch::async, &Emitter::Compress, std::move(raw),
+                                   options_.gzip_level));
+    return Status::Ok();
   }
 
   // One tar entry: its header blocks exactly as the source has them, then `size` data bytes
@@ -142,7 +155,9 @@ class Emitter {
       if (e.size - written >= chunk) ent.chunk_size = chunk;  // a short last chunk says 0
       // Every chunk of file data begins a gzip member of its own.
       LC_RETURN_IF_ERROR(CloseMember());
-      ent.offset = sink_.size();
+      // The member's blob offset is known once every member before it is compressed: noted by
+      // index here, filled in by Finish.
+      member_of_entry_.emplace_back(toc_.entries.size(), members_closed_);
       ent.chunk_offset = written;
       crypto::Sha256 chunk_hash;
       for (uint64_t left = n; left > 0;) {
@@ -184,6 +199,10 @@ class Emitter {
   // The TOC member and the footer.
   Result<WriteResult> Finish(std::string salt_hex) {
     LC_RETURN_IF_ERROR(CloseMember());
+    while (!inflight_.empty()) LC_RETURN_IF_ERROR(WriteOldest());
+    for (const auto& [entry, member] : member_of_entry_) {
+      toc_.entries[entry].offset = member_offsets_.at(member);
+    }
     WriteResult r;
     r.toc_offset = sink_.size();
     toc_.salt_hex = std::move(salt_hex);
@@ -199,6 +218,7 @@ class Emitter {
     LC_RETURN_IF_ERROR(tw.Finish(/*record_size=*/0));  // the end marker, as Go's tar.Writer.Close
     LC_RETURN_IF_ERROR(Write(toc_tar.bytes()));
     LC_RETURN_IF_ERROR(CloseMember());
+    while (!inflight_.empty()) LC_RETURN_IF_ERROR(WriteOldest());
     r.toc_size = sink_.size() - r.toc_offset;
     auto footer = MakeFooter(r.toc_offset);
     LC_RETURN_IF_ERROR(sink_.Write(footer));
@@ -212,6 +232,26 @@ class Emitter {
   }
 
  private:
+  static Result<std::vector<uint8_t>> Compress(std::vector<uint8_t> raw, int level) {
+    MemoryOutputStream gz;
+    auto z = compress::NewGzipOutputStream(gz, level);
+    LC_RETURN_IF_ERROR(z->Write(raw));
+    LC_RETURN_IF_ERROR(z->Close());
+    return gz.Take();
+  }
+
+  Status WriteMember(ByteSpan gz) {
+    member_offsets_.push_back(sink_.size());
+    return sink_.Write(gz);
+  }
+
+  Status WriteOldest() {
+    Result<std::vector<uint8_t>> gz = inflight_.front().get();
+    inflight_.pop_front();
+    if (!gz.ok()) return gz.status();
+    return WriteMember(*gz);
+  }
+
   // eStargz writes userName/groupName only where it differs from the last one for that id.
   static std::string NameIfChanged(std::map<uint64_t, std::string>& last, uint64_t id,
                                    const std::string& name) {
@@ -224,7 +264,14 @@ class Emitter {
 
   BlobSink sink_;
   const WriterOptions& options_;
-  std::unique_ptr<OutputStream> member_;
+  const size_t threads_ = options_.threads > 0 ? static_cast<size_t>(options_.threads)
+                                                : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<uint8_t> member_;  // the open member's uncompressed bytes
+  bool member_open_ = false;
+  uint64_t members_closed_ = 0;
+  std::deque<std::future<Result<std::vector<uint8_t>>>> inflight_;  // in blob order
+  std::vector<uint64_t> member_offsets_;                           // by member index
+  std::vector<std::pair<size_t, uint64_t>> member_of_entry_;        // TOC entry -> member index
   crypto::Sha256 diff_;
   uint64_t uncompressed_ = 0;
   uint64_t entry_count_ = 0;

@@ -9,7 +9,7 @@
 // replaced by the TOC entry and a new end marker. Entries named `stargz.index.json` or a landmark
 // are dropped (a layer converted twice has one TOC).
 //
-// Thread-safety: one call is independent of any other; not internally parallel.
+// Thread-safety: one call is independent of any other; it compresses members on its own threads.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +31,9 @@ struct WriterOptions {
   uint64_t chunk_size_bytes = kDefaultChunkSizeBytes;
   // zlib level 1..9. ctr-remote uses 9; 6 is about twice as fast for about 1 % more bytes.
   int gzip_level = 6;
+  // Members compressed at once (each on its own; the output does not depend on it). 0: one per
+  // core. At most 2 x threads members (each a chunk plus the headers after it) are held in memory.
+  int threads = 0;
   // Normalized entry names (format::NormalizeEntryName; image/prefetch_plan.h gives them) of
   // regular files of this layer to put first, in this order, before `.prefetch.landmark`. Each
   // is moved together with the directory entries above it (as ctr-remote does). A name that is

@@ -508,6 +508,7 @@ Status RunEncrypt(const EncryptFlags& flags, const Output& io) {
   if (const char* tmp = std::getenv("TMPDIR"); tmp != nullptr && *tmp != '\0') {
     options.estargz.spool_dir = tmp;  // ocicrypt-estargz spools each layer once
   }
+  options.estargz.threads = options.writer.threads;
   LC_ASSIGN_OR_RETURN(auto recipients, LoadRecipients(flags.recipients));
   ProgressDisplay display(io);
   display.Line(Printf("encrypting %s -> %s (%s format, %zu recipient%s)", src.ToString().c_str(),
