@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <numeric>
 #include <string>
 
@@ -103,6 +104,55 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
   index->toc_offset_ = footer.toc_offset;
   index->toc_size_ = footer.toc_size;
   index->toc_digest_ = pinned_toc_digest;  // equal to the actual digest, checked above
+  index->toc_ = std::move(toc);
+  const auto& entries = index->toc_.entries;
+  index->by_name_.resize(entries.size());
+  std::iota(index->by_name_.begin(), index->by_name_.end(), 0u);
+  std::stable_sort(index->by_name_.begin(), index->by_name_.end(),
+                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
+  return std::shared_ptr<const LayerIndex>(std::move(index));
+}
+
+Result<std::shared_ptr<const LayerIndex>> LayerIndex::FromVerifiedForeignToc(
+    Toc toc, const crypto::Sha256Digest& toc_digest, uint64_t blob_size) {
+  uint64_t tar_offset = 0;
+  for (size_t i = 0; i < toc.chunks.size(); ++i) {
+    const ChunkInfo& c = toc.chunks[i];
+    if (c.tar_offset != tar_offset || c.raw_size == 0 || c.index != i ||
+        c.last != (i + 1 == toc.chunks.size())) {
+      return Status::Corruption("foreign TOC: chunk " + std::to_string(i) +
+                                " does not continue the chunk table");
+    }
+    tar_offset += c.raw_size;
+  }
+  if (tar_offset != toc.tar_size) {
+    return Status::Corruption("foreign TOC: its chunks hold " + std::to_string(tar_offset) +
+                              " bytes, not " + std::to_string(toc.tar_size));
+  }
+  std::map<std::string_view, EntryType> seen;
+  for (size_t i = 0; i < toc.entries.size(); ++i) {
+    const Entry& e = toc.entries[i];
+    if (Status s = ValidateEntry(e, toc.tar_size); !s.ok()) {
+      // ValidateEntry's messages may name the entry; names are confidential (§4).
+      return Status::Corruption("foreign TOC: entry " + std::to_string(i) + " is not valid");
+    }
+    if (e.type == EntryType::kHardlink) {
+      auto target = seen.find(e.link_target);
+      if (target == seen.end() || target->second == EntryType::kDirectory) {
+        return Status::Corruption("foreign TOC: entry " + std::to_string(i) +
+                                  ": hardlink target is not an earlier non-directory entry");
+      }
+    }
+    seen[e.name] = e.type;
+  }
+  for (uint32_t p : toc.prefetch) {
+    if (p >= toc.entries.size() || toc.entries[p].type != EntryType::kRegular) {
+      return Status::Corruption("foreign TOC: a prefetch mark is not a regular entry");
+    }
+  }
+  std::shared_ptr<LayerIndex> index(new LayerIndex());
+  index->blob_size_ = blob_size;
+  index->toc_digest_ = toc_digest;
   index->toc_ = std::move(toc);
   const auto& entries = index->toc_.entries;
   index->by_name_.resize(entries.size());

@@ -54,6 +54,20 @@ class LayerIndex {
                                                         const TocLimits& limits = {},
                                                         const TailReadOptions& tail = {});
 
+  // An index over another format's table of contents that the caller has verified already (the
+  // eStargz TOC of an ocicrypt-estargz layer, checked against the digest pinned in its descriptor:
+  // lazylayer/estargz_layer.h), so that the FUSE file system (which reads entries(),
+  // ChunksForRange, tar_size) serves it unchanged. `toc.entries` are validated as Open validates
+  // them (ValidateEntry, hardlinks name an earlier non-directory); `toc.chunks` must tile
+  // [0, toc.tar_size) in order (tar_offset cumulative, raw_size >= 1), each regular entry's
+  // [data_offset, +size) inside it: the "tar stream" here is the caller's own numbering of file
+  // data, and chunk i is the caller's chunk i. No blob header, footer or record fields:
+  // header(), header_bytes() and the chunks' blob offsets and record digests are zero, and
+  // diff_id() is toc.diff_id as given (not verified by this index). Corruption naming the entry
+  // index (never a name).
+  static Result<std::shared_ptr<const LayerIndex>> FromVerifiedForeignToc(
+      Toc toc, const crypto::Sha256Digest& toc_digest, uint64_t blob_size);
+
   const BlobHeader& header() const { return header_; }
   const BlobHeaderBytes& header_bytes() const { return header_bytes_; }
   uint64_t blob_size() const { return blob_size_; }

@@ -23,6 +23,7 @@
 #include "image/envelope.h"
 #include "fusefs/fuse_resume.h"
 #include "image/oci.h"
+#include "lazylayer/estargz_layer.h"
 #include "lazylayer/labels.h"
 #include "lazylayer/ocicrypt_unpack.h"
 #include "lazylayer/restore_record.h"
@@ -278,6 +279,36 @@ Status DetachStaleMount(const std::filesystem::path& dir) {
   return ErrnoStatus("detach " + dir.string(), err);
 }
 
+// What a lazily mounted layer's background verification does when it ends: a failure is
+// recorded beside the snapshot (Restore and Check refuse it from then on, also after a restart)
+// and logged; a success is logged.
+std::function<void(const Status&)> VerificationRecorder(snapshotter::LogSink log,
+                                                         std::string digest, std::string name,
+                                                         std::filesystem::path target_dir) {
+  return [log, digest, name, target_dir](const Status& s) {
+    if (!s.ok()) {
+      const std::string reason = "layer " + digest + " (snapshot " + name +
+                                 ") quarantined: its content does not match the diff_id its "
+                                 "image claims: " + s.message();
+      Status w = WriteFileAtomically(QuarantineMarker(target_dir), AsBytes(reason), 0600);
+      if (!w.ok() && log) {
+        log(snapshotter::LogLevel::kError,
+            "cannot record the quarantine of layer " + digest + ": " + w.ToString());
+      }
+    }
+    if (!log) return;
+    if (s.ok()) {
+      log(snapshotter::LogLevel::kInfo, "layer " + digest + " (snapshot " + name +
+                                            ") verified against its diff_id");
+    } else {
+      log(snapshotter::LogLevel::kError,
+          "layer " + digest + " (snapshot " + name +
+              ") quarantined: its content does not match the diff_id its image claims: " +
+              s.ToString());
+    }
+  };
+}
+
 struct SnapshotHandler::Impl {
   SnapshotHandlerOptions options;
   std::unique_ptr<registry::Client> client;
@@ -306,6 +337,15 @@ struct SnapshotHandler::Impl {
     snapshotter::SnapshotUsage usage;
   };
   std::map<int64_t, Unpacked> unpacked_layers;
+  // ocicrypt-estargz layers (FORMAT.md §10) mounted lazily (MountEstargz), by snapshot id. Not
+  // kept over a restart of this daemon: Restore mounts them afresh.
+  struct EstargzMounted : KeyState {
+    std::unique_ptr<MountedEstargzLayer> layer;
+    std::string layer_digest;
+    std::string image_ref;
+    std::chrono::steady_clock::time_point mounted_at;
+  };
+  std::map<int64_t, EstargzMounted> estargz_mounts;
   uint64_t ocicrypt_unpacked = 0;  // layers unpacked by this process
 
   // FindLayer's manifests, by "<image ref>@<manifest digest or nothing>".
@@ -408,30 +448,8 @@ struct SnapshotHandler::Impl {
 
     MountLayerOptions layer_options = options.layer;
     layer_options.store = options.store.get();
-    const snapshotter::LogSink log = options.log;
-    const std::string digest = source->layer_digest;
-    layer_options.on_verified = [log, digest, name, target_dir](const Status& s) {
-      if (!s.ok()) {
-        const std::string reason = "layer " + digest + " (snapshot " + name +
-                                   ") quarantined: its content does not match the diff_id its "
-                                   "image claims: " + s.message();
-        Status w = WriteFileAtomically(QuarantineMarker(target_dir), AsBytes(reason), 0600);
-        if (!w.ok() && log) {
-          log(snapshotter::LogLevel::kError,
-              "cannot record the quarantine of layer " + digest + ": " + w.ToString());
-        }
-      }
-      if (!log) return;
-      if (s.ok()) {
-        log(snapshotter::LogLevel::kInfo, "layer " + digest + " (snapshot " + name +
-                                              ") verified against its diff_id");
-      } else {
-        log(snapshotter::LogLevel::kError,
-            "layer " + digest + " (snapshot " + name +
-                ") quarantined: its content does not match the diff_id its image claims: " +
-                s.ToString());
-      }
-    };
+    layer_options.on_verified =
+        VerificationRecorder(options.log, source->layer_digest, name, target_dir);
     phase_start = std::chrono::steady_clock::now();
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
     auto mounted = MountedLayer::Mount(target_dir, layer_source, nullptr, *descriptor, *keys,
@@ -563,6 +581,10 @@ struct SnapshotHandler::Impl {
     if (!keys.ok()) return NoKeyOr(what, keys.status());
     auto repo = registry::Reference::Parse(source->image_ref);
     if (!repo.ok()) return repo.status().WithContext(what);
+    if (IsEstargzOcicryptLayer(*descriptor)) {
+      return MountEstargz(snapshot_id, name, parent_chain, *descriptor, *source, *repo, *keys,
+                          target_dir);
+    }
     Log("unpacking ocicrypt " + what + " of " + source->image_ref + " (" +
         std::to_string(descriptor->size) + " bytes, " + descriptor->media_type + ")");
     auto unpacked = UnpackOcicryptLayer(*client, *repo, *descriptor, *keys,
@@ -597,6 +619,47 @@ struct SnapshotHandler::Impl {
     u.image_ref = source->image_ref;
     u.descriptor = std::move(record.descriptor);
     u.usage = snapshotter::SnapshotUsage{record.size_bytes, record.inodes};
+    return true;
+  }
+
+  // An ocicrypt-estargz layer (its descriptor pins its eStargz TOC), mounted lazily at
+  // target_dir (lazylayer/estargz_layer.h): true once mounted. Its diff_id is known only when the
+  // background verification has read the whole layer; that verification requires it to give
+  // `name` on `parent_chain` and quarantines the layer otherwise (until then Check bounds the
+  // window with verify_deadline, as for the GCM format).
+  Result<bool> MountEstargz(int64_t snapshot_id, const std::string& name,
+                            const std::string& parent_chain, const image::Descriptor& descriptor,
+                            const LayerSource& source, const registry::Reference& repo,
+                            const keywrap::KeyRing& keys, const std::filesystem::path& target_dir) {
+    const std::string what = "ocicrypt-estargz layer " + source.layer_digest;
+    auto blob = cache::OpenRegistryBlobSource(*client, repo, descriptor.digest, descriptor.size);
+    if (!blob.ok()) return blob.status().WithContext(what);
+    EstargzMountOptions o;
+    o.mount = options.layer.mount;
+    o.prefetch = options.layer.prefetch;
+    o.verify = options.layer.verify;
+    o.verify_start_delay_ms = options.layer.verify_start_delay_ms;
+    o.check_diff_id = [parent_chain, name](const std::string& diff_id) -> Status {
+      const std::string chain = ChainIdOf(parent_chain, diff_id);
+      if (chain == name) return Status::Ok();
+      return Status::AuthFailed("its content has diff_id " + diff_id + ", so its chain ID is " +
+                                chain + ", not the snapshot's " + name);
+    };
+    o.on_verified = VerificationRecorder(options.log, source.layer_digest, name, target_dir);
+    auto mounted = MountedEstargzLayer::Mount(
+        target_dir, std::shared_ptr<BlobSource>(std::move(*blob)), descriptor, keys, o);
+    if (!mounted.ok()) return NoKeyOr(what, mounted.status());
+    Log("mounted " + what + " of " + source.image_ref + " lazily at " + target_dir.string() +
+        " (" + std::to_string((*mounted)->chunk_count()) + " chunks, " +
+        std::to_string(descriptor.size) + " bytes, key " + (*mounted)->key_name() + ")");
+    std::lock_guard<std::mutex> lock(mu);
+    EstargzMounted& m = estargz_mounts[snapshot_id];
+    m = EstargzMounted{};
+    m.layer = std::move(*mounted);
+    m.layer_digest = source.layer_digest;
+    m.image_ref = source.image_ref;
+    m.descriptor = descriptor;
+    m.mounted_at = std::chrono::steady_clock::now();
     return true;
   }
 
@@ -637,6 +700,9 @@ struct SnapshotHandler::Impl {
   KeyState* KeyCheckOf(int64_t snapshot_id) {
     if (auto it = mounts.find(snapshot_id); it != mounts.end()) return &it->second;
     if (auto it = unpacked_layers.find(snapshot_id); it != unpacked_layers.end()) {
+      return &it->second;
+    }
+    if (auto it = estargz_mounts.find(snapshot_id); it != estargz_mounts.end()) {
       return &it->second;
     }
     return nullptr;
@@ -862,10 +928,12 @@ SnapshotHandler::~SnapshotHandler() {
   const bool keep = impl_->options.fd_store && impl_->options.keep_mounts_on_exit;
   std::map<int64_t, Impl::Mounted> mounts;
   std::map<int64_t, Impl::Restoring> restoring;
+  std::map<int64_t, Impl::EstargzMounted> estargz_mounts;  // unmounted when this scope ends
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     mounts.swap(impl_->mounts);
     restoring.swap(impl_->restoring);
+    estargz_mounts.swap(impl_->estargz_mounts);
   }
   if (keep) {
     // The next daemon resumes them: running containers keep reading.
@@ -920,10 +988,15 @@ Result<bool> SnapshotHandler::TryMount(const snapshotter::PrepareRequest& info) 
 Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) {
   Impl::Mounted mounted;
   Impl::Restoring resumed;
+  std::unique_ptr<MountedEstargzLayer> estargz;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     // An unpacked layer has nothing mounted: the snapshotter removes its files.
     if (impl_->unpacked_layers.erase(snapshot_id) != 0) return Status::Ok();
+    if (auto e = impl_->estargz_mounts.find(snapshot_id); e != impl_->estargz_mounts.end()) {
+      estargz = std::move(e->second.layer);
+      impl_->estargz_mounts.erase(e);
+    }
     auto it = impl_->mounts.find(snapshot_id);
     if (it != impl_->mounts.end()) {
       impl_->waited_by_gone_mounts += it->second.layer->fuse().requests_waited();
@@ -940,6 +1013,12 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
       r->second.removed = true;
       return Status::Ok();
     }
+  }
+  if (estargz) {
+    impl_->Log("unmounting ocicrypt-estargz layer " + estargz->digest() + " at " +
+               target_dir.string());
+    (void)estargz->Unmount();  // busy: the destructor detaches it lazily
+    return Status::Ok();
   }
   // Whatever happens to the mount, its connection is not kept for a next daemon any more.
   if (!mounted.fd_name.empty()) impl_->DropHeld(mounted.fd_name);
@@ -1018,7 +1097,23 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->mounts.find(info.snapshot_id);
     auto unpacked = impl_->unpacked_layers.find(info.snapshot_id);
-    if (it == impl_->mounts.end() && unpacked != impl_->unpacked_layers.end()) {
+    if (auto e = impl_->estargz_mounts.find(info.snapshot_id); e != impl_->estargz_mounts.end()) {
+      what = "layer " + e->second.layer_digest + " (snapshot " + info.name + ")";
+      const MountedEstargzLayer& layer = *e->second.layer;
+      if (layer.verification() == Verification::kFailed) {
+        return Status::AuthFailed(what + ": quarantined: " +
+                                  layer.verification_status().message());
+      }
+      const auto deadline = impl_->options.verify_deadline;
+      if (impl_->options.layer.verify && layer.verification() == Verification::kPending &&
+          deadline.count() > 0 &&
+          std::chrono::steady_clock::now() - e->second.mounted_at > deadline) {
+        return Status::Unavailable(what + ": not verified against its diff_id within " +
+                                   std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                      deadline).count()) +
+                                   " s of its mount; refused until its verification ends");
+      }
+    } else if (it == impl_->mounts.end() && unpacked != impl_->unpacked_layers.end()) {
       // Unpacked (files on disk): only the keys decide.
       what = "layer " + unpacked->second.layer_digest + " (snapshot " + info.name + ")";
     } else if (it == impl_->mounts.end()) {
@@ -1126,6 +1221,17 @@ std::vector<MountedLayerStatus> SnapshotHandler::Layers() const {
     s.blob_size = m.layer->blob_size();
     s.stats = m.layer->stats();
     s.verification = m.layer->verification();
+    out.push_back(std::move(s));
+  }
+  for (const auto& [id, e] : impl_->estargz_mounts) {
+    MountedLayerStatus s;
+    s.snapshot_id = id;
+    s.image_ref = e.image_ref;
+    s.layer_digest = e.layer_digest;
+    s.mountpoint = e.layer->mountpoint();
+    s.blob_size = e.layer->blob_size();
+    s.stats = e.layer->stats();
+    s.verification = e.layer->verification();
     out.push_back(std::move(s));
   }
   for (const auto& [id, r] : impl_->restoring) {

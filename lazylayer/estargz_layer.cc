@@ -1,0 +1,606 @@
+#include "lazylayer/estargz_layer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <future>
+#include <list>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "compress/compress.h"
+#include "crypto/digest.h"
+#include "crypto/secure_buffer.h"
+#include "estargz/reader.h"
+#include "estargz/toc.h"
+#include "format/layer_index.h"
+#include "image/layer.h"
+
+namespace lazycrypt::lazylayer {
+namespace {
+
+// A compressed range larger than this is refused before it is fetched (a chunk holds at most
+// ReaderLimits::max_chunk_bytes uncompressed bytes; deflate expands incompressible data by well
+// under 1%).
+constexpr uint64_t kMaxChunkFetchBytes = uint64_t{96} << 20;
+// The verification reads the blob in pieces of this size (one ranged request each).
+constexpr size_t kVerifyReadBytes = size_t{4} << 20;
+
+// Counts what is read from the blob source (the layer's stats).
+class CountingSource final : public BlobSource {
+ public:
+  explicit CountingSource(std::shared_ptr<BlobSource> inner) : inner_(std::move(inner)) {}
+  uint64_t size() const override { return inner_->size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    const auto start = std::chrono::steady_clock::now();
+    Status s = inner_->ReadAt(offset, out);
+    nanos_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         std::chrono::steady_clock::now() - start)
+                         .count(),
+                     std::memory_order_relaxed);
+    requests_.fetch_add(1, std::memory_order_relaxed);
+    if (s.ok()) {
+      bytes_.fetch_add(out.size(), std::memory_order_relaxed);
+    } else {
+      errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+    return s;
+  }
+  BlobSource& inner() { return *inner_; }
+  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
+  uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+  uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
+  uint64_t nanos() const { return nanos_.load(std::memory_order_relaxed); }
+
+ private:
+  std::shared_ptr<BlobSource> inner_;
+  std::atomic<uint64_t> bytes_{0}, requests_{0}, errors_{0}, nanos_{0};
+};
+
+// Serves reads inside [base, base + bytes.size()) of a blob from memory, and forwards the rest to
+// `fallback` (null: Corruption). One ranged fetch then serves the many small reads of a gzip
+// member (estargz::ReadChunk) or of footer + TOC (estargz::OpenIndex).
+class WindowSource final : public BlobSource {
+ public:
+  WindowSource(uint64_t blob_size, uint64_t base, std::vector<uint8_t> bytes,
+               BlobSource* fallback)
+      : blob_size_(blob_size), base_(base), bytes_(std::move(bytes)), fallback_(fallback) {}
+  uint64_t size() const override { return blob_size_; }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    if (offset >= base_ && out.size() <= bytes_.size() && offset - base_ <= bytes_.size() - out.size()) {
+      if (!out.empty()) std::memcpy(out.data(), bytes_.data() + (offset - base_), out.size());
+      return Status::Ok();
+    }
+    if (fallback_ != nullptr) return fallback_->ReadAt(offset, out);
+    return Status::Corruption("estargz: a read outside the fetched member");
+  }
+
+ private:
+  uint64_t blob_size_, base_;
+  std::vector<uint8_t> bytes_;  // ciphertext
+  BlobSource* fallback_;
+};
+
+// Reads a BlobSource from start to end in large pieces (one ranged request each), stopping when
+// `stop` is set (Unavailable "stopped").
+class LargeReadStream final : public InputStream {
+ public:
+  LargeReadStream(BlobSource& blob, const std::atomic<bool>& stop)
+      : blob_(blob), stop_(stop), buffer_(kVerifyReadBytes) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (pos_ == filled_) {
+      if (offset_ >= blob_.size()) return size_t{0};
+      if (stop_.load()) return Status::Unavailable("stopped");
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
+      LC_RETURN_IF_ERROR(blob_.ReadAt(offset_, MutableByteSpan(buffer_).first(n)));
+      offset_ += n;
+      pos_ = 0;
+      filled_ = n;
+    }
+    const size_t n = std::min(out.size(), filled_ - pos_);
+    std::memcpy(out.data(), buffer_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+
+ private:
+  BlobSource& blob_;
+  const std::atomic<bool>& stop_;
+  std::vector<uint8_t> buffer_;
+  uint64_t offset_ = 0;
+  size_t pos_ = 0, filled_ = 0;
+};
+
+// RFC 3339 ("2023-11-14T22:13:20Z", fractions and offsets accepted) → seconds and nanoseconds.
+Status ParseModtime(const std::string& text, int64_t& sec, uint32_t& nsec) {
+  sec = 0;
+  nsec = 0;
+  if (text.empty()) return Status::Ok();
+  int y, mo, d, h, mi, s, used = 0;
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &used) != 6 ||
+      used == 0) {
+    return Status::Corruption("modtime is not RFC 3339");
+  }
+  std::string_view rest = std::string_view(text).substr(static_cast<size_t>(used));
+  if (!rest.empty() && rest[0] == '.') {
+    size_t i = 1;
+    uint32_t scale = 100000000;
+    while (i < rest.size() && rest[i] >= '0' && rest[i] <= '9') {
+      nsec += static_cast<uint32_t>(rest[i] - '0') * scale;
+      scale /= 10;
+      ++i;
+    }
+    rest.remove_prefix(i);
+  }
+  int64_t offset_sec = 0;
+  if (rest == "Z" || rest == "z") {
+  } else if (rest.size() == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':') {
+    int oh = (rest[1] - '0') * 10 + (rest[2] - '0'), om = (rest[4] - '0') * 10 + (rest[5] - '0');
+    offset_sec = (rest[0] == '-' ? -1 : 1) * (oh * 3600 + om * 60);
+  } else {
+    return Status::Corruption("modtime is not RFC 3339");
+  }
+  std::tm tm{};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = s;
+  sec = static_cast<int64_t>(::timegm(&tm)) - offset_sec;
+  return Status::Ok();
+}
+
+format::EntryType MapType(estargz::EntryType t) {
+  switch (t) {
+    case estargz::EntryType::kRegular: return format::EntryType::kRegular;
+    case estargz::EntryType::kDirectory: return format::EntryType::kDirectory;
+    case estargz::EntryType::kSymlink: return format::EntryType::kSymlink;
+    case estargz::EntryType::kHardlink: return format::EntryType::kHardlink;
+    case estargz::EntryType::kCharDevice: return format::EntryType::kCharDevice;
+    case estargz::EntryType::kBlockDevice: return format::EntryType::kBlockDevice;
+    case estargz::EntryType::kFifo: return format::EntryType::kFifo;
+  }
+  return format::EntryType::kRegular;
+}
+
+// The FUSE file system's view of a verified eStargz index: entry i = eStargz entry i, chunk i =
+// eStargz chunk i; file data numbered as if the regular files' bytes were one stream.
+Result<std::shared_ptr<const format::LayerIndex>> ToLayerIndex(const estargz::Index& ez,
+                                                              uint64_t blob_size) {
+  format::Toc toc;
+  toc.entries.reserve(ez.entries().size());
+  toc.chunks.reserve(ez.chunks().size());
+  uint64_t data = 0;
+  for (size_t i = 0; i < ez.entries().size(); ++i) {
+    const estargz::Entry& in = ez.entries()[i];
+    format::Entry e;
+    e.name = in.name;
+    e.type = MapType(in.type);
+    e.mode = in.mode;
+    e.uid = in.uid;
+    e.gid = in.gid;
+    e.uname = in.uname;
+    e.gname = in.gname;
+    if (Status s = ParseModtime(in.modtime, e.mtime_sec, e.mtime_nsec); !s.ok()) {
+      return Status::Corruption("estargz TOC: entry " + std::to_string(i) + ": " + s.message());
+    }
+    e.link_target = in.link_name;
+    e.dev_major = in.dev_major;
+    e.dev_minor = in.dev_minor;
+    e.xattrs = in.xattrs;
+    if (in.type == estargz::EntryType::kRegular) {
+      e.size = in.size;
+      e.data_offset = data;
+      if (in.chunk_count > 0 && in.first_chunk != toc.chunks.size()) {
+        return Status::Corruption("estargz TOC: entry " + std::to_string(i) +
+                                  ": its chunks are not in entry order");
+      }
+      for (const estargz::ChunkRef& c : ez.ChunksOf(static_cast<uint32_t>(i))) {
+        if (c.size > UINT32_MAX) {
+          return Status::Corruption("estargz TOC: entry " + std::to_string(i) +
+                                    ": a chunk over 4 GiB");
+        }
+        format::ChunkInfo info;
+        info.index = toc.chunks.size();
+        info.raw_size = static_cast<uint32_t>(c.size);
+        info.tar_offset = data + c.file_offset;
+        toc.chunks.push_back(info);
+      }
+      data += in.size;
+    }
+    toc.entries.push_back(std::move(e));
+  }
+  if (toc.chunks.size() != ez.chunks().size()) {
+    return Status::Corruption("estargz TOC: chunks that belong to no file");
+  }
+  if (!toc.chunks.empty()) toc.chunks.back().last = true;
+  toc.tar_size = data;
+  toc.prefetch = ez.prefetch_entries();
+  return format::LayerIndex::FromVerifiedForeignToc(std::move(toc), ez.toc_digest(), blob_size);
+}
+
+}  // namespace
+
+bool IsEstargzOcicryptLayer(const image::Descriptor& descriptor) {
+  return image::ClassifyLayer(descriptor.media_type) == image::LayerKind::kOcicrypt &&
+         descriptor.annotations.count(std::string(estargz::kAnnotationTocDigest)) != 0;
+}
+
+// The layer's data for the FUSE file system: chunks fetched by ciphertext range, decrypted with
+// CTR, inflated and verified (estargz::ReadChunk), kept in an LRU of opened chunks; concurrent
+// readers of one chunk share one fetch.
+class MountedEstargzLayer::Data final : public cache::LayerData {
+ public:
+  Data(std::shared_ptr<CountingSource> ciphertext, crypto::SecureBuffer key,
+       std::vector<uint8_t> nonce, std::shared_ptr<const estargz::Index> ez,
+       std::shared_ptr<const format::LayerIndex> index, uint64_t cache_bytes)
+      : ciphertext_(std::move(ciphertext)),
+        key_(std::move(key)),
+        nonce_(std::move(nonce)),
+        ez_(std::move(ez)),
+        index_(std::move(index)),
+        cache_capacity_bytes_(cache_bytes) {}
+
+  const format::LayerIndex& index() const override { return *index_; }
+  const estargz::Index& ez() const { return *ez_; }
+  CountingSource& ciphertext() { return *ciphertext_; }
+  std::span<const uint8_t> key() const { return key_.span(); }
+  const std::vector<uint8_t>& nonce() const { return nonce_; }
+
+  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+                          MutableByteSpan out) override {
+    if (quarantined()) {
+      quarantined_reads_.fetch_add(1, std::memory_order_relaxed);
+      return Status::AuthFailed("layer quarantined: it failed its verification");
+    }
+    const auto entries = index_->entries();
+    if (&entry < entries.data() || &entry >= entries.data() + entries.size()) {
+      return Status::InvalidArgument("estargz layer: not an entry of this layer");
+    }
+    const auto i = static_cast<uint32_t>(&entry - entries.data());
+    const estargz::Entry& e = ez_->entries()[i];
+    if (e.type != estargz::EntryType::kRegular) {
+      return Status::InvalidArgument("estargz layer: not a regular file");
+    }
+    if (offset >= e.size || out.empty()) return size_t{0};
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), e.size - offset));
+    auto chunks = ez_->ChunksOf(i);
+    auto it = std::upper_bound(chunks.begin(), chunks.end(), offset,
+                               [](uint64_t off, const estargz::ChunkRef& c) {
+                                 return off < c.file_offset;
+                               });
+    size_t done = 0;
+    for (--it; done < n; ++it) {
+      const uint32_t chunk_index = e.first_chunk + static_cast<uint32_t>(it - chunks.begin());
+      LC_ASSIGN_OR_RETURN(std::shared_ptr<const crypto::SecureBuffer> plain, Chunk(chunk_index));
+      const uint64_t at = offset + done - it->file_offset;
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, it->size - at));
+      std::memcpy(out.data() + done, plain->data() + at, take);
+      done += take;
+    }
+    return done;
+  }
+
+  // The opened chunk `i` (cached, or fetched once however many readers ask).
+  Result<std::shared_ptr<const crypto::SecureBuffer>> Chunk(uint32_t i) {
+    using Opened = Result<std::shared_ptr<const crypto::SecureBuffer>>;
+    std::promise<Opened> promise;
+    std::shared_future<Opened> waiting;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto hit = cache_.find(i); hit != cache_.end()) {
+        lru_.splice(lru_.begin(), lru_, hit->second.second);
+        cache_hits_.fetch_add(1, std::memory_order_relaxed);
+        return hit->second.first;
+      }
+      if (auto f = inflight_.find(i); f != inflight_.end()) {
+        waiting = f->second;
+      } else {
+        inflight_[i] = promise.get_future().share();
+      }
+    }
+    if (waiting.valid()) {
+      cache_hits_.fetch_add(1, std::memory_order_relaxed);
+      return waiting.get();
+    }
+    cache_misses_.fetch_add(1, std::memory_order_relaxed);
+    Opened opened = Open(i);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      inflight_.erase(i);
+      if (opened.ok()) {
+        lru_.push_front(i);
+        cache_[i] = {*opened, lru_.begin()};
+        cache_bytes_ += (*opened)->size();
+        while (cache_bytes_ > cache_capacity_bytes_ && lru_.size() > 1) {
+          auto victim = cache_.find(lru_.back());
+          cache_bytes_ -= victim->second.first->size();
+          cache_.erase(victim);
+          lru_.pop_back();
+        }
+      }
+    }
+    promise.set_value(opened);
+    return opened;
+  }
+
+  cache::LayerStats stats() const override {
+    cache::LayerStats s;
+    s.blob_bytes_fetched = ciphertext_->bytes();
+    s.fetch_requests = ciphertext_->requests();
+    s.fetch_errors = ciphertext_->errors();
+    s.fetch_nanos = ciphertext_->nanos();
+    s.chunks_fetched = chunks_fetched_.load(std::memory_order_relaxed);
+    s.chunks_opened = chunks_opened_.load(std::memory_order_relaxed);
+    s.cache_hits = cache_hits_.load(std::memory_order_relaxed);
+    s.cache_misses = cache_misses_.load(std::memory_order_relaxed);
+    s.auth_failures = auth_failures_.load(std::memory_order_relaxed);
+    s.chunk_count = ez_->chunks().size();
+    s.quarantined_reads = quarantined_reads_.load(std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      s.memory_cache_bytes = cache_bytes_;
+    }
+    switch (verification_.load()) {
+      case Verification::kPending: s.verification = verify_on_ ? cache::VerificationState::kPending
+                                                               : cache::VerificationState::kOff;
+        break;
+      case Verification::kVerified: s.verification = cache::VerificationState::kVerified; break;
+      case Verification::kFailed:
+        s.verification = cache::VerificationState::kFailed;
+        s.verification_failures = 1;
+        break;
+    }
+    return s;
+  }
+  bool quarantined() const override { return verification_.load() == Verification::kFailed; }
+
+  void set_verify_on() { verify_on_ = true; }
+  void Finish(Verification v, Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      verification_status_ = std::move(status);
+    }
+    verification_.store(v);
+  }
+  Verification verification() const { return verification_.load(); }
+  Status verification_status() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return verification_status_;
+  }
+
+ private:
+  Result<std::shared_ptr<const crypto::SecureBuffer>> Open(uint32_t i) {
+    const estargz::ChunkRef& c = ez_->chunks()[i];
+    const uint64_t blob_size = ciphertext_->size();
+    if (c.compressed_offset > blob_size || c.compressed_size > blob_size - c.compressed_offset ||
+        c.compressed_size > kMaxChunkFetchBytes) {
+      return Status::Corruption("estargz chunk " + std::to_string(i) +
+                                ": its member lies outside the blob or is too large");
+    }
+    std::vector<uint8_t> ciphertext(static_cast<size_t>(c.compressed_size));
+    LC_RETURN_IF_ERROR(ciphertext_->ReadAt(c.compressed_offset, ciphertext)
+                           .WithContext("estargz chunk " + std::to_string(i)));
+    chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
+    WindowSource window(blob_size, c.compressed_offset, std::move(ciphertext), nullptr);
+    LC_ASSIGN_OR_RETURN(auto plain, estargz::CtrPlaintextView::Create(window, key_.span(), nonce_));
+    auto out = std::make_shared<crypto::SecureBuffer>(static_cast<size_t>(c.size));
+    Status s = estargz::ReadChunk(*plain, c, out->span());
+    if (!s.ok()) {
+      // A chunk that does not inflate or hash to its pinned digest: EIO for its readers.
+      auth_failures_.fetch_add(1, std::memory_order_relaxed);
+      return s.WithContext("estargz chunk " + std::to_string(i));
+    }
+    chunks_opened_.fetch_add(1, std::memory_order_relaxed);
+    return std::shared_ptr<const crypto::SecureBuffer>(std::move(out));
+  }
+
+  std::shared_ptr<CountingSource> ciphertext_;
+  crypto::SecureBuffer key_;
+  std::vector<uint8_t> nonce_;
+  std::shared_ptr<const estargz::Index> ez_;
+  std::shared_ptr<const format::LayerIndex> index_;
+  const uint64_t cache_capacity_bytes_;
+
+  mutable std::mutex mu_;
+  std::list<uint32_t> lru_;  // most recent first
+  std::unordered_map<uint32_t, std::pair<std::shared_ptr<const crypto::SecureBuffer>,
+                                         std::list<uint32_t>::iterator>>
+      cache_;
+  uint64_t cache_bytes_ = 0;
+  std::unordered_map<uint32_t,
+                     std::shared_future<Result<std::shared_ptr<const crypto::SecureBuffer>>>>
+      inflight_;
+  Status verification_status_ = Status::Unavailable("verification pending");
+
+  std::atomic<Verification> verification_{Verification::kPending};
+  std::atomic<bool> verify_on_{false};
+  std::atomic<uint64_t> chunks_fetched_{0}, chunks_opened_{0}, cache_hits_{0}, cache_misses_{0},
+      auth_failures_{0}, quarantined_reads_{0};
+};
+
+struct MountedEstargzLayer::Background {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread thread;
+  // Sleeps up to `ms` or until stopped; true when stopped.
+  bool SleepFor(std::chrono::milliseconds ms) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, ms, [&] { return stop.load(); });
+  }
+};
+
+Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
+    const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
+    const image::Descriptor& descriptor, const keywrap::KeyRing& keys,
+    const EstargzMountOptions& options) {
+  const std::string what = "ocicrypt-estargz layer " + descriptor.digest;
+  auto pin_it = descriptor.annotations.find(std::string(estargz::kAnnotationTocDigest));
+  if (pin_it == descriptor.annotations.end()) {
+    return Status::InvalidArgument(what + ": no " + std::string(estargz::kAnnotationTocDigest) +
+                                   " annotation");
+  }
+  auto pinned = crypto::ParseOciDigest(pin_it->second);
+  if (!pinned.ok()) return pinned.status().WithContext(what + ": TOC digest annotation");
+  if (ciphertext->size() != descriptor.size) {
+    return Status::Corruption(what + ": the blob is " + std::to_string(ciphertext->size()) +
+                              " bytes, the manifest says " + std::to_string(descriptor.size));
+  }
+  auto cipher = image::UnwrapOcicryptLayer(descriptor, keys);
+  if (!cipher.ok()) return cipher.status();
+
+  auto counting = std::make_shared<CountingSource>(std::move(ciphertext));
+  const uint64_t blob_size = counting->size();
+  // Footer and TOC in one ranged request when the descriptor's size hint is right (a hint: a
+  // wrong one costs a second request, never a check).
+  uint64_t tail = estargz::kFooterSize;
+  if (auto h = descriptor.annotations.find(std::string(estargz::kAnnotationTocSize));
+      h != descriptor.annotations.end()) {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(h->second.c_str(), &end, 10);
+    if (end != h->second.c_str() && *end == '\0' && v <= (uint64_t{256} << 20)) tail += v;
+  }
+  tail = std::min(tail, blob_size);
+  std::vector<uint8_t> tail_bytes(static_cast<size_t>(tail));
+  LC_RETURN_IF_ERROR(
+      counting->ReadAt(blob_size - tail, tail_bytes).WithContext(what + ": footer and TOC"));
+  std::shared_ptr<const estargz::Index> ez;
+  {
+    WindowSource window(blob_size, blob_size - tail, std::move(tail_bytes), counting.get());
+    LC_ASSIGN_OR_RETURN(auto plain,
+                        estargz::CtrPlaintextView::Create(window, cipher->key.span(), cipher->nonce));
+    auto opened = estargz::OpenIndex(*plain, *pinned);
+    if (!opened.ok()) return opened.status().WithContext(what);
+    ez = std::move(*opened);
+  }
+  auto index = ToLayerIndex(*ez, blob_size);
+  if (!index.ok()) return index.status().WithContext(what);
+
+  std::unique_ptr<MountedEstargzLayer> layer(new MountedEstargzLayer());
+  layer->digest_ = descriptor.digest;
+  layer->key_name_ = cipher->key_name;  // before the cipher moves below
+  layer->blob_size_ = blob_size;
+  layer->descriptor_ = descriptor;
+  layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(*cipher));
+  layer->data_ = std::make_shared<Data>(counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez,
+                                        std::move(*index), options.opened_chunk_cache_bytes);
+  if (options.verify) layer->data_->set_verify_on();
+  fusefs::MountOptions mount_options = options.mount;
+  if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;
+  auto mount = fusefs::FuseMount::Mount(mountpoint, layer->data_, mount_options);
+  if (!mount.ok()) return mount.status().WithContext(what);
+  layer->mount_ = std::move(*mount);
+  if (options.prefetch || options.verify) {
+    layer->background_ = std::make_unique<Background>();
+    MountedEstargzLayer* self = layer.get();
+    layer->background_->thread = std::thread([self, options] { self->RunBackground(options); });
+  }
+  return layer;
+}
+
+void MountedEstargzLayer::RunBackground(EstargzMountOptions options) {
+  Background& bg = *background_;
+  Data& data = *data_;
+  if (options.prefetch) {
+    // Errors are left to the readers (they see them again, and the verification too).
+    for (uint32_t entry : data.ez().prefetch_entries()) {
+      const estargz::Entry& e = data.ez().entries()[entry];
+      for (uint32_t c = 0; c < e.chunk_count && !bg.stop.load(); ++c) {
+        (void)data.Chunk(e.first_chunk + c);
+      }
+    }
+  }
+  if (!options.verify) return;
+  if (options.verify_start_delay_ms > 0 &&
+      bg.SleepFor(std::chrono::milliseconds(options.verify_start_delay_ms))) {
+    return;
+  }
+  auto backoff = std::chrono::milliseconds(500);
+  Status result;
+  while (true) {
+    result = VerifyOnce(options);
+    if (bg.stop.load()) return;  // stopped mid-read: no verdict
+    const StatusCode code = result.code();
+    const bool transient = code == StatusCode::kUnavailable ||
+                           code == StatusCode::kDeadlineExceeded || code == StatusCode::kIoError;
+    if (!transient) break;
+    // The source is failing: try again from the start (it never becomes verified without
+    // hashing every byte).
+    if (bg.SleepFor(backoff)) return;
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(30));
+  }
+  if (result.ok()) {
+    data.Finish(Verification::kVerified, Status::Ok());
+  } else {
+    result = Status(result.code(), "layer " + digest_ + ": " + result.message());
+    data.Finish(Verification::kFailed, result);
+    // The caller first (it records the quarantine on disk), then the kernel's cached pages.
+    if (options.on_verified) options.on_verified(result);
+    // Once per layer; the message names the layer, never a file.
+    std::fprintf(stderr,
+                 "lazycrypt: verification failed, layer quarantined (every read of its files "
+                 "fails with EIO): %s\n",
+                 result.message().c_str());
+    std::fflush(stderr);
+    mount_->InvalidateFileData();
+    return;
+  }
+  if (options.on_verified) options.on_verified(result);
+}
+
+Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
+  // The whole ciphertext once: its digest, the HMAC and privopts' plaintext digest are checked by
+  // the decrypting stream at its end (which the gzip reader reaches: it reads until its input
+  // ends, to know no member follows); the decompressed tar is hashed on the way.
+  LargeReadStream in(data_->ciphertext().inner(), background_->stop);
+  LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, descriptor_, *cipher_));
+  auto tar = compress::NewGzipInputStream(*plain);
+  crypto::Sha256 sha;
+  std::vector<uint8_t> buffer(size_t{1} << 20);
+  while (true) {
+    LC_ASSIGN_OR_RETURN(size_t n, tar->Read(buffer));
+    if (n == 0) break;
+    sha.Update(ByteSpan(buffer).first(n));
+  }
+  // Anything the gzip reader left unread is read, so the decrypting stream's checks run.
+  while (true) {
+    LC_ASSIGN_OR_RETURN(size_t n, plain->Read(buffer));
+    if (n == 0) break;
+    return Status::Corruption("bytes after the last gzip member");
+  }
+  const std::string diff_id = crypto::OciDigest(sha.Finish());
+  if (options.check_diff_id) LC_RETURN_IF_ERROR(options.check_diff_id(diff_id));
+  return Status::Ok();
+}
+
+MountedEstargzLayer::~MountedEstargzLayer() {
+  if (background_) {
+    {
+      std::lock_guard<std::mutex> lock(background_->mu);
+      background_->stop.store(true);
+    }
+    background_->cv.notify_all();
+    if (background_->thread.joinable()) background_->thread.join();
+  }
+  mount_.reset();  // unmounts
+}
+
+Status MountedEstargzLayer::Unmount() { return mount_->Unmount(); }
+
+uint64_t MountedEstargzLayer::chunk_count() const { return data_->ez().chunks().size(); }
+
+cache::LayerStats MountedEstargzLayer::stats() const { return data_->stats(); }
+
+Verification MountedEstargzLayer::verification() const { return data_->verification(); }
+
+Status MountedEstargzLayer::verification_status() const { return data_->verification_status(); }
+
+}  // namespace lazycrypt::lazylayer

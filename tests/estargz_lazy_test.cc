@@ -1,0 +1,404 @@
+// ocicrypt-estargz layers served lazily by the snapshotter (issue 18 part 1, the lazy side):
+// an image made by `lazycrypt encrypt --format ocicrypt-estargz` and pushed to a real
+// docker-registry is mounted by the snapshotter's layer handler (lazylayer::SnapshotHandler, in
+// this process, as containerd's Prepare asks it) with a real FUSE mount:
+//   - a small file reads correctly while far fewer bytes than the layer were fetched;
+//   - the background verification reads the whole layer once (HMAC, blob digest, diff_id vs the
+//     chain ID) and marks the layer verified; under a chain ID its content does not give, the
+//     layer is quarantined (reads EIO, Check refuses it, the quarantine is recorded on disk);
+//   - a chunk whose ciphertext was altered (in a manifest consistent with the altered blob)
+//     reads as EIO, never as other bytes; the background verification then quarantines the
+//     whole layer (its HMAC fails);
+//   - a manifest pinning another TOC digest is refused at mount.
+// Needs root and /dev/fuse.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/io.h"
+#include "crypto/digest.h"
+#include "estargz/reader.h"
+#include "estargz/toc.h"
+#include "image/layer.h"
+#include "image/oci.h"
+#include "keywrap/keyring.h"
+#include "keywrap/keys.h"
+#include "lazylayer/labels.h"
+#include "lazylayer/snapshot_handler.h"
+#include "registry/registry.h"
+#include "snapshotter/types.h"
+#include "tests/harness/registry_process.h"
+#include "tests/integration_util.h"
+#include "tests/snapshotter_util.h"
+
+namespace lazycrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::KeyPair;
+using testing::MustRun;
+
+constexpr char kHello[] = "hello from a lazily served ocicrypt-estargz layer\n";
+constexpr char kOther[] = "another small file, in a member of its own\n";
+
+struct Layer {
+  std::string digest;
+  uint64_t size = 0;
+  std::string chain_id;
+  std::string parent_chain_id;
+};
+
+class EstargzLazy : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
+    }
+    auto tmp = harness::TempDir::Create("estargz-lazy");
+    ASSERT_TRUE(tmp.ok());
+    tmp_ = std::make_unique<harness::TempDir>(std::move(tmp).value());
+    const fs::path root = tmp_->path();
+    fs::create_directories(root / "keys");
+    key_ = testing::GenerateKeyPair(root / "keys", "ec256", "node");
+    fs::rename(key_.pub, root / "node.pub.pem");  // the key directory holds private keys only
+    key_.pub = root / "node.pub.pem";
+
+    // busybox, and an application layer: two small files around 6 MiB that does not compress.
+    const fs::path layout = root / "src";
+    testing::MakeBusyboxImage(layout);
+    const fs::path app = root / "app";
+    fs::create_directories(app / "srv");
+    testing::WriteFileString(app / "srv" / "hello.txt", kHello);
+    MustRun({"dd", "if=/dev/urandom", "of=" + (app / "srv" / "big.bin").string(), "bs=1M",
+             "count=6", "status=none"});
+    testing::WriteFileString(app / "srv" / "other.txt", kOther);
+    fs::create_symlink("hello.txt", app / "srv" / "link");
+    big_sha256_ = testing::FileSha256(app / "srv" / "big.bin");
+    MustRun({"tar", "--numeric-owner", "-C", app.string(), "-cf", (root / "app.tar").string(),
+             "srv/hello.txt", "srv/big.bin", "srv/other.txt", "srv/link"});
+    MustRun({"umoci", "raw", "add-layer", "--image", layout.string() + ":latest",
+             (root / "app.tar").string()});
+
+    auto registry = harness::RegistryProcess::Start();
+    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+    registry_ = std::move(registry).value();
+    image_ref_ = registry_->host() + "/app:1";
+    MustRun({testing::LazycryptBin(), "-q", "encrypt", "--format", "ocicrypt-estargz", "-r",
+             "jwe:" + key_.pub.string(), "--plain-http", "--hosts-dir", "",
+             "oci:" + layout.string(), "docker://" + image_ref_},
+            300s);
+    auto client = registry::Client::Create(ClientOptions());
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client_ = std::move(*client);
+    ReadImage(image_ref_);
+    ASSERT_EQ(layers_.size(), 2u);
+  }
+
+  void TearDown() override {
+    handler_.reset();  // unmounts
+    if (tmp_) testing::AbortFuseConnectionsUnder(tmp_->path());
+    for (const fs::path& target : targets_) (void)lazylayer::DetachStaleMount(target);
+  }
+
+  registry::ClientOptions ClientOptions() const {
+    registry::ClientOptions o;
+    o.plain_http = true;
+    o.hosts_dir.clear();
+    o.auth_files = {tmp_->path() / "no-auth.json"};
+    return o;
+  }
+
+  registry::Reference Ref(const std::string& ref) {
+    auto r = registry::Reference::Parse(ref);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return *r;
+  }
+
+  nlohmann::json ManifestJson(const std::string& ref) {
+    auto manifest = client_->GetManifest(Ref(ref));
+    EXPECT_TRUE(manifest.ok()) << manifest.status().ToString();
+    return nlohmann::json::parse(AsStringView(manifest->bytes));
+  }
+
+  // The manifest's layers and the chain IDs containerd would prepare them under.
+  void ReadImage(const std::string& ref) {
+    nlohmann::json m = ManifestJson(ref);
+    manifest_ = m;
+    MemoryOutputStream config;
+    ASSERT_TRUE(client_->GetBlob(Ref(ref), m["config"]["digest"].get<std::string>(), config).ok());
+    auto c = nlohmann::json::parse(AsStringView(config.bytes()));
+    std::string parent;
+    layers_.clear();
+    for (size_t i = 0; i < m["layers"].size(); ++i) {
+      const auto& l = m["layers"][i];
+      ASSERT_TRUE(l["annotations"].contains(std::string(estargz::kAnnotationTocDigest)))
+          << "layer " << i << " is not an ocicrypt-estargz layer";
+      const std::string chain = lazylayer::ChainIdOf(parent, c["rootfs"]["diff_ids"][i].get<std::string>());
+      layers_.push_back(Layer{l["digest"].get<std::string>(), l["size"].get<uint64_t>(), chain,
+                              parent});
+      parent = chain;
+    }
+  }
+
+  // Pushes `m` as the manifest of `ref` (its blobs must be in the repository).
+  void PushManifest(const std::string& ref, const nlohmann::json& m) {
+    const std::string bytes = m.dump();
+    auto pushed = client_->PutManifest(Ref(ref), AsBytes(bytes), m["mediaType"].get<std::string>());
+    ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
+  }
+
+  void StartHandler(bool verify) {
+    lazylayer::SnapshotHandlerOptions o;
+    o.key_dirs = {tmp_->path() / "keys"};
+    o.registry = ClientOptions();
+    o.layer.prefetch = false;
+    o.layer.verify = true;
+    // Without verify: delayed past the test, so that every byte counted is a read's own.
+    o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
+    o.keep_mounts_on_exit = false;
+    auto h = lazylayer::SnapshotHandler::Create(std::move(o));
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    handler_ = std::move(*h);
+  }
+
+  snapshotter::PrepareRequest Request(const std::string& ref, const Layer& l, int64_t id,
+                                      const std::string& chain_id) {
+    const fs::path target = tmp_->path() / "snapshots" / std::to_string(id) / "fs";
+    fs::create_directories(target);
+    targets_.push_back(target);
+    snapshotter::PrepareRequest req;
+    req.key = "prepare-" + std::to_string(id);
+    req.parent = l.parent_chain_id;
+    req.snapshot_id = id;
+    req.target_dir = target;
+    req.labels[std::string(snapshotter::kTargetSnapshotLabel)] = chain_id;
+    req.labels[std::string(lazylayer::kLabelStargzReference)] = ref;
+    req.labels[std::string(lazylayer::kLabelStargzDigest)] = l.digest;
+    return req;
+  }
+
+  snapshotter::CheckRequest CheckOf(const snapshotter::PrepareRequest& req) {
+    snapshotter::CheckRequest c;
+    c.name = req.labels.at(std::string(snapshotter::kTargetSnapshotLabel));
+    c.parent = req.parent;
+    c.labels = req.labels;
+    c.target_dir = req.target_dir;
+    c.snapshot_id = req.snapshot_id;
+    return c;
+  }
+
+  std::optional<lazylayer::MountedLayerStatus> StatusOf(int64_t id) {
+    for (auto& s : handler_->Layers()) {
+      if (s.snapshot_id == id) return s;
+    }
+    return std::nullopt;
+  }
+
+  // Waits (up to 60 s) for the layer's verification to end.
+  lazylayer::Verification WaitForVerification(int64_t id) {
+    for (int i = 0; i < 600; ++i) {
+      auto s = StatusOf(id);
+      if (!s) return lazylayer::Verification::kPending;
+      if (s->verification != lazylayer::Verification::kPending) return s->verification;
+      std::this_thread::sleep_for(100ms);
+    }
+    return lazylayer::Verification::kPending;
+  }
+
+  // The errno of reading `path` whole (0 when it reads), and what was read.
+  static int ReadErrno(const fs::path& path, std::string* out = nullptr) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    std::string data;
+    char buf[65536];
+    int err = 0;
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0) {
+        err = errno;
+        break;
+      }
+      if (n == 0) break;
+      data.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    if (out) *out = std::move(data);
+    return err;
+  }
+
+  // The app layer with one ciphertext byte of `file`'s chunk flipped, pushed with a manifest
+  // that names the altered blob (digest and size consistent; HMAC and privopts now wrong, which
+  // only a full read can see) under `ref`. Returns the new layer.
+  Layer PushTamperedLayer(const std::string& ref, const std::string& file) {
+    const Layer& l = layers_[1];
+    MemoryOutputStream blob;
+    EXPECT_TRUE(client_->GetBlob(Ref(image_ref_), l.digest, blob).ok());
+    std::vector<uint8_t> bytes = blob.bytes();
+    // Where the file's chunk is: the lazy reader's own view, with the node's key.
+    image::Descriptor d;
+    d.media_type = manifest_["layers"][1]["mediaType"].get<std::string>();
+    d.digest = l.digest;
+    d.size = l.size;
+    for (auto& [k, v] : manifest_["layers"][1]["annotations"].items()) d.annotations[k] = v;
+    auto key = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+    EXPECT_TRUE(key.ok()) << key.status().ToString();
+    std::vector<keywrap::PrivateKey> keys;
+    keys.push_back(std::move(*key));
+    keywrap::KeyRing ring(std::move(keys));
+    auto cipher = image::UnwrapOcicryptLayer(d, ring);
+    EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
+    MemoryBlobSource ciphertext(bytes);
+    auto plain = estargz::CtrPlaintextView::Create(ciphertext, cipher->key.span(), cipher->nonce);
+    EXPECT_TRUE(plain.ok());
+    auto pin = crypto::ParseOciDigest(d.annotations.at(std::string(estargz::kAnnotationTocDigest)));
+    auto index = estargz::OpenIndex(**plain, *pin);
+    EXPECT_TRUE(index.ok()) << index.status().ToString();
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < (*index)->entries().size(); ++i) {
+      if ((*index)->entries()[i].name == file) at = (*index)->ChunksOf(i)[0].compressed_offset;
+    }
+    EXPECT_GT(at, 0u) << file << " has no chunk";
+    bytes[at + 12] ^= 0x40;  // inside the member's deflate data (after its 10-byte header)
+
+    Layer t = l;
+    t.digest = crypto::OciDigest(crypto::Sha256::Of(bytes));
+    MemoryBlobSource altered(std::move(bytes));
+    EXPECT_TRUE(client_->PushBlob(Ref(ref), t.digest, altered).ok());
+    nlohmann::json m = manifest_;
+    m["layers"][1]["digest"] = t.digest;
+    PushManifest(ref, m);
+    return t;
+  }
+
+  std::unique_ptr<harness::TempDir> tmp_;
+  KeyPair key_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+  std::unique_ptr<registry::Client> client_;
+  std::string image_ref_;
+  nlohmann::json manifest_;
+  std::vector<Layer> layers_;
+  std::string big_sha256_;
+  std::unique_ptr<lazylayer::SnapshotHandler> handler_;
+  std::vector<fs::path> targets_;
+};
+
+TEST_F(EstargzLazy, SmallFileReadsWhileLittleOfTheLayerIsFetched) {
+  StartHandler(/*verify=*/false);
+  auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  // Mounted lazily (FUSE), not unpacked: the handler lists it as a mounted layer.
+  auto before = StatusOf(1);
+  ASSERT_TRUE(before.has_value()) << "not mounted lazily";
+
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_EQ(fs::read_symlink(req.target_dir / "srv" / "link"), "hello.txt");
+  EXPECT_EQ(fs::file_size(req.target_dir / "srv" / "big.bin"), 6u << 20);
+  auto after = StatusOf(1);
+  ASSERT_TRUE(after.has_value());
+  std::printf("layer %llu bytes; fetched %llu bytes in %llu requests to read one small file\n",
+              static_cast<unsigned long long>(layers_[1].size),
+              static_cast<unsigned long long>(after->stats.blob_bytes_fetched),
+              static_cast<unsigned long long>(after->stats.fetch_requests));
+  EXPECT_GT(after->stats.blob_bytes_fetched, 0u);
+  EXPECT_LT(after->stats.blob_bytes_fetched, layers_[1].size / 20);
+  EXPECT_EQ(after->stats.auth_failures, 0u);
+
+  // The rest of the layer reads back whole and verified.
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
+  EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
+  EXPECT_EQ(handler_->Check(CheckOf(req)).code(), StatusCode::kOk);
+  EXPECT_TRUE(handler_->Unmount(1, req.target_dir).ok());
+  EXPECT_FALSE(StatusOf(1).has_value());
+}
+
+TEST_F(EstargzLazy, BackgroundVerificationChecksTheWholeLayerAgainstTheChainId) {
+  StartHandler(/*verify=*/true);
+  auto good = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(good);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  EXPECT_EQ(WaitForVerification(1), lazylayer::Verification::kVerified);
+  EXPECT_TRUE(handler_->Check(CheckOf(good)).ok());
+  EXPECT_EQ(testing::ReadFileString(good.target_dir / "srv" / "hello.txt"), kHello);
+
+  // The same layer prepared under a chain ID its content does not give (a config claiming
+  // another diff_id): served at first, quarantined once the whole layer has been hashed.
+  const std::string claimed = lazylayer::ChainIdOf(
+      layers_[1].parent_chain_id, crypto::OciDigest(crypto::Sha256::Of(AsBytes("not it"))));
+  auto bad = Request(image_ref_, layers_[1], 2, claimed);
+  mounted = handler_->TryMount(bad);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  EXPECT_EQ(WaitForVerification(2), lazylayer::Verification::kFailed);
+  Status check = handler_->Check(CheckOf(bad));
+  EXPECT_EQ(check.code(), StatusCode::kAuthFailed) << check.ToString();
+  EXPECT_NE(check.message().find("quarantined"), std::string::npos) << check.ToString();
+  EXPECT_EQ(ReadErrno(bad.target_dir / "srv" / "hello.txt"), EIO);
+  // Recorded beside the snapshot: a restart refuses it too.
+  EXPECT_TRUE(fs::exists(bad.target_dir.parent_path() / "lazycrypt-quarantined"));
+  // The good one is unaffected.
+  EXPECT_EQ(testing::ReadFileString(good.target_dir / "srv" / "hello.txt"), kHello);
+}
+
+TEST_F(EstargzLazy, TamperedChunkReadsAsEioAndTheLayerIsQuarantined) {
+  const std::string ref = registry_->host() + "/app:tampered";
+  Layer t = PushTamperedLayer(ref, "srv/hello.txt");
+  StartHandler(/*verify=*/false);
+  auto req = Request(ref, t, 1, t.chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  std::string got;
+  EXPECT_EQ(ReadErrno(req.target_dir / "srv" / "hello.txt", &got), EIO);
+  EXPECT_TRUE(got.empty()) << "bytes of a chunk that failed verification were served";
+  EXPECT_EQ(ReadErrno(req.target_dir / "srv" / "hello.txt"), EIO);  // every time
+  // Files in other members are intact and read.
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
+  auto s = StatusOf(1);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_GE(s->stats.auth_failures, 1u);
+  handler_.reset();
+
+  // With the background verification on, the altered blob fails its HMAC: quarantined whole.
+  StartHandler(/*verify=*/true);
+  auto req2 = Request(ref, t, 2, t.chain_id);
+  mounted = handler_->TryMount(req2);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  EXPECT_EQ(WaitForVerification(2), lazylayer::Verification::kFailed);
+  EXPECT_EQ(ReadErrno(req2.target_dir / "srv" / "other.txt"), EIO);
+  EXPECT_EQ(handler_->Check(CheckOf(req2)).code(), StatusCode::kAuthFailed);
+}
+
+TEST_F(EstargzLazy, TocThatIsNotThePinnedOneIsRefusedAtMount) {
+  // The same blob, but the manifest pins another TOC digest.
+  const std::string ref = registry_->host() + "/app:othertoc";
+  nlohmann::json m = manifest_;
+  m["layers"][1]["annotations"][std::string(estargz::kAnnotationTocDigest)] =
+      crypto::OciDigest(crypto::Sha256::Of(AsBytes("another TOC")));
+  PushManifest(ref, m);
+  StartHandler(/*verify=*/false);
+  auto req = Request(ref, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_FALSE(mounted.ok()) << "mounted a layer whose TOC is not the pinned one";
+  EXPECT_EQ(mounted.status().code(), StatusCode::kAuthFailed) << mounted.status().ToString();
+  EXPECT_NE(mounted.status().message().find("estargz TOC digest mismatch"), std::string::npos)
+      << mounted.status().ToString();
+  EXPECT_FALSE(StatusOf(1).has_value());
+  EXPECT_TRUE(fs::is_empty(req.target_dir)) << "something was unpacked";
+}
+
+}  // namespace
+}  // namespace lazycrypt
