@@ -441,7 +441,7 @@ struct MountedEstargzLayer::Background {
 Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
     const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
     const image::Descriptor& descriptor, const keywrap::KeyRing& keys,
-    const EstargzMountOptions& options) {
+    const EstargzMountOptions& options, std::unique_ptr<fusefs::FuseMount>* resumed) {
   const std::string what = "ocicrypt-estargz layer " + descriptor.digest;
   auto pin_it = descriptor.annotations.find(std::string(estargz::kAnnotationTocDigest));
   if (pin_it == descriptor.annotations.end()) {
@@ -495,9 +495,14 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   if (options.verify) layer->data_->set_verify_on();
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;
-  auto mount = fusefs::FuseMount::Mount(mountpoint, layer->data_, mount_options);
-  if (!mount.ok()) return mount.status().WithContext(what);
-  layer->mount_ = std::move(*mount);
+  if (resumed != nullptr && *resumed != nullptr) {
+    LC_RETURN_IF_ERROR((*resumed)->Provide(layer->data_).WithContext(what));
+    layer->mount_ = std::move(*resumed);
+  } else {
+    auto mount = fusefs::FuseMount::Mount(mountpoint, layer->data_, mount_options);
+    if (!mount.ok()) return mount.status().WithContext(what);
+    layer->mount_ = std::move(*mount);
+  }
   if (options.prefetch || options.verify) {
     layer->background_ = std::make_unique<Background>();
     MountedEstargzLayer* self = layer.get();
@@ -581,19 +586,27 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
   return Status::Ok();
 }
 
-MountedEstargzLayer::~MountedEstargzLayer() {
-  if (background_) {
-    {
-      std::lock_guard<std::mutex> lock(background_->mu);
-      background_->stop.store(true);
-    }
-    background_->cv.notify_all();
-    if (background_->thread.joinable()) background_->thread.join();
+void MountedEstargzLayer::StopBackground() {
+  if (!background_) return;
+  {
+    std::lock_guard<std::mutex> lock(background_->mu);
+    background_->stop.store(true);
   }
-  mount_.reset();  // unmounts
+  background_->cv.notify_all();
+  if (background_->thread.joinable()) background_->thread.join();
+}
+
+MountedEstargzLayer::~MountedEstargzLayer() {
+  StopBackground();
+  mount_.reset();  // unmounts, unless left to the next daemon
 }
 
 Status MountedEstargzLayer::Unmount() { return mount_->Unmount(); }
+
+void MountedEstargzLayer::LeaveMounted() {
+  StopBackground();
+  mount_->LeaveMounted();
+}
 
 uint64_t MountedEstargzLayer::chunk_count() const { return data_->ez().chunks().size(); }
 

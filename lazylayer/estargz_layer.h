@@ -63,16 +63,23 @@ class MountedEstargzLayer {
   // eStargz annotations) describes. Errors: NotFound/PermissionDenied from the key unwrap,
   // AuthFailed "estargz TOC digest mismatch ..." when the TOC is not the pinned one, Corruption
   // for a malformed footer or TOC, the mount's errors.
+  // With `resumed` (a FuseMount::Resume of the mount a previous daemon left at `mountpoint`),
+  // nothing is mounted: the layer is given to it (Provide: the same entries give the same inode
+  // numbers) and it becomes this layer's mount; on failure it stays the caller's.
   static Result<std::unique_ptr<MountedEstargzLayer>> Mount(
       const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
       const image::Descriptor& descriptor, const keywrap::KeyRing& keys,
-      const EstargzMountOptions& options);
+      const EstargzMountOptions& options,
+      std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
   ~MountedEstargzLayer();
   MountedEstargzLayer(const MountedEstargzLayer&) = delete;
   MountedEstargzLayer& operator=(const MountedEstargzLayer&) = delete;
 
   // Unmounts (FailedPrecondition "busy" while in use). Idempotent.
   Status Unmount();
+  // Stops the background work and leaves the mount to the next daemon
+  // (FuseMount::LeaveMounted); destruction then leaves the mount alone.
+  void LeaveMounted();
   const fusefs::FuseMount& fuse() const { return *mount_; }
   const std::filesystem::path& mountpoint() const { return mount_->mountpoint(); }
   const std::string& digest() const { return digest_; }
@@ -91,6 +98,7 @@ class MountedEstargzLayer {
   struct Background;
   MountedEstargzLayer() = default;
   void RunBackground(EstargzMountOptions options);
+  void StopBackground();
   Status VerifyOnce(const EstargzMountOptions& options);
   std::shared_ptr<Data> data_;
   std::unique_ptr<fusefs::FuseMount> mount_;

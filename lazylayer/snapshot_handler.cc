@@ -337,10 +337,11 @@ struct SnapshotHandler::Impl {
     snapshotter::SnapshotUsage usage;
   };
   std::map<int64_t, Unpacked> unpacked_layers;
-  // ocicrypt-estargz layers (FORMAT.md §10) mounted lazily (MountEstargz), by snapshot id. Not
-  // kept over a restart of this daemon: Restore mounts them afresh.
+  // ocicrypt-estargz layers (FORMAT.md §10) mounted lazily (MountEstargz), by snapshot id. Kept
+  // over a restart as the GCM format's mounts are (fd store, restore record).
   struct EstargzMounted : KeyState {
     std::unique_ptr<MountedEstargzLayer> layer;
+    std::string fd_name;  // its FUSE fd in options.fd_store ("" when not kept there)
     std::string layer_digest;
     std::string image_ref;
     std::chrono::steady_clock::time_point mounted_at;
@@ -402,8 +403,8 @@ struct SnapshotHandler::Impl {
                      std::unique_ptr<fusefs::FuseMount>* resumed = nullptr) {
     LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, SourceFromLabels(labels));
     if (!source) {
-      if (resumed != nullptr || !options.unpack_ocicrypt) return false;
-      return UnpackOcicrypt(snapshot_id, name, parent, labels, target_dir);
+      if (!options.unpack_ocicrypt) return false;
+      return UnpackOcicrypt(snapshot_id, name, parent, labels, target_dir, resumed);
     }
     const std::string what = "layer " + source->layer_digest;
     auto parent_chain = ChainIdOfSnapshotName(parent);
@@ -558,15 +559,28 @@ struct SnapshotHandler::Impl {
   // A standard ocicrypt layer, unpacked by this snapshotter (lazylayer/ocicrypt_unpack.h) into
   // target_dir for snapshot `name` on `parent`: true once it is there and its diff_id gives
   // `name`; false for any layer that is not an ocicrypt layer (containerd pulls it as usual).
+  // An ocicrypt-estargz layer is mounted lazily instead (MountEstargz); `resumed` is for those
+  // only (a mount a previous daemon left): false for any other layer.
   Result<bool> UnpackOcicrypt(int64_t snapshot_id, const std::string& name,
                               const std::string& parent,
                               const std::map<std::string, std::string>& labels,
-                              const std::filesystem::path& target_dir) {
+                              const std::filesystem::path& target_dir,
+                              std::unique_ptr<fusefs::FuseMount>* resumed = nullptr) {
     LC_ASSIGN_OR_RETURN(std::optional<LayerSource> source, AnySourceFromLabels(labels));
     if (!source) return false;
     const std::string what = "layer " + source->layer_digest;
+    // Mounted lazily before (a restart): its record holds the descriptor and what opened it.
+    std::optional<RestoreRecord> lazy_record;
+    if (auto read = ReadRestoreRecord(RestoreRecordPath(target_dir)); read.ok()) {
+      if (read->descriptor.digest == source->layer_digest &&
+          IsEstargzOcicryptLayer(read->descriptor)) {
+        lazy_record = std::move(*read);
+      }
+    }
+    if (resumed != nullptr && !lazy_record) return false;
     // Which kind of layer it is, only the manifest says (containerd passes no media type).
-    auto descriptor = FindLayer(*source);
+    auto descriptor =
+        lazy_record ? Result<image::Descriptor>(lazy_record->descriptor) : FindLayer(*source);
     if (!descriptor.ok()) {
       // Not knowing is not refusing: containerd pulls it itself (and fails there if it must).
       Warn(what + " of " + source->image_ref + ": left to containerd, its manifest could not be "
@@ -582,8 +596,10 @@ struct SnapshotHandler::Impl {
     auto repo = registry::Reference::Parse(source->image_ref);
     if (!repo.ok()) return repo.status().WithContext(what);
     if (IsEstargzOcicryptLayer(*descriptor)) {
+      std::vector<RecordedRange> ranges;
+      if (lazy_record) ranges = std::move(lazy_record->ranges);
       return MountEstargz(snapshot_id, name, parent_chain, *descriptor, *source, *repo, *keys,
-                          target_dir);
+                          target_dir, std::move(ranges), resumed);
     }
     Log("unpacking ocicrypt " + what + " of " + source->image_ref + " (" +
         std::to_string(descriptor->size) + " bytes, " + descriptor->media_type + ")");
@@ -630,10 +646,23 @@ struct SnapshotHandler::Impl {
   Result<bool> MountEstargz(int64_t snapshot_id, const std::string& name,
                             const std::string& parent_chain, const image::Descriptor& descriptor,
                             const LayerSource& source, const registry::Reference& repo,
-                            const keywrap::KeyRing& keys, const std::filesystem::path& target_dir) {
+                            const keywrap::KeyRing& keys, const std::filesystem::path& target_dir,
+                            std::vector<RecordedRange> recorded,
+                            std::unique_ptr<fusefs::FuseMount>* resumed) {
     const std::string what = "ocicrypt-estargz layer " + source.layer_digest;
     auto blob = cache::OpenRegistryBlobSource(*client, repo, descriptor.digest, descriptor.size);
     if (!blob.ok()) return blob.status().WithContext(what);
+    // As for the GCM format: the ranges that open the layer (footer, TOC) are kept beside the
+    // snapshot, so that a restart serves it again while its registry is unreachable.
+    std::shared_ptr<cache::MultiRangeBlobSource> registry_source(std::move(*blob));
+    std::shared_ptr<RecordingBlobSource> recording;
+    std::shared_ptr<BlobSource> layer_source;
+    if (!recorded.empty()) {
+      layer_source = std::make_shared<ReplayBlobSource>(registry_source, std::move(recorded));
+    } else {
+      recording = std::make_shared<RecordingBlobSource>(registry_source);
+      layer_source = recording;
+    }
     EstargzMountOptions o;
     o.mount = options.layer.mount;
     o.prefetch = options.layer.prefetch;
@@ -646,16 +675,37 @@ struct SnapshotHandler::Impl {
                                 chain + ", not the snapshot's " + name);
     };
     o.on_verified = VerificationRecorder(options.log, source.layer_digest, name, target_dir);
-    auto mounted = MountedEstargzLayer::Mount(
-        target_dir, std::shared_ptr<BlobSource>(std::move(*blob)), descriptor, keys, o);
+    const bool is_resume = resumed != nullptr && *resumed != nullptr;
+    auto mounted = MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
     if (!mounted.ok()) return NoKeyOr(what, mounted.status());
-    Log("mounted " + what + " of " + source.image_ref + " lazily at " + target_dir.string() +
+    if (recording) {
+      RestoreRecord fresh{descriptor, recording->Take()};
+      if (Status w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh); !w.ok()) {
+        Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
+             w.ToString());
+      }
+    }
+    // Kept outside this process, so that the connection outlives it (as MountLayer's).
+    std::string fd_name;
+    if (options.fd_store) {
+      fd_name = FuseFdName(snapshot_id, (*mounted)->fuse().device());
+      if (!is_resume) {
+        if (Status put = options.fd_store->Put(fd_name, (*mounted)->fuse().fuse_fd()); !put.ok()) {
+          fd_name.clear();
+          Warn(what + " at " + target_dir.string() + " will not survive a restart of the "
+               "snapshotter: keeping its FUSE fd in the fd store failed: " + put.ToString());
+        }
+      }
+    }
+    Log(std::string(is_resume ? "resumed " : "mounted ") + what + " of " + source.image_ref +
+        " lazily at " + target_dir.string() +
         " (" + std::to_string((*mounted)->chunk_count()) + " chunks, " +
         std::to_string(descriptor.size) + " bytes, key " + (*mounted)->key_name() + ")");
     std::lock_guard<std::mutex> lock(mu);
     EstargzMounted& m = estargz_mounts[snapshot_id];
     m = EstargzMounted{};
     m.layer = std::move(*mounted);
+    m.fd_name = std::move(fd_name);
     m.layer_digest = source.layer_digest;
     m.image_ref = source.image_ref;
     m.descriptor = descriptor;
@@ -784,7 +834,7 @@ struct SnapshotHandler::Impl {
     r = Restoring{};
     r.request = info;
     r.fd_name = h.name;
-    auto source = SourceFromLabels(info.labels);
+    auto source = AnySourceFromLabels(info.labels);
     r.layer_digest = source.ok() && *source ? (*source)->layer_digest : std::string("(unknown)");
     r.since = std::chrono::steady_clock::now();
     return std::move(*resumed);
@@ -818,9 +868,16 @@ struct SnapshotHandler::Impl {
           gone = std::move(m->second.layer);
           mounts.erase(m);
         }
+        std::unique_ptr<MountedEstargzLayer> gone_estargz;
+        if (auto e = estargz_mounts.find(info.snapshot_id); e != estargz_mounts.end()) {
+          gone_estargz = std::move(e->second.layer);
+          estargz_mounts.erase(e);
+        }
         lock.unlock();
         if (gone) (void)gone->Unmount();
         gone.reset();
+        if (gone_estargz) (void)gone_estargz->Unmount();
+        gone_estargz.reset();
         DropHeld(fd_name);
         return Status::NotFound("snapshot " + info.name + " was removed while being restored");
       }
@@ -928,7 +985,7 @@ SnapshotHandler::~SnapshotHandler() {
   const bool keep = impl_->options.fd_store && impl_->options.keep_mounts_on_exit;
   std::map<int64_t, Impl::Mounted> mounts;
   std::map<int64_t, Impl::Restoring> restoring;
-  std::map<int64_t, Impl::EstargzMounted> estargz_mounts;  // unmounted when this scope ends
+  std::map<int64_t, Impl::EstargzMounted> estargz_mounts;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     mounts.swap(impl_->mounts);
@@ -938,10 +995,11 @@ SnapshotHandler::~SnapshotHandler() {
   if (keep) {
     // The next daemon resumes them: running containers keep reading.
     for (auto& [id, m] : mounts) m.layer->LeaveMounted();
+    for (auto& [id, e] : estargz_mounts) e.layer->LeaveMounted();
     for (auto& [id, r] : restoring) {
       if (r.mount) r.mount->LeaveMounted();
     }
-    impl_->Log("left " + std::to_string(mounts.size() + restoring.size()) +
+    impl_->Log("left " + std::to_string(mounts.size() + estargz_mounts.size() + restoring.size()) +
                " lazy layer mount(s) to the next snapshotter (" +
                std::string(impl_->options.fd_store->kind()) + " fd store)");
     return;
@@ -951,6 +1009,9 @@ SnapshotHandler::~SnapshotHandler() {
   for (auto& [id, m] : mounts) {
     if (!m.fd_name.empty()) impl_->DropHeld(m.fd_name);
   }
+  for (auto& [id, e] : estargz_mounts) {
+    if (!e.fd_name.empty()) impl_->DropHeld(e.fd_name);
+  }
   for (auto& [id, r] : restoring) impl_->DropHeld(r.fd_name);
   for (auto& [id, m] : mounts) {
     (void)m.layer->Unmount();  // busy: the destructor detaches it and aborts its connection
@@ -959,6 +1020,10 @@ SnapshotHandler::~SnapshotHandler() {
   for (auto& [id, r] : restoring) {
     if (r.mount) (void)r.mount->Unmount();
     r.mount.reset();
+  }
+  for (auto& [id, e] : estargz_mounts) {
+    (void)e.layer->Unmount();  // busy: the destructor detaches it and aborts its connection
+    e.layer.reset();
   }
 }
 
@@ -989,12 +1054,14 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
   Impl::Mounted mounted;
   Impl::Restoring resumed;
   std::unique_ptr<MountedEstargzLayer> estargz;
+  std::string estargz_fd_name;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     // An unpacked layer has nothing mounted: the snapshotter removes its files.
     if (impl_->unpacked_layers.erase(snapshot_id) != 0) return Status::Ok();
     if (auto e = impl_->estargz_mounts.find(snapshot_id); e != impl_->estargz_mounts.end()) {
       estargz = std::move(e->second.layer);
+      estargz_fd_name = std::move(e->second.fd_name);
       impl_->estargz_mounts.erase(e);
     }
     auto it = impl_->mounts.find(snapshot_id);
@@ -1015,6 +1082,7 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
     }
   }
   if (estargz) {
+    if (!estargz_fd_name.empty()) impl_->DropHeld(estargz_fd_name);
     impl_->Log("unmounting ocicrypt-estargz layer " + estargz->digest() + " at " +
                target_dir.string());
     (void)estargz->Unmount();  // busy: the destructor detaches it lazily

@@ -9,12 +9,17 @@
 //   - a chunk whose ciphertext was altered (in a manifest consistent with the altered blob)
 //     reads as EIO, never as other bytes; the background verification then quarantines the
 //     whole layer (its HMAC fails);
-//   - a manifest pinning another TOC digest is refused at mount.
+//   - a manifest pinning another TOC digest is refused at mount;
+//   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount: a file
+//     kept open across the restart reads again, from the new daemon.
 // Needs root and /dev/fuse.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -24,10 +29,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/file_io.h"
 #include "common/io.h"
 #include "crypto/digest.h"
 #include "estargz/reader.h"
 #include "estargz/toc.h"
+#include "fdstore/fd_store.h"
 #include "image/layer.h"
 #include "image/oci.h"
 #include "keywrap/keyring.h"
@@ -50,6 +57,42 @@ using testing::MustRun;
 
 constexpr char kHello[] = "hello from a lazily served ocicrypt-estargz layer\n";
 constexpr char kOther[] = "another small file, in a member of its own\n";
+
+// An fd store in this process: what systemd's or the holder's would keep for the next daemon.
+class MemoryFdStore final : public fdstore::FdStore {
+ public:
+  Status Put(const std::string& name, int fd) override {
+    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return ErrnoStatus("dup");
+    std::lock_guard<std::mutex> lock(mu_);
+    held_[name] = UniqueFd(copy);
+    return Status::Ok();
+  }
+  Status Remove(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_.erase(name);
+    return Status::Ok();
+  }
+  Result<std::vector<fdstore::NamedFd>> List() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<fdstore::NamedFd> out;
+    for (const auto& [name, fd] : held_) {
+      int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+      if (copy < 0) return ErrnoStatus("dup");
+      out.push_back(fdstore::NamedFd{name, UniqueFd(copy)});
+    }
+    return out;
+  }
+  std::string_view kind() const override { return "holder"; }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, UniqueFd> held_;
+};
 
 struct Layer {
   std::string digest;
@@ -157,15 +200,19 @@ class EstargzLazy : public ::testing::Test {
     ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
   }
 
-  void StartHandler(bool verify) {
+  void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr) {
     lazylayer::SnapshotHandlerOptions o;
+    if (fd_store) {
+      o.fd_store = std::move(fd_store);
+      o.layer.mount.clone_fd = false;  // a mount that survives its daemon (fusefs/fuse_fs.h)
+    }
     o.key_dirs = {tmp_->path() / "keys"};
     o.registry = ClientOptions();
     o.layer.prefetch = false;
     o.layer.verify = true;
     // Without verify: delayed past the test, so that every byte counted is a read's own.
     o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
-    o.keep_mounts_on_exit = false;
+    o.keep_mounts_on_exit = o.fd_store != nullptr;
     auto h = lazylayer::SnapshotHandler::Create(std::move(o));
     ASSERT_TRUE(h.ok()) << h.status().ToString();
     handler_ = std::move(*h);
@@ -398,6 +445,48 @@ TEST_F(EstargzLazy, TocThatIsNotThePinnedOneIsRefusedAtMount) {
       << mounted.status().ToString();
   EXPECT_FALSE(StatusOf(1).has_value());
   EXPECT_TRUE(fs::is_empty(req.target_dir)) << "something was unpacked";
+}
+
+}  // namespace
+}  // namespace lazycrypt
+
+namespace lazycrypt {
+namespace {
+
+TEST_F(EstargzLazy, RestartResumesTheSameMount) {
+  auto store = std::make_shared<MemoryFdStore>();
+  StartHandler(/*verify=*/false, store);
+  auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  EXPECT_EQ(store->size(), 1u) << "its FUSE fd is not kept for a next daemon";
+  // A container's open file, kept across the restart.
+  UniqueFd open_file(::open((req.target_dir / "srv" / "hello.txt").c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(open_file.valid());
+  char buf[256];
+  ASSERT_EQ(::pread(open_file.get(), buf, sizeof buf, 0), static_cast<ssize_t>(sizeof kHello - 1));
+
+  handler_.reset();  // leaves the mount to the next daemon
+  StartHandler(/*verify=*/false, store);
+  snapshotter::RestoreRequest restore;
+  restore.name = layers_[1].chain_id;
+  restore.parent = req.parent;
+  restore.labels = req.labels;
+  restore.target_dir = req.target_dir;
+  restore.snapshot_id = 1;
+  Status restored = handler_->Restore(restore);
+  ASSERT_TRUE(restored.ok()) << restored.ToString();
+  handler_->RestoreFinished();
+  EXPECT_EQ(handler_->Restarts().fds_resumed, 1u);
+  EXPECT_TRUE(StatusOf(1).has_value());
+  // The same mount: the open file reads again (with the page cache dropped, from the layer).
+  ASSERT_EQ(::posix_fadvise(open_file.get(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  ssize_t n = ::pread(open_file.get(), buf, sizeof buf, 0);
+  ASSERT_EQ(n, static_cast<ssize_t>(sizeof kHello - 1)) << std::strerror(errno);
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
+  EXPECT_EQ(fs::read_symlink(req.target_dir / "srv" / "link"), "hello.txt");
+  EXPECT_EQ(handler_->Check(CheckOf(req)).code(), StatusCode::kOk);
 }
 
 }  // namespace
