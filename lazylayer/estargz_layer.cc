@@ -1,5 +1,8 @@
 #include "lazylayer/estargz_layer.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -87,16 +90,19 @@ class WindowSource final : public BlobSource {
   BlobSource* fallback_;
 };
 
-// Reads a BlobSource from start to end in large pieces (one ranged request each), stopping when
-// `stop` is set (Unavailable "stopped").
+// Reads a BlobSource from start to end in pieces of `piece_bytes` (one ranged request each);
+// before each request `before_read(bytes)` may wait (yield to readers, pace the rate) and
+// returns false to stop (Unavailable "stopped").
 class LargeReadStream final : public InputStream {
  public:
-  LargeReadStream(BlobSource& blob, const std::atomic<bool>& stop)
-      : blob_(blob), stop_(stop), buffer_(kVerifyReadBytes) {}
+  LargeReadStream(BlobSource& blob, size_t piece_bytes, std::function<bool(size_t)> before_read)
+      : blob_(blob), before_read_(std::move(before_read)), buffer_(piece_bytes) {}
   Result<size_t> Read(MutableByteSpan out) override {
     if (pos_ == filled_) {
       if (offset_ >= blob_.size()) return size_t{0};
-      if (stop_.load()) return Status::Unavailable("stopped");
+      const size_t want =
+          static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
+      if (!before_read_(want)) return Status::Unavailable("stopped");
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
       LC_RETURN_IF_ERROR(blob_.ReadAt(offset_, MutableByteSpan(buffer_).first(n)));
       offset_ += n;
@@ -111,7 +117,7 @@ class LargeReadStream final : public InputStream {
 
  private:
   BlobSource& blob_;
-  const std::atomic<bool>& stop_;
+  std::function<bool(size_t)> before_read_;
   std::vector<uint8_t> buffer_;
   uint64_t offset_ = 0;
   size_t pos_ = 0, filled_ = 0;
@@ -363,6 +369,13 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   bool quarantined() const override { return verification_.load() == Verification::kFailed; }
 
   void set_verify_on() { verify_on_ = true; }
+  // Waits until no read is fetching a chunk, or for `at_most`; false when none is fetching.
+  bool WaitWhileFetching(std::chrono::milliseconds at_most) {
+    std::unique_lock<std::mutex> lock(fetch_mu_);
+    if (fetches_ == 0) return false;
+    fetch_cv_.wait_for(lock, at_most, [&] { return fetches_ == 0; });
+    return true;
+  }
   void Finish(Verification v, Status status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -386,8 +399,17 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
                                 ": its member lies outside the blob or is too large");
     }
     std::vector<uint8_t> ciphertext(static_cast<size_t>(c.compressed_size));
-    LC_RETURN_IF_ERROR(ciphertext_->ReadAt(c.compressed_offset, ciphertext)
-                           .WithContext("estargz chunk " + std::to_string(i)));
+    {
+      std::lock_guard<std::mutex> lock(fetch_mu_);
+      ++fetches_;
+    }
+    Status fetched = ciphertext_->ReadAt(c.compressed_offset, ciphertext);
+    {
+      std::lock_guard<std::mutex> lock(fetch_mu_);
+      --fetches_;
+    }
+    fetch_cv_.notify_all();
+    LC_RETURN_IF_ERROR(fetched.WithContext("estargz chunk " + std::to_string(i)));
     chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
     WindowSource window(blob_size, c.compressed_offset, std::move(ciphertext), nullptr);
     LC_ASSIGN_OR_RETURN(auto plain, estargz::CtrPlaintextView::Create(window, key_.span(), nonce_));
@@ -419,6 +441,10 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
                      std::shared_future<Result<std::shared_ptr<const crypto::SecureBuffer>>>>
       inflight_;
   Status verification_status_ = Status::Unavailable("verification pending");
+  // Chunk fetches running now (the verification sends no request meanwhile).
+  std::mutex fetch_mu_;
+  std::condition_variable fetch_cv_;
+  int fetches_ = 0;
 
   std::atomic<Verification> verification_{Verification::kPending};
   std::atomic<bool> verify_on_{false};
@@ -528,6 +554,9 @@ void MountedEstargzLayer::RunBackground(EstargzMountOptions options) {
       bg.SleepFor(std::chrono::milliseconds(options.verify_start_delay_ms))) {
     return;
   }
+  // Linux: the nice value is per thread (as the GCM format's verification). Failure only means
+  // normal priority.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
   auto backoff = std::chrono::milliseconds(500);
   Status result;
   while (true) {
@@ -565,7 +594,29 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
   // The whole ciphertext once: its digest, the HMAC and privopts' plaintext digest are checked by
   // the decrypting stream at its end (which the gzip reader reaches: it reads until its input
   // ends, to know no member follows); the decompressed tar is hashed on the way.
-  LargeReadStream in(data_->ciphertext().inner(), background_->stop);
+  // Reads yield to chunk fetches (no request while one runs) and keep to the rate, if any.
+  const uint64_t rate = options.verify_rate_bytes_per_sec;
+  const size_t piece = rate == 0 ? kVerifyReadBytes
+                                 : static_cast<size_t>(std::clamp<uint64_t>(
+                                       rate / 4, uint64_t{64} << 10, kVerifyReadBytes));
+  const auto start = std::chrono::steady_clock::now();
+  uint64_t sent = 0;
+  Background& bg = *background_;
+  Data& data = *data_;
+  LargeReadStream in(data.ciphertext().inner(), piece, [&](size_t bytes) {
+    while (!bg.stop.load() && data.WaitWhileFetching(std::chrono::milliseconds(50))) {
+    }
+    if (rate > 0) {
+      const auto due = start + std::chrono::microseconds(sent * 1000000 / rate);
+      const auto now = std::chrono::steady_clock::now();
+      if (due > now &&
+          bg.SleepFor(std::chrono::duration_cast<std::chrono::milliseconds>(due - now))) {
+        return false;
+      }
+    }
+    sent += bytes;
+    return !bg.stop.load();
+  });
   LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, descriptor_, *cipher_));
   auto tar = compress::NewGzipInputStream(*plain);
   crypto::Sha256 sha;

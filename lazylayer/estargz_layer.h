@@ -48,6 +48,9 @@ struct EstargzMountOptions {
   // Verify the whole layer in the background once mounted (see above).
   bool verify = true;
   uint32_t verify_start_delay_ms = 0;
+  // The verification's fetch rate (bytes/s; 0 = as fast as the source allows). Either way it
+  // sends no request while a read is fetching a chunk, and runs at a lower CPU priority.
+  uint64_t verify_rate_bytes_per_sec = 0;
   // Given the verified layer's diff_id ("sha256:<hex>" of its tar stream): OK when the layer may
   // be used under it; an error quarantines the layer. Null: any diff_id is accepted.
   std::function<Status(const std::string& diff_id)> check_diff_id;

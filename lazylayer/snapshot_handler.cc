@@ -668,6 +668,9 @@ struct SnapshotHandler::Impl {
     o.prefetch = options.layer.prefetch;
     o.verify = options.layer.verify;
     o.verify_start_delay_ms = options.layer.verify_start_delay_ms;
+    o.verify_rate_bytes_per_sec = options.layer.background_rate_bytes_per_sec > 0
+                                      ? options.layer.background_rate_bytes_per_sec
+                                      : options.layer.verify_rate_bytes_per_sec;
     o.check_diff_id = [parent_chain, name](const std::string& diff_id) -> Status {
       const std::string chain = ChainIdOf(parent_chain, diff_id);
       if (chain == name) return Status::Ok();
