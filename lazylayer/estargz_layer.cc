@@ -178,8 +178,12 @@ format::EntryType MapType(estargz::EntryType t) {
 
 // The FUSE file system's view of a verified eStargz index: entry i = eStargz entry i, chunk i =
 // eStargz chunk i; file data numbered as if the regular files' bytes were one stream.
+// Then one more regular file, /stargz.index.json (`toc_json_size` bytes: the pinned TOC JSON),
+// as an eager unpack of the layer creates it (its tar header is not pinned, so its metadata is
+// what FORMAT.md §10.1 says the writer puts there: mode 0, uid/gid 0, mtime 0).
 Result<std::shared_ptr<const format::LayerIndex>> ToLayerIndex(const estargz::Index& ez,
-                                                              uint64_t blob_size) {
+                                                              uint64_t blob_size,
+                                                              uint64_t toc_json_size) {
   format::Toc toc;
   toc.entries.reserve(ez.entries().size());
   toc.chunks.reserve(ez.chunks().size());
@@ -226,6 +230,21 @@ Result<std::shared_ptr<const format::LayerIndex>> ToLayerIndex(const estargz::In
   if (toc.chunks.size() != ez.chunks().size()) {
     return Status::Corruption("estargz TOC: chunks that belong to no file");
   }
+  format::Entry json = format::Entry();
+  json.name = std::string(estargz::kTocTarName);
+  json.type = format::EntryType::kRegular;
+  json.size = toc_json_size;
+  json.data_offset = data;
+  toc.entries.push_back(std::move(json));
+  if (toc_json_size > 0) {
+    if (toc_json_size > UINT32_MAX) return Status::Corruption("estargz TOC: over 4 GiB");
+    format::ChunkInfo info;
+    info.index = toc.chunks.size();
+    info.raw_size = static_cast<uint32_t>(toc_json_size);
+    info.tar_offset = data;
+    toc.chunks.push_back(info);
+    data += toc_json_size;
+  }
   if (!toc.chunks.empty()) toc.chunks.back().last = true;
   toc.tar_size = data;
   toc.prefetch = ez.prefetch_entries();
@@ -246,12 +265,14 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
  public:
   Data(std::shared_ptr<CountingSource> ciphertext, crypto::SecureBuffer key,
        std::vector<uint8_t> nonce, std::shared_ptr<const estargz::Index> ez,
-       std::shared_ptr<const format::LayerIndex> index, uint64_t cache_bytes)
+       std::shared_ptr<const format::LayerIndex> index, crypto::SecureBuffer toc_json,
+       uint64_t cache_bytes)
       : ciphertext_(std::move(ciphertext)),
         key_(std::move(key)),
         nonce_(std::move(nonce)),
         ez_(std::move(ez)),
         index_(std::move(index)),
+        toc_json_(std::move(toc_json)),
         cache_capacity_bytes_(cache_bytes) {}
 
   const format::LayerIndex& index() const override { return *index_; }
@@ -271,6 +292,12 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
       return Status::InvalidArgument("estargz layer: not an entry of this layer");
     }
     const auto i = static_cast<uint32_t>(&entry - entries.data());
+    if (i == ez_->entries().size()) {  // /stargz.index.json: the pinned TOC JSON
+      if (offset >= toc_json_.size()) return size_t{0};
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), toc_json_.size() - offset));
+      std::memcpy(out.data(), toc_json_.data() + offset, n);
+      return n;
+    }
     const estargz::Entry& e = ez_->entries()[i];
     if (e.type != estargz::EntryType::kRegular) {
       return Status::InvalidArgument("estargz layer: not a regular file");
@@ -429,6 +456,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   std::vector<uint8_t> nonce_;
   std::shared_ptr<const estargz::Index> ez_;
   std::shared_ptr<const format::LayerIndex> index_;
+  const crypto::SecureBuffer toc_json_;
   const uint64_t cache_capacity_bytes_;
 
   mutable std::mutex mu_;
@@ -499,6 +527,7 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   LC_RETURN_IF_ERROR(
       counting->ReadAt(blob_size - tail, tail_bytes).WithContext(what + ": footer and TOC"));
   std::shared_ptr<const estargz::Index> ez;
+  crypto::SecureBuffer toc_json;  // names are confidential: wiped when dropped
   {
     WindowSource window(blob_size, blob_size - tail, std::move(tail_bytes), counting.get());
     LC_ASSIGN_OR_RETURN(auto plain,
@@ -506,8 +535,20 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
     auto opened = estargz::OpenIndex(*plain, *pinned);
     if (!opened.ok()) return opened.status().WithContext(what);
     ez = std::move(*opened);
+    // The JSON again, for /stargz.index.json (from the same window: no request when the size
+    // hint was right), and checked against the pin again: these are the bytes served.
+    std::vector<uint8_t> member(
+        static_cast<size_t>(blob_size - estargz::kFooterSize - ez->toc_offset()));
+    LC_RETURN_IF_ERROR(plain->ReadAt(ez->toc_offset(), member).WithContext(what + ": TOC"));
+    auto json = estargz::ExtractTocJson(member);
+    if (!json.ok()) return json.status().WithContext(what);
+    crypto::ScopedWipe wipe_json(*json);
+    if (crypto::Sha256::Of(*json) != *pinned) {
+      return Status::AuthFailed(what + ": estargz TOC digest mismatch on a second read");
+    }
+    toc_json = crypto::SecureBuffer(*json);
   }
-  auto index = ToLayerIndex(*ez, blob_size);
+  auto index = ToLayerIndex(*ez, blob_size, toc_json.size());
   if (!index.ok()) return index.status().WithContext(what);
 
   std::unique_ptr<MountedEstargzLayer> layer(new MountedEstargzLayer());
@@ -517,7 +558,8 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   layer->descriptor_ = descriptor;
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(*cipher));
   layer->data_ = std::make_shared<Data>(counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez,
-                                        std::move(*index), options.opened_chunk_cache_bytes);
+                                        std::move(*index), std::move(toc_json),
+                                        options.opened_chunk_cache_bytes);
   if (options.verify) layer->data_->set_verify_on();
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;

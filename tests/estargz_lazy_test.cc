@@ -9,6 +9,8 @@
 //   - a chunk whose ciphertext was altered (in a manifest consistent with the altered blob)
 //     reads as EIO, never as other bytes; the background verification then quarantines the
 //     whole layer (its HMAC fails);
+//   - the lazy view of each layer equals what an eager node unpacks (the layer decrypted and
+//     extracted with GNU tar), /stargz.index.json and the landmark included;
 //   - a manifest pinning another TOC digest is refused at mount;
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount: a file
 //     kept open across the restart reads again, from the new daemon.
@@ -46,6 +48,7 @@
 #include "tests/harness/registry_process.h"
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
+#include "tests/tree_compare.h"
 
 namespace lazycrypt {
 namespace {
@@ -127,8 +130,9 @@ class EstargzLazy : public ::testing::Test {
     testing::WriteFileString(app / "srv" / "other.txt", kOther);
     fs::create_symlink("hello.txt", app / "srv" / "link");
     big_sha256_ = testing::FileSha256(app / "srv" / "big.bin");
-    MustRun({"tar", "--numeric-owner", "-C", app.string(), "-cf", (root / "app.tar").string(),
-             "srv/hello.txt", "srv/big.bin", "srv/other.txt", "srv/link"});
+    MustRun({"tar", "--numeric-owner", "--no-recursion", "-C", app.string(), "-cf",
+             (root / "app.tar").string(), "srv", "srv/hello.txt", "srv/big.bin", "srv/other.txt",
+             "srv/link"});
     MustRun({"umoci", "raw", "add-layer", "--image", layout.string() + ":latest",
              (root / "app.tar").string()});
 
@@ -487,6 +491,56 @@ TEST_F(EstargzLazy, RestartResumesTheSameMount) {
   EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
   EXPECT_EQ(fs::read_symlink(req.target_dir / "srv" / "link"), "hello.txt");
   EXPECT_EQ(handler_->Check(CheckOf(req)).code(), StatusCode::kOk);
+}
+
+}  // namespace
+}  // namespace lazycrypt
+
+namespace lazycrypt {
+namespace {
+
+TEST_F(EstargzLazy, LazyViewEqualsTheEagerUnpack) {
+  StartHandler(/*verify=*/false);
+  auto key = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  std::vector<keywrap::PrivateKey> keys;
+  keys.push_back(std::move(*key));
+  keywrap::KeyRing ring(std::move(keys));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    SCOPED_TRACE("layer " + std::to_string(i));
+    // What an eager node unpacks: the layer decrypted (HMAC checked) and extracted by GNU tar.
+    MemoryOutputStream blob;
+    ASSERT_TRUE(client_->GetBlob(Ref(image_ref_), layers_[i].digest, blob).ok());
+    image::Descriptor d;
+    d.media_type = manifest_["layers"][i]["mediaType"].get<std::string>();
+    d.digest = layers_[i].digest;
+    d.size = layers_[i].size;
+    for (auto& [k, v] : manifest_["layers"][i]["annotations"].items()) d.annotations[k] = v;
+    MemoryInputStream in(blob.bytes());
+    MemoryOutputStream plain;
+    auto decrypted = image::DecryptOcicryptLayer(in, d, plain, ring);
+    ASSERT_TRUE(decrypted.ok()) << decrypted.status().ToString();
+    const fs::path gz = tmp_->path() / ("layer" + std::to_string(i) + ".tar.gz");
+    testing::WriteFileString(gz, std::string(AsStringView(plain.bytes())));
+    const fs::path eager = tmp_->path() / ("eager" + std::to_string(i));
+    fs::create_directories(eager);
+    MustRun({"tar", "--numeric-owner", "-xpzf", gz.string(), "-C", eager.string()});
+    ASSERT_TRUE(fs::exists(eager / "stargz.index.json"));
+
+    auto req = Request(image_ref_, layers_[i], static_cast<int64_t>(i + 1), layers_[i].chain_id);
+    auto mounted = handler_->TryMount(req);
+    ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+    ASSERT_TRUE(*mounted);
+    testing::TreeCompareOptions options;
+    options.compare_root_metadata = false;
+    std::vector<std::string> diffs = testing::CompareTrees(eager, req.target_dir, options);
+    EXPECT_TRUE(diffs.empty()) << diffs.size() << " differences, first: " << diffs.front();
+    const testing::TreeCensus census = testing::CountTree(req.target_dir);
+    EXPECT_GT(census.regular, 0u);
+    if (i == 0) {
+      EXPECT_GT(census.symlinks + census.hardlinked, 10u);  // busybox's links
+    }
+  }
 }
 
 }  // namespace
