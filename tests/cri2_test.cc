@@ -401,5 +401,29 @@ TEST_F(Cri2, PlainContainerd21WithImgcryptDecryptsAnOcicryptImageOnlyWithTheLoca
   RecordProperty("no_decoder_error", bare.status.message());
 }
 
+// issue 18 part 1: an image made by `lazycrypt encrypt --format ocicrypt-estargz` (a standard
+// ocicrypt image that imgcrypt and skopeo decrypt, tests/estargz_interop_test.cc) runs through the
+// shipped drop-in lazily: both layers FUSE-mounted (not unpacked), and the pod's read of the marker
+// fetches a fraction of the 24 MiB data layer.
+TEST_F(Cri2, OcicryptEstargzImageRunsLazilyThroughTheShippedDropIn) {
+  ImportShippedDropIn();
+  ASSERT_FALSE(HasFailure());
+  Start(harness::CriPluginConfig{});
+  ASSERT_FALSE(HasFailure());
+  const std::string ref = Publish("estargz", node_key_.pub, {"--format", "ocicrypt-estargz"});
+  ASSERT_FALSE(HasFailure());
+  const uint64_t before = BlobBytesFetched();
+  PodRun run = RunPod("estargz", ref, "lazycrypt", {"/bin/cat", "/data/marker.txt"});
+  ASSERT_TRUE(run.status.ok()) << run.status.ToString() << Logs();
+  EXPECT_EQ(run.container.exit_code, 0) << run.container.reason;
+  EXPECT_EQ(run.log, marker_ + "\n") << Logs();
+  EXPECT_EQ(run.snapshotter, "lazycrypt");
+  EXPECT_EQ(CountFuseMounts(root_), 2u) << "not mounted lazily" << Logs();
+  const uint64_t fetched = BlobBytesFetched() - before;
+  EXPECT_LT(fetched, (uint64_t{kDataMiB} << 20) / 4) << "fetched " << fetched << " bytes";
+  EXPECT_GT(fetched, 0u);
+  RecordProperty("blob_bytes_fetched", std::to_string(fetched));
+}
+
 }  // namespace
 }  // namespace lazycrypt
