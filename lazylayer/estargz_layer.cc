@@ -23,7 +23,9 @@
 #include "estargz/reader.h"
 #include "estargz/toc.h"
 #include "format/layer_index.h"
+#include "format/toc_tar_match.h"
 #include "image/layer.h"
+#include "tar/tar_reader.h"
 
 namespace lazycrypt::lazylayer {
 namespace {
@@ -161,6 +163,29 @@ Status ParseModtime(const std::string& text, int64_t& sec, uint32_t& nsec) {
   tm.tm_sec = s;
   sec = static_cast<int64_t>(::timegm(&tm)) - offset_sec;
   return Status::Ok();
+}
+
+// An entry as served (from the TOC) against the same entry of the tar stream (TocEntryFromTar):
+// what a container sees must not depend on whether its node unpacked the layer or mounts it.
+// The TOC holds mtimes rounded to the second (FORMAT.md §10.1), the epoch as no time.
+Status SameMetadata(const format::Entry& served, const format::Entry& tar, size_t k) {
+  const char* field = nullptr;
+  int64_t tar_sec = tar.mtime_sec;
+  if (tar.mtime_nsec >= 500000000) ++tar_sec;
+  if (tar.mtime_sec == 0) tar_sec = 0;
+  if (served.name != tar.name) field = "name";
+  else if (served.type != tar.type) field = "type";
+  else if (served.mode != tar.mode) field = "mode";
+  else if (served.uid != tar.uid || served.gid != tar.gid) field = "owner";
+  else if (served.mtime_sec != tar_sec) field = "mtime";
+  else if (served.size != tar.size) field = "size";
+  else if (served.link_target != tar.link_target) field = "link target";
+  else if (served.dev_major != tar.dev_major || served.dev_minor != tar.dev_minor) field = "device";
+  else if (served.xattrs != tar.xattrs) field = "xattrs";
+  if (field == nullptr) return Status::Ok();
+  // By index and field, never by name (names are confidential, FORMAT.md §4).
+  return Status::Corruption("the TOC does not match the tar stream: entry " + std::to_string(k) +
+                            ": " + field + " differs");
 }
 
 format::EntryType MapType(estargz::EntryType t) {
@@ -660,14 +685,33 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
     return !bg.stop.load();
   });
   LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, descriptor_, *cipher_));
-  auto tar = compress::NewGzipInputStream(*plain);
+  auto tar_stream = compress::NewGzipInputStream(*plain);
   crypto::Sha256 sha;
-  std::vector<uint8_t> buffer(size_t{1} << 20);
+  // The tar is parsed on the way, and each of its entries must be what the mount serves for it
+  // (the TOC's, and /stargz.index.json's fixed metadata last): an eager node unpacks the tar's
+  // headers, the lazy view shows the TOC.
+  tar::TarReader reader(*tar_stream, [&sha](ByteSpan raw) {
+    sha.Update(raw);
+    return Status::Ok();
+  });
+  const auto served = data_->index().entries();
+  size_t k = 0;
   while (true) {
-    LC_ASSIGN_OR_RETURN(size_t n, tar->Read(buffer));
-    if (n == 0) break;
-    sha.Update(ByteSpan(buffer).first(n));
+    LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> e, reader.Next());
+    if (!e) break;
+    if (k >= served.size()) {
+      return Status::Corruption("the TOC does not match the tar stream: the tar has more entries");
+    }
+    auto got = format::TocEntryFromTar(*e);
+    if (!got.ok()) return got.status().WithContext("tar entry " + std::to_string(k));
+    LC_RETURN_IF_ERROR(SameMetadata(served[k], *got, k));
+    ++k;
   }
+  if (k != served.size()) {
+    return Status::Corruption("the TOC does not match the tar stream: the TOC has more entries");
+  }
+  LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
+  std::vector<uint8_t> buffer(size_t{64} << 10);
   // Anything the gzip reader left unread is read, so the decrypting stream's checks run.
   while (true) {
     LC_ASSIGN_OR_RETURN(size_t n, plain->Read(buffer));

@@ -12,6 +12,8 @@
 //   - the lazy view of each layer equals what an eager node unpacks (the layer decrypted and
 //     extracted with GNU tar), /stargz.index.json and the landmark included;
 //   - a manifest pinning another TOC digest is refused at mount;
+//   - a TOC (pinned, and in the diff_id) whose metadata differs from the tar headers it
+//     describes is served until the verification reads the tar, then quarantined;
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount: a file
 //     kept open across the restart reads again, from the new daemon.
 // Needs root and /dev/fuse.
@@ -49,6 +51,7 @@
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
 #include "tests/tree_compare.h"
+#include "compress/compress.h"
 
 namespace lazycrypt {
 namespace {
@@ -331,6 +334,120 @@ class EstargzLazy : public ::testing::Test {
     return t;
   }
 
+  // The app layer re-made by its author with a TOC that gives srv/hello.txt another mode (setuid)
+  // than its tar header (0644): the new TOC pinned, the config's diff_id the new tar stream's,
+  // the layer encrypted again; everything consistent but the TOC against the tar. Pushed as
+  // `ref` (blobs, config, manifest); returns the new layer with its chain ID.
+  Layer PushLayerWhoseTocLiesAboutAMode(const std::string& ref) {
+    const Layer& l = layers_[1];
+    auto key = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+    EXPECT_TRUE(key.ok());
+    std::vector<keywrap::PrivateKey> keys;
+    keys.push_back(std::move(*key));
+    keywrap::KeyRing ring(std::move(keys));
+    image::Descriptor d;
+    d.media_type = manifest_["layers"][1]["mediaType"].get<std::string>();
+    d.digest = l.digest;
+    d.size = l.size;
+    for (auto& [k, v] : manifest_["layers"][1]["annotations"].items()) d.annotations[k] = v;
+    MemoryOutputStream cipher;
+    EXPECT_TRUE(client_->GetBlob(Ref(image_ref_), l.digest, cipher).ok());
+    MemoryInputStream in(cipher.bytes());
+    MemoryOutputStream plain_out;
+    auto decrypted = image::DecryptOcicryptLayer(in, d, plain_out, ring);
+    EXPECT_TRUE(decrypted.ok()) << decrypted.status().ToString();
+    std::vector<uint8_t> plain = plain_out.bytes();
+
+    // The TOC JSON, edited.
+    auto toc_offset = estargz::ParseFooter(ByteSpan(plain).last(estargz::kFooterSize));
+    EXPECT_TRUE(toc_offset.ok()) << toc_offset.status().ToString();
+    auto json = estargz::ExtractTocJson(
+        ByteSpan(plain).subspan(*toc_offset, plain.size() - estargz::kFooterSize - *toc_offset));
+    EXPECT_TRUE(json.ok()) << json.status().ToString();
+    nlohmann::json toc = nlohmann::json::parse(AsStringView(*json));
+    bool edited = false;
+    for (auto& e : toc["entries"]) {
+      if (e["name"] == "srv/hello.txt") {
+        e["mode"] = 04755;
+        edited = true;
+      }
+    }
+    EXPECT_TRUE(edited);
+    const std::string new_json = toc.dump(1, '	');
+    // The TOC member as the writer makes it (FORMAT.md §10.1): a tar of stargz.index.json, mode
+    // 0, owner 0, mtime 0, gzip-compressed.
+    const fs::path dir = tmp_->path() / "toc-edit";
+    fs::create_directories(dir);
+    testing::WriteFileString(dir / "stargz.index.json", new_json);
+    MustRun({"tar", "--format=ustar", "--numeric-owner", "--owner=0", "--group=0", "--mode=0",
+             "--mtime=@0", "-C", dir.string(), "-cf", (dir / "toc.tar").string(),
+             "stargz.index.json"});
+    MustRun({"gzip", "-n", "-f", (dir / "toc.tar").string()});
+    const std::string member = testing::ReadFileString(dir / "toc.tar.gz");
+    std::vector<uint8_t> edited_blob(plain.begin(), plain.begin() + *toc_offset);
+    edited_blob.insert(edited_blob.end(), member.begin(), member.end());
+    const auto footer = estargz::MakeFooter(*toc_offset);
+    edited_blob.insert(edited_blob.end(), footer.begin(), footer.end());
+
+    // Its diff_id: the decompressed stream.
+    MemoryInputStream gz(edited_blob);
+    auto tar_stream = compress::NewDecompressingStream(gz);
+    EXPECT_TRUE(tar_stream.ok());
+    crypto::Sha256 sha;
+    std::vector<uint8_t> buf(1 << 16);
+    for (;;) {
+      auto n = (*tar_stream)->Read(buf);
+      EXPECT_TRUE(n.ok()) << n.status().ToString();
+      if (!n.ok() || *n == 0) break;
+      sha.Update(ByteSpan(buf).first(*n));
+    }
+    const std::string diff_id = crypto::OciDigest(sha.Finish());
+
+    // Encrypted again for the node, with the new pin.
+    image::Descriptor original;
+    original.media_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+    original.digest = crypto::OciDigest(crypto::Sha256::Of(edited_blob));
+    original.size = edited_blob.size();
+    auto pub = keywrap::PublicKey::Load(key_.pub);
+    EXPECT_TRUE(pub.ok()) << pub.status().ToString();
+    std::vector<keywrap::PublicKey> pubs;
+    pubs.push_back(std::move(*pub));
+    keywrap::Recipients recipients(std::move(pubs));
+    MemoryInputStream edited_in(edited_blob);
+    MemoryOutputStream encrypted;
+    auto desc = image::EncryptOcicryptLayer(edited_in, original, encrypted, recipients);
+    EXPECT_TRUE(desc.ok()) << desc.status().ToString();
+    const std::string digest = crypto::OciDigest(crypto::Sha256::Of(encrypted.bytes()));
+    MemoryBlobSource layer_blob(encrypted.bytes());
+    EXPECT_TRUE(client_->PushBlob(Ref(ref), digest, layer_blob).ok());
+
+    nlohmann::json m = manifest_;
+    nlohmann::json& layer = m["layers"][1];
+    layer["digest"] = digest;
+    layer["size"] = encrypted.bytes().size();
+    for (const auto& [k, v] : desc->annotations) layer["annotations"][k] = v;
+    layer["annotations"][std::string(estargz::kAnnotationTocDigest)] =
+        crypto::OciDigest(crypto::Sha256::Of(AsBytes(new_json)));
+    layer["annotations"][std::string(estargz::kAnnotationTocSize)] = std::to_string(member.size());
+    MemoryOutputStream config;
+    EXPECT_TRUE(client_->GetBlob(Ref(image_ref_), m["config"]["digest"].get<std::string>(), config).ok());
+    nlohmann::json c = nlohmann::json::parse(AsStringView(config.bytes()));
+    c["rootfs"]["diff_ids"][1] = diff_id;
+    const std::string config_text = c.dump();
+    const std::string config_digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(config_text)));
+    MemoryBlobSource config_blob(std::vector<uint8_t>(config_text.begin(), config_text.end()));
+    EXPECT_TRUE(client_->PushBlob(Ref(ref), config_digest, config_blob).ok());
+    m["config"]["digest"] = config_digest;
+    m["config"]["size"] = config_text.size();
+    PushManifest(ref, m);
+
+    Layer out = l;
+    out.digest = digest;
+    out.size = encrypted.bytes().size();
+    out.chain_id = lazylayer::ChainIdOf(l.parent_chain_id, diff_id);
+    return out;
+  }
+
   std::unique_ptr<harness::TempDir> tmp_;
   KeyPair key_;
   std::unique_ptr<harness::RegistryProcess> registry_;
@@ -382,6 +499,12 @@ TEST_F(EstargzLazy, BackgroundVerificationChecksTheWholeLayerAgainstTheChainId) 
   ASSERT_TRUE(*mounted);
   EXPECT_EQ(WaitForVerification(1), lazylayer::Verification::kVerified);
   EXPECT_TRUE(handler_->Check(CheckOf(good)).ok());
+  // busybox (symlinks, hard links, directories) verifies too: its TOC matches its tar.
+  auto base = Request(image_ref_, layers_[0], 3, layers_[0].chain_id);
+  mounted = handler_->TryMount(base);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  EXPECT_EQ(WaitForVerification(3), lazylayer::Verification::kVerified)
+      << handler_->Check(CheckOf(base)).ToString();
   EXPECT_EQ(testing::ReadFileString(good.target_dir / "srv" / "hello.txt"), kHello);
 
   // The same layer prepared under a chain ID its content does not give (a config claiming
@@ -541,6 +664,32 @@ TEST_F(EstargzLazy, LazyViewEqualsTheEagerUnpack) {
       EXPECT_GT(census.symlinks + census.hardlinked, 10u);  // busybox's links
     }
   }
+}
+
+}  // namespace
+}  // namespace lazycrypt
+
+
+namespace lazycrypt {
+namespace {
+
+TEST_F(EstargzLazy, TocMetadataThatIsNotTheTarsIsQuarantinedByTheVerification) {
+  const std::string ref = registry_->host() + "/app:toc-lies";
+  Layer lying = PushLayerWhoseTocLiesAboutAMode(ref);
+  ASSERT_FALSE(HasFailure());
+  StartHandler(/*verify=*/true);
+  auto req = Request(ref, lying, 1, lying.chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  // The pinned TOC and every chunk are genuine, and the chain ID is the content's: only the
+  // comparison of the TOC with the tar it describes can tell.
+  EXPECT_EQ(WaitForVerification(1), lazylayer::Verification::kFailed);
+  Status check = handler_->Check(CheckOf(req));
+  EXPECT_EQ(check.code(), StatusCode::kAuthFailed) << check.ToString();
+  EXPECT_NE(check.message().find("mode differs"), std::string::npos) << check.ToString();
+  EXPECT_EQ(check.message().find("hello"), std::string::npos) << "names a file: " << check.ToString();
+  EXPECT_EQ(ReadErrno(req.target_dir / "srv" / "other.txt"), EIO);
 }
 
 }  // namespace
