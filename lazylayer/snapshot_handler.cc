@@ -1246,6 +1246,10 @@ Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::Check
       out.layer_digest = u->second.layer_digest;
       out.note = "unpacked standard ocicrypt layer: its files are removed with the snapshot";
     }
+    if (auto e = impl_->estargz_mounts.find(info.snapshot_id); e != impl_->estargz_mounts.end()) {
+      out.layer_digest = e->second.layer_digest;
+      out.note = "ocicrypt-estargz layer: nothing cached on disk (its opened chunks are in memory)";
+    }
   }
   if (out.layer_digest.empty()) {  // not mounted (its restore failed): from its labels
     auto source = SourceFromLabels(info.labels);

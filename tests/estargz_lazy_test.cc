@@ -487,8 +487,11 @@ TEST_F(EstargzLazy, SmallFileReadsWhileLittleOfTheLayerIsFetched) {
   EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
   EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
   EXPECT_EQ(handler_->Check(CheckOf(req)).code(), StatusCode::kOk);
-  EXPECT_TRUE(handler_->Unmount(1, req.target_dir).ok());
+  auto purged = handler_->Purge(CheckOf(req));
+  ASSERT_TRUE(purged.ok()) << purged.status().ToString();
+  EXPECT_EQ(purged->layer_digest, layers_[1].digest);
   EXPECT_FALSE(StatusOf(1).has_value());
+  EXPECT_FALSE(fs::exists(req.target_dir / "srv")) << "still mounted";
 }
 
 TEST_F(EstargzLazy, BackgroundVerificationChecksTheWholeLayerAgainstTheChainId) {
