@@ -21,6 +21,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "image/layer.h"
 #include "image/oci.h"
 #include "keywrap/keyring.h"
 #include "registry/registry.h"
@@ -38,15 +39,20 @@ struct OcicryptUnpackResult {
   int64_t unpack_ms = 0;      // decrypt, decompress and unpack (4)
 };
 
-// `layer` is the ocicrypt descriptor from the image's manifest (with its key annotations);
-// `scratch_dir` holds the temporary file (same file system as target_dir, e.g. its parent).
-// Errors name the layer: PermissionDenied-style NotFound from the key unwrap (callers map it),
-// AuthFailed for a digest, HMAC or privopts-digest mismatch, Corruption for a malformed layer,
-// the unpacker's errors naming the tar entry.
+// `layer` is the ocicrypt descriptor from the image's manifest (with its key annotations) and
+// `cipher` its key, unwrapped by the caller (image::UnwrapOcicryptLayer: only that step can mean
+// "no key"); `scratch_dir` holds the temporary file (same file system as target_dir, e.g. its
+// parent). Bounds: the download stops at the descriptor's size, and needs that much free space;
+// the unpacked files may hold at most max(kMinUnpackedBound, kMaxExpansion x blob size) bytes.
+// Errors name the layer's problem, never a file of it (entries by number): AuthFailed for a
+// digest, HMAC or privopts-digest mismatch, Corruption for a malformed layer, Unsupported for a
+// bound, IoError / Unavailable for the disk and the registry.
+inline constexpr uint64_t kMinUnpackedBound = uint64_t{1} << 30;
+inline constexpr uint64_t kMaxExpansion = 50;
 Result<OcicryptUnpackResult> UnpackOcicryptLayer(registry::Client& client,
                                                  const registry::Reference& repo,
                                                  const image::Descriptor& layer,
-                                                 const keywrap::KeyRing& keys,
+                                                 const image::OcicryptLayerCipher& cipher,
                                                  const std::filesystem::path& scratch_dir,
                                                  const std::filesystem::path& target_dir);
 

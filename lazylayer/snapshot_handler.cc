@@ -353,6 +353,8 @@ struct SnapshotHandler::Impl {
   static constexpr auto kManifestsByTagFor = std::chrono::seconds(60);
   static constexpr auto kManifestsByDigestFor = std::chrono::minutes(10);
   static constexpr size_t kMaxCachedManifests = 256;
+  static constexpr size_t kMaxCachedLayers = 4096;
+  size_t cached_layers = 0;  // layer descriptors in manifest_cache (approximate after expiry)
   struct CachedManifests {
     std::vector<image::Manifest> manifests;
     std::chrono::steady_clock::time_point fetched;
@@ -551,7 +553,17 @@ struct SnapshotHandler::Impl {
       it = now - it->second.fetched >= kManifestsByDigestFor ? manifest_cache.erase(it)
                                                               : std::next(it);
     }
-    if (manifest_cache.size() >= kMaxCachedManifests) manifest_cache.clear();
+    // Bounded by entries and by the layer descriptors they hold (whose annotations carry the
+    // wrapped keys): a tenant pulling from registries of its own cannot grow it without bound.
+    size_t layers = 0;
+    for (const image::Manifest& m : manifests) layers += m.layers.size();
+    if (layers > kMaxCachedLayers) return found;  // not kept
+    if (manifest_cache.size() >= kMaxCachedManifests ||
+        cached_layers + layers > kMaxCachedLayers) {
+      manifest_cache.clear();
+      cached_layers = 0;
+    }
+    cached_layers += layers;
     manifest_cache[key] = CachedManifests{std::move(manifests), now};
     return found;
   }
@@ -601,12 +613,29 @@ struct SnapshotHandler::Impl {
       return MountEstargz(snapshot_id, name, parent_chain, *descriptor, *source, *repo, *keys,
                           target_dir, std::move(ranges), resumed);
     }
+    // Only a Prepare unpacks, into its new, empty directory: never a restore into the lower
+    // directory of running containers (a snapshot whose unpacked-layer record went missing).
+    std::error_code ec;
+    if (!std::filesystem::is_empty(target_dir, ec) || ec) {
+      return Status::FailedPrecondition(
+          what + ": snapshot " + name + " holds files but no unpacked-layer record (" +
+          UnpackedRecordPath(target_dir).string() + "); remove the image and pull it again");
+    }
+    // Only the unwrap can mean "no key" (a refusal Check and purge act on).
+    auto cipher = image::UnwrapOcicryptLayer(*descriptor, *keys);
+    if (!cipher.ok()) return NoKeyOr(what, cipher.status());
     Log("unpacking ocicrypt " + what + " of " + source->image_ref + " (" +
         std::to_string(descriptor->size) + " bytes, " + descriptor->media_type + ")");
-    auto unpacked = UnpackOcicryptLayer(*client, *repo, *descriptor, *keys,
+    auto unpacked = UnpackOcicryptLayer(*client, *repo, *descriptor, *cipher,
                                         target_dir.parent_path(), target_dir);
     if (!unpacked.ok()) {
-      return NoKeyOr(what + " (standard ocicrypt, unpacked by lazycrypt)", unpacked.status());
+      Status s = unpacked.status();
+      // A blob the registry does not have, or a file system that refuses a node, is not a
+      // revoked key: not PermissionDenied/NotFound, which Check and purge treat as such.
+      if (s.code() == StatusCode::kNotFound || s.code() == StatusCode::kPermissionDenied) {
+        s = Status::Unavailable(s.message());
+      }
+      return s.WithContext(what + " (standard ocicrypt, unpacked by lazycrypt)");
     }
     const std::string expected = ChainIdOf(parent_chain, unpacked->diff_id);
     if (expected != name) {
@@ -1117,6 +1146,11 @@ Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
   // unwraps comes from its record.
   if (auto record = ReadUnpackedRecord(info.target_dir); record.ok()) {
     auto source = AnySourceFromLabels(info.labels);
+    if (source.ok() && *source && (*source)->layer_digest != record->descriptor.digest) {
+      return Status::Corruption("snapshot " + info.name + ": its unpacked-layer record names " +
+                                record->descriptor.digest + ", its labels " +
+                                (*source)->layer_digest);
+    }
     std::lock_guard<std::mutex> lock(impl_->mu);
     Impl::Unpacked& u = impl_->unpacked_layers[info.snapshot_id];
     u = Impl::Unpacked{};

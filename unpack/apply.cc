@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -154,7 +155,17 @@ class Applier {
                                    " entries (ApplyOptions::max_entries)");
       }
       Status s = ApplyEntry(reader, *entry);
+      if (!s.ok() && !options_.names_in_errors) {
+        return Status(s.code(), "unpack: entry #" + std::to_string(stats_.entries) + ": " +
+                                    std::string(StatusCodeName(s.code())) +
+                                    " (its name and the details are withheld)");
+      }
       if (!s.ok()) return s.WithContext("unpack: entry " + Quote(entry->name));
+      if (options_.max_regular_bytes != 0 && stats_.regular_bytes > options_.max_regular_bytes) {
+        return Status::Unsupported("unpack: the layer's files hold more than " +
+                                   std::to_string(options_.max_regular_bytes) +
+                                   " bytes (ApplyOptions::max_regular_bytes)");
+      }
     }
     LC_RETURN_IF_ERROR(SetDirectoryTimes());
     if (options_.drain_to_end) LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
@@ -291,8 +302,18 @@ class Applier {
     UniqueFd fd(openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!fd.valid()) return ErrnoStatus("open directory");
     LC_RETURN_IF_ERROR(ApplyMetadata(e, Node{.fd = fd.get(), .is_regular_or_dir = true}));
-    // Its mtime is set after all entries: creating its children would change it again.
-    dir_times_.push_back(DirTime{std::move(rel), BoundTime(e)});
+    // Its mtime is set after all entries: creating its children would change it again. A
+    // directory listed again keeps one record (the last mtime wins, as in containerd).
+    const size_t rel_bytes = rel.size();
+    auto [it, inserted] = dir_times_.insert_or_assign(std::move(rel), BoundTime(e));
+    if (inserted) {
+      dir_time_bytes_ += rel_bytes;
+      if (dir_time_bytes_ > options_.max_directory_path_bytes) {
+        return Status::Unsupported("the layer's directories' paths take more than " +
+                                   std::to_string(options_.max_directory_path_bytes) +
+                                   " bytes (ApplyOptions::max_directory_path_bytes)");
+      }
+    }
     return Status::Ok();
   }
 
@@ -530,7 +551,8 @@ class Applier {
   // Directory mtimes, last (as containerd). A directory that a later entry replaced or removed
   // keeps what it has: nothing is followed to find it.
   Status SetDirectoryTimes() {
-    for (const DirTime& d : dir_times_) {
+    for (const auto& [rel, mtime] : dir_times_) {
+      const DirTime d{rel, mtime};
       std::vector<std::string_view> parts;
       for (size_t pos = 0; pos <= d.rel.size();) {
         size_t slash = d.rel.find('/', pos);
@@ -559,7 +581,8 @@ class Applier {
   const ApplyOptions& options_;
   ApplyStats stats_;
   std::vector<uint8_t> buffer_;
-  std::vector<DirTime> dir_times_;
+  std::map<std::string, struct timespec> dir_times_;  // by path below `dir`
+  uint64_t dir_time_bytes_ = 0;
   UniqueFd cached_parent_;
   std::string cached_parent_rel_;
 };

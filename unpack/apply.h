@@ -20,6 +20,17 @@ struct ApplyOptions {
   bool preserve_owner = true;
   // Refuse absurd archives: more entries than this is Unsupported, naming the limit.
   uint64_t max_entries = 10'000'000;
+  // Refuse a layer whose regular files hold more than this many bytes in all (a decompression
+  // bomb filling the node's disk): Unsupported naming the limit. 0 = no limit.
+  uint64_t max_regular_bytes = 0;
+  // The directories whose mtimes are set last are remembered by path; their paths may take at
+  // most this many bytes in memory (a hostile archive of millions of deep directories):
+  // Unsupported naming the limit.
+  uint64_t max_directory_path_bytes = uint64_t{256} << 20;
+  // false: errors name the entry by its number ("entry #12") and carry no path, link target or
+  // xattr name from the archive (whose names are confidential for an encrypted layer; the
+  // snapshotter's messages reach containerd's events and logs).
+  bool names_in_errors = true;
   // After the end-of-archive marker, read `tar_stream` to its end (the bytes are not parsed, as
   // containerd ignores them). false: stop after the marker (see ApplyLayer for what that means).
   bool drain_to_end = false;

@@ -27,6 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using tar::Entry;
 using tar::EntryType;
 
@@ -657,6 +658,54 @@ TEST_F(ApplyLayerTest, ErrorsNameTheEntry) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
   EXPECT_THAT(r.status().message(), HasSubstr("unpack: entry 'bad/../../x'"));
+}
+
+TEST_F(ApplyLayerTest, WithoutNamesInErrorsTheEntryIsANumber) {
+  ApplyOptions options;
+  options.names_in_errors = false;
+  Result<ApplyStats> r =
+      Apply(TarBuilder().Add(File("ok")).Add(File("secret-name/../../x")).Finish(), options);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_THAT(r.status().message(), HasSubstr("unpack: entry #2"));
+  EXPECT_THAT(r.status().message(), Not(HasSubstr("secret-name")));
+}
+
+TEST_F(ApplyLayerTest, MaxRegularBytesStopsADecompressionBomb) {
+  ApplyOptions options;
+  options.max_regular_bytes = 6000;
+  auto tar = TarBuilder().Add(File("a"), std::string(4000, 'x')).Add(File("b"), std::string(4000, 'y')).Finish();
+  Result<ApplyStats> r = Apply(tar, options);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnsupported);
+  EXPECT_THAT(r.status().message(), HasSubstr("max_regular_bytes"));
+}
+
+TEST_F(ApplyLayerTest, RepeatedDirectoriesAreRememberedOnceAndTheirPathsBounded) {
+  // The same directory listed 1000 times costs one record (its last mtime wins).
+  TarBuilder repeated;
+  for (int i = 0; i < 1000; ++i) {
+    Entry d = Dir("d");
+    d.mtime_sec = 1000 + i;
+    repeated.Add(d);
+  }
+  ApplyOptions small;
+  small.max_directory_path_bytes = 10;
+  Result<ApplyStats> r = Apply(repeated.Finish(), small);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  struct stat st {};
+  ASSERT_EQ(::lstat((layer() / "d").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mtim.tv_sec, 1999);
+  // Distinct directories beyond the bound are refused, naming it.
+  TempDir other;
+  TarBuilder many;
+  for (int i = 0; i < 5; ++i) many.Add(Dir("dir" + std::to_string(i)));
+  const std::vector<uint8_t> many_tar = many.Finish();
+  MemoryInputStream in(many_tar);
+  Result<ApplyStats> refused = ApplyLayer(in, other.path(), small);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnsupported);
+  EXPECT_THAT(refused.status().message(), HasSubstr("max_directory_path_bytes"));
 }
 
 // ---------------------------------------------------------------------------------------------
