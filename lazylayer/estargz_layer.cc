@@ -278,6 +278,14 @@ Result<std::shared_ptr<const format::LayerIndex>> ToLayerIndex(const estargz::In
 
 }  // namespace
 
+std::string EstargzStoreKey(std::string_view layer_digest, std::string_view toc_digest) {
+  auto hex = [](std::string_view digest) {
+    const size_t colon = digest.find(':');
+    return std::string(colon == std::string_view::npos ? digest : digest.substr(colon + 1));
+  };
+  return "esgz-" + hex(layer_digest) + "-toc-" + hex(toc_digest).substr(0, 48);
+}
+
 bool IsEstargzOcicryptLayer(const image::Descriptor& descriptor) {
   return image::ClassifyLayer(descriptor.media_type) == image::LayerKind::kOcicrypt &&
          descriptor.annotations.count(std::string(estargz::kAnnotationTocDigest)) != 0;
@@ -291,8 +299,10 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   Data(std::shared_ptr<CountingSource> ciphertext, crypto::SecureBuffer key,
        std::vector<uint8_t> nonce, std::shared_ptr<const estargz::Index> ez,
        std::shared_ptr<const format::LayerIndex> index, crypto::SecureBuffer toc_json,
-       uint64_t cache_bytes)
+       uint64_t cache_bytes, cache::ChunkStore* store, std::string store_key)
       : ciphertext_(std::move(ciphertext)),
+        store_(store),
+        store_key_(std::move(store_key)),
         key_(std::move(key)),
         nonce_(std::move(nonce)),
         ez_(std::move(ez)),
@@ -402,6 +412,11 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     s.auth_failures = auth_failures_.load(std::memory_order_relaxed);
     s.chunk_count = ez_->chunks().size();
     s.quarantined_reads = quarantined_reads_.load(std::memory_order_relaxed);
+    s.disk_corrupt = disk_corrupt_.load(std::memory_order_relaxed);
+    if (store_ != nullptr) {
+      s.chunks_present = store_->ChunksPresent(store_key_);
+      s.bytes_present = store_->BytesPresent(store_key_);
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       s.memory_cache_bytes = cache_bytes_;
@@ -451,6 +466,17 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
                                 ": its member lies outside the blob or is too large");
     }
     std::vector<uint8_t> ciphertext(static_cast<size_t>(c.compressed_size));
+    // The disk store first (ciphertext as fetched; checked below exactly as fresh bytes are).
+    if (store_ != nullptr) {
+      auto got = store_->Get(store_key_, i, c.compressed_offset, ciphertext);
+      if (got.ok() && *got) {
+        auto opened = OpenCiphertext(i, ciphertext);
+        if (opened.ok()) return opened;
+        // Damaged on disk (or not this blob's): dropped and fetched again.
+        disk_corrupt_.fetch_add(1, std::memory_order_relaxed);
+        (void)store_->Drop(store_key_, i);
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(fetch_mu_);
       ++fetches_;
@@ -463,20 +489,34 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     fetch_cv_.notify_all();
     LC_RETURN_IF_ERROR(fetched.WithContext("estargz chunk " + std::to_string(i)));
     chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
-    WindowSource window(blob_size, c.compressed_offset, std::move(ciphertext), nullptr);
+    auto opened = OpenCiphertext(i, ciphertext);
+    if (!opened.ok()) {
+      // A chunk that does not inflate or hash to its pinned digest: EIO for its readers.
+      auth_failures_.fetch_add(1, std::memory_order_relaxed);
+      return opened;
+    }
+    // Kept only once verified (a failure to store costs a later fetch, nothing else).
+    if (store_ != nullptr) (void)store_->Put(store_key_, i, c.compressed_offset, ciphertext);
+    return opened;
+  }
+
+  // Decrypts, inflates and verifies chunk `i` from its member's ciphertext.
+  Result<std::shared_ptr<const crypto::SecureBuffer>> OpenCiphertext(uint32_t i,
+                                                                     ByteSpan ciphertext) {
+    const estargz::ChunkRef& c = ez_->chunks()[i];
+    WindowSource window(ciphertext_->size(), c.compressed_offset,
+                        std::vector<uint8_t>(ciphertext.begin(), ciphertext.end()), nullptr);
     LC_ASSIGN_OR_RETURN(auto plain, estargz::CtrPlaintextView::Create(window, key_.span(), nonce_));
     auto out = std::make_shared<crypto::SecureBuffer>(static_cast<size_t>(c.size));
     Status s = estargz::ReadChunk(*plain, c, out->span());
-    if (!s.ok()) {
-      // A chunk that does not inflate or hash to its pinned digest: EIO for its readers.
-      auth_failures_.fetch_add(1, std::memory_order_relaxed);
-      return s.WithContext("estargz chunk " + std::to_string(i));
-    }
+    if (!s.ok()) return s.WithContext("estargz chunk " + std::to_string(i));
     chunks_opened_.fetch_add(1, std::memory_order_relaxed);
     return std::shared_ptr<const crypto::SecureBuffer>(std::move(out));
   }
 
   std::shared_ptr<CountingSource> ciphertext_;
+  cache::ChunkStore* store_ = nullptr;  // may be null; outlives this
+  std::string store_key_;
   crypto::SecureBuffer key_;
   std::vector<uint8_t> nonce_;
   std::shared_ptr<const estargz::Index> ez_;
@@ -502,7 +542,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   std::atomic<Verification> verification_{Verification::kPending};
   std::atomic<bool> verify_on_{false};
   std::atomic<uint64_t> chunks_fetched_{0}, chunks_opened_{0}, cache_hits_{0}, cache_misses_{0},
-      auth_failures_{0}, quarantined_reads_{0};
+      auth_failures_{0}, quarantined_reads_{0}, disk_corrupt_{0};
 };
 
 struct MountedEstargzLayer::Background {
@@ -578,13 +618,15 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
 
   std::unique_ptr<MountedEstargzLayer> layer(new MountedEstargzLayer());
   layer->digest_ = descriptor.digest;
+  layer->store_key_ = EstargzStoreKey(descriptor.digest, pin_it->second);
   layer->key_name_ = cipher->key_name;  // before the cipher moves below
   layer->blob_size_ = blob_size;
   layer->descriptor_ = descriptor;
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(*cipher));
   layer->data_ = std::make_shared<Data>(counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez,
                                         std::move(*index), std::move(toc_json),
-                                        options.opened_chunk_cache_bytes);
+                                        options.opened_chunk_cache_bytes, options.store,
+                                        EstargzStoreKey(descriptor.digest, pin_it->second));
   if (options.verify) layer->data_->set_verify_on();
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;
@@ -746,6 +788,8 @@ void MountedEstargzLayer::LeaveMounted() {
 }
 
 uint64_t MountedEstargzLayer::chunk_count() const { return data_->ez().chunks().size(); }
+
+const std::string& MountedEstargzLayer::store_key() const { return store_key_; }
 
 cache::LayerStats MountedEstargzLayer::stats() const { return data_->stats(); }
 

@@ -24,6 +24,7 @@
 #include <memory>
 #include <string>
 
+#include "cache/chunk_store.h"
 #include "cache/layer_data.h"
 #include "common/io.h"
 #include "common/status.h"
@@ -39,8 +40,16 @@ namespace lazycrypt::lazylayer {
 // (estargz::kAnnotationTocDigest): the snapshotter mounts it lazily instead of unpacking it.
 bool IsEstargzOcicryptLayer(const image::Descriptor& descriptor);
 
+// The ChunkStore key of an ocicrypt-estargz layer's cached chunk members: "esgz-<blob hex>-toc-
+// <first 48 hex of the pinned TOC digest>" (122 characters), never a GCM layer's key
+// (LayerStoreKey). Each stored member is checked against its chunk digest on every use.
+std::string EstargzStoreKey(std::string_view layer_digest, std::string_view toc_digest);
+
 struct EstargzMountOptions {
   fusefs::MountOptions mount;
+  // Ciphertext of fetched (and verified) chunk members on local disk, shared by layers; null =
+  // memory only. Must outlive the layer.
+  cache::ChunkStore* store = nullptr;
   // Opened (decrypted, inflated, verified) chunks kept in memory, wiped when dropped.
   uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
   // Fetch the files before `.prefetch.landmark` in the background once mounted.
@@ -89,6 +98,7 @@ class MountedEstargzLayer {
   const std::string& key_name() const { return key_name_; }
   uint64_t blob_size() const { return blob_size_; }
   uint64_t chunk_count() const;
+  const std::string& store_key() const;  // EstargzStoreKey
   // Counters of on-demand reads and prefetch (blob_bytes_fetched does not include the
   // verification's full read).
   cache::LayerStats stats() const;
@@ -109,6 +119,7 @@ class MountedEstargzLayer {
   std::unique_ptr<image::OcicryptLayerCipher> cipher_;  // for the verification's full read
   std::unique_ptr<Background> background_;
   std::string digest_;
+  std::string store_key_;
   std::string key_name_;
   uint64_t blob_size_ = 0;
 };

@@ -694,6 +694,7 @@ struct SnapshotHandler::Impl {
     }
     EstargzMountOptions o;
     o.mount = options.layer.mount;
+    o.store = options.store.get();
     o.prefetch = options.layer.prefetch;
     o.verify = options.layer.verify;
     o.verify_start_delay_ms = options.layer.verify_start_delay_ms;
@@ -1282,7 +1283,7 @@ Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::Check
     }
     if (auto e = impl_->estargz_mounts.find(info.snapshot_id); e != impl_->estargz_mounts.end()) {
       out.layer_digest = e->second.layer_digest;
-      out.note = "ocicrypt-estargz layer: nothing cached on disk (its opened chunks are in memory)";
+      store_key = e->second.layer->store_key();
     }
   }
   if (out.layer_digest.empty()) {  // not mounted (its restore failed): from its labels
@@ -1301,6 +1302,13 @@ Result<snapshotter::PurgedLayer> SnapshotHandler::Purge(const snapshotter::Check
     std::lock_guard<std::mutex> lock(impl_->mu);
     for (const auto& [id, m] : impl_->mounts) {
       if (m.layer->layer().store_key() == store_key) {
+        out.note = "cached ciphertext kept: snapshot id " + std::to_string(id) +
+                   " still mounts the same layer";
+        return out;
+      }
+    }
+    for (const auto& [id, e] : impl_->estargz_mounts) {
+      if (e.layer->store_key() == store_key) {
         out.note = "cached ciphertext kept: snapshot id " + std::to_string(id) +
                    " still mounts the same layer";
         return out;

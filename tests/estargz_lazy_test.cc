@@ -14,8 +14,10 @@
 //   - a manifest pinning another TOC digest is refused at mount;
 //   - a TOC (pinned, and in the diff_id) whose metadata differs from the tar headers it
 //     describes is served until the verification reads the tar, then quarantined;
-//   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount: a file
-//     kept open across the restart reads again, from the new daemon.
+//   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount while the
+//     registry is down: a file kept open across the restart reads again, from the new daemon
+//     (footer and TOC from the restore record, the chunk from the disk store); a damaged stored
+//     chunk is dropped and fetched again, never served.
 // Needs root and /dev/fuse.
 #include <fcntl.h>
 #include <unistd.h>
@@ -33,6 +35,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cache/chunk_store.h"
 #include "common/file_io.h"
 #include "common/io.h"
 #include "crypto/digest.h"
@@ -207,8 +210,10 @@ class EstargzLazy : public ::testing::Test {
     ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
   }
 
-  void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr) {
+  void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
+                    std::shared_ptr<cache::ChunkStore> store = nullptr) {
     lazylayer::SnapshotHandlerOptions o;
+    o.store = std::move(store);
     if (fd_store) {
       o.fd_store = std::move(fd_store);
       o.layer.mount.clone_fd = false;  // a mount that survives its daemon (fusefs/fuse_fs.h)
@@ -585,7 +590,10 @@ namespace {
 
 TEST_F(EstargzLazy, RestartResumesTheSameMount) {
   auto store = std::make_shared<MemoryFdStore>();
-  StartHandler(/*verify=*/false, store);
+  auto chunks = cache::ChunkStore::Open(tmp_->path() / "store");
+  ASSERT_TRUE(chunks.ok()) << chunks.status().ToString();
+  std::shared_ptr<cache::ChunkStore> chunk_store(std::move(*chunks));
+  StartHandler(/*verify=*/false, store, chunk_store);
   auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
   auto mounted = handler_->TryMount(req);
   ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
@@ -598,7 +606,10 @@ TEST_F(EstargzLazy, RestartResumesTheSameMount) {
   ASSERT_EQ(::pread(open_file.get(), buf, sizeof buf, 0), static_cast<ssize_t>(sizeof kHello - 1));
 
   handler_.reset();  // leaves the mount to the next daemon
-  StartHandler(/*verify=*/false, store);
+  // The registry is gone: the mount is restored from its record (footer, TOC) and the chunk
+  // read before the restart is served from the disk store.
+  registry_->Stop();
+  StartHandler(/*verify=*/false, store, chunk_store);
   snapshotter::RestoreRequest restore;
   restore.name = layers_[1].chain_id;
   restore.parent = req.parent;
@@ -693,6 +704,50 @@ TEST_F(EstargzLazy, TocMetadataThatIsNotTheTarsIsQuarantinedByTheVerification) {
   EXPECT_NE(check.message().find("mode differs"), std::string::npos) << check.ToString();
   EXPECT_EQ(check.message().find("hello"), std::string::npos) << "names a file: " << check.ToString();
   EXPECT_EQ(ReadErrno(req.target_dir / "srv" / "other.txt"), EIO);
+}
+
+}  // namespace
+}  // namespace lazycrypt
+
+namespace lazycrypt {
+namespace {
+
+TEST_F(EstargzLazy, DamagedStoredChunkIsFetchedAgainNotServed) {
+  auto opened = cache::ChunkStore::Open(tmp_->path() / "store");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::shared_ptr<cache::ChunkStore> store(std::move(*opened));
+  StartHandler(/*verify=*/false, nullptr, store);
+  auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_GE(StatusOf(1)->stats.chunks_present, 1u);
+  handler_.reset();
+
+  // Every stored byte flipped (the sparse file's holes stay holes).
+  size_t damaged = 0;
+  for (const auto& f : fs::directory_iterator(tmp_->path() / "store")) {
+    if (f.path().extension() != ".data") continue;
+    std::string bytes = testing::ReadFileString(f.path());
+    for (char& c : bytes) {
+      if (c != 0) {
+        c = static_cast<char>(c ^ 0x5a);
+        ++damaged;
+      }
+    }
+    testing::WriteFileString(f.path(), bytes);
+  }
+  ASSERT_GT(damaged, 0u);
+  StartHandler(/*verify=*/false, nullptr, store);
+  auto again = Request(image_ref_, layers_[1], 2, layers_[1].chain_id);
+  mounted = handler_->TryMount(again);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  EXPECT_EQ(testing::ReadFileString(again.target_dir / "srv" / "hello.txt"), kHello);
+  auto s = StatusOf(2);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_GE(s->stats.disk_corrupt, 1u);
+  EXPECT_GE(s->stats.chunks_fetched, 1u);
+  EXPECT_EQ(s->stats.auth_failures, 0u);
 }
 
 }  // namespace
