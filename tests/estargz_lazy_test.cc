@@ -11,6 +11,8 @@
 //     whole layer (its HMAC fails);
 //   - the lazy view of each layer equals what an eager node unpacks (the layer decrypted and
 //     extracted with GNU tar), /stargz.index.json and the landmark included;
+//   - files marked with `--prefetch-list` (before eStargz's .prefetch.landmark) are fetched after
+//     the mount without being read;
 //   - a manifest pinning another TOC digest is refused at mount;
 //   - a TOC (pinned, and in the diff_id) whose metadata differs from the tar headers it
 //     describes is served until the verification reads the tar, then quarantined;
@@ -211,7 +213,7 @@ class EstargzLazy : public ::testing::Test {
   }
 
   void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
-                    std::shared_ptr<cache::ChunkStore> store = nullptr) {
+                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool prefetch = false) {
     lazylayer::SnapshotHandlerOptions o;
     o.store = std::move(store);
     if (fd_store) {
@@ -220,7 +222,7 @@ class EstargzLazy : public ::testing::Test {
     }
     o.key_dirs = {tmp_->path() / "keys"};
     o.registry = ClientOptions();
-    o.layer.prefetch = false;
+    o.layer.prefetch = prefetch;
     o.layer.verify = true;
     // Without verify: delayed past the test, so that every byte counted is a read's own.
     o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
@@ -748,6 +750,40 @@ TEST_F(EstargzLazy, DamagedStoredChunkIsFetchedAgainNotServed) {
   EXPECT_GE(s->stats.disk_corrupt, 1u);
   EXPECT_GE(s->stats.chunks_fetched, 1u);
   EXPECT_EQ(s->stats.auth_failures, 0u);
+}
+
+}  // namespace
+}  // namespace lazycrypt
+
+namespace lazycrypt {
+namespace {
+
+TEST_F(EstargzLazy, FilesBeforeThePrefetchLandmarkAreFetchedWithoutBeingRead) {
+  const fs::path list = tmp_->path() / "prefetch.txt";
+  testing::WriteFileString(list, "/srv/other.txt\n");
+  const std::string ref = registry_->host() + "/app:prefetch";
+  MustRun({testing::LazycryptBin(), "-q", "encrypt", "--format", "ocicrypt-estargz", "-r",
+           "jwe:" + key_.pub.string(), "--prefetch-list", list.string(), "--plain-http",
+           "--hosts-dir", "", "oci:" + (tmp_->path() / "src").string(), "docker://" + ref},
+          300s);
+  ReadImage(ref);
+  ASSERT_EQ(layers_.size(), 2u);
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*prefetch=*/true);
+  auto req = Request(ref, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  // Nothing read yet: the marked file's chunk arrives by itself.
+  uint64_t opened = 0;
+  for (int i = 0; i < 600 && opened == 0; ++i) {  // up to 30 s
+    opened = StatusOf(1)->stats.chunks_opened;
+    if (opened == 0) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(opened, 1u) << "the marked file was not prefetched (or more was)";
+  const uint64_t fetched = StatusOf(1)->stats.chunks_fetched;
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
+  EXPECT_EQ(StatusOf(1)->stats.chunks_fetched, fetched) << "the prefetched chunk was fetched again";
+  EXPECT_TRUE(fs::exists(req.target_dir / ".prefetch.landmark"));
 }
 
 }  // namespace
