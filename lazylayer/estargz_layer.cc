@@ -78,7 +78,8 @@ class WindowSource final : public BlobSource {
       : blob_size_(blob_size), base_(base), bytes_(std::move(bytes)), fallback_(fallback) {}
   uint64_t size() const override { return blob_size_; }
   Status ReadAt(uint64_t offset, MutableByteSpan out) override {
-    if (offset >= base_ && out.size() <= bytes_.size() && offset - base_ <= bytes_.size() - out.size()) {
+    if (offset >= base_ && out.size() <= bytes_.size() &&
+        offset - base_ <= bytes_.size() - out.size()) {
       if (!out.empty()) std::memcpy(out.data(), bytes_.data() + (offset - base_), out.size());
       return Status::Ok();
     }
@@ -105,11 +106,10 @@ class LargeReadStream final : public InputStream {
       const size_t want =
           static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
       if (!before_read_(want)) return Status::Unavailable("stopped");
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
-      LC_RETURN_IF_ERROR(blob_.ReadAt(offset_, MutableByteSpan(buffer_).first(n)));
-      offset_ += n;
+      LC_RETURN_IF_ERROR(blob_.ReadAt(offset_, MutableByteSpan(buffer_).first(want)));
+      offset_ += want;
       pos_ = 0;
-      filled_ = n;
+      filled_ = want;
     }
     const size_t n = std::min(out.size(), filled_ - pos_);
     std::memcpy(out.data(), buffer_.data() + pos_, n);
@@ -131,7 +131,8 @@ Status ParseModtime(const std::string& text, int64_t& sec, uint32_t& nsec) {
   nsec = 0;
   if (text.empty()) return Status::Ok();
   int y, mo, d, h, mi, s, used = 0;
-  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &used) != 6 ||
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s,
+                  &used) != 6 ||
       used == 0) {
     return Status::Corruption("modtime is not RFC 3339");
   }
@@ -329,7 +330,8 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     const auto i = static_cast<uint32_t>(&entry - entries.data());
     if (i == ez_->entries().size()) {  // /stargz.index.json: the pinned TOC JSON
       if (offset >= toc_json_.size()) return size_t{0};
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), toc_json_.size() - offset));
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(out.size(), toc_json_.size() - offset));
       std::memcpy(out.data(), toc_json_.data() + offset, n);
       return n;
     }
@@ -596,7 +598,8 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   {
     WindowSource window(blob_size, blob_size - tail, std::move(tail_bytes), counting.get());
     LC_ASSIGN_OR_RETURN(auto plain,
-                        estargz::CtrPlaintextView::Create(window, cipher->key.span(), cipher->nonce));
+                        estargz::CtrPlaintextView::Create(window, cipher->key.span(),
+                                                          cipher->nonce));
     auto opened = estargz::OpenIndex(*plain, *pinned);
     if (!opened.ok()) return opened.status().WithContext(what);
     ez = std::move(*opened);
@@ -623,10 +626,9 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   layer->blob_size_ = blob_size;
   layer->descriptor_ = descriptor;
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(*cipher));
-  layer->data_ = std::make_shared<Data>(counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez,
-                                        std::move(*index), std::move(toc_json),
-                                        options.opened_chunk_cache_bytes, options.store,
-                                        EstargzStoreKey(descriptor.digest, pin_it->second));
+  layer->data_ = std::make_shared<Data>(
+      counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez, std::move(*index),
+      std::move(toc_json), options.opened_chunk_cache_bytes, options.store, layer->store_key_);
   if (options.verify) layer->data_->set_verify_on();
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;

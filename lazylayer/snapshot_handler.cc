@@ -709,7 +709,8 @@ struct SnapshotHandler::Impl {
     };
     o.on_verified = VerificationRecorder(options.log, source.layer_digest, name, target_dir);
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
-    auto mounted = MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
+    auto mounted =
+        MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
     if (!mounted.ok()) return NoKeyOr(what, mounted.status());
     if (recording) {
       RestoreRecord fresh{descriptor, recording->Take()};

@@ -198,7 +198,8 @@ class EstargzLazy : public ::testing::Test {
       const auto& l = m["layers"][i];
       ASSERT_TRUE(l["annotations"].contains(std::string(estargz::kAnnotationTocDigest)))
           << "layer " << i << " is not an ocicrypt-estargz layer";
-      const std::string chain = lazylayer::ChainIdOf(parent, c["rootfs"]["diff_ids"][i].get<std::string>());
+      const std::string chain =
+          lazylayer::ChainIdOf(parent, c["rootfs"]["diff_ids"][i].get<std::string>());
       layers_.push_back(Layer{l["digest"].get<std::string>(), l["size"].get<uint64_t>(), chain,
                               parent});
       parent = chain;
@@ -437,7 +438,8 @@ class EstargzLazy : public ::testing::Test {
         crypto::OciDigest(crypto::Sha256::Of(AsBytes(new_json)));
     layer["annotations"][std::string(estargz::kAnnotationTocSize)] = std::to_string(member.size());
     MemoryOutputStream config;
-    EXPECT_TRUE(client_->GetBlob(Ref(image_ref_), m["config"]["digest"].get<std::string>(), config).ok());
+    EXPECT_TRUE(
+        client_->GetBlob(Ref(image_ref_), m["config"]["digest"].get<std::string>(), config).ok());
     nlohmann::json c = nlohmann::json::parse(AsStringView(config.bytes()));
     c["rootfs"]["diff_ids"][1] = diff_id;
     const std::string config_text = c.dump();
@@ -704,7 +706,8 @@ TEST_F(EstargzLazy, TocMetadataThatIsNotTheTarsIsQuarantinedByTheVerification) {
   Status check = handler_->Check(CheckOf(req));
   EXPECT_EQ(check.code(), StatusCode::kAuthFailed) << check.ToString();
   EXPECT_NE(check.message().find("mode differs"), std::string::npos) << check.ToString();
-  EXPECT_EQ(check.message().find("hello"), std::string::npos) << "names a file: " << check.ToString();
+  EXPECT_EQ(check.message().find("hello"), std::string::npos)
+      << "names a file: " << check.ToString();
   EXPECT_EQ(ReadErrno(req.target_dir / "srv" / "other.txt"), EIO);
 }
 
