@@ -105,11 +105,7 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
   index->toc_size_ = footer.toc_size;
   index->toc_digest_ = pinned_toc_digest;  // equal to the actual digest, checked above
   index->toc_ = std::move(toc);
-  const auto& entries = index->toc_.entries;
-  index->by_name_.resize(entries.size());
-  std::iota(index->by_name_.begin(), index->by_name_.end(), 0u);
-  std::stable_sort(index->by_name_.begin(), index->by_name_.end(),
-                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
+  index->IndexNames();
   return std::shared_ptr<const LayerIndex>(std::move(index));
 }
 
@@ -154,12 +150,16 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::FromVerifiedForeignToc(
   index->blob_size_ = blob_size;
   index->toc_digest_ = toc_digest;
   index->toc_ = std::move(toc);
-  const auto& entries = index->toc_.entries;
-  index->by_name_.resize(entries.size());
-  std::iota(index->by_name_.begin(), index->by_name_.end(), 0u);
-  std::stable_sort(index->by_name_.begin(), index->by_name_.end(),
-                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
+  index->IndexNames();
   return std::shared_ptr<const LayerIndex>(std::move(index));
+}
+
+void LayerIndex::IndexNames() {
+  const auto& entries = toc_.entries;
+  by_name_.resize(entries.size());
+  std::iota(by_name_.begin(), by_name_.end(), 0u);
+  std::stable_sort(by_name_.begin(), by_name_.end(),
+                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
 }
 
 const Entry* LayerIndex::Find(std::string_view name) const {

@@ -101,6 +101,7 @@ class LayerIndex {
 
  private:
   LayerIndex() = default;
+  void IndexNames();  // fills by_name_ from toc_.entries
   BlobHeader header_;
   BlobHeaderBytes header_bytes_{};
   uint64_t blob_size_ = 0;
