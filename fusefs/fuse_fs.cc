@@ -280,8 +280,10 @@ class FuseMountImpl final : public FuseMount {
     }
     try {
       // Jobs come from reads, which have the layer.
-      filler_ = std::make_unique<PageCacheFiller>(
-          session_.get(), [this] { return HasLayer() && layer_->quarantined(); });
+      if (options_.fill_page_cache) {
+        filler_ = std::make_unique<PageCacheFiller>(
+            session_.get(), [this] { return HasLayer() && layer_->quarantined(); });
+      }
     } catch (const std::system_error&) {
       filler_.reset();  // no thread: small reads just do not fill the page cache
     }

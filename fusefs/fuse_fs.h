@@ -63,6 +63,13 @@ struct MountOptions {
   // read from the main fd wait, with it, for the next daemon.
   unsigned max_threads = 16;
   bool clone_fd = true;
+  // Small reads hand the rest of the chunks they opened to the page cache (FUSE notify_store,
+  // on a thread of its own). A store waits for the page locks of reads in flight; if the daemon is
+  // killed then, that thread stays stuck in the kernel until the next daemon answers those reads,
+  // so the killed process never finishes exiting, and a supervisor that waits for it before
+  // starting the next one (systemd, a test) waits for ever. Mounts that must survive their
+  // daemon (an fd store) turn it off.
+  bool fill_page_cache = true;
   // A resumed mount (Resume) answers requests only once it has its layer (Provide): until then
   // each request waits this long, then fails with EIO.
   std::chrono::milliseconds pending_wait{std::chrono::seconds(60)};

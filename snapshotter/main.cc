@@ -79,6 +79,8 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   auto fd_store = lazycrypt::fdstore::OpenFdStore(store_opts);
   if (fd_store.ok()) {
     options.fd_store = std::move(*fd_store);
+    // A kill -9 must let the process end at once (fusefs/fuse_fs.h MountOptions).
+    options.layer.mount.fill_page_cache = false;
     log(lazycrypt::snapshotter::LogLevel::kInfo,
         "lazy mounts survive restarts: their FUSE fds are kept in the " +
             std::string(options.fd_store->kind()) + " fd store");
