@@ -739,22 +739,74 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
     return Status::Ok();
   });
   const auto served = data_->index().entries();
+  const estargz::Index& ez = data_->ez();
+  // Tar errors name the entry; the layer's names are confidential (they would reach the
+  // quarantine record, Check's refusals and containerd's events): by number only.
+  auto redacted = [&reader](const Status& s, size_t k) {
+    return Status(s.code(), "the tar stream does not parse at entry " + std::to_string(k) +
+                                " (" + std::string(StatusCodeName(s.code())) + " at tar offset " +
+                                std::to_string(reader.offset()) + ")");
+  };
+  std::vector<uint8_t> piece_buffer(size_t{64} << 10);
+  // The next `size` bytes of the current entry's data, hashed: what the mount serves for that
+  // range must be these bytes (the diff_id covers them; an eager node unpacks them).
+  auto hash_data = [&](uint64_t size, size_t k) -> Result<crypto::Sha256Digest> {
+    crypto::Sha256 h;
+    while (size > 0) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(size, piece_buffer.size()));
+      auto n = reader.ReadData(MutableByteSpan(piece_buffer.data(), want));
+      if (!n.ok()) return redacted(n.status(), k);
+      if (*n == 0) {
+        return Status::Corruption("the TOC does not match the tar stream: entry " +
+                                  std::to_string(k) + " has less data than its chunks");
+      }
+      h.Update(ByteSpan(piece_buffer.data(), *n));
+      size -= *n;
+    }
+    return h.Finish();
+  };
   size_t k = 0;
   while (true) {
-    LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> e, reader.Next());
+    auto next = reader.Next();
+    if (!next.ok()) return redacted(next.status(), k);
+    std::optional<tar::Entry>& e = *next;
     if (!e) break;
     if (k >= served.size()) {
       return Status::Corruption("the TOC does not match the tar stream: the tar has more entries");
     }
     auto got = format::TocEntryFromTar(*e);
-    if (!got.ok()) return got.status().WithContext("tar entry " + std::to_string(k));
+    if (!got.ok()) return redacted(got.status(), k);
     LC_RETURN_IF_ERROR(SameMetadata(served[k], *got, k));
+    // The data too: each chunk the mount serves is the bytes at that place in the tar, and the
+    // synthesized /stargz.index.json is the tar's last file, the pinned TOC.
+    if (k < ez.entries().size()) {
+      for (const estargz::ChunkRef& c : ez.ChunksOf(static_cast<uint32_t>(k))) {
+        LC_ASSIGN_OR_RETURN(crypto::Sha256Digest d, hash_data(c.size, k));
+        if (d != c.digest) {
+          return Status::Corruption("the TOC does not match the tar stream: entry " +
+                                    std::to_string(k) + ": a chunk's bytes are not the tar's");
+        }
+      }
+    } else {
+      LC_ASSIGN_OR_RETURN(crypto::Sha256Digest d, hash_data(e->size, k));
+      if (d != ez.toc_digest()) {
+        return Status::Corruption("the TOC does not match the tar stream: its last file is not "
+                                  "the pinned TOC");
+      }
+    }
+    auto rest = reader.ReadData(MutableByteSpan(piece_buffer.data(), 1));
+    if (!rest.ok()) return redacted(rest.status(), k);
+    if (*rest != 0) {
+      return Status::Corruption("the TOC does not match the tar stream: entry " +
+                                std::to_string(k) + " has more data than its chunks");
+    }
     ++k;
   }
   if (k != served.size()) {
     return Status::Corruption("the TOC does not match the tar stream: the TOC has more entries");
   }
-  LC_RETURN_IF_ERROR(reader.DrainToEnd().status());
+  // Nothing but zeros after the end-of-archive marker (as lazycrypt's GCM format).
+  LC_RETURN_IF_ERROR(reader.DrainZerosToEnd().status());
   std::vector<uint8_t> buffer(size_t{64} << 10);
   // Anything the gzip reader left unread is read, so the decrypting stream's checks run.
   while (true) {
