@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "common/file_io.h"
+#include "common/spool_file.h"
 #include "compress/compress.h"
 #include "crypto/random.h"
 #include "format/toc.h"
@@ -447,42 +448,6 @@ Result<WriteResult> WriteReordered(InputStream& tar, OutputStream& out,
 }
 
 }  // namespace
-
-Result<std::unique_ptr<SpoolFile>> SpoolFile::Create(const std::filesystem::path& dir) {
-  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return Status::IoError("cannot create an unnamed temporary file in " + dir.string() + ": " +
-                           std::strerror(errno));
-  }
-  return std::unique_ptr<SpoolFile>(new SpoolFile(fd));
-}
-
-SpoolFile::~SpoolFile() { ::close(fd_); }
-
-Status SpoolFile::Append(ByteSpan data) {
-  while (!data.empty()) {
-    ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(size_));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Status::IoError(std::string("temporary file: ") + std::strerror(errno));
-    size_ += static_cast<uint64_t>(n);
-    data = data.subspan(static_cast<size_t>(n));
-  }
-  return Status::Ok();
-}
-
-Status SpoolFile::ReadAt(uint64_t offset, MutableByteSpan out) {
-  if (offset > size_ || out.size() > size_ - offset) {
-    return Status::Corruption("temporary file: read out of range");
-  }
-  while (!out.empty()) {
-    ssize_t n = ::pread(fd_, out.data(), out.size(), static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Status::IoError(std::string("temporary file: ") + std::strerror(errno));
-    offset += static_cast<uint64_t>(n);
-    out = out.subspan(static_cast<size_t>(n));
-  }
-  return Status::Ok();
-}
 
 Result<WriteResult> WriteEstargz(InputStream& tar, OutputStream& out, const WriterOptions& options) {
   if (options.chunk_size_bytes < 4096 || options.chunk_size_bytes > (1ull << 30)) {

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/io.h"
+#include "common/spool_file.h"
 #include "common/status.h"
 #include "crypto/digest.h"
 #include "estargz/toc.h"
@@ -59,25 +60,6 @@ struct WriteResult {
   uint64_t chunk_count = 0;            // data chunks (gzip members holding file data)
   std::vector<std::string> prefetch_moved;  // prefetch_paths moved before the landmark
   std::vector<std::string> prefetch_not_moved;  // the others: "name: why"
-};
-
-// An unnamed temporary file (O_TMPFILE in `dir`: no name ever exists, a crash leaves nothing):
-// appended to once, then read at offsets. Gone when destroyed. ReadAt is thread-safe; Append is
-// not and must not run concurrently with reads.
-class SpoolFile final : public BlobSource {
- public:
-  static Result<std::unique_ptr<SpoolFile>> Create(const std::filesystem::path& dir);
-  ~SpoolFile() override;
-  SpoolFile(const SpoolFile&) = delete;
-  SpoolFile& operator=(const SpoolFile&) = delete;
-  Status Append(ByteSpan data);
-  uint64_t size() const override { return size_; }
-  Status ReadAt(uint64_t offset, MutableByteSpan out) override;
-
- private:
-  explicit SpoolFile(int fd) : fd_(fd) {}
-  int fd_;
-  uint64_t size_ = 0;
 };
 
 // Reads the uncompressed tar `tar` to its end and writes the eStargz blob to `out` (not Closed).

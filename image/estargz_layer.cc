@@ -8,28 +8,13 @@
 
 namespace lazycrypt::image {
 
-namespace {
-
-class SpoolOutputStream final : public OutputStream {
- public:
-  explicit SpoolOutputStream(estargz::SpoolFile& spool) : spool_(spool) {}
-  Status Write(ByteSpan data) override { return spool_.Append(data); }
-  Status Close() override { return Status::Ok(); }
-
- private:
-  estargz::SpoolFile& spool_;
-};
-
-}  // namespace
-
 Result<EstargzOcicryptResult> EncryptEstargzOcicryptLayer(InputStream& tar,
                                                           const Descriptor& source,
                                                           OutputStream& out,
                                                           const keywrap::Recipients& recipients,
                                                           const estargz::WriterOptions& options) {
-  LC_ASSIGN_OR_RETURN(auto spool, estargz::SpoolFile::Create(options.spool_dir));
-  SpoolOutputStream spool_out(*spool);
-  LC_ASSIGN_OR_RETURN(estargz::WriteResult write, estargz::WriteEstargz(tar, spool_out, options));
+  LC_ASSIGN_OR_RETURN(auto spool, SpoolFile::Create(options.spool_dir));
+  LC_ASSIGN_OR_RETURN(estargz::WriteResult write, estargz::WriteEstargz(tar, *spool, options));
 
   // The eStargz blob is the "original" layer ocicrypt encrypts (what a decrypting node gets back).
   Descriptor original;

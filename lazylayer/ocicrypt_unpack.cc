@@ -13,6 +13,7 @@
 
 #include "common/file_io.h"
 #include "common/io.h"
+#include "common/spool_file.h"
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "image/layer.h"
@@ -59,22 +60,6 @@ class HashingInputStream final : public InputStream {
   uint64_t bytes_ = 0;
 };
 
-// An unnamed file in `dir` (O_TMPFILE: no name ever exists; a crash leaves nothing behind), or
-// where the file system cannot, a named one unlinked at once.
-Result<UniqueFd> OpenScratchFile(const std::filesystem::path& dir) {
-  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd >= 0) return UniqueFd(fd);
-  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
-    return ErrnoStatus("create a temporary file in " + dir.string());
-  }
-  std::string name = (dir / "lazycrypt-ocicrypt-XXXXXX").string();
-  fd = ::mkostemp(name.data(), O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("create a temporary file in " + dir.string());
-  ::unlink(name.c_str());
-  ::fchmod(fd, 0600);
-  return UniqueFd(fd);
-}
-
 // Passes writes on until more than `limit` bytes came: a registry cannot fill the disk with a
 // blob longer than its descriptor says.
 class BoundedOutputStream final : public OutputStream {
@@ -96,11 +81,6 @@ class BoundedOutputStream final : public OutputStream {
   uint64_t written_ = 0;
 };
 
-Status Rewind(int fd) {
-  if (::lseek(fd, 0, SEEK_SET) != 0) return ErrnoStatus("rewind the downloaded layer");
-  return Status::Ok();
-}
-
 }  // namespace
 
 Result<OcicryptUnpackResult> UnpackOcicryptLayer(registry::Client& client,
@@ -121,15 +101,12 @@ Result<OcicryptUnpackResult> UnpackOcicryptLayer(registry::Client& client,
 
   // 2. Ciphertext into an unnamed file; the client checks the digest as it streams.
   auto start = std::chrono::steady_clock::now();
-  LC_ASSIGN_OR_RETURN(UniqueFd file, OpenScratchFile(scratch_dir));
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<SpoolFile> file, SpoolFile::Create(scratch_dir));
   {
-    FdOutputStream file_out(file.get());
-    BoundedOutputStream out(file_out, layer.size);
+    BoundedOutputStream out(*file, layer.size);
     LC_RETURN_IF_ERROR(client.GetBlob(repo, layer.digest, out).WithContext("download"));
   }
-  struct stat st {};
-  if (::fstat(file.get(), &st) != 0) return ErrnoStatus("stat the downloaded layer");
-  result.blob_bytes = static_cast<uint64_t>(st.st_size);
+  result.blob_bytes = file->size();
   if (result.blob_bytes != layer.size) {
     return Status::Corruption("the registry served " + std::to_string(result.blob_bytes) +
                               " bytes, the manifest says " + std::to_string(layer.size));
@@ -139,8 +116,7 @@ Result<OcicryptUnpackResult> UnpackOcicryptLayer(registry::Client& client,
   // 3. Authenticate the whole blob before any of its plaintext is parsed.
   start = std::chrono::steady_clock::now();
   {
-    LC_RETURN_IF_ERROR(Rewind(file.get()));
-    FdInputStream in(file.get());
+    BlobInputStream in(*file);
     LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, layer, cipher));
     DiscardOutputStream discard;
     LC_RETURN_IF_ERROR(CopyStream(*plain, discard).status());
@@ -149,8 +125,7 @@ Result<OcicryptUnpackResult> UnpackOcicryptLayer(registry::Client& client,
 
   // 4. Decrypt again (the same checks run at the end), decompress, unpack, hash the tar.
   start = std::chrono::steady_clock::now();
-  LC_RETURN_IF_ERROR(Rewind(file.get()));
-  FdInputStream in(file.get());
+  BlobInputStream in(*file);
   LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, layer, cipher));
   LC_ASSIGN_OR_RETURN(auto tar_stream, compress::NewDecompressingStream(*plain));
   HashingInputStream hashed(*tar_stream);

@@ -658,13 +658,18 @@ struct SnapshotHandler::Impl {
         std::to_string(unpacked->unpack_ms) + " ms)");
     std::lock_guard<std::mutex> lock(mu);
     ++ocicrypt_unpacked;
+    AddUnpackedLocked(snapshot_id, source->image_ref, std::move(record));
+    return true;
+  }
+
+  // Registers an unpacked layer (after its unpack, or from its record after a restart). mu held.
+  void AddUnpackedLocked(int64_t snapshot_id, std::string image_ref, UnpackedRecord record) {
     Unpacked& u = unpacked_layers[snapshot_id];
     u = Unpacked{};
-    u.layer_digest = source->layer_digest;
-    u.image_ref = source->image_ref;
-    u.descriptor = std::move(record.descriptor);
+    u.layer_digest = record.descriptor.digest;
+    u.image_ref = std::move(image_ref);
     u.usage = snapshotter::SnapshotUsage{record.size_bytes, record.inodes};
-    return true;
+    u.descriptor = std::move(record.descriptor);
   }
 
   // An ocicrypt-estargz layer (its descriptor pins its eStargz TOC), mounted lazily at
@@ -1154,12 +1159,9 @@ Status SnapshotHandler::Restore(const snapshotter::RestoreRequest& info) {
                                 (*source)->layer_digest);
     }
     std::lock_guard<std::mutex> lock(impl_->mu);
-    Impl::Unpacked& u = impl_->unpacked_layers[info.snapshot_id];
-    u = Impl::Unpacked{};
-    u.layer_digest = record->descriptor.digest;
-    u.image_ref = source.ok() && *source ? (*source)->image_ref : std::string();
-    u.descriptor = std::move(record->descriptor);
-    u.usage = snapshotter::SnapshotUsage{record->size_bytes, record->inodes};
+    impl_->AddUnpackedLocked(info.snapshot_id,
+                             source.ok() && *source ? (*source)->image_ref : std::string(),
+                             std::move(*record));
     return Status::Ok();
   } else if (record.status().code() != StatusCode::kNotFound) {
     return record.status();  // refused (its use would go unauthorized), never remounted

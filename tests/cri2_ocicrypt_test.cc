@@ -45,24 +45,6 @@ class Cri2Ocicrypt : public cri_testing::Cri {
     ASSERT_THAT(version_, HasSubstr("2.1.")) << version_;
   }
 
-  // The per-pod setup as shipped (deploy/kubernetes/containerd/containerd-2.x.toml: runtime
-  // handler `lazycrypt`, local pull) with this test's socket and state directory.
-  void ImportShippedDropIn() {
-    auto text = harness::ReadFileOrEmpty(testing::SourceDir() /
-                                         "deploy/kubernetes/containerd/containerd-2.x.toml");
-    ASSERT_FALSE(text.empty());
-    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-             {"\"/run/lazycrypt/snapshotter.sock\"", "\"" + socket_.string() + "\""},
-             {"\"/var/lib/lazycrypt\"", "\"" + root_.string() + "\""}}) {
-      const size_t at = text.find(from);
-      ASSERT_NE(at, std::string::npos) << from;
-      text.replace(at, from.size(), to);
-    }
-    const fs::path copy = work_->path() / "containerd-2.x.toml";
-    ASSERT_TRUE(harness::WriteFile(copy, text).ok());
-    imports_ = {copy.string()};
-  }
-
   // The app image encrypted by skopeo for both node keys' public halves (an RSA and an EC
   // recipient), as an OCI layout in the work dir.
   fs::path EncryptToLayout(const std::string& name) {
@@ -78,15 +60,6 @@ class Cri2Ocicrypt : public cri_testing::Cri {
     MustRun({"skopeo", "copy", "-q", "--dest-tls-verify=false", "oci:" + layout.string() + ":latest",
              "docker://" + registry_->host() + "/lazycrypt/ocicrypt:" + tag});
     return proxy_->host() + "/lazycrypt/ocicrypt:" + tag;
-  }
-
-  // Snapshots lazycrypt holds (`ctr snapshots ls`, the header excluded).
-  size_t SnapshotCount() {
-    auto ls = ctd_->Ctr({"-n", "k8s.io", "snapshots", "--snapshotter", "lazycrypt", "ls"});
-    EXPECT_TRUE(ls.ok() && ls->exit_code == 0);
-    if (!ls.ok()) return 0;
-    const auto lines = std::count(ls->stdout_text.begin(), ls->stdout_text.end(), '\n');
-    return lines > 0 ? static_cast<size_t>(lines - 1) : 0;
   }
 
   // How often the snapshotter's log has `text`.
@@ -240,7 +213,7 @@ TEST_F(Cri2Ocicrypt, AlteredCiphertextOrAMissingKeyIsRefusedAndNothingIsCommitte
   PodRun run = RunPod("tampered", tampered, "lazycrypt", {"/bin/cat", "/data/marker.txt"});
   ASSERT_FALSE(run.status.ok()) << "an altered ocicrypt layer was unpacked" << Logs();
   EXPECT_THAT(run.status.message(), HasSubstr("HMAC mismatch")) << run.status.message();
-  EXPECT_EQ(SnapshotCount(), 0u) << Logs();
+  EXPECT_EQ(SnapshotCount("lazycrypt"), 0u) << Logs();
   EXPECT_EQ(SnapshotterLogCount("unpacked ocicrypt layer"), 0u) << Logs();
 
   // No key: refused before the download, naming the layer.
@@ -252,7 +225,7 @@ TEST_F(Cri2Ocicrypt, AlteredCiphertextOrAMissingKeyIsRefusedAndNothingIsCommitte
   ASSERT_FALSE(no_key.status.ok());
   EXPECT_THAT(no_key.status.message(), HasSubstr("no key on this node unwraps it"))
       << no_key.status.message();
-  EXPECT_EQ(SnapshotCount(), 0u) << Logs();
+  EXPECT_EQ(SnapshotCount("lazycrypt"), 0u) << Logs();
   // The image config is fetched by containerd; no layer.
   EXPECT_LT(BlobBytesFetched() - before, uint64_t{1} << 20);
 }

@@ -30,6 +30,7 @@
 #include "tests/harness/fault_proxy.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
+#include "tests/test_util.h"
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
 
@@ -182,6 +183,35 @@ class Cri : public ::testing::Test {
              "jwe:" + recipient.string(), "oci:" + (work_->path() / "image").string() + ":latest",
              "docker://" + registry_->host() + "/lazycrypt/ocicrypt:" + tag});
     return proxy_->host() + "/lazycrypt/ocicrypt:" + tag;
+  }
+
+  // Lines of `ctr snapshots --snapshotter S ls`, the header excluded.
+  size_t SnapshotCount(const std::string& snapshotter) {
+    auto ls = ctd_->Ctr({"-n", "k8s.io", "snapshots", "--snapshotter", snapshotter, "ls"});
+    EXPECT_TRUE(ls.ok() && ls->exit_code == 0);
+    if (!ls.ok()) return 0;
+    const auto lines = std::count(ls->stdout_text.begin(), ls->stdout_text.end(), '\n');
+    return lines > 0 ? static_cast<size_t>(lines - 1) : 0;
+  }
+
+  // Makes the next Start import deploy/kubernetes/containerd/containerd-2.x.toml as shipped, with
+  // only its two paths replaced by this test's: the snapshotter's socket and state directory.
+  // (`name`: another drop-in of that directory; paths it does not hold are left alone.)
+  void ImportShippedDropIn(const std::string& name = "containerd-2.x.toml") {
+    auto text =
+        harness::ReadFileOrEmpty(lazycrypt::testing::SourceDir() / "deploy/kubernetes/containerd" /
+                                 name);
+    ASSERT_FALSE(text.empty());
+    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+             {"\"/run/lazycrypt/snapshotter.sock\"", "\"" + socket_.string() + "\""},
+             {"\"/var/lib/lazycrypt\"", "\"" + root_.string() + "\""}}) {
+      const size_t at = text.find(from);
+      if (name == "containerd-2.x.toml") ASSERT_NE(at, std::string::npos) << from;
+      if (at != std::string::npos) text.replace(at, from.size(), to);
+    }
+    const fs::path copy = work_->path() / name;
+    ASSERT_TRUE(harness::WriteFile(copy, text).ok());
+    imports_ = {copy.string()};
   }
 
   // `ctr snapshots --snapshotter S usage -b KEY`: containerd's Usage of that snapshot (bytes).
