@@ -325,6 +325,10 @@ TEST_P(SnapshotterContainerd, PullRunListAndRunAgainAfterRestarts) {
   EXPECT_FALSE(fs::exists(socket_));
   StartSnapshotter();
   ASSERT_FALSE(HasFailure());
+  // containerd's channel is in reconnect backoff after the old socket went away: a call made
+  // before it dials again fails with "connection refused" (seen once in CI).
+  WaitForContainerdToReconnect();
+  ASSERT_FALSE(HasFailure());
   auto cat = Run(id + "-2", {"/bin/busybox", "cat", "/etc/passwd"});
   EXPECT_THAT(cat.stdout_text, HasSubstr("root:"));
 
