@@ -276,15 +276,29 @@ struct CachedLayer::Impl {
     bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
     return !bg_stop;
   }
-  // Waits until no foreground read has been fetching for `quiet` (false: stop requested).
-  bool WaitForForegroundQuiet(std::chrono::milliseconds quiet) {
+  // Waits until no foreground read has been fetching for `quiet`, or until `*yield_left` (the
+  // time this caller may still spend waiting, reduced by what this call waits) is used up
+  // (false: stop requested).
+  bool WaitForForegroundQuiet(std::chrono::milliseconds quiet, Clock::duration* yield_left) {
     std::unique_lock lock(mu);
+    const auto began = Clock::now();
+    const auto give_up = began + std::max(*yield_left, Clock::duration::zero());
+    const auto charge = [&] { *yield_left -= Clock::now() - began; };
     for (;;) {
-      bg_cv.wait(lock, [&] { return bg_stop || foreground_fetches == 0; });
+      if (!bg_cv.wait_until(lock, give_up,
+                            [&] { return bg_stop || foreground_fetches == 0; })) {
+        charge();
+        return true;  // out of patience: go on while reads are fetching
+      }
       if (bg_stop) return false;
       const auto quiet_from = last_foreground_end + quiet;
-      if (Clock::now() >= quiet_from) return true;
-      bg_cv.wait_until(lock, quiet_from, [&] { return bg_stop || foreground_fetches > 0; });
+      const auto now = Clock::now();
+      if (now >= quiet_from || now >= give_up) {
+        charge();
+        return true;
+      }
+      bg_cv.wait_until(lock, std::min(quiet_from, give_up),
+                       [&] { return bg_stop || foreground_fetches > 0; });
     }
   }
   // Sleeps until `due` (false: stop requested meanwhile).
@@ -799,9 +813,10 @@ void CachedLayer::Impl::VerifyLoop(const VerifyOptions& o) {
   const auto start = Clock::now();
   uint64_t sent = 0;
   auto backoff = std::max(o.retry_initial, std::chrono::milliseconds(1));
+  Clock::duration yield_left = o.max_total_yield;
   uint64_t i = 0;
   while (i < chunks.size()) {
-    if (!WaitForForegroundQuiet(o.foreground_quiet)) return;
+    if (!WaitForForegroundQuiet(o.foreground_quiet, &yield_left)) return;
     std::vector<uint64_t> batch{i};
     uint64_t bytes = chunks[i].record_size();
     for (uint64_t j = i + 1; j < chunks.size(); ++j) {

@@ -76,6 +76,10 @@ struct VerifyOptions {
   // long: a container that is reading (a start, a scan) keeps the link; the verification uses the
   // pauses between its bursts. A read that arrives meanwhile waits for at most one batch.
   std::chrono::milliseconds foreground_quiet{500};
+  // ...but for at most this long in all: a container (or an author's own workload) that reads
+  // without pause must not keep a layer unverified, hence unquarantined, forever. Past it the
+  // verification fetches at its rate whether or not reads are fetching.
+  std::chrono::milliseconds max_total_yield{120000};
   std::chrono::milliseconds retry_initial{200};
   std::chrono::milliseconds retry_max{30000};
   // Run the verification thread at nice +10: hashing and decrypting a whole layer must not take

@@ -38,8 +38,14 @@ class FlakySource final : public BlobSource {
   uint64_t size() const override { return bytes_.size(); }
   Status ReadAt(uint64_t offset, MutableByteSpan out) override {
     {
-      std::lock_guard lock(mu_);
+      std::unique_lock lock(mu_);
       ++reads_;
+      if (hold_next_) {
+        hold_next_ = false;
+        holding_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !holding_; });
+      }
       if (down_) return Status::Unavailable("flaky source: down");
       if (fail_next_ > 0) {
         --fail_next_;
@@ -61,10 +67,24 @@ class FlakySource final : public BlobSource {
   void flip_byte(uint64_t at) { std::lock_guard l(mu_); flip_at_ = at; }
   void fail_next(int n) { std::lock_guard l(mu_); fail_next_ = n; }
   int reads() const { std::lock_guard l(mu_); return reads_; }
+  // The next read blocks (until release()) once it began: a fetch that stays in flight.
+  void hold_next_read() { std::lock_guard l(mu_); hold_next_ = true; }
+  bool WaitUntilHolding() {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, std::chrono::seconds(20), [&] { return holding_; });
+  }
+  void release() {
+    std::lock_guard l(mu_);
+    holding_ = false;
+    cv_.notify_all();
+  }
 
  private:
   const std::vector<uint8_t> bytes_;
   mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool hold_next_ = false;
+  bool holding_ = false;
   bool down_ = false;
   std::optional<uint64_t> flip_at_;
   int fail_next_ = 0;
@@ -331,6 +351,43 @@ TEST_F(LayerVerification, UnreachableSourceStaysPendingAndStopsQuietly) {
   EXPECT_EQ(layer->verification(), VerificationState::kPending);
   std::lock_guard l(done_.mu);
   EXPECT_TRUE(done_.calls.empty());
+}
+
+}  // namespace
+}  // namespace lazycrypt::cache
+
+namespace lazycrypt::cache {
+namespace {
+
+// A reader whose fetch never ends (a slow link, or a workload reading without pause) must not
+// keep the layer unverified forever: past max_total_yield the verification goes on regardless.
+TEST_F(LayerVerification, ReadsThatNeverPauseDelayTheVerificationOnlyBoundedly) {
+  Blob blob = HonestBlob();
+  auto layer = Open(blob, /*with_store=*/false);
+  const format::Entry* last = layer->index().Find("file3");
+  ASSERT_NE(last, nullptr);
+  source_->hold_next_read();
+  std::thread reader([&] {
+    std::vector<uint8_t> buf(last->size);
+    (void)layer->ReadFile(*last, 0, buf);
+  });
+  ASSERT_TRUE(source_->WaitUntilHolding());
+  VerifyOptions o = Fast();
+  o.foreground_quiet = std::chrono::milliseconds(50);
+  o.max_total_yield = std::chrono::milliseconds(300);
+  // Small batches, so that the first ones do not include the chunks the held read is fetching
+  // (a batch waits for a chunk already in flight).
+  o.rate_bytes_per_sec = 4 * format::kMinChunkSizeBytes;
+  ASSERT_TRUE(layer->StartVerification(o).ok());
+  // The held read is in flight the whole time; the verification must still make progress.
+  for (int i = 0; i < 2000 && layer->stats().verified_chunks == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GT(layer->stats().verified_chunks, 0u);
+  source_->release();
+  reader.join();
+  ASSERT_TRUE(done_.WaitForCall());
+  EXPECT_TRUE(done_.calls[0].ok()) << done_.calls[0].ToString();
 }
 
 }  // namespace
