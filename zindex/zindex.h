@@ -1,0 +1,110 @@
+// A seekable index for an unmodified ocicrypt AES-CTR layer (gzip tar under
+// AES_256_CTR_HMAC_SHA256): gzip checkpoints at deflate block boundaries (zran's technique), the
+// tar's table of contents, and a SHA-256 of the ciphertext each span needs, sealed with a key
+// derived from the layer's CTR key. docs/FORMAT.md §11 is the byte-level spec and threat model.
+//
+// Thread-safety: BuildSealedIndex is independent per call. OpenedIndex is immutable after Open;
+// every const method may run concurrently (DecodeSpan keeps its inflate state per call).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/io.h"
+#include "common/status.h"
+#include "crypto/digest.h"
+#include "crypto/secure_buffer.h"
+#include "format/layer_index.h"
+#include "image/layer.h"
+#include "image/oci.h"
+
+namespace lazycrypt::zindex {
+
+inline constexpr std::string_view kArtifactType = "application/vnd.lazycrypt.zindex.v1";
+inline constexpr std::string_view kSealedIndexMediaType =
+    "application/vnd.lazycrypt.zindex.v1.sealed";
+// On each index blob's descriptor in the artifact manifest: the layer digest it indexes.
+inline constexpr std::string_view kAnnotationLayerDigest = "org.lazycrypt.zindex.layer-digest";
+// The largest sealed index anyone makes or opens (a reader refuses a larger blob before reading it).
+inline constexpr uint64_t kMaxSealedIndexBytes = uint64_t{256} << 20;
+
+// The format's own maxima (FORMAT.md §11); Limits may lower them, never raise them.
+inline constexpr uint64_t kMaxIndexPlaintextBytes = uint64_t{512} << 20;  // serialized proto
+inline constexpr uint64_t kMaxSpans = uint64_t{1} << 20;
+inline constexpr uint64_t kMaxEntries = uint64_t{8} << 20;                // = format::kMaxTocEntries
+// A span's uncompressed size (a span ends at the first deflate block boundary after span_bytes,
+// so one deflate block longer than this, e.g. a crafted run of zeros, makes the layer unindexable).
+inline constexpr uint64_t kMaxSpanBytes = uint64_t{64} << 20;
+inline constexpr size_t kWindowBytes = 32768;  // deflate's window: the most a checkpoint keeps
+
+struct BuildOptions {
+  // A checkpoint at the first deflate block boundary after every span_bytes of uncompressed
+  // output (and one at every gzip member start). 64 KiB .. kMaxSpanBytes / 2.
+  uint64_t span_bytes = uint64_t{4} << 20;
+  // zstd level of the serialized index (windows included) before sealing.
+  int zstd_level = 3;
+};
+
+// What Open accepts, checked before allocating for it. Defaults: the format's maxima.
+struct Limits {
+  uint64_t max_sealed_bytes = kMaxSealedIndexBytes;
+  uint64_t max_plaintext_bytes = kMaxIndexPlaintextBytes;
+  uint64_t max_spans = kMaxSpans;
+  uint64_t max_entries = kMaxEntries;
+  uint64_t max_span_bytes = kMaxSpanBytes;
+};
+
+// Reads the whole encrypted layer from `ciphertext` (the blob `encrypted` describes; `cipher`
+// from image::UnwrapOcicryptLayer) once, in bounded memory (no plaintext reaches the disk),
+// checks HMAC, blob digest and plaintext digest, and returns the sealed index. Returns nothing
+// unless every check passed. Unsupported when the layer is not gzip (e.g. zstd or an
+// uncompressed tar) or a deflate block is longer than kMaxSpanBytes; Corruption for a tar or
+// gzip stream that does not parse (entries named by number, never by name).
+Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
+                                              const image::Descriptor& encrypted,
+                                              const image::OcicryptLayerCipher& cipher,
+                                              const BuildOptions& options = {});
+
+class OpenedIndex {
+ public:
+  // Authenticates, decompresses, parses and validates. AuthFailed when tampered or sealed for
+  // another layer/key; Corruption naming the problem (never a file name).
+  static Result<std::shared_ptr<const OpenedIndex>> Open(ByteSpan sealed,
+                                                         const image::Descriptor& encrypted,
+                                                         const image::OcicryptLayerCipher& cipher,
+                                                         const Limits& limits = {});
+  ~OpenedIndex();
+  OpenedIndex(const OpenedIndex&) = delete;
+  OpenedIndex& operator=(const OpenedIndex&) = delete;
+
+  // For fusefs: chunk i == span i; chunks tile [0, tar_size()); diff_id as the index claims it.
+  std::shared_ptr<const format::LayerIndex> layer_index() const;
+  size_t span_count() const;
+  struct Range {
+    uint64_t offset = 0, size = 0;
+  };
+  // The blob bytes span i needs (they may overlap the neighbours' by one byte: a deflate block
+  // boundary falls inside a byte). REQUIRES i < span_count().
+  Range span_ciphertext(size_t i) const;
+  // The tar stream bytes span i yields. REQUIRES i < span_count().
+  Range span_uncompressed(size_t i) const;
+  // Checks SHA-256(ciphertext) (exactly span_ciphertext(i)) against the index ("span i digest
+  // mismatch", AuthFailed), decrypts with CTR, inflates from checkpoint i to exactly the span's
+  // uncompressed size (Corruption otherwise). The plaintext is wiped when released.
+  // InvalidArgument when i is out of range or ciphertext has the wrong size.
+  Result<crypto::SecureBuffer> DecodeSpan(size_t i, ByteSpan ciphertext) const;
+  const std::string& diff_id() const;  // "sha256:<hex>" claimed by the index's maker
+  uint64_t tar_size() const;           // bytes of the uncompressed tar stream
+  uint64_t blob_size() const;          // the encrypted layer's size (= encrypted.size)
+
+ private:
+  struct Impl;
+  explicit OpenedIndex(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lazycrypt::zindex
