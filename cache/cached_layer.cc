@@ -25,25 +25,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The plaintext of one opened chunk. Wiped when the last reference goes.
-class PlainChunk {
- public:
-  explicit PlainChunk(size_t size)
-      : bytes_(std::make_unique_for_overwrite<uint8_t[]>(size)), size_(size) {}
-  // explicit_bzero: a wipe the compiler may not elide, at memset speed (OPENSSL_cleanse's byte
-  // loop cost ~10 % of a sequential read of 1 MiB chunks).
-  ~PlainChunk() { explicit_bzero(bytes_.get(), size_); }
-  PlainChunk(const PlainChunk&) = delete;
-  PlainChunk& operator=(const PlainChunk&) = delete;
-  MutableByteSpan mutable_span() { return {bytes_.get(), size_}; }
-  ByteSpan span() const { return {bytes_.get(), size_}; }
-  size_t size() const { return size_; }
-
- private:
-  std::unique_ptr<uint8_t[]> bytes_;
-  size_t size_;
-};
-using PlainPtr = std::shared_ptr<const PlainChunk>;
+// Opened chunks live in the node-wide OpenedChunkCache (cache/opened_chunk_cache.h).
+using PlainChunk = OpenedChunk;
+using PlainPtr = OpenedChunkPtr;
 
 // One fetch (or disk read) of one chunk in progress; readers that miss the same chunk wait on it.
 struct Flight {
@@ -76,10 +60,8 @@ struct CachedLayer::Impl {
   mutable std::mutex mu;
   std::condition_variable flight_cv;  // a flight completed
   std::unordered_map<uint64_t, std::shared_ptr<Flight>> flights;
-  // Opened-chunk memory cache: LRU (front = most recent), bytes-capped.
-  std::list<uint64_t> mem_lru;
-  std::unordered_map<uint64_t, std::pair<PlainPtr, std::list<uint64_t>::iterator>> mem;
-  uint64_t mem_bytes = 0;
+  // This layer's part of the opened-chunk memory cache (node-wide LRU, or one of its own).
+  std::unique_ptr<OpenedChunkCache::LayerSlot> mem;
   // Where the next sequential read of a file would start (read-ahead trigger).
   std::unordered_map<const format::Entry*, uint64_t> next_offset;
   // Background fetch.
@@ -167,25 +149,11 @@ struct CachedLayer::Impl {
     }
   }
 
-  // ---- memory cache (REQUIRES mu) ----
-  PlainPtr MemLookup(uint64_t i) {
-    auto it = mem.find(i);
-    if (it == mem.end()) return nullptr;
-    mem_lru.splice(mem_lru.begin(), mem_lru, it->second.second);
-    return it->second.first;
-  }
-  void MemInsert(uint64_t i, PlainPtr plain) {
-    if (plain->size() > options.memory_cache_bytes || mem.count(i) != 0) return;
-    while (mem_bytes + plain->size() > options.memory_cache_bytes && !mem_lru.empty()) {
-      auto victim = mem.find(mem_lru.back());
-      mem_bytes -= victim->second.first->size();
-      mem.erase(victim);  // wiped once no reader holds it any more
-      mem_lru.pop_back();
-    }
-    mem_lru.push_front(i);
-    mem_bytes += plain->size();
-    mem.emplace(i, std::make_pair(std::move(plain), mem_lru.begin()));
-  }
+  // ---- memory cache ----
+  // Kept before its flight completes (Complete takes mu after this): a reader that misses it in
+  // ClaimChunks (under mu) still finds the flight. REQUIRES mu not held: evicted chunks (of any
+  // layer) are wiped on this thread.
+  void MemInsert(uint64_t i, PlainPtr plain) { (void)mem->Insert(i, std::move(plain)); }
 
   void Complete(uint64_t i, const std::shared_ptr<Flight>& flight, Status status, PlainPtr plain) {
     std::lock_guard lock(mu);
@@ -224,10 +192,7 @@ struct CachedLayer::Impl {
       return false;
     }
     if (count_hit) cache_hits.fetch_add(1, std::memory_order_relaxed);
-    if (keep_in_memory) {
-      std::lock_guard lock(mu);
-      MemInsert(i, *plain);
-    }
+    if (keep_in_memory) MemInsert(i, *plain);
     Complete(i, flight, Status::Ok(), *std::move(plain));
     return true;
   }
@@ -417,10 +382,7 @@ Status CachedLayer::Impl::FetchRuns(const std::vector<Run>& runs, Purpose purpos
         // A failed disk write costs only a later refetch; the read itself succeeded.
         (void)store->Put(key, i, chunks[i].blob_offset, record);
       }
-      if (purpose != Purpose::kBackground && purpose != Purpose::kVerify) {
-        std::lock_guard lock(mu);
-        MemInsert(i, *plain);
-      }
+      if (purpose != Purpose::kBackground && purpose != Purpose::kVerify) MemInsert(i, *plain);
       Complete(i, flight, Status::Ok(), *std::move(plain));
     }
   }
@@ -446,7 +408,7 @@ CachedLayer::Impl::Claim CachedLayer::Impl::ClaimChunks(const std::vector<uint64
     std::lock_guard lock(mu);
     for (size_t k = 0; k < wanted.size(); ++k) {
       const uint64_t i = wanted[k];
-      if (PlainPtr p = MemLookup(i)) {
+      if (PlainPtr p = mem->Lookup(i)) {
         if (purpose != Purpose::kVerify) cache_hits.fetch_add(1, std::memory_order_relaxed);
         if (out) (*out)[k] = std::move(p);
       } else if (auto it = flights.find(i); it != flights.end()) {
@@ -459,7 +421,7 @@ CachedLayer::Impl::Claim CachedLayer::Impl::ClaimChunks(const std::vector<uint64
     }
     bool queued = false;
     for (uint64_t i : extra) {
-      if (mem.count(i) != 0 || flights.count(i) != 0) continue;
+      if (flights.count(i) != 0 || mem->Contains(i)) continue;
       if (store != nullptr && store->Contains(key, i)) {
         // On disk already: a foreground reader's read-ahead is opened by the workers, if any.
         if (purpose != Purpose::kForeground || open_workers.empty() || open_stop ||
@@ -911,6 +873,14 @@ Result<std::shared_ptr<CachedLayer>> CachedLayer::Create(
   impl->source = std::move(source);
   impl->store = store;
   impl->options = options;
+  std::shared_ptr<OpenedChunkCache> opened = options.opened_cache;
+  if (!opened) {
+    // A layer of its own (lazycrypt mount, tools, tests): a budget of its own.
+    OpenedChunkCacheOptions own;
+    own.budget_bytes = options.memory_cache_bytes;
+    opened = OpenedChunkCache::Create(own);
+  }
+  impl->mem = opened->OpenSlot();
   impl->StartOpenWorkers();
   return std::shared_ptr<CachedLayer>(new CachedLayer(std::move(impl)));
 }
@@ -1076,10 +1046,7 @@ LayerStats CachedLayer::stats() const {
     s.chunks_present = m.store->ChunksPresent(m.key);
     s.bytes_present = m.store->BytesPresent(m.key);
   }
-  {
-    std::lock_guard lock(m.mu);
-    s.memory_cache_bytes = m.mem_bytes;
-  }
+  s.memory_cache_bytes = m.mem->bytes_held();
   return s;
 }
 

@@ -1,6 +1,7 @@
 // CachedLayer: a LayerData that fetches chunk records lazily from a BlobSource, keeps their
-// ciphertext in a ChunkStore (disk) and a few opened chunks in memory, prefetches chosen files
-// and can complete the layer in the background.
+// ciphertext in a ChunkStore (disk) and opened chunks in an OpenedChunkCache (memory: a budget
+// shared with the daemon's other layers, or one of its own), prefetches chosen files and can
+// complete the layer in the background.
 //
 // A chunk read goes: opened-chunk memory cache → disk store (record re-authenticated when opened)
 // → fetch from the source. Concurrent misses of one chunk make one fetch (later readers wait for
@@ -22,6 +23,7 @@
 #include "cache/chunk_store.h"
 #include "cache/layer_data.h"
 #include "cache/multi_range_source.h"
+#include "cache/opened_chunk_cache.h"
 #include "common/io.h"
 #include "common/status.h"
 #include "format/chunk.h"
@@ -31,7 +33,10 @@
 namespace lazycrypt::cache {
 
 struct CachedLayerOptions {
-  // Bytes of opened (plaintext) chunks kept in memory; evicted buffers are wiped.
+  // Where opened (plaintext) chunks are kept: the node-wide budget shared with every other layer
+  // of the daemon (cache/opened_chunk_cache.h). Null: a cache of this layer's own, of
+  // memory_cache_bytes (lazycrypt mount, tools). Evicted buffers are wiped.
+  std::shared_ptr<OpenedChunkCache> opened_cache;
   uint64_t memory_cache_bytes = uint64_t{32} << 20;
   // When a read continues the previous read of the same file, up to this many raw bytes of the
   // following chunks are fetched in the same request (those already on disk are opened by the
