@@ -60,6 +60,7 @@ bench: setup
 bench-coldstart: setup
 	$(MAKE) build
 	CS_PATHS="$${CS_PATHS:-lazy lazy-prefetch stargz stargz-optimized imgcrypt plain decoder}" \
+	  CS_NETS="$${CS_NETS:-loopback shaped shaped-50}" \
 	  CS_DOC=docs/BENCHMARKS.md CS_PLOT=docs/coldstart.png bash bench/coldstart/run.sh $(BUILD)
 
 bench-smallfiles: setup

@@ -57,7 +57,11 @@ label() {
   esac
 }
 netlabel() {
-  if [ "$1" = shaped ]; then echo "shaped ($rate Mbit/s, $rtt ms RTT)"; else echo "loopback"; fi
+  case "$1" in
+    shaped) echo "shaped ($rate Mbit/s, $rtt ms RTT)" ;;
+    shaped-*) echo "shaped ($rate Mbit/s, ${1#shaped-} ms RTT)" ;;
+    *) echo "$1" ;;
+  esac
 }
 
 runs=$(awk -F'\t' 'NR > 1 { print $4 }' "$out/results.tsv" | sort -n | tail -1)

@@ -38,7 +38,8 @@
 # when the run completed. Every daemon, mount, namespace and veth is removed on exit (by PID).
 #
 # Knobs (environment): CS_LARGE_MIB=1024 CS_FILES=3000 CS_SHARES="5 30" CS_RUNS=5
-#   CS_NETS="loopback shaped" CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
+#   CS_NETS="loopback shaped" (also shaped-N: the same link with N ms of round trip, e.g.
+#   "loopback shaped shaped-50") CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
 #   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
 #   build bench/stargz once) CS_SMALL=1 (0: no small workload)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
@@ -80,9 +81,21 @@ done
 for s in $SHARES; do
   [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 1 ] && [ "$s" -le 100 ] || die "CS_SHARES: '$s' is not a percentage 1..100"
 done
+SHAPED_RTTS=()  # the shaped links' round trips, ms: shaped first, then each shaped-N
 for n in $NETS; do
-  case "$n" in loopback | shaped) ;; *) die "CS_NETS: unknown network '$n' (loopback, shaped)" ;; esac
+  case "$n" in
+    loopback) ;;
+    shaped) SHAPED_RTTS+=("$RTT_MS") ;;
+    shaped-*)
+      [[ "${n#shaped-}" =~ ^[0-9]+$ ]] && [ $((${n#shaped-} % 2)) -eq 0 ] ||
+        die "CS_NETS: '$n': shaped-N needs an even number of ms"
+      SHAPED_RTTS+=("${n#shaped-}") ;;
+    *) die "CS_NETS: unknown network '$n' (loopback, shaped, shaped-N)" ;;
+  esac
 done
+net_is_shaped() { [[ "$1" == shaped || "$1" == shaped-* ]]; }
+any_shaped=0
+[ ${#SHAPED_RTTS[@]} -eq 0 ] || any_shaped=1
 for p in $PATHS; do
   case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder | stargz | stargz-optimized) ;;
     *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized)" ;; esac
@@ -95,7 +108,7 @@ done
 for b in lazycrypt lazycrypt-snapshotter lazycrypt-decoder lazycrypt-bench-delay-proxy; do
   [ -x "$BIN/$b" ] || die "$BIN/$b not found; build first (cmake --build $BUILD --target $b)"
 done
-if [[ " $NETS " == *" shaped "* ]]; then
+if [ "$any_shaped" = 1 ]; then
   for tool in ip tc; do command -v "$tool" >/dev/null 2>&1 || die "'$tool' is missing (iproute2)"; done
 fi
 if [[ " $PATHS " == *" imgcrypt "* || " $PATHS " == *" decoder "* ]]; then
@@ -326,7 +339,8 @@ for wl in $WORKLOADS; do
 done
 
 REG_SHAPED=""
-if [[ " $NETS " == *" shaped "* ]]; then
+declare -A REG_BY_NET=()  # shaped, shaped-N -> host:port of its delay proxy
+if [ "$any_shaped" = 1 ]; then
   netns="lccs$$"
   veth="lccs$$h"
   subnet="10.213.$(($$ % 250))"
@@ -344,11 +358,19 @@ if [[ " $NETS " == *" shaped "* ]]; then
   write_registry_config "$work/registry/shaped.yml" "$work/registry/storage" "127.0.0.1:5000"
   ip netns exec "$netns" docker-registry serve "$work/registry/shaped.yml" >"$work/registry/shaped.log" 2>&1 &
   pids+=($!)
-  ip netns exec "$netns" "$BIN/lazycrypt-bench-delay-proxy" "$subnet.2:5000" 127.0.0.1:5000 \
-    $((RTT_MS / 2)) >"$work/registry/proxy.log" 2>&1 &
-  pids+=($!)
-  REG_SHAPED=$subnet.2:5000
-  wait_for "the shaped registry" 20 curl -sf "http://$REG_SHAPED/v2/"
+  # One delay proxy per round trip, all in front of the same registry behind the same tbf.
+  port=5000
+  for n in $NETS; do
+    net_is_shaped "$n" || continue
+    if [ "$n" = shaped ]; then rtt=$RTT_MS; else rtt=${n#shaped-}; fi
+    ip netns exec "$netns" "$BIN/lazycrypt-bench-delay-proxy" "$subnet.2:$port" 127.0.0.1:5000 \
+      $((rtt / 2)) >"$work/registry/proxy-$n.log" 2>&1 &
+    pids+=($!)
+    REG_BY_NET[$n]=$subnet.2:$port
+    [ -n "$REG_SHAPED" ] || REG_SHAPED=$subnet.2:$port  # the link check's
+    wait_for "the shaped registry ($n)" 20 curl -sf "http://${REG_BY_NET[$n]}/v2/"
+    port=$((port + 1))
+  done
   # Check the link: one RTT for a tiny request, and the rate on a large blob.
   digest=$(skopeo inspect --raw --tls-verify=false "docker://$REG_LOOP/cs/${WORKLOADS##* }:plain" |
     jq -r '.layers | max_by(.size) | .digest')
@@ -460,7 +482,7 @@ run_no=0
 
 run_one() {  # run_one NET WORKLOAD PATH RUN
   local net=$1 wl=$2 path=$3 run=$4 host reglog tag ref snap_flag=() cmd expect
-  if [ "$net" = shaped ]; then host=$REG_SHAPED reglog=$work/registry/shaped.log
+  if net_is_shaped "$net"; then host=${REG_BY_NET[$net]} reglog=$work/registry/shaped.log
   else host=$REG_LOOP reglog=$work/registry/loop.log; fi
   case "$path" in
     lazy | decoder) tag=lazy ;;
