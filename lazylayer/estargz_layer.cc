@@ -292,6 +292,19 @@ bool IsEstargzOcicryptLayer(const image::Descriptor& descriptor) {
          descriptor.annotations.count(std::string(estargz::kAnnotationTocDigest)) != 0;
 }
 
+namespace {
+// The layer's part of the opened-chunk memory: the node-wide budget when the daemon gives one,
+// else a cache of its own of opened_chunk_cache_bytes.
+std::unique_ptr<cache::OpenedChunkCache::LayerSlot> OpenedChunkSlot(
+    const EstargzMountOptions& options) {
+  std::shared_ptr<cache::OpenedChunkCache> opened = options.opened_cache;
+  if (!opened) {
+    opened = cache::OpenedChunkCache::Create({.budget_bytes = options.opened_chunk_cache_bytes});
+  }
+  return opened->OpenSlot();
+}
+}  // namespace
+
 // The layer's data for the FUSE file system: chunks fetched by ciphertext range, decrypted with
 // CTR, inflated and verified (estargz::ReadChunk), kept in an LRU of opened chunks; concurrent
 // readers of one chunk share one fetch.
@@ -300,7 +313,8 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   Data(std::shared_ptr<CountingSource> ciphertext, crypto::SecureBuffer key,
        std::vector<uint8_t> nonce, std::shared_ptr<const estargz::Index> ez,
        std::shared_ptr<const format::LayerIndex> index, crypto::SecureBuffer toc_json,
-       uint64_t cache_bytes, cache::ChunkStore* store, std::string store_key)
+       std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened, cache::ChunkStore* store,
+       std::string store_key)
       : ciphertext_(std::move(ciphertext)),
         store_(store),
         store_key_(std::move(store_key)),
@@ -309,7 +323,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
         ez_(std::move(ez)),
         index_(std::move(index)),
         toc_json_(std::move(toc_json)),
-        cache_capacity_bytes_(cache_bytes) {}
+        opened_(std::move(opened)) {}
 
   const format::LayerIndex& index() const override { return *index_; }
   const estargz::Index& ez() const { return *ez_; }
@@ -349,7 +363,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     size_t done = 0;
     for (--it; done < n; ++it) {
       const uint32_t chunk_index = e.first_chunk + static_cast<uint32_t>(it - chunks.begin());
-      LC_ASSIGN_OR_RETURN(std::shared_ptr<const crypto::SecureBuffer> plain, Chunk(chunk_index));
+      LC_ASSIGN_OR_RETURN(cache::OpenedChunkPtr plain, Chunk(chunk_index));
       const uint64_t at = offset + done - it->file_offset;
       const size_t take = static_cast<size_t>(std::min<uint64_t>(n - done, it->size - at));
       std::memcpy(out.data() + done, plain->data() + at, take);
@@ -359,16 +373,15 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   }
 
   // The opened chunk `i` (cached, or fetched once however many readers ask).
-  Result<std::shared_ptr<const crypto::SecureBuffer>> Chunk(uint32_t i) {
-    using Opened = Result<std::shared_ptr<const crypto::SecureBuffer>>;
+  Result<cache::OpenedChunkPtr> Chunk(uint32_t i) {
+    using Opened = Result<cache::OpenedChunkPtr>;
     std::promise<Opened> promise;
     std::shared_future<Opened> waiting;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (auto hit = cache_.find(i); hit != cache_.end()) {
-        lru_.splice(lru_.begin(), lru_, hit->second.second);
+      if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
         cache_hits_.fetch_add(1, std::memory_order_relaxed);
-        return hit->second.first;
+        return hit;
       }
       if (auto f = inflight_.find(i); f != inflight_.end()) {
         waiting = f->second;
@@ -382,20 +395,12 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     }
     cache_misses_.fetch_add(1, std::memory_order_relaxed);
     Opened opened = Open(i);
+    // Kept (node-wide budget) before the flight ends, so a reader finds it in one or the other;
+    // outside mu_: evicted chunks of any layer are wiped on this thread.
+    if (opened.ok()) (void)opened_->Insert(i, *opened);
     {
       std::lock_guard<std::mutex> lock(mu_);
       inflight_.erase(i);
-      if (opened.ok()) {
-        lru_.push_front(i);
-        cache_[i] = {*opened, lru_.begin()};
-        cache_bytes_ += (*opened)->size();
-        while (cache_bytes_ > cache_capacity_bytes_ && lru_.size() > 1) {
-          auto victim = cache_.find(lru_.back());
-          cache_bytes_ -= victim->second.first->size();
-          cache_.erase(victim);
-          lru_.pop_back();
-        }
-      }
     }
     promise.set_value(opened);
     return opened;
@@ -421,7 +426,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      s.memory_cache_bytes = cache_bytes_;
+      s.memory_cache_bytes = opened_->bytes_held();
     }
     switch (verification_.load()) {
       case Verification::kPending: s.verification = verify_on_ ? cache::VerificationState::kPending
@@ -459,7 +464,7 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   }
 
  private:
-  Result<std::shared_ptr<const crypto::SecureBuffer>> Open(uint32_t i) {
+  Result<cache::OpenedChunkPtr> Open(uint32_t i) {
     const estargz::ChunkRef& c = ez_->chunks()[i];
     const uint64_t blob_size = ciphertext_->size();
     if (c.compressed_offset > blob_size || c.compressed_size > blob_size - c.compressed_offset ||
@@ -503,17 +508,16 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   }
 
   // Decrypts, inflates and verifies chunk `i` from its member's ciphertext.
-  Result<std::shared_ptr<const crypto::SecureBuffer>> OpenCiphertext(uint32_t i,
-                                                                     ByteSpan ciphertext) {
+  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext) {
     const estargz::ChunkRef& c = ez_->chunks()[i];
     WindowSource window(ciphertext_->size(), c.compressed_offset,
                         std::vector<uint8_t>(ciphertext.begin(), ciphertext.end()), nullptr);
     LC_ASSIGN_OR_RETURN(auto plain, estargz::CtrPlaintextView::Create(window, key_.span(), nonce_));
-    auto out = std::make_shared<crypto::SecureBuffer>(static_cast<size_t>(c.size));
-    Status s = estargz::ReadChunk(*plain, c, out->span());
+    auto out = std::make_shared<cache::OpenedChunk>(static_cast<size_t>(c.size));
+    Status s = estargz::ReadChunk(*plain, c, out->mutable_span());
     if (!s.ok()) return s.WithContext("estargz chunk " + std::to_string(i));
     chunks_opened_.fetch_add(1, std::memory_order_relaxed);
-    return std::shared_ptr<const crypto::SecureBuffer>(std::move(out));
+    return cache::OpenedChunkPtr(std::move(out));
   }
 
   std::shared_ptr<CountingSource> ciphertext_;
@@ -524,17 +528,11 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   std::shared_ptr<const estargz::Index> ez_;
   std::shared_ptr<const format::LayerIndex> index_;
   const crypto::SecureBuffer toc_json_;
-  const uint64_t cache_capacity_bytes_;
+  // This layer's part of the opened-chunk memory (the node-wide budget, or one of its own).
+  const std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened_;
 
   mutable std::mutex mu_;
-  std::list<uint32_t> lru_;  // most recent first
-  std::unordered_map<uint32_t, std::pair<std::shared_ptr<const crypto::SecureBuffer>,
-                                         std::list<uint32_t>::iterator>>
-      cache_;
-  uint64_t cache_bytes_ = 0;
-  std::unordered_map<uint32_t,
-                     std::shared_future<Result<std::shared_ptr<const crypto::SecureBuffer>>>>
-      inflight_;
+  std::unordered_map<uint32_t, std::shared_future<Result<cache::OpenedChunkPtr>>> inflight_;
   Status verification_status_ = Status::Unavailable("verification pending");
   // Chunk fetches running now (the verification sends no request meanwhile).
   std::mutex fetch_mu_;
@@ -628,7 +626,7 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(*cipher));
   layer->data_ = std::make_shared<Data>(
       counting, layer->cipher_->key.Clone(), layer->cipher_->nonce, ez, std::move(*index),
-      std::move(toc_json), options.opened_chunk_cache_bytes, options.store, layer->store_key_);
+      std::move(toc_json), OpenedChunkSlot(options), options.store, layer->store_key_);
   if (options.verify) layer->data_->set_verify_on();
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + descriptor.digest;

@@ -26,6 +26,7 @@
 
 #include "cache/chunk_store.h"
 #include "cache/layer_data.h"
+#include "cache/opened_chunk_cache.h"
 #include "common/io.h"
 #include "common/status.h"
 #include "fusefs/fuse_fs.h"
@@ -50,7 +51,10 @@ struct EstargzMountOptions {
   // Ciphertext of fetched (and verified) chunk members on local disk, shared by layers; null =
   // memory only. Must outlive the layer.
   cache::ChunkStore* store = nullptr;
-  // Opened (decrypted, inflated, verified) chunks kept in memory, wiped when dropped.
+  // Where opened (decrypted, inflated, verified) chunks are kept, wiped when dropped: the
+  // node-wide budget shared with the daemon's other layers (cache/opened_chunk_cache.h); null = a
+  // cache of this layer's own of opened_chunk_cache_bytes.
+  std::shared_ptr<cache::OpenedChunkCache> opened_cache;
   uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
   // Fetch the files before `.prefetch.landmark` in the background once mounted.
   bool prefetch = true;
