@@ -98,7 +98,8 @@ any_shaped=0
 [ ${#SHAPED_RTTS[@]} -eq 0 ] || any_shaped=1
 for p in $PATHS; do
   case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder | stargz | stargz-optimized) ;;
-    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized)" ;; esac
+    ocicrypt-estargz | ocicrypt-indexed | ocicrypt-eager) ;;
+    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized ocicrypt-estargz ocicrypt-indexed ocicrypt-eager)" ;; esac
 done
 [ "$(id -u)" = 0 ] || die "needs root (containerd, FUSE, overlayfs, network namespaces)"
 [ -c /dev/fuse ] || die "/dev/fuse is absent"
@@ -316,6 +317,7 @@ stargz_convert() {
 
 declare -A image_bytes
 TAGS="plain ocicrypt lazy lazy-prefetch"
+[[ " $PATHS " != *" ocicrypt-estargz "* ]] || TAGS="$TAGS ocicrypt-estargz"
 [ "$STARGZ" = 0 ] || TAGS="$TAGS stargz stargz-optimized"
 for wl in $WORKLOADS; do
   log "pushing $wl: plain, ocicrypt (skopeo --encryption-key), lazycrypt, lazycrypt + prefetch list"
@@ -330,6 +332,20 @@ for wl in $WORKLOADS; do
   if [ "$STARGZ" = 1 ]; then
     log "converting $wl to eStargz: ctr-remote image convert --estargz, image optimize"
     stargz_convert "$wl"
+  fi
+  if [[ " $PATHS " == *" ocicrypt-estargz "* ]]; then
+    log "pushing $wl: ocicrypt-estargz (lazycrypt encrypt --format ocicrypt-estargz)"
+    "$BIN/lazycrypt" encrypt --plain-http --format ocicrypt-estargz \
+      --recipient "jwe:$work/node.pub.pem" \
+      "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:ocicrypt-estargz" >/dev/null
+  fi
+  if [[ " $PATHS " == *" ocicrypt-indexed "* ]]; then
+    log "indexing $wl's ocicrypt image (lazycrypt index)"
+    "$BIN/lazycrypt" index --plain-http --key "$work/node.pem" \
+      "docker://$REG_LOOP/cs/$wl:ocicrypt" >"$work/index-$wl.log" 2>&1 || {
+      cat "$work/index-$wl.log" >&2
+      die "$wl: lazycrypt index failed (above)"
+    }
   fi
   for tag in $TAGS; do
     image_bytes[$wl:$tag]=$(skopeo inspect --raw --tls-verify=false "docker://$REG_LOOP/cs/$wl:$tag" |
@@ -405,10 +421,14 @@ start_node() {  # start_node PATH REGISTRY_HOST: a fresh containerd (+ snapshott
   run_pids=()
   snap_pid=""
   case "$path" in
-    lazy | lazy-prefetch)
+    lazy | lazy-prefetch | ocicrypt-*)
       write_hosts_toml "$node/hosts" "$host"
+      # ocicrypt-eager: the skopeo image (which has an index, for ocicrypt-indexed) unpacked
+      # eagerly by the snapshotter, as a node without indexes does it.
+      local snap_extra='log_level = "debug"'
+      [ "$path" != ocicrypt-eager ] || snap_extra=$'log_level = "debug"\n[ocicrypt]\nlazy_index = false'
       write_snapshotter_config "$node/snapshotter.toml" "$node/run/snapshotter.sock" \
-        "$node/snapshotter" "$work/keys" "$node/hosts" 'log_level = "debug"'
+        "$node/snapshotter" "$work/keys" "$node/hosts" "$snap_extra"
       "$BIN/lazycrypt-snapshotter" --config "$node/snapshotter.toml" >"$node/snapshotter.log" 2>&1 &
       snap_pid=$!
       run_pids+=("$snap_pid")
@@ -491,6 +511,8 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     plain) tag=plain ;;
     stargz) tag=stargz ;;
     stargz-optimized) tag=stargz-optimized ;;
+    ocicrypt-estargz) tag=ocicrypt-estargz ;;
+    ocicrypt-indexed | ocicrypt-eager) tag=ocicrypt ;;
   esac
   ref=$host/cs/$wl:$tag
   if [ "$wl" = small ]; then cmd=(/bin/echo "app started"); else cmd=(/app/start.sh); fi
@@ -502,7 +524,7 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
   children_cpu_mark "$node/cpu.before"
   t0=$(now)
   case "$path" in
-    lazy | lazy-prefetch)
+    lazy | lazy-prefetch | ocicrypt-*)
       "$BIN/lazycrypt" pull --address "$ctd_sock" --namespace cs --snapshotter lazycrypt \
         --plain-http "$ref" >"$node/pull.log" 2>&1 || status=$?
       snap_flag=(--snapshotter lazycrypt) ;;
