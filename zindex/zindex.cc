@@ -1,0 +1,836 @@
+#include "zindex/zindex.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include <openssl/crypto.h>
+
+#include "compress/compress.h"
+#include "crypto/aes_gcm.h"
+#include "crypto/hkdf.h"
+#include "crypto/ocicrypt_ctr.h"
+#include "crypto/random.h"
+#include "format/toc_tar_match.h"
+#include "tar/tar_reader.h"
+#include "zindex/zindex.pb.h"
+#include "zindex/zindex_internal.h"
+
+namespace lazycrypt::zindex {
+namespace {
+
+constexpr std::array<uint8_t, 8> kSealedMagic = {'l', 'z', 'c', 'z', 'i', 'd', 'x', 0x01};
+constexpr uint32_t kSealedVersion = 1;
+constexpr uint32_t kIndexVersion = 1;
+constexpr std::string_view kSealKeyInfoPrefix = "lazycrypt zindex v1 seal key ";
+constexpr uint64_t kMinSpanBytes = uint64_t{64} << 10;
+// A span's ciphertext may exceed its uncompressed size (stored blocks, gzip headers, the trailer
+// and empty members it carries); more than this is refused on both sides.
+uint64_t MaxSpanCiphertextBytes(uint64_t max_span_bytes) { return 2 * max_span_bytes + (1 << 20); }
+
+std::string Num(uint64_t v) { return std::to_string(v); }
+
+void PutU32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void PutU64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t GetU32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t GetU64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// ---- Sealing (FORMAT.md §11.1) -----------------------------------------------------------------
+
+Result<crypto::AesGcm> SealCipher(std::span<const uint8_t> ctr_key, std::string_view layer_digest) {
+  if (ctr_key.size() != crypto::kCtrKeySize) {
+    return Status::InvalidArgument("zindex: the layer key is " + Num(ctr_key.size()) +
+                                   " bytes, need 32");
+  }
+  std::string info(kSealKeyInfoPrefix);
+  info += layer_digest;
+  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer key, crypto::HkdfSha256(ctr_key, {}, AsBytes(info), 32));
+  return crypto::AesGcm::Create(key.span());
+}
+
+std::vector<uint8_t> SealAad(std::string_view layer_digest, uint64_t blob_size) {
+  std::vector<uint8_t> aad(kSealedMagic.size() + 4 + 8);
+  std::memcpy(aad.data(), kSealedMagic.data(), kSealedMagic.size());
+  PutU32(aad.data() + 8, kSealedVersion);
+  PutU64(aad.data() + 12, blob_size);
+  aad.insert(aad.end(), layer_digest.begin(), layer_digest.end());
+  return aad;
+}
+
+// ---- zlib with wiped allocations ---------------------------------------------------------------
+
+// inflate's state holds up to 32 KiB of plaintext (its window); these allocators wipe every block
+// zlib frees.
+voidpf WipingAlloc(voidpf, uInt items, uInt size) {
+  const size_t bytes = static_cast<size_t>(items) * size;
+  auto* block = static_cast<uint8_t*>(std::malloc(bytes + 16));
+  if (block == nullptr) return Z_NULL;
+  std::memcpy(block, &bytes, sizeof(bytes));
+  return block + 16;
+}
+void WipingFree(voidpf, voidpf address) {
+  if (address == Z_NULL) return;
+  uint8_t* block = static_cast<uint8_t*>(address) - 16;
+  size_t bytes = 0;
+  std::memcpy(&bytes, block, sizeof(bytes));
+  OPENSSL_cleanse(block + 16, bytes);
+  std::free(block);
+}
+
+// RAII over an inflate stream.
+class Inflater {
+ public:
+  Inflater() {
+    std::memset(&strm_, 0, sizeof(strm_));
+    strm_.zalloc = WipingAlloc;
+    strm_.zfree = WipingFree;
+  }
+  ~Inflater() {
+    if (initialized_) inflateEnd(&strm_);
+  }
+  Inflater(const Inflater&) = delete;
+  Inflater& operator=(const Inflater&) = delete;
+  // window_bits: 31 gzip, -15 raw deflate.
+  Status Init(int window_bits) {
+    if (inflateInit2(&strm_, window_bits) != Z_OK) return Status::Internal("zlib: inflateInit2 failed");
+    initialized_ = true;
+    return Status::Ok();
+  }
+  z_stream& strm() { return strm_; }
+  std::string Message(std::string_view fallback) const {
+    return strm_.msg != nullptr ? std::string(strm_.msg) : std::string(fallback);
+  }
+
+ private:
+  z_stream strm_;
+  bool initialized_ = false;
+};
+
+// ---- Building ----------------------------------------------------------------------------------
+
+// Passes the ciphertext through and keeps the bytes no span has hashed yet, so that span digests
+// cover exactly the blob bytes (the decrypting stream above it only yields plaintext).
+class CiphertextTee final : public InputStream {
+ public:
+  explicit CiphertextTee(InputStream& in) : in_(in) {}
+  Result<size_t> Read(MutableByteSpan out) override {
+    LC_ASSIGN_OR_RETURN(size_t n, in_.Read(out));
+    kept_.insert(kept_.end(), out.begin(), out.begin() + static_cast<ptrdiff_t>(n));
+    read_ += n;
+    return n;
+  }
+  // Hashes blob bytes [from, to). REQUIRES kept_start() <= from <= to <= bytes_read().
+  void Hash(uint64_t from, uint64_t to, crypto::Sha256& sha) const {
+    const size_t at = head_ + static_cast<size_t>(from - kept_start_);
+    sha.Update(ByteSpan(kept_).subspan(at, static_cast<size_t>(to - from)));
+  }
+  // Forgets blob bytes before `offset` (compacting now and then, not on every call).
+  void Forget(uint64_t offset) {
+    if (offset <= kept_start_) return;
+    head_ += static_cast<size_t>(offset - kept_start_);
+    kept_start_ = offset;
+    if (head_ > (size_t{1} << 20) && head_ > kept_.size() / 2) {
+      kept_.erase(kept_.begin(), kept_.begin() + static_cast<ptrdiff_t>(head_));
+      head_ = 0;
+    }
+  }
+  uint64_t bytes_read() const { return read_; }
+
+ private:
+  InputStream& in_;
+  std::vector<uint8_t> kept_;  // blob bytes [kept_start_ - head_, read_)
+  size_t head_ = 0;
+  uint64_t kept_start_ = 0;
+  uint64_t read_ = 0;
+};
+
+struct Checkpoint {
+  uint64_t in = 0;
+  uint32_t bits = 0;
+  uint64_t out = 0;
+  bool member_start = false;
+  std::vector<uint8_t> window;
+};
+
+struct BuiltSpan {
+  Checkpoint at;
+  crypto::Sha256Digest ciphertext_sha256{};
+};
+
+// The uncompressed tar stream of the gzip layer, read through zlib with Z_BLOCK so that every
+// deflate block boundary is seen (zran): it records checkpoints and span digests as the tar
+// reader pulls bytes through it, and hashes the whole stream (the diff_id).
+class IndexingInflateStream final : public InputStream {
+ public:
+  IndexingInflateStream(InputStream& gzip, CiphertextTee& tee, const BuildOptions& options)
+      : gzip_(gzip), tee_(tee), options_(options), in_buf_(size_t{1} << 16), wipe_in_(in_buf_) {}
+
+  Status Init() { return inflater_.Init(31); }
+
+  Result<size_t> Read(MutableByteSpan out) override {
+    if (!status_.ok()) return status_;
+    auto n = ReadImpl(out);
+    if (!n.ok()) status_ = n.status();
+    return n;
+  }
+
+  bool finished() const { return finished_; }
+  uint64_t tar_size() const { return out_total_; }
+  crypto::Sha256Digest diff_id() { return diff_sha_.Finish(); }
+  std::vector<BuiltSpan>& spans() { return spans_; }
+
+ private:
+  Result<size_t> ReadImpl(MutableByteSpan out) {
+    z_stream& strm = inflater_.strm();
+    size_t produced = 0;
+    while (produced < out.size() && !finished_) {
+      if (strm.avail_in == 0 && !source_eof_) {
+        LC_ASSIGN_OR_RETURN(size_t n, gzip_.Read(in_buf_));
+        if (n == 0) {
+          source_eof_ = true;  // the decrypting stream's checks all passed
+        } else {
+          if (consumed_in_ == 0 && (n < 2 || in_buf_[0] != 0x1f || in_buf_[1] != 0x8b)) {
+            return Status::Unsupported("zindex: the layer is not gzip-compressed");
+          }
+          strm.next_in = in_buf_.data();
+          strm.avail_in = static_cast<uInt>(n);
+        }
+      }
+      if (member_ended_) {
+        if (strm.avail_in == 0) {
+          if (source_eof_) LC_RETURN_IF_ERROR(Finish());
+          continue;
+        }
+        // Another gzip member follows (multi-member gzip: pigz, eStargz).
+        if (inflateReset(&strm) != Z_OK) return Status::Internal("zlib: inflateReset failed");
+        member_ended_ = false;
+        member_header_ = true;
+      }
+      strm.next_out = out.data() + produced;
+      strm.avail_out = static_cast<uInt>(std::min<size_t>(out.size() - produced, 1 << 30));
+      const uInt in_before = strm.avail_in, out_before = strm.avail_out;
+      const int ret = inflate(&strm, Z_BLOCK);
+      consumed_in_ += in_before - strm.avail_in;
+      const size_t got = out_before - strm.avail_out;
+      if (got > 0) {
+        LC_RETURN_IF_ERROR(OnOutput(out.subspan(produced, got)));
+        produced += got;
+      }
+      if (ret == Z_STREAM_END) {
+        member_ended_ = true;
+        continue;
+      }
+      if (ret == Z_BUF_ERROR && strm.avail_in == 0) {
+        if (source_eof_) return Status::Corruption("gzip: the stream is truncated");
+        continue;
+      }
+      if (ret != Z_OK) return Status::Corruption("gzip: " + inflater_.Message("inflate failed"));
+      if ((strm.data_type & 0xc0) == 0x80) LC_RETURN_IF_ERROR(OnBlockBoundary(strm.data_type & 7));
+      HashSettledCiphertext();
+    }
+    return produced;
+  }
+
+  Status OnOutput(ByteSpan bytes) {
+    if (pending_) LC_RETURN_IF_ERROR(Commit());
+    diff_sha_.Update(bytes);
+    // The window ring: the last kWindowBytes of output.
+    ByteSpan tail = bytes.size() > kWindowBytes ? bytes.last(kWindowBytes) : bytes;
+    for (size_t done = 0; done < tail.size();) {
+      const size_t at = static_cast<size_t>((out_total_ + bytes.size() - tail.size() + done) %
+                                            kWindowBytes);
+      const size_t n = std::min(tail.size() - done, kWindowBytes - at);
+      std::memcpy(ring_.data() + at, tail.data() + done, n);
+      done += n;
+    }
+    out_total_ += bytes.size();
+    if (spans_.empty()) return Status::Internal("zindex: output before the first checkpoint");
+    if (out_total_ - spans_.back().at.out > kMaxSpanBytes) {
+      return Status::Unsupported("zindex: a deflate block longer than " + Num(kMaxSpanBytes) +
+                                 " bytes (the layer cannot be indexed)");
+    }
+    return Status::Ok();
+  }
+
+  Status OnBlockBoundary(uint32_t bits) {
+    if (member_header_) {
+      // The first block of a member: a checkpoint without a window. A pending one is replaced: the
+      // member it starts produced nothing (an empty member, e.g. eStargz's footer).
+      member_header_ = false;
+      if (bits != 0) return Status::Internal("zindex: a gzip header ended inside a byte");
+      member_out_ = out_total_;
+      pending_ = Checkpoint{consumed_in_, 0, out_total_, true, {}};
+      return Status::Ok();
+    }
+    const uint64_t last_out = pending_ ? pending_->out : spans_.back().at.out;
+    if (out_total_ - last_out < options_.span_bytes) return Status::Ok();
+    Checkpoint cp{consumed_in_, bits, out_total_, false, {}};
+    const size_t window = static_cast<size_t>(std::min<uint64_t>(kWindowBytes, out_total_ - member_out_));
+    cp.window.resize(window);
+    for (size_t i = 0; i < window; ++i) {
+      cp.window[i] = ring_[static_cast<size_t>((out_total_ - window + i) % kWindowBytes)];
+    }
+    pending_ = std::move(cp);
+    return Status::Ok();
+  }
+
+  // The pending checkpoint produced its first byte: it starts a span, which ends the previous one.
+  Status Commit() {
+    Checkpoint cp = std::move(*pending_);
+    pending_.reset();
+    if (!spans_.empty()) {
+      LC_RETURN_IF_ERROR(EndSpan(cp.in));
+      if (cp.bits != 0) tee_.Hash(cp.in - 1, cp.in, span_sha_);
+      hashed_upto_ = cp.in;
+    }
+    if (spans_.size() >= kMaxSpans) {
+      return Status::Unsupported("zindex: more than " + Num(kMaxSpans) + " spans");
+    }
+    spans_.push_back(BuiltSpan{std::move(cp), {}});
+    return Status::Ok();
+  }
+
+  uint64_t SpanStart(const BuiltSpan& s) const {
+    return spans_.size() == 1 ? 0 : s.at.in - (s.at.bits != 0 ? 1 : 0);
+  }
+
+  Status EndSpan(uint64_t end) {
+    BuiltSpan& last = spans_.back();
+    if (end - SpanStart(last) > MaxSpanCiphertextBytes(kMaxSpanBytes)) {
+      return Status::Unsupported("zindex: a span needs more than " +
+                                 Num(MaxSpanCiphertextBytes(kMaxSpanBytes)) + " ciphertext bytes");
+    }
+    tee_.Hash(hashed_upto_, end, span_sha_);
+    last.ciphertext_sha256 = span_sha_.Finish();
+    span_sha_.Reset();
+    return Status::Ok();
+  }
+
+  // Hashes into the open span every ciphertext byte no later span can need, and forgets it: a
+  // later checkpoint is at or after what inflate consumed (a pending one at its own offset), and
+  // may need the byte before it.
+  void HashSettledCiphertext() {
+    if (spans_.empty()) return;
+    const uint64_t bound = pending_ ? pending_->in : consumed_in_;
+    if (bound == 0 || bound - 1 <= hashed_upto_) return;
+    tee_.Hash(hashed_upto_, bound - 1, span_sha_);
+    hashed_upto_ = bound - 1;
+    tee_.Forget(hashed_upto_);
+  }
+
+  Status Finish() {
+    finished_ = true;
+    if (spans_.empty()) return Status::Unsupported("zindex: the layer's tar stream is empty");
+    // A pending checkpoint left is a trailing empty member: the last span carries its bytes.
+    pending_.reset();
+    return EndSpan(tee_.bytes_read());
+  }
+
+  InputStream& gzip_;
+  CiphertextTee& tee_;
+  const BuildOptions& options_;
+  Inflater inflater_;
+  std::vector<uint8_t> in_buf_;
+  crypto::ScopedWipe wipe_in_;
+  std::array<uint8_t, kWindowBytes> ring_{};
+  bool source_eof_ = false, member_ended_ = false, member_header_ = true, finished_ = false;
+  uint64_t consumed_in_ = 0, out_total_ = 0, member_out_ = 0, hashed_upto_ = 0;
+  std::optional<Checkpoint> pending_;
+  std::vector<BuiltSpan> spans_;
+  crypto::Sha256 span_sha_;
+  crypto::Sha256 diff_sha_;
+  Status status_;
+};
+
+format::v1::EntryType ProtoEntryType(format::EntryType t) {
+  return static_cast<format::v1::EntryType>(static_cast<int>(t));  // same numbering (toc.proto)
+}
+
+void EntryToProto(const format::Entry& e, format::v1::Entry& p) {
+  p.set_name(e.name);
+  p.set_type(ProtoEntryType(e.type));
+  p.set_mode(e.mode);
+  p.set_uid(e.uid);
+  p.set_gid(e.gid);
+  p.set_uname(e.uname);
+  p.set_gname(e.gname);
+  p.set_mtime_sec(e.mtime_sec);
+  p.set_mtime_nsec(e.mtime_nsec);
+  p.set_size(e.size);
+  p.set_link_target(e.link_target);
+  p.set_dev_major(e.dev_major);
+  p.set_dev_minor(e.dev_minor);
+  for (const auto& [k, v] : e.xattrs) {  // std::map: sorted, unique
+    format::v1::Xattr* x = p.add_xattrs();
+    x->set_name(k);
+    x->set_value(v);
+  }
+  p.set_data_offset(e.data_offset);
+}
+
+Result<format::Entry> EntryFromProto(const format::v1::Entry& p, size_t index) {
+  format::Entry e;
+  const int type = p.type();
+  if (type < static_cast<int>(format::EntryType::kRegular) ||
+      type > static_cast<int>(format::EntryType::kFifo)) {
+    return Status::Corruption("zindex: entry " + Num(index) + ": type " + std::to_string(type) +
+                              " is unknown");
+  }
+  e.name = p.name();
+  e.type = static_cast<format::EntryType>(type);
+  e.mode = p.mode();
+  e.uid = p.uid();
+  e.gid = p.gid();
+  e.uname = p.uname();
+  e.gname = p.gname();
+  e.mtime_sec = p.mtime_sec();
+  e.mtime_nsec = p.mtime_nsec();
+  e.size = p.size();
+  e.link_target = p.link_target();
+  e.dev_major = p.dev_major();
+  e.dev_minor = p.dev_minor();
+  e.data_offset = p.data_offset();
+  const std::string* previous = nullptr;
+  for (const format::v1::Xattr& x : p.xattrs()) {
+    if (previous != nullptr && !(*previous < x.name())) {
+      return Status::Corruption("zindex: entry " + Num(index) +
+                                ": xattr names are not sorted and unique");
+    }
+    previous = &x.name();
+    e.xattrs.emplace_hint(e.xattrs.end(), x.name(), x.value());
+  }
+  return e;
+}
+
+// Tar parse errors name files; the index's maker may pass them on (names are confidential).
+Status RedactedTarError(const Status& s, size_t entries_before, uint64_t offset) {
+  return Status(s.code(), "zindex: the tar stream does not parse after entry " +
+                              Num(entries_before) + " (near offset " + Num(offset) + ")");
+}
+
+}  // namespace
+
+// ---- Sealing seam ------------------------------------------------------------------------------
+
+namespace internal {
+
+Result<std::vector<uint8_t>> SealSerializedIndex(ByteSpan serialized, std::string_view layer_digest,
+                                                 uint64_t blob_size, std::span<const uint8_t> ctr_key,
+                                                 int zstd_level) {
+  if (serialized.size() > kMaxIndexPlaintextBytes) {
+    return Status::InvalidArgument("zindex: the index is " + Num(serialized.size()) +
+                                   " bytes (limit " + Num(kMaxIndexPlaintextBytes) + ")");
+  }
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, SealCipher(ctr_key, layer_digest));
+  compress::ZstdCompressor zstd(zstd_level);
+  std::vector<uint8_t> plaintext(8 + compress::ZstdCompressor::Bound(serialized.size()));
+  crypto::ScopedWipe wipe(plaintext);
+  PutU64(plaintext.data(), serialized.size());
+  LC_ASSIGN_OR_RETURN(size_t frame, zstd.Compress(serialized, MutableByteSpan(plaintext).subspan(8)));
+  const size_t plaintext_size = 8 + frame;
+  if (internal::kSealedOverheadBytes + plaintext_size > kMaxSealedIndexBytes) {
+    return Status::InvalidArgument("zindex: the sealed index would be " +
+                                   Num(kSealedOverheadBytes + plaintext_size) + " bytes (limit " +
+                                   Num(kMaxSealedIndexBytes) + ")");
+  }
+  std::vector<uint8_t> sealed(kSealedOverheadBytes + plaintext_size);
+  std::memcpy(sealed.data(), kSealedMagic.data(), kSealedMagic.size());
+  PutU32(sealed.data() + 8, kSealedVersion);
+  MutableByteSpan nonce = MutableByteSpan(sealed).subspan(12, crypto::kGcmNonceSize);
+  LC_RETURN_IF_ERROR(crypto::RandomBytes(nonce));
+  const std::vector<uint8_t> aad = SealAad(layer_digest, blob_size);
+  LC_RETURN_IF_ERROR(gcm.Seal(nonce, aad, ByteSpan(plaintext).first(plaintext_size),
+                              MutableByteSpan(sealed).subspan(kSealedHeaderBytes, plaintext_size),
+                              MutableByteSpan(sealed).last(crypto::kGcmTagSize)));
+  return sealed;
+}
+
+Result<std::vector<uint8_t>> UnsealSerializedIndex(ByteSpan sealed, std::string_view layer_digest,
+                                                   uint64_t blob_size,
+                                                   std::span<const uint8_t> ctr_key,
+                                                   uint64_t max_sealed_bytes,
+                                                   uint64_t max_plaintext_bytes) {
+  max_sealed_bytes = std::min(max_sealed_bytes, kMaxSealedIndexBytes);
+  max_plaintext_bytes = std::min(max_plaintext_bytes, kMaxIndexPlaintextBytes);
+  if (sealed.size() > max_sealed_bytes) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
+                              " bytes (limit " + Num(max_sealed_bytes) + ")");
+  }
+  if (sealed.size() < kSealedOverheadBytes + 8) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
+                              " bytes, too short");
+  }
+  if (!std::equal(kSealedMagic.begin(), kSealedMagic.end(), sealed.begin())) {
+    return Status::Corruption("zindex: not a sealed lazycrypt zindex (magic is wrong)");
+  }
+  if (const uint32_t version = GetU32(sealed.data() + 8); version != kSealedVersion) {
+    return Status::Corruption("zindex: sealed version " + Num(version) + " is not supported (need " +
+                              Num(kSealedVersion) + ")");
+  }
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, SealCipher(ctr_key, layer_digest));
+  const size_t plaintext_size = sealed.size() - kSealedOverheadBytes;
+  std::vector<uint8_t> plaintext(plaintext_size);
+  crypto::ScopedWipe wipe(plaintext);
+  const std::vector<uint8_t> aad = SealAad(layer_digest, blob_size);
+  if (Status s = gcm.Open(sealed.subspan(12, crypto::kGcmNonceSize), aad,
+                          sealed.subspan(kSealedHeaderBytes, plaintext_size),
+                          sealed.last(crypto::kGcmTagSize), plaintext);
+      !s.ok()) {
+    if (s.code() != StatusCode::kAuthFailed) return s;
+    return Status::AuthFailed(
+        "zindex: the sealed index does not authenticate (altered, made for another layer, or "
+        "sealed with another key)");
+  }
+  const uint64_t serialized_size = GetU64(plaintext.data());
+  if (serialized_size > max_plaintext_bytes) {
+    return Status::Corruption("zindex: the index claims " + Num(serialized_size) +
+                              " bytes (limit " + Num(max_plaintext_bytes) + ")");
+  }
+  std::vector<uint8_t> serialized(static_cast<size_t>(serialized_size));
+  compress::ZstdDecompressor zstd;
+  if (Status s = zstd.DecompressExact(ByteSpan(plaintext).subspan(8), serialized); !s.ok()) {
+    crypto::ScopedWipe wipe_serialized(serialized);
+    return Status::Corruption("zindex: " + s.message());
+  }
+  return serialized;
+}
+
+}  // namespace internal
+
+// ---- BuildSealedIndex --------------------------------------------------------------------------
+
+Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
+                                              const image::Descriptor& encrypted,
+                                              const image::OcicryptLayerCipher& cipher,
+                                              const BuildOptions& options) {
+  if (options.span_bytes < kMinSpanBytes || options.span_bytes > kMaxSpanBytes / 2) {
+    return Status::InvalidArgument("zindex: span size " + Num(options.span_bytes) +
+                                   " is outside " + Num(kMinSpanBytes) + ".." +
+                                   Num(kMaxSpanBytes / 2));
+  }
+  LC_RETURN_IF_ERROR(crypto::ParseOciDigest(encrypted.digest).status());
+  CiphertextTee tee(ciphertext);
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<InputStream> gzip,
+                      image::NewOcicryptDecryptingStream(tee, encrypted, cipher));
+  IndexingInflateStream stream(*gzip, tee, options);
+  LC_RETURN_IF_ERROR(stream.Init());
+
+  zindex::v1::Index index;
+  index.set_version(kIndexVersion);
+  index.set_layer_digest(encrypted.digest);
+  index.set_blob_size(encrypted.size);
+  index.set_span_bytes(options.span_bytes);
+
+  format::Toc toc;  // for the self-check below (what Open will build)
+  tar::TarReader reader(stream);
+  for (;;) {
+    auto next = reader.Next();
+    if (!next.ok()) return RedactedTarError(next.status(), toc.entries.size(), reader.offset());
+    if (!next->has_value()) break;
+    if (toc.entries.size() >= kMaxEntries) {
+      return Status::Unsupported("zindex: more than " + Num(kMaxEntries) + " tar entries");
+    }
+    auto entry = format::TocEntryFromTar(**next);
+    if (!entry.ok()) {
+      return Status::Corruption("zindex: tar entry " + Num(toc.entries.size()) +
+                                " cannot be indexed: " + entry.status().message());
+    }
+    toc.entries.push_back(std::move(*entry));
+  }
+  // The matcher the snapshotter's verification uses accepts only zeros after the marker.
+  if (auto drained = reader.DrainZerosToEnd(); !drained.ok()) {
+    return RedactedTarError(drained.status(), toc.entries.size(), reader.offset());
+  }
+  if (!stream.finished()) return Status::Internal("zindex: the layer was not read to its end");
+  // Here the decrypting stream has seen its end: HMAC, blob digest and plaintext digest matched.
+
+  toc.tar_size = stream.tar_size();
+  toc.diff_id = stream.diff_id();
+  const std::vector<BuiltSpan>& spans = stream.spans();
+  for (size_t i = 0; i < spans.size(); ++i) {
+    format::ChunkInfo c;
+    c.index = i;
+    c.tar_offset = spans[i].at.out;
+    const uint64_t end = i + 1 < spans.size() ? spans[i + 1].at.out : toc.tar_size;
+    c.raw_size = static_cast<uint32_t>(end - c.tar_offset);
+    c.last = i + 1 == spans.size();
+    toc.chunks.push_back(c);
+  }
+  index.set_tar_size(toc.tar_size);
+  index.set_tar_sha256(toc.diff_id.data(), toc.diff_id.size());
+  compress::ZstdCompressor zstd(options.zstd_level);
+  std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(kWindowBytes));
+  crypto::ScopedWipe wipe_frame(frame);
+  for (const BuiltSpan& s : spans) {
+    zindex::v1::Span* p = index.add_spans();
+    p->set_in_offset(s.at.in);
+    p->set_in_bits(s.at.bits);
+    p->set_out_offset(s.at.out);
+    p->set_member_start(s.at.member_start);
+    p->set_window_size(static_cast<uint32_t>(s.at.window.size()));
+    if (!s.at.window.empty()) {
+      LC_ASSIGN_OR_RETURN(size_t n, zstd.Compress(s.at.window, frame));
+      p->set_window_zstd(frame.data(), n);
+    }
+    p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
+  }
+  for (const format::Entry& e : toc.entries) EntryToProto(e, *index.add_entries());
+
+  // Self-check: what a reader will accept (entry rules, hard links, data inside the tar stream).
+  if (auto check = format::LayerIndex::FromVerifiedForeignToc(std::move(toc), {}, encrypted.size);
+      !check.ok()) {
+    return Status::Corruption("zindex: the layer's tar cannot be served: " +
+                              check.status().message());
+  }
+  std::string serialized;
+  if (!index.SerializeToString(&serialized)) return Status::Internal("zindex: serialization failed");
+  std::vector<uint8_t> bytes(serialized.begin(), serialized.end());
+  crypto::ScopedWipe wipe_bytes(bytes);
+  OPENSSL_cleanse(serialized.data(), serialized.size());
+  return internal::SealSerializedIndex(bytes, encrypted.digest, encrypted.size, cipher.key.span(),
+                                       options.zstd_level);
+}
+
+// ---- OpenedIndex -------------------------------------------------------------------------------
+
+struct OpenedIndex::Impl {
+  crypto::SecureBuffer key;
+  std::vector<uint8_t> nonce;
+  std::shared_ptr<const format::LayerIndex> layer_index;
+  std::string diff_id;
+  uint64_t tar_size = 0;
+  uint64_t blob_size = 0;
+  struct Span {
+    uint64_t in = 0;
+    uint32_t bits = 0;
+    uint64_t out = 0, out_size = 0;
+    Range ciphertext;
+    uint32_t window_size = 0;
+    std::string window_zstd;
+    crypto::Sha256Digest sha256{};
+  };
+  std::vector<Span> spans;
+};
+
+OpenedIndex::OpenedIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OpenedIndex::~OpenedIndex() = default;
+
+Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
+                                                             const image::Descriptor& encrypted,
+                                                             const image::OcicryptLayerCipher& cipher,
+                                                             const Limits& limits) {
+  if (cipher.nonce.size() != crypto::kCtrNonceSize) {
+    return Status::InvalidArgument("zindex: the layer nonce is " + Num(cipher.nonce.size()) +
+                                   " bytes, need 16");
+  }
+  LC_ASSIGN_OR_RETURN(std::vector<uint8_t> serialized,
+                      internal::UnsealSerializedIndex(sealed, encrypted.digest, encrypted.size,
+                                                      cipher.key.span(), limits.max_sealed_bytes,
+                                                      limits.max_plaintext_bytes));
+  crypto::ScopedWipe wipe_serialized(serialized);
+  zindex::v1::Index index;
+  if (!index.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
+    return Status::Corruption("zindex: the index does not parse");
+  }
+  if (index.version() != kIndexVersion) {
+    return Status::Corruption("zindex: index version " + Num(index.version()) +
+                              " is not supported (need " + Num(kIndexVersion) + ")");
+  }
+  // Bound to the layer by the AAD already; checked again so a maker's bug cannot pass.
+  if (index.layer_digest() != encrypted.digest || index.blob_size() != encrypted.size) {
+    return Status::Corruption("zindex: the index names another layer");
+  }
+  if (index.tar_sha256().size() != 32) {
+    return Status::Corruption("zindex: the tar SHA-256 is " + Num(index.tar_sha256().size()) +
+                              " bytes, need 32");
+  }
+  const uint64_t blob_size = index.blob_size(), tar_size = index.tar_size();
+  const uint64_t max_span_bytes = std::min(limits.max_span_bytes, kMaxSpanBytes);
+  const uint64_t max_span_ciphertext = MaxSpanCiphertextBytes(max_span_bytes);
+  const uint64_t span_count = static_cast<uint64_t>(index.spans_size());
+  if (span_count < 1 || span_count > std::min(limits.max_spans, kMaxSpans)) {
+    return Status::Corruption("zindex: span count " + Num(span_count) + " is outside 1.." +
+                              Num(std::min(limits.max_spans, kMaxSpans)) + " (limit)");
+  }
+  if (static_cast<uint64_t>(index.entries_size()) > std::min(limits.max_entries, kMaxEntries)) {
+    return Status::Corruption("zindex: " + Num(index.entries_size()) + " entries (limit " +
+                              Num(std::min(limits.max_entries, kMaxEntries)) + ")");
+  }
+
+  auto impl = std::make_unique<Impl>();
+  impl->spans.resize(span_count);
+  uint64_t member_out = 0;
+  for (size_t i = 0; i < span_count; ++i) {
+    const zindex::v1::Span& p = index.spans(static_cast<int>(i));
+    Impl::Span& s = impl->spans[i];
+    const std::string what = "zindex: span " + Num(i) + ": ";
+    s.in = p.in_offset();
+    s.bits = p.in_bits();
+    s.out = p.out_offset();
+    if (s.bits > 7) return Status::Corruption(what + "bit count " + Num(s.bits) + " is over 7");
+    if (i == 0 && (s.out != 0 || !p.member_start())) {
+      return Status::Corruption(what + "the first span must start the first gzip member at 0");
+    }
+    if (p.member_start() && s.bits != 0) {
+      return Status::Corruption(what + "a member start inside a byte");
+    }
+    if (s.in >= blob_size || (s.bits != 0 && s.in == 0)) {
+      return Status::Corruption(what + "checkpoint is past the end of the blob");
+    }
+    if (i > 0) {
+      const Impl::Span& prev = impl->spans[i - 1];
+      if (s.in <= prev.in || s.out <= prev.out) {
+        return Status::Corruption(what + "offsets do not increase (spans overlap)");
+      }
+    }
+    if (s.out >= tar_size) return Status::Corruption(what + "checkpoint is past the end of the tar stream");
+    if (p.member_start()) member_out = s.out;
+    s.window_size = p.window_size();
+    const uint64_t expected_window = std::min<uint64_t>(kWindowBytes, s.out - member_out);
+    if (s.window_size != expected_window) {
+      return Status::Corruption(what + "window of " + Num(s.window_size) + " bytes, need " +
+                                Num(expected_window));
+    }
+    if ((s.window_size == 0) != p.window_zstd().empty() ||
+        p.window_zstd().size() > compress::ZstdCompressor::Bound(kWindowBytes)) {
+      return Status::Corruption(what + "window frame of " + Num(p.window_zstd().size()) +
+                                " bytes is impossible");
+    }
+    s.window_zstd = p.window_zstd();
+    if (p.ciphertext_sha256().size() != s.sha256.size()) {
+      return Status::Corruption(what + "ciphertext digest is " +
+                                Num(p.ciphertext_sha256().size()) + " bytes, need 32");
+    }
+    std::memcpy(s.sha256.data(), p.ciphertext_sha256().data(), s.sha256.size());
+  }
+  for (size_t i = 0; i < span_count; ++i) {
+    Impl::Span& s = impl->spans[i];
+    const bool last = i + 1 == span_count;
+    s.out_size = (last ? tar_size : impl->spans[i + 1].out) - s.out;
+    if (s.out_size > max_span_bytes) {
+      return Status::Corruption("zindex: span " + Num(i) + ": " + Num(s.out_size) +
+                                " uncompressed bytes (limit " + Num(max_span_bytes) + ")");
+    }
+    const uint64_t start = i == 0 ? 0 : s.in - (s.bits != 0 ? 1 : 0);
+    const uint64_t end = last ? blob_size : impl->spans[i + 1].in;
+    if (end - start > max_span_ciphertext) {
+      return Status::Corruption("zindex: span " + Num(i) + ": " + Num(end - start) +
+                                " ciphertext bytes (limit " + Num(max_span_ciphertext) + ")");
+    }
+    s.ciphertext = Range{start, end - start};
+  }
+
+  format::Toc toc;
+  toc.tar_size = tar_size;
+  std::memcpy(toc.diff_id.data(), index.tar_sha256().data(), toc.diff_id.size());
+  toc.chunks.reserve(span_count);
+  for (size_t i = 0; i < span_count; ++i) {
+    format::ChunkInfo c;
+    c.index = i;
+    c.tar_offset = impl->spans[i].out;
+    c.raw_size = static_cast<uint32_t>(impl->spans[i].out_size);  // <= kMaxSpanBytes
+    c.last = i + 1 == span_count;
+    toc.chunks.push_back(c);
+  }
+  toc.entries.reserve(index.entries_size());
+  for (int i = 0; i < index.entries_size(); ++i) {
+    LC_ASSIGN_OR_RETURN(format::Entry e, EntryFromProto(index.entries(i), static_cast<size_t>(i)));
+    toc.entries.push_back(std::move(e));
+  }
+  LC_ASSIGN_OR_RETURN(impl->layer_index,
+                      format::LayerIndex::FromVerifiedForeignToc(
+                          std::move(toc), crypto::Sha256::Of(sealed), blob_size));
+  impl->key = cipher.key.Clone();
+  impl->nonce = cipher.nonce;
+  impl->diff_id = crypto::OciDigest(impl->layer_index->diff_id());
+  impl->tar_size = tar_size;
+  impl->blob_size = blob_size;
+  return std::shared_ptr<const OpenedIndex>(new OpenedIndex(std::move(impl)));
+}
+
+std::shared_ptr<const format::LayerIndex> OpenedIndex::layer_index() const {
+  return impl_->layer_index;
+}
+size_t OpenedIndex::span_count() const { return impl_->spans.size(); }
+OpenedIndex::Range OpenedIndex::span_ciphertext(size_t i) const {
+  return impl_->spans[i].ciphertext;
+}
+OpenedIndex::Range OpenedIndex::span_uncompressed(size_t i) const {
+  return Range{impl_->spans[i].out, impl_->spans[i].out_size};
+}
+const std::string& OpenedIndex::diff_id() const { return impl_->diff_id; }
+uint64_t OpenedIndex::tar_size() const { return impl_->tar_size; }
+uint64_t OpenedIndex::blob_size() const { return impl_->blob_size; }
+
+Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan ciphertext) const {
+  if (i >= impl_->spans.size()) {
+    return Status::InvalidArgument("zindex: span " + Num(i) + " of " +
+                                   Num(impl_->spans.size()));
+  }
+  const Impl::Span& s = impl_->spans[i];
+  const std::string what = "zindex: span " + Num(i) + ": ";
+  if (ciphertext.size() != s.ciphertext.size) {
+    return Status::InvalidArgument(what + Num(ciphertext.size()) + " ciphertext bytes given, need " +
+                                   Num(s.ciphertext.size));
+  }
+  if (!crypto::ConstantTimeEquals(crypto::Sha256::Of(ciphertext), s.sha256)) {
+    return Status::AuthFailed("zindex: span " + Num(i) + " digest mismatch");
+  }
+  crypto::SecureBuffer gzip(ciphertext.size());
+  LC_RETURN_IF_ERROR(crypto::AesCtrXorAt(impl_->key.span(), impl_->nonce, s.ciphertext.offset,
+                                         ciphertext, gzip.span()));
+  // The span's deflate data starts at s.in (bits before it in the byte at s.in - 1).
+  const size_t data_at = static_cast<size_t>(s.in - s.ciphertext.offset);
+  Inflater inflater;
+  LC_RETURN_IF_ERROR(inflater.Init(-15));
+  z_stream& strm = inflater.strm();
+  if (s.bits != 0) {
+    const int byte = gzip.data()[data_at - 1];
+    if (inflatePrime(&strm, static_cast<int>(s.bits), byte >> (8 - s.bits)) != Z_OK) {
+      return Status::Internal("zlib: inflatePrime failed");
+    }
+  }
+  if (s.window_size != 0) {
+    crypto::SecureBuffer window(s.window_size);
+    compress::ZstdDecompressor zstd;
+    if (Status st = zstd.DecompressExact(AsBytes(s.window_zstd), window.span()); !st.ok()) {
+      return Status::Corruption(what + "window: " + st.message());
+    }
+    if (inflateSetDictionary(&strm, window.data(), static_cast<uInt>(window.size())) != Z_OK) {
+      return Status::Internal("zlib: inflateSetDictionary failed");
+    }
+  }
+  crypto::SecureBuffer out(static_cast<size_t>(s.out_size));
+  strm.next_in = gzip.data() + data_at;
+  strm.avail_in = static_cast<uInt>(gzip.size() - data_at);
+  strm.next_out = out.data();
+  strm.avail_out = static_cast<uInt>(out.size());
+  const int ret = inflate(&strm, Z_NO_FLUSH);
+  if (strm.avail_out == 0 && (ret == Z_OK || ret == Z_STREAM_END || ret == Z_BUF_ERROR)) {
+    return out;
+  }
+  if (ret == Z_STREAM_END) return Status::Corruption(what + "a gzip member ends inside the span");
+  if (ret == Z_OK || ret == Z_BUF_ERROR) {
+    return Status::Corruption(what + "the deflate data ends before the span's " +
+                              Num(s.out_size) + " bytes");
+  }
+  return Status::Corruption(what + "gzip: " + inflater.Message("inflate failed"));
+}
+
+}  // namespace lazycrypt::zindex

@@ -1,0 +1,3 @@
+#include "zindex/zindex.h"
+
+#include <gtest/gtest.h>
