@@ -1,5 +1,6 @@
 #include "common/file_io.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -132,6 +133,117 @@ Status WriteFileAtomically(const std::filesystem::path& path, ByteSpan data, mod
   LC_ASSIGN_OR_RETURN(auto out, AtomicFileOutputStream::Create(path, mode));
   LC_RETURN_IF_ERROR(out->Write(data));
   return out->Close();
+}
+
+namespace {
+
+class TreeRemover {
+ public:
+  explicit TreeRemover(const RemoveTreeOptions& options) : options_(options) {}
+
+  std::string Describe(const std::string& path) const {
+    return options_.describe ? options_.describe(path) : "'" + path + "'";
+  }
+
+  // Removes directory `name` (its path for messages: `path`) in `parent_fd`, whose device is
+  // `dev`.
+  Status RemoveDirectory(int parent_fd, const std::string& name, const std::string& path,
+                         dev_t dev) {
+    UniqueFd fd(::openat(parent_fd, name.c_str(),
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == ENOENT) return Status::Ok();
+      return ErrnoStatus("remove " + Describe(path) + ": open");
+    }
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) return ErrnoStatus("remove " + Describe(path) + ": fstat");
+    if (options_.one_filesystem && st.st_dev != dev) {
+      return Status::FailedPrecondition(Describe(path) + " is a mount point; not removing it");
+    }
+    // fdopendir takes the fd over; a dup keeps ours for the *at calls after closedir.
+    UniqueFd listing(::dup(fd.get()));
+    if (!listing.valid()) return ErrnoStatus("remove " + Describe(path) + ": dup");
+    std::unique_ptr<DIR, int (*)(DIR*)> dir(::fdopendir(listing.get()), ::closedir);
+    if (!dir) return ErrnoStatus("remove " + Describe(path) + ": fdopendir");
+    listing.release();
+    std::vector<std::pair<std::string, bool>> children;  // name, is a directory
+    errno = 0;
+    while (struct dirent* d = ::readdir(dir.get())) {
+      std::string_view child = d->d_name;
+      if (child == "." || child == "..") continue;
+      bool is_dir = d->d_type == DT_DIR;
+      if (d->d_type == DT_UNKNOWN) {
+        struct stat cst;
+        if (::fstatat(fd.get(), d->d_name, &cst, AT_SYMLINK_NOFOLLOW) != 0) {
+          return ErrnoStatus("remove " + Describe(path + "/" + std::string(child)) + ": stat");
+        }
+        is_dir = S_ISDIR(cst.st_mode);
+      }
+      children.emplace_back(child, is_dir);
+      errno = 0;
+    }
+    if (errno != 0) return ErrnoStatus("remove " + Describe(path) + ": readdir");
+    dir.reset();
+    for (const auto& [child, is_dir] : children) {
+      const std::string child_path = path + "/" + child;
+      if (is_dir) {
+        LC_RETURN_IF_ERROR(RemoveDirectory(fd.get(), child, child_path, st.st_dev));
+      } else if (::unlinkat(fd.get(), child.c_str(), 0) != 0 && errno != ENOENT) {
+        // EISDIR: a file swapped for a directory meanwhile; it stays, and so does the tree.
+        return ErrnoStatus("remove " + Describe(child_path));
+      }
+    }
+    if (::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+      return ErrnoStatus("remove " + Describe(path));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  const RemoveTreeOptions& options_;
+};
+
+}  // namespace
+
+Status RemoveTreeAt(int parent_fd, const std::string& name, const RemoveTreeOptions& options) {
+  if (parent_fd == AT_FDCWD) {
+    // A path: its parent directory (the caller's, trusted) is opened once, the tree below it is
+    // walked by descriptors.
+    const std::filesystem::path p(name);
+    const std::string base = p.filename().string();
+    if (base.empty() || base == "." || base == "..") {
+      return Status::InvalidArgument("remove: '" + name + "' does not name a directory entry");
+    }
+    const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : ".";
+    UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!parent.valid()) {
+      if (errno == ENOENT) return Status::Ok();
+      return ErrnoStatus("open " + dir.string());
+    }
+    RemoveTreeOptions o = options;
+    if (!o.describe) {
+      o.describe = [&dir](std::string_view rel) { return "'" + (dir / rel).string() + "'"; };
+    }
+    return RemoveTreeAt(parent.get(), base, o);
+  }
+  TreeRemover remover(options);
+  struct stat st;
+  if (::fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return ErrnoStatus("remove " + remover.Describe(name) + ": stat");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlinkat(parent_fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+      return ErrnoStatus("remove " + remover.Describe(name));
+    }
+    return Status::Ok();
+  }
+  // The tree's own device is its parent directory's, so a mount at `name` itself is caught.
+  struct stat parent;
+  if (::fstat(parent_fd, &parent) != 0) {
+    return ErrnoStatus("remove " + remover.Describe(name) + ": stat of its parent");
+  }
+  return remover.RemoveDirectory(parent_fd, name, name, parent.st_dev);
 }
 
 }  // namespace lazycrypt

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -96,5 +97,19 @@ class AtomicFileOutputStream final : public OutputStream {
 Result<std::vector<uint8_t>> ReadFileBytes(const std::filesystem::path& path);
 // Atomic whole-file write (see AtomicFileOutputStream).
 Status WriteFileAtomically(const std::filesystem::path& path, ByteSpan data, mode_t mode = 0644);
+
+struct RemoveTreeOptions {
+  // A directory on another device than `parent_fd`'s (a mount point: a layer still mounted, a
+  // leftover mount) fails the removal (FailedPrecondition) instead of being emptied.
+  bool one_filesystem = true;
+  // Renders a path (relative to the tree's parent) for error messages; default: quoted as is.
+  // Callers that must not show names (decrypted layer contents) pass their own.
+  std::function<std::string(std::string_view)> describe;
+};
+// Removes `name` in the directory `parent_fd` (AT_FDCWD: relative to the working directory) and
+// everything under it, through directory file descriptors: a symlink is removed, never followed,
+// and a directory swapped for a symlink while the removal runs (by a container that wrote the
+// tree) fails it instead of redirecting it elsewhere. A `name` that does not exist is OK.
+Status RemoveTreeAt(int parent_fd, const std::string& name, const RemoveTreeOptions& options = {});
 
 }  // namespace lazycrypt

@@ -1,5 +1,6 @@
 #include "snapshotter/snapshotter.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <system_error>
 #include <unordered_set>
 
+#include "common/file_io.h"
 #include "snapshotter/filters.h"
 #include "snapshotter/metadata_store.h"
 
@@ -39,43 +41,10 @@ Status MakeDir(const fs::path& p, mode_t mode) {
   return Status::Ok();
 }
 
-// Removes a tree without descending into other filesystems (a remote layer still mounted, a
-// leftover mount): such a mount point makes the removal fail instead of deleting its contents.
-Status RemoveTree(const fs::path& p, dev_t dev) {
-  struct stat st;
-  if (::lstat(p.c_str(), &st) != 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return ErrnoStatus("lstat " + p.string());
-  }
-  if (S_ISDIR(st.st_mode)) {
-    if (st.st_dev != dev) {
-      return Status::FailedPrecondition(p.string() + " is a mount point; not removing it");
-    }
-    std::error_code ec;
-    std::vector<fs::path> children;
-    for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec)) {
-      children.push_back(it->path());
-    }
-    if (ec) return Status::IoError("listing " + p.string() + ": " + ec.message());
-    for (const auto& c : children) LC_RETURN_IF_ERROR(RemoveTree(c, dev));
-    if (::rmdir(p.c_str()) != 0) return ErrnoStatus("rmdir " + p.string());
-    return Status::Ok();
-  }
-  if (::unlink(p.c_str()) != 0 && errno != ENOENT) return ErrnoStatus("unlink " + p.string());
-  return Status::Ok();
-}
-
-Status RemoveTree(const fs::path& p) {
-  struct stat st;
-  if (::lstat(p.c_str(), &st) != 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return ErrnoStatus("lstat " + p.string());
-  }
-  // The tree's own device is the one of its parent directory, so a mount at p itself is caught.
-  struct stat parent;
-  if (::lstat(p.parent_path().c_str(), &parent) != 0) return ErrnoStatus("lstat " + p.string());
-  return RemoveTree(p, parent.st_dev);
-}
+// Removes a snapshot's directory without descending into other filesystems (a remote layer
+// still mounted, a leftover mount: the removal fails instead of deleting its contents) and
+// without following a link a container left in its upper directory (common/file_io.h).
+Status RemoveTree(const fs::path& p) { return RemoveTreeAt(AT_FDCWD, p.string()); }
 
 class SnapshotterImpl final : public Snapshotter {
  public:

@@ -506,46 +506,9 @@ class Applier {
       if (unlinkat(parent, n.c_str(), 0) != 0) return ErrnoStatus("remove " + Quote(name));
       return Status::Ok();
     }
-    return RemoveTree(parent, n);
-  }
-
-  Status RemoveTree(int parent, const std::string& name) {
-    int fd = openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) return ErrnoStatus("remove directory " + Quote(name) + ": open");
-    std::unique_ptr<DIR, int (*)(DIR*)> dir(fdopendir(fd), closedir);
-    if (!dir) {
-      Status s = ErrnoStatus("remove directory " + Quote(name) + ": fdopendir");
-      close(fd);
-      return s;
-    }
-    std::vector<std::pair<std::string, bool>> children;  // name, is a directory
-    errno = 0;
-    while (struct dirent* d = readdir(dir.get())) {
-      std::string_view child = d->d_name;
-      if (child == "." || child == "..") continue;
-      bool is_dir = d->d_type == DT_DIR;
-      if (d->d_type == DT_UNKNOWN) {
-        struct stat st {};
-        if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-          return ErrnoStatus("remove directory " + Quote(name) + ": fstatat");
-        }
-        is_dir = S_ISDIR(st.st_mode);
-      }
-      children.emplace_back(child, is_dir);
-    }
-    if (errno != 0) return ErrnoStatus("remove directory " + Quote(name) + ": readdir");
-    for (const auto& [child, is_dir] : children) {
-      if (is_dir) {
-        LC_RETURN_IF_ERROR(RemoveTree(fd, child));
-      } else if (unlinkat(fd, child.c_str(), 0) != 0) {
-        return ErrnoStatus("remove " + Quote(name + "/" + child));
-      }
-    }
-    dir.reset();
-    if (unlinkat(parent, name.c_str(), AT_REMOVEDIR) != 0) {
-      return ErrnoStatus("remove directory " + Quote(name));
-    }
-    return Status::Ok();
+    RemoveTreeOptions o;
+    o.describe = [](std::string_view path) { return Quote(path); };
+    return RemoveTreeAt(parent, n, o);
   }
 
   // Directory mtimes, last (as containerd). A directory that a later entry replaced or removed
