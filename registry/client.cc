@@ -270,6 +270,11 @@ class ClientImpl final : public Client {
   Result<Manifest> GetManifest(const Reference& ref) override;
   Result<std::string> PutManifest(const Reference& ref, ByteSpan bytes,
                                   std::string_view media_type) override;
+  Result<PutManifestAnswer> PutManifestWithAnswer(const Reference& ref, ByteSpan bytes,
+                                                  std::string_view media_type) override;
+  Result<std::vector<ReferrersPage>> GetReferrers(const Reference& repo,
+                                                  std::string_view subject_digest,
+                                                  std::string_view artifact_type) override;
   Result<uint64_t> StatBlob(const Reference& repo, std::string_view digest) override;
   Status GetBlob(const Reference& repo, std::string_view digest, OutputStream& out) override;
   Result<std::vector<uint8_t>> GetBlobRange(const Reference& repo, std::string_view digest,
@@ -822,6 +827,13 @@ Result<Manifest> ClientImpl::GetManifest(const Reference& ref) {
 
 Result<std::string> ClientImpl::PutManifest(const Reference& ref, ByteSpan bytes,
                                             std::string_view media_type) {
+  LC_ASSIGN_OR_RETURN(PutManifestAnswer answer, PutManifestWithAnswer(ref, bytes, media_type));
+  return std::move(answer.digest);
+}
+
+Result<Client::PutManifestAnswer> ClientImpl::PutManifestWithAnswer(const Reference& ref,
+                                                                    ByteSpan bytes,
+                                                                    std::string_view media_type) {
   std::string which = ref.ManifestRef();
   if (which.empty()) return Status::InvalidArgument(ref.Name() + ": reference has no tag or digest");
   std::string digest = crypto::OciDigest(crypto::Sha256::Of(bytes));
@@ -846,8 +858,71 @@ Result<std::string> ClientImpl::PutManifest(const Reference& ref, ByteSpan bytes
       return Status::Corruption(ref.Name() + ": registry stored manifest '" + which + "' as " +
                                 claimed + ", expected " + digest);
     }
-    return digest;
+    return PutManifestAnswer{digest, r.Header("oci-subject")};
   }
+}
+
+// The target of a Link header's rel="next" (RFC 5988: `<url>; rel="next"`), made absolute
+// against the endpoint's scheme and host when it is a path. "" when there is none. A page on
+// another origin is refused (Corruption): the request would carry this registry's credentials.
+Result<std::string> NextPageUrl(const Reference& repo, const Endpoint& ep, const std::string& link) {
+  size_t open = link.find('<');
+  if (open == std::string::npos) return std::string();
+  size_t close = link.find('>', open);
+  if (close == std::string::npos) return std::string();
+  std::string params = Lower(link.substr(close));
+  if (params.find("rel=\"next\"") == std::string::npos && params.find("rel=next") == std::string::npos) {
+    return std::string();
+  }
+  std::string target = link.substr(open + 1, close - open - 1);
+  size_t scheme_end = ep.base_url.find("://");
+  size_t host_end = scheme_end == std::string::npos ? std::string::npos
+                                                    : ep.base_url.find('/', scheme_end + 3);
+  std::string origin = ep.base_url.substr(0, host_end);
+  if (!target.empty() && target.front() == '/') return origin + target;
+  if (target.rfind(origin + "/", 0) == 0) return target;
+  return Status::Corruption(repo.Name() + ": the referrers list links its next page elsewhere");
+}
+
+Result<std::vector<Client::ReferrersPage>> ClientImpl::GetReferrers(const Reference& repo,
+                                                                    std::string_view subject_digest,
+                                                                    std::string_view artifact_type) {
+  LC_RETURN_IF_ERROR(CheckDigestSyntax(repo, subject_digest));
+  using Pages = std::vector<ReferrersPage>;
+  return OnEndpoints<Pages>(repo, Cap::kPull, [&](const Endpoint& ep) -> Result<Pages> {
+    Pages pages;
+    std::string url = ep.base_url + "/" + repo.repository + "/referrers/" + std::string(subject_digest);
+    if (!artifact_type.empty()) url += "?artifactType=" + UrlEscape(artifact_type);
+    const std::string what = "GET referrers of " + std::string(subject_digest);
+    while (!url.empty()) {
+      if (pages.size() >= kMaxReferrersPages) {
+        return Status::Corruption(repo.Name() + ": " + what + ": more than " +
+                                  std::to_string(kMaxReferrersPages) + " pages");
+      }
+      Request req;
+      req.url = url;
+      req.max_body_bytes = kMaxManifestBytes;
+      req.headers.push_back("Accept: " + std::string(kOciIndex));
+      LC_ASSIGN_OR_RETURN(Response r, Send(repo, ep, PullScope(repo), req, what));
+      if (r.status == 404) {
+        // Only the first page tells whether the API exists; a later 404 is an error.
+        if (pages.empty()) return Status::NotFound(repo.Name() + ": no Referrers API (" + what + ": HTTP 404)");
+        return HttpError(repo, what, r);
+      }
+      if (r.status != 200) return HttpError(repo, what, r);
+      ReferrersPage page;
+      page.bytes.assign(r.body.begin(), r.body.end());
+      page.media_type = r.Header("content-type");
+      if (auto semi = page.media_type.find(';'); semi != std::string::npos) {
+        page.media_type = Trim(page.media_type.substr(0, semi));
+      }
+      page.artifact_type_filter_applied =
+          Lower(r.Header("oci-filters-applied")).find("artifacttype") != std::string::npos;
+      pages.push_back(std::move(page));
+      LC_ASSIGN_OR_RETURN(url, NextPageUrl(repo, ep, r.Header("link")));
+    }
+    return pages;
+  });
 }
 
 // ---- blobs ----

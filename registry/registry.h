@@ -148,6 +148,39 @@ class Client {
   virtual Result<std::string> PutManifest(const Reference& ref, ByteSpan bytes,
                                           std::string_view media_type) = 0;
 
+  // PutManifest, and what the registry said beyond the digest: the OCI-Subject header a
+  // registry with the Referrers API (OCI distribution 1.1) sends back for a manifest with a
+  // `subject` ("" when absent: the pusher must maintain the referrers tag itself). The default
+  // (fakes) reports no header.
+  struct PutManifestAnswer {
+    std::string digest;
+    std::string oci_subject;
+  };
+  virtual Result<PutManifestAnswer> PutManifestWithAnswer(const Reference& ref, ByteSpan bytes,
+                                                          std::string_view media_type) {
+    auto digest = PutManifest(ref, bytes, media_type);
+    if (!digest.ok()) return digest.status();
+    return PutManifestAnswer{std::move(digest).value(), ""};
+  }
+
+  // GET /v2/<repo>/referrers/<subject_digest>[?artifactType=...] (OCI distribution 1.1), every
+  // page (Link rel="next") up to kMaxReferrersPages, each at most 4 MiB like a manifest.
+  // NotFound when the registry has no Referrers API (it answered 404: callers fall back to the
+  // referrers tag schema); the default (fakes, registries without it) is NotFound too.
+  struct ReferrersPage {
+    std::vector<uint8_t> bytes;  // an OCI image index (not content-addressed: parse, don't trust)
+    std::string media_type;      // Content-Type without parameters
+    bool artifact_type_filter_applied = false;  // OCI-Filters-Applied lists artifactType
+  };
+  static constexpr size_t kMaxReferrersPages = 16;
+  virtual Result<std::vector<ReferrersPage>> GetReferrers(const Reference& repo,
+                                                          std::string_view subject_digest,
+                                                          std::string_view artifact_type) {
+    (void)subject_digest;
+    (void)artifact_type;
+    return Status::NotFound(repo.Name() + ": no Referrers API");
+  }
+
   // HEAD: the blob's size, or NotFound.
   virtual Result<uint64_t> StatBlob(const Reference& repo, std::string_view digest) = 0;
 
