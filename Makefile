@@ -9,6 +9,7 @@
 #   make bench  run the benchmarks (results in docs/BENCHMARKS.md)
 #   make bench-coldstart  the cold-start benchmark (root; section 7 of docs/BENCHMARKS.md)
 #   make bench-smallfiles  many small files through overlayfs (root; section 9 of docs/BENCHMARKS.md)
+#   make bench-memory  snapshotter RSS, 20 mounted 1 GiB layers read (root; section 10 of docs/BENCHMARKS.md)
 #   make fuzz-long  every fuzz target for FUZZ_SECONDS (default 600) each, FUZZ_JOBS processes
 #                   (default: one per core); prints executions and crashes per target (not in CI)
 BUILD      ?= build
@@ -18,7 +19,7 @@ CTEST_ARGS ?=
 FUZZ_SECONDS ?= 600
 FUZZ_JOBS  ?= $(JOBS)
 
-.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart bench-smallfiles deb clean
+.PHONY: all build setup fuzz fuzz-long test demo demo-cli bench bench-coldstart bench-smallfiles bench-memory deb clean
 
 all: build
 
@@ -66,6 +67,10 @@ bench-coldstart: setup
 bench-smallfiles: setup
 	$(MAKE) build
 	bash bench/smallfiles/run.sh $(BUILD)
+
+bench-memory: setup
+	$(MAKE) build
+	bash bench/memory/run.sh $(BUILD)
 
 deb: setup
 	bash scripts/build-deb.sh $(BUILD)/deb $(if $(DEB_FROM_BUILD),$(BUILD))

@@ -105,6 +105,14 @@ struct OpenedChunkCache::Impl {
   }
 };
 
+void ReturnChunkBuffersToTheKernel() {
+#if defined(__GLIBC__)
+  // Setting it also fixes M_TRIM_THRESHOLD at its default (128 KiB) instead of twice the
+  // dynamic threshold, so the main heap's free top is returned too.
+  (void)::mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
+}
+
 std::shared_ptr<OpenedChunkCache> OpenedChunkCache::Create(const OpenedChunkCacheOptions& options) {
   return std::shared_ptr<OpenedChunkCache>(new OpenedChunkCache(options));
 }

@@ -700,6 +700,7 @@ struct SnapshotHandler::Impl {
     EstargzMountOptions o;
     o.mount = options.layer.mount;
     o.store = options.store.get();
+    o.opened_cache = options.layer.cache.opened_cache;  // the node-wide plaintext budget
     o.prefetch = options.layer.prefetch;
     o.verify = options.layer.verify;
     o.verify_start_delay_ms = options.layer.verify_start_delay_ms;
@@ -1392,6 +1393,24 @@ snapshotter::RestartInfo SnapshotHandler::Restarts() const {
     (r.failed ? out.layers_restore_failed : out.layers_restoring) += 1;
   }
   out.requests_waited = impl_->RequestsWaitedLocked();
+  return out;
+}
+
+snapshotter::PlaintextCacheInfo SnapshotHandler::PlaintextCache() const {
+  snapshotter::PlaintextCacheInfo out;
+  const std::shared_ptr<cache::OpenedChunkCache>& opened = impl_->options.layer.cache.opened_cache;
+  if (!opened) return out;
+  const cache::OpenedChunkCacheStats s = opened->stats();
+  out.present = true;
+  out.budget_bytes = s.budget_bytes;
+  out.bytes_held = s.bytes_held;
+  out.chunks_held = s.chunks_held;
+  out.hits = s.hits;
+  out.misses = s.misses;
+  out.evictions = s.evictions;
+  out.evicted_bytes = s.evicted_bytes;
+  out.not_kept = s.not_kept;
+  out.trims = s.trims;
   return out;
 }
 

@@ -109,6 +109,8 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
   Result<snapshotter::PurgedLayer> Purge(const snapshotter::CheckRequest& info) override;
   void RestoreFinished() override;
   snapshotter::RestartInfo Restarts() const override;
+  // The node-wide opened-chunk budget (options.layer.cache.opened_cache), when there is one.
+  snapshotter::PlaintextCacheInfo PlaintextCache() const override;
 
   std::vector<MountedLayerStatus> Layers() const;
   // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).

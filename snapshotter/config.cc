@@ -154,10 +154,14 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   }
   if (auto* n = root.get("cache")) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "cache", *n));
-    LC_RETURN_IF_ERROR(CheckKeys(src, "cache.", *t, {"max_bytes"}));
+    LC_RETURN_IF_ERROR(CheckKeys(src, "cache.", *t, {"max_bytes", "plaintext_budget"}));
     if (auto* v = t->get("max_bytes")) {
       LC_ASSIGN_OR_RETURN(c.cache.max_bytes, GetUnsigned(src, "cache.max_bytes", *v));
       if (c.cache.max_bytes == 0) return Bad(src, "cache.max_bytes", "must be positive, got 0");
+    }
+    if (auto* v = t->get("plaintext_budget")) {
+      LC_ASSIGN_OR_RETURN(c.cache.plaintext_budget_bytes,
+                          GetUnsigned(src, "cache.plaintext_budget", *v));
     }
   }
   if (auto* n = root.get("fetch")) {

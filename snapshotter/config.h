@@ -10,6 +10,8 @@
 //              provider_config = "/etc/lazycrypt/ocicrypt_keyprovider.conf"  # default: $OCICRYPT_KEYPROVIDER_CONFIG
 //   [keys.passwords]  "/etc/containerd/ocicrypt/keys/node.pem" = "/etc/lazycrypt/node.pem.pass"
 //   [cache]    max_bytes = 10737418240            # ciphertext chunk cache bound
+//              plaintext_budget = 268435456       # opened (decrypted) chunks kept in memory,
+//                                                 # one budget for every layer; 0 = none kept
 //   [fetch]    prefetch = true                    # fetch the prefetch list on mount
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
 //              verify_delay_ms = 10000            # the full verification of a mounted layer
@@ -57,6 +59,10 @@ struct Config {
   } keys;
   struct Cache {
     uint64_t max_bytes = uint64_t{10} << 30;
+    // Plaintext of opened chunks kept in memory for the whole daemon, every mounted layer
+    // together (cache/opened_chunk_cache.h): the daemon's RSS is its metadata plus about this.
+    // 0 = none kept (every read opens its chunks again).
+    uint64_t plaintext_budget_bytes = uint64_t{256} << 20;
   } cache;
   struct Fetch {
     bool prefetch = true;

@@ -157,6 +157,7 @@ int DaemonMain(int argc, char** argv, const RemoteHandlerFactory& make_remote) {
       if (remote_handler) {
         snapshot.layers = remote_handler->MountedLayers();
         snapshot.restart = remote_handler->Restarts();
+        snapshot.plaintext_cache = remote_handler->PlaintextCache();
       }
       snapshot.mounts_total = mount_counters.mounts.load(std::memory_order_relaxed);
       snapshot.mount_failures_total = mount_counters.mount_failures.load(std::memory_order_relaxed);

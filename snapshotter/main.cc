@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "cache/chunk_store.h"
+#include "cache/opened_chunk_cache.h"
 #include "crypto/process_hardening.h"
 #include "fdstore/fd_store.h"
 #include "keywrap/keyprovider.h"
@@ -40,6 +41,12 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   LC_ASSIGN_OR_RETURN(std::unique_ptr<lazycrypt::cache::ChunkStore> store,
                       lazycrypt::cache::ChunkStore::Open(config.root / "cache", store_options));
   options.store = std::move(store);
+  // One plaintext budget for every layer the daemon mounts (GCM, ocicrypt-estargz, indexed),
+  // and chunk-sized buffers handed back to the kernel when freed, so that RSS follows it.
+  lazycrypt::cache::ReturnChunkBuffersToTheKernel();
+  lazycrypt::cache::OpenedChunkCacheOptions opened_options;
+  opened_options.budget_bytes = config.cache.plaintext_budget_bytes;
+  options.layer.cache.opened_cache = lazycrypt::cache::OpenedChunkCache::Create(opened_options);
   options.layer.prefetch = config.fetch.prefetch;
   options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
   options.layer.verify = true;  // never off in the daemon (FORMAT.md §8.4)

@@ -51,6 +51,7 @@ class CountingHandler final : public RemoteLayerHandler {
   }
   void RestoreFinished() override { inner_->RestoreFinished(); }
   RestartInfo Restarts() const override { return inner_->Restarts(); }
+  PlaintextCacheInfo PlaintextCache() const override { return inner_->PlaintextCache(); }
 
  private:
   std::shared_ptr<RemoteLayerHandler> inner_;
@@ -223,6 +224,36 @@ std::string RenderPrometheus(const MetricsSnapshot& snapshot) {
     AppendHeader(out, name, type, help);
     out += std::string(name) + " " + std::to_string(value) + "\n";
   }
+  if (const PlaintextCacheInfo& p = snapshot.plaintext_cache; p.present) {
+    for (const auto& [name, type, help, value] :
+         std::initializer_list<std::tuple<const char*, const char*, const char*, uint64_t>>{
+             {"lazycrypt_plaintext_budget_bytes", "gauge",
+              "Node-wide budget of opened (decrypted) chunks kept in memory ([cache] "
+              "plaintext_budget).",
+              p.budget_bytes},
+             {"lazycrypt_plaintext_bytes", "gauge",
+              "Opened chunk bytes the node-wide cache holds now (readers may pin a few more).",
+              p.bytes_held},
+             {"lazycrypt_plaintext_chunks", "gauge", "Opened chunks the node-wide cache holds now.",
+              p.chunks_held},
+             {"lazycrypt_plaintext_hits_total", "counter",
+              "Chunk lookups the node-wide opened-chunk cache answered.", p.hits},
+             {"lazycrypt_plaintext_misses_total", "counter",
+              "Chunk lookups it did not (the chunk was read from disk or fetched).", p.misses},
+             {"lazycrypt_plaintext_evictions_total", "counter",
+              "Opened chunks dropped to stay within the budget (wiped once no reader pins them).",
+              p.evictions},
+             {"lazycrypt_plaintext_evicted_bytes_total", "counter", "Their bytes.",
+              p.evicted_bytes},
+             {"lazycrypt_plaintext_not_kept_total", "counter",
+              "Opened chunks larger than the whole budget: served, not kept.", p.not_kept},
+             {"lazycrypt_plaintext_trims_total", "counter",
+              "Times freed memory was handed back to the kernel after large evictions.", p.trims},
+         }) {
+      AppendHeader(out, name, type, help);
+      out += std::string(name) + " " + std::to_string(value) + "\n";
+    }
+  }
   for (const LayerFamily& family : kLayerFamilies) {
     AppendHeader(out, family.name, family.type, family.help);
     for (const RemoteLayerInfo* l : layers) {
@@ -280,6 +311,13 @@ std::string RenderStatusJson(const MetricsSnapshot& snapshot) {
         {"requests_waited", snapshot.restart.requests_waited}}},
       {"layers", std::move(layers)},
   };
+  if (const PlaintextCacheInfo& p = snapshot.plaintext_cache; p.present) {
+    doc["plaintext_cache"] = {{"budget_bytes", p.budget_bytes}, {"bytes_held", p.bytes_held},
+                              {"chunks_held", p.chunks_held},   {"hits", p.hits},
+                              {"misses", p.misses},             {"evictions", p.evictions},
+                              {"evicted_bytes", p.evicted_bytes}, {"not_kept", p.not_kept},
+                              {"trims", p.trims}};
+  }
   // Replace invalid UTF-8 (a label is untrusted text) rather than throw.
   return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }

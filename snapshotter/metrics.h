@@ -37,6 +37,7 @@ struct MetricsSnapshot {
   uint64_t refused_uses_total = 0;
   uint64_t starts_total = 0;  // starts of a daemon on this root (the first one counts 1)
   RestartInfo restart;
+  PlaintextCacheInfo plaintext_cache;
 };
 
 // Wraps `inner` so that every TryMount that mounts and every Restore that succeeds counts in

@@ -121,6 +121,21 @@ struct RestartInfo {
   uint64_t requests_waited = 0;     // FUSE requests that waited for a layer being restored
 };
 
+// The node-wide budget of opened (decrypted) chunks every mounted layer shares (issue 19,
+// cache/opened_chunk_cache.h), for metrics and /status. present = false: the handler has none.
+struct PlaintextCacheInfo {
+  bool present = false;
+  uint64_t budget_bytes = 0;
+  uint64_t bytes_held = 0;
+  uint64_t chunks_held = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;
+  uint64_t evicted_bytes = 0;
+  uint64_t not_kept = 0;  // chunks larger than the whole budget: served, not kept
+  uint64_t trims = 0;     // times freed memory was handed back to the kernel
+};
+
 class RemoteLayerHandler {
  public:
   virtual ~RemoteLayerHandler() = default;
@@ -151,6 +166,7 @@ class RemoteLayerHandler {
   // the handler kept from a previous daemon and no snapshot claimed can go.
   virtual void RestoreFinished() {}
   virtual RestartInfo Restarts() const { return {}; }
+  virtual PlaintextCacheInfo PlaintextCache() const { return {}; }
   // What the lazily mounted layer of snapshot `snapshot_id` occupies on local disk now: the
   // ciphertext records of its layer in the chunk cache (shared by every snapshot of the same
   // layer) and one inode (the mount point). containerd's Usage and, through it, the kubelet's
