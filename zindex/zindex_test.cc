@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -489,6 +491,59 @@ TEST_F(ZindexTest, BuildOptionsAreChecked) {
   Layer layer = MakeLayer("gzip -1 -n");
   EXPECT_EQ(Build(layer, 1000).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(Build(layer, kMaxSpanBytes).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lazycrypt::zindex
+
+namespace lazycrypt::zindex {
+namespace {
+
+// Not a check: measures BuildSealedIndex on a real layer (no timing is asserted anywhere).
+//   LAZYCRYPT_ZINDEX_BENCH_TREE=/usr/share tests/zindex_test
+//     --gtest_also_run_disabled_tests --gtest_filter='*DISABLED_Throughput*'
+// tars the tree (first ~200 MiB, GNU tar), gzips it (-6), encrypts it as ocicrypt, then reports
+// the build's MiB/s and the sealed index's size per GiB of layer.
+TEST_F(ZindexTest, DISABLED_ThroughputOnARealLayer) {
+  const char* tree = std::getenv("LAZYCRYPT_ZINDEX_BENCH_TREE");
+  if (tree == nullptr) GTEST_SKIP() << "set LAZYCRYPT_ZINDEX_BENCH_TREE";
+  const std::filesystem::path tar = *tmp_ / "bench.tar", gz = *tmp_ / "bench.tar.gz";
+  auto r = RunCommand("tar -C " + ShellQuote(tree) + " -cf - . 2>/dev/null | head -c 209715200 > " +
+                      ShellQuote(tar.string()) + "; python3 - " + ShellQuote(tar.string()) +
+                      " <<'PY'\n"
+                      "import sys, tarfile\n"
+                      "# cut at the last whole entry, then end the archive properly\n"
+                      "p = sys.argv[1]\n"
+                      "data = open(p, 'rb').read()\n"
+                      "end = 0\n"
+                      "try:\n"
+                      "  with tarfile.open(p, 'r|') as t:\n"
+                      "    for m in t:\n"
+                      "      e = m.offset_data + ((m.size + 511) // 512) * 512\n"
+                      "      if e <= len(data): end = e\n"
+                      "except Exception: pass\n"
+                      "open(p, 'wb').write(data[:end] + bytes(10240))\n"
+                      "PY\n"
+                      "gzip -6 -n -c " + ShellQuote(tar.string()) + " > " + ShellQuote(gz.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Layer layer = Encrypt(ReadBytes(tar), ReadBytes(gz));
+  const auto start = std::chrono::steady_clock::now();
+  auto sealed = Build(layer, uint64_t{4} << 20);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto index = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  const double mib = 1024.0 * 1024.0;
+  std::printf(
+      "layer: %.1f MiB tar, %.1f MiB gzip/ciphertext, %zu entries, %zu spans\n"
+      "build: %.2f s = %.1f MiB/s of ciphertext, %.1f MiB/s of tar\n"
+      "sealed index: %zu bytes = %.2f MiB per GiB of tar, %.2f MiB per GiB of blob\n",
+      layer.tar.size() / mib, layer.encrypted.size() / mib,
+      static_cast<size_t>((*index)->layer_index()->entries().size()), (*index)->span_count(),
+      seconds, layer.encrypted.size() / mib / seconds, layer.tar.size() / mib / seconds,
+      sealed->size(), sealed->size() / mib / (layer.tar.size() / (mib * 1024)),
+      sealed->size() / mib / (layer.encrypted.size() / (mib * 1024)));
 }
 
 }  // namespace
