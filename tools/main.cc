@@ -11,6 +11,7 @@
 #include "common/version.h"
 #include "crypto/process_hardening.h"
 #include "tools/commands.h"
+#include "tools/index.h"
 #include "tools/mount.h"
 #include "tools/pull.h"
 #include "tools/record.h"
@@ -196,6 +197,24 @@ int main(int argc, char** argv) {
   AddKeyOption(verify, verify_flags.keys, /*required=*/true);
   AddTransportOptions(verify, verify_flags.transport);
   verify->add_option("SRC", verify_flags.src, std::string("image: ") + kImageHelp)->required();
+
+  IndexFlags index_flags;
+  auto* index_cmd = app.add_subcommand(
+      "index",
+      "make the seekable index of each standard ocicrypt (AES-CTR, gzip) layer of an image in a "
+      "registry and push it as an OCI referrer of the image manifest (every platform of a "
+      "multi-platform image), so the lazycrypt snapshotter serves those layers lazily; the layers "
+      "are read once and their HMAC checked; nothing is pushed unless all pass");
+  AddKeyOption(index_cmd, index_flags.keys, /*required=*/true);
+  AddTransportOptions(index_cmd, index_flags.transport);
+  index_cmd->add_option("--span-size", index_flags.span_size,
+                        "uncompressed bytes between checkpoints, e.g. 4MiB (the default); smaller "
+                        "spans fetch less per read and make a larger index");
+  index_cmd->add_flag("--force", index_flags.force,
+                      "push a new index even when the image already has one");
+  index_cmd->add_flag("--json", index_flags.json, "the report as JSON on stdout");
+  index_cmd->add_option("IMAGE", index_flags.image, "docker://HOST/REPO[:TAG] (a registry)")
+      ->required();
 
   auto* recipients = app.add_subcommand(
       "recipients",
@@ -436,6 +455,8 @@ int main(int argc, char** argv) {
     status = RunInspect(inspect_flags, io);
   } else if (*verify) {
     status = RunVerify(verify_flags, io);
+  } else if (*index_cmd) {
+    status = RunIndex(index_flags, io);
   } else if (*recipients_add) {
     status = RunRecipients(recipients_add_flags, io);
   } else if (*recipients_remove) {

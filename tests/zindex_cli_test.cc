@@ -1,0 +1,312 @@
+// `lazycrypt index` end to end with real components: images encrypted by the real skopeo
+// (ocicrypt AES_256_CTR_HMAC_SHA256, JWE for RSA and EC recipients) in a real docker-registry 2.8
+// (no Referrers API: the referrers tag fallback), the real `lazycrypt` binary, and the artifact
+// read back with image/referrers.h and opened with zindex::OpenedIndex like the snapshotter will.
+#include <set>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "image/layer.h"
+#include "image/layout.h"
+#include "image/referrers.h"
+#include "keywrap/keyring.h"
+#include "registry/registry.h"
+#include "tests/harness/registry_process.h"
+#include "tests/integration_util.h"
+#include "zindex/zindex.h"
+
+namespace lazycrypt::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class ZindexCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MakeBusyboxImage(tmp_ / "src");
+    // A second layer large enough for several spans at --span-size 64KiB (incompressible data,
+    // plus a compressible file).
+    fs::path extra = tmp_ / "extra";
+    fs::create_directories(extra / "opt" / "app");
+    std::string noise;
+    uint32_t x = 12345;
+    for (size_t i = 0; i < 600000; ++i) {
+      x = x * 1103515245u + 12345u;
+      noise.push_back(static_cast<char>(x >> 24));
+    }
+    WriteFileString(extra / "opt" / "app" / "noise.bin", noise);
+    WriteFileString(extra / "opt" / "app" / "text.txt", std::string(300000, 'z'));
+    auto r = RunCommand("tar --sort=name --format=pax -C " + ShellQuote(extra.string()) + " -cf " +
+                        ShellQuote((tmp_ / "extra.tar").string()) + " . && umoci raw add-layer --image " +
+                        ShellQuote((tmp_ / "src").string() + ":latest") + " " +
+                        ShellQuote((tmp_ / "extra.tar").string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    auto registry = harness::RegistryProcess::Start();
+    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+    registry_ = std::move(registry).value();
+    registry::ClientOptions options;
+    options.plain_http = true;
+    auto client = registry::Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client_ = std::move(client).value();
+  }
+
+  std::string Ref(const std::string& tag) const {
+    return "docker://" + registry_->host() + "/lazycrypt/app:" + tag;
+  }
+  registry::Reference Repo() const { return {registry_->host(), "lazycrypt/app", "", ""}; }
+
+  // skopeo encrypts the source layout for `pub` straight into the registry; `extra` are more
+  // skopeo flags (e.g. --encrypt-layer -1).
+  void SkopeoPush(const KeyPair& key, const std::string& tag, const std::string& extra = "") {
+    auto r = RunCommand("skopeo copy -q --dest-tls-verify=false --encryption-key " +
+                        ShellQuote("jwe:" + key.pub.string()) + " " + extra + " " +
+                        ShellQuote("oci:" + (tmp_ / "src").string() + ":latest") + " " +
+                        ShellQuote(Ref(tag)));
+    ASSERT_EQ(r.exit_code, 0) << r.output << registry_->Log();
+  }
+
+  CommandResult Index(const KeyPair& key, const std::string& tag, const std::string& extra = "") {
+    return Lazycrypt("-q index --plain-http --key " + ShellQuote(key.priv.string()) + " " + extra +
+                     " " + ShellQuote(Ref(tag)));
+  }
+
+  // The image manifest the tag names, parsed.
+  image::LoadedImage Image(const std::string& tag) {
+    image::LoadedImage out;
+    auto m = client_->GetManifest({registry_->host(), "lazycrypt/app", tag, ""});
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    if (!m.ok()) return out;
+    out.manifest_descriptor.media_type = m->media_type;
+    out.manifest_descriptor.digest = m->digest;
+    out.manifest_descriptor.size = m->bytes.size();
+    out.manifest_bytes = m->bytes;
+    auto parsed = image::ParseManifest(m->bytes);
+    EXPECT_TRUE(parsed.ok()) << parsed.status().ToString();
+    if (parsed.ok()) out.manifest = std::move(parsed).value();
+    MemoryOutputStream config;
+    EXPECT_TRUE(client_->GetBlob(Repo(), out.manifest.config.digest, config).ok());
+    auto c = image::ParseImageConfig(config.bytes());
+    EXPECT_TRUE(c.ok());
+    if (c.ok()) out.config = std::move(c).value();
+    return out;
+  }
+
+  std::vector<image::Descriptor> Referrers(const std::string& subject) {
+    auto listed = image::ListReferrers(*client_, Repo(), subject, zindex::kArtifactType);
+    EXPECT_TRUE(listed.ok()) << listed.status().ToString();
+    return listed.ok() ? *listed : std::vector<image::Descriptor>{};
+  }
+
+  // Every index blob of the artifact opens for the layer it names, with the layer's key, and
+  // claims the config's diff_id; span 0 decodes from the registry's bytes. Returns the layer
+  // digests indexed.
+  std::set<std::string> ExpectIndexesOpen(const image::LoadedImage& img,
+                                          const image::Descriptor& listed, const KeyPair& key) {
+    std::set<std::string> indexed;
+    auto artifact = image::FetchReferrerManifest(*client_, Repo(), listed,
+                                                 img.manifest_descriptor.digest, zindex::kArtifactType);
+    EXPECT_TRUE(artifact.ok()) << artifact.status().ToString();
+    if (!artifact.ok()) return indexed;
+    auto priv = keywrap::PrivateKey::Load(key.priv.string());
+    EXPECT_TRUE(priv.ok());
+    keywrap::KeyRing keys;
+    keys.AddKey(std::move(priv).value());
+    for (const image::Descriptor& blob : artifact->manifest.layers) {
+      EXPECT_EQ(blob.media_type, zindex::kSealedIndexMediaType);
+      const std::string layer_digest = blob.Annotation(zindex::kAnnotationLayerDigest);
+      size_t i = 0;
+      while (i < img.manifest.layers.size() && img.manifest.layers[i].digest != layer_digest) ++i;
+      EXPECT_LT(i, img.manifest.layers.size()) << "the index names a layer not in the image";
+      if (i == img.manifest.layers.size()) continue;
+      const image::Descriptor& layer = img.manifest.layers[i];
+      MemoryOutputStream sealed;
+      EXPECT_TRUE(client_->GetBlob(Repo(), blob.digest, sealed).ok());
+      auto cipher = image::UnwrapOcicryptLayer(layer, keys);
+      EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
+      if (!cipher.ok()) continue;
+      auto opened = zindex::OpenedIndex::Open(sealed.bytes(), layer, *cipher);
+      EXPECT_TRUE(opened.ok()) << "layer " << i << ": " << opened.status().ToString();
+      if (!opened.ok()) continue;
+      EXPECT_EQ((*opened)->diff_id(), img.config.diff_ids[i]) << "layer " << i;
+      EXPECT_GE((*opened)->span_count(), 1u);
+      auto range = (*opened)->span_ciphertext(0);
+      auto bytes = client_->GetBlobRange(Repo(), layer.digest, range.offset, range.size);
+      EXPECT_TRUE(bytes.ok());
+      if (bytes.ok()) {
+        auto span = (*opened)->DecodeSpan(0, *bytes);
+        EXPECT_TRUE(span.ok()) << span.status().ToString();
+      }
+      indexed.insert(layer_digest);
+    }
+    return indexed;
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+  std::unique_ptr<registry::Client> client_;
+};
+
+class ZindexCliKeys : public ZindexCli, public ::testing::WithParamInterface<std::string> {};
+
+// Every layer of a skopeo-encrypted image (RSA or EC recipient) indexed, one artifact for the
+// manifest, found through the referrers tag fallback, each sealed index opening with the layer
+// key; the second layer (1 MB of tar) makes several spans at --span-size 64KiB.
+TEST_P(ZindexCliKeys, IndexesEverySkopeoEncryptedLayerAndTheSealedIndexesOpen) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), GetParam(), "key");
+  SkopeoPush(key, "enc");
+  image::LoadedImage img = Image("enc");
+  ASSERT_EQ(img.manifest.layers.size(), 2u);
+  EXPECT_TRUE(Referrers(img.manifest_descriptor.digest).empty());
+
+  auto r = Index(key, "enc", "--span-size 64KiB --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output << registry_->Log();
+  auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["manifests"].size(), 1u);
+  EXPECT_EQ(j["manifests"][0]["digest"], img.manifest_descriptor.digest);
+  EXPECT_EQ(j["manifests"][0]["status"], "pushed");
+  ASSERT_EQ(j["manifests"][0]["layers"].size(), 2u);
+  for (const auto& l : j["manifests"][0]["layers"]) {
+    EXPECT_EQ(l["action"], "indexed") << l.dump();
+    EXPECT_GT(l["sealedIndexSize"].get<uint64_t>(), 0u);
+  }
+  EXPECT_GT(j["manifests"][0]["layers"][1]["spans"].get<uint64_t>(), 4u);
+
+  auto listed = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].digest, j["manifests"][0]["referrer"]);
+  auto indexed = ExpectIndexesOpen(img, listed[0], key);
+  EXPECT_EQ(indexed, (std::set<std::string>{img.manifest.layers[0].digest,
+                                            img.manifest.layers[1].digest}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Recipients, ZindexCliKeys, ::testing::Values("rsa2048", "ec256"));
+
+// A key that unwraps none of the layers: the error names the layer, and nothing is pushed
+// (no referrer, no referrers tag).
+TEST_F(ZindexCli, WrongKeyNamesTheLayerAndPushesNothing) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  KeyPair other = GenerateKeyPair(tmp_.path(), "ec256", "other");
+  SkopeoPush(key, "enc");
+  image::LoadedImage img = Image("enc");
+  auto r = Index(other, "enc");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("layer 0 (" + img.manifest.layers[0].digest.substr(0, 19)));
+  EXPECT_THAT(r.output, HasSubstr("cannot unwrap its key"));
+  EXPECT_TRUE(Referrers(img.manifest_descriptor.digest).empty());
+  auto tag = client_->GetManifest(
+      {registry_->host(), "lazycrypt/app", image::ReferrersTag(img.manifest_descriptor.digest), ""});
+  EXPECT_EQ(tag.status().code(), StatusCode::kNotFound) << "a referrers tag was pushed";
+}
+
+// A second run changes nothing and says so; --force pushes another one.
+TEST_F(ZindexCli, SecondRunSaysAnIndexExistsAndSkipsUnlessForced) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "ec256", "key");
+  SkopeoPush(key, "enc");
+  image::LoadedImage img = Image("enc");
+  auto first = Index(key, "enc");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_THAT(first.output, HasSubstr("pushed index"));
+  auto listed = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(listed.size(), 1u);
+
+  auto second = Index(key, "enc");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_THAT(second.output, HasSubstr("an index already exists for " + img.manifest_descriptor.digest));
+  EXPECT_THAT(second.output, Not(HasSubstr("pushed index")));
+  EXPECT_THAT(second.output, Not(HasSubstr("indexed:")));  // not even read
+  auto again = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].digest, listed[0].digest);
+
+  auto json = Index(key, "enc", "--json");
+  ASSERT_EQ(json.exit_code, 0) << json.output;
+  EXPECT_EQ(nlohmann::json::parse(json.output)["manifests"][0]["status"], "exists");
+
+  auto forced = Index(key, "enc", "--force --span-size 128KiB");
+  ASSERT_EQ(forced.exit_code, 0) << forced.output;
+  EXPECT_THAT(forced.output, HasSubstr("pushed index"));
+  EXPECT_EQ(Referrers(img.manifest_descriptor.digest).size(), 2u);
+}
+
+// An image whose first layer skopeo left plain (--encrypt-layer -1): only the encrypted layer is
+// indexed, the plain one is reported as skipped.
+TEST_F(ZindexCli, OnlyTheEncryptedLayerOfAMixedImageIsIndexed) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  SkopeoPush(key, "mixed", "--encrypt-layer -1");
+  image::LoadedImage img = Image("mixed");
+  ASSERT_EQ(img.manifest.layers.size(), 2u);
+  ASSERT_EQ(image::ClassifyLayer(img.manifest.layers[0].media_type), image::LayerKind::kPlain);
+  ASSERT_EQ(image::ClassifyLayer(img.manifest.layers[1].media_type), image::LayerKind::kOcicrypt);
+
+  auto r = Index(key, "mixed", "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  const auto& layers = j["manifests"][0]["layers"];
+  ASSERT_EQ(layers.size(), 2u);
+  EXPECT_EQ(layers[0]["action"], "skipped");
+  EXPECT_EQ(layers[0]["reason"], "not encrypted");
+  EXPECT_EQ(layers[1]["action"], "indexed");
+
+  auto listed = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(ExpectIndexesOpen(img, listed[0], key),
+            (std::set<std::string>{img.manifest.layers[1].digest}));
+}
+
+// A layer whose ciphertext was changed (blob digest consistent with the manifest, the HMAC in
+// the wrapped privopts not): refused, named, nothing pushed.
+TEST_F(ZindexCli, LayerFailingItsHmacIsRefusedAndNothingIsPushed) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  auto enc = RunCommand("skopeo copy -q --encryption-key " + ShellQuote("jwe:" + key.pub.string()) +
+                        " " + ShellQuote("oci:" + (tmp_ / "src").string() + ":latest") + " " +
+                        ShellQuote("oci:" + (tmp_ / "enc").string() + ":latest"));
+  ASSERT_EQ(enc.exit_code, 0) << enc.output;
+  // Flip one byte of layer 1 and re-address it (new digest and size in the manifest).
+  image::LoadedImage loaded = LoadLayoutImage(tmp_ / "enc");
+  std::string bytes = ReadFileString(BlobPath(tmp_ / "enc", loaded.manifest.layers[1].digest));
+  bytes[bytes.size() / 2] ^= 0x01;
+  auto writer = image::ImageWriter::Begin(tmp_ / "enc");
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  auto blob = (*writer)->PutBlob(loaded.manifest.layers[1].media_type, AsBytes(bytes));
+  ASSERT_TRUE(blob.ok());
+  image::Manifest m = loaded.manifest;
+  m.layers[1].digest = blob->digest;
+  m.layers[1].size = blob->size;
+  auto manifest = (*writer)->PutBlob(std::string(image::kMediaTypeOciManifest),
+                                     AsBytes(image::SerializeManifest(m)));
+  ASSERT_TRUE(manifest.ok());
+  ASSERT_TRUE((*writer)->Commit("latest", *manifest).ok());
+  auto push = RunCommand("skopeo copy -q --dest-tls-verify=false " +
+                         ShellQuote("oci:" + (tmp_ / "enc").string() + ":latest") + " " +
+                         ShellQuote(Ref("tampered")));
+  ASSERT_EQ(push.exit_code, 0) << push.output;
+
+  image::LoadedImage img = Image("tampered");
+  ASSERT_EQ(img.manifest.layers[1].digest, blob->digest);
+  auto r = Index(key, "tampered");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("layer 1 (" + blob->digest.substr(0, 19)));
+  EXPECT_THAT(r.output, HasSubstr("refused, nothing pushed"));
+  EXPECT_TRUE(Referrers(img.manifest_descriptor.digest).empty());
+  auto tag = client_->GetManifest(
+      {registry_->host(), "lazycrypt/app", image::ReferrersTag(img.manifest_descriptor.digest), ""});
+  EXPECT_EQ(tag.status().code(), StatusCode::kNotFound) << "a referrers tag was pushed";
+}
+
+// oci: layouts have nowhere for a referrer the snapshotter would find: refused by name.
+TEST_F(ZindexCli, OciLayoutIsRefusedWithTheReason) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  auto r = Lazycrypt("index --key " + ShellQuote(key.priv.string()) + " " +
+                     ShellQuote("oci:" + (tmp_ / "src").string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("copy the image to a registry"));
+}
+
+}  // namespace
+}  // namespace lazycrypt::testing

@@ -1,0 +1,284 @@
+#include "tools/index.h"
+
+#include <chrono>
+#include <map>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "estargz/toc.h"
+#include "image/convert.h"
+#include "image/layer.h"
+#include "image/referrers.h"
+#include "image/transport.h"
+#include "registry/registry.h"
+#include "zindex/zindex.h"
+
+namespace lazycrypt::tools {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using image::Descriptor;
+
+// What happened to one layer.
+struct LayerOutcome {
+  size_t index = 0;
+  Descriptor descriptor;
+  bool indexed = false;
+  std::string skipped;  // why not indexed (when !indexed)
+  uint64_t tar_bytes = 0;
+  uint64_t sealed_bytes = 0;
+  size_t spans = 0;
+  int64_t elapsed_ms = 0;
+  std::string key_name;
+};
+
+struct ImageOutcome {
+  Descriptor manifest;
+  std::string platform;  // "linux/amd64" for an index entry, "" for a single-manifest image
+  std::vector<LayerOutcome> layers;
+  std::vector<std::string> existing;  // index artifacts already there (not replaced)
+  std::string pushed;                 // the artifact manifest's digest when one was pushed
+};
+
+// A sealed index made in this run, shared by platforms that reuse a layer.
+struct BuiltIndex {
+  std::vector<uint8_t> sealed;
+  LayerOutcome outcome;
+};
+
+std::string PlatformOf(const Descriptor& d) {
+  if (!d.platform) return "";
+  std::string out = d.platform->os + "/" + d.platform->architecture;
+  if (!d.platform->variant.empty()) out += "/" + d.platform->variant;
+  return out;
+}
+
+// Why a layer is not one `lazycrypt index` makes an index for; "" when it is.
+std::string SkipReason(const Descriptor& d) {
+  switch (image::ClassifyLayer(d.media_type)) {
+    case image::LayerKind::kPlain:
+      return "not encrypted";
+    case image::LayerKind::kLazycrypt:
+      return "lazycrypt format (served lazily without an index)";
+    case image::LayerKind::kUnknown:
+      return "not an image layer (" + d.media_type + ")";
+    case image::LayerKind::kOcicrypt:
+      break;
+  }
+  if (d.annotations.count(std::string(estargz::kAnnotationTocDigest)) != 0) {
+    return "ocicrypt-estargz (served lazily by its pinned TOC without an index)";
+  }
+  const std::string plain = image::OciLayerMediaType(image::StripEncryptedSuffix(d.media_type));
+  if (plain != image::kMediaTypeOciLayerTarGzip && plain != image::kMediaTypeOciNondistributableTarGzip) {
+    return "not gzip (" + plain + "): the index needs a gzip stream";
+  }
+  return "";
+}
+
+Result<LayerOutcome> IndexLayer(image::ImageSource& source, size_t i, const Descriptor& d,
+                                const keywrap::KeyRing& keys, const zindex::BuildOptions& options,
+                                std::vector<uint8_t>& sealed_out) {
+  const std::string name = image::LayerName(i, d);
+  LayerOutcome out;
+  out.index = i;
+  out.descriptor = d;
+  auto started = std::chrono::steady_clock::now();
+  auto cipher = image::UnwrapOcicryptLayer(d, keys);
+  if (!cipher.ok()) {
+    return cipher.status().WithContext(name + ": cannot unwrap its key with the --key given");
+  }
+  auto blob = source.OpenBlobForScan(d);
+  if (!blob.ok()) return blob.status().WithContext(name);
+  BlobInputStream stream(**blob);
+  auto sealed = zindex::BuildSealedIndex(stream, d, *cipher, options);
+  if (!sealed.ok()) return sealed.status().WithContext(name + ": refused, nothing pushed");
+  // Open what was made, as the snapshotter will: a self-check, and the span count to report.
+  auto opened = zindex::OpenedIndex::Open(*sealed, d, *cipher);
+  if (!opened.ok()) return opened.status().WithContext(name + ": the index made does not open");
+  out.indexed = true;
+  out.tar_bytes = (*opened)->tar_size();
+  out.sealed_bytes = sealed->size();
+  out.spans = (*opened)->span_count();
+  out.key_name = cipher->key_name;
+  out.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::steady_clock::now() - started)
+                       .count();
+  sealed_out = std::move(sealed).value();
+  return out;
+}
+
+Json LayerJson(const LayerOutcome& l) {
+  Json j;
+  j["index"] = l.index;
+  j["digest"] = l.descriptor.digest;
+  j["mediaType"] = l.descriptor.media_type;
+  j["size"] = l.descriptor.size;
+  if (l.indexed) {
+    j["action"] = "indexed";
+    j["tarSize"] = l.tar_bytes;
+    j["sealedIndexSize"] = l.sealed_bytes;
+    j["spans"] = l.spans;
+    j["elapsedMs"] = l.elapsed_ms;
+    j["key"] = l.key_name;
+  } else {
+    j["action"] = "skipped";
+    j["reason"] = l.skipped;
+  }
+  return j;
+}
+
+std::string ImageLabel(const ImageOutcome& img) {
+  return img.platform.empty() ? img.manifest.digest : img.platform + " " + img.manifest.digest;
+}
+
+void PrintImage(const ImageOutcome& img, const Output& io) {
+  for (const LayerOutcome& l : img.layers) {
+    std::string name = image::LayerName(l.index, l.descriptor);
+    if (l.indexed) {
+      std::fprintf(io.out, "  %s  indexed: %s encrypted, %s tar, %zu spans, sealed index %s, %lld ms\n",
+                   name.c_str(), FormatBytes(l.descriptor.size).c_str(),
+                   FormatBytes(l.tar_bytes).c_str(), l.spans, FormatBytes(l.sealed_bytes).c_str(),
+                   static_cast<long long>(l.elapsed_ms));
+    } else {
+      std::fprintf(io.out, "  %s  skipped: %s\n", name.c_str(), l.skipped.c_str());
+    }
+  }
+}
+
+}  // namespace
+
+Status RunIndex(const IndexFlags& flags, const Output& io) {
+  LC_ASSIGN_OR_RETURN(auto ref, image::ImageReference::Parse(flags.image));
+  if (!ref.is_registry()) {
+    return Status::Unsupported(
+        ref.ToString() +
+        ": lazycrypt index pushes the index as an OCI referrer of the image in a registry, where "
+        "the snapshotter looks for it; copy the image to a registry (docker://HOST/REPO:TAG) first");
+  }
+  LC_ASSIGN_OR_RETURN(auto keys, LoadKeyRing(flags.keys, /*required=*/true));
+  zindex::BuildOptions build;
+  if (!flags.span_size.empty()) {
+    auto span = ParseByteSize(flags.span_size);
+    if (!span.ok()) return span.status().WithContext("--span-size");
+    build.span_bytes = *span;
+  }
+  LC_ASSIGN_OR_RETURN(auto transport, TransportOptionsFrom(flags.transport));
+  LC_ASSIGN_OR_RETURN(auto source, image::OpenImageSource(ref, transport));
+  LC_ASSIGN_OR_RETURN(auto repo, registry::Reference::Parse(ref.docker));
+  LC_ASSIGN_OR_RETURN(auto client, registry::Client::Create(image::RegistryClientOptions(transport)));
+  LC_ASSIGN_OR_RETURN(image::LoadedRoot root, image::LoadRoot(*source));
+
+  // Every image manifest of the root: one artifact each (a platform's layers are indexed for
+  // that platform's manifest, the digest containerd resolves and the snapshotter looks up).
+  std::vector<ImageOutcome> images;
+  for (size_t k = 0; k < root.images.size(); ++k) {
+    ImageOutcome img;
+    img.manifest = root.images[k].manifest_descriptor;
+    if (root.index) img.platform = PlatformOf(root.index->manifests[root.image_positions[k]]);
+    images.push_back(std::move(img));
+  }
+  if (images.empty()) return Status::NotFound(ref.ToString() + ": no image manifest to index");
+
+  // First what exists (one lookup per manifest), so that a second run changes nothing.
+  for (ImageOutcome& img : images) {
+    auto existing = image::ListReferrers(*client, repo, img.manifest.digest, zindex::kArtifactType);
+    if (!existing.ok()) {
+      return existing.status().WithContext("looking up indexes of " + ImageLabel(img));
+    }
+    for (const Descriptor& d : *existing) img.existing.push_back(d.digest);
+  }
+
+  // Then every layer to index, read and checked; nothing is pushed before all passed.
+  std::map<std::string, BuiltIndex> built;  // by layer digest
+  std::vector<std::vector<image::ArtifactBlob>> artifacts(images.size());
+  for (size_t k = 0; k < images.size(); ++k) {
+    ImageOutcome& img = images[k];
+    const auto& layers = root.images[k].manifest.layers;
+    const bool skip_image = !img.existing.empty() && !flags.force;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const Descriptor& d = layers[i];
+      LayerOutcome l;
+      l.index = i;
+      l.descriptor = d;
+      l.skipped = SkipReason(d);
+      if (l.skipped.empty() && skip_image) l.skipped = "an index already exists for this image";
+      if (!l.skipped.empty()) {
+        img.layers.push_back(std::move(l));
+        continue;
+      }
+      auto it = built.find(d.digest);
+      if (it == built.end()) {
+        if (!io.quiet) {
+          std::fprintf(io.err, "indexing %s%s...\n",
+                       img.platform.empty() ? "" : (img.platform + " ").c_str(),
+                       image::LayerName(i, d).c_str());
+        }
+        BuiltIndex b;
+        LC_ASSIGN_OR_RETURN(b.outcome, IndexLayer(*source, i, d, keys, build, b.sealed));
+        it = built.emplace(d.digest, std::move(b)).first;
+      }
+      LayerOutcome done = it->second.outcome;
+      done.index = i;
+      img.layers.push_back(done);
+      image::ArtifactBlob blob;
+      blob.media_type = std::string(zindex::kSealedIndexMediaType);
+      blob.bytes = it->second.sealed;
+      blob.annotations[std::string(zindex::kAnnotationLayerDigest)] = d.digest;
+      artifacts[k].push_back(std::move(blob));
+    }
+  }
+
+  for (size_t k = 0; k < images.size(); ++k) {
+    if (artifacts[k].empty()) continue;
+    auto pushed = image::PushReferrer(*client, repo, images[k].manifest, zindex::kArtifactType,
+                                      artifacts[k]);
+    if (!pushed.ok()) return pushed.status().WithContext("pushing the index of " + ImageLabel(images[k]));
+    images[k].pushed = std::move(pushed).value();
+  }
+
+  if (flags.json) {
+    Json j;
+    j["image"] = ref.ToString();
+    j["manifests"] = Json::array();
+    for (const ImageOutcome& img : images) {
+      Json m;
+      m["digest"] = img.manifest.digest;
+      if (!img.platform.empty()) m["platform"] = img.platform;
+      if (!img.pushed.empty()) {
+        m["status"] = "pushed";
+        m["referrer"] = img.pushed;
+      } else if (!img.existing.empty()) {
+        m["status"] = "exists";
+      } else {
+        m["status"] = "nothing to index";
+      }
+      m["existing"] = img.existing;
+      m["layers"] = Json::array();
+      for (const LayerOutcome& l : img.layers) m["layers"].push_back(LayerJson(l));
+      j["manifests"].push_back(std::move(m));
+    }
+    std::fprintf(io.out, "%s\n", j.dump(2).c_str());
+    return Status::Ok();
+  }
+  for (const ImageOutcome& img : images) {
+    std::fprintf(io.out, "%s %s\n", img.platform.empty() ? "manifest" : "platform",
+                 ImageLabel(img).c_str());
+    PrintImage(img, io);
+    if (!img.pushed.empty()) {
+      std::fprintf(io.out, "  pushed index %s (%zu layer%s) as a referrer of %s%s\n",
+                   img.pushed.c_str(), artifacts[&img - images.data()].size(),
+                   artifacts[&img - images.data()].size() == 1 ? "" : "s",
+                   img.manifest.digest.c_str(),
+                   img.existing.empty() ? "" : " (--force: the existing ones are still listed)");
+    } else if (!img.existing.empty()) {
+      std::fprintf(io.out, "  an index already exists for %s (%s); skipped (--force to push another)\n",
+                   img.manifest.digest.c_str(), img.existing.front().c_str());
+    } else {
+      std::fprintf(io.out, "  nothing to index: no ocicrypt AES-CTR gzip layer without an index\n");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace lazycrypt::tools

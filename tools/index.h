@@ -1,0 +1,37 @@
+// `lazycrypt index`: makes the seekable index (zindex/zindex.h, docs/FORMAT.md §11) of every
+// standard ocicrypt AES-CTR gzip layer of an image in a registry, and pushes the sealed indexes as
+// one OCI artifact per image manifest (artifactType zindex::kArtifactType, subject = the manifest;
+// image/referrers.h), so that the lazycrypt snapshotter can serve those layers lazily.
+//
+// Each layer is read once from the registry as a stream (the plaintext never reaches the disk nor
+// is held whole in memory), its HMAC, blob digest and plaintext digest checked; nothing is pushed
+// unless every layer to index passed. An image whose manifest already has an index artifact is
+// left alone unless --force.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "tools/commands.h"
+
+namespace lazycrypt::tools {
+
+struct IndexFlags {
+  std::vector<std::string> keys;
+  std::string span_size;  // "" = the format's default (4 MiB)
+  bool force = false;     // push a new index even when one already exists for the manifest
+  bool json = false;      // the report as JSON on `out`
+  std::string image;      // docker://HOST/REPO[:TAG] (oci: layouts are refused, see RunIndex)
+  TransportFlags transport;
+};
+
+// One line per layer on `out` (indexed: sizes, span count, time; or why skipped) and a line per
+// image manifest (pushed as referrer sha256:..., or an index already exists); with --json the same
+// as one JSON document. A multi-platform image: every platform's manifest is indexed (each its own
+// artifact). Errors name the layer (a key that does not unwrap it, an HMAC or digest mismatch:
+// the layer is refused and nothing is pushed). oci: layouts are Unsupported (an artifact with a
+// subject lives in a registry, where the snapshotter looks for it).
+Status RunIndex(const IndexFlags& flags, const Output& io);
+
+}  // namespace lazycrypt::tools
