@@ -24,6 +24,7 @@
 #include "tar/tar_reader.h"
 #include "tests/test_util.h"
 #include "zindex/zindex.pb.h"
+#include "zindex/zindex_fuzz_fixture.h"
 #include "zindex/zindex_internal.h"
 
 namespace lazycrypt::zindex {
@@ -544,6 +545,59 @@ TEST_F(ZindexTest, DISABLED_ThroughputOnARealLayer) {
       seconds, layer.encrypted.size() / mib / seconds, layer.tar.size() / mib / seconds,
       sealed->size(), sealed->size() / mib / (layer.tar.size() / (mib * 1024)),
       sealed->size() / mib / (layer.encrypted.size() / (mib * 1024)));
+}
+
+}  // namespace
+}  // namespace lazycrypt::zindex
+
+namespace lazycrypt::zindex {
+namespace {
+
+// The fuzz target's fixed layer indexes and decodes like any other, and the committed seed corpus
+// (zindex/fuzz_corpus) still opens for it. LAZYCRYPT_ZINDEX_WRITE_SEEDS=<dir> writes fresh seeds.
+TEST(ZindexFuzzSeeds, FixedLayerIndexesAndTheSeedsOpen) {
+  const fuzzing::FuzzLayer layer = fuzzing::MakeFuzzLayer();
+  for (uint64_t span_bytes : {uint64_t{64} << 10, uint64_t{128} << 10}) {
+    MemoryInputStream in(layer.blob);
+    BuildOptions options;
+    options.span_bytes = span_bytes;
+    auto sealed = BuildSealedIndex(in, layer.encrypted, layer.cipher, options);
+    ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+    auto index = OpenedIndex::Open(*sealed, layer.encrypted, layer.cipher);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    EXPECT_GE((*index)->span_count(), 3u);
+    std::vector<uint8_t> tar;
+    for (size_t i = 0; i < (*index)->span_count(); ++i) {
+      OpenedIndex::Range c = (*index)->span_ciphertext(i);
+      auto plain = (*index)->DecodeSpan(i, ByteSpan(layer.blob).subspan(c.offset, c.size));
+      ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+      tar.insert(tar.end(), plain->span().begin(), plain->span().end());
+    }
+    EXPECT_EQ(tar, layer.tar);
+    if (const char* dir = std::getenv("LAZYCRYPT_ZINDEX_WRITE_SEEDS")) {
+      auto serialized = internal::UnsealSerializedIndex(
+          *sealed, layer.encrypted.digest, layer.encrypted.size, layer.cipher.key.span(),
+          kMaxSealedIndexBytes, kMaxIndexPlaintextBytes);
+      ASSERT_TRUE(serialized.ok());
+      std::ofstream f(std::filesystem::path(dir) / ("index-" + std::to_string(span_bytes >> 10) + "k"),
+                      std::ios::binary);
+      f.write(reinterpret_cast<const char*>(serialized->data()),
+              static_cast<std::streamsize>(serialized->size()));
+    }
+  }
+  const std::filesystem::path corpus = lazycrypt::testing::SourceDir() / "zindex" / "fuzz_corpus";
+  size_t opened = 0;
+  for (const auto& file : std::filesystem::directory_iterator(corpus)) {
+    if (file.path().filename().string().rfind("index-", 0) != 0) continue;
+    std::vector<uint8_t> serialized = ReadBytes(file.path());
+    auto sealed = internal::SealSerializedIndex(serialized, layer.encrypted.digest,
+                                                layer.encrypted.size, layer.cipher.key.span());
+    ASSERT_TRUE(sealed.ok());
+    auto index = OpenedIndex::Open(*sealed, layer.encrypted, layer.cipher);
+    EXPECT_TRUE(index.ok()) << file.path() << ": " << index.status().ToString();
+    ++opened;
+  }
+  EXPECT_GE(opened, 2u) << "seed corpus missing in " << corpus;
 }
 
 }  // namespace
