@@ -25,6 +25,17 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     std::shared_ptr<void> keepalive, const image::Descriptor& descriptor,
     const keywrap::KeyRing& keys, const MountLayerOptions& options,
     std::unique_ptr<fusefs::FuseMount>* resumed) {
+  LC_ASSIGN_OR_RETURN(std::unique_ptr<MountedLayer> layer,
+                      Open(std::move(source), std::move(keepalive), descriptor, keys, options));
+  LC_RETURN_IF_ERROR(layer->Attach(mountpoint, options, resumed));
+  return layer;
+}
+
+Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSource> source,
+                                                         std::shared_ptr<void> keepalive,
+                                                         const image::Descriptor& descriptor,
+                                                         const keywrap::KeyRing& keys,
+                                                         const MountLayerOptions& options) {
   std::unique_ptr<MountedLayer> layer(new MountedLayer());
   layer->keepalive_ = std::move(keepalive);
   layer->source_ = std::move(source);
@@ -84,10 +95,18 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     // need those chunks fetch them again.
     (void)layer->layer_->StartPrefetchMarked();
   }
+  return layer;
+}
 
+Status MountedLayer::Attach(const std::filesystem::path& mountpoint,
+                            const MountLayerOptions& options,
+                            std::unique_ptr<fusefs::FuseMount>* resumed) {
+  if (mount_) return Status::FailedPrecondition("layer " + digest_ + ": mounted already");
+  const std::string what = "layer " + digest_;
+  MountedLayer* layer = this;
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == fusefs::MountOptions().layer_name) {
-    mount_options.layer_name = "layer " + descriptor.digest;
+    mount_options.layer_name = what;
   }
   if (resumed != nullptr && *resumed != nullptr) {
     // The same mount, served again: the requests waiting for it get this layer.
@@ -108,14 +127,14 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Mount(
     verify.expected_diff_id = options.expected_diff_id;
     verify.start_delay = std::chrono::milliseconds(options.verify_start_delay_ms);
     // The layer outlives the thread: ~MountedLayer stops the verification first.
-    verify.on_done = [self = layer.get(), user = options.on_verified](const Status& s) {
+    verify.on_done = [self = layer, user = options.on_verified](const Status& s) {
       self->OnVerified(s, user);
     };
     LC_RETURN_IF_ERROR(layer->layer_->StartVerification(std::move(verify)).WithContext(what));
   } else if (options.background_rate_bytes_per_sec > 0 && options.store != nullptr) {
     LC_RETURN_IF_ERROR(layer->layer_->StartBackgroundFetch(options.background_rate_bytes_per_sec));
   }
-  return layer;
+  return Status::Ok();
 }
 
 MountedLayer::~MountedLayer() {

@@ -89,6 +89,19 @@ class MountedLayer {
       std::shared_ptr<void> keepalive, const image::Descriptor& descriptor,
       const keywrap::KeyRing& keys, const MountLayerOptions& options,
       std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
+  // Mount in two steps, for work done ahead of the mount (lazylayer/layer_warmup.h): Open
+  // unwraps the key, opens footer and TOC (options.store, options.cache) and starts the prefetch
+  // (options.prefetch), mounting nothing; Attach then mounts it at `mountpoint` (or gives it to
+  // `resumed`, as Mount) and starts the verification (options.mount, verify...). Until Attach
+  // succeeds, fuse() and mountpoint() must not be called. Mount = Open + Attach.
+  static Result<std::unique_ptr<MountedLayer>> Open(std::shared_ptr<BlobSource> source,
+                                                    std::shared_ptr<void> keepalive,
+                                                    const image::Descriptor& descriptor,
+                                                    const keywrap::KeyRing& keys,
+                                                    const MountLayerOptions& options);
+  Status Attach(const std::filesystem::path& mountpoint, const MountLayerOptions& options,
+                std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
+  bool attached() const { return mount_ != nullptr; }
   ~MountedLayer();
   MountedLayer(const MountedLayer&) = delete;
   MountedLayer& operator=(const MountedLayer&) = delete;

@@ -361,6 +361,8 @@ struct SnapshotHandler::Impl {
   };
   std::mutex manifest_mu;
   std::map<std::string, CachedManifests> manifest_cache;
+  // Layers opened ahead of their Prepare (WarmLaterLayers); null when options.warmup is off.
+  std::unique_ptr<LayerWarmup> warmup;
 
   // FUSE connections a previous daemon left in the fd store, by snapshot id (taken at Create;
   // each is claimed by its snapshot's Restore, the rest dropped by RestoreFinished).
@@ -432,21 +434,34 @@ struct SnapshotHandler::Impl {
     auto keys = LoadNodeKeys(options);
     if (!keys.ok()) return NoKeyOr(what, keys.status());
     const int64_t keys_ms = MillisSince(phase_start);
-    auto repo = registry::Reference::Parse(source->image_ref);
-    if (!repo.ok()) return repo.status().WithContext(what);
-    auto blob = cache::OpenRegistryBlobSource(*client, *repo, descriptor->digest, descriptor->size);
-    if (!blob.ok()) return blob.status().WithContext(what);
-    // Timed for the debug log's per-mount line (bench/coldstart reads it): while mounting, the
-    // reads are the blob header and the sealed TOC (the prefetch runs after, in the background).
-    auto timed = std::make_shared<cache::TimedBlobSource>(
-        std::shared_ptr<cache::MultiRangeBlobSource>(std::move(*blob)));
+    // Opened ahead by the warm-up an earlier Prepare of the image started (WarmLaterLayers):
+    // only mounted here, and checked below exactly as a layer this Prepare opens.
+    std::optional<WarmLayer> warm;
+    if (!record) warm = ClaimWarm(*source, *descriptor);
+    std::shared_ptr<cache::TimedBlobSource> timed;
     std::shared_ptr<RecordingBlobSource> recording;
     std::shared_ptr<cache::MultiRangeBlobSource> layer_source;
-    if (record) {
-      layer_source = std::make_shared<ReplayBlobSource>(timed, std::move(record->ranges));
+    std::optional<std::vector<RecordedRange>> warm_ranges;
+    if (warm) {
+      timed = warm->timed;
+      warm_ranges = std::move(warm->ranges);
     } else {
-      recording = std::make_shared<RecordingBlobSource>(timed);
-      layer_source = recording;
+      auto repo = registry::Reference::Parse(source->image_ref);
+      if (!repo.ok()) return repo.status().WithContext(what);
+      auto blob =
+          cache::OpenRegistryBlobSource(*client, *repo, descriptor->digest, descriptor->size);
+      if (!blob.ok()) return blob.status().WithContext(what);
+      // Timed for the debug log's per-mount line (bench/coldstart reads it): while mounting, the
+      // reads are the blob header and the sealed TOC (the prefetch runs after, in the
+      // background).
+      timed = std::make_shared<cache::TimedBlobSource>(
+          std::shared_ptr<cache::MultiRangeBlobSource>(std::move(*blob)));
+      if (record) {
+        layer_source = std::make_shared<ReplayBlobSource>(timed, std::move(record->ranges));
+      } else {
+        recording = std::make_shared<RecordingBlobSource>(timed);
+        layer_source = recording;
+      }
     }
 
     MountLayerOptions layer_options = options.layer;
@@ -455,8 +470,10 @@ struct SnapshotHandler::Impl {
         VerificationRecorder(options.log, source->layer_digest, name, target_dir);
     phase_start = std::chrono::steady_clock::now();
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
-    auto mounted = MountedLayer::Mount(target_dir, layer_source, nullptr, *descriptor, *keys,
-                                       layer_options, resumed);
+    Result<std::unique_ptr<MountedLayer>> mounted =
+        warm ? AttachWarm(std::move(*warm), target_dir, layer_options, resumed)
+             : MountedLayer::Mount(target_dir, layer_source, nullptr, *descriptor, *keys,
+                                   layer_options, resumed);
     if (!mounted.ok()) return NoKeyOr(what, mounted.status());
     std::unique_ptr<MountedLayer> layer = std::move(*mounted);
     const int64_t mount_ms = MillisSince(phase_start);
@@ -473,8 +490,8 @@ struct SnapshotHandler::Impl {
           (parent_chain->empty() ? std::string("no parent") : "parent " + *parent_chain) +
           " is " + expected + " (the image's config claims another diff_id for this layer)");
     }
-    if (recording) {
-      RestoreRecord fresh{*descriptor, recording->Take()};
+    if (recording || warm_ranges) {
+      RestoreRecord fresh{*descriptor, recording ? recording->Take() : std::move(*warm_ranges)};
       // Opened from the chunk store (nothing read, nothing recorded): the record keeps the
       // descriptor; a restart finds footer and TOC in the store again.
       if (fresh.ranges.empty() && !layer->opened_from_store()) {
@@ -566,6 +583,108 @@ struct SnapshotHandler::Impl {
     cached_layers += layers;
     manifest_cache[key] = CachedManifests{std::move(manifests), now};
     return found;
+  }
+
+  // The lazycrypt layers after `source`'s in its image's manifest, handed to the warm-up to be
+  // opened in parallel while containerd prepares the layers one by one (layer_warmup.h). Best
+  // effort: what fails here is done, and reported, by the layer's own Prepare.
+  void WarmLaterLayers(const std::map<std::string, std::string>& labels) {
+    if (!warmup) return;
+    auto source = SourceFromLabels(labels);
+    if (!source.ok() || !*source) return;
+    // The manifest the Prepare resolves next anyway (cached: one request per pull).
+    if (!FindLayer(**source).ok()) return;
+    std::vector<WarmRequest> requests;
+    {
+      std::lock_guard<std::mutex> lock(manifest_mu);
+      auto it = manifest_cache.find((*source)->image_ref + "@" + (*source)->manifest_digest);
+      if (it == manifest_cache.end()) return;
+      for (const image::Manifest& manifest : it->second.manifests) {
+        // containerd prepares bottom-up: the layers below this one are committed already.
+        bool after = false;
+        for (const image::Descriptor& layer : manifest.layers) {
+          if (layer.digest == (*source)->layer_digest) {
+            after = true;
+            continue;
+          }
+          if (!after || image::ClassifyLayer(layer.media_type) != image::LayerKind::kLazycrypt) {
+            continue;
+          }
+          const std::string toc = layer.Annotation(image::kAnnotationLazycryptTocDigest);
+          if (toc.empty()) continue;
+          WarmRequest r;
+          r.key = WarmKey((*source)->image_ref, layer.digest, toc);
+          r.source = **source;
+          r.source.layer_digest = layer.digest;
+          r.source.toc_digest = toc;
+          r.descriptor = layer;
+          requests.push_back(std::move(r));
+        }
+        if (after) break;
+      }
+    }
+    if (requests.empty()) return;
+    const size_t queued = warmup->Start(std::move(requests));
+    if (queued > 0) {
+      Log("opening " + std::to_string(queued) + " later layer(s) of " + (*source)->image_ref +
+          " ahead of their Prepares");
+    }
+  }
+
+  // What the warm-up's workers do for one layer: what Mount does before its FUSE mount.
+  Result<WarmLayer> OpenAhead(const WarmRequest& request) {
+    WarmLayer out;
+    out.descriptor = request.descriptor;
+    // Before the keys are read: a key changed meanwhile changes the fingerprint a claim compares.
+    out.key_fingerprint = KeySetFingerprint(options);
+    LC_ASSIGN_OR_RETURN(keywrap::KeyRing keys, LoadNodeKeys(options));
+    LC_ASSIGN_OR_RETURN(registry::Reference repo,
+                        registry::Reference::Parse(request.source.image_ref));
+    LC_ASSIGN_OR_RETURN(auto blob, cache::OpenRegistryBlobSource(*client, repo,
+                                                                 request.descriptor.digest,
+                                                                 request.descriptor.size));
+    out.timed = std::make_shared<cache::TimedBlobSource>(
+        std::shared_ptr<cache::MultiRangeBlobSource>(std::move(blob)));
+    auto recording = std::make_shared<RecordingBlobSource>(out.timed);
+    MountLayerOptions layer_options = options.layer;
+    layer_options.store = options.store.get();
+    LC_ASSIGN_OR_RETURN(out.layer, MountedLayer::Open(recording, nullptr, request.descriptor,
+                                                      keys, layer_options));
+    // What opened it, as Mount records it (the prefetch's reads after this are not kept).
+    out.ranges = recording->Take();
+    return out;
+  }
+
+  // The layer the warm-up opened for `source`, when it was opened for exactly `descriptor` (the
+  // one this Prepare resolved and checked) under the node's key set as it is now; else nullopt
+  // (the Prepare opens it itself).
+  std::optional<WarmLayer> ClaimWarm(const LayerSource& source,
+                                     const image::Descriptor& descriptor) {
+    if (!warmup) return std::nullopt;
+    bool waited = false;
+    std::optional<WarmLayer> warm = warmup->Claim(
+        WarmKey(source.image_ref, source.layer_digest, source.toc_digest), &waited);
+    if (!warm) return std::nullopt;
+    const std::string what = "layer " + source.layer_digest + " of " + source.image_ref;
+    if (!(warm->descriptor == descriptor)) {
+      Log(what + ": opened ahead for another descriptor (the manifest changed); opened again");
+      return std::nullopt;
+    }
+    if (warm->key_fingerprint != KeySetFingerprint(options)) {
+      Log(what + ": opened ahead, but the node's keys changed since; opened again");
+      return std::nullopt;
+    }
+    Log(what + ": opened ahead of its Prepare (" + (waited ? "waited for it" : "ready") + ", " +
+        std::to_string(warm->open_ms) + " ms, " + std::to_string(warm->timed->reads()) +
+        " blob reads); mounting it");
+    return warm;
+  }
+
+  static Result<std::unique_ptr<MountedLayer>> AttachWarm(
+      WarmLayer warm, const std::filesystem::path& target_dir,
+      const MountLayerOptions& layer_options, std::unique_ptr<fusefs::FuseMount>* resumed) {
+    LC_RETURN_IF_ERROR(warm.layer->Attach(target_dir, layer_options, resumed));
+    return std::move(warm.layer);
   }
 
   // A standard ocicrypt layer, unpacked by this snapshotter (lazylayer/ocicrypt_unpack.h) into
@@ -1016,6 +1135,7 @@ struct SnapshotHandler::Impl {
 SnapshotHandler::SnapshotHandler(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 SnapshotHandler::~SnapshotHandler() {
+  impl_->warmup.reset();  // its workers use the registry client and the options
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->stopping = true;
@@ -1081,13 +1201,26 @@ Result<std::unique_ptr<SnapshotHandler>> SnapshotHandler::Create(SnapshotHandler
     }
   }
   impl->options = std::move(options);
+  if (impl->options.warmup.workers > 0) {
+    Impl* self = impl.get();
+    impl->warmup = std::make_unique<LayerWarmup>(
+        impl->options.warmup,
+        [self](const WarmRequest& request) { return self->OpenAhead(request); },
+        impl->options.log);
+  }
   return std::unique_ptr<SnapshotHandler>(new SnapshotHandler(std::move(impl)));
 }
 
 Result<bool> SnapshotHandler::TryMount(const snapshotter::PrepareRequest& info) {
   auto target = info.labels.find(std::string(snapshotter::kTargetSnapshotLabel));
   if (target == info.labels.end()) return false;
+  // Before this layer's own work, so that the later layers open while it does.
+  impl_->WarmLaterLayers(info.labels);
   return impl_->Mount(info.snapshot_id, target->second, info.parent, info.labels, info.target_dir);
+}
+
+LayerWarmupStats SnapshotHandler::Warmup() const {
+  return impl_->warmup ? impl_->warmup->stats() : LayerWarmupStats{};
 }
 
 Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) {

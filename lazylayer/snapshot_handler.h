@@ -33,6 +33,7 @@
 #include "cache/chunk_store.h"
 #include "common/status.h"
 #include "fdstore/fd_store.h"
+#include "lazylayer/layer_warmup.h"
 #include "lazylayer/mounted_layer.h"
 #include "registry/registry.h"
 #include "snapshotter/log.h"
@@ -74,6 +75,11 @@ struct SnapshotHandlerOptions {
   // each layer's media type; shared by the pull's layers). false: containerd pulls them itself
   // (a stream processor such as imgcrypt's ctd-decoder must decrypt them).
   bool unpack_ocicrypt = true;
+  // A Prepare of a lazycrypt layer opens the image's later lazycrypt layers ahead, in parallel
+  // (lazylayer/layer_warmup.h), so that containerd's Prepares of them, which come one after
+  // another, find them opened and only mount them. warmup.workers = 0: each Prepare opens its
+  // own layer.
+  LayerWarmupOptions warmup;
   // Destruction (a clean stop) leaves the mounts to the next daemon; false unmounts them.
   bool keep_mounts_on_exit = true;
   // A resumed mount whose layer cannot be restored yet (registry unreachable) is retried in the
@@ -113,6 +119,8 @@ class SnapshotHandler final : public snapshotter::RemoteLayerHandler {
   snapshotter::PlaintextCacheInfo PlaintextCache() const override;
 
   std::vector<MountedLayerStatus> Layers() const;
+  // The warm-up's counters (zero when it is off).
+  LayerWarmupStats Warmup() const;
   // Layers() mapped to the snapshotter's RemoteLayerInfo (for its metrics endpoint).
   std::vector<snapshotter::RemoteLayerInfo> MountedLayers() const override;
   // A mounted layer's cached ciphertext; an unpacked ocicrypt layer's files.

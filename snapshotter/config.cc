@@ -168,7 +168,8 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "fetch", *n));
     LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t,
                                        {"prefetch", "background_rate", "verify_delay_ms",
-                                        "verify_rate", "verify_deadline_s", "read_retry_s"}));
+                                        "verify_rate", "verify_deadline_s", "read_retry_s",
+                                        "open_ahead"}));
     if (auto* v = t->get("prefetch")) {
       if (!v->is_boolean()) {
         return Bad(src, "fetch.prefetch", "expected true or false, got " + Describe(*v));
@@ -193,6 +194,12 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     if (auto* v = t->get("verify_rate")) {
       LC_ASSIGN_OR_RETURN(c.fetch.verify_rate_bytes_per_sec,
                           GetUnsigned(src, "fetch.verify_rate", *v));
+    }
+    if (auto* v = t->get("open_ahead")) {
+      LC_ASSIGN_OR_RETURN(c.fetch.open_ahead, GetUnsigned(src, "fetch.open_ahead", *v));
+      if (c.fetch.open_ahead > 64) {
+        return Bad(src, "fetch.open_ahead", "at most 64, got " + std::to_string(c.fetch.open_ahead));
+      }
     }
     if (auto* v = t->get("read_retry_s")) {
       LC_ASSIGN_OR_RETURN(c.fetch.read_retry_s, GetUnsigned(src, "fetch.read_retry_s", *v));

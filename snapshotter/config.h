@@ -20,6 +20,8 @@
 //                                                 # link allows, yielding to on-demand reads
 //              verify_deadline_s = 1800           # a layer still unverified this long after
 //                                                 # its mount is refused to new uses; 0 = never
+//              open_ahead = 4                     # the later layers of an image opened in
+//                                                 # parallel ahead of their Prepares; 0 = off
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
@@ -79,6 +81,9 @@ struct Config {
     // A container's read of a chunk that cannot be fetched (registry unreachable) waits and is
     // tried again this long before it fails with EIO.
     uint64_t read_retry_s = 30;
+    // Workers opening an image's later lazycrypt layers while containerd prepares them one by
+    // one (lazylayer/layer_warmup.h); 0 = each Prepare opens its own layer.
+    uint64_t open_ahead = 4;
   } fetch;
   struct Registry {
     std::filesystem::path hosts_dir = "/etc/containerd/certs.d";

@@ -54,6 +54,7 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.layer.verify_rate_bytes_per_sec = config.fetch.verify_rate_bytes_per_sec;
   options.verify_deadline = std::chrono::seconds(config.fetch.verify_deadline_s);
   options.layer.cache.read_retry_for = std::chrono::seconds(config.fetch.read_retry_s);
+  options.warmup.workers = config.fetch.open_ahead;
   options.layer.mount.log_file_names = config.log_file_names;
   if (config.log_file_names) {
     log(lazycrypt::snapshotter::LogLevel::kWarn,
