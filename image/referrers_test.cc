@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "crypto/digest.h"
+#include "tests/harness/fake_http_server.h"
 #include "tests/harness/registry_process.h"
 
 namespace lazycrypt::image {
@@ -373,6 +374,128 @@ TEST_F(ReferrersRegistry, TwoReferrersPushedThroughTheTagFallbackAreListedAndOth
   ASSERT_EQ(others->size(), 1u);
   EXPECT_EQ((*others)[0].digest, *b);
 }
+
+// ---- the real registry::Client against a scripted server with the Referrers API ----
+
+using harness::FakeHttpServer;
+using harness::FakeRequest;
+using harness::FakeResponse;
+
+std::unique_ptr<registry::Client> PlainClient() {
+  registry::ClientOptions options;
+  options.plain_http = true;
+  options.max_attempts = 1;
+  auto client = registry::Client::Create(options);
+  EXPECT_TRUE(client.ok());
+  return client.ok() ? std::move(client).value() : nullptr;
+}
+
+std::string IndexOf(const std::vector<std::pair<std::string, std::string>>& digest_and_type) {
+  nlohmann::json index = {{"schemaVersion", 2}, {"mediaType", kMediaTypeOciIndex},
+                          {"manifests", nlohmann::json::array()}};
+  for (const auto& [digest, type] : digest_and_type) {
+    index["manifests"].push_back(
+        {{"mediaType", kMediaTypeOciManifest}, {"digest", digest}, {"size", 100}, {"artifactType", type}});
+  }
+  return index.dump();
+}
+
+TEST(ReferrersHttp, ApiPagesAreFollowedAndFilteredHereToo) {
+  const std::string subject = Subject().digest;
+  const std::string a1 = DigestOf(std::string("a1")), a2 = DigestOf(std::string("a2"));
+  const std::string b1 = DigestOf(std::string("b1"));
+  const std::string path = "/v2/team/app/referrers/" + subject;
+  auto server = FakeHttpServer::Start([&](const FakeRequest& r) -> FakeResponse {
+    if (r.Path() != path) return {404, {}, ""};
+    std::vector<std::pair<std::string, std::string>> ct = {{"Content-Type", std::string(kMediaTypeOciIndex)}};
+    if (r.target.find("last=") == std::string::npos) {
+      ct.push_back({"Link", "<" + path + "?n=2&last=x>; rel=\"next\""});
+      return {200, ct, IndexOf({{a1, "type/a"}, {b1, "type/b"}})};
+    }
+    return {200, ct, IndexOf({{a2, "type/a"}})};  // a registry that ignored the filter
+  });
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto client = PlainClient();
+  registry::Reference repo{(*server)->host(), "team/app", "", ""};
+  auto listed = ListReferrers(*client, repo, subject, "type/a");
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ((*listed)[0].digest, a1);
+  EXPECT_EQ((*listed)[1].digest, a2);
+  auto requests = (*server)->Requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_THAT(requests[0].target, HasSubstr("?artifactType=type/a"));
+  for (const auto& r : requests) {
+    EXPECT_NE(r.Path(), "/v2/team/app/manifests/" + ReferrersTag(subject)) << "fallback used";
+  }
+}
+
+TEST(ReferrersHttp, ANextPageOnAnotherHostIsRefused) {
+  const std::string subject = Subject().digest;
+  auto server = FakeHttpServer::Start([&](const FakeRequest&) -> FakeResponse {
+    return {200,
+            {{"Content-Type", std::string(kMediaTypeOciIndex)},
+             {"Link", "<http://elsewhere.invalid/v2/team/app/referrers/x?last=1>; rel=\"next\""}},
+            IndexOf({})};
+  });
+  ASSERT_TRUE(server.ok());
+  auto client = PlainClient();
+  auto listed = ListReferrers(*client, {(*server)->host(), "team/app", "", ""}, subject, "");
+  ASSERT_FALSE(listed.ok());
+  EXPECT_THAT(listed.status().message(), HasSubstr("links its next page elsewhere"));
+}
+
+// A registry that answers the manifest PUT with OCI-Subject: the referrers tag is not touched.
+// Without the header: the tag is read (404) and written with the one referrer.
+class ReferrersPush : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ReferrersPush, TheTagIsMaintainedOnlyWithoutAnOciSubjectAnswer) {
+  const bool api = GetParam();
+  const Descriptor subject = Subject();
+  std::mutex mu;
+  std::string tag_body;
+  auto server = FakeHttpServer::Start([&](const FakeRequest& r) -> FakeResponse {
+    const std::string blobs = "/v2/team/app/blobs/";
+    if (r.method == "HEAD" && r.Path().rfind(blobs, 0) == 0) return {404, {}, ""};
+    if (r.method == "POST" && r.Path() == blobs + "uploads/") {
+      return {202, {{"Location", "/v2/team/app/blobs/uploads/u1"}}, ""};
+    }
+    if (r.method == "PUT" && r.Path() == blobs + "uploads/u1") return {201, {}, ""};
+    if (r.method == "PUT" && r.Path().rfind("/v2/team/app/manifests/", 0) == 0) {
+      std::vector<std::pair<std::string, std::string>> h;
+      if (r.Path().find("/manifests/sha256:") != std::string::npos && api) {
+        h.push_back({"OCI-Subject", subject.digest});
+      } else if (r.Path() == "/v2/team/app/manifests/" + ReferrersTag(subject.digest)) {
+        std::lock_guard<std::mutex> l(mu);
+        tag_body = r.body;
+      }
+      return {201, h, ""};
+    }
+    return {404, {}, ""};
+  });
+  ASSERT_TRUE(server.ok());
+  auto client = PlainClient();
+  registry::Reference repo{(*server)->host(), "team/app", "", ""};
+  auto pushed = PushReferrer(*client, repo, subject, "type/a", Blobs("one"));
+  ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
+  size_t tag_requests = 0;
+  for (const auto& r : (*server)->Requests()) {
+    if (r.Path() == "/v2/team/app/manifests/" + ReferrersTag(subject.digest)) ++tag_requests;
+  }
+  if (api) {
+    EXPECT_EQ(tag_requests, 0u);
+    return;
+  }
+  EXPECT_EQ(tag_requests, 2u) << "a GET (404) and a PUT of the referrers tag";
+  std::lock_guard<std::mutex> l(mu);
+  auto index = ParseIndex(AsBytes(tag_body));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  ASSERT_EQ(index->manifests.size(), 1u);
+  EXPECT_EQ(index->manifests[0].digest, *pushed);
+  EXPECT_EQ(ArtifactTypeOf(index->manifests[0]), "type/a");
+}
+
+INSTANTIATE_TEST_SUITE_P(OciSubject, ReferrersPush, ::testing::Bool());
 
 }  // namespace
 }  // namespace lazycrypt::image
