@@ -503,11 +503,11 @@ struct Layer {
   format::WriteResult written;
   std::unique_ptr<MemoryBlobSource> blob;
   std::unique_ptr<format::LayerReader> reader;
-  std::vector<const format::Entry*> files;  // regular files with data, in tar order
+  std::vector<format::EntryView> files;  // regular files with data, in tar order
   std::vector<uint64_t> file_ends;          // prefix sums of their sizes
   // Per large kind (random, text, binary, zeros): its files of at least kStretchBytes (or its
   // largest file when none is that large), in tar order.
-  std::array<std::vector<const format::Entry*>, kLargeKinds> large;
+  std::array<std::vector<format::EntryView>, kLargeKinds> large;
 };
 
 // What the sequential benchmarks read of each file they visit.
@@ -526,33 +526,34 @@ Result<std::unique_ptr<Layer>> BuildLayer(size_t chunk_size) {
   LC_ASSIGN_OR_RETURN(layer->reader, format::LayerReader::Open(*layer->blob, BenchKey(),
                                                                layer->written.toc_digest));
   uint64_t end = 0;
-  for (const format::Entry& e : layer->reader->index().entries()) {
-    if (e.type != format::EntryType::kRegular || e.size == 0) continue;
-    layer->files.push_back(&e);
-    end += e.size;
+  for (format::EntryView e : layer->reader->index().entries()) {
+    if (e.type() != format::EntryType::kRegular || e.size() == 0) continue;
+    layer->files.push_back(e);
+    end += e.size();
     layer->file_ends.push_back(end);
   }
   if (layer->files.empty()) return Status::Internal("mixed layer has no files");
   for (int k = 0; k < kLargeKinds; ++k) {
-    const format::Entry* largest = nullptr;
-    for (const format::Entry* e : layer->files) {
-      if (KindOfName(e->name) != static_cast<FileKind>(k)) continue;
-      if (e->size >= kStretchBytes) layer->large[k].push_back(e);
-      if (largest == nullptr || e->size > largest->size) largest = e;
+    std::optional<format::EntryView> largest;
+    for (format::EntryView e : layer->files) {
+      if (KindOfName(e.name()) != static_cast<FileKind>(k)) continue;
+      if (e.size() >= kStretchBytes) layer->large[k].push_back(e);
+      if (!largest || e.size() > largest->size()) largest = e;
     }
-    if (largest == nullptr) return Status::Internal("mixed layer lacks a file kind");
-    if (layer->large[k].empty()) layer->large[k].push_back(largest);
+    if (!largest) return Status::Internal("mixed layer lacks a file kind");
+    if (layer->large[k].empty()) layer->large[k].push_back(*largest);
   }
   // Reads must return the tar's bytes: check the first few files of every size class.
   std::vector<uint8_t> buf;
   for (size_t i = 0; i < std::min<size_t>(layer->files.size(), 12); ++i) {
-    const format::Entry& e = *layer->files[i];
-    buf.assign(e.size, 0);
+    const format::EntryView e = layer->files[i];
+    buf.assign(e.size(), 0);
     LC_ASSIGN_OR_RETURN(size_t n, layer->reader->ReadFile(e, 0, buf));
     // The blob's tar stream is the salt header, then the source tar (docs/FORMAT.md §5.1).
-    const uint64_t source_offset = e.data_offset - format::kLayerSaltHeaderSize;
-    if (n != e.size || std::memcmp(buf.data(), tar->bytes.data() + source_offset, n) != 0) {
-      return Status::Internal("reader: file '" + e.name + "' does not read back as in the tar");
+    const uint64_t source_offset = e.data_offset() - format::kLayerSaltHeaderSize;
+    if (n != e.size() || std::memcmp(buf.data(), tar->bytes.data() + source_offset, n) != 0) {
+      return Status::Internal("reader: file '" + std::string(e.name()) +
+                              "' does not read back as in the tar");
     }
   }
   return layer;
@@ -572,7 +573,7 @@ Result<const Layer*> GetLayer(size_t chunk_size) {
 
 // Raw bytes of the chunks a ReadFile of [offset, offset + n) opens: the whole of every chunk the
 // range touches (LayerReader keeps no plaintext between calls).
-uint64_t OpenedBytes(const format::LayerIndex& index, const format::Entry& e, uint64_t offset,
+uint64_t OpenedBytes(const format::LayerIndex& index, format::EntryView e, uint64_t offset,
                      size_t n) {
   format::ChunkRange range = index.ChunksForRange(e, offset, n);
   uint64_t opened = 0;
@@ -602,13 +603,13 @@ void BM_ReaderSequential(benchmark::State& state, size_t chunk_size, size_t read
   std::array<size_t, kLargeKinds> next{};
   int64_t bytes = 0;
   double opened = 0;
-  auto read_stretch = [&](const format::Entry& e) -> Status {
-    const uint64_t end = std::min<uint64_t>(e.size, kStretchBytes);
+  auto read_stretch = [&](format::EntryView e) -> Status {
+    const uint64_t end = std::min<uint64_t>(e.size(), kStretchBytes);
     for (uint64_t offset = 0; offset < end;) {
       LC_ASSIGN_OR_RETURN(
           size_t n, layer.reader->ReadFile(e, offset, MutableByteSpan(buf).first(std::min<uint64_t>(
                                                           read_size, end - offset))));
-      if (n == 0) return Status::Internal("reader: '" + e.name + "' ended early");
+      if (n == 0) return Status::Internal("reader: '" + std::string(e.name()) + "' ended early");
       benchmark::DoNotOptimize(buf.data());
       bytes += static_cast<int64_t>(n);
       opened += static_cast<double>(OpenedBytes(index, e, offset, n));
@@ -650,8 +651,8 @@ void BM_ReaderRandom4k(benchmark::State& state, size_t chunk_size) {
     const size_t f = static_cast<size_t>(
         std::upper_bound(layer.file_ends.begin(), layer.file_ends.end(), pick) -
         layer.file_ends.begin());
-    const format::Entry& e = *layer.files[f];
-    const uint64_t in_file = pick - (layer.file_ends[f] - e.size);
+    const format::EntryView e = layer.files[f];
+    const uint64_t in_file = pick - (layer.file_ends[f] - e.size());
     const uint64_t offset = in_file / kRead * kRead;
     auto n = layer.reader->ReadFile(e, offset, buf);
     if (!n.ok()) {

@@ -211,10 +211,10 @@ class CachedLayerTest : public ::testing::Test {
     return l.ok() ? *l : nullptr;
   }
 
-  const format::Entry& E(const std::string& name) {
-    const format::Entry* e = index_->Find(name);
-    EXPECT_NE(e, nullptr) << name;
-    return *e;
+  format::EntryView E(const std::string& name) {
+    auto e = index_->Find(name);
+    EXPECT_TRUE(e) << name;
+    return e.value_or(format::EntryView());
   }
 
   // Reads [offset, offset+len) of a file and checks it against the original.
@@ -282,11 +282,15 @@ TEST_F(CachedLayerTest, RandomRangesMatchTheOriginalWithAndWithoutStore) {
 
 TEST_F(CachedLayerTest, RejectsForeignEntriesAndMismatchedParts) {
   auto layer = Make(nullptr);
-  format::Entry bogus = E("a");
-  bogus.data_offset = index_->tar_size();
-  bogus.size = 10;
+  // A view of another index's entries (the same layer opened twice), and no entry at all.
+  MemoryBlobSource again(Layer().blob);
+  auto other = format::LayerIndex::Open(again, Key(), Layer().toc_digest);
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
   std::vector<uint8_t> buf(10);
-  EXPECT_EQ(layer->ReadFile(bogus, 0, buf).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(layer->ReadFile(*(*other)->Find("a"), 0, buf).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(layer->ReadFile(format::EntryView(), 0, buf).status().code(),
+            StatusCode::kInvalidArgument);
   auto short_source = std::make_shared<MemoryBlobSource>(std::vector<uint8_t>(100));
   EXPECT_EQ(CachedLayer::Create(index_, opener_, short_source, nullptr, {}).status().code(),
             StatusCode::kFailedPrecondition);
@@ -444,7 +448,7 @@ TEST_F(CachedLayerTest, CorruptRecordInTheStoreIsDroppedAndRefetched) {
     auto layer = Make(store.get());
     ReadAll(*layer);
   }
-  const auto& chunk = index_->chunks()[E("b").data_offset / kChunk + 1];
+  const auto& chunk = index_->chunks()[E("b").data_offset() / kChunk + 1];
   auto data_file = tmp_ / "chunks" / ("toc-" + crypto::HexEncode(index_->toc_digest()) + ".data");
   lazycrypt::testing::FlipBit(data_file, chunk.blob_offset + 40);
   auto store = OpenStore();
@@ -467,10 +471,10 @@ TEST_F(CachedLayerTest, CorruptRecordInTheStoreIsDroppedAndRefetched) {
 TEST_F(CachedLayerTest, TamperedSourceChunkFailsAloneAndIsNeverStored) {
   auto store = OpenStore();
   auto layer = Make(store.get());
-  const uint64_t bad = E("big").data_offset / kChunk + 7;  // a chunk inside "big"
+  const uint64_t bad = E("big").data_offset() / kChunk + 7;  // a chunk inside "big"
   const auto& chunk = index_->chunks()[bad];
   source_->corrupt_at(chunk.blob_offset + chunk.record_size() / 2);
-  const uint64_t off = chunk.tar_offset - E("big").data_offset;
+  const uint64_t off = chunk.tar_offset - E("big").data_offset();
   std::vector<uint8_t> out(100, 0xAB);
   auto n = layer->ReadFile(E("big"), off + 10, out);
   ASSERT_FALSE(n.ok());
@@ -495,7 +499,7 @@ TEST_F(CachedLayerTest, PrefetchFetchesOneRequestPerContiguousRun) {
   auto store = OpenStore();
   auto layer = Make(store.get());
   // "a" and "marker" are not adjacent ("b" and "big" lie between): two requests.
-  ASSERT_TRUE(layer->Prefetch({&E("a"), &E("marker")}).ok());
+  ASSERT_TRUE(layer->Prefetch({E("a"), E("marker")}).ok());
   auto calls = source_->calls();
   ASSERT_EQ(calls.size(), 2u);
   auto ra = Records("a", 0, Layer().files.at("a").size());
@@ -508,17 +512,17 @@ TEST_F(CachedLayerTest, PrefetchFetchesOneRequestPerContiguousRun) {
   // Reading them now fetches nothing; prefetching again fetches nothing.
   ExpectRead(*layer, "a", 0, Layer().files.at("a").size());
   ExpectRead(*layer, "marker", 0, Layer().files.at("marker").size());
-  ASSERT_TRUE(layer->Prefetch({&E("a"), &E("marker")}).ok());
+  ASSERT_TRUE(layer->Prefetch({E("a"), E("marker")}).ok());
   EXPECT_EQ(source_->call_count(), 2u);
   // Adjacent files "b" and "big" together: one request.
-  ASSERT_TRUE(layer->Prefetch({&E("big"), &E("b")}).ok());
+  ASSERT_TRUE(layer->Prefetch({E("big"), E("b")}).ok());
   EXPECT_EQ(source_->call_count(), 3u);
   // A failing source is reported.
   auto failing = std::make_shared<FakeSource>(Layer().blob);
   failing->fail_next(1);
   auto f = Make(nullptr, {}, failing);
-  EXPECT_EQ(f->Prefetch({&E("b")}).code(), StatusCode::kUnavailable);
-  EXPECT_TRUE(f->Prefetch({&E("b")}).ok());
+  EXPECT_EQ(f->Prefetch({E("b")}).code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(f->Prefetch({E("b")}).ok());
 }
 
 TEST_F(CachedLayerTest, PrefetchMarkedFetchesTheFilesMarkedAtConversion) {
@@ -588,7 +592,7 @@ TEST_F(CachedLayerTest, StoppingAStartedPrefetchEndsItBetweenRequests) {
 TEST_F(CachedLayerTest, MultiRangeSourceGetsAllRunsInOneRequest) {
   auto multi = std::make_shared<FakeMultiSource>(Layer().blob);
   auto layer = Make(nullptr, {}, multi);
-  ASSERT_TRUE(layer->Prefetch({&E("a"), &E("marker")}).ok());
+  ASSERT_TRUE(layer->Prefetch({E("a"), E("marker")}).ok());
   auto calls = multi->multi_calls();
   ASSERT_EQ(calls.size(), 1u);
   ASSERT_EQ(calls[0].size(), 2u);
@@ -618,7 +622,7 @@ TEST_F(CachedLayerTest, TimedSourceKeepsMultiRangeRequestsAndCountsThem) {
   auto timed = std::make_shared<TimedBlobSource>(multi);
   EXPECT_EQ(timed->size(), Layer().blob.size());
   auto layer = Make(nullptr, {}, timed);
-  ASSERT_TRUE(layer->Prefetch({&E("a"), &E("marker")}).ok());
+  ASSERT_TRUE(layer->Prefetch({E("a"), E("marker")}).ok());
   const auto calls = multi->multi_calls();
   ASSERT_EQ(calls.size(), 1u);
   EXPECT_EQ(calls[0].size(), 2u);
@@ -756,15 +760,15 @@ TEST_F(CachedLayerTest, SequentialReadAheadFromTheStoreIsOpenedByWorkersOncePerC
   const auto covered = index_->ChunksForRange(E("big"), 0, 2 * kChunk);
   const uint64_t ahead_end = std::min<uint64_t>(
       covered.first + covered.count + 4,
-      index_->ChunksForRange(E("big"), 0, E("big").size).first +
-          index_->ChunksForRange(E("big"), 0, E("big").size).count);
+      index_->ChunksForRange(E("big"), 0, E("big").size()).first +
+          index_->ChunksForRange(E("big"), 0, E("big").size()).count);
   // The workers open the read-ahead chunks without anybody reading them.
   ASSERT_TRUE(EventuallyTrue([&] { return layer->stats().chunks_opened >= ahead_end - covered.first; }))
       << layer->stats().chunks_opened;
   const uint64_t opened_before = layer->stats().chunks_opened;
   // Reading them now opens nothing again: they are served from memory.
   int read_ahead_reads = 0;
-  for (uint64_t off = 2 * kChunk + 1; off < E("big").size; off += kChunk) {
+  for (uint64_t off = 2 * kChunk + 1; off < E("big").size(); off += kChunk) {
     const auto r = index_->ChunksForRange(E("big"), off, 100);
     if (r.first + r.count > ahead_end) break;
     ExpectRead(*layer, "big", off, 100);  // not the continuation: no new read-ahead
@@ -773,10 +777,10 @@ TEST_F(CachedLayerTest, SequentialReadAheadFromTheStoreIsOpenedByWorkersOncePerC
   EXPECT_GE(read_ahead_reads, 3);
   EXPECT_EQ(layer->stats().chunks_opened, opened_before);
   // The whole file, sequentially: right bytes, nothing fetched, each chunk opened once.
-  for (uint64_t off = 0; off < E("big").size; off += kChunk) ExpectRead(*layer, "big", off, kChunk);
+  for (uint64_t off = 0; off < E("big").size(); off += kChunk) ExpectRead(*layer, "big", off, kChunk);
   EXPECT_EQ(src->call_count(), 0u);
   EXPECT_EQ(layer->stats().cache_misses, 0u);
-  const auto all = index_->ChunksForRange(E("big"), 0, E("big").size);
+  const auto all = index_->ChunksForRange(E("big"), 0, E("big").size());
   EXPECT_EQ(layer->stats().chunks_opened, all.count);
 }
 
@@ -786,7 +790,7 @@ TEST_F(CachedLayerTest, ReadAheadWorkerRefetchesADamagedRecordAndReadersGetGoodB
     auto warm = Make(store.get());
     ReadAll(*warm);
   }
-  const uint64_t bad = E("big").data_offset / kChunk + 3;  // read ahead, never read first
+  const uint64_t bad = E("big").data_offset() / kChunk + 3;  // read ahead, never read first
   const auto& chunk = index_->chunks()[bad];
   auto data_file = tmp_ / "chunks" / ("toc-" + crypto::HexEncode(index_->toc_digest()) + ".data");
   lazycrypt::testing::FlipBit(data_file, chunk.blob_offset + 40);
@@ -796,7 +800,7 @@ TEST_F(CachedLayerTest, ReadAheadWorkerRefetchesADamagedRecordAndReadersGetGoodB
   o.readahead_bytes = 4 * kChunk;
   o.open_threads = 2;
   auto layer = Make(store.get(), o, src);
-  for (uint64_t off = 0; off < E("big").size; off += kChunk / 2) ExpectRead(*layer, "big", off, kChunk / 2);
+  for (uint64_t off = 0; off < E("big").size(); off += kChunk / 2) ExpectRead(*layer, "big", off, kChunk / 2);
   EXPECT_EQ(layer->stats().disk_corrupt, 1u);
   ASSERT_EQ(src->call_count(), 1u);  // the damaged record alone
   EXPECT_EQ(src->calls()[0].first, chunk.blob_offset);
@@ -856,13 +860,14 @@ TEST_F(CachedLayerTest, ViewFileLendsTheBytesReadFileCopies) {
   std::mt19937_64 rng(7);
   for (LayerData* layer : {static_cast<LayerData*>(cached.get()), direct.get()}) {
     for (const auto& [name, data] : Layer().files) {
+      const format::EntryView entry = *layer->index().Find(name);  // views are per index
       for (int k = 0; k < 12; ++k) {
         const uint64_t off = rng() % (data.size() + 10);
         const size_t len = 1 + rng() % (3 * kChunk);
-        ExpectView(layer->ViewFile(E(name), off, len), data, off, len);
+        ExpectView(layer->ViewFile(entry, off, len), data, off, len);
       }
-      ExpectView(layer->ViewFile(E(name), 0, data.size()), data, 0, data.size());
-      ExpectView(layer->ViewFile(E(name), data.size(), 10), data, data.size(), 10);
+      ExpectView(layer->ViewFile(entry, 0, data.size()), data, 0, data.size());
+      ExpectView(layer->ViewFile(entry, data.size(), 10), data, data.size(), 10);
     }
   }
 }
@@ -880,10 +885,10 @@ TEST_F(CachedLayerTest, AViewKeepsItsChunksAfterTheyAreEvicted) {
 }
 
 TEST_F(CachedLayerTest, ViewOfATamperedChunkIsAnErrorWithNoBytes) {
-  const uint64_t bad = E("big").data_offset / kChunk + 7;
+  const uint64_t bad = E("big").data_offset() / kChunk + 7;
   source_->corrupt_at(index_->chunks()[bad].blob_offset + 50);
   auto layer = Make(nullptr);
-  const uint64_t in_bad = index_->chunks()[bad].tar_offset - E("big").data_offset;
+  const uint64_t in_bad = index_->chunks()[bad].tar_offset - E("big").data_offset();
   auto view = layer->ViewFile(E("big"), in_bad - 100, 200);  // straddles a good and the bad chunk
   ASSERT_FALSE(view.ok());
   EXPECT_EQ(view.status().code(), StatusCode::kAuthFailed) << view.status().ToString();

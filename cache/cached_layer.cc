@@ -63,7 +63,7 @@ struct CachedLayer::Impl {
   // This layer's part of the opened-chunk memory cache (node-wide LRU, or one of its own).
   std::unique_ptr<OpenedChunkCache::LayerSlot> mem;
   // Where the next sequential read of a file would start (read-ahead trigger).
-  std::unordered_map<const format::Entry*, uint64_t> next_offset;
+  std::unordered_map<uint32_t, uint64_t> next_offset;  // by entry index
   // Background fetch.
   std::condition_variable bg_cv;  // stop requested or foreground fetches finished
   int foreground_fetches = 0;
@@ -217,20 +217,20 @@ struct CachedLayer::Impl {
   Status Serve(Claim& claim, Purpose purpose, std::vector<PlainPtr>* out, Status* extra_status);
   // The chunks of `files` (regular entries; others ignored), sorted, each once; InvalidArgument
   // for an entry that is not this layer's.
-  Result<std::vector<uint64_t>> ChunksOfFiles(const std::vector<const format::Entry*>& files);
-  std::vector<const format::Entry*> MarkedFiles() const;
+  Result<std::vector<uint64_t>> ChunksOfFiles(const std::vector<format::EntryView>& files);
+  std::vector<format::EntryView> MarkedFiles() const;
   using Run = std::vector<std::pair<uint64_t, std::shared_ptr<Flight>>>;  // adjacent chunks
   Status FetchRuns(const std::vector<Run>& runs, Purpose purpose);
 
   // The chunks covering [offset, offset+n) of `entry`, all opened (n = bytes to read).
-  Status AcquireRange(const format::Entry& entry, uint64_t offset, size_t n,
+  Status AcquireRange(format::EntryView entry, uint64_t offset, size_t n,
                       std::vector<uint64_t>* wanted, std::vector<PlainPtr>* plains);
   // AcquireRange, tried again on a transient failure until options.read_retry_for has passed.
-  Status AcquireRangeRetrying(const format::Entry& entry, uint64_t offset, size_t n,
+  Status AcquireRangeRetrying(format::EntryView entry, uint64_t offset, size_t n,
                               std::vector<uint64_t>* wanted, std::vector<PlainPtr>* plains);
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset, MutableByteSpan out);
-  Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
-  Status Prefetch(const std::vector<const format::Entry*>& files);
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset, MutableByteSpan out);
+  Result<FileView> ViewFile(format::EntryView entry, uint64_t offset, size_t size);
+  Status Prefetch(const std::vector<format::EntryView>& files);
   void BackgroundLoop(uint64_t rate_bytes_per_sec);
   void VerifyLoop(const VerifyOptions& o);
   // Records the end of the verification and tells options.on_done (unless stopping).
@@ -299,19 +299,16 @@ struct CachedLayer::Impl {
       for (const auto& [i, flight] : run) Complete(i, flight, status, nullptr);
     }
   }
-  Status CheckEntry(const format::Entry& entry) const {
-    if (entry.type != format::EntryType::kRegular) {
-      // The entry's offset, never its name: names in a TOC are confidential (FORMAT.md §4).
-      return Status::InvalidArgument("entry with data at tar offset " +
-                                     std::to_string(entry.data_offset) + " is a " +
-                                     std::string(format::EntryTypeName(entry.type)) +
-                                     ", not a regular file");
-    }
-    if (entry.data_offset > index->tar_size() ||
-        entry.size > index->tar_size() - entry.data_offset) {
-      return Status::InvalidArgument("entry with data at tar offset " +
-                                     std::to_string(entry.data_offset) +
+  Status CheckEntry(format::EntryView entry) const {
+    // The entry's index, never its name: names in a TOC are confidential (FORMAT.md §4).
+    if (!index->Holds(entry)) {
+      return Status::InvalidArgument("entry " + std::to_string(entry.index()) +
                                      " is not one of this layer's");
+    }
+    if (entry.type() != format::EntryType::kRegular) {
+      return Status::InvalidArgument("entry " + std::to_string(entry.index()) + " is a " +
+                                     std::string(format::EntryTypeName(entry.type())) +
+                                     ", not a regular file");
     }
     return Status::Ok();
   }
@@ -540,7 +537,7 @@ Status CachedLayer::Impl::Serve(Claim& claim, Purpose purpose, std::vector<Plain
   return first_error;
 }
 
-Status CachedLayer::Impl::AcquireRange(const format::Entry& entry, uint64_t offset, size_t n,
+Status CachedLayer::Impl::AcquireRange(format::EntryView entry, uint64_t offset, size_t n,
                                        std::vector<uint64_t>* wanted_out,
                                        std::vector<PlainPtr>* plains) {
   const format::ChunkRange range = index->ChunksForRange(entry, offset, n);
@@ -550,14 +547,14 @@ Status CachedLayer::Impl::AcquireRange(const format::Entry& entry, uint64_t offs
   bool sequential = false;
   {
     std::lock_guard lock(mu);
-    auto it = next_offset.find(&entry);
+    auto it = next_offset.find(entry.index());
     sequential = offset != 0 && it != next_offset.end() && it->second == offset;
     if (next_offset.size() >= 4096) next_offset.clear();
-    next_offset[&entry] = offset + n;
+    next_offset[entry.index()] = offset + n;
   }
   std::vector<uint64_t> extra;
   if (sequential && options.readahead_bytes > 0) {
-    const format::ChunkRange whole = index->ChunksForRange(entry, 0, entry.size);
+    const format::ChunkRange whole = index->ChunksForRange(entry, 0, entry.size());
     const uint64_t file_last = whole.first + whole.count - 1;
     uint64_t bytes = 0;
     auto chunks = index->chunks();
@@ -571,7 +568,7 @@ Status CachedLayer::Impl::AcquireRange(const format::Entry& entry, uint64_t offs
   return Acquire(wanted, extra, Purpose::kForeground, plains, nullptr);
 }
 
-Status CachedLayer::Impl::AcquireRangeRetrying(const format::Entry& entry, uint64_t offset,
+Status CachedLayer::Impl::AcquireRangeRetrying(format::EntryView entry, uint64_t offset,
                                                size_t n, std::vector<uint64_t>* wanted,
                                                std::vector<PlainPtr>* plains) {
   const auto deadline = std::chrono::steady_clock::now() + options.read_retry_for;
@@ -591,17 +588,18 @@ Status CachedLayer::Impl::AcquireRangeRetrying(const format::Entry& entry, uint6
   }
 }
 
-Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t offset,
+Result<size_t> CachedLayer::Impl::ReadFile(format::EntryView entry, uint64_t offset,
                                            MutableByteSpan out) {
   LC_RETURN_IF_ERROR(CheckNotQuarantined());
   LC_RETURN_IF_ERROR(CheckEntry(entry).WithContext("ReadFile"));
-  if (offset >= entry.size || out.empty()) return size_t{0};
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry.size - offset));
+  const uint64_t entry_size = entry.size();
+  if (offset >= entry_size || out.empty()) return size_t{0};
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry_size - offset));
   std::vector<uint64_t> wanted;
   std::vector<PlainPtr> plains;
   LC_RETURN_IF_ERROR(AcquireRangeRetrying(entry, offset, n, &wanted, &plains));
   // Every chunk is verified whole; only now is any byte copied out.
-  const uint64_t want_begin = entry.data_offset + offset;
+  const uint64_t want_begin = entry.data_offset() + offset;
   const uint64_t want_end = want_begin + n;
   auto chunks = index->chunks();
   for (size_t k = 0; k < wanted.size(); ++k) {
@@ -614,18 +612,20 @@ Result<size_t> CachedLayer::Impl::ReadFile(const format::Entry& entry, uint64_t 
   return n;
 }
 
-Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_t offset,
+Result<FileView> CachedLayer::Impl::ViewFile(format::EntryView entry, uint64_t offset,
                                              size_t size) {
   LC_RETURN_IF_ERROR(CheckNotQuarantined());
   LC_RETURN_IF_ERROR(CheckEntry(entry).WithContext("ViewFile"));
   FileView view;
-  if (offset >= entry.size || size == 0) return view;
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(size, entry.size - offset));
+  const uint64_t entry_size = entry.size();
+  const uint64_t data_offset = entry.data_offset();
+  if (offset >= entry_size || size == 0) return view;
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(size, entry_size - offset));
   std::vector<uint64_t> wanted;
   std::vector<PlainPtr> plains;
   LC_RETURN_IF_ERROR(AcquireRangeRetrying(entry, offset, n, &wanted, &plains));
   // Every chunk is verified whole; only now is any byte lent out.
-  const uint64_t want_begin = entry.data_offset + offset;
+  const uint64_t want_begin = entry.data_offset() + offset;
   const uint64_t want_end = want_begin + n;
   auto chunks = index->chunks();
   for (size_t k = 0; k < wanted.size(); ++k) {
@@ -634,9 +634,9 @@ Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_
     const uint64_t to = std::min(chunk.tar_end(), want_end);
     view.spans.push_back(plains[k]->span().subspan(from - chunk.tar_offset, to - from));
     // The whole chunk, as far as it holds this file's bytes.
-    const uint64_t file_begin = std::max(chunk.tar_offset, entry.data_offset);
-    const uint64_t file_end = std::min(chunk.tar_end(), entry.data_offset + entry.size);
-    view.around.push_back({file_begin - entry.data_offset,
+    const uint64_t file_begin = std::max(chunk.tar_offset, data_offset);
+    const uint64_t file_end = std::min(chunk.tar_end(), data_offset + entry_size);
+    view.around.push_back({file_begin - data_offset,
                            plains[k]->span().subspan(file_begin - chunk.tar_offset,
                                                      file_end - file_begin)});
     view.pins.push_back(std::move(plains[k]));
@@ -645,12 +645,12 @@ Result<FileView> CachedLayer::Impl::ViewFile(const format::Entry& entry, uint64_
 }
 
 Result<std::vector<uint64_t>> CachedLayer::Impl::ChunksOfFiles(
-    const std::vector<const format::Entry*>& files) {
+    const std::vector<format::EntryView>& files) {
   std::vector<uint64_t> all;
-  for (const format::Entry* e : files) {
-    if (e == nullptr || e->type != format::EntryType::kRegular || e->size == 0) continue;
-    LC_RETURN_IF_ERROR(CheckEntry(*e).WithContext("Prefetch"));
-    const format::ChunkRange r = index->ChunksForRange(*e, 0, e->size);
+  for (format::EntryView e : files) {
+    if (e.table() == nullptr || e.type() != format::EntryType::kRegular || e.size() == 0) continue;
+    LC_RETURN_IF_ERROR(CheckEntry(e).WithContext("Prefetch"));
+    const format::ChunkRange r = index->ChunksForRange(e, 0, e.size());
     for (uint64_t i = r.first; i < r.first + r.count; ++i) all.push_back(i);
   }
   std::sort(all.begin(), all.end());
@@ -658,16 +658,16 @@ Result<std::vector<uint64_t>> CachedLayer::Impl::ChunksOfFiles(
   return all;
 }
 
-std::vector<const format::Entry*> CachedLayer::Impl::MarkedFiles() const {
-  const auto entries = index->entries();
-  std::vector<const format::Entry*> files;
+std::vector<format::EntryView> CachedLayer::Impl::MarkedFiles() const {
+  const auto& entries = index->entries();
+  std::vector<format::EntryView> files;
   for (uint32_t i : index->prefetch_entries()) {
-    if (i < entries.size()) files.push_back(&entries[i]);
+    if (i < entries.size()) files.push_back(entries[i]);
   }
   return files;
 }
 
-Status CachedLayer::Impl::Prefetch(const std::vector<const format::Entry*>& files) {
+Status CachedLayer::Impl::Prefetch(const std::vector<format::EntryView>& files) {
   LC_ASSIGN_OR_RETURN(std::vector<uint64_t> all, ChunksOfFiles(files));
   Status extra_status;
   LC_RETURN_IF_ERROR(Acquire({}, all, Purpose::kPrefetch, nullptr, &extra_status));
@@ -900,16 +900,16 @@ Result<std::shared_ptr<CachedLayer>> CachedLayer::Open(std::shared_ptr<BlobSourc
 
 const format::LayerIndex& CachedLayer::index() const { return *impl_->index; }
 
-Result<size_t> CachedLayer::ReadFile(const format::Entry& entry, uint64_t offset,
+Result<size_t> CachedLayer::ReadFile(format::EntryView entry, uint64_t offset,
                                      MutableByteSpan out) {
   return impl_->ReadFile(entry, offset, out);
 }
 
-Result<FileView> CachedLayer::ViewFile(const format::Entry& entry, uint64_t offset, size_t size) {
+Result<FileView> CachedLayer::ViewFile(format::EntryView entry, uint64_t offset, size_t size) {
   return impl_->ViewFile(entry, offset, size);
 }
 
-Status CachedLayer::Prefetch(const std::vector<const format::Entry*>& files) {
+Status CachedLayer::Prefetch(const std::vector<format::EntryView>& files) {
   return impl_->Prefetch(files);
 }
 

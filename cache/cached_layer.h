@@ -113,17 +113,17 @@ class CachedLayer final : public LayerData {
   CachedLayer& operator=(const CachedLayer&) = delete;
 
   const format::LayerIndex& index() const override;
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override;
   // Spans straight into the opened chunks (no copy); the view pins them.
-  Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size) override;
+  Result<FileView> ViewFile(format::EntryView entry, uint64_t offset, size_t size) override;
   LayerStats stats() const override;
 
   // Fetches every chunk of `files` (regular entries of index(); others are ignored) that is not
   // already cached, with one ranged request per contiguous run of missing records; each record is
   // authenticated, stored, and its opened chunk kept in memory (as far as the memory cache
   // holds). Blocks until done. Returns the first error (the other runs are still fetched).
-  Status Prefetch(const std::vector<const format::Entry*>& files);
+  Status Prefetch(const std::vector<format::EntryView>& files);
   // Prefetch of the files marked at conversion time (index().prefetch_entries()); OK when none.
   Status PrefetchMarked();
   // PrefetchMarked on a thread of its own; returns at once. The marked chunks are claimed first

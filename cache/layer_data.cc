@@ -38,7 +38,7 @@ class DirectLayerDataImpl final : public LayerData {
   explicit DirectLayerDataImpl(std::unique_ptr<format::LayerReader> reader)
       : reader_(std::move(reader)) {}
   const format::LayerIndex& index() const override { return reader_->index(); }
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
     auto n = reader_->ReadFile(entry, offset, out);
     if (!n.ok() && n.status().code() == StatusCode::kAuthFailed) {
@@ -60,9 +60,14 @@ class DirectLayerDataImpl final : public LayerData {
 
 }  // namespace
 
-Result<FileView> LayerData::ViewFile(const format::Entry& entry, uint64_t offset, size_t size) {
+Result<FileView> LayerData::ViewFile(format::EntryView entry, uint64_t offset, size_t size) {
+  if (!index().Holds(entry)) {
+    return Status::InvalidArgument("ViewFile: entry " + std::to_string(entry.index()) +
+                                   " is not one of this layer's");
+  }
+  const uint64_t entry_size = entry.size();
   const size_t want =
-      offset >= entry.size ? 0 : static_cast<size_t>(std::min<uint64_t>(size, entry.size - offset));
+      offset >= entry_size ? 0 : static_cast<size_t>(std::min<uint64_t>(size, entry_size - offset));
   FileView view;
   if (want == 0) return view;
   auto buf = std::make_shared<WipedBytes>(want);

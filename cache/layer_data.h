@@ -77,16 +77,17 @@ class LayerData {
  public:
   virtual ~LayerData() = default;
   virtual const format::LayerIndex& index() const = 0;
-  // Reads up to out.size() bytes of regular file `entry` (an entry of index()) from `offset`;
+  // Reads up to out.size() bytes of regular file `entry` (a view of index().entries(); views of
+  // another layer's entries are InvalidArgument) from `offset`;
   // returns the count (0 at or past the end of the file). Never writes unauthenticated bytes to
   // `out`: AuthFailed/Corruption for a chunk that fails verification, Unavailable/
   // DeadlineExceeded when the blob cannot be fetched (callers map both to EIO).
-  virtual Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  virtual Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                                   MutableByteSpan out) = 0;
   // The same bytes as ReadFile(entry, offset, up to `size` bytes), lent instead of copied (the
   // FUSE filesystem replies straight from them). Errors as ReadFile's. The default copies once,
   // through ReadFile, into a buffer that is wiped when released.
-  virtual Result<FileView> ViewFile(const format::Entry& entry, uint64_t offset, size_t size);
+  virtual Result<FileView> ViewFile(format::EntryView entry, uint64_t offset, size_t size);
   virtual LayerStats stats() const = 0;
   // True once the layer's verification failed: every read fails (the failure was logged once,
   // by the layer; readers need not log each read).

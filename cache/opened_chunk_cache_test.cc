@@ -10,6 +10,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <optional>
 #include <vector>
 
 #include "cache/cached_layer.h"
@@ -238,11 +239,11 @@ Blob MakeBlob(uint32_t seed, size_t chunks) {
   return b;
 }
 
-const format::Entry* FileF(const CachedLayer& layer) {
-  for (const format::Entry& e : layer.index().entries()) {
-    if (e.type == format::EntryType::kRegular) return &e;
+std::optional<format::EntryView> FileF(const CachedLayer& layer) {
+  for (format::EntryView e : layer.index().entries()) {
+    if (e.type() == format::EntryType::kRegular) return e;
   }
-  return nullptr;
+  return std::nullopt;
 }
 
 TEST(OpenedChunkCache, TwoCachedLayersShareOneBudget) {

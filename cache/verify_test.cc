@@ -192,8 +192,8 @@ class LayerVerification : public ::testing::Test {
     return o;
   }
   Result<size_t> ReadFirstFile(CachedLayer& layer) {
-    const format::Entry* e = layer.index().Find("file0");
-    std::vector<uint8_t> buf(e->size, 0xAA);
+    std::optional<format::EntryView> e = layer.index().Find("file0");
+    std::vector<uint8_t> buf(e->size(), 0xAA);
     auto n = layer.ReadFile(*e, 0, buf);
     if (!n.ok()) EXPECT_THAT(buf, ::testing::Each(0xAA));  // nothing written on failure
     return n;
@@ -249,7 +249,7 @@ TEST_F(LayerVerification, TocClaimingAnotherTarSha256FailsAndQuarantinesTheLayer
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kAuthFailed);
   EXPECT_THAT(r.status().message(), HasSubstr("quarantined"));
-  const format::Entry* e = layer->index().Find("file1");
+  std::optional<format::EntryView> e = layer->index().Find("file1");
   EXPECT_FALSE(layer->ViewFile(*e, 0, 10).ok());
   LayerStats s = layer->stats();
   EXPECT_EQ(s.verification, VerificationState::kFailed);
@@ -364,11 +364,11 @@ namespace {
 TEST_F(LayerVerification, ReadsThatNeverPauseDelayTheVerificationOnlyBoundedly) {
   Blob blob = HonestBlob();
   auto layer = Open(blob, /*with_store=*/false);
-  const format::Entry* last = layer->index().Find("file3");
-  ASSERT_NE(last, nullptr);
+  std::optional<format::EntryView> last = layer->index().Find("file3");
+  ASSERT_TRUE(last);
   source_->hold_next_read();
   std::thread reader([&] {
-    std::vector<uint8_t> buf(last->size);
+    std::vector<uint8_t> buf(last->size());
     (void)layer->ReadFile(*last, 0, buf);
   });
   ASSERT_TRUE(source_->WaitUntilHolding());

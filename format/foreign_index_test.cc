@@ -69,10 +69,10 @@ TEST(ForeignIndex, ServesEntriesAndMapsFileRangesToTheCallersChunks) {
   EXPECT_EQ(i.tar_size(), 15u);
   EXPECT_EQ(i.blob_size(), 12345u);
   EXPECT_EQ(i.toc_digest(), digest);
-  ASSERT_NE(i.Find("secret/c"), nullptr);
-  EXPECT_EQ(i.Find("secret/c")->size, 5u);
-  EXPECT_EQ(i.Find("nope"), nullptr);
-  const Entry& a = i.entries()[2];
+  ASSERT_TRUE(i.Find("secret/c"));
+  EXPECT_EQ(i.Find("secret/c")->size(), 5u);
+  EXPECT_FALSE(i.Find("nope"));
+  const EntryView a = i.entries()[2];
   EXPECT_EQ(i.ChunksForRange(a, 0, 10), (ChunkRange{0, 3}));
   EXPECT_EQ(i.ChunksForRange(a, 5, 1), (ChunkRange{1, 1}));
   EXPECT_EQ(i.ChunksForRange(a, 7, 100), (ChunkRange{1, 2}));  // clipped to the file

@@ -104,8 +104,7 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::Open(
   index->toc_offset_ = footer.toc_offset;
   index->toc_size_ = footer.toc_size;
   index->toc_digest_ = pinned_toc_digest;  // equal to the actual digest, checked above
-  index->toc_ = std::move(toc);
-  index->IndexNames();
+  LC_RETURN_IF_ERROR(index->TakeToc(std::move(toc)));
   return std::shared_ptr<const LayerIndex>(std::move(index));
 }
 
@@ -149,41 +148,65 @@ Result<std::shared_ptr<const LayerIndex>> LayerIndex::FromVerifiedForeignToc(
   std::shared_ptr<LayerIndex> index(new LayerIndex());
   index->blob_size_ = blob_size;
   index->toc_digest_ = toc_digest;
-  index->toc_ = std::move(toc);
-  index->IndexNames();
+  LC_RETURN_IF_ERROR(index->TakeToc(std::move(toc)));
   return std::shared_ptr<const LayerIndex>(std::move(index));
 }
 
-void LayerIndex::IndexNames() {
-  const auto& entries = toc_.entries;
-  by_name_.resize(entries.size());
+Status LayerIndex::TakeToc(Toc toc) {
+  LC_ASSIGN_OR_RETURN(entries_, EntryTable::Pack(toc.entries));
+  toc.entries = {};  // the parse type's copy, freed before the name index is built
+  diff_id_ = toc.diff_id;
+  tar_size_ = toc.tar_size;
+  target_chunk_size_ = toc.target_chunk_size;
+  chunks_ = std::move(toc.chunks);
+  chunks_.shrink_to_fit();
+  prefetch_ = std::move(toc.prefetch);
+  prefetch_.shrink_to_fit();
+  by_name_.resize(entries_.size());
   std::iota(by_name_.begin(), by_name_.end(), 0u);
-  std::stable_sort(by_name_.begin(), by_name_.end(),
-                   [&](uint32_t a, uint32_t b) { return entries[a].name < entries[b].name; });
+  std::stable_sort(by_name_.begin(), by_name_.end(), [&](uint32_t a, uint32_t b) {
+    return entries_[a].name() < entries_[b].name();
+  });
+  return Status::Ok();
 }
 
-const Entry* LayerIndex::Find(std::string_view name) const {
-  const auto& entries = toc_.entries;
-  auto upper = std::upper_bound(by_name_.begin(), by_name_.end(), name,
-                                [&](std::string_view n, uint32_t i) { return n < entries[i].name; });
-  if (upper == by_name_.begin()) return nullptr;
-  const Entry& candidate = entries[*(upper - 1)];
-  return candidate.name == name ? &candidate : nullptr;
+std::optional<EntryView> LayerIndex::Find(std::string_view name) const {
+  auto upper = std::upper_bound(
+      by_name_.begin(), by_name_.end(), name,
+      [&](std::string_view n, uint32_t i) { return n < entries_[i].name(); });
+  if (upper == by_name_.begin()) return std::nullopt;
+  const EntryView candidate = entries_[*(upper - 1)];
+  if (candidate.name() != name) return std::nullopt;
+  return candidate;
+}
+
+size_t LayerIndex::memory_bytes() const {
+  return entries_.memory_bytes() + by_name_.capacity() * sizeof(uint32_t) +
+         chunks_.capacity() * sizeof(ChunkInfo) + prefetch_.capacity() * sizeof(uint32_t);
 }
 
 uint64_t LayerIndex::ChunkForTarOffset(uint64_t tar_offset) const {
-  const auto& chunks = toc_.chunks;
+  const auto& chunks = chunks_;
   auto it = std::upper_bound(chunks.begin(), chunks.end(), tar_offset,
                              [](uint64_t off, const ChunkInfo& c) { return off < c.tar_offset; });
   // chunks[0].tar_offset == 0, so `it` is past the first chunk.
   return static_cast<uint64_t>((it - chunks.begin()) - 1);
 }
 
+ChunkRange LayerIndex::ChunksForRange(EntryView entry, uint64_t offset, uint64_t length) const {
+  return ChunksForData(entry.type(), entry.data_offset(), entry.size(), offset, length);
+}
+
 ChunkRange LayerIndex::ChunksForRange(const Entry& entry, uint64_t offset, uint64_t length) const {
-  if (entry.type != EntryType::kRegular || offset >= entry.size || length == 0) return {};
-  uint64_t end = offset + std::min(length, entry.size - offset);
-  uint64_t first = ChunkForTarOffset(entry.data_offset + offset);
-  uint64_t last = ChunkForTarOffset(entry.data_offset + end - 1);
+  return ChunksForData(entry.type, entry.data_offset, entry.size, offset, length);
+}
+
+ChunkRange LayerIndex::ChunksForData(EntryType type, uint64_t data_offset, uint64_t size,
+                                     uint64_t offset, uint64_t length) const {
+  if (type != EntryType::kRegular || offset >= size || length == 0) return {};
+  uint64_t end = offset + std::min(length, size - offset);
+  uint64_t first = ChunkForTarOffset(data_offset + offset);
+  uint64_t last = ChunkForTarOffset(data_offset + end - 1);
   return {first, last - first + 1};
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "common/io.h"
 #include "common/status.h"
 #include "crypto/digest.h"
+#include "format/entry_table.h"
 #include "format/keys.h"
 #include "format/layout.h"
 #include "format/toc.h"
@@ -75,40 +77,54 @@ class LayerIndex {
   uint64_t toc_size() const { return toc_size_; }
   const crypto::Sha256Digest& toc_digest() const { return toc_digest_; }
   // SHA-256 of the uncompressed tar stream: the layer's diff_id.
-  const crypto::Sha256Digest& diff_id() const { return toc_.diff_id; }
-  uint64_t tar_size() const { return toc_.tar_size; }
-  uint32_t target_chunk_size() const { return toc_.target_chunk_size; }
+  const crypto::Sha256Digest& diff_id() const { return diff_id_; }
+  uint64_t tar_size() const { return tar_size_; }
+  uint32_t target_chunk_size() const { return target_chunk_size_; }
 
   // In tar stream order. Names may repeat (a later entry replaces an earlier one on extraction).
-  std::span<const Entry> entries() const { return toc_.entries; }
+  // Packed (entry_table.h): entries()[i] is an EntryView; .Materialize() gives a format::Entry.
+  const EntryTable& entries() const { return entries_; }
   // Regular files marked for prefetch at conversion time: strictly increasing indexes into
   // entries(), each of a kRegular entry (validated). Empty for layers without marks.
-  std::span<const uint32_t> prefetch_entries() const { return toc_.prefetch; }
-  // The last entry named `name` (normalized form, "." for the root), or nullptr.
-  const Entry* Find(std::string_view name) const;
+  std::span<const uint32_t> prefetch_entries() const { return prefetch_; }
+  // The last entry named `name` (normalized form, "." for the root), or nullopt.
+  std::optional<EntryView> Find(std::string_view name) const;
 
-  std::span<const ChunkInfo> chunks() const { return toc_.chunks; }
+  std::span<const ChunkInfo> chunks() const { return chunks_; }
   // The chunk holding tar stream byte `tar_offset`. REQUIRES tar_offset < tar_size().
   uint64_t ChunkForTarOffset(uint64_t tar_offset) const;
   // The chunks holding bytes [offset, offset + length) of a regular file's data, clipped to its
   // size (empty when nothing is left). REQUIRES entry is a regular entry of this index.
+  ChunkRange ChunksForRange(EntryView entry, uint64_t offset, uint64_t length) const;
   ChunkRange ChunksForRange(const Entry& entry, uint64_t offset, uint64_t length) const;
+  // Whether `entry` is a view of this index's entries (not of another layer's).
+  bool Holds(EntryView entry) const { return entry.table() == &entries_ && entry.index() < entries_.size(); }
   // Blob bytes [begin, end) holding the records of `range`. REQUIRES !range.empty(), in bounds.
-  uint64_t RecordsBegin(const ChunkRange& range) const { return toc_.chunks[range.first].blob_offset; }
+  uint64_t RecordsBegin(const ChunkRange& range) const { return chunks_[range.first].blob_offset; }
   uint64_t RecordsEnd(const ChunkRange& range) const {
-    return toc_.chunks[range.first + range.count - 1].blob_end();
+    return chunks_[range.first + range.count - 1].blob_end();
   }
+  // Heap bytes of the index's tables (entries, name index, chunks, marks): its own accounting.
+  size_t memory_bytes() const;
 
  private:
   LayerIndex() = default;
-  void IndexNames();  // fills by_name_ from toc_.entries
+  // Packs toc.entries (then freed) and keeps the rest of the TOC; fills by_name_.
+  Status TakeToc(Toc toc);
+  ChunkRange ChunksForData(EntryType type, uint64_t data_offset, uint64_t size, uint64_t offset,
+                           uint64_t length) const;
   BlobHeader header_;
   BlobHeaderBytes header_bytes_{};
   uint64_t blob_size_ = 0;
   uint64_t toc_offset_ = 0;
   uint64_t toc_size_ = 0;
   crypto::Sha256Digest toc_digest_{};
-  Toc toc_;
+  crypto::Sha256Digest diff_id_{};
+  uint64_t tar_size_ = 0;
+  uint32_t target_chunk_size_ = 0;
+  std::vector<ChunkInfo> chunks_;
+  std::vector<uint32_t> prefetch_;
+  EntryTable entries_;             // never moved once the index is built (views point at it)
   std::vector<uint32_t> by_name_;  // entry indexes sorted by name (stable: equal names in order)
 };
 

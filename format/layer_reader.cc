@@ -71,18 +71,19 @@ Result<std::shared_ptr<const std::vector<uint8_t>>> LayerReader::ReadChunk(uint6
   return std::shared_ptr<const std::vector<uint8_t>>(std::move(raw));
 }
 
-Result<size_t> LayerReader::ReadFile(const Entry& entry, uint64_t offset,
+Result<size_t> LayerReader::ReadFile(EntryView entry, uint64_t offset,
                                      MutableByteSpan out) const {
-  if (entry.type != EntryType::kRegular) {
-    return Status::InvalidArgument("ReadFile: entry is a " + std::string(EntryTypeName(entry.type)) +
-                                   ", not a regular file");
-  }
-  if (entry.data_offset > index_->tar_size() ||
-      entry.size > index_->tar_size() - entry.data_offset) {
+  if (!index_->Holds(entry)) {
     return Status::InvalidArgument("ReadFile: entry is not one of this layer's");
   }
-  if (offset >= entry.size || out.empty()) return size_t{0};
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry.size - offset));
+  if (entry.type() != EntryType::kRegular) {
+    return Status::InvalidArgument("ReadFile: entry is a " +
+                                   std::string(EntryTypeName(entry.type())) +
+                                   ", not a regular file");
+  }
+  const uint64_t entry_size = entry.size();
+  if (offset >= entry_size || out.empty()) return size_t{0};
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), entry_size - offset));
   const MutableByteSpan caller_out = out;
   out = out.first(n);
   const ChunkRange range = index_->ChunksForRange(entry, offset, n);
@@ -97,7 +98,7 @@ Result<size_t> LayerReader::ReadFile(const Entry& entry, uint64_t offset,
     return s;
   }
 
-  const uint64_t want_begin = entry.data_offset + offset;
+  const uint64_t want_begin = entry.data_offset() + offset;
   const uint64_t want_end = want_begin + n;
   auto chunks = index_->chunks();
   std::unique_ptr<uint8_t[]> partial;  // for chunks only partly inside `out`

@@ -33,7 +33,7 @@ class LayerReader {
   // are contiguous in the blob) and opens each; chunks wholly inside `out` are decrypted straight
   // into it. InvalidArgument unless entry is a regular file of this index. On any error `out`
   // is zeroed (never unauthenticated bytes).
-  Result<size_t> ReadFile(const Entry& entry, uint64_t offset, MutableByteSpan out) const;
+  Result<size_t> ReadFile(EntryView entry, uint64_t offset, MutableByteSpan out) const;
 
   // The raw bytes of chunk `index` (for a chunk cache). One ReadAt of its record.
   Result<std::shared_ptr<const std::vector<uint8_t>>> ReadChunk(uint64_t index) const;

@@ -164,8 +164,8 @@ void RunDecoders(PiecewiseBlob& blob, const crypto::Sha256Digest& pinned, bool d
   }
   const LayerIndex& li = **index;
   if (li.chunks().empty() || li.toc_offset() + li.toc_size() + kFooterSize != blob.size()) std::abort();
-  for (const Entry& e : li.entries()) {
-    if (li.Find(e.name) == nullptr) std::abort();
+  for (EntryView e : li.entries()) {
+    if (!li.Find(e.name())) std::abort();
   }
   if (!decode) return;
   DecryptOptions options;

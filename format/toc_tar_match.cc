@@ -96,6 +96,7 @@ Result<Entry> TocEntryFromTar(const tar::Entry& e) {
 class TocTarMatcher::Impl {
  public:
   explicit Impl(std::optional<std::span<const Entry>> expected) : expected_(expected) {}
+  explicit Impl(const EntryTable& table) : table_(&table) {}
   ~Impl() {
     {
       std::lock_guard lock(mu_);
@@ -131,14 +132,14 @@ class TocTarMatcher::Impl {
     }
     thread_.join();
     LC_RETURN_IF_ERROR(result_);
-    if (expected_) return Status::Ok();  // compared as the stream went
+    if (!collecting()) return Status::Ok();  // compared as the stream went
     if (!late) return Status::FailedPrecondition("TocTarMatcher: Finish needs the TOC's entries");
     const size_t n = std::min(late->size(), collected_.size());
     for (size_t i = 0; i < n; ++i) LC_RETURN_IF_ERROR(CompareEntry(i, (*late)[i], collected_[i]));
     return CountStatus(collected_.size(), late->size());
   }
 
-  bool collecting() const { return !expected_.has_value(); }
+  bool collecting() const { return !expected_.has_value() && table_ == nullptr; }
 
  private:
   // What the tar reader reads from: the span Feed is handing over, then EOF after Finish.
@@ -203,10 +204,11 @@ class TocTarMatcher::Impl {
       collected_.push_back(std::move(entry).value());
       return Status::Ok();
     }
-    if (index >= expected_->size()) {
-      return Mismatch("the TOC lists " + std::to_string(expected_->size()) +
+    if (index >= expected_size()) {
+      return Mismatch("the TOC lists " + std::to_string(expected_size()) +
                       " entries, the tar stream has more");
     }
+    if (table_ != nullptr) return CompareEntry(index, (*table_)[index].Materialize(), *entry);
     return CompareEntry(index, (*expected_)[index], *entry);
   }
 
@@ -221,7 +223,7 @@ class TocTarMatcher::Impl {
         break;
       }
       if (!next->has_value()) {
-        if (!collecting()) result = CountStatus(entries_seen_, expected_->size());
+        if (!collecting()) result = CountStatus(entries_seen_, expected_size());
         if (!result.ok()) break;
         // Only zero padding may follow the marker (FORMAT.md §5): bytes there are in the diff_id
         // but in no entry, a place to hide content from every reader. The message names no file.
@@ -239,7 +241,11 @@ class TocTarMatcher::Impl {
     cv_.notify_all();
   }
 
+  size_t expected_size() const { return table_ != nullptr ? table_->size() : expected_->size(); }
+
+  // What the stream is compared with as it goes: one of these (neither: collecting).
   const std::optional<std::span<const Entry>> expected_;
+  const EntryTable* const table_ = nullptr;  // materialized one entry at a time
   bool started_ = false;  // producer only
   std::thread thread_;
 
@@ -258,6 +264,8 @@ class TocTarMatcher::Impl {
 };
 
 TocTarMatcher::TocTarMatcher(std::span<const Entry> toc_entries)
+    : impl_(std::make_unique<Impl>(toc_entries)) {}
+TocTarMatcher::TocTarMatcher(const EntryTable& toc_entries)
     : impl_(std::make_unique<Impl>(toc_entries)) {}
 TocTarMatcher::TocTarMatcher() : impl_(std::make_unique<Impl>(std::nullopt)) {}
 TocTarMatcher::~TocTarMatcher() = default;

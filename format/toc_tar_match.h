@@ -11,6 +11,7 @@
 
 #include "common/io.h"
 #include "common/status.h"
+#include "format/entry_table.h"
 #include "format/toc.h"
 
 namespace lazycrypt::tar {
@@ -46,6 +47,8 @@ class TocTarMatcher {
   // Compares each entry as soon as it is parsed (fails at the first difference). `toc_entries`
   // must outlive the matcher.
   explicit TocTarMatcher(std::span<const Entry> toc_entries);
+  // The same over a LayerIndex's packed entries (one entry materialized at a time).
+  explicit TocTarMatcher(const EntryTable& toc_entries);
   // For the forward-only decoder, which reads the TOC after the tar stream: collects what the
   // stream holds (at most kMaxTocEntries entries) and compares it in Finish(toc_entries).
   TocTarMatcher();

@@ -550,15 +550,15 @@ class FuseMountImpl final : public FuseMount {
 
   // Reports `ino` to the access recorder unless it was reported before, by the name of the TOC
   // entry holding its data (for a hardlinked file, the name a prefetch mark applies to).
-  void RecordFirstOpen(uint64_t ino, const format::Entry& data) {
+  void RecordFirstOpen(uint64_t ino, format::EntryView data) {
     if (ino > table_->inode_count() || opened_[ino].exchange(true, std::memory_order_relaxed)) {
       return;
     }
-    options_.access_recorder->RecordAccess(data.name);
+    options_.access_recorder->RecordAccess(data.name());
   }
 
   // Logs a failed read once per (inode, chunk). Never logs file data.
-  void LogReadFailure(uint64_t ino, const format::Entry& entry, uint64_t offset, size_t size,
+  void LogReadFailure(uint64_t ino, format::EntryView entry, uint64_t offset, size_t size,
                       const Status& s) {
     format::ChunkRange chunks = layer_->index().ChunksForRange(entry, offset, std::max<size_t>(size, 1));
     uint64_t first = chunks.empty() ? 0 : chunks.first;
@@ -698,7 +698,7 @@ class FuseMountImpl final : public FuseMount {
     // (FuseMount::Resume) reads the same.
     fi->fh = 0;
     fi->keep_cache = 1;
-    if (self.options_.access_recorder) self.RecordFirstOpen(ino, **entry);
+    if (self.options_.access_recorder) self.RecordFirstOpen(ino, *entry);
     fuse_reply_open(req, fi);
   }
 
@@ -710,20 +710,21 @@ class FuseMountImpl final : public FuseMount {
       fuse_reply_err(req, data.ok() ? EINVAL : StatusToErrno(data.status()));
       return;
     }
-    const format::Entry* entry = *data;
+    const format::EntryView entry = *data;
+    const uint64_t file_size = entry.size();
     uint64_t offset = static_cast<uint64_t>(off);
-    if (offset >= entry->size || size == 0) {
+    if (offset >= file_size || size == 0) {
       fuse_reply_buf(req, nullptr, 0);
       return;
     }
-    size_t want = static_cast<size_t>(std::min<uint64_t>(size, entry->size - offset));
+    size_t want = static_cast<size_t>(std::min<uint64_t>(size, file_size - offset));
     // Replies straight from the opened chunks (no copy in user space); the view keeps them
     // alive until the kernel has copied them.
-    auto view = self.layer_->ViewFile(*entry, offset, want);
+    auto view = self.layer_->ViewFile(entry, offset, want);
     if (!view.ok()) {
       // A quarantined layer's failure was logged once, by layer, without file names.
       if (!self.layer_->quarantined()) {
-        self.LogReadFailure(ino, *entry, offset, want, view.status());
+        self.LogReadFailure(ino, entry, offset, want, view.status());
       }
       fuse_reply_err(req, EIO);
       return;
@@ -737,7 +738,7 @@ class FuseMountImpl final : public FuseMount {
     // A read smaller than the chunks it opened (a random read; sequential reads are large and
     // the kernel's read-ahead covers them): give the rest of those chunks to the page cache.
     if (self.filler_ && want < kSmallReadBytes) {
-      self.filler_->Add({ino, entry->size, offset, offset + want, std::move(*view)});
+      self.filler_->Add({ino, file_size, offset, offset + want, std::move(*view)});
     }
   }
   // Reads below this size count as random for PageCacheFiller (the kernel's read-ahead sends

@@ -13,20 +13,21 @@ constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
 constexpr std::string_view kOverlayXattrPrefix = "trusted.overlay.";
 constexpr std::string_view kOpaqueXattr = "trusted.overlay.opaque";
+constexpr uint32_t kNoEntry = UINT32_MAX;
 
 // A node while the tree is being built (indexes into a vector; index 0 is the root).
 struct BuildNode {
   uint32_t mode = 0;  // type | permission bits
-  uint64_t uid = 0, gid = 0;
-  int64_t mtime_sec = 0;
-  uint32_t mtime_nsec = 0;
+  // The entry whose owner and mtime the node shows (regular files: also its data), or kNoEntry
+  // (implied directories, a root without "." entry: root-owned, mtime 0).
+  uint32_t meta = kNoEntry;
   dev_t rdev = 0;
-  uint64_t size = 0;
-  const format::Entry* data = nullptr;  // regular files
-  std::string link_target;              // symlinks
+  std::string_view link_target;  // symlinks (points into the entry table)
   XattrMap xattrs;
   bool opaque = false;
-  std::map<std::string, size_t, std::less<>> children;  // directories
+  // Directories. Names point into the entry table's arena (every name here is a component of
+  // an entry's name), so the build copies no name.
+  std::map<std::string_view, size_t> children;
   bool is_dir() const { return S_ISDIR(mode); }
 };
 
@@ -43,19 +44,16 @@ uint32_t TypeBits(format::EntryType type) {
   return 0;
 }
 
-void MergeXattrs(const XattrMap& from, XattrMap& into) {
+void MergeXattrs(std::span<const format::XattrView> from, XattrMap& into) {
   for (const auto& [name, value] : from) {
-    if (std::string_view(name).starts_with(kOverlayXattrPrefix) && name != kOpaqueXattr) continue;
-    into[name] = value;
+    if (name.starts_with(kOverlayXattrPrefix) && name != kOpaqueXattr) continue;
+    into[std::string(name)] = std::string(value);
   }
 }
 
-void TakeMetadata(const format::Entry& e, BuildNode& n) {
-  n.mode = (n.mode & S_IFMT) | (e.mode & 07777);
-  n.uid = e.uid;
-  n.gid = e.gid;
-  n.mtime_sec = e.mtime_sec;
-  n.mtime_nsec = e.mtime_nsec;
+void TakeMetadata(format::EntryView e, BuildNode& n) {
+  n.mode = (n.mode & S_IFMT) | (e.mode() & 07777);
+  n.meta = e.index();
 }
 
 class TreeBuilder {
@@ -66,17 +64,18 @@ class TreeBuilder {
     nodes_.push_back(std::move(root));
   }
 
-  Status Add(const format::Entry& e) {
-    if (e.name == ".") {
-      if (e.type != format::EntryType::kDirectory) {
+  Status Add(format::EntryView e) {
+    const format::EntryType type = e.type();
+    if (e.name() == ".") {
+      if (type != format::EntryType::kDirectory) {
         return Status::Corruption("the root is a " +
-                                  std::string(format::EntryTypeName(e.type)) + ", not a directory");
+                                  std::string(format::EntryTypeName(type)) + ", not a directory");
       }
       TakeMetadata(e, nodes_[0]);
-      MergeXattrs(e.xattrs, nodes_[0].xattrs);
+      MergeXattrs(e.xattrs(), nodes_[0].xattrs);
       return Status::Ok();
     }
-    std::string_view name = e.name;
+    std::string_view name = e.name();
     size_t slash = name.rfind('/');
     std::string_view dir_path = slash == std::string_view::npos ? "" : name.substr(0, slash);
     std::string_view base = slash == std::string_view::npos ? name : name.substr(slash + 1);
@@ -93,32 +92,29 @@ class TreeBuilder {
       }
       BuildNode w;
       w.mode = S_IFCHR;  // permission bits 0, device 0/0: what overlayfs takes as a whiteout
-      w.uid = e.uid;
-      w.gid = e.gid;
-      w.mtime_sec = e.mtime_sec;
-      w.mtime_nsec = e.mtime_nsec;
+      w.meta = e.index();
       Place(parent, hidden, NewNode(std::move(w)));
       return Status::Ok();
     }
 
     auto existing = nodes_[parent].children.find(base);
-    switch (e.type) {
+    switch (type) {
       case format::EntryType::kDirectory: {
         if (existing != nodes_[parent].children.end() && nodes_[existing->second].is_dir()) {
           BuildNode& d = nodes_[existing->second];
           TakeMetadata(e, d);
-          MergeXattrs(e.xattrs, d.xattrs);
+          MergeXattrs(e.xattrs(), d.xattrs);
           return Status::Ok();
         }
         BuildNode d;
         d.mode = S_IFDIR;
         TakeMetadata(e, d);
-        MergeXattrs(e.xattrs, d.xattrs);
+        MergeXattrs(e.xattrs(), d.xattrs);
         Place(parent, base, NewNode(std::move(d)));
         return Status::Ok();
       }
       case format::EntryType::kHardlink: {
-        LC_ASSIGN_OR_RETURN(size_t target, ResolveExisting(e.link_target));
+        LC_ASSIGN_OR_RETURN(size_t target, ResolveExisting(e.link_target()));
         if (target == kMissing) {
           return Status::Corruption("hardlink target does not exist (no earlier entry)");
         }
@@ -130,20 +126,19 @@ class TreeBuilder {
       }
       default: {
         BuildNode n;
-        n.mode = TypeBits(e.type);
+        n.mode = TypeBits(type);
         if (n.mode == 0) {
           return Status::Corruption("unknown type");
         }
         TakeMetadata(e, n);
-        MergeXattrs(e.xattrs, n.xattrs);
-        if (e.type == format::EntryType::kRegular) {
-          n.size = e.size;
-          n.data = &e;
-        } else if (e.type == format::EntryType::kSymlink) {
-          n.link_target = e.link_target;
-        } else if (e.type == format::EntryType::kCharDevice ||
-                   e.type == format::EntryType::kBlockDevice) {
-          n.rdev = makedev(e.dev_major, e.dev_minor);
+        MergeXattrs(e.xattrs(), n.xattrs);
+        if (type == format::EntryType::kRegular) {
+          // n.meta (set above) is the entry holding the data.
+        } else if (type == format::EntryType::kSymlink) {
+          n.link_target = e.link_target();
+        } else if (type == format::EntryType::kCharDevice ||
+                   type == format::EntryType::kBlockDevice) {
+          n.rdev = makedev(e.dev_major(), e.dev_minor());
         }
         Place(parent, base, NewNode(std::move(n)));
         return Status::Ok();
@@ -166,7 +161,7 @@ class TreeBuilder {
     auto& children = nodes_[parent].children;
     auto it = children.find(name);
     if (it == children.end()) {
-      children.emplace(std::string(name), child);
+      children.emplace(name, child);
     } else {
       it->second = child;
     }
@@ -185,7 +180,7 @@ class TreeBuilder {
         BuildNode d;
         d.mode = S_IFDIR | 0755;
         size_t idx = NewNode(std::move(d));
-        nodes_[cur].children.emplace(std::string(comp), idx);
+        nodes_[cur].children.emplace(comp, idx);
         cur = idx;
       } else {
         if (!nodes_[it->second].is_dir()) {
@@ -218,51 +213,40 @@ class TreeBuilder {
   std::vector<BuildNode> nodes_;
 };
 
-// One inode, packed (64 bytes): what every inode has. Names live in one buffer (names_), the
-// listings in one array (dirents_); what few inodes have (a symlink target, xattrs, a device
-// number) in extras_.
+// One inode, packed (32 bytes): what every inode has. Owner, mtime and a regular file's size
+// and data come from its entry in the layer's EntryTable (`meta`); names are views into that
+// table's arena; the listings are in one array (dirents_); what few inodes have (a symlink
+// target, xattrs, a device number) in extras_.
 struct Node {
   uint32_t mode = 0;
   uint32_t nlink = 0;
-  uint32_t uid = 0, gid = 0;  // st_uid/st_gid are 32 bits
-  int64_t mtime_sec = 0;
-  uint32_t mtime_nsec = 0;
+  uint32_t meta = kNoEntry;       // the entry shown (see BuildNode::meta)
   uint32_t parent = kRootInode;   // the directory of the first path (depth first)
-  uint64_t size = 0;              // regular files
   uint32_t first_child = 0;       // directories: dirents_[first_child, first_child + child_count)
   uint32_t child_count = 0;
   uint32_t name_dirent = kNone;   // a dirent in `parent` naming this inode (Path); root: none
   uint32_t extra = kNone;         // index into extras_, or none
-  const format::Entry* data = nullptr;  // regular files
   static constexpr uint32_t kNone = UINT32_MAX;
 };
-static_assert(sizeof(Node) <= 64, "an inode should stay one cache line");
+static_assert(sizeof(Node) == 32, "the per-inode cost of a mounted layer");
+static_assert(sizeof(DirEntry) == 24, "the per-name cost of a mounted layer");
 
 struct Extra {
-  std::string link_target;  // symlinks
+  std::string_view link_target;  // symlinks (points into the entry table)
   XattrMap xattrs;
   dev_t rdev = 0;
 };
 
 class InodeTableImpl final : public InodeTable {
  public:
-  InodeTableImpl(std::vector<Node> nodes, std::vector<DirEntry> dirents, std::string names,
-                 std::vector<Extra> extras)
-      : nodes_(std::move(nodes)),
+  InodeTableImpl(const format::EntryTable& entries, std::vector<Node> nodes,
+                 std::vector<DirEntry> dirents, std::vector<Extra> extras)
+      : entries_(entries),
+        nodes_(std::move(nodes)),
         dirents_(std::move(dirents)),
-        names_(std::move(names)),
         extras_(std::move(extras)) {
     has_xattrs_ = std::any_of(extras_.begin(), extras_.end(),
                               [](const Extra& e) { return !e.xattrs.empty(); });
-  }
-
-  // Points each dirent's name into names_ (offset and length per dirent). Build calls it once,
-  // before the table is shared.
-  void SetNames(const std::vector<std::pair<size_t, size_t>>& at) {
-    const std::string_view all(names_);
-    for (size_t i = 0; i < dirents_.size(); ++i) {
-      dirents_[i].name = all.substr(at[i].first, at[i].second);
-    }
   }
 
   Result<uint64_t> Lookup(uint64_t parent, std::string_view name) const override {
@@ -273,7 +257,7 @@ class InodeTableImpl final : public InodeTable {
       // Names stay out of the message: the directory's path is decrypted data.
       return Status::NotFound("no such entry in directory inode " + std::to_string(parent));
     }
-    return it->ino;
+    return uint64_t{it->ino};
   }
 
   Result<struct stat> Attr(uint64_t ino) const override {
@@ -283,20 +267,22 @@ class InodeTableImpl final : public InodeTable {
     st.st_ino = ino;
     st.st_mode = n->mode;
     st.st_nlink = n->nlink;
-    st.st_uid = n->uid;
-    st.st_gid = n->gid;
+    if (n->meta != kNoEntry) {
+      const format::EntryView e = entries_[n->meta];
+      st.st_uid = static_cast<uint32_t>(e.uid());  // st_uid/st_gid are 32 bits
+      st.st_gid = static_cast<uint32_t>(e.gid());
+      st.st_mtim.tv_sec = e.mtime_sec();
+      st.st_mtim.tv_nsec = e.mtime_nsec();
+      if (S_ISREG(n->mode)) st.st_size = static_cast<off_t>(e.size());
+    }
     st.st_rdev = x ? x->rdev : 0;
-    if (S_ISREG(n->mode)) {
-      st.st_size = static_cast<off_t>(n->size);
-    } else if (S_ISLNK(n->mode)) {
+    if (S_ISLNK(n->mode)) {
       st.st_size = static_cast<off_t>(x ? x->link_target.size() : 0);
     } else if (S_ISDIR(n->mode)) {
       st.st_size = 4096;
     }
     st.st_blksize = 4096;
     st.st_blocks = (st.st_size + 511) / 512;
-    st.st_mtim.tv_sec = n->mtime_sec;
-    st.st_mtim.tv_nsec = n->mtime_nsec;
     st.st_atim = st.st_mtim;
     st.st_ctim = st.st_mtim;
     return st;
@@ -324,7 +310,7 @@ class InodeTableImpl final : public InodeTable {
       return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a symlink");
     }
     const Extra* x = ExtraOf(*n);
-    return x ? std::string_view(x->link_target) : std::string_view();
+    return x ? x->link_target : std::string_view();
   }
 
   Result<const XattrMap*> Xattrs(uint64_t ino) const override {
@@ -334,12 +320,12 @@ class InodeTableImpl final : public InodeTable {
   }
   bool has_xattrs() const override { return has_xattrs_; }
 
-  Result<const format::Entry*> DataEntry(uint64_t ino) const override {
+  Result<format::EntryView> DataEntry(uint64_t ino) const override {
     LC_ASSIGN_OR_RETURN(const Node* n, Get(ino));
-    if (!S_ISREG(n->mode) || n->data == nullptr) {
+    if (!S_ISREG(n->mode) || n->meta == kNoEntry) {
       return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a regular file");
     }
-    return n->data;
+    return entries_[n->meta];
   }
 
   std::string Path(uint64_t ino) const override {
@@ -359,6 +345,15 @@ class InodeTableImpl final : public InodeTable {
 
   uint64_t inode_count() const override { return nodes_.size() - 1; }
 
+  size_t memory_bytes() const override {
+    size_t bytes = nodes_.capacity() * sizeof(Node) + dirents_.capacity() * sizeof(DirEntry) +
+                   extras_.capacity() * sizeof(Extra);
+    for (const Extra& x : extras_) {
+      for (const auto& [k, v] : x.xattrs) bytes += 64 + k.capacity() + v.capacity();
+    }
+    return bytes;
+  }
+
  private:
   Result<const Node*> Get(uint64_t ino) const {
     if (ino < kRootInode || ino >= nodes_.size()) {
@@ -370,9 +365,9 @@ class InodeTableImpl final : public InodeTable {
     return n.extra == Node::kNone ? nullptr : &extras_[n.extra];
   }
 
-  std::vector<Node> nodes_;        // index == inode number; [0] unused
-  std::vector<DirEntry> dirents_;  // every listing, each sorted by name; names point into names_
-  std::string names_;              // never changes after construction (dirents_ point into it)
+  const format::EntryTable& entries_;  // owner, mtime, size and data; names point into it
+  std::vector<Node> nodes_;            // index == inode number; [0] unused
+  std::vector<DirEntry> dirents_;      // every listing, each sorted by name
   std::vector<Extra> extras_;
   const XattrMap no_xattrs_;
   bool has_xattrs_ = false;
@@ -380,7 +375,7 @@ class InodeTableImpl final : public InodeTable {
 
 }  // namespace
 
-Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const format::Entry> entries) {
+Result<std::unique_ptr<const InodeTable>> InodeTable::Build(const format::EntryTable& entries) {
   TreeBuilder builder;
   // Errors give the entry's index, never its name or link target: they reach logs and
   // containerd (pod events), and the names in a TOC are confidential (FORMAT.md §4).
@@ -391,7 +386,7 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const form
     }
   }
   std::vector<BuildNode>& built = builder.nodes();
-  // Inode numbers, name offsets and listing indexes are 32 bits in the packed table.
+  // Inode numbers and listing indexes are 32 bits in the packed table.
   if (built.size() >= Node::kNone) {
     return Status::InvalidArgument("the layer has more than 2^32 - 2 inodes");
   }
@@ -419,18 +414,13 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const form
     BuildNode& b = built[p.idx];
     Node n;
     n.mode = b.mode;
-    n.uid = static_cast<uint32_t>(b.uid);
-    n.gid = static_cast<uint32_t>(b.gid);
-    n.mtime_sec = b.mtime_sec;
-    n.mtime_nsec = b.mtime_nsec;
-    n.size = b.size;
+    n.meta = b.meta;
     n.nlink = b.is_dir() ? 2 : 1;
     n.parent = p.parent;
-    n.data = b.data;
     if (b.opaque) b.xattrs[std::string(kOpaqueXattr)] = "y";
     if (S_ISLNK(b.mode) || !b.xattrs.empty() || b.rdev != 0) {
       n.extra = static_cast<uint32_t>(extras.size());
-      extras.push_back({std::move(b.link_target), std::move(b.xattrs), b.rdev});
+      extras.push_back({b.link_target, std::move(b.xattrs), b.rdev});
     }
     nodes.push_back(n);
     build_index.push_back(static_cast<uint32_t>(p.idx));
@@ -438,11 +428,16 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const form
       stack.push_back({c->second, ino});
     }
   }
-
-  // The listings, in inode order, names appended to one buffer (views set once it is complete).
-  std::string names;
+  // The listings, in inode order; names stay where they are (the entry table's arena).
+  size_t dirent_count = 0;
+  for (uint32_t ino = kRootInode; ino < nodes.size(); ++ino) {
+    dirent_count += built[build_index[ino]].children.size();
+  }
+  if (dirent_count >= Node::kNone) {
+    return Status::InvalidArgument("the layer has more than 2^32 - 2 names");
+  }
   std::vector<DirEntry> dirents;
-  std::vector<std::pair<size_t, size_t>> name_at;  // per dirent: offset and length in `names`
+  dirents.reserve(dirent_count);
   for (uint32_t ino = kRootInode; ino < nodes.size(); ++ino) {
     BuildNode& b = built[build_index[ino]];
     if (!b.is_dir()) continue;
@@ -454,21 +449,14 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(std::span<const form
       if (nodes[child].parent == ino && nodes[child].name_dirent == Node::kNone) {
         nodes[child].name_dirent = static_cast<uint32_t>(dirents.size());
       }
-      name_at.emplace_back(names.size(), name.size());
-      names += name;
-      dirents.push_back({std::string_view(), child, nodes[child].mode});
+      dirents.push_back({name, child, nodes[child].mode});
       if (S_ISDIR(nodes[child].mode)) ++dir.nlink;
     }
-    b.children.clear();  // the build's copy of the names, freed as we go
+    b.children.clear();  // the build's map, freed as we go
   }
-  if (dirents.size() >= Node::kNone) {
-    return Status::InvalidArgument("the layer has more than 2^32 - 2 names");
-  }
-  // Views into `names` are made once the table owns it (a short string moves by copy).
-  auto table = std::make_unique<InodeTableImpl>(std::move(nodes), std::move(dirents),
-                                                std::move(names), std::move(extras));
-  table->SetNames(name_at);
-  return std::unique_ptr<const InodeTable>(std::move(table));
+  extras.shrink_to_fit();
+  return std::unique_ptr<const InodeTable>(std::make_unique<InodeTableImpl>(
+      entries, std::move(nodes), std::move(dirents), std::move(extras)));
 }
 
 }  // namespace lazycrypt::fusefs

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "common/status.h"
+#include "format/entry_table.h"
 #include "format/toc.h"
 
 namespace lazycrypt::fusefs {
@@ -23,8 +24,10 @@ inline constexpr uint64_t kRootInode = 1;
 using XattrMap = std::map<std::string, std::string>;
 
 struct DirEntry {
-  std::string_view name;  // one path component; never "", "." or "..". Points into the table.
-  uint64_t ino = 0;
+  // One path component; never "", "." or "..". Points into the entries' arena
+  // (format::EntryTable::arena()): every component is part of some entry's name.
+  std::string_view name;
+  uint32_t ino = 0;   // inode numbers are 32 bits in the table (Build refuses more)
   uint32_t mode = 0;  // type bits | permission bits (as st_mode)
 };
 
@@ -46,14 +49,14 @@ struct DirEntry {
 // Inode numbers are assigned once, depth first in name order from kRootInode, and never change.
 // nlink: directories 2 + subdirectories; others the number of names sharing the inode.
 //
-// Immutable after Build, hence thread-safe. The entries passed to Build must outlive the table
-// (DataEntry points into them).
-// Memory: a packed 64-byte record per inode, a 32-byte DirEntry per name plus the name's bytes
-// in one buffer; symlink targets, xattrs and device numbers only for the inodes that have them.
-// Paths are not stored (Path walks the parents).
+// Immutable after Build, hence thread-safe. The entry table passed to Build must outlive the
+// table (a LayerIndex's: owners, mtimes, sizes, names and link targets are read from it).
+// Memory: a packed 32-byte record per inode, a 24-byte DirEntry per name (the name's bytes are
+// the entry table's); symlink targets, xattrs and device numbers only for the inodes that have
+// them. Paths are not stored (Path walks the parents).
 class InodeTable {
  public:
-  static Result<std::unique_ptr<const InodeTable>> Build(std::span<const format::Entry> entries);
+  static Result<std::unique_ptr<const InodeTable>> Build(const format::EntryTable& entries);
   virtual ~InodeTable() = default;
 
   // NotFound when `parent` is unknown or has no child `name`; FailedPrecondition when `parent`
@@ -76,11 +79,13 @@ class InodeTable {
   virtual bool has_xattrs() const = 0;
   // The TOC entry holding the data of regular file `ino` (for LayerData::ReadFile).
   // InvalidArgument unless `ino` is a regular file.
-  virtual Result<const format::Entry*> DataEntry(uint64_t ino) const = 0;
+  virtual Result<format::EntryView> DataEntry(uint64_t ino) const = 0;
   // One path of `ino` relative to the root ("" for the root), for logs and the open recorder.
   virtual std::string Path(uint64_t ino) const = 0;
   // Number of inodes in the tree (root included).
   virtual uint64_t inode_count() const = 0;
+  // Heap bytes of the table's own records (not the entry table's): its own accounting.
+  virtual size_t memory_bytes() const = 0;
 };
 
 }  // namespace lazycrypt::fusefs

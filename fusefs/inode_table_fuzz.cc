@@ -52,7 +52,7 @@ void Walk(const InodeTable& table) {
         Check(target.ok() && attr->st_size == static_cast<off_t>(target->size()));
       } else if (S_ISREG(attr->st_mode)) {
         auto entry = table.DataEntry(child.ino);
-        Check(entry.ok() && (*entry)->type == format::EntryType::kRegular);
+        Check(entry.ok() && entry->type() == format::EntryType::kRegular);
         Check(attr->st_size == static_cast<off_t>((*entry)->size));
       } else {
         Check(!table.DataEntry(child.ino).ok());
@@ -67,7 +67,9 @@ void Walk(const InodeTable& table) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto toc = format::ParseToc(ByteSpan(data, size));
   if (!toc.ok()) return 0;
-  auto table = InodeTable::Build(toc->entries);
+  auto packed = format::EntryTable::Pack(toc->entries);
+  if (!packed.ok()) return 0;
+  auto table = InodeTable::Build(*packed);
   if (!table.ok()) {
     Check(!table.status().ok());
     return 0;

@@ -50,8 +50,11 @@ Entry Link(std::string name, std::string target, EntryType type = EntryType::kHa
 // A table with the entries it points into (Build's contract: entries outlive the table).
 class Tree {
  public:
-  explicit Tree(std::vector<Entry> entries)
-      : entries_(std::make_unique<std::vector<Entry>>(std::move(entries))) {
+  explicit Tree(const std::vector<Entry>& entries) {
+    auto packed = format::EntryTable::Pack(entries);
+    EXPECT_TRUE(packed.ok()) << packed.status().ToString();
+    if (!packed.ok()) return;
+    entries_ = std::make_unique<format::EntryTable>(std::move(packed).value());
     auto t = InodeTable::Build(*entries_);
     EXPECT_TRUE(t.ok()) << t.status().ToString();
     if (t.ok()) table_ = std::move(t).value();
@@ -61,9 +64,18 @@ class Tree {
   const InodeTable* operator->() const { return table_.get(); }
 
  private:
-  std::unique_ptr<std::vector<Entry>> entries_;
+  std::unique_ptr<format::EntryTable> entries_;
   std::unique_ptr<const InodeTable> table_;
 };
+
+// For the entries Build refuses: the packed entries die with the call (no table outlives them).
+Result<bool> BuildError(const std::vector<Entry>& entries) {
+  auto packed = format::EntryTable::Pack(entries);
+  if (!packed.ok()) return packed.status();
+  auto built = InodeTable::Build(*packed);
+  if (!built.ok()) return built.status();
+  return true;
+}
 
 Tree BuildOk(std::vector<Entry> entries) { return Tree(std::move(entries)); }
 
@@ -164,7 +176,7 @@ TEST(InodeTable, AttributesOfEveryType) {
   EXPECT_EQ(t->Readlink(Resolve(*t, "f")).status().code(), StatusCode::kInvalidArgument);
   auto data = t->DataEntry(Resolve(*t, "f"));
   ASSERT_TRUE(data.ok());
-  EXPECT_EQ((*data)->name, "f");
+  EXPECT_EQ(data->name(), "f");
   EXPECT_FALSE(t->DataEntry(Resolve(*t, "dev")).ok());
   EXPECT_FALSE(t->DataEntry(Resolve(*t, "sym")).ok());
 }
@@ -247,7 +259,7 @@ TEST(InodeTable, HardlinksShareOneInodeAndCountNames) {
   EXPECT_EQ(st.st_size, 42);
   EXPECT_EQ(st.st_mode, S_IFREG | 0644u);  // the inode's own metadata, not the link header's
   EXPECT_EQ((*t->Xattrs(Resolve(*t, "h1")))->at("user.k"), "v");
-  EXPECT_EQ((*t->DataEntry(Resolve(*t, "h1")))->name, "dir/f");
+  EXPECT_EQ(t->DataEntry(Resolve(*t, "h1"))->name(), "dir/f");
 }
 
 TEST(InodeTable, HardlinkKeepsInodeWhenTargetNameIsReplacedAndNlinkCountsOnlyReachableNames) {
@@ -264,23 +276,23 @@ TEST(InodeTable, HardlinkKeepsInodeWhenTargetNameIsReplacedAndNlinkCountsOnlyRea
 }
 
 TEST(InodeTable, RejectsHardlinkToMissingOrDirectoryTarget) {
-  auto missing = InodeTable::Build(std::vector<Entry>{File("a"), Link("h", "nope")});
+  auto missing = BuildError(std::vector<Entry>{File("a"), Link("h", "nope")});
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kCorruption);
   EXPECT_THAT(missing.status().message(), HasSubstr("TOC entry 1: hardlink target does not exist"));
   EXPECT_THAT(missing.status().message(), Not(HasSubstr("nope")));  // names are confidential
-  auto dir = InodeTable::Build(std::vector<Entry>{Dir("d"), Link("h", "d")});
+  auto dir = BuildError(std::vector<Entry>{Dir("d"), Link("h", "d")});
   ASSERT_FALSE(dir.ok());
   EXPECT_THAT(dir.status().message(), HasSubstr("is a directory"));
 }
 
 TEST(InodeTable, RejectsFileAsParentAndNonDirectoryRoot) {
-  auto t = InodeTable::Build(std::vector<Entry>{File("a"), File("a/b")});
+  auto t = BuildError(std::vector<Entry>{File("a"), File("a/b")});
   ASSERT_FALSE(t.ok());
   EXPECT_EQ(t.status().code(), StatusCode::kCorruption);
   EXPECT_THAT(t.status().message(), HasSubstr("TOC entry 1: a parent directory is not a directory"));
   EXPECT_THAT(t.status().message(), Not(HasSubstr("'a")));
-  auto root = InodeTable::Build(std::vector<Entry>{File(".")});
+  auto root = BuildError(std::vector<Entry>{File(".")});
   ASSERT_FALSE(root.ok());
   EXPECT_THAT(root.status().message(), HasSubstr("not a directory"));
 }
@@ -332,7 +344,7 @@ TEST(InodeTable, OpaqueMarkerSetsXattrAndIsNotListed) {
 
 TEST(InodeTable, WhiteoutOfDotDotOrEmptyNameIsRejected) {
   for (const char* bad : {"d/.wh...", "d/.wh..", ".wh."}) {
-    auto t = InodeTable::Build(std::vector<Entry>{File(bad)});
+    auto t = BuildError(std::vector<Entry>{File(bad)});
     ASSERT_FALSE(t.ok()) << bad;
     EXPECT_EQ(t.status().code(), StatusCode::kCorruption) << bad;
     EXPECT_THAT(t.status().message(), HasSubstr("names no file")) << bad;

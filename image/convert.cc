@@ -588,12 +588,13 @@ ImageInfo InspectLoaded(ImageSource& src, const LoadedImage& image,
             li.file_count = index.entries().size();
             li.prefetch_count = index.prefetch_entries().size();
             for (uint32_t i : index.prefetch_entries()) {
-              li.prefetch_files.push_back(index.entries()[i].name);
+              li.prefetch_files.push_back(std::string(index.entries()[i].name()));
             }
             if (options.list_files) {
-              for (const format::Entry& e : index.entries()) {
-                li.files.push_back({e.name, std::string(format::EntryTypeName(e.type)), e.mode,
-                                    e.uid, e.gid, e.size, e.link_target});
+              for (format::EntryView e : index.entries()) {
+                li.files.push_back({std::string(e.name()), std::string(format::EntryTypeName(e.type())),
+                                    e.mode(), e.uid(), e.gid(), e.size(),
+                                    std::string(e.link_target())});
               }
               for (uint32_t i : index.prefetch_entries()) li.files[i].prefetch = true;
             }

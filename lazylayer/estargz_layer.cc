@@ -331,17 +331,16 @@ class MountedEstargzLayer::Data final : public cache::LayerData {
   std::span<const uint8_t> key() const { return key_.span(); }
   const std::vector<uint8_t>& nonce() const { return nonce_; }
 
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
     if (quarantined()) {
       quarantined_reads_.fetch_add(1, std::memory_order_relaxed);
       return Status::AuthFailed("layer quarantined: it failed its verification");
     }
-    const auto entries = index_->entries();
-    if (&entry < entries.data() || &entry >= entries.data() + entries.size()) {
+    if (!index_->Holds(entry)) {
       return Status::InvalidArgument("estargz layer: not an entry of this layer");
     }
-    const auto i = static_cast<uint32_t>(&entry - entries.data());
+    const uint32_t i = entry.index();
     if (i == ez_->entries().size()) {  // /stargz.index.json: the pinned TOC JSON
       if (offset >= toc_json_.size()) return size_t{0};
       const size_t n =
@@ -736,7 +735,7 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
     sha.Update(raw);
     return Status::Ok();
   });
-  const auto served = data_->index().entries();
+  const auto& served = data_->index().entries();
   const estargz::Index& ez = data_->ez();
   // Tar errors name the entry; the layer's names are confidential (they would reach the
   // quarantine record, Check's refusals and containerd's events): by number only.
@@ -774,7 +773,7 @@ Status MountedEstargzLayer::VerifyOnce(const EstargzMountOptions& options) {
     }
     auto got = format::TocEntryFromTar(*e);
     if (!got.ok()) return redacted(got.status(), k);
-    LC_RETURN_IF_ERROR(SameMetadata(served[k], *got, k));
+    LC_RETURN_IF_ERROR(SameMetadata(served[k].Materialize(), *got, k));
     // The data too: each chunk the mount serves is the bytes at that place in the tar, and the
     // synthesized /stargz.index.json is the tar's last file, the pinned TOC.
     if (k < ez.entries().size()) {

@@ -99,12 +99,12 @@ class QuarantinableLayer final : public cache::LayerData {
  public:
   explicit QuarantinableLayer(std::unique_ptr<cache::LayerData> inner) : inner_(std::move(inner)) {}
   const format::LayerIndex& index() const override { return inner_->index(); }
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
     if (quarantined()) return Status::AuthFailed("layer quarantined");
     return inner_->ReadFile(entry, offset, out);
   }
-  Result<cache::FileView> ViewFile(const format::Entry& entry, uint64_t offset,
+  Result<cache::FileView> ViewFile(format::EntryView entry, uint64_t offset,
                                    size_t size) override {
     if (quarantined()) return Status::AuthFailed("layer quarantined");
     return inner_->ViewFile(entry, offset, size);

@@ -342,8 +342,8 @@ TEST(FuseMountTamper, TamperedChunkIsEioOtherFilesReadFine) {
   // Flip a byte inside the sealed payload of the chunk holding a.bin's byte 100000 (the index is
   // already open: only chunk reads see the damage).
   const format::LayerIndex& index = m->data->index();
-  const format::Entry* ea = index.Find("a.bin");
-  ASSERT_NE(ea, nullptr);
+  std::optional<format::EntryView> ea = index.Find("a.bin");
+  ASSERT_TRUE(ea);
   format::ChunkRange bad = index.ChunksForRange(*ea, 100000, 1);
   ASSERT_FALSE(bad.empty());
   const format::ChunkInfo& chunk = index.chunks()[bad.first];

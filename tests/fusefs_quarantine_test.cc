@@ -72,15 +72,15 @@ class QuarantinableLayer final : public cache::LayerData {
  public:
   explicit QuarantinableLayer(std::unique_ptr<cache::LayerData> inner) : inner_(std::move(inner)) {}
   const format::LayerIndex& index() const override { return inner_->index(); }
-  Result<size_t> ReadFile(const format::Entry& entry, uint64_t offset,
+  Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
     if (quarantined()) return Status::AuthFailed("layer quarantined");
     return inner_->ReadFile(entry, offset, out);
   }
-  Result<cache::FileView> ViewFile(const format::Entry& entry, uint64_t offset,
+  Result<cache::FileView> ViewFile(format::EntryView entry, uint64_t offset,
                                    size_t size) override {
     if (quarantined()) return Status::AuthFailed("layer quarantined");
-    auto whole = std::make_shared<std::vector<uint8_t>>(entry.size);
+    auto whole = std::make_shared<std::vector<uint8_t>>(entry.size());
     size_t done = 0;
     while (done < whole->size()) {
       LC_ASSIGN_OR_RETURN(size_t n, inner_->ReadFile(entry, done, MutableByteSpan(

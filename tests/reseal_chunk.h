@@ -44,7 +44,7 @@ inline Result<ResealedChunk> ResealFileChunk(std::vector<uint8_t> blob,
   LC_ASSIGN_OR_RETURN(auto secret, image::UnwrapLazycryptLayer(layer, ring));
   MemoryBlobSource source(blob);
   LC_ASSIGN_OR_RETURN(auto index, format::LayerIndex::Open(source, secret.key, secret.toc_digest));
-  const format::Entry* entry = index->Find(file);
+  std::optional<format::EntryView> entry = index->Find(file);
   if (entry == nullptr) return Status::NotFound("ResealFileChunk: no such file in the TOC");
   const format::ChunkInfo chunk =
       index->chunks()[index->ChunksForRange(*entry, 0, original.size()).first];
@@ -59,7 +59,7 @@ inline Result<ResealedChunk> ResealFileChunk(std::vector<uint8_t> blob,
   const ByteSpan record = ByteSpan(blob).subspan(chunk.blob_offset, chunk.record_size());
   std::vector<uint8_t> payload(chunk.payload_size);
   LC_RETURN_IF_ERROR(opener->OpenPayload(chunk.index, record, payload).status());
-  const uint64_t at = entry->data_offset - chunk.tar_offset;
+  const uint64_t at = entry->data_offset() - chunk.tar_offset;
   if (at + original.size() > payload.size() ||
       std::memcmp(payload.data() + at, original.data(), original.size()) != 0) {
     return Status::FailedPrecondition("ResealFileChunk: the file does not start with the original");

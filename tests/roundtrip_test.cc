@@ -174,7 +174,8 @@ TEST_P(LayerRoundTrip, EagerDecryptionReproducesTarAndTree) {
   const format::LayerIndex& index = (*opened)->index();
   EXPECT_EQ(index.tar_size(), tar_size + format::kLayerSaltHeaderSize);
   size_t files_checked = 0;
-  for (const format::Entry& e : index.entries()) {
+  for (format::EntryView view : index.entries()) {
+    const format::Entry e = view.Materialize();
     fs::path source = e.name == "." ? tree : tree / e.name;
     struct stat st {};
     ASSERT_EQ(::lstat(source.c_str(), &st), 0) << e.name;
@@ -190,7 +191,7 @@ TEST_P(LayerRoundTrip, EagerDecryptionReproducesTarAndTree) {
     std::vector<uint8_t> buf(4093);  // a prime: reads straddle chunk boundaries
     uint64_t offset = 0;
     while (offset < e.size) {
-      auto n = (*opened)->reader().ReadFile(e, offset, buf);
+      auto n = (*opened)->reader().ReadFile(view, offset, buf);
       ASSERT_TRUE(n.ok()) << e.name << ": " << n.status().ToString();
       ASSERT_GT(*n, 0u) << e.name;
       actual.append(reinterpret_cast<const char*>(buf.data()), *n);
@@ -356,9 +357,9 @@ TEST(ImageRoundTrip, TamperedLazycryptLayerFailsAndWritesNothing) {
     ASSERT_TRUE(blob.ok());
     auto opened = image::OpenedLayer::Open(std::move(blob).value(), layer, keys);
     ASSERT_TRUE(opened.ok()) << opened.status().ToString();
-    const format::Entry* busybox = (*opened)->index().Find("bin/busybox");
-    ASSERT_NE(busybox, nullptr);
-    format::ChunkRange range = (*opened)->index().ChunksForRange(*busybox, 0, busybox->size);
+    std::optional<format::EntryView> busybox = (*opened)->index().Find("bin/busybox");
+    ASSERT_TRUE(busybox);
+    format::ChunkRange range = (*opened)->index().ChunksForRange(*busybox, 0, busybox->size());
     ASSERT_GT(range.count, 2u);
     uint64_t middle = ((*opened)->index().RecordsBegin(range) + (*opened)->index().RecordsEnd(range)) / 2;
     bytes[middle] ^= 0x20;

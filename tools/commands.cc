@@ -830,7 +830,7 @@ Status RunLayerLs(const LayerLsFlags& flags, const Output& io) {
   std::vector<bool> prefetch(index.entries().size(), false);
   for (uint32_t i : index.prefetch_entries()) prefetch[i] = true;
   for (size_t i = 0; i < index.entries().size(); ++i) {
-    const format::Entry& e = index.entries()[i];
+    const format::Entry e = index.entries()[i].Materialize();
     const char* mark = prefetch[i] ? "  [prefetch]" : "";
     if (!flags.long_format) {
       std::fprintf(io.out, "%s%s\n", e.name.c_str(), mark);
@@ -861,17 +861,18 @@ Status RunLayerCat(const LayerCatFlags& flags, const Output& io) {
   uint64_t index_bytes = l.blob_bytes_read();
   auto name = format::NormalizeEntryName(flags.path);
   if (!name.ok()) return Status::InvalidArgument("path '" + flags.path + "': " + name.status().message());
-  const format::Entry* entry = l.index().Find(*name);
-  if (entry != nullptr && entry->type == format::EntryType::kHardlink) {
-    entry = l.index().Find(entry->link_target);
+  std::optional<format::EntryView> entry = l.index().Find(*name);
+  if (entry && entry->type() == format::EntryType::kHardlink) {
+    entry = l.index().Find(entry->link_target());
   }
-  if (entry == nullptr) return Status::NotFound("'" + *name + "' is not in " + layer.name);
-  if (entry->type == format::EntryType::kSymlink) {
-    return Status::InvalidArgument("'" + *name + "' is a symlink to '" + entry->link_target + "'");
+  if (!entry) return Status::NotFound("'" + *name + "' is not in " + layer.name);
+  if (entry->type() == format::EntryType::kSymlink) {
+    return Status::InvalidArgument("'" + *name + "' is a symlink to '" +
+                                   std::string(entry->link_target()) + "'");
   }
-  if (entry->type != format::EntryType::kRegular) {
+  if (entry->type() != format::EntryType::kRegular) {
     return Status::InvalidArgument("'" + *name + "' is a " +
-                                   std::string(format::EntryTypeName(entry->type)) +
+                                   std::string(format::EntryTypeName(entry->type())) +
                                    ", not a regular file");
   }
   // Read in pieces that end on chunk boundaries, so that no chunk is fetched twice.
@@ -879,15 +880,15 @@ Status RunLayerCat(const LayerCatFlags& flags, const Output& io) {
   const format::LayerIndex& index = l.index();
   std::vector<uint8_t> buf;
   uint64_t offset = 0;
-  while (offset < entry->size) {
-    uint64_t chunk = index.ChunkForTarOffset(entry->data_offset + offset);
+  while (offset < entry->size()) {
+    uint64_t chunk = index.ChunkForTarOffset(entry->data_offset() + offset);
     uint64_t piece = 0;
     while (chunk < index.chunks().size()) {
-      uint64_t end = std::min(index.chunks()[chunk].tar_end(), entry->data_offset + entry->size);
-      uint64_t candidate = end - (entry->data_offset + offset);
+      uint64_t end = std::min(index.chunks()[chunk].tar_end(), entry->data_offset() + entry->size());
+      uint64_t candidate = end - (entry->data_offset() + offset);
       if (piece > 0 && candidate > kMaxPieceBytes) break;
       piece = candidate;
-      if (end == entry->data_offset + entry->size) break;
+      if (end == entry->data_offset() + entry->size()) break;
       ++chunk;
     }
     buf.resize(static_cast<size_t>(piece));
@@ -904,7 +905,7 @@ Status RunLayerCat(const LayerCatFlags& flags, const Output& io) {
                  FormatBytes(l.blob_bytes_read()).c_str(), FormatBytes(blob_size).c_str(),
                  static_cast<unsigned long long>(l.blob_read_calls()), FormatBytes(index_bytes).c_str(),
                  FormatBytes(l.blob_bytes_read() - index_bytes).c_str(),
-                 FormatBytes(entry->size).c_str());
+                 FormatBytes(entry->size()).c_str());
   }
   return Status::Ok();
 }

@@ -725,7 +725,7 @@ Status RunRecord(const RecordFlags& flags, const Output& io) {
       for (const auto& a : accesses) {
         if (a.source != i) continue;
         ++files;
-        if (const auto* e = layers[i].mounted->layer().index().Find(a.path)) bytes += e->size;
+        if (auto e = layers[i].mounted->layer().index().Find(a.path)) bytes += e->size();
       }
       total_bytes += bytes;
       std::fprintf(io.err, "  %s: %zu files read, %s\n", layers[i].name.c_str(), files,

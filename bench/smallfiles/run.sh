@@ -172,7 +172,7 @@ overlay_umount() { umount "$WORK/ovl/$1/merged"; rm -rf "$WORK/ovl/$1"; }
 RESULTS="$OUT/results.tsv"
 printf 'target\trun\tstep\tseconds\tfuse_requests\tby_opcode\n' >"$RESULTS"
 RSSFILE="$OUT/rss.tsv"
-printf 'target\trun\tpoint\trss_kib\n' >"$RSSFILE"
+printf 'target\trun\tpoint\trss_kib\tchunk_cache_kib\n' >"$RSSFILE"
 
 # step TARGET RUN NAME COMMAND...: times COMMAND (its output discarded), counting FUSE requests.
 step() {
@@ -188,9 +188,16 @@ step() {
     "${counts%% *}" "$( [ "$counts" = "${counts#* }" ] && echo - || echo "${counts#* }")" >>"$RESULTS"
   log "$target run $run: $name $(secs "$t0" "$t1") s, FUSE requests: $counts"
 }
+# rss TARGET RUN POINT: the daemon's VmRSS and the plaintext chunk cache it holds then
+# (memory_cache_bytes of its stats file, rewritten every second: read after 1.5 s), so that the
+# rest, what the layer's metadata and the allocator keep, can be told apart from the chunk budget.
 rss() {
   [ "$1" = lazycrypt ] || return 0
-  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(rss_kib "$DAEMON_PID")" >>"$RSSFILE"
+  sleep 1.5
+  local cache_kib
+  cache_kib=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("memory_cache_bytes", 0) // 1024)' \
+    "$WORK/stats.json" 2>/dev/null || echo 0)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(rss_kib "$DAEMON_PID")" "$cache_kib" >>"$RSSFILE"
 }
 # Stats every entry as busybox find (and ls -l, du, node's module resolution) does; GNU find
 # without predicates would go by d_type alone.
@@ -253,6 +260,10 @@ done
     echo
     echo "lazycrypt daemon RSS (median of the runs): $(for p in mounted after-find after-read-all; do
       awk -F'\t' -v p="$p" '$1 == "lazycrypt" && $3 == p { print $4 }' "$RSSFILE" | sort -n |
+        awk -v p="$p" -v f="$ENTRIES" '{ v[NR] = $1 } END { if (NR) printf "%s %.1f MiB (%.0f B/entry); ", p, v[int((NR + 1) / 2)] / 1024, v[int((NR + 1) / 2)] * 1024 / f }'
+    done)"
+    echo "the same less the plaintext chunk cache it held (median): $(for p in mounted after-find after-read-all; do
+      awk -F'\t' -v p="$p" '$1 == "lazycrypt" && $3 == p { print $4 - $5 }' "$RSSFILE" | sort -n |
         awk -v p="$p" -v f="$ENTRIES" '{ v[NR] = $1 } END { if (NR) printf "%s %.1f MiB (%.0f B/entry); ", p, v[int((NR + 1) / 2)] / 1024, v[int((NR + 1) / 2)] * 1024 / f }'
     done)"
   fi
