@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "crypto/digest.h"
 #include "image/layer.h"
 #include "image/layout.h"
 #include "image/referrers.h"
@@ -76,10 +77,12 @@ class ZindexCli : public ::testing::Test {
                      " " + ShellQuote(Ref(tag)));
   }
 
-  // The image manifest the tag names, parsed.
+  // The image manifest the tag (or "sha256:..." digest) names, parsed.
   image::LoadedImage Image(const std::string& tag) {
     image::LoadedImage out;
-    auto m = client_->GetManifest({registry_->host(), "lazycrypt/app", tag, ""});
+    const bool digest = tag.rfind("sha256:", 0) == 0;
+    auto m = client_->GetManifest(
+        {registry_->host(), "lazycrypt/app", digest ? "" : tag, digest ? tag : ""});
     EXPECT_TRUE(m.ok()) << m.status().ToString();
     if (!m.ok()) return out;
     out.manifest_descriptor.media_type = m->media_type;
@@ -297,6 +300,68 @@ TEST_F(ZindexCli, LayerFailingItsHmacIsRefusedAndNothingIsPushed) {
   auto tag = client_->GetManifest(
       {registry_->host(), "lazycrypt/app", image::ReferrersTag(img.manifest_descriptor.digest), ""});
   EXPECT_EQ(tag.status().code(), StatusCode::kNotFound) << "a referrers tag was pushed";
+}
+
+// A two-platform image (skopeo --all): each platform's manifest gets its own artifact, found
+// under that manifest's digest, and its indexes open.
+TEST_F(ZindexCli, EveryPlatformOfAMultiPlatformImageIsIndexedUnderItsOwnManifest) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "ec256", "key");
+  // The layout gets a second image (busybox alone) and an index naming both, tagged "multi".
+  MakeBusyboxImage(tmp_ / "busy");
+  auto copy = RunCommand("skopeo copy -q " + ShellQuote("oci:" + (tmp_ / "busy").string() + ":latest") +
+                         " " + ShellQuote("oci:" + (tmp_ / "src").string() + ":busy"));
+  ASSERT_EQ(copy.exit_code, 0) << copy.output;
+  auto layout_index = nlohmann::json::parse(ReadFileString(tmp_ / "src" / "index.json"));
+  nlohmann::json multi = {{"schemaVersion", 2},
+                          {"mediaType", image::kMediaTypeOciIndex},
+                          {"manifests", nlohmann::json::array()}};
+  for (const auto& [tag, arch] : std::vector<std::pair<std::string, std::string>>{
+           {"latest", "amd64"}, {"busy", "arm64"}}) {
+    for (const auto& d : layout_index["manifests"]) {
+      if (d["annotations"][std::string(image::kAnnotationRefName)] != tag) continue;
+      multi["manifests"].push_back({{"mediaType", d["mediaType"]},
+                                    {"digest", d["digest"]},
+                                    {"size", d["size"]},
+                                    {"platform", {{"architecture", arch}, {"os", "linux"}}}});
+    }
+  }
+  ASSERT_EQ(multi["manifests"].size(), 2u);
+  const std::string multi_bytes = multi.dump();
+  const std::string multi_digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(multi_bytes)));
+  WriteFileString(BlobPath(tmp_ / "src", multi_digest), multi_bytes);
+  layout_index["manifests"].push_back(
+      {{"mediaType", image::kMediaTypeOciIndex},
+       {"digest", multi_digest},
+       {"size", multi_bytes.size()},
+       {"annotations", {{std::string(image::kAnnotationRefName), "multi"}}}});
+  WriteFileString(tmp_ / "src" / "index.json", layout_index.dump());
+  auto push = RunCommand("skopeo copy -q --all --dest-tls-verify=false --encryption-key " +
+                         ShellQuote("jwe:" + key.pub.string()) + " " +
+                         ShellQuote("oci:" + (tmp_ / "src").string() + ":multi") + " " +
+                         ShellQuote(Ref("multi")));
+  ASSERT_EQ(push.exit_code, 0) << push.output;
+
+  auto r = Index(key, "multi", "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["manifests"].size(), 2u);
+  std::set<std::string> platforms;
+  for (const auto& m : j["manifests"]) {
+    platforms.insert(m["platform"].get<std::string>());
+    EXPECT_EQ(m["status"], "pushed") << m.dump();
+    image::LoadedImage img = Image(m["digest"].get<std::string>());
+    auto listed = Referrers(img.manifest_descriptor.digest);
+    ASSERT_EQ(listed.size(), 1u) << m["platform"];
+    EXPECT_EQ(listed[0].digest, m["referrer"]);
+    std::set<std::string> all;
+    for (const auto& l : img.manifest.layers) all.insert(l.digest);
+    EXPECT_EQ(ExpectIndexesOpen(img, listed[0], key), all) << m["platform"];
+  }
+  EXPECT_EQ(platforms, (std::set<std::string>{"linux/amd64", "linux/arm64"}));
+  // Nothing under the index's own digest: the snapshotter looks up platform manifests.
+  auto root = client_->GetManifest({registry_->host(), "lazycrypt/app", "multi", ""});
+  ASSERT_TRUE(root.ok());
+  EXPECT_TRUE(Referrers(root->digest).empty());
 }
 
 // oci: layouts have nowhere for a referrer the snapshotter would find: refused by name.
