@@ -32,6 +32,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "image/oci.h"
+#include "lazylayer/labels.h"
+#include "lazylayer/snapshot_handler.h"
+#include "snapshotter/types.h"
 #include "tests/harness/containerd_process.h"
 #include "tests/harness/registry_process.h"
 #include "tests/harness/subprocess.h"
@@ -60,25 +64,22 @@ struct Requests {
   }
 };
 
-class PullRequests : public ::testing::Test {
+struct Layer {
+  std::string digest;
+  std::string toc_digest;
+  std::string chain_id;
+  std::string parent_chain_id;
+};
+
+// A docker-registry holding a lazycrypt image of three layers (busybox and two small application
+// layers), encrypted for the node key in work/keys.
+class ThreeLayerImage : public ::testing::Test {
  protected:
-  void SetUp() override {
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root: containerd, FUSE, overlayfs and runc";
+  void SetUpImage() {
     auto work = harness::TempDir::Create("lc-pull-requests");
     ASSERT_TRUE(work.ok()) << work.status().ToString();
     work_ = std::make_unique<harness::TempDir>(std::move(*work));
     const fs::path& w = work_->path();
-    socket_ = w / "run" / "snapshotter.sock";
-    root_ = w / "state";
-
-    auto ctr_remote = harness::RunCommand(
-        {(testing::SourceDir() / "tests/data/fetch-trixie-package.sh").string(),
-         LAZYCRYPT_TEST_CACHE "/stargz", "stargz-snapshotter", "usr/bin/ctr-remote"},
-        300s);
-    ASSERT_TRUE(ctr_remote.ok()) << ctr_remote.status().ToString();
-    ASSERT_EQ(ctr_remote->exit_code, 0) << Describe(*ctr_remote);
-    ctr_remote_ = ctr_remote->stdout_text.substr(0, ctr_remote->stdout_text.find('\n'));
-
     node_key_ = testing::GenerateKeyPair(w, "ec256", "node");
     fs::create_directories(w / "keys");
     fs::copy_file(node_key_.priv, w / "keys" / "node.pem");
@@ -112,6 +113,62 @@ class PullRequests : public ::testing::Test {
             300s);
     ReadLayers();
     ASSERT_EQ(layers_.size(), 3u);
+  }
+
+  std::string Get(const std::string& path, const std::string& accept = "") {
+    std::vector<std::string> argv = {"curl", "-sf"};
+    if (!accept.empty()) argv.insert(argv.end(), {"-H", "Accept: " + accept});
+    argv.push_back(registry_->url() + path);
+    auto got = harness::RunCommand(argv, 30s);
+    EXPECT_TRUE(got.ok() && got->exit_code == 0) << (got.ok() ? testing::Describe(*got) : "");
+    return got.ok() ? got->stdout_text : "";
+  }
+
+  // The manifest's layers, bottom first, with the chain IDs containerd prepares them under.
+  void ReadLayers() {
+    auto manifest = nlohmann::json::parse(
+        Get("/v2/lazycrypt/three/manifests/1", "application/vnd.oci.image.manifest.v1+json"));
+    auto config = nlohmann::json::parse(
+        Get("/v2/lazycrypt/three/blobs/" + manifest["config"]["digest"].get<std::string>()));
+    std::string parent;
+    for (size_t i = 0; i < manifest["layers"].size(); ++i) {
+      const auto& l = manifest["layers"][i];
+      Layer layer;
+      layer.digest = l["digest"].get<std::string>();
+      layer.toc_digest =
+          l["annotations"].value(std::string(image::kAnnotationLazycryptTocDigest), "");
+      layer.parent_chain_id = parent;
+      layer.chain_id =
+          lazylayer::ChainIdOf(parent, config["rootfs"]["diff_ids"][i].get<std::string>());
+      parent = layer.chain_id;
+      layers_.push_back(layer);
+    }
+  }
+
+  std::unique_ptr<harness::TempDir> work_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+  testing::KeyPair node_key_;
+  std::string ref_;
+  std::vector<Layer> layers_;
+};
+
+class PullRequests : public ThreeLayerImage {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root: containerd, FUSE, overlayfs and runc";
+    SetUpImage();
+    ASSERT_FALSE(HasFatalFailure());
+    const fs::path& w = work_->path();
+    socket_ = w / "run" / "snapshotter.sock";
+    root_ = w / "state";
+
+    auto ctr_remote = harness::RunCommand(
+        {(testing::SourceDir() / "tests/data/fetch-trixie-package.sh").string(),
+         LAZYCRYPT_TEST_CACHE "/stargz", "stargz-snapshotter", "usr/bin/ctr-remote"},
+        300s);
+    ASSERT_TRUE(ctr_remote.ok()) << ctr_remote.status().ToString();
+    ASSERT_EQ(ctr_remote->exit_code, 0) << Describe(*ctr_remote);
+    ctr_remote_ = ctr_remote->stdout_text.substr(0, ctr_remote->stdout_text.find('\n'));
 
     ASSERT_TRUE(harness::WriteFile(
                     w / "config.toml",
@@ -132,17 +189,6 @@ class PullRequests : public ::testing::Test {
   void TearDown() override {
     if (ctd_) ctd_->Stop();
     testing::StopSnapshotterAndDetachMounts(snapshotter_, work_ ? work_->path() : fs::path());
-  }
-
-  // The manifest's layer digests, bottom first.
-  void ReadLayers() {
-    auto got = harness::RunCommand({"curl", "-sf", "-H",
-                                    "Accept: application/vnd.oci.image.manifest.v1+json",
-                                    registry_->url() + "/v2/lazycrypt/three/manifests/1"},
-                                   30s);
-    ASSERT_TRUE(got.ok() && got->exit_code == 0) << (got.ok() ? Describe(*got) : "");
-    auto manifest = nlohmann::json::parse(got->stdout_text);
-    for (const auto& l : manifest["layers"]) layers_.push_back(l["digest"].get<std::string>());
   }
 
   void StartSnapshotter() {
@@ -238,15 +284,10 @@ class PullRequests : public ::testing::Test {
 
   static constexpr const char* kSnapshotterAgent = "lazycrypt/";
 
-  std::unique_ptr<harness::TempDir> work_;
-  std::unique_ptr<harness::RegistryProcess> registry_;
   std::unique_ptr<harness::Subprocess> snapshotter_;
   std::unique_ptr<harness::ContainerdProcess> ctd_;
-  testing::KeyPair node_key_;
   fs::path socket_, root_;
   std::string ctr_remote_;
-  std::string ref_;
-  std::vector<std::string> layers_;
   int starts_ = 0;
   int sentinels_ = 0;
 };
@@ -262,11 +303,13 @@ TEST_F(PullRequests, ThreeLayerPullCostsOneManifestAndOneRequestPerLayerSecondPu
   std::printf("first pull, the snapshotter's requests: %s\n", Describe(first).c_str());
   EXPECT_EQ(first.manifests, 1) << Describe(first) << "\n" << after_pull.substr(before);
   EXPECT_EQ(first.other, 0) << Describe(first);
-  for (const std::string& layer : layers_) {
-    EXPECT_LE(first.blobs.count(layer) ? first.blobs.at(layer) : 0, 1) << "layer " << layer;
+  for (const Layer& layer : layers_) {
+    EXPECT_LE(first.blobs.count(layer.digest) ? first.blobs.at(layer.digest) : 0, 1)
+        << "layer " << layer.digest;
   }
   for (const auto& [digest, n] : first.blobs) {
-    EXPECT_NE(std::find(layers_.begin(), layers_.end(), digest), layers_.end())
+    EXPECT_TRUE(std::any_of(layers_.begin(), layers_.end(),
+                            [&](const Layer& l) { return l.digest == digest; }))
         << "a blob that is no layer of the image: " << digest;
   }
   // The second and third layers were opened while containerd prepared the first: their
@@ -274,7 +317,8 @@ TEST_F(PullRequests, ThreeLayerPullCostsOneManifestAndOneRequestPerLayerSecondPu
   const std::string log = SnapshotterLog();
   EXPECT_EQ(Occurrences(log, "opened ahead of its Prepare"), 2u) << log;
   for (size_t i = 1; i < layers_.size(); ++i) {
-    EXPECT_THAT(log, HasSubstr("layer " + layers_[i] + " of " + ref_ + ": opened ahead"))
+    EXPECT_THAT(log,
+                HasSubstr("layer " + layers_[i].digest + " of " + ref_ + ": opened ahead"))
         << "layer " << i;
   }
   EXPECT_EQ(Occurrences(log, "mounted layer sha256:"), 3u) << log;
@@ -331,6 +375,118 @@ TEST_F(PullRequests, ThreeLayerPullCostsOneManifestAndOneRequestPerLayerSecondPu
                               "/bin/cat", "/srv/layer2.txt"});
   ASSERT_TRUE(run_again.ok()) << run_again.status().ToString();
   EXPECT_EQ(run_again->stdout_text, "layer 2\n") << Describe(*run_again) << Logs();
+}
+
+
+// The snapshotter's layer handler in this process, Prepare by Prepare as containerd sends them
+// (stargz labels, as `ctr-remote images rpull`): what a layer opened ahead may and may not skip.
+class OpenAhead : public ThreeLayerImage {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
+    }
+    SetUpImage();
+    ASSERT_FALSE(HasFatalFailure());
+    lazylayer::SnapshotHandlerOptions o;
+    o.key_dirs = {work_->path() / "keys"};
+    o.registry.plain_http = true;
+    o.registry.hosts_dir.clear();
+    o.registry.auth_files = {work_->path() / "no-auth.json"};
+    o.layer.prefetch = false;
+    o.layer.verify_start_delay_ms = 3600 * 1000;
+    o.keep_mounts_on_exit = false;
+    auto h = lazylayer::SnapshotHandler::Create(std::move(o));
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    handler_ = std::move(*h);
+  }
+  void TearDown() override {
+    handler_.reset();  // unmounts
+    if (work_) testing::AbortFuseConnectionsUnder(work_->path());
+    for (const fs::path& t : targets_) (void)lazylayer::DetachStaleMount(t);
+  }
+
+  // containerd's Prepare of layer i as snapshot `id`.
+  Result<bool> Prepare(size_t i, int64_t id) {
+    const Layer& l = layers_[i];
+    const fs::path target = work_->path() / "snapshots" / std::to_string(id) / "fs";
+    fs::create_directories(target);
+    targets_.push_back(target);
+    snapshotter::PrepareRequest req;
+    req.key = "prepare-" + std::to_string(id);
+    req.parent = l.parent_chain_id;
+    req.snapshot_id = id;
+    req.target_dir = target;
+    req.labels[std::string(snapshotter::kTargetSnapshotLabel)] = l.chain_id;
+    req.labels[std::string(lazylayer::kLabelStargzReference)] = ref_;
+    req.labels[std::string(lazylayer::kLabelStargzDigest)] = l.digest;
+    req.labels[std::string(image::kAnnotationLazycryptTocDigest)] = l.toc_digest;
+    return handler_->TryMount(req);
+  }
+
+  void WaitForOpenedAhead(uint64_t opened, uint64_t failed = 0) {
+    for (int i = 0; i < 400; ++i) {
+      const lazylayer::LayerWarmupStats s = handler_->Warmup();
+      if (s.opened + s.failed >= opened + failed) break;
+      std::this_thread::sleep_for(25ms);
+    }
+    const lazylayer::LayerWarmupStats s = handler_->Warmup();
+    ASSERT_EQ(s.opened, opened);
+    ASSERT_EQ(s.failed, failed);
+  }
+
+  std::unique_ptr<lazylayer::SnapshotHandler> handler_;
+  std::vector<fs::path> targets_;
+};
+
+// A layer opened ahead under the node's keys is not mounted once those keys changed: here the
+// node key is replaced by a key that is no recipient, between the warm-up and the layer's own
+// Prepare. The Prepare opens the layer itself and is refused ("no key"), as without a warm-up.
+TEST_F(OpenAhead, KeysChangedSinceTheWarmUpTheLayerIsOpenedAgainAndRefused) {
+  auto first = Prepare(0, 1);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE(*first);
+  WaitForOpenedAhead(2);
+  const fs::path keys = work_->path() / "keys";
+  const testing::KeyPair other = testing::GenerateKeyPair(work_->path(), "ec256", "other");
+  fs::remove(keys / "node.pem");
+  fs::copy_file(other.priv, keys / "other.pem");
+  fs::permissions(keys / "other.pem", fs::perms::owner_read | fs::perms::owner_write);
+  auto second = Prepare(1, 2);
+  ASSERT_FALSE(second.ok()) << "a layer opened with a key the node no longer has was mounted";
+  EXPECT_EQ(second.status().code(), StatusCode::kPermissionDenied) << second.status().ToString();
+  EXPECT_THAT(second.status().message(), HasSubstr(layers_[1].digest));
+  // (Taken from the warm-up, then dropped: its key set is not the node's any more.)
+  EXPECT_EQ(testing::CountFuseMounts(work_->path()), 1u);
+}
+
+// A layer the warm-up could not open (its TOC in the registry is not the pinned one) is no
+// error of the Prepare that started the warm-up; the layer's own Prepare fails with its own
+// error, and the chain-ID check still decides for a layer opened ahead.
+TEST_F(OpenAhead, AFailureAheadIsTheLayersOwnPrepareErrorAndTheChainIdStillDecides) {
+  // Layer 1's sealed TOC damaged in the registry's storage (its last bytes hold footer + TOC).
+  const fs::path blob = testing::RegistryBlobPath(registry_->storage_dir(), layers_[1].digest);
+  std::string bytes = testing::ReadFileString(blob);
+  ASSERT_GT(bytes.size(), 200u);
+  bytes[bytes.size() - 150] ^= 0x20;
+  ASSERT_TRUE(harness::WriteFile(blob, bytes).ok());
+
+  auto first = Prepare(0, 1);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE(*first);
+  WaitForOpenedAhead(1, 1);
+  auto second = Prepare(1, 2);
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(second.status().message(), HasSubstr(layers_[1].digest));
+
+  // Layer 2, opened ahead, asked for under a chain ID its TOC does not give: refused.
+  Layer& l = layers_[2];
+  l.chain_id = layers_[1].chain_id;
+  auto third = Prepare(2, 3);
+  ASSERT_FALSE(third.ok()) << "mounted under a chain ID its TOC does not give";
+  EXPECT_EQ(third.status().code(), StatusCode::kAuthFailed) << third.status().ToString();
+  EXPECT_EQ(handler_->Warmup().claimed_ready + handler_->Warmup().claimed_waited, 1u);
+  EXPECT_EQ(testing::CountFuseMounts(work_->path()), 1u);
 }
 
 }  // namespace
