@@ -1,6 +1,5 @@
 #include "cache/registry_source.h"
 
-#include <cstring>
 #include <vector>
 
 namespace lazycrypt::cache {
@@ -21,31 +20,19 @@ class RegistryBlobSource final : public MultiRangeBlobSource {
   Status ReadRanges(std::span<const RangeRead> ranges) override {
     if (ranges.empty()) return Status::Ok();
     if (ranges.size() == 1) return ReadAt(ranges[0].offset, ranges[0].out);
-    std::vector<registry::ByteRange> wanted;
-    wanted.reserve(ranges.size());
+    std::vector<registry::RangeInto> into;
+    into.reserve(ranges.size());
     for (const RangeRead& r : ranges) {
       if (r.offset > size() || r.out.size() > size() - r.offset) {
         return Status::Corruption("blob " + digest_ + ": range at " + std::to_string(r.offset) +
                                   " of " + std::to_string(r.out.size()) +
                                   " bytes is past its end (" + std::to_string(size()) + ")");
       }
-      wanted.push_back({r.offset, r.out.size()});
+      into.push_back({r.offset, r.out});
     }
-    LC_ASSIGN_OR_RETURN(auto parts, client_.GetBlobRanges(repo_, digest_, wanted));
-    if (parts.size() != ranges.size()) {
-      return Status::Corruption("blob " + digest_ + ": asked for " +
-                                std::to_string(ranges.size()) + " ranges, got " +
-                                std::to_string(parts.size()));
-    }
-    for (size_t i = 0; i < ranges.size(); ++i) {
-      if (parts[i].size() != ranges[i].out.size()) {
-        return Status::Corruption("blob " + digest_ + ": range at " +
-                                  std::to_string(ranges[i].offset) + " came back with " +
-                                  std::to_string(parts[i].size()) + " bytes, wanted " +
-                                  std::to_string(ranges[i].out.size()));
-      }
-      std::memcpy(ranges[i].out.data(), parts[i].data(), parts[i].size());
-    }
+    // Straight into the caller's buffers (the records CachedLayer opens): the response is held
+    // once, there, and nowhere else.
+    LC_RETURN_IF_ERROR(client_.ReadBlobRangesInto(repo_, digest_, into));
     return Status::Ok();
   }
 

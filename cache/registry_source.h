@@ -13,8 +13,9 @@
 namespace lazycrypt::cache {
 
 // A registry blob: ReadAt through client.OpenBlob's source (a Range GET, retried by the client),
-// ReadRanges through client.GetBlobRanges (one multi-range request, or one request per range when
-// the server does not answer multipart/byteranges). size 0 = HEAD the blob to learn it.
+// ReadRanges through client.ReadBlobRangesInto (one multi-range request written straight into
+// the caller's buffers, or one request per range when the server does not answer
+// multipart/byteranges). size 0 = HEAD the blob to learn it.
 // `client` must outlive the result.
 Result<std::unique_ptr<MultiRangeBlobSource>> OpenRegistryBlobSource(registry::Client& client,
                                                                      const registry::Reference& repo,

@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <optional>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -282,6 +283,8 @@ class ClientImpl final : public Client {
   Result<std::vector<std::vector<uint8_t>>> GetBlobRanges(const Reference& repo,
                                                           std::string_view digest,
                                                           std::span<const ByteRange> ranges) override;
+  Status ReadBlobRangesInto(const Reference& repo, std::string_view digest,
+                            std::span<const RangeInto> ranges) override;
   Result<std::unique_ptr<BlobSource>> OpenBlob(const Reference& repo, std::string_view digest,
                                                uint64_t size) override;
   Status PushBlob(const Reference& repo, std::string_view digest, BlobSource& data,
@@ -1081,104 +1084,113 @@ Result<std::vector<uint8_t>> ClientImpl::GetBlobRange(const Reference& repo, std
 Result<std::vector<std::vector<uint8_t>>> ClientImpl::GetBlobRanges(const Reference& repo,
                                                                     std::string_view digest,
                                                                     std::span<const ByteRange> ranges) {
-  LC_RETURN_IF_ERROR(CheckDigestSyntax(repo, digest));
   std::vector<std::vector<uint8_t>> results(ranges.size());
-  auto fallback = [&]() -> Result<std::vector<std::vector<uint8_t>>> {
-    for (size_t i = 0; i < ranges.size(); ++i) {
-      results[i].resize(ranges[i].length);
-      LC_RETURN_IF_ERROR(ReadRangeInto(repo, digest, ranges[i].offset, results[i]));
-    }
-    return std::move(results);
-  };
-  std::vector<size_t> nonempty;
+  std::vector<RangeInto> into(ranges.size());
   for (size_t i = 0; i < ranges.size(); ++i) {
-    if (ranges[i].length > 0) nonempty.push_back(i);
+    results[i].resize(ranges[i].length);
+    into[i] = {ranges[i].offset, results[i]};
   }
-  if (nonempty.size() <= 1) return fallback();
+  LC_RETURN_IF_ERROR(ReadBlobRangesInto(repo, digest, into));
+  return results;
+}
+
+Status ClientImpl::ReadBlobRangesInto(const Reference& repo, std::string_view digest,
+                                      std::span<const RangeInto> ranges) {
+  LC_RETURN_IF_ERROR(CheckDigestSyntax(repo, digest));
+  // The non-empty ranges, by offset (the writer wants them sorted; the request asks for them so).
+  std::vector<RangeInto> targets;
+  for (const RangeInto& r : ranges) {
+    if (!r.out.empty()) targets.push_back(r);
+  }
+  std::sort(targets.begin(), targets.end(),
+            [](const RangeInto& a, const RangeInto& b) { return a.offset < b.offset; });
+  std::vector<bool> done(targets.size(), false);
+  // Whatever one request did not bring is read with a request of its own (ReadRangeInto keeps
+  // only the bytes it asked for).
+  auto read_the_rest = [&]() -> Status {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      if (!done[i]) LC_RETURN_IF_ERROR(ReadRangeInto(repo, digest, targets[i].offset, targets[i].out));
+    }
+    return Status::Ok();
+  };
+  if (targets.size() <= 1) return read_the_rest();
 
   std::string spec = "bytes=";
-  for (size_t k = 0; k < nonempty.size(); ++k) {
-    const auto& rg = ranges[nonempty[k]];
+  uint64_t wanted = 0;
+  for (size_t k = 0; k < targets.size(); ++k) {
     if (k) spec += ",";
-    spec += std::to_string(rg.offset) + "-" + std::to_string(rg.offset + rg.length - 1);
+    spec += std::to_string(targets[k].offset) + "-" +
+            std::to_string(targets[k].offset + targets[k].out.size() - 1);
+    wanted += targets[k].out.size();
   }
   auto eps = Endpoints(repo.registry, Cap::kPull);
   if (!eps.ok()) return eps.status();
   const Endpoint& ep = eps->front();
   Request req;
   req.url = BlobUrl(ep, repo, digest);
-  // The whole answer is held once (reserved up front: no copies as it grows), its parts are
-  // viewed in place, and each range is copied out of it once.
-  // More than the ranges plus their multipart framing is never needed: a server that sends more
-  // (a 200 with the whole blob, padded parts) is cut off as the bytes arrive, and the ranges are
-  // then read one request each (ReadRangeInto keeps only the bytes it asked for).
-  uint64_t wanted = 0;
-  for (size_t i : nonempty) wanted += ranges[i].length;
+  // The answer is written into the targets as it arrives (MultipartRangeWriter): nothing but
+  // the framing between parts is held here. More than the ranges plus their multipart framing
+  // is never needed: a server that sends more (the whole blob, padded parts) is cut off as the
+  // bytes arrive, and what did not come is read one request per range.
   const uint64_t max_body =
-      wanted + kMultipartPartOverheadBytes * nonempty.size() + kMultipartSlackBytes;
-  std::string body;
-  bool too_large = false;
+      wanted + kMultipartPartOverheadBytes * targets.size() + kMultipartSlackBytes;
+  std::optional<MultipartRangeWriter> writer;
+  bool multipart = false;
+  uint64_t received = 0, plain_at = 0;
+  Status parse_status;
   req.prepare = [&](std::vector<std::string>& headers) {
-    body.clear();
-    too_large = false;
-    body.reserve(static_cast<size_t>(max_body));
+    writer.reset();
+    received = 0;
+    parse_status = Status::Ok();
     headers.push_back("Range: " + spec);
   };
-  req.sink = [&](const Response&, ByteSpan data) {
-    if (body.size() + data.size() > max_body) {
-      too_large = true;
-      return false;
+  req.sink = [&](const Response& head, ByteSpan data) {
+    received += data.size();
+    if (received > max_body) return false;
+    if (!writer) {
+      const std::string ctype = Lower(head.Header("content-type"));
+      multipart = head.status == 206 && ctype.find("multipart/byteranges") != std::string::npos;
+      std::string boundary;
+      if (multipart) {
+        const std::string raw = head.Header("content-type");
+        auto b = ctype.find("boundary=");
+        if (b == std::string::npos) return false;
+        boundary = raw.substr(b + 9);
+        if (auto semi = boundary.find(';'); semi != std::string::npos) {
+          boundary = boundary.substr(0, semi);
+        }
+        boundary = Trim(boundary);
+        if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') {
+          boundary = boundary.substr(1, boundary.size() - 2);
+        }
+        if (boundary.empty()) return false;
+      } else if (head.status == 206) {
+        auto cr = ParseContentRange(head.Header("content-range"));
+        if (!cr) return false;
+        plain_at = std::get<0>(*cr);
+      } else {
+        plain_at = 0;  // 200: the whole blob
+      }
+      writer.emplace(std::move(boundary), targets);
     }
-    body.append(reinterpret_cast<const char*>(data.data()), data.size());
+    if (multipart) {
+      parse_status = writer->Feed(data);
+      return parse_status.ok();
+    }
+    writer->WriteAt(plain_at, data);
+    plain_at += data.size();
     return true;
   };
-  std::string what = "GET blob " + std::string(digest) + " ranges " + spec;
+  const std::string what = "GET blob " + std::string(digest) + " ranges " + spec;
   auto resp = Send(repo, ep, PullScope(repo), req, what);
-  if (too_large) {
-    std::string().swap(body);  // release it before the per-range reads
-    return fallback();
+  if (!parse_status.ok()) return parse_status.WithContext(repo.Name() + ": " + what);
+  if (resp.ok() && resp->status == 206 && multipart && writer) {
+    LC_RETURN_IF_ERROR(writer->Finish().WithContext(repo.Name() + ": " + what));
   }
-  if (!resp.ok() || (resp->status != 200 && resp->status != 206)) return fallback();
-
-  // What the server sent, as (offset, bytes) pieces.
-  std::vector<RangePart> parts;
-  std::string ctype = resp->Header("content-type");
-  if (resp->status == 206 && Lower(ctype).find("multipart/byteranges") != std::string::npos) {
-    auto b = Lower(ctype).find("boundary=");
-    if (b == std::string::npos) return fallback();
-    std::string boundary = ctype.substr(b + 9);
-    if (auto semi = boundary.find(';'); semi != std::string::npos) boundary = boundary.substr(0, semi);
-    boundary = Trim(boundary);
-    if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') {
-      boundary = boundary.substr(1, boundary.size() - 2);
-    }
-    auto parsed = ParseMultipartByteranges(AsBytes(body), boundary);
-    if (!parsed.ok()) return parsed.status().WithContext(repo.Name() + ": " + what);
-    parts = std::move(*parsed);
-  } else if (resp->status == 206) {
-    auto cr = ParseContentRange(resp->Header("content-range"));
-    if (!cr) return fallback();
-    parts.push_back({std::get<0>(*cr), AsBytes(body)});
-  } else {
-    parts.push_back({0, AsBytes(body)});
+  if (writer) {
+    for (size_t i = 0; i < targets.size(); ++i) done[i] = writer->complete(i);
   }
-  for (size_t i : nonempty) {
-    const auto& rg = ranges[i];
-    bool found = false;
-    for (const auto& p : parts) {
-      if (p.offset <= rg.offset && rg.offset + rg.length <= p.offset + p.bytes.size()) {
-        ByteSpan from = p.bytes.subspan(static_cast<size_t>(rg.offset - p.offset), rg.length);
-        results[i].assign(from.begin(), from.end());
-        found = true;
-        break;
-      }
-    }
-    if (!found) {
-      results[i].resize(rg.length);
-      LC_RETURN_IF_ERROR(ReadRangeInto(repo, digest, rg.offset, results[i]));
-    }
-  }
-  return results;
+  return read_the_rest();
 }
 
 class BlobRangeSource final : public BlobSource {

@@ -35,6 +35,35 @@ bool HostMatches(std::string_view key_host, std::string_view host) {
   return hub(key_host) && hub(host);
 }
 
+// The (first, last) byte of a multipart/byteranges part from its header block (lines ending in
+// CRLF): its Content-Range. `part` numbers it in errors.
+Result<std::pair<uint64_t, uint64_t>> PartRange(std::string_view headers, size_t part) {
+  std::optional<std::pair<uint64_t, uint64_t>> range;
+  size_t lp = 0;
+  while (lp < headers.size()) {
+    auto eol = headers.find("\r\n", lp);
+    if (eol == std::string_view::npos) eol = headers.size();
+    std::string_view line = headers.substr(lp, eol - lp);
+    lp = eol + 2;
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    if (Lower(line.substr(0, colon)) != "content-range") continue;
+    std::string v(line.substr(colon + 1));
+    unsigned long long a = 0, b = 0;
+    char total[32] = {0};
+    if (std::sscanf(v.c_str(), " bytes %llu-%llu/%31s", &a, &b, total) < 2 || b < a) {
+      return Status::Corruption("multipart/byteranges: part " + std::to_string(part) +
+                                ": malformed Content-Range '" + v + "'");
+    }
+    range = {a, b};
+  }
+  if (!range) {
+    return Status::Corruption("multipart/byteranges: part " + std::to_string(part) +
+                              " has no Content-Range");
+  }
+  return *range;
+}
+
 }  // namespace
 
 Result<Credentials> CredentialsFromDockerConfig(std::string_view config_json, std::string_view host) {
@@ -210,36 +239,15 @@ Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body_bytes, std
                                 ": headers not terminated");
     }
     std::string_view headers = body.substr(pos, hdr_end - pos + 2);
-    std::optional<std::pair<uint64_t, uint64_t>> range;
-    size_t lp = 0;
-    while (lp < headers.size()) {
-      auto eol = headers.find("\r\n", lp);
-      std::string_view line = headers.substr(lp, eol - lp);
-      lp = eol + 2;
-      auto colon = line.find(':');
-      if (colon == std::string_view::npos) continue;
-      if (Lower(line.substr(0, colon)) != "content-range") continue;
-      std::string v(line.substr(colon + 1));
-      unsigned long long a = 0, b = 0;
-      char total[32] = {0};
-      if (std::sscanf(v.c_str(), " bytes %llu-%llu/%31s", &a, &b, total) < 2 || b < a) {
-        return Status::Corruption("multipart/byteranges: part " + std::to_string(parts.size()) +
-                                  ": malformed Content-Range '" + v + "'");
-      }
-      range = {a, b};
-    }
-    if (!range) {
-      return Status::Corruption("multipart/byteranges: part " + std::to_string(parts.size()) +
-                                " has no Content-Range");
-    }
-    uint64_t len = range->second - range->first + 1;
+    LC_ASSIGN_OR_RETURN(auto range, PartRange(headers, parts.size()));
+    uint64_t len = range.second - range.first + 1;
     pos = hdr_end + 4;
     if (len > body.size() - pos) {
       return Status::Corruption("multipart/byteranges: part " + std::to_string(parts.size()) +
                                 " is truncated (" + std::to_string(body.size() - pos) + " of " +
                                 std::to_string(len) + " bytes)");
     }
-    parts.push_back({range->first, body_bytes.subspan(pos, len)});
+    parts.push_back({range.first, body_bytes.subspan(pos, len)});
     pos += len;
     if (body.substr(pos, 2) != "\r\n" || body.substr(pos + 2, delim.size()) != delim) {
       return Status::Corruption("multipart/byteranges: part " + std::to_string(parts.size() - 1) +
@@ -247,6 +255,143 @@ Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body_bytes, std
     }
     pos += 2;
   }
+}
+
+MultipartRangeWriter::MultipartRangeWriter(std::string boundary,
+                                           std::span<const RangeInto> targets)
+    : delimiter_(boundary.empty() ? "" : "--" + boundary), targets_(targets) {
+  next_.reserve(targets.size());
+  for (const RangeInto& t : targets) next_.push_back(t.offset);
+}
+
+bool MultipartRangeWriter::complete(size_t target) const {
+  return next_[target] == targets_[target].offset + targets_[target].out.size();
+}
+
+void MultipartRangeWriter::WriteAt(uint64_t offset, ByteSpan bytes) {
+  const uint64_t end = offset + bytes.size();
+  // The first target that ends after `offset`.
+  auto first = std::partition_point(targets_.begin(), targets_.end(), [&](const RangeInto& t) {
+    return t.offset + t.out.size() <= offset;
+  });
+  for (auto t = first; t != targets_.end() && t->offset < end; ++t) {
+    uint64_t& next = next_[static_cast<size_t>(t - targets_.begin())];
+    const uint64_t from = std::max(offset, next);  // bytes before `next` are there already
+    const uint64_t to = std::min(end, t->offset + t->out.size());
+    if (from >= to || std::max(offset, t->offset) > next) continue;  // none new, or a gap
+    std::copy_n(bytes.data() + (from - offset), to - from, t->out.data() + (from - t->offset));
+    next = to;
+  }
+}
+
+Status MultipartRangeWriter::Feed(ByteSpan data) {
+  while (!data.empty()) {
+    if (state_ == State::kDone) return Status::Ok();  // the epilogue: ignored
+    if (state_ == State::kBody && pending_.empty()) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(part_left_, data.size()));
+      WriteAt(part_offset_, data.first(n));
+      part_offset_ += n;
+      part_left_ -= n;
+      data = data.subspan(n);
+      if (part_left_ == 0) state_ = State::kAfterBody;
+      continue;
+    }
+    // Framing: kept until it can be parsed (at most one network read's worth).
+    pending_.append(reinterpret_cast<const char*>(data.data()), data.size());
+    data = {};
+    LC_RETURN_IF_ERROR(ParseFraming());
+  }
+  return Status::Ok();
+}
+
+Status MultipartRangeWriter::ParseFraming() {
+  constexpr size_t kMaxHeaderBytes = 16 * 1024;
+  auto corrupt = [&](const std::string& what) {
+    return Status::Corruption("multipart/byteranges: part " + std::to_string(part_) + ": " + what);
+  };
+  for (;;) {
+    switch (state_) {
+      case State::kPreamble: {
+        if (delimiter_.empty()) return Status::Corruption("multipart/byteranges: empty boundary");
+        const size_t at = pending_.find(delimiter_);
+        if (at == std::string::npos) {
+          // Keep what could be the start of the delimiter; the rest is preamble.
+          if (pending_.size() >= delimiter_.size()) {
+            pending_.erase(0, pending_.size() - (delimiter_.size() - 1));
+          }
+          return Status::Ok();
+        }
+        pending_.erase(0, at + delimiter_.size());
+        state_ = State::kAfterBoundary;
+        break;
+      }
+      case State::kAfterBoundary: {
+        size_t p = 0;
+        while (p < pending_.size() && (pending_[p] == ' ' || pending_[p] == '\t')) ++p;
+        if (pending_.size() - p < 2) return Status::Ok();
+        if (p == 0 && pending_.compare(0, 2, "--") == 0) {
+          state_ = State::kDone;
+          pending_.clear();
+          return Status::Ok();
+        }
+        if (pending_.compare(p, 2, "\r\n") != 0) return corrupt("no CRLF after the boundary");
+        pending_.erase(0, p + 2);
+        state_ = State::kHeaders;
+        break;
+      }
+      case State::kHeaders: {
+        const size_t end = pending_.find("\r\n\r\n");
+        if (end == std::string::npos) {
+          if (pending_.size() > kMaxHeaderBytes) return corrupt("headers longer than 16 KiB");
+          return Status::Ok();
+        }
+        LC_ASSIGN_OR_RETURN(auto range,
+                            PartRange(std::string_view(pending_).substr(0, end + 2), part_));
+        ++part_;
+        part_offset_ = range.first;
+        part_left_ = range.second - range.first + 1;
+        pending_.erase(0, end + 4);
+        state_ = State::kBody;
+        break;
+      }
+      case State::kBody: {
+        // Body bytes that came in the same read as the headers.
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(part_left_, pending_.size()));
+        WriteAt(part_offset_, AsBytes(std::string_view(pending_).substr(0, n)));
+        part_offset_ += n;
+        part_left_ -= n;
+        pending_.erase(0, n);
+        if (part_left_ > 0) return Status::Ok();  // the rest streams straight from Feed
+        state_ = State::kAfterBody;
+        break;
+      }
+      case State::kAfterBody: {
+        const size_t need = 2 + delimiter_.size();
+        if (pending_.size() < need) return Status::Ok();
+        if (pending_.compare(0, 2, "\r\n") != 0 ||
+            pending_.compare(2, delimiter_.size(), delimiter_) != 0) {
+          return Status::Corruption("multipart/byteranges: part " + std::to_string(part_ - 1) +
+                                    " is not followed by the boundary");
+        }
+        pending_.erase(0, need);
+        state_ = State::kAfterBoundary;
+        break;
+      }
+      case State::kDone:
+        pending_.clear();
+        return Status::Ok();
+    }
+  }
+}
+
+Status MultipartRangeWriter::Finish() const {
+  if (state_ == State::kDone) return Status::Ok();
+  if (state_ == State::kPreamble && part_ == 0) {
+    return Status::Corruption("multipart/byteranges: boundary not found in the body");
+  }
+  return Status::Corruption("multipart/byteranges: the body ends inside part " +
+                            std::to_string(part_ == 0 ? 0 : part_ - 1) +
+                            " (no closing boundary)");
 }
 
 Result<std::vector<Endpoint>> ParseHostsToml(std::string_view toml_text, std::string_view host,

@@ -9,6 +9,7 @@
 // Credentials are never logged nor put in error messages.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -131,6 +132,12 @@ struct ByteRange {
   uint64_t length = 0;
 };
 
+// One range of a multi-range read, written in place: exactly out.size() bytes at `offset`.
+struct RangeInto {
+  uint64_t offset = 0;
+  std::span<uint8_t> out;
+};
+
 class BlobUpload;
 
 class Client {
@@ -198,6 +205,34 @@ class Client {
   // `ranges`.
   virtual Result<std::vector<std::vector<uint8_t>>> GetBlobRanges(
       const Reference& repo, std::string_view digest, std::span<const ByteRange> ranges) = 0;
+  // The same, written straight into the caller's buffers: the client's answer streams into each
+  // `out` as it arrives (multipart framing parsed on the fly), so a response of N bytes costs
+  // the caller's N bytes and nothing else, where GetBlobRanges holds it once more per copy.
+  // REQUIRES non-overlapping ranges. On error the contents of every `out` are unspecified.
+  // The default calls GetBlobRanges and copies (for fakes).
+  virtual Status ReadBlobRangesInto(const Reference& repo, std::string_view digest,
+                                    std::span<const RangeInto> ranges) {
+    std::vector<ByteRange> wanted;
+    wanted.reserve(ranges.size());
+    for (const RangeInto& r : ranges) wanted.push_back({r.offset, r.out.size()});
+    auto parts = GetBlobRanges(repo, digest, wanted);
+    if (!parts.ok()) return parts.status();
+    if (parts->size() != ranges.size()) {
+      return Status::Corruption("blob " + std::string(digest) + ": asked for " +
+                                std::to_string(ranges.size()) + " ranges, got " +
+                                std::to_string(parts->size()));
+    }
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if ((*parts)[i].size() != ranges[i].out.size()) {
+        return Status::Corruption("blob " + std::string(digest) + ": range at " +
+                                  std::to_string(ranges[i].offset) + " came back with " +
+                                  std::to_string((*parts)[i].size()) + " bytes, wanted " +
+                                  std::to_string(ranges[i].out.size()));
+      }
+      std::copy((*parts)[i].begin(), (*parts)[i].end(), ranges[i].out.begin());
+    }
+    return Status::Ok();
+  }
 
   // A thread-safe BlobSource over Range GETs. size 0 = HEAD the blob to learn it.
   // The client must outlive the source.
@@ -258,6 +293,37 @@ struct RangePart {
   ByteSpan bytes;
 };
 Result<std::vector<RangePart>> ParseMultipartByteranges(ByteSpan body, std::string_view boundary);
+
+// Writes a multipart/byteranges body (RFC 7233 §4.1) into the caller's buffers as it arrives,
+// keeping only the framing between parts (bounded): the bytes of each part go straight to the
+// targets they cover. A target is complete once its bytes have come in order from its start
+// (parts in any order, a part covering several targets, a target covered by several parts);
+// bytes no target wants are dropped. The client reads what stays incomplete again on its own.
+// Malformed framing (no boundary, a part without Content-Range, headers over 16 KiB, a part not
+// followed by the boundary) is Corruption naming the part's number. Not thread-safe.
+class MultipartRangeWriter {
+ public:
+  // `targets`: sorted by offset, not overlapping; they must outlive the writer. An empty
+  // `boundary` makes a writer for a body that is one range (use WriteAt only).
+  MultipartRangeWriter(std::string boundary, std::span<const RangeInto> targets);
+  Status Feed(ByteSpan data);
+  // Corruption when the closing boundary did not come.
+  Status Finish() const;
+  // Writes the blob bytes at `offset` into the targets they cover (a single-range body).
+  void WriteAt(uint64_t offset, ByteSpan bytes);
+  bool complete(size_t target) const;
+
+ private:
+  enum class State { kPreamble, kAfterBoundary, kHeaders, kBody, kAfterBody, kDone };
+  Status ParseFraming();
+  std::string delimiter_;  // "--" + boundary
+  std::span<const RangeInto> targets_;
+  std::vector<uint64_t> next_;  // per target: filled up to this blob offset
+  State state_ = State::kPreamble;
+  std::string pending_;  // framing bytes not parsed yet
+  size_t part_ = 0;      // parts begun so far
+  uint64_t part_offset_ = 0, part_left_ = 0;
+};
 
 // WWW-Authenticate: `<scheme> k="v",k2=v2`. Lowercase scheme and parameter names.
 struct AuthChallenge {
