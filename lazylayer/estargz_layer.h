@@ -9,8 +9,9 @@
 // format::Entry and given to it through format::LayerIndex::FromVerifiedForeignToc, with chunk i
 // of that index = chunk i of the eStargz TOC.
 //
-// Background work after the mount: the files before `.prefetch.landmark` are fetched first, then
-// (verify) the whole blob is read once: ocicrypt's HMAC, the blob digest and privopts' plaintext
+// Background work after the mount (lazylayer/ctr_layer.h, shared with the indexed ocicrypt
+// layer): the files before `.prefetch.landmark` are fetched first, then (verify) the whole blob
+// is read once: ocicrypt's HMAC, the blob digest and privopts' plaintext
 // digest are checked and the SHA-256 of the decompressed tar stream (the diff_id) is handed to
 // check_diff_id (the snapshotter: it must give the snapshot's chain ID). Any failure quarantines
 // the layer: every later read of its files (and its metadata) is EIO.
@@ -26,13 +27,13 @@
 
 #include "cache/chunk_store.h"
 #include "cache/layer_data.h"
-#include "cache/opened_chunk_cache.h"
 #include "common/io.h"
 #include "common/status.h"
 #include "fusefs/fuse_fs.h"
 #include "image/layer.h"
 #include "image/oci.h"
 #include "keywrap/keyring.h"
+#include "lazylayer/ctr_layer.h"
 #include "lazylayer/mounted_layer.h"
 
 namespace lazycrypt::lazylayer {
@@ -46,34 +47,11 @@ bool IsEstargzOcicryptLayer(const image::Descriptor& descriptor);
 // (LayerStoreKey). Each stored member is checked against its chunk digest on every use.
 std::string EstargzStoreKey(std::string_view layer_digest, std::string_view toc_digest);
 
-struct EstargzMountOptions {
-  fusefs::MountOptions mount;
-  // Ciphertext of fetched (and verified) chunk members on local disk, shared by layers; null =
-  // memory only. Must outlive the layer.
-  cache::ChunkStore* store = nullptr;
-  // Where opened (decrypted, inflated, verified) chunks are kept, wiped when dropped: the
-  // node-wide budget shared with the daemon's other layers (cache/opened_chunk_cache.h); null = a
-  // cache of this layer's own of opened_chunk_cache_bytes.
-  std::shared_ptr<cache::OpenedChunkCache> opened_cache;
-  uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
-  // Fetch the files before `.prefetch.landmark` in the background once mounted.
-  bool prefetch = true;
-  // Verify the whole layer in the background once mounted (see above).
-  bool verify = true;
-  uint32_t verify_start_delay_ms = 0;
-  // The verification's fetch rate (bytes/s; 0 = as fast as the source allows). Either way it
-  // sends no request while a read is fetching a chunk, and runs at a lower CPU priority.
-  uint64_t verify_rate_bytes_per_sec = 0;
-  // Given the verified layer's diff_id ("sha256:<hex>" of its tar stream): OK when the layer may
-  // be used under it; an error quarantines the layer. Null: any diff_id is accepted.
-  std::function<Status(const std::string& diff_id)> check_diff_id;
-  // Called once when the verification ends (OK or the failure naming the layer, never a file),
-  // on the verification thread; must not destroy the layer. Not called when the layer is
-  // destroyed first.
-  std::function<void(const Status&)> on_verified;
-};
+// The CTR layers' options (lazylayer/ctr_layer.h); prefetch: the files before
+// `.prefetch.landmark`.
+struct EstargzMountOptions : CtrLayerOptions {};
 
-class MountedEstargzLayer {
+class MountedEstargzLayer final : public CtrMountedLayer {
  public:
   // `ciphertext` is the encrypted blob `descriptor` (from the manifest, with its ocicrypt and
   // eStargz annotations) describes. Errors: NotFound/PermissionDenied from the key unwrap,
@@ -87,45 +65,14 @@ class MountedEstargzLayer {
       const image::Descriptor& descriptor, const keywrap::KeyRing& keys,
       const EstargzMountOptions& options,
       std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
-  ~MountedEstargzLayer();
-  MountedEstargzLayer(const MountedEstargzLayer&) = delete;
-  MountedEstargzLayer& operator=(const MountedEstargzLayer&) = delete;
-
-  // Unmounts (FailedPrecondition "busy" while in use). Idempotent.
-  Status Unmount();
-  // Stops the background work and leaves the mount to the next daemon
-  // (FuseMount::LeaveMounted); destruction then leaves the mount alone.
-  void LeaveMounted();
-  const fusefs::FuseMount& fuse() const { return *mount_; }
-  const std::filesystem::path& mountpoint() const { return mount_->mountpoint(); }
-  const std::string& digest() const { return digest_; }
-  const std::string& key_name() const { return key_name_; }
-  uint64_t blob_size() const { return blob_size_; }
-  uint64_t chunk_count() const;
-  const std::string& store_key() const;  // EstargzStoreKey
-  // Counters of on-demand reads and prefetch (blob_bytes_fetched does not include the
-  // verification's full read).
-  cache::LayerStats stats() const;
-  Verification verification() const;
-  // OK once verified; Unavailable while pending; the failure once failed.
-  Status verification_status() const;
+  ~MountedEstargzLayer() override;
 
  private:
   class Data;
-  struct Background;
   MountedEstargzLayer() = default;
-  void RunBackground(EstargzMountOptions options);
-  void StopBackground();
-  Status VerifyOnce(const EstargzMountOptions& options);
-  std::shared_ptr<Data> data_;
-  std::unique_ptr<fusefs::FuseMount> mount_;
-  image::Descriptor descriptor_;
-  std::unique_ptr<image::OcicryptLayerCipher> cipher_;  // for the verification's full read
-  std::unique_ptr<Background> background_;
-  std::string digest_;
-  std::string store_key_;
-  std::string key_name_;
-  uint64_t blob_size_ = 0;
+  void Prefetch(const std::function<bool()>& stopped) override;
+  Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) override;
+  std::shared_ptr<Data> estargz_data_;
 };
 
 }  // namespace lazycrypt::lazylayer

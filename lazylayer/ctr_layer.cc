@@ -1,0 +1,351 @@
+#include "lazylayer/ctr_layer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+namespace lazycrypt::lazylayer {
+namespace {
+
+// The verification reads the blob in pieces of this size (one ranged request each).
+constexpr size_t kVerifyReadBytes = size_t{4} << 20;
+
+}  // namespace
+
+Status CountingSource::ReadAt(uint64_t offset, MutableByteSpan out) {
+  const auto start = std::chrono::steady_clock::now();
+  Status s = inner_->ReadAt(offset, out);
+  nanos_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::steady_clock::now() - start)
+                       .count(),
+                   std::memory_order_relaxed);
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  if (s.ok()) {
+    bytes_.fetch_add(out.size(), std::memory_order_relaxed);
+  } else {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return s;
+}
+
+Result<size_t> LargeReadStream::Read(MutableByteSpan out) {
+  if (pos_ == filled_) {
+    if (offset_ >= blob_.size()) return size_t{0};
+    const size_t want =
+        static_cast<size_t>(std::min<uint64_t>(buffer_.size(), blob_.size() - offset_));
+    if (!before_read_(want)) return Status::Unavailable("stopped");
+    LC_RETURN_IF_ERROR(blob_.ReadAt(offset_, MutableByteSpan(buffer_).first(want)));
+    if (on_piece_) LC_RETURN_IF_ERROR(on_piece_(offset_, ByteSpan(buffer_).first(want)));
+    offset_ += want;
+    pos_ = 0;
+    filled_ = want;
+  }
+  const size_t n = std::min(out.size(), filled_ - pos_);
+  std::memcpy(out.data(), buffer_.data() + pos_, n);
+  pos_ += n;
+  return n;
+}
+
+Status CtrLayerData::CheckNotQuarantined() {
+  if (!quarantined()) return Status::Ok();
+  quarantined_reads_.fetch_add(1, std::memory_order_relaxed);
+  return Status::AuthFailed("layer quarantined: it failed its verification");
+}
+
+bool CtrLayerData::WaitWhileFetching(std::chrono::milliseconds at_most) {
+  std::unique_lock<std::mutex> lock(fetch_mu_);
+  if (fetches_ == 0) return false;
+  fetch_cv_.wait_for(lock, at_most, [&] { return fetches_ == 0; });
+  return true;
+}
+
+void CtrLayerData::Finish(Verification v, Status status) {
+  {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    verification_status_ = std::move(status);
+  }
+  verification_.store(v);
+}
+
+Status CtrLayerData::verification_status() const {
+  std::lock_guard<std::mutex> lock(status_mu_);
+  return verification_status_;
+}
+
+std::unique_ptr<cache::OpenedChunkCache::LayerSlot> OpenedChunkSlot(
+    const CtrLayerOptions& options) {
+  std::shared_ptr<cache::OpenedChunkCache> opened = options.opened_cache;
+  if (!opened) {
+    opened = cache::OpenedChunkCache::Create({.budget_bytes = options.opened_chunk_cache_bytes});
+  }
+  return opened->OpenSlot();
+}
+
+Result<cache::OpenedChunkPtr> CtrLayerData::Chunk(uint32_t i) {
+  using Opened = Result<cache::OpenedChunkPtr>;
+  if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
+    cache_hits_.fetch_add(1, std::memory_order_relaxed);
+    return hit;
+  }
+  std::promise<Opened> promise;
+  std::shared_future<Opened> waiting;
+  {
+    std::lock_guard<std::mutex> lock(inflight_mu_);
+    if (auto f = inflight_.find(i); f != inflight_.end()) {
+      waiting = f->second;
+    } else {
+      // Inserted before the flight ends (below): looked up again under the lock, so a reader
+      // finds it in one or the other.
+      if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
+        cache_hits_.fetch_add(1, std::memory_order_relaxed);
+        return hit;
+      }
+      inflight_[i] = promise.get_future().share();
+    }
+  }
+  if (waiting.valid()) {
+    cache_hits_.fetch_add(1, std::memory_order_relaxed);
+    return waiting.get();
+  }
+  cache_misses_.fetch_add(1, std::memory_order_relaxed);
+  Opened opened = Load(i);
+  // Kept (node-wide budget) before the flight ends; outside the lock: evicted chunks of any
+  // layer are wiped on this thread.
+  if (opened.ok()) (void)opened_->Insert(i, *opened);
+  {
+    std::lock_guard<std::mutex> lock(inflight_mu_);
+    inflight_.erase(i);
+  }
+  promise.set_value(opened);
+  return opened;
+}
+
+Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
+  LC_ASSIGN_OR_RETURN(CiphertextRange range, ChunkCiphertext(i));
+  std::vector<uint8_t> ciphertext(static_cast<size_t>(range.size));
+  // The disk store first (ciphertext as fetched; opened below exactly as fresh bytes are).
+  if (store_ != nullptr) {
+    auto got = store_->Get(store_key_, i, range.offset, ciphertext);
+    if (got.ok() && *got) {
+      auto opened = OpenCiphertext(i, ciphertext);
+      if (opened.ok()) {
+        chunks_opened_.fetch_add(1, std::memory_order_relaxed);
+        return opened;
+      }
+      // Damaged on disk (or not this blob's): dropped and fetched again.
+      disk_corrupt_.fetch_add(1, std::memory_order_relaxed);
+      (void)store_->Drop(store_key_, i);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(fetch_mu_);
+    ++fetches_;
+  }
+  Status fetched = ciphertext_->ReadAt(range.offset, ciphertext);
+  {
+    std::lock_guard<std::mutex> lock(fetch_mu_);
+    --fetches_;
+  }
+  fetch_cv_.notify_all();
+  LC_RETURN_IF_ERROR(fetched.WithContext("chunk " + std::to_string(i)));
+  chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
+  auto opened = OpenCiphertext(i, ciphertext);
+  if (!opened.ok()) {
+    // A chunk that does not decode or hash to its pinned digest: EIO for its readers.
+    auth_failures_.fetch_add(1, std::memory_order_relaxed);
+    return opened;
+  }
+  chunks_opened_.fetch_add(1, std::memory_order_relaxed);
+  // Kept only once verified (a failure to store costs a later fetch, nothing else).
+  if (store_ != nullptr) (void)store_->Put(store_key_, i, range.offset, ciphertext);
+  return opened;
+}
+
+void CtrLayerData::FillStats(cache::LayerStats& s) const {
+  s.blob_bytes_fetched = ciphertext_->bytes();
+  s.fetch_requests = ciphertext_->requests();
+  s.fetch_errors = ciphertext_->errors();
+  s.fetch_nanos = ciphertext_->nanos();
+  s.chunks_fetched = chunks_fetched_.load(std::memory_order_relaxed);
+  s.chunks_opened = chunks_opened_.load(std::memory_order_relaxed);
+  s.cache_hits = cache_hits_.load(std::memory_order_relaxed);
+  s.cache_misses = cache_misses_.load(std::memory_order_relaxed);
+  s.auth_failures = auth_failures_.load(std::memory_order_relaxed);
+  s.chunk_count = index().chunks().size();
+  s.quarantined_reads = quarantined_reads_.load(std::memory_order_relaxed);
+  s.disk_corrupt = disk_corrupt_.load(std::memory_order_relaxed);
+  s.memory_cache_bytes = opened_->bytes_held();
+  if (store_ != nullptr) {
+    s.chunks_present = store_->ChunksPresent(store_key_);
+    s.bytes_present = store_->BytesPresent(store_key_);
+  }
+  switch (verification_.load()) {
+    case Verification::kPending:
+      s.verification =
+          verify_on_ ? cache::VerificationState::kPending : cache::VerificationState::kOff;
+      break;
+    case Verification::kVerified: s.verification = cache::VerificationState::kVerified; break;
+    case Verification::kFailed:
+      s.verification = cache::VerificationState::kFailed;
+      s.verification_failures = 1;
+      break;
+  }
+}
+
+struct CtrMountedLayer::Background {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread thread;
+  // Sleeps up to `ms` or until stopped; true when stopped.
+  bool SleepFor(std::chrono::milliseconds ms) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, ms, [&] { return stop.load(); });
+  }
+};
+
+Status CtrMountedLayer::MountAndStart(const std::filesystem::path& mountpoint,
+                                      std::shared_ptr<CtrLayerData> data,
+                                      const CtrLayerOptions& options,
+                                      std::unique_ptr<fusefs::FuseMount>* resumed) {
+  data_ = std::move(data);
+  if (options.verify) data_->set_verify_on();
+  fusefs::MountOptions mount_options = options.mount;
+  if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + digest_;
+  if (resumed != nullptr && *resumed != nullptr) {
+    LC_RETURN_IF_ERROR((*resumed)->Provide(data_));
+    mount_ = std::move(*resumed);
+  } else {
+    LC_ASSIGN_OR_RETURN(mount_, fusefs::FuseMount::Mount(mountpoint, data_, mount_options));
+  }
+  if (options.prefetch || options.verify) {
+    background_ = std::make_unique<Background>();
+    background_->thread = std::thread([this, options] { RunBackground(options); });
+  }
+  return Status::Ok();
+}
+
+void CtrMountedLayer::RunBackground(CtrLayerOptions options) {
+  Background& bg = *background_;
+  if (options.prefetch) Prefetch([&bg] { return bg.stop.load(); });
+  if (!options.verify) return;
+  if (options.verify_start_delay_ms > 0 &&
+      bg.SleepFor(std::chrono::milliseconds(options.verify_start_delay_ms))) {
+    return;
+  }
+  // Linux: the nice value is per thread (as the GCM format's verification). Failure only means
+  // normal priority.
+  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);
+  auto backoff = std::chrono::milliseconds(500);
+  Status result;
+  while (true) {
+    result = VerifyOnce(options);
+    if (bg.stop.load()) return;  // stopped mid-read: no verdict
+    const StatusCode code = result.code();
+    const bool transient = code == StatusCode::kUnavailable ||
+                           code == StatusCode::kDeadlineExceeded || code == StatusCode::kIoError;
+    if (!transient) break;
+    // The source is failing: try again from the start (it never becomes verified without
+    // hashing every byte).
+    if (bg.SleepFor(backoff)) return;
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(30));
+  }
+  if (result.ok()) {
+    data_->Finish(Verification::kVerified, Status::Ok());
+  } else {
+    result = Status(result.code(), "layer " + digest_ + ": " + result.message());
+    data_->Finish(Verification::kFailed, result);
+    // The caller first (it records the quarantine on disk), then the kernel's cached pages.
+    if (options.on_verified) options.on_verified(result);
+    // Once per layer; the message names the layer, never a file.
+    std::fprintf(stderr,
+                 "lazycrypt: verification failed, layer quarantined (every read of its files "
+                 "fails with EIO): %s\n",
+                 result.message().c_str());
+    std::fflush(stderr);
+    mount_->InvalidateFileData();
+    return;
+  }
+  if (options.on_verified) options.on_verified(result);
+}
+
+Status CtrMountedLayer::VerifyOnce(const CtrLayerOptions& options) {
+  // The whole ciphertext once: its digest, the HMAC and privopts' plaintext digest are checked by
+  // the decrypting stream at its end; the format checks the tar stream on the way.
+  // Reads yield to chunk fetches (no request while one runs, up to the yield bound) and keep to
+  // the rate, if any.
+  const uint64_t rate = options.verify_rate_bytes_per_sec;
+  const size_t piece = rate == 0 ? kVerifyReadBytes
+                                 : static_cast<size_t>(std::clamp<uint64_t>(
+                                       rate / 4, uint64_t{64} << 10, kVerifyReadBytes));
+  const auto max_yield = std::chrono::milliseconds(options.verify_max_yield_ms);
+  const auto start = std::chrono::steady_clock::now();
+  uint64_t sent = 0;
+  Background& bg = *background_;
+  CtrLayerData& data = *data_;
+  LargeReadStream in(data.ciphertext().inner(), piece, [&](size_t bytes) {
+    // Bounded: reads that never pause (a container scanning its files, a reader in a loop) would
+    // otherwise keep the layer pending, and a bad one unquarantined, for as long as they last.
+    while (!bg.stop.load()) {
+      const auto spent = std::chrono::milliseconds(yielded_ms_.load());
+      if (spent >= max_yield) break;
+      const auto t0 = std::chrono::steady_clock::now();
+      const bool waited = data.WaitWhileFetching(
+          std::min<std::chrono::milliseconds>(std::chrono::milliseconds(50), max_yield - spent));
+      if (!waited) break;
+      yielded_ms_.fetch_add(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::steady_clock::now() - t0)
+                                .count());
+    }
+    if (rate > 0) {
+      const auto due = start + std::chrono::microseconds(sent * 1000000 / rate);
+      const auto now = std::chrono::steady_clock::now();
+      if (due > now &&
+          bg.SleepFor(std::chrono::duration_cast<std::chrono::milliseconds>(due - now))) {
+        return false;
+      }
+    }
+    sent += bytes;
+    return !bg.stop.load();
+  });
+  LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, descriptor_, *cipher_));
+  LC_ASSIGN_OR_RETURN(std::string diff_id, VerifyContent(*plain, in));
+  // Anything the format's reader left unread is read, so the decrypting stream's checks run.
+  std::vector<uint8_t> buffer(size_t{64} << 10);
+  while (true) {
+    LC_ASSIGN_OR_RETURN(size_t n, plain->Read(buffer));
+    if (n == 0) break;
+    return Status::Corruption("bytes after the last gzip member");
+  }
+  if (options.check_diff_id) LC_RETURN_IF_ERROR(options.check_diff_id(diff_id));
+  return Status::Ok();
+}
+
+void CtrMountedLayer::StopBackground() {
+  if (!background_) return;
+  {
+    std::lock_guard<std::mutex> lock(background_->mu);
+    background_->stop.store(true);
+  }
+  background_->cv.notify_all();
+  if (background_->thread.joinable()) background_->thread.join();
+}
+
+CtrMountedLayer::CtrMountedLayer() = default;
+
+CtrMountedLayer::~CtrMountedLayer() {
+  StopBackground();
+  mount_.reset();  // unmounts, unless left to the next daemon
+}
+
+Status CtrMountedLayer::Unmount() { return mount_ ? mount_->Unmount() : Status::Ok(); }
+
+void CtrMountedLayer::LeaveMounted() {
+  StopBackground();
+  if (mount_) mount_->LeaveMounted();
+}
+
+}  // namespace lazycrypt::lazylayer

@@ -1,0 +1,259 @@
+// What the lazily served ocicrypt AES-CTR layers share (docs/FORMAT.md §10 ocicrypt-estargz,
+// §11 indexed ocicrypt): both fetch ciphertext ranges of a standard ocicrypt blob, decrypt them
+// with CTR and serve chunks through the FUSE file system; both can authenticate a chunk only
+// against a table the layer's key holder wrote (the eStargz TOC, the sealed index), so both
+// read the whole blob once in the background and check ocicrypt's HMAC, the blob digest,
+// privopts' plaintext digest and the diff_id (the chain ID binding) before the layer counts as
+// verified; any failure quarantines the layer (every read of its files is EIO).
+//
+// Here: the blob source that counts what it reads (CountingSource), the LayerData part both
+// share (CtrLayerData: verification state, quarantine, foreground fetch tracking, counters) and
+// the mounted layer (CtrMountedLayer: the FUSE mount, the background thread that prefetches and
+// verifies, with the yield bound below). A format supplies the chunk decoder (its LayerData)
+// and the part of the verification that reads the decrypted stream (VerifyContent).
+//
+// Verification yields to on-demand reads: it sends no request while a read is fetching a chunk.
+// That yield is bounded (CtrLayerOptions::verify_max_yield_ms, summed over the layer's life):
+// a container that keeps reading cannot keep a layer pending, and so unquarantined, forever;
+// once the bound is spent the verification proceeds at its rate limit regardless of reads.
+//
+// Thread-safe as their parts.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/chunk_store.h"
+#include "cache/layer_data.h"
+#include "cache/opened_chunk_cache.h"
+#include "cache/opened_chunk_cache.h"
+#include "common/io.h"
+#include "common/status.h"
+#include "fusefs/fuse_fs.h"
+#include "image/layer.h"
+#include "image/oci.h"
+#include "lazylayer/mounted_layer.h"
+
+namespace lazycrypt::lazylayer {
+
+// Counts what is read from a blob source (a layer's stats).
+class CountingSource final : public BlobSource {
+ public:
+  explicit CountingSource(std::shared_ptr<BlobSource> inner) : inner_(std::move(inner)) {}
+  uint64_t size() const override { return inner_->size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override;
+  BlobSource& inner() { return *inner_; }
+  uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
+  uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
+  uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
+  uint64_t nanos() const { return nanos_.load(std::memory_order_relaxed); }
+
+ private:
+  std::shared_ptr<BlobSource> inner_;
+  std::atomic<uint64_t> bytes_{0}, requests_{0}, errors_{0}, nanos_{0};
+};
+
+// Reads a BlobSource from start to end in pieces of `piece_bytes` (one ranged request each);
+// before each request `before_read(bytes)` may wait (yield to readers, pace the rate) and
+// returns false to stop (Unavailable "stopped"). `on_piece`, when set, sees every piece read,
+// with its blob offset, before it is handed on.
+class LargeReadStream final : public InputStream {
+ public:
+  LargeReadStream(BlobSource& blob, size_t piece_bytes, std::function<bool(size_t)> before_read)
+      : blob_(blob), before_read_(std::move(before_read)), buffer_(piece_bytes) {}
+  Result<size_t> Read(MutableByteSpan out) override;
+  void set_on_piece(std::function<Status(uint64_t offset, ByteSpan piece)> f) {
+    on_piece_ = std::move(f);
+  }
+
+ private:
+  BlobSource& blob_;
+  std::function<bool(size_t)> before_read_;
+  std::function<Status(uint64_t, ByteSpan)> on_piece_;
+  std::vector<uint8_t> buffer_;
+  uint64_t offset_ = 0;
+  size_t pos_ = 0, filled_ = 0;
+};
+
+struct CtrLayerOptions {
+  fusefs::MountOptions mount;
+  // Ciphertext of fetched (and verified) chunks on local disk, shared by layers; null = memory
+  // only. Must outlive the layer.
+  cache::ChunkStore* store = nullptr;
+  // Where opened (decrypted, inflated, verified) chunks are kept, wiped when dropped: the
+  // node-wide budget shared with the daemon's other layers (cache/opened_chunk_cache.h); null = a
+  // cache of this layer's own of opened_chunk_cache_bytes.
+  std::shared_ptr<cache::OpenedChunkCache> opened_cache;
+  uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
+  // Fetch the files the layer marks for prefetch in the background once mounted.
+  bool prefetch = true;
+  // Verify the whole layer in the background once mounted (see above).
+  bool verify = true;
+  uint32_t verify_start_delay_ms = 0;
+  // The verification's fetch rate (bytes/s; 0 = as fast as the source allows). It sends no
+  // request while a read is fetching a chunk (up to verify_max_yield_ms in all), and runs at a
+  // lower CPU priority.
+  uint64_t verify_rate_bytes_per_sec = 0;
+  // The most time the verification spends waiting for reads' fetches, over the layer's life;
+  // then it no longer waits for them (only for its rate). 0 = it never waits for reads.
+  uint32_t verify_max_yield_ms = 120 * 1000;
+  // Given the verified layer's diff_id ("sha256:<hex>" of its tar stream): OK when the layer may
+  // be used under it; an error quarantines the layer. Null: any diff_id is accepted.
+  std::function<Status(const std::string& diff_id)> check_diff_id;
+  // Called once when the verification ends (OK or the failure naming the layer, never a file),
+  // on the verification thread; must not destroy the layer. Not called when the layer is
+  // destroyed first.
+  std::function<void(const Status&)> on_verified;
+};
+
+// The layer's part of the opened-chunk memory: options.opened_cache when the daemon gives one,
+// else a cache of its own of options.opened_chunk_cache_bytes.
+std::unique_ptr<cache::OpenedChunkCache::LayerSlot> OpenedChunkSlot(const CtrLayerOptions& options);
+
+// The LayerData part the CTR layers share: chunk i read as opened-chunk cache → disk store
+// (ciphertext, opened again exactly as fresh bytes are; a damaged one is dropped and fetched
+// again) → fetch of its ciphertext range (one fetch however many readers ask; no error is
+// cached), verification state and quarantine, tracking of on-demand fetches (which the
+// verification yields to), counters.
+class CtrLayerData : public cache::LayerData {
+ public:
+  // `store` may be null (memory only); it outlives this.
+  CtrLayerData(std::shared_ptr<CountingSource> ciphertext,
+               std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened,
+               cache::ChunkStore* store, std::string store_key)
+      : ciphertext_(std::move(ciphertext)),
+        store_(store),
+        store_key_(std::move(store_key)),
+        opened_(std::move(opened)) {}
+  CountingSource& ciphertext() { return *ciphertext_; }
+
+  // The opened chunk `i` (cached, or fetched and opened once however many readers ask).
+  Result<cache::OpenedChunkPtr> Chunk(uint32_t i);
+
+  bool quarantined() const override { return verification_.load() == Verification::kFailed; }
+  // AuthFailed (counted) when quarantined; OK otherwise. Every read calls it first.
+  Status CheckNotQuarantined();
+
+  void set_verify_on() { verify_on_ = true; }
+  // Waits until no read is fetching a chunk, or for `at_most`; false when none is fetching.
+  bool WaitWhileFetching(std::chrono::milliseconds at_most);
+  void Finish(Verification v, Status status);
+  Verification verification() const { return verification_.load(); }
+  Status verification_status() const;
+
+ protected:
+  struct CiphertextRange {
+    uint64_t offset = 0, size = 0;
+  };
+  // The blob bytes chunk i needs, checked to lie inside the blob and to be of a size worth
+  // fetching (Corruption otherwise).
+  virtual Result<CiphertextRange> ChunkCiphertext(uint32_t i) const = 0;
+  // Chunk i opened (decrypted, decoded, verified against the format's table) from exactly the
+  // ChunkCiphertext(i) bytes; AuthFailed/Corruption when they are not the chunk's.
+  virtual Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext) = 0;
+  // The counters this class keeps, the verification state, the opened chunks held and the
+  // store's presence.
+  void FillStats(cache::LayerStats& s) const;
+
+  std::shared_ptr<CountingSource> ciphertext_;
+  std::atomic<uint64_t> chunks_fetched_{0}, chunks_opened_{0}, cache_hits_{0}, cache_misses_{0},
+      auth_failures_{0}, quarantined_reads_{0}, disk_corrupt_{0};
+
+ private:
+  // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
+  Result<cache::OpenedChunkPtr> Load(uint32_t i);
+
+  cache::ChunkStore* const store_;
+  const std::string store_key_;
+  const std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened_;
+  std::mutex inflight_mu_;
+  std::unordered_map<uint32_t, std::shared_future<Result<cache::OpenedChunkPtr>>> inflight_;
+  mutable std::mutex status_mu_;
+  Status verification_status_ = Status::Unavailable("verification pending");
+  std::mutex fetch_mu_;
+  std::condition_variable fetch_cv_;
+  int fetches_ = 0;
+  std::atomic<Verification> verification_{Verification::kPending};
+  std::atomic<bool> verify_on_{false};
+};
+
+// A CTR layer mounted with FUSE, with its background prefetch and verification.
+class CtrMountedLayer {
+ public:
+  virtual ~CtrMountedLayer();
+  CtrMountedLayer(const CtrMountedLayer&) = delete;
+  CtrMountedLayer& operator=(const CtrMountedLayer&) = delete;
+
+  // Unmounts (FailedPrecondition "busy" while in use). Idempotent.
+  Status Unmount();
+  // Stops the background work and leaves the mount to the next daemon
+  // (FuseMount::LeaveMounted); destruction then leaves the mount alone.
+  void LeaveMounted();
+  const fusefs::FuseMount& fuse() const { return *mount_; }
+  const std::filesystem::path& mountpoint() const { return mount_->mountpoint(); }
+  const std::string& digest() const { return digest_; }
+  const std::string& key_name() const { return key_name_; }
+  uint64_t blob_size() const { return blob_size_; }
+  const std::string& store_key() const { return store_key_; }
+  uint64_t chunk_count() const { return data_->index().chunks().size(); }
+  // Counters of on-demand reads and prefetch (blob_bytes_fetched does not include the
+  // verification's full read).
+  cache::LayerStats stats() const { return data_->stats(); }
+  Verification verification() const { return data_->verification(); }
+  // OK once verified; Unavailable while pending; the failure once failed.
+  Status verification_status() const { return data_->verification_status(); }
+  // Time the verification has spent waiting for reads' fetches so far (bounded by
+  // CtrLayerOptions::verify_max_yield_ms).
+  std::chrono::milliseconds verification_yielded() const {
+    return std::chrono::milliseconds(yielded_ms_.load());
+  }
+
+ protected:
+  CtrMountedLayer();
+  // Mounts `data` at `mountpoint` (or gives it to `resumed`, see MountedEstargzLayer::Mount),
+  // then starts the background work when options.prefetch or options.verify.
+  Status MountAndStart(const std::filesystem::path& mountpoint,
+                       std::shared_ptr<CtrLayerData> data, const CtrLayerOptions& options,
+                       std::unique_ptr<fusefs::FuseMount>* resumed);
+  // Prefetch of the format's marked files (on the background thread; `stopped` says when to
+  // give up). Errors are left to the readers.
+  virtual void Prefetch(const std::function<bool()>& stopped) = 0;
+  // The format's part of the verification: `plain` is the decrypted (gzip) stream of the whole
+  // blob, whose end checks the HMAC, blob digest and plaintext digest; `ciphertext` is the
+  // stream under it (set_on_piece sees the ciphertext as it is read). Reads `plain` to its end,
+  // checks the tar stream against what the mount serves, and returns the tar stream's diff_id
+  // ("sha256:<hex>"). Errors name the problem, never a file.
+  virtual Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) = 0;
+  // Stops the background thread (before the derived layer's members go: derived destructors
+  // call it first).
+  void StopBackground();
+
+  std::shared_ptr<CtrLayerData> data_;
+  std::unique_ptr<fusefs::FuseMount> mount_;
+  image::Descriptor descriptor_;
+  std::unique_ptr<image::OcicryptLayerCipher> cipher_;  // for the verification's full read
+  std::string digest_;
+  std::string store_key_;
+  std::string key_name_;
+  uint64_t blob_size_ = 0;
+
+ private:
+  struct Background;
+  void RunBackground(CtrLayerOptions options);
+  Status VerifyOnce(const CtrLayerOptions& options);
+  std::unique_ptr<Background> background_;
+  std::atomic<int64_t> yielded_ms_{0};
+};
+
+}  // namespace lazycrypt::lazylayer

@@ -1,0 +1,297 @@
+// The lazily served ocicrypt AES-CTR layers (lazylayer/ctr_layer.h: ocicrypt-estargz and indexed
+// ocicrypt), mounted with a real FUSE mount over an in-memory blob, without a registry:
+//   - the background verification yields to reads only boundedly: with readers that never let
+//     the blob source rest (every read fetches: no opened-chunk memory; a slow source), it still
+//     completes while they read (both formats: the same code). Before the bound it waited for a
+//     pause that never came, and a bad layer was never quarantined;
+//   - an indexed layer serves the tar's files (chunk i = span i) and verifies; an index whose
+//     table of contents is not the tar's (a key holder can seal any), or whose span digest is
+//     not the blob's, serves EIO or is quarantined, never other bytes.
+// Needs root and /dev/fuse.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <cerrno>
+#include <cstring>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/io.h"
+#include "crypto/digest.h"
+#include "estargz/writer.h"
+#include "format/toc.h"
+#include "image/estargz_layer.h"
+#include "image/layer.h"
+#include "image/oci.h"
+#include "keywrap/keyring.h"
+#include "keywrap/keys.h"
+#include "lazylayer/estargz_layer.h"
+#include "lazylayer/indexed_layer.h"
+#include "tests/command_util.h"
+#include "tests/harness/subprocess.h"
+#include "tests/integration_util.h"
+#include "tests/snapshotter_util.h"
+#include "tests/test_util.h"
+#include "zindex/zindex.h"
+
+namespace lazycrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::MustRun;
+
+// Every read sleeps first: a registry far away. The first read of a chunk (a small read: the
+// verification reads the blob whole) after Arm does not return until Release: a read in flight for as long
+// as the test wants, so that the verification never sees a moment without a fetch.
+class SlowSource final : public BlobSource {
+ public:
+  SlowSource(std::vector<uint8_t> bytes, std::chrono::milliseconds delay)
+      : inner_(std::move(bytes)), delay_(delay) {}
+  uint64_t size() const override { return inner_.size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    if (armed_.load() && out.size() < inner_.size() / 2 && !held_one_.exchange(true)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return released_; });
+    }
+    std::this_thread::sleep_for(delay_);
+    return inner_.ReadAt(offset, out);
+  }
+  // From now on (the mount's own reads are done).
+  void Arm() { armed_.store(true); }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      released_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  MemoryBlobSource inner_;
+  std::chrono::milliseconds delay_;
+  std::atomic<bool> armed_{false}, held_one_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
+class CtrLayerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
+    }
+    auto tmp = harness::TempDir::Create("ctr-layer");
+    ASSERT_TRUE(tmp.ok());
+    tmp_ = std::make_unique<harness::TempDir>(std::move(tmp).value());
+    const fs::path root = tmp_->path();
+    fs::create_directories(root / "keys");
+    key_ = testing::GenerateKeyPair(root / "keys", "ec256", "node");
+    // Four files of 512 KiB that do not compress: many chunks (and spans) to read.
+    const fs::path src = root / "src";
+    fs::create_directories(src / "d");
+    for (int i = 0; i < 4; ++i) {
+      MustRun({"dd", "if=/dev/urandom", "of=" + (src / "d" / ("f" + std::to_string(i))).string(),
+               "bs=64k", "count=8", "status=none"});
+    }
+    MustRun({"tar", "--numeric-owner", "-C", src.string(), "-cf", (root / "layer.tar").string(),
+             "d"});
+    tar_ = testing::ReadFileString(root / "layer.tar");
+    mountpoint_ = root / "mnt";
+    fs::create_directories(mountpoint_);
+    auto priv = keywrap::PrivateKey::Load(key_.priv.string());
+    ASSERT_TRUE(priv.ok()) << priv.status().ToString();
+    std::vector<keywrap::PrivateKey> keys;
+    keys.push_back(std::move(*priv));
+    keys_ = std::make_unique<keywrap::KeyRing>(std::move(keys));
+  }
+
+  void TearDown() override {
+    if (tmp_) testing::AbortFuseConnectionsUnder(tmp_->path());
+  }
+
+  keywrap::Recipients Recipients() {
+    auto pub = keywrap::PublicKey::Load(key_.pub);
+    EXPECT_TRUE(pub.ok()) << pub.status().ToString();
+    std::vector<keywrap::PublicKey> pubs;
+    pubs.push_back(std::move(*pub));
+    return keywrap::Recipients(std::move(pubs));
+  }
+
+  // The tar as an ocicrypt-estargz layer (64 KiB chunks).
+  void MakeEstargzLayer() {
+    MemoryInputStream in(AsBytes(tar_));
+    image::Descriptor source;
+    source.media_type = "application/vnd.oci.image.layer.v1.tar";
+    source.digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(tar_)));
+    source.size = tar_.size();
+    estargz::WriterOptions o;
+    o.chunk_size_bytes = 64 << 10;
+    o.spool_dir = tmp_->path();
+    MemoryOutputStream out;
+    auto made = image::EncryptEstargzOcicryptLayer(in, source, out, Recipients(), o);
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    descriptor_ = made->descriptor;
+    blob_ = out.bytes();
+  }
+
+  // The tar gzip-compressed and encrypted as skopeo does (standard ocicrypt), its diff_id.
+  void MakeOcicryptLayer() {
+    const fs::path tar = tmp_->path() / "layer.tar";
+    MustRun({"gzip", "-n", "-k", "-f", tar.string()});
+    const std::string gz = testing::ReadFileString(tar.string() + ".gz");
+    image::Descriptor original;
+    original.media_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+    original.digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(gz)));
+    original.size = gz.size();
+    MemoryInputStream in(AsBytes(gz));
+    MemoryOutputStream out;
+    auto encrypted = image::EncryptOcicryptLayer(in, original, out, Recipients());
+    ASSERT_TRUE(encrypted.ok()) << encrypted.status().ToString();
+    descriptor_ = *encrypted;
+    descriptor_.digest = crypto::OciDigest(crypto::Sha256::Of(out.bytes()));
+    descriptor_.size = out.bytes().size();
+    blob_ = out.bytes();
+    diff_id_ = crypto::OciDigest(crypto::Sha256::Of(AsBytes(tar_)));
+  }
+
+  image::OcicryptLayerCipher Cipher() {
+    auto cipher = image::UnwrapOcicryptLayer(descriptor_, *keys_);
+    EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
+    return std::move(*cipher);
+  }
+
+  std::vector<uint8_t> SealedIndex(uint64_t span_bytes = 64 << 10) {
+    MemoryInputStream in(blob_);
+    zindex::BuildOptions o;
+    o.span_bytes = span_bytes;
+    auto sealed = zindex::BuildSealedIndex(in, descriptor_, Cipher(), o);
+    EXPECT_TRUE(sealed.ok()) << sealed.status().ToString();
+    return sealed.ok() ? *sealed : std::vector<uint8_t>{};
+  }
+
+  Result<std::unique_ptr<lazylayer::MountedIndexedLayer>> MountIndexed(
+      std::shared_ptr<BlobSource> source, const std::vector<uint8_t>& sealed,
+      const lazylayer::IndexedMountOptions& o) {
+    image::OcicryptLayerCipher cipher = Cipher();
+    LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor_, cipher));
+    return lazylayer::MountedIndexedLayer::Mount(
+        mountpoint_, std::move(source), descriptor_, std::move(cipher), std::move(index),
+        lazylayer::IndexedStoreKey(descriptor_.digest,
+                                   crypto::OciDigest(crypto::Sha256::Of(sealed))),
+        o);
+  }
+
+  // Readers that keep the blob source busy: each reads 4 KiB of its own file at a changing
+  // offset with O_DIRECT (no page cache), and nothing keeps opened chunks, so every read fetches;
+  // the first fetch stays in flight until the end (SlowSource).
+  // Returns once `done` says so or after `limit`; true when `done` said so first.
+  bool ReadWithoutPauseUntil(SlowSource& source, const std::function<bool()>& done,
+                             std::chrono::seconds limit) {
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> reads{0};
+    source.Arm();
+    std::vector<std::thread> readers;
+    for (int r = 0; r < 4; ++r) {
+      readers.emplace_back([&, r] {
+        const fs::path file = mountpoint_ / "d" / ("f" + std::to_string(r));
+        int fd = ::open(file.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+        if (fd < 0) fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+        ASSERT_GE(fd, 0) << std::strerror(errno);
+        void* buf = nullptr;
+        ASSERT_EQ(::posix_memalign(&buf, 4096, 4096), 0);
+        uint64_t i = 0;
+        while (!stop.load()) {
+          (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+          const off_t at = static_cast<off_t>(((i++ * 7 + r) % 8) * (64 << 10));
+          if (::pread(fd, buf, 4096, at) > 0) reads.fetch_add(1);
+        }
+        std::free(buf);
+        ::close(fd);
+      });
+    }
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    bool finished = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (done()) {
+        finished = true;
+        break;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    stop.store(true);
+    source.Release();
+    for (auto& t : readers) t.join();
+    EXPECT_GT(reads.load(), 10u) << "the readers did not read";
+    return finished;
+  }
+
+  std::unique_ptr<harness::TempDir> tmp_;
+  testing::KeyPair key_;
+  std::unique_ptr<keywrap::KeyRing> keys_;
+  std::string tar_;
+  fs::path mountpoint_;
+  image::Descriptor descriptor_;
+  std::vector<uint8_t> blob_;
+  std::string diff_id_;
+};
+
+// The bound in these tests (the default is 120 s, FORMAT.md §8.4). LC_TEST_YIELD_BOUND_MS
+// overrides it: 4294967295 (about 50 days) is the unbounded yield these tests must fail with.
+uint32_t TestYieldBoundMs() {
+  const char* v = std::getenv("LC_TEST_YIELD_BOUND_MS");
+  return v != nullptr ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : 300;
+}
+
+TEST_F(CtrLayerTest, EstargzVerificationCompletesWhileReadsNeverPause) {
+  MakeEstargzLayer();
+  lazylayer::EstargzMountOptions o;
+  o.prefetch = false;
+  o.opened_chunk_cache_bytes = 0;  // keeps nothing: every read fetches
+  o.mount.fill_page_cache = false;
+  o.verify_max_yield_ms = TestYieldBoundMs();
+  o.verify_start_delay_ms = 200;  // the readers are reading by then
+  auto source = std::make_shared<SlowSource>(blob_, 15ms);
+  auto layer = lazylayer::MountedEstargzLayer::Mount(mountpoint_, source, descriptor_, *keys_, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  const bool ended = ReadWithoutPauseUntil(*source, 
+      [&] { return (*layer)->verification() != lazylayer::Verification::kPending; }, 15s);
+  EXPECT_TRUE(ended) << "the verification waited for the readers to pause (yielded "
+                     << (*layer)->verification_yielded().count() << " ms)";
+  EXPECT_EQ((*layer)->verification(), lazylayer::Verification::kVerified)
+      << (*layer)->verification_status().ToString();
+  EXPECT_GT((*layer)->verification_yielded().count(), 0) << "it did not yield to the readers";
+}
+
+TEST_F(CtrLayerTest, IndexedVerificationCompletesWhileReadsNeverPause) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  lazylayer::IndexedMountOptions o;
+  o.opened_chunk_cache_bytes = 0;
+  o.mount.fill_page_cache = false;
+  o.verify_max_yield_ms = TestYieldBoundMs();
+  o.verify_start_delay_ms = 200;
+  auto source = std::make_shared<SlowSource>(blob_, 15ms);
+  auto layer = MountIndexed(source, sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  const bool ended = ReadWithoutPauseUntil(*source, 
+      [&] { return (*layer)->verification() != lazylayer::Verification::kPending; }, 15s);
+  EXPECT_TRUE(ended) << "the verification waited for the readers to pause (yielded "
+                     << (*layer)->verification_yielded().count() << " ms)";
+  EXPECT_EQ((*layer)->verification(), lazylayer::Verification::kVerified)
+      << (*layer)->verification_status().ToString();
+}
+
+}  // namespace
+}  // namespace lazycrypt
