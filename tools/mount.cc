@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cache/chunk_store.h"
+#include "cache/opened_chunk_cache.h"
 #include "cache/registry_source.h"
 #include "common/file_io.h"
 #include "crypto/digest.h"
@@ -247,6 +248,9 @@ bool ProcessAlive(pid_t pid) {
 // Mounts and serves. `notify_fd` >= 0 (daemon child): the mount's outcome is written there
 // ("OK <message>" or "ERR <message>") and the fd closed as soon as it is known.
 Status MountAndServe(const MountFlags& flags, const Output& io, int notify_fd) {
+  // A long-lived server as the snapshotter is: chunk-sized buffers go back to the kernel when
+  // freed, instead of staying in malloc's heaps above the plaintext budget (BENCHMARKS.md §9).
+  cache::ReturnChunkBuffersToTheKernel();
   auto notify = [&](const Status& s, const std::string& ok_text) {
     if (notify_fd < 0) return;
     std::string msg = s.ok() ? "OK " + ok_text : "ERR " + s.message();
