@@ -4,8 +4,8 @@
 // image costs none for its layers"), counted in a real docker-registry's access log: a real
 // containerd (the system's 1.6) pulls an image of three lazycrypt layers with stargz's
 // `ctr-remote images rpull` through a real lazycrypt-snapshotter, then runs a container from it.
-// The snapshotter's requests are told from containerd's by their User-Agent (lazycrypt/…, while
-// containerd sends containerd/…).
+// The snapshotter's requests are told from containerd's (and `lazycrypt pull`'s) by their
+// User-Agent (lazycrypt-snapshotter/…; containerd sends containerd/…, lazycrypt pull lazycrypt/…).
 //   - first pull: exactly one manifest request by the snapshotter, at most one blob request per
 //     layer (footer and sealed TOC in one range), nothing else; the second and third layers were
 //     opened ahead of their Prepares by the warm-up the first layer's Prepare started (the
@@ -282,7 +282,8 @@ class PullRequests : public ThreeLayerImage {
     return "lc-pullreq-" + std::to_string(getpid()) + "-" + suffix;
   }
 
-  static constexpr const char* kSnapshotterAgent = "lazycrypt/";
+  // The snapshotter's registry client (lazycrypt pull, a client of containerd, sends lazycrypt/).
+  static constexpr const char* kSnapshotterAgent = "lazycrypt-snapshotter/";
 
   std::unique_ptr<harness::Subprocess> snapshotter_;
   std::unique_ptr<harness::ContainerdProcess> ctd_;
@@ -290,6 +291,35 @@ class PullRequests : public ThreeLayerImage {
   std::string ctr_remote_;
   int starts_ = 0;
   int sentinels_ = 0;
+
+  // A first pull of the image, from byte `before` of the registry's log on: one manifest and at
+  // most one request per layer by the snapshotter, the later layers opened ahead.
+  void ExpectFirstPullCosts(size_t before) {
+    const std::string after_pull = AccessLog();
+    const Requests first = Count(after_pull, before, kSnapshotterAgent);
+    std::printf("first pull, the snapshotter's requests: %s\n", Describe(first).c_str());
+    EXPECT_EQ(first.manifests, 1) << Describe(first) << "\n" << after_pull.substr(before);
+    EXPECT_EQ(first.other, 0) << Describe(first);
+    for (const Layer& layer : layers_) {
+      EXPECT_LE(first.blobs.count(layer.digest) ? first.blobs.at(layer.digest) : 0, 1)
+          << "layer " << layer.digest;
+    }
+    for (const auto& [digest, n] : first.blobs) {
+      EXPECT_TRUE(std::any_of(layers_.begin(), layers_.end(),
+                              [&](const Layer& l) { return l.digest == digest; }))
+          << "a blob that is no layer of the image: " << digest;
+    }
+    // The second and third layers were opened while containerd prepared the first: their
+    // Prepares found them ready (or waited for the open already under way) and only mounted.
+    const std::string log = SnapshotterLog();
+    EXPECT_EQ(Occurrences(log, "opened ahead of its Prepare"), 2u) << log;
+    for (size_t i = 1; i < layers_.size(); ++i) {
+      EXPECT_THAT(log,
+                  HasSubstr("layer " + layers_[i].digest + " of " + ref_ + ": opened ahead"))
+          << "layer " << i;
+    }
+    EXPECT_EQ(Occurrences(log, "mounted layer sha256:"), 3u) << log;
+  }
 };
 
 TEST_F(PullRequests, ThreeLayerPullCostsOneManifestAndOneRequestPerLayerSecondPullNone) {
@@ -298,30 +328,8 @@ TEST_F(PullRequests, ThreeLayerPullCostsOneManifestAndOneRequestPerLayerSecondPu
   auto pulled = RemotePull(ref_);
   ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
   ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
-  const std::string after_pull = AccessLog();
-  const Requests first = Count(after_pull, before, kSnapshotterAgent);
-  std::printf("first pull, the snapshotter's requests: %s\n", Describe(first).c_str());
-  EXPECT_EQ(first.manifests, 1) << Describe(first) << "\n" << after_pull.substr(before);
-  EXPECT_EQ(first.other, 0) << Describe(first);
-  for (const Layer& layer : layers_) {
-    EXPECT_LE(first.blobs.count(layer.digest) ? first.blobs.at(layer.digest) : 0, 1)
-        << "layer " << layer.digest;
-  }
-  for (const auto& [digest, n] : first.blobs) {
-    EXPECT_TRUE(std::any_of(layers_.begin(), layers_.end(),
-                            [&](const Layer& l) { return l.digest == digest; }))
-        << "a blob that is no layer of the image: " << digest;
-  }
-  // The second and third layers were opened while containerd prepared the first: their
-  // Prepares found them ready (or waited for the open already under way) and only mounted.
-  const std::string log = SnapshotterLog();
-  EXPECT_EQ(Occurrences(log, "opened ahead of its Prepare"), 2u) << log;
-  for (size_t i = 1; i < layers_.size(); ++i) {
-    EXPECT_THAT(log,
-                HasSubstr("layer " + layers_[i].digest + " of " + ref_ + ": opened ahead"))
-        << "layer " << i;
-  }
-  EXPECT_EQ(Occurrences(log, "mounted layer sha256:"), 3u) << log;
+  ExpectFirstPullCosts(before);
+  ASSERT_FALSE(HasFatalFailure());
 
   // The container reads a file of every layer (fetching their chunks: after this count).
   auto run = ctd_->Ctr({"run", "--rm", "--snapshotter", "lazycrypt", ref_, Id("cat"), "/bin/cat",
@@ -487,6 +495,21 @@ TEST_F(OpenAhead, AFailureAheadIsTheLayersOwnPrepareErrorAndTheChainIdStillDecid
   EXPECT_EQ(third.status().code(), StatusCode::kAuthFailed) << third.status().ToString();
   EXPECT_EQ(handler_->Warmup().claimed_ready + handler_->Warmup().claimed_waited, 1u);
   EXPECT_EQ(testing::CountFuseMounts(work_->path()), 1u);
+}
+
+// `lazycrypt pull` prepares the layers through the snapshotter one by one as containerd's
+// unpacker does (each Prepare needs its parent committed): the warm-up opens the later layers
+// for it too. Its labels name the manifest by digest (one request by the snapshotter).
+TEST_F(PullRequests, LazycryptPullOpensTheLaterLayersAhead) {
+  const size_t before = AccessLog().size();
+  auto pulled = harness::RunCommand({LAZYCRYPT_BIN, "pull", "--address", ctd_->socket().string(),
+                                     "--namespace", "default", "--snapshotter", "lazycrypt",
+                                     "--plain-http", ref_},
+                                    180s);
+  ASSERT_TRUE(pulled.ok()) << pulled.status().ToString();
+  ASSERT_EQ(pulled->exit_code, 0) << Describe(*pulled) << Logs();
+  EXPECT_THAT(pulled->stdout_text, HasSubstr("3 layers mounted lazily")) << Describe(*pulled);
+  ExpectFirstPullCosts(before);
 }
 
 }  // namespace
