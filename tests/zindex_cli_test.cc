@@ -237,6 +237,48 @@ TEST_F(ZindexCli, SecondRunSaysAnIndexExistsAndSkipsUnlessForced) {
   EXPECT_EQ(Referrers(img.manifest_descriptor.digest).size(), 2u);
 }
 
+// An entry in the referrers tag that is not an index of this image (here: a zindex artifact of
+// another subject, listed by anyone with push access) is not an existing index: the image is
+// still indexed.
+TEST_F(ZindexCli, AReferrersTagEntryForAnotherSubjectDoesNotCountAsAnIndex) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  SkopeoPush(key, "enc");
+  image::LoadedImage img = Image("enc");
+  image::Descriptor other = img.manifest_descriptor;
+  other.digest = crypto::OciDigest(crypto::Sha256::Of(AsBytes(std::string("another image"))));
+  image::ArtifactBlob junk;
+  junk.media_type = std::string(zindex::kSealedIndexMediaType);
+  junk.bytes = {1, 2, 3};
+  auto ghost = image::PushReferrer(*client_, Repo(), other, zindex::kArtifactType, {junk});
+  ASSERT_TRUE(ghost.ok()) << ghost.status().ToString();
+  auto ghost_manifest = client_->GetManifest(Repo().WithDigest(*ghost));
+  ASSERT_TRUE(ghost_manifest.ok());
+  nlohmann::json tag = {{"schemaVersion", 2},
+                        {"mediaType", image::kMediaTypeOciIndex},
+                        {"manifests",
+                         {{{"mediaType", image::kMediaTypeOciManifest},
+                           {"digest", *ghost},
+                           {"size", ghost_manifest->bytes.size()},
+                           {"artifactType", zindex::kArtifactType}}}}};
+  const std::string bytes = tag.dump();
+  ASSERT_TRUE(client_
+                  ->PutManifest({registry_->host(), "lazycrypt/app",
+                                 image::ReferrersTag(img.manifest_descriptor.digest), ""},
+                                AsBytes(bytes), image::kMediaTypeOciIndex)
+                  .ok());
+  ASSERT_EQ(Referrers(img.manifest_descriptor.digest).size(), 1u);
+
+  auto r = Lazycrypt("index --plain-http --key " + ShellQuote(key.priv.string()) + " " +
+                     ShellQuote(Ref("enc")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("ignoring listed index " + *ghost));
+  EXPECT_THAT(r.output, HasSubstr("pushed index"));
+  auto listed = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].digest, *ghost);  // kept: the tag is not ours to prune
+  EXPECT_EQ(ExpectIndexesOpen(img, listed[1], key).size(), 2u);
+}
+
 // An image whose first layer skopeo left plain (--encrypt-layer -1): only the encrypted layer is
 // indexed, the plain one is reported as skipped.
 TEST_F(ZindexCli, OnlyTheEncryptedLayerOfAMixedImageIsIndexed) {

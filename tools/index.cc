@@ -180,13 +180,24 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
   }
   if (images.empty()) return Status::NotFound(ref.ToString() + ": no image manifest to index");
 
-  // First what exists (one lookup per manifest), so that a second run changes nothing.
+  // First what exists, so that a second run changes nothing. Only a listed artifact that is
+  // really there with this subject and type counts: a stale or bogus entry in the referrers tag
+  // (anyone who can push may write one) must not stop a layer from ever being indexed.
   for (ImageOutcome& img : images) {
     auto existing = image::ListReferrers(*client, repo, img.manifest.digest, zindex::kArtifactType);
     if (!existing.ok()) {
       return existing.status().WithContext("looking up indexes of " + ImageLabel(img));
     }
-    for (const Descriptor& d : *existing) img.existing.push_back(d.digest);
+    for (const Descriptor& d : *existing) {
+      auto artifact = image::FetchReferrerManifest(*client, repo, d, img.manifest.digest,
+                                                   zindex::kArtifactType);
+      if (artifact.ok()) {
+        img.existing.push_back(d.digest);
+      } else if (!io.quiet) {
+        std::fprintf(io.err, "ignoring listed index %s of %s: %s\n", d.digest.c_str(),
+                     ImageLabel(img).c_str(), artifact.status().message().c_str());
+      }
+    }
   }
 
   // Then every layer to index, read and checked; nothing is pushed before all passed.
