@@ -150,6 +150,7 @@ TEST(Cli, HelpWorksForEveryCommand) {
       {"decrypt", {"--key", "--layer-compression", "--plain-http", "--hosts-dir", "SRC", "DST"}},
       {"inspect", {"--key", "--json", "--files", "--plain-http", "--hosts-dir", "SRC"}},
       {"verify", {"--key", "--plain-http", "--tls-verify", "--authfile", "--hosts-dir", "SRC"}},
+      {"index", {"--key", "--span-size", "--force", "--json", "--plain-http", "--hosts-dir", "IMAGE"}},
       {"recipients", {"add", "remove"}},
       {"recipients add", {"--key", "--recipient", "--plain-http", "--hosts-dir", "SRC", "DST"}},
       {"recipients remove", {"--key", "--recipient", "last", "--hosts-dir", "SRC", "DST"}},
@@ -176,7 +177,7 @@ TEST(Cli, UsageErrorsExitOneWithAMessage) {
   ExpectError(Lazycrypt(""), "A subcommand is required");
   ExpectError(Lazycrypt("layer"), "A subcommand is required");
   ExpectError(Lazycrypt("frobnicate"),
-              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, recipients, "
+              "unknown command 'frobnicate' (commands: encrypt, decrypt, inspect, verify, index, recipients, "
               "layer, mount, umount, stats, pull, record, status)");
   ExpectError(Lazycrypt("recipients"), "A subcommand is required");
   ExpectError(Lazycrypt("recipients frob"), "unknown command 'frob' (commands: add, remove)");
