@@ -2,6 +2,7 @@
 // (ocicrypt AES_256_CTR_HMAC_SHA256, JWE for RSA and EC recipients) in a real docker-registry 2.8
 // (no Referrers API: the referrers tag fallback), the real `lazycrypt` binary, and the artifact
 // read back with image/referrers.h and opened with zindex::OpenedIndex like the snapshotter will.
+#include <functional>
 #include <set>
 
 #include <gmock/gmock.h>
@@ -13,6 +14,7 @@
 #include "image/layer.h"
 #include "image/layout.h"
 #include "image/referrers.h"
+#include "keywrap/envelope.h"
 #include "keywrap/keyring.h"
 #include "registry/registry.h"
 #include "tests/harness/registry_process.h"
@@ -304,40 +306,81 @@ TEST_F(ZindexCli, OnlyTheEncryptedLayerOfAMixedImageIsIndexed) {
             (std::set<std::string>{img.manifest.layers[1].digest}));
 }
 
-// A layer whose ciphertext was changed (blob digest consistent with the manifest, the HMAC in
-// the wrapped privopts not): refused, named, nothing pushed.
-TEST_F(ZindexCli, LayerFailingItsHmacIsRefusedAndNothingIsPushed) {
-  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+// skopeo encrypts the source layout into the layout `enc`; `tamper` changes layer 1 (its blob
+// bytes and/or descriptor); the layer is re-addressed, the manifest rewritten and the image pushed
+// unchanged otherwise as `tag`. Returns layer 1's descriptor as pushed.
+image::Descriptor PushTampered(const fs::path& tmp, const KeyPair& key, const std::string& ref,
+                               const std::function<void(std::string&, image::Descriptor&)>& tamper) {
   auto enc = RunCommand("skopeo copy -q --encryption-key " + ShellQuote("jwe:" + key.pub.string()) +
-                        " " + ShellQuote("oci:" + (tmp_ / "src").string() + ":latest") + " " +
-                        ShellQuote("oci:" + (tmp_ / "enc").string() + ":latest"));
-  ASSERT_EQ(enc.exit_code, 0) << enc.output;
-  // Flip one byte of layer 1 and re-address it (new digest and size in the manifest).
-  image::LoadedImage loaded = LoadLayoutImage(tmp_ / "enc");
-  std::string bytes = ReadFileString(BlobPath(tmp_ / "enc", loaded.manifest.layers[1].digest));
-  bytes[bytes.size() / 2] ^= 0x01;
-  auto writer = image::ImageWriter::Begin(tmp_ / "enc");
-  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
-  auto blob = (*writer)->PutBlob(loaded.manifest.layers[1].media_type, AsBytes(bytes));
-  ASSERT_TRUE(blob.ok());
+                        " " + ShellQuote("oci:" + (tmp / "src").string() + ":latest") + " " +
+                        ShellQuote("oci:" + (tmp / "enc").string() + ":latest"));
+  EXPECT_EQ(enc.exit_code, 0) << enc.output;
+  image::LoadedImage loaded = LoadLayoutImage(tmp / "enc");
   image::Manifest m = loaded.manifest;
+  std::string bytes = ReadFileString(BlobPath(tmp / "enc", m.layers[1].digest));
+  tamper(bytes, m.layers[1]);
+  auto writer = image::ImageWriter::Begin(tmp / "enc");
+  EXPECT_TRUE(writer.ok()) << writer.status().ToString();
+  if (!writer.ok()) return {};
+  auto blob = (*writer)->PutBlob(m.layers[1].media_type, AsBytes(bytes));
+  EXPECT_TRUE(blob.ok());
   m.layers[1].digest = blob->digest;
   m.layers[1].size = blob->size;
   auto manifest = (*writer)->PutBlob(std::string(image::kMediaTypeOciManifest),
                                      AsBytes(image::SerializeManifest(m)));
-  ASSERT_TRUE(manifest.ok());
-  ASSERT_TRUE((*writer)->Commit("latest", *manifest).ok());
+  EXPECT_TRUE(manifest.ok());
+  EXPECT_TRUE((*writer)->Commit("latest", *manifest).ok());
   auto push = RunCommand("skopeo copy -q --dest-tls-verify=false " +
-                         ShellQuote("oci:" + (tmp_ / "enc").string() + ":latest") + " " +
-                         ShellQuote(Ref("tampered")));
-  ASSERT_EQ(push.exit_code, 0) << push.output;
+                         ShellQuote("oci:" + (tmp / "enc").string() + ":latest") + " " +
+                         ShellQuote(ref));
+  EXPECT_EQ(push.exit_code, 0) << push.output;
+  return m.layers[1];
+}
 
+// A layer whose ciphertext was changed (blob digest consistent with the manifest, the ciphertext
+// not with its HMAC): refused, named, nothing pushed.
+TEST_F(ZindexCli, LayerWithChangedCiphertextIsRefusedAndNothingIsPushed) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");
+  image::Descriptor layer = PushTampered(tmp_.path(), key, Ref("tampered"),
+                                         [](std::string& bytes, image::Descriptor&) {
+                                           bytes[bytes.size() / 2] ^= 0x01;
+                                         });
+  ASSERT_FALSE(HasFailure());
   image::LoadedImage img = Image("tampered");
-  ASSERT_EQ(img.manifest.layers[1].digest, blob->digest);
+  ASSERT_EQ(img.manifest.layers[1].digest, layer.digest);
   auto r = Index(key, "tampered");
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("layer 1 (" + blob->digest.substr(0, 19)));
+  EXPECT_THAT(r.output, HasSubstr("layer 1 (" + layer.digest.substr(0, 19)));
   EXPECT_THAT(r.output, HasSubstr("refused, nothing pushed"));
+  EXPECT_TRUE(Referrers(img.manifest_descriptor.digest).empty());
+  auto tag = client_->GetManifest(
+      {registry_->host(), "lazycrypt/app", image::ReferrersTag(img.manifest_descriptor.digest), ""});
+  EXPECT_EQ(tag.status().code(), StatusCode::kNotFound) << "a referrers tag was pushed";
+}
+
+// The ciphertext intact (it decrypts, inflates and parses to the end) but the HMAC in pubopts
+// changed: only the HMAC check at the end can catch it. Refused, named, nothing pushed.
+TEST_F(ZindexCli, LayerFailingItsHmacIsRefusedAndNothingIsPushed) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "ec256", "key");
+  image::Descriptor layer = PushTampered(
+      tmp_.path(), key, Ref("badhmac"), [](std::string&, image::Descriptor& d) {
+        auto pub = keywrap::DecodePubOptsAnnotation(d.Annotation(image::kAnnotationEncPubopts));
+        ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+        ASSERT_FALSE(pub->hmac.empty());
+        pub->hmac[0] ^= 0x01;
+        auto encoded = keywrap::EncodePubOptsAnnotation(*pub);
+        ASSERT_TRUE(encoded.ok());
+        d.annotations[std::string(image::kAnnotationEncPubopts)] = *encoded;
+      });
+  ASSERT_FALSE(HasFailure());
+  image::LoadedImage img = Image("badhmac");
+  ASSERT_EQ(img.manifest.layers[1].Annotation(image::kAnnotationEncPubopts),
+            layer.Annotation(image::kAnnotationEncPubopts));
+  auto r = Index(key, "badhmac");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("layer 1 (" + layer.digest.substr(0, 19)));
+  EXPECT_THAT(r.output, HasSubstr("refused, nothing pushed"));
+  EXPECT_THAT(r.output, HasSubstr("does not authenticate (HMAC"));
   EXPECT_TRUE(Referrers(img.manifest_descriptor.digest).empty());
   auto tag = client_->GetManifest(
       {registry_->host(), "lazycrypt/app", image::ReferrersTag(img.manifest_descriptor.digest), ""});

@@ -92,7 +92,15 @@ Result<LayerOutcome> IndexLayer(image::ImageSource& source, size_t i, const Desc
   if (!blob.ok()) return blob.status().WithContext(name);
   BlobInputStream stream(**blob);
   auto sealed = zindex::BuildSealedIndex(stream, d, *cipher, options);
-  if (!sealed.ok()) return sealed.status().WithContext(name + ": refused, nothing pushed");
+  if (!sealed.ok()) {
+    // AuthFailed is the end-of-stream check (the tar reader may be the one that saw it and word it
+    // as a parse error); say what it means.
+    const bool auth = sealed.status().code() == StatusCode::kAuthFailed;
+    return sealed.status().WithContext(
+        name + (auth ? ": refused, nothing pushed: the layer does not authenticate (HMAC, blob or "
+                       "plaintext digest mismatch)"
+                     : ": refused, nothing pushed"));
+  }
   // Open what was made, as the snapshotter will: a self-check, and the span count to report.
   auto opened = zindex::OpenedIndex::Open(*sealed, d, *cipher);
   if (!opened.ok()) return opened.status().WithContext(name + ": the index made does not open");
