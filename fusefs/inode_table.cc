@@ -396,6 +396,7 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(const format::EntryT
   std::vector<uint32_t> ino_of(built.size(), kUnnumbered);  // build index -> inode
   std::vector<uint32_t> build_index(1);                    // inode -> build index
   std::vector<Node> nodes(1);
+  nodes.reserve(built.size() + 1);  // an upper bound (replaced nodes are not reachable)
   std::vector<Extra> extras;
   struct Pending {
     size_t idx;
@@ -454,6 +455,7 @@ Result<std::unique_ptr<const InodeTable>> InodeTable::Build(const format::EntryT
     }
     b.children.clear();  // the build's map, freed as we go
   }
+  nodes.shrink_to_fit();  // they live as long as the mount: no growth slack
   extras.shrink_to_fit();
   return std::unique_ptr<const InodeTable>(std::make_unique<InodeTableImpl>(
       entries, std::move(nodes), std::move(dirents), std::move(extras)));

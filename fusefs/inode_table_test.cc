@@ -60,6 +60,7 @@ class Tree {
     if (t.ok()) table_ = std::move(t).value();
   }
   explicit operator bool() const { return table_ != nullptr; }
+  const format::EntryTable& entries() const { return *entries_; }
   const InodeTable& operator*() const { return *table_; }
   const InodeTable* operator->() const { return table_.get(); }
 
@@ -456,6 +457,43 @@ TEST(InodeTable, HasXattrsCountsKeptXattrsAndOpaqueMarksOnly) {
   auto one = BuildOk({File("a"), kept});
   ASSERT_TRUE(one);
   EXPECT_TRUE(one->has_xattrs());
+}
+
+
+// The memory a mounted layer of many small files costs in the tree: 32 bytes per inode and 24 per
+// name (the table's own accounting), no byte of any name: listings and symlink targets point
+// into the entry table's arena.
+TEST(InodeTable, SmallFilesCostARecordAndADirentEachAndNoNameBytes) {
+  std::vector<Entry> entries;
+  for (int d = 0; d < 100; ++d) {
+    entries.push_back(Dir("node_modules/pkg" + std::to_string(d)));
+    for (int f = 0; f < 100; ++f) {
+      entries.push_back(File("node_modules/pkg" + std::to_string(d) + "/file" + std::to_string(f) +
+                             ".js"));
+    }
+  }
+  entries.push_back(Link("node_modules/pkg0/sh", "../bin/busybox", EntryType::kSymlink));
+  Tree t = BuildOk(entries);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->inode_count(), entries.size() + 2);  // + the root and node_modules (implied)
+  const uint64_t inodes = t->inode_count() + 1;     // + the unused record 0
+  const size_t names = entries.size() + 1;       // every inode but the root has one name
+  EXPECT_LE(t->memory_bytes(), inodes * 32 + names * 24 + 256);
+  const std::string_view arena = t.entries().arena();
+  auto in_arena = [&](std::string_view s) {
+    return s.data() >= arena.data() && s.data() + s.size() <= arena.data() + arena.size();
+  };
+  for (uint64_t dir : {kRootInode, Resolve(*t, "node_modules"), Resolve(*t, "node_modules/pkg7")}) {
+    for (const DirEntry& d : *t->ReadDir(dir)) EXPECT_TRUE(in_arena(d.name)) << d.name;
+  }
+  EXPECT_TRUE(in_arena(*t->Readlink(Resolve(*t, "node_modules/pkg0/sh"))));
+  // Owner, mtime and size come from the entry the inode shows.
+  struct stat st = AttrOf(*t, "node_modules/pkg3/file9.js");
+  EXPECT_EQ(st.st_uid, 1000u);
+  EXPECT_EQ(st.st_gid, 2000u);
+  EXPECT_EQ(st.st_size, 10);
+  EXPECT_EQ(st.st_mtim.tv_nsec, 123456789);
+  EXPECT_EQ(AttrOf(*t, "node_modules").st_mtim.tv_sec, 0);  // implied: mtime 0
 }
 
 }  // namespace
