@@ -53,7 +53,7 @@ void Walk(const InodeTable& table) {
       } else if (S_ISREG(attr->st_mode)) {
         auto entry = table.DataEntry(child.ino);
         Check(entry.ok() && entry->type() == format::EntryType::kRegular);
-        Check(attr->st_size == static_cast<off_t>((*entry)->size));
+        Check(attr->st_size == static_cast<off_t>(entry->size()));
       } else {
         Check(!table.DataEntry(child.ino).ok());
       }
