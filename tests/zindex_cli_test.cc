@@ -449,6 +449,18 @@ TEST_F(ZindexCli, EveryPlatformOfAMultiPlatformImageIsIndexedUnderItsOwnManifest
   EXPECT_TRUE(Referrers(root->digest).empty());
 }
 
+// A span size the format does not allow is refused before anything is read or pushed.
+TEST_F(ZindexCli, SpanSizeOutOfRangeIsRefusedUpFront) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "ec256", "key");
+  SkopeoPush(key, "enc");
+  for (std::string size : {"4KiB", "1GiB"}) {
+    auto r = Index(key, "enc", "--span-size " + size);
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("--span-size " + size + ": must be between 64 KiB and 32 MiB"));
+  }
+  EXPECT_TRUE(Referrers(Image("enc").manifest_descriptor.digest).empty());
+}
+
 // oci: layouts have nowhere for a referrer the snapshotter would find: refused by name.
 TEST_F(ZindexCli, OciLayoutIsRefusedWithTheReason) {
   KeyPair key = GenerateKeyPair(tmp_.path(), "rsa2048", "key");

@@ -169,6 +169,12 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
   if (!flags.span_size.empty()) {
     auto span = ParseByteSize(flags.span_size);
     if (!span.ok()) return span.status().WithContext("--span-size");
+    // Checked here, before any key or byte is fetched (BuildSealedIndex would refuse it per layer).
+    constexpr uint64_t kMinSpan = uint64_t{64} << 10, kMaxSpan = zindex::kMaxSpanBytes / 2;
+    if (*span < kMinSpan || *span > kMaxSpan) {
+      return Status::InvalidArgument("--span-size " + flags.span_size + ": must be between " +
+                                     FormatBytes(kMinSpan) + " and " + FormatBytes(kMaxSpan));
+    }
     build.span_bytes = *span;
   }
   LC_ASSIGN_OR_RETURN(auto transport, TransportOptionsFrom(flags.transport));
