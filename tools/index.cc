@@ -286,14 +286,14 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
     std::fprintf(io.out, "%s\n", j.dump(2).c_str());
     return Status::Ok();
   }
-  for (const ImageOutcome& img : images) {
+  for (size_t k = 0; k < images.size(); ++k) {
+    const ImageOutcome& img = images[k];
     std::fprintf(io.out, "%s %s\n", img.platform.empty() ? "manifest" : "platform",
                  ImageLabel(img).c_str());
     PrintImage(img, io);
     if (!img.pushed.empty()) {
       std::fprintf(io.out, "  pushed index %s (%zu layer%s) as a referrer of %s%s\n",
-                   img.pushed.c_str(), artifacts[&img - images.data()].size(),
-                   artifacts[&img - images.data()].size() == 1 ? "" : "s",
+                   img.pushed.c_str(), artifacts[k].size(), artifacts[k].size() == 1 ? "" : "s",
                    img.manifest.digest.c_str(),
                    img.existing.empty() ? "" : " (--force: the existing ones are still listed)");
     } else if (!img.existing.empty()) {
