@@ -23,18 +23,23 @@
 #include "image/envelope.h"
 #include "fusefs/fuse_resume.h"
 #include "image/oci.h"
+#include "image/referrers.h"
 #include "lazylayer/estargz_layer.h"
+#include "lazylayer/indexed_layer.h"
 #include "lazylayer/labels.h"
 #include "lazylayer/ocicrypt_unpack.h"
 #include "lazylayer/restore_record.h"
+#include "zindex/zindex.h"
 
 namespace lazycrypt::lazylayer {
 namespace {
 
 // The platform manifests `source` points at (by digest when the CRI label gives it, else by the
 // image reference's tag, every platform's through an index when there is one).
+// `digests`, when not null, gets each manifest's digest (the subject its referrers name).
 Result<std::vector<image::Manifest>> FetchManifests(registry::Client& client,
-                                                    const LayerSource& source) {
+                                                    const LayerSource& source,
+                                                    std::vector<std::string>* digests = nullptr) {
   LC_ASSIGN_OR_RETURN(registry::Reference ref, registry::Reference::Parse(source.image_ref));
   if (!source.manifest_digest.empty()) ref = ref.WithDigest(source.manifest_digest);
   LC_ASSIGN_OR_RETURN(registry::Manifest root, client.GetManifest(ref));
@@ -65,6 +70,7 @@ Result<std::vector<image::Manifest>> FetchManifests(registry::Client& client,
   for (const registry::Manifest& m : fetched) {
     LC_ASSIGN_OR_RETURN(image::Manifest manifest, image::ParseManifest(m.bytes));
     out.push_back(std::move(manifest));
+    if (digests != nullptr) digests->push_back(m.digest);
   }
   return out;
 }
@@ -157,6 +163,40 @@ void AppendStat(std::string& out, const std::filesystem::path& path) {
 // for a layer that is not mounted now (its restore failed), whose CachedLayer cannot say.
 std::string DefaultStoreKey(const std::string& layer_digest, const std::string& toc_digest) {
   return LayerStoreKey(layer_digest, toc_digest);
+}
+
+// An indexed ocicrypt layer's restore record is its descriptor with this annotation added: the
+// digest of the sealed index it was mounted with, kept beside the record (IndexedSealedPath; a
+// sealed index is ciphertext: no key, no name readable without the layer key).
+constexpr std::string_view kRecordSealedIndexDigest = "org.lazycrypt.snapshotter.zindex-digest";
+
+std::filesystem::path IndexedSealedPath(const std::filesystem::path& target_dir) {
+  return RestoreRecordPath(target_dir).parent_path() / "lazycrypt-zindex";
+}
+
+bool IsIndexedRecord(const image::Descriptor& recorded) {
+  return recorded.annotations.count(std::string(kRecordSealedIndexDigest)) != 0;
+}
+
+// A sealed index found for a layer: its bytes, digest and the opened index.
+struct FoundIndex {
+  std::vector<uint8_t> sealed;
+  std::string digest;
+  std::shared_ptr<const zindex::OpenedIndex> index;
+};
+
+// Opens `sealed` for `descriptor` with `cipher` and requires its diff_id to give the snapshot's
+// chain ID `name` on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file.
+Result<std::shared_ptr<const zindex::OpenedIndex>> OpenIndexFor(
+    ByteSpan sealed, const image::Descriptor& descriptor, const image::OcicryptLayerCipher& cipher,
+    const std::string& parent_chain, const std::string& name) {
+  LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor, cipher));
+  const std::string chain = ChainIdOf(parent_chain, index->diff_id());
+  if (chain != name) {
+    return Status::AuthFailed("its diff_id " + index->diff_id() + " gives chain ID " + chain +
+                              ", not the snapshot's " + name);
+  }
+  return index;
 }
 
 const char* VerificationName(Verification v) {
@@ -339,8 +379,10 @@ struct SnapshotHandler::Impl {
   std::map<int64_t, Unpacked> unpacked_layers;
   // ocicrypt-estargz layers (FORMAT.md §10) mounted lazily (MountEstargz), by snapshot id. Kept
   // over a restart as the GCM format's mounts are (fd store, restore record).
+  // Indexed ocicrypt layers (MountIndexed, FORMAT.md §11) too: both are CTR layers with the same
+  // bookkeeping (lazylayer/ctr_layer.h).
   struct EstargzMounted : KeyState {
-    std::unique_ptr<MountedEstargzLayer> layer;
+    std::unique_ptr<CtrMountedLayer> layer;
     std::string fd_name;  // its FUSE fd in options.fd_store ("" when not kept there)
     std::string layer_digest;
     std::string image_ref;
@@ -357,6 +399,10 @@ struct SnapshotHandler::Impl {
   size_t cached_layers = 0;  // layer descriptors in manifest_cache (approximate after expiry)
   struct CachedManifests {
     std::vector<image::Manifest> manifests;
+    std::vector<std::string> digests;  // of manifests[i]
+    // The zindex referrers of manifests[i] (FindIndexReferrers), by manifest digest: asked once
+    // per pull, kept as long as the manifests.
+    std::map<std::string, std::vector<image::Descriptor>> referrers;
     std::chrono::steady_clock::time_point fetched;
   };
   std::mutex manifest_mu;
@@ -563,7 +609,9 @@ struct SnapshotHandler::Impl {
         if (found.ok()) return found;
       }
     }
-    LC_ASSIGN_OR_RETURN(std::vector<image::Manifest> manifests, FetchManifests(*client, source));
+    std::vector<std::string> digests;
+    LC_ASSIGN_OR_RETURN(std::vector<image::Manifest> manifests,
+                        FetchManifests(*client, source, &digests));
     auto found = FindLayerIn(manifests, source);
     std::lock_guard<std::mutex> lock(manifest_mu);
     for (auto it = manifest_cache.begin(); it != manifest_cache.end();) {
@@ -581,8 +629,106 @@ struct SnapshotHandler::Impl {
       cached_layers = 0;
     }
     cached_layers += layers;
-    manifest_cache[key] = CachedManifests{std::move(manifests), now};
+    manifest_cache[key] = CachedManifests{std::move(manifests), std::move(digests), {}, now};
     return found;
+  }
+
+  // The zindex referrers (artifact type zindex::kArtifactType) of the manifest that holds
+  // `source`'s layer, and that manifest's digest: asked once per pull, kept beside the manifests
+  // (FindLayer) with their lifetime.
+  Result<std::vector<image::Descriptor>> FindIndexReferrers(const LayerSource& source,
+                                                           const registry::Reference& repo,
+                                                           std::string& subject) {
+    const std::string key = source.image_ref + "@" + source.manifest_digest;
+    auto subject_in = [&](const CachedManifests& c) -> std::string {
+      for (size_t i = 0; i < c.manifests.size() && i < c.digests.size(); ++i) {
+        for (const image::Descriptor& l : c.manifests[i].layers) {
+          if (l.digest == source.layer_digest) return c.digests[i];
+        }
+      }
+      return "";
+    };
+    {
+      std::lock_guard<std::mutex> lock(manifest_mu);
+      if (auto it = manifest_cache.find(key); it != manifest_cache.end()) {
+        subject = subject_in(it->second);
+        if (auto r = it->second.referrers.find(subject);
+            !subject.empty() && r != it->second.referrers.end()) {
+          return r->second;
+        }
+      }
+    }
+    if (subject.empty()) {  // not kept (too many layers, or expired): asked again, not kept
+      CachedManifests fresh;
+      LC_ASSIGN_OR_RETURN(fresh.manifests, FetchManifests(*client, source, &fresh.digests));
+      subject = subject_in(fresh);
+      if (subject.empty()) {
+        return Status::NotFound("image " + source.image_ref + " has no layer " +
+                                source.layer_digest);
+      }
+    }
+    LC_ASSIGN_OR_RETURN(std::vector<image::Descriptor> listed,
+                        image::ListReferrers(*client, repo, subject, zindex::kArtifactType));
+    std::lock_guard<std::mutex> lock(manifest_mu);
+    if (auto it = manifest_cache.find(key); it != manifest_cache.end()) {
+      it->second.referrers[subject] = listed;
+    }
+    return listed;
+  }
+
+  // The sealed index of ocicrypt layer `descriptor` (FORMAT.md §11): among the zindex referrers
+  // of its manifest, the first artifact (newest listed first) with a sealed index for this layer
+  // that opens with its key and whose diff_id gives `name` on `parent_chain`. NotFound when
+  // there is none; otherwise the last reason one was refused (never a file name).
+  Result<FoundIndex> FindSealedIndex(const LayerSource& source, const registry::Reference& repo,
+                                     const image::Descriptor& descriptor,
+                                     const image::OcicryptLayerCipher& cipher,
+                                     const std::string& parent_chain, const std::string& name) {
+    std::string subject;
+    LC_ASSIGN_OR_RETURN(std::vector<image::Descriptor> referrers,
+                        FindIndexReferrers(source, repo, subject));
+    Status last = Status::NotFound("no index referrer of manifest " + subject);
+    const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
+    constexpr size_t kMaxArtifactsTried = 8;
+    size_t tried = 0;
+    for (auto r = referrers.rbegin(); r != referrers.rend() && tried < kMaxArtifactsTried; ++r) {
+      ++tried;
+      auto artifact =
+          image::FetchReferrerManifest(*client, repo, *r, subject, zindex::kArtifactType);
+      if (!artifact.ok()) {
+        last = artifact.status().WithContext("referrer " + r->digest);
+        continue;
+      }
+      for (const image::Descriptor& blob : artifact->manifest.layers) {
+        if (blob.media_type != zindex::kSealedIndexMediaType ||
+            blob.Annotation(zindex::kAnnotationLayerDigest) != descriptor.digest) {
+          continue;
+        }
+        const std::string what = "index " + blob.digest + " (referrer " + r->digest + ")";
+        if (blob.size == 0 || blob.size > max_bytes) {
+          last = Status::FailedPrecondition(what + ": " + std::to_string(blob.size) +
+                                           " bytes, more than the " + std::to_string(max_bytes) +
+                                           " accepted ([ocicrypt] index_max_bytes)");
+          continue;
+        }
+        auto sealed = client->GetBlobRange(repo, blob.digest, 0, blob.size);
+        if (!sealed.ok()) {
+          last = sealed.status().WithContext(what);
+          continue;
+        }
+        if (crypto::OciDigest(crypto::Sha256::Of(*sealed)) != blob.digest) {
+          last = Status::AuthFailed(what + ": the registry's bytes are not its digest's");
+          continue;
+        }
+        auto index = OpenIndexFor(*sealed, descriptor, cipher, parent_chain, name);
+        if (!index.ok()) {
+          last = index.status().WithContext(what);
+          continue;
+        }
+        return FoundIndex{std::move(*sealed), blob.digest, std::move(*index)};
+      }
+    }
+    return last;
   }
 
   // The lazycrypt layers after `source`'s in its image's manifest, handed to the warm-up to be
@@ -704,7 +850,7 @@ struct SnapshotHandler::Impl {
     std::optional<RestoreRecord> lazy_record;
     if (auto read = ReadRestoreRecord(RestoreRecordPath(target_dir)); read.ok()) {
       if (read->descriptor.digest == source->layer_digest &&
-          IsEstargzOcicryptLayer(read->descriptor)) {
+          (IsEstargzOcicryptLayer(read->descriptor) || IsIndexedRecord(read->descriptor))) {
         lazy_record = std::move(*read);
       }
     }
@@ -732,6 +878,10 @@ struct SnapshotHandler::Impl {
       return MountEstargz(snapshot_id, name, parent_chain, *descriptor, *source, *repo, *keys,
                           target_dir, std::move(ranges), resumed);
     }
+    if (lazy_record) {  // mounted from its index before a restart (IsIndexedRecord)
+      return RestoreIndexed(snapshot_id, name, parent_chain, lazy_record->descriptor, *source,
+                            *repo, *keys, target_dir, resumed);
+    }
     // Only a Prepare unpacks, into its new, empty directory: never a restore into the lower
     // directory of running containers (a snapshot whose unpacked-layer record went missing).
     std::error_code ec;
@@ -743,6 +893,23 @@ struct SnapshotHandler::Impl {
     // Only the unwrap can mean "no key" (a refusal Check and purge act on).
     auto cipher = image::UnwrapOcicryptLayer(*descriptor, *keys);
     if (!cipher.ok()) return NoKeyOr(what, cipher.status());
+    // Served lazily when `lazycrypt index` made a usable index for it (FORMAT.md §11); any
+    // reason there is none is logged, and the layer unpacked.
+    if (options.lazy_index) {
+      auto found = FindSealedIndex(*source, *repo, *descriptor, *cipher, parent_chain, name);
+      if (found.ok()) {
+        auto mounted = MountIndexed(snapshot_id, name, parent_chain, *descriptor, *source, *repo,
+                                    std::move(*cipher), std::move(*found), target_dir, nullptr);
+        if (mounted.ok()) return mounted;
+        Log(what + " of " + source->image_ref + ": not served from its index, unpacked instead: " +
+            mounted.status().ToString());
+        cipher = image::UnwrapOcicryptLayer(*descriptor, *keys);  // moved into the failed mount
+        if (!cipher.ok()) return NoKeyOr(what, cipher.status());
+      } else {
+        Log(what + " of " + source->image_ref + ": no usable index, unpacked (" +
+            found.status().ToString() + ")");
+      }
+    }
     Log("unpacking ocicrypt " + what + " of " + source->image_ref + " (" +
         std::to_string(descriptor->size) + " bytes, " + descriptor->media_type + ")");
     auto unpacked = UnpackOcicryptLayer(*client, *repo, *descriptor, *cipher,
@@ -817,6 +984,26 @@ struct SnapshotHandler::Impl {
       layer_source = recording;
     }
     EstargzMountOptions o;
+    SetCtrOptions(o, parent_chain, name, source.layer_digest, target_dir);
+    const bool is_resume = resumed != nullptr && *resumed != nullptr;
+    auto mounted =
+        MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
+    if (!mounted.ok()) return NoKeyOr(what, mounted.status());
+    if (recording) {
+      RestoreRecord fresh{descriptor, recording->Take()};
+      if (Status w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh); !w.ok()) {
+        Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
+             w.ToString());
+      }
+    }
+    AddCtrMount(snapshot_id, std::move(*mounted), descriptor, source, target_dir, is_resume, what);
+    return true;
+  }
+
+  // The options of a lazily served ocicrypt CTR layer (ocicrypt-estargz, indexed): its
+  // verification must give the snapshot's chain ID `name` on `parent_chain`.
+  void SetCtrOptions(CtrLayerOptions& o, const std::string& parent_chain, const std::string& name,
+                     const std::string& layer_digest, const std::filesystem::path& target_dir) {
     o.mount = options.layer.mount;
     o.store = options.store.get();
     o.opened_cache = options.layer.cache.opened_cache;  // the node-wide plaintext budget
@@ -832,24 +1019,20 @@ struct SnapshotHandler::Impl {
       return Status::AuthFailed("its content has diff_id " + diff_id + ", so its chain ID is " +
                                 chain + ", not the snapshot's " + name);
     };
-    o.on_verified = VerificationRecorder(options.log, source.layer_digest, name, target_dir);
-    const bool is_resume = resumed != nullptr && *resumed != nullptr;
-    auto mounted =
-        MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
-    if (!mounted.ok()) return NoKeyOr(what, mounted.status());
-    if (recording) {
-      RestoreRecord fresh{descriptor, recording->Take()};
-      if (Status w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh); !w.ok()) {
-        Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
-             w.ToString());
-      }
-    }
-    // Kept outside this process, so that the connection outlives it (as MountLayer's).
+    o.on_verified = VerificationRecorder(options.log, layer_digest, name, target_dir);
+  }
+
+  // Registers a mounted CTR layer: its FUSE fd kept in the fd store (so that the connection
+  // outlives this process, as MountLayer's), the mount logged.
+  void AddCtrMount(int64_t snapshot_id, std::unique_ptr<CtrMountedLayer> mounted,
+                   const image::Descriptor& descriptor, const LayerSource& source,
+                   const std::filesystem::path& target_dir, bool is_resume,
+                   const std::string& what) {
     std::string fd_name;
     if (options.fd_store) {
-      fd_name = FuseFdName(snapshot_id, (*mounted)->fuse().device());
+      fd_name = FuseFdName(snapshot_id, mounted->fuse().device());
       if (!is_resume) {
-        if (Status put = options.fd_store->Put(fd_name, (*mounted)->fuse().fuse_fd()); !put.ok()) {
+        if (Status put = options.fd_store->Put(fd_name, mounted->fuse().fuse_fd()); !put.ok()) {
           fd_name.clear();
           Warn(what + " at " + target_dir.string() + " will not survive a restart of the "
                "snapshotter: keeping its FUSE fd in the fd store failed: " + put.ToString());
@@ -858,18 +1041,91 @@ struct SnapshotHandler::Impl {
     }
     Log(std::string(is_resume ? "resumed " : "mounted ") + what + " of " + source.image_ref +
         " lazily at " + target_dir.string() +
-        " (" + std::to_string((*mounted)->chunk_count()) + " chunks, " +
-        std::to_string(descriptor.size) + " bytes, key " + (*mounted)->key_name() + ")");
+        " (" + std::to_string(mounted->chunk_count()) + " chunks, " +
+        std::to_string(descriptor.size) + " bytes, key " + mounted->key_name() + ")");
     std::lock_guard<std::mutex> lock(mu);
     EstargzMounted& m = estargz_mounts[snapshot_id];
     m = EstargzMounted{};
-    m.layer = std::move(*mounted);
+    m.layer = std::move(mounted);
     m.fd_name = std::move(fd_name);
     m.layer_digest = source.layer_digest;
     m.image_ref = source.image_ref;
     m.descriptor = descriptor;
     m.mounted_at = std::chrono::steady_clock::now();
+  }
+
+  // A standard ocicrypt layer served lazily from its sealed index `found` (FORMAT.md §11,
+  // lazylayer/indexed_layer.h), opened by FindSealedIndex (or RestoreIndexed) with `cipher`:
+  // true once mounted. Its restore record is its descriptor marked with the index's digest
+  // (kRecordSealedIndexDigest), the sealed index kept beside it.
+  Result<bool> MountIndexed(int64_t snapshot_id, const std::string& name,
+                            const std::string& parent_chain, const image::Descriptor& descriptor,
+                            const LayerSource& source, const registry::Reference& repo,
+                            image::OcicryptLayerCipher cipher, FoundIndex found,
+                            const std::filesystem::path& target_dir,
+                            std::unique_ptr<fusefs::FuseMount>* resumed) {
+    const std::string what = "indexed ocicrypt layer " + source.layer_digest;
+    auto blob = cache::OpenRegistryBlobSource(*client, repo, descriptor.digest, descriptor.size);
+    if (!blob.ok()) return blob.status().WithContext(what);
+    IndexedMountOptions o;
+    SetCtrOptions(o, parent_chain, name, source.layer_digest, target_dir);
+    const bool is_resume = resumed != nullptr && *resumed != nullptr;
+    std::shared_ptr<BlobSource> layer_source(std::move(*blob));
+    auto mounted = MountedIndexedLayer::Mount(
+        target_dir, std::move(layer_source), descriptor, std::move(cipher), found.index,
+        IndexedStoreKey(descriptor.digest, found.digest), o, resumed);
+    if (!mounted.ok()) return mounted.status().WithContext(what);
+    if (!is_resume) {
+      RestoreRecord fresh{descriptor, {}};
+      fresh.descriptor.annotations[std::string(kRecordSealedIndexDigest)] = found.digest;
+      Status w = WriteFileAtomically(IndexedSealedPath(target_dir), found.sealed, 0600);
+      if (w.ok()) w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh);
+      if (!w.ok()) {
+        Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
+             w.ToString());
+      }
+    }
+    AddCtrMount(snapshot_id, std::move(*mounted), descriptor, source, target_dir, is_resume,
+                what + " (index " + found.digest + ")");
     return true;
+  }
+
+  // An indexed layer again after a restart (its record: IsIndexedRecord): the sealed index from
+  // beside the record (or the registry, by the recorded digest), opened and checked again as at
+  // its first mount, the layer given to the resumed mount (or mounted afresh).
+  Result<bool> RestoreIndexed(int64_t snapshot_id, const std::string& name,
+                              const std::string& parent_chain, const image::Descriptor& recorded,
+                              const LayerSource& source, const registry::Reference& repo,
+                              const keywrap::KeyRing& keys,
+                              const std::filesystem::path& target_dir,
+                              std::unique_ptr<fusefs::FuseMount>* resumed) {
+    const std::string what = "indexed ocicrypt layer " + source.layer_digest;
+    image::Descriptor descriptor = recorded;
+    const std::string sealed_digest = descriptor.Annotation(kRecordSealedIndexDigest);
+    descriptor.annotations.erase(std::string(kRecordSealedIndexDigest));
+    auto cipher = image::UnwrapOcicryptLayer(descriptor, keys);
+    if (!cipher.ok()) return NoKeyOr(what, cipher.status());
+    FoundIndex found;
+    found.digest = sealed_digest;
+    auto kept = ReadFileBytes(IndexedSealedPath(target_dir));
+    if (kept.ok() && crypto::OciDigest(crypto::Sha256::Of(*kept)) == sealed_digest) {
+      found.sealed = std::move(*kept);
+    } else {
+      MemoryOutputStream fetched;
+      LC_RETURN_IF_ERROR(client->GetBlob(repo, sealed_digest, fetched)
+                             .WithContext(what + ": its index " + sealed_digest));
+      found.sealed = fetched.bytes();
+      if (found.sealed.size() > options.index_max_bytes ||
+          crypto::OciDigest(crypto::Sha256::Of(found.sealed)) != sealed_digest) {
+        return Status::AuthFailed(what + ": its index " + sealed_digest +
+                                  " is not the one it was mounted with");
+      }
+    }
+    auto index = OpenIndexFor(found.sealed, descriptor, *cipher, parent_chain, name);
+    if (!index.ok()) return index.status().WithContext(what + ": its index " + sealed_digest);
+    found.index = std::move(*index);
+    return MountIndexed(snapshot_id, name, parent_chain, descriptor, source, repo,
+                        std::move(*cipher), std::move(found), target_dir, resumed);
   }
 
   // The unwrap part of Check, cached per key-set generation.
@@ -1027,7 +1283,7 @@ struct SnapshotHandler::Impl {
           gone = std::move(m->second.layer);
           mounts.erase(m);
         }
-        std::unique_ptr<MountedEstargzLayer> gone_estargz;
+        std::unique_ptr<CtrMountedLayer> gone_estargz;
         if (auto e = estargz_mounts.find(info.snapshot_id); e != estargz_mounts.end()) {
           gone_estargz = std::move(e->second.layer);
           estargz_mounts.erase(e);
@@ -1226,7 +1482,7 @@ LayerWarmupStats SnapshotHandler::Warmup() const {
 Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path& target_dir) {
   Impl::Mounted mounted;
   Impl::Restoring resumed;
-  std::unique_ptr<MountedEstargzLayer> estargz;
+  std::unique_ptr<CtrMountedLayer> estargz;
   std::string estargz_fd_name;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
@@ -1256,7 +1512,7 @@ Status SnapshotHandler::Unmount(int64_t snapshot_id, const std::filesystem::path
   }
   if (estargz) {
     if (!estargz_fd_name.empty()) impl_->DropHeld(estargz_fd_name);
-    impl_->Log("unmounting ocicrypt-estargz layer " + estargz->digest() + " at " +
+    impl_->Log("unmounting lazily served ocicrypt layer " + estargz->digest() + " at " +
                target_dir.string());
     (void)estargz->Unmount();  // busy: the destructor detaches it lazily
     return Status::Ok();
@@ -1342,7 +1598,7 @@ Status SnapshotHandler::Check(const snapshotter::CheckRequest& info) {
     auto unpacked = impl_->unpacked_layers.find(info.snapshot_id);
     if (auto e = impl_->estargz_mounts.find(info.snapshot_id); e != impl_->estargz_mounts.end()) {
       what = "layer " + e->second.layer_digest + " (snapshot " + info.name + ")";
-      const MountedEstargzLayer& layer = *e->second.layer;
+      const CtrMountedLayer& layer = *e->second.layer;
       if (layer.verification() == Verification::kFailed) {
         return Status::AuthFailed(what + ": quarantined: " +
                                   layer.verification_status().message());

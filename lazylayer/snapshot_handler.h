@@ -75,6 +75,13 @@ struct SnapshotHandlerOptions {
   // each layer's media type; shared by the pull's layers). false: containerd pulls them itself
   // (a stream processor such as imgcrypt's ctd-decoder must decrypt them).
   bool unpack_ocicrypt = true;
+  // With unpack_ocicrypt: a layer with a usable seekable index (a sealed zindex referrer of its
+  // image manifest, `lazycrypt index`, docs/FORMAT.md §11) is mounted lazily instead
+  // (lazylayer/indexed_layer.h) and verified in the background; without one, unpacked. The
+  // referrers are asked once per pull, beside the manifests.
+  bool lazy_index = true;
+  // The largest sealed index fetched (at most zindex::kMaxSealedIndexBytes).
+  uint64_t index_max_bytes = uint64_t{64} << 20;
   // A Prepare of a lazycrypt layer opens the image's later lazycrypt layers ahead, in parallel
   // (lazylayer/layer_warmup.h), so that containerd's Prepares of them, which come one after
   // another, find them opened and only mount them. warmup.workers = 0: each Prepare opens its

@@ -232,12 +232,29 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
   }
   if (auto* n = root.get("ocicrypt")) {
     LC_ASSIGN_OR_RETURN(auto* t, GetTable(src, "ocicrypt", *n));
-    LC_RETURN_IF_ERROR(CheckKeys(src, "ocicrypt.", *t, {"unpack"}));
+    LC_RETURN_IF_ERROR(
+        CheckKeys(src, "ocicrypt.", *t, {"unpack", "lazy_index", "index_max_bytes"}));
     if (auto* v = t->get("unpack")) {
       if (!v->is_boolean()) {
         return Bad(src, "ocicrypt.unpack", "expected true or false, got " + Describe(*v));
       }
       c.ocicrypt.unpack = *v->value<bool>();
+    }
+    if (auto* v = t->get("lazy_index")) {
+      if (!v->is_boolean()) {
+        return Bad(src, "ocicrypt.lazy_index", "expected true or false, got " + Describe(*v));
+      }
+      c.ocicrypt.lazy_index = *v->value<bool>();
+    }
+    if (auto* v = t->get("index_max_bytes")) {
+      LC_ASSIGN_OR_RETURN(c.ocicrypt.index_max_bytes,
+                          GetUnsigned(src, "ocicrypt.index_max_bytes", *v));
+      if (c.ocicrypt.index_max_bytes == 0 ||
+          c.ocicrypt.index_max_bytes > (uint64_t{256} << 20)) {
+        return Bad(src, "ocicrypt.index_max_bytes",
+                   "must be 1 .. 268435456 (the format's largest sealed index), got " +
+                       std::to_string(c.ocicrypt.index_max_bytes));
+      }
     }
   }
   if (auto* n = root.get("restart")) {

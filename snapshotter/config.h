@@ -22,6 +22,11 @@
 //                                                 # its mount is refused to new uses; 0 = never
 //              open_ahead = 4                     # the later layers of an image opened in
 //                                                 # parallel ahead of their Prepares; 0 = off
+//   [ocicrypt] unpack = true                      # standard ocicrypt layers unpacked by the
+//                                                 # snapshotter (false: left to containerd)
+//              lazy_index = true                  # ... or mounted lazily when `lazycrypt index`
+//                                                 # made an index for them (FORMAT.md §11)
+//              index_max_bytes = 67108864         # largest sealed index fetched
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
@@ -106,6 +111,13 @@ struct Config {
     // one manifest request per pull of an image that is not lazycrypt's. false: containerd pulls
     // them (its stream processor, imgcrypt's ctd-decoder, must decrypt them).
     bool unpack = true;
+    // With unpack: a layer that `lazycrypt index` indexed (a sealed zindex referrer of the image
+    // manifest, docs/FORMAT.md §11) is mounted lazily instead, and verified in the background;
+    // without a usable index it is unpacked. Costs one referrers request per pull of an image
+    // with ocicrypt layers. false: always unpacked.
+    bool lazy_index = true;
+    // The largest sealed index fetched (bytes; at most zindex::kMaxSealedIndexBytes, 256 MiB).
+    uint64_t index_max_bytes = uint64_t{64} << 20;
   } ocicrypt;
   // Restarts (README "Restarts and upgrades"): each lazy layer's FUSE connection is kept in an fd
   // store (systemd's, or lazycrypt-fdholder's) so that the next daemon resumes the same mounts and

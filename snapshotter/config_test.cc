@@ -164,6 +164,8 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->fetch.verify_rate_bytes_per_sec, defaults.fetch.verify_rate_bytes_per_sec);
   EXPECT_EQ(sample->registry.hosts_dir, defaults.registry.hosts_dir);
   EXPECT_EQ(sample->metrics.address, defaults.metrics.address);
+  EXPECT_EQ(sample->ocicrypt.lazy_index, defaults.ocicrypt.lazy_index);
+  EXPECT_EQ(sample->ocicrypt.index_max_bytes, defaults.ocicrypt.index_max_bytes);
 }
 
 TEST(Config, OcicryptSection) {
@@ -175,6 +177,15 @@ TEST(Config, OcicryptSection) {
   EXPECT_FALSE(c->ocicrypt.unpack);
   ExpectError("[ocicrypt]\nunpack = 1", "ocicrypt.unpack");
   ExpectError("[ocicrypt]\neager = true", "unknown key \"ocicrypt.eager\"");
+  EXPECT_TRUE(defaults->ocicrypt.lazy_index);
+  EXPECT_EQ(defaults->ocicrypt.index_max_bytes, uint64_t{64} << 20);
+  auto off = ParseConfig("[ocicrypt]\nlazy_index = false\nindex_max_bytes = 1048576\n");
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_FALSE(off->ocicrypt.lazy_index);
+  EXPECT_EQ(off->ocicrypt.index_max_bytes, 1048576u);
+  ExpectError("[ocicrypt]\nlazy_index = \"yes\"", "ocicrypt.lazy_index");
+  ExpectError("[ocicrypt]\nindex_max_bytes = 0", "ocicrypt.index_max_bytes");
+  ExpectError("[ocicrypt]\nindex_max_bytes = 268435457", "ocicrypt.index_max_bytes");
 }
 
 TEST(Config, RestartSection) {

@@ -77,6 +77,8 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   options.layer.mount.clone_fd = false;
   options.keep_mounts_on_exit = !config.restart.unmount_on_exit;
   options.unpack_ocicrypt = config.ocicrypt.unpack;
+  options.lazy_index = config.ocicrypt.lazy_index;
+  options.index_max_bytes = config.ocicrypt.index_max_bytes;
   options.restore_retry_for = std::chrono::seconds(config.restart.restore_retry_s);
   lazycrypt::fdstore::FdStoreOptions store_opts;
   store_opts.holder_socket = config.restart.holder_socket.empty()

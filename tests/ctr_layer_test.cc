@@ -43,6 +43,8 @@
 #include "tests/snapshotter_util.h"
 #include "tests/test_util.h"
 #include "zindex/zindex.h"
+#include "zindex/zindex.pb.h"
+#include "zindex/zindex_internal.h"
 
 namespace lazycrypt {
 namespace {
@@ -193,6 +195,55 @@ class CtrLayerTest : public ::testing::Test {
         o);
   }
 
+  // `sealed` as a key holder could re-make it: unsealed with the layer key, `edit`ed, sealed again
+  // (FORMAT.md §11.5: sealing is not signing).
+  std::vector<uint8_t> Recraft(const std::vector<uint8_t>& sealed,
+                               const std::function<void(zindex::v1::Index&)>& edit) {
+    image::OcicryptLayerCipher cipher = Cipher();
+    auto plain = zindex::internal::UnsealSerializedIndex(
+        sealed, descriptor_.digest, descriptor_.size, cipher.key.span(),
+        zindex::kMaxSealedIndexBytes, zindex::kMaxIndexPlaintextBytes);
+    EXPECT_TRUE(plain.ok()) << plain.status().ToString();
+    zindex::v1::Index index;
+    EXPECT_TRUE(index.ParseFromArray(plain->data(), static_cast<int>(plain->size())));
+    edit(index);
+    const std::string serialized = index.SerializeAsString();
+    auto resealed = zindex::internal::SealSerializedIndex(AsBytes(serialized), descriptor_.digest,
+                                                          descriptor_.size, cipher.key.span());
+    EXPECT_TRUE(resealed.ok()) << resealed.status().ToString();
+    return resealed.ok() ? *resealed : std::vector<uint8_t>{};
+  }
+
+  // The errno of reading `path` whole (0 when it reads), and what was read.
+  static int ReadErrno(const fs::path& path, std::string* out = nullptr) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    std::string data;
+    char buf[65536];
+    int err = 0;
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0) {
+        err = errno;
+        break;
+      }
+      if (n == 0) break;
+      data.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    if (out) *out = std::move(data);
+    return err;
+  }
+
+  // Waits (up to 30 s) for the verification to end.
+  template <typename L>
+  static lazylayer::Verification WaitForVerification(const L& layer) {
+    for (int i = 0; i < 300 && layer.verification() == lazylayer::Verification::kPending; ++i) {
+      std::this_thread::sleep_for(100ms);
+    }
+    return layer.verification();
+  }
+
   // Readers that keep the blob source busy: each reads 4 KiB of its own file at a changing
   // offset with O_DIRECT (no page cache), and nothing keeps opened chunks, so every read fetches;
   // the first fetch stays in flight until the end (SlowSource).
@@ -291,6 +342,71 @@ TEST_F(CtrLayerTest, IndexedVerificationCompletesWhileReadsNeverPause) {
                      << (*layer)->verification_yielded().count() << " ms)";
   EXPECT_EQ((*layer)->verification(), lazylayer::Verification::kVerified)
       << (*layer)->verification_status().ToString();
+}
+
+// The index's table of contents as its maker wrote it is what the mount serves; a key holder can
+// seal one whose metadata is not the tar's (here: setuid on a file the tar has 0644). Served until
+// the verification reads the real tar, then quarantined ("entry N: mode differs"): every read EIO.
+TEST_F(CtrLayerTest, IndexWithAFabricatedEntryIsQuarantinedByTheVerification) {
+  MakeOcicryptLayer();
+  bool edited = false;
+  const std::vector<uint8_t> sealed = Recraft(SealedIndex(), [&](zindex::v1::Index& index) {
+    for (auto& e : *index.mutable_entries()) {
+      if (e.name() == "d/f1") {
+        e.set_mode(04755);
+        edited = true;
+      }
+    }
+  });
+  ASSERT_TRUE(edited);
+  lazylayer::IndexedMountOptions o;
+  o.verify_start_delay_ms = 500;
+  auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  // The window: served as the index says (the bytes are the real ones; the mode is not).
+  EXPECT_EQ(fs::status(mountpoint_ / "d" / "f1").permissions() & fs::perms::set_uid,
+            fs::perms::set_uid);
+  EXPECT_EQ(WaitForVerification(**layer), lazylayer::Verification::kFailed);
+  const Status s = (*layer)->verification_status();
+  EXPECT_NE(s.message().find("mode differs"), std::string::npos) << s.ToString();
+  EXPECT_EQ(s.message().find("d/f1"), std::string::npos) << "a file name in " << s.ToString();
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f0"), EIO);
+}
+
+// A span digest that is not the blob's (sealed with the right key): the span is never served
+// (EIO, counted), the other spans are, and the verification quarantines the layer.
+TEST_F(CtrLayerTest, IndexWithAWrongSpanDigestServesEioNeverOtherBytes) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> honest = SealedIndex();
+  // The span holding a byte in the middle of d/f3's data.
+  const std::vector<uint8_t> sealed = Recraft(honest, [&](zindex::v1::Index& index) {
+    uint64_t at = 0;
+    for (const auto& e : index.entries()) {
+      if (e.name() == "d/f3") at = e.data_offset() + e.size() / 2;
+    }
+    ASSERT_GT(at, 0u);
+    int span = 0;
+    while (span + 1 < index.spans_size() && index.spans(span + 1).out_offset() <= at) ++span;
+    std::string d = index.spans(span).ciphertext_sha256();
+    d[0] = static_cast<char>(d[0] ^ 1);
+    index.mutable_spans(span)->set_ciphertext_sha256(d);
+  });
+  lazylayer::IndexedMountOptions o;
+  o.verify_start_delay_ms = 3600 * 1000;  // reads first
+  auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  std::string f0;
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f0", &f0), 0);
+  EXPECT_EQ(f0, testing::ReadFileString(tmp_->path() / "src" / "d" / "f0"));
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f3"), EIO);
+  EXPECT_GE((*layer)->stats().auth_failures, 1u);
+  (*layer).reset();
+
+  o.verify_start_delay_ms = 0;
+  layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  EXPECT_EQ(WaitForVerification(**layer), lazylayer::Verification::kFailed);
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f0"), EIO);
 }
 
 }  // namespace

@@ -1,0 +1,487 @@
+// Unmodified ocicrypt images served lazily by the snapshotter through their seekable index
+// (issue 18 part 2, the serving side; docs/FORMAT.md §11): an image encrypted by the real skopeo
+// (AES_256_CTR_HMAC_SHA256, JWE for an RSA and an EC recipient) in a real docker-registry 2.8 (no
+// Referrers API: the tag fallback), indexed by the real `lazycrypt index`, prepared by the
+// snapshotter's layer handler (lazylayer::SnapshotHandler, in this process, as containerd's
+// Prepare asks it) with a real FUSE mount:
+//   - with the index, the layer is mounted lazily: a small file reads while far fewer bytes than
+//     the layer were fetched; the background verification reads the whole layer and marks it
+//     verified (node key: the RSA recipient's, then the EC recipient's);
+//   - without an index (an image nobody indexed, or [ocicrypt] lazy_index = false) the same
+//     kind of layer is unpacked eagerly by the snapshotter (its unpacked record);
+//   - a tampered sealed index (a byte flipped, pushed as a referrer) is refused and the layer is
+//     unpacked instead; a layer whose ciphertext (HMAC) is wrong is refused outright (its index,
+//     made for the real blob, does not open for another digest; the eager path checks the HMAC);
+//   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount and
+//     re-opens the index from beside its restore record, with the registry stopped.
+// Needs root, /dev/fuse, skopeo.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cache/chunk_store.h"
+#include "common/file_io.h"
+#include "common/io.h"
+#include "crypto/digest.h"
+#include "fdstore/fd_store.h"
+#include "image/layer.h"
+#include "image/oci.h"
+#include "keywrap/keyring.h"
+#include "keywrap/keys.h"
+#include "image/referrers.h"
+#include "lazylayer/labels.h"
+#include "lazylayer/restore_record.h"
+#include "lazylayer/snapshot_handler.h"
+#include "registry/registry.h"
+#include "snapshotter/types.h"
+#include "tests/harness/registry_process.h"
+#include "tests/integration_util.h"
+#include "tests/snapshotter_util.h"
+#include "zindex/zindex.h"
+
+namespace lazycrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::KeyPair;
+using testing::MustRun;
+
+constexpr char kHello[] = "hello from a lazily served, indexed ocicrypt layer\n";
+
+// An fd store in this process: what systemd's or the holder's would keep for the next daemon.
+class MemoryFdStore final : public fdstore::FdStore {
+ public:
+  Status Put(const std::string& name, int fd) override {
+    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return ErrnoStatus("dup");
+    std::lock_guard<std::mutex> lock(mu_);
+    held_[name] = UniqueFd(copy);
+    return Status::Ok();
+  }
+  Status Remove(const std::string& name) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_.erase(name);
+    return Status::Ok();
+  }
+  Result<std::vector<fdstore::NamedFd>> List() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<fdstore::NamedFd> out;
+    for (const auto& [name, fd] : held_) {
+      int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
+      if (copy < 0) return ErrnoStatus("dup");
+      out.push_back(fdstore::NamedFd{name, UniqueFd(copy)});
+    }
+    return out;
+  }
+  std::string_view kind() const override { return "holder"; }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, UniqueFd> held_;
+};
+
+struct Layer {
+  std::string digest;
+  uint64_t size = 0;
+  std::string chain_id;
+  std::string parent_chain_id;
+};
+
+class ZindexLazy : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
+      GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
+    }
+    if (testing::RunCommand("skopeo --version").exit_code != 0) GTEST_SKIP() << "needs skopeo";
+    auto tmp = harness::TempDir::Create("zindex-lazy");
+    ASSERT_TRUE(tmp.ok());
+    tmp_ = std::make_unique<harness::TempDir>(std::move(tmp).value());
+    const fs::path root = tmp_->path();
+    fs::create_directories(root / "keys");
+    // Two recipients; the node holds the one the test parameter names.
+    rsa_ = testing::GenerateKeyPair(root, "rsa2048", "rsa");
+    ec_ = testing::GenerateKeyPair(root, "ec256", "ec");
+    const KeyPair& node = GetParam() == "ec" ? ec_ : rsa_;
+    fs::copy_file(node.priv, root / "keys" / "node.pem");
+
+    // busybox, and an application layer: a small file and 6 MiB that does not compress.
+    const fs::path layout = root / "src";
+    testing::MakeBusyboxImage(layout);
+    const fs::path app = root / "app";
+    fs::create_directories(app / "srv");
+    testing::WriteFileString(app / "srv" / "hello.txt", kHello);
+    MustRun({"dd", "if=/dev/urandom", "of=" + (app / "srv" / "big.bin").string(), "bs=1M",
+             "count=6", "status=none"});
+    fs::create_symlink("hello.txt", app / "srv" / "link");
+    big_sha256_ = testing::FileSha256(app / "srv" / "big.bin");
+    MustRun({"tar", "--numeric-owner", "--no-recursion", "-C", app.string(), "-cf",
+             (root / "app.tar").string(), "srv", "srv/hello.txt", "srv/big.bin", "srv/link"});
+    MustRun({"umoci", "raw", "add-layer", "--image", layout.string() + ":latest",
+             (root / "app.tar").string()});
+
+    auto registry = harness::RegistryProcess::Start();
+    ASSERT_TRUE(registry.ok()) << registry.status().ToString();
+    registry_ = std::move(registry).value();
+    auto client = registry::Client::Create(ClientOptions());
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client_ = std::move(*client);
+  }
+
+  void TearDown() override {
+    handler_.reset();  // unmounts
+    if (tmp_) testing::AbortFuseConnectionsUnder(tmp_->path());
+    for (const fs::path& target : targets_) (void)lazylayer::DetachStaleMount(target);
+  }
+
+  registry::ClientOptions ClientOptions() const {
+    registry::ClientOptions o;
+    o.plain_http = true;
+    o.hosts_dir.clear();
+    o.auth_files = {tmp_->path() / "no-auth.json"};
+    return o;
+  }
+
+  registry::Reference Ref(const std::string& ref) {
+    auto r = registry::Reference::Parse(ref);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return *r;
+  }
+
+  // skopeo encrypts the layout for both recipients into the registry as `tag` (fresh layer keys
+  // each time: another image).
+  std::string SkopeoPush(const std::string& tag) {
+    const std::string ref = registry_->host() + "/app:" + tag;
+    MustRun({"skopeo", "copy", "-q", "--dest-tls-verify=false", "--encryption-key",
+             "jwe:" + rsa_.pub.string(), "--encryption-key", "jwe:" + ec_.pub.string(),
+             "oci:" + (tmp_->path() / "src").string() + ":latest", "docker://" + ref},
+            300s);
+    return ref;
+  }
+
+  void Index(const std::string& ref) {
+    const KeyPair& node = GetParam() == "ec" ? ec_ : rsa_;
+    MustRun({testing::LazycryptBin(), "-q", "index", "--plain-http", "--hosts-dir", "", "--key",
+             node.priv.string(), "--span-size", "256KiB", "docker://" + ref},
+            300s);
+  }
+
+  // The manifest's layers and the chain IDs containerd would prepare them under.
+  std::vector<Layer> ReadImage(const std::string& ref, nlohmann::json* manifest = nullptr) {
+    auto got = client_->GetManifest(Ref(ref));
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    nlohmann::json m = nlohmann::json::parse(AsStringView(got->bytes));
+    if (manifest) *manifest = m;
+    MemoryOutputStream config;
+    EXPECT_TRUE(client_->GetBlob(Ref(ref), m["config"]["digest"].get<std::string>(), config).ok());
+    auto c = nlohmann::json::parse(AsStringView(config.bytes()));
+    std::string parent;
+    std::vector<Layer> layers;
+    for (size_t i = 0; i < m["layers"].size(); ++i) {
+      const auto& l = m["layers"][i];
+      EXPECT_NE(l["mediaType"].get<std::string>().find("+encrypted"), std::string::npos);
+      const std::string chain =
+          lazylayer::ChainIdOf(parent, c["rootfs"]["diff_ids"][i].get<std::string>());
+      layers.push_back(Layer{l["digest"].get<std::string>(), l["size"].get<uint64_t>(), chain,
+                             parent});
+      parent = chain;
+    }
+    return layers;
+  }
+
+  void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
+                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool lazy_index = true) {
+    lazylayer::SnapshotHandlerOptions o;
+    o.store = std::move(store);
+    if (fd_store) {
+      o.fd_store = std::move(fd_store);
+      o.layer.mount.clone_fd = false;  // a mount that survives its daemon (fusefs/fuse_fs.h)
+    }
+    o.key_dirs = {tmp_->path() / "keys"};
+    o.registry = ClientOptions();
+    o.layer.prefetch = false;
+    o.layer.verify = true;
+    // Without verify: delayed past the test, so that every byte counted is a read's own.
+    o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
+    o.keep_mounts_on_exit = o.fd_store != nullptr;
+    o.lazy_index = lazy_index;
+    o.log = [this](snapshotter::LogLevel, std::string_view line) {
+      std::lock_guard<std::mutex> lock(log_mu_);
+      log_.append(line);
+      log_ += '\n';
+    };
+    auto h = lazylayer::SnapshotHandler::Create(std::move(o));
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    handler_ = std::move(*h);
+  }
+
+  std::string Log() {
+    std::lock_guard<std::mutex> lock(log_mu_);
+    return log_;
+  }
+
+  snapshotter::PrepareRequest Request(const std::string& ref, const Layer& l, int64_t id) {
+    const fs::path target = tmp_->path() / "snapshots" / std::to_string(id) / "fs";
+    fs::create_directories(target);
+    targets_.push_back(target);
+    snapshotter::PrepareRequest req;
+    req.key = "prepare-" + std::to_string(id);
+    req.parent = l.parent_chain_id;
+    req.snapshot_id = id;
+    req.target_dir = target;
+    req.labels[std::string(snapshotter::kTargetSnapshotLabel)] = l.chain_id;
+    req.labels[std::string(lazylayer::kLabelStargzReference)] = ref;
+    req.labels[std::string(lazylayer::kLabelStargzDigest)] = l.digest;
+    return req;
+  }
+
+  snapshotter::CheckRequest CheckOf(const snapshotter::PrepareRequest& req) {
+    snapshotter::CheckRequest c;
+    c.name = req.labels.at(std::string(snapshotter::kTargetSnapshotLabel));
+    c.parent = req.parent;
+    c.labels = req.labels;
+    c.target_dir = req.target_dir;
+    c.snapshot_id = req.snapshot_id;
+    return c;
+  }
+
+  snapshotter::RestoreRequest RestoreOf(const snapshotter::PrepareRequest& req) {
+    snapshotter::RestoreRequest r;
+    r.name = req.labels.at(std::string(snapshotter::kTargetSnapshotLabel));
+    r.parent = req.parent;
+    r.labels = req.labels;
+    r.target_dir = req.target_dir;
+    r.snapshot_id = req.snapshot_id;
+    return r;
+  }
+
+  std::optional<lazylayer::MountedLayerStatus> StatusOf(int64_t id) {
+    for (auto& s : handler_->Layers()) {
+      if (s.snapshot_id == id) return s;
+    }
+    return std::nullopt;
+  }
+
+  // Waits (up to 60 s) for the layer's verification to end.
+  lazylayer::Verification WaitForVerification(int64_t id) {
+    for (int i = 0; i < 600; ++i) {
+      auto s = StatusOf(id);
+      if (!s) return lazylayer::Verification::kPending;
+      if (s->verification != lazylayer::Verification::kPending) return s->verification;
+      std::this_thread::sleep_for(100ms);
+    }
+    return lazylayer::Verification::kPending;
+  }
+
+  // Prepared and unpacked by the snapshotter (not mounted): its unpacked record and files.
+  void ExpectUnpacked(const snapshotter::PrepareRequest& req) {
+    EXPECT_FALSE(StatusOf(req.snapshot_id).has_value()) << "mounted lazily";
+    EXPECT_TRUE(lazylayer::ReadUnpackedRecord(req.target_dir).ok()) << "no unpacked record";
+    EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  }
+
+  std::unique_ptr<harness::TempDir> tmp_;
+  KeyPair rsa_, ec_;
+  std::unique_ptr<harness::RegistryProcess> registry_;
+  std::unique_ptr<registry::Client> client_;
+  std::string big_sha256_;
+  std::unique_ptr<lazylayer::SnapshotHandler> handler_;
+  std::vector<fs::path> targets_;
+  std::mutex log_mu_;
+  std::string log_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Recipients, ZindexLazy, ::testing::Values("rsa", "ec"));
+
+TEST_P(ZindexLazy, IndexedLayerRunsLazilyThenVerifies) {
+  const std::string ref = SkopeoPush("indexed");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  ASSERT_EQ(layers.size(), 2u);
+  StartHandler(/*verify=*/false);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(*mounted);
+  ASSERT_TRUE(StatusOf(1).has_value()) << "not mounted lazily:\n" << Log();
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_EQ(fs::read_symlink(req.target_dir / "srv" / "link"), "hello.txt");
+  auto after = StatusOf(1);
+  ASSERT_TRUE(after.has_value());
+  std::printf("layer %llu bytes; fetched %llu bytes in %llu requests to read one small file\n",
+              static_cast<unsigned long long>(layers[1].size),
+              static_cast<unsigned long long>(after->stats.blob_bytes_fetched),
+              static_cast<unsigned long long>(after->stats.fetch_requests));
+  EXPECT_GT(after->stats.blob_bytes_fetched, 0u);
+  EXPECT_LT(after->stats.blob_bytes_fetched, layers[1].size / 8);
+  EXPECT_EQ(after->stats.auth_failures, 0u);
+  EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
+  EXPECT_TRUE(handler_->Check(CheckOf(req)).ok());
+
+  // Verified in the background (HMAC, digests, diff_id, entries and spans against the tar).
+  handler_.reset();
+  StartHandler(/*verify=*/true);
+  auto base = Request(ref, layers[0], 2);
+  auto app = Request(ref, layers[1], 3);
+  ASSERT_TRUE(handler_->TryMount(base).ok());
+  ASSERT_TRUE(handler_->TryMount(app).ok());
+  ASSERT_TRUE(StatusOf(2).has_value() && StatusOf(3).has_value()) << Log();
+  EXPECT_EQ(WaitForVerification(2), lazylayer::Verification::kVerified)
+      << handler_->Check(CheckOf(base)).ToString();
+  EXPECT_EQ(WaitForVerification(3), lazylayer::Verification::kVerified)
+      << handler_->Check(CheckOf(app)).ToString();
+  EXPECT_EQ(testing::ReadFileString(app.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_TRUE(fs::exists(base.target_dir / "bin" / "busybox"));
+}
+
+TEST_P(ZindexLazy, WithoutAnIndexTheLayerIsUnpacked) {
+  const std::string ref = SkopeoPush("plain");  // nobody indexed it
+  const std::vector<Layer> layers = ReadImage(ref);
+  StartHandler(/*verify=*/true);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  ExpectUnpacked(req);
+  EXPECT_NE(Log().find("no usable index, unpacked"), std::string::npos) << Log();
+
+  // An indexed image too, when lazy_index is off.
+  const std::string indexed = SkopeoPush("indexed-but-off");
+  Index(indexed);
+  const std::vector<Layer> l2 = ReadImage(indexed);
+  handler_.reset();
+  StartHandler(/*verify=*/true, nullptr, nullptr, /*lazy_index=*/false);
+  auto off = Request(indexed, l2[1], 2);
+  mounted = handler_->TryMount(off);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ExpectUnpacked(off);
+}
+
+TEST_P(ZindexLazy, TamperedSealedIndexIsRefusedAndTheLayerUnpacked) {
+  const std::string ref = SkopeoPush("tampered-index");
+  nlohmann::json m;
+  const std::vector<Layer> layers = ReadImage(ref, &m);
+  // A sealed index for the app layer, one byte flipped (as a registry or a tenant without the
+  // key could), pushed as the manifest's referrer.
+  auto got = client_->GetManifest(Ref(ref));
+  ASSERT_TRUE(got.ok());
+  auto node = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+  ASSERT_TRUE(node.ok());
+  keywrap::KeyRing keys;
+  keys.AddKey(std::move(*node));
+  image::Descriptor layer;
+  layer.media_type = m["layers"][1]["mediaType"].get<std::string>();
+  layer.digest = layers[1].digest;
+  layer.size = layers[1].size;
+  for (auto& [k, v] : m["layers"][1]["annotations"].items()) layer.annotations[k] = v;
+  auto cipher = image::UnwrapOcicryptLayer(layer, keys);
+  ASSERT_TRUE(cipher.ok()) << cipher.status().ToString();
+  MemoryOutputStream blob;
+  ASSERT_TRUE(client_->GetBlob(Ref(ref), layer.digest, blob).ok());
+  MemoryInputStream in(blob.bytes());
+  auto sealed = zindex::BuildSealedIndex(in, layer, *cipher);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  (*sealed)[sealed->size() / 2] ^= 0x01;
+  image::Descriptor subject;
+  subject.media_type = got->media_type;
+  subject.digest = got->digest;
+  subject.size = got->bytes.size();
+  image::ArtifactBlob artifact{std::string(zindex::kSealedIndexMediaType), *sealed,
+                               {{std::string(zindex::kAnnotationLayerDigest), layer.digest}}};
+  auto pushed = image::PushReferrer(*client_, Ref(ref), subject, zindex::kArtifactType, {artifact});
+  ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
+
+  StartHandler(/*verify=*/true);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString();
+  ASSERT_TRUE(*mounted);
+  ExpectUnpacked(req);  // refused: unpacked instead
+  EXPECT_NE(Log().find("no usable index, unpacked"), std::string::npos) << Log();
+  EXPECT_NE(Log().find(pushed.value()), std::string::npos) << "the refusal names the referrer";
+}
+
+TEST_P(ZindexLazy, WrongHmacIsRefused) {
+  const std::string ref = SkopeoPush("hmac");
+  Index(ref);  // for the real blob
+  nlohmann::json m;
+  const std::vector<Layer> layers = ReadImage(ref, &m);
+  // The app layer's ciphertext with one byte flipped, under a manifest that names the altered
+  // blob (digest and size consistent; HMAC now wrong, which only a full read sees). The index
+  // stays a referrer of the original manifest only; the altered image has none, and its eager
+  // unpack checks the HMAC before anything is committed.
+  MemoryOutputStream blob;
+  ASSERT_TRUE(client_->GetBlob(Ref(ref), layers[1].digest, blob).ok());
+  std::vector<uint8_t> bytes = blob.bytes();
+  bytes[bytes.size() / 2] ^= 0x40;
+  const std::string digest = crypto::OciDigest(crypto::Sha256::Of(bytes));
+  MemoryBlobSource altered(std::move(bytes));
+  ASSERT_TRUE(client_->PushBlob(Ref(ref), digest, altered).ok());
+  m["layers"][1]["digest"] = digest;
+  const std::string text = m.dump();
+  const std::string altered_ref = registry_->host() + "/app:hmac-altered";
+  auto original = client_->GetManifest(Ref(ref));
+  ASSERT_TRUE(original.ok());
+  ASSERT_TRUE(client_->PutManifest(Ref(altered_ref), AsBytes(text), original->media_type).ok());
+  Layer t = layers[1];
+  t.digest = digest;
+  StartHandler(/*verify=*/true);
+  auto req = Request(altered_ref, t, 1);
+  auto mounted = handler_->TryMount(req);
+  EXPECT_FALSE(mounted.ok() && *mounted) << "an altered layer was mounted";
+  if (!mounted.ok()) EXPECT_EQ(mounted.status().code(), StatusCode::kAuthFailed)
+      << mounted.status().ToString();
+  EXPECT_FALSE(StatusOf(1).has_value());
+  EXPECT_FALSE(fs::exists(req.target_dir / "srv" / "hello.txt"));
+}
+
+TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
+  const std::string ref = SkopeoPush("restart");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  auto fd_store = std::make_shared<MemoryFdStore>();
+  auto store = cache::ChunkStore::Open(tmp_->path() / "store");
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  std::shared_ptr<cache::ChunkStore> shared_store(std::move(*store));
+  StartHandler(/*verify=*/false, fd_store, shared_store);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(StatusOf(1).has_value()) << Log();
+  // A file kept open across the restart.
+  int fd = ::open((req.target_dir / "srv" / "hello.txt").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  char buf[256];
+  ASSERT_GT(::pread(fd, buf, sizeof buf, 0), 0);
+
+  handler_.reset();  // leaves the mount to the next daemon
+  registry_->Stop();
+  StartHandler(/*verify=*/false, fd_store, shared_store);
+  Status restored = handler_->Restore(RestoreOf(req));
+  EXPECT_TRUE(restored.ok()) << restored.ToString() << Log();
+  handler_->RestoreFinished();
+  EXPECT_EQ(handler_->Restarts().fds_resumed, 1u);
+  ASSERT_TRUE(StatusOf(1).has_value()) << Log();
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ssize_t n = ::pread(fd, buf, sizeof buf, 0);
+  ASSERT_GT(n, 0) << std::strerror(errno);
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace lazycrypt
