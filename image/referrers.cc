@@ -188,19 +188,9 @@ Result<std::string> PushReferrer(registry::Client& client, const registry::Refer
     return digest;
   }
 
-  // No Referrers API: read, modify, write the fallback tag's index.
-  LC_ASSIGN_OR_RETURN(auto existing, FetchFallbackIndex(client, repo, subject.digest));
-  Index index;
-  if (existing) index = std::move(*existing);
-  index.schema_version = 2;
-  index.media_type = std::string(kMediaTypeOciIndex);
-  const bool listed = std::any_of(index.manifests.begin(), index.manifests.end(),
-                                  [&](const Descriptor& d) { return d.digest == digest; });
-  if (listed) return digest;
-  if (index.manifests.size() >= kMaxReferrers) {
-    return Status::FailedPrecondition(repo.Name() + ": the referrers tag of " + subject.digest +
-                                     " already lists " + std::to_string(kMaxReferrers) + " referrers");
-  }
+  // No Referrers API: read, modify, write the fallback tag's index, then read it back: another
+  // pusher's read-modify-write that interleaved with ours may have dropped our entry (the registry
+  // offers no conditional PUT); add it again then, a few times at most.
   Descriptor entry;
   entry.media_type = std::string(kMediaTypeOciManifest);
   entry.digest = digest;
@@ -209,15 +199,35 @@ Result<std::string> PushReferrer(registry::Client& client, const registry::Refer
   Json entry_extra = Json::object();
   entry_extra["artifactType"] = std::string(artifact_type);
   entry.extra_json = entry_extra.dump();
-  index.manifests.push_back(std::move(entry));
-  const std::string index_bytes = SerializeIndex(index);
-  registry::Reference tag_ref{repo.registry, repo.repository, ReferrersTag(subject.digest), ""};
-  auto put = client.PutManifest(tag_ref, AsBytes(index_bytes), kMediaTypeOciIndex);
-  if (!put.ok()) {
-    return put.status().WithContext("referrer " + digest + " pushed, but the referrers tag " +
-                                    tag_ref.tag + " was not updated");
+  const registry::Reference tag_ref{repo.registry, repo.repository, ReferrersTag(subject.digest), ""};
+  constexpr int kTagAttempts = 3;
+  for (int attempt = 0;; ++attempt) {
+    LC_ASSIGN_OR_RETURN(auto existing, FetchFallbackIndex(client, repo, subject.digest));
+    Index index;
+    if (existing) index = std::move(*existing);
+    const bool listed = std::any_of(index.manifests.begin(), index.manifests.end(),
+                                    [&](const Descriptor& d) { return d.digest == digest; });
+    if (listed) return digest;
+    if (attempt == kTagAttempts) {
+      return Status::Unavailable(repo.Name() + ": referrer " + digest + " pushed, but the referrers tag " +
+                                 tag_ref.tag + " lost it " + std::to_string(kTagAttempts) +
+                                 " times to concurrent updates");
+    }
+    if (index.manifests.size() >= kMaxReferrers) {
+      return Status::FailedPrecondition(repo.Name() + ": the referrers tag of " + subject.digest +
+                                        " already lists " + std::to_string(kMaxReferrers) +
+                                        " referrers");
+    }
+    index.schema_version = 2;
+    index.media_type = std::string(kMediaTypeOciIndex);
+    index.manifests.push_back(entry);
+    const std::string index_bytes = SerializeIndex(index);
+    auto put = client.PutManifest(tag_ref, AsBytes(index_bytes), kMediaTypeOciIndex);
+    if (!put.ok()) {
+      return put.status().WithContext("referrer " + digest + " pushed, but the referrers tag " +
+                                      tag_ref.tag + " was not updated");
+    }
   }
-  return digest;
 }
 
 Result<ReferrerManifest> FetchReferrerManifest(registry::Client& client,

@@ -10,8 +10,10 @@
 // terms (a sealed zindex opens only with the layer's key).
 //
 // Thread-safety: free functions, independent per call (the registry::Client is thread-safe).
-// Concurrent PushReferrer calls for one subject on a registry without the API can lose one of
-// the two tag updates (the spec leaves that race to clients; both manifests are still stored).
+// Concurrent PushReferrer calls for one subject on a registry without the API race on the tag
+// (the spec leaves that to clients; the registry has no conditional PUT): each pusher reads the tag
+// back after writing it and adds its entry again when an interleaved update dropped it (3 times at
+// most, then Unavailable; the manifest itself stays stored either way).
 #pragma once
 
 #include <cstdint>
@@ -63,8 +65,8 @@ struct ArtifactBlob {
 // descriptor, layers = the blobs in order, subject, annotations) by digest; when the registry
 // does not answer the manifest PUT with an OCI-Subject header, also updates the fallback tag's
 // index: adds this manifest (artifactType and annotations copied into its descriptor, as the
-// Referrers API would list it), keeps the other entries, never lists one digest twice. Returns
-// the manifest digest.
+// Referrers API would list it), keeps the other entries, never lists one digest twice, and reads
+// the tag back until it lists this manifest (see the race above). Returns the manifest digest.
 Result<std::string> PushReferrer(registry::Client& client, const registry::Reference& repo,
                                  const Descriptor& subject, std::string_view artifact_type,
                                  const std::vector<ArtifactBlob>& blobs,

@@ -3,6 +3,7 @@
 // (tests/harness/registry_process.h).
 #include "image/referrers.h"
 
+#include <functional>
 #include <set>
 
 #include <gmock/gmock.h>
@@ -35,6 +36,8 @@ class FakeRegistry final : public registry::Client {
   int tag_puts = 0;
   // When set, GetReferrers answers these pages instead of computing them.
   std::optional<std::vector<ReferrersPage>> canned_pages;
+  // Called after each tag PUT (e.g. another pusher's interleaved update).
+  std::function<void(const std::string& tag)> after_tag_put;
 
   Result<registry::Manifest> GetManifest(const registry::Reference& ref) override {
     std::string digest = ref.digest;
@@ -62,6 +65,11 @@ class FakeRegistry final : public registry::Client {
     if (!ref.tag.empty()) {
       tags[ref.tag] = m.digest;
       ++tag_puts;
+      if (after_tag_put) {
+        auto hook = std::move(after_tag_put);  // not re-entered by the hook's own PUT
+        hook(ref.tag);
+        after_tag_put = std::move(hook);
+      }
     }
     PutManifestAnswer answer{m.digest, ""};
     auto j = nlohmann::json::parse(AsStringView(bytes));
@@ -282,6 +290,48 @@ TEST(Referrers, FallbackTagWithoutApiKeepsOthersAndNeverListsTwice) {
   EXPECT_EQ(sigs->size(), 1u);
 }
 
+// Another pusher's read-modify-write interleaves with ours: it read the tag before our PUT and
+// writes its version (without our entry) right after. Reading back, we add ours again; both stay.
+TEST(Referrers, AnInterleavedTagUpdateThatDropsOurEntryIsRepaired) {
+  FakeRegistry reg(/*api=*/false);
+  const registry::Reference tag_ref{kRepo.registry, kRepo.repository, ReferrersTag(Subject().digest), ""};
+  std::string theirs = DigestOf(std::string("their referrer"));
+  int interleaved = 0;
+  reg.after_tag_put = [&](const std::string&) {
+    if (interleaved++ > 0) return;
+    nlohmann::json index = {{"schemaVersion", 2},
+                            {"mediaType", kMediaTypeOciIndex},
+                            {"manifests",
+                             {{{"mediaType", kMediaTypeOciManifest},
+                               {"digest", theirs},
+                               {"size", 9},
+                               {"artifactType", "application/vnd.test.sig"}}}}};
+    std::string s = index.dump();
+    ASSERT_TRUE(reg.PutManifest(tag_ref, AsBytes(s), kMediaTypeOciIndex).ok());
+  };
+  auto ours = PushReferrer(reg, kRepo, Subject(), "application/vnd.test.a", Blobs("one"));
+  ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+  auto all = ListReferrers(reg, kRepo, Subject().digest, "");
+  ASSERT_TRUE(all.ok());
+  std::set<std::string> digests;
+  for (const auto& d : *all) digests.insert(d.digest);
+  EXPECT_EQ(digests, (std::set<std::string>{theirs, *ours}));
+}
+
+// A tag that keeps losing our entry is an error after a few attempts, not a silent loss.
+TEST(Referrers, ATagThatKeepsLosingOurEntryIsAnError) {
+  FakeRegistry reg(/*api=*/false);
+  const registry::Reference tag_ref{kRepo.registry, kRepo.repository, ReferrersTag(Subject().digest), ""};
+  std::string empty = R"({"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]})";
+  reg.after_tag_put = [&](const std::string&) {
+    ASSERT_TRUE(reg.PutManifest(tag_ref, AsBytes(empty), kMediaTypeOciIndex).ok());
+  };
+  auto ours = PushReferrer(reg, kRepo, Subject(), "application/vnd.test.a", Blobs("one"));
+  ASSERT_FALSE(ours.ok());
+  EXPECT_EQ(ours.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(ours.status().message(), HasSubstr("lost it 3 times"));
+}
+
 TEST(Referrers, NoApiAndNoTagMeansNoReferrers) {
   FakeRegistry reg(/*api=*/false);
   auto listed = ListReferrers(reg, kRepo, Subject().digest, "application/vnd.test.a");
@@ -471,6 +521,12 @@ TEST_P(ReferrersPush, TheTagIsMaintainedOnlyWithoutAnOciSubjectAnswer) {
       }
       return {201, h, ""};
     }
+    if (r.method == "GET" && r.Path() == "/v2/team/app/manifests/" + ReferrersTag(subject.digest)) {
+      std::lock_guard<std::mutex> l(mu);
+      if (!tag_body.empty()) {
+        return {200, {{"Content-Type", std::string(kMediaTypeOciIndex)}}, tag_body};
+      }
+    }
     return {404, {}, ""};
   });
   ASSERT_TRUE(server.ok());
@@ -486,7 +542,7 @@ TEST_P(ReferrersPush, TheTagIsMaintainedOnlyWithoutAnOciSubjectAnswer) {
     EXPECT_EQ(tag_requests, 0u);
     return;
   }
-  EXPECT_EQ(tag_requests, 2u) << "a GET (404) and a PUT of the referrers tag";
+  EXPECT_EQ(tag_requests, 3u) << "a GET (404), a PUT and a GET (read back) of the referrers tag";
   std::lock_guard<std::mutex> l(mu);
   auto index = ParseIndex(AsBytes(tag_body));
   ASSERT_TRUE(index.ok()) << index.status().ToString();
