@@ -27,6 +27,7 @@
 #include <gtest/gtest.h>
 
 #include "common/io.h"
+#include "compress/compress.h"
 #include "crypto/digest.h"
 #include "estargz/writer.h"
 #include "format/toc.h"
@@ -107,6 +108,12 @@ class CtrLayerTest : public ::testing::Test {
       MustRun({"dd", "if=/dev/urandom", "of=" + (src / "d" / ("f" + std::to_string(i))).string(),
                "bs=64k", "count=8", "status=none"});
     }
+    // And text that deflate compresses with back-references (a span's window matters).
+    std::string text;
+    for (int i = 0; text.size() < (512u << 10); ++i) {
+      text += "line " + std::to_string(i % 1000) + ": the same few words again and again\n";
+    }
+    testing::WriteFileString(src / "d" / "t.txt", text);
     MustRun({"tar", "--numeric-owner", "-C", src.string(), "-cf", (root / "layer.tar").string(),
              "d"});
     tar_ = testing::ReadFileString(root / "layer.tar");
@@ -407,6 +414,48 @@ TEST_F(CtrLayerTest, IndexWithAWrongSpanDigestServesEioNeverOtherBytes) {
   ASSERT_TRUE(layer.ok()) << layer.status().ToString();
   EXPECT_EQ(WaitForVerification(**layer), lazylayer::Verification::kFailed);
   EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f0"), EIO);
+}
+
+// The window (and checkpoint) of a span are pinned by nothing but the seal (FORMAT.md §11.5): a key
+// holder can seal one whose window differs, so that the span's ciphertext passes its digest and
+// inflates to as many bytes, but other ones (the back-references copy from the window). Entries
+// and diff_id are untouched; only the span-by-span comparison with the real tar catches it.
+TEST_F(CtrLayerTest, IndexWithAFabricatedWindowIsQuarantinedByTheVerification) {
+  MakeOcicryptLayer();
+  bool edited = false;
+  const std::vector<uint8_t> sealed = Recraft(SealedIndex(), [&](zindex::v1::Index& index) {
+    uint64_t begin = 0, end = 0;
+    for (const auto& e : index.entries()) {
+      if (e.name() == "d/t.txt") {
+        begin = e.data_offset() + 4096;
+        end = e.data_offset() + e.size() - 4096;
+      }
+    }
+    for (auto& span : *index.mutable_spans()) {
+      if (edited || span.out_offset() < begin || span.out_offset() >= end ||
+          span.window_size() == 0) {
+        continue;
+      }
+      std::vector<uint8_t> window(span.window_size());
+      compress::ZstdDecompressor d;
+      ASSERT_TRUE(d.DecompressExact(AsBytes(span.window_zstd()), window).ok());
+      for (uint8_t& b : window) b ^= 0x20;  // other letters, same length
+      compress::ZstdCompressor c;
+      std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(window.size()));
+      auto n = c.Compress(window, frame);
+      ASSERT_TRUE(n.ok());
+      span.set_window_zstd(frame.data(), *n);
+      edited = true;
+    }
+  });
+  ASSERT_TRUE(edited) << "no span starts inside the text";
+  lazylayer::IndexedMountOptions o;
+  auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  EXPECT_EQ(WaitForVerification(**layer), lazylayer::Verification::kFailed);
+  const Status s = (*layer)->verification_status();
+  EXPECT_NE(s.message().find("decodes to other bytes"), std::string::npos) << s.ToString();
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt"), EIO);
 }
 
 }  // namespace

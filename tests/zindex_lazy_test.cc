@@ -10,8 +10,9 @@
 //   - without an index (an image nobody indexed, or [ocicrypt] lazy_index = false) the same
 //     kind of layer is unpacked eagerly by the snapshotter (its unpacked record);
 //   - a tampered sealed index (a byte flipped, pushed as a referrer) is refused and the layer is
-//     unpacked instead; a layer whose ciphertext (HMAC) is wrong is refused outright (its index,
-//     made for the real blob, does not open for another digest; the eager path checks the HMAC);
+//     unpacked instead; a layer whose ciphertext (HMAC) is wrong is refused outright (the real
+//     blob's index, offered for it, does not open for another digest; the eager path then checks
+//     the HMAC before anything is committed);
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount and
 //     re-opens the index from beside its restore record, with the registry stopped.
 // Needs root, /dev/fuse, skopeo.
@@ -437,6 +438,37 @@ TEST_P(ZindexLazy, WrongHmacIsRefused) {
   auto original = client_->GetManifest(Ref(ref));
   ASSERT_TRUE(original.ok());
   ASSERT_TRUE(client_->PutManifest(Ref(altered_ref), AsBytes(text), original->media_type).ok());
+  // The real blob's index offered for the altered layer too (annotated with its digest, as a
+  // registry could): sealed for the other digest, it does not open (the AAD binds the layer).
+  {
+    auto original_manifest = client_->GetManifest(Ref(ref));
+    ASSERT_TRUE(original_manifest.ok());
+    auto listed = image::ListReferrers(*client_, Ref(ref), original_manifest->digest,
+                                       zindex::kArtifactType);
+    ASSERT_TRUE(listed.ok() && !listed->empty()) << "no index for the original";
+    auto artifact = image::FetchReferrerManifest(*client_, Ref(ref), listed->front(),
+                                                 original_manifest->digest, zindex::kArtifactType);
+    ASSERT_TRUE(artifact.ok()) << artifact.status().ToString();
+    std::vector<image::ArtifactBlob> blobs;
+    for (const image::Descriptor& b : artifact->manifest.layers) {
+      if (b.Annotation(zindex::kAnnotationLayerDigest) != layers[1].digest) continue;
+      MemoryOutputStream sealed;
+      ASSERT_TRUE(client_->GetBlob(Ref(ref), b.digest, sealed).ok());
+      blobs.push_back(image::ArtifactBlob{std::string(zindex::kSealedIndexMediaType),
+                                          sealed.bytes(),
+                                          {{std::string(zindex::kAnnotationLayerDigest), digest}}});
+    }
+    ASSERT_EQ(blobs.size(), 1u);
+    auto altered_manifest = client_->GetManifest(Ref(altered_ref));
+    ASSERT_TRUE(altered_manifest.ok());
+    image::Descriptor subject;
+    subject.media_type = altered_manifest->media_type;
+    subject.digest = altered_manifest->digest;
+    subject.size = altered_manifest->bytes.size();
+    ASSERT_TRUE(
+        image::PushReferrer(*client_, Ref(altered_ref), subject, zindex::kArtifactType, blobs)
+            .ok());
+  }
   Layer t = layers[1];
   t.digest = digest;
   StartHandler(/*verify=*/true);
@@ -447,6 +479,7 @@ TEST_P(ZindexLazy, WrongHmacIsRefused) {
       << mounted.status().ToString();
   EXPECT_FALSE(StatusOf(1).has_value());
   EXPECT_FALSE(fs::exists(req.target_dir / "srv" / "hello.txt"));
+  EXPECT_NE(Log().find("no usable index"), std::string::npos) << Log();
 }
 
 TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
