@@ -45,7 +45,7 @@ inline Result<ResealedChunk> ResealFileChunk(std::vector<uint8_t> blob,
   MemoryBlobSource source(blob);
   LC_ASSIGN_OR_RETURN(auto index, format::LayerIndex::Open(source, secret.key, secret.toc_digest));
   std::optional<format::EntryView> entry = index->Find(file);
-  if (entry == nullptr) return Status::NotFound("ResealFileChunk: no such file in the TOC");
+  if (!entry) return Status::NotFound("ResealFileChunk: no such file in the TOC");
   const format::ChunkInfo chunk =
       index->chunks()[index->ChunksForRange(*entry, 0, original.size()).first];
   if (!chunk.stored) {
