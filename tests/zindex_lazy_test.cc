@@ -15,6 +15,11 @@
 //     the HMAC before anything is committed);
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount and
 //     re-opens the index from beside its restore record, with the registry stopped.
+// And through a real containerd 2.1 (CRI, the shipped drop-in, runc) with the snapshotter daemon:
+//   - Cri2Zindex.IndexedSkopeoImageRunsLazilyThenVerifies: both layers of an indexed skopeo image
+//     (RSA and EC recipients) are FUSE-mounted by lazycrypt, the container prints its marker with
+//     far less than the 24 MiB data layer fetched by the reads, then both layers verify; an image
+//     nobody indexed runs too, its new layer unpacked eagerly by the snapshotter.
 // Needs root, /dev/fuse, skopeo.
 #include <fcntl.h>
 #include <unistd.h>
@@ -48,6 +53,8 @@
 #include "lazylayer/snapshot_handler.h"
 #include "registry/registry.h"
 #include "snapshotter/types.h"
+#include "tests/containerd_peers.h"
+#include "tests/cri_fixture.h"
 #include "tests/harness/registry_process.h"
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
@@ -514,6 +521,111 @@ TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
   ASSERT_GT(n, 0) << std::strerror(errno);
   EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
   ::close(fd);
+}
+
+class Cri2Zindex : public cri_testing::Cri {
+ protected:
+  Cri2Zindex() {
+    auto port = harness::PickFreePort();
+    metrics_address_ = "127.0.0.1:" + std::to_string(port.ok() ? *port : 1);
+    snapshotter_extra_toml_ = "[metrics]\naddress = \"" + metrics_address_ +
+                              "\"\n[fetch]\nverify_delay_ms = 0\n";
+  }
+
+  // skopeo encrypts the app image for both recipients (fresh layer keys: another image each
+  // time) straight into the registry as `tag`; returns the proxy's reference (it counts bytes).
+  std::string EncryptAndPush(const std::string& tag) {
+    MustRun({"skopeo", "copy", "-q", "--dest-tls-verify=false", "--encryption-key",
+             "jwe:" + node_key_.pub.string(), "--encryption-key", "jwe:" + other_key_.pub.string(),
+             "oci:" + (work_->path() / "image").string() + ":latest",
+             "docker://" + registry_->host() + "/lazycrypt/zindex:" + tag},
+            300s);
+    return proxy_->host() + "/lazycrypt/zindex:" + tag;
+  }
+
+  size_t SnapshotterLogCount(const std::string& text) const {
+    const std::string log = harness::ReadFileOrEmpty(work_->path() / "snapshotter.log");
+    size_t n = 0;
+    for (size_t at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) ++n;
+    return n;
+  }
+
+  std::string metrics_address_;
+};
+
+TEST_F(Cri2Zindex, IndexedSkopeoImageRunsLazilyThenVerifies) {
+  auto binary = testing::Containerd21Binary();
+  ASSERT_TRUE(binary.ok()) << binary.status().ToString();
+  ImportShippedDropIn();
+  ASSERT_FALSE(HasFailure());
+  harness::CriPluginConfig cri;
+  cri.snapshotter = "overlayfs";
+  StartContainerd(*binary, cri);
+  ASSERT_FALSE(HasFailure());
+  const std::string ref = EncryptAndPush("1");
+  MustRun({testing::LazycryptBin(), "-q", "index", "--plain-http", "--hosts-dir", "", "--key",
+           node_key_.priv.string(), "--span-size", "1MiB",
+           "docker://" + registry_->host() + "/lazycrypt/zindex:1"},
+          300s);
+
+  cri_testing::PodRun run =
+      RunPod("indexed", ref, "lazycrypt", {"/bin/cat", "/data/marker.txt"});
+  ASSERT_TRUE(run.status.ok()) << run.status.ToString() << Logs();
+  EXPECT_EQ(run.log, marker_ + "\n");
+  EXPECT_EQ(run.snapshotter, "lazycrypt");
+  EXPECT_EQ(SnapshotterLogCount("mounted indexed ocicrypt layer"), 2u) << Logs();
+  EXPECT_EQ(SnapshotterLogCount("unpacked ocicrypt layer"), 0u) << Logs();
+  EXPECT_GE(testing::CountFuseMounts(root_), 2u) << Logs();
+  // What the reads fetched (the verification's full read is not counted here): far less than
+  // the data layer.
+  auto json = MustRun({testing::LazycryptBin(), "status", "--json", "--address", metrics_address_});
+  nlohmann::json doc = nlohmann::json::parse(json.stdout_text, nullptr, false);
+  ASSERT_FALSE(doc.is_discarded()) << json.stdout_text;
+  ASSERT_TRUE(doc.contains("layers") && doc["layers"].size() == 2u) << json.stdout_text;
+  nlohmann::json data = doc["layers"][0];
+  for (const auto& l : doc["layers"]) {
+    if (l.value("blob_size_bytes", 0ull) > data.value("blob_size_bytes", 0ull)) data = l;
+  }
+  std::printf("data layer %llu bytes; the container's reads fetched %llu bytes\n",
+              static_cast<unsigned long long>(data.value("blob_size_bytes", 0ull)),
+              static_cast<unsigned long long>(data.value("bytes_fetched", 0ull)));
+  EXPECT_GT(data.value("blob_size_bytes", 0ull), uint64_t{cri_testing::kDataMiB} << 20);
+  EXPECT_LT(data.value("bytes_fetched", ~0ull), (uint64_t{cri_testing::kDataMiB} << 20) / 8)
+      << json.stdout_text;
+  EXPECT_EQ(data.value("auth_failures", 1ull), 0u);
+  // Then both layers verify in the background (HMAC, digests, diff_id, entries, spans).
+  for (int i = 0; i < 600 && SnapshotterLogCount("verified against its diff_id") < 2; ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(SnapshotterLogCount("verified against its diff_id"), 2u) << Logs();
+  EXPECT_EQ(SnapshotterLogCount("quarantined"), 0u) << Logs();
+
+  // An image nobody indexed (busybox and another data layer, encrypted the same way): unpacked
+  // eagerly by the snapshotter. (The same content again would not be prepared at all: its chain
+  // IDs are committed already.)
+  const fs::path w = work_->path();
+  testing::MakeBusyboxImage(w / "image2");
+  ASSERT_FALSE(HasFailure());
+  fs::create_directories(w / "data2" / "data");
+  testing::WriteFileString(w / "data2" / "data" / "marker.txt", marker_ + "-eager\n");
+  MustRun({"tar", "--numeric-owner", "-C", (w / "data2").string(), "-cf",
+           (w / "data2.tar").string(), "data"});
+  MustRun({"umoci", "raw", "add-layer", "--image", (w / "image2").string() + ":latest",
+           (w / "data2.tar").string()});
+  MustRun({"skopeo", "copy", "-q", "--dest-tls-verify=false", "--encryption-key",
+           "jwe:" + node_key_.pub.string(), "--encryption-key", "jwe:" + other_key_.pub.string(),
+           "oci:" + (w / "image2").string() + ":latest",
+           "docker://" + registry_->host() + "/lazycrypt/zindex:2"},
+          300s);
+  cri_testing::PodRun eager = RunPod("eager", proxy_->host() + "/lazycrypt/zindex:2", "lazycrypt",
+                                     {"/bin/cat", "/data/marker.txt"});
+  ASSERT_TRUE(eager.status.ok()) << eager.status.ToString() << Logs();
+  EXPECT_EQ(eager.log, marker_ + "-eager\n");
+  EXPECT_GE(SnapshotterLogCount("unpacked ocicrypt layer"), 1u)
+      << harness::ReadFileOrEmpty(w / "snapshotter.log");
+  EXPECT_EQ(SnapshotterLogCount("no usable index, unpacked"),
+            SnapshotterLogCount("unpacked ocicrypt layer"));
+  EXPECT_EQ(SnapshotterLogCount("mounted indexed ocicrypt layer"), 2u);
 }
 
 }  // namespace
