@@ -14,7 +14,8 @@
 //     blob's index, offered for it, does not open for another digest; the eager path then checks
 //     the HMAC before anything is committed);
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount and
-//     re-opens the index from beside its restore record, with the registry stopped.
+//     re-opens the index from beside its restore record, with the registry stopped;
+//   - a span damaged in the chunk store on disk is dropped and fetched again, never served.
 // And through a real containerd 2.1 (CRI, the shipped drop-in, runc) with the snapshotter daemon:
 //   - Cri2Zindex.IndexedSkopeoImageRunsLazilyThenVerifies: both layers of an indexed skopeo image
 //     (RSA and EC recipients) are FUSE-mounted by lazycrypt, the container prints its marker with
@@ -521,6 +522,51 @@ TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
   ASSERT_GT(n, 0) << std::strerror(errno);
   EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
   ::close(fd);
+}
+
+// The chunk store keeps a span's ciphertext as fetched; what comes back from disk is decoded and
+// checked against the index's span digest again: a damaged stored span is dropped and fetched
+// again, never served.
+TEST_P(ZindexLazy, DamagedStoredSpanIsFetchedAgainNotServed) {
+  const std::string ref = SkopeoPush("store");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  auto opened = cache::ChunkStore::Open(tmp_->path() / "store");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::shared_ptr<cache::ChunkStore> store(std::move(*opened));
+  StartHandler(/*verify=*/false, nullptr, store);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString();
+  ASSERT_TRUE(StatusOf(1).has_value()) << Log();
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_GE(StatusOf(1)->stats.chunks_present, 1u);
+  handler_.reset();
+
+  // Every stored byte flipped (the sparse file's holes stay holes).
+  size_t damaged = 0;
+  for (const auto& f : fs::directory_iterator(tmp_->path() / "store")) {
+    if (f.path().extension() != ".data") continue;
+    std::string bytes = testing::ReadFileString(f.path());
+    for (char& c : bytes) {
+      if (c != 0) {
+        c = static_cast<char>(c ^ 0x5a);
+        ++damaged;
+      }
+    }
+    testing::WriteFileString(f.path(), bytes);
+  }
+  ASSERT_GT(damaged, 0u);
+  StartHandler(/*verify=*/false, nullptr, store);
+  auto again = Request(ref, layers[1], 2);
+  mounted = handler_->TryMount(again);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString();
+  EXPECT_EQ(testing::ReadFileString(again.target_dir / "srv" / "hello.txt"), kHello);
+  auto s = StatusOf(2);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_GE(s->stats.disk_corrupt, 1u);
+  EXPECT_GE(s->stats.chunks_fetched, 1u);
+  EXPECT_EQ(s->stats.auth_failures, 0u);
 }
 
 class Cri2Zindex : public cri_testing::Cri {
