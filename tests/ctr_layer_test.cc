@@ -41,6 +41,7 @@
 #include "tests/command_util.h"
 #include "tests/harness/subprocess.h"
 #include "tests/integration_util.h"
+#include "tests/lazy_handler_util.h"
 #include "tests/snapshotter_util.h"
 #include "tests/test_util.h"
 #include "zindex/zindex.h"
@@ -53,6 +54,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::MustRun;
+using testing::ReadErrno;
 
 // Every read sleeps first: a registry far away. The first read of a chunk (a small read: the
 // verification reads the blob whole) after Arm does not return until Release: a read in flight for as long
@@ -219,27 +221,6 @@ class CtrLayerTest : public ::testing::Test {
                                                           descriptor_.size, cipher.key.span());
     EXPECT_TRUE(resealed.ok()) << resealed.status().ToString();
     return resealed.ok() ? *resealed : std::vector<uint8_t>{};
-  }
-
-  // The errno of reading `path` whole (0 when it reads), and what was read.
-  static int ReadErrno(const fs::path& path, std::string* out = nullptr) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno;
-    std::string data;
-    char buf[65536];
-    int err = 0;
-    for (;;) {
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      if (n < 0) {
-        err = errno;
-        break;
-      }
-      if (n == 0) break;
-      data.append(buf, static_cast<size_t>(n));
-    }
-    ::close(fd);
-    if (out) *out = std::move(data);
-    return err;
   }
 
   // Waits (up to 30 s) for the verification to end.

@@ -54,6 +54,7 @@
 #include "snapshotter/types.h"
 #include "tests/harness/registry_process.h"
 #include "tests/integration_util.h"
+#include "tests/lazy_handler_util.h"
 #include "tests/snapshotter_util.h"
 #include "tests/tree_compare.h"
 #include "compress/compress.h"
@@ -64,46 +65,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::KeyPair;
+using testing::MemoryFdStore;
+using testing::ReadErrno;
 using testing::MustRun;
 
 constexpr char kHello[] = "hello from a lazily served ocicrypt-estargz layer\n";
 constexpr char kOther[] = "another small file, in a member of its own\n";
-
-// An fd store in this process: what systemd's or the holder's would keep for the next daemon.
-class MemoryFdStore final : public fdstore::FdStore {
- public:
-  Status Put(const std::string& name, int fd) override {
-    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (copy < 0) return ErrnoStatus("dup");
-    std::lock_guard<std::mutex> lock(mu_);
-    held_[name] = UniqueFd(copy);
-    return Status::Ok();
-  }
-  Status Remove(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    held_.erase(name);
-    return Status::Ok();
-  }
-  Result<std::vector<fdstore::NamedFd>> List() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<fdstore::NamedFd> out;
-    for (const auto& [name, fd] : held_) {
-      int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
-      if (copy < 0) return ErrnoStatus("dup");
-      out.push_back(fdstore::NamedFd{name, UniqueFd(copy)});
-    }
-    return out;
-  }
-  std::string_view kind() const override { return "holder"; }
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return held_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::map<std::string, UniqueFd> held_;
-};
 
 struct Layer {
   std::string digest;
@@ -275,27 +242,6 @@ class EstargzLazy : public ::testing::Test {
       std::this_thread::sleep_for(100ms);
     }
     return lazylayer::Verification::kPending;
-  }
-
-  // The errno of reading `path` whole (0 when it reads), and what was read.
-  static int ReadErrno(const fs::path& path, std::string* out = nullptr) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno;
-    std::string data;
-    char buf[65536];
-    int err = 0;
-    for (;;) {
-      ssize_t n = ::read(fd, buf, sizeof buf);
-      if (n < 0) {
-        err = errno;
-        break;
-      }
-      if (n == 0) break;
-      data.append(buf, static_cast<size_t>(n));
-    }
-    ::close(fd);
-    if (out) *out = std::move(data);
-    return err;
   }
 
   // The app layer with one ciphertext byte of `file`'s chunk flipped, pushed with a manifest

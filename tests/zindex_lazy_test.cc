@@ -57,6 +57,7 @@
 #include "tests/containerd_peers.h"
 #include "tests/cri_fixture.h"
 #include "tests/harness/registry_process.h"
+#include "tests/lazy_handler_util.h"
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
 #include "zindex/zindex.h"
@@ -66,42 +67,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using testing::CheckOf;
 using testing::KeyPair;
+using testing::MemoryFdStore;
 using testing::MustRun;
 
 constexpr char kHello[] = "hello from a lazily served, indexed ocicrypt layer\n";
-
-// An fd store in this process: what systemd's or the holder's would keep for the next daemon.
-class MemoryFdStore final : public fdstore::FdStore {
- public:
-  Status Put(const std::string& name, int fd) override {
-    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (copy < 0) return ErrnoStatus("dup");
-    std::lock_guard<std::mutex> lock(mu_);
-    held_[name] = UniqueFd(copy);
-    return Status::Ok();
-  }
-  Status Remove(const std::string& name) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    held_.erase(name);
-    return Status::Ok();
-  }
-  Result<std::vector<fdstore::NamedFd>> List() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<fdstore::NamedFd> out;
-    for (const auto& [name, fd] : held_) {
-      int copy = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
-      if (copy < 0) return ErrnoStatus("dup");
-      out.push_back(fdstore::NamedFd{name, UniqueFd(copy)});
-    }
-    return out;
-  }
-  std::string_view kind() const override { return "holder"; }
-
- private:
-  std::mutex mu_;
-  std::map<std::string, UniqueFd> held_;
-};
 
 struct Layer {
   std::string digest;
@@ -258,16 +229,6 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     return req;
   }
 
-  snapshotter::CheckRequest CheckOf(const snapshotter::PrepareRequest& req) {
-    snapshotter::CheckRequest c;
-    c.name = req.labels.at(std::string(snapshotter::kTargetSnapshotLabel));
-    c.parent = req.parent;
-    c.labels = req.labels;
-    c.target_dir = req.target_dir;
-    c.snapshot_id = req.snapshot_id;
-    return c;
-  }
-
   snapshotter::RestoreRequest RestoreOf(const snapshotter::PrepareRequest& req) {
     snapshotter::RestoreRequest r;
     r.name = req.labels.at(std::string(snapshotter::kTargetSnapshotLabel));
@@ -279,21 +240,10 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
   }
 
   std::optional<lazylayer::MountedLayerStatus> StatusOf(int64_t id) {
-    for (auto& s : handler_->Layers()) {
-      if (s.snapshot_id == id) return s;
-    }
-    return std::nullopt;
+    return testing::StatusOf(*handler_, id);
   }
-
-  // Waits (up to 60 s) for the layer's verification to end.
   lazylayer::Verification WaitForVerification(int64_t id) {
-    for (int i = 0; i < 600; ++i) {
-      auto s = StatusOf(id);
-      if (!s) return lazylayer::Verification::kPending;
-      if (s->verification != lazylayer::Verification::kPending) return s->verification;
-      std::this_thread::sleep_for(100ms);
-    }
-    return lazylayer::Verification::kPending;
+    return testing::WaitForVerification(*handler_, id);
   }
 
   // Prepared and unpacked by the snapshotter (not mounted): its unpacked record and files.
