@@ -894,8 +894,9 @@ struct SnapshotHandler::Impl {
     auto cipher = image::UnwrapOcicryptLayer(*descriptor, *keys);
     if (!cipher.ok()) return NoKeyOr(what, cipher.status());
     // Served lazily when `lazycrypt index` made a usable index for it (FORMAT.md §11); any
-    // reason there is none is logged, and the layer unpacked.
-    if (options.lazy_index) {
+    // reason there is none is logged, and the layer unpacked. Never without the background
+    // verification: an index is only a key holder's claim (§11.5, 4).
+    if (options.lazy_index && options.layer.verify) {
       auto found = FindSealedIndex(*source, *repo, *descriptor, *cipher, parent_chain, name);
       if (found.ok()) {
         auto mounted = MountIndexed(snapshot_id, name, parent_chain, *descriptor, *source, *repo,
