@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <cmath>
 #include <random>
 #include <set>
 
@@ -387,8 +388,15 @@ void CheckIndexAgainstSource(const LayerReader& reader, const std::vector<Source
 
 // The chunking policy: chunks never exceed T; a file of at most T bytes lies in one chunk; a
 // larger file starts on a chunk boundary.
+// The writer's chunking (FORMAT.md §5) with the default options: a file that fits in a chunk
+// lies in one; a larger one starts on a boundary; a file of at least kDefaultOwnChunkFromBytes
+// shares no chunk with another file's data; and chunks holding data of several files stay
+// within kDefaultPackChunkBytes.
 void CheckChunkingPolicy(const LayerIndex& index) {
   for (const ChunkInfo& c : index.chunks()) EXPECT_LE(c.raw_size, index.target_chunk_size());
+  const auto chunks = index.chunks();
+  std::vector<int> files_in(chunks.size(), 0);
+  std::vector<bool> holds_own(chunks.size(), false);
   for (EntryView view : index.entries()) {
     const Entry e = view.Materialize();
     if (e.type != EntryType::kRegular || e.size == 0) continue;
@@ -396,8 +404,17 @@ void CheckChunkingPolicy(const LayerIndex& index) {
     if (e.size <= index.target_chunk_size()) {
       EXPECT_EQ(r.count, 1u) << e.name;
     } else {
-      EXPECT_EQ(index.chunks()[r.first].tar_offset, e.data_offset) << e.name;
+      EXPECT_EQ(chunks[r.first].tar_offset, e.data_offset) << e.name;
     }
+    for (uint64_t c = r.first; c < r.first + r.count; ++c) {
+      ++files_in[c];
+      if (e.size >= kDefaultOwnChunkFromBytes) holds_own[c] = true;
+    }
+  }
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    if (files_in[c] < 2) continue;
+    EXPECT_FALSE(holds_own[c]) << "chunk " << c << " holds a file of its own and another's data";
+    EXPECT_LE(chunks[c].raw_size, kDefaultPackChunkBytes + 64 * 1024) << "chunk " << c;
   }
 }
 
@@ -1806,8 +1823,50 @@ TEST(LayerWriter, MarksTheLastRegularEntryOfEachPrefetchPath) {
   EXPECT_EQ(plain.result.source_diff_id, d.result.source_diff_id);
 }
 
-// Listed files' data gets chunks of its own (FORMAT.md §5 rule 3): fetching the chunks of the
+// Listed files' data gets chunks of its own (FORMAT.md §5 rule 4): fetching the chunks of the
 // listed files fetches no byte of an unlisted file; the tar and diff_id stay the same.
+// A lazy start reads scattered files: a file of 64 KiB or more gets chunks of its own (reading
+// it fetches nothing else), smaller ones share chunks of at most 256 KiB (their headers ride
+// along); own_chunk_from_bytes = 0 gives back the size-only policy (fewer, fuller chunks).
+TEST(LayerWriter, FilesFrom64KiBGetChunksOfTheirOwnSmallerOnesShareUpTo256KiB) {
+  MemoryOutputStream out;
+  tar::TarWriter w(out);
+  std::mt19937 rng(7);
+  uint64_t own_files = 0;
+  for (int i = 0; i < 120; ++i) {
+    // 1 KiB .. 300 KiB, log-uniform, as a tree of sources and data files is.
+    const size_t size = static_cast<size_t>(1024 * std::exp(std::uniform_real_distribution<>(0, std::log(300.0))(rng)));
+    if (size >= kDefaultOwnChunkFromBytes) ++own_files;
+    tar::Entry e = TarEntry("./d/f" + std::to_string(i), tar::EntryType::kRegular);
+    std::string body(size, static_cast<char>('a' + i % 26));
+    for (size_t k = 0; k < body.size(); k += 61) body[k] = static_cast<char>(rng());
+    e.size = body.size();
+    ASSERT_TRUE(w.AppendEntry(e, AsBytes(body)).ok());
+  }
+  ASSERT_TRUE(w.Finish().ok());
+  const std::vector<uint8_t> tar_bytes = out.Take();
+  ASSERT_GT(own_files, 10u);
+
+  Written d = WriteBlob(tar_bytes, TestKey(), WriterOptions{});
+  MemoryBlobSource source(d.blob);
+  auto index = LayerIndex::Open(source, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  CheckChunkingPolicy(**index);
+  EXPECT_GE((*index)->chunks().size(), own_files);
+
+  WriterOptions size_only;
+  size_only.own_chunk_from_bytes = 0;
+  Written old = WriteBlob(tar_bytes, TestKey(), size_only);
+  MemoryBlobSource old_source(old.blob);
+  auto old_index = LayerIndex::Open(old_source, TestKey(), old.result.toc_digest);
+  ASSERT_TRUE(old_index.ok());
+  EXPECT_LT((*old_index)->chunks().size(), (*index)->chunks().size());
+  EXPECT_EQ(old.result.source_diff_id, d.result.source_diff_id);
+  auto eager = Eager(d.blob, TestKey(), d.result.toc_digest);
+  ASSERT_TRUE(eager.ok()) << eager.status().ToString();
+  EXPECT_EQ(*eager, BlobTar(d, tar_bytes));
+}
+
 TEST(LayerWriter, PrefetchListedFilesDoNotShareChunksWithUnlistedOnes) {
   MemoryOutputStream out;
   tar::TarWriter w(out);

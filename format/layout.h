@@ -37,6 +37,12 @@ inline constexpr uint8_t kRecordFlagStored = 0x02;
 
 // Chunking. The writer's default target chunk size (re-chosen by measurement in bench/).
 inline constexpr size_t kDefaultChunkSizeBytes = size_t{1} << 20;  // 1 MiB
+// The writer's file-aligned chunking (§5): files from 64 KiB get chunks of their own, smaller
+// ones share chunks of up to 256 KiB. A lazy start reads scattered files: on a link with 20 ms
+// of round trip, one request costs as much time as ~0.5 MiB of transfer, so a file's neighbours
+// are worth fetching with it only while they are small.
+inline constexpr size_t kDefaultOwnChunkFromBytes = size_t{64} << 10;
+inline constexpr size_t kDefaultPackChunkBytes = size_t{256} << 10;
 // zstd level of the writer's chunks and TOC. Level 2 makes blobs about 1.5 % larger than level 3
 // (zstd's own default) for about a fifth less compression CPU, the writer's largest cost
 // (docs/BENCHMARKS.md, section 4: conversion at levels 2 and 3 in the same run).

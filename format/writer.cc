@@ -63,8 +63,13 @@ class BlobSink {
 class Chunker {
  public:
   using Submit = std::function<Status(ChunkJob)>;
-  Chunker(size_t target, internal::BufferPool& pool, Submit submit)
-      : target_(target), pool_(pool), submit_(std::move(submit)) {
+  Chunker(size_t target, size_t own_chunk_from, size_t pack_chunk, internal::BufferPool& pool,
+          Submit submit)
+      : target_(target),
+        own_chunk_from_(own_chunk_from),
+        pack_chunk_(pack_chunk),
+        pool_(pool),
+        submit_(std::move(submit)) {
     current_ = pool_.Get();
     current_.reserve(target_);
   }
@@ -87,17 +92,23 @@ class Chunker {
   }
 
   // Called before the data of a regular file of `size` bytes: a file that fits in a chunk must
-  // not straddle two, a larger one starts on a chunk boundary, and the data of files listed for
-  // prefetch (`listed`) never shares a chunk with the data of unlisted files, so that fetching
-  // the listed files fetches nothing else.
+  // not straddle two, a larger one starts on a chunk boundary, the data of a file of at least
+  // own_chunk_from_ bytes shares no chunk with another file's (smaller files share chunks of at
+  // most pack_chunk_), and the data of files listed for prefetch (`listed`) never shares a chunk
+  // with the data of unlisted files, so that fetching the listed files fetches nothing else.
   void BeforeFileData(uint64_t size, bool listed) {
     if (size == 0) return;
     const bool other_kind = holds_data_ && holds_listed_ != listed;
-    if (!current_.empty() && (current_.size() + size > target_ || other_kind)) {
+    const bool own = own_chunk_from_ != 0 && size >= own_chunk_from_;
+    const bool unpackable =
+        own_chunk_from_ != 0 && holds_data_ &&
+        (own || holds_own_ || current_.size() + size > pack_chunk_);
+    if (!current_.empty() && (current_.size() + size > target_ || other_kind || unpackable)) {
       cut_before_next_byte_ = true;
     }
     holds_data_ = true;  // the current chunk, or the one the pending cut starts
     holds_listed_ = listed;
+    holds_own_ = own;
   }
   // Sends the final chunk with the last flag.
   Status Finish() {
@@ -119,6 +130,8 @@ class Chunker {
   }
 
   const size_t target_;
+  const size_t own_chunk_from_;  // 0: file-aligned chunking off
+  const size_t pack_chunk_;
   internal::BufferPool& pool_;
   Submit submit_;
   std::vector<uint8_t> current_;
@@ -127,6 +140,7 @@ class Chunker {
   // limit the state is that of the file being cut (conservative when the cut fell on headers).
   bool holds_data_ = false;
   bool holds_listed_ = false;
+  bool holds_own_ = false;  // data of a file of at least own_chunk_from_ bytes
   uint64_t next_index_ = 0;
   uint64_t total_ = 0;
   crypto::Sha256 hash_;
@@ -382,7 +396,8 @@ Result<WriteResult> WriteLayer(InputStream& layer, const LayerKey& key, OutputSt
         return Status::Ok();
       });
 
-  Chunker chunker(options.chunk_size_bytes, raw_pool,
+  Chunker chunker(options.chunk_size_bytes, options.own_chunk_from_bytes,
+                  options.pack_chunk_bytes, raw_pool,
                   [&](ChunkJob job) { return pipeline.Submit(std::move(job)); });
   // The salt header goes first: the layer's tar stream, and so its diff_id, is this blob's own.
   const std::vector<uint8_t> salt_header = LayerSaltTarHeader(header.salt);

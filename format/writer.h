@@ -18,6 +18,12 @@ namespace lazycrypt::format {
 struct WriterOptions {
   // Target chunk size T, kMinChunkSizeBytes..kMaxChunkSizeBytes.
   size_t chunk_size_bytes = kDefaultChunkSizeBytes;
+  // File-aligned chunks (docs/FORMAT.md §5, rule 3): the data of a file of at least this many
+  // bytes never shares a chunk with another file's data, so that a lazy reader of that file
+  // fetches it and nothing else; smaller files share chunks of at most pack_chunk_bytes. 0 =
+  // off (files share chunks up to T). Chunks stay within T whatever these are.
+  size_t own_chunk_from_bytes = kDefaultOwnChunkFromBytes;
+  size_t pack_chunk_bytes = kDefaultPackChunkBytes;
   // zstd level for chunks and the TOC.
   int zstd_level = kDefaultZstdLevel;
   // Compression/sealing threads; 0 = one per core.

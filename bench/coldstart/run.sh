@@ -42,6 +42,7 @@
 #   "loopback shaped shaped-50") CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
 #   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
 #   build bench/stargz once) CS_SMALL=1 (0: no small workload)
+#   CS_CHUNK= (lazycrypt encrypt --chunk-size for the lazy images; default: the format's)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
 #   update) CS_KEEP=0 (1: keep the work dir)
 set -euo pipefail
@@ -324,9 +325,9 @@ for wl in $WORKLOADS; do
   skopeo copy --quiet --dest-tls-verify=false "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:plain"
   skopeo copy --quiet --dest-tls-verify=false --encryption-key "jwe:$work/node.pub.pem" \
     "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:ocicrypt"
-  "$BIN/lazycrypt" encrypt --plain-http --recipient "jwe:$work/node.pub.pem" \
+  "$BIN/lazycrypt" encrypt --plain-http ${CS_CHUNK:+--chunk-size "$CS_CHUNK"} --recipient "jwe:$work/node.pub.pem" \
     "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:lazy" >/dev/null
-  "$BIN/lazycrypt" encrypt --plain-http --prefetch-list "$work/img/$wl.startup" \
+  "$BIN/lazycrypt" encrypt --plain-http ${CS_CHUNK:+--chunk-size "$CS_CHUNK"} --prefetch-list "$work/img/$wl.startup" \
     --recipient "jwe:$work/node.pub.pem" \
     "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:lazy-prefetch" >/dev/null
   if [ "$STARGZ" = 1 ]; then
