@@ -157,6 +157,8 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->socket_mode, defaults.socket_mode);
   EXPECT_EQ(sample->keys.dirs, defaults.keys.dirs);
   EXPECT_EQ(sample->cache.max_bytes, defaults.cache.max_bytes);
+  EXPECT_EQ(sample->cache.plaintext_budget_bytes, defaults.cache.plaintext_budget_bytes);
+  EXPECT_EQ(sample->fetch.open_ahead, defaults.fetch.open_ahead);
   EXPECT_EQ(sample->fetch.prefetch, defaults.fetch.prefetch);
   EXPECT_EQ(sample->fetch.background_rate_bytes_per_sec,
             defaults.fetch.background_rate_bytes_per_sec);
