@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "cache/registry_source.h"
@@ -680,18 +681,43 @@ struct SnapshotHandler::Impl {
   // of its manifest, the first artifact (newest listed first) with a sealed index for this layer
   // that opens with its key and whose diff_id gives `name` on `parent_chain`. NotFound when
   // there is none; otherwise the last reason one was refused (never a file name).
+  // What the registry lists is bounded (FORMAT.md 11.8): kMaxArtifactsTried artifact manifests,
+  // kMaxSealedFetched sealed blobs fetched in all (an artifact may list thousands for this
+  // layer), each digest fetched once, and no request started after options.index_lookup_timeout.
   Result<FoundIndex> FindSealedIndex(const LayerSource& source, const registry::Reference& repo,
                                      const image::Descriptor& descriptor,
                                      const image::OcicryptLayerCipher& cipher,
                                      const std::string& parent_chain, const std::string& name) {
+    const auto started = std::chrono::steady_clock::now();
+    auto out_of_time = [&] {
+      return options.index_lookup_timeout.count() > 0 &&
+             std::chrono::steady_clock::now() - started >= options.index_lookup_timeout;
+    };
     std::string subject;
     LC_ASSIGN_OR_RETURN(std::vector<image::Descriptor> referrers,
                         FindIndexReferrers(source, repo, subject));
     Status last = Status::NotFound("no index referrer of manifest " + subject);
     const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
     constexpr size_t kMaxArtifactsTried = 8;
+    constexpr size_t kMaxSealedFetched = 4;
+    std::set<std::string> fetched;  // sealed blob digests fetched (at most kMaxSealedFetched)
+    auto stop = [&]() -> std::optional<Status> {
+      if (fetched.size() >= kMaxSealedFetched) {
+        return Status::NotFound("none of the " + std::to_string(kMaxSealedFetched) +
+                                " sealed indexes fetched (the most tried) was usable; the "
+                                "last: " + last.ToString());
+      }
+      if (out_of_time()) {
+        return Status::DeadlineExceeded(
+            "the index lookup took longer than " +
+            std::to_string(options.index_lookup_timeout.count()) + " ms; the last: " +
+            last.ToString());
+      }
+      return std::nullopt;
+    };
     size_t tried = 0;
     for (auto r = referrers.rbegin(); r != referrers.rend() && tried < kMaxArtifactsTried; ++r) {
+      if (auto s = stop()) return *s;
       ++tried;
       auto artifact =
           image::FetchReferrerManifest(*client, repo, *r, subject, zindex::kArtifactType);
@@ -701,7 +727,8 @@ struct SnapshotHandler::Impl {
       }
       for (const image::Descriptor& blob : artifact->manifest.layers) {
         if (blob.media_type != zindex::kSealedIndexMediaType ||
-            blob.Annotation(zindex::kAnnotationLayerDigest) != descriptor.digest) {
+            blob.Annotation(zindex::kAnnotationLayerDigest) != descriptor.digest ||
+            fetched.count(blob.digest) != 0) {
           continue;
         }
         const std::string what = "index " + blob.digest + " (referrer " + r->digest + ")";
@@ -711,6 +738,8 @@ struct SnapshotHandler::Impl {
                                            " accepted ([ocicrypt] index_max_bytes)");
           continue;
         }
+        if (auto s = stop()) return *s;
+        fetched.insert(blob.digest);
         auto sealed = client->GetBlobRange(repo, blob.digest, 0, blob.size);
         if (!sealed.ok()) {
           last = sealed.status().WithContext(what);

@@ -82,6 +82,10 @@ struct SnapshotHandlerOptions {
   bool lazy_index = true;
   // The largest sealed index fetched (at most zindex::kMaxSealedIndexBytes).
   uint64_t index_max_bytes = uint64_t{64} << 20;
+  // A Prepare's index lookup (referrers, artifact manifests, sealed blobs) starts no request
+  // after this long: then the layer is unpacked (a registry that lists much, or answers slowly,
+  // cannot hold a Prepare for hours). 0 = no bound.
+  std::chrono::milliseconds index_lookup_timeout{std::chrono::seconds(60)};
   // A Prepare of a lazycrypt layer opens the image's later lazycrypt layers ahead, in parallel
   // (lazylayer/layer_warmup.h), so that containerd's Prepares of them, which come one after
   // another, find them opened and only mount them. warmup.workers = 0: each Prepare opens its

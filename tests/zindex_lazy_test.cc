@@ -56,6 +56,7 @@
 #include "snapshotter/types.h"
 #include "tests/containerd_peers.h"
 #include "tests/cri_fixture.h"
+#include "tests/harness/fault_proxy.h"
 #include "tests/harness/registry_process.h"
 #include "tests/lazy_handler_util.h"
 #include "tests/integration_util.h"
@@ -251,6 +252,29 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     EXPECT_FALSE(StatusOf(req.snapshot_id).has_value()) << "mounted lazily";
     EXPECT_TRUE(lazylayer::ReadUnpackedRecord(req.target_dir).ok()) << "no unpacked record";
     EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  }
+
+  // Pushes an artifact listing `blobs` (as sealed indexes of `layer_digest`) as a zindex
+  // referrer of `ref`'s manifest; returns its digest.
+  std::string PushIndexArtifact(const std::string& ref, const std::string& layer_digest,
+                                const std::vector<std::string>& blobs) {
+    auto got = client_->GetManifest(Ref(ref));
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    image::Descriptor subject;
+    subject.media_type = got->media_type;
+    subject.digest = got->digest;
+    subject.size = got->bytes.size();
+    std::vector<image::ArtifactBlob> artifact;
+    for (const std::string& b : blobs) {
+      artifact.push_back(image::ArtifactBlob{std::string(zindex::kSealedIndexMediaType),
+                                             std::vector<uint8_t>(b.begin(), b.end()),
+                                             {{std::string(zindex::kAnnotationLayerDigest),
+                                               layer_digest}}});
+    }
+    auto pushed =
+        image::PushReferrer(*client_, Ref(ref), subject, zindex::kArtifactType, artifact);
+    EXPECT_TRUE(pushed.ok()) << pushed.status().ToString();
+    return pushed.ok() ? *pushed : "";
   }
 
   std::unique_ptr<harness::TempDir> tmp_;
@@ -472,6 +496,51 @@ TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
   ASSERT_GT(n, 0) << std::strerror(errno);
   EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
   ::close(fd);
+}
+
+// What a registry lists is bounded (FORMAT.md 11.8): the newest artifact names 3 sealed indexes
+// for the layer, each twice, an older one 12 more; none opens. At most 4 sealed blobs are
+// fetched in all, each digest once, then the layer is unpacked (without the bound: 18 fetches,
+// and a registry listing 15,000 blobs of 64 MiB holds a Prepare for hours).
+TEST_P(ZindexLazy, ManyListedIndexesCostAtMostFourFetchesEachOnce) {
+  const std::string ref = SkopeoPush("many-indexes");
+  const std::vector<Layer> layers = ReadImage(ref);
+  std::vector<std::string> older, newer;
+  for (int i = 0; i < 12; ++i) older.push_back("not a sealed index, older " + std::to_string(i));
+  for (int i = 0; i < 3; ++i) {
+    const std::string b = "not a sealed index, newer " + std::to_string(i);
+    newer.push_back(b);
+    newer.push_back(b);
+  }
+  PushIndexArtifact(ref, layers[1].digest, older);
+  PushIndexArtifact(ref, layers[1].digest, newer);
+  std::map<std::string, int> fetches;  // by sealed blob digest
+  for (const auto* list : {&older, &newer}) {
+    for (const std::string& b : *list) fetches[crypto::OciDigest(crypto::Sha256::Of(AsBytes(b)))];
+  }
+  auto proxy = harness::FaultProxy::Start(registry_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+  const std::string proxied = (*proxy)->host() + "/app:many-indexes";
+
+  StartHandler(/*verify=*/true);
+  auto req = Request(proxied, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(*mounted);
+  ExpectUnpacked(req);
+  int total = 0;
+  for (const std::string& line : (*proxy)->RequestLines()) {
+    for (auto& [digest, n] : fetches) {
+      if (line.find("/blobs/" + digest) != std::string::npos) {
+        ++n;
+        ++total;
+      }
+    }
+  }
+  EXPECT_GE(total, 1);
+  EXPECT_LE(total, 4) << Log();
+  for (const auto& [digest, n] : fetches) EXPECT_LE(n, 1) << digest << " fetched again";
+  EXPECT_NE(Log().find("no usable index, unpacked"), std::string::npos) << Log();
 }
 
 // The chunk store keeps a span's ciphertext as fetched; what comes back from disk is decoded and
