@@ -1130,6 +1130,16 @@ struct SnapshotHandler::Impl {
                               const std::filesystem::path& target_dir,
                               std::unique_ptr<fusefs::FuseMount>* resumed) {
     const std::string what = "indexed ocicrypt layer " + source.layer_digest;
+    // Served from an index only with the background verification (an index is a key holder's
+    // claim, FORMAT.md 11.5, 4), as at a Prepare: not restored otherwise (fail closed; not
+    // retried: only a restart with another configuration changes the answer).
+    if (!options.layer.verify || !options.lazy_index) {
+      return Status::Unsupported(
+          what + " (snapshot " + name + ") is not restored from its index: " +
+          (!options.layer.verify ? "the layer verification is off"
+                                 : "[ocicrypt] lazy_index is off") +
+          "; remove the image and pull it again to have it unpacked");
+    }
     image::Descriptor descriptor = recorded;
     const std::string sealed_digest = descriptor.Annotation(kRecordSealedIndexDigest);
     descriptor.annotations.erase(std::string(kRecordSealedIndexDigest));

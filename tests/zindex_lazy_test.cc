@@ -185,7 +185,8 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
   }
 
   void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
-                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool lazy_index = true) {
+                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool lazy_index = true,
+                    bool layer_verify = true) {
     lazylayer::SnapshotHandlerOptions o;
     o.store = std::move(store);
     if (fd_store) {
@@ -195,7 +196,7 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     o.key_dirs = {tmp_->path() / "keys"};
     o.registry = ClientOptions();
     o.layer.prefetch = false;
-    o.layer.verify = true;
+    o.layer.verify = layer_verify;
     // Without verify: delayed past the test, so that every byte counted is a read's own.
     o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
     o.keep_mounts_on_exit = o.fd_store != nullptr;
@@ -541,6 +542,40 @@ TEST_P(ZindexLazy, ManyListedIndexesCostAtMostFourFetchesEachOnce) {
   EXPECT_LE(total, 4) << Log();
   for (const auto& [digest, n] : fetches) EXPECT_LE(n, 1) << digest << " fetched again";
   EXPECT_NE(Log().find("no usable index, unpacked"), std::string::npos) << Log();
+}
+
+// An index is only a key holder's claim, served only while the background verification runs
+// (FORMAT.md 11.5, 4): a restart with the verification off, or with lazy_index off, does not
+// restore an indexed mount (refused, fail closed; a new pull unpacks the layer).
+TEST_P(ZindexLazy, RestartWithVerificationOrLazyIndexOffDoesNotRestoreTheIndexedMount) {
+  const std::string ref = SkopeoPush("restore-unverified");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  StartHandler(/*verify=*/false);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(StatusOf(1).has_value()) << Log();
+  handler_.reset();  // no fd store: unmounted
+
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*lazy_index=*/true, /*layer_verify=*/false);
+  Status restored = handler_->Restore(RestoreOf(req));
+  EXPECT_FALSE(restored.ok()) << "restored unverified:\n" << Log();
+  EXPECT_FALSE(StatusOf(1).has_value());
+  EXPECT_FALSE(fs::exists(req.target_dir / "srv" / "hello.txt"));
+  handler_.reset();
+
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*lazy_index=*/false);
+  restored = handler_->Restore(RestoreOf(req));
+  EXPECT_FALSE(restored.ok()) << "restored with lazy_index off:\n" << Log();
+  EXPECT_FALSE(StatusOf(1).has_value());
+  handler_.reset();
+
+  // Both on again: restored from its record.
+  StartHandler(/*verify=*/false);
+  restored = handler_->Restore(RestoreOf(req));
+  EXPECT_TRUE(restored.ok()) << restored.ToString() << Log();
+  EXPECT_TRUE(StatusOf(1).has_value());
 }
 
 // The chunk store keeps a span's ciphertext as fetched; what comes back from disk is decoded and
