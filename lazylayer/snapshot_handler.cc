@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -170,6 +171,9 @@ std::string DefaultStoreKey(const std::string& layer_digest, const std::string& 
 // digest of the sealed index it was mounted with, kept beside the record (IndexedSealedPath; a
 // sealed index is ciphertext: no key, no name readable without the layer key).
 constexpr std::string_view kRecordSealedIndexDigest = "org.lazycrypt.snapshotter.zindex-digest";
+// ... and its size (decimal bytes): what a restore asks the registry for when the kept copy is
+// gone, and nothing more (records written before it was kept ask the registry's HEAD).
+constexpr std::string_view kRecordSealedIndexSize = "org.lazycrypt.snapshotter.zindex-size";
 
 std::filesystem::path IndexedSealedPath(const std::filesystem::path& target_dir) {
   return RestoreRecordPath(target_dir).parent_path() / "lazycrypt-zindex";
@@ -1108,6 +1112,8 @@ struct SnapshotHandler::Impl {
     if (!is_resume) {
       RestoreRecord fresh{descriptor, {}};
       fresh.descriptor.annotations[std::string(kRecordSealedIndexDigest)] = found.digest;
+      fresh.descriptor.annotations[std::string(kRecordSealedIndexSize)] =
+          std::to_string(found.sealed.size());
       Status w = WriteFileAtomically(IndexedSealedPath(target_dir), found.sealed, 0600);
       if (w.ok()) w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh);
       if (!w.ok()) {
@@ -1142,7 +1148,9 @@ struct SnapshotHandler::Impl {
     }
     image::Descriptor descriptor = recorded;
     const std::string sealed_digest = descriptor.Annotation(kRecordSealedIndexDigest);
+    const std::string recorded_size = descriptor.Annotation(kRecordSealedIndexSize);
     descriptor.annotations.erase(std::string(kRecordSealedIndexDigest));
+    descriptor.annotations.erase(std::string(kRecordSealedIndexSize));
     auto cipher = image::UnwrapOcicryptLayer(descriptor, keys);
     if (!cipher.ok()) return NoKeyOr(what, cipher.status());
     FoundIndex found;
@@ -1151,12 +1159,30 @@ struct SnapshotHandler::Impl {
     if (kept.ok() && crypto::OciDigest(crypto::Sha256::Of(*kept)) == sealed_digest) {
       found.sealed = std::move(*kept);
     } else {
-      MemoryOutputStream fetched;
-      LC_RETURN_IF_ERROR(client->GetBlob(repo, sealed_digest, fetched)
-                             .WithContext(what + ": its index " + sealed_digest));
-      found.sealed = fetched.bytes();
-      if (found.sealed.size() > options.index_max_bytes ||
-          crypto::OciDigest(crypto::Sha256::Of(found.sealed)) != sealed_digest) {
+      // Exactly the recorded size, by range: a registry's body is never buffered past it.
+      const std::string index_what = what + ": its index " + sealed_digest;
+      const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
+      uint64_t size = 0;
+      if (!recorded_size.empty()) {
+        const char* end = recorded_size.data() + recorded_size.size();
+        if (std::from_chars(recorded_size.data(), end, size).ptr != end) {
+          return Status::Corruption(index_what + ": its restore record's size \"" +
+                                    recorded_size + "\" is not a number");
+        }
+      } else {
+        auto stat = client->StatBlob(repo, sealed_digest);
+        if (!stat.ok()) return stat.status().WithContext(index_what);
+        size = *stat;
+      }
+      if (size == 0 || size > max_bytes) {
+        return Status::AuthFailed(index_what + ": " + std::to_string(size) +
+                                  " bytes, not a sealed index of at most " +
+                                  std::to_string(max_bytes) + " ([ocicrypt] index_max_bytes)");
+      }
+      auto fetched = client->GetBlobRange(repo, sealed_digest, 0, size);
+      if (!fetched.ok()) return fetched.status().WithContext(index_what);
+      found.sealed = std::move(*fetched);
+      if (crypto::OciDigest(crypto::Sha256::Of(found.sealed)) != sealed_digest) {
         return Status::AuthFailed(what + ": its index " + sealed_digest +
                                   " is not the one it was mounted with");
       }

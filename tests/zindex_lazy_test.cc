@@ -56,6 +56,7 @@
 #include "snapshotter/types.h"
 #include "tests/containerd_peers.h"
 #include "tests/cri_fixture.h"
+#include "tests/harness/fake_http_server.h"
 #include "tests/harness/fault_proxy.h"
 #include "tests/harness/registry_process.h"
 #include "tests/lazy_handler_util.h"
@@ -186,7 +187,7 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
 
   void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
                     std::shared_ptr<cache::ChunkStore> store = nullptr, bool lazy_index = true,
-                    bool layer_verify = true) {
+                    bool layer_verify = true, uint64_t index_max_bytes = 0) {
     lazylayer::SnapshotHandlerOptions o;
     o.store = std::move(store);
     if (fd_store) {
@@ -197,6 +198,7 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     o.registry = ClientOptions();
     o.layer.prefetch = false;
     o.layer.verify = layer_verify;
+    if (index_max_bytes != 0) o.index_max_bytes = index_max_bytes;
     // Without verify: delayed past the test, so that every byte counted is a read's own.
     o.layer.verify_start_delay_ms = verify ? 0 : 3600 * 1000;
     o.keep_mounts_on_exit = o.fd_store != nullptr;
@@ -576,6 +578,55 @@ TEST_P(ZindexLazy, RestartWithVerificationOrLazyIndexOffDoesNotRestoreTheIndexed
   restored = handler_->Restore(RestoreOf(req));
   EXPECT_TRUE(restored.ok()) << restored.ToString() << Log();
   EXPECT_TRUE(StatusOf(1).has_value());
+}
+
+// After a restart whose kept sealed index is gone, the index comes from the registry by its
+// recorded digest: a registry that answers with a body far larger than index_max_bytes is cut
+// off at what was asked for, never buffered whole (an endless body would exhaust memory).
+TEST_P(ZindexLazy, RestoreFetchOfTheIndexIsBoundedAgainstAnOversizedBody) {
+  const std::string ref = SkopeoPush("restore-oversized");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  StartHandler(/*verify=*/false);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(StatusOf(1).has_value()) << Log();
+  handler_.reset();
+  const fs::path kept = lazylayer::RestoreRecordPath(req.target_dir).parent_path() /
+                        "lazycrypt-zindex";
+  ASSERT_TRUE(fs::exists(kept));
+  const uint64_t sealed_bytes = fs::file_size(kept);
+  fs::remove(kept);
+
+  constexpr uint64_t kBodyBytes = uint64_t{64} << 20;
+  const std::string body(kBodyBytes, 'x');
+  auto server = harness::FakeHttpServer::Start([&](const harness::FakeRequest& r) {
+    if (r.Path().find("/blobs/") != std::string::npos) return harness::FakeResponse{200, {}, body};
+    if (r.Path() == "/v2/" || r.Path() == "/v2") return harness::FakeResponse{200, {}, "{}"};
+    return harness::FakeResponse{404, {}, ""};
+  });
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto proxy = harness::FaultProxy::Start((*server)->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+  snapshotter::RestoreRequest restore = RestoreOf(req);
+  restore.labels[std::string(lazylayer::kLabelStargzReference)] =
+      (*proxy)->host() + "/app:restore-oversized";
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*lazy_index=*/true, /*layer_verify=*/true,
+               /*index_max_bytes=*/std::max<uint64_t>(sealed_bytes, uint64_t{1} << 20));
+  Status restored = handler_->Restore(restore);
+  EXPECT_FALSE(restored.ok()) << Log();
+  EXPECT_FALSE(StatusOf(1).has_value());
+  std::printf("sealed index %llu bytes; the restore took %llu body bytes of the hostile answer\n",
+              static_cast<unsigned long long>(sealed_bytes),
+              static_cast<unsigned long long>((*proxy)->response_body_bytes()));
+  EXPECT_LT((*proxy)->response_body_bytes(), kBodyBytes / 4) << restored.ToString();
+  bool asked = false;  // the restore did ask for the index (not refused before)
+  for (const std::string& line : (*proxy)->RequestLines()) {
+    if (line.find("/blobs/sha256:") != std::string::npos) asked = true;
+  }
+  EXPECT_TRUE(asked) << restored.ToString();
+  std::printf("%s\n", restored.ToString().c_str());
 }
 
 // The chunk store keeps a span's ciphertext as fetched; what comes back from disk is decoded and
