@@ -24,6 +24,15 @@ std::string Hex(std::string_view digest) {
 
 }  // namespace
 
+zindex::Limits IndexedLayerLimits(uint64_t max_sealed_bytes) {
+  zindex::Limits limits;
+  limits.max_sealed_bytes = std::min(max_sealed_bytes, zindex::kMaxSealedIndexBytes);
+  limits.max_plaintext_bytes = std::min(zindex::kMaxIndexPlaintextBytes,
+                                        std::max<uint64_t>(limits.max_sealed_bytes, 1) * 4);
+  limits.max_span_ciphertext_bytes = kMaxSpanFetchBytes;
+  return limits;
+}
+
 std::string IndexedStoreKey(std::string_view layer_digest, std::string_view sealed_index_digest) {
   return "zidx-" + Hex(layer_digest) + "-idx-" + Hex(sealed_index_digest).substr(0, 48);
 }
@@ -114,6 +123,14 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
   }
   if (index->layer_index()->chunks().size() != index->span_count()) {
     return Status::Corruption(what + ": the index's chunks are not its spans");
+  }
+  for (size_t i = 0; i < index->span_count(); ++i) {  // IndexedLayerLimits, checked again
+    if (index->span_ciphertext(i).size > kMaxSpanFetchBytes) {
+      return Status::Corruption(what + ": span " + std::to_string(i) + " needs " +
+                                std::to_string(index->span_ciphertext(i).size) +
+                                " ciphertext bytes, more than a span fetch (" +
+                                std::to_string(kMaxSpanFetchBytes) + ")");
+    }
   }
   auto counting = std::make_shared<CountingSource>(std::move(ciphertext));
   std::unique_ptr<MountedIndexedLayer> layer(new MountedIndexedLayer());

@@ -40,6 +40,12 @@ namespace lazycrypt::lazylayer {
 // span is checked against the index's digest on every use.
 std::string IndexedStoreKey(std::string_view layer_digest, std::string_view sealed_index_digest);
 
+// What this layer can serve, as OpenedIndex::Open's limits: a sealed index of at most
+// `max_sealed_bytes` (and the format's maximum), its serialized plaintext at most 4x that, and no
+// span whose ciphertext the mount would refuse to fetch (the snapshotter then unpacks the layer,
+// where a larger span would mount and answer EIO for good).
+zindex::Limits IndexedLayerLimits(uint64_t max_sealed_bytes);
+
 // The CTR layers' options (lazylayer/ctr_layer.h). No prefetch marks in this format: prefetch
 // is ignored.
 struct IndexedMountOptions : CtrLayerOptions {};

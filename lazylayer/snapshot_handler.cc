@@ -191,11 +191,14 @@ struct FoundIndex {
 };
 
 // Opens `sealed` for `descriptor` with `cipher` and requires its diff_id to give the snapshot's
-// chain ID `name` on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file.
+// chain ID `name` on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file. Opened
+// within what an indexed mount serves (IndexedLayerLimits of `max_sealed_bytes`, [ocicrypt]
+// index_max_bytes): an index it could not serve whole is refused here, and the layer unpacked.
 Result<std::shared_ptr<const zindex::OpenedIndex>> OpenIndexFor(
     ByteSpan sealed, const image::Descriptor& descriptor, const image::OcicryptLayerCipher& cipher,
-    const std::string& parent_chain, const std::string& name) {
-  LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor, cipher));
+    const std::string& parent_chain, const std::string& name, uint64_t max_sealed_bytes) {
+  LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor, cipher,
+                                                            IndexedLayerLimits(max_sealed_bytes)));
   const std::string chain = ChainIdOf(parent_chain, index->diff_id());
   if (chain != name) {
     return Status::AuthFailed("its diff_id " + index->diff_id() + " gives chain ID " + chain +
@@ -753,7 +756,7 @@ struct SnapshotHandler::Impl {
           last = Status::AuthFailed(what + ": the registry's bytes are not its digest's");
           continue;
         }
-        auto index = OpenIndexFor(*sealed, descriptor, cipher, parent_chain, name);
+        auto index = OpenIndexFor(*sealed, descriptor, cipher, parent_chain, name, max_bytes);
         if (!index.ok()) {
           last = index.status().WithContext(what);
           continue;
@@ -1187,7 +1190,8 @@ struct SnapshotHandler::Impl {
                                   " is not the one it was mounted with");
       }
     }
-    auto index = OpenIndexFor(found.sealed, descriptor, *cipher, parent_chain, name);
+    auto index = OpenIndexFor(found.sealed, descriptor, *cipher, parent_chain, name,
+                              options.index_max_bytes);
     if (!index.ok()) return index.status().WithContext(what + ": its index " + sealed_digest);
     found.index = std::move(*index);
     return MountIndexed(snapshot_id, name, parent_chain, descriptor, source, repo,

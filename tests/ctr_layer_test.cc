@@ -439,5 +439,21 @@ TEST_F(CtrLayerTest, IndexWithAFabricatedWindowIsQuarantinedByTheVerification) {
   EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt"), EIO);
 }
 
+// What the snapshotter opens an index with (FORMAT.md 11.8): no span whose ciphertext the mount
+// refuses to fetch (such an index would mount with spans that are always EIO), the serialized
+// plaintext at most 4x the sealed bytes, never above the format's own bounds.
+TEST(IndexedLayerLimits, NoSpanTheMountRefusesToFetchAndPlaintextAtMostFourTimesTheSealed) {
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  const zindex::Limits l = lazylayer::IndexedLayerLimits(64 * kMiB);
+  EXPECT_EQ(l.max_sealed_bytes, 64 * kMiB);
+  EXPECT_EQ(l.max_plaintext_bytes, 256 * kMiB);
+  EXPECT_EQ(l.max_span_bytes, zindex::kMaxSpanBytes);
+  EXPECT_EQ(l.max_span_ciphertext_bytes, zindex::kMaxSpanBytes + (zindex::kMaxSpanBytes >> 4));
+  EXPECT_LT(l.max_span_ciphertext_bytes, zindex::kMaxSpanCiphertextBytes);
+  const zindex::Limits big = lazylayer::IndexedLayerLimits(~uint64_t{0});
+  EXPECT_EQ(big.max_sealed_bytes, zindex::kMaxSealedIndexBytes);
+  EXPECT_EQ(big.max_plaintext_bytes, zindex::kMaxIndexPlaintextBytes);
+}
+
 }  // namespace
 }  // namespace lazycrypt

@@ -31,6 +31,7 @@ constexpr uint64_t kMinSpanBytes = uint64_t{64} << 10;
 // A span's ciphertext may exceed its uncompressed size (stored blocks, gzip headers, the trailer
 // and empty members it carries); more than this is refused on both sides.
 uint64_t MaxSpanCiphertextBytes(uint64_t max_span_bytes) { return 2 * max_span_bytes + (1 << 20); }
+static_assert(kMaxSpanCiphertextBytes == 2 * kMaxSpanBytes + (1 << 20));
 
 std::string Num(uint64_t v) { return std::to_string(v); }
 
@@ -662,7 +663,8 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
   }
   const uint64_t blob_size = index.blob_size(), tar_size = index.tar_size();
   const uint64_t max_span_bytes = std::min(limits.max_span_bytes, kMaxSpanBytes);
-  const uint64_t max_span_ciphertext = MaxSpanCiphertextBytes(max_span_bytes);
+  const uint64_t max_span_ciphertext =
+      std::min(MaxSpanCiphertextBytes(max_span_bytes), limits.max_span_ciphertext_bytes);
   const uint64_t span_count = static_cast<uint64_t>(index.spans_size());
   if (span_count < 1 || span_count > std::min(limits.max_spans, kMaxSpans)) {
     return Status::Corruption("zindex: span count " + Num(span_count) + " is outside 1.." +

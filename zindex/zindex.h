@@ -39,6 +39,9 @@ inline constexpr uint64_t kMaxEntries = uint64_t{8} << 20;                // = f
 // A span's uncompressed size (a span ends at the first deflate block boundary after span_bytes,
 // so one deflate block longer than this, e.g. a crafted run of zeros, makes the layer unindexable).
 inline constexpr uint64_t kMaxSpanBytes = uint64_t{64} << 20;
+// A span's ciphertext (it may exceed its uncompressed size: stored blocks, gzip headers, the
+// trailer and empty members it carries).
+inline constexpr uint64_t kMaxSpanCiphertextBytes = 2 * kMaxSpanBytes + (uint64_t{1} << 20);
 inline constexpr size_t kWindowBytes = 32768;  // deflate's window: the most a checkpoint keeps
 
 struct BuildOptions {
@@ -56,6 +59,9 @@ struct Limits {
   uint64_t max_spans = kMaxSpans;
   uint64_t max_entries = kMaxEntries;
   uint64_t max_span_bytes = kMaxSpanBytes;
+  // What a reader fetches for one span (a lazy mount refuses larger fetches: an index it cannot
+  // serve whole is refused here rather than mounted with spans that always fail).
+  uint64_t max_span_ciphertext_bytes = kMaxSpanCiphertextBytes;
 };
 
 // Reads the whole encrypted layer from `ciphertext` (the blob `encrypted` describes; `cipher`

@@ -470,6 +470,33 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
       StatusCode::kCorruption);
 }
 
+// A reader that fetches at most so much per span refuses, at Open, an index with a span whose
+// ciphertext is larger (a lazy mount would otherwise answer EIO for that span for good).
+TEST_F(ZindexTest, SpanCiphertextAboveTheLimitIsRefusedAtOpen) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto opened = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  uint64_t largest = 0;
+  for (size_t i = 0; i < (*opened)->span_count(); ++i) {
+    largest = std::max(largest, (*opened)->span_ciphertext(i).size);
+  }
+  Limits exact;
+  exact.max_span_ciphertext_bytes = largest;
+  EXPECT_TRUE(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), exact).ok());
+  Limits below;
+  below.max_span_ciphertext_bytes = largest - 1;
+  auto refused = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), below);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(refused.status().message().find("ciphertext bytes (limit " + std::to_string(largest - 1)),
+            std::string::npos)
+      << refused.status().ToString();
+  // The default is the format's own bound, never above it.
+  EXPECT_EQ(Limits{}.max_span_ciphertext_bytes, kMaxSpanCiphertextBytes);
+}
+
 TEST_F(ZindexTest, CraftedCheckpointThatDecodesWrongIsRefusedByTheSpanNotServed) {
   // A key holder moves a checkpoint (valid-looking offsets, its digest recomputed over the new
   // range would be needed too): the pinned digest no longer matches what the blob holds there,
