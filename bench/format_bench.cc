@@ -620,7 +620,7 @@ void BM_ReaderSequential(benchmark::State& state, size_t chunk_size, size_t read
   for (auto _ : state) {
     Status s;
     for (int k = 0; k < kLargeKinds && s.ok(); ++k) {
-      s = read_stretch(*layer.large[k][next[k]]);
+      s = read_stretch(layer.large[k][next[k]]);
       next[k] = (next[k] + 1) % layer.large[k].size();
     }
     if (!s.ok()) {
