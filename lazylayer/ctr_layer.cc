@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 
 namespace lazycrypt::lazylayer {
 namespace {
@@ -111,10 +113,20 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Chunk(uint32_t i) {
     return waiting.get();
   }
   cache_misses_.fetch_add(1, std::memory_order_relaxed);
-  Opened opened = Load(i);
-  // Kept (node-wide budget) before the flight ends; outside the lock: evicted chunks of any
-  // layer are wiped on this thread.
-  if (opened.ok()) (void)opened_->Insert(i, *opened);
+  // Whatever happens, the flight ends with an answer: a throw (std::bad_alloc for a span's
+  // buffers) left in flight would leave every later reader of this chunk waiting on a promise
+  // nobody sets. The error is not cached: the next reader tries again.
+  Opened opened = Status::Internal("chunk " + std::to_string(i) + ": not opened");
+  try {
+    opened = Load(i);
+    // Kept (node-wide budget) before the flight ends; outside the lock: evicted chunks of any
+    // layer are wiped on this thread.
+    if (opened.ok()) (void)opened_->Insert(i, *opened);
+  } catch (const std::bad_alloc&) {
+    opened = Status::Unavailable("chunk " + std::to_string(i) + ": out of memory opening it");
+  } catch (const std::exception& e) {
+    opened = Status::Internal("chunk " + std::to_string(i) + ": " + e.what());
+  }
   {
     std::lock_guard<std::mutex> lock(inflight_mu_);
     inflight_.erase(i);

@@ -455,5 +455,50 @@ TEST(IndexedLayerLimits, NoSpanTheMountRefusesToFetchAndPlaintextAtMostFourTimes
   EXPECT_EQ(big.max_plaintext_bytes, zindex::kMaxIndexPlaintextBytes);
 }
 
+// A chunk whose opening throws (std::bad_alloc from a span's buffers) fails its reader with an
+// error, and its flight ends: the next reader opens it again. (Before: the exception left the
+// chunk in flight with a promise nobody would set; every later reader of it failed for good.)
+class OpenThrowsOnceData final : public lazylayer::CtrLayerData {
+ public:
+  static constexpr size_t kChunkBytes = 4096;
+  OpenThrowsOnceData()
+      : CtrLayerData(std::make_shared<lazylayer::CountingSource>(std::make_shared<MemoryBlobSource>(
+                         std::vector<uint8_t>(kChunkBytes, 0x5a))),
+                     lazylayer::OpenedChunkSlot(lazylayer::CtrLayerOptions{}), nullptr, "t") {}
+  const format::LayerIndex& index() const override { std::abort(); }  // never asked here
+  Result<size_t> ReadFile(format::EntryView, uint64_t, MutableByteSpan) override {
+    return Status::Unsupported("not a file system");
+  }
+  cache::LayerStats stats() const override { return {}; }
+  int opens() const { return opens_.load(); }
+
+ protected:
+  Result<CiphertextRange> ChunkCiphertext(uint32_t) const override {
+    return CiphertextRange{0, kChunkBytes};
+  }
+  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t, ByteSpan ciphertext) override {
+    if (opens_.fetch_add(1) == 0) throw std::bad_alloc();
+    auto chunk = std::make_shared<cache::OpenedChunk>(ciphertext.size());
+    std::memcpy(chunk->data(), ciphertext.data(), ciphertext.size());
+    return cache::OpenedChunkPtr(std::move(chunk));
+  }
+
+ private:
+  std::atomic<int> opens_{0};
+};
+
+TEST(CtrLayerData, AChunkWhoseOpeningThrowsFailsItsReaderAndIsOpenedAgainLater) {
+  OpenThrowsOnceData data;
+  Result<cache::OpenedChunkPtr> first = Status::Internal("not called");
+  EXPECT_NO_THROW(first = data.Chunk(0));
+  EXPECT_FALSE(first.ok());
+  Result<cache::OpenedChunkPtr> second = Status::Internal("not called");
+  EXPECT_NO_THROW(second = data.Chunk(0));
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ((*second)->size(), OpenThrowsOnceData::kChunkBytes);
+  EXPECT_EQ((*second)->data()[0], 0x5a);
+  EXPECT_EQ(data.opens(), 2);
+}
+
 }  // namespace
 }  // namespace lazycrypt
