@@ -9,6 +9,8 @@
 #include <exception>
 #include <new>
 
+#include "crypto/secure_buffer.h"
+
 namespace lazycrypt::lazylayer {
 namespace {
 
@@ -325,10 +327,11 @@ Status CtrMountedLayer::VerifyOnce(const CtrLayerOptions& options) {
   });
   LC_ASSIGN_OR_RETURN(auto plain, image::NewOcicryptDecryptingStream(in, descriptor_, *cipher_));
   LC_ASSIGN_OR_RETURN(std::string diff_id, VerifyContent(*plain, in));
-  // Anything the format's reader left unread is read, so the decrypting stream's checks run.
-  std::vector<uint8_t> buffer(size_t{64} << 10);
+  // Anything the format's reader left unread is read, so the decrypting stream's checks run
+  // (plaintext: wiped when released).
+  crypto::SecureBuffer buffer(size_t{64} << 10);
   while (true) {
-    LC_ASSIGN_OR_RETURN(size_t n, plain->Read(buffer));
+    LC_ASSIGN_OR_RETURN(size_t n, plain->Read(buffer.span()));
     if (n == 0) break;
     return Status::Corruption("bytes after the last gzip member");
   }

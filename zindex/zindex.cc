@@ -385,6 +385,33 @@ void EntryToProto(const format::Entry& e, format::v1::Entry& p) {
   p.set_data_offset(e.data_offset);
 }
 
+void Cleanse(std::string* s) { OPENSSL_cleanse(s->data(), s->size()); }
+
+// The parsed index holds the layer's plaintext (names, owners, link targets, xattrs, windows):
+// wiped in place when the scope that parsed it ends, whatever way it ends.
+class ScopedIndexWipe {
+ public:
+  explicit ScopedIndexWipe(v1::Index& index) : index_(index) {}
+  ~ScopedIndexWipe() {
+    for (v1::Span& s : *index_.mutable_spans()) Cleanse(s.mutable_window_zstd());
+    for (format::v1::Entry& e : *index_.mutable_entries()) {
+      Cleanse(e.mutable_name());
+      Cleanse(e.mutable_uname());
+      Cleanse(e.mutable_gname());
+      Cleanse(e.mutable_link_target());
+      for (format::v1::Xattr& x : *e.mutable_xattrs()) {
+        Cleanse(x.mutable_name());
+        Cleanse(x.mutable_value());
+      }
+    }
+  }
+  ScopedIndexWipe(const ScopedIndexWipe&) = delete;
+  ScopedIndexWipe& operator=(const ScopedIndexWipe&) = delete;
+
+ private:
+  v1::Index& index_;
+};
+
 Result<format::Entry> EntryFromProto(const format::v1::Entry& p, size_t index) {
   format::Entry e;
   const int type = p.type();
@@ -627,6 +654,12 @@ struct OpenedIndex::Impl {
     crypto::Sha256Digest sha256{};
   };
   std::vector<Span> spans;
+
+  // A window is the 32 KiB of plaintext before its checkpoint (compressed): wiped when the
+  // index goes (or when Open refuses it).
+  ~Impl() {
+    for (Span& s : spans) OPENSSL_cleanse(s.window_zstd.data(), s.window_zstd.size());
+  }
 };
 
 OpenedIndex::OpenedIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -646,6 +679,7 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
                                                       limits.max_plaintext_bytes));
   crypto::ScopedWipe wipe_serialized(serialized);
   zindex::v1::Index index;
+  ScopedIndexWipe wipe_index(index);
   if (!index.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
     return Status::Corruption("zindex: the index does not parse");
   }
