@@ -43,6 +43,7 @@
 #   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
 #   build bench/stargz once) CS_SMALL=1 (0: no small workload)
 #   CS_CHUNK= (lazycrypt encrypt --chunk-size for the lazy images; default: the format's)
+#   CS_SPAN= (lazycrypt index --span-size for ocicrypt-indexed; default: the index's)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
 #   update) CS_KEEP=0 (1: keep the work dir)
 set -euo pipefail
@@ -342,7 +343,7 @@ for wl in $WORKLOADS; do
   fi
   if [[ " $PATHS " == *" ocicrypt-indexed "* ]]; then
     log "indexing $wl's ocicrypt image (lazycrypt index)"
-    "$BIN/lazycrypt" index --plain-http --key "$work/node.pem" \
+    "$BIN/lazycrypt" index --plain-http ${CS_SPAN:+--span-size "$CS_SPAN"} --key "$work/node.pem" \
       "docker://$REG_LOOP/cs/$wl:ocicrypt" >"$work/index-$wl.log" 2>&1 || {
       cat "$work/index-$wl.log" >&2
       die "$wl: lazycrypt index failed (above)"
