@@ -19,6 +19,8 @@ packages=(
   golang-github-containerd-containerd-dev
   # test and benchmark peers
   skopeo umoci busybox-static tar attr openssl jq zstd libcap2-bin docker-registry apache2-utils
+  # pigz: multi-member and independent-block gzip layers for the seekable-index tests
+  pigz
   containerd runc
   # containerd 1.7 / 2.1 peers and the demo's containerd 2.x: Debian 13 / unstable packages fetched
   # with a private apt configuration (tests/data/fetch-debian-package.sh) signed by this keyring

@@ -89,7 +89,8 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     if (::geteuid() != 0 || ::access("/dev/fuse", R_OK | W_OK) != 0) {
       GTEST_SKIP() << "needs root and /dev/fuse (FUSE mounts)";
     }
-    if (testing::RunCommand("skopeo --version").exit_code != 0) GTEST_SKIP() << "needs skopeo";
+    ASSERT_EQ(testing::RunCommand("skopeo --version").exit_code, 0)
+        << "skopeo is missing: scripts/setup.sh installs it";
     auto tmp = harness::TempDir::Create("zindex-lazy");
     ASSERT_TRUE(tmp.ok());
     tmp_ = std::make_unique<harness::TempDir>(std::move(tmp).value());
