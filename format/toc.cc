@@ -170,6 +170,59 @@ uint64_t TocLimits::MaxSealedBytes() const {
   return kTocSizePrefixSize + compress::ZstdCompressor::Bound(max_serialized_bytes) + kTagSize;
 }
 
+void EntryToProto(Entry e, v1::Entry* p) {
+  p->set_name(std::move(e.name));
+  p->set_type(static_cast<v1::EntryType>(static_cast<int>(e.type)));  // same numbering
+  p->set_mode(e.mode);
+  p->set_uid(e.uid);
+  p->set_gid(e.gid);
+  p->set_uname(std::move(e.uname));
+  p->set_gname(std::move(e.gname));
+  p->set_mtime_sec(e.mtime_sec);
+  p->set_mtime_nsec(e.mtime_nsec);
+  p->set_size(e.size);
+  p->set_link_target(std::move(e.link_target));
+  p->set_dev_major(e.dev_major);
+  p->set_dev_minor(e.dev_minor);
+  for (const auto& [k, v] : e.xattrs) {  // std::map: sorted, unique
+    v1::Xattr* x = p->add_xattrs();
+    x->set_name(k);
+    x->set_value(v);
+  }
+  p->set_data_offset(e.data_offset);
+}
+
+Result<Entry> EntryFromProto(const v1::Entry& p) {
+  Entry e;
+  const int type = p.type();
+  if (type < static_cast<int>(EntryType::kRegular) || type > static_cast<int>(EntryType::kFifo)) {
+    return Status::Corruption("type " + std::to_string(type) + " is unknown");
+  }
+  e.name = p.name();
+  e.type = static_cast<EntryType>(type);
+  e.mode = p.mode();
+  e.uid = p.uid();
+  e.gid = p.gid();
+  e.uname = p.uname();
+  e.gname = p.gname();
+  e.mtime_sec = p.mtime_sec();
+  e.mtime_nsec = p.mtime_nsec();
+  e.size = p.size();
+  e.link_target = p.link_target();
+  e.dev_major = p.dev_major();
+  e.dev_minor = p.dev_minor();
+  e.data_offset = p.data_offset();
+  const std::string* previous_name = nullptr;
+  for (const v1::Xattr& x : p.xattrs()) {
+    if (previous_name != nullptr && !(*previous_name < x.name())) {
+      return Status::Corruption("xattr names are not sorted and unique");
+    }
+    previous_name = &x.name();
+    e.xattrs.emplace_hint(e.xattrs.end(), x.name(), x.value());
+  }
+  return e;
+}
+
 Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, const TocLimits& limits) {
   Toc toc;
   toc.version = proto.version();
@@ -252,33 +305,9 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, cons
   for (int i = 0; i < entry_count; ++i) {
     const v1::Entry& p = proto.entries(i);
     const std::string* err_name = name_entries_in_errors ? &p.name() : nullptr;
-    Entry& e = toc.entries.emplace_back();
-    e.name = p.name();
-    int type = p.type();
-    if (type < static_cast<int>(EntryType::kRegular) || type > static_cast<int>(EntryType::kFifo)) {
-      return EntryError(i, err_name, "type " + std::to_string(type) + " is unknown");
-    }
-    e.type = static_cast<EntryType>(type);
-    e.mode = p.mode();
-    e.uid = p.uid();
-    e.gid = p.gid();
-    e.uname = p.uname();
-    e.gname = p.gname();
-    e.mtime_sec = p.mtime_sec();
-    e.mtime_nsec = p.mtime_nsec();
-    e.size = p.size();
-    e.link_target = p.link_target();
-    e.dev_major = p.dev_major();
-    e.dev_minor = p.dev_minor();
-    e.data_offset = p.data_offset();
-    const std::string* previous_name = nullptr;
-    for (const v1::Xattr& x : p.xattrs()) {
-      if (previous_name != nullptr && !(*previous_name < x.name())) {
-        return EntryError(i, err_name, "xattr names are not sorted and unique");
-      }
-      previous_name = &x.name();
-      e.xattrs.emplace_hint(e.xattrs.end(), x.name(), x.value());
-    }
+    auto decoded = EntryFromProto(p);
+    if (!decoded.ok()) return EntryError(i, err_name, decoded.status().message());
+    Entry& e = toc.entries.emplace_back(std::move(decoded).value());
     if (Status s = ValidateEntry(e, toc.tar_size); !s.ok()) {
       return EntryError(i, err_name, s.message());
     }

@@ -19,6 +19,7 @@ namespace lazycrypt::format {
 
 namespace v1 {
 class Toc;  // format/toc.pb.h; kept out of this header
+class Entry;
 }
 
 // The TOC's `version` field (not the blob header's, which stays kFormatVersion). Version 2 added
@@ -120,6 +121,14 @@ struct TocLimits {
   // max_serialized_bytes: LayerIndex::Open refuses a footer claiming more before reading it.
   uint64_t MaxSealedBytes() const;
 };
+
+// One entry ↔ its protobuf message (the TOC's entries, and the zindex's, format::v1::Entry).
+// EntryToProto takes the entry by value so callers can move its strings. EntryFromProto checks
+// only what the message alone can break (an unknown type: Corruption "type N is unknown";
+// xattr names not strictly increasing: "xattr names are not sorted and unique"); callers add
+// which entry it is and run ValidateEntry.
+void EntryToProto(Entry e, v1::Entry* p);
+Result<Entry> EntryFromProto(const v1::Entry& p);
 
 // Serialized protobuf → validated Toc. Corruption naming the problem ("TOC entry 3 'a/b': ...").
 Result<Toc> ParseToc(ByteSpan serialized, const TocLimits& limits = {});

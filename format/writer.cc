@@ -278,19 +278,6 @@ bool LooksIncompressible(ByteSpan raw, ProbeScratch& probe) {
   return true;
 }
 
-v1::EntryType ProtoType(tar::EntryType t) {
-  switch (t) {
-    case tar::EntryType::kRegular: return v1::ENTRY_TYPE_REGULAR;
-    case tar::EntryType::kHardlink: return v1::ENTRY_TYPE_HARDLINK;
-    case tar::EntryType::kSymlink: return v1::ENTRY_TYPE_SYMLINK;
-    case tar::EntryType::kCharDevice: return v1::ENTRY_TYPE_CHAR_DEVICE;
-    case tar::EntryType::kBlockDevice: return v1::ENTRY_TYPE_BLOCK_DEVICE;
-    case tar::EntryType::kDirectory: return v1::ENTRY_TYPE_DIRECTORY;
-    case tar::EntryType::kFifo: return v1::ENTRY_TYPE_FIFO;
-  }
-  return v1::ENTRY_TYPE_UNSPECIFIED;
-}
-
 std::string TarEntryName(const tar::Entry& e) {
   return "tar entry '" + e.name + "' at offset " + std::to_string(e.header_offset);
 }
@@ -306,26 +293,7 @@ Status AddEntry(const tar::Entry& e, uint64_t tar_offset_shift, v1::Toc& toc) {
   // The data range is checked against the final tar size by the self-check at the end.
   LC_RETURN_IF_ERROR(ValidateEntry(entry, UINT64_MAX).WithContext(TarEntryName(e)));
 
-  v1::Entry* p = toc.add_entries();
-  p->set_name(std::move(entry.name));
-  p->set_type(ProtoType(e.type));
-  p->set_mode(entry.mode);
-  p->set_uid(entry.uid);
-  p->set_gid(entry.gid);
-  p->set_uname(std::move(entry.uname));
-  p->set_gname(std::move(entry.gname));
-  p->set_mtime_sec(entry.mtime_sec);
-  p->set_mtime_nsec(entry.mtime_nsec);
-  p->set_size(entry.size);
-  p->set_link_target(std::move(entry.link_target));
-  p->set_dev_major(entry.dev_major);
-  p->set_dev_minor(entry.dev_minor);
-  for (const auto& [k, v] : entry.xattrs) {  // std::map: sorted, unique
-    v1::Xattr* x = p->add_xattrs();
-    x->set_name(k);
-    x->set_value(v);
-  }
-  p->set_data_offset(entry.data_offset);
+  EntryToProto(std::move(entry), toc.add_entries());
   return Status::Ok();
 }
 

@@ -74,28 +74,6 @@ inline Result<std::vector<format::Entry>> HonestTocEntries(ByteSpan tar) {
   return entries;
 }
 
-inline void EntryToProto(const format::Entry& e, format::v1::Entry* p) {
-  p->set_name(e.name);
-  p->set_type(static_cast<format::v1::EntryType>(e.type));
-  p->set_mode(e.mode);
-  p->set_uid(e.uid);
-  p->set_gid(e.gid);
-  p->set_uname(e.uname);
-  p->set_gname(e.gname);
-  p->set_mtime_sec(e.mtime_sec);
-  p->set_mtime_nsec(e.mtime_nsec);
-  p->set_size(e.size);
-  p->set_link_target(e.link_target);
-  p->set_dev_major(e.dev_major);
-  p->set_dev_minor(e.dev_minor);
-  for (const auto& [k, v] : e.xattrs) {
-    format::v1::Xattr* x = p->add_xattrs();
-    x->set_name(k);
-    x->set_value(v);
-  }
-  p->set_data_offset(e.data_offset);
-}
-
 // Seals `tar` (cut into chunks of options.chunk_size_bytes) under `key`, with a TOC listing
 // `entries` (which must pass the TOC's own validation: readers check it before anything else).
 inline Result<ForgedLayer> ForgeLayer(ByteSpan tar, const std::vector<format::Entry>& entries,
@@ -133,7 +111,7 @@ inline Result<ForgedLayer> ForgeLayer(ByteSpan tar, const std::vector<format::En
   toc.set_tar_size(tar.size());
   out.listed_diff_id = options.listed_diff_id.value_or(crypto::Sha256::Of(tar));
   toc.set_tar_sha256(out.listed_diff_id.data(), out.listed_diff_id.size());
-  for (const Entry& e : entries) EntryToProto(e, toc.add_entries());
+  for (const Entry& e : entries) format::EntryToProto(e, toc.add_entries());
 
   const std::string serialized = toc.SerializeAsString();
   LC_ASSIGN_OR_RETURN(std::vector<uint8_t> plaintext, EncodeTocPlaintext(AsBytes(serialized), 3));

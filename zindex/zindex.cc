@@ -359,31 +359,6 @@ class IndexingInflateStream final : public InputStream {
   Status status_;
 };
 
-format::v1::EntryType ProtoEntryType(format::EntryType t) {
-  return static_cast<format::v1::EntryType>(static_cast<int>(t));  // same numbering (toc.proto)
-}
-
-void EntryToProto(const format::Entry& e, format::v1::Entry& p) {
-  p.set_name(e.name);
-  p.set_type(ProtoEntryType(e.type));
-  p.set_mode(e.mode);
-  p.set_uid(e.uid);
-  p.set_gid(e.gid);
-  p.set_uname(e.uname);
-  p.set_gname(e.gname);
-  p.set_mtime_sec(e.mtime_sec);
-  p.set_mtime_nsec(e.mtime_nsec);
-  p.set_size(e.size);
-  p.set_link_target(e.link_target);
-  p.set_dev_major(e.dev_major);
-  p.set_dev_minor(e.dev_minor);
-  for (const auto& [k, v] : e.xattrs) {  // std::map: sorted, unique
-    format::v1::Xattr* x = p.add_xattrs();
-    x->set_name(k);
-    x->set_value(v);
-  }
-  p.set_data_offset(e.data_offset);
-}
 
 void Cleanse(std::string* s) { OPENSSL_cleanse(s->data(), s->size()); }
 
@@ -412,39 +387,6 @@ class ScopedIndexWipe {
   v1::Index& index_;
 };
 
-Result<format::Entry> EntryFromProto(const format::v1::Entry& p, size_t index) {
-  format::Entry e;
-  const int type = p.type();
-  if (type < static_cast<int>(format::EntryType::kRegular) ||
-      type > static_cast<int>(format::EntryType::kFifo)) {
-    return Status::Corruption("zindex: entry " + Num(index) + ": type " + std::to_string(type) +
-                              " is unknown");
-  }
-  e.name = p.name();
-  e.type = static_cast<format::EntryType>(type);
-  e.mode = p.mode();
-  e.uid = p.uid();
-  e.gid = p.gid();
-  e.uname = p.uname();
-  e.gname = p.gname();
-  e.mtime_sec = p.mtime_sec();
-  e.mtime_nsec = p.mtime_nsec();
-  e.size = p.size();
-  e.link_target = p.link_target();
-  e.dev_major = p.dev_major();
-  e.dev_minor = p.dev_minor();
-  e.data_offset = p.data_offset();
-  const std::string* previous = nullptr;
-  for (const format::v1::Xattr& x : p.xattrs()) {
-    if (previous != nullptr && !(*previous < x.name())) {
-      return Status::Corruption("zindex: entry " + Num(index) +
-                                ": xattr names are not sorted and unique");
-    }
-    previous = &x.name();
-    e.xattrs.emplace_hint(e.xattrs.end(), x.name(), x.value());
-  }
-  return e;
-}
 
 // Tar parse errors name files; the index's maker may pass them on (names are confidential).
 Status RedactedTarError(const Status& s, size_t entries_before, uint64_t offset) {
@@ -618,7 +560,7 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
     }
     p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
   }
-  for (const format::Entry& e : toc.entries) EntryToProto(e, *index.add_entries());
+  for (const format::Entry& e : toc.entries) format::EntryToProto(e, index.add_entries());
 
   // Self-check: what a reader will accept (entry rules, hard links, data inside the tar stream).
   if (auto check = format::LayerIndex::FromVerifiedForeignToc(std::move(toc), {}, encrypted.size);
@@ -786,7 +728,11 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
   }
   toc.entries.reserve(index.entries_size());
   for (int i = 0; i < index.entries_size(); ++i) {
-    LC_ASSIGN_OR_RETURN(format::Entry e, EntryFromProto(index.entries(i), static_cast<size_t>(i)));
+    auto decoded = format::EntryFromProto(index.entries(i));
+    if (!decoded.ok()) {
+      return Status::Corruption("zindex: entry " + Num(i) + ": " + decoded.status().message());
+    }
+    format::Entry e = std::move(decoded).value();
     toc.entries.push_back(std::move(e));
   }
   LC_ASSIGN_OR_RETURN(impl->layer_index,
