@@ -366,9 +366,8 @@ void Cleanse(std::string* s) { OPENSSL_cleanse(s->data(), s->size()); }
 // wiped in place when the scope that parsed it ends, whatever way it ends.
 class ScopedIndexWipe {
  public:
-  explicit ScopedIndexWipe(v1::Index& index) : index_(index) {}
+  explicit ScopedIndexWipe(v2::Index& index) : index_(index) {}
   ~ScopedIndexWipe() {
-    for (v1::Span& s : *index_.mutable_spans()) Cleanse(s.mutable_window_zstd());
     for (format::v1::Entry& e : *index_.mutable_entries()) {
       Cleanse(e.mutable_name());
       Cleanse(e.mutable_uname());
@@ -384,7 +383,7 @@ class ScopedIndexWipe {
   ScopedIndexWipe& operator=(const ScopedIndexWipe&) = delete;
 
  private:
-  v1::Index& index_;
+  v2::Index& index_;
 };
 
 
@@ -400,85 +399,18 @@ Status RedactedTarError(const Status& s, size_t entries_before, uint64_t offset)
 
 namespace internal {
 
-Result<std::vector<uint8_t>> SealSerializedIndex(ByteSpan serialized, std::string_view layer_digest,
-                                                 uint64_t blob_size, std::span<const uint8_t> ctr_key,
-                                                 int zstd_level) {
-  if (serialized.size() > kMaxIndexPlaintextBytes) {
-    return Status::InvalidArgument("zindex: the index is " + Num(serialized.size()) +
-                                   " bytes (limit " + Num(kMaxIndexPlaintextBytes) + ")");
-  }
-  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, SealCipher(ctr_key, layer_digest));
-  compress::ZstdCompressor zstd(zstd_level);
-  std::vector<uint8_t> plaintext(8 + compress::ZstdCompressor::Bound(serialized.size()));
-  crypto::ScopedWipe wipe(plaintext);
-  PutU64(plaintext.data(), serialized.size());
-  LC_ASSIGN_OR_RETURN(size_t frame, zstd.Compress(serialized, MutableByteSpan(plaintext).subspan(8)));
-  const size_t plaintext_size = 8 + frame;
-  if (internal::kSealedOverheadBytes + plaintext_size > kMaxSealedIndexBytes) {
-    return Status::InvalidArgument("zindex: the sealed index would be " +
-                                   Num(kSealedOverheadBytes + plaintext_size) + " bytes (limit " +
-                                   Num(kMaxSealedIndexBytes) + ")");
-  }
-  std::vector<uint8_t> sealed(kSealedOverheadBytes + plaintext_size);
-  std::memcpy(sealed.data(), kSealedMagic.data(), kSealedMagic.size());
-  PutU32(sealed.data() + 8, kSealedVersion);
-  MutableByteSpan nonce = MutableByteSpan(sealed).subspan(12, crypto::kGcmNonceSize);
-  LC_RETURN_IF_ERROR(crypto::RandomBytes(nonce));
-  const std::vector<uint8_t> aad = SealAad(layer_digest, blob_size);
-  LC_RETURN_IF_ERROR(gcm.Seal(nonce, aad, ByteSpan(plaintext).first(plaintext_size),
-                              MutableByteSpan(sealed).subspan(kSealedHeaderBytes, plaintext_size),
-                              MutableByteSpan(sealed).last(crypto::kGcmTagSize)));
-  return sealed;
+// TEMPORARY (v2 header commit): the v2 seal is not implemented yet.
+Result<UnsealedIndex> UnsealIndex(ByteSpan, std::string_view, uint64_t, std::span<const uint8_t>,
+                                  uint64_t, uint64_t) {
+  return Status::Unsupported("zindex v2: UnsealIndex is not implemented yet");
 }
-
-Result<std::vector<uint8_t>> UnsealSerializedIndex(ByteSpan sealed, std::string_view layer_digest,
-                                                   uint64_t blob_size,
-                                                   std::span<const uint8_t> ctr_key,
-                                                   uint64_t max_sealed_bytes,
-                                                   uint64_t max_plaintext_bytes) {
-  max_sealed_bytes = std::min(max_sealed_bytes, kMaxSealedIndexBytes);
-  max_plaintext_bytes = std::min(max_plaintext_bytes, kMaxIndexPlaintextBytes);
-  if (sealed.size() > max_sealed_bytes) {
-    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
-                              " bytes (limit " + Num(max_sealed_bytes) + ")");
-  }
-  if (sealed.size() < kSealedOverheadBytes + 8) {
-    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
-                              " bytes, too short");
-  }
-  if (!std::equal(kSealedMagic.begin(), kSealedMagic.end(), sealed.begin())) {
-    return Status::Corruption("zindex: not a sealed lazycrypt zindex (magic is wrong)");
-  }
-  if (const uint32_t version = GetU32(sealed.data() + 8); version != kSealedVersion) {
-    return Status::Corruption("zindex: sealed version " + Num(version) + " is not supported (need " +
-                              Num(kSealedVersion) + ")");
-  }
-  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, SealCipher(ctr_key, layer_digest));
-  const size_t plaintext_size = sealed.size() - kSealedOverheadBytes;
-  std::vector<uint8_t> plaintext(plaintext_size);
-  crypto::ScopedWipe wipe(plaintext);
-  const std::vector<uint8_t> aad = SealAad(layer_digest, blob_size);
-  if (Status s = gcm.Open(sealed.subspan(12, crypto::kGcmNonceSize), aad,
-                          sealed.subspan(kSealedHeaderBytes, plaintext_size),
-                          sealed.last(crypto::kGcmTagSize), plaintext);
-      !s.ok()) {
-    if (s.code() != StatusCode::kAuthFailed) return s;
-    return Status::AuthFailed(
-        "zindex: the sealed index does not authenticate (altered, made for another layer, or "
-        "sealed with another key)");
-  }
-  const uint64_t serialized_size = GetU64(plaintext.data());
-  if (serialized_size > max_plaintext_bytes) {
-    return Status::Corruption("zindex: the index claims " + Num(serialized_size) +
-                              " bytes (limit " + Num(max_plaintext_bytes) + ")");
-  }
-  std::vector<uint8_t> serialized(static_cast<size_t>(serialized_size));
-  compress::ZstdDecompressor zstd;
-  if (Status s = zstd.DecompressExact(ByteSpan(plaintext).subspan(8), serialized); !s.ok()) {
-    crypto::ScopedWipe wipe_serialized(serialized);
-    return Status::Corruption("zindex: " + s.message());
-  }
-  return serialized;
+Result<std::vector<uint8_t>> SealIndex(ByteSpan, const Salt&, ByteSpan, std::string_view, uint64_t,
+                                       std::span<const uint8_t>, int) {
+  return Status::Unsupported("zindex v2: SealIndex is not implemented yet");
+}
+Result<std::vector<uint8_t>> SealWindow(ByteSpan, uint32_t, const Salt&, std::string_view, uint64_t,
+                                        std::span<const uint8_t>, int) {
+  return Status::Unsupported("zindex v2: SealWindow is not implemented yet");
 }
 
 }  // namespace internal
@@ -501,7 +433,7 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   IndexingInflateStream stream(*gzip, tee, options);
   LC_RETURN_IF_ERROR(stream.Init());
 
-  zindex::v1::Index index;
+  zindex::v2::Index index;
   index.set_version(kIndexVersion);
   index.set_layer_digest(encrypted.digest);
   index.set_blob_size(encrypted.size);
@@ -548,16 +480,13 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(kWindowBytes));
   crypto::ScopedWipe wipe_frame(frame);
   for (const BuiltSpan& s : spans) {
-    zindex::v1::Span* p = index.add_spans();
+    zindex::v2::Span* p = index.add_spans();
     p->set_in_offset(s.at.in);
     p->set_in_bits(s.at.bits);
     p->set_out_offset(s.at.out);
     p->set_member_start(s.at.member_start);
     p->set_window_size(static_cast<uint32_t>(s.at.window.size()));
-    if (!s.at.window.empty()) {
-      LC_ASSIGN_OR_RETURN(size_t n, zstd.Compress(s.at.window, frame));
-      p->set_window_zstd(frame.data(), n);
-    }
+    (void)zstd;  // TEMPORARY (v2 header commit): windows are not sealed yet
     p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
   }
   for (const format::Entry& e : toc.entries) format::EntryToProto(e, index.add_entries());
@@ -573,8 +502,7 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   std::vector<uint8_t> bytes(serialized.begin(), serialized.end());
   crypto::ScopedWipe wipe_bytes(bytes);
   OPENSSL_cleanse(serialized.data(), serialized.size());
-  return internal::SealSerializedIndex(bytes, encrypted.digest, encrypted.size, cipher.key.span(),
-                                       options.zstd_level);
+  return Status::Unsupported("zindex v2: BuildSealedIndex is not implemented yet");
 }
 
 // ---- OpenedIndex -------------------------------------------------------------------------------
@@ -607,7 +535,12 @@ struct OpenedIndex::Impl {
 OpenedIndex::OpenedIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OpenedIndex::~OpenedIndex() = default;
 
+Result<uint64_t> SealedCoreBytes(ByteSpan, const Limits&) {
+  return Status::Unsupported("zindex v2: SealedCoreBytes is not implemented yet");
+}
+
 Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
+                                                             uint64_t sealed_size,
                                                              const image::Descriptor& encrypted,
                                                              const image::OcicryptLayerCipher& cipher,
                                                              const Limits& limits) {
@@ -615,12 +548,11 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
     return Status::InvalidArgument("zindex: the layer nonce is " + Num(cipher.nonce.size()) +
                                    " bytes, need 16");
   }
-  LC_ASSIGN_OR_RETURN(std::vector<uint8_t> serialized,
-                      internal::UnsealSerializedIndex(sealed, encrypted.digest, encrypted.size,
-                                                      cipher.key.span(), limits.max_sealed_bytes,
-                                                      limits.max_plaintext_bytes));
+  (void)sealed_size;
+  return Status::Unsupported("zindex v2: Open is not implemented yet");
+  std::vector<uint8_t> serialized;
   crypto::ScopedWipe wipe_serialized(serialized);
-  zindex::v1::Index index;
+  zindex::v2::Index index;
   ScopedIndexWipe wipe_index(index);
   if (!index.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
     return Status::Corruption("zindex: the index does not parse");
@@ -655,7 +587,7 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
   impl->spans.resize(span_count);
   uint64_t member_out = 0;
   for (size_t i = 0; i < span_count; ++i) {
-    const zindex::v1::Span& p = index.spans(static_cast<int>(i));
+    const zindex::v2::Span& p = index.spans(static_cast<int>(i));
     Impl::Span& s = impl->spans[i];
     const std::string what = "zindex: span " + Num(i) + ": ";
     s.in = p.in_offset();
@@ -685,12 +617,6 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
       return Status::Corruption(what + "window of " + Num(s.window_size) + " bytes, need " +
                                 Num(expected_window));
     }
-    if ((s.window_size == 0) != p.window_zstd().empty() ||
-        p.window_zstd().size() > compress::ZstdCompressor::Bound(kWindowBytes)) {
-      return Status::Corruption(what + "window frame of " + Num(p.window_zstd().size()) +
-                                " bytes is impossible");
-    }
-    s.window_zstd = p.window_zstd();
     if (p.ciphertext_sha256().size() != s.sha256.size()) {
       return Status::Corruption(what + "ciphertext digest is " +
                                 Num(p.ciphertext_sha256().size()) + " bytes, need 32");
@@ -760,7 +686,14 @@ const std::string& OpenedIndex::diff_id() const { return impl_->diff_id; }
 uint64_t OpenedIndex::tar_size() const { return impl_->tar_size; }
 uint64_t OpenedIndex::blob_size() const { return impl_->blob_size; }
 
-Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan ciphertext) const {
+uint64_t OpenedIndex::sealed_size() const { return 0; }
+uint64_t OpenedIndex::sealed_core_bytes() const { return 0; }
+OpenedIndex::Range OpenedIndex::span_window(size_t) const { return Range{}; }
+
+Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan ciphertext,
+                                                     ByteSpan sealed_window) const {
+  (void)sealed_window;
+  return Status::Unsupported("zindex v2: DecodeSpan is not implemented yet");
   if (i >= impl_->spans.size()) {
     return Status::InvalidArgument("zindex: span " + Num(i) + " of " +
                                    Num(impl_->spans.size()));

@@ -1,7 +1,10 @@
 // A seekable index for an unmodified ocicrypt AES-CTR layer (gzip tar under
 // AES_256_CTR_HMAC_SHA256): gzip checkpoints at deflate block boundaries (zran's technique), the
-// tar's table of contents, and a SHA-256 of the ciphertext each span needs, sealed with a key
-// derived from the layer's CTR key. docs/FORMAT.md §11 is the byte-level spec and threat model.
+// tar's table of contents, and a SHA-256 of the ciphertext each span needs, sealed with keys
+// derived from the layer's CTR key. Format v2: the sealed blob is a small "core" (TOC and span
+// table, fetched at mount) followed by each span's 32 KiB window sealed on its own (fetched by
+// range with the span, only when the span is read). docs/FORMAT.md §11 is the byte-level spec and
+// threat model.
 //
 // Thread-safety: BuildSealedIndex is independent per call. OpenedIndex is immutable after Open;
 // every const method may run concurrently (DecodeSpan keeps its inflate state per call).
@@ -24,11 +27,17 @@
 
 namespace lazycrypt::zindex {
 
-inline constexpr std::string_view kArtifactType = "application/vnd.lazycrypt.zindex.v1";
+// v1 artifacts are not looked up by a v2 reader (their artifact type differs): such a layer is
+// unpacked eagerly, as one without an index.
+inline constexpr std::string_view kArtifactType = "application/vnd.lazycrypt.zindex.v2";
 inline constexpr std::string_view kSealedIndexMediaType =
-    "application/vnd.lazycrypt.zindex.v1.sealed";
+    "application/vnd.lazycrypt.zindex.v2.sealed";
 // On each index blob's descriptor in the artifact manifest: the layer digest it indexes.
 inline constexpr std::string_view kAnnotationLayerDigest = "org.lazycrypt.zindex.layer-digest";
+// On each index blob's descriptor too: SealedCoreBytes of the blob, decimal. A hint so that a
+// reader fetches header and core in one ranged request; the header is the truth (a smaller hint
+// costs a second request, a larger one fetches some windows for nothing).
+inline constexpr std::string_view kAnnotationCoreBytes = "org.lazycrypt.zindex.core-bytes";
 // The largest sealed index anyone makes or opens (a reader refuses a larger blob before reading it).
 inline constexpr uint64_t kMaxSealedIndexBytes = uint64_t{256} << 20;
 
@@ -43,12 +52,14 @@ inline constexpr uint64_t kMaxSpanBytes = uint64_t{64} << 20;
 // trailer and empty members it carries).
 inline constexpr uint64_t kMaxSpanCiphertextBytes = 2 * kMaxSpanBytes + (uint64_t{1} << 20);
 inline constexpr size_t kWindowBytes = 32768;  // deflate's window: the most a checkpoint keeps
+// The sealed blob's fixed header (magic, version, seal salt, core length, core nonce).
+inline constexpr size_t kSealedHeaderBytes = 64;
 
 struct BuildOptions {
   // A checkpoint at the first deflate block boundary after every span_bytes of uncompressed
   // output (and one at every gzip member start). 64 KiB .. kMaxSpanBytes / 2.
-  uint64_t span_bytes = uint64_t{4} << 20;
-  // zstd level of the serialized index (windows included) before sealing.
+  uint64_t span_bytes = uint64_t{512} << 10;
+  // zstd level of the serialized index and of each window before sealing.
   int zstd_level = 3;
 };
 
@@ -64,9 +75,16 @@ struct Limits {
   uint64_t max_span_ciphertext_bytes = kMaxSpanCiphertextBytes;
 };
 
+// From at least the first kSealedHeaderBytes of a sealed index: how many bytes from its start
+// OpenedIndex::Open needs (header + sealed core). Corruption for a wrong magic or version ("zindex
+// version 1 is no longer read; ..."), fewer than kSealedHeaderBytes, or a core beyond
+// limits.max_sealed_bytes / max_plaintext_bytes.
+Result<uint64_t> SealedCoreBytes(ByteSpan header, const Limits& limits = {});
+
 // Reads the whole encrypted layer from `ciphertext` (the blob `encrypted` describes; `cipher`
 // from image::UnwrapOcicryptLayer) once, in bounded memory (no plaintext reaches the disk),
-// checks HMAC, blob digest and plaintext digest, and returns the sealed index. Returns nothing
+// checks HMAC, blob digest and plaintext digest, and returns the WHOLE sealed index (header, core,
+// windows area), sealed under a fresh random salt: two seals never share a key. Returns nothing
 // unless every check passed. Unsupported when the layer is not gzip (e.g. zstd or an
 // uncompressed tar) or a deflate block is longer than kMaxSpanBytes; Corruption for a tar or
 // gzip stream that does not parse (entries named by number, never by name).
@@ -77,9 +95,14 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
 
 class OpenedIndex {
  public:
-  // Authenticates, decompresses, parses and validates. AuthFailed when tampered or sealed for
-  // another layer/key; Corruption naming the problem (never a file name).
-  static Result<std::shared_ptr<const OpenedIndex>> Open(ByteSpan sealed,
+  // Authenticates, decompresses, parses and validates the core. `sealed_prefix`: at least
+  // SealedCoreBytes bytes from the start of the sealed blob (more is ignored: a caller holding
+  // the whole blob passes it all); `sealed_size`: the whole sealed blob's size (the artifact
+  // descriptor's size; authenticated through the core's AAD, and the windows area must end
+  // exactly there). AuthFailed when tampered or sealed for another layer/key/size; Corruption
+  // naming the problem (never a file name), e.g. a prefix shorter than the core.
+  static Result<std::shared_ptr<const OpenedIndex>> Open(ByteSpan sealed_prefix,
+                                                         uint64_t sealed_size,
                                                          const image::Descriptor& encrypted,
                                                          const image::OcicryptLayerCipher& cipher,
                                                          const Limits& limits = {});
@@ -98,14 +121,23 @@ class OpenedIndex {
   Range span_ciphertext(size_t i) const;
   // The tar stream bytes span i yields. REQUIRES i < span_count().
   Range span_uncompressed(size_t i) const;
+  // The sealed blob bytes span i's window needs (absolute offset in the sealed blob, inside the
+  // windows area); size 0 when the span has no window (member starts). REQUIRES i < span_count().
+  Range span_window(size_t i) const;
   // Checks SHA-256(ciphertext) (exactly span_ciphertext(i)) against the index ("span i digest
-  // mismatch", AuthFailed), decrypts with CTR, inflates from checkpoint i to exactly the span's
-  // uncompressed size (Corruption otherwise). The plaintext is wiped when released.
-  // InvalidArgument when i is out of range or ciphertext has the wrong size.
-  Result<crypto::SecureBuffer> DecodeSpan(size_t i, ByteSpan ciphertext) const;
+  // mismatch", AuthFailed) and authenticates `sealed_window` (exactly span_window(i) of the sealed
+  // blob, empty when its size is 0; AuthFailed "span i window does not authenticate") and
+  // decompresses it to the window's size (Corruption) before anything is inflated; decrypts with
+  // CTR, inflates from checkpoint i to exactly the span's uncompressed size (Corruption
+  // otherwise). The plaintext and the window are wiped when released. InvalidArgument when i is
+  // out of range or ciphertext / sealed_window has the wrong size.
+  Result<crypto::SecureBuffer> DecodeSpan(size_t i, ByteSpan ciphertext,
+                                          ByteSpan sealed_window) const;
   const std::string& diff_id() const;  // "sha256:<hex>" claimed by the index's maker
   uint64_t tar_size() const;           // bytes of the uncompressed tar stream
   uint64_t blob_size() const;          // the encrypted layer's size (= encrypted.size)
+  uint64_t sealed_size() const;        // the whole sealed blob
+  uint64_t sealed_core_bytes() const;  // what Open needed (what a restart keeps on disk)
 
  private:
   struct Impl;
