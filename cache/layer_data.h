@@ -48,6 +48,10 @@ struct LayerStats {
   uint64_t verification_retries = 0;   // verification batches that failed and were tried again
   uint64_t verification_failures = 0;  // 1 once the layer failed verification (quarantined)
   uint64_t quarantined_reads = 0;      // reads refused because the layer is quarantined
+  // An indexed ocicrypt layer's span windows, fetched by range from its index blob with their
+  // spans (also counted in blob_bytes_fetched, fetch_requests, fetch_errors and fetch_nanos).
+  uint64_t index_bytes_fetched = 0;
+  uint64_t index_fetch_requests = 0;
 };
 
 // Authenticated file bytes lent without a copy: `spans`, in order, are the bytes read; they point

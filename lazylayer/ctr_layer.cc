@@ -8,6 +8,7 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <system_error>
 
 #include "crypto/secure_buffer.h"
 
@@ -137,14 +138,22 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Chunk(uint32_t i) {
   return opened;
 }
 
+Status CtrLayerData::FetchSide(uint32_t i, const CiphertextRange&, MutableByteSpan) {
+  return Status::Internal("chunk " + std::to_string(i) + ": this format has no side bytes");
+}
+
 Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   LC_ASSIGN_OR_RETURN(CiphertextRange range, ChunkCiphertext(i));
-  std::vector<uint8_t> ciphertext(static_cast<size_t>(range.size));
-  // The disk store first (ciphertext as fetched; opened below exactly as fresh bytes are).
+  // One record: the ciphertext, then the side bytes (if any), as the store keeps it.
+  std::vector<uint8_t> record(static_cast<size_t>(range.size + range.side_size));
+  const MutableByteSpan ciphertext = MutableByteSpan(record).first(static_cast<size_t>(range.size));
+  const MutableByteSpan side = MutableByteSpan(record).subspan(static_cast<size_t>(range.size));
+  const uint64_t store_offset = range.store_offset.value_or(range.offset);
+  // The disk store first (as fetched; opened below exactly as fresh bytes are).
   if (store_ != nullptr) {
-    auto got = store_->Get(store_key_, i, range.offset, ciphertext);
+    auto got = store_->Get(store_key_, i, store_offset, record);
     if (got.ok() && *got) {
-      auto opened = OpenCiphertext(i, ciphertext);
+      auto opened = OpenCiphertext(i, ciphertext, side);
       if (opened.ok()) {
         chunks_opened_.fetch_add(1, std::memory_order_relaxed);
         return opened;
@@ -154,19 +163,45 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
       (void)store_->Drop(store_key_, i);
     }
   }
+  Status fetched, side_status;
   {
-    std::lock_guard<std::mutex> lock(fetch_mu_);
-    ++fetches_;
+    // Counted while in flight (the verification yields to it), whatever ends the fetch.
+    struct InFlight {
+      CtrLayerData& d;
+      explicit InFlight(CtrLayerData& data) : d(data) {
+        std::lock_guard<std::mutex> lock(d.fetch_mu_);
+        ++d.fetches_;
+      }
+      ~InFlight() {
+        {
+          std::lock_guard<std::mutex> lock(d.fetch_mu_);
+          --d.fetches_;
+        }
+        d.fetch_cv_.notify_all();
+      }
+    } in_flight(*this);
+    // The side bytes are fetched while the ciphertext is (a chunk costs one round trip), and
+    // joined before anything is opened or returned (`side` is this frame's). Without a thread
+    // to spare, after it.
+    std::future<Status> side_fetched;
+    if (range.side_size > 0) {
+      try {
+        side_fetched = std::async(std::launch::async,
+                                  [this, i, &range, side] { return FetchSide(i, range, side); });
+      } catch (const std::system_error&) {
+      }
+    }
+    fetched = ciphertext_->ReadAt(range.offset, ciphertext);
+    if (side_fetched.valid()) {
+      side_status = side_fetched.get();  // rethrows what FetchSide threw (Chunk catches it)
+    } else if (range.side_size > 0) {
+      side_status = FetchSide(i, range, side);
+    }
   }
-  Status fetched = ciphertext_->ReadAt(range.offset, ciphertext);
-  {
-    std::lock_guard<std::mutex> lock(fetch_mu_);
-    --fetches_;
-  }
-  fetch_cv_.notify_all();
   LC_RETURN_IF_ERROR(fetched.WithContext("chunk " + std::to_string(i)));
+  LC_RETURN_IF_ERROR(side_status.WithContext("chunk " + std::to_string(i)));
   chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
-  auto opened = OpenCiphertext(i, ciphertext);
+  auto opened = OpenCiphertext(i, ciphertext, side);
   if (!opened.ok()) {
     // A chunk that does not decode or hash to its pinned digest: EIO for its readers.
     auth_failures_.fetch_add(1, std::memory_order_relaxed);
@@ -174,7 +209,7 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   }
   chunks_opened_.fetch_add(1, std::memory_order_relaxed);
   // Kept only once verified (a failure to store costs a later fetch, nothing else).
-  if (store_ != nullptr) (void)store_->Put(store_key_, i, range.offset, ciphertext);
+  if (store_ != nullptr) (void)store_->Put(store_key_, i, store_offset, record);
   return opened;
 }
 

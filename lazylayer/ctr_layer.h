@@ -29,6 +29,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -154,14 +155,29 @@ class CtrLayerData : public cache::LayerData {
 
  protected:
   struct CiphertextRange {
+    CiphertextRange() = default;
+    CiphertextRange(uint64_t offset_in, uint64_t size_in) : offset(offset_in), size(size_in) {}
     uint64_t offset = 0, size = 0;
+    // Bytes chunk i needs besides its ciphertext, from elsewhere (the indexed format: the span's
+    // sealed window, in the index blob): FetchSide gets them on a thread of its own while the
+    // ciphertext is fetched (no round trip of their own), and the store keeps them after the
+    // ciphertext in the chunk's record. 0 = none (FetchSide is not called).
+    uint64_t side_size = 0;
+    // Where the store keeps the record (ciphertext, then side bytes) in its sparse file, when not
+    // at `offset` (records must not overlap: ChunkStore).
+    std::optional<uint64_t> store_offset;
   };
   // The blob bytes chunk i needs, checked to lie inside the blob and to be of a size worth
   // fetching (Corruption otherwise).
   virtual Result<CiphertextRange> ChunkCiphertext(uint32_t i) const = 0;
+  // Chunk i's side bytes (range.side_size of them) into `out`. Called concurrently with the
+  // ciphertext's fetch, only when range.side_size > 0. Default: Internal (no format has them).
+  virtual Status FetchSide(uint32_t i, const CiphertextRange& range, MutableByteSpan out);
   // Chunk i opened (decrypted, decoded, verified against the format's table) from exactly the
-  // ChunkCiphertext(i) bytes; AuthFailed/Corruption when they are not the chunk's.
-  virtual Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext) = 0;
+  // ChunkCiphertext(i) bytes and its side bytes (empty when it has none); AuthFailed/Corruption
+  // when they are not the chunk's.
+  virtual Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext,
+                                                       ByteSpan side) = 0;
   // The counters this class keeps, the verification state, the opened chunks held and the
   // store's presence.
   void FillStats(cache::LayerStats& s) const;

@@ -292,8 +292,9 @@ class MountedEstargzLayer::Data final : public CtrLayerData {
     return CiphertextRange{c.compressed_offset, c.compressed_size};
   }
 
-  // Decrypts, inflates and verifies chunk `i` from its member's ciphertext.
-  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext) override {
+  // Decrypts, inflates and verifies chunk `i` from its member's ciphertext (no side bytes).
+  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext,
+                                               ByteSpan /*side*/) override {
     const estargz::ChunkRef& c = ez_->chunks()[i];
     WindowSource window(ciphertext_->size(), c.compressed_offset,
                         std::vector<uint8_t>(ciphertext.begin(), ciphertext.end()), nullptr);

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "compress/compress.h"
@@ -16,6 +20,11 @@ namespace {
 // A span's ciphertext larger than this is refused before it is fetched (a span yields at most
 // zindex::kMaxSpanBytes; deflate expands incompressible data by well under 1%).
 constexpr uint64_t kMaxSpanFetchBytes = zindex::kMaxSpanBytes + (zindex::kMaxSpanBytes >> 4);
+// A sealed window larger than this is refused before it is fetched (Open allows at most
+// ZSTD_compressBound(32 KiB) + 16 bytes).
+constexpr uint64_t kMaxWindowFetchBytes = 2 * zindex::kWindowBytes;
+// The verification reads the index blob's windows area in pieces of at least this size.
+constexpr uint64_t kVerifyWindowReadBytes = uint64_t{1} << 20;
 
 std::string Hex(std::string_view digest) {
   const size_t colon = digest.find(':');
@@ -38,18 +47,48 @@ std::string IndexedStoreKey(std::string_view layer_digest, std::string_view seal
 }
 
 // The layer's data for the FUSE file system: chunk i = span i, fetched by its ciphertext range
-// (CtrLayerData: opened-chunk cache, disk store, one fetch per span however many readers ask),
-// checked against the index's span digest, decrypted and inflated (DecodeSpan).
+// with its sealed window as side bytes (CtrLayerData: opened-chunk cache, disk store, one fetch
+// per span however many readers ask), checked against the index's span digest and window seal,
+// decrypted and inflated (DecodeSpan).
 class MountedIndexedLayer::Data final : public CtrLayerData {
  public:
-  Data(std::shared_ptr<CountingSource> ciphertext,
+  Data(std::shared_ptr<CountingSource> ciphertext, std::shared_ptr<CountingSource> windows,
        std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened, cache::ChunkStore* store,
        std::string store_key, std::shared_ptr<const zindex::OpenedIndex> zi)
       : CtrLayerData(std::move(ciphertext), std::move(opened), store, std::move(store_key)),
+        windows_(std::move(windows)),
+        has_store_(store != nullptr),
         zi_(std::move(zi)),
-        index_(zi_->layer_index()) {}
+        index_(zi_->layer_index()),
+        windows_before_(zi_->span_count()),
+        pins_(zi_->span_count()) {
+    uint64_t before = 0;
+    for (size_t i = 0; i < zi_->span_count(); ++i) {
+      windows_before_[i] = before;
+      before += zi_->span_window(i).size;
+    }
+  }
 
   const format::LayerIndex& index() const override { return *index_; }
+
+  // The index blob, uncounted (the verification's reads, as its layer blob reads).
+  BlobSource& windows_uncounted() { return windows_->inner(); }
+
+  // Span i's window is `sealed_window` (authenticated by DecodeSpan already): the first one pins
+  // the span for the layer's life; a later one must be the same bytes (AuthFailed otherwise).
+  Status PinWindow(size_t i, ByteSpan sealed_window) {
+    const crypto::Sha256Digest d = crypto::Sha256::Of(sealed_window);
+    std::lock_guard<std::mutex> lock(pins_mu_);
+    std::optional<crypto::Sha256Digest>& pin = pins_[i];
+    if (!pin) {
+      pin = d;
+      return Status::Ok();
+    }
+    if (*pin == d) return Status::Ok();
+    return Status::AuthFailed("span " + std::to_string(i) +
+                              ": its window authenticates but is not the one the layer was "
+                              "first served with (two windows sealed for one span)");
+  }
 
   Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
@@ -81,6 +120,13 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
   cache::LayerStats stats() const override {
     cache::LayerStats s;
     FillStats(s);
+    // The windows are part of what a read fetches.
+    s.index_bytes_fetched = windows_->bytes();
+    s.index_fetch_requests = windows_->requests();
+    s.blob_bytes_fetched += windows_->bytes();
+    s.fetch_requests += windows_->requests();
+    s.fetch_errors += windows_->errors();
+    s.fetch_nanos += windows_->nanos();
     return s;
   }
 
@@ -93,33 +139,100 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
       return Status::Corruption("span " + std::to_string(i) +
                                 ": its ciphertext lies outside the blob or is too large");
     }
-    return CiphertextRange{r.offset, r.size};
+    const zindex::OpenedIndex::Range w = zi_->span_window(i);
+    const uint64_t sealed_size = windows_->size();
+    if (w.size > 0 &&
+        (w.offset > sealed_size || w.size > sealed_size - w.offset || w.size > kMaxWindowFetchBytes)) {
+      return Status::Corruption("span " + std::to_string(i) +
+                                ": its window lies outside the index blob or is too large");
+    }
+    CiphertextRange range{r.offset, r.size};
+    range.side_size = w.size;
+    // The record (ciphertext, then window) at its ciphertext's offset moved on by the windows
+    // before it and one byte per span before it: spans overlap their neighbours by at most a
+    // byte, so no two records overlap in the store's file.
+    range.store_offset = r.offset + windows_before_[i] + i;
+    return range;
   }
 
-  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext) override {
-    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer plain, zi_->DecodeSpan(i, ciphertext));
+  Status FetchSide(uint32_t i, const CiphertextRange& range, MutableByteSpan out) override {
+    if (TakeKeptWindow(i, out)) return Status::Ok();
+    return windows_->ReadAt(zi_->span_window(i).offset, out)
+        .WithContext("span " + std::to_string(i) + " window (" + std::to_string(range.side_size) +
+                     " bytes of the index blob)");
+  }
+
+  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext,
+                                               ByteSpan sealed_window) override {
+    LC_ASSIGN_OR_RETURN(crypto::SecureBuffer plain,
+                        zi_->DecodeSpan(i, ciphertext, sealed_window));
+    LC_RETURN_IF_ERROR(PinWindow(i, sealed_window));
     if (plain.size() != index_->chunks()[i].raw_size) {
       return Status::Corruption("span " + std::to_string(i) + " is not its chunk's size");
     }
+    if (!has_store_) KeepWindow(i, sealed_window);
     auto out = std::make_shared<cache::OpenedChunk>(plain.size());
     if (plain.size() > 0) std::memcpy(out->data(), plain.data(), plain.size());
     return cache::OpenedChunkPtr(std::move(out));
   }
 
+  // Without a chunk store, authenticated windows are kept in memory (sealed: ciphertext), up to
+  // kKeptWindowBytes, oldest dropped first: a span evicted from the opened chunks is fetched
+  // again without its window.
+  void KeepWindow(uint32_t i, ByteSpan sealed_window) {
+    if (sealed_window.empty()) return;
+    std::lock_guard<std::mutex> lock(kept_mu_);
+    if (kept_.count(i) != 0) return;
+    kept_[i] = std::vector<uint8_t>(sealed_window.begin(), sealed_window.end());
+    kept_order_.push_back(i);
+    kept_bytes_ += sealed_window.size();
+    while (kept_bytes_ > kKeptWindowBytes && !kept_order_.empty()) {
+      auto it = kept_.find(kept_order_.front());
+      kept_order_.pop_front();
+      if (it == kept_.end()) continue;
+      kept_bytes_ -= it->second.size();
+      kept_.erase(it);
+    }
+  }
+  bool TakeKeptWindow(uint32_t i, MutableByteSpan out) {
+    std::lock_guard<std::mutex> lock(kept_mu_);
+    auto it = kept_.find(i);
+    if (it == kept_.end() || it->second.size() != out.size()) return false;
+    std::memcpy(out.data(), it->second.data(), out.size());
+    return true;
+  }
+
+  static constexpr uint64_t kKeptWindowBytes = uint64_t{4} << 20;
+
+  const std::shared_ptr<CountingSource> windows_;  // the sealed index blob
+  const bool has_store_;
   const std::shared_ptr<const zindex::OpenedIndex> zi_;
   const std::shared_ptr<const format::LayerIndex> index_;
+  std::vector<uint64_t> windows_before_;  // sealed window bytes of the spans before span i
+  std::mutex pins_mu_;
+  std::vector<std::optional<crypto::Sha256Digest>> pins_;
+  std::mutex kept_mu_;
+  std::unordered_map<uint32_t, std::vector<uint8_t>> kept_;
+  std::deque<uint32_t> kept_order_;
+  uint64_t kept_bytes_ = 0;
 };
 
 Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
     const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
-    const image::Descriptor& descriptor, image::OcicryptLayerCipher cipher,
-    std::shared_ptr<const zindex::OpenedIndex> index, std::string store_key,
-    const IndexedMountOptions& options, std::unique_ptr<fusefs::FuseMount>* resumed) {
+    std::shared_ptr<BlobSource> sealed_index, const image::Descriptor& descriptor,
+    image::OcicryptLayerCipher cipher, std::shared_ptr<const zindex::OpenedIndex> index,
+    std::string store_key, const IndexedMountOptions& options,
+    std::unique_ptr<fusefs::FuseMount>* resumed) {
   const std::string what = "indexed ocicrypt layer " + descriptor.digest;
   if (ciphertext->size() != descriptor.size || index->blob_size() != descriptor.size) {
     return Status::Corruption(what + ": the blob is " + std::to_string(ciphertext->size()) +
                               " bytes, the index says " + std::to_string(index->blob_size()) +
                               ", the manifest " + std::to_string(descriptor.size));
+  }
+  if (sealed_index->size() != index->sealed_size()) {
+    return Status::Corruption(what + ": the index blob is " +
+                              std::to_string(sealed_index->size()) + " bytes, the index says " +
+                              std::to_string(index->sealed_size()));
   }
   if (index->layer_index()->chunks().size() != index->span_count()) {
     return Status::Corruption(what + ": the index's chunks are not its spans");
@@ -133,6 +246,7 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
     }
   }
   auto counting = std::make_shared<CountingSource>(std::move(ciphertext));
+  auto windows = std::make_shared<CountingSource>(std::move(sealed_index));
   std::unique_ptr<MountedIndexedLayer> layer(new MountedIndexedLayer());
   layer->digest_ = descriptor.digest;
   layer->store_key_ = std::move(store_key);
@@ -141,8 +255,9 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
   layer->descriptor_ = descriptor;
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(cipher));
   layer->index_ = index;
-  auto data = std::make_shared<Data>(counting, OpenedChunkSlot(options), options.store,
-                                     layer->store_key_, std::move(index));
+  auto data = std::make_shared<Data>(counting, std::move(windows), OpenedChunkSlot(options),
+                                     options.store, layer->store_key_, std::move(index));
+  layer->indexed_data_ = data;
   LC_RETURN_IF_ERROR(layer->MountAndStart(mountpoint, std::move(data), options, resumed)
                          .WithContext(what));
   return layer;
@@ -159,12 +274,45 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
   const size_t spans = zi.span_count();
   const auto chunks = layer_index.chunks();
 
-  // Each span decoded as the mount would (DecodeSpan: the index's span digest, CTR, inflate from
-  // its checkpoint) from the real ciphertext, which the HMAC and blob digest check at the end.
+  // Each span decoded as the mount would (DecodeSpan: the index's span digest, its window's seal,
+  // CTR, inflate from its checkpoint) from the real ciphertext, which the HMAC and blob digest
+  // check at the end, and its window from the index blob, which must be the one the mount pinned
+  // (or is pinned now for the mount).
   std::vector<crypto::Sha256Digest> decoded(spans);
   std::vector<uint8_t> held;  // ciphertext from held_base on, as far as read
   uint64_t held_base = 0;
   size_t next_decode = 0;
+  // The windows area, read on in pieces as the spans need it (the windows lie in span order).
+  BlobSource& index_blob = indexed_data_->windows_uncounted();
+  std::vector<uint8_t> windows;  // index blob bytes from windows_base on, as far as read
+  uint64_t windows_base = 0;
+  auto window_of = [&](size_t i) -> Result<ByteSpan> {
+    const zindex::OpenedIndex::Range w = zi.span_window(i);
+    if (w.size == 0) return ByteSpan();
+    if (w.offset > index_blob.size() || w.size > index_blob.size() - w.offset) {
+      return Status::Corruption("span " + std::to_string(i) + ": its window lies outside the index blob");
+    }
+    if (windows.empty() || w.offset > windows_base + windows.size()) {
+      windows.clear();
+      windows_base = w.offset;
+    }
+    if (w.offset < windows_base) {
+      return Status::Corruption("the index's windows are not in span order (span " +
+                                std::to_string(i) + ")");
+    }
+    windows.erase(windows.begin(), windows.begin() + static_cast<ptrdiff_t>(w.offset - windows_base));
+    windows_base = w.offset;
+    if (w.size > windows.size()) {
+      const uint64_t from = windows_base + windows.size();
+      const uint64_t to = std::min<uint64_t>(
+          index_blob.size(), std::max<uint64_t>(w.offset + w.size, from + kVerifyWindowReadBytes));
+      const size_t had = windows.size();
+      windows.resize(static_cast<size_t>(to - windows_base));
+      LC_RETURN_IF_ERROR(index_blob.ReadAt(from, MutableByteSpan(windows).subspan(had))
+                             .WithContext("the index blob's windows"));
+    }
+    return ByteSpan(windows).first(static_cast<size_t>(w.size));
+  };
   ciphertext.set_on_piece([&](uint64_t offset, ByteSpan piece) -> Status {
     if (held_base + held.size() != offset) {
       return Status::Internal("the verification's ciphertext is not contiguous");
@@ -177,10 +325,13 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
                                   std::to_string(next_decode) + ")");
       }
       if (r.offset + r.size > held_base + held.size()) break;
-      auto span = zi.DecodeSpan(next_decode, ByteSpan(held).subspan(
-                                                 static_cast<size_t>(r.offset - held_base),
-                                                 static_cast<size_t>(r.size)));
+      LC_ASSIGN_OR_RETURN(ByteSpan window, window_of(next_decode));
+      auto span = zi.DecodeSpan(next_decode,
+                                ByteSpan(held).subspan(static_cast<size_t>(r.offset - held_base),
+                                                       static_cast<size_t>(r.size)),
+                                window);
       if (!span.ok()) return span.status();
+      LC_RETURN_IF_ERROR(indexed_data_->PinWindow(next_decode, window));
       decoded[next_decode] = crypto::Sha256::Of(span->span());
       ++next_decode;
       // What no later span needs is dropped.

@@ -3,7 +3,17 @@
 // (zindex/zindex.h, docs/FORMAT.md §11, made by `lazycrypt index`): chunk i of the mount is span
 // i of the index; a read fetches exactly the ciphertext its spans need, checks each span's
 // ciphertext against the SHA-256 the index pins, decrypts it with CTR and inflates it from the
-// span's checkpoint (zindex::OpenedIndex::DecodeSpan) before a byte is served.
+// span's checkpoint (zindex::OpenedIndex::DecodeSpan) before a byte is served. The span's
+// sealed window (zindex v2: not in the core the mount opened) comes from the index blob by range,
+// fetched in parallel with the span's ciphertext (CtrLayerData side bytes), authenticated by
+// DecodeSpan, and kept with the span's ciphertext in the chunk store (in a bounded memory cache
+// without one), so a span opened again from disk needs no network.
+//
+// A window is sealed, not pinned by the core: the index's maker (a key holder) could seal two
+// different windows for a span, and a registry could serve one to the mount and the other to the
+// verification. So the first window a span is opened with is pinned (its SHA-256) for the mount's
+// life: a different one later is refused (EIO), and the verification's must be the pinned one
+// (otherwise the layer is quarantined).
 //
 // The index is made by a key holder and sealed with a key derived from the layer key; the
 // ciphertext digests it pins are only as good as its maker. So the background verification
@@ -37,7 +47,7 @@ namespace lazycrypt::lazylayer {
 
 // The ChunkStore key of an indexed layer's cached spans: "zidx-<blob hex>-idx-<first 48 hex of
 // the sealed index's digest>" (122 characters), never a GCM or eStargz layer's key. Each stored
-// span is checked against the index's digest on every use.
+// span (its ciphertext, then its sealed window) is checked against the index on every use.
 std::string IndexedStoreKey(std::string_view layer_digest, std::string_view sealed_index_digest);
 
 // What this layer can serve, as OpenedIndex::Open's limits: a sealed index of at most
@@ -52,16 +62,18 @@ struct IndexedMountOptions : CtrLayerOptions {};
 
 class MountedIndexedLayer final : public CtrMountedLayer {
  public:
-  // `ciphertext` is the blob `descriptor` describes (an ocicrypt AES-CTR layer), `cipher` its
-  // unwrapped key (image::UnwrapOcicryptLayer), `index` its opened index
-  // (zindex::OpenedIndex::Open with the same descriptor and cipher), `store_key` IndexedStoreKey.
-  // Errors: Corruption when the blob size is not the descriptor's or the index's, the mount's.
+  // `ciphertext` is the blob `descriptor` describes (an ocicrypt AES-CTR layer), `sealed_index`
+  // the whole sealed index blob (its windows are read from it by range; its size must be
+  // index->sealed_size()), `cipher` its unwrapped key (image::UnwrapOcicryptLayer), `index` its
+  // opened index (zindex::OpenedIndex::Open with the same descriptor and cipher), `store_key`
+  // IndexedStoreKey. Errors: Corruption when the blob size is not the descriptor's or the
+  // index's, or the index blob's not the index's; the mount's.
   // With `resumed` (a FuseMount::Resume of the mount a previous daemon left at `mountpoint`),
   // nothing is mounted: the layer is given to it (Provide: the same entries give the same inode
   // numbers) and it becomes this layer's mount; on failure it stays the caller's.
   static Result<std::unique_ptr<MountedIndexedLayer>> Mount(
       const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
-      const image::Descriptor& descriptor, image::OcicryptLayerCipher cipher,
+      std::shared_ptr<BlobSource> sealed_index, const image::Descriptor& descriptor, image::OcicryptLayerCipher cipher,
       std::shared_ptr<const zindex::OpenedIndex> index, std::string store_key,
       const IndexedMountOptions& options, std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
   ~MountedIndexedLayer() override;
@@ -74,6 +86,7 @@ class MountedIndexedLayer final : public CtrMountedLayer {
   void Prefetch(const std::function<bool()>& stopped) override {}
   Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) override;
   std::shared_ptr<const zindex::OpenedIndex> index_;
+  std::shared_ptr<Data> indexed_data_;  // = data_ (the verification pins windows through it)
 };
 
 }  // namespace lazycrypt::lazylayer

@@ -167,13 +167,18 @@ std::string DefaultStoreKey(const std::string& layer_digest, const std::string& 
   return LayerStoreKey(layer_digest, toc_digest);
 }
 
-// An indexed ocicrypt layer's restore record is its descriptor with this annotation added: the
-// digest of the sealed index it was mounted with, kept beside the record (IndexedSealedPath; a
-// sealed index is ciphertext: no key, no name readable without the layer key).
+// An indexed ocicrypt layer's restore record is its descriptor with these annotations added: the
+// digest of the sealed index blob it was mounted with (the store key, and the blob its windows
+// are read from),
 constexpr std::string_view kRecordSealedIndexDigest = "org.lazycrypt.snapshotter.zindex-digest";
-// ... and its size (decimal bytes): what a restore asks the registry for when the kept copy is
-// gone, and nothing more (records written before it was kept ask the registry's HEAD).
+// ... that blob's size (decimal bytes; records written before it was kept ask the registry's
+// HEAD),
 constexpr std::string_view kRecordSealedIndexSize = "org.lazycrypt.snapshotter.zindex-size";
+// ... and the digest and size of its header and sealed core (zindex v2: what opens it), kept
+// beside the record (IndexedSealedPath; sealed: no key, no name readable without the layer key),
+// and what a restore asks the registry for, and nothing more, when the kept copy is gone.
+constexpr std::string_view kRecordSealedCoreDigest = "org.lazycrypt.snapshotter.zindex-core-digest";
+constexpr std::string_view kRecordSealedCoreBytes = "org.lazycrypt.snapshotter.zindex-core-bytes";
 
 std::filesystem::path IndexedSealedPath(const std::filesystem::path& target_dir) {
   return RestoreRecordPath(target_dir).parent_path() / "lazycrypt-zindex";
@@ -183,22 +188,27 @@ bool IsIndexedRecord(const image::Descriptor& recorded) {
   return recorded.annotations.count(std::string(kRecordSealedIndexDigest)) != 0;
 }
 
-// A sealed index found for a layer: its bytes, digest and the opened index.
+// A sealed index found for a layer: its header and sealed core (what opened it; the windows are
+// read from the blob by range when their spans are), the blob's digest and size, the opened index.
 struct FoundIndex {
-  std::vector<uint8_t> sealed;
+  std::vector<uint8_t> core;
   std::string digest;
+  uint64_t size = 0;
   std::shared_ptr<const zindex::OpenedIndex> index;
 };
 
-// Opens `sealed` for `descriptor` with `cipher` and requires its diff_id to give the snapshot's
-// chain ID `name` on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file. Opened
-// within what an indexed mount serves (IndexedLayerLimits of `max_sealed_bytes`, [ocicrypt]
-// index_max_bytes): an index it could not serve whole is refused here, and the layer unpacked.
+// Opens the sealed index whose header and core are `core` (the whole blob: `sealed_size` bytes)
+// for `descriptor` with `cipher` and requires its diff_id to give the snapshot's chain ID `name`
+// on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file. Opened within what an
+// indexed mount serves (IndexedLayerLimits of `max_sealed_bytes`, [ocicrypt] index_max_bytes):
+// an index it could not serve whole is refused here, and the layer unpacked.
 Result<std::shared_ptr<const zindex::OpenedIndex>> OpenIndexFor(
-    ByteSpan sealed, const image::Descriptor& descriptor, const image::OcicryptLayerCipher& cipher,
-    const std::string& parent_chain, const std::string& name, uint64_t max_sealed_bytes) {
-  LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor, cipher,
-                                                            IndexedLayerLimits(max_sealed_bytes)));
+    ByteSpan core, uint64_t sealed_size, const image::Descriptor& descriptor,
+    const image::OcicryptLayerCipher& cipher, const std::string& parent_chain,
+    const std::string& name, uint64_t max_sealed_bytes) {
+  LC_ASSIGN_OR_RETURN(auto index,
+                      zindex::OpenedIndex::Open(core, sealed_size, descriptor, cipher,
+                                                IndexedLayerLimits(max_sealed_bytes)));
   const std::string chain = ChainIdOf(parent_chain, index->diff_id());
   if (chain != name) {
     return Status::AuthFailed("its diff_id " + index->diff_id() + " gives chain ID " + chain +
@@ -747,24 +757,65 @@ struct SnapshotHandler::Impl {
         }
         if (auto s = stop()) return *s;
         fetched.insert(blob.digest);
-        auto sealed = client->GetBlobRange(repo, blob.digest, 0, blob.size);
-        if (!sealed.ok()) {
-          last = sealed.status().WithContext(what);
+        // Only the header and core (the windows are fetched with their spans); authenticated by
+        // their seal, which binds the blob's size, when opened (the digest covers the whole blob).
+        auto core = FetchSealedCore(repo, blob.digest, blob.size,
+                                    blob.Annotation(zindex::kAnnotationCoreBytes), max_bytes);
+        if (!core.ok()) {
+          last = core.status().WithContext(what);
           continue;
         }
-        if (crypto::OciDigest(crypto::Sha256::Of(*sealed)) != blob.digest) {
-          last = Status::AuthFailed(what + ": the registry's bytes are not its digest's");
-          continue;
-        }
-        auto index = OpenIndexFor(*sealed, descriptor, cipher, parent_chain, name, max_bytes);
+        auto index =
+            OpenIndexFor(*core, blob.size, descriptor, cipher, parent_chain, name, max_bytes);
         if (!index.ok()) {
           last = index.status().WithContext(what);
           continue;
         }
-        return FoundIndex{std::move(*sealed), blob.digest, std::move(*index)};
+        return FoundIndex{std::move(*core), blob.digest, blob.size, std::move(*index)};
       }
     }
     return last;
+  }
+
+  // The header and sealed core of index blob `digest` (`size` bytes, at most `max_bytes`, checked
+  // by the caller), exactly as many bytes as its header says (zindex::SealedCoreBytes), by range:
+  // [0, hint) in ONE request when `hint` (decimal: the kAnnotationCoreBytes of its descriptor,
+  // or what a restore recorded) is at least a header, else the header first; then the rest of the
+  // core in one more request if the header says it is longer. Never beyond `size`.
+  Result<std::vector<uint8_t>> FetchSealedCore(const registry::Reference& repo,
+                                               const std::string& digest, uint64_t size,
+                                               std::string_view hint, uint64_t max_bytes) {
+    uint64_t first = zindex::kSealedHeaderBytes;
+    uint64_t hinted = 0;
+    if (!hint.empty() &&
+        std::from_chars(hint.data(), hint.data() + hint.size(), hinted).ptr ==
+            hint.data() + hint.size() &&
+        hinted >= zindex::kSealedHeaderBytes) {
+      first = hinted;
+    }
+    first = std::min(first, size);
+    LC_ASSIGN_OR_RETURN(std::vector<uint8_t> core, client->GetBlobRange(repo, digest, 0, first));
+    if (core.size() != first) {
+      return Status::Corruption("the registry answered " + std::to_string(core.size()) +
+                                " bytes for the first " + std::to_string(first));
+    }
+    LC_ASSIGN_OR_RETURN(const uint64_t core_bytes,
+                        zindex::SealedCoreBytes(core, IndexedLayerLimits(max_bytes)));
+    if (core_bytes > size) {
+      return Status::Corruption("its header says its core is " + std::to_string(core_bytes) +
+                                " bytes, the blob is " + std::to_string(size));
+    }
+    if (core_bytes > core.size()) {
+      LC_ASSIGN_OR_RETURN(std::vector<uint8_t> rest,
+                          client->GetBlobRange(repo, digest, core.size(), core_bytes - core.size()));
+      if (rest.size() != core_bytes - core.size()) {
+        return Status::Corruption("the registry answered " + std::to_string(rest.size()) +
+                                  " bytes for the rest of its core");
+      }
+      core.insert(core.end(), rest.begin(), rest.end());
+    }
+    core.resize(static_cast<size_t>(core_bytes));  // windows fetched with the hint: not kept
+    return core;
   }
 
   // The lazycrypt layers after `source`'s in its image's manifest, handed to the warm-up to be
@@ -1092,9 +1143,10 @@ struct SnapshotHandler::Impl {
   }
 
   // A standard ocicrypt layer served lazily from its sealed index `found` (FORMAT.md §11,
-  // lazylayer/indexed_layer.h), opened by FindSealedIndex (or RestoreIndexed) with `cipher`:
-  // true once mounted. Its restore record is its descriptor marked with the index's digest
-  // (kRecordSealedIndexDigest), the sealed index kept beside it.
+  // lazylayer/indexed_layer.h), opened by FindSealedIndex (or RestoreIndexed) with `cipher`, its
+  // windows read from the index blob in the same repository: true once mounted. Its restore
+  // record is its descriptor marked with the index blob's digest and size and its core's
+  // (kRecordSealedIndexDigest...), the core kept beside it.
   Result<bool> MountIndexed(int64_t snapshot_id, const std::string& name,
                             const std::string& parent_chain, const image::Descriptor& descriptor,
                             const LayerSource& source, const registry::Reference& repo,
@@ -1108,16 +1160,24 @@ struct SnapshotHandler::Impl {
     SetCtrOptions(o, parent_chain, name, source.layer_digest, target_dir);
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
     std::shared_ptr<BlobSource> layer_source(std::move(*blob));
+    auto index_blob = cache::OpenRegistryBlobSource(*client, repo, found.digest, found.size);
+    if (!index_blob.ok()) return index_blob.status().WithContext(what + ": its index");
+    std::shared_ptr<BlobSource> index_source(std::move(*index_blob));
     auto mounted = MountedIndexedLayer::Mount(
-        target_dir, std::move(layer_source), descriptor, std::move(cipher), found.index,
-        IndexedStoreKey(descriptor.digest, found.digest), o, resumed);
+        target_dir, std::move(layer_source), std::move(index_source), descriptor,
+        std::move(cipher), found.index, IndexedStoreKey(descriptor.digest, found.digest), o,
+        resumed);
     if (!mounted.ok()) return mounted.status().WithContext(what);
     if (!is_resume) {
       RestoreRecord fresh{descriptor, {}};
       fresh.descriptor.annotations[std::string(kRecordSealedIndexDigest)] = found.digest;
       fresh.descriptor.annotations[std::string(kRecordSealedIndexSize)] =
-          std::to_string(found.sealed.size());
-      Status w = WriteFileAtomically(IndexedSealedPath(target_dir), found.sealed, 0600);
+          std::to_string(found.size);
+      fresh.descriptor.annotations[std::string(kRecordSealedCoreDigest)] =
+          crypto::OciDigest(crypto::Sha256::Of(found.core));
+      fresh.descriptor.annotations[std::string(kRecordSealedCoreBytes)] =
+          std::to_string(found.core.size());
+      Status w = WriteFileAtomically(IndexedSealedPath(target_dir), found.core, 0600);
       if (w.ok()) w = WriteRestoreRecord(RestoreRecordPath(target_dir), fresh);
       if (!w.ok()) {
         Warn(what + ": cannot keep what opens it (a restart needs its registry): " +
@@ -1129,9 +1189,10 @@ struct SnapshotHandler::Impl {
     return true;
   }
 
-  // An indexed layer again after a restart (its record: IsIndexedRecord): the sealed index from
-  // beside the record (or the registry, by the recorded digest), opened and checked again as at
-  // its first mount, the layer given to the resumed mount (or mounted afresh).
+  // An indexed layer again after a restart (its record: IsIndexedRecord): the index's core from
+  // beside the record (or the registry, by the recorded range), opened and checked again as at
+  // its first mount, the layer given to the resumed mount (or mounted afresh), its windows read
+  // from the recorded index blob.
   Result<bool> RestoreIndexed(int64_t snapshot_id, const std::string& name,
                               const std::string& parent_chain, const image::Descriptor& recorded,
                               const LayerSource& source, const registry::Reference& repo,
@@ -1152,47 +1213,56 @@ struct SnapshotHandler::Impl {
     image::Descriptor descriptor = recorded;
     const std::string sealed_digest = descriptor.Annotation(kRecordSealedIndexDigest);
     const std::string recorded_size = descriptor.Annotation(kRecordSealedIndexSize);
-    descriptor.annotations.erase(std::string(kRecordSealedIndexDigest));
-    descriptor.annotations.erase(std::string(kRecordSealedIndexSize));
+    const std::string core_digest = descriptor.Annotation(kRecordSealedCoreDigest);
+    const std::string core_bytes = descriptor.Annotation(kRecordSealedCoreBytes);
+    for (std::string_view k : {kRecordSealedIndexDigest, kRecordSealedIndexSize,
+                               kRecordSealedCoreDigest, kRecordSealedCoreBytes}) {
+      descriptor.annotations.erase(std::string(k));
+    }
+    if (core_digest.empty()) {  // mounted from a zindex v1 index (its whole blob kept)
+      return Status::Unsupported(
+          what + " (snapshot " + name + ") was mounted from a zindex version 1 index, which is "
+          "no longer read; remove the image and pull it again (re-run `lazycrypt index` to serve "
+          "it lazily)");
+    }
     auto cipher = image::UnwrapOcicryptLayer(descriptor, keys);
     if (!cipher.ok()) return NoKeyOr(what, cipher.status());
+    const std::string index_what = what + ": its index " + sealed_digest;
+    const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
     FoundIndex found;
     found.digest = sealed_digest;
-    auto kept = ReadFileBytes(IndexedSealedPath(target_dir));
-    if (kept.ok() && crypto::OciDigest(crypto::Sha256::Of(*kept)) == sealed_digest) {
-      found.sealed = std::move(*kept);
+    if (!recorded_size.empty()) {
+      const char* end = recorded_size.data() + recorded_size.size();
+      if (std::from_chars(recorded_size.data(), end, found.size).ptr != end) {
+        return Status::Corruption(index_what + ": its restore record's size \"" + recorded_size +
+                                  "\" is not a number");
+      }
     } else {
-      // Exactly the recorded size, by range: a registry's body is never buffered past it.
-      const std::string index_what = what + ": its index " + sealed_digest;
-      const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
-      uint64_t size = 0;
-      if (!recorded_size.empty()) {
-        const char* end = recorded_size.data() + recorded_size.size();
-        if (std::from_chars(recorded_size.data(), end, size).ptr != end) {
-          return Status::Corruption(index_what + ": its restore record's size \"" +
-                                    recorded_size + "\" is not a number");
-        }
-      } else {
-        auto stat = client->StatBlob(repo, sealed_digest);
-        if (!stat.ok()) return stat.status().WithContext(index_what);
-        size = *stat;
-      }
-      if (size == 0 || size > max_bytes) {
-        return Status::AuthFailed(index_what + ": " + std::to_string(size) +
-                                  " bytes, not a sealed index of at most " +
-                                  std::to_string(max_bytes) + " ([ocicrypt] index_max_bytes)");
-      }
-      auto fetched = client->GetBlobRange(repo, sealed_digest, 0, size);
+      auto stat = client->StatBlob(repo, sealed_digest);
+      if (!stat.ok()) return stat.status().WithContext(index_what);
+      found.size = *stat;
+    }
+    if (found.size == 0 || found.size > max_bytes) {
+      return Status::AuthFailed(index_what + ": " + std::to_string(found.size) +
+                                " bytes, not a sealed index of at most " +
+                                std::to_string(max_bytes) + " ([ocicrypt] index_max_bytes)");
+    }
+    auto kept = ReadFileBytes(IndexedSealedPath(target_dir));
+    if (kept.ok() && crypto::OciDigest(crypto::Sha256::Of(*kept)) == core_digest) {
+      found.core = std::move(*kept);
+    } else {
+      // Exactly its header and core, by range (the recorded size as the hint): a registry's body
+      // is never buffered past what was asked for.
+      auto fetched = FetchSealedCore(repo, sealed_digest, found.size, core_bytes, max_bytes);
       if (!fetched.ok()) return fetched.status().WithContext(index_what);
-      found.sealed = std::move(*fetched);
-      if (crypto::OciDigest(crypto::Sha256::Of(found.sealed)) != sealed_digest) {
-        return Status::AuthFailed(what + ": its index " + sealed_digest +
-                                  " is not the one it was mounted with");
+      found.core = std::move(*fetched);
+      if (crypto::OciDigest(crypto::Sha256::Of(found.core)) != core_digest) {
+        return Status::AuthFailed(index_what + " is not the one it was mounted with");
       }
     }
-    auto index = OpenIndexFor(found.sealed, descriptor, *cipher, parent_chain, name,
+    auto index = OpenIndexFor(found.core, found.size, descriptor, *cipher, parent_chain, name,
                               options.index_max_bytes);
-    if (!index.ok()) return index.status().WithContext(what + ": its index " + sealed_digest);
+    if (!index.ok()) return index.status().WithContext(index_what);
     found.index = std::move(*index);
     return MountIndexed(snapshot_id, name, parent_chain, descriptor, source, repo,
                         std::move(*cipher), std::move(found), target_dir, resumed);

@@ -28,6 +28,7 @@ struct LayerOutcome {
   std::string skipped;  // why not indexed (when !indexed)
   uint64_t tar_bytes = 0;
   uint64_t sealed_bytes = 0;
+  uint64_t core_bytes = 0;  // the header and sealed core: what a node fetches at mount
   size_t spans = 0;
   int64_t elapsed_ms = 0;
   std::string key_name;
@@ -102,11 +103,12 @@ Result<LayerOutcome> IndexLayer(image::ImageSource& source, size_t i, const Desc
                      : ": refused, nothing pushed"));
   }
   // Open what was made, as the snapshotter will: a self-check, and the span count to report.
-  auto opened = zindex::OpenedIndex::Open(*sealed, d, *cipher);
+  auto opened = zindex::OpenedIndex::Open(*sealed, sealed->size(), d, *cipher);
   if (!opened.ok()) return opened.status().WithContext(name + ": the index made does not open");
   out.indexed = true;
   out.tar_bytes = (*opened)->tar_size();
   out.sealed_bytes = sealed->size();
+  out.core_bytes = (*opened)->sealed_core_bytes();
   out.spans = (*opened)->span_count();
   out.key_name = cipher->key_name;
   out.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -126,6 +128,7 @@ Json LayerJson(const LayerOutcome& l) {
     j["action"] = "indexed";
     j["tarSize"] = l.tar_bytes;
     j["sealedIndexSize"] = l.sealed_bytes;
+    j["sealedCoreSize"] = l.core_bytes;
     j["spans"] = l.spans;
     j["elapsedMs"] = l.elapsed_ms;
     j["key"] = l.key_name;
@@ -144,10 +147,12 @@ void PrintImage(const ImageOutcome& img, const Output& io) {
   for (const LayerOutcome& l : img.layers) {
     std::string name = image::LayerName(l.index, l.descriptor);
     if (l.indexed) {
-      std::fprintf(io.out, "  %s  indexed: %s encrypted, %s tar, %zu spans, sealed index %s, %lld ms\n",
+      std::fprintf(io.out,
+                   "  %s  indexed: %s encrypted, %s tar, %zu spans, sealed index %s (core %s), "
+                   "%lld ms\n",
                    name.c_str(), FormatBytes(l.descriptor.size).c_str(),
                    FormatBytes(l.tar_bytes).c_str(), l.spans, FormatBytes(l.sealed_bytes).c_str(),
-                   static_cast<long long>(l.elapsed_ms));
+                   FormatBytes(l.core_bytes).c_str(), static_cast<long long>(l.elapsed_ms));
     } else {
       std::fprintf(io.out, "  %s  skipped: %s\n", name.c_str(), l.skipped.c_str());
     }
@@ -250,6 +255,9 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
       blob.media_type = std::string(zindex::kSealedIndexMediaType);
       blob.bytes = it->second.sealed;
       blob.annotations[std::string(zindex::kAnnotationLayerDigest)] = d.digest;
+      // So that a node fetches header and core in one ranged request (FORMAT.md §11).
+      blob.annotations[std::string(zindex::kAnnotationCoreBytes)] =
+          std::to_string(it->second.outcome.core_bytes);
       artifacts[k].push_back(std::move(blob));
     }
   }

@@ -1,7 +1,8 @@
 // `lazycrypt index`: makes the seekable index (zindex/zindex.h, docs/FORMAT.md §11) of every
 // standard ocicrypt AES-CTR gzip layer of an image in a registry, and pushes the sealed indexes as
 // one OCI artifact per image manifest (artifactType zindex::kArtifactType, subject = the manifest;
-// image/referrers.h), so that the lazycrypt snapshotter can serve those layers lazily.
+// image/referrers.h; each index blob's descriptor carries zindex::kAnnotationCoreBytes), so that
+// the lazycrypt snapshotter can serve those layers lazily.
 //
 // Each layer is read once from the registry as a stream (the plaintext never reaches the disk nor
 // is held whole in memory), its HMAC, blob digest and plaintext digest checked; nothing is pushed
@@ -19,7 +20,7 @@ namespace lazycrypt::tools {
 
 struct IndexFlags {
   std::vector<std::string> keys;
-  std::string span_size;  // "" = the format's default (4 MiB)
+  std::string span_size;  // "" = the format's default (zindex::BuildOptions: 512 KiB)
   bool force = false;     // push a new index even when one already exists for the manifest
   bool json = false;      // the report as JSON on `out`
   std::string image;      // docker://HOST/REPO[:TAG] (oci: layouts are refused, see RunIndex)

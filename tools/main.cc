@@ -208,8 +208,8 @@ int main(int argc, char** argv) {
   AddKeyOption(index_cmd, index_flags.keys, /*required=*/true);
   AddTransportOptions(index_cmd, index_flags.transport);
   index_cmd->add_option("--span-size", index_flags.span_size,
-                        "uncompressed bytes between checkpoints, e.g. 4MiB (the default); smaller "
-                        "spans fetch less per read and make a larger index");
+                        "uncompressed bytes between checkpoints, e.g. 512KiB (the default); "
+                        "smaller spans fetch less per read and make a larger index");
   index_cmd->add_flag("--force", index_flags.force,
                       "push a new index even when the image already has one");
   index_cmd->add_flag("--json", index_flags.json, "the report as JSON on stdout");
