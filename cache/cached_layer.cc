@@ -548,7 +548,9 @@ Status CachedLayer::Impl::AcquireRange(format::EntryView entry, uint64_t offset,
   {
     std::lock_guard lock(mu);
     auto it = next_offset.find(entry.index());
-    sequential = offset != 0 && it != next_offset.end() && it->second == offset;
+    // A read from a file's start is taken as the start of a sequential read (as the kernel's
+    // initial read-ahead does): exec'd binaries and the files a start reads are read whole.
+    sequential = offset == 0 || (it != next_offset.end() && it->second == offset);
     if (next_offset.size() >= 4096) next_offset.clear();
     next_offset[entry.index()] = offset + n;
   }
@@ -914,6 +916,14 @@ Status CachedLayer::Prefetch(const std::vector<format::EntryView>& files) {
 }
 
 Status CachedLayer::PrefetchMarked() { return impl_->Prefetch(impl_->MarkedFiles()); }
+
+Status CachedLayer::PrefetchAll() {
+  std::vector<uint64_t> chunks(impl_->index->chunks().size());
+  for (uint64_t i = 0; i < chunks.size(); ++i) chunks[i] = i;
+  Status extra_status;
+  LC_RETURN_IF_ERROR(impl_->Acquire({}, chunks, Purpose::kPrefetch, nullptr, &extra_status));
+  return extra_status;
+}
 
 Status CachedLayer::StartPrefetchMarked() {
   Impl& impl = *impl_;

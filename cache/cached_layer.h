@@ -38,9 +38,11 @@ struct CachedLayerOptions {
   // memory_cache_bytes (lazycrypt mount, tools). Evicted buffers are wiped.
   std::shared_ptr<OpenedChunkCache> opened_cache;
   uint64_t memory_cache_bytes = uint64_t{32} << 20;
-  // When a read continues the previous read of the same file, up to this many raw bytes of the
-  // following chunks are fetched in the same request (those already on disk are opened by the
-  // open_threads workers instead). 0 disables read-ahead.
+  // When a read starts a file (offset 0: an exec, a `cat`, a config being parsed) or continues
+  // the previous read of the same file, up to this many raw bytes of the file's following chunks
+  // are fetched in the same request (those already on disk are opened by the open_threads
+  // workers instead): a file read whole costs one round trip, not one per chunk. 0 disables
+  // read-ahead.
   uint64_t readahead_bytes = uint64_t{4} << 20;
   // Worker threads that read and open (authenticate, decrypt, decompress) the read-ahead chunks
   // of a sequential reader that are already in the disk store, in parallel with the reader.
@@ -126,6 +128,10 @@ class CachedLayer final : public LayerData {
   Status Prefetch(const std::vector<format::EntryView>& files);
   // Prefetch of the files marked at conversion time (index().prefetch_entries()); OK when none.
   Status PrefetchMarked();
+  // Prefetch of every chunk of the layer (as Prefetch: one request per contiguous run of missing
+  // records). For a small layer whose whole blob the mount already holds (lazylayer/
+  // mounted_layer.cc serves those reads from memory): its chunks are opened and stored at once.
+  Status PrefetchAll();
   // PrefetchMarked on a thread of its own; returns at once. The marked chunks are claimed first
   // (in microseconds), so a read that needs one waits for the prefetch's request instead of
   // fetching it again, and reads of unmarked files proceed meanwhile. A background fetch started

@@ -1,13 +1,63 @@
 #include "lazylayer/mounted_layer.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <mutex>
+#include <span>
 
 #include "cache/layer_tail.h"
+#include "cache/multi_range_source.h"
 #include "crypto/digest.h"
 #include "format/layout.h"
 #include "image/layer.h"
 
 namespace lazycrypt::lazylayer {
+namespace {
+
+// A blob that a mount has read whole (MountLayerOptions::whole_layer_bytes): reads inside it
+// are served from memory until Release, every other read (and every read after it) goes to
+// `inner`. A MultiRangeBlobSource, so that the layer keeps sending several ranges in one
+// request when `inner` can.
+class HeldBlobSource final : public cache::MultiRangeBlobSource {
+ public:
+  HeldBlobSource(std::shared_ptr<BlobSource> inner, std::vector<uint8_t> bytes)
+      : inner_(std::move(inner)),
+        multi_(dynamic_cast<cache::MultiRangeBlobSource*>(inner_.get())),
+        bytes_(std::move(bytes)) {}
+  uint64_t size() const override { return inner_->size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    if (Serve(offset, out)) return Status::Ok();
+    return inner_->ReadAt(offset, out);
+  }
+  Status ReadRanges(std::span<const cache::RangeRead> ranges) override {
+    bool all = true;
+    for (const cache::RangeRead& r : ranges) all = all && Serve(r.offset, r.out);
+    if (all) return Status::Ok();
+    if (multi_ != nullptr) return multi_->ReadRanges(ranges);
+    for (const cache::RangeRead& r : ranges) LC_RETURN_IF_ERROR(inner_->ReadAt(r.offset, r.out));
+    return Status::Ok();
+  }
+  // The bytes are ciphertext (and the sealed TOC): dropped, not wiped.
+  void Release() {
+    std::lock_guard lock(mu_);
+    std::vector<uint8_t>().swap(bytes_);
+  }
+
+ private:
+  bool Serve(uint64_t offset, MutableByteSpan out) {
+    std::lock_guard lock(mu_);
+    if (offset > bytes_.size() || out.size() > bytes_.size() - offset) return false;
+    std::copy_n(bytes_.data() + offset, out.size(), out.data());
+    return true;
+  }
+
+  const std::shared_ptr<BlobSource> inner_;
+  cache::MultiRangeBlobSource* const multi_;
+  std::mutex mu_;
+  std::vector<uint8_t> bytes_;  // guarded by mu_: the blob from offset 0, or nothing
+};
+
+}  // namespace
 
 std::string LayerStoreKey(std::string_view layer_digest, std::string_view toc_digest) {
   std::string key(layer_digest);
@@ -52,7 +102,19 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
           ? options.cache.store_key
           : LayerStoreKey(descriptor.digest,
                           descriptor.Annotation(image::kAnnotationLazycryptTocDigest));
-  cache::TailCachingSource tail(*layer->source_, options.store, tail_key);
+  std::shared_ptr<HeldBlobSource> held;
+  {
+    cache::TailCachingSource probe(*layer->source_, options.store, tail_key);
+    if (descriptor.size > 0 && descriptor.size <= options.whole_layer_bytes &&
+        layer->source_->size() == descriptor.size && probe.stored_bytes() == 0) {
+      // A small layer: footer, TOC and every chunk in the one request the mount makes anyway.
+      std::vector<uint8_t> whole(static_cast<size_t>(descriptor.size));
+      LC_RETURN_IF_ERROR(layer->source_->ReadAt(0, whole).WithContext(what + ": reading it whole"));
+      held = std::make_shared<HeldBlobSource>(layer->source_, std::move(whole));
+    }
+  }
+  cache::TailCachingSource tail(held ? static_cast<BlobSource&>(*held) : *layer->source_,
+                                options.store, tail_key);
   format::TailReadOptions tail_read;
   if (const uint64_t stored = tail.stored_bytes(); stored > format::kFooterSize) {
     tail_read.toc_size_hint = stored - format::kFooterSize;
@@ -84,12 +146,23 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
     cache_options.store_key =
         LayerStoreKey(descriptor.digest, crypto::OciDigest(verified->index->toc_digest()));
   }
-  auto cached = cache::CachedLayer::Create(std::move(verified->index), std::move(verified->opener),
-                                           layer->source_, options.store, cache_options);
+  auto cached = cache::CachedLayer::Create(
+      std::move(verified->index), std::move(verified->opener),
+      held ? std::static_pointer_cast<BlobSource>(held) : layer->source_, options.store,
+      cache_options);
   if (!cached.ok()) return cached.status().WithContext(what);
   layer->layer_ = std::move(*cached);
 
-  if (options.prefetch) {
+  if (held) {
+    // Every chunk authenticated, opened and stored from the bytes held (no request); a chunk
+    // that fails here is fetched again, and fails again, by the read that needs it.
+    if (Status all = layer->layer_->PrefetchAll(); !all.ok()) {
+      std::fprintf(stderr, "lazycrypt: layer %s: opening its chunks: %s\n",
+                   descriptor.digest.c_str(), all.ToString().c_str());
+      std::fflush(stderr);
+    }
+    held->Release();
+  } else if (options.prefetch) {
     // In the background, claimed before the mount serves anything: reads of marked files wait
     // for its request, other reads go ahead. A failed prefetch is not fatal: the reads that
     // need those chunks fetch them again.

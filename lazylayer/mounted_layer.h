@@ -49,6 +49,11 @@ struct MountLayerOptions {
   // Fetch the files the layer's TOC marks for prefetch (lazycrypt encrypt --prefetch-list)
   // before Mount returns, in as few ranged requests as possible.
   bool prefetch = true;
+  // A layer whose blob is at most this many bytes is read whole by the mount's one request
+  // (footer, TOC and every chunk; its chunks are then authenticated, opened and stored before
+  // Mount returns), so that no first read of its files waits for a fetch; 0 = never. Not when
+  // the store already holds the layer's footer and TOC (a node that has seen it).
+  uint64_t whole_layer_bytes = 0;
   // Complete the layer in the background at this rate (bytes/s) once mounted; 0 = off.
   // Needs a store. With verify, the verification does this (at this rate when it is not 0).
   uint64_t background_rate_bytes_per_sec = 0;

@@ -169,12 +169,21 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
     LC_RETURN_IF_ERROR(CheckKeys(src, "fetch.", *t,
                                        {"prefetch", "background_rate", "verify_delay_ms",
                                         "verify_rate", "verify_deadline_s", "read_retry_s",
-                                        "open_ahead"}));
+                                        "open_ahead", "whole_layer_bytes"}));
     if (auto* v = t->get("prefetch")) {
       if (!v->is_boolean()) {
         return Bad(src, "fetch.prefetch", "expected true or false, got " + Describe(*v));
       }
       c.fetch.prefetch = *v->value<bool>();
+    }
+    if (auto* v = t->get("whole_layer_bytes")) {
+      LC_ASSIGN_OR_RETURN(c.fetch.whole_layer_bytes,
+                          GetUnsigned(src, "fetch.whole_layer_bytes", *v));
+      if (c.fetch.whole_layer_bytes > (uint64_t{1} << 30)) {
+        return Bad(src, "fetch.whole_layer_bytes",
+                   "at most 1073741824 (1 GiB), got " +
+                       std::to_string(c.fetch.whole_layer_bytes));
+      }
     }
     if (auto* v = t->get("background_rate")) {
       LC_ASSIGN_OR_RETURN(c.fetch.background_rate_bytes_per_sec,

@@ -13,6 +13,8 @@
 //              plaintext_budget = 268435456       # opened (decrypted) chunks kept in memory,
 //                                                 # one budget for every layer; 0 = none kept
 //   [fetch]    prefetch = true                    # fetch the prefetch list on mount
+//              whole_layer_bytes = 2097152        # a layer this small (bytes) is read whole
+//                                                 # by its mount's one request; 0 = never
 //              background_rate = 0                # bytes/s of background fetch; 0 = off
 //              verify_delay_ms = 10000            # the full verification of a mounted layer
 //                                                 # starts this long after its mount
@@ -73,6 +75,9 @@ struct Config {
   } cache;
   struct Fetch {
     bool prefetch = true;
+    // A lazycrypt layer whose blob is at most this many bytes is read whole by its mount's one
+    // request (footer, TOC and every chunk), so its files' first reads wait for no fetch.
+    uint64_t whole_layer_bytes = uint64_t{2} << 20;
     uint64_t background_rate_bytes_per_sec = 0;  // 0 = no background fetch
     // Every lazily mounted layer is fetched and verified in full against its diff_id (FORMAT.md
     // §8.4); it cannot be turned off here. The delay keeps a starting container's first reads

@@ -43,6 +43,7 @@ dirs = ["/k1", "/k2"]
 max_bytes = 1048576
 [fetch]
 prefetch = false
+whole_layer_bytes = 0
 background_rate = 5000000
 verify_delay_ms = 0
 verify_rate = 20000000
@@ -61,6 +62,7 @@ address = "127.0.0.1:9100"
   EXPECT_EQ(c->keys.dirs[1], "/k2");
   EXPECT_EQ(c->cache.max_bytes, 1048576u);
   EXPECT_FALSE(c->fetch.prefetch);
+  EXPECT_EQ(c->fetch.whole_layer_bytes, 0u);
   EXPECT_EQ(c->fetch.background_rate_bytes_per_sec, 5000000u);
   EXPECT_EQ(c->fetch.verify_delay_ms, 0u);
   EXPECT_EQ(c->fetch.verify_rate_bytes_per_sec, 20000000u);
@@ -97,6 +99,8 @@ TEST(Config, BadValuesNameKeyAndValue) {
   ExpectError("[cache]\nmax_bytes = 0", "cache.max_bytes", "0");
   ExpectError("[cache]\nmax_bytes = \"1G\"", "cache.max_bytes", "1G");
   ExpectError("[fetch]\nprefetch = \"yes\"", "fetch.prefetch", "yes");
+  ExpectError("[fetch]\nwhole_layer_bytes = 1073741825", "fetch.whole_layer_bytes",
+              "1073741825");
   ExpectError("[fetch]\nbackground_rate = 1.5", "fetch.background_rate", "1.5");
   ExpectError("[fetch]\nverify_delay_ms = 3600001", "fetch.verify_delay_ms", "3600001");
   ExpectError("[fetch]\nverify_delay_ms = -1", "fetch.verify_delay_ms", "-1");
@@ -159,6 +163,7 @@ TEST(Config, ShippedSampleIsValidAndStatesTheDefaults) {
   EXPECT_EQ(sample->cache.max_bytes, defaults.cache.max_bytes);
   EXPECT_EQ(sample->cache.plaintext_budget_bytes, defaults.cache.plaintext_budget_bytes);
   EXPECT_EQ(sample->fetch.open_ahead, defaults.fetch.open_ahead);
+  EXPECT_EQ(sample->fetch.whole_layer_bytes, defaults.fetch.whole_layer_bytes);
   EXPECT_EQ(sample->fetch.prefetch, defaults.fetch.prefetch);
   EXPECT_EQ(sample->fetch.background_rate_bytes_per_sec,
             defaults.fetch.background_rate_bytes_per_sec);

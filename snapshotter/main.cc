@@ -50,6 +50,7 @@ Result<std::shared_ptr<RemoteLayerHandler>> MakeLazycryptHandler(const Config& c
   opened_options.budget_bytes = config.cache.plaintext_budget_bytes;
   options.layer.cache.opened_cache = lazycrypt::cache::OpenedChunkCache::Create(opened_options);
   options.layer.prefetch = config.fetch.prefetch;
+  options.layer.whole_layer_bytes = config.fetch.whole_layer_bytes;
   options.layer.background_rate_bytes_per_sec = config.fetch.background_rate_bytes_per_sec;
   options.layer.verify = true;  // never off in the daemon (FORMAT.md §8.4)
   options.layer.verify_start_delay_ms = config.fetch.verify_delay_ms;

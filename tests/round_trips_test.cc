@@ -136,8 +136,9 @@ class RoundTrips : public ::testing::Test {
     }
   }
 
-  void StartHandler() {
+  void StartHandler(uint64_t whole_layer_bytes = 0) {
     lazylayer::SnapshotHandlerOptions o;
+    o.layer.whole_layer_bytes = whole_layer_bytes;
     o.key_dirs = {tmp_->path() / "keys"};
     o.registry = ClientOptions();
     o.store = store_;
@@ -249,6 +250,40 @@ TEST_F(RoundTrips, FirstMountOneRequestAgainNone) {
   EXPECT_EQ(BlobGets(0) - restart0, 0) << "after a restart, layer 0";
   EXPECT_EQ(BlobGets(1) - restart1, 0) << "after a restart, layer 1";
   EXPECT_EQ(ReadInMount(6, "srv/hello.txt"), "hello from the second layer\n");
+}
+
+// A layer no larger than whole_layer_bytes is read whole by its mount's one request: the
+// container's first reads of its files wait for no fetch, and a second mount costs nothing.
+TEST_F(RoundTrips, SmallLayerIsReadWholeByItsMountsOneRequest) {
+  StartHandler(/*whole_layer_bytes=*/64 << 20);
+  const int before0 = BlobGets(0), before1 = BlobGets(1);
+  Mount(0, 1);
+  Mount(1, 2);
+  EXPECT_EQ(BlobGets(0) - before0, 1) << "layer 0: one request\n" << registry_->Log();
+  EXPECT_EQ(BlobGets(1) - before1, 1) << "layer 1: one request";
+  EXPECT_EQ(ReadInMount(2, "srv/hello.txt"), "hello from the second layer\n");
+  const std::string busybox = testing::ReadFileString(targets_.at(1) / "bin" / "busybox");
+  EXPECT_GT(busybox.size(), 100000u);
+  EXPECT_EQ(BlobGets(0) - before0, 1) << "reading busybox fetched again";
+  EXPECT_EQ(BlobGets(1) - before1, 1) << "reading hello.txt fetched again";
+
+  // The same layers again (the store holds footer, TOC and chunks): no request.
+  Mount(0, 3);
+  Mount(1, 4);
+  EXPECT_EQ(ReadInMount(4, "srv/hello.txt"), "hello from the second layer\n");
+  EXPECT_EQ(testing::ReadFileString(targets_.at(3) / "bin" / "busybox"), busybox);
+  EXPECT_EQ(BlobGets(0) - before0, 1);
+  EXPECT_EQ(BlobGets(1) - before1, 1);
+}
+
+// Over the bound, only footer and TOC: the read of a file is a request of its own.
+TEST_F(RoundTrips, LayerOverTheWholeLayerBoundIsNotReadWhole) {
+  StartHandler(/*whole_layer_bytes=*/1);
+  const int before1 = BlobGets(1);
+  Mount(1, 1);
+  EXPECT_EQ(BlobGets(1) - before1, 1);
+  EXPECT_EQ(ReadInMount(1, "srv/hello.txt"), "hello from the second layer\n");
+  EXPECT_EQ(BlobGets(1) - before1, 2);
 }
 
 // The stored copy is checked on every use exactly as the registry's bytes: a stored TOC that is
