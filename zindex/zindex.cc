@@ -24,9 +24,17 @@ namespace lazycrypt::zindex {
 namespace {
 
 constexpr std::array<uint8_t, 8> kSealedMagic = {'l', 'z', 'c', 'z', 'i', 'd', 'x', 0x01};
-constexpr uint32_t kSealedVersion = 1;
-constexpr uint32_t kIndexVersion = 1;
-constexpr std::string_view kSealKeyInfoPrefix = "lazycrypt zindex v1 seal key ";
+constexpr uint32_t kSealedVersion = 2;
+constexpr uint32_t kIndexVersion = 2;
+constexpr std::string_view kCoreKeyInfoPrefix = "lazycrypt zindex v2 core key ";
+constexpr std::string_view kWindowKeyInfoPrefix = "lazycrypt zindex v2 window key ";
+constexpr std::array<uint8_t, 8> kWindowAadMagic = {'l', 'z', 'c', 'z', 'w', 'i', 'n', 0x02};
+// Header offsets (FORMAT.md §11.1).
+constexpr size_t kVersionAt = 8, kSaltAt = 12, kCoreSizeAt = 44, kCoreNonceAt = 52;
+static_assert(kCoreNonceAt + 12 == kSealedHeaderBytes);
+// A window's seal: one zstd frame (at least 1 byte) and the GCM tag.
+constexpr uint64_t kMinWindowSealedBytes = 1 + 16;
+uint64_t MaxWindowSealedBytes() { return compress::ZstdCompressor::Bound(kWindowBytes) + 16; }
 constexpr uint64_t kMinSpanBytes = uint64_t{64} << 10;
 // A span's ciphertext may exceed its uncompressed size (stored blocks, gzip headers, the trailer
 // and empty members it carries); more than this is refused on both sides.
@@ -54,24 +62,143 @@ uint64_t GetU64(const uint8_t* p) {
 
 // ---- Sealing (FORMAT.md §11.1) -----------------------------------------------------------------
 
-Result<crypto::AesGcm> SealCipher(std::span<const uint8_t> ctr_key, std::string_view layer_digest) {
+// The core key or the window key of one seal: HKDF-SHA256(layer key, seal salt, info || digest).
+// The derived key lives in a SecureBuffer (here and inside AesGcm): wiped when released.
+Result<crypto::AesGcm> SealCipher(std::span<const uint8_t> ctr_key, ByteSpan salt,
+                                  std::string_view info_prefix, std::string_view layer_digest) {
   if (ctr_key.size() != crypto::kCtrKeySize) {
     return Status::InvalidArgument("zindex: the layer key is " + Num(ctr_key.size()) +
                                    " bytes, need 32");
   }
-  std::string info(kSealKeyInfoPrefix);
+  std::string info(info_prefix);
   info += layer_digest;
-  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer key, crypto::HkdfSha256(ctr_key, {}, AsBytes(info), 32));
+  LC_ASSIGN_OR_RETURN(crypto::SecureBuffer key,
+                      crypto::HkdfSha256(ctr_key, salt, AsBytes(info), 32));
   return crypto::AesGcm::Create(key.span());
 }
 
-std::vector<uint8_t> SealAad(std::string_view layer_digest, uint64_t blob_size) {
-  std::vector<uint8_t> aad(kSealedMagic.size() + 4 + 8);
-  std::memcpy(aad.data(), kSealedMagic.data(), kSealedMagic.size());
-  PutU32(aad.data() + 8, kSealedVersion);
-  PutU64(aad.data() + 12, blob_size);
+// header[0, 52) (magic .. n) || blob size || layer digest || sealed blob total size.
+std::vector<uint8_t> CoreAad(ByteSpan header, std::string_view layer_digest, uint64_t blob_size,
+                             uint64_t sealed_size) {
+  std::vector<uint8_t> aad(header.begin(), header.begin() + kCoreNonceAt);
+  uint8_t u64[8];
+  PutU64(u64, blob_size);
+  aad.insert(aad.end(), u64, u64 + 8);
+  aad.insert(aad.end(), layer_digest.begin(), layer_digest.end());
+  PutU64(u64, sealed_size);
+  aad.insert(aad.end(), u64, u64 + 8);
+  return aad;
+}
+
+// "lzczwin" 0x02 || blob size || span u32 || window_size u32 || layer digest.
+std::vector<uint8_t> WindowAad(std::string_view layer_digest, uint64_t blob_size, uint32_t span,
+                               uint32_t window_size) {
+  std::vector<uint8_t> aad(kWindowAadMagic.size() + 8 + 4 + 4);
+  std::memcpy(aad.data(), kWindowAadMagic.data(), kWindowAadMagic.size());
+  PutU64(aad.data() + 8, blob_size);
+  PutU32(aad.data() + 16, span);
+  PutU32(aad.data() + 20, window_size);
   aad.insert(aad.end(), layer_digest.begin(), layer_digest.end());
   return aad;
+}
+
+// Span i's window nonce: u32 LE i || 8 zero bytes. Unique per window under one window key; the
+// key is unique per seal (random salt), so no (key, nonce) pair is ever used twice.
+std::array<uint8_t, crypto::kGcmNonceSize> WindowNonce(uint32_t span) {
+  std::array<uint8_t, crypto::kGcmNonceSize> nonce{};
+  PutU32(nonce.data(), span);
+  return nonce;
+}
+
+Result<std::vector<uint8_t>> SealOneWindow(const crypto::AesGcm& gcm, ByteSpan window,
+                                           uint32_t span, std::string_view layer_digest,
+                                           uint64_t blob_size, compress::ZstdCompressor& zstd) {
+  std::vector<uint8_t> sealed(compress::ZstdCompressor::Bound(window.size()) + crypto::kGcmTagSize);
+  LC_ASSIGN_OR_RETURN(size_t frame, zstd.Compress(window, sealed));
+  sealed.resize(frame + crypto::kGcmTagSize);
+  const auto nonce = WindowNonce(span);
+  const std::vector<uint8_t> aad =
+      WindowAad(layer_digest, blob_size, span, static_cast<uint32_t>(window.size()));
+  LC_RETURN_IF_ERROR(gcm.Seal(nonce, aad, ByteSpan(sealed).first(frame),
+                              MutableByteSpan(sealed).first(frame),
+                              MutableByteSpan(sealed).last(crypto::kGcmTagSize)));
+  return sealed;
+}
+
+// The checks of the fixed header that need no key (SealedCoreBytes, Open, UnsealIndex).
+Result<uint64_t> CheckHeader(ByteSpan header, uint64_t max_sealed_bytes,
+                             uint64_t max_plaintext_bytes) {
+  max_sealed_bytes = std::min(max_sealed_bytes, kMaxSealedIndexBytes);
+  max_plaintext_bytes = std::min(max_plaintext_bytes, kMaxIndexPlaintextBytes);
+  // A v1 blob's header is 24 bytes: its version is readable from 12 bytes on.
+  if (header.size() < kSaltAt) {
+    return Status::Corruption("zindex: the sealed index is " + Num(header.size()) +
+                              " bytes, too short for a header");
+  }
+  if (!std::equal(kSealedMagic.begin(), kSealedMagic.end(), header.begin())) {
+    return Status::Corruption("zindex: not a sealed lazycrypt zindex (magic is wrong)");
+  }
+  const uint32_t version = GetU32(header.data() + kVersionAt);
+  if (version == 1) {
+    return Status::Corruption("zindex version 1 is no longer read; re-run `lazycrypt index`");
+  }
+  if (version != kSealedVersion) {
+    return Status::Corruption("zindex: sealed version " + Num(version) +
+                              " is not supported (need " + Num(kSealedVersion) + ")");
+  }
+  if (header.size() < kSealedHeaderBytes) {
+    return Status::Corruption("zindex: " + Num(header.size()) + " bytes of the sealed index, need " +
+                              Num(kSealedHeaderBytes) + " for its header");
+  }
+  const uint64_t n = GetU64(header.data() + kCoreSizeAt);
+  // The core plaintext is the size prefix and a zstd frame of at most max_plaintext_bytes.
+  const uint64_t max_n = std::min<uint64_t>(
+      8 + compress::ZstdCompressor::Bound(static_cast<size_t>(max_plaintext_bytes)),
+      max_sealed_bytes > internal::kCoreOverheadBytes
+          ? max_sealed_bytes - internal::kCoreOverheadBytes
+          : 0);
+  if (n < 9 || n > max_n) {
+    return Status::Corruption("zindex: the sealed index's core is " + Num(n) + " bytes (limit " +
+                              Num(max_n) + ")");
+  }
+  return internal::kCoreOverheadBytes + n;
+}
+
+// Authenticates and decompresses the core (`core`: exactly header + sealed core) of a sealed blob
+// of `sealed_size` bytes: the serialized Index. REQUIRES CheckHeader passed on it.
+Result<std::vector<uint8_t>> UnsealCore(ByteSpan core, uint64_t sealed_size,
+                                        std::string_view layer_digest, uint64_t blob_size,
+                                        std::span<const uint8_t> ctr_key,
+                                        uint64_t max_plaintext_bytes) {
+  max_plaintext_bytes = std::min(max_plaintext_bytes, kMaxIndexPlaintextBytes);
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm,
+                      SealCipher(ctr_key, core.subspan(kSaltAt, internal::kSaltBytes),
+                                 kCoreKeyInfoPrefix, layer_digest));
+  const size_t n = core.size() - internal::kCoreOverheadBytes;
+  std::vector<uint8_t> plaintext(n);
+  crypto::ScopedWipe wipe(plaintext);
+  const std::vector<uint8_t> aad = CoreAad(core, layer_digest, blob_size, sealed_size);
+  if (Status s = gcm.Open(core.subspan(kCoreNonceAt, crypto::kGcmNonceSize), aad,
+                          core.subspan(kSealedHeaderBytes, n), core.last(crypto::kGcmTagSize),
+                          plaintext);
+      !s.ok()) {
+    if (s.code() != StatusCode::kAuthFailed) return s;
+    return Status::AuthFailed(
+        "zindex: the sealed index does not authenticate (altered, made for another layer, of "
+        "another size, or sealed with another key)");
+  }
+  const uint64_t serialized_size = GetU64(plaintext.data());
+  if (serialized_size > max_plaintext_bytes) {
+    return Status::Corruption("zindex: the index claims " + Num(serialized_size) +
+                              " bytes (limit " + Num(max_plaintext_bytes) + ")");
+  }
+  std::vector<uint8_t> serialized(static_cast<size_t>(serialized_size));
+  compress::ZstdDecompressor zstd;
+  if (Status s = zstd.DecompressExact(ByteSpan(plaintext).subspan(8), serialized); !s.ok()) {
+    crypto::ScopedWipe wipe_serialized(serialized);
+    return Status::Corruption("zindex: " + s.message());
+  }
+  return serialized;
 }
 
 // ---- zlib with wiped allocations ---------------------------------------------------------------
@@ -181,6 +308,15 @@ class IndexingInflateStream final : public InputStream {
  public:
   IndexingInflateStream(InputStream& gzip, CiphertextTee& tee, const BuildOptions& options)
       : gzip_(gzip), tee_(tee), options_(options), in_buf_(size_t{1} << 16), wipe_in_(in_buf_) {}
+  // The ring and the checkpoints' windows are plaintext (the windows of spans already sealed
+  // were wiped then).
+  ~IndexingInflateStream() {
+    OPENSSL_cleanse(ring_.data(), ring_.size());
+    if (pending_) OPENSSL_cleanse(pending_->window.data(), pending_->window.size());
+    for (BuiltSpan& s : spans_) OPENSSL_cleanse(s.at.window.data(), s.at.window.size());
+  }
+  IndexingInflateStream(const IndexingInflateStream&) = delete;
+  IndexingInflateStream& operator=(const IndexingInflateStream&) = delete;
 
   Status Init() { return inflater_.Init(31); }
 
@@ -399,18 +535,74 @@ Status RedactedTarError(const Status& s, size_t entries_before, uint64_t offset)
 
 namespace internal {
 
-// TEMPORARY (v2 header commit): the v2 seal is not implemented yet.
-Result<UnsealedIndex> UnsealIndex(ByteSpan, std::string_view, uint64_t, std::span<const uint8_t>,
-                                  uint64_t, uint64_t) {
-  return Status::Unsupported("zindex v2: UnsealIndex is not implemented yet");
+Result<UnsealedIndex> UnsealIndex(ByteSpan sealed, std::string_view layer_digest,
+                                  uint64_t blob_size, std::span<const uint8_t> ctr_key,
+                                  uint64_t max_sealed_bytes, uint64_t max_plaintext_bytes) {
+  if (sealed.size() > std::min(max_sealed_bytes, kMaxSealedIndexBytes)) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
+                              " bytes (limit " + Num(std::min(max_sealed_bytes, kMaxSealedIndexBytes)) +
+                              ")");
+  }
+  LC_ASSIGN_OR_RETURN(uint64_t core, CheckHeader(sealed, max_sealed_bytes, max_plaintext_bytes));
+  if (core > sealed.size()) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed.size()) +
+                              " bytes, its core needs " + Num(core));
+  }
+  UnsealedIndex out;
+  LC_ASSIGN_OR_RETURN(out.serialized,
+                      UnsealCore(sealed.first(static_cast<size_t>(core)), sealed.size(),
+                                 layer_digest, blob_size, ctr_key, max_plaintext_bytes));
+  std::memcpy(out.salt.data(), sealed.data() + kSaltAt, kSaltBytes);
+  out.windows_area.assign(sealed.begin() + static_cast<ptrdiff_t>(core), sealed.end());
+  return out;
 }
-Result<std::vector<uint8_t>> SealIndex(ByteSpan, const Salt&, ByteSpan, std::string_view, uint64_t,
-                                       std::span<const uint8_t>, int) {
-  return Status::Unsupported("zindex v2: SealIndex is not implemented yet");
+
+Result<std::vector<uint8_t>> SealIndex(ByteSpan serialized, const Salt& salt,
+                                       ByteSpan windows_area, std::string_view layer_digest,
+                                       uint64_t blob_size, std::span<const uint8_t> ctr_key,
+                                       int zstd_level) {
+  if (serialized.size() > kMaxIndexPlaintextBytes) {
+    return Status::InvalidArgument("zindex: the index is " + Num(serialized.size()) +
+                                   " bytes (limit " + Num(kMaxIndexPlaintextBytes) + ")");
+  }
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm,
+                      SealCipher(ctr_key, salt, kCoreKeyInfoPrefix, layer_digest));
+  compress::ZstdCompressor zstd(zstd_level);
+  std::vector<uint8_t> plaintext(8 + compress::ZstdCompressor::Bound(serialized.size()));
+  crypto::ScopedWipe wipe(plaintext);
+  PutU64(plaintext.data(), serialized.size());
+  LC_ASSIGN_OR_RETURN(size_t frame, zstd.Compress(serialized, MutableByteSpan(plaintext).subspan(8)));
+  const size_t n = 8 + frame;
+  const uint64_t total = kCoreOverheadBytes + n + windows_area.size();
+  if (total > kMaxSealedIndexBytes) {
+    return Status::InvalidArgument("zindex: the sealed index would be " + Num(total) +
+                                   " bytes (limit " + Num(kMaxSealedIndexBytes) + ")");
+  }
+  std::vector<uint8_t> sealed(static_cast<size_t>(total));
+  std::memcpy(sealed.data(), kSealedMagic.data(), kSealedMagic.size());
+  PutU32(sealed.data() + kVersionAt, kSealedVersion);
+  std::memcpy(sealed.data() + kSaltAt, salt.data(), salt.size());
+  PutU64(sealed.data() + kCoreSizeAt, n);
+  MutableByteSpan nonce = MutableByteSpan(sealed).subspan(kCoreNonceAt, crypto::kGcmNonceSize);
+  LC_RETURN_IF_ERROR(crypto::RandomBytes(nonce));
+  const std::vector<uint8_t> aad = CoreAad(sealed, layer_digest, blob_size, total);
+  LC_RETURN_IF_ERROR(gcm.Seal(nonce, aad, ByteSpan(plaintext).first(n),
+                              MutableByteSpan(sealed).subspan(kSealedHeaderBytes, n),
+                              MutableByteSpan(sealed).subspan(kSealedHeaderBytes + n,
+                                                              crypto::kGcmTagSize)));
+  if (!windows_area.empty()) {
+    std::memcpy(sealed.data() + kCoreOverheadBytes + n, windows_area.data(), windows_area.size());
+  }
+  return sealed;
 }
-Result<std::vector<uint8_t>> SealWindow(ByteSpan, uint32_t, const Salt&, std::string_view, uint64_t,
-                                        std::span<const uint8_t>, int) {
-  return Status::Unsupported("zindex v2: SealWindow is not implemented yet");
+
+Result<std::vector<uint8_t>> SealWindow(ByteSpan window, uint32_t span, const Salt& salt,
+                                        std::string_view layer_digest, uint64_t blob_size,
+                                        std::span<const uint8_t> ctr_key, int zstd_level) {
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm,
+                      SealCipher(ctr_key, salt, kWindowKeyInfoPrefix, layer_digest));
+  compress::ZstdCompressor zstd(zstd_level);
+  return SealOneWindow(gcm, window, span, layer_digest, blob_size, zstd);
 }
 
 }  // namespace internal
@@ -464,7 +656,7 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
 
   toc.tar_size = stream.tar_size();
   toc.diff_id = stream.diff_id();
-  const std::vector<BuiltSpan>& spans = stream.spans();
+  std::vector<BuiltSpan>& spans = stream.spans();
   for (size_t i = 0; i < spans.size(); ++i) {
     format::ChunkInfo c;
     c.index = i;
@@ -476,17 +668,35 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   }
   index.set_tar_size(toc.tar_size);
   index.set_tar_sha256(toc.diff_id.data(), toc.diff_id.size());
+  // A fresh salt per seal: fresh core and window keys, so span-numbered window nonces are never
+  // reused under one key (two seals of one layer, by two key holders or with two span sizes).
+  internal::Salt salt;
+  LC_RETURN_IF_ERROR(crypto::RandomBytes(salt));
+  LC_ASSIGN_OR_RETURN(crypto::AesGcm window_gcm,
+                      SealCipher(cipher.key.span(), salt, kWindowKeyInfoPrefix, encrypted.digest));
   compress::ZstdCompressor zstd(options.zstd_level);
-  std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(kWindowBytes));
-  crypto::ScopedWipe wipe_frame(frame);
-  for (const BuiltSpan& s : spans) {
+  std::vector<uint8_t> windows_area;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    BuiltSpan& s = spans[i];
     zindex::v2::Span* p = index.add_spans();
     p->set_in_offset(s.at.in);
     p->set_in_bits(s.at.bits);
     p->set_out_offset(s.at.out);
     p->set_member_start(s.at.member_start);
     p->set_window_size(static_cast<uint32_t>(s.at.window.size()));
-    (void)zstd;  // TEMPORARY (v2 header commit): windows are not sealed yet
+    if (!s.at.window.empty()) {
+      LC_ASSIGN_OR_RETURN(std::vector<uint8_t> sealed_window,
+                          SealOneWindow(window_gcm, s.at.window, static_cast<uint32_t>(i),
+                                        encrypted.digest, encrypted.size, zstd));
+      OPENSSL_cleanse(s.at.window.data(), s.at.window.size());  // plaintext, no longer needed
+      p->set_window_offset(windows_area.size());
+      p->set_window_sealed_size(static_cast<uint32_t>(sealed_window.size()));
+      windows_area.insert(windows_area.end(), sealed_window.begin(), sealed_window.end());
+      if (windows_area.size() > kMaxSealedIndexBytes) {
+        return Status::Unsupported("zindex: the windows alone exceed " +
+                                   Num(kMaxSealedIndexBytes) + " bytes (use larger spans)");
+      }
+    }
     p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
   }
   for (const format::Entry& e : toc.entries) format::EntryToProto(e, index.add_entries());
@@ -502,7 +712,8 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   std::vector<uint8_t> bytes(serialized.begin(), serialized.end());
   crypto::ScopedWipe wipe_bytes(bytes);
   OPENSSL_cleanse(serialized.data(), serialized.size());
-  return Status::Unsupported("zindex v2: BuildSealedIndex is not implemented yet");
+  return internal::SealIndex(bytes, salt, windows_area, encrypted.digest, encrypted.size,
+                             cipher.key.span(), options.zstd_level);
 }
 
 // ---- OpenedIndex -------------------------------------------------------------------------------
@@ -510,36 +721,35 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
 struct OpenedIndex::Impl {
   crypto::SecureBuffer key;
   std::vector<uint8_t> nonce;
+  // The window key of this seal (its key bytes are a SecureBuffer inside AesGcm).
+  std::optional<crypto::AesGcm> window_gcm;
   std::shared_ptr<const format::LayerIndex> layer_index;
+  std::string layer_digest;
   std::string diff_id;
   uint64_t tar_size = 0;
   uint64_t blob_size = 0;
+  uint64_t sealed_size = 0;
+  uint64_t sealed_core_bytes = 0;
   struct Span {
     uint64_t in = 0;
     uint32_t bits = 0;
     uint64_t out = 0, out_size = 0;
     Range ciphertext;
     uint32_t window_size = 0;
-    std::string window_zstd;
+    Range window;  // absolute in the sealed blob
     crypto::Sha256Digest sha256{};
   };
   std::vector<Span> spans;
-
-  // A window is the 32 KiB of plaintext before its checkpoint (compressed): wiped when the
-  // index goes (or when Open refuses it).
-  ~Impl() {
-    for (Span& s : spans) OPENSSL_cleanse(s.window_zstd.data(), s.window_zstd.size());
-  }
 };
 
 OpenedIndex::OpenedIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OpenedIndex::~OpenedIndex() = default;
 
-Result<uint64_t> SealedCoreBytes(ByteSpan, const Limits&) {
-  return Status::Unsupported("zindex v2: SealedCoreBytes is not implemented yet");
+Result<uint64_t> SealedCoreBytes(ByteSpan header, const Limits& limits) {
+  return CheckHeader(header, limits.max_sealed_bytes, limits.max_plaintext_bytes);
 }
 
-Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
+Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_prefix,
                                                              uint64_t sealed_size,
                                                              const image::Descriptor& encrypted,
                                                              const image::OcicryptLayerCipher& cipher,
@@ -548,9 +758,25 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
     return Status::InvalidArgument("zindex: the layer nonce is " + Num(cipher.nonce.size()) +
                                    " bytes, need 16");
   }
-  (void)sealed_size;
-  return Status::Unsupported("zindex v2: Open is not implemented yet");
-  std::vector<uint8_t> serialized;
+  const uint64_t max_sealed_bytes = std::min(limits.max_sealed_bytes, kMaxSealedIndexBytes);
+  if (sealed_size > max_sealed_bytes) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed_size) +
+                              " bytes (limit " + Num(max_sealed_bytes) + ")");
+  }
+  LC_ASSIGN_OR_RETURN(const uint64_t core_bytes, SealedCoreBytes(sealed_prefix, limits));
+  if (core_bytes > sealed_size) {
+    return Status::Corruption("zindex: the sealed index is " + Num(sealed_size) +
+                              " bytes, but its header says its core alone is " + Num(core_bytes));
+  }
+  if (sealed_prefix.size() < core_bytes) {
+    return Status::Corruption("zindex: " + Num(sealed_prefix.size()) +
+                              " bytes of the sealed index given, its core needs " +
+                              Num(core_bytes) + " (SealedCoreBytes)");
+  }
+  const ByteSpan core = sealed_prefix.first(static_cast<size_t>(core_bytes));
+  LC_ASSIGN_OR_RETURN(std::vector<uint8_t> serialized,
+                      UnsealCore(core, sealed_size, encrypted.digest, encrypted.size,
+                                 cipher.key.span(), limits.max_plaintext_bytes));
   crypto::ScopedWipe wipe_serialized(serialized);
   zindex::v2::Index index;
   ScopedIndexWipe wipe_index(index);
@@ -586,6 +812,8 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
   auto impl = std::make_unique<Impl>();
   impl->spans.resize(span_count);
   uint64_t member_out = 0;
+  const uint64_t windows_area_bytes = sealed_size - core_bytes;
+  uint64_t windows_end = 0;  // in the windows area
   for (size_t i = 0; i < span_count; ++i) {
     const zindex::v2::Span& p = index.spans(static_cast<int>(i));
     Impl::Span& s = impl->spans[i];
@@ -617,11 +845,39 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
       return Status::Corruption(what + "window of " + Num(s.window_size) + " bytes, need " +
                                 Num(expected_window));
     }
+    // The windows area: each span's sealed window in span order, contiguous, to the blob's end.
+    if (s.window_size == 0) {
+      if (p.window_offset() != 0 || p.window_sealed_size() != 0) {
+        return Status::Corruption(what + "a sealed window for a span without a window");
+      }
+    } else {
+      if (p.window_sealed_size() < kMinWindowSealedBytes ||
+          p.window_sealed_size() > MaxWindowSealedBytes()) {
+        return Status::Corruption(what + "sealed window of " + Num(p.window_sealed_size()) +
+                                  " bytes is impossible (" + Num(kMinWindowSealedBytes) + ".." +
+                                  Num(MaxWindowSealedBytes()) + ")");
+      }
+      if (p.window_offset() != windows_end) {
+        return Status::Corruption(what + "sealed window at " + Num(p.window_offset()) +
+                                  " of the windows area, need " + Num(windows_end) +
+                                  " (windows are contiguous, in span order)");
+      }
+      if (p.window_sealed_size() > windows_area_bytes - windows_end) {
+        return Status::Corruption(what + "sealed window ends past the end of the sealed index");
+      }
+      s.window = Range{core_bytes + windows_end, p.window_sealed_size()};
+      windows_end += p.window_sealed_size();
+    }
     if (p.ciphertext_sha256().size() != s.sha256.size()) {
       return Status::Corruption(what + "ciphertext digest is " +
                                 Num(p.ciphertext_sha256().size()) + " bytes, need 32");
     }
     std::memcpy(s.sha256.data(), p.ciphertext_sha256().data(), s.sha256.size());
+  }
+  if (windows_end != windows_area_bytes) {
+    return Status::Corruption("zindex: the windows end at " + Num(windows_end) +
+                              " of a windows area of " + Num(windows_area_bytes) +
+                              " bytes (the sealed index's size is wrong)");
   }
   for (size_t i = 0; i < span_count; ++i) {
     Impl::Span& s = impl->spans[i];
@@ -663,7 +919,13 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed,
   }
   LC_ASSIGN_OR_RETURN(impl->layer_index,
                       format::LayerIndex::FromVerifiedForeignToc(
-                          std::move(toc), crypto::Sha256::Of(sealed), blob_size));
+                          std::move(toc), crypto::Sha256::Of(core), blob_size));
+  LC_ASSIGN_OR_RETURN(impl->window_gcm,
+                      SealCipher(cipher.key.span(), core.subspan(kSaltAt, internal::kSaltBytes),
+                                 kWindowKeyInfoPrefix, encrypted.digest));
+  impl->layer_digest = encrypted.digest;
+  impl->sealed_size = sealed_size;
+  impl->sealed_core_bytes = core_bytes;
   impl->key = cipher.key.Clone();
   impl->nonce = cipher.nonce;
   impl->diff_id = crypto::OciDigest(impl->layer_index->diff_id());
@@ -686,14 +948,12 @@ const std::string& OpenedIndex::diff_id() const { return impl_->diff_id; }
 uint64_t OpenedIndex::tar_size() const { return impl_->tar_size; }
 uint64_t OpenedIndex::blob_size() const { return impl_->blob_size; }
 
-uint64_t OpenedIndex::sealed_size() const { return 0; }
-uint64_t OpenedIndex::sealed_core_bytes() const { return 0; }
-OpenedIndex::Range OpenedIndex::span_window(size_t) const { return Range{}; }
+uint64_t OpenedIndex::sealed_size() const { return impl_->sealed_size; }
+uint64_t OpenedIndex::sealed_core_bytes() const { return impl_->sealed_core_bytes; }
+OpenedIndex::Range OpenedIndex::span_window(size_t i) const { return impl_->spans[i].window; }
 
 Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan ciphertext,
                                                      ByteSpan sealed_window) const {
-  (void)sealed_window;
-  return Status::Unsupported("zindex v2: DecodeSpan is not implemented yet");
   if (i >= impl_->spans.size()) {
     return Status::InvalidArgument("zindex: span " + Num(i) + " of " +
                                    Num(impl_->spans.size()));
@@ -704,8 +964,31 @@ Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan cipherte
     return Status::InvalidArgument(what + Num(ciphertext.size()) + " ciphertext bytes given, need " +
                                    Num(s.ciphertext.size));
   }
+  if (sealed_window.size() != s.window.size) {
+    return Status::InvalidArgument(what + Num(sealed_window.size()) +
+                                   " sealed window bytes given, need " + Num(s.window.size));
+  }
   if (!crypto::ConstantTimeEquals(crypto::Sha256::Of(ciphertext), s.sha256)) {
     return Status::AuthFailed("zindex: span " + Num(i) + " digest mismatch");
+  }
+  // The window is authenticated and decompressed before anything is decrypted or inflated.
+  crypto::SecureBuffer window(s.window_size);
+  if (s.window_size != 0) {
+    const size_t frame_size = sealed_window.size() - crypto::kGcmTagSize;
+    crypto::SecureBuffer frame(frame_size);
+    const auto nonce = WindowNonce(static_cast<uint32_t>(i));
+    const std::vector<uint8_t> aad =
+        WindowAad(impl_->layer_digest, impl_->blob_size, static_cast<uint32_t>(i), s.window_size);
+    if (Status st = impl_->window_gcm->Open(nonce, aad, sealed_window.first(frame_size),
+                                            sealed_window.last(crypto::kGcmTagSize), frame.span());
+        !st.ok()) {
+      if (st.code() != StatusCode::kAuthFailed) return st;
+      return Status::AuthFailed("zindex: span " + Num(i) + " window does not authenticate");
+    }
+    compress::ZstdDecompressor zstd;
+    if (Status st = zstd.DecompressExact(frame.span(), window.span()); !st.ok()) {
+      return Status::Corruption(what + "window: " + st.message());
+    }
   }
   crypto::SecureBuffer gzip(ciphertext.size());
   LC_RETURN_IF_ERROR(crypto::AesCtrXorAt(impl_->key.span(), impl_->nonce, s.ciphertext.offset,
@@ -722,11 +1005,6 @@ Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan cipherte
     }
   }
   if (s.window_size != 0) {
-    crypto::SecureBuffer window(s.window_size);
-    compress::ZstdDecompressor zstd;
-    if (Status st = zstd.DecompressExact(AsBytes(s.window_zstd), window.span()); !st.ok()) {
-      return Status::Corruption(what + "window: " + st.message());
-    }
     if (inflateSetDictionary(&strm, window.data(), static_cast<uInt>(window.size())) != Z_OK) {
       return Status::Internal("zlib: inflateSetDictionary failed");
     }

@@ -1,8 +1,11 @@
 // libFuzzer target: OpenedIndex::Open and DecodeSpan on hostile index contents. The input is a
-// serialized Index proto (zindex.proto), sealed by the harness with the fixed layer's key (what
-// any key holder can do), then opened for that layer (zindex_fuzz_fixture.h). When it opens, each
-// span's digest is replaced by the digest of what the layer holds at its range and the index is
-// sealed and opened again, so hostile checkpoints (bits, windows, offsets) reach inflate.
+// serialized Index proto (zindex.proto: the core of a v2 sealed index), sealed by the harness with
+// the fixed layer's key (what any key holder can do) with a windows area of real sealed windows
+// (SealFuzzIndex, zindex_fuzz_fixture.h), the proto's window offsets left as the input has them;
+// then opened for that layer, also from its core prefix alone. When it opens, each span's digest
+// is replaced by the digest of what the layer holds at its range, the window offsets are pinned,
+// and the index is sealed and opened again, so hostile checkpoints (bits, window sizes, offsets)
+// reach inflate; every window is also given for the wrong span, which must never decode.
 // Seeds: fuzz_corpus/ (real indexes of the fixed layer, written by zindex_test's
 // ZindexFuzzSeeds test with LAZYCRYPT_ZINDEX_WRITE_SEEDS=<dir>).
 #include <cstdint>
@@ -23,15 +26,16 @@ const fuzzing::FuzzLayer& Layer() {
   return *layer;
 }
 
-Result<std::shared_ptr<const OpenedIndex>> SealAndOpen(ByteSpan serialized) {
-  const fuzzing::FuzzLayer& layer = Layer();
-  auto sealed = internal::SealSerializedIndex(serialized, layer.encrypted.digest,
-                                              layer.encrypted.size, layer.cipher.key.span());
-  if (!sealed.ok()) return sealed.status();
+Limits FuzzLimits() {
   Limits limits;
   limits.max_spans = 4096;
   limits.max_entries = 4096;
-  return OpenedIndex::Open(*sealed, layer.encrypted, layer.cipher, limits);
+  return limits;
+}
+
+Result<std::shared_ptr<const OpenedIndex>> Open(ByteSpan sealed) {
+  const fuzzing::FuzzLayer& layer = Layer();
+  return OpenedIndex::Open(sealed, sealed.size(), layer.encrypted, layer.cipher, FuzzLimits());
 }
 
 void CheckInvariants(const OpenedIndex& index) {
@@ -53,10 +57,26 @@ void CheckInvariants(const OpenedIndex& index) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto opened = SealAndOpen(ByteSpan(data, size));
+  auto sealed = fuzzing::SealFuzzIndex(Layer(), ByteSpan(data, size), /*pin_windows=*/false);
+  if (!sealed.ok()) return 0;
+  auto opened = Open(*sealed);
   if (!opened.ok()) return 0;
   CheckInvariants(**opened);
-  zindex::v1::Index proto;
+  // The core prefix alone opens the same index; one byte less never does.
+  const uint64_t core = (*opened)->sealed_core_bytes();
+  auto hinted = SealedCoreBytes(*sealed, FuzzLimits());
+  if (!hinted.ok() || *hinted != core || core > sealed->size()) std::abort();
+  if (!OpenedIndex::Open(ByteSpan(*sealed).first(core), sealed->size(), Layer().encrypted,
+                         Layer().cipher, FuzzLimits())
+           .ok()) {
+    std::abort();
+  }
+  if (OpenedIndex::Open(ByteSpan(*sealed).first(core - 1), sealed->size(), Layer().encrypted,
+                        Layer().cipher, FuzzLimits())
+          .ok()) {
+    std::abort();
+  }
+  zindex::v2::Index proto;
   if (!proto.ParseFromArray(data, static_cast<int>(size))) std::abort();  // Open parsed it
   const std::vector<uint8_t>& blob = Layer().blob;
   for (size_t i = 0; i < (*opened)->span_count(); ++i) {
@@ -65,12 +85,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     proto.mutable_spans(static_cast<int>(i))->set_ciphertext_sha256(d.data(), d.size());
   }
   const std::string pinned = proto.SerializeAsString();
-  auto reopened = SealAndOpen(AsBytes(pinned));
-  if (!reopened.ok()) std::abort();  // only digests changed
-  for (size_t i = 0; i < (*reopened)->span_count() && i < 16; ++i) {
-    OpenedIndex::Range c = (*reopened)->span_ciphertext(i);
-    auto plain = (*reopened)->DecodeSpan(i, ByteSpan(blob).subspan(c.offset, c.size));
-    if (plain.ok() && plain->size() != (*reopened)->span_uncompressed(i).size) std::abort();
+  auto resealed = fuzzing::SealFuzzIndex(Layer(), AsBytes(pinned), /*pin_windows=*/true);
+  if (!resealed.ok()) std::abort();
+  auto reopened = Open(*resealed);
+  if (!reopened.ok()) std::abort();  // only digests and window places changed
+  const OpenedIndex& index = **reopened;
+  for (size_t i = 0; i < index.span_count() && i < 16; ++i) {
+    OpenedIndex::Range c = index.span_ciphertext(i), w = index.span_window(i);
+    if (w.size != 0 &&
+        (w.offset < index.sealed_core_bytes() || w.offset + w.size > resealed->size())) {
+      std::abort();
+    }
+    const ByteSpan ciphertext = ByteSpan(blob).subspan(c.offset, c.size);
+    auto plain = index.DecodeSpan(i, ciphertext, ByteSpan(*resealed).subspan(w.offset, w.size));
+    if (plain.ok() && plain->size() != index.span_uncompressed(i).size) std::abort();
+    // Span i's neighbour's window, when it has the same size, is never accepted for span i.
+    const size_t j = i + 1;
+    if (j < index.span_count() && index.span_window(j).size == w.size && w.size != 0) {
+      OpenedIndex::Range wj = index.span_window(j);
+      auto swapped = index.DecodeSpan(i, ciphertext, ByteSpan(*resealed).subspan(wj.offset, wj.size));
+      if (swapped.ok() || swapped.status().code() != StatusCode::kAuthFailed) std::abort();
+    }
   }
   return 0;
 }

@@ -1,6 +1,8 @@
 // A fixed, deterministic ocicrypt layer (a tar of a few files, gzip in two members, AES-CTR under
 // a fixed key) shared by zindex_fuzz.cc and the test that writes and checks its seed corpus, so
-// the committed seeds are indexes of exactly this layer. Test-only: the key is public.
+// the committed seeds are indexes (serialized Index protos, the core) of exactly this layer; and
+// SealFuzzIndex, which seals such a core with the windows it names into a whole sealed blob.
+// Test-only: the key and the salt are public.
 #pragma once
 
 #include <zlib.h>
@@ -15,6 +17,9 @@
 #include "crypto/secure_buffer.h"
 #include "image/layer.h"
 #include "tar/tar_writer.h"
+#include "zindex/zindex.h"
+#include "zindex/zindex.pb.h"
+#include "zindex/zindex_internal.h"
 
 namespace lazycrypt::zindex::fuzzing {
 
@@ -90,6 +95,50 @@ inline FuzzLayer MakeFuzzLayer() {
   layer.encrypted.digest = crypto::OciDigest(crypto::Sha256::Of(layer.blob));
   layer.encrypted.size = layer.blob.size();
   return layer;
+}
+
+// A whole sealed blob for `serialized` (an Index proto, possibly hostile) under the layer's key
+// and a fixed salt: each span with 0 < window_size <= 32 KiB gets a window sealed as a maker
+// would, holding the tar bytes before its out_offset (zeros where there are none), in span order
+// in the windows area. With `pin_windows`, the proto's window_offset/window_sealed_size are set
+// to where they are (*pinned gets the proto as sealed); without, they are left as given, so Open
+// sees hostile window offsets against a real windows area. A proto that does not parse is sealed
+// as given with an empty windows area.
+inline Result<std::vector<uint8_t>> SealFuzzIndex(const FuzzLayer& layer, ByteSpan serialized,
+                                                  bool pin_windows,
+                                                  std::string* pinned = nullptr) {
+  internal::Salt salt;
+  salt.fill(0x33);
+  v2::Index proto;
+  if (!proto.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {
+    return internal::SealIndex(serialized, salt, {}, layer.encrypted.digest, layer.encrypted.size,
+                               layer.cipher.key.span());
+  }
+  std::vector<uint8_t> windows_area;
+  std::vector<uint8_t> window;
+  for (int i = 0; i < proto.spans_size(); ++i) {
+    v2::Span* span = proto.mutable_spans(i);
+    const uint64_t size = span->window_size(), out = span->out_offset();
+    if (size == 0 || size > kWindowBytes) continue;
+    window.assign(static_cast<size_t>(size), 0);
+    if (out >= size && out <= layer.tar.size()) {
+      std::memcpy(window.data(), layer.tar.data() + (out - size), static_cast<size_t>(size));
+    }
+    auto sealed = internal::SealWindow(window, static_cast<uint32_t>(i), salt,
+                                       layer.encrypted.digest, layer.encrypted.size,
+                                       layer.cipher.key.span());
+    if (!sealed.ok()) return sealed.status();
+    if (pin_windows) {
+      span->set_window_offset(windows_area.size());
+      span->set_window_sealed_size(static_cast<uint32_t>(sealed->size()));
+    }
+    windows_area.insert(windows_area.end(), sealed->begin(), sealed->end());
+  }
+  std::string bytes = pin_windows ? proto.SerializeAsString()
+                                  : std::string(serialized.begin(), serialized.end());
+  if (pinned != nullptr) *pinned = bytes;
+  return internal::SealIndex(AsBytes(bytes), salt, windows_area, layer.encrypted.digest,
+                             layer.encrypted.size, layer.cipher.key.span());
 }
 
 }  // namespace lazycrypt::zindex::fuzzing

@@ -1,6 +1,8 @@
 // zindex: layers made by real tar + gzip / pigz (and multi-member gzip, and the project's eStargz
 // writer), encrypted as ocicrypt does (image::EncryptOcicryptLayer, AES-CTR + HMAC, keys wrapped
-// for a real EC key pair), indexed, opened and decoded span by span; then hostile variants.
+// for a real EC key pair), indexed, opened (from the whole sealed blob and from its core prefix
+// alone) and decoded span by span with each span's sealed window; then hostile variants: of the
+// core, of the windows and of what a registry serves for their ranges.
 #include "zindex/zindex.h"
 
 #include <gtest/gtest.h>
@@ -122,14 +124,34 @@ class ZindexTest : public ::testing::Test {
     OpenedIndex::Range r = index.span_ciphertext(i);
     return ByteSpan(layer.encrypted).subspan(r.offset, r.size);
   }
+  // Span i's sealed window: its range of the sealed blob.
+  static ByteSpan WindowBytes(ByteSpan sealed, const OpenedIndex& index, size_t i) {
+    OpenedIndex::Range r = index.span_window(i);
+    return sealed.subspan(r.offset, r.size);
+  }
+  // Open with the whole sealed blob (its size is the blob's).
+  static Result<std::shared_ptr<const OpenedIndex>> OpenAll(ByteSpan sealed,
+                                                            const image::Descriptor& descriptor,
+                                                            const image::OcicryptLayerCipher& cipher,
+                                                            const Limits& limits = {}) {
+    return OpenedIndex::Open(sealed, sealed.size(), descriptor, cipher, limits);
+  }
 
   // Every span decodes to exactly its bytes of the tar; they tile it; the entries are the tar's.
   static void ExpectServesTheLayer(const Layer& layer, uint64_t span_bytes, size_t min_spans) {
     auto sealed = Build(layer, span_bytes);
     ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-    auto index = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+    // Opened from its core prefix alone, as a node does (the windows are fetched by range later).
+    auto core = SealedCoreBytes(ByteSpan(*sealed).first(kSealedHeaderBytes));
+    ASSERT_TRUE(core.ok()) << core.status().ToString();
+    ASSERT_LE(*core, sealed->size());
+    auto index = OpenedIndex::Open(ByteSpan(*sealed).first(*core), sealed->size(),
+                                   layer.descriptor, Cipher(layer));
     ASSERT_TRUE(index.ok()) << index.status().ToString();
     const OpenedIndex& idx = **index;
+    EXPECT_EQ(idx.sealed_size(), sealed->size());
+    EXPECT_EQ(idx.sealed_core_bytes(), *core);
+    uint64_t windows_end = *core;  // the windows area: contiguous, in span order, to the end
     EXPECT_GE(idx.span_count(), min_spans);
     EXPECT_EQ(idx.tar_size(), layer.tar.size());
     EXPECT_EQ(idx.blob_size(), layer.encrypted.size());
@@ -145,7 +167,17 @@ class ZindexTest : public ::testing::Test {
       EXPECT_LE(c.offset, ciphertext_end);
       EXPECT_GE(c.offset + 1, ciphertext_end);
       ciphertext_end = c.offset + c.size;
-      auto plain = idx.DecodeSpan(i, SpanBytes(layer, idx, i));
+      OpenedIndex::Range w = idx.span_window(i);
+      if (i == 0) {
+        EXPECT_EQ(w.size, 0u);  // the first member's start: no window
+      }
+      if (w.size != 0) {
+        EXPECT_EQ(w.offset, windows_end) << "span " << i;
+        windows_end = w.offset + w.size;
+      } else {
+        EXPECT_EQ(w.offset, 0u) << "span " << i;
+      }
+      auto plain = idx.DecodeSpan(i, SpanBytes(layer, idx, i), WindowBytes(*sealed, idx, i));
       ASSERT_TRUE(plain.ok()) << "span " << i << ": " << plain.status().ToString();
       ASSERT_EQ(plain->size(), u.size);
       ASSERT_TRUE(std::equal(plain->span().begin(), plain->span().end(),
@@ -155,6 +187,7 @@ class ZindexTest : public ::testing::Test {
     }
     EXPECT_EQ(out, layer.tar.size());
     EXPECT_EQ(ciphertext_end, layer.encrypted.size());
+    EXPECT_EQ(windows_end, sealed->size());
     ExpectEntriesAreTheTars(layer, *sealed, idx);
   }
 
@@ -171,12 +204,12 @@ class ZindexTest : public ::testing::Test {
       expected.push_back(std::move(*e));
     }
     auto cipher = Cipher(layer);
-    auto serialized = internal::UnsealSerializedIndex(sealed, layer.descriptor.digest,
-                                                      layer.descriptor.size, cipher.key.span(),
-                                                      kMaxSealedIndexBytes, kMaxIndexPlaintextBytes);
-    ASSERT_TRUE(serialized.ok()) << serialized.status().ToString();
-    v1::Index proto;
-    ASSERT_TRUE(proto.ParseFromArray(serialized->data(), static_cast<int>(serialized->size())));
+    auto unsealed = internal::UnsealIndex(sealed, layer.descriptor.digest, layer.descriptor.size,
+                                          cipher.key.span());
+    ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    v2::Index proto;
+    ASSERT_TRUE(proto.ParseFromArray(unsealed->serialized.data(),
+                                     static_cast<int>(unsealed->serialized.size())));
     ASSERT_EQ(static_cast<size_t>(proto.entries_size()), expected.size());
     EXPECT_EQ(idx.layer_index()->entries().size(), expected.size());
     bool saw_xattr = false, saw_hardlink = false, saw_symlink = false;
@@ -200,23 +233,28 @@ class ZindexTest : public ::testing::Test {
     if (!saw_xattr) std::fprintf(stderr, "note: the tmp file system took no user xattr\n");
   }
 
-  // The layer's index proto, edited by `edit`, sealed again with the layer's key: what a key
-  // holder could craft.
+  // The layer's index proto, edited by `edit`, sealed again with the layer's key, same salt,
+  // and the windows area edited by `edit_windows`: what a key holder could craft.
   template <typename Edit>
-  static std::vector<uint8_t> Craft(const Layer& layer, ByteSpan sealed, Edit edit) {
+  static std::vector<uint8_t> Craft(
+      const Layer& layer, ByteSpan sealed, Edit edit,
+      const std::function<void(std::vector<uint8_t>&)>& edit_windows = {}) {
     auto cipher = Cipher(layer);
-    auto serialized = internal::UnsealSerializedIndex(sealed, layer.descriptor.digest,
-                                                      layer.descriptor.size, cipher.key.span(),
-                                                      kMaxSealedIndexBytes, kMaxIndexPlaintextBytes);
-    EXPECT_TRUE(serialized.ok()) << serialized.status().ToString();
-    v1::Index proto;
-    EXPECT_TRUE(proto.ParseFromArray(serialized->data(), static_cast<int>(serialized->size())));
+    auto unsealed = internal::UnsealIndex(sealed, layer.descriptor.digest, layer.descriptor.size,
+                                          cipher.key.span());
+    EXPECT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    if (!unsealed.ok()) return {};
+    v2::Index proto;
+    EXPECT_TRUE(proto.ParseFromArray(unsealed->serialized.data(),
+                                     static_cast<int>(unsealed->serialized.size())));
     edit(proto);
+    if (edit_windows) edit_windows(unsealed->windows_area);
     std::string bytes = proto.SerializeAsString();
-    auto resealed = internal::SealSerializedIndex(AsBytes(bytes), layer.descriptor.digest,
-                                                  layer.descriptor.size, cipher.key.span());
+    auto resealed = internal::SealIndex(AsBytes(bytes), unsealed->salt, unsealed->windows_area,
+                                        layer.descriptor.digest, layer.descriptor.size,
+                                        cipher.key.span());
     EXPECT_TRUE(resealed.ok()) << resealed.status().ToString();
-    return *resealed;
+    return resealed.ok() ? *resealed : std::vector<uint8_t>{};
   }
 
   static TempDir* tmp_;
@@ -281,7 +319,7 @@ TEST_F(ZindexTest, FlippedCiphertextByteInASpanIsAuthFailedNamingTheSpan) {
   Layer layer = MakeLayer("gzip -6 -n");
   auto sealed = Build(layer);
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  auto index = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+  auto index = OpenAll(*sealed, layer.descriptor, Cipher(layer));
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   const OpenedIndex& idx = **index;
   ASSERT_GE(idx.span_count(), 4u);
@@ -289,7 +327,7 @@ TEST_F(ZindexTest, FlippedCiphertextByteInASpanIsAuthFailedNamingTheSpan) {
     std::vector<uint8_t> bytes(SpanBytes(layer, idx, i).begin(), SpanBytes(layer, idx, i).end());
     for (size_t at : {size_t{0}, bytes.size() / 2, bytes.size() - 1}) {
       bytes[at] ^= 0x20;
-      auto plain = idx.DecodeSpan(i, bytes);
+      auto plain = idx.DecodeSpan(i, bytes, WindowBytes(*sealed, idx, i));
       ASSERT_FALSE(plain.ok());
       EXPECT_EQ(plain.status().code(), StatusCode::kAuthFailed);
       EXPECT_NE(plain.status().message().find("span " + std::to_string(i) + " digest mismatch"),
@@ -299,66 +337,280 @@ TEST_F(ZindexTest, FlippedCiphertextByteInASpanIsAuthFailedNamingTheSpan) {
     }
   }
   // Another span's (correct) bytes in place of span 1's: refused too, even at the right size.
-  auto swapped = idx.DecodeSpan(1, SpanBytes(layer, idx, 2).first(idx.span_ciphertext(1).size));
+  auto swapped = idx.DecodeSpan(1, SpanBytes(layer, idx, 2).first(idx.span_ciphertext(1).size),
+                                WindowBytes(*sealed, idx, 1));
   if (idx.span_ciphertext(2).size >= idx.span_ciphertext(1).size) {
     EXPECT_EQ(swapped.status().code(), StatusCode::kAuthFailed);
   }
   // Wrong size: the caller's mistake.
-  auto short_read = idx.DecodeSpan(1, SpanBytes(layer, idx, 1).first(10));
+  auto short_read = idx.DecodeSpan(1, SpanBytes(layer, idx, 1).first(10), WindowBytes(*sealed, idx, 1));
   EXPECT_EQ(short_read.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(idx.DecodeSpan(idx.span_count(), {}).status().code(), StatusCode::kInvalidArgument);
+  auto short_window =
+      idx.DecodeSpan(1, SpanBytes(layer, idx, 1), WindowBytes(*sealed, idx, 1).first(10));
+  EXPECT_EQ(short_window.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(idx.DecodeSpan(idx.span_count(), {}, {}).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(ZindexTest, TamperedSealedIndexIsRefused) {
   Layer layer = MakeLayer("gzip -6 -n");
   auto sealed = Build(layer);
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  ASSERT_TRUE(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer)).ok());
-  // Every byte class: magic, version, nonce, ciphertext (start, middle, end), tag.
+  ASSERT_TRUE(OpenAll(*sealed, layer.descriptor, Cipher(layer)).ok());
+  auto core_bytes = SealedCoreBytes(*sealed);
+  ASSERT_TRUE(core_bytes.ok()) << core_bytes.status().ToString();
+  const size_t core = static_cast<size_t>(*core_bytes);
+  // Every byte class of header and core: magic, version, salt, core length, nonce, core
+  // ciphertext (start, middle, end), tag.
   const size_t n = sealed->size();
-  for (size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{12}, size_t{23}, size_t{24}, n / 2,
-                    n - 17, n - 16, n - 1}) {
+  for (size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{12}, size_t{43}, size_t{44},
+                    size_t{52}, size_t{63}, size_t{64}, core / 2, core - 17, core - 16, core - 1}) {
     std::vector<uint8_t> bad = *sealed;
     bad[at] ^= 0x01;
-    auto opened = OpenedIndex::Open(bad, layer.descriptor, Cipher(layer));
+    auto opened = OpenAll(bad, layer.descriptor, Cipher(layer));
     ASSERT_FALSE(opened.ok()) << "byte " << at;
     // The header is checked before the key is used; everything after it is authenticated.
     EXPECT_EQ(opened.status().code(), at < 12 ? StatusCode::kCorruption : StatusCode::kAuthFailed)
         << "byte " << at << ": " << opened.status().ToString();
   }
-  for (size_t keep : {size_t{0}, size_t{30}, n - 1}) {
-    auto opened = OpenedIndex::Open(ByteSpan(*sealed).first(keep), layer.descriptor, Cipher(layer));
+  for (size_t keep : {size_t{0}, size_t{30}, core - 1, core, n - 1}) {
+    auto opened = OpenAll(ByteSpan(*sealed).first(keep), layer.descriptor, Cipher(layer));
     EXPECT_FALSE(opened.ok()) << keep;
   }
   std::vector<uint8_t> longer = *sealed;
   longer.push_back(0);
-  EXPECT_EQ(OpenedIndex::Open(longer, layer.descriptor, Cipher(layer)).status().code(),
+  EXPECT_EQ(OpenAll(longer, layer.descriptor, Cipher(layer)).status().code(),
             StatusCode::kAuthFailed);
   Limits small;
   small.max_sealed_bytes = n - 1;
-  EXPECT_EQ(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), small).status().code(),
+  EXPECT_EQ(OpenAll(*sealed, layer.descriptor, Cipher(layer), small).status().code(),
             StatusCode::kCorruption);
 }
 
+// A node opens the index from the core prefix alone (SealedCoreBytes from the header) and fetches
+// each window by its range later; a shorter prefix is refused naming what it needs.
+TEST_F(ZindexTest, OpensFromTheCorePrefixAloneAndRefusesLess) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto core = SealedCoreBytes(ByteSpan(*sealed).first(kSealedHeaderBytes));
+  ASSERT_TRUE(core.ok()) << core.status().ToString();
+  // The core is small beside the windows (what v2 is for): ~20 spans of 64 KiB each have one.
+  EXPECT_LT(*core * 4, sealed->size());
+  EXPECT_EQ(*SealedCoreBytes(*sealed), *core);  // more than the header is fine
+  auto too_short = SealedCoreBytes(ByteSpan(*sealed).first(kSealedHeaderBytes - 1));
+  EXPECT_EQ(too_short.status().code(), StatusCode::kCorruption);
+  Limits tight;
+  tight.max_sealed_bytes = *core - 1;
+  EXPECT_EQ(SealedCoreBytes(*sealed, tight).status().code(), StatusCode::kCorruption);
+
+  const std::vector<uint8_t> prefix(sealed->begin(), sealed->begin() + static_cast<ptrdiff_t>(*core));
+  auto index = OpenedIndex::Open(prefix, sealed->size(), layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  EXPECT_EQ((*index)->sealed_core_bytes(), *core);
+  EXPECT_EQ((*index)->sealed_size(), sealed->size());
+  for (size_t i = 0; i < (*index)->span_count(); ++i) {
+    auto plain = (*index)->DecodeSpan(i, SpanBytes(layer, **index, i),
+                                      WindowBytes(*sealed, **index, i));
+    ASSERT_TRUE(plain.ok()) << "span " << i << ": " << plain.status().ToString();
+  }
+
+  auto refused = OpenedIndex::Open(ByteSpan(prefix).first(prefix.size() - 1), sealed->size(),
+                                   layer.descriptor, Cipher(layer));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(refused.status().message().find(std::to_string(prefix.size() - 1) +
+                                            " bytes of the sealed index given, its core needs " +
+                                            std::to_string(*core)),
+            std::string::npos)
+      << refused.status().ToString();
+  // A header alone, or less.
+  EXPECT_EQ(OpenedIndex::Open(ByteSpan(prefix).first(kSealedHeaderBytes), sealed->size(),
+                              layer.descriptor, Cipher(layer))
+                .status()
+                .code(),
+            StatusCode::kCorruption);
+  EXPECT_EQ(OpenedIndex::Open(ByteSpan(prefix).first(20), sealed->size(), layer.descriptor,
+                              Cipher(layer))
+                .status()
+                .code(),
+            StatusCode::kCorruption);
+}
+
+// The windows are fetched by range from the registry: a window that is altered, or another
+// span's, is AuthFailed naming the span, before anything is inflated.
+TEST_F(ZindexTest, FlippedWindowByteIsAuthFailedNamingTheSpan) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto index = OpenAll(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  const OpenedIndex& idx = **index;
+  size_t checked = 0;
+  for (size_t i = 0; i < idx.span_count(); ++i) {
+    if (idx.span_window(i).size == 0) continue;
+    std::vector<uint8_t> window(WindowBytes(*sealed, idx, i).begin(),
+                                WindowBytes(*sealed, idx, i).end());
+    for (size_t at : {size_t{0}, window.size() / 2, window.size() - 17, window.size() - 1}) {
+      window[at] ^= 0x04;
+      auto plain = idx.DecodeSpan(i, SpanBytes(layer, idx, i), window);
+      ASSERT_FALSE(plain.ok()) << "span " << i << " byte " << at;
+      EXPECT_EQ(plain.status().code(), StatusCode::kAuthFailed);
+      EXPECT_EQ(plain.status().message(),
+                "zindex: span " + std::to_string(i) + " window does not authenticate");
+      window[at] ^= 0x04;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 10u);
+  // Zeros where the window should be (a registry answering a range with zeros).
+  for (size_t i = 1; i < idx.span_count(); ++i) {
+    if (idx.span_window(i).size == 0) continue;
+    std::vector<uint8_t> zeros(idx.span_window(i).size, 0);
+    EXPECT_EQ(idx.DecodeSpan(i, SpanBytes(layer, idx, i), zeros).status().code(),
+              StatusCode::kAuthFailed);
+    break;
+  }
+}
+
+TEST_F(ZindexTest, AnotherSpansWindowIsAuthFailed) {
+  // Long runs of zeros: many spans whose windows are the same 32 KiB of zeros, sealed to the same
+  // size, so a registry can swap one window range for another of exactly the right length.
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto index = OpenAll(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  const OpenedIndex& idx = **index;
+  size_t same_size_pairs = 0, other_size_pairs = 0;
+  for (size_t i = 1; i < idx.span_count(); ++i) {
+    size_t same_here = 0, other_here = 0;  // a few of each per span keep the test fast
+    for (size_t j = 1; j < idx.span_count(); ++j) {
+      if (i == j || idx.span_window(i).size == 0 || idx.span_window(j).size == 0) continue;
+      std::vector<uint8_t> window(WindowBytes(*sealed, idx, j).begin(),
+                                  WindowBytes(*sealed, idx, j).end());
+      const bool same = window.size() == idx.span_window(i).size;
+      if ((same ? same_here : other_here) >= 2) continue;
+      ++(same ? same_here : other_here);
+      if (same) {
+        ++same_size_pairs;
+      } else {
+        // j's bytes cut or padded to i's length (what a range of the wrong window gives).
+        window.resize(idx.span_window(i).size, 0);
+        ++other_size_pairs;
+      }
+      auto plain = idx.DecodeSpan(i, SpanBytes(layer, idx, i), window);
+      ASSERT_FALSE(plain.ok()) << "window " << j << " for span " << i;
+      EXPECT_EQ(plain.status().code(), StatusCode::kAuthFailed);
+      EXPECT_NE(plain.status().message().find("span " + std::to_string(i) + " window"),
+                std::string::npos)
+          << plain.status().ToString();
+    }
+  }
+  EXPECT_GE(same_size_pairs, 2u);
+  EXPECT_GE(other_size_pairs, 2u);
+}
+
+// The sealed size is the artifact descriptor's, authenticated by the core: a blob cut short
+// (windows missing), a wrong size, or a windows area that does not end where the blob ends is
+// refused at Open.
+TEST_F(ZindexTest, WindowsAreaTruncatedOrSealedSizeWrongIsRefused) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  const uint64_t n = sealed->size();
+  for (uint64_t size : {n - 1, n + 1, n - 16, n * 2}) {
+    auto opened = OpenedIndex::Open(*sealed, size, layer.descriptor, Cipher(layer));
+    ASSERT_FALSE(opened.ok()) << size;
+    EXPECT_EQ(opened.status().code(), StatusCode::kAuthFailed) << opened.status().ToString();
+  }
+  EXPECT_FALSE(OpenAll(ByteSpan(*sealed).first(n - 100), layer.descriptor, Cipher(layer)).ok());
+  // A key holder's core whose windows do not fill the area exactly (re-sealed for that size).
+  std::vector<uint8_t> cut = Craft(layer, *sealed, [](v2::Index&) {},
+                                   [](std::vector<uint8_t>& area) { area.pop_back(); });
+  auto opened = OpenAll(cut, layer.descriptor, Cipher(layer));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(opened.status().message().find("sealed window ends past the end"), std::string::npos)
+      << opened.status().ToString();
+  std::vector<uint8_t> extra = Craft(layer, *sealed, [](v2::Index&) {},
+                                     [](std::vector<uint8_t>& area) { area.push_back(0); });
+  opened = OpenAll(extra, layer.descriptor, Cipher(layer));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(opened.status().message().find("the windows end at"), std::string::npos)
+      << opened.status().ToString();
+}
+
+TEST_F(ZindexTest, Version1BlobIsRefusedAskingForANewIndex) {
+  // A v1 sealed index: magic, version 1, a 12-byte nonce, then GCM output (any bytes: the version
+  // is refused before any key is used).
+  std::vector<uint8_t> v1 = {'l', 'z', 'c', 'z', 'i', 'd', 'x', 0x01, 1, 0, 0, 0};
+  v1.resize(4096, 0x5a);
+  const std::string expected = "zindex version 1 is no longer read; re-run `lazycrypt index`";
+  auto core = SealedCoreBytes(v1);
+  ASSERT_FALSE(core.ok());
+  EXPECT_EQ(core.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(core.status().message(), expected);
+  // Even from its first 12 bytes (a v1 header is 24).
+  EXPECT_EQ(SealedCoreBytes(ByteSpan(v1).first(12)).status().message(), expected);
+  Layer layer = MakeLayer("gzip -1 -n");
+  auto opened = OpenAll(v1, layer.descriptor, Cipher(layer));
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(opened.status().message(), expected);
+}
+
+// Window nonces are span numbers: safe only because every seal has its own window key. Two seals
+// of one layer (two key holders, or two span sizes) have different salts, so no (key, nonce)
+// pair is used twice, and one seal's windows do not authenticate in the other.
+TEST_F(ZindexTest, TwoSealsOfALayerUseDifferentSaltsAndKeys) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto a = Build(layer), b = Build(layer), c = Build(layer, 128 << 10);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  auto salt = [](const std::vector<uint8_t>& s) {
+    return std::vector<uint8_t>(s.begin() + 12, s.begin() + 44);
+  };
+  EXPECT_NE(salt(*a), salt(*b));
+  EXPECT_NE(salt(*a), salt(*c));
+  EXPECT_NE(salt(*b), salt(*c));
+  EXPECT_NE(salt(*a), std::vector<uint8_t>(32, 0));
+  auto ia = OpenAll(*a, layer.descriptor, Cipher(layer));
+  auto ib = OpenAll(*b, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(ia.ok() && ib.ok());
+  size_t compared = 0;
+  for (size_t i = 0; i < (*ia)->span_count(); ++i) {
+    if ((*ia)->span_window(i).size == 0) continue;
+    // Same span, same window plaintext, same nonce: different ciphertext (different key).
+    ASSERT_EQ((*ia)->span_window(i).size, (*ib)->span_window(i).size);
+    EXPECT_FALSE(std::ranges::equal(WindowBytes(*a, **ia, i), WindowBytes(*b, **ib, i)))
+        << "span " << i;
+    EXPECT_EQ((*ia)->DecodeSpan(i, SpanBytes(layer, **ia, i), WindowBytes(*b, **ib, i))
+                  .status()
+                  .code(),
+              StatusCode::kAuthFailed);
+    ++compared;
+  }
+  EXPECT_GE(compared, 10u);
+}
 TEST_F(ZindexTest, AnotherLayersIndexOrAWrongKeyIsAuthFailed) {
   Layer a = MakeLayer("gzip -6 -n");
   Layer b = MakeLayer("gzip -1 -n");  // same tar, another blob and key
   auto sealed_a = Build(a);
   ASSERT_TRUE(sealed_a.ok()) << sealed_a.status().ToString();
   // B's descriptor and key.
-  EXPECT_EQ(OpenedIndex::Open(*sealed_a, b.descriptor, Cipher(b)).status().code(),
+  EXPECT_EQ(OpenAll(*sealed_a, b.descriptor, Cipher(b)).status().code(),
             StatusCode::kAuthFailed);
   // A's key, but B's descriptor (digest and size): the seal binds the layer, not only the key.
-  EXPECT_EQ(OpenedIndex::Open(*sealed_a, b.descriptor, Cipher(a)).status().code(),
+  EXPECT_EQ(OpenAll(*sealed_a, b.descriptor, Cipher(a)).status().code(),
             StatusCode::kAuthFailed);
   image::Descriptor other_size = a.descriptor;
   other_size.size += 1;
-  EXPECT_EQ(OpenedIndex::Open(*sealed_a, other_size, Cipher(a)).status().code(),
+  EXPECT_EQ(OpenAll(*sealed_a, other_size, Cipher(a)).status().code(),
             StatusCode::kAuthFailed);
   // A's descriptor, another key.
   image::OcicryptLayerCipher wrong = Cipher(a);
   wrong.key.data()[5] ^= 0x01;
-  EXPECT_EQ(OpenedIndex::Open(*sealed_a, a.descriptor, wrong).status().code(),
+  EXPECT_EQ(OpenAll(*sealed_a, a.descriptor, wrong).status().code(),
             StatusCode::kAuthFailed);
 }
 
@@ -401,29 +653,49 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
   struct Case {
     std::string what;
-    std::function<void(v1::Index&)> edit;
+    std::function<void(v2::Index&)> edit;
   };
   const uint64_t blob_size = layer.encrypted.size(), tar_size = layer.tar.size();
   std::vector<Case> cases = {
-      {"spans overlap", [](v1::Index& p) { p.mutable_spans(2)->set_in_offset(p.spans(1).in_offset()); }},
+      {"spans overlap", [](v2::Index& p) { p.mutable_spans(2)->set_in_offset(p.spans(1).in_offset()); }},
       {"uncompressed offsets go back",
-       [](v1::Index& p) { p.mutable_spans(2)->set_out_offset(p.spans(1).out_offset() - 1); }},
-      {"window too big", [](v1::Index& p) { p.mutable_spans(1)->set_window_size(40000); }},
-      {"window frame missing", [](v1::Index& p) { p.mutable_spans(1)->clear_window_zstd(); }},
+       [](v2::Index& p) { p.mutable_spans(2)->set_out_offset(p.spans(1).out_offset() - 1); }},
+      {"window too big", [](v2::Index& p) { p.mutable_spans(1)->set_window_size(40000); }},
+      {"sealed window missing", [](v2::Index& p) { p.mutable_spans(1)->set_window_sealed_size(0); }},
+      {"sealed window of 16 bytes", [](v2::Index& p) { p.mutable_spans(1)->set_window_sealed_size(16); }},
+      {"sealed window above the bound",
+       [](v2::Index& p) { p.mutable_spans(1)->set_window_sealed_size(40000); }},
+      {"sealed windows out of order",
+       [](v2::Index& p) {
+         auto* a = p.mutable_spans(1);
+         auto* b = p.mutable_spans(2);
+         const uint64_t a_offset = a->window_offset();
+         a->set_window_offset(b->window_offset());
+         b->set_window_offset(a_offset);
+       }},
+      {"a gap between sealed windows",
+       [](v2::Index& p) { p.mutable_spans(2)->set_window_offset(p.spans(2).window_offset() + 1); }},
+      {"a sealed window for the first span", [](v2::Index& p) { p.mutable_spans(0)->set_window_sealed_size(17); }},
+      {"the last window short of the blob's end",
+       [](v2::Index& p) {
+         auto* last = p.mutable_spans(p.spans_size() - 1);
+         last->set_window_sealed_size(last->window_sealed_size() - 1);
+       }},
       {"checkpoint past the blob's end",
-       [&](v1::Index& p) { p.mutable_spans(p.spans_size() - 1)->set_in_offset(blob_size); }},
+       [&](v2::Index& p) { p.mutable_spans(p.spans_size() - 1)->set_in_offset(blob_size); }},
       {"checkpoint past the tar's end",
-       [&](v1::Index& p) { p.mutable_spans(p.spans_size() - 1)->set_out_offset(tar_size); }},
-      {"tar size beyond the spans' limit", [&](v1::Index& p) { p.set_tar_size(tar_size + (100 << 20)); }},
-      {"eight leftover bits", [](v1::Index& p) { p.mutable_spans(1)->set_in_bits(8); }},
-      {"first span not at 0", [](v1::Index& p) { p.mutable_spans(0)->set_out_offset(1); }},
+       [&](v2::Index& p) { p.mutable_spans(p.spans_size() - 1)->set_out_offset(tar_size); }},
+      {"tar size beyond the spans' limit", [&](v2::Index& p) { p.set_tar_size(tar_size + (100 << 20)); }},
+      {"eight leftover bits", [](v2::Index& p) { p.mutable_spans(1)->set_in_bits(8); }},
+      {"first span not at 0", [](v2::Index& p) { p.mutable_spans(0)->set_out_offset(1); }},
       {"digest of 31 bytes",
-       [](v1::Index& p) { p.mutable_spans(1)->mutable_ciphertext_sha256()->pop_back(); }},
-      {"no spans", [](v1::Index& p) { p.clear_spans(); }},
-      {"another layer named", [](v1::Index& p) { p.set_layer_digest("sha256:" + std::string(64, '0')); }},
-      {"version 2", [](v1::Index& p) { p.set_version(2); }},
+       [](v2::Index& p) { p.mutable_spans(1)->mutable_ciphertext_sha256()->pop_back(); }},
+      {"no spans", [](v2::Index& p) { p.clear_spans(); }},
+      {"another layer named", [](v2::Index& p) { p.set_layer_digest("sha256:" + std::string(64, '0')); }},
+      {"index version 1", [](v2::Index& p) { p.set_version(1); }},
+      {"index version 3", [](v2::Index& p) { p.set_version(3); }},
       {"entry data past the end",
-       [&](v1::Index& p) {
+       [&](v2::Index& p) {
          for (auto& e : *p.mutable_entries()) {
            if (e.type() == format::v1::ENTRY_TYPE_REGULAR && e.size() > 0) {
              e.set_data_offset(tar_size);
@@ -431,18 +703,18 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
            }
          }
        }},
-      {"entry named ..", [](v1::Index& p) { p.mutable_entries(1)->set_name("../../etc/passwd"); }},
+      {"entry named ..", [](v2::Index& p) { p.mutable_entries(1)->set_name("../../etc/passwd"); }},
       {"hard link to a later entry",
-       [](v1::Index& p) {
+       [](v2::Index& p) {
          for (auto& e : *p.mutable_entries()) {
            if (e.type() == format::v1::ENTRY_TYPE_HARDLINK) e.set_link_target("zzz-not-there");
          }
        }},
-      {"unknown entry type", [](v1::Index& p) { p.mutable_entries(0)->set_type(format::v1::EntryType(9)); }},
+      {"unknown entry type", [](v2::Index& p) { p.mutable_entries(0)->set_type(format::v1::EntryType(9)); }},
   };
   for (const Case& c : cases) {
     std::vector<uint8_t> crafted = Craft(layer, *sealed, c.edit);
-    auto opened = OpenedIndex::Open(crafted, layer.descriptor, Cipher(layer));
+    auto opened = OpenAll(crafted, layer.descriptor, Cipher(layer));
     ASSERT_FALSE(opened.ok()) << c.what;
     EXPECT_EQ(opened.status().code(), StatusCode::kCorruption)
         << c.what << ": " << opened.status().ToString();
@@ -453,20 +725,20 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
   // Limits below what the index needs.
   Limits few_spans;
   few_spans.max_spans = 2;
-  EXPECT_EQ(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), few_spans).status().code(),
+  EXPECT_EQ(OpenAll(*sealed, layer.descriptor, Cipher(layer), few_spans).status().code(),
             StatusCode::kCorruption);
   Limits few_entries;
   few_entries.max_entries = 3;
-  EXPECT_EQ(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), few_entries).status().code(),
+  EXPECT_EQ(OpenAll(*sealed, layer.descriptor, Cipher(layer), few_entries).status().code(),
             StatusCode::kCorruption);
   Limits short_spans;
   short_spans.max_span_bytes = 1000;
-  EXPECT_EQ(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), short_spans).status().code(),
+  EXPECT_EQ(OpenAll(*sealed, layer.descriptor, Cipher(layer), short_spans).status().code(),
             StatusCode::kCorruption);
   Limits small_plaintext;
   small_plaintext.max_plaintext_bytes = 100;
   EXPECT_EQ(
-      OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), small_plaintext).status().code(),
+      OpenAll(*sealed, layer.descriptor, Cipher(layer), small_plaintext).status().code(),
       StatusCode::kCorruption);
 }
 
@@ -476,7 +748,7 @@ TEST_F(ZindexTest, SpanCiphertextAboveTheLimitIsRefusedAtOpen) {
   Layer layer = MakeLayer("gzip -6 -n");
   auto sealed = Build(layer);
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  auto opened = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+  auto opened = OpenAll(*sealed, layer.descriptor, Cipher(layer));
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   uint64_t largest = 0;
   for (size_t i = 0; i < (*opened)->span_count(); ++i) {
@@ -484,10 +756,10 @@ TEST_F(ZindexTest, SpanCiphertextAboveTheLimitIsRefusedAtOpen) {
   }
   Limits exact;
   exact.max_span_ciphertext_bytes = largest;
-  EXPECT_TRUE(OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), exact).ok());
+  EXPECT_TRUE(OpenAll(*sealed, layer.descriptor, Cipher(layer), exact).ok());
   Limits below;
   below.max_span_ciphertext_bytes = largest - 1;
-  auto refused = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer), below);
+  auto refused = OpenAll(*sealed, layer.descriptor, Cipher(layer), below);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), StatusCode::kCorruption);
   EXPECT_NE(refused.status().message().find("ciphertext bytes (limit " + std::to_string(largest - 1)),
@@ -504,13 +776,14 @@ TEST_F(ZindexTest, CraftedCheckpointThatDecodesWrongIsRefusedByTheSpanNotServed)
   Layer layer = MakeLayer("gzip -6 -n");
   auto sealed = Build(layer);
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  std::vector<uint8_t> crafted = Craft(layer, *sealed, [](v1::Index& p) {
+  std::vector<uint8_t> crafted = Craft(layer, *sealed, [](v2::Index& p) {
     p.mutable_spans(2)->set_in_offset(p.spans(2).in_offset() + 1);
   });
-  auto opened = OpenedIndex::Open(crafted, layer.descriptor, Cipher(layer));
+  auto opened = OpenAll(crafted, layer.descriptor, Cipher(layer));
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   for (size_t i : {size_t{1}, size_t{2}}) {
-    auto plain = (*opened)->DecodeSpan(i, SpanBytes(layer, **opened, i));
+    auto plain = (*opened)->DecodeSpan(i, SpanBytes(layer, **opened, i),
+                                       WindowBytes(crafted, **opened, i));
     EXPECT_FALSE(plain.ok()) << "span " << i;
   }
 }
@@ -528,7 +801,7 @@ namespace lazycrypt::zindex {
 namespace {
 
 // Not a check: measures BuildSealedIndex on a real layer (no timing is asserted anywhere).
-//   LAZYCRYPT_ZINDEX_BENCH_TREE=/usr/share tests/zindex_test
+//   LAZYCRYPT_ZINDEX_BENCH_TREE=/usr/share [LAZYCRYPT_ZINDEX_BENCH_SPAN=bytes] zindex_test
 //     --gtest_also_run_disabled_tests --gtest_filter='*DISABLED_Throughput*'
 // tars the tree (first ~200 MiB, GNU tar), gzips it (-6), encrypts it as ocicrypt, then reports
 // the build's MiB/s and the sealed index's size per GiB of layer.
@@ -556,13 +829,19 @@ TEST_F(ZindexTest, DISABLED_ThroughputOnARealLayer) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   Layer layer = Encrypt(ReadBytes(tar), ReadBytes(gz));
   const auto start = std::chrono::steady_clock::now();
-  auto sealed = Build(layer, uint64_t{4} << 20);
+  const char* span_env = std::getenv("LAZYCRYPT_ZINDEX_BENCH_SPAN");
+  const uint64_t span_bytes = span_env != nullptr ? std::strtoull(span_env, nullptr, 10)
+                                                  : BuildOptions{}.span_bytes;
+  auto sealed = Build(layer, span_bytes);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  auto index = OpenedIndex::Open(*sealed, layer.descriptor, Cipher(layer));
+  auto index = OpenAll(*sealed, layer.descriptor, Cipher(layer));
   ASSERT_TRUE(index.ok()) << index.status().ToString();
   const double mib = 1024.0 * 1024.0;
+  std::printf("span size %llu, core (fetched at mount) %llu bytes\n",
+              static_cast<unsigned long long>(span_bytes),
+              static_cast<unsigned long long>((*index)->sealed_core_bytes()));
   std::printf(
       "layer: %.1f MiB tar, %.1f MiB gzip/ciphertext, %zu entries, %zu spans\n"
       "build: %.2f s = %.1f MiB/s of ciphertext, %.1f MiB/s of tar\n"
@@ -590,26 +869,32 @@ TEST(ZindexFuzzSeeds, FixedLayerIndexesAndTheSeedsOpen) {
     options.span_bytes = span_bytes;
     auto sealed = BuildSealedIndex(in, layer.encrypted, layer.cipher, options);
     ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-    auto index = OpenedIndex::Open(*sealed, layer.encrypted, layer.cipher);
+    auto index = OpenedIndex::Open(*sealed, sealed->size(), layer.encrypted, layer.cipher);
     ASSERT_TRUE(index.ok()) << index.status().ToString();
     EXPECT_GE((*index)->span_count(), 3u);
     std::vector<uint8_t> tar;
     for (size_t i = 0; i < (*index)->span_count(); ++i) {
-      OpenedIndex::Range c = (*index)->span_ciphertext(i);
-      auto plain = (*index)->DecodeSpan(i, ByteSpan(layer.blob).subspan(c.offset, c.size));
+      OpenedIndex::Range c = (*index)->span_ciphertext(i), w = (*index)->span_window(i);
+      auto plain = (*index)->DecodeSpan(i, ByteSpan(layer.blob).subspan(c.offset, c.size),
+                                        ByteSpan(*sealed).subspan(w.offset, w.size));
       ASSERT_TRUE(plain.ok()) << plain.status().ToString();
       tar.insert(tar.end(), plain->span().begin(), plain->span().end());
     }
     EXPECT_EQ(tar, layer.tar);
+    // The harness's seal of this core (its own salt, windows it seals from the tar) puts every
+    // window where the maker did: the seeds open as they are.
+    auto unsealed = internal::UnsealIndex(*sealed, layer.encrypted.digest, layer.encrypted.size,
+                                          layer.cipher.key.span());
+    ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    auto harness = fuzzing::SealFuzzIndex(layer, unsealed->serialized, /*pin_windows=*/false);
+    ASSERT_TRUE(harness.ok()) << harness.status().ToString();
+    EXPECT_EQ(harness->size(), sealed->size());
+    EXPECT_TRUE(OpenedIndex::Open(*harness, harness->size(), layer.encrypted, layer.cipher).ok());
     if (const char* dir = std::getenv("LAZYCRYPT_ZINDEX_WRITE_SEEDS")) {
-      auto serialized = internal::UnsealSerializedIndex(
-          *sealed, layer.encrypted.digest, layer.encrypted.size, layer.cipher.key.span(),
-          kMaxSealedIndexBytes, kMaxIndexPlaintextBytes);
-      ASSERT_TRUE(serialized.ok());
       std::ofstream f(std::filesystem::path(dir) / ("index-" + std::to_string(span_bytes >> 10) + "k"),
                       std::ios::binary);
-      f.write(reinterpret_cast<const char*>(serialized->data()),
-              static_cast<std::streamsize>(serialized->size()));
+      f.write(reinterpret_cast<const char*>(unsealed->serialized.data()),
+              static_cast<std::streamsize>(unsealed->serialized.size()));
     }
   }
   const std::filesystem::path corpus = lazycrypt::testing::SourceDir() / "zindex" / "fuzz_corpus";
@@ -617,10 +902,9 @@ TEST(ZindexFuzzSeeds, FixedLayerIndexesAndTheSeedsOpen) {
   for (const auto& file : std::filesystem::directory_iterator(corpus)) {
     if (file.path().filename().string().rfind("index-", 0) != 0) continue;
     std::vector<uint8_t> serialized = ReadBytes(file.path());
-    auto sealed = internal::SealSerializedIndex(serialized, layer.encrypted.digest,
-                                                layer.encrypted.size, layer.cipher.key.span());
+    auto sealed = fuzzing::SealFuzzIndex(layer, serialized, /*pin_windows=*/false);
     ASSERT_TRUE(sealed.ok());
-    auto index = OpenedIndex::Open(*sealed, layer.encrypted, layer.cipher);
+    auto index = OpenedIndex::Open(*sealed, sealed->size(), layer.encrypted, layer.cipher);
     EXPECT_TRUE(index.ok()) << file.path() << ": " << index.status().ToString();
     ++opened;
   }
