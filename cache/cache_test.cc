@@ -584,6 +584,27 @@ TEST_F(CachedLayerTest, PrefetchAllFetchesEveryChunkInOneRequest) {
   EXPECT_EQ(source_->call_count(), 1u);
 }
 
+TEST_F(CachedLayerTest, StartedPrefetchAllClaimsEveryChunkAndSaysWhenItEnds) {
+  auto layer = Make(nullptr);
+  source_->set_held(true);
+  std::atomic<int> done{0};
+  ASSERT_TRUE(layer->StartPrefetchAll([&] { ++done; }).ok());
+  // A reader of any file, arriving after the start, waits for the prefetch's one request.
+  std::thread reader([&] { ExpectRead(*layer, "a", 0, Layer().files.at("a").size()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(done.load(), 0);
+  source_->set_held(false);
+  reader.join();
+  for (int i = 0; i < 1000 && !layer->prefetch_done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(layer->prefetch_done());
+  EXPECT_EQ(done.load(), 1);
+  EXPECT_EQ(source_->call_count(), 1u);
+  ReadAll(*layer);
+  EXPECT_EQ(source_->call_count(), 1u);
+}
+
 TEST_F(CachedLayerTest, StoppingAStartedPrefetchEndsItBetweenRequests) {
   auto store = OpenStore();
   auto layer = Make(store.get());

@@ -926,6 +926,24 @@ Status CachedLayer::PrefetchAll() {
 }
 
 Status CachedLayer::StartPrefetchMarked() {
+  Result<std::vector<uint64_t>> chunks = impl_->ChunksOfFiles(impl_->MarkedFiles());
+  if (!chunks.ok()) {
+    // Counts as a prefetch that started and ended: a background fetch need not wait for it.
+    std::lock_guard lock(impl_->mu);
+    if (impl_->prefetch_started) return Status::FailedPrecondition("prefetch already started");
+    impl_->prefetch_started = true;
+    return chunks.status();
+  }
+  return StartPrefetch(std::move(*chunks), nullptr);
+}
+
+Status CachedLayer::StartPrefetchAll(std::function<void()> on_done) {
+  std::vector<uint64_t> chunks(impl_->index->chunks().size());
+  for (uint64_t i = 0; i < chunks.size(); ++i) chunks[i] = i;
+  return StartPrefetch(std::move(chunks), std::move(on_done));
+}
+
+Status CachedLayer::StartPrefetch(std::vector<uint64_t> chunks, std::function<void()> on_done) {
   Impl& impl = *impl_;
   {
     std::lock_guard lock(impl.mu);
@@ -933,21 +951,17 @@ Status CachedLayer::StartPrefetchMarked() {
     impl.prefetch_started = true;
     impl.prefetch_running = true;
   }
-  auto finish = [&impl] {
+  auto finish = [&impl, on_done = std::move(on_done)] {
     {
       std::lock_guard lock(impl.mu);
       impl.prefetch_running = false;
     }
     impl.bg_cv.notify_all();
+    if (on_done) on_done();
   };
-  auto chunks = impl.ChunksOfFiles(impl.MarkedFiles());
-  if (!chunks.ok()) {
-    finish();
-    return chunks.status();
-  }
   // Claimed here, before this returns: a read that comes after waits for these flights.
-  auto claim = std::make_shared<Impl::Claim>(
-      impl.ClaimChunks({}, *chunks, Purpose::kPrefetch, nullptr));
+  auto claim =
+      std::make_shared<Impl::Claim>(impl.ClaimChunks({}, chunks, Purpose::kPrefetch, nullptr));
   try {
     impl.prefetch_thread = std::thread([&impl, claim, finish] {
       Status extra_status;  // a failed chunk is fetched again by the read that needs it

@@ -129,8 +129,7 @@ class CachedLayer final : public LayerData {
   // Prefetch of the files marked at conversion time (index().prefetch_entries()); OK when none.
   Status PrefetchMarked();
   // Prefetch of every chunk of the layer (as Prefetch: one request per contiguous run of missing
-  // records). For a small layer whose whole blob the mount already holds (lazylayer/
-  // mounted_layer.cc serves those reads from memory): its chunks are opened and stored at once.
+  // records).
   Status PrefetchAll();
   // PrefetchMarked on a thread of its own; returns at once. The marked chunks are claimed first
   // (in microseconds), so a read that needs one waits for the prefetch's request instead of
@@ -139,6 +138,10 @@ class CachedLayer final : public LayerData {
   // requests (chunks it has not fetched then fail their waiting reads with Unavailable).
   // FailedPrecondition when already started.
   Status StartPrefetchMarked();
+  // StartPrefetchMarked for every chunk of the layer (for a small layer whose whole blob the
+  // mount already holds: lazylayer/mounted_layer.cc serves those reads from memory); `on_done`,
+  // when set, is called on the prefetch's thread when it has ended (also when stopped).
+  Status StartPrefetchAll(std::function<void()> on_done = nullptr);
   // True once a prefetch started by StartPrefetchMarked has ended (done, failed or stopped).
   bool prefetch_done() const;
 
@@ -187,6 +190,8 @@ class CachedLayer final : public LayerData {
  private:
   struct Impl;
   explicit CachedLayer(std::unique_ptr<Impl> impl);
+  // StartPrefetchMarked's and StartPrefetchAll's body: claims `chunks`, serves them on a thread.
+  Status StartPrefetch(std::vector<uint64_t> chunks, std::function<void()> on_done);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -154,14 +154,14 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
   layer->layer_ = std::move(*cached);
 
   if (held) {
-    // Every chunk authenticated, opened and stored from the bytes held (no request); a chunk
-    // that fails here is fetched again, and fails again, by the read that needs it.
-    if (Status all = layer->layer_->PrefetchAll(); !all.ok()) {
-      std::fprintf(stderr, "lazycrypt: layer %s: opening its chunks: %s\n",
-                   descriptor.digest.c_str(), all.ToString().c_str());
-      std::fflush(stderr);
+    // Every chunk authenticated, opened and stored from the bytes held (no request), in the
+    // background: claimed before the mount serves anything, so a read waits for it rather than
+    // fetching. A chunk that fails is fetched again, and fails again, by the read that needs it.
+    // The bytes are dropped when it ends.
+    if (Status all = layer->layer_->StartPrefetchAll([held] { held->Release(); }); !all.ok()) {
+      held->Release();
+      return all.WithContext(what);
     }
-    held->Release();
   } else if (options.prefetch) {
     // In the background, claimed before the mount serves anything: reads of marked files wait
     // for its request, other reads go ahead. A failed prefetch is not fatal: the reads that
