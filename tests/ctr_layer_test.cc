@@ -26,6 +26,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cache/chunk_store.h"
 #include "common/io.h"
 #include "compress/compress.h"
 #include "crypto/digest.h"
@@ -192,35 +193,125 @@ class CtrLayerTest : public ::testing::Test {
     return sealed.ok() ? *sealed : std::vector<uint8_t>{};
   }
 
+  // Mounted from only the core of `sealed` (as the snapshotter does), its windows read from
+  // `index_source` (default: `sealed` in memory).
   Result<std::unique_ptr<lazylayer::MountedIndexedLayer>> MountIndexed(
       std::shared_ptr<BlobSource> source, const std::vector<uint8_t>& sealed,
-      const lazylayer::IndexedMountOptions& o) {
+      const lazylayer::IndexedMountOptions& o, std::shared_ptr<BlobSource> index_source = nullptr) {
     image::OcicryptLayerCipher cipher = Cipher();
-    LC_ASSIGN_OR_RETURN(auto index, zindex::OpenedIndex::Open(sealed, descriptor_, cipher));
+    LC_ASSIGN_OR_RETURN(const uint64_t core, zindex::SealedCoreBytes(sealed));
+    LC_ASSIGN_OR_RETURN(auto index,
+                        zindex::OpenedIndex::Open(ByteSpan(sealed).first(static_cast<size_t>(core)),
+                                                  sealed.size(), descriptor_, cipher));
+    if (!index_source) index_source = std::make_shared<MemoryBlobSource>(sealed);
     return lazylayer::MountedIndexedLayer::Mount(
-        mountpoint_, std::move(source), descriptor_, std::move(cipher), std::move(index),
+        mountpoint_, std::move(source), std::move(index_source), descriptor_, std::move(cipher),
+        std::move(index),
         lazylayer::IndexedStoreKey(descriptor_.digest,
                                    crypto::OciDigest(crypto::Sha256::Of(sealed))),
         o);
   }
 
-  // `sealed` as a key holder could re-make it: unsealed with the layer key, `edit`ed, sealed again
-  // (FORMAT.md §11.5: sealing is not signing).
-  std::vector<uint8_t> Recraft(const std::vector<uint8_t>& sealed,
-                               const std::function<void(zindex::v1::Index&)>& edit) {
+  std::shared_ptr<const zindex::OpenedIndex> Opened(const std::vector<uint8_t>& sealed) {
+    auto index = zindex::OpenedIndex::Open(sealed, sealed.size(), descriptor_, Cipher());
+    EXPECT_TRUE(index.ok()) << index.status().ToString();
+    return index.ok() ? *index : nullptr;
+  }
+
+  // `sealed` as a key holder could re-make it: unsealed with the layer key, `edit`ed (the core's
+  // proto and the windows area, under the seal's salt), sealed again (FORMAT.md §11.5: sealing
+  // is not signing).
+  std::vector<uint8_t> Recraft(
+      const std::vector<uint8_t>& sealed,
+      const std::function<void(zindex::v2::Index&, zindex::internal::UnsealedIndex&)>& edit) {
     image::OcicryptLayerCipher cipher = Cipher();
-    auto plain = zindex::internal::UnsealSerializedIndex(
-        sealed, descriptor_.digest, descriptor_.size, cipher.key.span(),
-        zindex::kMaxSealedIndexBytes, zindex::kMaxIndexPlaintextBytes);
-    EXPECT_TRUE(plain.ok()) << plain.status().ToString();
-    zindex::v1::Index index;
-    EXPECT_TRUE(index.ParseFromArray(plain->data(), static_cast<int>(plain->size())));
-    edit(index);
+    auto u = zindex::internal::UnsealIndex(sealed, descriptor_.digest, descriptor_.size,
+                                           cipher.key.span());
+    EXPECT_TRUE(u.ok()) << u.status().ToString();
+    if (!u.ok()) return {};
+    zindex::v2::Index index;
+    EXPECT_TRUE(index.ParseFromArray(u->serialized.data(), static_cast<int>(u->serialized.size())));
+    edit(index, *u);
     const std::string serialized = index.SerializeAsString();
-    auto resealed = zindex::internal::SealSerializedIndex(AsBytes(serialized), descriptor_.digest,
-                                                          descriptor_.size, cipher.key.span());
+    auto resealed = zindex::internal::SealIndex(AsBytes(serialized), u->salt, u->windows_area,
+                                                descriptor_.digest, descriptor_.size,
+                                                cipher.key.span());
     EXPECT_TRUE(resealed.ok()) << resealed.status().ToString();
     return resealed.ok() ? *resealed : std::vector<uint8_t>{};
+  }
+  std::vector<uint8_t> Recraft(const std::vector<uint8_t>& sealed,
+                               const std::function<void(zindex::v2::Index&)>& edit) {
+    return Recraft(sealed, [&](zindex::v2::Index& index, zindex::internal::UnsealedIndex&) {
+      edit(index);
+    });
+  }
+
+  // The plain window of span `i` of `index` (what its checkpoint holds): the tar bytes before
+  // the span's start.
+  std::vector<uint8_t> PlainWindow(const zindex::v2::Index& index, int i) {
+    const auto& span = index.spans(i);
+    const uint64_t end = span.out_offset();
+    return std::vector<uint8_t>(tar_.begin() + static_cast<ptrdiff_t>(end - span.window_size()),
+                                tar_.begin() + static_cast<ptrdiff_t>(end));
+  }
+
+  // Span `i`'s sealed window replaced by `sealed_window` in `u`'s windows area, the later spans'
+  // window offsets moved by the difference in size.
+  static void ReplaceWindow(zindex::v2::Index& index, zindex::internal::UnsealedIndex& u, int i,
+                            const std::vector<uint8_t>& sealed_window) {
+    auto* span = index.mutable_spans(i);
+    const uint64_t at = span->window_offset(), old = span->window_sealed_size();
+    std::vector<uint8_t> area(u.windows_area.begin(),
+                              u.windows_area.begin() + static_cast<ptrdiff_t>(at));
+    area.insert(area.end(), sealed_window.begin(), sealed_window.end());
+    area.insert(area.end(), u.windows_area.begin() + static_cast<ptrdiff_t>(at + old),
+                u.windows_area.end());
+    u.windows_area = std::move(area);
+    span->set_window_sealed_size(static_cast<uint32_t>(sealed_window.size()));
+    const int64_t delta = static_cast<int64_t>(sealed_window.size()) - static_cast<int64_t>(old);
+    for (int j = i + 1; j < index.spans_size(); ++j) {
+      auto* later = index.mutable_spans(j);
+      if (later->window_size() == 0) continue;
+      later->set_window_offset(static_cast<uint64_t>(static_cast<int64_t>(later->window_offset()) +
+                                                     delta));
+    }
+  }
+
+  // The first span with a window that starts inside d/t.txt (deflate back-references there reach
+  // into the window), -1 when none.
+  static int TextSpanWithAWindow(const zindex::v2::Index& index) {
+    uint64_t begin = 0, end = 0;
+    for (const auto& e : index.entries()) {
+      if (e.name() == "d/t.txt") {
+        begin = e.data_offset() + 4096;
+        end = e.data_offset() + e.size() - 4096;
+      }
+    }
+    for (int i = 0; i < index.spans_size(); ++i) {
+      const auto& span = index.spans(i);
+      if (span.out_offset() >= begin && span.out_offset() < end && span.window_size() > 0) return i;
+    }
+    return -1;
+  }
+
+  // Span `i`'s window as the index's maker could seal another: every byte changed (XOR with a
+  // constant: the same LZ structure, so a size zstd is likely to keep), sealed under `salt` for
+  // span i, of exactly the honest sealed size (a size the core pins). Empty when no constant
+  // keeps the size.
+  std::vector<uint8_t> OtherSealedWindow(const zindex::v2::Index& index, int i,
+                                         const zindex::internal::Salt& salt) {
+    const std::vector<uint8_t> plain = PlainWindow(index, i);
+    image::OcicryptLayerCipher cipher = Cipher();
+    for (int x = 1; x < 256; ++x) {
+      std::vector<uint8_t> changed = plain;
+      for (uint8_t& b : changed) b ^= static_cast<uint8_t>(x);
+      auto sealed = zindex::internal::SealWindow(changed, static_cast<uint32_t>(i), salt,
+                                                 descriptor_.digest, descriptor_.size,
+                                                 cipher.key.span());
+      EXPECT_TRUE(sealed.ok()) << sealed.status().ToString();
+      if (sealed.ok() && sealed->size() == index.spans(i).window_sealed_size()) return *sealed;
+    }
+    return {};
   }
 
   // Waits (up to 30 s) for the verification to end.
@@ -338,7 +429,7 @@ TEST_F(CtrLayerTest, IndexedVerificationCompletesWhileReadsNeverPause) {
 TEST_F(CtrLayerTest, IndexWithAFabricatedEntryIsQuarantinedByTheVerification) {
   MakeOcicryptLayer();
   bool edited = false;
-  const std::vector<uint8_t> sealed = Recraft(SealedIndex(), [&](zindex::v1::Index& index) {
+  const std::vector<uint8_t> sealed = Recraft(SealedIndex(), [&](zindex::v2::Index& index) {
     for (auto& e : *index.mutable_entries()) {
       if (e.name() == "d/f1") {
         e.set_mode(04755);
@@ -367,7 +458,7 @@ TEST_F(CtrLayerTest, IndexWithAWrongSpanDigestServesEioNeverOtherBytes) {
   MakeOcicryptLayer();
   const std::vector<uint8_t> honest = SealedIndex();
   // The span holding a byte in the middle of d/f3's data.
-  const std::vector<uint8_t> sealed = Recraft(honest, [&](zindex::v1::Index& index) {
+  const std::vector<uint8_t> sealed = Recraft(honest, [&](zindex::v2::Index& index) {
     uint64_t at = 0;
     for (const auto& e : index.entries()) {
       if (e.name() == "d/f3") at = e.data_offset() + e.size() / 2;
@@ -404,32 +495,21 @@ TEST_F(CtrLayerTest, IndexWithAWrongSpanDigestServesEioNeverOtherBytes) {
 TEST_F(CtrLayerTest, IndexWithAFabricatedWindowIsQuarantinedByTheVerification) {
   MakeOcicryptLayer();
   bool edited = false;
-  const std::vector<uint8_t> sealed = Recraft(SealedIndex(), [&](zindex::v1::Index& index) {
-    uint64_t begin = 0, end = 0;
-    for (const auto& e : index.entries()) {
-      if (e.name() == "d/t.txt") {
-        begin = e.data_offset() + 4096;
-        end = e.data_offset() + e.size() - 4096;
-      }
-    }
-    for (auto& span : *index.mutable_spans()) {
-      if (edited || span.out_offset() < begin || span.out_offset() >= end ||
-          span.window_size() == 0) {
-        continue;
-      }
-      std::vector<uint8_t> window(span.window_size());
-      compress::ZstdDecompressor d;
-      ASSERT_TRUE(d.DecompressExact(AsBytes(span.window_zstd()), window).ok());
-      for (uint8_t& b : window) b ^= 0x20;  // other letters, same length
-      compress::ZstdCompressor c;
-      std::vector<uint8_t> frame(compress::ZstdCompressor::Bound(window.size()));
-      auto n = c.Compress(window, frame);
-      ASSERT_TRUE(n.ok());
-      span.set_window_zstd(frame.data(), *n);
-      edited = true;
-    }
-  });
-  ASSERT_TRUE(edited) << "no span starts inside the text";
+  const std::vector<uint8_t> sealed =
+      Recraft(SealedIndex(), [&](zindex::v2::Index& index, zindex::internal::UnsealedIndex& u) {
+        const int i = TextSpanWithAWindow(index);
+        ASSERT_GE(i, 0) << "no span starts inside the text";
+        std::vector<uint8_t> window = PlainWindow(index, i);
+        for (uint8_t& b : window) b ^= 0x20;  // other letters, same length
+        image::OcicryptLayerCipher cipher = Cipher();
+        auto resealed = zindex::internal::SealWindow(window, static_cast<uint32_t>(i), u.salt,
+                                                     descriptor_.digest, descriptor_.size,
+                                                     cipher.key.span());
+        ASSERT_TRUE(resealed.ok()) << resealed.status().ToString();
+        ReplaceWindow(index, u, i, *resealed);
+        edited = true;
+      });
+  ASSERT_TRUE(edited);
   lazylayer::IndexedMountOptions o;
   auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
   ASSERT_TRUE(layer.ok()) << layer.status().ToString();
@@ -437,6 +517,260 @@ TEST_F(CtrLayerTest, IndexWithAFabricatedWindowIsQuarantinedByTheVerification) {
   const Status s = (*layer)->verification_status();
   EXPECT_NE(s.message().find("decodes to other bytes"), std::string::npos) << s.ToString();
   EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt"), EIO);
+}
+
+// The index blob as a registry serves it: span `span`'s window range answered with `instead`
+// (same size) while `serve_instead` is set; everything else (the verification's large reads
+// included) as it is. Records the ranges asked for.
+class WindowSwapSource final : public BlobSource {
+ public:
+  WindowSwapSource(std::vector<uint8_t> blob, zindex::OpenedIndex::Range window,
+                   std::vector<uint8_t> instead)
+      : inner_(std::move(blob)), window_(window), instead_(std::move(instead)) {}
+  uint64_t size() const override { return inner_.size(); }
+  Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      asked_.push_back({offset, out.size()});
+    }
+    if (serve_instead.load() && offset == window_.offset && out.size() == window_.size &&
+        instead_.size() == out.size()) {
+      std::memcpy(out.data(), instead_.data(), out.size());
+      return Status::Ok();
+    }
+    return inner_.ReadAt(offset, out);
+  }
+  std::vector<zindex::OpenedIndex::Range> asked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return asked_;
+  }
+  std::atomic<bool> serve_instead{true};
+
+ private:
+  MemoryBlobSource inner_;
+  zindex::OpenedIndex::Range window_;
+  std::vector<uint8_t> instead_;
+  std::mutex mu_;
+  std::vector<zindex::OpenedIndex::Range> asked_;
+};
+
+// A blob source that must not be read (a span opened again from the chunk store).
+class UnreachableSource final : public BlobSource {
+ public:
+  explicit UnreachableSource(uint64_t size) : size_(size) {}
+  uint64_t size() const override { return size_; }
+  Status ReadAt(uint64_t, MutableByteSpan) override {
+    reads.fetch_add(1);
+    return Status::Unavailable("unreachable (test)");
+  }
+  std::atomic<int> reads{0};
+
+ private:
+  uint64_t size_;
+};
+
+// A read fetches each span's window from the index blob by exactly its range (the core the mount
+// opened holds none), counted in the layer's stats, and serves the file's bytes.
+TEST_F(CtrLayerTest, AReadFetchesItsSpansWindowsFromTheIndexBlobByRange) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  auto opened = Opened(sealed);
+  ASSERT_TRUE(opened);
+  auto index_source = std::make_shared<WindowSwapSource>(sealed, zindex::OpenedIndex::Range{},
+                                                         std::vector<uint8_t>{});
+  lazylayer::IndexedMountOptions o;
+  o.verify = false;
+  auto layer =
+      MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o, index_source);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  std::string text;
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &text), 0);
+  EXPECT_EQ(text, testing::ReadFileString(tmp_->path() / "src" / "d" / "t.txt"));
+  const auto asked = index_source->asked();
+  ASSERT_FALSE(asked.empty()) << "no window fetched";
+  for (const auto& r : asked) {
+    bool a_window = false;
+    for (size_t i = 0; i < opened->span_count(); ++i) {
+      const auto w = opened->span_window(i);
+      if (w.size > 0 && w.offset == r.offset && w.size == r.size) a_window = true;
+    }
+    EXPECT_TRUE(a_window) << "asked the index blob for [" << r.offset << ", +" << r.size
+                          << "), not a span's window";
+    EXPECT_GE(r.offset, opened->sealed_core_bytes());
+  }
+  const cache::LayerStats stats = (*layer)->stats();
+  EXPECT_EQ(stats.index_fetch_requests, asked.size());
+  uint64_t bytes = 0;
+  for (const auto& r : asked) bytes += r.size;
+  EXPECT_EQ(stats.index_bytes_fetched, bytes);
+  EXPECT_GE(stats.blob_bytes_fetched, bytes);  // the windows count as fetched bytes too
+}
+
+// A window the registry alters (here: one of another seal with every byte changed, of the
+// same size, so that it decompresses and, unauthenticated, would inflate the span to other bytes
+// as the next test shows; another span's window when one has the size; a flipped byte) is never
+// used: the file that needs it
+// answers EIO, the other files read. The window authenticates only as its own span's, of this seal.
+TEST_F(CtrLayerTest, AWindowTheRegistryAltersIsEioForItsFileNeverOtherBytes) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  image::OcicryptLayerCipher cipher = Cipher();
+  auto u = zindex::internal::UnsealIndex(sealed, descriptor_.digest, descriptor_.size,
+                                         cipher.key.span());
+  ASSERT_TRUE(u.ok()) << u.status().ToString();
+  zindex::v2::Index index;
+  ASSERT_TRUE(index.ParseFromArray(u->serialized.data(), static_cast<int>(u->serialized.size())));
+  const int i = TextSpanWithAWindow(index);
+  ASSERT_GE(i, 0) << "no span starts inside the text";
+  auto opened = Opened(sealed);
+  ASSERT_TRUE(opened);
+  const zindex::OpenedIndex::Range w = opened->span_window(static_cast<size_t>(i));
+  const std::string text = testing::ReadFileString(tmp_->path() / "src" / "d" / "t.txt");
+  const std::string f0 = testing::ReadFileString(tmp_->path() / "src" / "d" / "f0");
+
+  zindex::internal::Salt other_salt = u->salt;
+  other_salt[0] ^= 1;  // another seal of the same layer
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> altered;
+  altered.emplace_back("a window of another seal, one byte changed",
+                       OtherSealedWindow(index, i, other_salt));
+  ASSERT_EQ(altered.back().second.size(), w.size) << "no change keeps the size";
+  for (size_t j = 0; j < opened->span_count(); ++j) {  // another span's, if one has the size
+    const auto wj = opened->span_window(j);
+    if (j != static_cast<size_t>(i) && wj.size == w.size) {
+      altered.emplace_back("span " + std::to_string(j) + "'s window",
+                           std::vector<uint8_t>(sealed.begin() + static_cast<ptrdiff_t>(wj.offset),
+                                                sealed.begin() +
+                                                    static_cast<ptrdiff_t>(wj.offset + wj.size)));
+      break;
+    }
+  }
+  {
+    std::vector<uint8_t> flipped(sealed.begin() + static_cast<ptrdiff_t>(w.offset),
+                                 sealed.begin() + static_cast<ptrdiff_t>(w.offset + w.size));
+    flipped[flipped.size() / 2] ^= 0x01;
+    altered.emplace_back("its window with a byte flipped", std::move(flipped));
+  }
+  for (const auto& [what, bytes] : altered) {
+    SCOPED_TRACE(what);
+    auto index_source = std::make_shared<WindowSwapSource>(sealed, w, bytes);
+    lazylayer::IndexedMountOptions o;
+    o.verify_start_delay_ms = 3600 * 1000;  // reads first
+    auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o, index_source);
+    ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+    std::string got;
+    EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), EIO)
+        << (got == text ? "served the right bytes" : "served other bytes");
+    EXPECT_GE((*layer)->stats().auth_failures, 1u);
+    std::string other;
+    EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "f0", &other), 0);
+    EXPECT_EQ(other, f0);
+    // The registry answers right again: the span is fetched again (no error kept) and reads.
+    index_source->serve_instead.store(false);
+    EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+    EXPECT_EQ(got, text);
+    (*layer).reset();
+  }
+}
+
+// A key holder can seal two windows for one span (the core pins its size, not its bytes), and a
+// registry can serve one to the mount's read and the other to the verification: the mount pins
+// the window a span was first served with, and the verification, which re-decodes every span
+// with the windows it reads, quarantines the layer when one is not the pinned one. (Without the
+// pin, the verification checks the honest window and the layer verifies, though its reads were
+// served from the other.)
+TEST_F(CtrLayerTest, AWindowOtherThanTheOneTheReadsUsedQuarantinesTheLayer) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  image::OcicryptLayerCipher cipher = Cipher();
+  auto u = zindex::internal::UnsealIndex(sealed, descriptor_.digest, descriptor_.size,
+                                         cipher.key.span());
+  ASSERT_TRUE(u.ok()) << u.status().ToString();
+  zindex::v2::Index index;
+  ASSERT_TRUE(index.ParseFromArray(u->serialized.data(), static_cast<int>(u->serialized.size())));
+  const int i = TextSpanWithAWindow(index);
+  ASSERT_GE(i, 0) << "no span starts inside the text";
+  auto opened = Opened(sealed);
+  ASSERT_TRUE(opened);
+  const zindex::OpenedIndex::Range w = opened->span_window(static_cast<size_t>(i));
+  const std::vector<uint8_t> second = OtherSealedWindow(index, i, u->salt);  // this seal's key
+  ASSERT_EQ(second.size(), w.size) << "no change keeps the size";
+  auto index_source = std::make_shared<WindowSwapSource>(sealed, w, second);
+  lazylayer::IndexedMountOptions o;
+  o.verify_start_delay_ms = 300;
+  auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o, index_source);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  // Served from the second window (it authenticates: its maker holds the key): other bytes
+  // (what an unauthenticated window from anyone would give too).
+  const std::string text = testing::ReadFileString(tmp_->path() / "src" / "d" / "t.txt");
+  std::string got;
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+  EXPECT_NE(got, text) << "the second window changes nothing the span reads";
+  EXPECT_EQ((*layer)->stats().auth_failures, 0u);
+  EXPECT_EQ(WaitForVerification(**layer), lazylayer::Verification::kFailed);
+  const Status s = (*layer)->verification_status();
+  EXPECT_NE(s.message().find("first served with"), std::string::npos) << s.ToString();
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt"), EIO);
+}
+
+// A span kept in the chunk store is kept with its window: mounted again (a restart) over a
+// registry that cannot be reached, the file reads from disk alone.
+TEST_F(CtrLayerTest, ASpanOpenedAgainFromTheStoreNeedsNoNetwork) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  auto store = cache::ChunkStore::Open(tmp_->path() / "store");
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  lazylayer::IndexedMountOptions o;
+  o.verify = false;
+  o.store = store->get();
+  const std::string text = testing::ReadFileString(tmp_->path() / "src" / "d" / "t.txt");
+  {
+    auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+    ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+    std::string got;
+    EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+    EXPECT_EQ(got, text);
+    EXPECT_GE((*layer)->stats().index_fetch_requests, 1u);
+  }
+  auto blob = std::make_shared<UnreachableSource>(blob_.size());
+  auto index_blob = std::make_shared<UnreachableSource>(sealed.size());
+  auto layer = MountIndexed(blob, sealed, o, index_blob);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  std::string got;
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+  EXPECT_EQ(got, text);
+  EXPECT_EQ(blob->reads.load(), 0);
+  EXPECT_EQ(index_blob->reads.load(), 0);
+  EXPECT_EQ((*layer)->stats().disk_corrupt, 0u);
+}
+
+// Without a chunk store, windows are kept in memory: a span whose opened bytes were dropped is
+// fetched again without its window.
+TEST_F(CtrLayerTest, WithoutAStoreASpanFetchedAgainReusesItsWindow) {
+  MakeOcicryptLayer();
+  const std::vector<uint8_t> sealed = SealedIndex();
+  lazylayer::IndexedMountOptions o;
+  o.verify = false;
+  o.opened_chunk_cache_bytes = 0;  // keeps no opened span: every read fetches
+  o.mount.fill_page_cache = false;
+  auto layer = MountIndexed(std::make_shared<MemoryBlobSource>(blob_), sealed, o);
+  ASSERT_TRUE(layer.ok()) << layer.status().ToString();
+  const std::string text = testing::ReadFileString(tmp_->path() / "src" / "d" / "t.txt");
+  std::string got;
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+  EXPECT_EQ(got, text);
+  const cache::LayerStats first = (*layer)->stats();
+  ASSERT_GE(first.index_fetch_requests, 1u);
+  {  // out of the kernel's page cache: read through the layer again
+    int fd = ::open((mountpoint_ / "d" / "t.txt").c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+  EXPECT_EQ(ReadErrno(mountpoint_ / "d" / "t.txt", &got), 0);
+  EXPECT_EQ(got, text);
+  const cache::LayerStats second = (*layer)->stats();
+  EXPECT_GT(second.chunks_fetched, first.chunks_fetched) << "the spans were not fetched again";
+  EXPECT_EQ(second.index_fetch_requests, first.index_fetch_requests);
 }
 
 // What the snapshotter opens an index with (FORMAT.md 11.8): no span whose ciphertext the mount
@@ -476,7 +810,7 @@ class OpenThrowsOnceData final : public lazylayer::CtrLayerData {
   Result<CiphertextRange> ChunkCiphertext(uint32_t) const override {
     return CiphertextRange{0, kChunkBytes};
   }
-  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t, ByteSpan ciphertext) override {
+  Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t, ByteSpan ciphertext, ByteSpan) override {
     if (opens_.fetch_add(1) == 0) throw std::bad_alloc();
     auto chunk = std::make_shared<cache::OpenedChunk>(ciphertext.size());
     std::memcpy(chunk->data(), ciphertext.data(), ciphertext.size());
