@@ -108,9 +108,10 @@ class ZindexCli : public ::testing::Test {
     return listed.ok() ? *listed : std::vector<image::Descriptor>{};
   }
 
-  // Every index blob of the artifact opens for the layer it names, with the layer's key, and
-  // claims the config's diff_id; span 0 decodes from the registry's bytes. Returns the layer
-  // digests indexed.
+  // Every index blob of the artifact opens for the layer it names, with the layer's key, from
+  // only its header and core (as many bytes as its kAnnotationCoreBytes says), and claims the
+  // config's diff_id; span 0 and the last span (with its window, by range) decode from the
+  // registry's bytes. Returns the layer digests indexed.
   std::set<std::string> ExpectIndexesOpen(const image::LoadedImage& img,
                                           const image::Descriptor& listed, const KeyPair& key) {
     std::set<std::string> indexed;
@@ -135,17 +136,33 @@ class ZindexCli : public ::testing::Test {
       auto cipher = image::UnwrapOcicryptLayer(layer, keys);
       EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
       if (!cipher.ok()) continue;
-      auto opened = zindex::OpenedIndex::Open(sealed.bytes(), layer, *cipher);
+      const std::string hint = blob.Annotation(zindex::kAnnotationCoreBytes);
+      EXPECT_FALSE(hint.empty()) << "no " << zindex::kAnnotationCoreBytes << " on " << blob.digest;
+      const uint64_t core = hint.empty() ? sealed.bytes().size() : std::stoull(hint);
+      EXPECT_LE(core, sealed.bytes().size());
+      if (core > sealed.bytes().size()) continue;
+      auto opened = zindex::OpenedIndex::Open(ByteSpan(sealed.bytes()).first(core),
+                                              sealed.bytes().size(), layer, *cipher);
       EXPECT_TRUE(opened.ok()) << "layer " << i << ": " << opened.status().ToString();
       if (!opened.ok()) continue;
+      EXPECT_EQ((*opened)->sealed_core_bytes(), core);
       EXPECT_EQ((*opened)->diff_id(), img.config.diff_ids[i]) << "layer " << i;
       EXPECT_GE((*opened)->span_count(), 1u);
-      auto range = (*opened)->span_ciphertext(0);
-      auto bytes = client_->GetBlobRange(Repo(), layer.digest, range.offset, range.size);
-      EXPECT_TRUE(bytes.ok());
-      if (bytes.ok()) {
-        auto span = (*opened)->DecodeSpan(0, *bytes);
-        EXPECT_TRUE(span.ok()) << span.status().ToString();
+      for (size_t s : {size_t{0}, (*opened)->span_count() - 1}) {
+        auto range = (*opened)->span_ciphertext(s);
+        auto bytes = client_->GetBlobRange(Repo(), layer.digest, range.offset, range.size);
+        EXPECT_TRUE(bytes.ok());
+        const auto w = (*opened)->span_window(s);
+        std::vector<uint8_t> window;
+        if (w.size > 0) {
+          auto got = client_->GetBlobRange(Repo(), blob.digest, w.offset, w.size);
+          EXPECT_TRUE(got.ok()) << got.status().ToString();
+          if (got.ok()) window = std::move(got).value();
+        }
+        if (bytes.ok()) {
+          auto span = (*opened)->DecodeSpan(s, *bytes, window);
+          EXPECT_TRUE(span.ok()) << "span " << s << ": " << span.status().ToString();
+        }
       }
       indexed.insert(layer_digest);
     }
@@ -191,6 +208,34 @@ TEST_P(ZindexCliKeys, IndexesEverySkopeoEncryptedLayerAndTheSealedIndexesOpen) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recipients, ZindexCliKeys, ::testing::Values("rsa2048", "ec256"));
+
+// Without --span-size, spans of 512 KiB (zindex v2's default): the second layer (~900 KB of tar)
+// has several; the report gives each sealed index's core size, which its descriptor carries.
+TEST_F(ZindexCli, DefaultSpansAre512KiBAndTheCoreSizeIsAnnotated) {
+  KeyPair key = GenerateKeyPair(tmp_.path(), "ec256", "key");
+  SkopeoPush(key, "enc");
+  image::LoadedImage img = Image("enc");
+  auto r = Index(key, "enc", "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  const auto& layers = j["manifests"][0]["layers"];
+  ASSERT_EQ(layers.size(), 2u);
+  EXPECT_GE(layers[1]["spans"].get<uint64_t>(), 2u) << "spans of more than 512 KiB";
+  auto listed = Referrers(img.manifest_descriptor.digest);
+  ASSERT_EQ(listed.size(), 1u);
+  auto artifact = image::FetchReferrerManifest(*client_, Repo(), listed[0],
+                                               img.manifest_descriptor.digest, zindex::kArtifactType);
+  ASSERT_TRUE(artifact.ok()) << artifact.status().ToString();
+  ASSERT_EQ(artifact->manifest.layers.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    const image::Descriptor& blob = artifact->manifest.layers[i];
+    const uint64_t core = layers[i]["sealedCoreSize"].get<uint64_t>();
+    EXPECT_EQ(blob.Annotation(zindex::kAnnotationCoreBytes), std::to_string(core));
+    EXPECT_EQ(blob.size, layers[i]["sealedIndexSize"].get<uint64_t>());
+    EXPECT_LT(core, blob.size) << "layer " << i << ": no windows after the core";
+  }
+  EXPECT_EQ(ExpectIndexesOpen(img, listed[0], key).size(), 2u);
+}
 
 // A key that unwraps none of the layers: the error names the layer, and nothing is pushed
 // (no referrer, no referrers tag).
