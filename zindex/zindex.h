@@ -38,7 +38,8 @@ inline constexpr std::string_view kAnnotationLayerDigest = "org.lazycrypt.zindex
 // reader fetches header and core in one ranged request; the header is the truth (a smaller hint
 // costs a second request, a larger one fetches some windows for nothing).
 inline constexpr std::string_view kAnnotationCoreBytes = "org.lazycrypt.zindex.core-bytes";
-// The largest sealed index anyone makes or opens (a reader refuses a larger blob before reading it).
+// The largest sealed index anyone makes or opens, the whole blob (header, core and windows area;
+// a reader refuses a larger blob before reading it).
 inline constexpr uint64_t kMaxSealedIndexBytes = uint64_t{256} << 20;
 
 // The format's own maxima (FORMAT.md §11); Limits may lower them, never raise them.
