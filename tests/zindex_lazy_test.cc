@@ -15,7 +15,11 @@
 //     the HMAC before anything is committed);
 //   - a restart of the handler (its FUSE fd kept in an fd store) resumes the same mount and
 //     re-opens the index from beside its restore record, with the registry stopped;
-//   - a span damaged in the chunk store on disk is dropped and fetched again, never served.
+//   - a span damaged in the chunk store on disk is dropped and fetched again, never served;
+//   - zindex v2: the mount fetches only the index blob's header and core (one ranged request,
+//     the descriptor's core-bytes hint; only the core is kept for a restart), a read fetches its
+//     spans' windows from the index blob by range; a window the registry alters is EIO for its
+//     file, the others read.
 // And through a real containerd 2.1 (CRI, the shipped drop-in, runc) with the snapshotter daemon:
 //   - Cri2Zindex.IndexedSkopeoImageRunsLazilyThenVerifies: both layers of an indexed skopeo image
 //     (RSA and EC recipients) are FUSE-mounted by lazycrypt, the container prints its marker with
@@ -63,6 +67,8 @@
 #include "tests/integration_util.h"
 #include "tests/snapshotter_util.h"
 #include "zindex/zindex.h"
+#include "zindex/zindex.pb.h"
+#include "zindex/zindex_internal.h"
 
 namespace lazycrypt {
 namespace {
@@ -112,8 +118,15 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
              "count=6", "status=none"});
     fs::create_symlink("hello.txt", app / "srv" / "link");
     big_sha256_ = testing::FileSha256(app / "srv" / "big.bin");
+    // And 1 MiB of text that deflate compresses with back-references: its spans need their
+    // windows (zindex v2: fetched from the index blob with the span).
+    for (int i = 0; text_.size() < (size_t{1} << 20); ++i) {
+      text_ += "line " + std::to_string(i % 997) + ": the same few words, again and again\n";
+    }
+    testing::WriteFileString(app / "srv" / "text.txt", text_);
     MustRun({"tar", "--numeric-owner", "--no-recursion", "-C", app.string(), "-cf",
-             (root / "app.tar").string(), "srv", "srv/hello.txt", "srv/big.bin", "srv/link"});
+             (root / "app.tar").string(), "srv", "srv/hello.txt", "srv/big.bin", "srv/link",
+             "srv/text.txt"});
     MustRun({"umoci", "raw", "add-layer", "--image", layout.string() + ":latest",
              (root / "app.tar").string()});
 
@@ -281,11 +294,79 @@ class ZindexLazy : public ::testing::TestWithParam<std::string> {
     return pushed.ok() ? *pushed : "";
   }
 
+  // The app layer's sealed index blob `lazycrypt index` pushed (the newest artifact's), with its
+  // descriptor in the artifact manifest.
+  struct IndexBlob {
+    image::Descriptor descriptor;
+    std::vector<uint8_t> bytes;
+  };
+  IndexBlob IndexBlobOf(const std::string& ref, const std::string& layer_digest) {
+    IndexBlob out;
+    auto manifest = client_->GetManifest(Ref(ref));
+    EXPECT_TRUE(manifest.ok()) << manifest.status().ToString();
+    if (!manifest.ok()) return out;
+    auto listed = image::ListReferrers(*client_, Ref(ref), manifest->digest, zindex::kArtifactType);
+    EXPECT_TRUE(listed.ok() && !listed->empty()) << "no index artifact";
+    if (!listed.ok() || listed->empty()) return out;
+    auto artifact = image::FetchReferrerManifest(*client_, Ref(ref), listed->back(),
+                                                 manifest->digest, zindex::kArtifactType);
+    EXPECT_TRUE(artifact.ok()) << artifact.status().ToString();
+    if (!artifact.ok()) return out;
+    for (const image::Descriptor& b : artifact->manifest.layers) {
+      if (b.Annotation(zindex::kAnnotationLayerDigest) != layer_digest) continue;
+      MemoryOutputStream bytes;
+      EXPECT_TRUE(client_->GetBlob(Ref(ref), b.digest, bytes).ok());
+      out.descriptor = b;
+      out.bytes = bytes.bytes();
+    }
+    EXPECT_FALSE(out.bytes.empty()) << "no index blob for " << layer_digest;
+    return out;
+  }
+
+  // Layer `i` of `ref`'s manifest as a descriptor, and its key unwrapped with the node's key.
+  std::pair<image::Descriptor, image::OcicryptLayerCipher> LayerKey(const std::string& ref,
+                                                                    size_t i) {
+    nlohmann::json m;
+    const std::vector<Layer> layers = ReadImage(ref, &m);
+    image::Descriptor layer;
+    layer.media_type = m["layers"][i]["mediaType"].get<std::string>();
+    layer.digest = layers[i].digest;
+    layer.size = layers[i].size;
+    for (auto& [k, v] : m["layers"][i]["annotations"].items()) layer.annotations[k] = v;
+    auto node = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+    EXPECT_TRUE(node.ok());
+    keywrap::KeyRing keys;
+    keys.AddKey(std::move(*node));
+    auto cipher = image::UnwrapOcicryptLayer(layer, keys);
+    EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
+    return {layer, std::move(*cipher)};
+  }
+
+  // Pushes `bytes` as the sealed index of `layer_digest` (annotated with `core_bytes`) in an
+  // artifact of its own, the newest referrer of `ref`'s manifest (the one the snapshotter tries
+  // first); returns the artifact's digest.
+  std::string PushIndexBlob(const std::string& ref, const std::string& layer_digest,
+                            const std::vector<uint8_t>& bytes, const std::string& core_bytes) {
+    auto got = client_->GetManifest(Ref(ref));
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    image::Descriptor subject;
+    subject.media_type = got->media_type;
+    subject.digest = got->digest;
+    subject.size = got->bytes.size();
+    image::ArtifactBlob blob{std::string(zindex::kSealedIndexMediaType), bytes,
+                             {{std::string(zindex::kAnnotationLayerDigest), layer_digest},
+                              {std::string(zindex::kAnnotationCoreBytes), core_bytes}}};
+    auto pushed = image::PushReferrer(*client_, Ref(ref), subject, zindex::kArtifactType, {blob});
+    EXPECT_TRUE(pushed.ok()) << pushed.status().ToString();
+    return pushed.ok() ? *pushed : "";
+  }
+
   std::unique_ptr<harness::TempDir> tmp_;
   KeyPair rsa_, ec_;
   std::unique_ptr<harness::RegistryProcess> registry_;
   std::unique_ptr<registry::Client> client_;
   std::string big_sha256_;
+  std::string text_;
   std::unique_ptr<lazylayer::SnapshotHandler> handler_;
   std::vector<fs::path> targets_;
   std::mutex log_mu_;
@@ -382,7 +463,8 @@ TEST_P(ZindexLazy, TamperedSealedIndexIsRefusedAndTheLayerUnpacked) {
   MemoryInputStream in(blob.bytes());
   auto sealed = zindex::BuildSealedIndex(in, layer, *cipher);
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  (*sealed)[sealed->size() / 2] ^= 0x01;
+  // A byte of the sealed core (a flipped window only fails its span: see below).
+  (*sealed)[zindex::kSealedHeaderBytes + 16] ^= 0x01;
   image::Descriptor subject;
   subject.media_type = got->media_type;
   subject.digest = got->digest;
@@ -487,6 +569,18 @@ TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
   char buf[256];
   ASSERT_GT(::pread(fd, buf, sizeof buf, 0), 0);
 
+  // Only the index's header and core are kept beside the snapshot (the windows stay in the
+  // registry, and in the chunk store with their spans).
+  const IndexBlob index = IndexBlobOf(ref, layers[1].digest);
+  const fs::path kept = lazylayer::RestoreRecordPath(req.target_dir).parent_path() /
+                        "lazycrypt-zindex";
+  ASSERT_TRUE(fs::exists(kept));
+  EXPECT_EQ(std::to_string(fs::file_size(kept)),
+            index.descriptor.Annotation(zindex::kAnnotationCoreBytes));
+  EXPECT_LT(fs::file_size(kept), index.bytes.size());
+  // A span with a window read before the restart (kept in the store with its window).
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "text.txt"), text_);
+
   handler_.reset();  // leaves the mount to the next daemon
   registry_->Stop();
   StartHandler(/*verify=*/false, fd_store, shared_store);
@@ -500,6 +594,13 @@ TEST_P(ZindexLazy, RestartResumesTheSameMountAndReopensTheIndex) {
   ASSERT_GT(n, 0) << std::strerror(errno);
   EXPECT_EQ(std::string(buf, static_cast<size_t>(n)), kHello);
   ::close(fd);
+  // The text again, out of the page cache: its spans and windows from the chunk store, the
+  // registry stopped.
+  int text_fd = ::open((req.target_dir / "srv" / "text.txt").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(text_fd, 0);
+  ::posix_fadvise(text_fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(text_fd);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "text.txt"), text_);
 }
 
 // What a registry lists is bounded (FORMAT.md 11.8): the newest artifact names 3 sealed indexes
@@ -673,6 +774,152 @@ TEST_P(ZindexLazy, DamagedStoredSpanIsFetchedAgainNotServed) {
   EXPECT_GE(s->stats.disk_corrupt, 1u);
   EXPECT_GE(s->stats.chunks_fetched, 1u);
   EXPECT_EQ(s->stats.auth_failures, 0u);
+}
+
+// zindex v2 through the registry: the mount fetched only the index blob's header and core, in one
+// ranged request (its descriptor's kAnnotationCoreBytes); a read of the text fetches each span's
+// window from the index blob by range (stats and the registry's requests), and the file is right.
+TEST_P(ZindexLazy, LazyReadFetchesItsSpanWindowsFromTheIndexBlobByRange) {
+  const std::string ref = SkopeoPush("windows");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  const IndexBlob index = IndexBlobOf(ref, layers[1].digest);
+  ASSERT_FALSE(index.bytes.empty());
+  const uint64_t core = std::stoull(index.descriptor.Annotation(zindex::kAnnotationCoreBytes));
+  ASSERT_LT(core, index.bytes.size());
+  auto proxy = harness::FaultProxy::Start(registry_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+  StartHandler(/*verify=*/false);
+  auto req = Request((*proxy)->host() + "/app:windows", layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(StatusOf(1).has_value()) << "not mounted lazily:\n" << Log();
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "text.txt"), text_);
+  auto s = StatusOf(1);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_GE(s->stats.index_fetch_requests, 1u);
+  EXPECT_GT(s->stats.index_bytes_fetched, 0u);
+  EXPECT_LT(s->stats.index_bytes_fetched, index.bytes.size() - core);
+  EXPECT_EQ(s->stats.auth_failures, 0u);
+  std::vector<std::string> ranges;  // asked of the index blob, in completion order
+  for (const harness::ProxiedRequest& r : (*proxy)->Requests()) {
+    if (r.request_line.find("/blobs/" + index.descriptor.digest) == std::string::npos) continue;
+    EXPECT_FALSE(r.range.empty()) << "the index blob asked for whole: " << r.request_line;
+    ranges.push_back(r.range);
+  }
+  ASSERT_GE(ranges.size(), 2u);
+  EXPECT_EQ(ranges[0], "bytes=0-" + std::to_string(core - 1)) << "the mount's one request";
+  size_t windows = 0;
+  for (size_t k = 1; k < ranges.size(); ++k) {
+    const uint64_t from = std::stoull(ranges[k].substr(ranges[k].find('=') + 1));
+    EXPECT_GE(from, core) << ranges[k] << ": not in the windows area";
+    ++windows;
+  }
+  EXPECT_EQ(windows, s->stats.index_fetch_requests);
+}
+
+// A window the registry serves altered (the index blob with a byte flipped in a window of a span
+// of the text; or that window replaced by one of another seal of the same size, whose plain
+// window differs: it decompresses, so without its seal it would inflate the span to other
+// bytes) is EIO for the file that needs it, never other bytes; the other files read. The core is
+// intact: the index is found and mounted.
+TEST_P(ZindexLazy, TamperedWindowInTheRegistryIsEioForItsFileOthersStillRead) {
+  const std::string ref = SkopeoPush("tampered-window");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  const IndexBlob index = IndexBlobOf(ref, layers[1].digest);
+  ASSERT_FALSE(index.bytes.empty());
+  auto [layer, cipher] = LayerKey(ref, 1);
+  auto opened = zindex::OpenedIndex::Open(index.bytes, index.bytes.size(), layer, cipher);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto unsealed = zindex::internal::UnsealIndex(index.bytes, layer.digest, layer.size,
+                                                cipher.key.span());
+  ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+  zindex::v2::Index proto;
+  ASSERT_TRUE(proto.ParseFromArray(unsealed->serialized.data(),
+                                   static_cast<int>(unsealed->serialized.size())));
+  // The tar stream is app.tar (its diff_id); a span that starts well inside the text.
+  const std::string tar = testing::ReadFileString(tmp_->path() / "app.tar");
+  ASSERT_EQ(crypto::OciDigest(crypto::Sha256::Of(AsBytes(tar))), (*opened)->diff_id());
+  const size_t text_at = tar.find(text_.substr(0, 4096));
+  ASSERT_NE(text_at, std::string::npos);
+  int span = -1;
+  for (int i = 0; i < proto.spans_size() && span < 0; ++i) {
+    const auto& sp = proto.spans(i);
+    if (sp.out_offset() >= text_at + 4096 && sp.out_offset() < text_at + text_.size() - 4096 &&
+        sp.window_size() > 0) {
+      span = i;
+    }
+  }
+  ASSERT_GE(span, 0) << "no span with a window starts inside the text";
+  const zindex::OpenedIndex::Range w = (*opened)->span_window(static_cast<size_t>(span));
+  ASSERT_EQ(w.size, proto.spans(span).window_sealed_size());
+
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> variants;
+  {
+    std::vector<uint8_t> flipped = index.bytes;
+    flipped[w.offset + w.size / 2] ^= 0x01;
+    variants.emplace_back("a byte of its window flipped", std::move(flipped));
+  }
+  {
+    const auto& sp = proto.spans(span);
+    const std::vector<uint8_t> plain(tar.begin() + static_cast<ptrdiff_t>(sp.out_offset() -
+                                                                          sp.window_size()),
+                                     tar.begin() + static_cast<ptrdiff_t>(sp.out_offset()));
+    zindex::internal::Salt other = unsealed->salt;
+    other[0] ^= 1;
+    std::vector<uint8_t> window, changed;
+    for (int x = 1; x < 256 && window.size() != w.size; ++x) {  // XOR: same LZ structure
+      changed = plain;
+      for (uint8_t& b : changed) b ^= static_cast<uint8_t>(x);
+      auto sealed = zindex::internal::SealWindow(changed, static_cast<uint32_t>(span), other,
+                                                 layer.digest, layer.size, cipher.key.span());
+      ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+      window = std::move(sealed).value();
+    }
+    ASSERT_EQ(window.size(), w.size) << "no other window of the same size";
+    {
+      // The premise: this plain window inflates the span to other bytes, so a reader that did
+      // not authenticate windows would serve them. Sealed for this very seal, it decodes, and
+      // not to the tar's bytes.
+      auto same_seal = zindex::internal::SealWindow(changed, static_cast<uint32_t>(span),
+                                                    unsealed->salt, layer.digest, layer.size,
+                                                    cipher.key.span());
+      ASSERT_TRUE(same_seal.ok()) << same_seal.status().ToString();
+      const auto r = (*opened)->span_ciphertext(static_cast<size_t>(span));
+      auto ciphertext = client_->GetBlobRange(Ref(ref), layer.digest, r.offset, r.size);
+      ASSERT_TRUE(ciphertext.ok()) << ciphertext.status().ToString();
+      auto decoded = (*opened)->DecodeSpan(static_cast<size_t>(span), *ciphertext, *same_seal);
+      ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+      const auto out = (*opened)->span_uncompressed(static_cast<size_t>(span));
+      EXPECT_NE(std::string(reinterpret_cast<const char*>(decoded->data()), decoded->size()),
+                tar.substr(static_cast<size_t>(out.offset), static_cast<size_t>(out.size)))
+          << "the other window changes nothing in the span";
+    }
+    std::vector<uint8_t> replaced = index.bytes;
+    std::copy(window.begin(), window.end(), replaced.begin() + static_cast<ptrdiff_t>(w.offset));
+    variants.emplace_back("its window replaced by another seal's", std::move(replaced));
+  }
+  const std::string core = index.descriptor.Annotation(zindex::kAnnotationCoreBytes);
+  int64_t id = 0;
+  for (const auto& [what, bytes] : variants) {
+    SCOPED_TRACE(what);
+    const std::string artifact = PushIndexBlob(ref, layers[1].digest, bytes, core);
+    StartHandler(/*verify=*/false);
+    auto req = Request(ref, layers[1], ++id);
+    auto mounted = handler_->TryMount(req);
+    ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+    ASSERT_TRUE(StatusOf(id).has_value()) << "not mounted lazily:\n" << Log();
+    EXPECT_NE(Log().find(crypto::OciDigest(crypto::Sha256::Of(bytes))), std::string::npos)
+        << "not mounted from the altered index blob:\n" << Log();
+    std::string got;
+    EXPECT_EQ(testing::ReadErrno(req.target_dir / "srv" / "text.txt", &got), EIO)
+        << (got == text_ ? "served the right bytes" : "served OTHER bytes");
+    EXPECT_GE(StatusOf(id)->stats.auth_failures, 1u);
+    EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+    EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
+    handler_.reset();
+  }
 }
 
 class Cri2Zindex : public cri_testing::Cri {
