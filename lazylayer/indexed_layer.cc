@@ -142,7 +142,8 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
     const zindex::OpenedIndex::Range w = zi_->span_window(i);
     const uint64_t sealed_size = windows_->size();
     if (w.size > 0 &&
-        (w.offset > sealed_size || w.size > sealed_size - w.offset || w.size > kMaxWindowFetchBytes)) {
+        (w.offset > sealed_size || w.size > sealed_size - w.offset ||
+         w.size > kMaxWindowFetchBytes)) {
       return Status::Corruption("span " + std::to_string(i) +
                                 ": its window lies outside the index blob or is too large");
     }
@@ -290,7 +291,8 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
     const zindex::OpenedIndex::Range w = zi.span_window(i);
     if (w.size == 0) return ByteSpan();
     if (w.offset > index_blob.size() || w.size > index_blob.size() - w.offset) {
-      return Status::Corruption("span " + std::to_string(i) + ": its window lies outside the index blob");
+      return Status::Corruption("span " + std::to_string(i) +
+                                ": its window lies outside the index blob");
     }
     if (windows.empty() || w.offset > windows_base + windows.size()) {
       windows.clear();
@@ -300,7 +302,8 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
       return Status::Corruption("the index's windows are not in span order (span " +
                                 std::to_string(i) + ")");
     }
-    windows.erase(windows.begin(), windows.begin() + static_cast<ptrdiff_t>(w.offset - windows_base));
+    windows.erase(windows.begin(),
+                  windows.begin() + static_cast<ptrdiff_t>(w.offset - windows_base));
     windows_base = w.offset;
     if (w.size > windows.size()) {
       const uint64_t from = windows_base + windows.size();

@@ -73,8 +73,9 @@ class MountedIndexedLayer final : public CtrMountedLayer {
   // numbers) and it becomes this layer's mount; on failure it stays the caller's.
   static Result<std::unique_ptr<MountedIndexedLayer>> Mount(
       const std::filesystem::path& mountpoint, std::shared_ptr<BlobSource> ciphertext,
-      std::shared_ptr<BlobSource> sealed_index, const image::Descriptor& descriptor, image::OcicryptLayerCipher cipher,
-      std::shared_ptr<const zindex::OpenedIndex> index, std::string store_key,
+      std::shared_ptr<BlobSource> sealed_index, const image::Descriptor& descriptor,
+      image::OcicryptLayerCipher cipher, std::shared_ptr<const zindex::OpenedIndex> index,
+      std::string store_key,
       const IndexedMountOptions& options, std::unique_ptr<fusefs::FuseMount>* resumed = nullptr);
   ~MountedIndexedLayer() override;
 

@@ -780,8 +780,9 @@ struct SnapshotHandler::Impl {
   // The header and sealed core of index blob `digest` (`size` bytes, at most `max_bytes`, checked
   // by the caller), exactly as many bytes as its header says (zindex::SealedCoreBytes), by range:
   // [0, hint) in ONE request when `hint` (decimal: the kAnnotationCoreBytes of its descriptor,
-  // or what a restore recorded) is at least a header, else the header first; then the rest of the
-  // core in one more request if the header says it is longer. Never beyond `size`.
+  // or what a restore recorded) is at least a header and at most the blob, else (absent or
+  // invalid) the header first; then the rest of the core in one more request if the header says
+  // it is longer. Never beyond `size`.
   Result<std::vector<uint8_t>> FetchSealedCore(const registry::Reference& repo,
                                                const std::string& digest, uint64_t size,
                                                std::string_view hint, uint64_t max_bytes) {
@@ -790,7 +791,7 @@ struct SnapshotHandler::Impl {
     if (!hint.empty() &&
         std::from_chars(hint.data(), hint.data() + hint.size(), hinted).ptr ==
             hint.data() + hint.size() &&
-        hinted >= zindex::kSealedHeaderBytes) {
+        hinted >= zindex::kSealedHeaderBytes && hinted <= size) {
       first = hinted;
     }
     first = std::min(first, size);
@@ -806,8 +807,9 @@ struct SnapshotHandler::Impl {
                                 " bytes, the blob is " + std::to_string(size));
     }
     if (core_bytes > core.size()) {
-      LC_ASSIGN_OR_RETURN(std::vector<uint8_t> rest,
-                          client->GetBlobRange(repo, digest, core.size(), core_bytes - core.size()));
+      LC_ASSIGN_OR_RETURN(
+          std::vector<uint8_t> rest,
+          client->GetBlobRange(repo, digest, core.size(), core_bytes - core.size()));
       if (rest.size() != core_bytes - core.size()) {
         return Status::Corruption("the registry answered " + std::to_string(rest.size()) +
                                   " bytes for the rest of its core");

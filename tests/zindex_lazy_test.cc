@@ -818,6 +818,63 @@ TEST_P(ZindexLazy, LazyReadFetchesItsSpanWindowsFromTheIndexBlobByRange) {
   EXPECT_EQ(windows, s->stats.index_fetch_requests);
 }
 
+// The core-bytes hint is only a hint: without one, with one too short, or an invalid one (larger
+// than the blob, not a number) the snapshotter reads the header first, then the rest of the core:
+// one more ranged request, never the whole blob, and the layer mounts.
+TEST_P(ZindexLazy, MissingShortOrInvalidCoreHintCostsOneMoreRangedRequest) {
+  const std::string ref = SkopeoPush("core-hint");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  const IndexBlob index = IndexBlobOf(ref, layers[1].digest);
+  ASSERT_FALSE(index.bytes.empty());
+  const uint64_t core = std::stoull(index.descriptor.Annotation(zindex::kAnnotationCoreBytes));
+  const std::string header = "bytes=0-" + std::to_string(zindex::kSealedHeaderBytes - 1);
+  const std::string rest = "bytes=" + std::to_string(zindex::kSealedHeaderBytes) + "-" +
+                           std::to_string(core - 1);
+  struct Case {
+    std::string hint;
+    std::vector<std::string> ranges;  // what the mount asks of the index blob
+  };
+  const std::vector<Case> cases = {
+      {"", {header, rest}},
+      {"100", {"bytes=0-99", "bytes=100-" + std::to_string(core - 1)}},
+      {std::to_string(index.bytes.size() + 1), {header, rest}},
+      {"12 KiB", {header, rest}},
+  };
+  int64_t id = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("hint \"" + c.hint + "\"");
+    // The same blob, under an artifact of its own whose descriptor carries the hint (or none).
+    auto got = client_->GetManifest(Ref(ref));
+    ASSERT_TRUE(got.ok());
+    image::Descriptor subject;
+    subject.media_type = got->media_type;
+    subject.digest = got->digest;
+    subject.size = got->bytes.size();
+    image::ArtifactBlob blob{std::string(zindex::kSealedIndexMediaType), index.bytes,
+                             {{std::string(zindex::kAnnotationLayerDigest), layers[1].digest}}};
+    if (!c.hint.empty()) blob.annotations[std::string(zindex::kAnnotationCoreBytes)] = c.hint;
+    ASSERT_TRUE(
+        image::PushReferrer(*client_, Ref(ref), subject, zindex::kArtifactType, {blob}).ok());
+    auto proxy = harness::FaultProxy::Start(registry_->port());
+    ASSERT_TRUE(proxy.ok()) << proxy.status().ToString();
+    StartHandler(/*verify=*/false);
+    auto req = Request((*proxy)->host() + "/app:core-hint", layers[1], ++id);
+    auto mounted = handler_->TryMount(req);
+    ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+    ASSERT_TRUE(StatusOf(id).has_value()) << "not mounted lazily:\n" << Log();
+    std::vector<std::string> ranges;
+    for (const harness::ProxiedRequest& r : (*proxy)->Requests()) {
+      if (r.request_line.find("/blobs/" + index.descriptor.digest) != std::string::npos) {
+        ranges.push_back(r.range);
+      }
+    }
+    EXPECT_EQ(ranges, c.ranges);
+    EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+    handler_.reset();
+  }
+}
+
 // A window the registry serves altered (the index blob with a byte flipped in a window of a span
 // of the text; or that window replaced by one of another seal of the same size, whose plain
 // window differs: it decompresses, so without its seal it would inflate the span to other
