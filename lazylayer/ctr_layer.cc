@@ -17,6 +17,12 @@ namespace {
 
 // The verification reads the blob in pieces of this size (one ranged request each).
 constexpr size_t kVerifyReadBytes = size_t{4} << 20;
+// Read-ahead: loads in parallel per layer (each a ranged request, two for an indexed span), the
+// most chunks queued for them (more is dropped: the readers load it), the files whose next
+// sequential offset is remembered (then forgotten at once, as cache/cached_layer.cc does).
+constexpr size_t kReadAheadWorkers = 4;
+constexpr size_t kReadAheadMaxQueued = 64;
+constexpr size_t kReadAheadFilesTracked = 4096;
 
 }  // namespace
 
@@ -136,6 +142,115 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Chunk(uint32_t i) {
   }
   promise.set_value(opened);
   return opened;
+}
+
+CtrLayerData::~CtrLayerData() { StopReadAhead(); }
+
+bool CtrLayerData::OpenedOrLoading(uint32_t i) {
+  if (opened_->Contains(i)) return true;
+  std::lock_guard<std::mutex> lock(inflight_mu_);
+  return inflight_.count(i) != 0;
+}
+
+void CtrLayerData::ReadAhead(uint32_t entry, uint64_t offset, uint64_t bytes, uint32_t first,
+                             uint32_t next, uint32_t end) {
+  const uint64_t budget = readahead_bytes_.load();
+  if (budget == 0 || quarantined()) return;
+  bool sequential = false;
+  {
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    if (ra_stop_) return;
+    auto it = ra_next_offset_.find(entry);
+    // A read from a file's start is taken as the start of a sequential read (exec'd binaries and
+    // the files a start reads are read whole).
+    sequential = offset == 0 || (it != ra_next_offset_.end() && it->second == offset);
+    if (ra_next_offset_.size() >= kReadAheadFilesTracked) ra_next_offset_.clear();
+    ra_next_offset_[entry] = offset + bytes;
+  }
+  // The read's own chunks after its first (its reader loads the first meanwhile), then the
+  // file's next ones within the budget; none already opened or loading.
+  std::vector<uint32_t> own, ahead;
+  for (uint32_t j = first + 1; j < next; ++j) {
+    if (!OpenedOrLoading(j)) own.push_back(j);
+  }
+  if (sequential) {
+    const auto chunks = index().chunks();
+    uint64_t total = 0;
+    for (uint32_t j = next; j < end && j < chunks.size(); ++j) {
+      total += chunks[j].raw_size;
+      if (total > budget) break;
+      if (!OpenedOrLoading(j)) ahead.push_back(j);
+    }
+  }
+  if (own.empty() && ahead.empty()) return;
+  std::lock_guard<std::mutex> lock(ra_mu_);
+  if (ra_stop_) return;
+  // The read's own chunks go first, in order.
+  for (auto j = own.rbegin(); j != own.rend(); ++j) {
+    if (ra_queue_.size() >= kReadAheadMaxQueued) break;
+    if (!ra_pending_.insert(*j).second) continue;
+    ra_queue_.push_front(*j);
+    readahead_chunks_.fetch_add(1);
+  }
+  for (uint32_t j : ahead) {
+    if (ra_queue_.size() >= kReadAheadMaxQueued) break;
+    if (!ra_pending_.insert(j).second) continue;
+    ra_queue_.push_back(j);
+    readahead_chunks_.fetch_add(1);
+  }
+  while (ra_idle_ < ra_queue_.size() && ra_workers_.size() < kReadAheadWorkers) {
+    try {
+      ra_workers_.emplace_back([this] { ReadAheadWorker(); });
+    } catch (const std::system_error&) {
+      break;  // no thread to spare: what no worker takes, the readers load
+    }
+  }
+  if (ra_workers_.empty()) {
+    for (uint32_t j : ra_queue_) ra_pending_.erase(j);
+    ra_queue_.clear();
+    return;
+  }
+  ra_cv_.notify_all();
+}
+
+void CtrLayerData::ReadAheadWorker() {
+  std::unique_lock<std::mutex> lock(ra_mu_);
+  while (true) {
+    ++ra_idle_;
+    ra_cv_.wait(lock, [&] { return ra_stop_ || !ra_queue_.empty(); });
+    --ra_idle_;
+    if (ra_stop_) return;
+    const uint32_t j = ra_queue_.front();
+    ra_queue_.pop_front();
+    lock.unlock();
+    // Errors are dropped (not cached: the reader that needs the chunk tries again). A quarantined
+    // layer loads nothing more; a chunk a reader got to first is left to it.
+    try {
+      if (!quarantined() && !OpenedOrLoading(j)) (void)Chunk(j);
+    } catch (...) {
+    }
+    lock.lock();
+    ra_pending_.erase(j);
+  }
+}
+
+bool CtrLayerData::readahead_idle() const {
+  std::lock_guard<std::mutex> lock(ra_mu_);
+  return ra_pending_.empty();
+}
+
+void CtrLayerData::StopReadAhead() {
+  std::vector<std::thread> workers;
+  {
+    std::lock_guard<std::mutex> lock(ra_mu_);
+    ra_stop_ = true;
+    for (uint32_t j : ra_queue_) ra_pending_.erase(j);
+    ra_queue_.clear();
+    workers.swap(ra_workers_);
+  }
+  ra_cv_.notify_all();
+  // A worker ends once its load in flight does (the source's own timeouts bound it).
+  for (std::thread& t : workers) t.join();
 }
 
 Status CtrLayerData::FetchSide(uint32_t i, const CiphertextRange&, MutableByteSpan) {
@@ -262,6 +377,7 @@ Status CtrMountedLayer::MountAndStart(const std::filesystem::path& mountpoint,
                                       std::unique_ptr<fusefs::FuseMount>* resumed) {
   data_ = std::move(data);
   if (options.verify) data_->set_verify_on();
+  data_->set_readahead_bytes(options.readahead_bytes);
   fusefs::MountOptions mount_options = options.mount;
   if (mount_options.layer_name == "layer") mount_options.layer_name = "layer " + digest_;
   if (resumed != nullptr && *resumed != nullptr) {
@@ -375,6 +491,7 @@ Status CtrMountedLayer::VerifyOnce(const CtrLayerOptions& options) {
 }
 
 void CtrMountedLayer::StopBackground() {
+  if (data_) data_->StopReadAhead();
   if (!background_) return;
   {
     std::lock_guard<std::mutex> lock(background_->mu);

@@ -12,6 +12,15 @@
 // verifies, with the yield bound below). A format supplies the chunk decoder (its LayerData)
 // and the part of the verification that reads the decrypted stream (VerifyContent).
 //
+// Read-ahead: a read that starts a regular file (offset 0) or continues the previous read of it
+// hands the chunks after the ones it needs (up to CtrLayerOptions::readahead_bytes of
+// uncompressed bytes, never past the file's end) to a small pool of the layer's own workers,
+// which load them in parallel while the reader loads its own; the chunks a read needs after its
+// first are handed to them too, first. Each load is Chunk(j) (single-flight: a reader that
+// reaches chunk j waits for that load instead of fetching again); the reader never waits for
+// the pool. Read-ahead fetches are fetches (counted in the stats; the verification yields to
+// them); a failed one is dropped (the reader that needs the chunk tries again).
+//
 // Verification yields to on-demand reads: it sends no request while a read is fetching a chunk.
 // That yield is bounded (CtrLayerOptions::verify_max_yield_ms, summed over the layer's life):
 // a container that keeps reading cannot keep a layer pending, and so unquarantined, forever;
@@ -24,6 +33,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -33,11 +43,11 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "cache/chunk_store.h"
 #include "cache/layer_data.h"
-#include "cache/opened_chunk_cache.h"
 #include "cache/opened_chunk_cache.h"
 #include "common/io.h"
 #include "common/status.h"
@@ -99,6 +109,9 @@ struct CtrLayerOptions {
   uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
   // Fetch the files the layer marks for prefetch in the background once mounted.
   bool prefetch = true;
+  // Read-ahead (above): uncompressed bytes of a file's following chunks a sequential read starts
+  // loading in the background. 0 = no read-ahead (and a read loads its chunks one by one).
+  uint64_t readahead_bytes = uint64_t{4} << 20;
   // Verify the whole layer in the background once mounted (see above).
   bool verify = true;
   uint32_t verify_start_delay_ms = 0;
@@ -137,10 +150,23 @@ class CtrLayerData : public cache::LayerData {
         store_(store),
         store_key_(std::move(store_key)),
         opened_(std::move(opened)) {}
+  // Stops the read-ahead workers (a derived class's destructor must have called
+  // StopReadAhead: they call its virtual functions).
+  ~CtrLayerData() override;
   CountingSource& ciphertext() { return *ciphertext_; }
 
   // The opened chunk `i` (cached, or fetched and opened once however many readers ask).
   Result<cache::OpenedChunkPtr> Chunk(uint32_t i);
+
+  // Read-ahead (above) of up to `bytes` per read; 0 = none. Set before the layer is mounted.
+  void set_readahead_bytes(uint64_t bytes) { readahead_bytes_.store(bytes); }
+  // Drops the queued read-ahead, waits for the loads in flight and joins the workers; later
+  // read-ahead is dropped. Idempotent. Derived classes call it first in their destructors.
+  void StopReadAhead();
+  // Chunks handed to the read-ahead workers so far (each at most once while queued or loading).
+  uint64_t readahead_chunks() const { return readahead_chunks_.load(); }
+  // True when no read-ahead is queued or loading.
+  bool readahead_idle() const;
 
   bool quarantined() const override { return verification_.load() == Verification::kFailed; }
   // AuthFailed (counted) when quarantined; OK otherwise. Every read calls it first.
@@ -181,6 +207,13 @@ class CtrLayerData : public cache::LayerData {
   // The counters this class keeps, the verification state, the opened chunks held and the
   // store's presence.
   void FillStats(cache::LayerStats& s) const;
+  // ReadFile's part of the read-ahead, called before it loads the chunks of a read of `bytes` at
+  // `offset` of regular file `entry` (its index): the read needs chunks [first, next) and the file
+  // ends with chunk end - 1. Hands the read's chunks after `first` to the workers, and, when the
+  // read starts the file or continues its previous read, the file's chunks from `next` on, up to
+  // readahead_bytes (index().chunks()[j].raw_size each). Never waits for a load.
+  void ReadAhead(uint32_t entry, uint64_t offset, uint64_t bytes, uint32_t first, uint32_t next,
+                 uint32_t end);
 
   std::shared_ptr<CountingSource> ciphertext_;
   std::atomic<uint64_t> chunks_fetched_{0}, chunks_opened_{0}, cache_hits_{0}, cache_misses_{0},
@@ -189,6 +222,10 @@ class CtrLayerData : public cache::LayerData {
  private:
   // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
   Result<cache::OpenedChunkPtr> Load(uint32_t i);
+  // Held opened, or being loaded by a reader or a worker.
+  bool OpenedOrLoading(uint32_t i);
+  // A read-ahead worker: loads queued chunks until StopReadAhead.
+  void ReadAheadWorker();
 
   cache::ChunkStore* const store_;
   const std::string store_key_;
@@ -202,6 +239,18 @@ class CtrLayerData : public cache::LayerData {
   int fetches_ = 0;
   std::atomic<Verification> verification_{Verification::kPending};
   std::atomic<bool> verify_on_{false};
+
+  std::atomic<uint64_t> readahead_bytes_{0}, readahead_chunks_{0};
+  mutable std::mutex ra_mu_;
+  std::condition_variable ra_cv_;
+  std::deque<uint32_t> ra_queue_;            // chunks for the workers, next first
+  std::unordered_set<uint32_t> ra_pending_;  // queued or being loaded by a worker
+  std::vector<std::thread> ra_workers_;
+  size_t ra_idle_ = 0;  // workers waiting for a chunk
+  bool ra_stop_ = false;
+  // Where the next sequential read of a file would start, by entry index (bounded: cleared when
+  // it holds kReadAheadFilesTracked files).
+  std::unordered_map<uint32_t, uint64_t> ra_next_offset_;
 };
 
 // A CTR layer mounted with FUSE, with its background prefetch and verification.
@@ -234,6 +283,9 @@ class CtrMountedLayer {
   std::chrono::milliseconds verification_yielded() const {
     return std::chrono::milliseconds(yielded_ms_.load());
   }
+  // Chunks handed to read-ahead so far, and whether none is queued or loading now.
+  uint64_t readahead_chunks() const { return data_->readahead_chunks(); }
+  bool readahead_idle() const { return data_->readahead_idle(); }
 
  protected:
   CtrMountedLayer();
@@ -251,8 +303,8 @@ class CtrMountedLayer {
   // checks the tar stream against what the mount serves, and returns the tar stream's diff_id
   // ("sha256:<hex>"). Errors name the problem, never a file.
   virtual Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) = 0;
-  // Stops the background thread (before the derived layer's members go: derived destructors
-  // call it first).
+  // Stops the background thread and the read-ahead workers (before the derived layer's members
+  // go: derived destructors call it first).
   void StopBackground();
 
   std::shared_ptr<CtrLayerData> data_;

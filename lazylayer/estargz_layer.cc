@@ -232,6 +232,7 @@ class MountedEstargzLayer::Data final : public CtrLayerData {
         ez_(std::move(ez)),
         index_(std::move(index)),
         toc_json_(std::move(toc_json)) {}
+  ~Data() override { StopReadAhead(); }  // its workers call this class's functions
 
   const format::LayerIndex& index() const override { return *index_; }
   const estargz::Index& ez() const { return *ez_; }
@@ -257,12 +258,21 @@ class MountedEstargzLayer::Data final : public CtrLayerData {
     if (offset >= e.size || out.empty()) return size_t{0};
     const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), e.size - offset));
     auto chunks = ez_->ChunksOf(i);
-    auto it = std::upper_bound(chunks.begin(), chunks.end(), offset,
-                               [](uint64_t off, const estargz::ChunkRef& c) {
-                                 return off < c.file_offset;
-                               });
+    auto chunk_at = [&chunks](uint64_t off) {
+      return std::upper_bound(chunks.begin(), chunks.end(), off,
+                              [](uint64_t o, const estargz::ChunkRef& c) {
+                                return o < c.file_offset;
+                              }) -
+             1;
+    };
+    auto it = chunk_at(offset);
+    // The read's chunks after its first and the file's next ones load meanwhile (read-ahead).
+    const auto first = static_cast<uint32_t>(it - chunks.begin());
+    const auto next = static_cast<uint32_t>(chunk_at(offset + n - 1) - chunks.begin()) + 1;
+    ReadAhead(i, offset, n, e.first_chunk + first, e.first_chunk + next,
+              e.first_chunk + static_cast<uint32_t>(chunks.size()));
     size_t done = 0;
-    for (--it; done < n; ++it) {
+    for (; done < n; ++it) {
       const uint32_t chunk_index = e.first_chunk + static_cast<uint32_t>(it - chunks.begin());
       LC_ASSIGN_OR_RETURN(cache::OpenedChunkPtr plain, Chunk(chunk_index));
       const uint64_t at = offset + done - it->file_offset;

@@ -68,6 +68,7 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
       before += zi_->span_window(i).size;
     }
   }
+  ~Data() override { StopReadAhead(); }  // its workers call this class's functions
 
   const format::LayerIndex& index() const override { return *index_; }
 
@@ -103,6 +104,12 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
     if (offset >= size || out.empty()) return size_t{0};
     const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), size - offset));
     const auto chunks = index_->chunks();
+    // The read's spans after its first and the file's next ones load meanwhile (read-ahead).
+    const uint64_t start = entry.data_offset();
+    ReadAhead(entry.index(), offset, n,
+              static_cast<uint32_t>(index_->ChunkForTarOffset(start + offset)),
+              static_cast<uint32_t>(index_->ChunkForTarOffset(start + offset + n - 1)) + 1,
+              static_cast<uint32_t>(index_->ChunkForTarOffset(start + size - 1)) + 1);
     size_t done = 0;
     while (done < n) {
       const uint64_t at_tar = entry.data_offset() + offset + done;
