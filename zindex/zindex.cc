@@ -691,6 +691,9 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
       OPENSSL_cleanse(s.at.window.data(), s.at.window.size());  // plaintext, no longer needed
       p->set_window_offset(windows_area.size());
       p->set_window_sealed_size(static_cast<uint32_t>(sealed_window.size()));
+      // The core pins the window's bytes, not only its size (FORMAT.md §11.2).
+      const crypto::Sha256Digest window_sha256 = crypto::Sha256::Of(sealed_window);
+      p->set_window_sha256(window_sha256.data(), window_sha256.size());
       windows_area.insert(windows_area.end(), sealed_window.begin(), sealed_window.end());
       if (windows_area.size() > kMaxSealedIndexBytes) {
         return Status::Unsupported("zindex: the windows alone exceed " +
@@ -738,6 +741,7 @@ struct OpenedIndex::Impl {
     uint32_t window_size = 0;
     Range window;  // absolute in the sealed blob
     crypto::Sha256Digest sha256{};
+    crypto::Sha256Digest window_sha256{};  // of the sealed window; unused without one
   };
   std::vector<Span> spans;
 };
@@ -850,7 +854,15 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
       if (p.window_offset() != 0 || p.window_sealed_size() != 0) {
         return Status::Corruption(what + "a sealed window for a span without a window");
       }
+      if (!p.window_sha256().empty()) {
+        return Status::Corruption(what + "a window digest for a span without a window");
+      }
     } else {
+      if (p.window_sha256().size() != s.window_sha256.size()) {
+        return Status::Corruption(what + "window digest is " + Num(p.window_sha256().size()) +
+                                  " bytes, need 32");
+      }
+      std::memcpy(s.window_sha256.data(), p.window_sha256().data(), s.window_sha256.size());
       if (p.window_sealed_size() < kMinWindowSealedBytes ||
           p.window_sealed_size() > MaxWindowSealedBytes()) {
         return Status::Corruption(what + "sealed window of " + Num(p.window_sealed_size()) +
@@ -971,9 +983,14 @@ Result<crypto::SecureBuffer> OpenedIndex::DecodeSpan(size_t i, ByteSpan cipherte
   if (!crypto::ConstantTimeEquals(crypto::Sha256::Of(ciphertext), s.sha256)) {
     return Status::AuthFailed("zindex: span " + Num(i) + " digest mismatch");
   }
-  // The window is authenticated and decompressed before anything is decrypted or inflated.
+  // The window is pinned by the core (a key holder can seal several for one span: the seal alone
+  // would accept any of them), then authenticated and decompressed, before anything is
+  // decrypted or inflated.
   crypto::SecureBuffer window(s.window_size);
   if (s.window_size != 0) {
+    if (!crypto::ConstantTimeEquals(crypto::Sha256::Of(sealed_window), s.window_sha256)) {
+      return Status::AuthFailed("zindex: span " + Num(i) + " window digest mismatch");
+    }
     const size_t frame_size = sealed_window.size() - crypto::kGcmTagSize;
     crypto::SecureBuffer frame(frame_size);
     const auto nonce = WindowNonce(static_cast<uint32_t>(i));

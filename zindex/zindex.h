@@ -126,8 +126,10 @@ class OpenedIndex {
   // windows area); size 0 when the span has no window (member starts). REQUIRES i < span_count().
   Range span_window(size_t i) const;
   // Checks SHA-256(ciphertext) (exactly span_ciphertext(i)) against the index ("span i digest
-  // mismatch", AuthFailed) and authenticates `sealed_window` (exactly span_window(i) of the sealed
-  // blob, empty when its size is 0; AuthFailed "span i window does not authenticate") and
+  // mismatch", AuthFailed), SHA-256(sealed_window) (exactly span_window(i) of the sealed blob,
+  // empty when its size is 0) against the core's window digest ("span i window digest mismatch",
+  // AuthFailed: the core pins which window, not only its size), authenticates it (AuthFailed
+  // "span i window does not authenticate") and
   // decompresses it to the window's size (Corruption) before anything is inflated; decrypts with
   // CTR, inflates from checkpoint i to exactly the span's uncompressed size (Corruption
   // otherwise). The plaintext and the window are wiped when released. InvalidArgument when i is

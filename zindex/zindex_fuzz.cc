@@ -5,7 +5,8 @@
 // then opened for that layer, also from its core prefix alone. When it opens, each span's digest
 // is replaced by the digest of what the layer holds at its range, the window offsets are pinned,
 // and the index is sealed and opened again, so hostile checkpoints (bits, window sizes, offsets)
-// reach inflate; every window is also given for the wrong span, which must never decode.
+// reach inflate; every window is also given for the wrong span and with a byte changed, which
+// must never decode (the core pins each window by its SHA-256).
 // Seeds: fuzz_corpus/ (real indexes of the fixed layer, written by zindex_test's
 // ZindexFuzzSeeds test with LAZYCRYPT_ZINDEX_WRITE_SEEDS=<dir>).
 #include <cstdint>
@@ -99,6 +100,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const ByteSpan ciphertext = ByteSpan(blob).subspan(c.offset, c.size);
     auto plain = index.DecodeSpan(i, ciphertext, ByteSpan(*resealed).subspan(w.offset, w.size));
     if (plain.ok() && plain->size() != index.span_uncompressed(i).size) std::abort();
+    // Span i's window with one byte changed (what another window of this seal for span i would
+    // be to the core: other bytes) is refused by the core's digest before it is opened.
+    if (w.size != 0) {
+      std::vector<uint8_t> changed(resealed->begin() + static_cast<ptrdiff_t>(w.offset),
+                                   resealed->begin() + static_cast<ptrdiff_t>(w.offset + w.size));
+      changed[changed.size() / 2] ^= 0x01;
+      auto refused = index.DecodeSpan(i, ciphertext, changed);
+      if (refused.ok() || refused.status().code() != StatusCode::kAuthFailed) std::abort();
+    }
     // Span i's neighbour's window, when it has the same size, is never accepted for span i.
     const size_t j = i + 1;
     if (j < index.span_count() && index.span_window(j).size == w.size && w.size != 0) {

@@ -100,9 +100,10 @@ inline FuzzLayer MakeFuzzLayer() {
 // A whole sealed blob for `serialized` (an Index proto, possibly hostile) under the layer's key
 // and a fixed salt: each span with 0 < window_size <= 32 KiB gets a window sealed as a maker
 // would, holding the tar bytes before its out_offset (zeros where there are none), in span order
-// in the windows area. With `pin_windows`, the proto's window_offset/window_sealed_size are set
-// to where they are (*pinned gets the proto as sealed); without, they are left as given, so Open
-// sees hostile window offsets against a real windows area. A proto that does not parse is sealed
+// in the windows area. With `pin_windows`, the proto's window_offset/window_sealed_size/
+// window_sha256 are set to where and what they are (*pinned gets the proto as sealed); without,
+// they are left as given, so Open sees hostile window places and digests against a real windows
+// area. A proto that does not parse is sealed
 // as given with an empty windows area.
 inline Result<std::vector<uint8_t>> SealFuzzIndex(const FuzzLayer& layer, ByteSpan serialized,
                                                   bool pin_windows,
@@ -131,6 +132,8 @@ inline Result<std::vector<uint8_t>> SealFuzzIndex(const FuzzLayer& layer, ByteSp
     if (pin_windows) {
       span->set_window_offset(windows_area.size());
       span->set_window_sealed_size(static_cast<uint32_t>(sealed->size()));
+      const crypto::Sha256Digest digest = crypto::Sha256::Of(*sealed);
+      span->set_window_sha256(digest.data(), digest.size());
     }
     windows_area.insert(windows_area.end(), sealed->begin(), sealed->end());
   }

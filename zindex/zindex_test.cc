@@ -455,8 +455,9 @@ TEST_F(ZindexTest, FlippedWindowByteIsAuthFailedNamingTheSpan) {
       auto plain = idx.DecodeSpan(i, SpanBytes(layer, idx, i), window);
       ASSERT_FALSE(plain.ok()) << "span " << i << " byte " << at;
       EXPECT_EQ(plain.status().code(), StatusCode::kAuthFailed);
+      // Refused by the core's digest of the window, before the window is opened.
       EXPECT_EQ(plain.status().message(),
-                "zindex: span " + std::to_string(i) + " window does not authenticate");
+                "zindex: span " + std::to_string(i) + " window digest mismatch");
       window[at] ^= 0x04;
     }
     ++checked;
@@ -508,6 +509,155 @@ TEST_F(ZindexTest, AnotherSpansWindowIsAuthFailed) {
   }
   EXPECT_GE(same_size_pairs, 2u);
   EXPECT_GE(other_size_pairs, 2u);
+}
+
+// A key holder can seal two windows for one span under one salt (the same seal key, nonce and
+// AAD: both authenticate), e.g. two cores that differ only in that window. The core pins its
+// window by SHA-256: the other window, served for the span's range, is refused before it is
+// opened, though it authenticates and decodes the span (to other bytes) under its own core.
+TEST_F(ZindexTest, AnotherWindowOfTheSameSaltIsRefusedByTheCoresWindowDigest) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto honest = OpenAll(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(honest.ok()) << honest.status().ToString();
+  const OpenedIndex& a = **honest;
+  internal::Salt salt;
+  std::copy(sealed->begin() + 12, sealed->begin() + 44, salt.begin());
+  auto cipher = Cipher(layer);
+  size_t checked = 0, changed = 0;  // spans whose other window inflates them to other bytes
+  for (size_t i = 1; i < a.span_count() && changed < 2; ++i) {
+    const OpenedIndex::Range w = a.span_window(i);
+    const OpenedIndex::Range u = a.span_uncompressed(i);
+    if (w.size == 0) continue;
+    // Another plain window for span i (every byte XORed: the same LZ structure, so zstd likely
+    // keeps the size), sealed for span i under the same salt, of exactly the honest size.
+    const uint64_t window_size = std::min<uint64_t>(32 << 10, u.offset);
+    std::vector<uint8_t> other;
+    for (int x = 1; x < 256 && other.empty(); ++x) {
+      std::vector<uint8_t> plain(layer.tar.begin() + static_cast<ptrdiff_t>(u.offset - window_size),
+                                 layer.tar.begin() + static_cast<ptrdiff_t>(u.offset));
+      for (uint8_t& b : plain) b ^= static_cast<uint8_t>(x);
+      auto s = internal::SealWindow(plain, static_cast<uint32_t>(i), salt, layer.descriptor.digest,
+                                    layer.descriptor.size, cipher.key.span());
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      if (s->size() == w.size) other = std::move(*s);
+    }
+    if (other.empty()) continue;
+    // The second core: span i's window is `other` (same place, same size, pinned by its digest).
+    const uint64_t at = w.offset - a.sealed_core_bytes();
+    const crypto::Sha256Digest d = crypto::Sha256::Of(other);
+    std::vector<uint8_t> b_sealed = Craft(
+        layer, *sealed,
+        [&](v2::Index& p) {
+          p.mutable_spans(static_cast<int>(i))
+              ->set_window_sha256(std::string(d.begin(), d.end()));
+        },
+        [&](std::vector<uint8_t>& area) {
+          std::copy(other.begin(), other.end(), area.begin() + static_cast<ptrdiff_t>(at));
+        });
+    ASSERT_GE(b_sealed.size(), 44u);
+    ASSERT_TRUE(std::equal(b_sealed.begin() + 12, b_sealed.begin() + 44, salt.begin()));
+    auto second = OpenAll(b_sealed, layer.descriptor, Cipher(layer));
+    ASSERT_TRUE(second.ok()) << second.status().ToString();
+    const OpenedIndex& b = **second;
+    ASSERT_EQ(b.span_window(i).offset - b.sealed_core_bytes(), at);  // the cores' sizes differ
+    ASSERT_EQ(b.span_window(i).size, w.size);
+    // Under its own core the other window authenticates and inflates the span to other bytes
+    // when the span's back-references reach into it (not in incompressible data).
+    auto from_b = b.DecodeSpan(i, SpanBytes(layer, b, i), other);
+    ASSERT_TRUE(from_b.ok()) << from_b.status().ToString();
+    if (!std::equal(from_b->span().begin(), from_b->span().end(),
+                    layer.tar.begin() + static_cast<ptrdiff_t>(u.offset))) {
+      ++changed;
+    }
+    // Under the honest core it is refused by digest, before it is opened; and vice versa.
+    auto from_a = a.DecodeSpan(i, SpanBytes(layer, a, i), other);
+    ASSERT_FALSE(from_a.ok()) << "span " << i << " decoded from another window of its seal";
+    EXPECT_EQ(from_a.status().code(), StatusCode::kAuthFailed);
+    EXPECT_EQ(from_a.status().message(),
+              "zindex: span " + std::to_string(i) + " window digest mismatch");
+    auto honest_in_b = b.DecodeSpan(i, SpanBytes(layer, b, i), WindowBytes(*sealed, a, i));
+    ASSERT_FALSE(honest_in_b.ok());
+    EXPECT_EQ(honest_in_b.status().message(),
+              "zindex: span " + std::to_string(i) + " window digest mismatch");
+    // The honest window still decodes under the honest core.
+    EXPECT_TRUE(a.DecodeSpan(i, SpanBytes(layer, a, i), WindowBytes(*sealed, a, i)).ok());
+    ++checked;
+  }
+  EXPECT_GE(checked, 2u);
+  EXPECT_GE(changed, 1u) << "no other window changed what its span inflates to";
+}
+
+// A key holder's core may pin a window that does not authenticate (one of another seal): the
+// digest matches, the GCM check still refuses it.
+TEST_F(ZindexTest, APinnedWindowOfAnotherSealStillDoesNotAuthenticate) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer), other_seal = Build(layer);
+  ASSERT_TRUE(sealed.ok() && other_seal.ok());
+  auto a = OpenAll(*sealed, layer.descriptor, Cipher(layer));
+  auto o = OpenAll(*other_seal, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(a.ok() && o.ok());
+  size_t i = 1;
+  while (i < (*a)->span_count() && (*a)->span_window(i).size == 0) ++i;
+  ASSERT_LT(i, (*a)->span_count());
+  const ByteSpan foreign = WindowBytes(*other_seal, **o, i);
+  ASSERT_EQ(foreign.size(), (*a)->span_window(i).size);  // same plain window, same zstd level
+  const uint64_t at = (*a)->span_window(i).offset - (*a)->sealed_core_bytes();
+  const crypto::Sha256Digest d = crypto::Sha256::Of(foreign);
+  std::vector<uint8_t> crafted = Craft(
+      layer, *sealed,
+      [&](v2::Index& p) {
+        p.mutable_spans(static_cast<int>(i))->set_window_sha256(std::string(d.begin(), d.end()));
+      },
+      [&](std::vector<uint8_t>& area) {
+        std::copy(foreign.begin(), foreign.end(), area.begin() + static_cast<ptrdiff_t>(at));
+      });
+  auto c = OpenAll(crafted, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto plain = (*c)->DecodeSpan(i, SpanBytes(layer, **c, i), foreign);
+  ASSERT_FALSE(plain.ok());
+  EXPECT_EQ(plain.status().code(), StatusCode::kAuthFailed);
+  EXPECT_EQ(plain.status().message(),
+            "zindex: span " + std::to_string(i) + " window does not authenticate");
+}
+
+// A core whose window digest is missing, short, or present for a span without a window is
+// refused at Open, naming the span.
+TEST_F(ZindexTest, WindowDigestMissingOrShortIsCorruptionNamingTheSpan) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto honest = OpenAll(*sealed, layer.descriptor, Cipher(layer));
+  ASSERT_TRUE(honest.ok());
+  int i = 1;
+  while (static_cast<size_t>(i) < (*honest)->span_count() &&
+         (*honest)->span_window(static_cast<size_t>(i)).size == 0) {
+    ++i;
+  }
+  ASSERT_LT(static_cast<size_t>(i), (*honest)->span_count());
+  const std::string span = "zindex: span " + std::to_string(i) + ": ";
+  struct Case {
+    std::function<void(v2::Index&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[&](v2::Index& p) { p.mutable_spans(i)->clear_window_sha256(); },
+       span + "window digest is 0 bytes, need 32"},
+      {[&](v2::Index& p) { p.mutable_spans(i)->mutable_window_sha256()->pop_back(); },
+       span + "window digest is 31 bytes, need 32"},
+      {[&](v2::Index& p) { p.mutable_spans(i)->mutable_window_sha256()->push_back('x'); },
+       span + "window digest is 33 bytes, need 32"},
+      {[](v2::Index& p) { p.mutable_spans(0)->set_window_sha256(std::string(32, 'x')); },
+       "zindex: span 0: a window digest for a span without a window"},
+  };
+  for (const Case& c : cases) {
+    std::vector<uint8_t> crafted = Craft(layer, *sealed, c.edit);
+    auto opened = OpenAll(crafted, layer.descriptor, Cipher(layer));
+    ASSERT_FALSE(opened.ok()) << c.message;
+    EXPECT_EQ(opened.status().code(), StatusCode::kCorruption) << opened.status().ToString();
+    EXPECT_EQ(opened.status().message(), c.message);
+  }
 }
 
 // The sealed size is the artifact descriptor's, authenticated by the core: a blob cut short
@@ -690,6 +840,11 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
       {"first span not at 0", [](v2::Index& p) { p.mutable_spans(0)->set_out_offset(1); }},
       {"digest of 31 bytes",
        [](v2::Index& p) { p.mutable_spans(1)->mutable_ciphertext_sha256()->pop_back(); }},
+      {"window digest missing", [](v2::Index& p) { p.mutable_spans(1)->clear_window_sha256(); }},
+      {"window digest of 31 bytes",
+       [](v2::Index& p) { p.mutable_spans(1)->mutable_window_sha256()->pop_back(); }},
+      {"window digest for a span without a window",
+       [](v2::Index& p) { p.mutable_spans(0)->set_window_sha256(std::string(32, 'x')); }},
       {"no spans", [](v2::Index& p) { p.clear_spans(); }},
       {"another layer named", [](v2::Index& p) { p.set_layer_digest("sha256:" + std::string(64, '0')); }},
       {"index version 1", [](v2::Index& p) { p.set_version(1); }},
