@@ -197,18 +197,51 @@ struct FoundIndex {
   std::shared_ptr<const zindex::OpenedIndex> index;
 };
 
+// What [ocicrypt] index_max_bytes bounds: an index's header and core (TOC and span table), what
+// a mount fetches before it serves and keeps on disk; `index_max_bytes` as configured.
+uint64_t MaxCoreBytes(uint64_t index_max_bytes) {
+  return std::min(zindex::kMaxSealedIndexBytes, index_max_bytes);
+}
+
+// OpenedIndex::Open's limits for a mount whose index core is at most `max_core_bytes`: the
+// serialized index at most 4x that, no span the mount would refuse to fetch
+// (IndexedLayerLimits), and the whole blob, windows area included, at most the format's
+// kMaxSealedIndexBytes (the windows are fetched by range with their spans, never whole: a large
+// layer with small spans has a windows area far above the core's limit and is still served).
+zindex::Limits IndexLimits(uint64_t max_core_bytes) {
+  zindex::Limits limits = IndexedLayerLimits(max_core_bytes);
+  limits.max_sealed_bytes = zindex::kMaxSealedIndexBytes;
+  return limits;
+}
+
+// From an index's first bytes (at least its header): its header-and-core size, refused above
+// `max_core_bytes` ([ocicrypt] index_max_bytes) or the format's bounds.
+Result<uint64_t> CoreBytesWithin(ByteSpan header, uint64_t max_core_bytes) {
+  LC_ASSIGN_OR_RETURN(const uint64_t core_bytes,
+                      zindex::SealedCoreBytes(header, IndexLimits(max_core_bytes)));
+  if (core_bytes > max_core_bytes) {
+    return Status::FailedPrecondition(
+        "its core (TOC and span table) is " + std::to_string(core_bytes) +
+        " bytes, more than the " + std::to_string(max_core_bytes) +
+        " accepted ([ocicrypt] index_max_bytes)");
+  }
+  return core_bytes;
+}
+
 // Opens the sealed index whose header and core are `core` (the whole blob: `sealed_size` bytes)
 // for `descriptor` with `cipher` and requires its diff_id to give the snapshot's chain ID `name`
 // on `parent_chain` (FORMAT.md 11.5, 1 and 2). Errors name no file. Opened within what an
-// indexed mount serves (IndexedLayerLimits of `max_sealed_bytes`, [ocicrypt] index_max_bytes):
-// an index it could not serve whole is refused here, and the layer unpacked.
+// indexed mount serves (IndexLimits: a core of at most `max_core_bytes`, [ocicrypt]
+// index_max_bytes): an index it could not serve whole is refused here, and the layer unpacked.
 Result<std::shared_ptr<const zindex::OpenedIndex>> OpenIndexFor(
     ByteSpan core, uint64_t sealed_size, const image::Descriptor& descriptor,
     const image::OcicryptLayerCipher& cipher, const std::string& parent_chain,
-    const std::string& name, uint64_t max_sealed_bytes) {
+    const std::string& name, uint64_t max_core_bytes) {
+  // A core kept on disk under a larger limit is refused as a fetched one would be.
+  LC_RETURN_IF_ERROR(CoreBytesWithin(core, max_core_bytes).status());
   LC_ASSIGN_OR_RETURN(auto index,
                       zindex::OpenedIndex::Open(core, sealed_size, descriptor, cipher,
-                                                IndexedLayerLimits(max_sealed_bytes)));
+                                                IndexLimits(max_core_bytes)));
   const std::string chain = ChainIdOf(parent_chain, index->diff_id());
   if (chain != name) {
     return Status::AuthFailed("its diff_id " + index->diff_id() + " gives chain ID " + chain +
@@ -714,7 +747,7 @@ struct SnapshotHandler::Impl {
     LC_ASSIGN_OR_RETURN(std::vector<image::Descriptor> referrers,
                         FindIndexReferrers(source, repo, subject));
     Status last = Status::NotFound("no index referrer of manifest " + subject);
-    const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
+    const uint64_t max_core_bytes = MaxCoreBytes(options.index_max_bytes);
     constexpr size_t kMaxArtifactsTried = 8;
     constexpr size_t kMaxSealedFetched = 4;
     std::set<std::string> fetched;  // sealed blob digests fetched (at most kMaxSealedFetched)
@@ -749,10 +782,11 @@ struct SnapshotHandler::Impl {
           continue;
         }
         const std::string what = "index " + blob.digest + " (referrer " + r->digest + ")";
-        if (blob.size == 0 || blob.size > max_bytes) {
-          last = Status::FailedPrecondition(what + ": " + std::to_string(blob.size) +
-                                           " bytes, more than the " + std::to_string(max_bytes) +
-                                           " accepted ([ocicrypt] index_max_bytes)");
+        // The whole blob is bounded by the format only: its windows are fetched by range.
+        if (blob.size == 0 || blob.size > zindex::kMaxSealedIndexBytes) {
+          last = Status::FailedPrecondition(
+              what + ": " + std::to_string(blob.size) + " bytes, not a sealed index (at most " +
+              std::to_string(zindex::kMaxSealedIndexBytes) + ")");
           continue;
         }
         if (auto s = stop()) return *s;
@@ -760,13 +794,13 @@ struct SnapshotHandler::Impl {
         // Only the header and core (the windows are fetched with their spans); authenticated by
         // their seal, which binds the blob's size, when opened (the digest covers the whole blob).
         auto core = FetchSealedCore(repo, blob.digest, blob.size,
-                                    blob.Annotation(zindex::kAnnotationCoreBytes), max_bytes);
+                                    blob.Annotation(zindex::kAnnotationCoreBytes), max_core_bytes);
         if (!core.ok()) {
           last = core.status().WithContext(what);
           continue;
         }
-        auto index =
-            OpenIndexFor(*core, blob.size, descriptor, cipher, parent_chain, name, max_bytes);
+        auto index = OpenIndexFor(*core, blob.size, descriptor, cipher, parent_chain, name,
+                                  max_core_bytes);
         if (!index.ok()) {
           last = index.status().WithContext(what);
           continue;
@@ -777,21 +811,22 @@ struct SnapshotHandler::Impl {
     return last;
   }
 
-  // The header and sealed core of index blob `digest` (`size` bytes, at most `max_bytes`, checked
-  // by the caller), exactly as many bytes as its header says (zindex::SealedCoreBytes), by range:
+  // The header and sealed core of index blob `digest` (`size` bytes, at most
+  // kMaxSealedIndexBytes, checked by the caller), exactly as many bytes as its header says
+  // (zindex::SealedCoreBytes), at most `max_core_bytes` ([ocicrypt] index_max_bytes), by range:
   // [0, hint) in ONE request when `hint` (decimal: the kAnnotationCoreBytes of its descriptor,
-  // or what a restore recorded) is at least a header and at most the blob, else (absent or
-  // invalid) the header first; then the rest of the core in one more request if the header says
-  // it is longer. Never beyond `size`.
+  // or what a restore recorded) is at least a header and at most the blob and `max_core_bytes`,
+  // else (absent or invalid) the header first; then the rest of the core in one more request if
+  // the header says it is longer (refused above `max_core_bytes`). Never beyond `size`.
   Result<std::vector<uint8_t>> FetchSealedCore(const registry::Reference& repo,
                                                const std::string& digest, uint64_t size,
-                                               std::string_view hint, uint64_t max_bytes) {
+                                               std::string_view hint, uint64_t max_core_bytes) {
     uint64_t first = zindex::kSealedHeaderBytes;
     uint64_t hinted = 0;
     if (!hint.empty() &&
         std::from_chars(hint.data(), hint.data() + hint.size(), hinted).ptr ==
             hint.data() + hint.size() &&
-        hinted >= zindex::kSealedHeaderBytes && hinted <= size) {
+        hinted >= zindex::kSealedHeaderBytes && hinted <= size && hinted <= max_core_bytes) {
       first = hinted;
     }
     first = std::min(first, size);
@@ -800,8 +835,7 @@ struct SnapshotHandler::Impl {
       return Status::Corruption("the registry answered " + std::to_string(core.size()) +
                                 " bytes for the first " + std::to_string(first));
     }
-    LC_ASSIGN_OR_RETURN(const uint64_t core_bytes,
-                        zindex::SealedCoreBytes(core, IndexedLayerLimits(max_bytes)));
+    LC_ASSIGN_OR_RETURN(const uint64_t core_bytes, CoreBytesWithin(core, max_core_bytes));
     if (core_bytes > size) {
       return Status::Corruption("its header says its core is " + std::to_string(core_bytes) +
                                 " bytes, the blob is " + std::to_string(size));
@@ -1230,7 +1264,7 @@ struct SnapshotHandler::Impl {
     auto cipher = image::UnwrapOcicryptLayer(descriptor, keys);
     if (!cipher.ok()) return NoKeyOr(what, cipher.status());
     const std::string index_what = what + ": its index " + sealed_digest;
-    const uint64_t max_bytes = std::min(zindex::kMaxSealedIndexBytes, options.index_max_bytes);
+    const uint64_t max_core_bytes = MaxCoreBytes(options.index_max_bytes);
     FoundIndex found;
     found.digest = sealed_digest;
     if (!recorded_size.empty()) {
@@ -1244,10 +1278,10 @@ struct SnapshotHandler::Impl {
       if (!stat.ok()) return stat.status().WithContext(index_what);
       found.size = *stat;
     }
-    if (found.size == 0 || found.size > max_bytes) {
+    if (found.size == 0 || found.size > zindex::kMaxSealedIndexBytes) {
       return Status::AuthFailed(index_what + ": " + std::to_string(found.size) +
-                                " bytes, not a sealed index of at most " +
-                                std::to_string(max_bytes) + " ([ocicrypt] index_max_bytes)");
+                                " bytes, not a sealed index (at most " +
+                                std::to_string(zindex::kMaxSealedIndexBytes) + ")");
     }
     auto kept = ReadFileBytes(IndexedSealedPath(target_dir));
     if (kept.ok() && crypto::OciDigest(crypto::Sha256::Of(*kept)) == core_digest) {
@@ -1255,7 +1289,8 @@ struct SnapshotHandler::Impl {
     } else {
       // Exactly its header and core, by range (the recorded size as the hint): a registry's body
       // is never buffered past what was asked for.
-      auto fetched = FetchSealedCore(repo, sealed_digest, found.size, core_bytes, max_bytes);
+      auto fetched =
+          FetchSealedCore(repo, sealed_digest, found.size, core_bytes, max_core_bytes);
       if (!fetched.ok()) return fetched.status().WithContext(index_what);
       found.core = std::move(*fetched);
       if (crypto::OciDigest(crypto::Sha256::Of(found.core)) != core_digest) {
@@ -1263,7 +1298,7 @@ struct SnapshotHandler::Impl {
       }
     }
     auto index = OpenIndexFor(found.core, found.size, descriptor, *cipher, parent_chain, name,
-                              options.index_max_bytes);
+                              max_core_bytes);
     if (!index.ok()) return index.status().WithContext(index_what);
     found.index = std::move(*index);
     return MountIndexed(snapshot_id, name, parent_chain, descriptor, source, repo,

@@ -80,7 +80,8 @@ struct SnapshotHandlerOptions {
   // (lazylayer/indexed_layer.h) and verified in the background; without one, unpacked. The
   // referrers are asked once per pull, beside the manifests.
   bool lazy_index = true;
-  // The largest sealed index fetched (at most zindex::kMaxSealedIndexBytes).
+  // The largest index core (header, TOC and span table) fetched at mount and kept on disk (at
+  // most zindex::kMaxSealedIndexBytes, which alone bounds the whole index blob).
   uint64_t index_max_bytes = uint64_t{64} << 20;
   // A Prepare's index lookup (referrers, artifact manifests, sealed blobs) starts no request
   // after this long: then the layer is unpacked (a registry that lists much, or answers slowly,

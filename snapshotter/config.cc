@@ -261,7 +261,8 @@ Result<Config> FromTable(const toml::table& root, std::string_view src) {
       if (c.ocicrypt.index_max_bytes == 0 ||
           c.ocicrypt.index_max_bytes > (uint64_t{256} << 20)) {
         return Bad(src, "ocicrypt.index_max_bytes",
-                   "must be 1 .. 268435456 (the format's largest sealed index), got " +
+                   "must be 1 .. 268435456 (the format's largest sealed index; this bounds its "
+                   "core), got " +
                        std::to_string(c.ocicrypt.index_max_bytes));
       }
     }

@@ -28,7 +28,8 @@
 //                                                 # snapshotter (false: left to containerd)
 //              lazy_index = true                  # ... or mounted lazily when `lazycrypt index`
 //                                                 # made an index for them (FORMAT.md §11)
-//              index_max_bytes = 67108864         # largest sealed index fetched
+//              index_max_bytes = 67108864         # largest index core (TOC and span
+//                                                 # table) fetched at mount and kept on disk
 //   [registry] hosts_dir = "/etc/containerd/certs.d"
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
@@ -121,7 +122,10 @@ struct Config {
     // without a usable index it is unpacked. Costs one referrers request per pull of an image
     // with ocicrypt layers. false: always unpacked.
     bool lazy_index = true;
-    // The largest sealed index fetched (bytes; at most zindex::kMaxSealedIndexBytes, 256 MiB).
+    // The largest index core (header, TOC and span table: zindex::SealedCoreBytes) fetched at
+    // mount and kept on disk (bytes; at most 256 MiB). The whole index blob, whose windows are
+    // fetched by range with their spans, is bounded by zindex::kMaxSealedIndexBytes (256 MiB)
+    // only, so a large layer with small spans is still served lazily.
     uint64_t index_max_bytes = uint64_t{64} << 20;
   } ocicrypt;
   // Restarts (README "Restarts and upgrades"): each lazy layer's FUSE connection is kept in an fd

@@ -937,16 +937,30 @@ TEST_P(ZindexLazy, TamperedWindowInTheRegistryIsEioForItsFileOthersStillRead) {
     ASSERT_EQ(window.size(), w.size) << "no other window of the same size";
     {
       // The premise: this plain window inflates the span to other bytes, so a reader that did
-      // not authenticate windows would serve them. Sealed for this very seal, it decodes, and
-      // not to the tar's bytes.
+      // not authenticate windows would serve them. Sealed for this very seal and pinned by a
+      // core of it (as a key holder could), it decodes, and not to the tar's bytes.
       auto same_seal = zindex::internal::SealWindow(changed, static_cast<uint32_t>(span),
                                                     unsealed->salt, layer.digest, layer.size,
                                                     cipher.key.span());
       ASSERT_TRUE(same_seal.ok()) << same_seal.status().ToString();
+      ASSERT_EQ(same_seal->size(), w.size);
+      zindex::v2::Index pinning = proto;
+      const crypto::Sha256Digest pin = crypto::Sha256::Of(*same_seal);
+      pinning.mutable_spans(span)->set_window_sha256(std::string(pin.begin(), pin.end()));
+      std::vector<uint8_t> area = unsealed->windows_area;
+      std::copy(same_seal->begin(), same_seal->end(),
+                area.begin() + static_cast<ptrdiff_t>(w.offset - (*opened)->sealed_core_bytes()));
+      const std::string serialized = pinning.SerializeAsString();
+      auto crafted = zindex::internal::SealIndex(AsBytes(serialized), unsealed->salt, area,
+                                                 layer.digest, layer.size, cipher.key.span());
+      ASSERT_TRUE(crafted.ok()) << crafted.status().ToString();
+      auto other_core = zindex::OpenedIndex::Open(*crafted, crafted->size(), layer, cipher);
+      ASSERT_TRUE(other_core.ok()) << other_core.status().ToString();
       const auto r = (*opened)->span_ciphertext(static_cast<size_t>(span));
       auto ciphertext = client_->GetBlobRange(Ref(ref), layer.digest, r.offset, r.size);
       ASSERT_TRUE(ciphertext.ok()) << ciphertext.status().ToString();
-      auto decoded = (*opened)->DecodeSpan(static_cast<size_t>(span), *ciphertext, *same_seal);
+      auto decoded =
+          (*other_core)->DecodeSpan(static_cast<size_t>(span), *ciphertext, *same_seal);
       ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
       const auto out = (*opened)->span_uncompressed(static_cast<size_t>(span));
       EXPECT_NE(std::string(reinterpret_cast<const char*>(decoded->data()), decoded->size()),
@@ -977,6 +991,43 @@ TEST_P(ZindexLazy, TamperedWindowInTheRegistryIsEioForItsFileOthersStillRead) {
     EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
     handler_.reset();
   }
+}
+
+// [ocicrypt] index_max_bytes bounds the index's core (what a mount fetches and keeps), not the
+// whole blob, whose windows area is fetched by range with the spans: with the limit between the
+// core's size and the blob's, the layer mounts lazily (fetching no more of the index than the
+// core before it serves); below the core's size it is unpacked, the reason logged.
+TEST_P(ZindexLazy, IndexMaxBytesBoundsTheCoreNotTheWholeIndexBlob) {
+  const std::string ref = SkopeoPush("core-limit");
+  Index(ref);
+  const std::vector<Layer> layers = ReadImage(ref);
+  const IndexBlob index = IndexBlobOf(ref, layers[1].digest);
+  ASSERT_FALSE(index.bytes.empty());
+  const uint64_t core = std::stoull(index.descriptor.Annotation(zindex::kAnnotationCoreBytes));
+  const uint64_t whole = index.bytes.size();
+  ASSERT_LT(core, whole);
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*lazy_index=*/true, /*layer_verify=*/true,
+               /*index_max_bytes=*/core + (whole - core) / 2);
+  auto req = Request(ref, layers[1], 1);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(StatusOf(1).has_value()) << "not mounted lazily (core " << core << " of " << whole
+                                       << " bytes):\n" << Log();
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "text.txt"), text_);
+  EXPECT_EQ(fs::file_size(lazylayer::RestoreRecordPath(req.target_dir).parent_path() /
+                          "lazycrypt-zindex"),
+            core);
+  handler_.reset();
+
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*lazy_index=*/true, /*layer_verify=*/true,
+               /*index_max_bytes=*/core - 1);
+  auto small = Request(ref, layers[1], 2);
+  mounted = handler_->TryMount(small);
+  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString() << Log();
+  ASSERT_TRUE(*mounted);
+  ExpectUnpacked(small);
+  EXPECT_NE(Log().find("no usable index, unpacked"), std::string::npos) << Log();
+  EXPECT_NE(Log().find("[ocicrypt] index_max_bytes"), std::string::npos) << Log();
 }
 
 class Cri2Zindex : public cri_testing::Cri {
