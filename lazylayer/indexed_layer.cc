@@ -60,8 +60,7 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
         has_store_(store != nullptr),
         zi_(std::move(zi)),
         index_(zi_->layer_index()),
-        windows_before_(zi_->span_count()),
-        pins_(zi_->span_count()) {
+        windows_before_(zi_->span_count()) {
     uint64_t before = 0;
     for (size_t i = 0; i < zi_->span_count(); ++i) {
       windows_before_[i] = before;
@@ -74,22 +73,6 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
 
   // The index blob, uncounted (the verification's reads, as its layer blob reads).
   BlobSource& windows_uncounted() { return windows_->inner(); }
-
-  // Span i's window is `sealed_window` (authenticated by DecodeSpan already): the first one pins
-  // the span for the layer's life; a later one must be the same bytes (AuthFailed otherwise).
-  Status PinWindow(size_t i, ByteSpan sealed_window) {
-    const crypto::Sha256Digest d = crypto::Sha256::Of(sealed_window);
-    std::lock_guard<std::mutex> lock(pins_mu_);
-    std::optional<crypto::Sha256Digest>& pin = pins_[i];
-    if (!pin) {
-      pin = d;
-      return Status::Ok();
-    }
-    if (*pin == d) return Status::Ok();
-    return Status::AuthFailed("span " + std::to_string(i) +
-                              ": its window authenticates but is not the one the layer was "
-                              "first served with (two windows sealed for one span)");
-  }
 
   Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
@@ -174,7 +157,6 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
                                                ByteSpan sealed_window) override {
     LC_ASSIGN_OR_RETURN(crypto::SecureBuffer plain,
                         zi_->DecodeSpan(i, ciphertext, sealed_window));
-    LC_RETURN_IF_ERROR(PinWindow(i, sealed_window));
     if (plain.size() != index_->chunks()[i].raw_size) {
       return Status::Corruption("span " + std::to_string(i) + " is not its chunk's size");
     }
@@ -217,8 +199,6 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
   const std::shared_ptr<const zindex::OpenedIndex> zi_;
   const std::shared_ptr<const format::LayerIndex> index_;
   std::vector<uint64_t> windows_before_;  // sealed window bytes of the spans before span i
-  std::mutex pins_mu_;
-  std::vector<std::optional<crypto::Sha256Digest>> pins_;
   std::mutex kept_mu_;
   std::unordered_map<uint32_t, std::vector<uint8_t>> kept_;
   std::deque<uint32_t> kept_order_;
@@ -284,8 +264,7 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
 
   // Each span decoded as the mount would (DecodeSpan: the index's span digest, its window's seal,
   // CTR, inflate from its checkpoint) from the real ciphertext, which the HMAC and blob digest
-  // check at the end, and its window from the index blob, which must be the one the mount pinned
-  // (or is pinned now for the mount).
+  // check at the end, and its window from the index blob (pinned by the core, as the mount's).
   std::vector<crypto::Sha256Digest> decoded(spans);
   std::vector<uint8_t> held;  // ciphertext from held_base on, as far as read
   uint64_t held_base = 0;
@@ -341,7 +320,6 @@ Result<std::string> MountedIndexedLayer::VerifyContent(InputStream& plain,
                                                        static_cast<size_t>(r.size)),
                                 window);
       if (!span.ok()) return span.status();
-      LC_RETURN_IF_ERROR(indexed_data_->PinWindow(next_decode, window));
       decoded[next_decode] = crypto::Sha256::Of(span->span());
       ++next_decode;
       // What no later span needs is dropped.

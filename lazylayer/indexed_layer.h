@@ -9,11 +9,9 @@
 // DecodeSpan, and kept with the span's ciphertext in the chunk store (in a bounded memory cache
 // without one), so a span opened again from disk needs no network.
 //
-// A window is sealed, not pinned by the core: the index's maker (a key holder) could seal two
-// different windows for a span, and a registry could serve one to the mount and the other to the
-// verification. So the first window a span is opened with is pinned (its SHA-256) for the mount's
-// life: a different one later is refused (EIO), and the verification's must be the pinned one
-// (otherwise the layer is quarantined).
+// Each window is pinned by the core (its SHA-256, checked by DecodeSpan before it is opened): the
+// mount and the verification decode a span with the same window bytes, whatever the registry
+// serves to either.
 //
 // The index is made by a key holder and sealed with a key derived from the layer key; the
 // ciphertext digests it pins are only as good as its maker. So the background verification
@@ -87,7 +85,7 @@ class MountedIndexedLayer final : public CtrMountedLayer {
   void Prefetch(const std::function<bool()>& stopped) override {}
   Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) override;
   std::shared_ptr<const zindex::OpenedIndex> index_;
-  std::shared_ptr<Data> indexed_data_;  // = data_ (the verification pins windows through it)
+  std::shared_ptr<Data> indexed_data_;  // = data_ (the verification reads windows through it)
 };
 
 }  // namespace lazycrypt::lazylayer
