@@ -1,5 +1,6 @@
 #include "format/toc.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <unordered_map>
@@ -352,10 +353,47 @@ Result<Toc> TocFromProto(const v1::Toc& proto, bool name_entries_in_errors, cons
   return toc;
 }
 
+EntryWireSchema::EntryWireSchema(uint64_t max_entries) {
+  using K = WireField::Kind;
+  xattr_fields_[0] = {1, K::kBytes};
+  xattr_fields_[1] = {2, K::kBytes};
+  xattr_ = {"an xattr", xattr_fields_};
+  const K kinds[15] = {K::kBytes,  K::kVarint, K::kVarint, K::kVarint, K::kVarint,
+                       K::kBytes,  K::kBytes,  K::kVarint, K::kVarint, K::kVarint,
+                       K::kBytes,  K::kVarint, K::kVarint, K::kRepeatedMessage, K::kVarint};
+  for (int i = 0; i < 15; ++i) entry_fields_[i] = {i + 1, kinds[i]};
+  WireField& xattrs = entry_fields_[13];  // field 14
+  xattrs.message = &xattr_;
+  xattrs.max_total = max_entries > UINT64_MAX / 4 ? UINT64_MAX : 4 * max_entries;
+  xattrs.max_per_parent = kMaxXattrsPerEntry;
+  xattrs.name = "xattrs";
+  entry_ = {"an entry", entry_fields_};
+}
+
 Result<Toc> ParseToc(ByteSpan serialized, const TocLimits& limits) {
   if (serialized.size() > limits.max_serialized_bytes) {
     return Status::Corruption("TOC: " + Num(serialized.size()) + " bytes (limit " +
                               Num(limits.max_serialized_bytes) + ")");
+  }
+  // Bounded on the wire before anything is built (format/wire_bounds.h).
+  {
+    using K = WireField::Kind;
+    static constexpr WireField kChunkFields[] = {
+        {1, K::kVarint}, {2, K::kVarint}, {3, K::kVarint}, {4, K::kBytes}};
+    static constexpr WireMessage kChunk = {"a chunk", kChunkFields};
+    const uint64_t max_entries = std::min(limits.max_entries, kMaxTocEntries);
+    const uint64_t max_chunks = std::min(limits.max_chunks, kMaxChunks);
+    const EntryWireSchema entry(max_entries);
+    const WireField toc_fields[] = {
+        {1, K::kVarint},
+        {2, K::kVarint},
+        {3, K::kRepeatedMessage, &kChunk, max_chunks, UINT64_MAX, "chunks"},
+        {4, K::kVarint},
+        {5, K::kBytes},
+        {6, K::kRepeatedMessage, &entry.entry(), max_entries, UINT64_MAX, "entries"},
+        {7, K::kRepeatedVarint, nullptr, max_entries, UINT64_MAX, "prefetch marks"},
+    };
+    LC_RETURN_IF_ERROR(CheckWireShape(serialized, WireMessage{"the TOC", toc_fields}, "TOC"));
   }
   v1::Toc proto;
   if (!proto.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {

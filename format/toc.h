@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "crypto/digest.h"
 #include "format/layout.h"
+#include "format/wire_bounds.h"
 
 namespace lazycrypt::format {
 
@@ -129,6 +130,27 @@ struct TocLimits {
 // which entry it is and run ValidateEntry.
 void EntryToProto(Entry e, v1::Entry* p);
 Result<Entry> EntryFromProto(const v1::Entry& p);
+
+// The most xattrs one entry may carry (FORMAT.md §4), and in all: 4 per allowed entry. Checked on
+// the wire, before parsing (format/wire_bounds.h).
+inline constexpr uint64_t kMaxXattrsPerEntry = 4096;
+
+// The wire schema of an Entry message and its Xattr messages, for CheckWireShape (the TOC's, and
+// the zindex core's entries): every field of §4's Entry, nothing else; xattrs at most
+// kMaxXattrsPerEntry per entry and 4 * max_entries in all. Not copyable (it points into itself).
+class EntryWireSchema {
+ public:
+  explicit EntryWireSchema(uint64_t max_entries);
+  EntryWireSchema(const EntryWireSchema&) = delete;
+  EntryWireSchema& operator=(const EntryWireSchema&) = delete;
+  const WireMessage& entry() const { return entry_; }
+
+ private:
+  WireField xattr_fields_[2];
+  WireMessage xattr_;
+  WireField entry_fields_[15];
+  WireMessage entry_;
+};
 
 // Serialized protobuf → validated Toc. Corruption naming the problem ("TOC entry 3 'a/b': ...").
 Result<Toc> ParseToc(ByteSpan serialized, const TocLimits& limits = {});

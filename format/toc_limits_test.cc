@@ -102,14 +102,14 @@ TEST_F(TocLimitsTest, TooManyEntriesOrChunksAreRefusedNamingTheLimit) {
   auto r = Open(entries);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
-  EXPECT_THAT(r.status().message(), HasSubstr("5 entries (limit 4)"));
+  EXPECT_THAT(r.status().message(), HasSubstr("more than 4 entries (limit)"));
 
   TocLimits chunks;
   chunks.max_chunks = chunks_ - 1;
   r = Open(chunks);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.status().message(), HasSubstr("(limit)"));
-  EXPECT_THAT(r.status().message(), HasSubstr("1.." + std::to_string(chunks_ - 1)));
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("more than " + std::to_string(chunks_ - 1) + " chunks (limit)"));
 }
 
 TEST_F(TocLimitsTest, OversizedTocIsRefusedBeforeItIsRead) {
@@ -146,6 +146,88 @@ TEST(TocLimits, ValidateRefusesZeroAndMoreThanTheFormatAllows) {
   TocLimits big;
   big.max_chunks = kMaxChunks + 1;
   EXPECT_EQ(big.Validate().code(), StatusCode::kInvalidArgument);
+}
+
+
+// The wire shape is bounded before ParseFromArray builds anything (format/wire_bounds.h): an
+// author's few KiB of zstd must not become hundreds of MiB of parsed empty messages.
+std::vector<uint8_t> Bytes(std::initializer_list<uint8_t> b) { return std::vector<uint8_t>(b); }
+
+std::vector<uint8_t> Repeat(std::initializer_list<uint8_t> element, size_t n) {
+  std::vector<uint8_t> out;
+  out.reserve(element.size() * n);
+  for (size_t i = 0; i < n; ++i) out.insert(out.end(), element.begin(), element.end());
+  return out;
+}
+
+TEST(TocWireShape, EmptyEntriesBeyondTheLimitAreRefusedBeforeParsing) {
+  TocLimits limits;
+  limits.max_entries = 10;
+  auto r = ParseToc(Repeat({0x32, 0x00}, 11), limits);  // field 6 (entries), empty, 11 times
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_THAT(r.status().message(), HasSubstr("TOC: more than 10 entries (limit)"));
+  // The format's own maximum, through the decompressing path: 8 Mi + 1 empty entries are 16 MiB
+  // of protobuf from a zstd frame of a few KiB.
+  const std::vector<uint8_t> many = Repeat({0x32, 0x00}, kMaxTocEntries + 1);
+  auto plaintext = EncodeTocPlaintext(many, 3);
+  ASSERT_TRUE(plaintext.ok()) << plaintext.status().ToString();
+  EXPECT_LT(plaintext->size(), 64u << 10);
+  auto d = DecodeTocPlaintext(*plaintext);
+  ASSERT_FALSE(d.ok());
+  EXPECT_THAT(d.status().message(),
+              HasSubstr("more than " + std::to_string(kMaxTocEntries) + " entries (limit)"));
+}
+
+TEST(TocWireShape, ChunksPrefetchMarksAndXattrsAreCounted) {
+  TocLimits limits;
+  limits.max_chunks = 3;
+  limits.max_entries = 3;
+  auto r = ParseToc(Repeat({0x1a, 0x00}, 4), limits);  // field 3 (chunks)
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("more than 3 chunks (limit)"));
+  // Prefetch marks, packed (one field of 4 one-byte varints) or not (4 fields).
+  r = ParseToc(Bytes({0x3a, 0x04, 0x01, 0x02, 0x03, 0x04}), limits);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("more than 3 prefetch marks (limit)"));
+  r = ParseToc(Repeat({0x38, 0x01}, 4), limits);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("more than 3 prefetch marks (limit)"));
+  // One entry with one xattr more than an entry may carry.
+  std::vector<uint8_t> xattrs = Repeat({0x72, 0x00}, kMaxXattrsPerEntry + 1);  // field 14
+  std::vector<uint8_t> entry = {0x32};
+  uint64_t n = xattrs.size();
+  while (n >= 0x80) {
+    entry.push_back(static_cast<uint8_t>(n | 0x80));
+    n >>= 7;
+  }
+  entry.push_back(static_cast<uint8_t>(n));
+  entry.insert(entry.end(), xattrs.begin(), xattrs.end());
+  r = ParseToc(entry, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("more than " + std::to_string(kMaxXattrsPerEntry) + " xattrs in one (limit)"));
+}
+
+TEST(TocWireShape, UnknownFieldsWrongWireTypesAndBrokenInputAreRefused) {
+  auto r = ParseToc(Bytes({0xa0, 0x06, 0x01}), {});  // field 100, varint
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("TOC: unknown field 100 in the TOC"));
+  r = ParseToc(Bytes({0x32, 0x02, 0xa0, 0x01}), {});  // an entry holding field 20
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("unknown field 20 in an entry"));
+  r = ParseToc(Bytes({0x32, 0x04, 0x72, 0x02, 0x18, 0x01}), {});  // an xattr holding field 3
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("unknown field 3 in an xattr"));
+  r = ParseToc(Bytes({0x30, 0x01}), {});  // entries as a varint
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("field 6 of the TOC has the wrong wire type"));
+  r = ParseToc(Bytes({0x32, 0x05, 0x0a}), {});  // an entry longer than the input
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("TOC: the protobuf does not parse"));
+  r = ParseToc(Bytes({0x08, 0x80}), {});  // a truncated varint
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("TOC: the protobuf does not parse"));
 }
 
 }  // namespace

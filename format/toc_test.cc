@@ -273,7 +273,10 @@ TEST(ParseToc, ErrorsDoNotContainEntryNames) {
 
 TEST(ParseToc, RejectsGarbageAndAllowsDuplicateNames) {
   std::vector<uint8_t> garbage = {0xff, 0xff, 0xff, 0xff, 0x0f};
-  EXPECT_THAT(ParseToc(garbage).status().message(), HasSubstr("protobuf"));
+  EXPECT_EQ(ParseToc(garbage).status().code(), StatusCode::kCorruption);
+  EXPECT_THAT(ParseToc(garbage).status().message(), HasSubstr("TOC: unknown field"));
+  garbage = {0x2a, 0x05, 0x01};  // tar_sha256 (bytes), longer than the input
+  EXPECT_THAT(ParseToc(garbage).status().message(), HasSubstr("protobuf does not parse"));
   v1::Toc proto = ValidProto();
   AddEntry(proto, "fifo", v1::ENTRY_TYPE_FIFO);  // a later entry replaces an earlier one
   EXPECT_TRUE(ParseToc(Serialize(proto)).ok());

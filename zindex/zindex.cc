@@ -15,6 +15,7 @@
 #include "crypto/hkdf.h"
 #include "crypto/ocicrypt_ctr.h"
 #include "crypto/random.h"
+#include "format/toc.h"
 #include "format/toc_tar_match.h"
 #include "tar/tar_reader.h"
 #include "zindex/zindex.pb.h"
@@ -782,6 +783,30 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
                       UnsealCore(core, sealed_size, encrypted.digest, encrypted.size,
                                  cipher.key.span(), limits.max_plaintext_bytes));
   crypto::ScopedWipe wipe_serialized(serialized);
+  // Bounded on the wire before anything is built (format/wire_bounds.h): a key holder's core of
+  // a few KiB can decompress to hundreds of MiB of empty entries or spans.
+  {
+    using K = format::WireField::Kind;
+    static constexpr format::WireField kSpanFields[] = {
+        {1, K::kVarint}, {2, K::kVarint}, {3, K::kVarint}, {4, K::kVarint}, {5, K::kVarint},
+        {7, K::kBytes},  {8, K::kVarint}, {9, K::kVarint}, {10, K::kBytes}};
+    static constexpr format::WireMessage kSpan = {"a span", kSpanFields};
+    const uint64_t max_entries = std::min(limits.max_entries, kMaxEntries);
+    const format::EntryWireSchema entry(max_entries);
+    const format::WireField index_fields[] = {
+        {1, K::kVarint},
+        {2, K::kBytes},
+        {3, K::kVarint},
+        {4, K::kVarint},
+        {5, K::kBytes},
+        {6, K::kVarint},
+        {7, K::kRepeatedMessage, &kSpan, std::min(limits.max_spans, kMaxSpans), UINT64_MAX,
+         "spans"},
+        {8, K::kRepeatedMessage, &entry.entry(), max_entries, UINT64_MAX, "entries"},
+    };
+    LC_RETURN_IF_ERROR(format::CheckWireShape(
+        serialized, format::WireMessage{"the index", index_fields}, "zindex"));
+  }
   zindex::v2::Index index;
   ScopedIndexWipe wipe_index(index);
   if (!index.ParseFromArray(serialized.data(), static_cast<int>(serialized.size()))) {

@@ -897,6 +897,46 @@ TEST_F(ZindexTest, CraftedIndexesAreCorruption) {
       StatusCode::kCorruption);
 }
 
+// A key holder's core of a few KiB must not make Open build millions of objects: the wire
+// shape is bounded before the Index is parsed (format/wire_bounds.h).
+TEST_F(ZindexTest, ACoreOfMillionsOfEmptyEntriesIsRefusedBeforeParsing) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto cipher = Cipher(layer);
+  auto unsealed = internal::UnsealIndex(*sealed, layer.descriptor.digest, layer.descriptor.size,
+                                        cipher.key.span());
+  ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+  auto reseal = [&](const std::vector<uint8_t>& serialized) {
+    auto r = internal::SealIndex(serialized, unsealed->salt, unsealed->windows_area,
+                                 layer.descriptor.digest, layer.descriptor.size, cipher.key.span());
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : std::vector<uint8_t>{};
+  };
+  std::vector<uint8_t> bloated = unsealed->serialized;
+  for (uint64_t i = 0; i <= kMaxEntries; ++i) {  // field 8 (entries), empty
+    bloated.push_back(0x42);
+    bloated.push_back(0x00);
+  }
+  const std::vector<uint8_t> crafted = reseal(bloated);
+  ASSERT_FALSE(crafted.empty());
+  EXPECT_LT(crafted.size(), sealed->size() + (64u << 10)) << "a few KiB of zstd";
+  auto opened = OpenAll(crafted, layer.descriptor, cipher);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(opened.status().message().find("zindex: more than " + std::to_string(kMaxEntries) +
+                                           " entries (limit)"),
+            std::string::npos)
+      << opened.status().ToString();
+
+  std::vector<uint8_t> unknown = unsealed->serialized;
+  unknown.insert(unknown.end(), {0x98, 0x06, 0x01});  // field 99, varint
+  opened = OpenAll(reseal(unknown), layer.descriptor, cipher);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_NE(opened.status().message().find("unknown field 99 in the index"), std::string::npos)
+      << opened.status().ToString();
+}
+
 // A reader that fetches at most so much per span refuses, at Open, an index with a span whose
 // ciphertext is larger (a lazy mount would otherwise answer EIO for that span for good).
 TEST_F(ZindexTest, SpanCiphertextAboveTheLimitIsRefusedAtOpen) {
