@@ -177,7 +177,11 @@ void CtrLayerData::ReadAhead(uint32_t entry, uint64_t offset, uint64_t bytes, ui
     const auto chunks = index().chunks();
     uint64_t total = 0;
     for (uint32_t j = next; j < end && j < chunks.size(); ++j) {
-      total += chunks[j].raw_size;
+      // What loading it costs: its tar bytes, or what is fetched for them when that is more (a
+      // key holder's index may give a span of 1 tar byte 64 MiB of ciphertext).
+      const Result<CiphertextRange> range = ChunkCiphertext(j);
+      if (!range.ok()) break;
+      total += std::max<uint64_t>(chunks[j].raw_size, range->size + range->side_size);
       if (total > budget) break;
       if (!OpenedOrLoading(j)) ahead.push_back(j);
     }

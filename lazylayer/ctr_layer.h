@@ -109,8 +109,9 @@ struct CtrLayerOptions {
   uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
   // Fetch the files the layer marks for prefetch in the background once mounted.
   bool prefetch = true;
-  // Read-ahead (above): uncompressed bytes of a file's following chunks a sequential read starts
-  // loading in the background. 0 = no read-ahead (and a read loads its chunks one by one).
+  // Read-ahead (above): bytes of a file's following chunks a sequential read starts loading in
+  // the background, each chunk counted as the larger of its uncompressed size and what is
+  // fetched for it. 0 = no read-ahead (and a read loads its chunks one by one).
   uint64_t readahead_bytes = uint64_t{4} << 20;
   // Verify the whole layer in the background once mounted (see above).
   bool verify = true;

@@ -42,8 +42,8 @@ zindex::Limits IndexedLayerLimits(uint64_t max_sealed_bytes) {
   return limits;
 }
 
-std::string IndexedStoreKey(std::string_view layer_digest, std::string_view sealed_index_digest) {
-  return "zidx-" + Hex(layer_digest) + "-idx-" + Hex(sealed_index_digest).substr(0, 48);
+std::string IndexedStoreKey(std::string_view layer_digest, std::string_view core_digest) {
+  return "zidx-" + Hex(layer_digest) + "-idx-" + Hex(core_digest).substr(0, 48);
 }
 
 // The layer's data for the FUSE file system: chunk i = span i, fetched by its ciphertext range

@@ -44,9 +44,11 @@
 namespace lazycrypt::lazylayer {
 
 // The ChunkStore key of an indexed layer's cached spans: "zidx-<blob hex>-idx-<first 48 hex of
-// the sealed index's digest>" (122 characters), never a GCM or eStargz layer's key. Each stored
-// span (its ciphertext, then its sealed window) is checked against the index on every use.
-std::string IndexedStoreKey(std::string_view layer_digest, std::string_view sealed_index_digest);
+// `core_digest`>" (122 characters), never a GCM or eStargz layer's key; `core_digest` is the
+// SHA-256 of the header and core the layer opened with (which lays the records out: two cores
+// never share a key). Each stored span (its ciphertext, then its sealed window) is checked
+// against the index on every use.
+std::string IndexedStoreKey(std::string_view layer_digest, std::string_view core_digest);
 
 // What this layer can serve, as OpenedIndex::Open's limits: a sealed index of at most
 // `max_sealed_bytes` (and the format's maximum), its serialized plaintext at most 4x that, and no

@@ -1202,7 +1202,10 @@ struct SnapshotHandler::Impl {
     std::shared_ptr<BlobSource> index_source(std::move(*index_blob));
     auto mounted = MountedIndexedLayer::Mount(
         target_dir, std::move(layer_source), std::move(index_source), descriptor,
-        std::move(cipher), found.index, IndexedStoreKey(descriptor.digest, found.digest), o,
+        std::move(cipher), found.index,
+        // Named by the core it opened with (authenticated, and what lays out the records), not
+        // by the index blob's digest, which no byte fetched by range is checked against.
+        IndexedStoreKey(descriptor.digest, crypto::OciDigest(crypto::Sha256::Of(found.core))), o,
         resumed);
     if (!mounted.ok()) return mounted.status().WithContext(what);
     if (!is_resume) {
