@@ -54,6 +54,7 @@ label() {
     decoder) echo "lazycrypt-decoder (eager)" ;;
     stargz) echo "stargz-snapshotter (eStargz)" ;; stargz-optimized) echo "stargz-snapshotter (eStargz, optimized)" ;;
     ocicrypt-estargz) echo "lazycrypt, ocicrypt-estargz image (lazy)" ;;
+    ocicrypt-estargz-prefetch) echo "lazycrypt, ocicrypt-estargz image, start-up files marked (lazy + prefetch)" ;;
     ocicrypt-indexed) echo "lazycrypt, skopeo image + lazycrypt index (lazy)" ;;
     ocicrypt-eager) echo "lazycrypt, skopeo image, no index (eager)" ;;
     *) echo "$1" ;;
@@ -293,13 +294,15 @@ done
 for n in $nets; do
   [[ "$n" == shaped* ]] || continue
   for w in $wls; do
-    for p in ocicrypt-estargz ocicrypt-indexed; do
-      O=$(get "$n" "$w" "$p" 5) L=$(get "$n" "$w" lazy 5) I=$(get "$n" "$w" imgcrypt 5)
+    for p in ocicrypt-estargz ocicrypt-indexed ocicrypt-estargz-prefetch; do
+      base=lazy
+      [ "$p" != ocicrypt-estargz-prefetch ] || base=lazy-prefetch
+      O=$(get "$n" "$w" "$p" 5) L=$(get "$n" "$w" "$base" 5) I=$(get "$n" "$w" imgcrypt 5)
       [ -n "$O" ] || continue
       if [ -n "$L" ]; then
         ok=$(awk -v o="$O" -v l="$L" 'BEGIN { print (o <= 1.3 * l) ? 1 : 0 }')
         targets="$targets
-TARGET $n $w, $p: <= 1.3x lazy (GCM format): $(ratio2 "$O" "$L")x ($O s vs $L s): $(verdict "$ok")"
+TARGET $n $w, $p: <= 1.3x $base (GCM format): $(ratio2 "$O" "$L")x ($O s vs $L s): $(verdict "$ok")"
       fi
       if [ -n "$I" ] && [ "$w" != small ]; then
         ok=$(awk -v o="$O" -v i="$I" 'BEGIN { print (i >= 5 * o) ? 1 : 0 }')

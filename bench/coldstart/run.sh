@@ -41,7 +41,8 @@
 #   CS_NETS="loopback shaped" (also shaped-N: the same link with N ms of round trip, e.g.
 #   "loopback shaped shaped-50") CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
 #   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
-#   build bench/stargz once) CS_SMALL=1 (0: no small workload)
+#   build bench/stargz once; ocicrypt-estargz, ocicrypt-estargz-prefetch (the same image with the
+#   start-up files marked), ocicrypt-indexed, ocicrypt-eager) CS_SMALL=1 (0: no small workload)
 #   CS_CHUNK= (lazycrypt encrypt --chunk-size for the lazy images; default: the format's)
 #   CS_SPAN= (lazycrypt index --span-size for ocicrypt-indexed; default: the index's)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
@@ -100,8 +101,8 @@ any_shaped=0
 [ ${#SHAPED_RTTS[@]} -eq 0 ] || any_shaped=1
 for p in $PATHS; do
   case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder | stargz | stargz-optimized) ;;
-    ocicrypt-estargz | ocicrypt-indexed | ocicrypt-eager) ;;
-    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized ocicrypt-estargz ocicrypt-indexed ocicrypt-eager)" ;; esac
+    ocicrypt-estargz | ocicrypt-estargz-prefetch | ocicrypt-indexed | ocicrypt-eager) ;;
+    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized ocicrypt-estargz ocicrypt-estargz-prefetch ocicrypt-indexed ocicrypt-eager)" ;; esac
 done
 [ "$(id -u)" = 0 ] || die "needs root (containerd, FUSE, overlayfs, network namespaces)"
 [ -c /dev/fuse ] || die "/dev/fuse is absent"
@@ -320,6 +321,7 @@ stargz_convert() {
 declare -A image_bytes
 TAGS="plain ocicrypt lazy lazy-prefetch"
 [[ " $PATHS " != *" ocicrypt-estargz "* ]] || TAGS="$TAGS ocicrypt-estargz"
+[[ " $PATHS " != *" ocicrypt-estargz-prefetch "* ]] || TAGS="$TAGS ocicrypt-estargz-prefetch"
 [ "$STARGZ" = 0 ] || TAGS="$TAGS stargz stargz-optimized"
 for wl in $WORKLOADS; do
   log "pushing $wl: plain, ocicrypt (skopeo --encryption-key), lazycrypt, lazycrypt + prefetch list"
@@ -340,6 +342,12 @@ for wl in $WORKLOADS; do
     "$BIN/lazycrypt" encrypt --plain-http --format ocicrypt-estargz \
       --recipient "jwe:$work/node.pub.pem" \
       "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:ocicrypt-estargz" >/dev/null
+  fi
+  if [[ " $PATHS " == *" ocicrypt-estargz-prefetch "* ]]; then
+    log "pushing $wl: ocicrypt-estargz with the start-up files marked (--prefetch-list)"
+    "$BIN/lazycrypt" encrypt --plain-http --format ocicrypt-estargz \
+      --prefetch-list "$work/img/$wl.startup" --recipient "jwe:$work/node.pub.pem" \
+      "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:ocicrypt-estargz-prefetch" >/dev/null
   fi
   if [[ " $PATHS " == *" ocicrypt-indexed "* ]]; then
     log "indexing $wl's ocicrypt image (lazycrypt index)"
@@ -514,6 +522,7 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     stargz) tag=stargz ;;
     stargz-optimized) tag=stargz-optimized ;;
     ocicrypt-estargz) tag=ocicrypt-estargz ;;
+    ocicrypt-estargz-prefetch) tag=ocicrypt-estargz-prefetch ;;
     ocicrypt-indexed | ocicrypt-eager) tag=ocicrypt ;;
   esac
   ref=$host/cs/$wl:$tag
