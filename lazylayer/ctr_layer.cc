@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
+#include <future>
+#include <deque>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -319,7 +322,14 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   }
   LC_RETURN_IF_ERROR(fetched.WithContext("chunk " + std::to_string(i)));
   LC_RETURN_IF_ERROR(side_status.WithContext("chunk " + std::to_string(i)));
+  return OpenFetched(i, range, record);
+}
+
+Result<cache::OpenedChunkPtr> CtrLayerData::OpenFetched(uint32_t i, const CiphertextRange& range,
+                                                        MutableByteSpan record) {
   chunks_fetched_.fetch_add(1, std::memory_order_relaxed);
+  const ByteSpan ciphertext = ByteSpan(record).first(static_cast<size_t>(range.size));
+  const ByteSpan side = ByteSpan(record).subspan(static_cast<size_t>(range.size));
   auto opened = OpenCiphertext(i, ciphertext, side);
   if (!opened.ok()) {
     // A chunk that does not decode or hash to its pinned digest: EIO for its readers.
@@ -328,8 +338,96 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   }
   chunks_opened_.fetch_add(1, std::memory_order_relaxed);
   // Kept only once verified (a failure to store costs a later fetch, nothing else).
-  if (store_ != nullptr) (void)store_->Put(store_key_, i, store_offset, record);
+  if (store_ != nullptr) {
+    (void)store_->Put(store_key_, i, range.store_offset.value_or(range.offset), record);
+  }
   return opened;
+}
+
+Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
+                              const std::function<bool()>& stopped, uint64_t max_request_bytes) {
+  using Opened = Result<cache::OpenedChunkPtr>;
+  constexpr uint64_t kMaxGapBytes = uint64_t{64} << 10;
+  struct Claimed {
+    uint32_t i;
+    CiphertextRange range;
+    std::promise<Opened> promise;
+  };
+  // Claimed before any request: a reader that comes meanwhile waits for this load.
+  std::deque<Claimed> claimed;
+  {
+    std::lock_guard<std::mutex> lock(inflight_mu_);
+    for (uint32_t i : chunks) {
+      if (inflight_.count(i) != 0 || opened_->Lookup(i)) continue;
+      Result<CiphertextRange> range = ChunkCiphertext(i);
+      if (!range.ok() || range->side_size > 0 || range->size == 0) continue;
+      if (store_ != nullptr && store_->Contains(store_key_, i)) continue;  // Chunk: from disk
+      if (!claimed.empty() && range->offset < claimed.back().range.offset) continue;  // ascending
+      claimed.push_back(Claimed{i, *range, {}});
+      inflight_[i] = claimed.back().promise.get_future().share();
+    }
+  }
+  auto finish = [this](Claimed& c, Opened opened) {
+    if (opened.ok()) (void)opened_->Insert(c.i, *opened);
+    {
+      std::lock_guard<std::mutex> lock(inflight_mu_);
+      inflight_.erase(c.i);
+    }
+    c.promise.set_value(std::move(opened));
+  };
+  Status first_error;
+  size_t k = 0;
+  while (k < claimed.size()) {
+    // A run: the next chunks whose ciphertext follows within kMaxGapBytes, up to the bound.
+    size_t end = k + 1;
+    uint64_t lo = claimed[k].range.offset, hi = lo + claimed[k].range.size;
+    while (end < claimed.size()) {
+      const CiphertextRange& r = claimed[end].range;
+      if (r.offset > hi + kMaxGapBytes || r.offset + r.size - lo > max_request_bytes) break;
+      hi = std::max(hi, r.offset + r.size);
+      ++end;
+    }
+    Status fetched;
+    std::vector<uint8_t> run;
+    if (stopped && stopped()) {
+      fetched = Status::Unavailable("the prefetch was stopped");
+    } else {
+      try {
+        run.resize(static_cast<size_t>(hi - lo));
+        // Counted while in flight (the verification yields to it).
+        {
+          std::lock_guard<std::mutex> lock(fetch_mu_);
+          ++fetches_;
+        }
+        fetched = ciphertext_->ReadAt(lo, run);
+        {
+          std::lock_guard<std::mutex> lock(fetch_mu_);
+          --fetches_;
+        }
+        fetch_cv_.notify_all();
+      } catch (const std::bad_alloc&) {
+        fetched = Status::Unavailable("prefetch: out of memory for " + std::to_string(hi - lo) +
+                                      " bytes");
+      }
+    }
+    for (; k < end; ++k) {
+      Claimed& c = claimed[k];
+      Opened opened = fetched;
+      if (fetched.ok()) {
+        try {
+          std::vector<uint8_t> record(
+              run.begin() + static_cast<ptrdiff_t>(c.range.offset - lo),
+              run.begin() + static_cast<ptrdiff_t>(c.range.offset - lo + c.range.size));
+          opened = OpenFetched(c.i, c.range, record);
+        } catch (const std::exception& e) {
+          opened = Status::Internal("chunk " + std::to_string(c.i) + ": " + e.what());
+        }
+      }
+      if (!opened.ok() && first_error.ok()) first_error = opened.status();
+      finish(c, std::move(opened));
+    }
+  }
+  return first_error;
 }
 
 void CtrLayerData::FillStats(cache::LayerStats& s) const {

@@ -158,6 +158,15 @@ class CtrLayerData : public cache::LayerData {
 
   // The opened chunk `i` (cached, or fetched and opened once however many readers ask).
   Result<cache::OpenedChunkPtr> Chunk(uint32_t i);
+  // Loads `chunks` (a prefetch: ascending) with as few requests as their ciphertext allows: each
+  // chunk not opened, loading or on disk is claimed first (a reader that needs it waits for this
+  // load instead of fetching it again), then the claimed chunks' ciphertext is read in runs of
+  // at most `max_request_bytes` (gaps of at most 64 KiB read through) with one request each, and
+  // each chunk is opened from its bytes as a reader's fetch would be (authenticated, stored,
+  // kept). Chunks with side bytes are left to Chunk. Returns the first error (the chunks it
+  // concerns fail their waiting readers, who try again); `stopped` ends it between requests.
+  Status LoadRuns(const std::vector<uint32_t>& chunks, const std::function<bool()>& stopped,
+                  uint64_t max_request_bytes = uint64_t{32} << 20);
 
   // Read-ahead (above) of up to `bytes` per read; 0 = none. Set before the layer is mounted.
   void set_readahead_bytes(uint64_t bytes) { readahead_bytes_.store(bytes); }
@@ -223,6 +232,10 @@ class CtrLayerData : public cache::LayerData {
  private:
   // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
   Result<cache::OpenedChunkPtr> Load(uint32_t i);
+  // The part of Load after its fetch: chunk i opened from `record` (its ciphertext, then its
+  // side bytes), counted, and stored once it opened.
+  Result<cache::OpenedChunkPtr> OpenFetched(uint32_t i, const CiphertextRange& range,
+                                            MutableByteSpan record);
   // Held opened, or being loaded by a reader or a worker.
   bool OpenedOrLoading(uint32_t i);
   // A read-ahead worker: loads queued chunks until StopReadAhead.

@@ -1,6 +1,5 @@
 #include "lazylayer/estargz_layer.h"
 
-
 #include <algorithm>
 #include <cstring>
 #include <ctime>
@@ -399,13 +398,17 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
 
 void MountedEstargzLayer::Prefetch(const std::function<bool()>& stopped) {
   Data& data = *estargz_data_;
-  // Errors are left to the readers (they see them again, and the verification too).
+  // Every marked file's chunks, claimed at once and read in as few requests as the blob allows
+  // (eStargz puts the marked files first, before the landmark: one run), not one request per
+  // chunk. Errors are left to the readers (they see them again, and the verification too).
+  std::vector<uint32_t> chunks;
   for (uint32_t entry : data.ez().prefetch_entries()) {
     const estargz::Entry& e = data.ez().entries()[entry];
-    for (uint32_t c = 0; c < e.chunk_count && !stopped(); ++c) {
-      (void)data.Chunk(e.first_chunk + c);
-    }
+    for (uint32_t c = 0; c < e.chunk_count; ++c) chunks.push_back(e.first_chunk + c);
   }
+  std::sort(chunks.begin(), chunks.end());
+  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+  (void)data.LoadRuns(chunks, stopped);
 }
 
 Result<std::string> MountedEstargzLayer::VerifyContent(InputStream& plain,

@@ -735,5 +735,44 @@ TEST_F(EstargzLazy, FilesBeforeThePrefetchLandmarkAreFetchedWithoutBeingRead) {
   EXPECT_TRUE(fs::exists(req.target_dir / ".prefetch.landmark"));
 }
 
+// Several marked files (eStargz puts them all before the landmark) arrive in ONE request, not one
+// per chunk, and reading them fetches nothing more.
+TEST_F(EstargzLazy, MarkedFilesArePrefetchedInOneRequest) {
+  const fs::path list = tmp_->path() / "prefetch-many.txt";
+  testing::WriteFileString(list, "/srv/big.bin\n/srv/hello.txt\n/srv/other.txt\n");
+  const std::string ref = registry_->host() + "/app:prefetch-many";
+  MustRun({testing::LazycryptBin(), "-q", "encrypt", "--format", "ocicrypt-estargz", "-r",
+           "jwe:" + key_.pub.string(), "--prefetch-list", list.string(), "--plain-http",
+           "--hosts-dir", "", "oci:" + (tmp_->path() / "src").string(), "docker://" + ref},
+          300s);
+  ReadImage(ref);
+  ASSERT_EQ(layers_.size(), 2u);
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*prefetch=*/true);
+  auto req = Request(ref, layers_[1], 1, layers_[1].chain_id);
+  const uint64_t before = [&] {
+    auto mounted = handler_->TryMount(req);
+    EXPECT_TRUE(mounted.ok() && *mounted) << (mounted.ok() ? "" : mounted.status().ToString());
+    return StatusOf(1)->stats.fetch_requests;
+  }();
+  ASSERT_FALSE(HasFailure());
+  // big.bin (6 MiB: more than one chunk), hello.txt and other.txt.
+  uint64_t opened = 0;
+  for (int i = 0; i < 600 && opened < 3; ++i) {  // up to 30 s
+    opened = StatusOf(1)->stats.chunks_opened;
+    if (opened < 3) std::this_thread::sleep_for(50ms);
+  }
+  std::this_thread::sleep_for(200ms);  // a straggling request would show below
+  auto after = StatusOf(1);
+  ASSERT_GE(after->stats.chunks_opened, 3u) << "the marked files were not prefetched";
+  EXPECT_EQ(after->stats.fetch_requests - before, 1u)
+      << after->stats.chunks_fetched << " chunks in " << after->stats.fetch_requests - before
+      << " requests: the prefetch sent one request per chunk";
+  EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
+  EXPECT_EQ(StatusOf(1)->stats.fetch_requests, after->stats.fetch_requests)
+      << "reading the prefetched files fetched again";
+}
+
 }  // namespace
 }  // namespace lazycrypt
