@@ -264,6 +264,19 @@ Status CtrLayerData::FetchSide(uint32_t i, const CiphertextRange&, MutableByteSp
   return Status::Internal("chunk " + std::to_string(i) + ": this format has no side bytes");
 }
 
+CtrLayerData::FetchInFlight::FetchInFlight(CtrLayerData& data) : d_(data) {
+  std::lock_guard<std::mutex> lock(d_.fetch_mu_);
+  ++d_.fetches_;
+}
+
+CtrLayerData::FetchInFlight::~FetchInFlight() {
+  {
+    std::lock_guard<std::mutex> lock(d_.fetch_mu_);
+    --d_.fetches_;
+  }
+  d_.fetch_cv_.notify_all();
+}
+
 Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   LC_ASSIGN_OR_RETURN(CiphertextRange range, ChunkCiphertext(i));
   // One record: the ciphertext, then the side bytes (if any), as the store keeps it.
@@ -287,21 +300,7 @@ Result<cache::OpenedChunkPtr> CtrLayerData::Load(uint32_t i) {
   }
   Status fetched, side_status;
   {
-    // Counted while in flight (the verification yields to it), whatever ends the fetch.
-    struct InFlight {
-      CtrLayerData& d;
-      explicit InFlight(CtrLayerData& data) : d(data) {
-        std::lock_guard<std::mutex> lock(d.fetch_mu_);
-        ++d.fetches_;
-      }
-      ~InFlight() {
-        {
-          std::lock_guard<std::mutex> lock(d.fetch_mu_);
-          --d.fetches_;
-        }
-        d.fetch_cv_.notify_all();
-      }
-    } in_flight(*this);
+    FetchInFlight in_flight(*this);
     // The side bytes are fetched while the ciphertext is (a chunk costs one round trip), and
     // joined before anything is opened or returned (`side` is this frame's). Without a thread
     // to spare, after it.
@@ -394,17 +393,8 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
     } else {
       try {
         run.resize(static_cast<size_t>(hi - lo));
-        // Counted while in flight (the verification yields to it).
-        {
-          std::lock_guard<std::mutex> lock(fetch_mu_);
-          ++fetches_;
-        }
+        FetchInFlight in_flight(*this);
         fetched = ciphertext_->ReadAt(lo, run);
-        {
-          std::lock_guard<std::mutex> lock(fetch_mu_);
-          --fetches_;
-        }
-        fetch_cv_.notify_all();
       } catch (const std::bad_alloc&) {
         fetched = Status::Unavailable("prefetch: out of memory for " + std::to_string(hi - lo) +
                                       " bytes");

@@ -230,6 +230,18 @@ class CtrLayerData : public cache::LayerData {
       auth_failures_{0}, quarantined_reads_{0}, disk_corrupt_{0};
 
  private:
+  // A fetch counted while in flight, whatever ends it (the verification yields to it): Load's
+  // and LoadRuns' requests.
+  class FetchInFlight {
+   public:
+    explicit FetchInFlight(CtrLayerData& data);
+    ~FetchInFlight();
+    FetchInFlight(const FetchInFlight&) = delete;
+    FetchInFlight& operator=(const FetchInFlight&) = delete;
+
+   private:
+    CtrLayerData& d_;
+  };
   // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
   Result<cache::OpenedChunkPtr> Load(uint32_t i);
   // The part of Load after its fetch: chunk i opened from `record` (its ciphertext, then its

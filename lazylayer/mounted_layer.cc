@@ -20,10 +20,9 @@ namespace {
 // request when `inner` can.
 class HeldBlobSource final : public cache::MultiRangeBlobSource {
  public:
-  HeldBlobSource(std::shared_ptr<BlobSource> inner, std::vector<uint8_t> bytes)
+  explicit HeldBlobSource(std::shared_ptr<BlobSource> inner)
       : inner_(std::move(inner)),
-        multi_(dynamic_cast<cache::MultiRangeBlobSource*>(inner_.get())),
-        bytes_(std::move(bytes)) {}
+        multi_(dynamic_cast<cache::MultiRangeBlobSource*>(inner_.get())) {}
   uint64_t size() const override { return inner_->size(); }
   Status ReadAt(uint64_t offset, MutableByteSpan out) override {
     if (Serve(offset, out)) return Status::Ok();
@@ -36,6 +35,11 @@ class HeldBlobSource final : public cache::MultiRangeBlobSource {
     if (multi_ != nullptr) return multi_->ReadRanges(ranges);
     for (const cache::RangeRead& r : ranges) LC_RETURN_IF_ERROR(inner_->ReadAt(r.offset, r.out));
     return Status::Ok();
+  }
+  // The blob from offset 0 (the whole blob, read by the caller): served from memory from now on.
+  void Hold(std::vector<uint8_t> bytes) {
+    std::lock_guard lock(mu_);
+    bytes_ = std::move(bytes);
   }
   // The bytes are ciphertext (and the sealed TOC): dropped, not wiped.
   void Release() {
@@ -102,19 +106,18 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
           ? options.cache.store_key
           : LayerStoreKey(descriptor.digest,
                           descriptor.Annotation(image::kAnnotationLazycryptTocDigest));
-  std::shared_ptr<HeldBlobSource> held;
-  {
-    cache::TailCachingSource probe(*layer->source_, options.store, tail_key);
-    if (descriptor.size > 0 && descriptor.size <= options.whole_layer_bytes &&
-        layer->source_->size() == descriptor.size && probe.stored_bytes() == 0) {
-      // A small layer: footer, TOC and every chunk in the one request the mount makes anyway.
-      std::vector<uint8_t> whole(static_cast<size_t>(descriptor.size));
-      LC_RETURN_IF_ERROR(layer->source_->ReadAt(0, whole).WithContext(what + ": reading it whole"));
-      held = std::make_shared<HeldBlobSource>(layer->source_, std::move(whole));
-    }
+  // Reads go through `held`: nothing held (every read passes through) unless the layer is small
+  // and new to this node, in which case footer, TOC and every chunk come in the one request the
+  // mount makes anyway.
+  auto held = std::make_shared<HeldBlobSource>(layer->source_);
+  cache::TailCachingSource tail(*held, options.store, tail_key);
+  const bool whole = descriptor.size > 0 && descriptor.size <= options.whole_layer_bytes &&
+                     layer->source_->size() == descriptor.size && tail.stored_bytes() == 0;
+  if (whole) {
+    std::vector<uint8_t> bytes(static_cast<size_t>(descriptor.size));
+    LC_RETURN_IF_ERROR(layer->source_->ReadAt(0, bytes).WithContext(what + ": reading it whole"));
+    held->Hold(std::move(bytes));
   }
-  cache::TailCachingSource tail(held ? static_cast<BlobSource&>(*held) : *layer->source_,
-                                options.store, tail_key);
   format::TailReadOptions tail_read;
   if (const uint64_t stored = tail.stored_bytes(); stored > format::kFooterSize) {
     tail_read.toc_size_hint = stored - format::kFooterSize;
@@ -148,12 +151,12 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
   }
   auto cached = cache::CachedLayer::Create(
       std::move(verified->index), std::move(verified->opener),
-      held ? std::static_pointer_cast<BlobSource>(held) : layer->source_, options.store,
+      whole ? std::static_pointer_cast<BlobSource>(held) : layer->source_, options.store,
       cache_options);
   if (!cached.ok()) return cached.status().WithContext(what);
   layer->layer_ = std::move(*cached);
 
-  if (held) {
+  if (whole) {
     // Every chunk authenticated, opened and stored from the bytes held (no request), in the
     // background: claimed before the mount serves anything, so a read waits for it rather than
     // fetching. A chunk that fails is fetched again, and fails again, by the read that needs it.
