@@ -265,7 +265,14 @@ void EncryptDecryptAndUnpack(const fs::path& tmp, const fs::path& src, size_t mi
     // unpacker knows no typeflag 'g'; GNU tar, Go's archive/tar users and containerd skip it,
     // docs/FORMAT.md §5.1). Then GNU tar unpacks the layers of both images, in order, instead
     // (GNU tar keeps whiteout files as files: compare like with like).
-    EXPECT_THAT(u2.output, HasSubstr("pax_global_header")) << u2.output;
+    // umoci's error path can also panic instead of naming the header: on the failed unpack it
+    // drains the blob through its digest verifier while pgzip's read-ahead goroutine still feeds
+    // it, and Go's sha256 panics "d.nx != 0" (a race in umoci 0.4.7, seen once in CI). Either is
+    // umoci refusing the layer; the tree comparison below is what this test asserts.
+    const bool named_the_header = u2.output.find("pax_global_header") != std::string::npos;
+    const bool raced_in_its_verifier = u2.output.find("panic: d.nx != 0") != std::string::npos &&
+                                       u2.output.find("VerifiedReadCloser") != std::string::npos;
+    EXPECT_TRUE(named_the_header || raced_in_its_verifier) << u2.output;
     auto untar = [&](const fs::path& layout, const fs::path& rootfs) {
       fs::remove_all(rootfs.parent_path());
       fs::create_directories(rootfs);
