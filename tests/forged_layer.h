@@ -4,6 +4,7 @@
 // key can produce; the readers must refuse it where the TOC disagrees with the tar. Header-only.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -58,6 +59,9 @@ struct ForgeOptions {
   std::optional<crypto::Sha256Digest> listed_diff_id;
   size_t chunk_size_bytes = format::kMinChunkSizeBytes;
   uint8_t salt_seed = 0x90;
+  // Edits the serialized TOC before it is compressed and sealed (what no honest writer does:
+  // e.g. appends fields the schema allows but no reader should have to build).
+  std::function<void(std::string& serialized)> tamper_serialized_toc;
 };
 
 // The entries an honest writer lists for `tar` (the TOC entries of its tar entries, in order).
@@ -113,7 +117,8 @@ inline Result<ForgedLayer> ForgeLayer(ByteSpan tar, const std::vector<format::En
   toc.set_tar_sha256(out.listed_diff_id.data(), out.listed_diff_id.size());
   for (const Entry& e : entries) format::EntryToProto(e, toc.add_entries());
 
-  const std::string serialized = toc.SerializeAsString();
+  std::string serialized = toc.SerializeAsString();
+  if (options.tamper_serialized_toc) options.tamper_serialized_toc(serialized);
   LC_ASSIGN_OR_RETURN(std::vector<uint8_t> plaintext, EncodeTocPlaintext(AsBytes(serialized), 3));
   std::vector<uint8_t> sealed(plaintext.size() + kTagSize);
   LC_ASSIGN_OR_RETURN(crypto::AesGcm gcm, crypto::AesGcm::Create(keys.toc_key.span()));

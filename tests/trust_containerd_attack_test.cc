@@ -42,6 +42,7 @@
 
 #include "crypto/digest.h"
 #include "format/keys.h"
+#include "format/layout.h"
 #include "image/envelope.h"
 #include "image/oci.h"
 #include "image/transport.h"
@@ -373,6 +374,117 @@ TEST_F(TrustContainerdAttack, ResealedChunkFailsTheContainerNeverPrintsForgedTex
                               ": record does not match the digest pinned in the TOC"),
                     HasSubstr("layer " + forged_blob->digest + " (snapshot ")))
       << Describe(run) << Logs();
+}
+
+// An image author's denial of service (review must-fix M1): a TOC of a few KiB of zstd that
+// decompresses to more entries than the format allows (8 Mi + 1 empty entries, 16 MiB on the
+// wire), sealed correctly under his own layer key. Parsing it whole would build a heap object per
+// entry (over a GiB here; 10+ GiB with the 256 MiB the format allows a TOC) before any count
+// check: the node's snapshotter, shared by every tenant, would be OOM-killed. It must be refused
+// on the wire, naming the problem, and the snapshotter must stay up, small, and serve the next
+// image. (Run with LAZYCRYPT_TRUST_ATTACK_SNAPSHOTTER_BIN set to a build before 92af47b: its
+// peak RSS passes a GiB, and this test fails.)
+TEST_F(TrustContainerdAttack, TocBombIsRefusedOnTheWireAndTheSnapshotterServesOn) {
+  const fs::path layout = MakeImage("after-bomb", {{"ok.txt", "still serving\n"}});
+  ASSERT_FALSE(HasFailure());
+  const std::string good_ref = registry_->host() + "/lazycrypt/after-bomb:1";
+  MustRun({LAZYCRYPT_BIN, "-q", "encrypt", "--plain-http", "--hosts-dir", "", "-r",
+           "jwe:" + node_key_.pub.string(), "oci:" + layout.string() + ":latest",
+           "docker://" + good_ref},
+          120s);
+  const image::LoadedImage plain = LoadLayoutImage(layout, "latest");
+  ASSERT_EQ(plain.manifest.layers.size(), 2u);
+
+  // The bomb: one honest small file, then (kMaxTocEntries + 1) empty entries appended to the
+  // serialized TOC (field 6, length 0: two bytes each).
+  MemoryOutputStream tar_out;
+  tar::TarWriter writer(tar_out);
+  tar::Entry e;
+  e.name = "bomb.txt";
+  e.type = tar::EntryType::kRegular;
+  e.mode = 0644;
+  e.mtime_sec = 1700000000;
+  const std::string text = "the bomb's own file\n";
+  e.size = text.size();
+  ASSERT_TRUE(writer.AppendEntry(e, AsBytes(text)).ok());
+  ASSERT_TRUE(writer.Finish(0).ok());
+  const std::vector<uint8_t> tar = tar_out.Take();
+  auto entries = HonestTocEntries(tar);
+  ASSERT_TRUE(entries.ok()) << entries.status().ToString();
+  auto layer_key = format::NewLayerKey();
+  ASSERT_TRUE(layer_key.ok());
+  ForgeOptions forge;
+  const uint64_t bomb_entries = format::kMaxTocEntries + 1;
+  forge.tamper_serialized_toc = [bomb_entries](std::string& serialized) {
+    serialized.reserve(serialized.size() + 2 * bomb_entries);
+    for (uint64_t i = 0; i < bomb_entries; ++i) serialized.append("\x32\x00", 2);
+  };
+  auto forged = ForgeLayer(tar, *entries, *layer_key, forge);
+  ASSERT_TRUE(forged.ok()) << forged.status().ToString();
+  ASSERT_LT(forged->blob.size(), size_t{1} << 20) << "the bomb should be small on the wire";
+  auto pub = keywrap::PublicKey::Load(node_key_.pub);
+  ASSERT_TRUE(pub.ok()) << pub.status().ToString();
+  std::vector<keywrap::PublicKey> pubs;
+  pubs.push_back(std::move(pub).value());
+  auto ann = image::MakeLazycryptAnnotations(*layer_key, forged->toc_digest, forged->commitment,
+                                             keywrap::Recipients(std::move(pubs)));
+  ASSERT_TRUE(ann.ok()) << ann.status().ToString();
+
+  // The author's image: busybox, the bomb layer, a config claiming the bomb's tar.
+  const std::string bomb_ref = registry_->host() + "/attacker/bomb:1";
+  auto dst = OpenDestination(bomb_ref);
+  ASSERT_NE(dst, nullptr);
+  const image::Descriptor& base = plain.manifest.layers[0];
+  const std::string base_bytes = harness::ReadFileOrEmpty(BlobPath(layout, base.digest));
+  auto base_desc = dst->PutBlob(base.media_type, AsBytes(base_bytes));
+  ASSERT_TRUE(base_desc.ok()) << base_desc.status().ToString();
+  auto bomb = dst->PutBlob(std::string(image::kMediaTypeLazycryptLayer), forged->blob);
+  ASSERT_TRUE(bomb.ok()) << bomb.status().ToString();
+  bomb->annotations[std::string(image::kAnnotationEncKeysJwe)] = ann->keys_jwe;
+  bomb->annotations[std::string(image::kAnnotationEncPubopts)] = ann->pubopts;
+  bomb->annotations[std::string(image::kAnnotationLazycryptTocDigest)] = ann->toc_digest;
+  nlohmann::json config = nlohmann::json::parse(plain.config_bytes.begin(),
+                                                plain.config_bytes.end(), nullptr, false);
+  ASSERT_FALSE(config.is_discarded());
+  config["rootfs"]["diff_ids"][1] = crypto::OciDigest(forged->listed_diff_id);
+  const std::string config_text = config.dump();
+  auto cfg = dst->PutBlob(plain.manifest.config.media_type, AsBytes(config_text));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  image::Manifest m;
+  m.media_type = std::string(image::kMediaTypeOciManifest);
+  m.config = *cfg;
+  m.layers = {*base_desc, *bomb};
+  const std::string manifest = image::SerializeManifest(m);
+  auto root = dst->PutManifest(m.media_type, AsBytes(manifest));
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  ASSERT_TRUE(dst->Commit(*root).ok());
+
+  // Pulled lazily and run: refused, naming the problem; no container.
+  auto pull = RemotePull(bomb_ref);
+  auto run = Run(bomb_ref, Id("bomb"), {"/bin/cat", "/bomb.txt"});
+  EXPECT_NE(run.exit_code, 0) << "a container of the bomb image started: " << Describe(run)
+                              << Logs();
+  ExpectNoContainer(Id("bomb"));
+  EXPECT_THAT(SnapshotterLog() + Output(pull) + Output(run),
+              HasSubstr("more than " + std::to_string(format::kMaxTocEntries) + " entries"))
+      << "pull: " << Describe(pull) << "\nrun: " << Describe(run) << Logs();
+
+  // The snapshotter is still up and small (the TOC was never built: its peak is what serving a
+  // small image costs, far from the GiB parsing it would have taken).
+  ASSERT_TRUE(snapshotter_->Running()) << "the snapshotter died" << Logs();
+  const std::string status =
+      harness::ReadFileOrEmpty("/proc/" + std::to_string(snapshotter_->pid()) + "/status");
+  const size_t at = status.find("VmHWM:");
+  ASSERT_NE(at, std::string::npos) << status;
+  const uint64_t hwm_kib = std::stoull(status.substr(at + 6));
+  EXPECT_LT(hwm_kib, uint64_t{512} << 10)
+      << "the snapshotter's peak RSS reached " << hwm_kib / 1024 << " MiB on a few-KiB TOC";
+
+  // And it serves the next tenant's image.
+  auto good_pull = RemotePull(good_ref);
+  ASSERT_EQ(good_pull.exit_code, 0) << Describe(good_pull) << Logs();
+  auto good = Run(good_ref, Id("after-bomb"), {"/bin/cat", "/ok.txt"});
+  EXPECT_EQ(good.stdout_text, "still serving\n") << Describe(good) << Logs();
 }
 
 }  // namespace
