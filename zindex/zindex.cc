@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <optional>
 
 #include <openssl/crypto.h>
@@ -499,6 +500,19 @@ class IndexingInflateStream final : public InputStream {
 
 void Cleanse(std::string* s) { OPENSSL_cleanse(s->data(), s->size()); }
 
+// A parsed entry's plaintext (name, owners, link target, xattrs), wiped before it is freed.
+void WipeEntry(format::Entry& e) {
+  Cleanse(&e.name);
+  Cleanse(&e.uname);
+  Cleanse(&e.gname);
+  Cleanse(&e.link_target);
+  for (auto& [name, value] : e.xattrs) {
+    // The map is about to be freed: its order no longer matters.
+    Cleanse(const_cast<std::string*>(&name));
+    Cleanse(&value);
+  }
+}
+
 // The parsed index holds the layer's plaintext (names, owners, link targets, xattrs, windows):
 // wiped in place when the scope that parsed it ends, whatever way it ends.
 class ScopedIndexWipe {
@@ -608,12 +622,81 @@ Result<std::vector<uint8_t>> SealWindow(ByteSpan window, uint32_t span, const Sa
 
 }  // namespace internal
 
-// ---- BuildSealedIndex --------------------------------------------------------------------------
+// ---- Building: BuildIndex, UnsealedIndex::Seal --------------------------------------------------
+
+// Between BuildIndex and Seal: the core to seal (spans set, entries added by Seal) and what
+// sealing it needs. The entries, the core's copy of them and the key copy are wiped on release.
+struct UnsealedIndex::State {
+  State() = default;
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  ~State() {
+    for (format::Entry& e : entries) WipeEntry(e);
+    OPENSSL_cleanse(salt.data(), salt.size());
+  }
+  v2::Index index;  // everything but entries and prefetch
+  std::vector<format::Entry> entries;
+  internal::Salt salt{};
+  std::vector<uint8_t> windows_area;  // sealed already
+  crypto::SecureBuffer key;
+  std::string layer_digest;
+  uint64_t blob_size = 0;
+  int zstd_level = 3;
+};
+
+UnsealedIndex::UnsealedIndex(std::unique_ptr<State> state) : state_(std::move(state)) {}
+UnsealedIndex::UnsealedIndex(UnsealedIndex&&) noexcept = default;
+UnsealedIndex& UnsealedIndex::operator=(UnsealedIndex&&) noexcept = default;
+UnsealedIndex::~UnsealedIndex() = default;
+
+const std::vector<format::Entry>& UnsealedIndex::entries() const { return state_->entries; }
+
+Result<std::vector<uint8_t>> UnsealedIndex::Seal(const std::vector<std::string>& prefetch_names) && {
+  if (state_ == nullptr) return Status::Internal("zindex: Seal of a moved-from index");
+  // Consumed whatever happens: the plaintext is wiped when this returns.
+  std::unique_ptr<State> state = std::move(state_);
+  std::vector<uint32_t> marks;
+  if (!prefetch_names.empty()) {
+    // The last entry of a name is the one extraction keeps (and the merged view resolves to).
+    std::map<std::string_view, uint32_t> last;
+    for (size_t i = 0; i < state->entries.size(); ++i) {
+      last[state->entries[i].name] = static_cast<uint32_t>(i);
+    }
+    for (const std::string& name : prefetch_names) {
+      auto it = last.find(name);
+      if (it == last.end() || state->entries[it->second].type != format::EntryType::kRegular) {
+        return Status::InvalidArgument("prefetch path '" + name +
+                                       "' is not a regular file of the layer");
+      }
+      marks.push_back(it->second);
+    }
+    std::sort(marks.begin(), marks.end());
+    marks.erase(std::unique(marks.begin(), marks.end()), marks.end());
+  }
+  v2::Index& index = state->index;
+  ScopedIndexWipe wipe_index(index);
+  for (const format::Entry& e : state->entries) format::EntryToProto(e, index.add_entries());
+  for (uint32_t m : marks) index.add_prefetch(m);
+  std::string serialized;
+  if (!index.SerializeToString(&serialized)) return Status::Internal("zindex: serialization failed");
+  std::vector<uint8_t> bytes(serialized.begin(), serialized.end());
+  crypto::ScopedWipe wipe_bytes(bytes);
+  OPENSSL_cleanse(serialized.data(), serialized.size());
+  return internal::SealIndex(bytes, state->salt, state->windows_area, state->layer_digest,
+                             state->blob_size, state->key.span(), state->zstd_level);
+}
 
 Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
                                               const image::Descriptor& encrypted,
                                               const image::OcicryptLayerCipher& cipher,
                                               const BuildOptions& options) {
+  LC_ASSIGN_OR_RETURN(UnsealedIndex unsealed, BuildIndex(ciphertext, encrypted, cipher, options));
+  return std::move(unsealed).Seal({});
+}
+
+Result<UnsealedIndex> BuildIndex(InputStream& ciphertext, const image::Descriptor& encrypted,
+                                 const image::OcicryptLayerCipher& cipher,
+                                 const BuildOptions& options) {
   if (options.span_bytes < kMinSpanBytes || options.span_bytes > kMaxSpanBytes / 2) {
     return Status::InvalidArgument("zindex: span size " + Num(options.span_bytes) +
                                    " is outside " + Num(kMinSpanBytes) + ".." +
@@ -626,13 +709,14 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   IndexingInflateStream stream(*gzip, tee, options);
   LC_RETURN_IF_ERROR(stream.Init());
 
-  zindex::v2::Index index;
+  auto state = std::make_unique<UnsealedIndex::State>();
+  zindex::v2::Index& index = state->index;
   index.set_version(kIndexVersion);
   index.set_layer_digest(encrypted.digest);
   index.set_blob_size(encrypted.size);
   index.set_span_bytes(options.span_bytes);
 
-  format::Toc toc;  // for the self-check below (what Open will build)
+  format::Toc toc;  // the entries, and the self-check below (what Open will build)
   tar::TarReader reader(stream);
   for (;;) {
     auto next = reader.Next();
@@ -671,12 +755,12 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
   index.set_tar_sha256(toc.diff_id.data(), toc.diff_id.size());
   // A fresh salt per seal: fresh core and window keys, so span-numbered window nonces are never
   // reused under one key (two seals of one layer, by two key holders or with two span sizes).
-  internal::Salt salt;
+  internal::Salt& salt = state->salt;
   LC_RETURN_IF_ERROR(crypto::RandomBytes(salt));
   LC_ASSIGN_OR_RETURN(crypto::AesGcm window_gcm,
                       SealCipher(cipher.key.span(), salt, kWindowKeyInfoPrefix, encrypted.digest));
   compress::ZstdCompressor zstd(options.zstd_level);
-  std::vector<uint8_t> windows_area;
+  std::vector<uint8_t>& windows_area = state->windows_area;
   for (size_t i = 0; i < spans.size(); ++i) {
     BuiltSpan& s = spans[i];
     zindex::v2::Span* p = index.add_spans();
@@ -703,21 +787,19 @@ Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
     }
     p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
   }
-  for (const format::Entry& e : toc.entries) format::EntryToProto(e, index.add_entries());
-
+  // The entries stay in memory until Seal (with the marks chosen from them).
+  state->entries = toc.entries;
   // Self-check: what a reader will accept (entry rules, hard links, data inside the tar stream).
   if (auto check = format::LayerIndex::FromVerifiedForeignToc(std::move(toc), {}, encrypted.size);
       !check.ok()) {
     return Status::Corruption("zindex: the layer's tar cannot be served: " +
                               check.status().message());
   }
-  std::string serialized;
-  if (!index.SerializeToString(&serialized)) return Status::Internal("zindex: serialization failed");
-  std::vector<uint8_t> bytes(serialized.begin(), serialized.end());
-  crypto::ScopedWipe wipe_bytes(bytes);
-  OPENSSL_cleanse(serialized.data(), serialized.size());
-  return internal::SealIndex(bytes, salt, windows_area, encrypted.digest, encrypted.size,
-                             cipher.key.span(), options.zstd_level);
+  state->key = cipher.key.Clone();
+  state->layer_digest = encrypted.digest;
+  state->blob_size = encrypted.size;
+  state->zstd_level = options.zstd_level;
+  return UnsealedIndex(std::move(state));
 }
 
 // ---- OpenedIndex -------------------------------------------------------------------------------
@@ -803,6 +885,7 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
         {7, K::kRepeatedMessage, &kSpan, std::min(limits.max_spans, kMaxSpans), UINT64_MAX,
          "spans"},
         {8, K::kRepeatedMessage, &entry.entry(), max_entries, UINT64_MAX, "entries"},
+        {9, K::kRepeatedVarint, nullptr, max_entries, UINT64_MAX, "prefetch marks"},
     };
     LC_RETURN_IF_ERROR(format::CheckWireShape(
         serialized, format::WireMessage{"the index", index_fields}, "zindex"));
@@ -953,6 +1036,27 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
     }
     format::Entry e = std::move(decoded).value();
     toc.entries.push_back(std::move(e));
+  }
+  // Prefetch marks: strictly increasing indexes of entries (so unique, and no more of them than
+  // entries); FromVerifiedForeignToc checks that each is a regular file.
+  const int mark_count = index.prefetch_size();
+  if (mark_count > index.entries_size()) {
+    return Status::Corruption("zindex: " + Num(mark_count) + " prefetch marks for " +
+                              Num(index.entries_size()) + " entries");
+  }
+  toc.prefetch.reserve(static_cast<size_t>(mark_count));
+  for (int i = 0; i < mark_count; ++i) {
+    const uint32_t mark = index.prefetch(i);
+    if (mark >= static_cast<uint32_t>(index.entries_size())) {
+      return Status::Corruption("zindex: prefetch mark " + Num(i) + ": entry index " + Num(mark) +
+                                " is outside the " + Num(index.entries_size()) + " entries");
+    }
+    if (!toc.prefetch.empty() && mark <= toc.prefetch.back()) {
+      return Status::Corruption("zindex: prefetch mark " + Num(i) + ": entry index " + Num(mark) +
+                                " is not greater than the previous mark's " +
+                                Num(toc.prefetch.back()) + " (marks must be strictly increasing)");
+    }
+    toc.prefetch.push_back(mark);
   }
   LC_ASSIGN_OR_RETURN(impl->layer_index,
                       format::LayerIndex::FromVerifiedForeignToc(

@@ -6,7 +6,8 @@
 // range with the span, only when the span is read). docs/FORMAT.md §11 is the byte-level spec and
 // threat model.
 //
-// Thread-safety: BuildSealedIndex is independent per call. OpenedIndex is immutable after Open;
+// Thread-safety: BuildIndex / BuildSealedIndex are independent per call; an UnsealedIndex is used
+// by one thread at a time. OpenedIndex is immutable after Open;
 // every const method may run concurrently (DecodeSpan keeps its inflate state per call).
 #pragma once
 
@@ -82,13 +83,47 @@ struct Limits {
 // limits.max_sealed_bytes / max_plaintext_bytes.
 Result<uint64_t> SealedCoreBytes(ByteSpan header, const Limits& limits = {});
 
+// A layer's index made but not yet sealed (BuildIndex): the windows area is sealed already (under
+// this index's salt); the core is sealed by Seal, with the prefetch marks given then. Move-only;
+// the plaintext it holds (entry names, link targets, spans) is in memory only and wiped when it is
+// released, as is its copy of the layer key.
+class UnsealedIndex {
+ public:
+  UnsealedIndex(UnsealedIndex&&) noexcept;
+  UnsealedIndex& operator=(UnsealedIndex&&) noexcept;
+  ~UnsealedIndex();
+
+  // The layer's entries as the index lists them (normalized names, types, link targets), in tar
+  // order: what image::PlanPrefetch needs for this layer's part of the merged view.
+  const std::vector<format::Entry>& entries() const;
+  // The whole sealed blob (header, core with `prefetch_names` marked, windows area), under the
+  // salt the windows were sealed with. `prefetch_names`: normalized entry names of REGULAR files
+  // of this layer (duplicates ignored; a name listed twice in the tar marks its last entry, the
+  // one extraction keeps); InvalidArgument "prefetch path 'NAME' is not a regular file of the
+  // layer" otherwise (this error names the path: the caller listed it). The marks become the
+  // core's `prefetch` (FORMAT.md §11.2), in entry order.
+  Result<std::vector<uint8_t>> Seal(const std::vector<std::string>& prefetch_names) &&;
+
+ private:
+  struct State;
+  explicit UnsealedIndex(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+  friend Result<UnsealedIndex> BuildIndex(InputStream&, const image::Descriptor&,
+                                          const image::OcicryptLayerCipher&, const BuildOptions&);
+};
+
 // Reads the whole encrypted layer from `ciphertext` (the blob `encrypted` describes; `cipher`
 // from image::UnwrapOcicryptLayer) once, in bounded memory (no plaintext reaches the disk),
-// checks HMAC, blob digest and plaintext digest, and returns the WHOLE sealed index (header, core,
-// windows area), sealed under a fresh random salt: two seals never share a key. Returns nothing
-// unless every check passed. Unsupported when the layer is not gzip (e.g. zstd or an
-// uncompressed tar) or a deflate block is longer than kMaxSpanBytes; Corruption for a tar or
+// checks HMAC, blob digest and plaintext digest, and returns the index with its windows sealed
+// under a fresh random salt (two seals never share a key); UnsealedIndex::Seal seals the core.
+// Returns nothing unless every check passed. Unsupported when the layer is not gzip (e.g. zstd or
+// an uncompressed tar) or a deflate block is longer than kMaxSpanBytes; Corruption for a tar or
 // gzip stream that does not parse (entries named by number, never by name).
+Result<UnsealedIndex> BuildIndex(InputStream& ciphertext, const image::Descriptor& encrypted,
+                                 const image::OcicryptLayerCipher& cipher,
+                                 const BuildOptions& options = {});
+
+// BuildIndex, then Seal({}): the WHOLE sealed index (header, core, windows area), nothing marked.
 Result<std::vector<uint8_t>> BuildSealedIndex(InputStream& ciphertext,
                                               const image::Descriptor& encrypted,
                                               const image::OcicryptLayerCipher& cipher,

@@ -7,12 +7,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -983,6 +985,198 @@ TEST_F(ZindexTest, CraftedCheckpointThatDecodesWrongIsRefusedByTheSpanNotServed)
   }
 }
 
+// ---- Prefetch marks (FORMAT.md §11.2, `lazycrypt index --prefetch-list`) -----------------------
+
+// The index of entry `name` in `entries` (its last entry of that name), or -1.
+int EntryIndexOf(const std::vector<format::Entry>& entries, const std::string& name) {
+  int found = -1;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].name == name) found = static_cast<int>(i);
+  }
+  return found;
+}
+
+TEST_F(ZindexTest, PrefetchMarksRoundTripThroughSealAndOpen) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto cipher = Cipher(layer);
+  MemoryInputStream in(layer.encrypted, 100000);
+  auto unsealed = BuildIndex(in, layer.descriptor, cipher);
+  ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+  // The entries, normalized, in tar order (the tar was made with -C DIR . : "./etc/config").
+  const std::vector<format::Entry> entries = unsealed->entries();
+  const int config = EntryIndexOf(entries, "etc/config");
+  const int random = EntryIndexOf(entries, "usr/bin/random.bin");
+  const int f7 = EntryIndexOf(entries, "var/f7");
+  ASSERT_GE(config, 0);
+  ASSERT_GE(random, 0);
+  ASSERT_GE(f7, 0);
+  EXPECT_EQ(entries[static_cast<size_t>(random)].type, format::EntryType::kRegular);
+  EXPECT_EQ(EntryIndexOf(entries, "usr/bin/link") >= 0 &&
+                entries[static_cast<size_t>(EntryIndexOf(entries, "usr/bin/link"))].type ==
+                    format::EntryType::kSymlink,
+            true);
+  // Out of order and with a duplicate: the core lists each once, in entry order.
+  auto sealed = std::move(*unsealed).Seal({"var/f7", "usr/bin/random.bin", "etc/config", "var/f7"});
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto opened = OpenAll(*sealed, layer.descriptor, cipher);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::vector<uint32_t> want = {static_cast<uint32_t>(config), static_cast<uint32_t>(random),
+                                static_cast<uint32_t>(f7)};
+  std::sort(want.begin(), want.end());
+  const auto marks = (*opened)->layer_index()->prefetch_entries();
+  EXPECT_EQ(std::vector<uint32_t>(marks.begin(), marks.end()), want);
+  // The marked entries are the files named (the layer index's own entry table).
+  std::set<std::string> names;
+  for (uint32_t m : marks) names.insert(std::string((*opened)->layer_index()->entries()[m].name()));
+  EXPECT_EQ(names, (std::set<std::string>{"etc/config", "usr/bin/random.bin", "var/f7"}));
+  // The marks change the core only: every span still decodes, windows where they were.
+  for (size_t i = 0; i < (*opened)->span_count(); ++i) {
+    auto plain = (*opened)->DecodeSpan(i, SpanBytes(layer, **opened, i),
+                                       WindowBytes(*sealed, **opened, i));
+    ASSERT_TRUE(plain.ok()) << "span " << i << ": " << plain.status().ToString();
+  }
+
+  // BuildSealedIndex = BuildIndex + Seal({}): nothing marked.
+  auto plain_sealed = Build(layer);
+  ASSERT_TRUE(plain_sealed.ok()) << plain_sealed.status().ToString();
+  auto plain_opened = OpenAll(*plain_sealed, layer.descriptor, cipher);
+  ASSERT_TRUE(plain_opened.ok()) << plain_opened.status().ToString();
+  EXPECT_TRUE((*plain_opened)->layer_index()->prefetch_entries().empty());
+}
+
+TEST_F(ZindexTest, SealRefusesANameThatIsNotARegularFileOfTheLayerNamingIt) {
+  Layer layer = MakeLayer("gzip -1 -n");
+  auto cipher = Cipher(layer);
+  for (const std::string name :
+       {"usr/bin/link" /* symlink */, "etc/hard" /* hard link */, "usr/bin" /* directory */,
+        "etc/not-there", "/etc/config" /* not normalized */}) {
+    MemoryInputStream in(layer.encrypted);
+    auto unsealed = BuildIndex(in, layer.descriptor, cipher);
+    ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    auto sealed = std::move(*unsealed).Seal({"etc/config", name});
+    ASSERT_FALSE(sealed.ok()) << name;
+    EXPECT_EQ(sealed.status().code(), StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(sealed.status().message().find("prefetch path '" + name +
+                                             "' is not a regular file of the layer"),
+              std::string::npos)
+        << sealed.status().ToString();
+  }
+}
+
+TEST_F(ZindexTest, CraftedPrefetchMarksAreCorruption) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto cipher = Cipher(layer);
+  auto opened = OpenAll(*sealed, layer.descriptor, cipher);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  // Indexes of two regular files and a directory, and the entry count.
+  int a = -1, b = -1, dir = -1;
+  const format::LayerIndex& li = *(*opened)->layer_index();
+  for (size_t i = 0; i < li.entries().size(); ++i) {
+    const auto type = li.entries()[i].type();
+    if (type == format::EntryType::kRegular && li.entries()[i].size() > 0) {
+      if (a < 0) {
+        a = static_cast<int>(i);
+      } else if (b < 0) {
+        b = static_cast<int>(i);
+      }
+    }
+    if (type == format::EntryType::kDirectory && i > 0 && dir < 0) dir = static_cast<int>(i);
+  }
+  ASSERT_TRUE(a >= 0 && b > a && dir >= 0);
+  const uint32_t count = static_cast<uint32_t>(li.entries().size());
+  // The crafted core opens with well-formed marks (the edit machinery is not what refuses).
+  std::vector<uint8_t> good = Craft(layer, *sealed, [&](v2::Index& p) {
+    p.add_prefetch(a);
+    p.add_prefetch(b);
+  });
+  auto good_opened = OpenAll(good, layer.descriptor, cipher);
+  ASSERT_TRUE(good_opened.ok()) << good_opened.status().ToString();
+  EXPECT_EQ((*good_opened)->layer_index()->prefetch_entries().size(), 2u);
+  struct Case {
+    std::string what;
+    std::function<void(v2::Index&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"decreasing", [&](v2::Index& p) { p.add_prefetch(b); p.add_prefetch(a); },
+       "is not greater than the previous mark's"},
+      {"a duplicate", [&](v2::Index& p) { p.add_prefetch(a); p.add_prefetch(a); },
+       "is not greater than the previous mark's"},
+      {"past the entries", [&](v2::Index& p) { p.add_prefetch(a); p.add_prefetch(count); },
+       "is outside the " + std::to_string(count) + " entries"},
+      {"a directory", [&](v2::Index& p) { p.add_prefetch(dir); },
+       "a prefetch mark is not a regular entry"},
+      {"more marks than entries",
+       [&](v2::Index& p) {
+         for (uint32_t i = 0; i <= count; ++i) p.add_prefetch(i);
+       },
+       std::to_string(count + 1) + " prefetch marks for " + std::to_string(count) + " entries"},
+  };
+  for (const Case& c : cases) {
+    std::vector<uint8_t> crafted = Craft(layer, *sealed, c.edit);
+    auto refused = OpenAll(crafted, layer.descriptor, cipher);
+    ASSERT_FALSE(refused.ok()) << c.what;
+    EXPECT_EQ(refused.status().code(), StatusCode::kCorruption) << c.what;
+    EXPECT_NE(refused.status().message().find(c.message), std::string::npos)
+        << c.what << ": " << refused.status().ToString();
+    EXPECT_EQ(refused.status().message().find("config"), std::string::npos) << c.what;
+  }
+}
+
+// More marks than the entry limit are refused on the wire, before the core is parsed (a packed
+// run of a few KiB of zstd would otherwise parse to millions of marks).
+TEST_F(ZindexTest, MorePrefetchMarksThanTheEntryLimitAreRefusedBeforeParsing) {
+  Layer layer = MakeLayer("gzip -6 -n");
+  auto sealed = Build(layer);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  auto cipher = Cipher(layer);
+  auto unsealed = internal::UnsealIndex(*sealed, layer.descriptor.digest, layer.descriptor.size,
+                                        cipher.key.span());
+  ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+  // Field 9, packed: kMaxEntries + 1 zero varints.
+  std::vector<uint8_t> bloated = unsealed->serialized;
+  uint64_t n = kMaxEntries + 1;
+  bloated.push_back(0x4a);
+  while (n >= 0x80) {
+    bloated.push_back(static_cast<uint8_t>(n | 0x80));
+    n >>= 7;
+  }
+  bloated.push_back(static_cast<uint8_t>(n));
+  bloated.resize(bloated.size() + kMaxEntries + 1, 0);
+  auto crafted = internal::SealIndex(bloated, unsealed->salt, unsealed->windows_area,
+                                     layer.descriptor.digest, layer.descriptor.size,
+                                     cipher.key.span());
+  ASSERT_TRUE(crafted.ok()) << crafted.status().ToString();
+  EXPECT_LT(crafted->size(), sealed->size() + (64u << 10)) << "a few KiB of zstd";
+  auto opened = OpenAll(*crafted, layer.descriptor, cipher);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(opened.status().message().find("zindex: more than " + std::to_string(kMaxEntries) +
+                                           " prefetch marks (limit)"),
+            std::string::npos)
+      << opened.status().ToString();
+  // A reader's lower entry limit bounds the marks too: at exactly the layer's entry count, one
+  // mark more is refused on the wire (unpacked this time), not by the later count check.
+  auto whole = OpenAll(*sealed, layer.descriptor, cipher);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  const size_t entries = (*whole)->layer_index()->entries().size();
+  std::vector<uint8_t> over = unsealed->serialized;
+  for (size_t i = 0; i <= entries; ++i) over.insert(over.end(), {0x48, 0x00});
+  auto few = internal::SealIndex(over, unsealed->salt, unsealed->windows_area,
+                                 layer.descriptor.digest, layer.descriptor.size, cipher.key.span());
+  ASSERT_TRUE(few.ok());
+  Limits limits;
+  limits.max_entries = entries;
+  auto refused = OpenAll(*few, layer.descriptor, cipher, limits);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("zindex: more than " + std::to_string(entries) +
+                                            " prefetch marks (limit)"),
+            std::string::npos)
+      << refused.status().ToString();
+}
+
 TEST_F(ZindexTest, BuildOptionsAreChecked) {
   Layer layer = MakeLayer("gzip -1 -n");
   EXPECT_EQ(Build(layer, 1000).status().code(), StatusCode::kInvalidArgument);
@@ -1092,6 +1286,25 @@ TEST(ZindexFuzzSeeds, FixedLayerIndexesAndTheSeedsOpen) {
               static_cast<std::streamsize>(unsealed->serialized.size()));
     }
   }
+  {
+    // A seed with prefetch marks (field 9), so the fuzzer starts from a core that has some.
+    MemoryInputStream in(layer.blob);
+    auto unsealed = BuildIndex(in, layer.encrypted, layer.cipher);
+    ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    auto sealed = std::move(*unsealed).Seal({"etc/noise", "etc/text"});
+    ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+    auto index = OpenedIndex::Open(*sealed, sealed->size(), layer.encrypted, layer.cipher);
+    ASSERT_TRUE(index.ok()) << index.status().ToString();
+    EXPECT_EQ((*index)->layer_index()->prefetch_entries().size(), 2u);
+    auto core = internal::UnsealIndex(*sealed, layer.encrypted.digest, layer.encrypted.size,
+                                      layer.cipher.key.span());
+    ASSERT_TRUE(core.ok()) << core.status().ToString();
+    if (const char* dir = std::getenv("LAZYCRYPT_ZINDEX_WRITE_SEEDS")) {
+      std::ofstream f(std::filesystem::path(dir) / "index-512k-prefetch", std::ios::binary);
+      f.write(reinterpret_cast<const char*>(core->serialized.data()),
+              static_cast<std::streamsize>(core->serialized.size()));
+    }
+  }
   const std::filesystem::path corpus = lazycrypt::testing::SourceDir() / "zindex" / "fuzz_corpus";
   size_t opened = 0;
   for (const auto& file : std::filesystem::directory_iterator(corpus)) {
@@ -1103,7 +1316,7 @@ TEST(ZindexFuzzSeeds, FixedLayerIndexesAndTheSeedsOpen) {
     EXPECT_TRUE(index.ok()) << file.path() << ": " << index.status().ToString();
     ++opened;
   }
-  EXPECT_GE(opened, 2u) << "seed corpus missing in " << corpus;
+  EXPECT_GE(opened, 3u) << "seed corpus missing in " << corpus;
 }
 
 }  // namespace
