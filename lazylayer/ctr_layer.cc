@@ -12,6 +12,7 @@
 #include <exception>
 #include <new>
 #include <system_error>
+#include <thread>
 
 #include "crypto/secure_buffer.h"
 
@@ -264,6 +265,15 @@ Status CtrLayerData::FetchSide(uint32_t i, const CiphertextRange&, MutableByteSp
   return Status::Internal("chunk " + std::to_string(i) + ": this format has no side bytes");
 }
 
+Status CtrLayerData::FetchSides(std::span<const uint32_t> chunks,
+                                std::span<const CiphertextRange> ranges,
+                                std::span<const MutableByteSpan> outs) {
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    LC_RETURN_IF_ERROR(FetchSide(chunks[k], ranges[k], outs[k]));
+  }
+  return Status::Ok();
+}
+
 CtrLayerData::FetchInFlight::FetchInFlight(CtrLayerData& data) : d_(data) {
   std::lock_guard<std::mutex> lock(d_.fetch_mu_);
   ++d_.fetches_;
@@ -343,81 +353,193 @@ Result<cache::OpenedChunkPtr> CtrLayerData::OpenFetched(uint32_t i, const Cipher
   return opened;
 }
 
+struct CtrLayerData::Claimed {
+  uint32_t i = 0;
+  CiphertextRange range;
+  std::promise<Result<cache::OpenedChunkPtr>> promise;
+  bool finished = false;
+};
+
+void CtrLayerData::FinishClaimed(Claimed& c, Result<cache::OpenedChunkPtr> opened) {
+  if (c.finished) return;
+  c.finished = true;
+  // Kept (node-wide budget) before the flight ends, as Chunk does.
+  if (opened.ok()) {
+    try {
+      (void)opened_->Insert(c.i, *opened);
+    } catch (...) {  // not kept: served to the waiting readers all the same
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(inflight_mu_);
+    inflight_.erase(c.i);
+  }
+  c.promise.set_value(std::move(opened));
+}
+
+Status CtrLayerData::LoadRun(std::span<Claimed> run, const std::function<bool()>& stopped) {
+  using Opened = Result<cache::OpenedChunkPtr>;
+  const uint64_t lo = run.front().range.offset;
+  uint64_t hi = lo;
+  for (const Claimed& c : run) hi = std::max(hi, c.range.offset + c.range.size);
+  Status fetched, side_status;
+  std::vector<uint8_t> bytes;
+  // The side bytes of the run's chunks that have them (k-th: side_chunks[k]), each buffer its
+  // own; declared before the side thread's future, which joins it (it writes into them).
+  std::vector<uint32_t> side_chunks;
+  std::vector<CiphertextRange> side_ranges;
+  std::vector<std::vector<uint8_t>> sides;
+  std::vector<MutableByteSpan> side_outs;
+  std::vector<size_t> side_of(run.size(), SIZE_MAX);  // run position -> index in sides
+  try {
+    if (stopped && stopped()) {
+      fetched = Status::Unavailable("the prefetch was stopped");
+    } else {
+      bytes.resize(static_cast<size_t>(hi - lo));
+      for (size_t k = 0; k < run.size(); ++k) {
+        if (run[k].range.side_size == 0) continue;
+        side_of[k] = sides.size();
+        side_chunks.push_back(run[k].i);
+        side_ranges.push_back(run[k].range);
+        sides.emplace_back(static_cast<size_t>(run[k].range.side_size));
+      }
+      for (std::vector<uint8_t>& side : sides) side_outs.emplace_back(side);
+      FetchInFlight in_flight(*this);
+      // As Load: the side bytes are fetched while the ciphertext is, and joined before anything
+      // is opened or returned. Without a thread to spare, after it.
+      std::future<Status> side_fetched;
+      if (!sides.empty()) {
+        try {
+          side_fetched = std::async(std::launch::async, [&] {
+            return FetchSides(side_chunks, side_ranges, side_outs);
+          });
+        } catch (const std::system_error&) {
+        }
+      }
+      try {
+        fetched = ciphertext_->ReadAt(lo, bytes);
+      } catch (...) {
+        if (side_fetched.valid()) side_fetched.wait();
+        throw;
+      }
+      if (side_fetched.valid()) {
+        try {
+          side_status = side_fetched.get();
+        } catch (const std::bad_alloc&) {
+          side_status = Status::Unavailable("prefetch: out of memory fetching side bytes");
+        } catch (const std::exception& e) {
+          side_status = Status::Internal(std::string("prefetch: side bytes: ") + e.what());
+        }
+      } else if (!sides.empty()) {
+        side_status = FetchSides(side_chunks, side_ranges, side_outs);
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    fetched = Status::Unavailable("prefetch: out of memory for a run of " +
+                                  std::to_string(hi - lo) + " bytes");
+  } catch (const std::exception& e) {
+    fetched = Status::Internal(std::string("prefetch: ") + e.what());
+  }
+  if (!side_status.ok() && !side_chunks.empty()) {
+    side_status = side_status.WithContext(
+        "side bytes of chunks " + std::to_string(side_chunks.front()) + ".." +
+        std::to_string(side_chunks.back()));
+  }
+  Status first_error;
+  for (size_t k = 0; k < run.size(); ++k) {
+    Claimed& c = run[k];
+    Status failed = fetched.WithContext("chunk " + std::to_string(c.i));
+    if (failed.ok() && side_of[k] != SIZE_MAX) failed = side_status;
+    Opened opened = failed;
+    if (failed.ok()) {
+      try {
+        // One record: the ciphertext, then the side bytes, as Load builds it.
+        const size_t at = static_cast<size_t>(c.range.offset - lo);
+        const size_t size = static_cast<size_t>(c.range.size);
+        std::vector<uint8_t> record(size + static_cast<size_t>(c.range.side_size));
+        std::memcpy(record.data(), bytes.data() + at, size);
+        if (side_of[k] != SIZE_MAX) {
+          const std::vector<uint8_t>& side = sides[side_of[k]];
+          std::memcpy(record.data() + size, side.data(), side.size());
+        }
+        opened = OpenFetched(c.i, c.range, record);
+      } catch (const std::bad_alloc&) {
+        opened = Status::Unavailable("chunk " + std::to_string(c.i) + ": out of memory opening it");
+      } catch (const std::exception& e) {
+        opened = Status::Internal("chunk " + std::to_string(c.i) + ": " + e.what());
+      }
+    }
+    if (!opened.ok() && first_error.ok()) first_error = opened.status();
+    FinishClaimed(c, std::move(opened));
+  }
+  return first_error;
+}
+
 Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
                               const std::function<bool()>& stopped, uint64_t max_request_bytes) {
-  using Opened = Result<cache::OpenedChunkPtr>;
   constexpr uint64_t kMaxGapBytes = uint64_t{64} << 10;
-  struct Claimed {
-    uint32_t i;
-    CiphertextRange range;
-    std::promise<Opened> promise;
-  };
   // Claimed before any request: a reader that comes meanwhile waits for this load.
-  std::deque<Claimed> claimed;
+  std::vector<Claimed> claimed;
+  claimed.reserve(chunks.size());
   {
     std::lock_guard<std::mutex> lock(inflight_mu_);
     for (uint32_t i : chunks) {
       if (inflight_.count(i) != 0 || opened_->Lookup(i)) continue;
       Result<CiphertextRange> range = ChunkCiphertext(i);
-      if (!range.ok() || range->side_size > 0 || range->size == 0) continue;
+      if (!range.ok() || range->size == 0) continue;
       if (store_ != nullptr && store_->Contains(store_key_, i)) continue;  // Chunk: from disk
       if (!claimed.empty() && range->offset < claimed.back().range.offset) continue;  // ascending
-      claimed.push_back(Claimed{i, *range, {}});
+      claimed.push_back(Claimed{i, *range, {}, false});
       inflight_[i] = claimed.back().promise.get_future().share();
     }
   }
-  auto finish = [this](Claimed& c, Opened opened) {
-    if (opened.ok()) (void)opened_->Insert(c.i, *opened);
-    {
-      std::lock_guard<std::mutex> lock(inflight_mu_);
-      inflight_.erase(c.i);
-    }
-    c.promise.set_value(std::move(opened));
-  };
-  Status first_error;
-  size_t k = 0;
-  while (k < claimed.size()) {
-    // A run: the next chunks whose ciphertext follows within kMaxGapBytes, up to the bound.
-    size_t end = k + 1;
+  // The runs: claimed[runs[r], runs[r + 1]), each the next chunks whose ciphertext follows
+  // within kMaxGapBytes, up to the bound.
+  std::vector<size_t> runs;
+  for (size_t k = 0; k < claimed.size();) {
+    runs.push_back(k);
     uint64_t lo = claimed[k].range.offset, hi = lo + claimed[k].range.size;
-    while (end < claimed.size()) {
-      const CiphertextRange& r = claimed[end].range;
+    ++k;
+    while (k < claimed.size()) {
+      const CiphertextRange& r = claimed[k].range;
       if (r.offset > hi + kMaxGapBytes || r.offset + r.size - lo > max_request_bytes) break;
       hi = std::max(hi, r.offset + r.size);
-      ++end;
-    }
-    Status fetched;
-    std::vector<uint8_t> run;
-    if (stopped && stopped()) {
-      fetched = Status::Unavailable("the prefetch was stopped");
-    } else {
-      try {
-        run.resize(static_cast<size_t>(hi - lo));
-        FetchInFlight in_flight(*this);
-        fetched = ciphertext_->ReadAt(lo, run);
-      } catch (const std::bad_alloc&) {
-        fetched = Status::Unavailable("prefetch: out of memory for " + std::to_string(hi - lo) +
-                                      " bytes");
-      }
-    }
-    for (; k < end; ++k) {
-      Claimed& c = claimed[k];
-      Opened opened = fetched;
-      if (fetched.ok()) {
-        try {
-          std::vector<uint8_t> record(
-              run.begin() + static_cast<ptrdiff_t>(c.range.offset - lo),
-              run.begin() + static_cast<ptrdiff_t>(c.range.offset - lo + c.range.size));
-          opened = OpenFetched(c.i, c.range, record);
-        } catch (const std::exception& e) {
-          opened = Status::Internal("chunk " + std::to_string(c.i) + ": " + e.what());
-        }
-      }
-      if (!opened.ok() && first_error.ok()) first_error = opened.status();
-      finish(c, std::move(opened));
+      ++k;
     }
   }
-  return first_error;
+  runs.push_back(claimed.size());
+  const size_t run_count = runs.size() - 1;
+  std::vector<Status> results(run_count);
+  std::atomic<size_t> next_run{0};
+  // Takes the next run until none is left; never throws.
+  auto work = [&] {
+    for (size_t r = next_run.fetch_add(1); r < run_count; r = next_run.fetch_add(1)) {
+      try {
+        results[r] = LoadRun(
+            std::span<Claimed>(claimed).subspan(runs[r], runs[r + 1] - runs[r]), stopped);
+      } catch (...) {  // its unanswered chunks are answered below, once every run is done
+        try {
+          results[r] = Status::Unavailable("prefetch: a run failed (out of memory?)");
+        } catch (...) {
+        }
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  try {
+    while (helpers.size() + 1 < std::min(kLoadRunsInFlight, run_count)) helpers.emplace_back(work);
+  } catch (...) {  // no thread to spare (or no memory for one): fewer runs at once
+  }
+  work();  // this thread takes runs too, so every run is loaded even without helpers
+  for (std::thread& t : helpers) t.join();
+  // Only when a run threw before answering all its chunks: no reader waits forever.
+  for (Claimed& c : claimed) {
+    FinishClaimed(c, Status::Internal("chunk " + std::to_string(c.i) + ": not loaded"));
+  }
+  for (const Status& s : results) {
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
 }
 
 void CtrLayerData::FillStats(cache::LayerStats& s) const {

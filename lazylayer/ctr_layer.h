@@ -40,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -159,12 +160,22 @@ class CtrLayerData : public cache::LayerData {
   // The opened chunk `i` (cached, or fetched and opened once however many readers ask).
   Result<cache::OpenedChunkPtr> Chunk(uint32_t i);
   // Loads `chunks` (a prefetch: ascending) with as few requests as their ciphertext allows: each
-  // chunk not opened, loading or on disk is claimed first (a reader that needs it waits for this
-  // load instead of fetching it again), then the claimed chunks' ciphertext is read in runs of
-  // at most `max_request_bytes` (gaps of at most 64 KiB read through) with one request each, and
-  // each chunk is opened from its bytes as a reader's fetch would be (authenticated, stored,
-  // kept). Chunks with side bytes are left to Chunk. Returns the first error (the chunks it
-  // concerns fail their waiting readers, who try again); `stopped` ends it between requests.
+  // chunk not opened, loading or on disk is claimed first, all of them before any request (a
+  // reader that needs one waits for this load instead of fetching it again), then the claimed
+  // chunks' ciphertext is read in runs of at most `max_request_bytes` (gaps of at most 64 KiB
+  // read through) with one request each, up to kLoadRunsInFlight runs at once (this thread and
+  // up to 3 of its own: the marked files of an unmodified layer lie scattered over the blob, one
+  // run each, and a round trip each in a row would cost what the marks save). The side bytes of
+  // a run's chunks (the indexed format's windows) are fetched by FetchSides on a thread of their
+  // own while the run's ciphertext is (no round trip of their own), and each chunk is opened
+  // from its record (ciphertext, then side bytes) as a reader's fetch would be (authenticated,
+  // stored, kept). A run that fails (its request, its side bytes, memory) fails only its own
+  // chunks (those with side bytes when only FetchSides failed); every claimed chunk's waiting
+  // readers get an answer whatever ends the load (errors are not kept: they try again). Each
+  // run's requests count as a fetch in flight (the verification yields to them); `stopped` is
+  // asked before each run's request (the runs not yet sent fail "stopped"). Returns the first
+  // failed run's error (in blob order). Memory: up to kLoadRunsInFlight runs' bytes at once.
+  static constexpr size_t kLoadRunsInFlight = 4;
   Status LoadRuns(const std::vector<uint32_t>& chunks, const std::function<bool()>& stopped,
                   uint64_t max_request_bytes = uint64_t{32} << 20);
 
@@ -209,6 +220,14 @@ class CtrLayerData : public cache::LayerData {
   // Chunk i's side bytes (range.side_size of them) into `out`. Called concurrently with the
   // ciphertext's fetch, only when range.side_size > 0. Default: Internal (no format has them).
   virtual Status FetchSide(uint32_t i, const CiphertextRange& range, MutableByteSpan out);
+  // The side bytes of several chunks of one LoadRuns run (ascending, each with side_size > 0):
+  // chunk chunks[k]'s into outs[k] (ranges[k].side_size bytes), in as few requests as the format
+  // can make of them; called on a thread of its own while the run's ciphertext is fetched (and
+  // concurrently with other runs' calls). An error fails every chunk given. Default: FetchSide
+  // for each, in order.
+  virtual Status FetchSides(std::span<const uint32_t> chunks,
+                            std::span<const CiphertextRange> ranges,
+                            std::span<const MutableByteSpan> outs);
   // Chunk i opened (decrypted, decoded, verified against the format's table) from exactly the
   // ChunkCiphertext(i) bytes and its side bytes (empty when it has none); AuthFailed/Corruption
   // when they are not the chunk's.
@@ -244,6 +263,15 @@ class CtrLayerData : public cache::LayerData {
   };
   // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
   Result<cache::OpenedChunkPtr> Load(uint32_t i);
+  // LoadRuns' claimed chunk: its range and the promise its waiting readers hold.
+  struct Claimed;
+  // One run of LoadRuns (consecutive claimed chunks): fetched, opened, and every chunk's promise
+  // fulfilled, whatever ends the request (stop, error, exception, std::bad_alloc). Its first
+  // error, or OK. (Throws only when out of memory for an error message; LoadRuns then answers
+  // the chunks left.)
+  Status LoadRun(std::span<Claimed> run, const std::function<bool()>& stopped);
+  // A claimed chunk's flight ended with `opened` (kept when OK).
+  void FinishClaimed(Claimed& c, Result<cache::OpenedChunkPtr> opened);
   // The part of Load after its fetch: chunk i opened from `record` (its ciphertext, then its
   // side bytes), counted, and stored once it opened.
   Result<cache::OpenedChunkPtr> OpenFetched(uint32_t i, const CiphertextRange& range,

@@ -5,6 +5,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -153,6 +154,42 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
                      " bytes of the index blob)");
   }
 
+  // A prefetch run's windows: those kept in memory from there, the others read from the index
+  // blob in groups of windows that lie together (the windows area is in span order; gaps of at
+  // most kWindowGapBytes read through), one request per group.
+  Status FetchSides(std::span<const uint32_t> spans, std::span<const CiphertextRange>,
+                    std::span<const MutableByteSpan> outs) override {
+    std::vector<size_t> left;  // positions in `spans` still to read, in window order
+    for (size_t k = 0; k < spans.size(); ++k) {
+      if (!TakeKeptWindow(spans[k], outs[k])) left.push_back(k);
+    }
+    std::vector<uint8_t> group;
+    for (size_t g = 0; g < left.size();) {
+      const uint64_t lo = zi_->span_window(spans[left[g]]).offset;
+      uint64_t hi = lo + outs[left[g]].size();
+      size_t end = g + 1;
+      while (end < left.size()) {
+        const uint64_t at = zi_->span_window(spans[left[end]]).offset;
+        const uint64_t size = outs[left[end]].size();
+        // Out of order or overlapping (no index made by BuildIndex): a group of its own.
+        if (at < hi || at - hi > kWindowGapBytes || at + size - lo > kMaxWindowGroupBytes) break;
+        hi = at + size;
+        ++end;
+      }
+      group.resize(static_cast<size_t>(hi - lo));
+      LC_RETURN_IF_ERROR(
+          windows_->ReadAt(lo, group).WithContext(
+              "windows of spans " + std::to_string(spans[left[g]]) + ".." +
+              std::to_string(spans[left[end - 1]]) + " (" + std::to_string(hi - lo) +
+              " bytes of the index blob)"));
+      for (; g < end; ++g) {
+        const uint64_t at = zi_->span_window(spans[left[g]]).offset;
+        std::memcpy(outs[left[g]].data(), group.data() + (at - lo), outs[left[g]].size());
+      }
+    }
+    return Status::Ok();
+  }
+
   Result<cache::OpenedChunkPtr> OpenCiphertext(uint32_t i, ByteSpan ciphertext,
                                                ByteSpan sealed_window) override {
     LC_ASSIGN_OR_RETURN(crypto::SecureBuffer plain,
@@ -193,6 +230,10 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
   }
 
   static constexpr uint64_t kKeptWindowBytes = uint64_t{4} << 20;
+  // FetchSides: gaps between windows read through (as LoadRuns' ciphertext gaps), and the most
+  // one request reads.
+  static constexpr uint64_t kWindowGapBytes = uint64_t{64} << 10;
+  static constexpr uint64_t kMaxWindowGroupBytes = uint64_t{16} << 20;
 
   const std::shared_ptr<CountingSource> windows_;  // the sealed index blob
   const bool has_store_;
@@ -249,6 +290,22 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
   LC_RETURN_IF_ERROR(layer->MountAndStart(mountpoint, std::move(data), options, resumed)
                          .WithContext(what));
   return layer;
+}
+
+void MountedIndexedLayer::Prefetch(const std::function<bool()>& stopped) {
+  // The spans holding every marked file's data, claimed at once and read in as few requests as
+  // the blob allows, up to CtrLayerData::kLoadRunsInFlight at once (the marked files of an
+  // unmodified layer lie where the tar put them: a run each), with their windows. Errors are
+  // left to the readers (they see them again, and the verification too).
+  const format::LayerIndex& li = *index_->layer_index();
+  std::vector<uint32_t> spans;
+  for (uint32_t entry : li.prefetch_entries()) {
+    const format::ChunkRange r = li.ChunksForRange(li.entries()[entry], 0, ~uint64_t{0});
+    for (uint64_t c = r.first; c < r.first + r.count; ++c) spans.push_back(static_cast<uint32_t>(c));
+  }
+  std::sort(spans.begin(), spans.end());
+  spans.erase(std::unique(spans.begin(), spans.end()), spans.end());
+  if (!spans.empty()) (void)indexed_data_->LoadRuns(spans, stopped);
 }
 
 MountedIndexedLayer::~MountedIndexedLayer() {

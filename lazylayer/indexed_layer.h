@@ -56,8 +56,10 @@ std::string IndexedStoreKey(std::string_view layer_digest, std::string_view core
 // where a larger span would mount and answer EIO for good).
 zindex::Limits IndexedLayerLimits(uint64_t max_sealed_bytes);
 
-// The CTR layers' options (lazylayer/ctr_layer.h). No prefetch marks in this format: prefetch
-// is ignored.
+// The CTR layers' options (lazylayer/ctr_layer.h). With `prefetch`, the files the index marks
+// (zindex core field `prefetch`, `lazycrypt index --prefetch-list`) are loaded once mounted: the
+// spans holding their data, claimed at once, read in runs (CtrLayerData::LoadRuns, several in
+// flight) with their windows read in groups from the index blob alongside each run.
 struct IndexedMountOptions : CtrLayerOptions {};
 
 class MountedIndexedLayer final : public CtrMountedLayer {
@@ -84,7 +86,8 @@ class MountedIndexedLayer final : public CtrMountedLayer {
  private:
   class Data;
   MountedIndexedLayer() = default;
-  void Prefetch(const std::function<bool()>& stopped) override {}
+  // The marked files' spans (IndexedMountOptions), on the background thread.
+  void Prefetch(const std::function<bool()>& stopped) override;
   Result<std::string> VerifyContent(InputStream& plain, LargeReadStream& ciphertext) override;
   std::shared_ptr<const zindex::OpenedIndex> index_;
   std::shared_ptr<Data> indexed_data_;  // = data_ (the verification reads windows through it)
