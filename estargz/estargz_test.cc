@@ -1,3 +1,5 @@
+#include <sys/resource.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -591,6 +593,70 @@ TEST(EstargzToc, JsonRoundTripsAndRefusesBadShapes) {
   TocLimits small;
   small.max_entries = 2;
   EXPECT_FALSE(ParseToc(*json, small).ok());
+}
+
+// The TOC is read without a JSON DOM (estargz/toc.cc TocSax): members no reader needs cost
+// nothing however many values they hold, entries are refused as they pass the limit, and the
+// DOM reader's semantics hold (the last of a duplicated member wins, null is absent).
+TEST(EstargzToc, UnknownMembersAreSkippedNotBuilt) {
+  // 24 Mi values in a member eStargz does not define (48 MiB of JSON): a DOM would build 24 Mi
+  // values of 16 bytes each (and grow its vector by doubling) before anything looked at them.
+  std::string json = "{\"version\":1,\"junk\":[";
+  constexpr size_t kValues = size_t{24} << 20;
+  json.reserve(json.size() + 2 * kValues + 64);
+  for (size_t i = 0; i < kValues; ++i) json += "0,";
+  json += "0],\"entries\":[{\"name\":\"a\",\"type\":\"reg\",\"size\":1}]}";
+  struct rusage before {};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &before), 0);
+  auto toc = ParseToc(json);
+  struct rusage after {};
+  ASSERT_EQ(getrusage(RUSAGE_SELF, &after), 0);
+  ASSERT_TRUE(toc.ok()) << toc.status().ToString();
+  ASSERT_EQ(toc->entries.size(), 1u);
+  EXPECT_EQ(toc->entries[0].size, 1u);
+  // ru_maxrss is KiB: the peak grew by less than 64 MiB (a DOM: 384 MiB and more).
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 64 * 1024)
+      << "parsing the TOC raised the peak RSS by " << (after.ru_maxrss - before.ru_maxrss) / 1024
+      << " MiB";
+}
+
+TEST(EstargzToc, EntriesAreCountedAsTheyOpenAndMembersKeepTheirMeaning) {
+  TocLimits small;
+  small.max_entries = 3;
+  auto over = ParseToc("{\"version\":1,\"entries\":[{},{},{},{}]}", small);
+  ASSERT_FALSE(over.ok());
+  EXPECT_THAT(over.status().message(), HasSubstr("more than 3 entries"));
+  EXPECT_TRUE(ParseToc("{\"version\":1,\"entries\":[{},{},{}]}", small).ok());
+
+  // The last of a duplicated member wins; null is absent; unknown members (also nested) are
+  // ignored; mode keeps the permission bits.
+  auto toc = ParseToc(
+      "{\"entries\":[{\"name\":\"x\"}],\"version\":1,\"extra\":{\"a\":[1,{\"b\":null}]},"
+      "\"entries\":[{\"name\":\"a\",\"name\":\"b\",\"type\":\"reg\",\"size\":null,\"size\":7,"
+      "\"mode\":33188,\"future\":[{\"name\":\"no\"}],\"xattrs\":{\"user.k\":\"AAE=\"},"
+      "\"devMajor\":1}]}");
+  ASSERT_TRUE(toc.ok()) << toc.status().ToString();
+  ASSERT_EQ(toc->entries.size(), 1u);
+  EXPECT_EQ(toc->entries[0].name, "b");
+  EXPECT_EQ(toc->entries[0].size, 7u);
+  EXPECT_EQ(toc->entries[0].mode, 0644u);
+  EXPECT_EQ(toc->entries[0].dev_major, 1u);
+  EXPECT_EQ(toc->entries[0].xattrs.at("user.k"), std::string("\0\x01", 2));
+
+  for (const char* bad : {
+           "{\"version\":1,\"entries\":{}}", "{\"version\":1.0,\"entries\":[]}",
+           "{\"version\":\"1\",\"entries\":[]}", "{\"version\":1,\"entries\":[[]]}",
+           "{\"version\":1,\"entries\":[{\"xattrs\":[]}]}",
+           "{\"version\":1,\"entries\":[{\"xattrs\":{\"k\":null}}]}",
+           "{\"version\":1,\"entries\":[{\"size\":{}}]}",
+           "{\"version\":1,\"entries\":[{\"devMinor\":2147483648}]}",
+           "{\"version\":1,\"entries\":[],\"lazycryptSalt\":[]}",
+           "{\"version\":1,\"entries\":[]} trailing", "1", "\"x\"",
+       }) {
+    auto r = ParseToc(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) EXPECT_THAT(r.status().message(), HasSubstr("estargz TOC")) << bad;
+  }
 }
 
 TEST(EstargzReader, ExtractTocJsonRefusesOtherMembers) {

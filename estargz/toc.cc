@@ -3,6 +3,9 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -46,34 +49,6 @@ OrderedJson EntryJson(const TocEntry& e) {
   return j;
 }
 
-// A non-negative integer member (absent: 0). Go's decoder takes int64; larger is refused.
-Status GetUint(const nlohmann::json& obj, const char* key, uint64_t max, uint64_t& out,
-               size_t index) {
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return Status::Ok();
-  if (it->is_number_unsigned()) {
-    uint64_t v = it->get<uint64_t>();
-    if (v <= max) {
-      out = v;
-      return Status::Ok();
-    }
-  } else if (it->is_number_integer() && it->get<int64_t>() == 0) {
-    return Status::Ok();
-  }
-  return Status::Corruption(EntryWhere(index) + ": \"" + key +
-                            "\" is not an integer in 0.." + std::to_string(max));
-}
-
-Status GetString(const nlohmann::json& obj, const char* key, std::string& out, size_t index) {
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return Status::Ok();
-  if (!it->is_string()) {
-    return Status::Corruption(EntryWhere(index) + ": \"" + key + "\" is not a string");
-  }
-  out = it->get<std::string>();
-  return Status::Ok();
-}
-
 constexpr uint64_t kMaxInt64 = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 constexpr uint64_t kMaxInt32 = static_cast<uint64_t>(std::numeric_limits<int32_t>::max());
 
@@ -89,6 +64,265 @@ constexpr uint8_t kFooterTail[19] = {'S', 'T', 'A', 'R', 'G', 'Z',
                                      0, 0, 0, 0,                    // CRC-32 of nothing
                                      0, 0, 0, 0};                   // ISIZE 0
 static_assert(sizeof(kFooterHead) + 16 + sizeof(kFooterTail) == kFooterSize);
+
+// The TOC read with nlohmann's SAX interface straight into Toc, never as a JSON DOM: the TOC is
+// written by the image's author (pinned by digest, not vetted), and a DOM costs a heap object per
+// JSON value (16+ bytes each, plus a map per object) for values nobody reads: 256 MiB of
+// `"x":[0,0,...]` in an unknown member would build 128 Mi values (GiBs) before any check, and
+// 8 Mi empty `{}` entries a map each before the count check. Here unknown members are skipped
+// as they stream by, entries are counted as they open (refused at max_entries + 1) and xattrs
+// too: what is built is bounded by the limits, not by the JSON.
+//
+// Semantics are the DOM reader's (the tests pin them): members in any order, the last of a
+// duplicated member wins, null is absent, integers are non-negative and within Go's types.
+class TocSax {
+ public:
+  using Json = nlohmann::json;
+  explicit TocSax(const TocLimits& limits) : limits_(limits) {}
+
+  bool null() { return Scalar(Value{Kind::kNull}); }
+  bool boolean(bool) { return Scalar(Value{Kind::kOther}); }
+  bool number_integer(Json::number_integer_t v) {
+    return Scalar(Value{v == 0 ? Kind::kZero : Kind::kNegative});
+  }
+  bool number_unsigned(Json::number_unsigned_t v) {
+    Value value{Kind::kUnsigned};
+    value.u = v;
+    return Scalar(value);
+  }
+  bool number_float(Json::number_float_t, const Json::string_t&) {
+    return Scalar(Value{Kind::kOther});
+  }
+  bool string(Json::string_t& v) {
+    Value value{Kind::kString};
+    value.s = &v;
+    return Scalar(value);
+  }
+  bool binary(Json::binary_t&) { return Scalar(Value{Kind::kOther}); }
+  bool key(Json::string_t& k) {
+    if (stack_.back() != Where::kSkip) key_ = k;
+    return true;
+  }
+  bool start_object(std::size_t) { return Open(/*object=*/true); }
+  bool start_array(std::size_t) { return Open(/*object=*/false); }
+  bool end_object() { return Close(); }
+  bool end_array() { return Close(); }
+  bool parse_error(std::size_t position, const std::string&, const nlohmann::detail::exception&) {
+    if (status_.ok()) {
+      status_ = Status::Corruption("estargz TOC: not a JSON object (the JSON does not parse at byte " +
+                                   std::to_string(position) + ")");
+    }
+    return false;
+  }
+
+  Result<Toc> Finish(bool parsed) && {
+    if (!status_.ok()) return status_;
+    if (!parsed || !root_seen_) return Status::Corruption("estargz TOC: not a JSON object");
+    if (!version_ok_) {
+      return Status::Corruption("estargz TOC: \"version\" is not " + std::to_string(kTocVersion));
+    }
+    if (!entries_array_) return Status::Corruption("estargz TOC: \"entries\" is not an array");
+    return std::move(toc_);
+  }
+
+ private:
+  enum class Where { kTop, kRoot, kEntries, kEntry, kXattrs, kSkip };
+  enum class Kind { kNull, kZero, kNegative, kUnsigned, kString, kOther, kContainer };
+  struct Value {
+    Kind kind;
+    uint64_t u = 0;
+    Json::string_t* s = nullptr;
+  };
+
+  bool Fail(Status s) {
+    if (status_.ok()) status_ = std::move(s);
+    return false;
+  }
+  size_t entry_index() const { return toc_.entries.size() - 1; }
+
+  // A non-negative integer member (null: absent). Go's decoder takes int64; larger is refused.
+  bool Uint(const Value& v, uint64_t max, uint64_t& out) {
+    if (v.kind == Kind::kNull) return true;
+    if (v.kind == Kind::kZero) {
+      out = 0;
+      return true;
+    }
+    if (v.kind == Kind::kUnsigned && v.u <= max) {
+      out = v.u;
+      return true;
+    }
+    return Fail(Status::Corruption(EntryWhere(entry_index()) + ": \"" + key_ +
+                                   "\" is not an integer in 0.." + std::to_string(max)));
+  }
+  bool String(const Value& v, std::string& out) {
+    if (v.kind == Kind::kNull) return true;
+    if (v.kind != Kind::kString) {
+      return Fail(Status::Corruption(EntryWhere(entry_index()) + ": \"" + key_ +
+                                     "\" is not a string"));
+    }
+    out = std::move(*v.s);
+    return true;
+  }
+
+  // A member of an entry (a container value arrives as kContainer; only "xattrs" may be one).
+  bool EntryMember(const Value& v) {
+    TocEntry& e = toc_.entries.back();
+    const std::string& k = key_;
+    if (k == "name") return String(v, e.name);
+    if (k == "type") return String(v, e.type);
+    if (k == "size") return Uint(v, kMaxInt64, e.size);
+    if (k == "modtime") return String(v, e.modtime);
+    if (k == "linkName") return String(v, e.link_name);
+    if (k == "mode") {
+      uint64_t mode = e.mode;
+      if (!Uint(v, kMaxInt64, mode)) return false;
+      // tar.Header.Mode may carry the file-type bits (c_ISREG, ...); only the permission bits
+      // mean anything here (Go's TOCEntry.Stat masks the same way).
+      e.mode = static_cast<uint32_t>(mode & 07777);
+      return true;
+    }
+    if (k == "uid") return Uint(v, kMaxInt64, e.uid);
+    if (k == "gid") return Uint(v, kMaxInt64, e.gid);
+    if (k == "userName") return String(v, e.uname);
+    if (k == "groupName") return String(v, e.gname);
+    if (k == "offset") return Uint(v, kMaxInt64, e.offset);
+    if (k == "innerOffset") return Uint(v, kMaxInt64, e.inner_offset);
+    if (k == "devMajor" || k == "devMinor") {
+      uint64_t dev = k == "devMajor" ? e.dev_major : e.dev_minor;
+      if (!Uint(v, kMaxInt32, dev)) return false;
+      (k == "devMajor" ? e.dev_major : e.dev_minor) = static_cast<uint32_t>(dev);
+      return true;
+    }
+    if (k == "digest") return String(v, e.digest);
+    if (k == "chunkOffset") return Uint(v, kMaxInt64, e.chunk_offset);
+    if (k == "chunkSize") return Uint(v, kMaxInt64, e.chunk_size);
+    if (k == "chunkDigest") return String(v, e.chunk_digest);
+    if (k == "xattrs") {
+      if (v.kind == Kind::kNull) return true;
+      return Fail(Status::Corruption(EntryWhere(entry_index()) + ": \"xattrs\" is not an object"));
+    }
+    return true;  // a member eStargz does not define: ignored, as Go's decoder does
+  }
+
+  bool Xattr(const Value& v) {
+    if (v.kind != Kind::kString) {
+      return Fail(Status::Corruption(EntryWhere(entry_index()) + ": an xattr value is not a string"));
+    }
+    auto value = keywrap::Base64Decode(*v.s);
+    if (!value.ok()) {
+      return Fail(Status::Corruption(EntryWhere(entry_index()) + ": an xattr value is not base64"));
+    }
+    auto& xattrs = toc_.entries.back().xattrs;
+    if (xattrs.count(key_) == 0) {
+      if (xattrs.size() >= kMaxXattrsPerEntry || xattrs_ >= max_xattrs()) {
+        return Fail(Status::Corruption(EntryWhere(entry_index()) + ": more xattrs than the limit (" +
+                                       std::to_string(kMaxXattrsPerEntry) + " per entry, " +
+                                       std::to_string(max_xattrs()) + " in all)"));
+      }
+      ++xattrs_;
+    }
+    xattrs[key_] = std::string(value->begin(), value->end());
+    return true;
+  }
+  uint64_t max_xattrs() const {
+    return limits_.max_entries > UINT64_MAX / 4 ? UINT64_MAX : 4 * limits_.max_entries;
+  }
+
+  bool Scalar(const Value& v) {
+    switch (stack_.back()) {
+      case Where::kTop:
+        return Fail(Status::Corruption("estargz TOC: not a JSON object"));
+      case Where::kSkip:
+        return true;
+      case Where::kRoot:
+        if (key_ == "version") {
+          version_ok_ = v.kind == Kind::kUnsigned && v.u == static_cast<uint64_t>(kTocVersion);
+        } else if (key_ == "lazycryptSalt") {
+          if (v.kind != Kind::kString) {
+            return Fail(Status::Corruption("estargz TOC: \"lazycryptSalt\" is not a string"));
+          }
+          toc_.salt_hex = std::move(*v.s);
+        } else if (key_ == "entries") {
+          entries_array_ = false;
+        }
+        return true;
+      case Where::kEntries:
+        return Fail(Status::Corruption(EntryWhere(toc_.entries.size()) + ": not an object"));
+      case Where::kEntry:
+        return EntryMember(v);
+      case Where::kXattrs:
+        return Xattr(v);
+    }
+    return true;
+  }
+
+  bool Open(bool object) {
+    Where next = Where::kSkip;
+    switch (stack_.back()) {
+      case Where::kTop:
+        if (!object) return Fail(Status::Corruption("estargz TOC: not a JSON object"));
+        root_seen_ = true;
+        next = Where::kRoot;
+        break;
+      case Where::kSkip:
+        break;
+      case Where::kRoot:
+        if (key_ == "version") {
+          version_ok_ = false;
+        } else if (key_ == "lazycryptSalt") {
+          return Fail(Status::Corruption("estargz TOC: \"lazycryptSalt\" is not a string"));
+        } else if (key_ == "entries") {
+          entries_array_ = !object;
+          if (!object) {
+            toc_.entries.clear();  // the last "entries" wins
+            xattrs_ = 0;
+            next = Where::kEntries;
+          }
+        }
+        break;
+      case Where::kEntries:
+        if (!object) {
+          return Fail(Status::Corruption(EntryWhere(toc_.entries.size()) + ": not an object"));
+        }
+        if (toc_.entries.size() >= limits_.max_entries) {
+          return Fail(Status::Corruption("estargz TOC: more than " +
+                                         std::to_string(limits_.max_entries) +
+                                         " entries, over the limit"));
+        }
+        toc_.entries.emplace_back();
+        next = Where::kEntry;
+        break;
+      case Where::kEntry:
+        if (key_ == "xattrs" && object) {
+          xattrs_ -= toc_.entries.back().xattrs.size();
+          toc_.entries.back().xattrs.clear();  // the last "xattrs" wins
+          next = Where::kXattrs;
+        } else if (!EntryMember(Value{Kind::kContainer})) {
+          return false;
+        }
+        break;
+      case Where::kXattrs:
+        return Xattr(Value{Kind::kContainer});
+    }
+    stack_.push_back(next);
+    return true;
+  }
+
+  bool Close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  static constexpr size_t kMaxXattrsPerEntry = 4096;
+  const TocLimits& limits_;
+  Status status_;
+  Toc toc_;
+  std::vector<Where> stack_{Where::kTop};
+  std::string key_;
+  uint64_t xattrs_ = 0;
+  bool root_seen_ = false, version_ok_ = false, entries_array_ = false;
+};
+
 
 }  // namespace
 
@@ -124,75 +358,11 @@ Result<Toc> ParseToc(std::string_view json, const TocLimits& limits) {
                               std::to_string(limits.max_json_bytes));
   }
   LC_RETURN_IF_ERROR(CheckJsonDepth(json, "estargz TOC"));
-  nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return Status::Corruption("estargz TOC: not a JSON object");
-  }
-  Toc toc;
-  auto version = j.find("version");
-  if (version == j.end() || !version->is_number_integer() ||
-      version->get<int64_t>() != kTocVersion) {
-    return Status::Corruption("estargz TOC: \"version\" is not " + std::to_string(kTocVersion));
-  }
-  auto salt = j.find("lazycryptSalt");
-  if (salt != j.end()) {
-    if (!salt->is_string()) return Status::Corruption("estargz TOC: \"lazycryptSalt\" is not a string");
-    toc.salt_hex = salt->get<std::string>();
-  }
-  auto entries = j.find("entries");
-  if (entries == j.end() || !entries->is_array()) {
-    return Status::Corruption("estargz TOC: \"entries\" is not an array");
-  }
-  if (entries->size() > limits.max_entries) {
-    return Status::Corruption("estargz TOC: " + std::to_string(entries->size()) +
-                              " entries, over the limit of " + std::to_string(limits.max_entries));
-  }
-  toc.entries.reserve(entries->size());
-  for (size_t i = 0; i < entries->size(); ++i) {
-    const nlohmann::json& o = (*entries)[i];
-    if (!o.is_object()) return Status::Corruption(EntryWhere(i) + ": not an object");
-    TocEntry e;
-    uint64_t mode = 0, dev_major = 0, dev_minor = 0;
-    LC_RETURN_IF_ERROR(GetString(o, "name", e.name, i));
-    LC_RETURN_IF_ERROR(GetString(o, "type", e.type, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "size", kMaxInt64, e.size, i));
-    LC_RETURN_IF_ERROR(GetString(o, "modtime", e.modtime, i));
-    LC_RETURN_IF_ERROR(GetString(o, "linkName", e.link_name, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "mode", kMaxInt64, mode, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "uid", kMaxInt64, e.uid, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "gid", kMaxInt64, e.gid, i));
-    LC_RETURN_IF_ERROR(GetString(o, "userName", e.uname, i));
-    LC_RETURN_IF_ERROR(GetString(o, "groupName", e.gname, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "offset", kMaxInt64, e.offset, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "innerOffset", kMaxInt64, e.inner_offset, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "devMajor", kMaxInt32, dev_major, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "devMinor", kMaxInt32, dev_minor, i));
-    LC_RETURN_IF_ERROR(GetString(o, "digest", e.digest, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "chunkOffset", kMaxInt64, e.chunk_offset, i));
-    LC_RETURN_IF_ERROR(GetUint(o, "chunkSize", kMaxInt64, e.chunk_size, i));
-    LC_RETURN_IF_ERROR(GetString(o, "chunkDigest", e.chunk_digest, i));
-    // tar.Header.Mode may carry the file-type bits (c_ISREG, ...); only the permission bits mean
-    // anything here (Go's TOCEntry.Stat masks the same way).
-    e.mode = static_cast<uint32_t>(mode & 07777);
-    e.dev_major = static_cast<uint32_t>(dev_major);
-    e.dev_minor = static_cast<uint32_t>(dev_minor);
-    auto x = o.find("xattrs");
-    if (x != o.end() && !x->is_null()) {
-      if (!x->is_object()) return Status::Corruption(EntryWhere(i) + ": \"xattrs\" is not an object");
-      for (auto it = x->begin(); it != x->end(); ++it) {
-        if (!it->is_string()) {
-          return Status::Corruption(EntryWhere(i) + ": an xattr value is not a string");
-        }
-        auto value = keywrap::Base64Decode(it->get<std::string>());
-        if (!value.ok()) {
-          return Status::Corruption(EntryWhere(i) + ": an xattr value is not base64");
-        }
-        e.xattrs[it.key()] = std::string(value->begin(), value->end());
-      }
-    }
-    toc.entries.push_back(std::move(e));
-  }
-  return toc;
+  TocSax sax(limits);
+  const bool parsed = nlohmann::json::sax_parse(json.begin(), json.end(), &sax,
+                                                nlohmann::json::input_format_t::json,
+                                                /*strict=*/true);
+  return std::move(sax).Finish(parsed);
 }
 
 std::array<uint8_t, kFooterSize> MakeFooter(uint64_t toc_offset) {
