@@ -217,6 +217,28 @@ PrefetchPlan PlanPrefetch(const std::vector<LayerTree>& layers,
   return plan;
 }
 
+void AddLayerTreeEntry(LayerTree& tree, std::string name, tar::EntryType type, std::string link) {
+  if (name == ".") return;
+  const size_t slash = name.rfind('/');
+  const std::string parent = slash == std::string::npos ? "." : name.substr(0, slash);
+  const std::string_view base =
+      std::string_view(name).substr(slash == std::string::npos ? 0 : slash + 1);
+  if (base == kOpaqueWhiteout) {
+    tree.opaque_dirs.push_back(parent);
+    return;
+  }
+  if (base.starts_with(kWhiteoutPrefix)) {
+    const std::string hidden(base.substr(kWhiteoutPrefix.size()));
+    tree.whiteouts.push_back(parent == "." ? hidden : parent + "/" + hidden);
+    return;
+  }
+  TreeEntry e;
+  e.name = std::move(name);
+  e.type = type;
+  if (type == tar::EntryType::kHardlink || type == tar::EntryType::kSymlink) e.link = std::move(link);
+  tree.entries.push_back(std::move(e));
+}
+
 Result<LayerTree> ScanLayerTree(ImageSource& src, const Descriptor& layer) {
   LC_ASSIGN_OR_RETURN(auto blob, src.OpenBlobForScan(layer));
   BlobInputStream raw(*blob);
@@ -228,29 +250,13 @@ Result<LayerTree> ScanLayerTree(ImageSource& src, const Descriptor& layer) {
     LC_ASSIGN_OR_RETURN(std::optional<tar::Entry> entry, reader.Next());
     if (!entry) break;
     LC_ASSIGN_OR_RETURN(std::string name, format::NormalizeEntryName(entry->name));
-    if (name == ".") continue;
-    const size_t slash = name.rfind('/');
-    const std::string parent = slash == std::string::npos ? "." : name.substr(0, slash);
-    const std::string_view base =
-        std::string_view(name).substr(slash == std::string::npos ? 0 : slash + 1);
-    if (base == kOpaqueWhiteout) {
-      tree.opaque_dirs.push_back(parent);
-      continue;
-    }
-    if (base.starts_with(kWhiteoutPrefix)) {
-      const std::string hidden(base.substr(kWhiteoutPrefix.size()));
-      tree.whiteouts.push_back(parent == "." ? hidden : parent + "/" + hidden);
-      continue;
-    }
-    TreeEntry e;
-    e.name = std::move(name);
-    e.type = entry->type;
+    std::string link;
     if (entry->type == tar::EntryType::kHardlink) {
-      LC_ASSIGN_OR_RETURN(e.link, format::NormalizeEntryName(entry->link_name));
+      LC_ASSIGN_OR_RETURN(link, format::NormalizeEntryName(entry->link_name));
     } else if (entry->type == tar::EntryType::kSymlink) {
-      e.link = entry->link_name;
+      link = entry->link_name;
     }
-    tree.entries.push_back(std::move(e));
+    AddLayerTreeEntry(tree, std::move(name), entry->type, std::move(link));
   }
   // Read to the end so that the digest is checked (what follows the archive is not looked at).
   LC_RETURN_IF_ERROR(reader.DrainToEnd().status());

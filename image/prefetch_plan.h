@@ -80,6 +80,11 @@ PrefetchPlan PlanPrefetch(const std::vector<LayerTree>& layers,
                           const std::vector<std::string>& paths,
                           const std::set<size_t>& lazycrypt_layers);
 
+// Adds one archive entry to `tree` as ScanLayerTree does: `name` normalized (no leading '/'), the
+// root "." skipped, whiteout and opaque markers to their lists; `link` a symlink's target as
+// given or a hard link's normalized target. For layers read otherwise (a zindex's entries).
+void AddLayerTreeEntry(LayerTree& tree, std::string name, tar::EntryType type, std::string link);
+
 // Reads the tar headers of a plain layer blob (tar, tar+gzip, tar+zstd), checking its digest.
 // Errors name nothing but the tar's own problems; callers add the layer's name.
 Result<LayerTree> ScanLayerTree(ImageSource& src, const Descriptor& layer);

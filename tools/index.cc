@@ -3,12 +3,15 @@
 #include <chrono>
 #include <map>
 #include <optional>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
+#include "common/file_io.h"
 #include "estargz/toc.h"
 #include "image/convert.h"
 #include "image/layer.h"
+#include "image/prefetch_plan.h"
 #include "image/referrers.h"
 #include "image/transport.h"
 #include "registry/registry.h"
@@ -32,6 +35,7 @@ struct LayerOutcome {
   size_t spans = 0;
   int64_t elapsed_ms = 0;
   std::string key_name;
+  size_t prefetch_marks = 0;  // files marked for prefetch in its index
 };
 
 struct ImageOutcome {
@@ -40,10 +44,16 @@ struct ImageOutcome {
   std::vector<LayerOutcome> layers;
   std::vector<std::string> existing;  // index artifacts already there (not replaced)
   std::string pushed;                 // the artifact manifest's digest when one was pushed
+  std::optional<image::PrefetchPlan> prefetch;  // with --prefetch-list, when a layer is indexed
 };
 
-// A sealed index made in this run, shared by platforms that reuse a layer.
+// An index made in this run, shared by platforms that reuse a layer: built (unsealed) first, then
+// sealed once with the union of the marks every platform's view resolves into the layer.
 struct BuiltIndex {
+  std::optional<zindex::UnsealedIndex> unsealed;
+  image::OcicryptLayerCipher cipher;  // for the self-check of the sealed index
+  std::vector<std::string> marks;     // entry names to mark, each once
+  std::set<std::string> marked;
   std::vector<uint8_t> sealed;
   LayerOutcome outcome;
 };
@@ -77,13 +87,13 @@ std::string SkipReason(const Descriptor& d) {
   return "";
 }
 
-Result<LayerOutcome> IndexLayer(image::ImageSource& source, size_t i, const Descriptor& d,
-                                const keywrap::KeyRing& keys, const zindex::BuildOptions& options,
-                                std::vector<uint8_t>& sealed_out) {
+// Reads and checks layer i and builds its index, unsealed (the marks are chosen later).
+Status BuildLayer(image::ImageSource& source, size_t i, const Descriptor& d,
+                  const keywrap::KeyRing& keys, const zindex::BuildOptions& options,
+                  BuiltIndex& out) {
   const std::string name = image::LayerName(i, d);
-  LayerOutcome out;
-  out.index = i;
-  out.descriptor = d;
+  out.outcome.index = i;
+  out.outcome.descriptor = d;
   auto started = std::chrono::steady_clock::now();
   auto cipher = image::UnwrapOcicryptLayer(d, keys);
   if (!cipher.ok()) {
@@ -92,30 +102,93 @@ Result<LayerOutcome> IndexLayer(image::ImageSource& source, size_t i, const Desc
   auto blob = source.OpenBlobForScan(d);
   if (!blob.ok()) return blob.status().WithContext(name);
   BlobInputStream stream(**blob);
-  auto sealed = zindex::BuildSealedIndex(stream, d, *cipher, options);
-  if (!sealed.ok()) {
+  auto unsealed = zindex::BuildIndex(stream, d, *cipher, options);
+  if (!unsealed.ok()) {
     // AuthFailed is the end-of-stream check (the tar reader may be the one that saw it and word it
     // as a parse error); say what it means.
-    const bool auth = sealed.status().code() == StatusCode::kAuthFailed;
-    return sealed.status().WithContext(
+    const bool auth = unsealed.status().code() == StatusCode::kAuthFailed;
+    return unsealed.status().WithContext(
         name + (auth ? ": refused, nothing pushed: the layer does not authenticate (HMAC, blob or "
                        "plaintext digest mismatch)"
                      : ": refused, nothing pushed"));
   }
-  // Open what was made, as the snapshotter will: a self-check, and the span count to report.
-  auto opened = zindex::OpenedIndex::Open(*sealed, sealed->size(), d, *cipher);
+  out.unsealed.emplace(std::move(unsealed).value());
+  out.cipher = std::move(cipher).value();
+  out.outcome.key_name = out.cipher.key_name;
+  out.outcome.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::steady_clock::now() - started)
+                               .count();
+  return Status::Ok();
+}
+
+// Seals a built index with its marks, and opens what was made as the snapshotter will: a
+// self-check, and the span count and marks to report.
+Status SealLayer(BuiltIndex& b) {
+  const Descriptor& d = b.outcome.descriptor;
+  const std::string name = image::LayerName(b.outcome.index, d);
+  auto started = std::chrono::steady_clock::now();
+  auto sealed = std::move(*b.unsealed).Seal(b.marks);
+  b.unsealed.reset();
+  if (!sealed.ok()) return sealed.status().WithContext(name + ": refused, nothing pushed");
+  auto opened = zindex::OpenedIndex::Open(*sealed, sealed->size(), d, b.cipher);
   if (!opened.ok()) return opened.status().WithContext(name + ": the index made does not open");
+  LayerOutcome& out = b.outcome;
   out.indexed = true;
   out.tar_bytes = (*opened)->tar_size();
   out.sealed_bytes = sealed->size();
   out.core_bytes = (*opened)->sealed_core_bytes();
   out.spans = (*opened)->span_count();
-  out.key_name = cipher->key_name;
-  out.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                       std::chrono::steady_clock::now() - started)
-                       .count();
-  sealed_out = std::move(sealed).value();
-  return out;
+  out.prefetch_marks = (*opened)->layer_index()->prefetch_entries().size();
+  out.elapsed_ms += std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - started)
+                        .count();
+  b.sealed = std::move(sealed).value();
+  return Status::Ok();
+}
+
+tar::EntryType TarType(format::EntryType type) {
+  switch (type) {
+    case format::EntryType::kRegular: return tar::EntryType::kRegular;
+    case format::EntryType::kDirectory: return tar::EntryType::kDirectory;
+    case format::EntryType::kSymlink: return tar::EntryType::kSymlink;
+    case format::EntryType::kHardlink: return tar::EntryType::kHardlink;
+    case format::EntryType::kCharDevice: return tar::EntryType::kCharDevice;
+    case format::EntryType::kBlockDevice: return tar::EntryType::kBlockDevice;
+    case format::EntryType::kFifo: return tar::EntryType::kFifo;
+  }
+  return tar::EntryType::kRegular;
+}
+
+// An indexed layer's part of the merged view: its entries as the index lists them.
+image::LayerTree TreeOfIndex(const zindex::UnsealedIndex& index) {
+  image::LayerTree tree;
+  for (const format::Entry& e : index.entries()) {
+    image::AddLayerTreeEntry(tree, e.name, TarType(e.type), e.link_target);
+  }
+  return tree;
+}
+
+Json PrefetchJson(const image::PrefetchPlan& plan) {
+  Json j;
+  j["paths"] = Json::array();
+  size_t marked = 0;
+  for (const image::PrefetchResolution& r : plan.paths) {
+    Json p;
+    p["path"] = "/" + r.path;
+    p["marked"] = r.marked;
+    if (r.layer) {
+      p["layer"] = *r.layer;
+      p["file"] = "/" + r.file;
+    }
+    if (r.via_symlink) p["viaSymlink"] = true;
+    if (r.via_hardlink) p["viaHardlink"] = true;
+    if (!r.marked) p["reason"] = r.reason;
+    marked += r.marked ? 1 : 0;
+    j["paths"].push_back(std::move(p));
+  }
+  j["marked"] = marked;
+  j["unreadLayers"] = plan.unread_layers;
+  return j;
 }
 
 Json LayerJson(const LayerOutcome& l) {
@@ -132,6 +205,7 @@ Json LayerJson(const LayerOutcome& l) {
     j["spans"] = l.spans;
     j["elapsedMs"] = l.elapsed_ms;
     j["key"] = l.key_name;
+    j["prefetchCount"] = l.prefetch_marks;
   } else {
     j["action"] = "skipped";
     j["reason"] = l.skipped;
@@ -149,10 +223,16 @@ void PrintImage(const ImageOutcome& img, const Output& io) {
     if (l.indexed) {
       std::fprintf(io.out,
                    "  %s  indexed: %s encrypted, %s tar, %zu spans, sealed index %s (core %s), "
-                   "%lld ms\n",
+                   "%s%lld ms\n",
                    name.c_str(), FormatBytes(l.descriptor.size).c_str(),
                    FormatBytes(l.tar_bytes).c_str(), l.spans, FormatBytes(l.sealed_bytes).c_str(),
-                   FormatBytes(l.core_bytes).c_str(), static_cast<long long>(l.elapsed_ms));
+                   FormatBytes(l.core_bytes).c_str(),
+                   l.prefetch_marks == 0
+                       ? ""
+                       : (std::to_string(l.prefetch_marks) + " file" +
+                          (l.prefetch_marks == 1 ? "" : "s") + " marked for prefetch, ")
+                             .c_str(),
+                   static_cast<long long>(l.elapsed_ms));
     } else {
       std::fprintf(io.out, "  %s  skipped: %s\n", name.c_str(), l.skipped.c_str());
     }
@@ -168,6 +248,14 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
         ref.ToString() +
         ": lazycrypt index pushes the index as an OCI referrer of the image in a registry, where "
         "the snapshotter looks for it; copy the image to a registry (docker://HOST/REPO:TAG) first");
+  }
+  std::vector<std::string> prefetch_paths;
+  if (!flags.prefetch_list.empty()) {
+    LC_ASSIGN_OR_RETURN(auto text, ReadFileBytes(flags.prefetch_list));
+    auto paths = ParsePrefetchList(
+        std::string_view(reinterpret_cast<const char*>(text.data()), text.size()));
+    if (!paths.ok()) return paths.status().WithContext("--prefetch-list " + flags.prefetch_list);
+    prefetch_paths = std::move(paths).value();
   }
   LC_ASSIGN_OR_RETURN(auto keys, LoadKeyRing(flags.keys, /*required=*/true));
   zindex::BuildOptions build;
@@ -221,7 +309,7 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
 
   // Then every layer to index, read and checked; nothing is pushed before all passed.
   std::map<std::string, BuiltIndex> built;  // by layer digest
-  std::vector<std::vector<image::ArtifactBlob>> artifacts(images.size());
+  std::vector<std::set<size_t>> to_index(images.size());  // per image: positions of its layers
   for (size_t k = 0; k < images.size(); ++k) {
     ImageOutcome& img = images[k];
     const auto& layers = root.images[k].manifest.layers;
@@ -233,31 +321,69 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
       l.descriptor = d;
       l.skipped = SkipReason(d);
       if (l.skipped.empty() && skip_image) l.skipped = "an index already exists for this image";
-      if (!l.skipped.empty()) {
-        img.layers.push_back(std::move(l));
-        continue;
+      img.layers.push_back(l);  // an indexed one's outcome is filled in once it is sealed
+      if (!l.skipped.empty()) continue;
+      to_index[k].insert(i);
+      if (built.count(d.digest) != 0) continue;
+      if (!io.quiet) {
+        std::fprintf(io.err, "indexing %s%s...\n",
+                     img.platform.empty() ? "" : (img.platform + " ").c_str(),
+                     image::LayerName(i, d).c_str());
       }
-      auto it = built.find(d.digest);
-      if (it == built.end()) {
-        if (!io.quiet) {
-          std::fprintf(io.err, "indexing %s%s...\n",
-                       img.platform.empty() ? "" : (img.platform + " ").c_str(),
-                       image::LayerName(i, d).c_str());
+      LC_RETURN_IF_ERROR(BuildLayer(*source, i, d, keys, build, built[d.digest]));
+    }
+  }
+
+  // With --prefetch-list: each image's paths resolved in its merged view (the indexed layers seen
+  // through their index's entries, plain layers read once more, other layers not at all), and
+  // what resolves into an indexed layer marked in its index.
+  if (!prefetch_paths.empty()) {
+    for (size_t k = 0; k < images.size(); ++k) {
+      if (to_index[k].empty()) continue;
+      const auto& layers = root.images[k].manifest.layers;
+      std::vector<image::LayerTree> trees(layers.size());
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const Descriptor& d = layers[i];
+        if (to_index[k].count(i) != 0) {
+          trees[i] = TreeOfIndex(*built.at(d.digest).unsealed);
+        } else if (image::ClassifyLayer(d.media_type) == image::LayerKind::kPlain) {
+          auto tree = image::ScanLayerTree(*source, d);
+          if (!tree.ok()) {
+            return tree.status().WithContext(image::LayerName(i, d) +
+                                             ": resolving the prefetch list");
+          }
+          trees[i] = std::move(tree).value();
+        } else {
+          trees[i].readable = false;
         }
-        BuiltIndex b;
-        LC_ASSIGN_OR_RETURN(b.outcome, IndexLayer(*source, i, d, keys, build, b.sealed));
-        it = built.emplace(d.digest, std::move(b)).first;
       }
-      LayerOutcome done = it->second.outcome;
+      image::PrefetchPlan plan = image::PlanPrefetch(trees, prefetch_paths, to_index[k]);
+      for (size_t i : to_index[k]) {
+        BuiltIndex& b = built.at(layers[i].digest);
+        for (const std::string& name : plan.layer_marks[i]) {
+          if (b.marked.insert(name).second) b.marks.push_back(name);
+        }
+      }
+      images[k].prefetch = std::move(plan);
+    }
+  }
+
+  for (auto& [digest, b] : built) LC_RETURN_IF_ERROR(SealLayer(b));
+  std::vector<std::vector<image::ArtifactBlob>> artifacts(images.size());
+  for (size_t k = 0; k < images.size(); ++k) {
+    for (size_t i : to_index[k]) {
+      const Descriptor& d = root.images[k].manifest.layers[i];
+      const BuiltIndex& b = built.at(d.digest);
+      LayerOutcome done = b.outcome;
       done.index = i;
-      img.layers.push_back(done);
+      images[k].layers[i] = done;
       image::ArtifactBlob blob;
       blob.media_type = std::string(zindex::kSealedIndexMediaType);
-      blob.bytes = it->second.sealed;
+      blob.bytes = b.sealed;
       blob.annotations[std::string(zindex::kAnnotationLayerDigest)] = d.digest;
       // So that a node fetches header and core in one ranged request (FORMAT.md §11).
       blob.annotations[std::string(zindex::kAnnotationCoreBytes)] =
-          std::to_string(it->second.outcome.core_bytes);
+          std::to_string(b.outcome.core_bytes);
       artifacts[k].push_back(std::move(blob));
     }
   }
@@ -287,6 +413,7 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
         m["status"] = "nothing to index";
       }
       m["existing"] = img.existing;
+      if (img.prefetch) m["prefetch"] = PrefetchJson(*img.prefetch);
       m["layers"] = Json::array();
       for (const LayerOutcome& l : img.layers) m["layers"].push_back(LayerJson(l));
       j["manifests"].push_back(std::move(m));
@@ -299,6 +426,11 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
     std::fprintf(io.out, "%s %s\n", img.platform.empty() ? "manifest" : "platform",
                  ImageLabel(img).c_str());
     PrintImage(img, io);
+    if (img.prefetch) {
+      for (const std::string& line : PrefetchPlanLines(*img.prefetch)) {
+        std::fprintf(io.out, "  %s\n", line.c_str());
+      }
+    }
     if (!img.pushed.empty()) {
       std::fprintf(io.out, "  pushed index %s (%zu layer%s) as a referrer of %s%s\n",
                    img.pushed.c_str(), artifacts[k].size(), artifacts[k].size() == 1 ? "" : "s",

@@ -23,13 +23,18 @@ struct IndexFlags {
   std::string span_size;  // "" = the format's default (zindex::BuildOptions: 512 KiB)
   bool force = false;     // push a new index even when one already exists for the manifest
   bool json = false;      // the report as JSON on `out`
+  // File of absolute paths to mark for prefetch (ParsePrefetchList's format); "" = none. Resolved
+  // in each image manifest's merged view (image::PlanPrefetch); files of the layers indexed are
+  // marked in their index (FORMAT.md §11.4).
+  std::string prefetch_list;
   std::string image;      // docker://HOST/REPO[:TAG] (oci: layouts are refused, see RunIndex)
   TransportFlags transport;
 };
 
-// One line per layer on `out` (indexed: sizes, span count, time; or why skipped) and a line per
-// image manifest (pushed as referrer sha256:..., or an index already exists); with --json the same
-// as one JSON document. A multi-platform image: every platform's manifest is indexed (each its own
+// One line per layer on `out` (indexed: sizes, span count, files marked, time; or why skipped), a
+// line per image manifest (pushed as referrer sha256:..., or an index already exists) and, with
+// --prefetch-list, a line per listed path (PrefetchPlanLines: marked, or why not); with --json the
+// same as one JSON document. A multi-platform image: every platform's manifest is indexed (each its own
 // artifact). Errors name the layer (a key that does not unwrap it, an HMAC or digest mismatch:
 // the layer is refused and nothing is pushed). oci: layouts are Unsupported (an artifact with a
 // subject lives in a registry, where the snapshotter looks for it).

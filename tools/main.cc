@@ -210,6 +210,12 @@ int main(int argc, char** argv) {
   index_cmd->add_option("--span-size", index_flags.span_size,
                         "uncompressed bytes between checkpoints, e.g. 512KiB (the default); "
                         "smaller spans fetch less per read and make a larger index");
+  index_cmd->add_option("--prefetch-list", index_flags.prefetch_list,
+                        "file of paths (one per line, as `encrypt --prefetch-list` and `lazycrypt "
+                        "record` write them) whose files a lazy mount fetches first; each is "
+                        "resolved in the merged image (symlinks and hard links followed) and "
+                        "marked, sealed, in the index of the layer that holds its file; reported "
+                        "per path");
   index_cmd->add_flag("--force", index_flags.force,
                       "push a new index even when the image already has one");
   index_cmd->add_flag("--json", index_flags.json, "the report as JSON on stdout");
