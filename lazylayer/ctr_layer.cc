@@ -478,9 +478,16 @@ Status CtrLayerData::LoadRun(std::span<Claimed> run, const std::function<bool()>
 Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
                               const std::function<bool()>& stopped, uint64_t max_request_bytes) {
   constexpr uint64_t kMaxGapBytes = uint64_t{64} << 10;
-  // Claimed before any request: a reader that comes meanwhile waits for this load.
+  // Everything allocated before the first claim (after it, a throw would leave readers waiting).
   std::vector<Claimed> claimed;
   claimed.reserve(chunks.size());
+  std::vector<size_t> runs;
+  runs.reserve(chunks.size() + 1);
+  std::vector<Status> results;
+  results.reserve(chunks.size());
+  std::vector<std::thread> helpers;
+  helpers.reserve(kLoadRunsInFlight);
+  // Claimed before any request: a reader that comes meanwhile waits for this load.
   {
     std::lock_guard<std::mutex> lock(inflight_mu_);
     for (uint32_t i : chunks) {
@@ -495,7 +502,6 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
   }
   // The runs: claimed[runs[r], runs[r + 1]), each the next chunks whose ciphertext follows
   // within kMaxGapBytes, up to the bound.
-  std::vector<size_t> runs;
   for (size_t k = 0; k < claimed.size();) {
     runs.push_back(k);
     uint64_t lo = claimed[k].range.offset, hi = lo + claimed[k].range.size;
@@ -509,7 +515,7 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
   }
   runs.push_back(claimed.size());
   const size_t run_count = runs.size() - 1;
-  std::vector<Status> results(run_count);
+  results.resize(run_count);
   std::atomic<size_t> next_run{0};
   // Takes the next run until none is left; never throws.
   auto work = [&] {
@@ -525,7 +531,6 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
       }
     }
   };
-  std::vector<std::thread> helpers;
   try {
     while (helpers.size() + 1 < std::min(kLoadRunsInFlight, run_count)) helpers.emplace_back(work);
   } catch (...) {  // no thread to spare (or no memory for one): fewer runs at once
@@ -534,7 +539,8 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
   for (std::thread& t : helpers) t.join();
   // Only when a run threw before answering all its chunks: no reader waits forever.
   for (Claimed& c : claimed) {
-    FinishClaimed(c, Status::Internal("chunk " + std::to_string(c.i) + ": not loaded"));
+    if (!c.finished) FinishClaimed(c, Status::Unavailable("chunk " + std::to_string(c.i) +
+                                                          ": the prefetch did not load it"));
   }
   for (const Status& s : results) {
     if (!s.ok()) return s;
