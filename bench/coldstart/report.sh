@@ -56,6 +56,7 @@ label() {
     ocicrypt-estargz) echo "lazycrypt, ocicrypt-estargz image (lazy)" ;;
     ocicrypt-estargz-prefetch) echo "lazycrypt, ocicrypt-estargz image, start-up files marked (lazy + prefetch)" ;;
     ocicrypt-indexed) echo "lazycrypt, skopeo image + lazycrypt index (lazy)" ;;
+    ocicrypt-indexed-prefetch) echo "lazycrypt, skopeo image + lazycrypt index, start-up files marked (lazy + prefetch)" ;;
     ocicrypt-eager) echo "lazycrypt, skopeo image, no index (eager)" ;;
     *) echo "$1" ;;
   esac
@@ -294,9 +295,9 @@ done
 for n in $nets; do
   [[ "$n" == shaped* ]] || continue
   for w in $wls; do
-    for p in ocicrypt-estargz ocicrypt-indexed ocicrypt-estargz-prefetch; do
+    for p in ocicrypt-estargz ocicrypt-indexed ocicrypt-estargz-prefetch ocicrypt-indexed-prefetch; do
       base=lazy
-      [ "$p" != ocicrypt-estargz-prefetch ] || base=lazy-prefetch
+      [[ "$p" != *-prefetch ]] || base=lazy-prefetch
       O=$(get "$n" "$w" "$p" 5) L=$(get "$n" "$w" "$base" 5) I=$(get "$n" "$w" imgcrypt 5)
       [ -n "$O" ] || continue
       if [ -n "$L" ]; then

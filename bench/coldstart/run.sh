@@ -42,7 +42,8 @@
 #   "loopback shaped shaped-50") CS_RATE_MBIT=200 CS_RTT_MS=20 CS_SEED=1
 #   CS_PATHS="lazy lazy-prefetch imgcrypt plain decoder" (also: stargz stargz-optimized, which
 #   build bench/stargz once; ocicrypt-estargz, ocicrypt-estargz-prefetch (the same image with the
-#   start-up files marked), ocicrypt-indexed, ocicrypt-eager) CS_SMALL=1 (0: no small workload)
+#   start-up files marked), ocicrypt-indexed, ocicrypt-indexed-prefetch (a second skopeo image,
+#   indexed with `lazycrypt index --prefetch-list`), ocicrypt-eager) CS_SMALL=1 (0: no small workload)
 #   CS_CHUNK= (lazycrypt encrypt --chunk-size for the lazy images; default: the format's)
 #   CS_SPAN= (lazycrypt index --span-size for ocicrypt-indexed; default: the index's)
 #   CS_OUT=BUILD_DIR/bench-results/coldstart CS_PLOT=CS_OUT/coldstart.png CS_DOC= (a document to
@@ -101,8 +102,8 @@ any_shaped=0
 [ ${#SHAPED_RTTS[@]} -eq 0 ] || any_shaped=1
 for p in $PATHS; do
   case "$p" in lazy | lazy-prefetch | imgcrypt | plain | decoder | stargz | stargz-optimized) ;;
-    ocicrypt-estargz | ocicrypt-estargz-prefetch | ocicrypt-indexed | ocicrypt-eager) ;;
-    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized ocicrypt-estargz ocicrypt-estargz-prefetch ocicrypt-indexed ocicrypt-eager)" ;; esac
+    ocicrypt-estargz | ocicrypt-estargz-prefetch | ocicrypt-indexed | ocicrypt-indexed-prefetch | ocicrypt-eager) ;;
+    *) die "CS_PATHS: unknown path '$p' (lazy lazy-prefetch imgcrypt plain decoder stargz stargz-optimized ocicrypt-estargz ocicrypt-estargz-prefetch ocicrypt-indexed ocicrypt-indexed-prefetch ocicrypt-eager)" ;; esac
 done
 [ "$(id -u)" = 0 ] || die "needs root (containerd, FUSE, overlayfs, network namespaces)"
 [ -c /dev/fuse ] || die "/dev/fuse is absent"
@@ -322,6 +323,7 @@ declare -A image_bytes
 TAGS="plain ocicrypt lazy lazy-prefetch"
 [[ " $PATHS " != *" ocicrypt-estargz "* ]] || TAGS="$TAGS ocicrypt-estargz"
 [[ " $PATHS " != *" ocicrypt-estargz-prefetch "* ]] || TAGS="$TAGS ocicrypt-estargz-prefetch"
+[[ " $PATHS " != *" ocicrypt-indexed-prefetch "* ]] || TAGS="$TAGS ocicrypt-marked"
 [ "$STARGZ" = 0 ] || TAGS="$TAGS stargz stargz-optimized"
 for wl in $WORKLOADS; do
   log "pushing $wl: plain, ocicrypt (skopeo --encryption-key), lazycrypt, lazycrypt + prefetch list"
@@ -355,6 +357,19 @@ for wl in $WORKLOADS; do
       "docker://$REG_LOOP/cs/$wl:ocicrypt" >"$work/index-$wl.log" 2>&1 || {
       cat "$work/index-$wl.log" >&2
       die "$wl: lazycrypt index failed (above)"
+    }
+  fi
+  if [[ " $PATHS " == *" ocicrypt-indexed-prefetch "* ]]; then
+    # A second skopeo image (its own manifest: the index artifact names its subject), indexed
+    # with the start-up files marked in the sealed index core.
+    log "pushing $wl: a second ocicrypt image, indexed with the start-up files marked"
+    skopeo copy --quiet --dest-tls-verify=false --encryption-key "jwe:$work/node.pub.pem" \
+      "oci:$work/img/$wl:latest" "docker://$REG_LOOP/cs/$wl:ocicrypt-marked"
+    "$BIN/lazycrypt" index --plain-http ${CS_SPAN:+--span-size "$CS_SPAN"} --key "$work/node.pem" \
+      --prefetch-list "$work/img/$wl.startup" \
+      "docker://$REG_LOOP/cs/$wl:ocicrypt-marked" >"$work/index-marked-$wl.log" 2>&1 || {
+      cat "$work/index-marked-$wl.log" >&2
+      die "$wl: lazycrypt index --prefetch-list failed (above)"
     }
   fi
   for tag in $TAGS; do
@@ -524,6 +539,7 @@ run_one() {  # run_one NET WORKLOAD PATH RUN
     ocicrypt-estargz) tag=ocicrypt-estargz ;;
     ocicrypt-estargz-prefetch) tag=ocicrypt-estargz-prefetch ;;
     ocicrypt-indexed | ocicrypt-eager) tag=ocicrypt ;;
+    ocicrypt-indexed-prefetch) tag=ocicrypt-marked ;;
   esac
   ref=$host/cs/$wl:$tag
   if [ "$wl" = small ]; then cmd=(/bin/echo "app started"); else cmd=(/app/start.sh); fi
