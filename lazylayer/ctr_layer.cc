@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <numeric>
 #include <functional>
 #include <future>
 #include <deque>
@@ -31,6 +32,7 @@ constexpr size_t kReadAheadFilesTracked = 4096;
 }  // namespace
 
 Status CountingSource::ReadAt(uint64_t offset, MutableByteSpan out) {
+  if (Serve(offset, out)) return Status::Ok();
   const auto start = std::chrono::steady_clock::now();
   Status s = inner_->ReadAt(offset, out);
   nanos_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -44,6 +46,26 @@ Status CountingSource::ReadAt(uint64_t offset, MutableByteSpan out) {
     errors_.fetch_add(1, std::memory_order_relaxed);
   }
   return s;
+}
+
+bool CountingSource::Serve(uint64_t offset, MutableByteSpan out) {
+  if (!holding_.load()) return false;
+  std::lock_guard<std::mutex> lock(held_mu_);
+  if (offset > held_.size() || out.size() > held_.size() - offset) return false;
+  std::copy_n(held_.data() + offset, out.size(), out.data());
+  return true;
+}
+
+void CountingSource::Hold(std::vector<uint8_t> bytes) {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  held_ = std::move(bytes);
+  holding_.store(!held_.empty());
+}
+
+void CountingSource::Release() {
+  std::lock_guard<std::mutex> lock(held_mu_);
+  holding_.store(false);
+  std::vector<uint8_t>().swap(held_);
 }
 
 Result<size_t> LargeReadStream::Read(MutableByteSpan out) {
@@ -606,7 +628,7 @@ Status CtrMountedLayer::MountAndStart(const std::filesystem::path& mountpoint,
   } else {
     LC_ASSIGN_OR_RETURN(mount_, fusefs::FuseMount::Mount(mountpoint, data_, mount_options));
   }
-  if (options.prefetch || options.verify) {
+  if (options.prefetch || options.verify || load_all_) {
     background_ = std::make_unique<Background>();
     background_->thread = std::thread([this, options] { RunBackground(options); });
   }
@@ -615,7 +637,20 @@ Status CtrMountedLayer::MountAndStart(const std::filesystem::path& mountpoint,
 
 void CtrMountedLayer::RunBackground(CtrLayerOptions options) {
   Background& bg = *background_;
-  if (options.prefetch) Prefetch([&bg] { return bg.stop.load(); });
+  // A small layer: every chunk loaded at once (the marked ones with them), from the bytes held
+  // when its mount read it whole, which the verification reads too; they are dropped when both
+  // are done, whatever ends this thread.
+  struct ReleaseHeld {
+    CountingSource& blob;
+    ~ReleaseHeld() { blob.Release(); }
+  } release_held{data_->ciphertext()};
+  if (load_all_) {
+    std::vector<uint32_t> all(data_->index().chunks().size());
+    std::iota(all.begin(), all.end(), 0u);
+    (void)data_->LoadRuns(all, [&bg] { return bg.stop.load(); });
+  } else if (options.prefetch) {
+    Prefetch([&bg] { return bg.stop.load(); });
+  }
   if (!options.verify) return;
   if (options.verify_start_delay_ms > 0 &&
       bg.SleepFor(std::chrono::milliseconds(options.verify_start_delay_ms))) {
@@ -671,7 +706,7 @@ Status CtrMountedLayer::VerifyOnce(const CtrLayerOptions& options) {
   uint64_t sent = 0;
   Background& bg = *background_;
   CtrLayerData& data = *data_;
-  LargeReadStream in(data.ciphertext().inner(), piece, [&](size_t bytes) {
+  LargeReadStream in(data.ciphertext().uncounted(), piece, [&](size_t bytes) {
     // Bounded: reads that never pause (a container scanning its files, a reader in a loop) would
     // otherwise keep the layer pending, and a bad one unquarantined, for as long as they last.
     while (!bg.stop.load()) {

@@ -59,21 +59,50 @@
 
 namespace lazycrypt::lazylayer {
 
-// Counts what is read from a blob source (a layer's stats).
+// Counts what is read from a blob source (a layer's stats). A small layer's blob read whole by
+// its mount (CtrLayerOptions::whole_layer_bytes) is held here: reads inside it are served from
+// memory, uncounted (its one request was counted), until Release.
 class CountingSource final : public BlobSource {
  public:
-  explicit CountingSource(std::shared_ptr<BlobSource> inner) : inner_(std::move(inner)) {}
+  explicit CountingSource(std::shared_ptr<BlobSource> inner)
+      : inner_(std::move(inner)), uncounted_(*this) {}
   uint64_t size() const override { return inner_->size(); }
   Status ReadAt(uint64_t offset, MutableByteSpan out) override;
-  BlobSource& inner() { return *inner_; }
+  // The source's reads that are not the layer's fetches (the verification's): the held bytes,
+  // else the inner source, uncounted.
+  BlobSource& uncounted() { return uncounted_; }
   uint64_t bytes() const { return bytes_.load(std::memory_order_relaxed); }
   uint64_t requests() const { return requests_.load(std::memory_order_relaxed); }
   uint64_t errors() const { return errors_.load(std::memory_order_relaxed); }
   uint64_t nanos() const { return nanos_.load(std::memory_order_relaxed); }
+  // `bytes`: the blob from offset 0 (the whole blob, read by the caller through this source),
+  // served from memory from now on. Ciphertext: dropped by Release, not wiped.
+  void Hold(std::vector<uint8_t> bytes);
+  void Release();
+  bool holding() const { return holding_.load(); }
 
  private:
+  class Uncounted final : public BlobSource {
+   public:
+    explicit Uncounted(CountingSource& c) : c_(c) {}
+    uint64_t size() const override { return c_.size(); }
+    Status ReadAt(uint64_t offset, MutableByteSpan out) override {
+      if (c_.Serve(offset, out)) return Status::Ok();
+      return c_.inner_->ReadAt(offset, out);
+    }
+
+   private:
+    CountingSource& c_;
+  };
+  // True when [offset, offset + out.size()) lies in the held bytes (then copied to `out`).
+  bool Serve(uint64_t offset, MutableByteSpan out);
+
   std::shared_ptr<BlobSource> inner_;
+  Uncounted uncounted_;
   std::atomic<uint64_t> bytes_{0}, requests_{0}, errors_{0}, nanos_{0};
+  std::atomic<bool> holding_{false};
+  std::mutex held_mu_;
+  std::vector<uint8_t> held_;  // guarded by held_mu_
 };
 
 // Reads a BlobSource from start to end in pieces of `piece_bytes` (one ranged request each);
@@ -110,6 +139,12 @@ struct CtrLayerOptions {
   uint64_t opened_chunk_cache_bytes = uint64_t{64} << 20;
   // Fetch the files the layer marks for prefetch in the background once mounted.
   bool prefetch = true;
+  // A layer whose blob is at most this many bytes, and of which the chunk store holds nothing, is
+  // read whole by the one request its mount makes anyway (instead of its tail): the background
+  // thread then opens every chunk from those bytes (no request but the indexed format's windows)
+  // and the verification reads them too; they are dropped when both are done. 0 = never (the
+  // snapshotter's [fetch] whole_layer_bytes, as for the GCM format).
+  uint64_t whole_layer_bytes = 0;
   // Read-ahead (above): bytes of a file's following chunks a sequential read starts loading in
   // the background, each chunk counted as the larger of its uncompressed size and what is
   // fetched for it. 0 = no read-ahead (and a read loads its chunks one by one).
@@ -344,7 +379,7 @@ class CtrMountedLayer {
  protected:
   CtrMountedLayer();
   // Mounts `data` at `mountpoint` (or gives it to `resumed`, see MountedEstargzLayer::Mount),
-  // then starts the background work when options.prefetch or options.verify.
+  // then starts the background work when options.prefetch, options.verify or load_all_.
   Status MountAndStart(const std::filesystem::path& mountpoint,
                        std::shared_ptr<CtrLayerData> data, const CtrLayerOptions& options,
                        std::unique_ptr<fusefs::FuseMount>* resumed);
@@ -369,6 +404,11 @@ class CtrMountedLayer {
   std::string store_key_;
   std::string key_name_;
   uint64_t blob_size_ = 0;
+  // Set by the format's Mount before MountAndStart for a small layer
+  // (CtrLayerOptions::whole_layer_bytes): the background thread loads every chunk at once (from
+  // the bytes its CountingSource holds, when the mount read the blob whole), instead of the
+  // marked ones.
+  bool load_all_ = false;
 
  private:
   struct Background;

@@ -342,8 +342,12 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
 
   auto counting = std::make_shared<CountingSource>(std::move(ciphertext));
   const uint64_t blob_size = counting->size();
+  const std::string store_key = EstargzStoreKey(descriptor.digest, pin_it->second);
   // Footer and TOC in one ranged request when the descriptor's size hint is right (a hint: a
-  // wrong one costs a second request, never a check).
+  // wrong one costs a second request, never a check). A small layer new to this node: the whole
+  // blob in that request (CtrLayerOptions::whole_layer_bytes), held for its chunks.
+  const bool whole = blob_size > 0 && blob_size <= options.whole_layer_bytes &&
+                     (options.store == nullptr || options.store->ChunksPresent(store_key) == 0);
   uint64_t tail = estargz::kFooterSize;
   if (auto h = descriptor.annotations.find(std::string(estargz::kAnnotationTocSize));
       h != descriptor.annotations.end()) {
@@ -351,10 +355,11 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
     unsigned long long v = std::strtoull(h->second.c_str(), &end, 10);
     if (end != h->second.c_str() && *end == '\0' && v <= (uint64_t{256} << 20)) tail += v;
   }
-  tail = std::min(tail, blob_size);
+  tail = whole ? blob_size : std::min(tail, blob_size);
   std::vector<uint8_t> tail_bytes(static_cast<size_t>(tail));
-  LC_RETURN_IF_ERROR(
-      counting->ReadAt(blob_size - tail, tail_bytes).WithContext(what + ": footer and TOC"));
+  LC_RETURN_IF_ERROR(counting->ReadAt(blob_size - tail, tail_bytes)
+                         .WithContext(what + (whole ? ": reading it whole" : ": footer and TOC")));
+  if (whole) counting->Hold(tail_bytes);  // a copy (the window below takes these)
   std::shared_ptr<const estargz::Index> ez;
   crypto::SecureBuffer toc_json;  // names are confidential: wiped when dropped
   {
@@ -383,7 +388,8 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
 
   std::unique_ptr<MountedEstargzLayer> layer(new MountedEstargzLayer());
   layer->digest_ = descriptor.digest;
-  layer->store_key_ = EstargzStoreKey(descriptor.digest, pin_it->second);
+  layer->store_key_ = store_key;
+  layer->load_all_ = whole;
   layer->key_name_ = cipher->key_name;  // before the cipher moves below
   layer->blob_size_ = blob_size;
   layer->descriptor_ = descriptor;

@@ -73,7 +73,7 @@ class MountedIndexedLayer::Data final : public CtrLayerData {
   const format::LayerIndex& index() const override { return *index_; }
 
   // The index blob, uncounted (the verification's reads, as its layer blob reads).
-  BlobSource& windows_uncounted() { return windows_->inner(); }
+  BlobSource& windows_uncounted() { return windows_->uncounted(); }
 
   Result<size_t> ReadFile(format::EntryView entry, uint64_t offset,
                           MutableByteSpan out) override {
@@ -284,6 +284,12 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
   layer->descriptor_ = descriptor;
   layer->cipher_ = std::make_unique<image::OcicryptLayerCipher>(std::move(cipher));
   layer->index_ = index;
+  // A small layer new to this node: every span and window loaded at mount, in one request each
+  // (the mount itself fetches nothing: its core came with the index lookup), so that the
+  // container's first reads find them loaded or in flight instead of costing a round trip each.
+  layer->load_all_ = descriptor.size > 0 && descriptor.size <= options.whole_layer_bytes &&
+                     (options.store == nullptr ||
+                      options.store->ChunksPresent(layer->store_key_) == 0);
   auto data = std::make_shared<Data>(counting, std::move(windows), OpenedChunkSlot(options),
                                      options.store, layer->store_key_, std::move(index));
   layer->indexed_data_ = data;

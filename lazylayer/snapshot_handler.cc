@@ -1133,6 +1133,7 @@ struct SnapshotHandler::Impl {
     o.opened_cache = options.layer.cache.opened_cache;  // the node-wide plaintext budget
     o.prefetch = options.layer.prefetch;
     o.readahead_bytes = options.layer.cache.readahead_bytes;
+    o.whole_layer_bytes = options.layer.whole_layer_bytes;
     o.verify = options.layer.verify;
     o.verify_start_delay_ms = options.layer.verify_start_delay_ms;
     o.verify_rate_bytes_per_sec = options.layer.background_rate_bytes_per_sec > 0

@@ -181,8 +181,10 @@ class EstargzLazy : public ::testing::Test {
   }
 
   void StartHandler(bool verify, std::shared_ptr<fdstore::FdStore> fd_store = nullptr,
-                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool prefetch = false) {
+                    std::shared_ptr<cache::ChunkStore> store = nullptr, bool prefetch = false,
+                    uint64_t whole_layer_bytes = 0) {
     lazylayer::SnapshotHandlerOptions o;
+    o.layer.whole_layer_bytes = whole_layer_bytes;
     o.store = std::move(store);
     if (fd_store) {
       o.fd_store = std::move(fd_store);
@@ -772,6 +774,49 @@ TEST_F(EstargzLazy, MarkedFilesArePrefetchedInOneRequest) {
   EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
   EXPECT_EQ(StatusOf(1)->stats.fetch_requests, after->stats.fetch_requests)
       << "reading the prefetched files fetched again";
+}
+
+// A layer no larger than [fetch] whole_layer_bytes is read whole by its mount's one request
+// (instead of its tail): every chunk is opened from those bytes in the background, so reading
+// every file fetches nothing more, and the verification reads the same bytes.
+TEST_F(EstargzLazy, SmallLayerIsReadWholeByItsMountsOneRequest) {
+  StartHandler(/*verify=*/true, nullptr, nullptr, /*prefetch=*/false,
+               /*whole_layer_bytes=*/16 << 20);
+  auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << (mounted.ok() ? "" : mounted.status().ToString());
+  const auto at_mount = StatusOf(1);
+  ASSERT_TRUE(at_mount.has_value());
+  EXPECT_EQ(at_mount->stats.fetch_requests, 1u);
+  EXPECT_EQ(at_mount->stats.blob_bytes_fetched, layers_[1].size) << "not read whole";
+  for (int i = 0; i < 600 && StatusOf(1)->stats.chunks_opened < at_mount->stats.chunk_count;
+       ++i) {  // up to 30 s
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(StatusOf(1)->stats.chunks_opened, at_mount->stats.chunk_count)
+      << "the chunks were not opened from the bytes read at mount";
+  EXPECT_EQ(testing::FileSha256(req.target_dir / "srv" / "big.bin"), big_sha256_);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "other.txt"), kOther);
+  EXPECT_EQ(WaitForVerification(1), lazylayer::Verification::kVerified);
+  const auto after = StatusOf(1);
+  EXPECT_EQ(after->stats.fetch_requests, 1u) << "reading the files fetched again";
+  EXPECT_EQ(after->stats.blob_bytes_fetched, layers_[1].size);
+}
+
+// Over the bound, the mount reads the tail only (one request), and a read fetches its chunk.
+TEST_F(EstargzLazy, LayerOverTheWholeLayerBoundIsNotReadWhole) {
+  StartHandler(/*verify=*/false, nullptr, nullptr, /*prefetch=*/false,
+               /*whole_layer_bytes=*/layers_[1].size - 1);
+  auto req = Request(image_ref_, layers_[1], 1, layers_[1].chain_id);
+  auto mounted = handler_->TryMount(req);
+  ASSERT_TRUE(mounted.ok() && *mounted) << (mounted.ok() ? "" : mounted.status().ToString());
+  const auto at_mount = StatusOf(1);
+  ASSERT_TRUE(at_mount.has_value());
+  EXPECT_EQ(at_mount->stats.fetch_requests, 1u);
+  EXPECT_LT(at_mount->stats.blob_bytes_fetched, layers_[1].size / 2);
+  EXPECT_EQ(testing::ReadFileString(req.target_dir / "srv" / "hello.txt"), kHello);
+  EXPECT_GT(StatusOf(1)->stats.fetch_requests, 1u);
 }
 
 }  // namespace

@@ -132,8 +132,9 @@ class ZindexPrefetch : public ::testing::Test {
     return ref;
   }
 
-  void StartHandler() {
+  void StartHandler(uint64_t whole_layer_bytes = 0) {
     lazylayer::SnapshotHandlerOptions o;
+    o.layer.whole_layer_bytes = whole_layer_bytes;
     o.key_dirs = {tmp_->path() / "keys"};
     o.registry = ClientOptions();
     o.layer.prefetch = true;
@@ -154,6 +155,97 @@ class ZindexPrefetch : public ::testing::Test {
     return log_;
   }
 
+  // The skopeo image pushed as `tag`, its app layer indexed with `marked` files marked and the
+  // index pushed as a referrer of its manifest (the artifact the snapshotter looks up).
+  struct Indexed {
+    std::string ref;
+    image::Descriptor layer;
+    std::string base_chain, app_chain;
+    std::shared_ptr<const zindex::OpenedIndex> opened;
+  };
+  Indexed PushIndexed(const std::string& tag, const std::vector<std::string>& marked) {
+    Indexed x;
+    x.ref = SkopeoPush(tag);
+    auto got = client_->GetManifest(Ref(x.ref));
+    EXPECT_TRUE(got.ok()) << got.status().ToString();
+    if (!got.ok()) return x;
+    const nlohmann::json m = nlohmann::json::parse(AsStringView(got->bytes));
+    EXPECT_EQ(m["layers"].size(), 2u);
+    MemoryOutputStream config_bytes;
+    EXPECT_TRUE(
+        client_->GetBlob(Ref(x.ref), m["config"]["digest"].get<std::string>(), config_bytes).ok());
+    const nlohmann::json config = nlohmann::json::parse(AsStringView(config_bytes.bytes()));
+    x.base_chain = lazylayer::ChainIdOf("", config["rootfs"]["diff_ids"][0].get<std::string>());
+    x.app_chain =
+        lazylayer::ChainIdOf(x.base_chain, config["rootfs"]["diff_ids"][1].get<std::string>());
+
+    // The app layer, its key, and its index.
+    const nlohmann::json& l = m["layers"][1];
+    x.layer.media_type = l["mediaType"].get<std::string>();
+    x.layer.digest = l["digest"].get<std::string>();
+    x.layer.size = l["size"].get<uint64_t>();
+    for (auto& [k, v] : l["annotations"].items()) x.layer.annotations[k] = v;
+    auto node = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
+    EXPECT_TRUE(node.ok()) << node.status().ToString();
+    if (!node.ok()) return x;
+    keywrap::KeyRing keys;
+    keys.AddKey(std::move(*node));
+    auto cipher = image::UnwrapOcicryptLayer(x.layer, keys);
+    EXPECT_TRUE(cipher.ok()) << cipher.status().ToString();
+    if (!cipher.ok()) return x;
+    MemoryOutputStream blob;
+    EXPECT_TRUE(client_->GetBlob(Ref(x.ref), x.layer.digest, blob).ok());
+    MemoryInputStream ciphertext(blob.bytes());
+    zindex::BuildOptions build;
+    build.span_bytes = kSpanBytes;
+    auto unsealed = zindex::BuildIndex(ciphertext, x.layer, *cipher, build);
+    EXPECT_TRUE(unsealed.ok()) << unsealed.status().ToString();
+    if (!unsealed.ok()) return x;
+    auto sealed = std::move(*unsealed).Seal(marked);
+    EXPECT_TRUE(sealed.ok()) << sealed.status().ToString();
+    if (!sealed.ok()) return x;
+    auto core_bytes = zindex::SealedCoreBytes(*sealed);
+    EXPECT_TRUE(core_bytes.ok()) << core_bytes.status().ToString();
+    auto opened = zindex::OpenedIndex::Open(*sealed, sealed->size(), x.layer, *cipher);
+    EXPECT_TRUE(opened.ok()) << opened.status().ToString();
+    if (!core_bytes.ok() || !opened.ok()) return x;
+    x.opened = *opened;
+
+    image::Descriptor subject;
+    subject.media_type = got->media_type;
+    subject.digest = got->digest;
+    subject.size = got->bytes.size();
+    image::ArtifactBlob index_blob{std::string(zindex::kSealedIndexMediaType), *sealed,
+                                   {{std::string(zindex::kAnnotationLayerDigest), x.layer.digest},
+                                    {std::string(zindex::kAnnotationCoreBytes),
+                                     std::to_string(*core_bytes)}}};
+    auto pushed =
+        image::PushReferrer(*client_, Ref(x.ref), subject, zindex::kArtifactType, {index_blob});
+    EXPECT_TRUE(pushed.ok()) << pushed.status().ToString();
+    return x;
+  }
+
+  // The app layer prepared as containerd would (its parent unpacked or not: the handler mounts
+  // the layer) as snapshot 1; its mount point.
+  fs::path PrepareApp(const Indexed& x) {
+    const fs::path target = tmp_->path() / "snapshots" / "1" / "fs";
+    fs::create_directories(target);
+    targets_.push_back(target);
+    snapshotter::PrepareRequest req;
+    req.key = "prepare-1";
+    req.parent = x.base_chain;
+    req.snapshot_id = 1;
+    req.target_dir = target;
+    req.labels[std::string(snapshotter::kTargetSnapshotLabel)] = x.app_chain;
+    req.labels[std::string(lazylayer::kLabelStargzReference)] = x.ref;
+    req.labels[std::string(lazylayer::kLabelStargzDigest)] = x.layer.digest;
+    auto mounted = handler_->TryMount(req);
+    EXPECT_TRUE(mounted.ok()) << mounted.status().ToString() << Log();
+    EXPECT_TRUE(mounted.ok() && *mounted);
+    EXPECT_TRUE(testing::StatusOf(*handler_, 1).has_value()) << "not mounted lazily:\n" << Log();
+    return target;
+  }
+
   std::unique_ptr<harness::TempDir> tmp_;
   KeyPair key_;
   fs::path app_;
@@ -166,50 +258,12 @@ class ZindexPrefetch : public ::testing::Test {
 };
 
 TEST_F(ZindexPrefetch, MarkedFilesArePrefetchedInFewerRequestsThanSpansThenReadWithoutAny) {
-  const std::string ref = SkopeoPush("marked");
-  auto got = client_->GetManifest(Ref(ref));
-  ASSERT_TRUE(got.ok()) << got.status().ToString();
-  const nlohmann::json m = nlohmann::json::parse(AsStringView(got->bytes));
-  ASSERT_EQ(m["layers"].size(), 2u);
-  MemoryOutputStream config_bytes;
-  ASSERT_TRUE(
-      client_->GetBlob(Ref(ref), m["config"]["digest"].get<std::string>(), config_bytes).ok());
-  const nlohmann::json config = nlohmann::json::parse(AsStringView(config_bytes.bytes()));
-  const std::string base_chain =
-      lazylayer::ChainIdOf("", config["rootfs"]["diff_ids"][0].get<std::string>());
-  const std::string app_chain =
-      lazylayer::ChainIdOf(base_chain, config["rootfs"]["diff_ids"][1].get<std::string>());
-
-  // The app layer, its key, and its index with three marked files.
-  const nlohmann::json& l = m["layers"][1];
-  image::Descriptor layer;
-  layer.media_type = l["mediaType"].get<std::string>();
-  layer.digest = l["digest"].get<std::string>();
-  layer.size = l["size"].get<uint64_t>();
-  for (auto& [k, v] : l["annotations"].items()) layer.annotations[k] = v;
-  auto node = keywrap::PrivateKey::Load((tmp_->path() / "keys" / "node.pem").string());
-  ASSERT_TRUE(node.ok()) << node.status().ToString();
-  keywrap::KeyRing keys;
-  keys.AddKey(std::move(*node));
-  auto cipher = image::UnwrapOcicryptLayer(layer, keys);
-  ASSERT_TRUE(cipher.ok()) << cipher.status().ToString();
-  MemoryOutputStream blob;
-  ASSERT_TRUE(client_->GetBlob(Ref(ref), layer.digest, blob).ok());
-  MemoryInputStream ciphertext(blob.bytes());
-  zindex::BuildOptions build;
-  build.span_bytes = kSpanBytes;
-  auto unsealed = zindex::BuildIndex(ciphertext, layer, *cipher, build);
-  ASSERT_TRUE(unsealed.ok()) << unsealed.status().ToString();
   const std::vector<std::string> marked = {"srv/a.txt", "srv/b.txt", "srv/c.bin"};
-  auto sealed = std::move(*unsealed).Seal(marked);
-  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
-  auto core_bytes = zindex::SealedCoreBytes(*sealed);
-  ASSERT_TRUE(core_bytes.ok()) << core_bytes.status().ToString();
+  const Indexed x = PushIndexed("marked", marked);
+  ASSERT_FALSE(HasFailure());
 
   // The marked files' spans, as the mount's index lists them.
-  auto opened = zindex::OpenedIndex::Open(*sealed, sealed->size(), layer, *cipher);
-  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
-  const format::LayerIndex& li = *(*opened)->layer_index();
+  const format::LayerIndex& li = *x.opened->layer_index();
   ASSERT_EQ(li.prefetch_entries().size(), 3u);
   std::set<uint64_t> spans;
   for (uint32_t e : li.prefetch_entries()) {
@@ -217,39 +271,12 @@ TEST_F(ZindexPrefetch, MarkedFilesArePrefetchedInFewerRequestsThanSpansThenReadW
     for (uint64_t c = r.first; c < r.first + r.count; ++c) spans.insert(c);
   }
   std::printf("%zu spans in the layer, %zu of them the marked files'\n",
-              (*opened)->span_count(), spans.size());
+              x.opened->span_count(), spans.size());
   ASSERT_GE(spans.size(), 8u);
 
-  // Pushed as a referrer of the manifest (the artifact the snapshotter looks up).
-  image::Descriptor subject;
-  subject.media_type = got->media_type;
-  subject.digest = got->digest;
-  subject.size = got->bytes.size();
-  image::ArtifactBlob index_blob{std::string(zindex::kSealedIndexMediaType), *sealed,
-                                 {{std::string(zindex::kAnnotationLayerDigest), layer.digest},
-                                  {std::string(zindex::kAnnotationCoreBytes),
-                                   std::to_string(*core_bytes)}}};
-  auto pushed =
-      image::PushReferrer(*client_, Ref(ref), subject, zindex::kArtifactType, {index_blob});
-  ASSERT_TRUE(pushed.ok()) << pushed.status().ToString();
-
-  // Prepared as containerd would (its parent unpacked or not: the handler mounts the layer).
   StartHandler();
-  const fs::path target = tmp_->path() / "snapshots" / "1" / "fs";
-  fs::create_directories(target);
-  targets_.push_back(target);
-  snapshotter::PrepareRequest req;
-  req.key = "prepare-1";
-  req.parent = base_chain;
-  req.snapshot_id = 1;
-  req.target_dir = target;
-  req.labels[std::string(snapshotter::kTargetSnapshotLabel)] = app_chain;
-  req.labels[std::string(lazylayer::kLabelStargzReference)] = ref;
-  req.labels[std::string(lazylayer::kLabelStargzDigest)] = layer.digest;
-  auto mounted = handler_->TryMount(req);
-  ASSERT_TRUE(mounted.ok()) << mounted.status().ToString() << Log();
-  ASSERT_TRUE(*mounted);
-  ASSERT_TRUE(testing::StatusOf(*handler_, 1).has_value()) << "not mounted lazily:\n" << Log();
+  const fs::path target = PrepareApp(x);
+  ASSERT_FALSE(HasFailure());
 
   // The prefetch: every marked span opened (up to 30 s), nothing else fetched.
   std::optional<lazylayer::MountedLayerStatus> s;
@@ -293,6 +320,40 @@ TEST_F(ZindexPrefetch, MarkedFilesArePrefetchedInFewerRequestsThanSpansThenReadW
   s = testing::StatusOf(*handler_, 1);
   ASSERT_TRUE(s.has_value());
   EXPECT_GT(s->stats.fetch_requests, prefetched.fetch_requests);
+}
+
+// A small layer (no larger than [fetch] whole_layer_bytes) new to the node: every span and window
+// is loaded at mount, in one request each for the spans' run and the windows' group, so the
+// container's reads find them and fetch nothing.
+TEST_F(ZindexPrefetch, SmallLayerIsLoadedWholeAtMountThenReadWithoutAnyRequest) {
+  const Indexed x = PushIndexed("small", {});
+  ASSERT_FALSE(HasFailure());
+  StartHandler(/*whole_layer_bytes=*/x.layer.size);
+  const fs::path target = PrepareApp(x);
+  ASSERT_FALSE(HasFailure());
+  const uint64_t span_count = x.opened->span_count();
+  std::optional<lazylayer::MountedLayerStatus> s;
+  for (int i = 0; i < 300; ++i) {  // up to 30 s
+    s = testing::StatusOf(*handler_, 1);
+    ASSERT_TRUE(s.has_value());
+    if (s->stats.chunks_opened >= span_count) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  std::this_thread::sleep_for(200ms);  // nothing more comes
+  s = testing::StatusOf(*handler_, 1);
+  ASSERT_TRUE(s.has_value());
+  const cache::LayerStats loaded = s->stats;
+  EXPECT_EQ(loaded.chunks_opened, span_count) << "the spans were not loaded at mount";
+  EXPECT_EQ(loaded.auth_failures, 0u);
+  // The layer (11 MiB) in one run, the windows in one group.
+  EXPECT_EQ(loaded.fetch_requests - loaded.index_fetch_requests, 1u);
+  EXPECT_EQ(loaded.index_fetch_requests, 1u);
+  for (const char* name : {"srv/a.txt", "srv/hello.txt", "srv/b.txt", "srv/c.bin", "srv/fill2.bin"}) {
+    EXPECT_EQ(testing::FileSha256(target / name), testing::FileSha256(app_ / name)) << name;
+  }
+  s = testing::StatusOf(*handler_, 1);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->stats.fetch_requests, loaded.fetch_requests) << "a read fetched again";
 }
 
 }  // namespace
