@@ -74,7 +74,9 @@ static_assert(sizeof(kFooterHead) + 16 + sizeof(kFooterTail) == kFooterSize);
 // too: what is built is bounded by the limits, not by the JSON.
 //
 // Semantics are the DOM reader's (the tests pin them): members in any order, the last of a
-// duplicated member wins, null is absent, integers are non-negative and within Go's types.
+// duplicated member wins (a null one too: null is absent), integers are non-negative and within
+// Go's types. Stricter in one respect: a duplicated member's invalid earlier value is refused
+// even when a valid one follows.
 class TocSax {
  public:
   using Json = nlohmann::json;
@@ -140,10 +142,10 @@ class TocSax {
   }
   size_t entry_index() const { return toc_.entries.size() - 1; }
 
-  // A non-negative integer member (null: absent). Go's decoder takes int64; larger is refused.
+  // A non-negative integer member (null: absent, i.e. 0, also after an earlier duplicate). Go's
+  // decoder takes int64; larger is refused.
   bool Uint(const Value& v, uint64_t max, uint64_t& out) {
-    if (v.kind == Kind::kNull) return true;
-    if (v.kind == Kind::kZero) {
+    if (v.kind == Kind::kNull || v.kind == Kind::kZero) {
       out = 0;
       return true;
     }
@@ -155,7 +157,10 @@ class TocSax {
                                    "\" is not an integer in 0.." + std::to_string(max)));
   }
   bool String(const Value& v, std::string& out) {
-    if (v.kind == Kind::kNull) return true;
+    if (v.kind == Kind::kNull) {
+      out.clear();
+      return true;
+    }
     if (v.kind != Kind::kString) {
       return Fail(Status::Corruption(EntryWhere(entry_index()) + ": \"" + key_ +
                                      "\" is not a string"));
@@ -198,7 +203,11 @@ class TocSax {
     if (k == "chunkSize") return Uint(v, kMaxInt64, e.chunk_size);
     if (k == "chunkDigest") return String(v, e.chunk_digest);
     if (k == "xattrs") {
-      if (v.kind == Kind::kNull) return true;
+      if (v.kind == Kind::kNull) {
+        xattrs_ -= e.xattrs.size();
+        e.xattrs.clear();
+        return true;
+      }
       return Fail(Status::Corruption(EntryWhere(entry_index()) + ": \"xattrs\" is not an object"));
     }
     return true;  // a member eStargz does not define: ignored, as Go's decoder does

@@ -275,7 +275,8 @@ Result<OcicryptDecryptResult> DecryptOcicryptLayer(InputStream& in, const Descri
 
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
                                           const keywrap::KeyRing& keys,
-                                          format::TailReadOptions tail) {
+                                          format::TailReadOptions tail,
+                                          const format::TocLimits& limits) {
   if (ClassifyLayer(descriptor.media_type) != LayerKind::kLazycrypt) {
     return Status::InvalidArgument("media type '" + descriptor.media_type +
                                    "' is not a lazycrypt layer");
@@ -295,7 +296,7 @@ Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& de
     }
   }
   LC_ASSIGN_OR_RETURN(out.index, format::LayerIndex::Open(blob, secret.key, secret.toc_digest,
-                                                          {}, tail));
+                                                          limits, tail));
   LC_RETURN_IF_ERROR(CheckPublishedCommitment(secret.commitment, out.index->header().commitment));
   LC_ASSIGN_OR_RETURN(out.opener, format::ChunkOpener::Create(secret.key, out.index->header()));
   out.key_name = secret.key_name;

@@ -70,10 +70,12 @@ struct VerifiedLayerIndex {
   std::string key_name;  // which of `keys` unwrapped it
 };
 // The footer and the sealed TOC are read as `tail` says; without a toc_size_hint there, the
-// descriptor's toc-size annotation (when it parses) is the hint.
+// descriptor's toc-size annotation (when it parses) is the hint. `limits`: what the TOC may hold
+// (the snapshotter's [limits]; checked before parsing builds anything).
 Result<VerifiedLayerIndex> OpenLayerIndex(BlobSource& blob, const Descriptor& descriptor,
                                           const keywrap::KeyRing& keys,
-                                          format::TailReadOptions tail = {});
+                                          format::TailReadOptions tail = {},
+                                          const format::TocLimits& limits = {});
 
 // A lazycrypt layer opened for random access: its key unwrapped, its TOC verified against the
 // pinned digest, and the key commitment in pubopts checked against the blob's.

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cache/chunk_ranges.h"
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "crypto/secure_buffer.h"
@@ -367,7 +368,7 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
     LC_ASSIGN_OR_RETURN(auto plain,
                         estargz::CtrPlaintextView::Create(window, cipher->key.span(),
                                                           cipher->nonce));
-    auto opened = estargz::OpenIndex(*plain, *pinned);
+    auto opened = estargz::OpenIndex(*plain, *pinned, options.limits);
     if (!opened.ok()) return opened.status().WithContext(what);
     ez = std::move(*opened);
     // The JSON again, for /stargz.index.json (from the same window: no request when the size
@@ -375,7 +376,7 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
     std::vector<uint8_t> member(
         static_cast<size_t>(blob_size - estargz::kFooterSize - ez->toc_offset()));
     LC_RETURN_IF_ERROR(plain->ReadAt(ez->toc_offset(), member).WithContext(what + ": TOC"));
-    auto json = estargz::ExtractTocJson(member);
+    auto json = estargz::ExtractTocJson(member, options.limits);
     if (!json.ok()) return json.status().WithContext(what);
     crypto::ScopedWipe wipe_json(*json);
     if (crypto::Sha256::Of(*json) != *pinned) {
@@ -407,14 +408,17 @@ void MountedEstargzLayer::Prefetch(const std::function<bool()>& stopped) {
   // Every marked file's chunks, claimed at once and read in as few requests as the blob allows
   // (eStargz puts the marked files first, before the landmark: one run), not one request per
   // chunk. Errors are left to the readers (they see them again, and the verification too).
-  std::vector<uint32_t> chunks;
+  // One range per marked file, merged, then expanded (at most the chunk count), as the indexed
+  // format's (cache/chunk_ranges.h), whatever the TOC makes the files share.
+  std::vector<format::ChunkRange> ranges;
+  ranges.reserve(data.ez().prefetch_entries().size());
   for (uint32_t entry : data.ez().prefetch_entries()) {
     const estargz::Entry& e = data.ez().entries()[entry];
-    for (uint32_t c = 0; c < e.chunk_count; ++c) chunks.push_back(e.first_chunk + c);
+    ranges.push_back({e.first_chunk, e.chunk_count});
   }
-  std::sort(chunks.begin(), chunks.end());
-  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
-  (void)data.LoadRuns(chunks, stopped);
+  const std::vector<uint32_t> chunks =
+      cache::ChunksOfRanges<uint32_t>(std::move(ranges), data.ez().chunks().size());
+  if (!chunks.empty()) (void)data.LoadRuns(chunks, stopped);
 }
 
 Result<std::string> MountedEstargzLayer::VerifyContent(InputStream& plain,

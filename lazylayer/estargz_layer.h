@@ -29,6 +29,7 @@
 #include "cache/layer_data.h"
 #include "common/io.h"
 #include "common/status.h"
+#include "estargz/reader.h"
 #include "fusefs/fuse_fs.h"
 #include "image/layer.h"
 #include "image/oci.h"
@@ -49,7 +50,11 @@ std::string EstargzStoreKey(std::string_view layer_digest, std::string_view toc_
 
 // The CTR layers' options (lazylayer/ctr_layer.h); prefetch: the files before
 // `.prefetch.landmark`.
-struct EstargzMountOptions : CtrLayerOptions {};
+struct EstargzMountOptions : CtrLayerOptions {
+  // What the TOC may hold (the snapshotter sets the node's [limits] toc_max_entries and
+  // toc_max_bytes here).
+  estargz::ReaderLimits limits;
+};
 
 class MountedEstargzLayer final : public CtrMountedLayer {
  public:

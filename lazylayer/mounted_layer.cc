@@ -122,7 +122,9 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
   if (const uint64_t stored = tail.stored_bytes(); stored > format::kFooterSize) {
     tail_read.toc_size_hint = stored - format::kFooterSize;
   }
-  auto verified = image::OpenLayerIndex(tail, descriptor, keys, tail_read);
+  // The node's [limits] (options.cache.toc_limits): what parsing a hostile TOC may build.
+  auto verified =
+      image::OpenLayerIndex(tail, descriptor, keys, tail_read, options.cache.toc_limits);
   if (!verified.ok() && tail.reads_from_store() > 0) {
     // The stored copy did not open the layer (damaged, or not this blob's): dropped, and the
     // layer opened from its source as on a first mount.
@@ -130,7 +132,7 @@ Result<std::unique_ptr<MountedLayer>> MountedLayer::Open(std::shared_ptr<BlobSou
                  descriptor.digest.c_str(), verified.status().ToString().c_str());
     std::fflush(stderr);
     (void)tail.Drop();
-    verified = image::OpenLayerIndex(tail, descriptor, keys);
+    verified = image::OpenLayerIndex(tail, descriptor, keys, {}, options.cache.toc_limits);
   }
   if (!verified.ok()) return verified.status().WithContext(what);
   layer->key_name_ = verified->key_name;

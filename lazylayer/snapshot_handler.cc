@@ -208,9 +208,11 @@ uint64_t MaxCoreBytes(uint64_t index_max_bytes) {
 // (IndexedLayerLimits), and the whole blob, windows area included, at most the format's
 // kMaxSealedIndexBytes (the windows are fetched by range with their spans, never whole: a large
 // layer with small spans has a windows area far above the core's limit and is still served).
-zindex::Limits IndexLimits(uint64_t max_core_bytes) {
+// `max_entries`: the node's [limits] toc_max_entries (what parsing a core may build).
+zindex::Limits IndexLimits(uint64_t max_core_bytes, uint64_t max_entries = zindex::kMaxEntries) {
   zindex::Limits limits = IndexedLayerLimits(max_core_bytes);
   limits.max_sealed_bytes = zindex::kMaxSealedIndexBytes;
+  limits.max_entries = std::min(limits.max_entries, max_entries);
   return limits;
 }
 
@@ -236,12 +238,12 @@ Result<uint64_t> CoreBytesWithin(ByteSpan header, uint64_t max_core_bytes) {
 Result<std::shared_ptr<const zindex::OpenedIndex>> OpenIndexFor(
     ByteSpan core, uint64_t sealed_size, const image::Descriptor& descriptor,
     const image::OcicryptLayerCipher& cipher, const std::string& parent_chain,
-    const std::string& name, uint64_t max_core_bytes) {
+    const std::string& name, uint64_t max_core_bytes, uint64_t max_entries) {
   // A core kept on disk under a larger limit is refused as a fetched one would be.
   LC_RETURN_IF_ERROR(CoreBytesWithin(core, max_core_bytes).status());
   LC_ASSIGN_OR_RETURN(auto index,
                       zindex::OpenedIndex::Open(core, sealed_size, descriptor, cipher,
-                                                IndexLimits(max_core_bytes)));
+                                                IndexLimits(max_core_bytes, max_entries)));
   const std::string chain = ChainIdOf(parent_chain, index->diff_id());
   if (chain != name) {
     return Status::AuthFailed("its diff_id " + index->diff_id() + " gives chain ID " + chain +
@@ -800,7 +802,7 @@ struct SnapshotHandler::Impl {
           continue;
         }
         auto index = OpenIndexFor(*core, blob.size, descriptor, cipher, parent_chain, name,
-                                  max_core_bytes);
+                                  max_core_bytes, options.layer.cache.toc_limits.max_entries);
         if (!index.ok()) {
           last = index.status().WithContext(what);
           continue;
@@ -1109,6 +1111,11 @@ struct SnapshotHandler::Impl {
     }
     EstargzMountOptions o;
     SetCtrOptions(o, parent_chain, name, source.layer_digest, target_dir);
+    // The node's [limits] on what one layer's TOC may make the daemon build (entries, JSON).
+    o.limits.toc.max_entries =
+        std::min(o.limits.toc.max_entries, options.layer.cache.toc_limits.max_entries);
+    o.limits.toc.max_json_bytes =
+        std::min(o.limits.toc.max_json_bytes, options.layer.cache.toc_limits.max_serialized_bytes);
     const bool is_resume = resumed != nullptr && *resumed != nullptr;
     auto mounted =
         MountedEstargzLayer::Mount(target_dir, layer_source, descriptor, keys, o, resumed);
@@ -1303,7 +1310,7 @@ struct SnapshotHandler::Impl {
       }
     }
     auto index = OpenIndexFor(found.core, found.size, descriptor, *cipher, parent_chain, name,
-                              max_core_bytes);
+                              max_core_bytes, options.layer.cache.toc_limits.max_entries);
     if (!index.ok()) return index.status().WithContext(index_what);
     found.index = std::move(*index);
     return MountIndexed(snapshot_id, name, parent_chain, descriptor, source, repo,

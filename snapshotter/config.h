@@ -34,8 +34,9 @@
 //   [metrics]  address = ""                       # host:port of /metrics and /status; "" = off;
 //                                                 # ":9187" = 127.0.0.1:9187 (never all interfaces)
 //   [limits]   toc_max_bytes = 268435456          # largest serialized TOC a layer may have
-//              toc_max_chunks = 16777216          # most chunks per layer
-//              toc_max_entries = 8388608          # most files (TOC entries) per layer
+//              toc_max_chunks = 1048576           # most chunks per layer (format: 16 Mi)
+//              toc_max_entries = 1048576          # most files (TOC entries, eStargz TOC or
+//                                                 # index entries) per layer (format: 8 Mi)
 #pragma once
 
 #include <sys/types.h>
@@ -102,13 +103,18 @@ struct Config {
   struct Metrics {
     std::string address;  // "host:port", or ":port" for loopback; empty = no metrics endpoint
   } metrics;
-  // What a layer's TOC may hold (format::TocLimits); 0 = the format's maximum (the default).
-  // Lower values bound the memory one layer's metadata can take; a layer over a limit fails to
-  // mount with an error naming the limit.
+  // What a layer's TOC may hold (format::TocLimits; also an eStargz TOC's and a zindex core's
+  // entries); 0 = the format's maximum. They bound the memory one hostile layer's metadata can
+  // make the daemon build before it is refused: an image author may seal a TOC of empty entries
+  // up to the limit (a few KiB of zstd), and parsing builds an object per entry and chunk. At the
+  // format's maxima (8 Mi entries, 16 Mi chunks) that is GiBs per layer, and a pull prepares its
+  // layers in parallel; at the defaults, 1 Mi of each (a layer of a million files, or 64 GiB in
+  // the smallest chunks), a few hundred MiB. A layer over a limit fails to mount with an error
+  // naming the limit.
   struct Limits {
     uint64_t toc_max_bytes = 0;
-    uint64_t toc_max_chunks = 0;
-    uint64_t toc_max_entries = 0;
+    uint64_t toc_max_chunks = uint64_t{1} << 20;
+    uint64_t toc_max_entries = uint64_t{1} << 20;
   } limits;
   // Standard ocicrypt layers (skopeo, buildah, ctr-imgcrypt; not lazycrypt's format).
   struct Ocicrypt {

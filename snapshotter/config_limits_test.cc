@@ -9,12 +9,14 @@ namespace {
 
 using ::testing::HasSubstr;
 
-TEST(ConfigLimits, DefaultsToTheFormatsMaxima) {
+// The node's defaults bound what one layer's TOC can make the daemon build (1 Mi entries and
+// chunks, not the format's 8 Mi / 16 Mi); the serialized size is the format's.
+TEST(ConfigLimits, DefaultsBoundEntriesAndChunksBelowTheFormatsMaxima) {
   auto c = ParseConfig("");
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->limits.toc_max_bytes, 0u);
-  EXPECT_EQ(c->limits.toc_max_chunks, 0u);
-  EXPECT_EQ(c->limits.toc_max_entries, 0u);
+  EXPECT_EQ(c->limits.toc_max_chunks, uint64_t{1} << 20);
+  EXPECT_EQ(c->limits.toc_max_entries, uint64_t{1} << 20);
 }
 
 TEST(ConfigLimits, ReadsEachKey) {
