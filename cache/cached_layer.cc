@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cache/chunk_ranges.h"
 #include "crypto/digest.h"
 #include "format/toc_tar_match.h"
 
@@ -648,16 +649,16 @@ Result<FileView> CachedLayer::Impl::ViewFile(format::EntryView entry, uint64_t o
 
 Result<std::vector<uint64_t>> CachedLayer::Impl::ChunksOfFiles(
     const std::vector<format::EntryView>& files) {
-  std::vector<uint64_t> all;
+  // One range per file, merged, then expanded (at most the chunk count): files' data ranges may
+  // overlap (a key holder's TOC may mark a million files covering the whole tar each).
+  std::vector<format::ChunkRange> ranges;
+  ranges.reserve(files.size());
   for (format::EntryView e : files) {
     if (e.table() == nullptr || e.type() != format::EntryType::kRegular || e.size() == 0) continue;
     LC_RETURN_IF_ERROR(CheckEntry(e).WithContext("Prefetch"));
-    const format::ChunkRange r = index->ChunksForRange(e, 0, e.size());
-    for (uint64_t i = r.first; i < r.first + r.count; ++i) all.push_back(i);
+    ranges.push_back(index->ChunksForRange(e, 0, e.size()));
   }
-  std::sort(all.begin(), all.end());
-  all.erase(std::unique(all.begin(), all.end()), all.end());
-  return all;
+  return ChunksOfRanges(std::move(ranges), index->chunks().size());
 }
 
 std::vector<format::EntryView> CachedLayer::Impl::MarkedFiles() const {
@@ -962,15 +963,48 @@ Status CachedLayer::StartPrefetch(std::vector<uint64_t> chunks, std::function<vo
   // Claimed here, before this returns: a read that comes after waits for these flights.
   auto claim =
       std::make_shared<Impl::Claim>(impl.ClaimChunks({}, chunks, Purpose::kPrefetch, nullptr));
-  try {
-    impl.prefetch_thread = std::thread([&impl, claim, finish] {
+  // Nothing escapes the thread (std::terminate would take the daemon down): a throw in Serve
+  // (std::bad_alloc) completes the claimed flights it left with an error (the readers waiting on
+  // them fetch again). Watched weakly: Serve hands the flights over to their requests, which
+  // release them (and their plaintext) once done.
+  auto serve = [&impl, claim, finish] {
+    std::vector<std::pair<uint64_t, std::weak_ptr<Flight>>> led;
+    try {
+      led.reserve(claim->led.size());
+      for (const Impl::Led& l : claim->led) led.emplace_back(l.chunk, l.flight);
       Status extra_status;  // a failed chunk is fetched again by the read that needs it
       (void)impl.Serve(*claim, Purpose::kPrefetch, nullptr, &extra_status);
+    } catch (...) {
+      // Only Serve completes its led flights: one not done now never will be. (Without the
+      // list, for want of memory, the claim's own pointers are all there is.)
+      auto fail = [&impl](uint64_t i, const std::shared_ptr<Flight>& flight) {
+        if (!flight) return;
+        {
+          std::lock_guard lock(impl.mu);
+          if (flight->done) return;
+        }
+        Status failed(StatusCode::kUnavailable, std::string());  // allocates nothing
+        try {
+          failed = Status::Unavailable("the prefetch failed (out of memory?)");
+        } catch (...) {
+        }
+        impl.Complete(i, flight, std::move(failed), nullptr);
+      };
+      if (led.size() == claim->led.size()) {
+        for (const auto& [i, weak] : led) fail(i, weak.lock());
+      } else {
+        for (const Impl::Led& l : claim->led) fail(l.chunk, l.flight);
+      }
+    }
+    try {
       finish();
-    });
-  } catch (const std::system_error&) {
-    (void)impl.Serve(*claim, Purpose::kPrefetch, nullptr, nullptr);  // completes the flights
-    finish();
+    } catch (...) {
+    }
+  };
+  try {
+    impl.prefetch_thread = std::thread(serve);
+  } catch (...) {  // no thread (or no memory for one): served here, which completes the flights
+    serve();
     return Status::Ok();
   }
   return Status::Ok();

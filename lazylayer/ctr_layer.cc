@@ -121,31 +121,36 @@ std::unique_ptr<cache::OpenedChunkCache::LayerSlot> OpenedChunkSlot(
   return opened->OpenSlot();
 }
 
-Result<cache::OpenedChunkPtr> CtrLayerData::Chunk(uint32_t i) {
+Result<cache::OpenedChunkPtr> CtrLayerData::LoadChunk(uint32_t i, bool reader) {
   using Opened = Result<cache::OpenedChunkPtr>;
   if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
     cache_hits_.fetch_add(1, std::memory_order_relaxed);
     return hit;
   }
   std::promise<Opened> promise;
-  std::shared_future<Opened> waiting;
-  {
-    std::lock_guard<std::mutex> lock(inflight_mu_);
-    if (auto f = inflight_.find(i); f != inflight_.end()) {
-      waiting = f->second;
-    } else {
-      // Inserted before the flight ends (below): looked up again under the lock, so a reader
-      // finds it in one or the other.
-      if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
-        cache_hits_.fetch_add(1, std::memory_order_relaxed);
-        return hit;
+  // A reader whose wait ended with a prefetch's or read-ahead's failure (stopped on hand-over, a
+  // failed run: FORMAT.md §10.7, §11.8) goes round once more, loading the chunk itself unless
+  // another load has it in flight by then.
+  for (bool tried_again = false;; tried_again = true) {
+    InFlight waiting;
+    {
+      std::lock_guard<std::mutex> lock(inflight_mu_);
+      if (auto f = inflight_.find(i); f != inflight_.end()) {
+        waiting = f->second;
+      } else {
+        // Inserted before the flight ends (below): looked up again under the lock, so a reader
+        // finds it in one or the other.
+        if (cache::OpenedChunkPtr hit = opened_->Lookup(i)) {
+          cache_hits_.fetch_add(1, std::memory_order_relaxed);
+          return hit;
+        }
+        inflight_[i] = InFlight{promise.get_future().share(), reader};
       }
-      inflight_[i] = promise.get_future().share();
     }
-  }
-  if (waiting.valid()) {
+    if (!waiting.answer.valid()) break;  // this load leads the flight
     cache_hits_.fetch_add(1, std::memory_order_relaxed);
-    return waiting.get();
+    Opened answer = waiting.answer.get();
+    if (answer.ok() || !reader || waiting.by_reader || tried_again) return answer;
   }
   cache_misses_.fetch_add(1, std::memory_order_relaxed);
   // Whatever happens, the flight ends with an answer: a throw (std::bad_alloc for a span's
@@ -256,7 +261,7 @@ void CtrLayerData::ReadAheadWorker() {
     // Errors are dropped (not cached: the reader that needs the chunk tries again). A quarantined
     // layer loads nothing more; a chunk a reader got to first is left to it.
     try {
-      if (!quarantined() && !OpenedOrLoading(j)) (void)Chunk(j);
+      if (!quarantined() && !OpenedOrLoading(j)) (void)LoadChunk(j, /*reader=*/false);
     } catch (...) {
     }
     lock.lock();
@@ -380,6 +385,7 @@ struct CtrLayerData::Claimed {
   CiphertextRange range;
   std::promise<Result<cache::OpenedChunkPtr>> promise;
   bool finished = false;
+  bool in_flight = false;  // its answer is in inflight_ (claimed by this load)
 };
 
 void CtrLayerData::FinishClaimed(Claimed& c, Result<cache::OpenedChunkPtr> opened) {
@@ -500,38 +506,73 @@ Status CtrLayerData::LoadRun(std::span<Claimed> run, const std::function<bool()>
 Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
                               const std::function<bool()>& stopped, uint64_t max_request_bytes) {
   constexpr uint64_t kMaxGapBytes = uint64_t{64} << 10;
-  // Everything allocated before the first claim (after it, a throw would leave readers waiting).
+  // Everything that can throw before the claim: the bookkeeping's buffers, each candidate's
+  // range and promise (its shared state). A throw here has claimed nothing.
   std::vector<Claimed> claimed;
-  claimed.reserve(chunks.size());
   std::vector<size_t> runs;
-  runs.reserve(chunks.size() + 1);
   std::vector<Status> results;
-  results.reserve(chunks.size());
   std::vector<std::thread> helpers;
-  helpers.reserve(kLoadRunsInFlight);
-  // Claimed before any request: a reader that comes meanwhile waits for this load.
-  {
-    std::lock_guard<std::mutex> lock(inflight_mu_);
+  try {
+    claimed.reserve(chunks.size());
+    runs.reserve(chunks.size() + 1);
+    results.reserve(chunks.size());
+    helpers.reserve(kLoadRunsInFlight);
     for (uint32_t i : chunks) {
-      if (inflight_.count(i) != 0 || opened_->Lookup(i)) continue;
+      if (opened_->Contains(i)) continue;  // asked again under the lock
       Result<CiphertextRange> range = ChunkCiphertext(i);
       if (!range.ok() || range->size == 0) continue;
+      // Bigger than a request on its own: left to its readers (each run keeps to the bound).
+      if (range->size > max_request_bytes || range->side_size > max_request_bytes - range->size) {
+        continue;
+      }
       if (store_ != nullptr && store_->Contains(store_key_, i)) continue;  // Chunk: from disk
       if (!claimed.empty() && range->offset < claimed.back().range.offset) continue;  // ascending
-      claimed.push_back(Claimed{i, *range, {}, false});
-      inflight_[i] = claimed.back().promise.get_future().share();
+      claimed.push_back(Claimed{i, *range, {}, false, false});
+    }
+  } catch (const std::bad_alloc&) {
+    return Status::Unavailable("prefetch: out of memory before claiming any chunk");
+  } catch (const std::exception& e) {
+    return Status::Internal(std::string("prefetch: before claiming any chunk: ") + e.what());
+  }
+  // Claimed before any request (a reader that comes meanwhile waits for this load), all or
+  // nothing: should an insertion throw, those made are taken back before the lock is released,
+  // so no reader has seen them (their promises, never waited on, go unanswered).
+  bool claim_failed = false;
+  {
+    std::lock_guard<std::mutex> lock(inflight_mu_);
+    try {
+      for (Claimed& c : claimed) {
+        if (inflight_.count(c.i) != 0 || opened_->Contains(c.i)) continue;
+        inflight_.emplace(c.i, InFlight{c.promise.get_future().share(), false});
+        c.in_flight = true;
+      }
+    } catch (...) {
+      for (Claimed& c : claimed) {
+        if (c.in_flight) inflight_.erase(c.i);
+        c.in_flight = false;
+      }
+      claim_failed = true;
     }
   }
-  // The runs: claimed[runs[r], runs[r + 1]), each the next chunks whose ciphertext follows
-  // within kMaxGapBytes, up to the bound.
+  if (claim_failed) return Status::Unavailable("prefetch: out of memory claiming chunks");
+  // The candidates another load had, or that were opened meanwhile, go (moves: nothrow).
+  std::erase_if(claimed, [](const Claimed& c) { return !c.in_flight; });
+  // From here on nothing throws until every claimed chunk is answered. The runs:
+  // claimed[runs[r], runs[r + 1]), each the next chunks whose ciphertext follows within
+  // kMaxGapBytes, up to the bound on the run's ciphertext (gaps included) and side bytes.
   for (size_t k = 0; k < claimed.size();) {
     runs.push_back(k);
-    uint64_t lo = claimed[k].range.offset, hi = lo + claimed[k].range.size;
+    const CiphertextRange& first = claimed[k].range;
+    const uint64_t lo = first.offset;
+    uint64_t hi = lo + first.size, side_bytes = first.side_size;
     ++k;
     while (k < claimed.size()) {
       const CiphertextRange& r = claimed[k].range;
-      if (r.offset > hi + kMaxGapBytes || r.offset + r.size - lo > max_request_bytes) break;
-      hi = std::max(hi, r.offset + r.size);
+      if (r.offset > hi + kMaxGapBytes) break;
+      const uint64_t end = std::max(hi, r.offset + r.size);
+      if (end - lo + side_bytes + r.side_size > max_request_bytes) break;
+      hi = end;
+      side_bytes += r.side_size;
       ++k;
     }
   }
@@ -546,6 +587,7 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
         results[r] = LoadRun(
             std::span<Claimed>(claimed).subspan(runs[r], runs[r + 1] - runs[r]), stopped);
       } catch (...) {  // its unanswered chunks are answered below, once every run is done
+        results[r] = Status(StatusCode::kUnavailable, std::string());  // allocates nothing
         try {
           results[r] = Status::Unavailable("prefetch: a run failed (out of memory?)");
         } catch (...) {
@@ -559,10 +601,17 @@ Status CtrLayerData::LoadRuns(const std::vector<uint32_t>& chunks,
   }
   work();  // this thread takes runs too, so every run is loaded even without helpers
   for (std::thread& t : helpers) t.join();
-  // Only when a run threw before answering all its chunks: no reader waits forever.
+  // Only when a run threw before answering all its chunks: no reader waits forever (and the
+  // answer's message, when there is no memory for it, is left empty rather than thrown).
   for (Claimed& c : claimed) {
-    if (!c.finished) FinishClaimed(c, Status::Unavailable("chunk " + std::to_string(c.i) +
-                                                          ": the prefetch did not load it"));
+    if (c.finished) continue;
+    Status unanswered(StatusCode::kUnavailable, std::string());
+    try {
+      unanswered = Status::Unavailable("chunk " + std::to_string(c.i) +
+                                       ": the prefetch did not load it");
+    } catch (...) {
+    }
+    FinishClaimed(c, std::move(unanswered));
   }
   for (const Status& s : results) {
     if (!s.ok()) return s;
@@ -636,6 +685,13 @@ Status CtrMountedLayer::MountAndStart(const std::filesystem::path& mountpoint,
 }
 
 void CtrMountedLayer::RunBackground(CtrLayerOptions options) {
+  try {
+    RunBackgroundWork(options);
+  } catch (...) {  // out of memory for a message or a callback's throw: the thread just ends
+  }
+}
+
+void CtrMountedLayer::RunBackgroundWork(const CtrLayerOptions& options) {
   Background& bg = *background_;
   // A small layer: every chunk loaded at once (the marked ones with them), from the bytes held
   // when its mount read it whole, which the verification reads too; they are dropped when both
@@ -644,12 +700,17 @@ void CtrMountedLayer::RunBackground(CtrLayerOptions options) {
     CountingSource& blob;
     ~ReleaseHeld() { blob.Release(); }
   } release_held{data_->ciphertext()};
-  if (load_all_) {
-    std::vector<uint32_t> all(data_->index().chunks().size());
-    std::iota(all.begin(), all.end(), 0u);
-    (void)data_->LoadRuns(all, [&bg] { return bg.stop.load(); });
-  } else if (options.prefetch) {
-    Prefetch([&bg] { return bg.stop.load(); });
+  // Errors (and exceptions: std::bad_alloc for a crafted table's chunk list) are left to the
+  // readers, which load what the prefetch did not.
+  try {
+    if (load_all_) {
+      std::vector<uint32_t> all(data_->index().chunks().size());
+      std::iota(all.begin(), all.end(), 0u);
+      (void)data_->LoadRuns(all, [&bg] { return bg.stop.load(); });
+    } else if (options.prefetch) {
+      Prefetch([&bg] { return bg.stop.load(); });
+    }
+  } catch (...) {
   }
   if (!options.verify) return;
   if (options.verify_start_delay_ms > 0 &&
@@ -662,7 +723,17 @@ void CtrMountedLayer::RunBackground(CtrLayerOptions options) {
   auto backoff = std::chrono::milliseconds(500);
   Status result;
   while (true) {
-    result = VerifyOnce(options);
+    try {
+      result = VerifyOnce(options);
+    } catch (const std::bad_alloc&) {
+      result = Status::Unavailable("out of memory");  // transient: tried again
+    } catch (const std::system_error& e) {
+      result = Status::Unavailable(std::string("system error: ") + e.what());
+    } catch (...) {
+      // Not a verdict on the bytes, but none can be reached: fails closed. Its text is not
+      // quoted (it could carry what the layer holds into the quarantine record).
+      result = Status::Internal("the verification failed on an unexpected exception");
+    }
     if (bg.stop.load()) return;  // stopped mid-read: no verdict
     const StatusCode code = result.code();
     const bool transient = code == StatusCode::kUnavailable ||

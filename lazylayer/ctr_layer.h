@@ -192,8 +192,11 @@ class CtrLayerData : public cache::LayerData {
   ~CtrLayerData() override;
   CountingSource& ciphertext() { return *ciphertext_; }
 
-  // The opened chunk `i` (cached, or fetched and opened once however many readers ask).
-  Result<cache::OpenedChunkPtr> Chunk(uint32_t i);
+  // The opened chunk `i` (cached, or fetched and opened once however many readers ask). A reader
+  // that waited for a prefetch's or read-ahead's load of it that failed (stopped, a failed run)
+  // then loads it itself, once (single-flight as any load); another reader's failure is its
+  // answer too.
+  Result<cache::OpenedChunkPtr> Chunk(uint32_t i) { return LoadChunk(i, /*reader=*/true); }
   // Loads `chunks` (a prefetch: ascending) with as few requests as their ciphertext allows: each
   // chunk not opened, loading or on disk is claimed first, all of them before any request (a
   // reader that needs one waits for this load instead of fetching it again), then the claimed
@@ -208,8 +211,15 @@ class CtrLayerData : public cache::LayerData {
   // chunks (those with side bytes when only FetchSides failed); every claimed chunk's waiting
   // readers get an answer whatever ends the load (errors are not kept: they try again). Each
   // run's requests count as a fetch in flight (the verification yields to them); `stopped` is
-  // asked before each run's request (the runs not yet sent fail "stopped"). Returns the first
-  // failed run's error (in blob order). Memory: up to kLoadRunsInFlight runs' bytes at once.
+  // asked before each run's request (the runs not yet sent fail "stopped"; their readers then
+  // load their chunks themselves, see Chunk). The claim is all or nothing: what throws before or
+  // while chunks are claimed (memory, the format's ChunkCiphertext) leaves none claimed. A run's
+  // ciphertext (gaps included) and its chunks' side bytes together are at most
+  // `max_request_bytes`; a chunk bigger than that on its own is not claimed (its readers load
+  // it). Returns the first failed run's error (in blob order). Memory: up to kLoadRunsInFlight
+  // runs at once, each holding at most max_request_bytes of ciphertext and side bytes and the
+  // record of the chunk it is opening (at most as much again), besides the opened chunks kept in
+  // the opened-chunk budget.
   static constexpr size_t kLoadRunsInFlight = 4;
   Status LoadRuns(const std::vector<uint32_t>& chunks, const std::function<bool()>& stopped,
                   uint64_t max_request_bytes = uint64_t{32} << 20);
@@ -296,6 +306,8 @@ class CtrLayerData : public cache::LayerData {
    private:
     CtrLayerData& d_;
   };
+  // Chunk (`reader`) and the read-ahead workers' loads (not `reader`: no second try).
+  Result<cache::OpenedChunkPtr> LoadChunk(uint32_t i, bool reader);
   // Chunk's miss: the store, else a fetch (counted; the verification yields to it).
   Result<cache::OpenedChunkPtr> Load(uint32_t i);
   // LoadRuns' claimed chunk: its range and the promise its waiting readers hold.
@@ -320,7 +332,13 @@ class CtrLayerData : public cache::LayerData {
   const std::string store_key_;
   const std::unique_ptr<cache::OpenedChunkCache::LayerSlot> opened_;
   std::mutex inflight_mu_;
-  std::unordered_map<uint32_t, std::shared_future<Result<cache::OpenedChunkPtr>>> inflight_;
+  // A chunk's load in flight: its answer, and whether a reader's own (not a prefetch's or a
+  // read-ahead's, whose failures its waiting readers do not take as theirs).
+  struct InFlight {
+    std::shared_future<Result<cache::OpenedChunkPtr>> answer;
+    bool by_reader = false;
+  };
+  std::unordered_map<uint32_t, InFlight> inflight_;
   mutable std::mutex status_mu_;
   Status verification_status_ = Status::Unavailable("verification pending");
   std::mutex fetch_mu_;
@@ -412,7 +430,10 @@ class CtrMountedLayer {
 
  private:
   struct Background;
+  // The background thread's body: nothing escapes it (std::terminate would take the daemon down);
+  // the prefetch's errors are left to the readers, the verification's exceptions are its errors.
   void RunBackground(CtrLayerOptions options);
+  void RunBackgroundWork(const CtrLayerOptions& options);
   Status VerifyOnce(const CtrLayerOptions& options);
   std::unique_ptr<Background> background_;
   std::atomic<int64_t> yielded_ms_{0};

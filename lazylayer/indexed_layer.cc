@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cache/chunk_ranges.h"
 #include "compress/compress.h"
 #include "crypto/digest.h"
 #include "crypto/secure_buffer.h"
@@ -303,14 +304,17 @@ void MountedIndexedLayer::Prefetch(const std::function<bool()>& stopped) {
   // the blob allows, up to CtrLayerData::kLoadRunsInFlight at once (the marked files of an
   // unmodified layer lie where the tar put them: a run each), with their windows. Errors are
   // left to the readers (they see them again, and the verification too).
+  // Marked files' data ranges may overlap (a key holder's core may mark a million entries
+  // covering the whole tar each): one range per mark, merged, then expanded (at most the span
+  // count), never each mark's spans one by one.
   const format::LayerIndex& li = *index_->layer_index();
-  std::vector<uint32_t> spans;
+  std::vector<format::ChunkRange> ranges;
+  ranges.reserve(li.prefetch_entries().size());
   for (uint32_t entry : li.prefetch_entries()) {
-    const format::ChunkRange r = li.ChunksForRange(li.entries()[entry], 0, ~uint64_t{0});
-    for (uint64_t c = r.first; c < r.first + r.count; ++c) spans.push_back(static_cast<uint32_t>(c));
+    ranges.push_back(li.ChunksForRange(li.entries()[entry], 0, ~uint64_t{0}));
   }
-  std::sort(spans.begin(), spans.end());
-  spans.erase(std::unique(spans.begin(), spans.end()), spans.end());
+  const std::vector<uint32_t> spans =
+      cache::ChunksOfRanges<uint32_t>(std::move(ranges), li.chunks().size());
   if (!spans.empty()) (void)indexed_data_->LoadRuns(spans, stopped);
 }
 

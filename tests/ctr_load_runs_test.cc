@@ -9,7 +9,10 @@
 //   - scattered runs have several requests in flight at once (at most kLoadRunsInFlight);
 //   - a reader racing the prefetch waits for its claim instead of fetching again;
 //   - a failing side fetch fails only its run's chunks, which a reader then fetches again;
-//   - a stopped prefetch sends nothing and leaves no reader waiting.
+//   - a stopped prefetch sends nothing and leaves no reader waiting;
+//   - a run's ciphertext and side bytes together keep to max_request_bytes;
+//   - a throw while claiming leaves no chunk claimed;
+//   - a reader whose wait ends with the prefetch's failure loads the chunk itself.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -20,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <thread>
@@ -48,6 +52,7 @@ class HoldingSource final : public BlobSource {
     {
       std::unique_lock<std::mutex> lock(mu_);
       ++requests_;
+      max_read_bytes_ = std::max<uint64_t>(max_read_bytes_, out.size());
       ++in_flight_;
       max_in_flight_ = std::max(max_in_flight_, in_flight_);
       cv_.notify_all();
@@ -83,6 +88,10 @@ class HoldingSource final : public BlobSource {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
   }
+  uint64_t max_read_bytes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_read_bytes_;
+  }
 
  private:
   MemoryBlobSource inner_;
@@ -90,7 +99,7 @@ class HoldingSource final : public BlobSource {
   std::condition_variable cv_;
   bool holding_ = false;
   int in_flight_ = 0, max_in_flight_ = 0;
-  uint64_t requests_ = 0;
+  uint64_t requests_ = 0, max_read_bytes_ = 0;
 };
 
 std::vector<uint8_t> Pattern(size_t size, uint8_t seed) {
@@ -139,10 +148,18 @@ class FakeCtrData final : public lazylayer::CtrLayerData {
   uint64_t chunks_fetched() const { return chunks_fetched_.load(); }
   // FetchSides fails (once) for a call that includes chunk `i`.
   void FailSidesOnceFor(uint32_t i) { fail_sides_for_ = static_cast<int64_t>(i); }
+  // ChunkCiphertext throws (once) when asked for chunk `i`.
+  void ThrowOnceFor(uint32_t i) { throw_for_ = static_cast<int64_t>(i); }
+  // The most side bytes one FetchSides call was given.
+  uint64_t max_sides_bytes() const { return max_sides_bytes_.load(); }
+  // Chunk's answers that came from another load's flight (or the cache).
+  uint64_t waits() const { return cache_hits_.load(); }
 
  protected:
   Result<CiphertextRange> ChunkCiphertext(uint32_t i) const override {
     if (i >= chunks_.size()) return Status::InvalidArgument("no such chunk");
+    int64_t want = static_cast<int64_t>(i);
+    if (throw_for_.compare_exchange_strong(want, -1)) throw std::runtime_error("format: boom");
     CiphertextRange r{chunks_[i].offset, chunks_[i].size};
     r.side_size = chunks_[i].side_size;
     return r;
@@ -155,6 +172,11 @@ class FakeCtrData final : public lazylayer::CtrLayerData {
   Status FetchSides(std::span<const uint32_t> chunks, std::span<const CiphertextRange> ranges,
                     std::span<const MutableByteSpan> outs) override {
     fetch_sides_calls_.fetch_add(1);
+    uint64_t bytes = 0;
+    for (const MutableByteSpan& out : outs) bytes += out.size();
+    for (uint64_t seen = max_sides_bytes_.load();
+         bytes > seen && !max_sides_bytes_.compare_exchange_weak(seen, bytes);) {
+    }
     EXPECT_EQ(chunks.size(), ranges.size());
     EXPECT_EQ(chunks.size(), outs.size());
     for (uint32_t i : chunks) {
@@ -199,6 +221,8 @@ class FakeCtrData final : public lazylayer::CtrLayerData {
   std::map<uint32_t, int> opens_;
   std::atomic<int> fetch_sides_calls_{0}, fetch_side_calls_{0};
   std::atomic<int64_t> fail_sides_for_{-1};
+  mutable std::atomic<int64_t> throw_for_{-1};
+  std::atomic<uint64_t> max_sides_bytes_{0};
 };
 
 constexpr uint64_t kChunkBytes = 16 << 10;
@@ -358,6 +382,94 @@ TEST(CtrLayerLoadRuns, AStoppedPrefetchSendsNothingAndLeavesNoReaderWaiting) {
   ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
   EXPECT_EQ(f.blob->requests(), 1u);
   EXPECT_EQ(f.data->total_opens(), 1);
+}
+
+// Tiny chunks with big side bytes (the indexed format's 32 KiB windows on small spans): a run
+// ends where its ciphertext and side bytes together would pass max_request_bytes, so a run
+// never holds more than that; a chunk bigger than the bound on its own is not claimed (its
+// reader loads it). (Before: the bound counted ciphertext only: one run of 8 chunks, 8 KiB of
+// ciphertext and 256 KiB of side bytes at once; the big chunk was claimed past the bound.)
+TEST(CtrLayerLoadRuns, ARunsCiphertextAndSideBytesTogetherKeepToTheRequestBound) {
+  constexpr uint64_t kTiny = 1 << 10, kWindow = 32 << 10, kBound = 70 << 10;
+  Layout l;
+  for (uint64_t k = 0; k < 8; ++k) {
+    l.chunks.push_back(FakeChunk{k * kTiny, kTiny, k * kWindow, kWindow});
+  }
+  l.chunks.push_back(FakeChunk{8 * kTiny, kTiny, 8 * kWindow, 80 << 10});  // over the bound alone
+  l.blob = Pattern(9 * kTiny, 1);
+  l.sides = Pattern(8 * kWindow + (80 << 10), 99);
+  Fixture f = Make(l);
+  const Status s = f.data->LoadRuns(f.all, nullptr, kBound);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_LE(f.blob->max_read_bytes() + f.data->max_sides_bytes(), kBound)
+      << "a run held " << f.blob->max_read_bytes() << " ciphertext and "
+      << f.data->max_sides_bytes() << " side bytes";
+  EXPECT_EQ(f.blob->requests(), 4u);  // two chunks a run (66 KiB)
+  for (uint32_t i = 0; i < 8; ++i) EXPECT_EQ(f.data->opens(i), 1) << "chunk " << i;
+  EXPECT_EQ(f.data->opens(8), 0) << "a chunk over the bound on its own was prefetched";
+  auto chunk = f.data->Chunk(8);
+  ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+  EXPECT_EQ(f.data->opens(8), 1);
+  EXPECT_EQ(f.blob->requests(), 5u);
+}
+
+// The format's ChunkCiphertext throws for the fourth chunk: LoadRuns returns an error (no
+// throw) and leaves nothing claimed, so the readers of the earlier chunks get an answer and load
+// them (the fourth too). (Before: chunks 0-2 were claimed when the throw left LoadRuns, their
+// promises broken in inflight_: every reader of them got std::future_error, for ever.)
+TEST(CtrLayerLoadRuns, AThrowWhileClaimingLeavesNoChunkClaimed) {
+  const Layout l = MakeLayout(2, 3);
+  Fixture f = Make(l);
+  f.data->ThrowOnceFor(3);
+  bool threw = false;
+  Status s;
+  try {
+    s = f.data->LoadRuns(f.all, nullptr);
+  } catch (...) {
+    threw = true;
+  }
+  EXPECT_FALSE(threw) << "LoadRuns let the format's exception out";
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(f.blob->requests(), 0u);
+  for (uint32_t i : f.all) {
+    auto reader = std::async(std::launch::async, [&f, i] { return f.data->Chunk(i); });
+    ASSERT_EQ(reader.wait_for(10s), std::future_status::ready) << "chunk " << i << ": waits";
+    try {
+      auto chunk = reader.get();
+      ASSERT_TRUE(chunk.ok()) << "chunk " << i << ": " << chunk.status().ToString();
+      EXPECT_EQ(std::memcmp((*chunk)->data(), l.blob.data() + l.chunks[i].offset, kChunkBytes), 0);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "chunk " << i << ": the reader got " << e.what();
+    }
+  }
+  EXPECT_EQ(f.data->total_opens(), 6);
+}
+
+// A reader waits for a chunk of the prefetch's fifth run (not yet sent: four are in flight);
+// the prefetch is then stopped (as on LeaveMounted's hand-over), so that run fails "stopped":
+// the waiting reader loads the chunk itself and gets its bytes (FORMAT.md 11.8: the readers
+// fetch again). (Before: the reader returned the prefetch's "stopped", EIO to the container.)
+TEST(CtrLayerLoadRuns, AReaderWaitingOnAStoppedPrefetchLoadsTheChunkItself) {
+  const Layout l = MakeLayout(5, 2);
+  Fixture f = Make(l);
+  std::atomic<bool> stop{false};
+  f.blob->Hold();
+  auto load = std::async(std::launch::async,
+                         [&] { return f.data->LoadRuns(f.all, [&] { return stop.load(); }); });
+  ASSERT_TRUE(f.blob->WaitForInFlight(4));  // every chunk claimed; runs 0-3 sent
+  auto reader = std::async(std::launch::async, [&] { return f.data->Chunk(8); });
+  for (int k = 0; k < 1000 && f.data->waits() == 0; ++k) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(f.data->waits(), 1u) << "the reader did not wait for the prefetch's claim";
+  stop = true;
+  f.blob->Release();
+  const Status s = load.get();
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  auto chunk = reader.get();
+  ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+  EXPECT_EQ(std::memcmp((*chunk)->data(), l.blob.data() + l.chunks[8].offset, kChunkBytes), 0);
+  EXPECT_EQ(f.data->opens(8), 1);
+  EXPECT_EQ(f.data->opens(9), 0);
+  EXPECT_EQ(f.blob->requests(), 5u);  // four runs and the reader's own
 }
 
 }  // namespace
