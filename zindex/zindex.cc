@@ -506,30 +506,63 @@ void WipeEntry(format::Entry& e) {
   Cleanse(&e.uname);
   Cleanse(&e.gname);
   Cleanse(&e.link_target);
-  for (auto& [name, value] : e.xattrs) {
-    // The map is about to be freed: its order no longer matters.
-    Cleanse(const_cast<std::string*>(&name));
-    Cleanse(&value);
+  // A map's keys are const in place: each node is extracted (then owned here, its key mutable),
+  // wiped, and freed when `node` goes.
+  while (!e.xattrs.empty()) {
+    auto node = e.xattrs.extract(e.xattrs.begin());
+    Cleanse(&node.key());
+    Cleanse(&node.mapped());
   }
 }
+
+// An index message's plaintext wiped in place (entries: names, owners, link targets, xattrs;
+// spans: where the layer's deflate blocks fall and the ciphertext digests; the tar's digest), so
+// that freeing it leaves none behind.
+void WipeIndex(v2::Index& index) {
+  for (format::v1::Entry& e : *index.mutable_entries()) {
+    Cleanse(e.mutable_name());
+    Cleanse(e.mutable_uname());
+    Cleanse(e.mutable_gname());
+    Cleanse(e.mutable_link_target());
+    for (format::v1::Xattr& x : *e.mutable_xattrs()) {
+      Cleanse(x.mutable_name());
+      Cleanse(x.mutable_value());
+    }
+  }
+  for (v2::Span& span : *index.mutable_spans()) {
+    Cleanse(span.mutable_ciphertext_sha256());
+    Cleanse(span.mutable_window_sha256());
+    span.set_in_offset(0);
+    span.set_in_bits(0);
+    span.set_out_offset(0);
+    span.set_window_size(0);
+    span.set_window_offset(0);
+    span.set_window_sealed_size(0);
+  }
+  Cleanse(index.mutable_tar_sha256());
+  index.set_tar_size(0);
+}
+
+// Parsed entries' plaintext, wiped when the scope holding them ends, whatever way it ends.
+class ScopedEntriesWipe {
+ public:
+  explicit ScopedEntriesWipe(std::vector<format::Entry>& entries) : entries_(entries) {}
+  ~ScopedEntriesWipe() {
+    for (format::Entry& e : entries_) WipeEntry(e);
+  }
+  ScopedEntriesWipe(const ScopedEntriesWipe&) = delete;
+  ScopedEntriesWipe& operator=(const ScopedEntriesWipe&) = delete;
+
+ private:
+  std::vector<format::Entry>& entries_;
+};
 
 // The parsed index holds the layer's plaintext (names, owners, link targets, xattrs, windows):
 // wiped in place when the scope that parsed it ends, whatever way it ends.
 class ScopedIndexWipe {
  public:
   explicit ScopedIndexWipe(v2::Index& index) : index_(index) {}
-  ~ScopedIndexWipe() {
-    for (format::v1::Entry& e : *index_.mutable_entries()) {
-      Cleanse(e.mutable_name());
-      Cleanse(e.mutable_uname());
-      Cleanse(e.mutable_gname());
-      Cleanse(e.mutable_link_target());
-      for (format::v1::Xattr& x : *e.mutable_xattrs()) {
-        Cleanse(x.mutable_name());
-        Cleanse(x.mutable_value());
-      }
-    }
-  }
+  ~ScopedIndexWipe() { WipeIndex(index_); }
   ScopedIndexWipe(const ScopedIndexWipe&) = delete;
   ScopedIndexWipe& operator=(const ScopedIndexWipe&) = delete;
 
@@ -625,13 +658,15 @@ Result<std::vector<uint8_t>> SealWindow(ByteSpan window, uint32_t span, const Sa
 // ---- Building: BuildIndex, UnsealedIndex::Seal --------------------------------------------------
 
 // Between BuildIndex and Seal: the core to seal (spans set, entries added by Seal) and what
-// sealing it needs. The entries, the core's copy of them and the key copy are wiped on release.
+// sealing it needs. The entries, the core (spans, tar digest, its copy of the entries) and the
+// salt are wiped on release, sealed or not (the key copy is a SecureBuffer).
 struct UnsealedIndex::State {
   State() = default;
   State(const State&) = delete;
   State& operator=(const State&) = delete;
   ~State() {
     for (format::Entry& e : entries) WipeEntry(e);
+    WipeIndex(index);
     OPENSSL_cleanse(salt.data(), salt.size());
   }
   v2::Index index;  // everything but entries and prefetch
@@ -649,7 +684,11 @@ UnsealedIndex::UnsealedIndex(UnsealedIndex&&) noexcept = default;
 UnsealedIndex& UnsealedIndex::operator=(UnsealedIndex&&) noexcept = default;
 UnsealedIndex::~UnsealedIndex() = default;
 
-const std::vector<format::Entry>& UnsealedIndex::entries() const { return state_->entries; }
+const std::vector<format::Entry>& UnsealedIndex::entries() const {
+  // A moved-from or sealed index lists nothing (its plaintext is gone).
+  static const std::vector<format::Entry> kNone;
+  return state_ != nullptr ? state_->entries : kNone;
+}
 
 Result<std::vector<uint8_t>> UnsealedIndex::Seal(const std::vector<std::string>& prefetch_names) && {
   if (state_ == nullptr) return Status::Internal("zindex: Seal of a moved-from index");
@@ -717,6 +756,7 @@ Result<UnsealedIndex> BuildIndex(InputStream& ciphertext, const image::Descripto
   index.set_span_bytes(options.span_bytes);
 
   format::Toc toc;  // the entries, and the self-check below (what Open will build)
+  ScopedEntriesWipe wipe_entries(toc.entries);  // on every way out (moved to `state` on success)
   tar::TarReader reader(stream);
   for (;;) {
     auto next = reader.Next();
@@ -787,14 +827,32 @@ Result<UnsealedIndex> BuildIndex(InputStream& ciphertext, const image::Descripto
     }
     p->set_ciphertext_sha256(s.ciphertext_sha256.data(), s.ciphertext_sha256.size());
   }
-  // The entries stay in memory until Seal (with the marks chosen from them).
-  state->entries = toc.entries;
-  // Self-check: what a reader will accept (entry rules, hard links, data inside the tar stream).
-  if (auto check = format::LayerIndex::FromVerifiedForeignToc(std::move(toc), {}, encrypted.size);
-      !check.ok()) {
-    return Status::Corruption("zindex: the layer's tar cannot be served: " +
-                              check.status().message());
+  // Self-check: the entry rules a reader applies to the core's entries (FromVerifiedForeignToc,
+  // format/layer_index.cc: ValidateEntry, data inside the tar stream, hard links naming an earlier
+  // non-directory; the span table is tiled by construction above). Checked here on the entries
+  // themselves: FromVerifiedForeignToc consumes a Toc, and a copy handed to it would be freed
+  // (and packed) there unwiped. A round trip through Open in every test keeps the two in step.
+  {
+    std::map<std::string_view, format::EntryType> seen;
+    for (size_t i = 0; i < toc.entries.size(); ++i) {
+      const format::Entry& e = toc.entries[i];
+      if (!format::ValidateEntry(e, toc.tar_size).ok()) {  // its message may name the entry
+        return Status::Corruption("zindex: the layer's tar cannot be served: entry " + Num(i) +
+                                  " is not valid");
+      }
+      if (e.type == format::EntryType::kHardlink) {
+        auto target = seen.find(e.link_target);
+        if (target == seen.end() || target->second == format::EntryType::kDirectory) {
+          return Status::Corruption("zindex: the layer's tar cannot be served: entry " + Num(i) +
+                                    ": hardlink target is not an earlier non-directory entry");
+        }
+      }
+      seen[e.name] = e.type;
+    }
   }
+  // The entries stay in memory until Seal (with the marks chosen from them); moved, not copied.
+  state->entries = std::move(toc.entries);
+  toc.entries.clear();
   state->key = cipher.key.Clone();
   state->layer_digest = encrypted.digest;
   state->blob_size = encrypted.size;
@@ -1038,7 +1096,8 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
     toc.entries.push_back(std::move(e));
   }
   // Prefetch marks: strictly increasing indexes of entries (so unique, and no more of them than
-  // entries); FromVerifiedForeignToc checks that each is a regular file.
+  // entries), none of an entry a later entry of the same name shadows (extraction keeps the last;
+  // Seal marks only that one); FromVerifiedForeignToc checks that each is a regular file.
   const int mark_count = index.prefetch_size();
   if (mark_count > index.entries_size()) {
     return Status::Corruption("zindex: " + Num(mark_count) + " prefetch marks for " +
@@ -1057,6 +1116,23 @@ Result<std::shared_ptr<const OpenedIndex>> OpenedIndex::Open(ByteSpan sealed_pre
                                 Num(toc.prefetch.back()) + " (marks must be strictly increasing)");
     }
     toc.prefetch.push_back(mark);
+  }
+  if (!toc.prefetch.empty()) {
+    // The last entry of each name: a mark elsewhere names a file nobody reads (the error names
+    // the mark by number, never the entry's name: names are confidential).
+    std::map<std::string_view, uint32_t> last;
+    for (size_t i = 0; i < toc.entries.size(); ++i) {
+      last[toc.entries[i].name] = static_cast<uint32_t>(i);
+    }
+    for (size_t i = 0; i < toc.prefetch.size(); ++i) {
+      const uint32_t mark = toc.prefetch[i];
+      const uint32_t kept = last.find(toc.entries[mark].name)->second;
+      if (kept != mark) {
+        return Status::Corruption("zindex: prefetch mark " + Num(i) + ": entry index " +
+                                  Num(mark) + " is shadowed by entry " + Num(kept) +
+                                  " of the same name (marks name the entry extraction keeps)");
+      }
+    }
   }
   LC_ASSIGN_OR_RETURN(impl->layer_index,
                       format::LayerIndex::FromVerifiedForeignToc(

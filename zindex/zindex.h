@@ -94,7 +94,8 @@ class UnsealedIndex {
   ~UnsealedIndex();
 
   // The layer's entries as the index lists them (normalized names, types, link targets), in tar
-  // order: what image::PlanPrefetch needs for this layer's part of the merged view.
+  // order: what image::PlanPrefetch needs for this layer's part of the merged view. Empty for a
+  // moved-from index.
   const std::vector<format::Entry>& entries() const;
   // The whole sealed blob (header, core with `prefetch_names` marked, windows area), under the
   // salt the windows were sealed with. `prefetch_names`: normalized entry names of REGULAR files

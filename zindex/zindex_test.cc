@@ -1018,6 +1018,10 @@ TEST_F(ZindexTest, PrefetchMarksRoundTripThroughSealAndOpen) {
   // Out of order and with a duplicate: the core lists each once, in entry order.
   auto sealed = std::move(*unsealed).Seal({"var/f7", "usr/bin/random.bin", "etc/config", "var/f7"});
   ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  // Sealing consumed it: a moved-from index lists nothing (and does not dereference null).
+  EXPECT_TRUE(unsealed->entries().empty());
+  UnsealedIndex moved_to = std::move(*unsealed);
+  EXPECT_TRUE(moved_to.entries().empty());
   auto opened = OpenAll(*sealed, layer.descriptor, cipher);
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   std::vector<uint32_t> want = {static_cast<uint32_t>(config), static_cast<uint32_t>(random),
@@ -1113,7 +1117,25 @@ TEST_F(ZindexTest, CraftedPrefetchMarksAreCorruption) {
          for (uint32_t i = 0; i <= count; ++i) p.add_prefetch(i);
        },
        std::to_string(count + 1) + " prefetch marks for " + std::to_string(count) + " entries"},
+      // A regular file a later entry of the same name shadows (extraction keeps the last one,
+      // the one Seal marks): the mark would make a mount fetch a file nobody reads.
+      {"a shadowed entry",
+       [&](v2::Index& p) {
+         *p.add_entries() = p.entries(a);
+         p.add_prefetch(a);
+       },
+       "prefetch mark 0: entry index " + std::to_string(a) + " is shadowed by entry " +
+           std::to_string(count) + " of the same name"},
   };
+  // The same core with the mark on the entry extraction keeps opens.
+  std::vector<uint8_t> kept = Craft(layer, *sealed, [&](v2::Index& p) {
+    *p.add_entries() = p.entries(a);
+    p.add_prefetch(count);
+  });
+  auto kept_opened = OpenAll(kept, layer.descriptor, cipher);
+  ASSERT_TRUE(kept_opened.ok()) << kept_opened.status().ToString();
+  EXPECT_EQ((*kept_opened)->layer_index()->prefetch_entries().size(), 1u);
+  const std::string a_name(li.entries()[static_cast<size_t>(a)].name());
   for (const Case& c : cases) {
     std::vector<uint8_t> crafted = Craft(layer, *sealed, c.edit);
     auto refused = OpenAll(crafted, layer.descriptor, cipher);
@@ -1122,6 +1144,7 @@ TEST_F(ZindexTest, CraftedPrefetchMarksAreCorruption) {
     EXPECT_NE(refused.status().message().find(c.message), std::string::npos)
         << c.what << ": " << refused.status().ToString();
     EXPECT_EQ(refused.status().message().find("config"), std::string::npos) << c.what;
+    EXPECT_EQ(refused.status().message().find(a_name), std::string::npos) << c.what;
   }
 }
 
