@@ -192,7 +192,9 @@ TEST_F(IndexPrefetch, APathIntoAPlainLayerIsReportedNotMarkedAndJsonHasEveryPath
   EXPECT_EQ(paths[0]["layer"], 0);
   EXPECT_EQ(paths[0]["file"], "/bin/busybox");
   EXPECT_EQ(paths[0]["viaSymlink"], true);
-  EXPECT_THAT(paths[0]["reason"].get<std::string>(), HasSubstr("in layer 0"));
+  // Worded for this command (the planner's words are encrypt's: "not written as a lazycrypt
+  // layer").
+  EXPECT_EQ(paths[0]["reason"], "in layer 0, which is not an ocicrypt layer this command indexes");
   EXPECT_EQ(paths[1]["path"], "/opt/app/noise.bin");
   EXPECT_EQ(paths[1]["marked"], true);
   EXPECT_EQ(paths[1]["layer"], 1);
@@ -200,6 +202,43 @@ TEST_F(IndexPrefetch, APathIntoAPlainLayerIsReportedNotMarkedAndJsonHasEveryPath
 
   const auto marked = MarkedByLayer(img);
   EXPECT_EQ(marked, (std::map<size_t, std::set<std::string>>{{1, {"opt/app/noise.bin"}}}));
+}
+
+// A list none of whose paths is a file of an indexed layer (one only in the plain layer, one
+// missing): the index is pushed without marks and exit 0, as `encrypt --prefetch-list` does, but
+// stderr says clearly that the list marked nothing (even with -q).
+TEST_F(IndexPrefetch, AListThatMarksNothingIsWarnedAboutAndTheIndexHasNoMarks) {
+  SkopeoPush("mixed", "--encrypt-layer -1");
+  const Manifest img = Get("mixed");
+  ASSERT_EQ(img.manifest.layers.size(), 2u);
+  auto r = Index("mixed", {"/bin/sh", "/no/such/file"});
+  ASSERT_EQ(r.exit_code, 0) << r.output << registry_->Log();
+  EXPECT_THAT(r.output, HasSubstr("--prefetch-list: none of the 2 paths is a file of an indexed "
+                                  "layer; the index has no marks"));
+  EXPECT_THAT(r.output, HasSubstr("prefetch /bin/sh: not marked: /bin/busybox is in layer 0, "
+                                  "which is not an ocicrypt layer this command indexes"));
+  EXPECT_THAT(r.output, HasSubstr("prefetch: 0 of 2 paths marked"));
+  const auto marked = MarkedByLayer(img);
+  EXPECT_EQ(marked, (std::map<size_t, std::set<std::string>>{{1, {}}}));
+}
+
+// Every image skipped because an index exists (no --force): the list is not applied, and stderr
+// says so instead of exiting 0 in silence; with --force it is applied.
+TEST_F(IndexPrefetch, AListIgnoredBecauseAnIndexExistsIsWarnedAbout) {
+  SkopeoPush("enc");
+  const Manifest img = Get("enc");
+  auto first = Index("enc", {"/opt/app/text.txt"});
+  ASSERT_EQ(first.exit_code, 0) << first.output << registry_->Log();
+  EXPECT_THAT(first.output, ::testing::Not(HasSubstr("--prefetch-list:")));
+  auto again = Index("enc", {"/bin/sh"});
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("--prefetch-list: nothing indexed, nothing marked; use "
+                                      "--force to replace the existing index"));
+  EXPECT_THAT(again.output, HasSubstr("an index already exists"));
+  auto forced = Index("enc", {"/bin/sh"}, "--force");
+  ASSERT_EQ(forced.exit_code, 0) << forced.output << registry_->Log();
+  EXPECT_THAT(forced.output, ::testing::Not(HasSubstr("--prefetch-list:")));
+  EXPECT_THAT(forced.output, HasSubstr("prefetch /bin/sh: marked /bin/busybox in layer 0"));
 }
 
 // A list that does not parse is refused before anything is read or pushed, naming the line.

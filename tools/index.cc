@@ -1,5 +1,6 @@
 #include "tools/index.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -338,6 +339,21 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
   // through their index's entries, plain layers read once more, other layers not at all), and
   // what resolves into an indexed layer marked in its index.
   if (!prefetch_paths.empty()) {
+    // Warnings, printed even with --quiet: the list the user gave had no effect (as `encrypt
+    // --prefetch-list`, the command still succeeds; the indexes are valid without marks).
+    const bool nothing_indexed =
+        std::all_of(to_index.begin(), to_index.end(), [](const auto& s) { return s.empty(); });
+    if (nothing_indexed) {
+      const bool any_existing = std::any_of(images.begin(), images.end(), [](const auto& img) {
+        return !img.existing.empty();
+      });
+      std::fprintf(io.err, "%s\n",
+                   any_existing && !flags.force
+                       ? "--prefetch-list: nothing indexed, nothing marked; use --force to "
+                         "replace the existing index"
+                       : "--prefetch-list: nothing indexed, nothing marked (no ocicrypt AES-CTR "
+                         "gzip layer to index)");
+    }
     for (size_t k = 0; k < images.size(); ++k) {
       if (to_index[k].empty()) continue;
       const auto& layers = root.images[k].manifest.layers;
@@ -358,6 +374,23 @@ Status RunIndex(const IndexFlags& flags, const Output& io) {
         }
       }
       image::PrefetchPlan plan = image::PlanPrefetch(trees, prefetch_paths, to_index[k]);
+      // The planner words a file of a layer outside to_index as "not written as a lazycrypt
+      // layer" (encrypt's case); here such a layer is one this command does not index.
+      size_t marked = 0;
+      for (image::PrefetchResolution& r : plan.paths) {
+        marked += r.marked ? 1 : 0;
+        if (!r.marked && r.layer && to_index[k].count(*r.layer) == 0) {
+          r.reason = "in layer " + std::to_string(*r.layer) +
+                     ", which is not an ocicrypt layer this command indexes";
+        }
+      }
+      if (marked == 0) {
+        std::fprintf(io.err,
+                     "--prefetch-list: none of the %zu path%s is a file of an indexed layer%s; "
+                     "the index has no marks\n",
+                     prefetch_paths.size(), prefetch_paths.size() == 1 ? "" : "s",
+                     images.size() == 1 ? "" : (" of " + ImageLabel(images[k])).c_str());
+      }
       for (size_t i : to_index[k]) {
         BuiltIndex& b = built.at(layers[i].digest);
         for (const std::string& name : plan.layer_marks[i]) {

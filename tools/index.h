@@ -34,7 +34,9 @@ struct IndexFlags {
 // One line per layer on `out` (indexed: sizes, span count, files marked, time; or why skipped), a
 // line per image manifest (pushed as referrer sha256:..., or an index already exists) and, with
 // --prefetch-list, a line per listed path (PrefetchPlanLines: marked, or why not); with --json the
-// same as one JSON document. A multi-platform image: every platform's manifest is indexed (each its own
+// same as one JSON document. A --prefetch-list that marks nothing (every image skipped, or no path
+// a file of an indexed layer) is warned about on `err`, even with --quiet; like `encrypt
+// --prefetch-list`, that is not an error (exit 0, the index pushed without marks). A multi-platform image: every platform's manifest is indexed (each its own
 // artifact). Errors name the layer (a key that does not unwrap it, an HMAC or digest mismatch:
 // the layer is refused and nothing is pushed). oci: layouts are Unsupported (an artifact with a
 // subject lives in a registry, where the snapshotter looks for it).
