@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <future>
 #include <set>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
@@ -117,6 +119,17 @@ Result<std::vector<Descriptor>> ListReferrers(registry::Client& client, const re
   LC_RETURN_IF_ERROR(CheckSubjectDigest(repo, subject_digest));
   std::vector<Descriptor> out;
   std::set<std::string> seen;
+  // The tag fallback is asked at the same time as the API: on a registry without the API (the
+  // API answers 404) its answer is then ready, not a round trip later (an indexed layer's pull
+  // waits for this lookup). On a registry with the API the fallback's answer is dropped, errors
+  // too. Without a thread to spare, after the API's 404, as before.
+  std::future<Result<std::optional<Index>>> fallback_early;
+  try {
+    fallback_early = std::async(std::launch::async, [&client, repo, subject_digest] {
+      return FetchFallbackIndex(client, repo, subject_digest);
+    });
+  } catch (const std::system_error&) {
+  }
   auto pages = client.GetReferrers(repo, subject_digest, artifact_type);
   if (pages.ok()) {
     for (const auto& page : *pages) {
@@ -130,7 +143,9 @@ Result<std::vector<Descriptor>> ListReferrers(registry::Client& client, const re
     return out;
   }
   if (pages.status().code() != StatusCode::kNotFound) return pages.status();
-  LC_ASSIGN_OR_RETURN(auto fallback, FetchFallbackIndex(client, repo, subject_digest));
+  LC_ASSIGN_OR_RETURN(auto fallback, fallback_early.valid()
+                                         ? fallback_early.get()
+                                         : FetchFallbackIndex(client, repo, subject_digest));
   if (fallback) LC_RETURN_IF_ERROR(AppendEntries(repo, *fallback, artifact_type, seen, out));
   return out;
 }

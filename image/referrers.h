@@ -47,7 +47,9 @@ std::string ReferrersTag(std::string_view digest);
 std::string ArtifactTypeOf(const Descriptor& d);
 
 // GET /v2/<name>/referrers/<subject digest>?artifactType=...; when the registry has no Referrers
-// API (404), the tag fallback (404 there, or not an image index: no referrers). Entries are
+// API (404), the tag fallback (404 there, or not an image index: no referrers), which is asked
+// in parallel with the API (one round trip either way; its answer is dropped when the API has
+// one). Entries are
 // filtered here by artifact_type ("" = all) whether or not the registry applied the filter;
 // malformed entries (bad digest, not a manifest media type) are dropped, duplicates kept once.
 // Other failures (auth, 5xx after retries, more than kMaxReferrers) are errors.
