@@ -32,7 +32,7 @@ constexpr size_t kReadAheadFilesTracked = 4096;
 }  // namespace
 
 Status CountingSource::ReadAt(uint64_t offset, MutableByteSpan out) {
-  if (Serve(offset, out)) return Status::Ok();
+  if (held_.Serve(offset, out)) return Status::Ok();
   const auto start = std::chrono::steady_clock::now();
   Status s = inner_->ReadAt(offset, out);
   nanos_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -48,24 +48,10 @@ Status CountingSource::ReadAt(uint64_t offset, MutableByteSpan out) {
   return s;
 }
 
-bool CountingSource::Serve(uint64_t offset, MutableByteSpan out) {
-  if (!holding_.load()) return false;
-  std::lock_guard<std::mutex> lock(held_mu_);
-  if (offset > held_.size() || out.size() > held_.size() - offset) return false;
-  std::copy_n(held_.data() + offset, out.size(), out.data());
-  return true;
-}
-
-void CountingSource::Hold(std::vector<uint8_t> bytes) {
-  std::lock_guard<std::mutex> lock(held_mu_);
-  held_ = std::move(bytes);
-  holding_.store(!held_.empty());
-}
-
-void CountingSource::Release() {
-  std::lock_guard<std::mutex> lock(held_mu_);
-  holding_.store(false);
-  std::vector<uint8_t>().swap(held_);
+bool ReadWholeAtMount(const CtrLayerOptions& options, uint64_t blob_size,
+                      const std::string& store_key) {
+  return blob_size > 0 && blob_size <= options.whole_layer_bytes &&
+         (options.store == nullptr || options.store->ChunksPresent(store_key) == 0);
 }
 
 Result<size_t> LargeReadStream::Read(MutableByteSpan out) {

@@ -55,6 +55,7 @@
 #include "fusefs/fuse_fs.h"
 #include "image/layer.h"
 #include "image/oci.h"
+#include "lazylayer/held_bytes.h"
 #include "lazylayer/mounted_layer.h"
 
 namespace lazycrypt::lazylayer {
@@ -77,9 +78,9 @@ class CountingSource final : public BlobSource {
   uint64_t nanos() const { return nanos_.load(std::memory_order_relaxed); }
   // `bytes`: the blob from offset 0 (the whole blob, read by the caller through this source),
   // served from memory from now on. Ciphertext: dropped by Release, not wiped.
-  void Hold(std::vector<uint8_t> bytes);
-  void Release();
-  bool holding() const { return holding_.load(); }
+  void Hold(std::vector<uint8_t> bytes) { held_.Hold(std::move(bytes)); }
+  void Release() { held_.Release(); }
+  bool holding() const { return held_.holding(); }
 
  private:
   class Uncounted final : public BlobSource {
@@ -87,22 +88,18 @@ class CountingSource final : public BlobSource {
     explicit Uncounted(CountingSource& c) : c_(c) {}
     uint64_t size() const override { return c_.size(); }
     Status ReadAt(uint64_t offset, MutableByteSpan out) override {
-      if (c_.Serve(offset, out)) return Status::Ok();
+      if (c_.held_.Serve(offset, out)) return Status::Ok();
       return c_.inner_->ReadAt(offset, out);
     }
 
    private:
     CountingSource& c_;
   };
-  // True when [offset, offset + out.size()) lies in the held bytes (then copied to `out`).
-  bool Serve(uint64_t offset, MutableByteSpan out);
 
   std::shared_ptr<BlobSource> inner_;
   Uncounted uncounted_;
   std::atomic<uint64_t> bytes_{0}, requests_{0}, errors_{0}, nanos_{0};
-  std::atomic<bool> holding_{false};
-  std::mutex held_mu_;
-  std::vector<uint8_t> held_;  // guarded by held_mu_
+  HeldBytes held_;
 };
 
 // Reads a BlobSource from start to end in pieces of `piece_bytes` (one ranged request each);
@@ -167,6 +164,12 @@ struct CtrLayerOptions {
   // destroyed first.
   std::function<void(const Status&)> on_verified;
 };
+
+// True when a layer of `blob_size` bytes is read whole (or loaded whole) at mount: no larger
+// than options.whole_layer_bytes, and new to this node (the chunk store holds none of its chunks
+// under `store_key`).
+bool ReadWholeAtMount(const CtrLayerOptions& options, uint64_t blob_size,
+                      const std::string& store_key);
 
 // The layer's part of the opened-chunk memory: options.opened_cache when the daemon gives one,
 // else a cache of its own of options.opened_chunk_cache_bytes.

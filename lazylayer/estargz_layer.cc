@@ -347,8 +347,7 @@ Result<std::unique_ptr<MountedEstargzLayer>> MountedEstargzLayer::Mount(
   // Footer and TOC in one ranged request when the descriptor's size hint is right (a hint: a
   // wrong one costs a second request, never a check). A small layer new to this node: the whole
   // blob in that request (CtrLayerOptions::whole_layer_bytes), held for its chunks.
-  const bool whole = blob_size > 0 && blob_size <= options.whole_layer_bytes &&
-                     (options.store == nullptr || options.store->ChunksPresent(store_key) == 0);
+  const bool whole = ReadWholeAtMount(options, blob_size, store_key);
   uint64_t tail = estargz::kFooterSize;
   if (auto h = descriptor.annotations.find(std::string(estargz::kAnnotationTocSize));
       h != descriptor.annotations.end()) {

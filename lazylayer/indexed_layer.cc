@@ -288,9 +288,7 @@ Result<std::unique_ptr<MountedIndexedLayer>> MountedIndexedLayer::Mount(
   // A small layer new to this node: every span and window loaded at mount, in one request each
   // (the mount itself fetches nothing: its core came with the index lookup), so that the
   // container's first reads find them loaded or in flight instead of costing a round trip each.
-  layer->load_all_ = descriptor.size > 0 && descriptor.size <= options.whole_layer_bytes &&
-                     (options.store == nullptr ||
-                      options.store->ChunksPresent(layer->store_key_) == 0);
+  layer->load_all_ = ReadWholeAtMount(options, descriptor.size, layer->store_key_);
   auto data = std::make_shared<Data>(counting, std::move(windows), OpenedChunkSlot(options),
                                      options.store, layer->store_key_, std::move(index));
   layer->indexed_data_ = data;

@@ -10,6 +10,7 @@
 #include "crypto/digest.h"
 #include "format/layout.h"
 #include "image/layer.h"
+#include "lazylayer/held_bytes.h"
 
 namespace lazycrypt::lazylayer {
 namespace {
@@ -37,28 +38,16 @@ class HeldBlobSource final : public cache::MultiRangeBlobSource {
     return Status::Ok();
   }
   // The blob from offset 0 (the whole blob, read by the caller): served from memory from now on.
-  void Hold(std::vector<uint8_t> bytes) {
-    std::lock_guard lock(mu_);
-    bytes_ = std::move(bytes);
-  }
+  void Hold(std::vector<uint8_t> bytes) { held_.Hold(std::move(bytes)); }
   // The bytes are ciphertext (and the sealed TOC): dropped, not wiped.
-  void Release() {
-    std::lock_guard lock(mu_);
-    std::vector<uint8_t>().swap(bytes_);
-  }
+  void Release() { held_.Release(); }
 
  private:
-  bool Serve(uint64_t offset, MutableByteSpan out) {
-    std::lock_guard lock(mu_);
-    if (offset > bytes_.size() || out.size() > bytes_.size() - offset) return false;
-    std::copy_n(bytes_.data() + offset, out.size(), out.data());
-    return true;
-  }
+  bool Serve(uint64_t offset, MutableByteSpan out) { return held_.Serve(offset, out); }
 
   const std::shared_ptr<BlobSource> inner_;
   cache::MultiRangeBlobSource* const multi_;
-  std::mutex mu_;
-  std::vector<uint8_t> bytes_;  // guarded by mu_: the blob from offset 0, or nothing
+  HeldBytes held_;
 };
 
 }  // namespace
